@@ -1,0 +1,77 @@
+"""Where external commands are run (docker, msb, skopeo, npm). Nothing here prints.
+
+Every failure becomes a :class:`WorkflowError` whose message names the command and its last
+line of stderr; a missing program says how to get it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Sequence
+
+from .errors import UnreachableError, WorkflowError
+
+INSTALL_HINTS = {
+    "docker": "install Docker (Debian: scripts/services start installs docker.io), or start Docker Desktop",
+    "msb": "pip install microsandbox (it brings the msb runtime)",
+    "skopeo": "Debian: apt-get install skopeo",
+    "npm": "install Node.js and npm",
+}
+
+
+def which(program: str) -> str | None:
+    return shutil.which(program)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    input: str | bytes | None = None,
+    timeout: float | None = 600,
+    check: bool = True,
+    text: bool = True,
+    env: dict | None = None,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a command, capture its output; with ``check`` a failure raises a one-line WorkflowError."""
+    program = argv[0]
+    if which(program) is None:
+        raise WorkflowError(f"{program} is not installed: {INSTALL_HINTS.get(program, 'install it')}")
+    try:
+        proc = subprocess.run(
+            list(argv), input=input, capture_output=True, timeout=timeout, text=text, env=env, cwd=cwd
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkflowError(f"{' '.join(argv[:3])} did not finish within {timeout:.0f}s") from None
+    if check and proc.returncode != 0:
+        raise WorkflowError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
+    return proc
+
+
+def last_line(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    lines = [ln.strip() for ln in (output or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def docker(*args: str, input: str | None = None, timeout: float | None = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """``docker ARGS``; an engine that does not answer is an UnreachableError."""
+    proc = run(["docker", *args], input=input, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        err = proc.stderr or ""
+        if "Cannot connect to the Docker daemon" in err or "Is the docker daemon running" in err:
+            raise UnreachableError("the Docker engine does not answer: run scripts/services start (or start Docker Desktop)")
+        raise WorkflowError(f"docker {' '.join(args[:2])} failed (exit {proc.returncode}): {last_line(err)}")
+    return proc
+
+
+def docker_engine_answers(timeout: float = 10) -> bool:
+    if which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                              timeout=timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False

@@ -1,0 +1,63 @@
+"""Exceptions that end a task cleanly: one message, one exit code, no traceback.
+
+Helpers raise these; ``tasks.py`` turns them into ``invoke.exceptions.Exit`` at the task boundary
+(see :func:`task_boundary`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+EXIT_FAILED = 1  # a check or an operation failed
+EXIT_BAD_SETTINGS = 2  # bad settings or usage
+EXIT_UNREACHABLE = 3  # nothing listening where we were told to look
+EXIT_INTERRUPTED = 130  # Ctrl+C
+
+
+class WorkflowError(Exception):
+    """An expected failure: the message is the whole story for the user."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SettingsError(WorkflowError):
+    """One or more settings are bad; each problem is one line of the message."""
+
+    exit_code = EXIT_BAD_SETTINGS
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UnreachableError(WorkflowError):
+    """Nothing answered where the settings point (no engine, no registry, no server)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+@contextlib.contextmanager
+def task_boundary():
+    """Turn expected failures into ``invoke.exceptions.Exit`` (message on stderr, exit code).
+
+    Ctrl+C ends with 130 and no traceback. Anything else is a bug and keeps its traceback.
+    """
+    from invoke.exceptions import Exit
+
+    try:
+        yield
+    except WorkflowError as exc:
+        raise Exit(exc.message, code=exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise Exit(code=EXIT_INTERRUPTED) from None

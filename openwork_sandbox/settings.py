@@ -1,0 +1,532 @@
+"""Every setting, read in one place: task flag > process environment > ``.env`` > built-in default.
+
+``load_settings()`` returns one immutable :class:`Settings`. Every problem found is collected and
+raised together as one :class:`~openwork_sandbox.errors.SettingsError`, one line per problem,
+naming the setting, where the bad value came from, and what is accepted::
+
+    OPENWORK_MICROSANDBOX_PORT="ten" (from .env:7): expected a port 1-65535, e.g. 8787
+
+The ``.env`` file is read with python-dotenv's ``dotenv_values`` (``os.environ`` is never touched);
+``--env-file`` or ``OPENWORK_ENV_FILE`` picks another file. Secrets are never printed in full.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GUEST_PORT = 8787  # openwork-server inside the image
+DEFAULT_REGISTRY = "127.0.0.1:5000"  # started by scripts/services
+DEFAULT_IMAGE = f"{DEFAULT_REGISTRY}/openwork-microsandbox:dev"
+DEFAULT_NAME = "openwork-microsandbox"
+TRUE_WORDS = {"1", "true", "yes", "on", "y"}
+FALSE_WORDS = {"0", "false", "no", "off", "n", ""}
+
+
+class _Invalid(ValueError):
+    """A parser's complaint: what is accepted (the caller adds name, value and origin)."""
+
+
+# --- parsers: text -> value, or _Invalid("what is accepted") ------------------------------------
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise _Invalid("expected a boolean: 1/0, true/false, yes/no or on/off")
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw.strip())
+    except ValueError:
+        raise _Invalid("expected a port 1-65535, e.g. 8787") from None
+    if not 1 <= port <= 65535:
+        raise _Invalid("expected a port 1-65535, e.g. 8787")
+    return port
+
+
+def _int_range(low: int, high: int, example: int, unit: str = "") -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise _Invalid(f"expected a whole number {low}-{high}{unit}, e.g. {example}") from None
+        if not low <= value <= high:
+            raise _Invalid(f"expected a whole number {low}-{high}{unit}, e.g. {example}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _Invalid("expected seconds (a number above 0), e.g. 60") from None
+    if not 0 < value <= 86400:
+        raise _Invalid("expected seconds (a number above 0), e.g. 60")
+    return value
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _name(raw: str) -> str:
+    if not raw:
+        raise _Invalid("expected a name of letters, digits, '_', '.', '-', e.g. openwork-microsandbox")
+    if len(raw.encode()) > 128:
+        raise _Invalid("expected at most 128 bytes (microsandbox and Docker reject longer names)")
+    if not NAME_RE.match(raw):
+        raise _Invalid(
+            "expected letters, digits, '_', '.', '-' starting with a letter or digit, e.g. openwork-microsandbox"
+        )
+    return raw
+
+
+# Docker's reference grammar (distribution/reference), slightly simplified.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+IMAGE_RE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """A parsed image reference: ``registry/repository:tag[@digest]``."""
+
+    registry: str | None  # None: Docker Hub (docker.io)
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, raw: str) -> "ImageRef":
+        m = IMAGE_RE.match(raw.strip())
+        if not m:
+            raise _Invalid("expected an image reference like 127.0.0.1:5000/openwork-microsandbox:dev")
+        domain, path = m.group("domain"), m.group("path")
+        # "foo/bar": "foo" is a registry only if it looks like a host (has '.', ':' or is localhost)
+        if domain and not ("." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")):
+            path, domain = f"{domain}/{path}", None
+        return cls(domain, path, m.group("tag"), m.group("digest"))
+
+    @property
+    def reference(self) -> str:
+        """The tag, or the digest when there is no tag (what a v2 manifest URL wants)."""
+        return self.tag or self.digest or "latest"
+
+    @property
+    def registry_host(self) -> str:
+        return self.registry or "docker.io"
+
+    @property
+    def registry_is_loopback(self) -> bool:
+        host = self.registry_host.rsplit(":", 1)[0].strip("[]") if not self.registry_host.startswith("[") \
+            else self.registry_host.split("]")[0].strip("[")
+        return is_loopback(host)
+
+    def __str__(self) -> str:
+        out = f"{self.registry}/{self.repository}" if self.registry else self.repository
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def _image(raw: str) -> str:
+    ImageRef.parse(raw)
+    return raw.strip()
+
+
+def _token(raw: str) -> str:
+    if raw == "":
+        raise _Invalid("is empty: set a token without whitespace, or unset it to have one generated")
+    if any(ch.isspace() for ch in raw):
+        raise _Invalid("contains whitespace: a token must be one word")
+    return raw
+
+
+HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return value.strip("[]")
+    except ValueError:
+        pass
+    if not HOST_RE.match(value) or len(value) > 253:
+        raise _Invalid("expected a host name or IP address without scheme or port, e.g. 127.0.0.1")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise _Invalid(f"expected one of {'|'.join(choices)}")
+        return value
+
+    return parse
+
+
+def _version(raw: str) -> str:
+    value = raw.strip().lstrip("v")
+    if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?$", value):
+        raise _Invalid("expected a version like 1.2.3")
+    return value
+
+
+def _path(raw: str) -> str:
+    if not raw.strip():
+        raise _Invalid("expected a path")
+    return raw.strip()
+
+
+def _url(raw: str) -> str:
+    value = raw.strip()
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise _Invalid("expected an http(s) URL, e.g. http://127.0.0.1:8787")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# --- the table of settings: the only list of names the code reads -------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    field: str
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+
+SPECS: tuple[Spec, ...] = (
+    # where and what to boot (upstream's names)
+    Spec("image", "OPENWORK_MICROSANDBOX_IMAGE", _image, DEFAULT_IMAGE,
+         "OCI image reference to build, push and boot"),
+    Spec("name", "OPENWORK_MICROSANDBOX_NAME", _name, DEFAULT_NAME,
+         "sandbox (or container) name; also names the state folder .state/<name>"),
+    Spec("workspace_dir", "OPENWORK_MICROSANDBOX_WORKSPACE_DIR", _path, None,
+         "host folder bind-mounted at /workspace (default .state/<name>/workspace)"),
+    Spec("data_dir", "OPENWORK_MICROSANDBOX_DATA_DIR", _path, None,
+         "host folder bind-mounted at /data (default .state/<name>/data)"),
+    Spec("replace", "OPENWORK_MICROSANDBOX_REPLACE", _bool, False,
+         "recreate the sandbox on up (state folders are kept)"),
+    Spec("port", "OPENWORK_MICROSANDBOX_PORT", _port, GUEST_PORT,
+         "host port published to the server's 8787"),
+    Spec("connect_host", "OPENWORK_CONNECT_HOST", _host, "127.0.0.1",
+         "host name clients use; loopback publishes on loopback only"),
+    Spec("token", "OPENWORK_TOKEN", _token, None,
+         "client token (default: generated once per sandbox, kept in .state/<name>/)", secret=True),
+    Spec("host_token", "OPENWORK_HOST_TOKEN", _token, None,
+         "host/owner token (default: generated once per sandbox)", secret=True),
+    # runtime
+    Spec("runtime", "OPENWORK_MICROSANDBOX_RUNTIME", _choice("auto", "microsandbox", "docker"), "auto",
+         "auto picks microsandbox where microVMs boot, else Docker"),
+    Spec("cpus", "OPENWORK_MICROSANDBOX_CPUS", _int_range(1, 64, 2), 2, "virtual CPUs"),
+    Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", _int_range(256, 262144, 2048, " MiB"), 2048,
+         "memory in MiB"),
+    Spec("approval_mode", "OPENWORK_APPROVAL_MODE", _choice("auto", "manual"), "auto",
+         "openwork-server approval mode"),
+    Spec("state_dir", "OPENWORK_STATE_DIR", _path, None,
+         "folder that holds .state/<name>/ folders (default: .state in the project)"),
+    Spec("health_timeout", "OPENWORK_HEALTH_TIMEOUT", _seconds, 120.0,
+         "seconds to wait for GET /health after boot"),
+    Spec("request_timeout", "OPENWORK_REQUEST_TIMEOUT", _seconds, 15.0,
+         "seconds one HTTP request may take"),
+    # image build (upstream's build-argument names)
+    Spec("orchestrator_version", "OPENWORK_ORCHESTRATOR_VERSION", _version, "0.18.1",
+         "openwork (orchestrator) version baked into the image"),
+    Spec("server_version", "OPENWORK_SERVER_VERSION", _version, "0.18.1",
+         "openwork-server version baked into the image"),
+    Spec("opencode_version", "OPENCODE_VERSION", _version, "1.17.11",
+         "opencode version baked into the image"),
+    Spec("orchestrator_bin", "OPENWORK_ORCHESTRATOR_BIN_PATH", _path, None,
+         "bake this local openwork executable instead of downloading"),
+    Spec("server_bin", "OPENWORK_SERVER_BIN", _path, None,
+         "bake this local openwork-server executable instead of downloading"),
+    Spec("opencode_bin", "OPENWORK_OPENCODE_BIN", _path, None,
+         "bake this local opencode executable instead of downloading"),
+    Spec("base_image", "OPENWORK_BASE_IMAGE", _image, "debian:bookworm-slim",
+         "base of the image (scripts/make-base-image makes one offline)"),
+    Spec("cache_dir", "OPENWORK_CACHE_DIR", _path, None,
+         "download cache (default $XDG_CACHE_HOME/openwork-sandbox)"),
+    Spec("npm_registry", "NPM_CONFIG_REGISTRY", _url, None,
+         "npm registry to download from (default: npm's own configuration)"),
+    # registry credentials
+    Spec("registry_username", "OPENWORK_REGISTRY_USERNAME", _text, None,
+         "user for docker login before push"),
+    Spec("registry_password", "OPENWORK_REGISTRY_PASSWORD", _text, None,
+         "password for docker login (passed on stdin)", secret=True),
+    Spec("registry_insecure", "OPENWORK_REGISTRY_INSECURE", _bool, False,
+         "allow plain HTTP to a registry that is not on loopback"),
+)
+SPEC_BY_FIELD = {s.field: s for s in SPECS}
+SPEC_BY_ENV = {s.env: s for s in SPECS}
+ENV_FILE_VAR = "OPENWORK_ENV_FILE"
+KNOWN_NAMES = tuple(SPEC_BY_ENV) + (ENV_FILE_VAR,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All settings, validated. Paths are absolute. ``origins`` says where each value came from."""
+
+    image: str
+    name: str
+    workspace_dir: Path
+    data_dir: Path
+    replace: bool
+    port: int
+    connect_host: str
+    token: str | None
+    host_token: str | None
+    runtime: str
+    cpus: int
+    memory: int
+    approval_mode: str
+    state_dir: Path
+    health_timeout: float
+    request_timeout: float
+    orchestrator_version: str
+    server_version: str
+    opencode_version: str
+    orchestrator_bin: Path | None
+    server_bin: Path | None
+    opencode_bin: Path | None
+    base_image: str
+    cache_dir: Path
+    npm_registry: str | None
+    registry_username: str | None
+    registry_password: str | None
+    registry_insecure: bool
+    project_root: Path
+    env_file: Path | None
+    origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    # --- derived values ---------------------------------------------------------------------
+    @property
+    def image_ref(self) -> ImageRef:
+        return ImageRef.parse(self.image)
+
+    @property
+    def sandbox_state_dir(self) -> Path:
+        """``.state/<name>/``: tokens, job id, lock, and (by default) the two bind-mounted folders."""
+        return self.state_dir / self.name
+
+    @property
+    def bind_address(self) -> str:
+        """Host address the port is published on: loopback unless clients connect from elsewhere."""
+        if is_loopback(self.connect_host):
+            return "::1" if self.connect_host in ("::1",) else "127.0.0.1"
+        try:
+            ipaddress.ip_address(self.connect_host)
+            return self.connect_host
+        except ValueError:
+            return "0.0.0.0"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def registry_plain_http(self) -> bool:
+        """Talk plain HTTP to the registry: loopback registries always, others only when insecure."""
+        return self.image_ref.registry_is_loopback or self.registry_insecure
+
+    def origin(self, field: str) -> str:
+        return self.origins.get(field, "default")
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every setting with secrets masked, for --json and doctor."""
+        from .console import mask
+
+        out: dict[str, Any] = {}
+        for spec in SPECS:
+            value = getattr(self, spec.field)
+            out[spec.env] = mask(value) if spec.secret and value else (str(value) if isinstance(value, Path) else value)
+        return out
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        """A copy with some values changed (e.g. a unique name for an ephemeral smoke run)."""
+        if "name" in changes:
+            _name(changes["name"])
+        return dataclasses.replace(self, **changes)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+_DOTENV_LINE = re.compile(
+    r"""^\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.]*\s*=\s*(?:'[^']*'|"(?:[^"\\]|\\.)*"|[^'"\s#][^#]*?|)\s*(?:\#.*)?$"""
+)
+
+
+def _dotenv_problems(path: Path, text: str) -> list[str]:
+    """python-dotenv only logs lines it cannot parse; find them ourselves and say which line."""
+    problems = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        i += 1
+        if not stripped or stripped.startswith("#"):
+            continue
+        # multi-line quoted values are legal: skip to the closing quote
+        m = re.match(r"""^\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.]*\s*=\s*(['"])""", line)
+        if m and line.count(m.group(1)) == 1:
+            while i < len(lines) and m.group(1) not in lines[i]:
+                i += 1
+            i += 1
+            continue
+        if not _DOTENV_LINE.match(line):
+            shown = stripped if len(stripped) <= 40 else stripped[:37] + "..."
+            if "=" in stripped and stripped.split("=", 1)[0].strip().upper() in {s.env for s in SPECS if s.secret}:
+                shown = stripped.split("=", 1)[0] + "=…"
+            problems.append(f"{path}:{i}: cannot parse {shown!r}: expected NAME=value")
+    return problems
+
+
+def _dotenv_line_numbers(text: str) -> dict[str, int]:
+    numbers = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=", line)
+        if m:
+            numbers[m.group(1)] = n
+    return numbers
+
+
+def _read_env_file(path: Path, explicit: bool, problems: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+    from dotenv import dotenv_values
+
+    if not path.exists():
+        if explicit:
+            problems.append(f"{ENV_FILE_VAR}={path}: no such file; create it (copy .env.example) or drop the setting")
+        return {}, {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{ENV_FILE_VAR}={path}: cannot read it ({exc.__class__.__name__}); fix its permissions or encoding")
+        return {}, {}
+    problems.extend(_dotenv_problems(path, text))
+    values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return values, _dotenv_line_numbers(text)
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, KNOWN_NAMES, n=1, cutoff=0.8)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _shown(spec: Spec, raw: str) -> str:
+    from .console import mask
+
+    return mask(raw) if spec.secret else raw
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+) -> Settings:
+    """Read every setting once: ``flags`` (task flags; ``None`` means "not given") > ``environ`` >
+    the ``.env`` file > defaults. Raises :class:`SettingsError` listing every problem."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    project_root = Path(root).resolve() if root else PROJECT_ROOT
+    problems: list[str] = []
+
+    unknown_flags = set(flags) - set(SPEC_BY_FIELD)
+    if unknown_flags:
+        raise TypeError(f"unknown setting flags: {sorted(unknown_flags)}")
+
+    explicit = env_file is not None or bool(environ.get(ENV_FILE_VAR))
+    env_path = Path(env_file or environ.get(ENV_FILE_VAR) or project_root / ".env").expanduser()
+    if not env_path.is_absolute():
+        env_path = (Path.cwd() / env_path).resolve()
+    file_values, file_lines = _read_env_file(env_path, explicit, problems)
+    try:
+        env_label = str(env_path.relative_to(Path.cwd()))
+    except ValueError:
+        env_label = str(env_path)
+
+    for key in file_values:
+        if key not in SPEC_BY_ENV and key != ENV_FILE_VAR and (key.startswith("OPENWORK") or key.startswith("OPENCODE")):
+            hint = _suggest(key)
+            if hint:
+                problems.append(f"{key} (from {env_label}:{file_lines.get(key, '?')}): unknown setting{hint}")
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for spec in SPECS:
+        if spec.field in flags:
+            raw, origin = flags[spec.field], f"flag --{spec.field.replace('_', '-')}"
+        elif spec.env in environ:
+            raw, origin = environ[spec.env], "environment"
+        elif spec.env in file_values:
+            raw, origin = file_values[spec.env], f"{env_label}:{file_lines.get(spec.env, '?')}"
+        else:
+            values[spec.field] = spec.default
+            continue
+        origins[spec.field] = origin
+        if not isinstance(raw, str):  # typed flag values (bool/int) from Invoke
+            raw = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
+        try:
+            values[spec.field] = spec.parse(raw)
+        except _Invalid as exc:
+            problems.append(f'{spec.env}="{_shown(spec, raw)}" (from {origin}): {exc}')
+
+    if problems:
+        raise SettingsError(problems)
+
+    state_dir = _absolute(values["state_dir"], project_root) if values["state_dir"] else project_root / ".state"
+    name_dir = state_dir / values["name"]
+    cache_root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    values.update(
+        state_dir=state_dir,
+        workspace_dir=_absolute(values["workspace_dir"], project_root) if values["workspace_dir"] else name_dir / "workspace",
+        data_dir=_absolute(values["data_dir"], project_root) if values["data_dir"] else name_dir / "data",
+        cache_dir=_absolute(values["cache_dir"], project_root) if values["cache_dir"] else cache_root / "openwork-sandbox",
+        orchestrator_bin=_absolute(values["orchestrator_bin"], project_root) if values["orchestrator_bin"] else None,
+        server_bin=_absolute(values["server_bin"], project_root) if values["server_bin"] else None,
+        opencode_bin=_absolute(values["opencode_bin"], project_root) if values["opencode_bin"] else None,
+    )
+    return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
+                    origins=origins)
+
+
+def _absolute(value: str | Path, root: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (root / path)
