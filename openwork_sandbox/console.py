@@ -31,9 +31,12 @@ def info(message: str = "") -> None:
 
 def emit_json(obj: Any) -> None:
     """The machine-readable result, alone on stdout."""
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    try:
+        json.dump(obj, sys.stdout, indent=2, ensure_ascii=False, default=str)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... --json | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def mask(secret: str | None) -> str:
