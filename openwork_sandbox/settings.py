@@ -125,6 +125,8 @@ class ImageRef:
         # "foo/bar": "foo" is a registry only if it looks like a host (has '.', ':' or is localhost)
         if domain and not ("." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")):
             path, domain = f"{domain}/{path}", None
+            if not re.fullmatch(rf"{_COMPONENT}(?:/{_COMPONENT})*", path):
+                raise _Invalid("expected an image reference like 127.0.0.1:5000/openwork-microsandbox:dev")
         return cls(domain, path, m.group("tag"), m.group("digest"))
 
     @property
@@ -386,44 +388,29 @@ class Settings:
 
 # --- loading ----------------------------------------------------------------------------------
 
-_DOTENV_LINE = re.compile(
-    r"""^\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.]*\s*=\s*(?:'[^']*'|"(?:[^"\\]|\\.)*"|[^'"\s#][^#]*?|)\s*(?:\#.*)?$"""
-)
+def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
+    """Unparseable lines (python-dotenv only logs them) and the line number of each key.
 
+    Uses python-dotenv's own parser, so what counts as a bad line is exactly what it skips."""
+    import io
 
-def _dotenv_problems(path: Path, text: str) -> list[str]:
-    """python-dotenv only logs lines it cannot parse; find them ourselves and say which line."""
-    problems = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        i += 1
-        if not stripped or stripped.startswith("#"):
-            continue
-        # multi-line quoted values are legal: skip to the closing quote
-        m = re.match(r"""^\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.]*\s*=\s*(['"])""", line)
-        if m and line.count(m.group(1)) == 1:
-            while i < len(lines) and m.group(1) not in lines[i]:
-                i += 1
-            i += 1
-            continue
-        if not _DOTENV_LINE.match(line):
-            shown = stripped if len(stripped) <= 40 else stripped[:37] + "..."
-            if "=" in stripped and stripped.split("=", 1)[0].strip().upper() in {s.env for s in SPECS if s.secret}:
-                shown = stripped.split("=", 1)[0] + "=…"
-            problems.append(f"{path}:{i}: cannot parse {shown!r}: expected NAME=value")
-    return problems
+    from dotenv.parser import parse_stream
 
-
-def _dotenv_line_numbers(text: str) -> dict[str, int]:
-    numbers = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=", line)
-        if m:
-            numbers[m.group(1)] = n
-    return numbers
+    secret_keys = {s.env for s in SPECS if s.secret}
+    problems, numbers = [], {}
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            shown = binding.original.string.strip().splitlines()[0] if binding.original.string.strip() else ""
+            key = shown.split("=", 1)[0].strip().removeprefix("export ").strip()
+            if "=" in shown and key in secret_keys:
+                shown = f"{key}=…"
+            elif len(shown) > 40:
+                shown = shown[:37] + "..."
+            problems.append(f"{path}:{line}: cannot parse {shown!r}: expected NAME=value")
+        elif binding.key:
+            numbers[binding.key] = line
+    return problems, numbers
 
 
 def _read_env_file(path: Path, explicit: bool, problems: list[str]) -> tuple[dict[str, str], dict[str, int]]:
@@ -438,9 +425,12 @@ def _read_env_file(path: Path, explicit: bool, problems: list[str]) -> tuple[dic
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{ENV_FILE_VAR}={path}: cannot read it ({exc.__class__.__name__}); fix its permissions or encoding")
         return {}, {}
-    problems.extend(_dotenv_problems(path, text))
+    bad_lines, numbers = _parse_dotenv(path, text)
+    if bad_lines:  # the load fails anyway; don't let python-dotenv log its own warning too
+        problems.extend(bad_lines)
+        return {}, numbers
     values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-    return values, _dotenv_line_numbers(text)
+    return values, numbers
 
 
 def _suggest(key: str) -> str:
