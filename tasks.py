@@ -32,7 +32,7 @@ def _finish(code: int) -> None:
 
 @task(help={"env_file": ENV_FILE_HELP, "json": JSON_HELP, "runtime": "check for this runtime: auto|microsandbox|docker"})
 def doctor(c, runtime=None, json=False, env_file=None):
-    """Check what this machine can run: Docker, registry, microsandbox, KVM, port, state folders."""
+    """Check what this machine can run and which runtime auto picks."""
     with task_boundary():
         from openwork_sandbox.doctor import run_doctor
 
@@ -49,7 +49,7 @@ def doctor(c, runtime=None, json=False, env_file=None):
     },
 )
 def build_image(c, image=None, base_image=None, json=False, env_file=None):
-    """Download the pinned, verified programs and build the OpenWork image."""
+    """Build the image from pinned, verified OpenWork programs."""
     with task_boundary():
         from openwork_sandbox.image_build import build_image as build
 
@@ -66,7 +66,7 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None):
     },
 )
 def push_image(c, image=None, json=False, env_file=None):
-    """Push the built image and prove the registry serves it (manifest, blobs, msb pull)."""
+    """Push the image and prove the registry serves it."""
     with task_boundary():
         from openwork_sandbox.image_push import push_image as push
 
@@ -93,7 +93,7 @@ SANDBOX_HELP = {
 )
 def up(c, name=None, image=None, runtime=None, port=None, replace=None, follow=False, show_tokens=False,
        json=False, env_file=None):
-    """Boot the image with persistent /workspace and /data, and wait until the server is healthy."""
+    """Boot the sandbox with persistent state and wait until healthy."""
     with task_boundary():
         from openwork_sandbox.lifecycle import up as start
 
@@ -103,7 +103,7 @@ def up(c, name=None, image=None, runtime=None, port=None, replace=None, follow=F
 
 @task(help=SANDBOX_HELP)
 def down(c, name=None, env_file=None):
-    """Stop the sandbox and keep its state; does nothing if it is not running."""
+    """Stop the sandbox, keep its state."""
     with task_boundary():
         from openwork_sandbox.lifecycle import down as stop
 
@@ -112,7 +112,7 @@ def down(c, name=None, env_file=None):
 
 @task(help={**SANDBOX_HELP, "json": JSON_HELP})
 def status(c, name=None, json=False, env_file=None):
-    """Show runtime, state, image, URL, health and uptime of the sandbox."""
+    """Show the sandbox's runtime, state, image, URL, health, uptime."""
     with task_boundary():
         from openwork_sandbox.lifecycle import status as show
 
@@ -129,7 +129,7 @@ def status(c, name=None, json=False, env_file=None):
     }
 )
 def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_file=None):
-    """Print the server's log (the entrypoint job, or the container's output)."""
+    """Print (or follow) the server's log."""
     with task_boundary():
         from openwork_sandbox.lifecycle import logs as show_logs
 
@@ -144,7 +144,7 @@ def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_fi
     }
 )
 def reset(c, name=None, yes=False, keep_data=False, env_file=None):
-    """Remove the sandbox and delete its state folders (asks first unless --yes)."""
+    """Remove the sandbox and delete its state folders."""
     with task_boundary():
         from openwork_sandbox.lifecycle import reset as remove
 
@@ -168,7 +168,7 @@ def reset(c, name=None, yes=False, keep_data=False, env_file=None):
 )
 def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, persistence=False, junit=None,
           json=False, runtime=None, image=None, port=None, env_file=None):
-    """Prove a remote client can connect and drive an OpenCode session.
+    """Prove a remote client can connect and run an OpenCode session.
 
     Exit codes: 0 all checks passed, 1 a check failed, 2 bad settings or usage,
     3 nothing reachable at the URL.
