@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import secrets
 import signal
 import socket
@@ -224,49 +225,39 @@ class SmokeRunner:
 
     # health ---------------------------------------------------------------------------------
     def check_health(self) -> str:
-        """Poll GET /health with capped exponential backoff (50 ms → 1 s) until the deadline."""
-        deadline = time.monotonic() + self.health_timeout
-        delay, answered, last = 0.05, False, None
-        last_problem = "no answer"
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                resp = self.client.health(timeout=max(0.05, min(self.request_timeout, remaining)))
-            except TransportError as exc:
-                last_problem = exc.detail
-                answered = answered or exc.kind != "refused"
-                last = exc
-            else:
-                answered, last = True, resp
-                if resp.status == 200:
-                    return self._health_body(resp)
-                last_problem = f"answered {resp.status}"
-            if self.is_alive is not None and not self.is_alive():
-                raise CheckFailed(f"the sandbox stopped while waiting for GET /health ({last_problem})",
-                                  last if isinstance(last, ApiResponse) else None,
-                                  hint="see the server log below; `invoke logs` shows all of it", result=ERROR)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
+        """Wait for GET /health (health.wait_for_health: capped exponential backoff from 50 ms) up to
+        OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
+        from .health import wait_for_health
+
         url = self.client.url("/health")
-        if not answered:
-            self.report.unreachable = True
-            raise CheckFailed(f"nothing listening at {url} within {self.health_timeout:g}s ({last_problem})",
-                              hint=self._unreachable_hint(), result=ERROR)
-        raise CheckFailed(f"GET {url} not healthy within {self.health_timeout:g}s: {last_problem}",
-                          last if isinstance(last, ApiResponse) else None,
-                          hint="the server answers but is not ready; see its log (OPENWORK_HEALTH_TIMEOUT waits longer)",
-                          result=ERROR)
+        try:
+            body = wait_for_health(self.target.url, self.health_timeout, is_alive=self.is_alive,
+                                   timeout_s=self.request_timeout, session=self.client.session)
+        except UnreachableError as exc:  # the deadline passed
+            if not _listening(self.target.url, min(self.request_timeout, 2.0)):
+                self.report.unreachable = True
+                raise CheckFailed(f"nothing listening at {url} within {self.health_timeout:g}s",
+                                  hint=self._unreachable_hint(), result=ERROR) from None
+            raise CheckFailed(exc.message, self._last_health(), result=ERROR,
+                              hint="the server answers but is not ready: see its log") from None
+        except WorkflowError as exc:  # the sandbox died while we waited
+            raise CheckFailed(exc.message, hint="see the server log below; `invoke logs` shows all of it",
+                              result=ERROR) from None
+        return self._health_body(ApiResponse("GET", url, 200, json.dumps(body), 0.0), body)
+
+    def _last_health(self) -> ApiResponse | None:
+        """One more GET /health after a failed wait, so the report shows what the server answers."""
+        try:
+            return self.client.health()
+        except TransportError:
+            return None
 
     def _unreachable_hint(self) -> str:
         if self.target.mode == "url":
             return "check --url (scheme, host, port, path) and that the server is running"
         return "is the sandbox up? `invoke status`; start it with `invoke up`"
 
-    def _health_body(self, resp: ApiResponse) -> str:
-        body = _json_object(resp, "GET /health")
+    def _health_body(self, resp: ApiResponse, body: dict) -> str:
         if body.get("ok") is not True:
             raise CheckFailed(f'GET /health is 200 but "ok" is {body.get("ok")!r}, expected true', resp, result=ERROR)
         version = body.get("version")
@@ -417,6 +408,17 @@ class SmokeRunner:
             with contextlib.suppress(OSError):
                 host_file.unlink()
         return f"{GUEST_WORKSPACE}/{name} -> {host_file}"
+
+
+def _listening(url: str, timeout: float) -> bool:
+    """Does anything accept a TCP connection at the URL's host and port?"""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def console_line(text: str) -> str:
