@@ -281,6 +281,8 @@ SPECS: tuple[Spec, ...] = (
          "bake this local opencode executable instead of downloading"),
     Spec("base_image", "OPENWORK_BASE_IMAGE", _image, "debian:bookworm-slim",
          "base of the image (scripts/make-base-image makes one offline)"),
+    Spec("source_date_epoch", "SOURCE_DATE_EPOCH", _int_range(0, 4102444800, 1700000000, " (Unix seconds)"), None,
+         "image 'created' label (default: the git commit time), so rebuilds keep the same image id"),
     Spec("cache_dir", "OPENWORK_CACHE_DIR", _path, None,
          "download cache (default $XDG_CACHE_HOME/openwork-sandbox)"),
     Spec("npm_registry", "NPM_CONFIG_REGISTRY", _url, None,
@@ -326,6 +328,7 @@ class Settings:
     server_bin: Path | None
     opencode_bin: Path | None
     base_image: str
+    source_date_epoch: int | None
     cache_dir: Path
     npm_registry: str | None
     registry_username: str | None

@@ -51,3 +51,130 @@ def clean_env(monkeypatch, tmp_path):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# --- the test stack image (issue 3): real openwork + opencode from npm, the stand-in server -------
+#
+# ``stack_image`` (session) builds the TEST image with the product's own build code
+# (openwork_sandbox.image_build.build_image): base ``openwork-base:bookworm-slim-python``, the real
+# openwork and opencode from the npm registry (downloaded once into .state/test-cache), and
+# tests/standin_openwork_server.py baked as openwork-server through OPENWORK_SERVER_BIN. It pushes
+# the image to the local registry and returns a StackImage with ``ref`` (registry ref), ``local``
+# (local tag), ``image_id``, ``versions`` and ``settings`` (the Settings it was built with).
+#
+# Start a container from it with the ``stack_container`` factory (removed at teardown), or by hand:
+#
+#   docker run -d --network host -e OPENWORK_PORT=<free port> -e OPENWORK_OPENCODE_PORT=<free port> \
+#     -e OPENWORK_TOKEN=<client token> -e OPENWORK_HOST_TOKEN=<host token> <ref>
+#
+# With host networking both ports must be free on the host (the entrypoint honours
+# OPENWORK_OPENCODE_PORT); the entrypoint exits 64 when a token is missing.
+
+import dataclasses
+import secrets
+import time
+
+STACK_REPO = "openwork-microsandbox-test"
+STACK_TAG = "stack"
+STACK_CACHE_DIR = ROOT / ".state" / "test-cache"  # npm downloads, kept between sessions
+STACK_STATE_DIR = ROOT / ".state" / "test-stack"  # build context, last-build.json
+STANDIN_SERVER = ROOT / "tests" / "standin_openwork_server.py"
+
+
+def stack_settings(tmp_dir: Path, **env: str):
+    """Settings for a test build: only the given values and the test defaults, no .env file."""
+    from openwork_sandbox.settings import load_settings
+
+    env_file = tmp_dir / "empty.env"
+    env_file.write_text("")
+    environ = {
+        "OPENWORK_BASE_IMAGE": TEST_BASE_IMAGE,
+        "OPENWORK_SERVER_BIN": str(STANDIN_SERVER),
+        "OPENWORK_CACHE_DIR": str(STACK_CACHE_DIR),
+        "OPENWORK_STATE_DIR": str(STACK_STATE_DIR),
+        "OPENWORK_MICROSANDBOX_IMAGE": f"{REGISTRY}/{STACK_REPO}:{STACK_TAG}",
+        **env,
+    }
+    return load_settings(environ=environ, env_file=env_file, root=ROOT)
+
+
+@dataclasses.dataclass
+class StackImage:
+    ref: str  # 127.0.0.1:5000/openwork-microsandbox-test:stack, pushed
+    local: str  # openwork-microsandbox-test:stack, a local tag of the same image
+    image_id: str
+    versions: dict
+    settings: object
+    build: dict
+
+
+@pytest.fixture(scope="session")
+def stack_image(test_base_image, tmp_path_factory) -> StackImage:
+    """The test image (real openwork + opencode, stand-in server), built and pushed once per session."""
+    from openwork_sandbox.image_build import build_image
+
+    settings = stack_settings(tmp_path_factory.mktemp("stack"))
+    build = build_image(settings)
+    local = f"{STACK_REPO}:{STACK_TAG}"
+    subprocess.run(["docker", "tag", build["image_id"], local], check=True, capture_output=True)
+    push = subprocess.run(["docker", "push", settings.image], capture_output=True, text=True, timeout=600)
+    assert push.returncode == 0, push.stderr
+    return StackImage(settings.image, local, build["image_id"], build["versions"], settings, build)
+
+
+@dataclasses.dataclass
+class StackContainer:
+    name: str
+    url: str
+    port: int
+    opencode_port: int
+    token: str
+    host_token: str
+
+    def logs(self) -> str:
+        proc = subprocess.run(["docker", "logs", self.name], capture_output=True, text=True)
+        return proc.stdout + proc.stderr
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Poll GET /health (backoff from 50 ms) until 200; fail with the container's log."""
+        import requests
+
+        deadline, delay = time.monotonic() + timeout, 0.05
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        pytest.fail(f"{self.url}/health not 200 within {timeout}s; log:\n{self.logs()[-3000:]}")
+
+
+@pytest.fixture
+def stack_container(stack_image):
+    """Factory: ``start(image=None, **env) -> StackContainer`` runs the stack image with host
+    networking on free ports and fresh tokens; every container is removed at teardown."""
+    started = []
+
+    def start(image: str | None = None, wait: bool = True, **env: str) -> StackContainer:
+        port, opencode_port = free_port(), free_port()
+        while opencode_port == port:
+            opencode_port = free_port()
+        c = StackContainer(f"owtest-{secrets.token_hex(4)}", f"http://127.0.0.1:{port}", port, opencode_port,
+                           secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+        values = {"OPENWORK_PORT": str(port), "OPENWORK_OPENCODE_PORT": str(opencode_port),
+                  "OPENWORK_TOKEN": c.token, "OPENWORK_HOST_TOKEN": c.host_token, **env}
+        argv = ["docker", "run", "-d", "--name", c.name, "--network", "host"]
+        for key, value in values.items():
+            argv += ["-e", f"{key}={value}"]
+        proc = subprocess.run(argv + [image or stack_image.ref], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        started.append(c.name)
+        if wait:
+            c.wait_healthy()
+        return c
+
+    yield start
+    for name in started:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)

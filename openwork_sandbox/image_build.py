@@ -1,0 +1,269 @@
+"""``build-image``: bake the three pinned, verified programs into a lean image.
+
+1. The base image must exist locally (or be pullable); else the error says how to make one.
+2. The programs come from :mod:`npm_artifacts` (verified, cached) or from local overrides.
+3. They are staged, with ``image/Dockerfile`` and the entrypoint, in a build context under the
+   state folder (hard links to the cache where possible) and built with the classic builder; the
+   ``Dockerfile`` has no ``RUN``, so nothing in the build needs a network or an emulator.
+4. One container checks every baked program's ``--version`` (skipped for an image id already
+   checked); a pinned version that does not match fails the build and removes the tag.
+5. The result (image id, size, versions) is printed, and kept in ``.state/last-build.json`` for
+   ``push-image``.
+
+Labels: ``created`` comes from ``SOURCE_DATE_EPOCH`` or the git commit time and ``revision`` from
+the git commit, so a rebuild of the same inputs keeps the same image id.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from . import console, npm_artifacts
+from .commands import docker, last_line, run, which
+from .errors import WorkflowError
+from .settings import PROJECT_ROOT, Settings
+
+IMAGE_DIR = PROJECT_ROOT / "image"
+CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh")
+VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")
+LAST_BUILD = "last-build.json"
+VERIFIED = "verified-images.json"
+PROGRAM_LABEL = "io.openwork.{}.version"
+
+
+# --- state ---------------------------------------------------------------------------------------
+
+def last_build_path(settings: Settings) -> Path:
+    return settings.state_dir / LAST_BUILD
+
+
+def read_last_build(settings: Settings) -> dict | None:
+    try:
+        return json.loads(last_build_path(settings).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# --- base image ----------------------------------------------------------------------------------
+
+def ensure_base_image(settings: Settings) -> dict:
+    """The base image's id and architecture; pull it if it is not here; a clear error if neither."""
+    base = settings.base_image
+    proc = docker("image", "inspect", "--format", "{{.Id}} {{.Architecture}}", base, check=False)
+    if proc.returncode != 0:
+        docker("version", "--format", "{{.Server.Version}}")  # an engine that does not answer says so
+        console.info(f"base image {base} is not here; pulling it")
+        pull = docker("pull", base, check=False, timeout=300)
+        if pull.returncode != 0:
+            raise WorkflowError(
+                f"base image {base} is not available (pull failed: {last_line(pull.stderr)}); make one with "
+                f"scripts/make-base-image and set OPENWORK_BASE_IMAGE=openwork-base:bookworm-slim")
+        proc = docker("image", "inspect", "--format", "{{.Id}} {{.Architecture}}", base)
+    image_id, arch = proc.stdout.split()
+    return {"id": image_id, "arch": arch}
+
+
+# --- labels --------------------------------------------------------------------------------------
+
+def _git(settings: Settings, *args: str) -> str | None:
+    if which("git") is None:
+        return None
+    proc = run(["git", "-C", str(settings.project_root), *args], check=False, timeout=10)
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def image_metadata(settings: Settings) -> dict[str, str]:
+    revision = _git(settings, "rev-parse", "HEAD") or "unknown"
+    if settings.source_date_epoch is not None:
+        epoch = settings.source_date_epoch
+    else:
+        commit_time = _git(settings, "log", "-1", "--format=%ct")
+        epoch = int(commit_time) if commit_time and commit_time.isdigit() else 0
+    created = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = _git(settings, "config", "--get", "remote.origin.url") or ""
+    if re.match(r"^[^/]+@[^:]+:", source):  # scp-like git@host:owner/repo -> https URL
+        user_host, path = source.split(":", 1)
+        source = f"https://{user_host.split('@', 1)[1]}/{path}"
+    source = re.sub(r"^(https?://)[^/@]+@", r"\1", source)  # never a credential in a label
+    return {"IMAGE_CREATED": created, "IMAGE_REVISION": revision, "IMAGE_SOURCE": source}
+
+
+# --- build context -------------------------------------------------------------------------------
+
+def _place(src: Path, dest: Path, *, link: bool) -> None:
+    """Put ``src`` at ``dest``: a hard link to the cache when possible (no copy, and the inode's
+    ctime stays put when the link is already there), else a copy with fixed mode and mtime."""
+    if dest.exists() and link:
+        try:
+            if os.path.samefile(src, dest):
+                return
+        except OSError:
+            pass
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    if link:
+        try:
+            os.link(src, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o755)
+    os.utime(dest, ns=(npm_artifacts.FIXED_MTIME * 10**9,) * 2)
+
+
+def stage_context(settings: Settings, artifacts: dict[str, npm_artifacts.Artifact]) -> Path:
+    context = settings.state_dir / "image-context"
+    (context / "bin").mkdir(parents=True, exist_ok=True)
+    for name in CONTEXT_FILES:
+        src, dest = IMAGE_DIR / name, context / name
+        if not dest.exists() or dest.read_bytes() != src.read_bytes():
+            _place(src, dest, link=False)
+        if name == "Dockerfile":
+            os.chmod(dest, 0o644)
+    for name, artifact in artifacts.items():
+        # cached npm programs are hard-linked; a user's own executable is copied (never touched)
+        _place(artifact.path, context / "bin" / name, link=artifact.source.startswith("npm:"))
+    for extra in (context / "bin").iterdir():
+        if extra.name not in artifacts:
+            extra.unlink()
+    return context
+
+
+# --- version check -------------------------------------------------------------------------------
+
+def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_artifacts.Artifact]) -> dict[str, str]:
+    """Run every baked program's ``--version`` in one container; pinned versions must match."""
+    verified_path = settings.state_dir / VERIFIED
+    verified = _read_json(verified_path)
+    if image_id in verified:
+        return verified[image_id]
+    script = "for p in " + " ".join(artifacts) + '; do printf "%s=" "$p"; "$p" --version 2>&1 | tr "\\n" " "; echo; done'
+    proc = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", "-e", "HOME=/tmp",
+                  image_id, "-c", script, timeout=120)
+    reported: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        name, _, output = line.partition("=")
+        match = VERSION_RE.search(output)
+        if name in artifacts:
+            reported[name] = match.group(0) if match else ""
+    problems = []
+    for name, artifact in artifacts.items():
+        got = reported.get(name, "")
+        if not got:
+            problems.append(f"{name} --version printed no version")
+        elif artifact.version and got != artifact.version:
+            program = npm_artifacts.PROGRAM_BY_NAME[name]
+            problems.append(f"{name} reports {got}, pinned {artifact.version} ({program.version_env})")
+    if problems:
+        raise WorkflowError("baked programs fail the version check: " + "; ".join(problems))
+    verified[image_id] = reported
+    _write_json(verified_path, verified)
+    return reported
+
+
+def _host_reported_version(path: Path) -> str:
+    """What a local override says it is, for its label ("local" when it cannot run on this host)."""
+    try:
+        proc = run([str(path), "--version"], check=False, timeout=15)
+    except WorkflowError:
+        return "local"
+    match = VERSION_RE.search(proc.stdout + proc.stderr) if proc.returncode == 0 else None
+    return match.group(0) if match else "local"
+
+
+# --- build ---------------------------------------------------------------------------------------
+
+def build_image(settings: Settings, as_json: bool = False) -> dict:
+    """Build ``settings.image`` from the pinned programs; print and return what was built."""
+    started = time.monotonic()
+    downloaded_before = npm_artifacts.STATS["downloaded_bytes"]
+    base = ensure_base_image(settings)
+    artifacts = npm_artifacts.resolve(settings, base["arch"])
+    context = stage_context(settings, artifacts)
+    meta = image_metadata(settings)
+    pinned = {name: (a.version or _host_reported_version(a.path)) for name, a in artifacts.items()}
+    build_args = {
+        "BASE_IMAGE": settings.base_image,
+        "OPENWORK_VERSION": pinned["openwork"],
+        "OPENWORK_SERVER_VERSION": pinned["openwork-server"],
+        "OPENCODE_VERSION": pinned["opencode"],
+        **meta,
+    }
+    iidfile = context.parent / ".image-context.iid"
+    argv = ["build", "--iidfile", str(iidfile), "-t", settings.image]
+    for key, value in build_args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    console.info(f"building {settings.image} on {settings.base_image} ({base['arch']})")
+    proc = docker(*argv, str(context), timeout=1800, check=False)
+    if proc.returncode != 0:
+        raise WorkflowError(f"docker build of {settings.image} failed: {last_line(proc.stderr or proc.stdout)}")
+    steps = len(re.findall(r"^Step \d+/\d+", proc.stdout, re.M))
+    cache_hits = proc.stdout.count("Using cache")
+    image_id = iidfile.read_text().strip()
+    try:
+        versions = check_versions(settings, image_id, artifacts)
+    except WorkflowError:
+        docker("rmi", settings.image, check=False)
+        raise
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", image_id).stdout.strip())
+    binaries = sum(a.path.stat().st_size for a in artifacts.values())
+    result = {
+        "image": settings.image,
+        "image_id": image_id,
+        "size": size,
+        "binaries_size": binaries,
+        "overhead": size - binaries,
+        "versions": {name: versions[name] for name in ("openwork", "openwork-server", "opencode")},
+        "sources": {name: a.source for name, a in artifacts.items()},
+        "sha256": {name: a.sha256 for name, a in artifacts.items()},
+        "base_image": settings.base_image,
+        "arch": base["arch"],
+        "created": meta["IMAGE_CREATED"],
+        "revision": meta["IMAGE_REVISION"],
+        "downloaded_bytes": npm_artifacts.STATS["downloaded_bytes"] - downloaded_before,
+        "build_steps": steps,
+        "cache_hits": cache_hits,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    _write_json(last_build_path(settings), result)
+    if as_json:
+        console.emit_json(result)
+    else:
+        _print(result)
+    return result
+
+
+def _print(r: dict) -> None:
+    console.info(f"{console.OK} built {r['image']}")
+    console.print_table([
+        ["image id", r["image_id"]],
+        ["size", f"{console.human_bytes(r['size'])} (programs {console.human_bytes(r['binaries_size'])}, "
+                 f"base and rest {console.human_bytes(r['overhead'])})"],
+        *[[name, f"{r['versions'][name]}  {r['sources'][name]}"] for name in ("openwork", "openwork-server", "opencode")],
+        ["downloaded", console.human_bytes(r["downloaded_bytes"])],
+        ["docker cache", f"{r['cache_hits']} of {r['build_steps']} steps"],
+        ["took", f"{r['seconds']:.1f} s"],
+    ])
