@@ -75,3 +75,36 @@ def docker_engine_answers(timeout: float = 10) -> bool:
                               timeout=timeout).returncode == 0
     except subprocess.TimeoutExpired:
         return False
+
+
+def stream_lines(argv: Sequence[str], *, env: dict | None = None):
+    """Yield a command's output lines (stdout and stderr merged) as they come.
+
+    Closing the generator (or Ctrl+C in the caller) stops the command; a non-zero exit that was
+    not caused by us raises a one-line WorkflowError after the output.
+    """
+    program = argv[0]
+    if which(program) is None:
+        raise WorkflowError(f"{program} is not installed: {INSTALL_HINTS.get(program, 'install it')}")
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace", env=env, bufsize=1)
+    last = ""
+    finished = False
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            last = line.strip() or last
+            yield line.rstrip("\n")
+        finished = True
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if finished and proc.wait() != 0:
+        raise WorkflowError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {last or '(no output)'}")

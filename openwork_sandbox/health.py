@@ -1,0 +1,161 @@
+"""Readiness of an OpenWork server over HTTP: wait for ``GET /health``, check ``/workspaces`` auth.
+
+The wait polls with a capped exponential backoff (50 ms, doubling, at most 0.5 s between tries)
+instead of upstream's fixed 1 s, fails fast when the sandbox has died, and on timeout names the
+endpoint, the deadline, the sandbox's state, its last log line, and a hint.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import requests
+
+from .errors import UnreachableError, WorkflowError
+
+FIRST_DELAY = 0.05
+MAX_DELAY = 0.5
+ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each may run `docker inspect`)
+
+
+class HealthTimeout(UnreachableError):
+    """No healthy answer before the deadline; ``log_lines`` holds the sandbox's last log lines."""
+
+    def __init__(self, message: str, *, log_lines: list[str] | None = None, log_hint: str = ""):
+        super().__init__(message)
+        self.log_lines = list(log_lines or [])
+        self.log_hint = log_hint
+
+
+class SandboxDied(WorkflowError):
+    """The sandbox or its server process stopped while we waited."""
+
+    def __init__(self, message: str, *, log_lines: list[str] | None = None, log_hint: str = ""):
+        super().__init__(message)
+        self.log_lines = list(log_lines or [])
+        self.log_hint = log_hint
+
+
+def _describe(describe: Callable[[], tuple[str, list[str], str]] | None) -> tuple[str, list[str], str]:
+    if describe is None:
+        return "unknown", [], ""
+    try:
+        return describe()
+    except WorkflowError as exc:
+        return f"unknown ({exc.message})", [], ""
+
+
+def wait_for_health(
+    url: str,
+    deadline_s: float,
+    *,
+    is_alive: Callable[[], bool] | None = None,
+    timeout_s: float = 2.0,
+    describe: Callable[[], tuple[str, list[str], str]] | None = None,
+    session: requests.Session | None = None,
+) -> dict:
+    """Poll ``GET <url>/health`` until it answers 2xx with a JSON body; return that body.
+
+    ``is_alive()`` (optional) is asked about twice a second; False ends the wait at once with
+    :class:`SandboxDied`. ``describe()`` (optional) returns ``(state, last log lines, log hint)``
+    for the error messages. Raises :class:`HealthTimeout` (an UnreachableError) at the deadline.
+    """
+    endpoint = url.rstrip("/") + "/health"
+    http = session or requests.Session()
+    start = time.monotonic()
+    deadline = start + deadline_s
+    delay = FIRST_DELAY
+    last_problem = "no answer yet"
+    next_alive_check = start + ALIVE_CHECK_EVERY
+    try:
+        while True:
+            try:
+                resp = http.get(endpoint, timeout=min(timeout_s, max(0.05, deadline - time.monotonic())))
+                if 200 <= resp.status_code < 300:
+                    try:
+                        body = resp.json()
+                    except ValueError:
+                        body = None
+                    if isinstance(body, dict):
+                        return body
+                    last_problem = f"HTTP {resp.status_code} with a body that is not a JSON object"
+                else:
+                    last_problem = f"HTTP {resp.status_code}"
+            except requests.ConnectionError:
+                last_problem = "connection refused"
+            except requests.Timeout:
+                last_problem = f"no answer within {timeout_s:g}s"
+            except requests.RequestException as exc:
+                last_problem = exc.__class__.__name__
+            now = time.monotonic()
+            if is_alive is not None and now >= next_alive_check:
+                next_alive_check = now + ALIVE_CHECK_EVERY
+                if not is_alive():
+                    state, lines, hint = _describe(describe)
+                    raise SandboxDied(
+                        f"the server stopped before {endpoint} answered (state: {state}); "
+                        f"{('last log line: ' + lines[-1].strip()) if lines else 'no log output'}"
+                        f"{('; full log: ' + hint) if hint else ''}",
+                        log_lines=lines, log_hint=hint,
+                    )
+            if now >= deadline:
+                state, lines, hint = _describe(describe)
+                raise HealthTimeout(
+                    f"GET {endpoint} not healthy within {deadline_s:g}s ({last_problem}; sandbox state: {state}); "
+                    f"{('last log line: ' + lines[-1].strip() + '; ') if lines else ''}"
+                    f"hint: {hint or 'check the server log'}; raise OPENWORK_HEALTH_TIMEOUT if it is only slow",
+                    log_lines=lines, log_hint=hint,
+                )
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, MAX_DELAY)
+    finally:
+        if session is None:
+            http.close()
+
+
+def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | None:
+    """``GET /workspaces`` must be 401 without a token and 200 with the client token.
+
+    Returns the first workspace's id (None when the list is empty). Raises WorkflowError naming
+    what answered instead.
+    """
+    endpoint = url.rstrip("/") + "/workspaces"
+    try:
+        anon = requests.get(endpoint, timeout=timeout_s)
+        if anon.status_code != 401:
+            raise WorkflowError(
+                f"GET {endpoint} without a token answered {anon.status_code}, expected 401: the server does not "
+                f"enforce its client token"
+            )
+        authed = requests.get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise UnreachableError(f"GET {endpoint} failed ({exc.__class__.__name__}); is the server still up?") from None
+    if authed.status_code != 200:
+        raise WorkflowError(
+            f"GET {endpoint} with the client token answered {authed.status_code}, expected 200: the server was "
+            f"started with another token (run `invoke up --replace`)"
+        )
+    try:
+        body = authed.json()
+    except ValueError:
+        raise WorkflowError(f"GET {endpoint} answered 200 with a body that is not JSON") from None
+    items = body.get("items") or body.get("workspaces") or [] if isinstance(body, dict) else []
+    if items and isinstance(items[0], dict):
+        return items[0].get("id")
+    return None
+
+
+def health_once(url: str, *, timeout_s: float = 1.0) -> dict | None:
+    """One quick ``GET /health``: the JSON body when healthy, else None (for status and reuse)."""
+    try:
+        resp = requests.get(url.rstrip("/") + "/health", timeout=timeout_s)
+    except requests.RequestException:
+        return None
+    if not 200 <= resp.status_code < 300:
+        return None
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

@@ -1,0 +1,24 @@
+"""Runtimes that boot the image: microsandbox (a microVM) and Docker, behind one interface.
+
+``runtime_for(kind, settings)`` builds one; ``probe.microvm_support()`` says whether microVMs
+boot here (the ``auto`` rule and ``doctor`` use it).
+"""
+
+from __future__ import annotations
+
+from ..settings import Settings
+from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+
+__all__ = ["ABSENT", "RUNNING", "STOPPED", "LaunchSpec", "Runtime", "RuntimeStatus", "runtime_for"]
+
+
+def runtime_for(kind: str, settings: Settings) -> Runtime:
+    if kind == "docker":
+        from .docker import DockerRuntime
+
+        return DockerRuntime(settings.name, settings.sandbox_state_dir)
+    if kind == "microsandbox":
+        from .microsandbox import MicrosandboxRuntime
+
+        return MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
+    raise ValueError(f"unknown runtime {kind!r}")

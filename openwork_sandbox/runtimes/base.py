@@ -1,0 +1,109 @@
+"""The small interface both runtimes (microsandbox, Docker) implement.
+
+A runtime boots one image under one name with two bind mounts, one published port, an
+environment and resource limits (a :class:`LaunchSpec`), and can say what state it is in, show
+its logs, run a command inside, stop and remove it. Nothing more: deciding *whether* to create,
+start or reuse is ``lifecycle``'s job.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+GUEST_WORKSPACE = "/workspace"
+GUEST_DATA = "/data"
+
+RUNNING, STOPPED, ABSENT = "running", "stopped", "absent"
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchSpec:
+    """What to boot. Host paths are absolute and exist; ``env`` holds the tokens (never print it)."""
+
+    name: str
+    image: str
+    host_port: int
+    bind_address: str  # host address the port is published on (127.0.0.1 unless clients are remote)
+    guest_port: int
+    mounts: dict[str, Path]  # guest path -> host folder
+    env: dict[str, str]
+    cpus: int
+    memory_mib: int
+    registry_plain_http: bool
+    fingerprint: str
+    pull_always: bool = False  # re-pull a tag that may have moved (replace)
+
+    def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
+        return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"
+
+
+@dataclasses.dataclass
+class RuntimeStatus:
+    """What a runtime knows about the sandbox, without asking the server."""
+
+    state: str  # running | stopped | absent
+    image: str | None = None
+    digest: str | None = None
+    started_at: float | None = None  # epoch seconds
+    fingerprint: str | None = None  # what it was created with (label or state record)
+    server_running: bool | None = None  # the server process/job inside (None: unknown)
+    detail: str = ""  # e.g. "exited (1)", "crashed"
+
+
+class Runtime(abc.ABC):
+    """One sandbox under one runtime. Implementations raise WorkflowError for expected failures."""
+
+    kind: str = "?"
+
+    def __init__(self, name: str, state_dir: Path):
+        self.name = name
+        self.state_dir = state_dir
+
+    @abc.abstractmethod
+    def status(self) -> RuntimeStatus:
+        """Current state; cheap (this is what `up` asks first and what `status` shows)."""
+
+    @abc.abstractmethod
+    def create(self, spec: LaunchSpec) -> None:
+        """Pull if needed, create and boot the sandbox, and start the server (replacing any old one)."""
+
+    @abc.abstractmethod
+    def start(self, spec: LaunchSpec) -> None:
+        """Start a stopped sandbox (or one whose server died) and relaunch the server."""
+
+    @abc.abstractmethod
+    def stop(self) -> bool:
+        """Stop it and keep everything; False when it was not running."""
+
+    @abc.abstractmethod
+    def remove(self) -> bool:
+        """Stop and delete the sandbox (not the state folders); False when there was none."""
+
+    @abc.abstractmethod
+    def is_alive(self) -> bool:
+        """The sandbox and its server process are running (asked while waiting for health)."""
+
+    @abc.abstractmethod
+    def log_tail(self, lines: int = 40) -> list[str]:
+        """The server's last output lines (empty when there is none)."""
+
+    @abc.abstractmethod
+    def log_hint(self) -> str:
+        """Where the full server log is: a path or a command."""
+
+    @abc.abstractmethod
+    def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
+                    system: bool = False) -> Iterator[str]:
+        """The server's (or with ``system``, the VM/engine's) log lines; ``follow`` keeps going."""
+
+    @abc.abstractmethod
+    def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
+        """Run a command inside; returns (exit code, stdout+stderr)."""
+
+    def describe(self) -> tuple[str, list[str], str]:
+        """(state, last log lines, log hint) for error messages."""
+        st = self.status()
+        return (st.state + (f", {st.detail}" if st.detail else "")), self.log_tail(40), self.log_hint()

@@ -1,0 +1,234 @@
+"""The Docker runtime: ``docker run -d`` of the same image, for hosts without microVMs.
+
+Networking and the loopback rule:
+
+- When the engine has a bridge network, the port is published with
+  ``-p <bind address>:<port>:8787`` (loopback unless OPENWORK_CONNECT_HOST is remote), exactly as
+  the microVM publishes it.
+- When it has none (the Debian engine here runs with ``--bridge=none``), publishing is impossible
+  and the container uses ``--network host``: the server then listens directly on the host port
+  (``OPENWORK_PORT``) and opencode on a free port (``OPENWORK_OPENCODE_PORT``). So that this does
+  not expose the server on every interface, the entrypoint gets ``OPENWORK_REMOTE_ACCESS=0`` when
+  the connect host is loopback: the orchestrator then binds openwork-server to 127.0.0.1 (it binds
+  0.0.0.0 only with ``--remote-access``). With a remote connect host it gets
+  ``OPENWORK_REMOTE_ACCESS=1`` and the token-length rule of ``up`` applies.
+
+The tokens reach the container through ``--env-file`` (a 0600 file in ``.state/<name>/``), never
+on a command line where ``ps`` would show them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .. import commands, console
+from ..errors import WorkflowError
+from ..state import write_private_file
+from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+
+LABEL_FP = "org.openwork-sandbox.fingerprint"
+LABEL_MANAGED = "org.openwork-sandbox.managed"
+ENV_FILE = "container.env"
+
+
+@functools.lru_cache(maxsize=None)
+def engine_has_bridge() -> bool:
+    """True when the engine has a bridge network (then ``-p`` publishing works)."""
+    proc = commands.docker("network", "ls", "--filter", "driver=bridge", "--format", "{{.Name}}", timeout=15)
+    return any(line.strip() == "bridge" for line in proc.stdout.splitlines())
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text or text.startswith("0001-"):
+        return None
+    text = text.rstrip("Z")
+    if "." in text:
+        head, frac = text.split(".", 1)
+        text = f"{head}.{frac[:6]}"
+    try:
+        return _dt.datetime.fromisoformat(text).replace(tzinfo=_dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+class DockerRuntime(Runtime):
+    kind = "docker"
+
+    # --- inspection ---------------------------------------------------------------------------
+    def _inspect(self) -> dict | None:
+        proc = commands.docker("container", "inspect", self.name, check=False, timeout=30)
+        if proc.returncode != 0:
+            if "No such" in proc.stderr or "no such" in proc.stderr:
+                return None
+            commands.docker("container", "inspect", self.name, timeout=30)  # raises the right error
+        data = json.loads(proc.stdout or "[]")
+        return data[0] if data else None
+
+    def status(self) -> RuntimeStatus:
+        info = self._inspect()
+        if info is None:
+            return RuntimeStatus(ABSENT)
+        state = info.get("State") or {}
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        running = bool(state.get("Running"))
+        detail = "" if running else f"{state.get('Status', 'stopped')}, exit code {state.get('ExitCode')}"
+        if state.get("OOMKilled"):
+            detail += ", killed for lack of memory (raise OPENWORK_MICROSANDBOX_MEMORY)"
+        return RuntimeStatus(
+            RUNNING if running else STOPPED,
+            image=(info.get("Config") or {}).get("Image"),
+            digest=info.get("Image"),
+            started_at=_parse_time(state.get("StartedAt")) if running else None,
+            fingerprint=labels.get(LABEL_FP),
+            server_running=running,
+            detail=detail,
+        )
+
+    def image_digest(self, ref: str) -> str | None:
+        """The registry digest (``repo@sha256:…``) of the local image, when Docker knows it."""
+        proc = commands.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref, check=False, timeout=30)
+        if proc.returncode != 0:
+            return None
+        digests = json.loads(proc.stdout or "[]") or []
+        return digests[0] if digests else None
+
+    def is_alive(self) -> bool:
+        proc = commands.docker("container", "inspect", "--format", "{{.State.Running}}", self.name, check=False,
+                               timeout=15)
+        return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+    # --- create / start / stop / remove -------------------------------------------------------
+    def _have_image(self, ref: str) -> bool:
+        return commands.docker("image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=30).returncode == 0
+
+    def pull(self, ref: str) -> float:
+        """``docker pull`` (a moved tag is fetched again); returns the seconds it took."""
+        console.info(f"pulling {ref} ...")
+        start = time.monotonic()
+        proc = commands.docker("pull", ref, check=False, timeout=1800)
+        if proc.returncode != 0:
+            err = commands.last_line(proc.stderr)
+            hint = "push it first (invoke push-image)" if "not found" in err or "manifest unknown" in err else \
+                "check OPENWORK_MICROSANDBOX_IMAGE and that the registry answers (invoke doctor)"
+            raise WorkflowError(f"docker pull {ref} failed: {err}; {hint}")
+        took = time.monotonic() - start
+        console.info(f"pulled {ref} in {took:.1f}s")
+        return took
+
+    def _network_args(self, spec: LaunchSpec) -> tuple[list[str], dict[str, str]]:
+        if engine_has_bridge():
+            return ["-p", f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}"], {}
+        from ..ports import free_port
+        from ..settings import is_loopback
+
+        env = {
+            "OPENWORK_PORT": str(spec.host_port),
+            "OPENWORK_OPENCODE_PORT": str(free_port()),
+            "OPENWORK_REMOTE_ACCESS": "0" if is_loopback(spec.bind_address) else "1",
+        }
+        return ["--network", "host"], env
+
+    def create(self, spec: LaunchSpec) -> None:
+        self.remove()
+        if spec.pull_always or not self._have_image(spec.image):
+            self.pull(spec.image)
+        net_args, net_env = self._network_args(spec)
+        env = {**spec.env, **net_env}
+        env_file = self.state_dir / ENV_FILE
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        write_private_file(env_file, "".join(f"{k}={v}\n" for k, v in env.items()))
+        cpus = spec.cpus
+        host_cpus = os.cpu_count() or cpus
+        if cpus > host_cpus:
+            console.info(f"note: OPENWORK_MICROSANDBOX_CPUS={cpus} but this host has {host_cpus}; Docker gets {host_cpus}")
+            cpus = host_cpus
+        argv = [
+            "run", "-d", "--name", self.name,
+            "--label", f"{LABEL_MANAGED}=1", "--label", f"{LABEL_FP}={spec.fingerprint}",
+            "--env-file", str(env_file),
+            "--cpus", str(cpus), "--memory", f"{spec.memory_mib}m",
+            *net_args,
+        ]
+        for guest, host in spec.mounts.items():
+            argv += ["--mount", f"type=bind,source={host},target={guest}"]
+        argv.append(spec.image)
+        proc = commands.docker(*argv, check=False, timeout=300)
+        if proc.returncode != 0:
+            raise WorkflowError(f"docker run {spec.image} failed: {commands.last_line(proc.stderr)}")
+
+    def start(self, spec: LaunchSpec) -> None:
+        # the server is the container's own entrypoint: starting the container relaunches it
+        proc = commands.docker("start", self.name, check=False, timeout=120)
+        if proc.returncode != 0:
+            raise WorkflowError(f"docker start {self.name} failed: {commands.last_line(proc.stderr)}")
+
+    def stop(self) -> bool:
+        if not self.is_alive():
+            return False
+        commands.docker("stop", "-t", "10", self.name, timeout=120)
+        return True
+
+    def remove(self) -> bool:
+        if self._inspect() is None:
+            return False
+        commands.docker("rm", "-f", self.name, timeout=120)
+        return True
+
+    # --- logs / exec --------------------------------------------------------------------------
+    def log_hint(self) -> str:
+        return f"docker logs {self.name} (or: invoke logs)"
+
+    def log_tail(self, lines: int = 40) -> list[str]:
+        if self._inspect() is None:
+            return []
+        try:
+            return list(commands.stream_lines(["docker", "logs", "--tail", str(lines), self.name]))[-lines:]
+        except WorkflowError:
+            return []
+
+    def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
+                    system: bool = False) -> Iterator[str]:
+        info = self._inspect()
+        if info is None:
+            raise WorkflowError(f"no container named {self.name}: run `invoke up` first")
+        if system:
+            yield from self._system_log(info, follow=follow, since_s=since_s)
+            return
+        argv = ["docker", "logs"]
+        if follow:
+            argv.append("--follow")
+        if tail is not None:
+            argv += ["--tail", str(tail)]
+        if since_s is not None:
+            argv += ["--since", f"{int(time.time() - since_s)}"]
+        yield from commands.stream_lines([*argv, self.name])
+
+    def _system_log(self, info: dict, *, follow: bool, since_s: float | None) -> Iterator[str]:
+        """The engine's view: the container's state, then its events (create, start, die, oom...)."""
+        state = info.get("State") or {}
+        yield (f"container {self.name}: {state.get('Status')} (exit code {state.get('ExitCode')}, "
+               f"OOM killed: {state.get('OOMKilled')}, started {state.get('StartedAt')}, "
+               f"finished {state.get('FinishedAt')}){(' error: ' + state['Error']) if state.get('Error') else ''}")
+        created = _parse_time(info.get("Created")) or time.time() - 86400
+        since = str(int(time.time() - since_s if since_s is not None else created))
+        argv = ["docker", "events", "--filter", f"container={self.name}", "--since", since,
+                "--format", "{{.TimeNano}} {{.Type}} {{.Action}}"]
+        if not follow:
+            argv += ["--until", str(int(time.time()) + 1)]
+        for line in commands.stream_lines(argv):
+            stamp, _, rest = line.partition(" ")
+            try:
+                when = _dt.datetime.fromtimestamp(int(stamp) / 1e9, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            except ValueError:
+                when = stamp
+            yield f"{when} {rest}"
+
+    def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
+        proc = commands.docker("exec", self.name, *argv, check=False, timeout=timeout)
+        return proc.returncode, (proc.stdout or "") + (proc.stderr or "")

@@ -1,0 +1,274 @@
+"""The sandbox's state folder ``.state/<name>/`` on the host.
+
+Layout (all owned by the user; secrets are mode 0600)::
+
+    .state/<name>/
+        workspace/        bind-mounted at /workspace (default; OPENWORK_MICROSANDBOX_WORKSPACE_DIR moves it)
+        data/             bind-mounted at /data      (default; OPENWORK_MICROSANDBOX_DATA_DIR moves it)
+        tokens.json       generated client and host tokens (0600), reused by every later `up`
+        sandbox.json      what runs: runtime, image, settings fingerprint, job id, ports, times
+        container.env     environment for `docker run --env-file` (0600: it holds the tokens)
+        lock              fcntl lock: one `up`/`down`/`reset` per name at a time
+
+:func:`safe_remove` deletes a state folder only when it is inside the configured state folder,
+is not (and does not contain) ``/``, the home folder or the project root, and is not a symlink;
+it never follows a symlink out of the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import WorkflowError
+from .settings import Settings
+
+TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
+MIN_PUBLIC_TOKEN_LEN = 24  # a port published beyond loopback needs at least this much token
+TOKENS_FILE = "tokens.json"
+RECORD_FILE = "sandbox.json"
+LOCK_FILE = "lock"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a file readable by the owner only, atomically (no window with wider permissions)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class SandboxState:
+    """One sandbox's folder: tokens, the record of what runs, the lock."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.dir = settings.sandbox_state_dir
+
+    # --- folders -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.dir.is_dir()
+
+    def ensure(self) -> None:
+        """Create ``.state/<name>/`` (0700) and the two bind-mounted folders, all absolute."""
+        for path in (self.dir, self.settings.workspace_dir, self.settings.data_dir):
+            if path.is_symlink() and path in (self.dir,):
+                raise WorkflowError(f"{path} is a symlink; the state folder must be a real folder: remove the link")
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WorkflowError(f"cannot create {path} ({exc.strerror}): check OPENWORK_STATE_DIR and its permissions") from None
+        with contextlib.suppress(OSError):
+            os.chmod(self.dir, 0o700)
+
+    # --- tokens ------------------------------------------------------------------------------
+    @property
+    def tokens_path(self) -> Path:
+        return self.dir / TOKENS_FILE
+
+    def stored_tokens(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.tokens_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, str) and v} if isinstance(data, dict) else {}
+
+    def tokens(self, *, create: bool = True) -> tuple[str | None, str | None]:
+        """The client and host tokens: from the settings when set, else generated once and kept.
+
+        Generated tokens live in ``tokens.json`` (0600) and are reused by every later call.
+        Returns ``(None, None)`` parts when nothing is set and ``create`` is False.
+        """
+        token, host_token = self.settings.token, self.settings.host_token
+        if token and host_token:
+            return token, host_token
+        stored = self.stored_tokens()
+        changed = False
+        if not token:
+            token = stored.get("token")
+            if not token and create:
+                token = stored["token"] = new_token()
+                changed = True
+        if not host_token:
+            host_token = stored.get("host_token")
+            if not host_token and create:
+                host_token = stored["host_token"] = new_token()
+                changed = True
+        if changed:
+            self.ensure()
+            write_private_file(self.tokens_path, json.dumps(stored, indent=2) + "\n")
+        return token, host_token
+
+    # --- the record of what runs ---------------------------------------------------------------
+    @property
+    def record_path(self) -> Path:
+        return self.dir / RECORD_FILE
+
+    def record(self) -> dict[str, Any]:
+        return read_record(self.dir)
+
+    def save_record(self, **values: Any) -> dict[str, Any]:
+        """Merge ``values`` into ``sandbox.json`` (0600; it names the job but holds no secret)."""
+        self.ensure()
+        return update_record(self.dir, **values)
+
+    def write_private(self, filename: str, text: str) -> Path:
+        self.ensure()
+        path = self.dir / filename
+        write_private_file(path, text)
+        return path
+
+    # --- lock ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, *, wait: float = 5.0, action: str = "up") -> Iterator[None]:
+        """Hold ``.state/<name>/lock`` (fcntl, released when the process dies).
+
+        A second holder waits up to ``wait`` seconds, then fails with a message naming the
+        process that holds it.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            delay = 0.05
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                        raise WorkflowError(
+                            f"sandbox {self.settings.name} is busy: {holder} holds {path}; wait for it to finish "
+                            f"and run `invoke {action}` again"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"`invoke {action}` (pid {os.getpid()})".encode(), 0)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing releases the flock
+
+
+def read_record(state_dir: Path) -> dict[str, Any]:
+    """``<state_dir>/sandbox.json`` as a dict (empty when missing or unreadable)."""
+    try:
+        data = json.loads((state_dir / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_record(state_dir: Path, **values: Any) -> dict[str, Any]:
+    """Merge ``values`` into ``<state_dir>/sandbox.json``; a value of None removes the key."""
+    data = read_record(state_dir)
+    for key, value in values.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_private_file(state_dir / RECORD_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return data
+
+
+# --- settings fingerprint ------------------------------------------------------------------------
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """A short stable hash of what a sandbox was created with (secrets hashed, never stored)."""
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def secret_digest(secret: str | None) -> str:
+    return hashlib.sha256((secret or "").encode()).hexdigest()[:12]
+
+
+# --- safe deletion -------------------------------------------------------------------------------
+
+def _is_same_or_ancestor(path: Path, other: Path) -> bool:
+    """``path`` is ``other`` or one of its parents (deleting ``path`` would delete ``other``)."""
+    return path == other or path in other.parents
+
+
+def deletion_problem(target: Path, state_root: Path, project_root: Path) -> str | None:
+    """Why ``target`` must not be deleted, or None when it is safe.
+
+    Safe means: ``target`` is not a symlink, lies strictly inside ``state_root`` (resolved), and
+    neither ``state_root`` nor ``target`` is (or contains) ``/``, the home folder or the project root.
+    """
+    home = Path.home().resolve()
+    root = Path(target.anchor or "/")
+    try:
+        state_real = state_root.resolve()
+    except (OSError, RuntimeError) as exc:
+        return f"cannot resolve the state folder {state_root}: {exc}"
+    protected = {"/": root, "the home folder": home, "the project root": project_root.resolve()}
+    for label, path in protected.items():
+        if state_real == path:
+            return f"the state folder {state_root} resolves to {label} ({path}); set OPENWORK_STATE_DIR to a folder of its own"
+    if target.is_symlink():
+        return f"{target} is a symlink (to {os.readlink(target)}); remove the link yourself, nothing is deleted through it"
+    try:
+        target_real = target.resolve()
+    except (OSError, RuntimeError) as exc:
+        return f"cannot resolve {target}: {exc}"
+    if state_real not in target_real.parents:
+        return f"{target} resolves to {target_real}, outside the state folder {state_real}; nothing deleted"
+    for label, path in protected.items():
+        if _is_same_or_ancestor(target_real, path):
+            return f"{target} resolves to {target_real}, which is or contains {label}; nothing deleted"
+    return None
+
+
+def safe_remove(target: Path, state_root: Path, project_root: Path) -> bool:
+    """Delete ``target`` (a sandbox's state folder) after :func:`deletion_problem` allows it.
+
+    Symlinks inside are removed as links; their targets are never touched (``shutil.rmtree`` on
+    Linux works on file descriptors and does not follow links). Returns False when nothing existed.
+    """
+    if not target.exists() and not target.is_symlink():
+        return False
+    problem = deletion_problem(target, state_root, project_root)
+    if problem:
+        raise WorkflowError(problem)
+    st = target.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise WorkflowError(f"{target} is not a folder; nothing deleted")
+
+    def onerror(func, path, exc_info):  # noqa: ARG001 - shutil's signature
+        exc = exc_info[1]
+        raise WorkflowError(
+            f"cannot delete {path} ({getattr(exc, 'strerror', exc)}): files made inside the sandbox may belong "
+            f"to another user; remove {target} with sudo"
+        )
+
+    shutil.rmtree(target, onerror=onerror)
+    return True
