@@ -91,13 +91,14 @@ SANDBOX_HELP = {
         "show_tokens": "print the tokens in clear instead of masked",
     }
 )
-def up(c, name=None, image=None, runtime=None, port=None, replace=None, follow=False, show_tokens=False,
+def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=False, show_tokens=False,
        json=False, env_file=None):
     """Boot the sandbox with persistent state and wait until healthy."""
     with task_boundary():
         from openwork_sandbox.lifecycle import up as start
 
-        settings = _settings(env_file, name=name, image=image, runtime=runtime, port=port, replace=replace)
+        # --replace is a switch; without it OPENWORK_MICROSANDBOX_REPLACE (or its default) decides
+        settings = _settings(env_file, name=name, image=image, runtime=runtime, port=port, replace=replace or None)
         start(settings, follow=follow, show_tokens=show_tokens, as_json=json)
 
 
