@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import task
+from invoke import call, task
 from invoke.exceptions import Exit
 
 from openwork_sandbox.errors import task_boundary
@@ -58,7 +58,8 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None):
 
 @task(
     name="push-image",
-    pre=[build_image],
+    # the same call the command line makes for a bare `build-image`, so Invoke's dedupe builds once
+    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None)],
     help={
         "env_file": ENV_FILE_HELP,
         "json": JSON_HELP,

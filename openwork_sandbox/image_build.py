@@ -184,6 +184,14 @@ def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_a
     return reported
 
 
+def _cache_stats(output: str) -> tuple[int, int]:
+    """(steps the classic builder can take from its cache, steps it did take from it).
+    ``FROM`` and the ``ARG`` lines before it are never cached, so they are not counted."""
+    instructions = re.findall(r"^Step \d+/\d+ : (\w+)", output, re.M)
+    first_from = next((i for i, word in enumerate(instructions) if word.upper() == "FROM"), -1)
+    return len(instructions) - first_from - 1, output.count("Using cache")
+
+
 def _host_reported_version(path: Path) -> str:
     """What a local override says it is, for its label ("local" when it cannot run on this host)."""
     try:
@@ -220,8 +228,7 @@ def build_image(settings: Settings, as_json: bool = False) -> dict:
     proc = docker(*argv, str(context), timeout=1800, check=False)
     if proc.returncode != 0:
         raise WorkflowError(f"docker build of {settings.image} failed: {last_line(proc.stderr or proc.stdout)}")
-    steps = len(re.findall(r"^Step \d+/\d+", proc.stdout, re.M))
-    cache_hits = proc.stdout.count("Using cache")
+    steps, cache_hits = _cache_stats(proc.stdout)
     image_id = iidfile.read_text().strip()
     try:
         versions = check_versions(settings, image_id, artifacts)
@@ -264,6 +271,6 @@ def _print(r: dict) -> None:
                  f"base and rest {console.human_bytes(r['overhead'])})"],
         *[[name, f"{r['versions'][name]}  {r['sources'][name]}"] for name in ("openwork", "openwork-server", "opencode")],
         ["downloaded", console.human_bytes(r["downloaded_bytes"])],
-        ["docker cache", f"{r['cache_hits']} of {r['build_steps']} steps"],
+        ["docker cache", f"{r['cache_hits']} of {r['build_steps']} steps from cache"],
         ["took", f"{r['seconds']:.1f} s"],
     ])
