@@ -1,0 +1,209 @@
+"""Runtime probe, port-in-use detection and the health wait, against real sockets and HTTP."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import free_port
+from lifecycle_helpers import make_settings, unique_name
+from openwork_sandbox.errors import UnreachableError, WorkflowError
+from openwork_sandbox.runtimes import probe
+
+
+# --- probe ---------------------------------------------------------------------------------------
+
+def test_cpu_flag_read_from_cpuinfo(tmp_path):
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\nflags\t\t: fpu vme vmx sse\n")
+    amd = tmp_path / "amd"
+    amd.write_text("flags\t\t: fpu svm\n")
+    none = tmp_path / "none"
+    none.write_text("flags\t\t: fpu vme sse hypervisor\n")
+    assert probe.cpu_virtualization_flag(intel) == "vmx"
+    assert probe.cpu_virtualization_flag(amd) == "svm"
+    assert probe.cpu_virtualization_flag(none) is None
+    assert probe.cpu_virtualization_flag(tmp_path / "missing") is None
+
+
+def test_microvm_support_agrees_with_this_host():
+    ok, why = probe.microvm_support()
+    flag = probe.cpu_virtualization_flag()
+    if flag is None:
+        assert not ok and "vmx/svm" in why
+    else:
+        assert ok == (probe.msb_path() is not None), why
+
+
+def test_docker_support_answers(services):
+    ok, why = probe.docker_support()
+    assert ok, why
+    assert "answers" in why
+
+
+def test_auto_runtime_says_what_it_chose_and_why(tmp_path, services):
+    from openwork_sandbox.lifecycle import choose_runtime
+
+    kind, why = choose_runtime(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name()))
+    if probe.microvm_support()[0]:
+        assert kind == "microsandbox" and "microVMs can boot" in why
+    else:
+        assert kind == "docker" and "microVMs cannot boot here" in why
+
+
+# --- port in use ------------------------------------------------------------------------------------
+
+def test_port_in_use_names_port_and_holder_and_creates_nothing(tmp_path):
+    from openwork_sandbox.lifecycle import up
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_MICROSANDBOX_PORT=str(port),
+                                 OPENWORK_MICROSANDBOX_RUNTIME="docker")
+        with pytest.raises(WorkflowError) as err:
+            up(settings)
+    message = err.value.message
+    assert f"port {port}" in message
+    import os
+    assert f"pid {os.getpid()}" in message  # what holds it: this very test process
+    assert "\n" not in message
+    assert not (tmp_path / "state").exists()  # nothing created
+
+
+def test_port_is_free_and_holder(tmp_path):
+    from openwork_sandbox.ports import port_holder, port_is_free
+
+    port = free_port()
+    assert port_is_free(port)
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", port))
+        sock.listen()
+        assert not port_is_free(port, "127.0.0.1")
+        assert "python" in port_holder(port)
+
+
+# --- health wait against a real HTTP server -----------------------------------------------------------
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def _serve(handler_cls) -> tuple[_Server, str]:
+    server = _Server(("127.0.0.1", 0), handler_cls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _handler(ready_at: float, token: str = "tok"):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        hits = 0
+
+        def log_message(self, *args):
+            pass
+
+        def _json(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            type(self).hits += 1
+            if self.path == "/health":
+                if time.monotonic() < ready_at:
+                    return self._json(503, {"ok": False})
+                return self._json(200, {"ok": True, "version": "9.9.9", "uptimeMs": 1})
+            if self.path == "/workspaces":
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    return self._json(401, {"code": "unauthorized", "message": "Invalid bearer token"})
+                return self._json(200, {"items": [{"id": "ws_c52ddf65534b"}], "workspaces": [], "activeId": None})
+            self._json(404, {})
+
+    return Handler
+
+
+def test_wait_for_health_returns_the_body_once_healthy():
+    from openwork_sandbox.health import wait_for_health
+
+    handler = _handler(time.monotonic() + 0.4)
+    server, url = _serve(handler)
+    try:
+        body = wait_for_health(url, 10, is_alive=lambda: True)
+    finally:
+        server.shutdown()
+    assert body["version"] == "9.9.9"
+    assert handler.hits >= 3  # it polled more than once while the server said 503
+
+
+def test_wait_for_health_timeout_names_endpoint_deadline_state_log_and_hint():
+    from openwork_sandbox.health import HealthTimeout, wait_for_health
+
+    server, url = _serve(_handler(time.monotonic() + 3600))
+    try:
+        with pytest.raises(HealthTimeout) as err:
+            wait_for_health(url, 0.5, describe=lambda: ("running", ["booting", "still booting"], "docker logs x"))
+    finally:
+        server.shutdown()
+    message = err.value.message
+    assert isinstance(err.value, UnreachableError)
+    for part in (f"{url}/health", "0.5s", "HTTP 503", "running", "still booting", "docker logs x"):
+        assert part in message, (part, message)
+    assert err.value.log_lines == ["booting", "still booting"]
+
+
+def test_wait_for_health_fails_fast_when_the_sandbox_died():
+    from openwork_sandbox.health import SandboxDied, wait_for_health
+
+    port = free_port()  # nothing listens here
+    # SandboxDied (not HealthTimeout, which only comes at the 60 s deadline) proves it did not wait
+    with pytest.raises(SandboxDied) as err:
+        wait_for_health(f"http://127.0.0.1:{port}", 60, is_alive=lambda: False,
+                        describe=lambda: ("stopped, exit code 64", ["OPENWORK_TOKEN not set"], "docker logs x"))
+    assert "exit code 64" in err.value.message and "OPENWORK_TOKEN not set" in err.value.message
+
+
+def test_check_workspaces_wants_401_then_200():
+    from openwork_sandbox.health import check_workspaces
+
+    server, url = _serve(_handler(0, token="right"))
+    try:
+        assert check_workspaces(url, "right") == "ws_c52ddf65534b"
+        with pytest.raises(WorkflowError) as err:
+            check_workspaces(url, "wrong")
+        assert "401" in err.value.message and "expected 200" in err.value.message
+    finally:
+        server.shutdown()
+
+
+def test_exposure_beyond_loopback_needs_long_tokens(tmp_path):
+    from openwork_sandbox.lifecycle import _check_exposure
+
+    short = make_settings(tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10", OPENWORK_TOKEN="short-token-123",
+                          OPENWORK_HOST_TOKEN="x" * 30)
+    with pytest.raises(WorkflowError) as err:
+        _check_exposure(short)
+    assert "OPENWORK_TOKEN" in err.value.message and "24" in err.value.message
+    assert "short-token-123" not in err.value.message
+    _check_exposure(make_settings(tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10"))  # generated tokens are long
+    _check_exposure(make_settings(tmp_path, OPENWORK_TOKEN="short"))  # loopback: allowed
+
+
+def test_since_and_tail_parsing():
+    from openwork_sandbox.lifecycle import _parse_tail, parse_since
+
+    assert parse_since("30") == 30 and parse_since("5m") == 300 and parse_since("2h") == 7200
+    assert parse_since(None) is None
+    with pytest.raises(WorkflowError):
+        parse_since("yesterday")
+    assert _parse_tail("10") == 10 and _parse_tail(None) is None
+    with pytest.raises(WorkflowError):
+        _parse_tail("-3")
