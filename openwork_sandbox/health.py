@@ -19,13 +19,20 @@ MAX_DELAY = 0.5
 ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each may run `docker inspect`)
 
 
-class HealthTimeout(UnreachableError):
-    """No healthy answer before the deadline; ``log_lines`` holds the sandbox's last log lines."""
+class HealthTimeout(WorkflowError):
+    """Something answered, but not healthily, before the deadline (exit 1).
+
+    ``log_lines`` holds the sandbox's last log lines, ``log_hint`` where the full log is.
+    """
 
     def __init__(self, message: str, *, log_lines: list[str] | None = None, log_hint: str = ""):
         super().__init__(message)
         self.log_lines = list(log_lines or [])
         self.log_hint = log_hint
+
+
+class NothingListening(UnreachableError, HealthTimeout):
+    """Nothing ever answered HTTP at the URL before the deadline (an UnreachableError: exit 3)."""
 
 
 class SandboxDied(WorkflowError):
@@ -59,7 +66,8 @@ def wait_for_health(
 
     ``is_alive()`` (optional) is asked about twice a second; False ends the wait at once with
     :class:`SandboxDied`. ``describe()`` (optional) returns ``(state, last log lines, log hint)``
-    for the error messages. Raises :class:`HealthTimeout` (an UnreachableError) at the deadline.
+    for the error messages. At the deadline: :class:`NothingListening` (an UnreachableError) when
+    nothing ever answered HTTP, else :class:`HealthTimeout` (a WorkflowError).
     """
     endpoint = url.rstrip("/") + "/health"
     http = session or requests.Session()
@@ -67,11 +75,13 @@ def wait_for_health(
     deadline = start + deadline_s
     delay = FIRST_DELAY
     last_problem = "no answer yet"
+    answered = False
     next_alive_check = start + ALIVE_CHECK_EVERY
     try:
         while True:
             try:
                 resp = http.get(endpoint, timeout=min(timeout_s, max(0.05, deadline - time.monotonic())))
+                answered = True
                 if 200 <= resp.status_code < 300:
                     try:
                         body = resp.json()
@@ -101,7 +111,7 @@ def wait_for_health(
                     )
             if now >= deadline:
                 state, lines, hint = _describe(describe)
-                raise HealthTimeout(
+                raise (HealthTimeout if answered else NothingListening)(
                     f"GET {endpoint} not healthy within {deadline_s:g}s ({last_problem}; sandbox state: {state}); "
                     f"{('last log line: ' + lines[-1].strip() + '; ') if lines else ''}"
                     f"hint: {hint or 'check the server log'}; raise OPENWORK_HEALTH_TIMEOUT if it is only slow",

@@ -154,10 +154,20 @@ def test_wait_for_health_timeout_names_endpoint_deadline_state_log_and_hint():
     finally:
         server.shutdown()
     message = err.value.message
-    assert isinstance(err.value, UnreachableError)
+    assert not isinstance(err.value, UnreachableError)  # it answered, just not healthily: exit 1
+    assert err.value.exit_code == 1
     for part in (f"{url}/health", "0.5s", "HTTP 503", "running", "still booting", "docker logs x"):
         assert part in message, (part, message)
     assert err.value.log_lines == ["booting", "still booting"]
+
+
+def test_wait_for_health_with_nothing_listening_is_unreachable():
+    from openwork_sandbox.health import HealthTimeout, NothingListening, wait_for_health
+
+    with pytest.raises(NothingListening) as err:
+        wait_for_health(f"http://127.0.0.1:{free_port()}", 0.3)
+    assert isinstance(err.value, UnreachableError) and isinstance(err.value, HealthTimeout)
+    assert err.value.exit_code == 3 and "connection refused" in err.value.message
 
 
 def test_wait_for_health_fails_fast_when_the_sandbox_died():
