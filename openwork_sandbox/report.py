@@ -192,7 +192,7 @@ def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
             console.info(f"{console.BAD} {check.name}: " + failure_text(check, secrets).replace("\n", "\n    "))
     for note in report.notes:
         console.info(f"{console.BAD} {redact(note, secrets)}")
-    if not report.ok and (report.log_tail or report.log_path):
+    if not report.ok and (report.log_tail or report.log_path) and not report.log_printed:
         title = f"server log, last {len(report.log_tail)} lines" + (f" (full log: {report.log_path})"
                                                                       if report.log_path else "")
         console.info("")

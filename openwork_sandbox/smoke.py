@@ -98,6 +98,7 @@ class SmokeReport:
     opencode_version: str | None = None
     workspace_id: str | None = None
     unreachable: bool = False
+    log_printed: bool = False  # `up` already printed the log tail on the terminal
     log_tail: list[str] = dataclasses.field(default_factory=list)
     log_path: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. teardown problems
@@ -155,6 +156,7 @@ class Target:
     runtime: str | None = None
     exec_in_runtime: Callable[[list[str]], tuple[int, str]] | None = None  # for persistence
     host_workspace: Path | None = None
+    is_alive: Callable[[], bool] | None = None  # the runtime says the sandbox runs (ends the health wait early)
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -163,12 +165,13 @@ class SmokeRunner:
     """Runs the checks against one :class:`Target`; knows nothing about output."""
 
     def __init__(self, target: Target, *, request_timeout: float, health_timeout: float, persistence: bool = False,
-                 is_alive: Callable[[], bool] | None = None):
+                 is_alive: Callable[[], bool] | None = None, on_check: Callable[[str], None] | None = None):
         self.target = target
         self.request_timeout = request_timeout
         self.health_timeout = health_timeout
         self.persistence = persistence
-        self.is_alive = is_alive
+        self.is_alive = is_alive or target.is_alive
+        self.on_check = on_check  # called with a check's name just before it runs (progress, fault tests)
         self.client = OpenWorkClient(target.url, token=target.token, host_token=target.host_token,
                                      timeout=request_timeout)
         self.report = SmokeReport(url=target.url, mode=target.mode, checks=[], name=target.name,
@@ -202,6 +205,8 @@ class SmokeRunner:
                 result.message = f"needs {pre}, which {'was skipped' if done[pre].result == SKIPPED else 'did not pass'}"
                 return result
         method: Callable[[], str] = getattr(self, "check_" + name.replace("-", "_"))
+        if self.on_check is not None:
+            self.on_check(name)
         start = time.perf_counter()
         try:
             result.detail = method() or ""
@@ -214,6 +219,8 @@ class SmokeRunner:
                 # redact the whole body before cutting it, so no secret survives half-cut
                 result.request, result.status = exc.response.request, exc.response.status
                 result.body = body_start(redact(exc.response.text, self.report.secrets))
+        except WorkflowError as exc:  # e.g. the runtime refused an exec (persistence)
+            result.result, result.message = (ERROR if name == "health" else FAILED), exc.message
         except TransportError as exc:
             result.result = ERROR if name == "health" else FAILED
             result.message = f"{exc.detail}: the server stopped answering" if name != "health" else exc.detail
@@ -227,22 +234,24 @@ class SmokeRunner:
     def check_health(self) -> str:
         """Wait for GET /health (health.wait_for_health: capped exponential backoff from 50 ms) up to
         OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
-        from .health import wait_for_health
+        from .health import HealthTimeout, NothingListening, wait_for_health
 
         url = self.client.url("/health")
         try:
             body = wait_for_health(self.target.url, self.health_timeout, is_alive=self.is_alive,
                                    timeout_s=self.request_timeout, session=self.client.session)
-        except UnreachableError as exc:  # the deadline passed
-            if not _listening(self.target.url, min(self.request_timeout, 2.0)):
-                self.report.unreachable = True
-                raise CheckFailed(f"nothing listening at {url} within {self.health_timeout:g}s",
-                                  hint=self._unreachable_hint(), result=ERROR) from None
+        except NothingListening:
+            self.report.unreachable = True
+            raise CheckFailed(f"nothing listening at {url} within {self.health_timeout:g}s",
+                              hint=self._unreachable_hint(), result=ERROR) from None
+        except HealthTimeout as exc:  # something answered, never healthy
             raise CheckFailed(exc.message, self._last_health(), result=ERROR,
                               hint="the server answers but is not ready: see its log") from None
-        except WorkflowError as exc:  # the sandbox died while we waited
-            raise CheckFailed(exc.message, hint="see the server log below; `invoke logs` shows all of it",
-                              result=ERROR) from None
+        except WorkflowError as exc:  # the sandbox is not running, or died while we waited
+            if not _listening(self.target.url, min(self.request_timeout, 2.0)):
+                self.report.unreachable = True
+            raise CheckFailed(exc.message, result=ERROR,
+                              hint="start it with `invoke up`; `invoke logs` shows the server log") from None
         return self._health_body(ApiResponse("GET", url, 200, json.dumps(body), 0.0), body)
 
     def _last_health(self) -> ApiResponse | None:
@@ -468,7 +477,7 @@ def _check_usage(url: str | None, ephemeral: bool, persistence: bool) -> None:
         raise SettingsError(problems)
 
 
-def _local_target(settings, ep, mode: str) -> Target:
+def local_target(settings, ep, mode: str) -> Target:
     from . import lifecycle
 
     token = settings.token or ep.token
@@ -481,7 +490,25 @@ def _local_target(settings, ep, mode: str) -> Target:
         host_token_source=host_source, expected_workspace=GUEST_WORKSPACE,
         expected_workspace_id=getattr(ep, "workspace_id", None), name=ep.name, runtime=ep.runtime,
         exec_in_runtime=lambda argv: lifecycle.runtime_exec(settings, argv), host_workspace=Path(settings.workspace_dir),
+        is_alive=_runtime_is_alive(settings, ep.runtime),
     )
+
+
+def _runtime_is_alive(settings, kind: str | None) -> Callable[[], bool] | None:
+    """The runtime's own "is it running" probe for the sandbox, when we know the runtime."""
+    if kind not in ("docker", "microsandbox"):
+        return None
+    from .runtimes import runtime_for
+
+    runtime = runtime_for(kind, settings)
+
+    def alive() -> bool:
+        try:
+            return runtime.is_alive()
+        except WorkflowError:
+            return True  # cannot tell: keep waiting for the deadline
+
+    return alive
 
 
 def _url_target(settings, url: str) -> Target:
@@ -494,7 +521,7 @@ def _url_target(settings, url: str) -> Target:
                   host_token_source=source("host_token", "OPENWORK_HOST_TOKEN", "--host-token"))
 
 
-def _log_tail(settings, report: SmokeReport) -> None:
+def attach_log_tail(settings, report: SmokeReport) -> None:
     """Attach the server log's last lines (local sandboxes only); never fails the run."""
     from . import lifecycle
 
@@ -533,9 +560,9 @@ def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, pers
     from . import lifecycle
 
     ep = lifecycle.endpoint(settings)
-    report = _run_checks(settings, _local_target(settings, ep, "sandbox"), persistence)
+    report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence)
     if not report.ok:
-        _log_tail(settings, report)
+        attach_log_tail(settings, report)
     return _finish(report, junit, as_json)
 
 
@@ -627,10 +654,10 @@ def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: b
                 report = _up_failed_report(eph, exc)
             else:
                 timings["up"] = time.perf_counter() - start
-                report = _run_checks(eph, _local_target(eph, ep, "ephemeral"), persistence)
+                report = _run_checks(eph, local_target(eph, ep, "ephemeral"), persistence)
                 timings["checks"] = report.total_seconds
             if not report.ok:
-                _log_tail(eph, report)
+                attach_log_tail(eph, report)
     finally:
         teardown_start = time.perf_counter()
         problem = _teardown(eph)
@@ -659,8 +686,9 @@ def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
     report = SmokeReport(url=eph.url, mode="ephemeral", checks=checks, name=eph.name,
                          secrets=tuple(t for t in tokens if t))
     report.unreachable = isinstance(exc, UnreachableError)
+    report.log_printed = True  # up printed the log tail when its health wait failed
     return report
 
 
 __all__ = ["run_smoke", "SmokeRunner", "SmokeReport", "CheckResult", "Target", "CHECKS", "PREREQUISITES",
-           "ephemeral_settings", "EXIT_BAD_SETTINGS"]
+           "ephemeral_settings", "local_target", "attach_log_tail", "EXIT_BAD_SETTINGS"]
