@@ -113,8 +113,8 @@ def push_image(settings: Settings, as_json: bool = False) -> dict:
     started = time.monotonic()
     ref = settings.image_ref
     registry = Registry.for_settings(settings)
+    registry.ping()  # before anything else: a registry that is not there is one line, no side effects
     image_id = _local_image(settings)
-    registry.ping()
     login(settings)
     show = console.is_tty() and not as_json
     console.info(f"pushing {settings.image}")

@@ -130,7 +130,14 @@ def existing_versions(settings: Settings, package: str) -> list[str]:
         versions = list(resp.json().get("versions", {}))
     except ValueError:
         return []
-    return versions
+    return sorted(versions, key=_version_key)
+
+
+def _version_key(version: str) -> tuple:
+    """Order versions like semver: numbers numerically, a pre-release before its release."""
+    core, _, pre = version.partition("-")
+    numbers = tuple(int(p) if p.isdigit() else 0 for p in core.split("."))
+    return numbers, pre == "", pre
 
 
 def version_doc(settings: Settings, package: str, version: str, override_env: str | None = None) -> dict:
@@ -151,7 +158,7 @@ def version_doc(settings: Settings, package: str, version: str, override_env: st
         if not versions:
             raise WorkflowError(f"npm registry {registry} has no package {package}{hint}")
         raise WorkflowError(f"npm registry {registry} has no {package}@{version}; it has {len(versions)} "
-                            f"version{'s' if len(versions) != 1 else ''}, latest: {', '.join(versions[-5:])}{hint}")
+                            f"version{'s' if len(versions) != 1 else ''}, the newest: {', '.join(versions[-5:])}{hint}")
     if resp.status_code != 200:
         raise WorkflowError(f"npm registry {registry} answered HTTP {resp.status_code} for {package}@{version}")
     try:

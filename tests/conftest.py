@@ -105,21 +105,22 @@ class StackImage:
     image_id: str
     versions: dict
     settings: object
-    build: dict
+    build: dict  # build_image()'s result
+    push: dict  # push_image()'s result (digest, layers, msb pull)
 
 
 @pytest.fixture(scope="session")
 def stack_image(test_base_image, tmp_path_factory) -> StackImage:
     """The test image (real openwork + opencode, stand-in server), built and pushed once per session."""
     from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image_push import push_image
 
     settings = stack_settings(tmp_path_factory.mktemp("stack"))
     build = build_image(settings)
     local = f"{STACK_REPO}:{STACK_TAG}"
     subprocess.run(["docker", "tag", build["image_id"], local], check=True, capture_output=True)
-    push = subprocess.run(["docker", "push", settings.image], capture_output=True, text=True, timeout=600)
-    assert push.returncode == 0, push.stderr
-    return StackImage(settings.image, local, build["image_id"], build["versions"], settings, build)
+    pushed = push_image(settings)
+    return StackImage(settings.image, local, build["image_id"], build["versions"], settings, build, pushed)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,158 @@
+"""build-image against the real engine: the stack image (real openwork + opencode from npm, the
+stand-in server) runs, rebuilds from cache without downloading, carries its labels, bakes no
+secret, and the build refuses what it should."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import ROOT, stack_settings
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _health_window(image: str) -> float:
+    """start period + retries x interval of the image's own HEALTHCHECK, in seconds."""
+    out = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Healthcheck}}", image],
+                         capture_output=True, text=True, check=True).stdout
+    hc = json.loads(out)
+    assert hc and hc["Test"][0] == "CMD", "the image has no HEALTHCHECK"
+    return (hc["StartPeriod"] + hc["Retries"] * hc["Interval"]) / 1e9
+
+
+def test_container_serves_health_and_workspaces(stack_image, stack_container):
+    window = _health_window(stack_image.ref)
+    c = stack_container(wait=False)
+    c.wait_healthy(timeout=window)
+
+    assert requests.get(c.url + "/workspaces", timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {c.token}"}
+    resp = requests.get(c.url + "/workspaces", headers=auth, timeout=10)
+    assert resp.status_code == 200
+    workspace = resp.json()["items"][0]
+    assert workspace["id"] == "ws_c52ddf65534b" and workspace["path"] == "/workspace"
+    # the real opencode behind the stand-in's proxy creates a session
+    session = requests.post(f"{c.url}/w/{workspace['id']}/opencode/session", json={"title": "image test"},
+                            headers=auth, timeout=30)
+    assert session.status_code == 200, session.text
+    assert session.json()["directory"] == "/workspace"
+    assert "OpenWork orchestrator running" in c.logs()
+
+
+def test_docker_health_check_turns_healthy_without_curl(stack_image, stack_container):
+    window = _health_window(stack_image.ref)
+    c = stack_container()
+    deadline, status = time.monotonic() + window + 10, ""
+    while time.monotonic() < deadline:
+        status = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}", c.name],
+                                capture_output=True, text=True).stdout.strip()
+        if status == "healthy":
+            break
+        time.sleep(0.5)
+    assert status == "healthy", c.logs()[-2000:]
+    has_curl = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", stack_image.ref,
+                               "-c", "command -v curl wget || true"], capture_output=True, text=True).stdout.strip()
+    assert has_curl == ""
+
+
+def test_entrypoint_refuses_to_start_without_tokens(stack_image):
+    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "OPENWORK_TOKEN=only-this-one",
+                           stack_image.ref], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64
+    assert "OPENWORK_HOST_TOKEN not set" in proc.stderr
+    assert "only-this-one" not in proc.stderr + proc.stdout
+
+
+def test_image_layout_and_labels(stack_image):
+    cfg = json.loads(subprocess.run(["docker", "image", "inspect", stack_image.ref], capture_output=True, text=True,
+                                    check=True).stdout)[0]["Config"]
+    labels = cfg["Labels"]
+    revision = labels["org.opencontainers.image.revision"]
+    assert revision == stack_image.build["revision"]
+    kind = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-t", revision], capture_output=True, text=True)
+    assert kind.stdout.strip() == "commit"  # the git commit the image was built from
+    assert labels["org.opencontainers.image.title"] == "openwork-microsandbox"
+    assert labels["org.opencontainers.image.version"] == "0.18.1"
+    assert labels["org.opencontainers.image.created"].endswith("Z")
+    assert labels["io.openwork.openwork.version"] == "0.18.1"
+    assert labels["io.openwork.opencode.version"] == "1.17.11"
+    assert labels["io.openwork.openwork-server.version"] == "0.18.1"  # what the stand-in reports
+    assert cfg["Entrypoint"] == ["/usr/local/bin/microsandbox-entrypoint.sh"]
+    assert set(cfg["Volumes"]) == {"/workspace", "/data"} and "8787/tcp" in cfg["ExposedPorts"]
+    env = dict(e.split("=", 1) for e in cfg["Env"])
+    assert env["OPENWORK_WORKSPACE"] == "/workspace" and env["OPENWORK_DATA_DIR"] == "/data/openwork-orchestrator"
+    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", stack_image.ref],
+                             capture_output=True, text=True, check=True).stdout
+    assert "RUN" not in history.replace("#(nop)", "")  # no RUN step: nothing ran inside the build
+    # what changes most is the last file layer: a server bump pushes one layer
+    copies = [line for line in history.splitlines()[::-1] if "COPY" in line]
+    assert [c.split(" in ")[-1].strip() for c in copies] == [
+        "/usr/local/bin/opencode", "/usr/local/bin/openwork", "/usr/local/bin/microsandbox-entrypoint.sh",
+        "/usr/local/bin/openwork-server"]
+
+
+def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):
+    token, host_token = "tok-" + "a1b2c3d4" * 4, "host-" + "e5f6a7b8" * 4
+    settings = stack_settings(tmp_path, OPENWORK_TOKEN=token, OPENWORK_HOST_TOKEN=host_token)
+    from openwork_sandbox.image_build import build_image
+
+    result = build_image(settings)
+    assert result["image_id"] == stack_image.image_id  # tokens in the settings change nothing in the image
+    history = subprocess.run(["docker", "history", "--no-trunc", stack_image.ref], capture_output=True, text=True,
+                             check=True).stdout
+    inspect = subprocess.run(["docker", "image", "inspect", stack_image.ref], capture_output=True, text=True,
+                             check=True).stdout
+    for text in (history, inspect):
+        assert token not in text and host_token not in text
+        assert "microsandbox-token" not in text  # upstream's fixed default is not baked either
+    env_names = [e.split("=", 1)[0] for e in json.loads(inspect)[0]["Config"]["Env"]]
+    assert not [n for n in env_names if "TOKEN" in n]
+
+
+def test_second_build_downloads_nothing_and_hits_the_cache(stack_image, tmp_path, capsys):
+    from openwork_sandbox.image_build import build_image
+
+    again = build_image(stack_settings(tmp_path), as_json=True)
+    printed = json.loads(capsys.readouterr().out)
+    assert again["downloaded_bytes"] == 0
+    assert again["cache_hits"] == again["build_steps"] > 0
+    assert again["image_id"] == stack_image.image_id
+    assert printed["image_id"] == again["image_id"]
+    assert set(printed["versions"]) == {"openwork", "openwork-server", "opencode"}
+    assert printed["size"] > printed["binaries_size"] > 0
+    last = json.loads((stack_image.settings.state_dir / "last-build.json").read_text())
+    assert last["image_id"] == stack_image.image_id
+
+
+def test_version_check_refuses_a_wrong_pin(stack_image, tmp_path):
+    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image_build import check_versions
+
+    settings = stack_settings(tmp_path, OPENWORK_STATE_DIR=str(tmp_path / "state"))  # nothing verified yet
+    wrong = {name: npm_artifacts.Artifact(name, tmp_path, "", version, "npm:test")
+             for name, version in (("opencode", "1.17.11"), ("openwork", "9.9.9"), ("openwork-server", None))}
+    with pytest.raises(WorkflowError) as err:
+        check_versions(settings, stack_image.image_id, wrong)
+    assert "openwork reports 0.18.1, pinned 9.9.9 (OPENWORK_ORCHESTRATOR_VERSION)" in err.value.message
+    assert "\n" not in err.value.message
+    ok = dict(wrong, openwork=npm_artifacts.Artifact("openwork", tmp_path, "", "0.18.1", "npm:test"))
+    assert check_versions(settings, stack_image.image_id, ok) == stack_image.versions
+
+
+def test_missing_base_image_says_how_to_make_one(services, tmp_path):
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image_build import build_image
+
+    settings = stack_settings(tmp_path, OPENWORK_BASE_IMAGE="openwork-base:no-such-tag",
+                              OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    with pytest.raises(WorkflowError) as err:
+        build_image(settings)
+    message = err.value.message
+    assert "openwork-base:no-such-tag" in message and "scripts/make-base-image" in message
+    assert "OPENWORK_BASE_IMAGE" in message and "\n" not in message
