@@ -1,0 +1,159 @@
+"""The microsandbox runtime with the real SDK and msb runtime.
+
+On hosts without hardware virtualization (these CI machines) everything up to the boot is real:
+the pull from the local registry, the sandbox record, the boot failure and its diagnosis, status,
+logs and reset of the failed sandbox. The booted path runs where microVMs boot and skips here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+
+from conftest import PROD_BASE_IMAGE, REGISTRY, free_port
+from lifecycle_helpers import invoke, make_settings, unique_name
+from openwork_sandbox.runtimes.probe import microvm_support
+
+VM_OK, VM_WHY = microvm_support()
+needs_no_microvm = pytest.mark.skipif(VM_OK, reason="microVMs boot on this host, so there is no boot failure to report")
+needs_microvm = pytest.mark.skipif(not VM_OK, reason=f"microVMs cannot boot on this host: {VM_WHY}")
+
+
+def _sandbox_exists(name: str) -> bool:
+    from microsandbox import Sandbox, SandboxNotFoundError
+
+    async def go() -> bool:
+        try:
+            await Sandbox.get(name)
+            return True
+        except SandboxNotFoundError:
+            return False
+
+    return asyncio.run(go())
+
+
+def _remove_sandbox(name: str) -> None:
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    try:
+        MicrosandboxRuntime(name, __import__("pathlib").Path("/nonexistent")).remove()
+    except Exception:  # noqa: BLE001 - best-effort cleanup
+        pass
+
+
+@pytest.fixture(scope="module")
+def small_image(services):
+    """A small image in the local registry (the production base, ~30 MB compressed)."""
+    ref = f"{REGISTRY}/owtest-lifecycle:msb-small"
+    subprocess.run(["docker", "tag", PROD_BASE_IMAGE, ref], check=True, capture_output=True)
+    push = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300)
+    assert push.returncode == 0, push.stderr
+    return ref
+
+
+@needs_no_microvm
+def test_up_with_microsandbox_fails_fast_here_in_one_line(tmp_path, small_image):
+    name = unique_name("msb")
+    marker = tmp_path / "state" / name / "workspace" / "mine.txt"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("keep me")
+    proc = invoke(tmp_path, "up", "--runtime", "microsandbox", OPENWORK_MICROSANDBOX_NAME=name,
+                  OPENWORK_MICROSANDBOX_IMAGE=small_image, OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "cannot run microVMs" in lines[0] and "--runtime docker" in lines[0] and "vmx/svm" in lines[0]
+    assert marker.read_text() == "keep me"
+    assert not _sandbox_exists(name)  # it knew before booting: no ~11 s doomed boot was attempted
+
+
+@needs_no_microvm
+def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_path, small_image):
+    """The real SDK pulls from the local registry, the VM fails to boot, and the failure is named."""
+    from microsandbox import Image
+
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime, sandbox_log_dir
+    from openwork_sandbox.state import SandboxState
+
+    name = unique_name("msbboot")
+    env = dict(OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=small_image,
+               OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
+               OPENWORK_MICROSANDBOX_MEMORY="512", OPENWORK_MICROSANDBOX_CPUS="1")
+    settings = make_settings(tmp_path, **env).with_overrides(replace=True)  # replace: PullPolicy.ALWAYS
+    state = SandboxState(settings)
+    state.ensure()
+    (settings.workspace_dir / "mine.txt").write_text("keep me")
+    token, host_token = state.tokens()
+    runtime = MicrosandboxRuntime(name, settings.sandbox_state_dir)
+    try:
+        with pytest.raises(WorkflowError) as err:
+            runtime.create(launch_spec(settings, "microsandbox", token, host_token))
+        message = err.value.message
+        assert "\n" not in message
+        assert "this host cannot run microVMs" in message
+        assert "KVM_EXIT_INTERNAL_ERROR" in message
+        assert str(sandbox_log_dir(name) / "runtime.log") in message
+        assert "--runtime docker" in message
+        # the image was really pulled from the registry
+        async def inspect():
+            return await Image.inspect(small_image)
+
+        assert asyncio.run(inspect()).handle.manifest_digest.startswith("sha256:")
+        # nothing deleted: the sandbox is left for inspection, the state folder is intact
+        assert (settings.workspace_dir / "mine.txt").read_text() == "keep me"
+        assert state.tokens() == (token, host_token)
+        st = runtime.status()
+        assert st.state == "stopped" and st.image == small_image and st.fingerprint
+        # status and the system log work from another process
+        status = invoke(tmp_path, "status", "--json", **env)
+        assert status.returncode == 1 and json.loads(status.stdout)["state"] == "stopped", status.stderr
+        system = invoke(tmp_path, "logs", "--system", **env)
+        assert system.returncode == 0 and "KVM_EXIT_INTERNAL_ERROR" in system.stdout, system.stderr
+        # reset removes the sandbox and the state folder
+        reset = invoke(tmp_path, "reset", "--yes", **env)
+        assert reset.returncode == 0, reset.stderr
+        assert not _sandbox_exists(name) and not settings.sandbox_state_dir.exists()
+    finally:
+        _remove_sandbox(name)
+
+
+@needs_microvm
+def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, capsys):
+    """Where microVMs boot: up -> healthy, 401/200, a file written inside is on the host and
+    survives down + up (the job is relaunched) and --replace; reset removes it all."""
+    import requests
+
+    from openwork_sandbox.lifecycle import down, endpoint, reset, runtime_exec, status, up
+
+    name = unique_name("vm")
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="microsandbox")
+    try:
+        ep = up(settings)
+        assert ep.runtime == "microsandbox" and ep.workspace_id
+        assert requests.get(ep.url + "/workspaces", timeout=10).status_code == 401
+        assert requests.get(ep.url + "/workspaces", headers={"Authorization": f"Bearer {ep.token}"},
+                            timeout=10).status_code == 200
+        assert endpoint(settings) == ep
+        assert runtime_exec(settings, ["sh", "-c", "echo vm > /workspace/vm.txt"])[0] == 0
+        assert (settings.workspace_dir / "vm.txt").read_text() == "vm\n"
+        assert status(settings) == 0
+        down(settings)
+        assert status(settings) == 1
+        capsys.readouterr()
+        up(settings, as_json=True)
+        assert json.loads(capsys.readouterr().out)["action"] == "started"
+        assert runtime_exec(settings, ["cat", "/workspace/vm.txt"]) == (0, "vm\n")
+        up(settings.with_overrides(replace=True), as_json=True)
+        assert json.loads(capsys.readouterr().out)["action"] == "recreated"
+        assert (settings.workspace_dir / "vm.txt").exists()
+        reset(settings, yes=True)
+        assert not _sandbox_exists(name) and not settings.sandbox_state_dir.exists()
+    finally:
+        _remove_sandbox(name)
