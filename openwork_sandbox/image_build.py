@@ -16,6 +16,7 @@ the git commit, so a rebuild of the same inputs keeps the same image id.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -180,7 +181,7 @@ def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_a
     if problems:
         raise WorkflowError("baked programs fail the version check: " + "; ".join(problems))
     verified[image_id] = reported
-    _write_json(verified_path, verified)
+    _write_json(verified_path, dict(list(verified.items())[-50:]))  # the last 50 images are plenty
     return reported
 
 
@@ -204,8 +205,33 @@ def _host_reported_version(path: Path) -> str:
 
 # --- build ---------------------------------------------------------------------------------------
 
-def build_image(settings: Settings, as_json: bool = False) -> dict:
-    """Build ``settings.image`` from the pinned programs; print and return what was built."""
+def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = False) -> dict:
+    """Build ``settings.image`` from the pinned programs; print and return what was built.
+
+    ``no_cache`` builds every layer again (scripts/bench-image uses it to time a cold build)."""
+    with _build_lock(settings):
+        return _build(settings, as_json, no_cache)
+
+
+@contextlib.contextmanager
+def _build_lock(settings: Settings):
+    """One build at a time per state folder (they share the build context and the cache)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(settings.state_dir / ".image-build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.info("waiting for another build-image in this project to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
     started = time.monotonic()
     downloaded_before = npm_artifacts.STATS["downloaded_bytes"]
     base = ensure_base_image(settings)
@@ -221,7 +247,7 @@ def build_image(settings: Settings, as_json: bool = False) -> dict:
         **meta,
     }
     iidfile = context.parent / ".image-context.iid"
-    argv = ["build", "--iidfile", str(iidfile), "-t", settings.image]
+    argv = ["build", "--iidfile", str(iidfile), "-t", settings.image] + (["--no-cache"] if no_cache else [])
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     console.info(f"building {settings.image} on {settings.base_image} ({base['arch']})")
