@@ -157,3 +157,22 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
         assert not _sandbox_exists(name) and not settings.sandbox_state_dir.exists()
     finally:
         _remove_sandbox(name)
+
+
+def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    name = unique_name("msbpull")
+    ref = f"{REGISTRY}/owtest-lifecycle:never-pushed-{name}"
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=ref,
+                             OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+    try:
+        with pytest.raises(WorkflowError) as err:
+            MicrosandboxRuntime(name, settings.sandbox_state_dir).create(
+                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+        assert f"could not pull {ref}" in err.value.message and "invoke push-image" in err.value.message
+        assert "manifest unknown" in err.value.message
+    finally:
+        _remove_sandbox(name)

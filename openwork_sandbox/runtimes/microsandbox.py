@@ -173,6 +173,7 @@ class MicrosandboxRuntime(Runtime):
             detached=True,
         )
         layers: dict[int, int] = {}
+        complete = False
         start = time.monotonic()
         with console.Progress(f"pulling {spec.image.rsplit('/', 1)[-1]}") as bar:
             async for ev in session.progress:
@@ -182,11 +183,13 @@ class MicrosandboxRuntime(Runtime):
                     layers[ev.layer_index] = ev.downloaded_bytes or 0
                     bar.update(sum(layers.values()))
                 elif ev.event_type == PullEventType.COMPLETE:
+                    complete = True
                     break
         if layers:
             console.info(f"pulled {spec.image} ({console.human_bytes(sum(layers.values()))}) in "
                          f"{time.monotonic() - start:.1f}s")
-        console.info(f"booting microVM {self.name} ...")
+        if complete:
+            console.info(f"booting microVM {self.name} ...")
         sb = await session.result()
         await sb.detach()
         await self._launch_server(sb, spec)
@@ -203,8 +206,14 @@ class MicrosandboxRuntime(Runtime):
                 f"registry answers (invoke doctor)"
             ) from None
         except MicrosandboxError as exc:
-            raise WorkflowError(boot_failure_message(self.name, str(exc)) or f"microsandbox could not create "
-                                f"{self.name}: {exc}") from None
+            text = str(exc)
+            if text.startswith(("image error", "registry error")):
+                raise WorkflowError(
+                    f"microsandbox could not pull {spec.image}: {text}; push it first (invoke push-image) and check "
+                    f"the registry answers (invoke doctor)"
+                ) from None
+            raise WorkflowError(boot_failure_message(self.name, text) or f"microsandbox could not create "
+                                f"{self.name}: {text}") from None
 
     def start(self, spec: LaunchSpec) -> None:
         from microsandbox import MicrosandboxError, Sandbox, SandboxStatus
