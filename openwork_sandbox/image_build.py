@@ -197,7 +197,7 @@ def _host_reported_version(path: Path) -> str:
     """What a local override says it is, for its label ("local" when it cannot run on this host)."""
     try:
         proc = run([str(path), "--version"], check=False, timeout=15)
-    except WorkflowError:
+    except (WorkflowError, OSError):  # e.g. a Linux binary on a macOS host: "Exec format error"
         return "local"
     match = VERSION_RE.search(proc.stdout + proc.stderr) if proc.returncode == 0 else None
     return match.group(0) if match else "local"
