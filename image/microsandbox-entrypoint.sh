@@ -1,6 +1,7 @@
 #!/bin/sh
 # Start OpenWork the way the upstream microsandbox image does: `openwork serve` with external
-# sidecars (the binaries baked in /usr/local/bin), remote access on OPENWORK_PORT.
+# sidecars (the binaries baked in /usr/local/bin), remote access on OPENWORK_PORT
+# (OPENWORK_REMOTE_ACCESS=0 keeps openwork-server on 127.0.0.1, for host networking).
 #
 # Unlike upstream there are no default tokens: OPENWORK_TOKEN (client) and OPENWORK_HOST_TOKEN
 # (host/owner) must be passed in (`invoke up` generates and keeps them per sandbox). Without them
@@ -15,6 +16,7 @@ set -eu
 : "${OPENWORK_APPROVAL_MODE:=auto}"
 : "${OPENWORK_CORS_ORIGINS:=*}"
 : "${OPENWORK_CONNECT_HOST:=127.0.0.1}"
+: "${OPENWORK_REMOTE_ACCESS:=1}"  # 0: openwork-server on 127.0.0.1 only (Docker with host networking)
 
 missing=""
 [ -n "${OPENWORK_TOKEN:-}" ] || missing="OPENWORK_TOKEN"
@@ -36,12 +38,18 @@ fi
 : "${XDG_CACHE_HOME:=$HOME/.cache}"
 export HOME USER SHELL XDG_CONFIG_HOME XDG_DATA_HOME XDG_STATE_HOME XDG_CACHE_HOME
 export OPENWORK_WORKSPACE OPENWORK_DATA_DIR OPENWORK_SIDECAR_DIR OPENWORK_PORT OPENWORK_OPENCODE_PORT
+remote=--remote-access
+case "$OPENWORK_REMOTE_ACCESS" in
+  0|false|no|off) remote="" ;;
+esac
+export OPENWORK_REMOTE_ACCESS
+
 mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
 
 exec openwork serve \
   --workspace "$OPENWORK_WORKSPACE" \
-  --remote-access \
+  $remote \
   --openwork-port "$OPENWORK_PORT" \
   --opencode-host 127.0.0.1 \
   --opencode-port "$OPENWORK_OPENCODE_PORT" \

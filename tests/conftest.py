@@ -65,7 +65,7 @@ def clean_env(monkeypatch, tmp_path):
 # Start a container from it with the ``stack_container`` factory (removed at teardown), or by hand:
 #
 #   docker run -d --network host -e OPENWORK_PORT=<free port> -e OPENWORK_OPENCODE_PORT=<free port> \
-#     -e OPENWORK_TOKEN=<client token> -e OPENWORK_HOST_TOKEN=<host token> <ref>
+#     -e OPENWORK_TOKEN=<client token> -e OPENWORK_HOST_TOKEN=<host token> -e OPENWORK_REMOTE_ACCESS=0 <ref>
 #
 # With host networking both ports must be free on the host (the entrypoint honours
 # OPENWORK_OPENCODE_PORT); the entrypoint exits 64 when a token is missing.
@@ -165,7 +165,9 @@ def stack_container(stack_image):
         c = StackContainer(f"owtest-{secrets.token_hex(4)}", f"http://127.0.0.1:{port}", port, opencode_port,
                            secrets.token_urlsafe(24), secrets.token_urlsafe(24))
         values = {"OPENWORK_PORT": str(port), "OPENWORK_OPENCODE_PORT": str(opencode_port),
-                  "OPENWORK_TOKEN": c.token, "OPENWORK_HOST_TOKEN": c.host_token, **env}
+                  "OPENWORK_TOKEN": c.token, "OPENWORK_HOST_TOKEN": c.host_token,
+                  "OPENWORK_REMOTE_ACCESS": "0",  # host networking: keep the server on 127.0.0.1
+                  **env}
         argv = ["docker", "run", "-d", "--name", c.name, "--network", "host"]
         for key, value in values.items():
             argv += ["-e", f"{key}={value}"]
