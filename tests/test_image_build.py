@@ -102,11 +102,14 @@ def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):
     from openwork_sandbox.image_build import build_image
 
     result = build_image(settings)
-    assert result["image_id"] == stack_image.image_id  # tokens in the settings change nothing in the image
-    history = subprocess.run(["docker", "history", "--no-trunc", stack_image.ref], capture_output=True, text=True,
+    history = subprocess.run(["docker", "history", "--no-trunc", result["image_id"]], capture_output=True, text=True,
                              check=True).stdout
-    inspect = subprocess.run(["docker", "image", "inspect", stack_image.ref], capture_output=True, text=True,
+    inspect = subprocess.run(["docker", "image", "inspect", result["image_id"]], capture_output=True, text=True,
                              check=True).stdout
+    # tokens in the settings change nothing in the image: the same layers as the session's image
+    layers = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", stack_image.image_id],
+                            capture_output=True, text=True, check=True).stdout
+    assert json.loads(inspect)[0]["RootFS"]["Layers"] == json.loads(layers)
     for text in (history, inspect):
         assert token not in text and host_token not in text
         assert "microsandbox-token" not in text  # upstream's fixed default is not baked either
@@ -117,16 +120,20 @@ def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):
 def test_second_build_downloads_nothing_and_hits_the_cache(stack_image, tmp_path, capsys):
     from openwork_sandbox.image_build import build_image
 
+    # two builds back to back (other work may commit between the session's build and this test,
+    # and the revision label follows the commit)
+    first = build_image(stack_settings(tmp_path))
+    capsys.readouterr()
     again = build_image(stack_settings(tmp_path), as_json=True)
     printed = json.loads(capsys.readouterr().out)
     assert again["downloaded_bytes"] == 0
     assert again["cache_hits"] == again["build_steps"] > 0
-    assert again["image_id"] == stack_image.image_id
+    assert again["image_id"] == first["image_id"]
     assert printed["image_id"] == again["image_id"]
     assert set(printed["versions"]) == {"openwork", "openwork-server", "opencode"}
     assert printed["size"] > printed["binaries_size"] > 0
     last = json.loads((stack_image.settings.state_dir / "last-build.json").read_text())
-    assert last["image_id"] == stack_image.image_id
+    assert last["image_id"] == again["image_id"]
 
 
 def test_version_check_refuses_a_wrong_pin(stack_image, tmp_path):
