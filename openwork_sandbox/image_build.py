@@ -6,7 +6,8 @@
    state folder (hard links to the cache where possible) and built with the classic builder; the
    ``Dockerfile`` has no ``RUN``, so nothing in the build needs a network or an emulator.
 4. One container checks every baked program's ``--version`` (skipped for an image id already
-   checked); a pinned version that does not match fails the build and removes the tag.
+   checked); a pinned version that does not match fails the build, and the image is tagged only
+   after the check passed.
 5. The result (image id, size, versions) is printed, and kept in ``.state/last-build.json`` for
    ``push-image``.
 
@@ -247,7 +248,8 @@ def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
         **meta,
     }
     iidfile = context.parent / ".image-context.iid"
-    argv = ["build", "--iidfile", str(iidfile), "-t", settings.image] + (["--no-cache"] if no_cache else [])
+    # tagged only once the version check passed: a failed build leaves the previous tag alone
+    argv = ["build", "--iidfile", str(iidfile)] + (["--no-cache"] if no_cache else [])
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     console.info(f"building {settings.image} on {settings.base_image} ({base['arch']})")
@@ -256,11 +258,8 @@ def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
         raise WorkflowError(f"docker build of {settings.image} failed: {last_line(proc.stderr or proc.stdout)}")
     steps, cache_hits = _cache_stats(proc.stdout)
     image_id = iidfile.read_text().strip()
-    try:
-        versions = check_versions(settings, image_id, artifacts)
-    except WorkflowError:
-        docker("rmi", settings.image, check=False)
-        raise
+    versions = check_versions(settings, image_id, artifacts)
+    docker("tag", image_id, settings.image)
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image_id).stdout.strip())
     binaries = sum(a.path.stat().st_size for a in artifacts.values())
     result = {

@@ -163,3 +163,21 @@ def test_missing_base_image_says_how_to_make_one(services, tmp_path):
     message = err.value.message
     assert "openwork-base:no-such-tag" in message and "scripts/make-base-image" in message
     assert "OPENWORK_BASE_IMAGE" in message and "\n" not in message
+
+
+def test_a_program_without_a_version_fails_the_build_and_tags_nothing(stack_image, tmp_path):
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image_build import build_image
+
+    mute = tmp_path / "openwork-server"
+    mute.write_text("#!/bin/sh\necho 'no version here'\n")
+    mute.chmod(0o755)
+    ref = f"{stack_image.ref.rsplit(':', 1)[0]}:no-version"
+    settings = stack_settings(tmp_path, OPENWORK_SERVER_BIN=str(mute), OPENWORK_MICROSANDBOX_IMAGE=ref,
+                              OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    with pytest.raises(WorkflowError) as err:
+        build_image(settings)
+    assert "openwork-server --version printed no version" in err.value.message
+    assert "\n" not in err.value.message
+    tagged = subprocess.run(["docker", "image", "inspect", ref], capture_output=True)
+    assert tagged.returncode != 0  # the failed image was never tagged
