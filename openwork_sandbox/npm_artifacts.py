@@ -4,11 +4,13 @@
   no registry host is written in this code.
 - A version document (``GET <registry>/<package>/<version>``) gives ``dist.tarball`` and
   ``dist.integrity`` (sha512, base64). Published versions are immutable, so the document is cached.
-- Tarballs are cached by content (``<cache>/npm/sha512/<hex>.tgz``). Every use re-checks the
-  cached file against the integrity; a bad cached file is deleted and downloaded again. A download
-  that does not match is an error naming the package and both digests, and nothing is kept.
+- Tarballs are cached by content (``<cache>/npm/sha512/<hex>.tgz``). Every use checks the cached
+  file against the integrity; a bad cached file is deleted and downloaded again. A download that
+  does not match is an error naming the package and both digests, and nothing is kept.
 - The program is extracted once per tarball digest into ``<cache>/bin/<program>-<hex16>/``, with a
-  sha256 record that is re-checked on every use.
+  sha256 record that every use checks; a modified program is extracted again.
+- A file's digest is re-read only when its size, mtime, inode or ctime changed since the last read
+  (any write changes them): a no-op rebuild hashes nothing and stays fast.
 
 Every download is counted in :data:`STATS` (bytes), which is how a build reports "0 bytes".
 """
