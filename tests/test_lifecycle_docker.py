@@ -270,3 +270,31 @@ def test_server_that_dies_fails_fast_with_its_last_words(broken_images, tmp_path
         assert "fatal: cannot start the server" in proc.stderr
     finally:
         subprocess.run(["docker", "rm", "-f", env["OPENWORK_MICROSANDBOX_NAME"]], capture_output=True)
+
+
+def test_two_ups_at_once_make_one_sandbox(stack_image, tmp_path):
+    """One proceeds; the other waits for the lock and reuses the result, or says the name is busy."""
+    name = unique_name("twice")
+    env = dict(OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+               OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
+    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **env})
+    (tmp_path / "empty.env").write_text("")
+    argv = [sys.executable, "-m", "invoke", "up", "--json", "--env-file", str(tmp_path / "empty.env")]
+    try:
+        procs = [subprocess.Popen(argv, env=clean, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+        for out, err, code in results:
+            assert "Traceback" not in err, err
+            if code == 0:
+                assert json.loads(out)["action"] in ("created", "reused")
+            else:
+                assert code == 1 and "is busy" in err and "holds" in err, err
+        assert any(code == 0 for _, _, code in results)
+        listed = subprocess.run(["docker", "ps", "-a", "--filter", f"name=^{name}$", "--format", "{{.Names}}"],
+                                capture_output=True, text=True).stdout.split()
+        assert listed == [name]
+        assert requests.get(f"http://127.0.0.1:{env['OPENWORK_MICROSANDBOX_PORT']}/health", timeout=5).ok
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
