@@ -217,3 +217,37 @@ def test_since_and_tail_parsing():
     assert _parse_tail("10") == 10 and _parse_tail(None) is None
     with pytest.raises(WorkflowError):
         _parse_tail("-3")
+
+
+def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
+    """STAND-IN for a bridge network, which this engine (dockerd --bridge=none) cannot have:
+    ``engine_has_bridge`` is forced to True to check the argv `up` would use there."""
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes import docker
+
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT="18080")
+    spec = launch_spec(settings, "docker", "t" * 40, "h" * 40)
+    runtime = docker.DockerRuntime(settings.name, settings.sandbox_state_dir)
+    monkeypatch.setattr(docker, "engine_has_bridge", lambda: True)
+    assert runtime._network_args(spec) == (["-p", "127.0.0.1:18080:8787"], {})
+    monkeypatch.setattr(docker, "engine_has_bridge", lambda: False)
+    args, env = runtime._network_args(spec)
+    assert args == ["--network", "host"]
+    assert env["OPENWORK_PORT"] == "18080" and env["OPENWORK_REMOTE_ACCESS"] == "0"
+    assert env["OPENWORK_OPENCODE_PORT"] != "18080"
+
+
+def test_endpoint_and_log_tail_without_any_sandbox(tmp_path):
+    from openwork_sandbox.lifecycle import endpoint, server_log_tail
+
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_MICROSANDBOX_RUNTIME="docker")
+    with pytest.raises(WorkflowError) as err:
+        endpoint(settings)
+    assert "invoke up" in err.value.message and "\n" not in err.value.message
+    lines, hint = server_log_tail(settings)
+    assert lines == [] and hint
+    preset = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_TOKEN="c" * 30,
+                           OPENWORK_HOST_TOKEN="d" * 30)
+    ep = endpoint(preset)
+    assert (ep.token, ep.host_token, ep.workspace_id) == ("c" * 30, "d" * 30, None)
+    assert "c" * 30 not in repr(ep)
