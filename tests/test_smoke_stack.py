@@ -98,6 +98,24 @@ def test_wrong_token_in_settings(sandbox, capsys):
     assert report["log"] and report["log"]["path"]  # the server log's tail and where the full log is
 
 
+def test_stopped_sandbox_is_unreachable_without_waiting_the_deadline(sandbox, capsys):
+    """After `down` nothing listens: exit 3, and the hint says to run `up`. The runtime's "not
+    running" ends the health wait at once instead of after OPENWORK_HEALTH_TIMEOUT (90 s here)."""
+    from openwork_sandbox import lifecycle
+
+    settings, _ = sandbox
+    lifecycle.down(settings)
+    try:
+        code = run_smoke(settings, as_json=True)
+        out = capsys.readouterr()
+        assert code == 3, out.err
+        health = json.loads(out.out)["checks"][0]
+        assert health["name"] == "health" and health["result"] == "error"
+        assert "invoke up" in health["hint"]
+    finally:
+        lifecycle.up(settings, as_json=False)  # leave the module's sandbox running
+
+
 def test_server_killed_mid_run(stack_image, tmp_path):
     """Kill openwork-server inside the runtime just before `auth-accepted`: that check fails, the
     later ones are skipped, and the log tail is attached."""
