@@ -185,7 +185,8 @@ def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
     """Print the table (stderr), failure details, the log tail on failure; write --junit; under GitHub
     Actions add ::error:: annotations and the step summary; with --json the object alone on stdout."""
     secrets = report.secrets
-    console.info(table(report))
+    if not as_json:  # --json replaces the table; failures, log tail and summary still go to stderr
+        console.info(table(report))
     for check in report.checks:
         if check.result in ("failed", "error"):
             console.info("")

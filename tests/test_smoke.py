@@ -87,7 +87,7 @@ def test_good_server_passes_every_check(tmp_path, capsys):
     assert isinstance(report["total_seconds"], (int, float))
     # tokens are masked everywhere, including the human table on stderr
     assert TOKEN not in err and HOST_TOKEN not in err and TOKEN not in json.dumps(report)
-    assert "health" in err and "session-create" in err
+    assert "smoke OK" in err
 
 
 @pytest.mark.parametrize("check", HTTP_CHECKS)
@@ -237,6 +237,19 @@ def test_github_actions_extras(tmp_path, capsys, monkeypatch):
     assert "::error title=smoke messages-read::" in err
     text = summary.read_text()
     assert "| check | result | time | detail |" in text and "| messages-read | ❌ failed" in text
+
+
+def test_terminal_table_without_json(tmp_path, capsys):
+    with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN, fail=("host-token", "status")) as srv:
+        code = run_smoke(settings_for(tmp_path), url=srv.url)
+    out = capsys.readouterr()
+    assert code == 1 and out.out == ""  # human output on stderr only
+    lines = out.err.splitlines()
+    assert lines[0].split() == ["check", "result", "time", "detail"]
+    row = next(ln for ln in lines if ln.startswith("host-token "))
+    assert "failed" in row and " ms " in row
+    assert "request: GET http://" in out.err and "status:  500" in out.err
+    assert TOKEN not in out.err and HOST_TOKEN not in out.err
 
 
 def test_secret_json_values_are_masked():
