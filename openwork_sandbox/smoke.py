@@ -575,21 +575,21 @@ def _check_junit_path(junit: str) -> None:
 # --- ephemeral -------------------------------------------------------------------------------------
 
 def ephemeral_settings(settings):
-    """The settings of a throwaway sandbox: unique name, its own state folders, replace, a free port."""
+    """The settings of a throwaway sandbox: a unique name, its own state folders, replace, a free port.
+
+    The workspace and data folders are always fresh ones under ``.state/<unique name>/``, even when
+    OPENWORK_MICROSANDBOX_WORKSPACE_DIR / _DATA_DIR are set: a throwaway run must not touch the
+    user's folders, and ``reset`` then removes everything it made. The port is a free one unless
+    ``--port`` / OPENWORK_MICROSANDBOX_PORT was given, so a running sandbox does not collide."""
     base = settings.name[:100]
     name = f"{base}-smoke-{secrets.token_hex(3)}"
     state = Path(settings.state_dir) / name
     changes: dict[str, Any] = dict(name=name, replace=True, workspace_dir=state / "workspace", data_dir=state / "data")
     if settings.origin("port") == "default":
-        changes["port"] = _free_port(settings.bind_address)
+        from .ports import free_port
+
+        changes["port"] = free_port("0.0.0.0")  # free on every address, so on the bind address too
     return settings.with_overrides(**changes)
-
-
-def _free_port(address: str) -> int:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -647,9 +647,9 @@ def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: b
         with _sigterm_as_interrupt():
             try:
                 ep = lifecycle.up(eph, follow=False, show_tokens=False, as_json=False)
-            except SettingsError:
-                raise
             except WorkflowError as exc:
+                if isinstance(exc, SettingsError) or exc.exit_code == EXIT_BAD_SETTINGS:
+                    raise  # bad settings are a usage error (exit 2), not a failed check
                 timings["up"] = time.perf_counter() - start
                 report = _up_failed_report(eph, exc)
             else:

@@ -272,6 +272,20 @@ def test_bad_usage_is_a_settings_error(tmp_path, kwargs, fragment):
     assert fragment in str(info.value) and info.value.exit_code == 2
 
 
+def test_ephemeral_bad_settings_are_exit_2_and_leave_nothing(tmp_path):
+    """A port published beyond loopback with a short token: `up` refuses before creating anything,
+    and smoke --ephemeral reports it as bad settings (exit 2), not as a failed check."""
+    from openwork_sandbox.errors import WorkflowError
+
+    settings = settings_for(tmp_path, connect_host="0.0.0.0", token="short", host_token="also-short",
+                            runtime="docker")
+    with pytest.raises(WorkflowError) as info:
+        run_smoke(settings, ephemeral=True)
+    assert info.value.exit_code == 2 and "OPENWORK_TOKEN" in info.value.message
+    state = tmp_path / "state"
+    assert not state.exists() or list(state.iterdir()) == []
+
+
 def _invoke(*args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
     env.update(env_extra or {})
