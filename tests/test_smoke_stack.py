@@ -118,7 +118,7 @@ def test_stopped_sandbox_is_unreachable_without_waiting_the_deadline(sandbox, ca
 
 def test_server_killed_mid_run(stack_image, tmp_path):
     """Kill openwork-server inside the runtime just before `auth-accepted`: that check fails, the
-    later ones are skipped, and the log tail is attached."""
+    later ones are skipped, and the attached log tail shows the death."""
     from openwork_sandbox import lifecycle
 
     settings = smoke_settings(tmp_path / "state", stack_image.ref, name=f"smoke-kill-{secrets.token_hex(3)}",
@@ -128,8 +128,11 @@ def test_server_killed_mid_run(stack_image, tmp_path):
 
         def kill_server(check: str) -> None:
             if check == "auth-accepted":
+                # only the server (its argv is `... /usr/local/bin/openwork-server --host ...`), not
+                # the orchestrator, whose argv names the server binary too
                 script = ('for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] && continue; '
-                          'grep -q openwork-server "$p/cmdline" 2>/dev/null && kill -9 "$n"; done; true')
+                          'case "$(tr "\\0" " " < "$p/cmdline" 2>/dev/null)" in '
+                          '*"bin/openwork-server --host"*) kill -9 "$n" ;; esac; done; true')
                 code, output = lifecycle.runtime_exec(settings, ["sh", "-c", script])
                 assert code == 0, output
                 time.sleep(0.5)  # let the socket close
@@ -145,7 +148,8 @@ def test_server_killed_mid_run(stack_image, tmp_path):
     assert results["auth-accepted"] == "failed", report.checks[2]
     assert all(results[n] == "skipped" for n in CHECKS[3:])
     assert report.exit_code == 1
-    assert report.log_tail or report.log_path
+    assert report.log_path
+    assert any("exited" in line.lower() for line in report.log_tail), report.log_tail  # the death is in the tail
 
 
 def test_ephemeral_leaves_nothing_behind(stack_image, tmp_path, capsys):
