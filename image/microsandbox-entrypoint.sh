@@ -43,6 +43,10 @@ case "$OPENWORK_REMOTE_ACCESS" in
   0|false|no|off) remote="" ;;
 esac
 export OPENWORK_REMOTE_ACCESS
+# The tokens reach `openwork serve` through its environment (it reads OPENWORK_TOKEN and
+# OPENWORK_HOST_TOKEN when --openwork-token/--openwork-host-token are not given), so they never
+# appear in a process's command line (`ps` on a Docker host shows the container's processes).
+export OPENWORK_TOKEN OPENWORK_HOST_TOKEN
 
 mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
@@ -53,8 +57,6 @@ exec openwork serve \
   --openwork-port "$OPENWORK_PORT" \
   --opencode-host 127.0.0.1 \
   --opencode-port "$OPENWORK_OPENCODE_PORT" \
-  --openwork-token "$OPENWORK_TOKEN" \
-  --openwork-host-token "$OPENWORK_HOST_TOKEN" \
   --approval "$OPENWORK_APPROVAL_MODE" \
   --cors "$OPENWORK_CORS_ORIGINS" \
   --connect-host "$OPENWORK_CONNECT_HOST" \

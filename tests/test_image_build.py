@@ -42,6 +42,11 @@ def test_container_serves_health_and_workspaces(stack_image, stack_container):
     assert session.status_code == 200, session.text
     assert session.json()["directory"] == "/workspace"
     assert "OpenWork orchestrator running" in c.logs()
+    # the tokens reach the programs through their environment, never a command line
+    cmdlines = subprocess.run(["docker", "exec", c.name, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+                              capture_output=True, text=True, timeout=30).stdout
+    assert "openwork serve" in cmdlines and "openwork-server" in cmdlines
+    assert c.token not in cmdlines and c.host_token not in cmdlines
 
 
 def test_docker_health_check_turns_healthy_without_curl(stack_image, stack_container):
@@ -69,8 +74,9 @@ def test_entrypoint_refuses_to_start_without_tokens(stack_image):
 
 
 def test_image_layout_and_labels(stack_image):
-    cfg = json.loads(subprocess.run(["docker", "image", "inspect", stack_image.ref], capture_output=True, text=True,
-                                    check=True).stdout)[0]["Config"]
+    # by id: a concurrent session may move the tag to a rebuild with another revision label
+    cfg = json.loads(subprocess.run(["docker", "image", "inspect", stack_image.image_id], capture_output=True,
+                                    text=True, check=True).stdout)[0]["Config"]
     labels = cfg["Labels"]
     revision = labels["org.opencontainers.image.revision"]
     assert revision == stack_image.build["revision"]
@@ -86,7 +92,7 @@ def test_image_layout_and_labels(stack_image):
     assert set(cfg["Volumes"]) == {"/workspace", "/data"} and "8787/tcp" in cfg["ExposedPorts"]
     env = dict(e.split("=", 1) for e in cfg["Env"])
     assert env["OPENWORK_WORKSPACE"] == "/workspace" and env["OPENWORK_DATA_DIR"] == "/data/openwork-orchestrator"
-    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", stack_image.ref],
+    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", stack_image.image_id],
                              capture_output=True, text=True, check=True).stdout
     assert "RUN" not in history.replace("#(nop)", "")  # no RUN step: nothing ran inside the build
     # what changes most is the last file layer: a server bump pushes one layer
