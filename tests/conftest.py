@@ -136,8 +136,14 @@ class StackContainer:
         proc = subprocess.run(["docker", "logs", self.name], capture_output=True, text=True)
         return proc.stdout + proc.stderr
 
-    def wait_healthy(self, timeout: float = 60) -> None:
-        """Poll GET /health (backoff from 50 ms) until 200; fail with the container's log."""
+    def running(self) -> bool:
+        proc = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", self.name],
+                              capture_output=True, text=True)
+        return proc.stdout.strip() == "true"
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        """Poll GET /health (backoff from 50 ms) until 200; fail at once, with the container's log,
+        when the container has exited, else after ``timeout`` seconds."""
         import requests
 
         deadline, delay = time.monotonic() + timeout, 0.05
@@ -147,6 +153,9 @@ class StackContainer:
                     return
             except requests.RequestException:
                 pass
+            if not self.running():
+                pytest.fail(f"container {self.name} exited before {self.url}/health answered; log:\n"
+                            f"{self.logs()[-3000:]}")
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         pytest.fail(f"{self.url}/health not 200 within {timeout}s; log:\n{self.logs()[-3000:]}")
