@@ -98,51 +98,29 @@ def test_wrong_token_in_settings(sandbox, capsys):
     assert report["log"] and report["log"]["path"]  # the server log's tail and where the full log is
 
 
-def test_stopped_sandbox_is_unreachable_without_waiting_the_deadline(sandbox, capsys):
-    """After `down` nothing listens: exit 3, and the hint says to run `up`. The runtime's "not
-    running" ends the health wait at once instead of after OPENWORK_HEALTH_TIMEOUT (90 s here)."""
-    from openwork_sandbox import lifecycle
-
-    settings, _ = sandbox
-    lifecycle.down(settings)
-    try:
-        code = run_smoke(settings, as_json=True)
-        out = capsys.readouterr()
-        assert code == 3, out.err
-        health = json.loads(out.out)["checks"][0]
-        assert health["name"] == "health" and health["result"] == "error"
-        assert "invoke up" in health["hint"]
-    finally:
-        lifecycle.up(settings, as_json=False)  # leave the module's sandbox running
-
-
-def test_server_killed_mid_run(stack_image, tmp_path):
+def test_server_killed_mid_run(sandbox):
     """Kill openwork-server inside the runtime just before `auth-accepted`: that check fails, the
-    later ones are skipped, and the attached log tail shows the death."""
+    later ones are skipped, and the attached log tail shows the death. (It ends the module's
+    sandbox: the tests after this one expect it stopped.)"""
     from openwork_sandbox import lifecycle
 
-    settings = smoke_settings(tmp_path / "state", stack_image.ref, name=f"smoke-kill-{secrets.token_hex(3)}",
-                              request_timeout="3")
-    try:
-        ep = lifecycle.up(settings, as_json=False)
+    settings, ep = sandbox
 
-        def kill_server(check: str) -> None:
-            if check == "auth-accepted":
-                # only the server (its argv is `... /usr/local/bin/openwork-server --host ...`), not
-                # the orchestrator, whose argv names the server binary too
-                script = ('for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] && continue; '
-                          'case "$(tr "\\0" " " < "$p/cmdline" 2>/dev/null)" in '
-                          '*"bin/openwork-server --host"*) kill -9 "$n" ;; esac; done; true')
-                code, output = lifecycle.runtime_exec(settings, ["sh", "-c", script])
-                assert code == 0, output
-                time.sleep(0.5)  # let the socket close
+    def kill_server(check: str) -> None:
+        if check == "auth-accepted":
+            # only the server (its argv is `... /usr/local/bin/openwork-server --host ...`), not
+            # the orchestrator, whose argv names the server binary too
+            script = ('for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] && continue; '
+                      'case "$(tr "\\0" " " < "$p/cmdline" 2>/dev/null)" in '
+                      '*"bin/openwork-server --host"*) kill -9 "$n" ;; esac; done; true')
+            code, output = lifecycle.runtime_exec(settings, ["sh", "-c", script])
+            assert code == 0, output
+            time.sleep(0.5)  # let the socket close and the orchestrator log the exit
 
-        runner = SmokeRunner(local_target(settings, ep, "sandbox"), request_timeout=settings.request_timeout,
-                             health_timeout=settings.health_timeout, on_check=kill_server)
-        report = runner.run()
-        attach_log_tail(settings, report)
-    finally:
-        lifecycle.reset(settings, yes=True)
+    runner = SmokeRunner(local_target(settings, ep, "sandbox"), request_timeout=settings.request_timeout,
+                         health_timeout=settings.health_timeout, on_check=kill_server)
+    report = runner.run()
+    attach_log_tail(settings, report)
     results = {c.name: c.result for c in report.checks}
     assert results["health"] == results["auth-required"] == "passed"
     assert results["auth-accepted"] == "failed", report.checks[2]
@@ -150,6 +128,21 @@ def test_server_killed_mid_run(stack_image, tmp_path):
     assert report.exit_code == 1
     assert report.log_path
     assert any("exited" in line.lower() for line in report.log_tail), report.log_tail  # the death is in the tail
+
+
+def test_stopped_sandbox_is_unreachable_without_waiting_the_deadline(sandbox, capsys):
+    """A stopped sandbox: exit 3, and the hint says to run `up`. The runtime's "not running" ends
+    the health wait at once instead of after OPENWORK_HEALTH_TIMEOUT (90 s here)."""
+    from openwork_sandbox import lifecycle
+
+    settings, _ = sandbox
+    lifecycle.down(settings)  # (already stopped when the kill test ran before)
+    code = run_smoke(settings, as_json=True)
+    out = capsys.readouterr()
+    assert code == 3, out.err
+    health = json.loads(out.out)["checks"][0]
+    assert health["name"] == "health" and health["result"] == "error"
+    assert "invoke up" in health["hint"]
 
 
 def test_ephemeral_leaves_nothing_behind(stack_image, tmp_path, capsys):
