@@ -52,22 +52,22 @@ def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tup
     from .runtimes.probe import docker_support, microvm_support
 
     if settings.runtime == "docker":
-        return "docker", f"OPENWORK_MICROSANDBOX_RUNTIME=docker ({settings.origin('runtime')})"
+        return "docker", f"OPENWORK_MICROSANDBOX_RUNTIME=docker from {settings.origin('runtime')}"
     if settings.runtime == "microsandbox":
         ok, why = microvm_support()
         if not ok:
-            raise WorkflowError(f"this host cannot run microVMs ({why}); {DOCKER_HINT}")
-        return "microsandbox", f"OPENWORK_MICROSANDBOX_RUNTIME=microsandbox ({settings.origin('runtime')}); {why}"
+            raise WorkflowError(f"this host cannot run microVMs: {why}; {DOCKER_HINT}")
+        return "microsandbox", f"OPENWORK_MICROSANDBOX_RUNTIME=microsandbox from {settings.origin('runtime')}; {why}"
     recorded = (state or SandboxState(settings)).record().get("runtime")
     if recorded in ("docker", "microsandbox"):
         if recorded == "docker" or microvm_support()[0]:
             return recorded, f"auto: sandbox {settings.name} already uses {recorded}"
     ok, vm_why = microvm_support()
     if ok:
-        return "microsandbox", f"auto: microVMs can boot here ({vm_why})"
+        return "microsandbox", f"auto: microVMs can boot here: {vm_why}"
     docker_ok, docker_why = docker_support()
     if docker_ok:
-        return "docker", f"auto: microVMs cannot boot here ({vm_why}); {docker_why}"
+        return "docker", f"auto: microVMs cannot boot here: {vm_why}; {docker_why}"
     raise WorkflowError(f"no runtime can run the sandbox here: microVMs: {vm_why}; Docker: {docker_why}")
 
 
@@ -200,7 +200,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     state = SandboxState(settings)
     _check_exposure(settings)
     kind, why = choose_runtime(settings, state)
-    console.info(f"runtime: {kind} ({why})")
+    console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
     recorded = state.record().get("runtime")
     rt = runtime_for(kind, settings)
 
@@ -218,7 +218,8 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
                 console.info(f"note: could not remove the old {recorded} sandbox: {exc.message}")
         state.ensure()
         token, host_token = state.tokens()
-        assert token and host_token
+        if not token or not host_token:  # tokens() generates what is missing; this is a safety net
+            raise WorkflowError(f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again")
         spec = launch_spec(settings, kind, token, host_token)
         st = rt.status()
 

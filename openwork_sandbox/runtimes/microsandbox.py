@@ -65,7 +65,7 @@ def boot_failure_message(name: str, error: str) -> str | None:
     ok, why = microvm_support()
     cause = kvm[-1].split(": ", 1)[-1] if kvm else "the VM process exited before its agent answered"
     reason = f"{cause}; {why}" if not ok else cause
-    return (f"this host cannot run microVMs ({reason}); see {sandbox_log_dir(name) / 'runtime.log'}; "
+    return (f"this host cannot run microVMs: {reason}; see {sandbox_log_dir(name) / 'runtime.log'}; "
             f"{DOCKER_HINT}")
 
 

@@ -72,7 +72,7 @@ def microvm_support(*, run_msb_doctor: bool = False) -> tuple[bool, str]:
             return False, "/dev/kvm is not readable and writable by this user (add yourself to the kvm group)"
         flag = cpu_virtualization_flag()
         if flag is None:
-            return False, "no vmx/svm flag in /proc/cpuinfo: CPU virtualization is not available (inside a VM, enable nested virtualization)"
+            return False, "no vmx/svm flag in /proc/cpuinfo, so CPU virtualization is off; inside a VM, enable nested virtualization"
     else:
         return False, f"microsandbox does not run on {system}"
     msb = msb_path()
