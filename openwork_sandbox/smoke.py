@@ -675,7 +675,7 @@ def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: b
 def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
     """`up` failed: that is the health (readiness) check failing; the rest are skipped."""
     checks = [CheckResult("health", ERROR, message=f"the sandbox did not come up: {exc.message}",
-                          hint="see the server log below; `invoke doctor` checks this machine")]
+                          hint="the server log's last lines are printed above; `invoke doctor` checks this machine")]
     checks += [CheckResult(n, SKIPPED, message="needs health, which did not pass") for n in CHECKS[1:]]
     tokens = [eph.token, eph.host_token]
     with contextlib.suppress(Exception):  # the generated tokens, only to mask them in the log tail
