@@ -81,8 +81,8 @@ def as_dict(report) -> dict[str, Any]:
         d = check.as_dict()
         for key in ("detail", "message", "hint"):
             d[key] = redact(d[key], report.secrets)
-        if d["request"]:
-            d["request"]["body"] = redact(d["request"]["body"], report.secrets)
+        if d["http"]:
+            d["http"]["body"] = redact(d["http"]["body"], report.secrets)
         checks.append(d)
     return {
         "ok": report.ok,

@@ -81,8 +81,8 @@ class CheckResult:
         return {
             "name": self.name, "result": self.result, "seconds": round(self.seconds, 4), "detail": self.detail,
             "message": self.message, "hint": self.hint,
-            "request": None if self.request is None else {"request": self.request, "status": self.status,
-                                                          "body": self.body},
+            "http": None if self.request is None else {"request": self.request, "status": self.status,
+                                                       "body": self.body},
         }
 
 

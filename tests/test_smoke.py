@@ -107,8 +107,8 @@ def test_one_broken_check_fails_and_dependents_skip(tmp_path, capsys, check, kin
     for name in set(HTTP_CHECKS) - dependents(check) - {check}:
         assert got[name] == "passed"
     failed = next(c for c in report["checks"] if c["name"] == check)
-    assert failed["request"] and failed["request"]["status"] is not None
-    assert failed["request"]["request"].startswith(("GET http://", "POST http://"))
+    assert failed["http"] and failed["http"]["status"] is not None
+    assert failed["http"]["request"].startswith(("GET http://", "POST http://"))
 
 
 def test_wrong_client_token_names_the_setting(tmp_path, capsys):
