@@ -153,16 +153,71 @@ def _print_log_tail(rt: Runtime, lines: list[str] | None = None, hint: str | Non
     console.info(f"full log: {hint or rt.log_hint()}")
 
 
-def _wait_until_ready(settings: Settings, rt: Runtime, token: str) -> tuple[dict, str | None]:
+STALL_SECONDS = 20.0  # no new server output for this long while not healthy: the start is stuck
+EARLY_DEATH_SECONDS = 30.0  # a server that exits this soon after (re)start gets one more try
+
+
+class _Stalled(Exception):
+    def __init__(self, last_line: str):
+        super().__init__(last_line)
+        self.last_line = last_line
+
+
+class _StartWatch:
+    """``is_alive`` for the health wait that also notices a start that stopped making progress.
+
+    orchestrator 0.18 can hang for good when its first request to a just-started opencode is
+    never answered (it has no timeout); its log then stops at "opencode server listening". A start
+    whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up` can restart it once.
+    """
+
+    def __init__(self, rt: Runtime, stall_s: float | None):
+        self.rt, self.stall_s = rt, stall_s
+        self.last_tail: list[str] | None = None
+        self.changed_at = time.monotonic()
+        self.next_check = self.changed_at + 2.0
+
+    def __call__(self) -> bool:
+        if not self.rt.is_alive():
+            return False
+        now = time.monotonic()
+        if self.stall_s is not None and now >= self.next_check:
+            self.next_check = now + 2.0
+            tail = self.rt.log_tail(3)
+            if tail != self.last_tail:
+                self.last_tail, self.changed_at = tail, now
+            elif now - self.changed_at >= self.stall_s:
+                raise _Stalled(tail[-1].strip() if tail else "(no output)")
+        return True
+
+
+def _fail_with_log(rt: Runtime, exc) -> WorkflowError:
+    _print_log_tail(rt, exc.log_lines, exc.log_hint)
+    return WorkflowError(f"{exc.message} (the sandbox is left as it is for inspection; `invoke reset` removes it)")
+
+
+def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSpec) -> tuple[dict, str | None]:
+    """Wait for health (restarting a stuck or early-dying start once), then check /workspaces."""
     from .health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
 
-    try:
-        body = wait_for_health(settings.url, settings.health_timeout, is_alive=rt.is_alive,
-                               timeout_s=min(5.0, settings.request_timeout), describe=rt.describe)
-    except (HealthTimeout, SandboxDied) as exc:
-        _print_log_tail(rt, exc.log_lines, exc.log_hint)
-        raise WorkflowError(f"{exc.message} (the sandbox is left as it is for inspection; `invoke reset` removes it)") \
-            from None
+    for attempt in (1, 2):
+        watch = _StartWatch(rt, STALL_SECONDS if attempt == 1 else None)
+        began = time.monotonic()
+        try:
+            body = wait_for_health(settings.url, settings.health_timeout, is_alive=watch,
+                                   timeout_s=min(5.0, settings.request_timeout), describe=rt.describe)
+            break
+        except _Stalled as exc:
+            console.info(f"the server made no progress for {STALL_SECONDS:.0f}s (last line: {exc.last_line}); "
+                         f"restarting it once (orchestrator 0.18 can hang on a just-started opencode)")
+        except SandboxDied as exc:
+            if attempt == 2 or time.monotonic() - began > EARLY_DEATH_SECONDS:
+                raise _fail_with_log(rt, exc) from None
+            last = exc.log_lines[-1].strip() if exc.log_lines else "no output"
+            console.info(f"the server exited during start-up (last line: {last}); starting it once more")
+        except HealthTimeout as exc:
+            raise _fail_with_log(rt, exc) from None
+        rt.restart_server(spec)
     return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
 
 
@@ -244,7 +299,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
                 rt.start(spec)
             if action in ("created", "recreated"):
                 state.save_record(created_at=time.time(), workspace_id=None)
-            health, workspace_id = _wait_until_ready(settings, rt, token)
+            health, workspace_id = _wait_until_ready(settings, rt, token, spec)
         state.save_record(runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port,
                           url=settings.url, workspace_id=workspace_id, healthy_at=time.time())
 

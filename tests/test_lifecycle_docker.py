@@ -296,3 +296,44 @@ def test_two_ups_at_once_make_one_sandbox(stack_image, tmp_path):
         assert requests.get(f"http://127.0.0.1:{env['OPENWORK_MICROSANDBOX_PORT']}/health", timeout=5).ok
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+# --- a start that gets stuck or dies once is retried once --------------------------------------------
+
+@pytest.fixture(scope="module")
+def flaky_images(stack_image, tmp_path_factory):
+    """The stack image with a first start that hangs (or dies), as orchestrator 0.18 sometimes does
+    under load; the second start (marker file in /data) runs the real entrypoint."""
+    ctx = tmp_path_factory.mktemp("flaky")
+    refs = {}
+    for tag, first in (("hangs-once", "echo 'opencode server listening (simulated hang)'; exec sleep 600"),
+                       ("dies-once", "echo '[openwork-orchestrator] ERROR Run failed (simulated)'; exit 1")):
+        script = (f"if [ ! -e /data/.started-once ]; then touch /data/.started-once; {first}; fi; "
+                  "exec /usr/local/bin/microsandbox-entrypoint.sh")
+        (ctx / "Dockerfile").write_text(f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(script)}]\n'
+                                        "CMD []\n")
+        ref = f"{REGISTRY}/owtest-lifecycle:{tag}"
+        build = subprocess.run(["docker", "build", "-q", "-t", ref, str(ctx)], capture_output=True, text=True,
+                               timeout=300)
+        assert build.returncode == 0, build.stderr
+        push = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300)
+        assert push.returncode == 0, push.stderr
+        refs[tag] = ref
+    return refs
+
+
+@pytest.mark.parametrize("tag, said", [("hangs-once", "made no progress"), ("dies-once", "exited during start-up")])
+def test_a_start_that_sticks_or_dies_once_is_retried_once(flaky_images, tmp_path, capsys, monkeypatch, tag, said):
+    from openwork_sandbox import lifecycle
+
+    monkeypatch.setattr(lifecycle, "STALL_SECONDS", 4.0)  # the stall threshold (20 s) shortened for the test
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(tag), OPENWORK_MICROSANDBOX_RUNTIME="docker",
+                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_IMAGE=flaky_images[tag],
+                             OPENWORK_HEALTH_TIMEOUT="120")
+    try:
+        ep = lifecycle.up(settings)
+        assert said in capsys.readouterr().err
+        assert requests.get(ep.url + "/health", timeout=5).ok
+        assert (settings.data_dir / ".started-once").exists()
+    finally:
+        subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)

@@ -75,6 +75,10 @@ class Runtime(abc.ABC):
         """Start a stopped sandbox (or one whose server died) and relaunch the server."""
 
     @abc.abstractmethod
+    def restart_server(self, spec: LaunchSpec) -> None:
+        """Stop the server process and start it again (the sandbox and its state stay)."""
+
+    @abc.abstractmethod
     def stop(self) -> bool:
         """Stop it and keep everything; False when it was not running."""
 

@@ -170,6 +170,11 @@ class DockerRuntime(Runtime):
         if proc.returncode != 0:
             raise WorkflowError(f"docker start {self.name} failed: {commands.last_line(proc.stderr)}")
 
+    def restart_server(self, spec: LaunchSpec) -> None:
+        proc = commands.docker("restart", "-t", "5", self.name, check=False, timeout=120)
+        if proc.returncode != 0:
+            raise WorkflowError(f"docker restart {self.name} failed: {commands.last_line(proc.stderr)}")
+
     def stop(self) -> bool:
         if not self.is_alive():
             return False

@@ -236,6 +236,27 @@ class MicrosandboxRuntime(Runtime):
             raise WorkflowError(boot_failure_message(self.name, str(exc)) or f"microsandbox could not start "
                                 f"{self.name}: {exc}") from None
 
+    def restart_server(self, spec: LaunchSpec) -> None:
+        from microsandbox import MicrosandboxError
+
+        async def go() -> None:
+            handle = await self._handle()
+            if handle is None:
+                raise WorkflowError(f"sandbox {self.name} is gone: run `invoke up` again to create it")
+            job_id = self.job_id()
+            if job_id:
+                try:
+                    await (await handle.get_job(job_id)).kill()
+                except MicrosandboxError:
+                    pass  # already gone
+            sb = await handle.connect()
+            await self._launch_server(sb, spec)
+
+        try:
+            _run(go())
+        except MicrosandboxError as exc:
+            raise _sdk_error(exc, f"restart the server in {self.name}") from None
+
     def stop(self) -> bool:
         from microsandbox import MicrosandboxError, SandboxStatus
 
