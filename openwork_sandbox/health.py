@@ -150,7 +150,7 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | 
         body = authed.json()
     except ValueError:
         raise WorkflowError(f"GET {endpoint} answered 200 with a body that is not JSON") from None
-    items = body.get("items") or body.get("workspaces") or [] if isinstance(body, dict) else []
+    items = (body.get("items") or body.get("workspaces") or []) if isinstance(body, dict) else []
     if items and isinstance(items[0], dict):
         return items[0].get("id")
     return None

@@ -136,8 +136,7 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
 def _ensure_port_free(settings: Settings) -> None:
     from .ports import port_holder, port_is_free
 
-    host = settings.bind_address
-    if port_is_free(settings.port, "0.0.0.0" if host == "0.0.0.0" else host):
+    if port_is_free(settings.port, settings.bind_address):
         return
     raise WorkflowError(
         f"port {settings.port} is already in use by {port_holder(settings.port)}: stop it, or choose another port "
