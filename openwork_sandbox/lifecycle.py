@@ -12,6 +12,7 @@ Also used by ``smoke``: :class:`Endpoint`, :func:`endpoint`, :func:`server_log_t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import sys
@@ -498,21 +499,24 @@ def reset(settings: Settings, *, yes: bool = False, keep_data: bool = False) -> 
         if not _confirm(f"Remove {what}?"):
             console.info("nothing removed")
             return
-    rt = _existing_runtime(settings, state)
-    if rt is not None:
-        if rt.remove():
-            console.info(f"{console.OK} removed the {rt.kind} sandbox {settings.name}")
+    # hold the lock (when there is a folder) so a running `up` for this name is not pulled from under
+    guard = state.lock(action="reset") if state.exists() else contextlib.nullcontext()
+    with guard:
+        rt = _existing_runtime(settings, state)
+        if rt is not None:
+            if rt.remove():
+                console.info(f"{console.OK} removed the {rt.kind} sandbox {settings.name}")
+            else:
+                console.info(f"{settings.name}: no {rt.kind} sandbox to remove")
         else:
-            console.info(f"{settings.name}: no {rt.kind} sandbox to remove")
-    else:
-        console.info(f"{settings.name}: no sandbox to remove")
-    if keep_data:
-        if state.exists():
-            state.save_record(fingerprint=None, job_id=None)
-        console.info(f"state folders kept (--keep-data): {target}")
-        return
-    if safe_remove(target, settings.state_dir, settings.project_root):
-        console.info(f"{console.OK} deleted {target}")
+            console.info(f"{settings.name}: no sandbox to remove")
+        if keep_data:
+            if state.exists():
+                state.save_record(fingerprint=None, job_id=None)
+            console.info(f"state folders kept (--keep-data): {target}")
+            return
+        if safe_remove(target, settings.state_dir, settings.project_root):
+            console.info(f"{console.OK} deleted {target}")
     for label, path in (("workspace", settings.workspace_dir), ("data", settings.data_dir)):
         if _outside(path, target) and path.exists():
             console.info(f"kept the {label} folder {path}: it is outside the state folder (delete it yourself)")
