@@ -190,9 +190,10 @@ def test_changed_settings_recreate_and_keep_state(box, capsys):
 
 
 def test_reset_keep_data_then_reset_removes_only_the_state_folder(box, capsys):
-    from openwork_sandbox.lifecycle import endpoint, reset
+    from openwork_sandbox.lifecycle import endpoint, reset, runtime_exec
 
     settings, ep = box["settings"], box["endpoint"]
+    assert runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt"])[0] == 0
     neighbour = settings.state_dir / "someone-else"
     neighbour.mkdir(exist_ok=True)
     (neighbour / "keep.txt").write_text("x")
