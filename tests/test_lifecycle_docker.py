@@ -180,7 +180,10 @@ def test_workspace_and_data_survive_down_up_and_replace(box, capsys):
 
 
 def test_changed_settings_recreate_and_keep_state(box, capsys):
+    from openwork_sandbox.lifecycle import runtime_exec
+
     settings = box["settings"]
+    assert runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt"])[0] == 0
     before = _container_id(settings.name)
     changed = settings.with_overrides(approval_mode="manual")
     assert _up_json(changed, capsys)["action"] == "recreated"
