@@ -154,13 +154,17 @@ def _print_log_tail(rt: Runtime, lines: list[str] | None = None, hint: str | Non
 
 
 STALL_SECONDS = 20.0  # no new server output for this long while not healthy: the start is stuck
+# ...and after "opencode server listening" the orchestrator's next line ("[opencode] Healthy") comes
+# within milliseconds unless its one health request hangs for good: give up on it sooner
+LISTENING_MARK = "opencode server listening"
+LISTENING_STALL_SECONDS = 8.0
 EARLY_DEATH_SECONDS = 30.0  # a server that exits this soon after (re)start gets one more try
 
 
 class _Stalled(Exception):
-    def __init__(self, last_line: str):
+    def __init__(self, last_line: str, seconds: float):
         super().__init__(last_line)
-        self.last_line = last_line
+        self.last_line, self.seconds = last_line, seconds
 
 
 class _StartWatch:
@@ -175,19 +179,22 @@ class _StartWatch:
         self.rt, self.stall_s = rt, stall_s
         self.last_tail: list[str] | None = None
         self.changed_at = time.monotonic()
-        self.next_check = self.changed_at + 2.0
+        self.next_check = self.changed_at + 1.0
 
     def __call__(self) -> bool:
         if not self.rt.is_alive():
             return False
         now = time.monotonic()
         if self.stall_s is not None and now >= self.next_check:
-            self.next_check = now + 2.0
+            self.next_check = now + 1.0
             tail = self.rt.log_tail(3)
             if tail != self.last_tail:
                 self.last_tail, self.changed_at = tail, now
-            elif now - self.changed_at >= self.stall_s:
-                raise _Stalled(tail[-1].strip() if tail else "(no output)")
+            else:
+                last = tail[-1].strip() if tail else "(no output)"
+                limit = min(self.stall_s, LISTENING_STALL_SECONDS) if LISTENING_MARK in last else self.stall_s
+                if now - self.changed_at >= limit:
+                    raise _Stalled(last, now - self.changed_at)
         return True
 
 
@@ -208,7 +215,7 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
                                    timeout_s=min(5.0, settings.request_timeout), describe=rt.describe)
             break
         except _Stalled as exc:
-            console.info(f"the server made no progress for {STALL_SECONDS:.0f}s (last line: {exc.last_line}); "
+            console.info(f"the server made no progress for {exc.seconds:.0f}s (last line: {exc.last_line}); "
                          f"restarting it once (orchestrator 0.18 can hang on a just-started opencode)")
         except SandboxDied as exc:
             if attempt == 2 or time.monotonic() - began > EARLY_DEATH_SECONDS:
