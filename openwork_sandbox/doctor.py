@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import socket
 import sys
 from importlib import metadata
 from pathlib import Path
 
-from . import commands, console
+from . import commands, console, ports
+from .runtimes import probe
 from .settings import Settings
 
 DOCKER = "docker"
@@ -117,16 +117,18 @@ def check_microsandbox() -> Check:
         version = metadata.version("microsandbox")
     except metadata.PackageNotFoundError:
         return Check("microsandbox", False, "SDK not installed", "pip install microsandbox", needed)
-    msb = commands.which("msb")
+    msb = probe.msb_path()
     if msb is None:
-        return Check("microsandbox", False, f"SDK {version}, but no msb runtime on PATH",
+        return Check("microsandbox", False, f"SDK {version}, but no msb runtime",
                      "pip install --force-reinstall microsandbox", needed)
     return Check("microsandbox", True, f"SDK {version}, runtime {msb}", needed_by=needed)
 
 
-def check_kvm(path: str = "/dev/kvm") -> Check:
+def check_kvm(path: Path = probe.KVM_DEVICE) -> Check:
     needed = frozenset({MICROSANDBOX})
-    if not os.path.exists(path):
+    if platform.system() == "Darwin":
+        return Check("/dev/kvm", True, "not needed on macOS (Hypervisor.framework)", needed_by=needed)
+    if not path.exists():
         return Check("/dev/kvm", False, "missing", "enable KVM (load kvm_intel/kvm_amd) or use the Docker runtime", needed)
     if not os.access(path, os.R_OK | os.W_OK):
         return Check("/dev/kvm", False, "not readable and writable by this user",
@@ -134,22 +136,18 @@ def check_kvm(path: str = "/dev/kvm") -> Check:
     return Check("/dev/kvm", True, "readable and writable", needed_by=needed)
 
 
-def check_virtualization(cpuinfo: str = "/proc/cpuinfo") -> Check:
+def check_virtualization(cpuinfo: Path = probe.CPUINFO) -> Check:
     needed = frozenset({MICROSANDBOX})
     if platform.system() == "Darwin":
         return Check("virtualization", True, "macOS Hypervisor.framework", needed_by=needed)
-    try:
-        flags = " ".join(line for line in Path(cpuinfo).read_text().splitlines() if line.startswith(("flags", "Features")))
-    except OSError as exc:
-        return Check("virtualization", False, f"cannot read {cpuinfo} ({exc.strerror})", "use the Docker runtime", needed)
-    words = set(flags.split())
     if platform.machine() in ("aarch64", "arm64"):
         # arm64 has no cpuinfo flag for it: KVM being present is the signal
-        ok = os.path.exists("/dev/kvm")
+        ok = probe.KVM_DEVICE.exists()
         return Check("virtualization", ok, "arm64 with KVM" if ok else "arm64 without KVM",
                      "" if ok else "use the Docker runtime", needed)
-    if words & {"vmx", "svm"}:
-        return Check("virtualization", True, f"CPU flag {'vmx' if 'vmx' in words else 'svm'} present", needed_by=needed)
+    flag = probe.cpu_virtualization_flag(cpuinfo)
+    if flag:
+        return Check("virtualization", True, f"CPU flag {flag} present", needed_by=needed)
     return Check("virtualization", False,
                  "no vmx/svm CPU flag: this machine is a VM without nested virtualization, microVMs cannot boot",
                  "use the Docker runtime (OPENWORK_MICROSANDBOX_RUNTIME=docker), or a host with KVM", needed)
@@ -157,16 +155,12 @@ def check_virtualization(cpuinfo: str = "/proc/cpuinfo") -> Check:
 
 def check_port(settings: Settings) -> Check:
     address, port = settings.bind_address, settings.port
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            if _openwork_answers(settings.url):
-                return Check(f"port {port}", True, f"{address}:{port} is held by a running OpenWork server (invoke status)")
-            return Check(f"port {port}", False, f"{address}:{port} is in use ({exc.strerror})",
-                         "free it, or set OPENWORK_MICROSANDBOX_PORT to a free port")
-    return Check(f"port {port}", True, f"{address}:{port} is free")
+    if ports.port_is_free(port, address):
+        return Check(f"port {port}", True, f"{address}:{port} is free")
+    if _openwork_answers(settings.url):
+        return Check(f"port {port}", True, f"{address}:{port} is held by a running OpenWork server (invoke status)")
+    return Check(f"port {port}", False, f"{address}:{port} is in use: {ports.port_holder(port)}",
+                 "free it, or set OPENWORK_MICROSANDBOX_PORT to a free port")
 
 
 def _openwork_answers(url: str) -> bool:

@@ -139,8 +139,8 @@ def test_virtualization_check_reads_cpu_flags(tmp_path):
     without = tmp_path / "cpuinfo-none"
     without.write_text("processor\t: 0\nflags\t\t: fpu vme sse\n")
     if os.uname().machine in ("x86_64", "amd64"):
-        assert doctor.check_virtualization(str(with_flag)).ok
-        assert not doctor.check_virtualization(str(without)).ok
+        assert doctor.check_virtualization(with_flag).ok
+        assert not doctor.check_virtualization(without).ok
 
 
 def test_runtime_choice_rules():
