@@ -86,7 +86,15 @@ def _seconds(raw: str) -> float:
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+# Folders and files under the state folder that belong to the tool itself, not to a sandbox: a
+# sandbox of one of these names would share (and `reset` would delete) them.
+RESERVED_NAMES = frozenset({"services", "image-context", "last-build.json", "verified-images.json",
+                            "test-cache", "test-stack"})
+
+
 def _name(raw: str) -> str:
+    if raw in RESERVED_NAMES:
+        raise _Invalid(f"is reserved for the tool's own state (.state/{raw}); pick another name")
     if not raw:
         raise _Invalid("expected a name of letters, digits, '_', '.', '-', e.g. openwork-microsandbox")
     if len(raw.encode()) > 128:

@@ -135,6 +135,13 @@ def test_bad_name(tmp_path, value, accepted):
     ]
 
 
+def test_names_of_the_tools_own_state_are_reserved(tmp_path):
+    assert problems(tmp_path, flags={"name": "services"}) == [
+        'OPENWORK_MICROSANDBOX_NAME="services" (from flag --name): '
+        "is reserved for the tool's own state (.state/services); pick another name"
+    ]
+
+
 def test_name_of_128_bytes_is_fine(tmp_path):
     assert load(tmp_path, env={"OPENWORK_MICROSANDBOX_NAME": "a" * 128}).name == "a" * 128
 
