@@ -120,11 +120,13 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
         "OPENWORK_APPROVAL_MODE": settings.approval_mode,
         "OPENWORK_CONNECT_HOST": settings.connect_host,
     }
+    if settings.offline:
+        env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
     mounts = {GUEST_WORKSPACE: settings.workspace_dir.resolve(), GUEST_DATA: settings.data_dir.resolve()}
     fp = fingerprint({
         "runtime": kind, "image": settings.image, "port": settings.port, "bind": settings.bind_address,
         "connect_host": settings.connect_host, "mounts": {k: str(v) for k, v in mounts.items()},
-        "approval": settings.approval_mode, "cpus": settings.cpus, "memory": settings.memory,
+        "approval": settings.approval_mode, "offline": settings.offline, "cpus": settings.cpus, "memory": settings.memory,
         "token": secret_digest(token), "host_token": secret_digest(host_token),
     })
     return LaunchSpec(
@@ -158,7 +160,10 @@ STALL_SECONDS = 20.0  # no new server output for this long while not healthy: th
 # within milliseconds unless its one health request hangs for good: give up on it sooner
 LISTENING_MARK = "opencode server listening"
 LISTENING_STALL_SECONDS = 8.0
-EARLY_DEATH_SECONDS = 30.0  # a server that exits this soon after (re)start gets one more try
+EARLY_DEATH_SECONDS = 30.0  # a server that exits this soon after (re)start gets another try
+# Starts in all: the hang strikes about one start in ten even on a quiet machine (measured with
+# plain `docker run`), so two restarts make a failed `up` from it about one in a thousand.
+START_ATTEMPTS = 3
 
 
 class _Stalled(Exception):
@@ -172,7 +177,7 @@ class _StartWatch:
 
     orchestrator 0.18 can hang for good when its first request to a just-started opencode is
     never answered (it has no timeout); its log then stops at "opencode server listening". A start
-    whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up` can restart it once.
+    whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up` can restart it.
     """
 
     def __init__(self, rt: Runtime, stall_s: float | None):
@@ -204,24 +209,27 @@ def _fail_with_log(rt: Runtime, exc) -> WorkflowError:
 
 
 def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSpec) -> tuple[dict, str | None]:
-    """Wait for health (restarting a stuck or early-dying start once), then check /workspaces."""
+    """Wait for health (restarting a stuck or early-dying start, up to START_ATTEMPTS starts in
+    all; the last one gets the whole deadline), then check /workspaces."""
     from .health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
 
-    for attempt in (1, 2):
-        watch = _StartWatch(rt, STALL_SECONDS if attempt == 1 else None)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        last_attempt = attempt == START_ATTEMPTS
+        watch = _StartWatch(rt, None if last_attempt else STALL_SECONDS)
         began = time.monotonic()
+        again = f"start {attempt + 1} of {START_ATTEMPTS}"
         try:
             body = wait_for_health(settings.url, settings.health_timeout, is_alive=watch,
                                    timeout_s=min(5.0, settings.request_timeout), describe=rt.describe)
             break
         except _Stalled as exc:
             console.info(f"the server made no progress for {exc.seconds:.0f}s (last line: {exc.last_line}); "
-                         f"restarting it once (orchestrator 0.18 can hang on a just-started opencode)")
+                         f"restarting it, {again} (orchestrator 0.18 can hang on a just-started opencode)")
         except SandboxDied as exc:
-            if attempt == 2 or time.monotonic() - began > EARLY_DEATH_SECONDS:
+            if last_attempt or time.monotonic() - began > EARLY_DEATH_SECONDS:
                 raise _fail_with_log(rt, exc) from None
             last = exc.log_lines[-1].strip() if exc.log_lines else "no output"
-            console.info(f"the server exited during start-up (last line: {last}); starting it once more")
+            console.info(f"the server exited during start-up (last line: {last}); {again}")
         except HealthTimeout as exc:
             raise _fail_with_log(rt, exc) from None
         rt.restart_server(spec)

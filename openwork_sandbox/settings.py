@@ -268,6 +268,8 @@ SPECS: tuple[Spec, ...] = (
          "memory in MiB"),
     Spec("approval_mode", "OPENWORK_APPROVAL_MODE", _choice("auto", "manual"), "auto",
          "openwork-server approval mode"),
+    Spec("offline", "OPENWORK_OFFLINE", _bool, False,
+         "the sandbox has no internet: opencode skips its models.dev fetch (offline it can hang start-up)"),
     Spec("state_dir", "OPENWORK_STATE_DIR", _path, None,
          "folder that holds .state/<name>/ folders (default: .state in the project)"),
     Spec("health_timeout", "OPENWORK_HEALTH_TIMEOUT", _seconds, 120.0,
@@ -326,6 +328,7 @@ class Settings:
     cpus: int
     memory: int
     approval_mode: str
+    offline: bool
     state_dir: Path
     health_timeout: float
     request_timeout: float

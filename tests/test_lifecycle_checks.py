@@ -251,3 +251,13 @@ def test_endpoint_and_log_tail_without_any_sandbox(tmp_path):
     ep = endpoint(preset)
     assert (ep.token, ep.host_token, ep.workspace_id) == ("c" * 30, "d" * 30, None)
     assert "c" * 30 not in repr(ep)
+
+
+def test_offline_turns_off_opencodes_models_fetch_and_changes_the_fingerprint(tmp_path):
+    from openwork_sandbox.lifecycle import launch_spec
+
+    online = launch_spec(make_settings(tmp_path, OPENWORK_OFFLINE="false"), "docker", "t" * 30, "h" * 30)
+    offline = launch_spec(make_settings(tmp_path, OPENWORK_OFFLINE="true"), "docker", "t" * 30, "h" * 30)
+    assert "OPENCODE_DISABLE_MODELS_FETCH" not in online.env
+    assert offline.env["OPENCODE_DISABLE_MODELS_FETCH"] == "1"
+    assert online.fingerprint != offline.fingerprint  # switching it recreates the sandbox

@@ -17,8 +17,8 @@ import time
 import pytest
 import requests
 
-from conftest import PROD_BASE_IMAGE, REGISTRY, free_port
-from lifecycle_helpers import ROOT, invoke, make_settings, unique_name
+from conftest import REGISTRY, free_port
+from lifecycle_helpers import OFFLINE, ROOT, build_and_push, invoke, make_settings, unique_name
 
 pytestmark = pytest.mark.docker
 
@@ -125,7 +125,7 @@ def test_status_and_logs_from_another_process(box):
 def _follow_then_interrupt(tmp, args, env, ready_text):
     """Start `invoke ARGS`, wait for ``ready_text`` on stderr, press Ctrl+C (SIGINT); (exit code, stderr)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    clean.update({"OPENWORK_STATE_DIR": str(tmp / "state"), **env})
+    clean.update({"OPENWORK_STATE_DIR": str(tmp / "state"), **OFFLINE, **env})
     proc = subprocess.Popen([sys.executable, "-m", "invoke", *args, "--env-file", str(tmp / "empty.env")], env=clean,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
@@ -222,20 +222,14 @@ def test_reset_keep_data_then_reset_removes_only_the_state_folder(box, capsys):
 # --- servers that do not come up ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def broken_images(services, tmp_path_factory):
+def broken_images(prod_base_image, tmp_path_factory):
     """Two tiny images in the local registry: one never serves, one exits at once."""
     ctx = tmp_path_factory.mktemp("broken")
     refs = {}
     for tag, cmd in (("silent", 'echo booting-but-never-serving; exec sleep 600'),
                      ("dies", 'echo "fatal: cannot start the server" >&2; exit 3')):
-        (ctx / "Dockerfile").write_text(f'FROM {PROD_BASE_IMAGE}\nCMD ["sh", "-c", {json.dumps(cmd)}]\n')
-        ref = f"{REGISTRY}/owtest-lifecycle:{tag}"
-        build = subprocess.run(["docker", "build", "-q", "-t", ref, str(ctx)], capture_output=True, text=True,
-                               timeout=300)
-        assert build.returncode == 0, build.stderr
-        push = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300)
-        assert push.returncode == 0, push.stderr
-        refs[tag] = ref
+        refs[tag] = build_and_push(ctx, f'FROM {prod_base_image}\nCMD ["sh", "-c", {json.dumps(cmd)}]\n',
+                                   f"{REGISTRY}/owtest-lifecycle:{tag}")
     return refs
 
 
@@ -280,7 +274,7 @@ def test_two_ups_at_once_make_one_sandbox(stack_image, tmp_path):
     env = dict(OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
                OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **env})
+    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
     (tmp_path / "empty.env").write_text("")
     argv = [sys.executable, "-m", "invoke", "up", "--json", "--env-file", str(tmp_path / "empty.env")]
     try:
@@ -314,15 +308,8 @@ def flaky_images(stack_image, tmp_path_factory):
                        ("dies-once", "echo '[openwork-orchestrator] ERROR Run failed (simulated)'; exit 1")):
         script = (f"if [ ! -e /data/.started-once ]; then touch /data/.started-once; {first}; fi; "
                   "exec /usr/local/bin/microsandbox-entrypoint.sh")
-        (ctx / "Dockerfile").write_text(f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(script)}]\n'
-                                        "CMD []\n")
-        ref = f"{REGISTRY}/owtest-lifecycle:{tag}"
-        build = subprocess.run(["docker", "build", "-q", "-t", ref, str(ctx)], capture_output=True, text=True,
-                               timeout=300)
-        assert build.returncode == 0, build.stderr
-        push = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300)
-        assert push.returncode == 0, push.stderr
-        refs[tag] = ref
+        refs[tag] = build_and_push(ctx, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(script)}]\n'
+                                        "CMD []\n", f"{REGISTRY}/owtest-lifecycle:{tag}")
     return refs
 
 

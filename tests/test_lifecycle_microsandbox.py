@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import PROD_BASE_IMAGE, REGISTRY, free_port
+from conftest import REGISTRY, free_port
 from lifecycle_helpers import invoke, make_settings, unique_name
 from openwork_sandbox.runtimes.probe import microvm_support
 
@@ -45,10 +45,10 @@ def _remove_sandbox(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_image(services):
+def small_image(prod_base_image):
     """A small image in the local registry (the production base, ~30 MB compressed)."""
     ref = f"{REGISTRY}/owtest-lifecycle:msb-small"
-    subprocess.run(["docker", "tag", PROD_BASE_IMAGE, ref], check=True, capture_output=True)
+    subprocess.run(["docker", "tag", prod_base_image, ref], check=True, capture_output=True)
     push = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300)
     assert push.returncode == 0, push.stderr
     return ref

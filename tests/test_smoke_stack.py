@@ -31,7 +31,8 @@ def smoke_settings(state_dir: Path, image: str, **flags):
     env_file = state_dir / "empty.env"
     env_file.write_text("")
     values = {"runtime": "docker", "image": image, "state_dir": str(state_dir), "port": str(free_port()),
-              "request_timeout": "5", "health_timeout": "90"}
+              "request_timeout": "5", "health_timeout": "90",
+              "offline": "true"}  # air-gapped machines: see tests/lifecycle_helpers.OFFLINE
     values.update(flags)
     return load_settings(values, environ={}, env_file=env_file, root=ROOT)
 

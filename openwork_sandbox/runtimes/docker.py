@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import time
-from pathlib import Path
 from typing import Iterator
 
 from .. import commands, console
