@@ -154,6 +154,7 @@ def reset(c, name=None, yes=False, keep_data=False, env_file=None):
 
 
 @task(
+    auto_shortflags=False,  # -h would otherwise be --host-token, not help
     help={
         **SANDBOX_HELP,
         "url": "smoke this server instead of the sandbox's own URL, e.g. https://staging.example:8787",
