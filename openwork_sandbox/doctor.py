@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import commands, console, ports
+from .health import health_once
 from .runtimes import probe
 from .settings import Settings
 
@@ -157,20 +158,10 @@ def check_port(settings: Settings) -> Check:
     address, port = settings.bind_address, settings.port
     if ports.port_is_free(port, address):
         return Check(f"port {port}", True, f"{address}:{port} is free")
-    if _openwork_answers(settings.url):
+    if (health_once(settings.url, timeout_s=2) or {}).get("ok") is True:
         return Check(f"port {port}", True, f"{address}:{port} is held by a running OpenWork server (invoke status)")
     return Check(f"port {port}", False, f"{address}:{port} is in use: {ports.port_holder(port)}",
                  "free it, or set OPENWORK_MICROSANDBOX_PORT to a free port")
-
-
-def _openwork_answers(url: str) -> bool:
-    import requests
-
-    try:
-        body = requests.get(f"{url}/health", timeout=2).json()
-    except (requests.RequestException, ValueError):
-        return False
-    return isinstance(body, dict) and body.get("ok") is True
 
 
 def _writable(path: Path) -> tuple[bool, Path]:

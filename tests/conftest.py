@@ -6,7 +6,6 @@ traffic goes to 127.0.0.1 only, containers use host networking.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
@@ -18,10 +17,7 @@ TEST_BASE_IMAGE = "openwork-base:bookworm-slim-python"  # + python3-minimal for 
 PROD_BASE_IMAGE = "openwork-base:bookworm-slim"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from openwork_sandbox.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 
 @pytest.fixture(scope="session")
