@@ -76,12 +76,15 @@ def clean_env(monkeypatch, tmp_path):
 # OPENWORK_OPENCODE_PORT); the entrypoint exits 64 when a token is missing.
 
 import dataclasses
+import os
 import secrets
 import time
 
-STACK_REPO = "openwork-microsandbox-test"
+# Two checkouts on one machine share the engine and the registry: OPENWORK_TEST_STACK_REPO gives
+# each its own repository, OPENWORK_TEST_CACHE_DIR lets them share one download cache.
+STACK_REPO = os.environ.get("OPENWORK_TEST_STACK_REPO") or "openwork-microsandbox-test"
 STACK_TAG = "stack"
-STACK_CACHE_DIR = ROOT / ".state" / "test-cache"  # npm downloads, kept between sessions
+STACK_CACHE_DIR = Path(os.environ.get("OPENWORK_TEST_CACHE_DIR") or ROOT / ".state" / "test-cache")  # npm downloads
 STACK_STATE_DIR = ROOT / ".state" / "test-stack"  # build context, last-build.json
 STANDIN_SERVER = ROOT / "tests" / "standin_openwork_server.py"
 
