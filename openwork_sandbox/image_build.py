@@ -2,7 +2,7 @@
 
 1. The base image must exist locally (or be pullable); else the error says how to make one.
 2. The programs come from :mod:`npm_artifacts` (verified, cached) or from local overrides.
-3. They are staged, with ``image/Dockerfile`` and the entrypoint, in a build context under the
+3. They are staged, with ``openwork_sandbox/image/Dockerfile`` and the entrypoint, in a build context under the
    state folder (hard links to the cache where possible) and built with the classic builder; the
    ``Dockerfile`` has no ``RUN``, so nothing in the build needs a network or an emulator.
 4. One container checks every baked program's ``--version`` (skipped for an image id already
@@ -30,9 +30,9 @@ from typing import Any
 from . import console, npm_artifacts
 from .commands import docker, last_line, run, which
 from .errors import WorkflowError
-from .settings import PROJECT_ROOT, Settings
+from .settings import Settings
 
-IMAGE_DIR = PROJECT_ROOT / "image"
+IMAGE_DIR = Path(__file__).resolve().parent / "image"  # package data: ships in the wheel
 CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh")
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")
 LAST_BUILD = "last-build.json"

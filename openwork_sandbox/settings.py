@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping
 
 from .errors import SettingsError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GUEST_PORT = 8787  # openwork-server inside the image
 DEFAULT_REGISTRY = "127.0.0.1:5000"  # started by scripts/services
 DEFAULT_IMAGE = f"{DEFAULT_REGISTRY}/openwork-microsandbox:dev"
@@ -466,10 +465,13 @@ def load_settings(
     root: str | os.PathLike | None = None,
 ) -> Settings:
     """Read every setting once: ``flags`` (task flags; ``None`` means "not given") > ``environ`` >
-    the ``.env`` file > defaults. Raises :class:`SettingsError` listing every problem."""
+    the ``.env`` file > defaults. Raises :class:`SettingsError` listing every problem.
+
+    ``root`` is the project folder: ``.env`` and ``.state/`` (and relative paths in settings) are
+    found there. It defaults to the current directory, never to where the package is installed."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     environ = os.environ if environ is None else environ
-    project_root = Path(root).resolve() if root else PROJECT_ROOT
+    project_root = Path(root or Path.cwd()).resolve()
     problems: list[str] = []
 
     unknown_flags = set(flags) - set(SPEC_BY_FIELD)

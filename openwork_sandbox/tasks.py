@@ -1,0 +1,208 @@
+"""openwork-sandbox tasks: build the OpenWork image, push it, boot it, prove remote connect.
+
+Each task turns its flags into one call of a helper in ``openwork_sandbox``; settings come from
+flags, then the environment, then ``.env``, then defaults (see ``.env.example``).
+Exit codes: 0 ok, 1 failed, 2 bad settings or usage, 3 nothing reachable, 130 interrupted.
+
+The collection is :data:`ns`. It runs as the ``openwork-sandbox`` console program
+(:mod:`openwork_sandbox.cli`), as this repository's ``invoke`` (the top-level ``tasks.py``
+re-exports it), and inside another repository's collection::
+
+    from invoke import Collection
+    from openwork_sandbox.tasks import ns as sandbox
+
+    ns = Collection()
+    ns.add_collection(sandbox, name="sandbox")   # invoke sandbox.build-image sandbox.up ...
+
+The project folder (where ``.env`` and ``.state/`` are) is the config value
+``openwork_sandbox.project_root`` when set (``ns.configure({"openwork_sandbox": {"project_root":
+PATH}})``, as this repository's ``tasks.py`` does with its own folder), else the current directory.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection, call, task
+from invoke.exceptions import Exit
+
+from openwork_sandbox.errors import task_boundary
+
+ENV_FILE_HELP = "read settings from this .env file instead of ./.env (or set OPENWORK_ENV_FILE)"
+JSON_HELP = "print one JSON object on stdout instead of the human table"
+
+
+def project_root(c) -> str | None:
+    """The configured project folder, or None for the current directory."""
+    try:
+        return c.config.openwork_sandbox.project_root or None
+    except AttributeError:  # a bare Context (tests) or a collection without our configuration
+        return None
+
+
+def _settings(c, env_file=None, **flags):
+    from openwork_sandbox.settings import load_settings
+
+    return load_settings(flags, env_file=env_file, root=project_root(c))
+
+
+def _finish(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"env_file": ENV_FILE_HELP, "json": JSON_HELP, "runtime": "check for this runtime: auto|microsandbox|docker"})
+def doctor(c, runtime=None, json=False, env_file=None):
+    """Check what this machine can run and which runtime auto picks."""
+    with task_boundary():
+        from openwork_sandbox.doctor import run_doctor
+
+        _finish(run_doctor(_settings(c, env_file, runtime=runtime), as_json=json))
+
+
+@task(
+    name="build-image",
+    help={
+        "env_file": ENV_FILE_HELP,
+        "json": JSON_HELP,
+        "image": "tag the built image with this reference (OPENWORK_MICROSANDBOX_IMAGE)",
+        "base_image": "base image to build on (OPENWORK_BASE_IMAGE)",
+    },
+)
+def build_image(c, image=None, base_image=None, json=False, env_file=None):
+    """Build the image from pinned, verified OpenWork programs."""
+    with task_boundary():
+        from openwork_sandbox.image_build import build_image as build
+
+        build(_settings(c, env_file, image=image, base_image=base_image), as_json=json)
+
+
+@task(
+    name="push-image",
+    # the same call the command line makes for a bare `build-image`, so Invoke's dedupe builds once
+    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None)],
+    help={
+        "env_file": ENV_FILE_HELP,
+        "json": JSON_HELP,
+        "image": "push to this reference (OPENWORK_MICROSANDBOX_IMAGE)",
+    },
+)
+def push_image(c, image=None, json=False, env_file=None):
+    """Push the image and prove the registry serves it."""
+    with task_boundary():
+        from openwork_sandbox.image_push import push_image as push
+
+        push(_settings(c, env_file, image=image), as_json=json)
+
+
+SANDBOX_HELP = {
+    "env_file": ENV_FILE_HELP,
+    "name": "sandbox name (OPENWORK_MICROSANDBOX_NAME)",
+}
+
+
+@task(
+    help={
+        **SANDBOX_HELP,
+        "json": JSON_HELP,
+        "image": "image reference to boot (OPENWORK_MICROSANDBOX_IMAGE)",
+        "runtime": "auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)",
+        "port": "host port to publish (OPENWORK_MICROSANDBOX_PORT)",
+        "replace": "recreate the sandbox; state folders are kept (OPENWORK_MICROSANDBOX_REPLACE)",
+        "follow": "stream the server's logs once it is up, until Ctrl+C (the sandbox keeps running)",
+        "show_tokens": "print the tokens in clear instead of masked",
+    }
+)
+def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=False, show_tokens=False,
+       json=False, env_file=None):
+    """Boot the sandbox with persistent state and wait until healthy."""
+    with task_boundary():
+        from openwork_sandbox.lifecycle import up as start
+
+        # --replace is a switch; without it OPENWORK_MICROSANDBOX_REPLACE (or its default) decides
+        settings = _settings(c, env_file, name=name, image=image, runtime=runtime, port=port, replace=replace or None)
+        start(settings, follow=follow, show_tokens=show_tokens, as_json=json)
+
+
+@task(help=SANDBOX_HELP)
+def down(c, name=None, env_file=None):
+    """Stop the sandbox, keep its state."""
+    with task_boundary():
+        from openwork_sandbox.lifecycle import down as stop
+
+        stop(_settings(c, env_file, name=name))
+
+
+@task(help={**SANDBOX_HELP, "json": JSON_HELP})
+def status(c, name=None, json=False, env_file=None):
+    """Show the sandbox's runtime, state, image, URL, health, uptime."""
+    with task_boundary():
+        from openwork_sandbox.lifecycle import status as show
+
+        _finish(show(_settings(c, env_file, name=name), as_json=json))
+
+
+@task(
+    help={
+        **SANDBOX_HELP,
+        "follow": "keep streaming new lines until Ctrl+C",
+        "tail": "show only the last N lines",
+        "since": "only lines newer than this: seconds, or 30s, 5m, 2h",
+        "system": "show the VM/system log (boot, kernel) instead of the server's output",
+    }
+)
+def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_file=None):
+    """Print (or follow) the server's log."""
+    with task_boundary():
+        from openwork_sandbox.lifecycle import logs as show_logs
+
+        show_logs(_settings(c, env_file, name=name), follow=follow, tail=tail, since=since, system=system)
+
+
+@task(
+    help={
+        **SANDBOX_HELP,
+        "yes": "do not ask for confirmation (CI)",
+        "keep_data": "remove the sandbox but keep the state folders",
+    }
+)
+def reset(c, name=None, yes=False, keep_data=False, env_file=None):
+    """Remove the sandbox and delete its state folders."""
+    with task_boundary():
+        from openwork_sandbox.lifecycle import reset as remove
+
+        remove(_settings(c, env_file, name=name), yes=yes, keep_data=keep_data)
+
+
+@task(
+    auto_shortflags=False,  # -h would otherwise be --host-token, not help
+    help={
+        **SANDBOX_HELP,
+        "url": "smoke this server instead of the sandbox's own URL, e.g. https://staging.example:8787",
+        "token": "client token (OPENWORK_TOKEN; default: the sandbox's)",
+        "host_token": "host token (OPENWORK_HOST_TOKEN; default: the sandbox's)",
+        "ephemeral": "boot a fresh sandbox under a unique name, smoke it, always remove it",
+        "persistence": "also check that a file written in the workspace appears on the host",
+        "junit": "write a JUnit XML report to this path",
+        "json": JSON_HELP,
+        "runtime": "runtime for --ephemeral: auto|microsandbox|docker",
+        "image": "image for --ephemeral (OPENWORK_MICROSANDBOX_IMAGE)",
+        "port": "host port of the sandbox (OPENWORK_MICROSANDBOX_PORT)",
+    }
+)
+def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, persistence=False, junit=None,
+          json=False, runtime=None, image=None, port=None, env_file=None):
+    """Prove a remote client can connect and run an OpenCode session.
+
+    Exit codes: 0 all checks passed, 1 a check failed, 2 bad settings or usage,
+    3 nothing reachable at the URL.
+    """
+    with task_boundary():
+        from openwork_sandbox.smoke import run_smoke
+
+        settings = _settings(c, env_file, name=name, token=token, host_token=host_token, runtime=runtime,
+                             image=image, port=port)
+        _finish(run_smoke(settings, url=url, ephemeral=ephemeral, persistence=persistence, junit=junit,
+                          as_json=json))
+
+
+ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke)
+ns.configure({"openwork_sandbox": {"project_root": None}})

@@ -1,0 +1,121 @@
+"""The package as a user gets it: a wheel installed into a fresh venv, run from another folder.
+
+Real parts: pip builds the wheel from this checkout, a new venv (with the system's site-packages,
+so the dependencies need no download) gets the wheel with ``--no-deps``, and its
+``openwork-sandbox`` program and importable collection run in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "openwork_sandbox"
+
+
+def _clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "PYTHONPATH", "GITHUB_"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``(wheel path, venv folder)``: the wheel built from this checkout, installed into a new venv."""
+    work = tmp_path_factory.mktemp("wheel")
+    wheels = work / "dist"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+                          capture_output=True, text=True, timeout=600, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = wheels.glob("openwork_sandbox-*.whl")
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                           "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return wheel, venv
+
+
+def test_the_wheel_holds_every_module_and_the_image_files(installed):
+    wheel, _ = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    expected |= {"openwork_sandbox/image/Dockerfile", "openwork_sandbox/image/microsandbox-entrypoint.sh"}
+    assert "openwork_sandbox/runtimes/__init__.py" in expected  # the subpackage the old wheel lost
+    assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "openwork-sandbox = openwork_sandbox.cli:main" in entry_points
+
+
+def test_console_program_lists_versions_and_runs_doctor_from_another_folder(installed, tmp_path):
+    _, venv = installed
+    program = str(venv / "bin" / "openwork-sandbox")
+    env = _clean_env()
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import openwork_sandbox; print(openwork_sandbox.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip().startswith(str(venv)), where.stdout  # the wheel, not this checkout
+
+    listing = subprocess.run([program, "--list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    for name in ("build-image", "push-image", "up", "down", "status", "logs", "reset", "smoke", "doctor"):
+        assert re.search(rf"^\s+{re.escape(name)}\s", listing.stdout, re.M), listing.stdout
+
+    version = subprocess.run([program, "--version"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    written = re.search(r'__version__ = "([^"]+)"', (PACKAGE / "__init__.py").read_text()).group(1)
+    assert version.returncode == 0 and written in version.stdout, version.stdout
+
+    doctor = subprocess.run([program, "doctor", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert doctor.returncode in (0, 1), doctor.stderr
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    # settings and .state/ come from the folder it runs in, not from the installed package
+    assert str(tmp_path / ".state") in checks["state folders"]["detail"], checks["state folders"]
+    assert "Traceback" not in doctor.stderr
+
+
+def test_console_program_reads_env_file_of_the_current_folder(installed, tmp_path):
+    _, venv = installed
+    (tmp_path / ".env").write_text("OPENWORK_MICROSANDBOX_PORT=ten\n")
+    proc = subprocess.run([str(venv / "bin" / "openwork-sandbox"), "doctor"], cwd=tmp_path, env=_clean_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert 'OPENWORK_MICROSANDBOX_PORT="ten" (from .env:1)' in proc.stderr
+
+
+def test_another_repository_adds_the_collection(installed, tmp_path):
+    _, venv = installed
+    (tmp_path / "tasks.py").write_text(
+        "from invoke import Collection, task\n"
+        "from openwork_sandbox.tasks import ns as sandbox\n\n"
+        "@task\ndef hello(c):\n    'Say hello.'\n    print('hello')\n\n"
+        "ns = Collection(hello)\n"
+        "ns.add_collection(sandbox, name='sandbox')\n")
+    python = str(venv / "bin" / "python")
+    listing = subprocess.run([python, "-m", "invoke", "--list"], cwd=tmp_path, env=_clean_env(), capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert "sandbox.build-image" in listing.stdout and "sandbox.up" in listing.stdout and "hello" in listing.stdout
+    doctor = subprocess.run([python, "-m", "invoke", "sandbox.doctor", "--json"], cwd=tmp_path, env=_clean_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert doctor.returncode in (0, 1), doctor.stderr
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert str(tmp_path / ".state") in checks["state folders"]["detail"]
+
+
+def test_this_repositorys_tasks_py_keeps_its_folder_as_project_root(tmp_path):
+    """`invoke` from a subfolder of the checkout finds tasks.py upwards and uses the checkout's .state/."""
+    env = _clean_env(PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "doctor", "--json"], cwd=ROOT / "tests", env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert str(ROOT / ".state") in checks["state folders"]["detail"]
+    assert str(ROOT / "tests" / ".state") not in checks["state folders"]["detail"]
