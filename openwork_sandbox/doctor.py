@@ -95,13 +95,16 @@ def check_docker_engine() -> Check:
 def check_registry(settings: Settings) -> Check:
     import requests
 
+    from .http import outside_session
+
     ref = settings.image_ref
     host = ref.registry_host
     scheme = "http" if settings.registry_plain_http else "https"
     url = f"{scheme}://{host}/v2/"
     name = f"registry {host}"
     try:
-        resp = requests.get(url, timeout=5)
+        with outside_session() as http:  # as push-image's registry traffic: proxies from the environment
+            resp = http.get(url, timeout=5)
     except requests.RequestException as exc:
         fix = "scripts/services start" if ref.registry_is_loopback else \
             "check OPENWORK_MICROSANDBOX_IMAGE's registry, or OPENWORK_REGISTRY_INSECURE for plain HTTP"

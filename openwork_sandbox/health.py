@@ -13,6 +13,7 @@ from typing import Callable
 import requests
 
 from .errors import UnreachableError, WorkflowError
+from .http import sandbox_session
 
 FIRST_DELAY = 0.05
 MAX_DELAY = 0.5
@@ -70,7 +71,7 @@ def wait_for_health(
     nothing ever answered HTTP, else :class:`HealthTimeout` (a WorkflowError).
     """
     endpoint = url.rstrip("/") + "/health"
-    http = session or requests.Session()
+    http = session or sandbox_session()
     start = time.monotonic()
     deadline = start + deadline_s
     delay = FIRST_DELAY
@@ -132,13 +133,14 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | 
     """
     endpoint = url.rstrip("/") + "/workspaces"
     try:
-        anon = requests.get(endpoint, timeout=timeout_s)
-        if anon.status_code != 401:
-            raise WorkflowError(
-                f"GET {endpoint} without a token answered {anon.status_code}, expected 401: the server does not "
-                f"enforce its client token"
-            )
-        authed = requests.get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+        with sandbox_session() as http:
+            anon = http.get(endpoint, timeout=timeout_s)
+            if anon.status_code != 401:
+                raise WorkflowError(
+                    f"GET {endpoint} without a token answered {anon.status_code}, expected 401: the server does not "
+                    f"enforce its client token"
+                )
+            authed = http.get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
     except requests.RequestException as exc:
         raise UnreachableError(f"GET {endpoint} failed ({exc.__class__.__name__}); is the server still up?") from None
     if authed.status_code != 200:
@@ -159,7 +161,8 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | 
 def health_once(url: str, *, timeout_s: float = 1.0) -> dict | None:
     """One quick ``GET /health``: the JSON body when healthy, else None (for status and reuse)."""
     try:
-        resp = requests.get(url.rstrip("/") + "/health", timeout=timeout_s)
+        with sandbox_session() as http:
+            resp = http.get(url.rstrip("/") + "/health", timeout=timeout_s)
     except requests.RequestException:
         return None
     if not 200 <= resp.status_code < 300:

@@ -5,16 +5,46 @@
   from the environment: the sandbox is ours and close by.
 - :func:`outside_session`: traffic to the npm registry and to image registries. Honours
   ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` as curl and Docker do (requests' ``trust_env``), and
-  trusts the system CAs plus, when given, a CA bundle (``verify=path``).
+  trusts the system CAs plus, when given, a CA bundle (``verify=path``). A loopback host
+  (``127.0.0.1``, ``::1``, ``localhost``: the local registry) is never sent through a proxy, as
+  Docker's own HTTP stack does; ``NO_PROXY`` need not list it.
 
 Every module that sends HTTP gets its session here; none builds a ``requests.Session`` itself.
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import requests
 
 USER_AGENT = "openwork-sandbox"
+
+
+def _loopback_url(url: str | None) -> bool:
+    from .settings import is_loopback
+
+    try:
+        host = urlsplit(url or "").hostname
+    except ValueError:
+        return False
+    return bool(host) and is_loopback(host)
+
+
+class _OutsideSession(requests.Session):
+    """Proxies from the environment, except for loopback hosts (reached directly)."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if _loopback_url(url):
+            merged["proxies"] = {}
+        return merged
+
+    def rebuild_proxies(self, prepared_request, proxies):  # a redirect
+        if _loopback_url(prepared_request.url):
+            prepared_request.headers.pop("Proxy-Authorization", None)
+            return {}
+        return super().rebuild_proxies(prepared_request, proxies)
 
 
 def sandbox_session(*, user_agent: str = USER_AGENT) -> requests.Session:
@@ -27,7 +57,7 @@ def sandbox_session(*, user_agent: str = USER_AGENT) -> requests.Session:
 
 def outside_session(*, verify: bool | str = True, user_agent: str = USER_AGENT) -> requests.Session:
     """A session for registries on the network: proxies from the environment, system CAs (or ``verify``)."""
-    session = requests.Session()
+    session = _OutsideSession()
     session.trust_env = True
     session.verify = verify
     session.headers["User-Agent"] = user_agent

@@ -34,12 +34,14 @@ import requests
 from . import console
 from .commands import run, which
 from .errors import UnreachableError, WorkflowError
+from .http import outside_session
 from .settings import Settings
 
 CHUNK = 1 << 20
 FIXED_MTIME = 315532800  # 1980-01-01: the mtime of every baked file, for reproducible layers
 STATS = {"downloaded_bytes": 0, "requests": 0}
 _REGISTRY_CACHE: dict[str | None, str] = {}
+_SESSION: list[requests.Session] = []  # one session (proxies from the environment), made on first use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +112,10 @@ def registry_url(settings: Settings) -> str:
 
 def _get(url: str, registry: str, *, timeout: float, stream: bool = False, headers: dict | None = None):
     STATS["requests"] += 1
+    if not _SESSION:
+        _SESSION.append(outside_session())
     try:
-        return requests.get(url, timeout=timeout, stream=stream, headers=headers or {})
+        return _SESSION[0].get(url, timeout=timeout, stream=stream, headers=headers or {})
     except requests.RequestException as exc:
         raise UnreachableError(f"npm registry {registry} did not answer ({exc.__class__.__name__}): "
                                "check the network or NPM_CONFIG_REGISTRY") from None

@@ -17,6 +17,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
+from .http import sandbox_session
+
 HOST_TOKEN_HEADER = "X-OpenWork-Host-Token"
 BODY_START = 300  # characters of a body kept for reports
 
@@ -82,9 +84,7 @@ class OpenWorkClient:
         self.token = token
         self.host_token = host_token
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.trust_env = False  # no proxy for a sandbox on loopback; set headers ourselves
-        self.session.headers["User-Agent"] = "openwork-sandbox-smoke"
+        self.session = sandbox_session(user_agent="openwork-sandbox-smoke")  # never through a proxy
 
     def close(self) -> None:
         self.session.close()

@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from .errors import UnreachableError, WorkflowError
+from .http import outside_session
 from .settings import ImageRef, Settings
 
 MANIFEST_TYPES = (
@@ -43,7 +44,7 @@ class Registry:
         self.auth = (username, password) if username and password else None
         self.timeout = timeout
         self.backoff = backoff
-        self.session = requests.Session()
+        self.session = outside_session()
         self._bearer: dict[str, str] = {}
 
     @classmethod
