@@ -1,6 +1,9 @@
 """Terminal output: human text on stderr, machine output (JSON) alone on stdout.
 
-Progress bars only on a TTY; quiet otherwise. Secrets go through :func:`mask` before any print.
+Progress: a bar on a TTY; off a TTY (a CI log) a plain line at least every
+:data:`PLAIN_EVERY` seconds, so a log never sits silent while work goes on. :func:`heartbeat`
+fills the silences of work that reports nothing itself (a pull, a health wait). Secrets go through
+:func:`mask` before any print; under GitHub Actions they are also masked in the log (:mod:`gha`).
 """
 
 from __future__ import annotations
@@ -8,12 +11,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 OK = "✓"
 BAD = "✗"
 SKIP = "-"
+PLAIN_EVERY = 8.0  # seconds: off a TTY, the longest silence while work goes on (under the 10 s promised)
+_LOCK = threading.RLock()  # the heartbeat thread and the task print on one stream
+_LAST_LINE = [time.monotonic()]  # when the last human line (or bar) was written
 
 
 def is_tty(stream=None) -> bool:
@@ -26,7 +33,13 @@ def is_tty(stream=None) -> bool:
 
 def info(message: str = "") -> None:
     """A line for the human, on stderr (stdout stays clean for --json)."""
-    print(message, file=sys.stderr, flush=True)
+    with _LOCK:
+        print(message, file=sys.stderr, flush=True)
+        _LAST_LINE[0] = time.monotonic()
+
+
+def since_last_line() -> float:
+    return time.monotonic() - _LAST_LINE[0]
 
 
 def emit_json(obj: Any) -> None:
@@ -78,7 +91,8 @@ def human_bytes(n: float | None) -> str:
 
 
 class Progress:
-    """A one-line progress bar on a TTY; silent elsewhere (CI logs stay readable).
+    """A one-line progress bar on a TTY; elsewhere (a CI log) a plain line when the work starts,
+    then one whenever :data:`PLAIN_EVERY` seconds passed since the last line, and one at the end.
 
     Use as a context manager: ``with Progress("opencode", total) as bar: bar.advance(n)``.
     """
@@ -89,8 +103,12 @@ class Progress:
         self.done = 0
         self.stream = stream or sys.stderr
         self.enabled = is_tty(self.stream) if enabled is None else enabled
+        self.plain = not self.enabled and enabled is None  # off a TTY: plain lines (enabled=False: silent)
         self._last = 0.0
         self._start = time.monotonic()
+        self._plain_at = 0.0
+        if self.plain:
+            self._plain_line("started")
 
     def __enter__(self) -> "Progress":
         return self
@@ -110,6 +128,19 @@ class Progress:
         if self.enabled and (now - self._last > 0.1 or (self.total and done >= self.total)):
             self._last = now
             self._draw()
+        elif self.plain and now - max(self._plain_at, _LAST_LINE[0]) >= PLAIN_EVERY:
+            self._plain_line()
+
+    def _amount(self) -> str:
+        if self.total:
+            return f"{human_bytes(self.done)} of {human_bytes(self.total)} ({100 * self.done // self.total}%)"
+        return human_bytes(self.done)
+
+    def _plain_line(self, note: str = "") -> None:
+        self._plain_at = time.monotonic()
+        took = f", {self._plain_at - self._start:.0f}s" if self.done else ""
+        info(f"{self.label}: {note or self._amount()}{took}" if note != "started" else
+             f"{self.label}: started" + (f" ({human_bytes(self.total)})" if self.total else ""))
 
     def _draw(self) -> None:
         width = 30
@@ -119,28 +150,74 @@ class Progress:
             text = f"\r{self.label:<28} {bar} {human_bytes(self.done)}/{human_bytes(self.total)}"
         else:
             text = f"\r{self.label:<28} {human_bytes(self.done)}"
-        self.stream.write(text)
-        self.stream.flush()
+        with _LOCK:
+            self.stream.write(text)
+            self.stream.flush()
+            _LAST_LINE[0] = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
             self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
+            with _LOCK:
+                self.stream.write("\n")
+                self.stream.flush()
+        elif self.plain:
+            self._plain_line(f"done, {self._amount()}")
+
+
+class Heartbeat:
+    """A daemon thread that prints ``<what> (Ns)`` whenever nothing was printed for
+    :data:`PLAIN_EVERY` seconds, until stopped: the log of a long silent step (a pull, a health
+    wait) says what it waits for. ``what`` may be a callable (re-read at every line)."""
+
+    def __init__(self, what: str | Callable[[], str], every: float | None = None):
+        self.what, self.every = what, every or PLAIN_EVERY
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="openwork-heartbeat", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            if since_last_line() >= self.every:
+                try:
+                    what = self.what() if callable(self.what) else self.what
+                except Exception:  # a describe callback must never break the task
+                    what = "working"
+                if not self._stop.is_set():
+                    info(f"… {what} ({time.monotonic() - self.started:.0f}s)")
+
+
+def heartbeat(what: str | Callable[[], str], every: float | None = None) -> Heartbeat:
+    """``with heartbeat("pulling X"):`` — see :class:`Heartbeat`."""
+    return Heartbeat(what, every)
 
 
 def github_actions() -> bool:
-    return os.environ.get("GITHUB_ACTIONS") == "true"
+    from . import gha
+
+    return gha.active()
 
 
 def group(title: str, lines: Iterable[str]) -> None:
     """Print a block of lines (a log tail), folded under GitHub Actions."""
+    from . import gha
+
     lines = list(lines)
-    if github_actions():
-        info(f"::group::{title}")
-    else:
-        info(f"--- {title} ---")
-    for line in lines:
-        info(line)
-    if github_actions():
-        info("::endgroup::")
+    with gha.group(title, plain_title=True):
+        for line in lines:
+            info(line)

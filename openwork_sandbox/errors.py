@@ -47,17 +47,33 @@ class UnreachableError(WorkflowError):
 
 
 @contextlib.contextmanager
-def task_boundary():
+def task_boundary(task: str = "openwork-sandbox"):
     """Turn expected failures into ``invoke.exceptions.Exit`` (message on stderr, exit code).
 
     Ctrl+C ends with 130 and no traceback. Anything else is a bug and keeps its traceback.
+    Under GitHub Actions a failure ends with ``::error title=<task>::<reason>``; a task that ends
+    with a bare non-zero ``Exit`` gives its reason as the Exit's ``reason`` attribute.
     """
     from invoke.exceptions import Exit
+
+    from . import gha
 
     try:
         yield
     except WorkflowError as exc:
+        if gha.active():  # the message first, as always; then the annotation, last
+            print(exc.message, file=sys.stderr, flush=True)
+            gha.error(task, exc.message)
+            raise Exit(code=exc.exit_code) from None
         raise Exit(exc.message, code=exc.exit_code) from None
+    except Exit as exc:
+        if exc.code and gha.active():
+            if exc.message:
+                print(exc.message, file=sys.stderr, flush=True)
+            gha.error(task, exc.message or getattr(exc, "reason", None) or f"{task} failed (exit {exc.code})")
+            raise Exit(code=exc.code) from None
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        gha.error(task, "interrupted")
         raise Exit(code=EXIT_INTERRUPTED) from None

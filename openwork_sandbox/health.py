@@ -78,6 +78,9 @@ def wait_for_health(
     last_problem = "no answer yet"
     answered = False
     next_alive_check = start + ALIVE_CHECK_EVERY
+    from .console import heartbeat  # a line every few seconds in a CI log: what we wait for, and why not yet
+
+    beat = heartbeat(lambda: f"waiting for {endpoint} to answer healthy ({last_problem}; deadline {deadline_s:g}s)").start()
     try:
         while True:
             try:
@@ -121,6 +124,7 @@ def wait_for_health(
             time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, MAX_DELAY)
     finally:
+        beat.stop()
         if session is None:
             http.close()
 

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import console, npm_artifacts
-from .commands import docker, last_line, run, which
+from . import console, gha, npm_artifacts
+from .commands import docker, last_line, run, stream_lines, which
 from .errors import WorkflowError
 from .settings import Settings
 
@@ -38,6 +38,8 @@ VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")
 LAST_BUILD = "last-build.json"
 VERIFIED = "verified-images.json"
 PROGRAM_LABEL = "io.openwork.{}.version"
+DEFAULT_BASE = "debian:bookworm-slim"
+SETUP_BASE = "openwork-base:bookworm-slim"  # what scripts/setup makes where DEFAULT_BASE cannot be pulled
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -71,20 +73,39 @@ def _write_json(path: Path, data: Any) -> None:
 # --- base image ----------------------------------------------------------------------------------
 
 def ensure_base_image(settings: Settings) -> dict:
-    """The base image's id and architecture; pull it if it is not here; a clear error if neither."""
+    """The base image's id, architecture and reference; pull it if it is not here; a clear error if
+    neither. With ``OPENWORK_BASE_IMAGE`` at its default and that image neither here nor pullable,
+    the base ``scripts/setup`` made (:data:`SETUP_BASE`) is used, saying so in one line."""
     base = settings.base_image
     proc = docker("image", "inspect", "--format", "{{.Id}} {{.Architecture}}", base, check=False)
     if proc.returncode != 0:
         docker("version", "--format", "{{.Server.Version}}")  # an engine that does not answer says so
         console.info(f"base image {base} is not here; pulling it")
-        pull = docker("pull", base, check=False, timeout=300)
+        with console.heartbeat(f"pulling {base}"):
+            pull = docker("pull", base, check=False, timeout=300)
         if pull.returncode != 0:
+            fallback = _setup_base(settings)
+            if fallback:
+                console.info(f"{base} cannot be pulled here: building on {SETUP_BASE}, the base scripts/setup made "
+                             f"(set OPENWORK_BASE_IMAGE to choose another)")
+                return fallback
             raise WorkflowError(
                 f"base image {base} is not available (pull failed: {last_line(pull.stderr)}); make one with "
-                f"scripts/make-base-image and set OPENWORK_BASE_IMAGE=openwork-base:bookworm-slim")
+                f"scripts/make-base-image and set OPENWORK_BASE_IMAGE={SETUP_BASE}")
         proc = docker("image", "inspect", "--format", "{{.Id}} {{.Architecture}}", base)
     image_id, arch = proc.stdout.split()
-    return {"id": image_id, "arch": arch}
+    return {"id": image_id, "arch": arch, "ref": base}
+
+
+def _setup_base(settings: Settings) -> dict | None:
+    """:data:`SETUP_BASE` when OPENWORK_BASE_IMAGE was left at its default and that image is here."""
+    if settings.base_image != DEFAULT_BASE or settings.origin("base_image") != "default":
+        return None
+    proc = docker("image", "inspect", "--format", "{{.Id}} {{.Architecture}}", SETUP_BASE, check=False)
+    if proc.returncode != 0:
+        return None
+    image_id, arch = proc.stdout.split()
+    return {"id": image_id, "arch": arch, "ref": SETUP_BASE}
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -241,7 +262,7 @@ def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
     meta = image_metadata(settings)
     pinned = {name: (a.version or _host_reported_version(a.path)) for name, a in artifacts.items()}
     build_args = {
-        "BASE_IMAGE": settings.base_image,
+        "BASE_IMAGE": base["ref"],
         "OPENWORK_VERSION": pinned["openwork"],
         "OPENWORK_SERVER_VERSION": pinned["openwork-server"],
         "OPENCODE_VERSION": pinned["opencode"],
@@ -252,13 +273,12 @@ def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
     argv = ["build", "--iidfile", str(iidfile)] + (["--no-cache"] if no_cache else [])
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
-    console.info(f"building {settings.image} on {settings.base_image} ({base['arch']})")
-    proc = docker(*argv, str(context), timeout=1800, check=False)
-    if proc.returncode != 0:
-        raise WorkflowError(f"docker build of {settings.image} failed: {last_line(proc.stderr or proc.stdout)}")
-    steps, cache_hits = _cache_stats(proc.stdout)
+    console.info(f"building {settings.image} on {base['ref']} ({base['arch']})")
+    output = _docker_build(settings, argv + [str(context)])
+    steps, cache_hits = _cache_stats(output)
     image_id = iidfile.read_text().strip()
-    versions = check_versions(settings, image_id, artifacts)
+    with console.heartbeat(f"checking the baked programs' versions in {image_id[:19]}"):
+        versions = check_versions(settings, image_id, artifacts)
     docker("tag", image_id, settings.image)
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image_id).stdout.strip())
     binaries = sum(a.path.stat().st_size for a in artifacts.values())
@@ -271,7 +291,7 @@ def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
         "versions": {name: versions[name] for name in ("openwork", "openwork-server", "opencode")},
         "sources": {name: a.source for name, a in artifacts.items()},
         "sha256": {name: a.sha256 for name, a in artifacts.items()},
-        "base_image": settings.base_image,
+        "base_image": base["ref"],
         "arch": base["arch"],
         "created": meta["IMAGE_CREATED"],
         "revision": meta["IMAGE_REVISION"],
@@ -286,6 +306,28 @@ def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
     else:
         _print(result)
     return result
+
+
+def _docker_build(settings: Settings, argv: list[str], timeout: float = 1800) -> str:
+    """``docker build``, its step lines printed as they come (folded under GitHub Actions, and a
+    heartbeat between lines that take long); returns the whole output for the cache figures."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    with gha.group(f"docker build {settings.image}"), console.heartbeat(f"docker build {settings.image}"):
+        builder = stream_lines(["docker", *argv])
+        try:
+            for line in builder:
+                lines.append(line)
+                if line.strip():
+                    console.info(f"  {line}")
+                if time.monotonic() > deadline:
+                    builder.close()  # stops docker build
+                    raise WorkflowError(f"docker build of {settings.image} did not finish within {timeout:.0f}s")
+        except WorkflowError as exc:
+            if exc.message.startswith("docker build of") or not lines:  # ours, or docker did not start
+                raise
+            raise WorkflowError(f"docker build of {settings.image} failed: {last_line(chr(10).join(lines))}") from None
+    return "\n".join(lines)
 
 
 def _print(r: dict) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 
-from . import commands, console
+from . import commands, console, gha
 from .errors import WorkflowError
 from .image_build import read_last_build
 from .registry import Registry
@@ -101,7 +101,8 @@ def msb_pull(settings: Settings, ref: str) -> tuple[bool, str]:
     if settings.registry_plain_http:
         argv.insert(2, "--insecure")
     started = time.monotonic()
-    proc = commands.run(argv, check=False, timeout=900)
+    with console.heartbeat(f"msb pull {ref}"):
+        proc = commands.run(argv, check=False, timeout=900)
     if proc.returncode != 0:
         raise WorkflowError(f"msb pull {ref} failed (exit {proc.returncode}): "
                             f"{commands.last_line(proc.stderr or proc.stdout)}")
@@ -116,9 +117,9 @@ def push_image(settings: Settings, as_json: bool = False) -> dict:
     registry.ping()  # before anything else: a registry that is not there is one line, no side effects
     image_id = _local_image(settings)
     login(settings)
-    show = console.is_tty() and not as_json
     console.info(f"pushing {settings.image}")
-    digest, sent = _docker_push(settings.image, show)
+    with gha.group(f"docker push {settings.image}"), console.heartbeat(f"pushing {settings.image}"):
+        digest, sent = _docker_push(settings.image, True)  # a line per layer, on a TTY and in CI logs
     console.info(f"{console.OK} pushed {settings.image}@{digest}")
 
     proof = registry.verify_pullable(ref, expected_digest=digest)

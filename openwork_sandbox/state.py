@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import gha
 from .errors import WorkflowError
 from .settings import Settings
 
@@ -118,6 +119,7 @@ class SandboxState:
         if changed:
             self.ensure()
             write_private_file(self.tokens_path, json.dumps(stored, indent=2) + "\n")
+        gha.mask(token, host_token)  # under GitHub Actions: hidden in the log before anyone can print them
         return token, host_token
 
     # --- the record of what runs ---------------------------------------------------------------

@@ -39,23 +39,30 @@ def project_root(c) -> str | None:
 
 
 def _settings(c, env_file=None, **flags):
+    from openwork_sandbox import gha
     from openwork_sandbox.settings import load_settings
 
-    return load_settings(flags, env_file=env_file, root=project_root(c))
+    settings = load_settings(flags, env_file=env_file, root=project_root(c))
+    gha.mask_settings(settings)  # under GitHub Actions: before anything could print a secret
+    return settings
 
 
-def _finish(code: int) -> None:
+def _finish(code: int, reason: str) -> None:
+    """End a task that returns an exit code; ``reason`` is its one line for a CI annotation."""
     if code:
-        raise Exit(code=code)
+        exc = Exit(code=code)
+        exc.reason = reason
+        raise exc
 
 
 @task(help={"env_file": ENV_FILE_HELP, "json": JSON_HELP, "runtime": "check for this runtime: auto|microsandbox|docker"})
 def doctor(c, runtime=None, json=False, env_file=None):
     """Check what this machine can run and which runtime auto picks."""
-    with task_boundary():
+    with task_boundary("doctor"):
         from openwork_sandbox.doctor import run_doctor
 
-        _finish(run_doctor(_settings(c, env_file, runtime=runtime), as_json=json))
+        _finish(run_doctor(_settings(c, env_file, runtime=runtime), as_json=json),
+                "the chosen runtime cannot work on this machine (see the checks above)")
 
 
 @task(
@@ -69,10 +76,12 @@ def doctor(c, runtime=None, json=False, env_file=None):
 )
 def build_image(c, image=None, base_image=None, json=False, env_file=None):
     """Build the image from pinned, verified OpenWork programs."""
-    with task_boundary():
+    with task_boundary("build-image"):
+        from openwork_sandbox import gha
         from openwork_sandbox.image_build import build_image as build
 
-        build(_settings(c, env_file, image=image, base_image=base_image), as_json=json)
+        result = build(_settings(c, env_file, image=image, base_image=base_image), as_json=json)
+        gha.append_summary(gha.build_summary(result))
 
 
 @task(
@@ -87,10 +96,12 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None):
 )
 def push_image(c, image=None, json=False, env_file=None):
     """Push the image and prove the registry serves it."""
-    with task_boundary():
+    with task_boundary("push-image"):
+        from openwork_sandbox import gha
         from openwork_sandbox.image_push import push_image as push
 
-        push(_settings(c, env_file, image=image), as_json=json)
+        result = push(_settings(c, env_file, image=image), as_json=json)
+        gha.append_summary(gha.push_summary(result))
 
 
 SANDBOX_HELP = {
@@ -109,23 +120,36 @@ SANDBOX_HELP = {
         "replace": "recreate the sandbox; state folders are kept (OPENWORK_MICROSANDBOX_REPLACE)",
         "follow": "stream the server's logs once it is up, until Ctrl+C (the sandbox keeps running)",
         "show_tokens": "print the tokens in clear instead of masked",
+        "github_output": "GitHub Actions: write url, name, runtime, workspace-id to $GITHUB_OUTPUT and the tokens "
+                         "(masked) as OPENWORK_TOKEN/OPENWORK_HOST_TOKEN to $GITHUB_ENV for later steps",
     }
 )
 def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=False, show_tokens=False,
-       json=False, env_file=None):
+       json=False, github_output=False, env_file=None):
     """Boot the sandbox with persistent state and wait until healthy."""
-    with task_boundary():
+    with task_boundary("up"):
+        import time
+
+        from openwork_sandbox import gha
+        from openwork_sandbox.errors import EXIT_BAD_SETTINGS, WorkflowError
         from openwork_sandbox.lifecycle import up as start
 
+        if github_output and gha.export_problem():  # before anything boots
+            raise WorkflowError(gha.export_problem(), exit_code=EXIT_BAD_SETTINGS)
+        started = time.monotonic()
         # --replace is a switch; without it OPENWORK_MICROSANDBOX_REPLACE (or its default) decides
         settings = _settings(c, env_file, name=name, image=image, runtime=runtime, port=port, replace=replace or None)
-        start(settings, follow=follow, show_tokens=show_tokens, as_json=json)
+        # (with --follow the summary and the outputs are written when the log stream ends)
+        ep = start(settings, follow=follow, show_tokens=show_tokens, as_json=json)
+        gha.append_summary(gha.up_summary(ep, image=settings.image, seconds=time.monotonic() - started))
+        if github_output:
+            gha.export_sandbox(ep)
 
 
 @task(help=SANDBOX_HELP)
 def down(c, name=None, env_file=None):
     """Stop the sandbox, keep its state."""
-    with task_boundary():
+    with task_boundary("down"):
         from openwork_sandbox.lifecycle import down as stop
 
         stop(_settings(c, env_file, name=name))
@@ -134,10 +158,10 @@ def down(c, name=None, env_file=None):
 @task(help={**SANDBOX_HELP, "json": JSON_HELP})
 def status(c, name=None, json=False, env_file=None):
     """Show the sandbox's runtime, state, image, URL, health, uptime."""
-    with task_boundary():
+    with task_boundary("status"):
         from openwork_sandbox.lifecycle import status as show
 
-        _finish(show(_settings(c, env_file, name=name), as_json=json))
+        _finish(show(_settings(c, env_file, name=name), as_json=json), "the sandbox is not running and healthy")
 
 
 @task(
@@ -151,7 +175,7 @@ def status(c, name=None, json=False, env_file=None):
 )
 def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_file=None):
     """Print (or follow) the server's log."""
-    with task_boundary():
+    with task_boundary("logs"):
         from openwork_sandbox.lifecycle import logs as show_logs
 
         show_logs(_settings(c, env_file, name=name), follow=follow, tail=tail, since=since, system=system)
@@ -166,7 +190,7 @@ def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_fi
 )
 def reset(c, name=None, yes=False, keep_data=False, env_file=None):
     """Remove the sandbox and delete its state folders."""
-    with task_boundary():
+    with task_boundary("reset"):
         from openwork_sandbox.lifecycle import reset as remove
 
         remove(_settings(c, env_file, name=name), yes=yes, keep_data=keep_data)
@@ -195,13 +219,13 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
     Exit codes: 0 all checks passed, 1 a check failed, 2 bad settings or usage,
     3 nothing reachable at the URL.
     """
-    with task_boundary():
+    with task_boundary("smoke"):
         from openwork_sandbox.smoke import run_smoke
 
         settings = _settings(c, env_file, name=name, token=token, host_token=host_token, runtime=runtime,
                              image=image, port=port)
         _finish(run_smoke(settings, url=url, ephemeral=ephemeral, persistence=persistence, junit=junit,
-                          as_json=json))
+                          as_json=json), "the smoke checks failed (see the annotations above)")
 
 
 ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke)

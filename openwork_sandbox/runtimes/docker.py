@@ -110,7 +110,8 @@ class DockerRuntime(Runtime):
         """``docker pull`` (a moved tag is fetched again); returns the seconds it took."""
         console.info(f"pulling {ref} ...")
         start = time.monotonic()
-        proc = commands.docker("pull", ref, check=False, timeout=1800)
+        with console.heartbeat(f"pulling {ref}"):
+            proc = commands.docker("pull", ref, check=False, timeout=1800)
         if proc.returncode != 0:
             err = commands.last_line(proc.stderr)
             hint = "push it first (invoke push-image)" if "not found" in err or "manifest unknown" in err else \
