@@ -192,7 +192,7 @@ class Heartbeat:
         self.stop()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.25):
+        while not self._stop.wait(min(0.25, self.every / 4)):
             if since_last_line() >= self.every:
                 try:
                     what = self.what() if callable(self.what) else self.what
