@@ -201,3 +201,33 @@ def test_off_a_tty_a_cold_build_is_never_silent_for_10s(test_base_image, stack_i
     assert any(line.startswith("  Step ") and "COPY" in line for line in lines)  # Docker's step lines, streamed
     assert not any("Using cache" in line for line in lines)  # a new base: every step ran again
     assert gaps[worst] <= 10, f"{gaps[worst]:.1f}s without a line before {lines[worst]!r}"
+
+
+def _pullable(ref: str) -> bool:
+    if subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0:
+        return True
+    return subprocess.run(["docker", "pull", "-q", ref], capture_output=True, timeout=300).returncode == 0
+
+
+def test_build_falls_back_to_the_base_setup_made_when_the_default_cannot_be_pulled(prod_base_image, tmp_path, capsys):
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image_build import DEFAULT_BASE, SETUP_BASE, ensure_base_image
+    from openwork_sandbox.settings import load_settings
+
+    if _pullable(DEFAULT_BASE):
+        pytest.skip(f"{DEFAULT_BASE} can be pulled here: there is nothing to fall back from")
+    assert prod_base_image == SETUP_BASE
+    (tmp_path / "empty.env").write_text("")
+    settings = load_settings(environ={}, env_file=tmp_path / "empty.env", root=tmp_path)  # the default base
+    capsys.readouterr()
+    base = ensure_base_image(settings)
+    expected_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", SETUP_BASE],
+                                 capture_output=True, text=True).stdout.strip()
+    assert base["ref"] == SETUP_BASE and base["id"] == expected_id
+    said = [line for line in capsys.readouterr().err.splitlines() if SETUP_BASE in line]
+    assert said == [f"{DEFAULT_BASE} cannot be pulled here: building on {SETUP_BASE}, the base scripts/setup made "
+                    "(set OPENWORK_BASE_IMAGE to choose another)"]
+
+    chosen = load_settings(environ={"OPENWORK_BASE_IMAGE": DEFAULT_BASE}, env_file=tmp_path / "empty.env", root=tmp_path)
+    with pytest.raises(WorkflowError, match=f"base image {DEFAULT_BASE} is not available"):
+        ensure_base_image(chosen)  # asked for by name: no silent substitute
