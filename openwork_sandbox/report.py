@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import console
+from . import console, gha
 from .errors import WorkflowError
 
 SYMBOL = {"passed": f"{console.OK} passed", "failed": f"{console.BAD} failed", "error": f"{console.BAD} error",
@@ -177,8 +177,7 @@ def markdown(report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gh_escape(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+_gh_escape = gha.escape_data
 
 
 def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
@@ -208,12 +207,6 @@ def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
                 console.info(f"::error title=smoke {check.name}::{_gh_escape(failure_text(check, secrets))}")
         for note in report.notes:
             console.info(f"::error title=smoke teardown::{_gh_escape(redact(note, secrets))}")
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:
-            try:
-                with open(summary, "a", encoding="utf-8") as fh:
-                    fh.write(markdown(report))
-            except OSError as exc:
-                console.info(f"could not append to GITHUB_STEP_SUMMARY ({exc.strerror})")
+        gha.append_summary(markdown(report))
     if as_json:
         console.emit_json(as_dict(report))
