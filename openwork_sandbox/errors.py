@@ -77,3 +77,6 @@ def task_boundary(task: str = "openwork-sandbox"):
         print("interrupted", file=sys.stderr)
         gha.error(task, "interrupted")
         raise Exit(code=EXIT_INTERRUPTED) from None
+    except Exception as exc:  # a bug: keep the traceback, but let CI name it too
+        gha.error(task, f"unexpected {exc.__class__.__name__}: {exc}")
+        raise

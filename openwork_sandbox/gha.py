@@ -55,10 +55,15 @@ def mask(*values: str | None) -> None:
 
 
 def mask_settings(settings) -> None:
-    """Mask every secret setting (tokens, registry password) the moment the settings are read."""
+    """Mask every secret setting (tokens, registry password) the moment the settings are read, and
+    the sandbox's stored tokens (a server log that `logs` prints could hold them)."""
+    if not active():
+        return
     from .settings import SPECS
+    from .state import SandboxState
 
     mask(*(getattr(settings, spec.field) for spec in SPECS if spec.secret))
+    mask(*SandboxState(settings).stored_tokens().values())
 
 
 def error(title: str, reason: str) -> None:

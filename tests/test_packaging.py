@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,7 +33,12 @@ def installed(tmp_path_factory):
     """``(wheel path, venv folder)``: the wheel built from this checkout, installed into a new venv."""
     work = tmp_path_factory.mktemp("wheel")
     wheels = work / "dist"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+    # build from a copy: setuptools leaves build/ and *.egg-info behind, and a stale build/ would
+    # put modules into the wheel that the checkout no longer has
+    source = work / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".state", "build", "dist", "*.egg-info",
+                                                                 "__pycache__", ".pytest_cache", "reports"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
                           capture_output=True, text=True, timeout=600, cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = wheels.glob("openwork_sandbox-*.whl")
