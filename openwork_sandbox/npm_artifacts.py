@@ -252,7 +252,8 @@ def _download(settings: Settings, url: str, dest: Path, package: str, version: s
     h = hashlib.sha512()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
     try:
-        with os.fdopen(fd, "wb") as out, console.Progress(f"{package}@{version}", total) as bar:
+        with os.fdopen(fd, "wb") as out, console.Progress(f"{package}@{version}", total) as bar, \
+                console.heartbeat(lambda: f"downloading {package}@{version}: {console.human_bytes(bar.done)} so far"):
             try:
                 for chunk in resp.iter_content(CHUNK):
                     out.write(chunk)
