@@ -108,13 +108,13 @@ class Progress:
         self._start = time.monotonic()
         self._plain_at = 0.0
         if self.plain:
-            self._plain_line("started")
+            self._plain_line("started" + (f" ({human_bytes(total)})" if total else ""))
 
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(failed=exc_type is not None)
 
     def advance(self, n: int) -> None:
         self.done += n
@@ -129,18 +129,16 @@ class Progress:
             self._last = now
             self._draw()
         elif self.plain and now - max(self._plain_at, _LAST_LINE[0]) >= PLAIN_EVERY:
-            self._plain_line()
+            self._plain_line(f"{self._amount()}, {now - self._start:.0f}s")
 
     def _amount(self) -> str:
         if self.total:
             return f"{human_bytes(self.done)} of {human_bytes(self.total)} ({100 * self.done // self.total}%)"
         return human_bytes(self.done)
 
-    def _plain_line(self, note: str = "") -> None:
+    def _plain_line(self, text: str) -> None:
         self._plain_at = time.monotonic()
-        took = f", {self._plain_at - self._start:.0f}s" if self.done else ""
-        info(f"{self.label}: {note or self._amount()}{took}" if note != "started" else
-             f"{self.label}: started" + (f" ({human_bytes(self.total)})" if self.total else ""))
+        info(f"{self.label}: {text}")
 
     def _draw(self) -> None:
         width = 30
@@ -155,14 +153,15 @@ class Progress:
             self.stream.flush()
             _LAST_LINE[0] = time.monotonic()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.enabled:
             self._draw()
             with _LOCK:
                 self.stream.write("\n")
                 self.stream.flush()
         elif self.plain:
-            self._plain_line(f"done, {self._amount()}")
+            took = time.monotonic() - self._start
+            self._plain_line(f"{'stopped' if failed else 'done'}, {self._amount()} in {took:.0f}s")
 
 
 class Heartbeat:
