@@ -181,6 +181,22 @@ def _append_values(variable: str, values: dict[str, str]) -> None:
             fh.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
 
 
+def require_export() -> None:
+    """A one-line error (exit 2) when ``--github-output`` cannot work here."""
+    problem = export_problem()
+    if problem:
+        from .errors import EXIT_BAD_SETTINGS, WorkflowError
+
+        raise WorkflowError(problem, exit_code=EXIT_BAD_SETTINGS)
+
+
+def report_up(endpoint, *, image: str, seconds: float, export: bool = False) -> None:
+    """After ``up``: its step-summary section, and with ``export`` (``--github-output``) the outputs."""
+    append_summary(up_summary(endpoint, image=image, seconds=seconds))
+    if export:
+        export_sandbox(endpoint)
+
+
 def export_sandbox(endpoint) -> None:
     """``up --github-output``: ``url``, ``name``, ``runtime``, ``workspace-id`` as step outputs; the
     tokens (masked first) as ``OPENWORK_TOKEN``/``OPENWORK_HOST_TOKEN`` in the job's environment.
@@ -189,11 +205,7 @@ def export_sandbox(endpoint) -> None:
     holding a masked value anyway); ``$GITHUB_ENV`` reaches only the later steps of this job, on
     this runner, where the sandbox is.
     """
-    problem = export_problem()
-    if problem:
-        from .errors import EXIT_BAD_SETTINGS, WorkflowError
-
-        raise WorkflowError(problem, exit_code=EXIT_BAD_SETTINGS)
+    require_export()
     mask(endpoint.token, endpoint.host_token)
     _append_values("GITHUB_OUTPUT", {"url": endpoint.url, "name": endpoint.name, "runtime": endpoint.runtime,
                                      "workspace-id": endpoint.workspace_id or ""})

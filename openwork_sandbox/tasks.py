@@ -131,19 +131,16 @@ def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=
         import time
 
         from openwork_sandbox import gha
-        from openwork_sandbox.errors import EXIT_BAD_SETTINGS, WorkflowError
         from openwork_sandbox.lifecycle import up as start
 
-        if github_output and gha.export_problem():  # before anything boots
-            raise WorkflowError(gha.export_problem(), exit_code=EXIT_BAD_SETTINGS)
+        if github_output:
+            gha.require_export()  # before anything boots
         started = time.monotonic()
         # --replace is a switch; without it OPENWORK_MICROSANDBOX_REPLACE (or its default) decides
         settings = _settings(c, env_file, name=name, image=image, runtime=runtime, port=port, replace=replace or None)
-        # (with --follow the summary and the outputs are written when the log stream ends)
         ep = start(settings, follow=follow, show_tokens=show_tokens, as_json=json)
-        gha.append_summary(gha.up_summary(ep, image=settings.image, seconds=time.monotonic() - started))
-        if github_output:
-            gha.export_sandbox(ep)
+        # the summary (and with --github-output the outputs): after the log stream when --follow
+        gha.report_up(ep, image=settings.image, seconds=time.monotonic() - started, export=github_output)
 
 
 @task(help=SANDBOX_HELP)
