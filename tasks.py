@@ -63,7 +63,7 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None):
     help={
         "env_file": ENV_FILE_HELP,
         "json": JSON_HELP,
-        "image": "push to this reference (OPENWORK_MICROSANDBOX_IMAGE)",
+        "image": "build and push this reference (OPENWORK_MICROSANDBOX_IMAGE)",
     },
 )
 def push_image(c, image=None, json=False, env_file=None):
@@ -71,7 +71,8 @@ def push_image(c, image=None, json=False, env_file=None):
     with task_boundary():
         from openwork_sandbox.image_push import push_image as push
 
-        push(_settings(env_file, image=image), as_json=json)
+        # the pre-task built the default reference: --image REF is built (from cache) as REF first
+        push(_settings(env_file, image=image), as_json=json, build_first=image is not None)
 
 
 SANDBOX_HELP = {

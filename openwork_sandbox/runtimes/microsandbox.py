@@ -1,8 +1,8 @@
 """The microsandbox runtime: the image booted as a detached microVM through the Python SDK.
 
 - ``create``: ``Sandbox.create_with_progress`` (progress bar on a TTY) with ``detached=True``, the
-  ``PullPolicy`` (``ALWAYS`` when replacing, so a moved tag is fetched again), ``registry_insecure``
-  for loopback/plain-HTTP registries, ``Volume.bind`` mounts, the port published on the bind
+  ``PullPolicy`` (``ALWAYS`` when replacing, so a moved tag is fetched again), the registry's
+  ``registry_insecure``/``registry_auth``/``registry_ca_certs`` (``registry_access``), ``Volume.bind`` mounts, the port published on the bind
   address, env, cpus and memory. Booting does not run the image's command, so the image's own
   ENTRYPOINT+CMD (from ``Image.inspect``) is started as a detached job; its id is kept in
   ``.state/<name>/sandbox.json`` so ``logs``, ``status`` and ``down`` find it from any process.
@@ -168,7 +168,7 @@ class MicrosandboxRuntime(Runtime):
             volumes={guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
             ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)],
             pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
-            registry_insecure=spec.registry_plain_http,
+            **(spec.pull_options() if spec.pull_options else {"registry_insecure": spec.registry_plain_http}),
             replace=True,
             detached=True,
         )
