@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 
@@ -98,26 +97,19 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
 
 
 def msb_pull(settings: Settings, ref: str, *, plain_http: bool, expected_digest: str | None = None) -> tuple[bool, str]:
-    """Pull ``ref`` with the microsandbox SDK, as ``up`` will, where its runtime is installed.
-
-    The SDK has no pull of its own: ``Sandbox.create_with_progress`` pulls (with ``registry_auth``
-    and ``registry_ca_certs``; ``msb pull`` has no CA flag), and the creation is cancelled once
-    the image is in microsandbox's cache, so no VM is booted. Returns ``(pulled, detail)``."""
+    """Pull ``ref`` with the microsandbox SDK (``sdk_pull``: same login and CAs as ``up``, no boot),
+    where its runtime is installed. Returns ``(pulled, detail)``."""
+    from . import sdk_pull
     from .runtimes.probe import msb_path
 
     if not msb_path():
         return False, "skipped: microsandbox (msb) is not installed"
-    import asyncio
-
     host = settings.image_ref.registry_host
-    options = registry_access.sdk_options(settings, host, plain_http)
     started = time.monotonic()
     try:
-        digest = asyncio.run(asyncio.wait_for(_sdk_pull(ref, options), timeout=900))
-    except asyncio.TimeoutError:
-        raise WorkflowError(f"microsandbox could not pull {ref} from registry {host} within 900s") from None
-    except Exception as exc:  # the SDK's errors: MicrosandboxError and its kin, RuntimeError
-        text = " ".join(str(exc).split()) or exc.__class__.__name__
+        digest = sdk_pull.pull(ref, **registry_access.pull_request(settings, host, plain_http))
+    except RuntimeError as exc:
+        text = str(exc)
         hint = ""
         if "error sending request" in text or "certificate" in text.lower():
             hint = f"; is its CA trusted? {registry_access.certs_hint(host)}"
@@ -128,42 +120,6 @@ def msb_pull(settings: Settings, ref: str, *, plain_http: bool, expected_digest:
         raise WorkflowError(f"microsandbox pulled {ref} as {digest}, but the push reported {expected_digest}: "
                             "something else pushed to the tag; push again")
     return True, f"pulled in {time.monotonic() - started:.1f}s"
-
-
-async def _sdk_pull(ref: str, options: dict) -> str | None:
-    """Pull through ``Sandbox.create_with_progress`` and cancel before boot; the manifest digest."""
-    import asyncio
-    import secrets
-
-    from microsandbox import Image, PullEventType, PullPolicy, Sandbox
-
-    name = f"owpull-{secrets.token_hex(4)}"
-    session = Sandbox.create_with_progress(name, image=ref, pull_policy=PullPolicy.ALWAYS, **options)
-    digest = None
-    complete = False
-    try:
-        async for ev in session.progress:
-            if ev.event_type == PullEventType.RESOLVED and ev.manifest_digest:
-                digest = ev.manifest_digest
-            elif ev.event_type == PullEventType.COMPLETE:
-                complete = True
-                break
-        if complete:  # the image is recorded in the cache moments after COMPLETE
-            for _ in range(100):
-                try:
-                    digest = (await Image.get(ref)).manifest_digest or digest
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
-    finally:
-        session.cancel()
-    if not complete:
-        await session.result()  # raises the pull's own error
-    with contextlib.suppress(Exception):
-        await session.result()
-    with contextlib.suppress(Exception):
-        await Sandbox.remove(name)
-    return digest
 
 
 def push_image(settings: Settings, as_json: bool = False, *, build_first: bool = False) -> dict:

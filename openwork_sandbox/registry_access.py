@@ -116,17 +116,25 @@ def certs_hint(host: str) -> str:
             "set OPENWORK_REGISTRY_CA to a PEM file")
 
 
+def pull_request(settings: Settings, host: str, plain_http: bool) -> dict:
+    """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``."""
+    creds = credentials(settings, host)
+    login = creds is not None and bool(creds.password)
+    return {"insecure": plain_http, "username": creds.username if login else None,
+            "password": creds.password if login else None,
+            "ca_pems": [] if plain_http else [pem for _, pem in extra_cas(settings, host)]}
+
+
 def sdk_options(settings: Settings, host: str, plain_http: bool) -> dict:
     """The microsandbox SDK's pull arguments: ``registry_insecure``, ``registry_auth``, ``registry_ca_certs``."""
-    options: dict = {"registry_insecure": plain_http}
-    creds = credentials(settings, host)
-    if creds and creds.password:
+    request = pull_request(settings, host, plain_http)
+    options: dict = {"registry_insecure": request["insecure"]}
+    if request["username"]:
         from microsandbox import RegistryAuth
 
-        options["registry_auth"] = RegistryAuth.basic(creds.username, creds.password)
-    pems = [pem for _, pem in extra_cas(settings, host)]
-    if pems and not plain_http:
-        options["registry_ca_certs"] = pems
+        options["registry_auth"] = RegistryAuth.basic(request["username"], request["password"])
+    if request["ca_pems"]:
+        options["registry_ca_certs"] = request["ca_pems"]
     return options
 
 
