@@ -195,7 +195,7 @@ class Registry:
 
             raise self._tls_error(exc, urlsplit(realm).netloc, f"its token endpoint {realm}") from None
         except requests.RequestException as exc:
-            raise UnreachableError(f"registry {self.host}: its token endpoint {realm} does not answer "
+            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} does not answer "
                                    f"({_reason(exc)}); check the registry's auth.token.realm and that the token "
                                    "service runs") from None
         status = token_resp.status_code
@@ -229,14 +229,19 @@ class Registry:
         if _cert_problem(exc):
             from .registry_access import certs_hint
 
-            return UnreachableError(f"{where}: TLS certificate not trusted ({reason}); {certs_hint(host)}")
+            return WorkflowError(f"{where}: TLS certificate not trusted ({reason}); {certs_hint(host)}")
         hint = "; for a plain-HTTP registry set OPENWORK_REGISTRY_INSECURE=true" if not self.allow_http else ""
-        return UnreachableError(f"{where}: TLS failed ({reason}){hint}")
+        return WorkflowError(f"{where}: TLS failed ({reason}){hint}")
 
     def _fail(self, resp: requests.Response, what: str, scope: str | None = None) -> WorkflowError:
         if resp.status_code == 403:
             return self._denied(scope, "HTTP 403")
         hint = ""
+        if resp.status_code == 401 and self.credentials is None:
+            from .docker_config import config_path
+
+            return WorkflowError(f"registry {self.host} needs a login (HTTP 401 for {what}): none is set and Docker "
+                                 f"saved none for it in {config_path()}; {LOGIN_HINT.format(host=self.host)}")
         if resp.status_code == 401:
             hint = f"; {LOGIN_HINT.format(host=self.host)}"
         elif resp.status_code == 404:
