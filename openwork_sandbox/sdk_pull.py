@@ -67,13 +67,16 @@ async def _pull(request: dict) -> str | None:
             elif ev.event_type == PullEventType.COMPLETE:
                 complete = True
                 break
-        if complete:  # the image is recorded in the cache moments after COMPLETE
-            for _ in range(200):
-                try:
-                    digest = (await Image.get(ref)).manifest_digest or digest
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
+        # the image is recorded in the cache moments after COMPLETE (an older pull of the same tag
+        # may still be there until then): wait for the record of what was resolved
+        cached = None
+        for _ in range(200 if complete else 0):
+            with contextlib.suppress(Exception):
+                cached = (await Image.get(ref)).manifest_digest
+            if cached and (cached == digest or digest is None):
+                break
+            await asyncio.sleep(0.05)
+        digest = digest or cached
     finally:
         if complete:
             session.cancel()
