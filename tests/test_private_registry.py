@@ -322,3 +322,35 @@ def test_identity_token_saved_by_docker_is_used_as_a_refresh_token(token_registr
     registry = Registry.for_settings(make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref()))
     registry.check_push(f"{STACK_REPO}/private")
     assert reg.issuer.requests[-1]["method"] == "POST" and reg.issuer.requests[-1]["user"] == reg.user
+
+
+# --- the command line: push-image --image REF builds REF; a failure is one line, exit 1 -------------
+
+def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_registry, tmp_path, msb_home):
+    from conftest import STACK_CACHE_DIR, STANDIN_SERVER, TEST_BASE_IMAGE
+    from lifecycle_helpers import invoke
+
+    reg = tls_registry
+    config = docker_login(reg, tmp_path / "docker")
+    ref, default = reg.ref("cli"), f"127.0.0.1:5000/{STACK_REPO}:cli-default"
+    env = {"OPENWORK_BASE_IMAGE": TEST_BASE_IMAGE, "OPENWORK_SERVER_BIN": str(STANDIN_SERVER),
+           "OPENWORK_CACHE_DIR": str(STACK_CACHE_DIR), "OPENWORK_MICROSANDBOX_IMAGE": default,
+           "DOCKER_CONFIG": str(config), "MSB_HOME": msb_home}
+    try:
+        wrong = invoke(tmp_path, "push-image", "--image", ref, timeout=900, **env,
+                       OPENWORK_REGISTRY_USERNAME=reg.user, OPENWORK_REGISTRY_PASSWORD="not-" + reg.password)
+        assert wrong.returncode == 1, wrong.stderr
+        last = wrong.stderr.strip().splitlines()[-1]
+        assert f"registry {reg.host} rejects the login of {reg.user}" in last and "Traceback" not in wrong.stderr
+        assert reg.password not in wrong.stderr + wrong.stdout
+
+        ok = invoke(tmp_path, "push-image", "--image", ref, "--json", timeout=900, **env)
+        assert ok.returncode == 0, ok.stderr
+        result = json.loads(ok.stdout)
+        assert result["image"] == ref and result["pinned"] == f"{reg.host}/{STACK_REPO}/private@{result['digest']}"
+        last_build = json.loads((tmp_path / "state" / "last-build.json").read_text())
+        assert last_build["image"] == ref  # built as REF, not only tagged from the default build
+        pushes = json.loads((tmp_path / "state" / "last-push.json").read_text())
+        assert pushes[ref]["digest"] == result["digest"] and default not in pushes
+    finally:
+        subprocess.run(["docker", "rmi", ref, default], capture_output=True)
