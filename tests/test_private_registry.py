@@ -354,3 +354,48 @@ def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_regis
         assert pushes[ref]["digest"] == result["digest"] and default not in pushes
     finally:
         subprocess.run(["docker", "rmi", ref, default], capture_output=True)
+
+
+# --- up's microsandbox pull: the same login and CA through the SDK --------------------------------
+
+def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_image, tls_registry, tmp_path,
+                                                                    monkeypatch):
+    """Here the VM cannot boot, so the boot-failure message proves the pull before it went through."""
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.runtimes.probe import microvm_support
+    from openwork_sandbox.state import SandboxState
+
+    if microvm_support()[0]:
+        pytest.skip("microVMs boot on this host: the booted path is test_lifecycle_microsandbox's")
+    reg = tls_registry
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_login(reg, tmp_path / "docker")))
+    ref = reg.ref("msb")
+    subprocess.run(["docker", "tag", prod_base_image, ref], check=True, capture_output=True)
+    name = unique_name("privmsb")
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_MICROSANDBOX_NAME=name,
+                             OPENWORK_MICROSANDBOX_RUNTIME="microsandbox", OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+                             OPENWORK_MICROSANDBOX_MEMORY="512", OPENWORK_MICROSANDBOX_CPUS="1")
+    try:
+        pinned = push_image(settings)["pinned"]
+        state = SandboxState(settings.with_overrides(replace=True))
+        state.ensure()
+        spec = launch_spec(settings.with_overrides(replace=True), "microsandbox", *state.tokens())
+        assert spec.image == pinned
+        options = spec.pull_options()
+        assert options["registry_insecure"] is False and options["registry_auth"].username == reg.user
+        assert options["registry_ca_certs"] == [reg.ca.read_bytes()]
+        # without the CA and the login the SDK cannot pull it: what the test below would catch
+        bare = dataclasses.replace(spec, pull_options=lambda: {"registry_insecure": False})
+        with pytest.raises(WorkflowError) as err:
+            MicrosandboxRuntime(name, settings.sandbox_state_dir).create(bare)
+        assert "could not pull" in err.value.message, err.value.message
+        with pytest.raises(WorkflowError) as err:
+            MicrosandboxRuntime(name, settings.sandbox_state_dir).create(spec)
+        assert "this host cannot run microVMs" in err.value.message, err.value.message  # pulled, then the boot failed
+        assert reg.password not in err.value.message
+    finally:
+        MicrosandboxRuntime(name, settings.sandbox_state_dir).remove()
+        subprocess.run(["docker", "rmi", ref], capture_output=True)
