@@ -110,12 +110,8 @@ def msb_pull(settings: Settings, ref: str, *, plain_http: bool, expected_digest:
         digest = sdk_pull.pull(ref, **registry_access.pull_request(settings, host, plain_http))
     except RuntimeError as exc:
         text = str(exc)
-        hint = ""
-        if "error sending request" in text or "certificate" in text.lower():
-            hint = f"; is its CA trusted? {registry_access.certs_hint(host)}"
-        elif "401" in text or "unauthorized" in text.lower():
-            hint = f"; run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
-        raise WorkflowError(f"microsandbox could not pull {ref} from registry {host}: {text[:300]}{hint}") from None
+        raise WorkflowError(f"microsandbox could not pull {ref} from registry {host}: {text[:300]}; "
+                            f"{registry_access.pull_failure_hint(host, text)}") from None
     if expected_digest and digest and digest != expected_digest:
         raise WorkflowError(f"microsandbox pulled {ref} as {digest}, but the push reported {expected_digest}: "
                             "something else pushed to the tag; push again")

@@ -116,6 +116,16 @@ def certs_hint(host: str) -> str:
             "set OPENWORK_REGISTRY_CA to a PEM file")
 
 
+def pull_failure_hint(host: str, text: str) -> str:
+    """The way out of a microsandbox pull failure (its message is the SDK's text)."""
+    lowered = text.lower()
+    if "error sending request" in lowered or "certificate" in lowered:
+        return f"is its CA trusted? {certs_hint(host)}"
+    if "401" in lowered or "unauthorized" in lowered or "denied" in lowered:
+        return f"run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
+    return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
+
+
 def pull_request(settings: Settings, host: str, plain_http: bool) -> dict:
     """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``."""
     creds = credentials(settings, host)

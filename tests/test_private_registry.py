@@ -391,7 +391,7 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_ima
         bare = dataclasses.replace(spec, pull_options=lambda: {"registry_insecure": False})
         with pytest.raises(WorkflowError) as err:
             MicrosandboxRuntime(name, settings.sandbox_state_dir).create(bare)
-        assert "could not pull" in err.value.message, err.value.message
+        assert "could not pull" in err.value.message and f"/etc/docker/certs.d/{reg.host}/ca.crt" in err.value.message
         with pytest.raises(WorkflowError) as err:
             MicrosandboxRuntime(name, settings.sandbox_state_dir).create(spec)
         assert "this host cannot run microVMs" in err.value.message, err.value.message  # pulled, then the boot failed

@@ -208,10 +208,11 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError as exc:
             text = str(exc)
             if text.startswith(("image error", "registry error")):
-                raise WorkflowError(
-                    f"microsandbox could not pull {spec.image}: {text}; push it first (invoke push-image) and check "
-                    f"the registry answers (invoke doctor)"
-                ) from None
+                from ..registry_access import pull_failure_hint
+                from ..settings import ImageRef
+
+                raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
+                                    f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
             raise WorkflowError(boot_failure_message(self.name, text) or f"microsandbox could not create "
                                 f"{self.name}: {text}") from None
 
