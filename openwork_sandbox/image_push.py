@@ -96,7 +96,8 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
     return digest, sent
 
 
-def msb_pull(settings: Settings, ref: str, *, plain_http: bool, expected_digest: str | None = None) -> tuple[bool, str]:
+def msb_pull(settings: Settings, ref: str, *, plain_http: bool,
+             expected_digest: str | None = None) -> tuple[bool, str]:
     """Pull ``ref`` with the microsandbox SDK (``sdk_pull``: same login and CAs as ``up``, no boot),
     where its runtime is installed. Returns ``(pulled, detail)``."""
     from . import sdk_pull

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,15 +16,6 @@ import pytest
 from conftest import REGISTRY, STANDIN_SERVER, STACK_REPO, STACK_STATE_DIR, free_port, stack_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-@pytest.fixture
-def short_msb_home(monkeypatch):
-    """A fresh, short MSB_HOME (microsandbox's own variable; Unix socket paths are limited)."""
-    home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
-    monkeypatch.setenv("MSB_HOME", home)
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_push_is_pullable_manifest_blobs_and_msb(stack_image, short_msb_home, capsys):

@@ -15,9 +15,7 @@ import dataclasses
 import json
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,15 +87,6 @@ def token_registry(private_services):
     issuer.stop()
 
 
-@pytest.fixture
-def msb_home(monkeypatch):
-    """A fresh, short MSB_HOME (microsandbox's own variable; Unix socket paths are limited)."""
-    home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
-    monkeypatch.setenv("MSB_HOME", home)
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def docker_login(reg: PrivateRegistry, folder: Path, password: str | None = None) -> Path:
     """`docker login` into a fresh DOCKER_CONFIG folder (never root's own ~/.docker)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,7 +110,7 @@ def one_line_error(call, *args, **kw):
 # --- the whole way, after `docker login` only ------------------------------------------------------
 
 def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_image, test_base_image, tls_registry,
-                                                                     tmp_path, monkeypatch, msb_home, capsys):
+                                                                     tmp_path, monkeypatch, short_msb_home, capsys):
     from openwork_sandbox.image_pin import pinned_image
     from openwork_sandbox.image_push import push_image
     from openwork_sandbox.lifecycle import status, up
@@ -246,7 +235,7 @@ def test_a_credential_helper_gives_the_login(tls_registry, tmp_path, monkeypatch
 
 # --- token auth --------------------------------------------------------------------------------------
 
-def test_token_auth_push_and_prove_with_the_settings_login(token_registry, tmp_path, monkeypatch, msb_home):
+def test_token_auth_push_and_prove_with_the_settings_login(token_registry, tmp_path, monkeypatch, short_msb_home):
     """docker login (from the settings), push, v2 proof and the SDK pull, all through Bearer tokens."""
     from openwork_sandbox.image_push import push_image
     from openwork_sandbox.runtimes.probe import msb_path
@@ -326,7 +315,7 @@ def test_identity_token_saved_by_docker_is_used_as_a_refresh_token(token_registr
 
 # --- the command line: push-image --image REF builds REF; a failure is one line, exit 1 -------------
 
-def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_registry, tmp_path, msb_home):
+def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_registry, tmp_path, short_msb_home):
     from conftest import STACK_CACHE_DIR, STANDIN_SERVER, TEST_BASE_IMAGE
     from lifecycle_helpers import invoke
 
@@ -335,7 +324,7 @@ def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_regis
     ref, default = reg.ref("cli"), f"127.0.0.1:5000/{STACK_REPO}:cli-default"
     env = {"OPENWORK_BASE_IMAGE": TEST_BASE_IMAGE, "OPENWORK_SERVER_BIN": str(STANDIN_SERVER),
            "OPENWORK_CACHE_DIR": str(STACK_CACHE_DIR), "OPENWORK_MICROSANDBOX_IMAGE": default,
-           "DOCKER_CONFIG": str(config), "MSB_HOME": msb_home}
+           "DOCKER_CONFIG": str(config), "MSB_HOME": short_msb_home}
     try:
         wrong = invoke(tmp_path, "push-image", "--image", ref, timeout=900, **env,
                        OPENWORK_REGISTRY_USERNAME=reg.user, OPENWORK_REGISTRY_PASSWORD="not-" + reg.password)
