@@ -380,7 +380,8 @@ class Settings:
 
     @property
     def registry_plain_http(self) -> bool:
-        """Talk plain HTTP to the registry: loopback registries always, others only when insecure."""
+        """Plain HTTP may be used for the registry (after HTTPS, when it does not speak TLS): loopback
+        registries and insecure ones. Which one it speaks is found by asking it (``registry``)."""
         return self.image_ref.registry_is_loopback or self.registry_insecure
 
     def origin(self, field: str) -> str:
