@@ -25,9 +25,22 @@ def sandbox_session(*, user_agent: str = USER_AGENT) -> requests.Session:
     return session
 
 
+class _OutsideSession(requests.Session):
+    """A session whose own CA bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
+
+    With ``trust_env`` requests lets those variables replace ``session.verify`` (psf/requests#3829),
+    so a bundle with a registry's private CA would be dropped wherever the variables are set."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            merged["verify"] = self.verify
+        return merged
+
+
 def outside_session(*, verify: bool | str = True, user_agent: str = USER_AGENT) -> requests.Session:
     """A session for registries on the network: proxies from the environment, system CAs (or ``verify``)."""
-    session = requests.Session()
+    session = _OutsideSession()
     session.trust_env = True
     session.verify = verify
     session.headers["User-Agent"] = user_agent

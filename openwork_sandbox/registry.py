@@ -117,9 +117,8 @@ class Registry:
                 hdrs["Authorization"] = f"Bearer {token}"
             basic = self.credentials is not None and self._basic and not token and bool(self.credentials.password)
             try:
-                # verify per request: a session's own verify loses against REQUESTS_CA_BUNDLE (requests #3829)
                 resp = self.session.request(method, self.base + path, headers=hdrs, timeout=self.timeout,
-                                            verify=self.verify, allow_redirects=True,
+                                            allow_redirects=True,
                                             auth=(self.credentials.username, self.credentials.password) if basic else None)
             except requests.exceptions.SSLError as exc:
                 if self.scheme == "https" and not self._scheme_known and self.allow_http and not _cert_problem(exc):
@@ -186,10 +185,10 @@ class Registry:
                 token_resp = self.session.post(realm, data={**query, "grant_type": "refresh_token",
                                                             "refresh_token": creds.identity_token,
                                                             "client_id": CLIENT_ID},
-                                               timeout=self.timeout, verify=self.verify)
+                                               timeout=self.timeout)
             else:
                 auth = (creds.username, creds.password) if creds and creds.password else None
-                token_resp = self.session.get(realm, params=query, auth=auth, timeout=self.timeout, verify=self.verify)
+                token_resp = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
         except requests.exceptions.SSLError as exc:
             from urllib.parse import urlsplit
 
