@@ -203,6 +203,10 @@ def test_unknown_ca_names_the_certs_d_path_and_the_setting_fixes_it(tls_registry
     assert f"/etc/docker/certs.d/127.0.0.1:{reg.port}/ca.crt" in err.message and "OPENWORK_REGISTRY_CA" in err.message
     assert reg.password not in err.message
 
+    # the setting's CA is trusted even where REQUESTS_CA_BUNDLE names the system bundle (requests #3829)
+    from openwork_sandbox.registry_access import system_bundle
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", system_bundle())
     trusted = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_REGISTRY_CA=str(reg.ca), **login)
     registry = Registry.for_settings(trusted)
     assert registry.ping() == 200 and registry.scheme == "https"
