@@ -400,8 +400,8 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     st = rt.status() if rt else RuntimeStatus(ABSENT)
     digest = st.digest
     if rt is not None and rt.kind == "docker" and st.image:
-        # a pinned image (repo@sha256:…, see image_pin) is its own digest
-        digest = (st.image if "@sha256:" in st.image else rt.image_digest(st.image)) or st.digest  # type: ignore[attr-defined]
+        pinned = st.image if "@sha256:" in st.image else None  # repo@sha256:… (image_pin) is its own digest
+        digest = pinned or rt.image_digest(st.image) or st.digest  # type: ignore[attr-defined]
     health = health_once(settings.url, timeout_s=min(2.0, settings.request_timeout)) if st.state == RUNNING else None
     uptime = (time.time() - st.started_at) if st.started_at else None
     token, host_token = state.tokens(create=False)

@@ -2,8 +2,8 @@
 
 - ``create``: ``Sandbox.create_with_progress`` (progress bar on a TTY) with ``detached=True``, the
   ``PullPolicy`` (``ALWAYS`` when replacing, so a moved tag is fetched again), the registry's
-  ``registry_insecure``/``registry_auth``/``registry_ca_certs`` (``registry_access``), ``Volume.bind`` mounts, the port published on the bind
-  address, env, cpus and memory. Booting does not run the image's command, so the image's own
+  ``registry_insecure``/``registry_auth``/``registry_ca_certs`` (``registry_access``),
+  ``Volume.bind`` mounts, the port published on the bind address, env, cpus and memory. Booting does not run the image's command, so the image's own
   ENTRYPOINT+CMD (from ``Image.inspect``) is started as a detached job; its id is kept in
   ``.state/<name>/sandbox.json`` so ``logs``, ``status`` and ``down`` find it from any process.
 - ``start``: ``Sandbox.start`` then the same job again (jobs do not survive a stop).
