@@ -282,6 +282,13 @@ def test_token_auth_failures_are_one_line_each(token_registry, tmp_path, monkeyp
     denied = one_line_error(registry("reader", "reader-pass").check_push, repo)
     assert f"registry {reg.host} denies reader" in denied.message and f"pull,push access to {repo}" in denied.message
     assert registry("reader", "reader-pass").ping() == 200  # the login itself is fine: only the scope is refused
+    reg.issuer.forbidden.add("reader")
+    try:
+        forbidden = one_line_error(registry("reader", "reader-pass").head_manifest, repo, "ci")
+    finally:
+        reg.issuer.forbidden.discard("reader")
+    assert f"registry {reg.host} denies reader" in forbidden.message and f"pull access to {repo}" in forbidden.message
+    assert "HTTP 403" in forbidden.message
 
     reg.issuer.expired = True
     try:

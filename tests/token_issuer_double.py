@@ -14,7 +14,8 @@ Docker's token authentication (distribution's ``docs/spec/auth/token.md``):
 - wrong credentials: 401.
 
 Knobs for the tests: ``users`` (name → (password, allowed actions)), ``expired`` (issue tokens
-that expired an hour ago), ``requests`` (what was asked, without secrets).
+that expired an hour ago), ``forbidden`` (users answered 403 for any scope), ``requests`` (what
+was asked, without secrets).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class TokenIssuerDouble:
         self.users: dict[str, tuple[str, set[str]]] = {}
         self.refresh_tokens: dict[str, str] = {}  # identity token -> user
         self.expired = False
+        self.forbidden: set[str] = set()  # users who get 403 instead of a token (as some token services answer)
         self.requests: list[dict] = []
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         now = _dt.datetime.now(_dt.timezone.utc)
@@ -108,6 +110,9 @@ class TokenIssuerDouble:
                                         "method": self.command})
                 if user is None:
                     self._answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "wrong credentials"}]})
+                    return
+                if user in double.forbidden and scopes:
+                    self._answer(403, {"errors": [{"code": "DENIED", "message": "requested access is denied"}]})
                     return
                 token = double.sign(user, double.grant(user, scopes))
                 self._answer(200, {"token": token, "access_token": token, "expires_in": 300,
