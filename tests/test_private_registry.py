@@ -166,7 +166,7 @@ def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_imag
         assert again == booted
     finally:
         subprocess.run(["docker", "rm", "-f", box.name], capture_output=True)
-        subprocess.run(["docker", "rmi", ref], capture_output=True)
+        subprocess.run(["docker", "rmi", ref, result["pinned"]], capture_output=True)
 
 
 # --- failures: one line naming the registry and the cause ------------------------------------------
