@@ -93,26 +93,25 @@ def check_docker_engine() -> Check:
 
 
 def check_registry(settings: Settings) -> Check:
-    import requests
-
-    from .http import outside_session
+    """``GET /v2/`` the way push-image asks it (registry.Registry: HTTPS first, Docker's login and CAs)."""
+    from .errors import UnreachableError, WorkflowError
+    from .registry import Registry
 
     ref = settings.image_ref
     host = ref.registry_host
-    scheme = "http" if settings.registry_plain_http else "https"
-    url = f"{scheme}://{host}/v2/"
     name = f"registry {host}"
+    fix = "scripts/services start" if ref.registry_is_loopback else \
+        "check OPENWORK_MICROSANDBOX_IMAGE's registry, or OPENWORK_REGISTRY_INSECURE for plain HTTP"
     try:
-        with outside_session() as http:  # as push-image's registry traffic: proxies from the environment
-            resp = http.get(url, timeout=5)
-    except requests.RequestException as exc:
-        fix = "scripts/services start" if ref.registry_is_loopback else \
-            "check OPENWORK_MICROSANDBOX_IMAGE's registry, or OPENWORK_REGISTRY_INSECURE for plain HTTP"
-        return Check(name, False, f"{url} does not answer ({exc.__class__.__name__})", fix)
-    if resp.status_code in (200, 401):
-        auth = " (needs login: OPENWORK_REGISTRY_USERNAME/PASSWORD)" if resp.status_code == 401 else ""
-        return Check(name, True, f"{url} answers {resp.status_code}{auth}")
-    return Check(name, False, f"{url} answers {resp.status_code}", "is this a registry (Docker Registry HTTP API v2)?")
+        registry = Registry.for_settings(settings)
+        registry.timeout = 5
+        code = registry.ping()
+    except UnreachableError as exc:
+        return Check(name, False, exc.message, fix)
+    except WorkflowError as exc:  # a wrong login, a CA that is not trusted, not a registry
+        return Check(name, False, exc.message, "see the detail")
+    auth = f" (needs login: docker login {host}, or OPENWORK_REGISTRY_USERNAME/PASSWORD)" if code == 401 else ""
+    return Check(name, True, f"{registry.base}/v2/ answers {code}{auth}")
 
 
 def check_microsandbox() -> Check:

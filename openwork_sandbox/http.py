@@ -31,13 +31,27 @@ def _loopback_url(url: str | None) -> bool:
     return bool(host) and is_loopback(host)
 
 
+def sandbox_session(*, user_agent: str = USER_AGENT) -> requests.Session:
+    """A session for the sandbox's own server: no proxy, nothing read from the environment."""
+    session = requests.Session()
+    session.trust_env = False
+    session.headers["User-Agent"] = user_agent
+    return session
+
+
 class _OutsideSession(requests.Session):
-    """Proxies from the environment, except for loopback hosts (reached directly)."""
+    """Proxies from the environment, except for loopback hosts (reached directly); and its own CA
+    bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
+
+    With ``trust_env`` requests lets those variables replace ``session.verify`` (psf/requests#3829),
+    so a bundle with a registry's private CA would be dropped wherever the variables are set."""
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
         merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if _loopback_url(url):
             merged["proxies"] = {}
+        if verify is None and self.verify is not True:
+            merged["verify"] = self.verify
         return merged
 
     def rebuild_proxies(self, prepared_request, proxies):  # a redirect
@@ -45,14 +59,6 @@ class _OutsideSession(requests.Session):
             prepared_request.headers.pop("Proxy-Authorization", None)
             return {}
         return super().rebuild_proxies(prepared_request, proxies)
-
-
-def sandbox_session(*, user_agent: str = USER_AGENT) -> requests.Session:
-    """A session for the sandbox's own server: no proxy, nothing read from the environment."""
-    session = requests.Session()
-    session.trust_env = False
-    session.headers["User-Agent"] = user_agent
-    return session
 
 
 def outside_session(*, verify: bool | str = True, user_agent: str = USER_AGENT) -> requests.Session:

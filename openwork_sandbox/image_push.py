@@ -1,12 +1,19 @@
 """``push-image``: push the built image and prove the registry serves it.
 
 1. The image to push is the one ``build-image`` recorded (``.state/last-build.json``); pushing to
-   another reference tags that image first.
-2. The registry must answer ``GET /v2/`` (a one-line error otherwise, before Docker's own retries).
-3. ``docker login --password-stdin`` when credentials are set (the password never goes on argv).
-4. ``docker push``; layer events are shown on a TTY; the pushed digest is printed.
+   another reference tags that image first (``--image REF`` builds REF first when the last build
+   was for another reference).
+2. The registry must answer ``GET /v2/`` with the login (``registry_access``: the settings' login,
+   else Docker's own), and the login must be allowed to push to the repository: a one-line error
+   otherwise, before anything is tagged or sent.
+3. ``docker login --password-stdin`` when OPENWORK_REGISTRY_USERNAME/_PASSWORD are set (the
+   password never goes on argv); otherwise Docker uses its own saved login.
+4. ``docker push``; a line per layer (on a TTY and in CI logs); the pushed ``repo@sha256:…`` is printed and
+   recorded in ``.state/last-push.json`` (``up`` boots it, see ``image_pin``).
 5. Proof: the v2 API serves the manifest with that digest and every blob it names, and, where the
-   microsandbox runtime is installed, ``msb pull`` pulls it (``--insecure`` for plain HTTP).
+   microsandbox runtime is installed, the microsandbox SDK pulls it with the same login and CAs
+   (``registry_auth``, ``registry_ca_certs``) and gets the same digest. A failed proof says the
+   image was pushed all the same.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from __future__ import annotations
 import re
 import time
 
-from . import commands, console, gha
+from . import commands, console, gha, registry_access
 from .errors import WorkflowError
 from .image_build import read_last_build
+from .image_pin import record_push
 from .registry import Registry
 from .settings import Settings
 
@@ -43,19 +51,17 @@ def _local_image(settings: Settings) -> str:
 
 
 def login(settings: Settings) -> bool:
-    if not (settings.registry_username and settings.registry_password):
-        if settings.registry_username or settings.registry_password:
-            missing = "OPENWORK_REGISTRY_PASSWORD" if settings.registry_username else "OPENWORK_REGISTRY_USERNAME"
-            raise WorkflowError(f"{missing} is not set: registry login needs both OPENWORK_REGISTRY_USERNAME and "
-                                "OPENWORK_REGISTRY_PASSWORD")
+    """``docker login`` with OPENWORK_REGISTRY_USERNAME/_PASSWORD (password on stdin); False when unset."""
+    creds = registry_access.settings_credentials(settings)
+    if creds is None:
         return False
     host = settings.image_ref.registry_host
-    proc = commands.docker("login", "--username", settings.registry_username, "--password-stdin", host,
-                           input=settings.registry_password, check=False, timeout=120)
+    proc = commands.docker("login", "--username", creds.username, "--password-stdin", host,
+                           input=creds.password, check=False, timeout=120)
     if proc.returncode != 0:
-        raise WorkflowError(f"docker login to {host} as {settings.registry_username} failed: "
+        raise WorkflowError(f"docker login to {host} as {creds.username} failed: "
                             f"{commands.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD")
-    console.info(f"{console.OK} logged in to {host} as {settings.registry_username}")
+    console.info(f"{console.OK} logged in to {host} as {creds.username}")
     return True
 
 
@@ -90,51 +96,70 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
     return digest, sent
 
 
-def msb_pull(settings: Settings, ref: str) -> tuple[bool, str]:
-    """``msb pull REF`` where the microsandbox runtime is installed: ``(pulled, detail)``."""
+def msb_pull(settings: Settings, ref: str, *, plain_http: bool,
+             expected_digest: str | None = None) -> tuple[bool, str]:
+    """Pull ``ref`` with the microsandbox SDK (``sdk_pull``: same login and CAs as ``up``, no boot),
+    where its runtime is installed. Returns ``(pulled, detail)``."""
+    from . import sdk_pull
     from .runtimes.probe import msb_path
 
-    msb = msb_path()
-    if not msb:
+    if not msb_path():
         return False, "skipped: microsandbox (msb) is not installed"
-    argv = [msb, "pull", "--quiet", "--force", ref]
-    if settings.registry_plain_http:
-        argv.insert(2, "--insecure")
+    host = settings.image_ref.registry_host
     started = time.monotonic()
-    with console.heartbeat(f"msb pull {ref}"):
-        proc = commands.run(argv, check=False, timeout=900)
-    if proc.returncode != 0:
-        raise WorkflowError(f"msb pull {ref} failed (exit {proc.returncode}): "
-                            f"{commands.last_line(proc.stderr or proc.stdout)}")
+    try:
+        with console.heartbeat(f"microsandbox pull {ref}"):
+            digest = sdk_pull.pull(ref, **registry_access.pull_request(settings, host, plain_http))
+    except RuntimeError as exc:
+        text = str(exc)
+        raise WorkflowError(f"microsandbox could not pull {ref} from registry {host}: {text[:300]}; "
+                            f"{registry_access.pull_failure_hint(host, text)}") from None
+    if expected_digest and digest and digest != expected_digest:
+        raise WorkflowError(f"microsandbox pulled {ref} as {digest}, but the push reported {expected_digest}: "
+                            "something else pushed to the tag; push again")
     return True, f"pulled in {time.monotonic() - started:.1f}s"
 
 
-def push_image(settings: Settings, as_json: bool = False) -> dict:
-    """Push ``settings.image`` and prove it is pullable; print and return the digest and checks."""
+def push_image(settings: Settings, as_json: bool = False, *, build_first: bool = False) -> dict:
+    """Push ``settings.image`` and prove it is pullable; print and return the digest and checks.
+
+    ``build_first`` (``push-image --image REF``): build REF first unless the last build was for it."""
     started = time.monotonic()
     ref = settings.image_ref
     registry = Registry.for_settings(settings)
-    registry.ping()  # before anything else: a registry that is not there is one line, no side effects
+    # before anything else: a registry that is not there, a wrong login or no push access is one
+    # line, with nothing tagged or sent
+    registry.ping()
+    registry.check_push(ref.repository)
+    if build_first and (read_last_build(settings) or {}).get("image") != settings.image:
+        from .image_build import build_image
+
+        console.info(f"the last build was not for {settings.image}: building it")
+        build_image(settings)
     image_id = _local_image(settings)
     login(settings)
     console.info(f"pushing {settings.image}")
     with gha.group(f"docker push {settings.image}"), console.heartbeat(f"pushing {settings.image}"):
         digest, sent = _docker_push(settings.image, True)  # a line per layer, on a TTY and in CI logs
-    console.info(f"{console.OK} pushed {settings.image}@{digest}")
-
-    proof = registry.verify_pullable(ref, expected_digest=digest)
+    pinned = record_push(settings, digest)
+    console.info(f"{console.OK} pushed {pinned} (up boots this digest)")
+    try:
+        proof = registry.verify_pullable(ref, expected_digest=digest)
+        console.info(f"{console.OK} registry {ref.registry_host} serves the manifest and all {proof['blobs']} blobs")
+        pulled, detail = msb_pull(settings, settings.image, plain_http=registry.plain_http, expected_digest=digest)
+    except WorkflowError as exc:
+        raise WorkflowError(f"pushed {pinned}, but the pull check failed: {exc.message}",
+                            exit_code=exc.exit_code) from None
+    console.info(f"{console.OK if pulled else console.SKIP} microsandbox pull: {detail}")
     diff_ids = commands.docker("image", "inspect", "--format", "{{range .RootFS.Layers}}{{println .}}{{end}}",
                                image_id).stdout.split()
     layers = proof["layers"]
     pushed_bytes = sum(size for (_, size), diff in zip(layers, diff_ids) if diff.split(":")[-1][:12] in sent)
-    console.info(f"{console.OK} registry {ref.registry_host} serves the manifest and all {proof['blobs']} blobs")
-    pulled, detail = msb_pull(settings, settings.image)
-    console.info(f"{console.OK if pulled else console.SKIP} msb pull: {detail}")
     result = {
         "image": settings.image,
         "image_id": image_id,
         "digest": digest,
-        "pinned": f"{ref.registry + '/' if ref.registry else ''}{ref.repository}@{digest}",
+        "pinned": pinned,
         "layers": len(layers),
         "layers_pushed": len(sent),
         "bytes_pushed": pushed_bytes,

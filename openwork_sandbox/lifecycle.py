@@ -122,17 +122,22 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
     }
     if settings.offline:
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
+    from .image_pin import pinned_image
+    from .registry_access import runtime_pull_options
+
+    image = pinned_image(settings)  # the digest push-image pushed from here, else the tag
     mounts = {GUEST_WORKSPACE: settings.workspace_dir.resolve(), GUEST_DATA: settings.data_dir.resolve()}
     fp = fingerprint({
-        "runtime": kind, "image": settings.image, "port": settings.port, "bind": settings.bind_address,
+        "runtime": kind, "image": image, "port": settings.port, "bind": settings.bind_address,
         "connect_host": settings.connect_host, "mounts": {k: str(v) for k, v in mounts.items()},
         "approval": settings.approval_mode, "offline": settings.offline, "cpus": settings.cpus, "memory": settings.memory,
         "token": secret_digest(token), "host_token": secret_digest(host_token),
     })
     return LaunchSpec(
-        name=settings.name, image=settings.image, host_port=settings.port, bind_address=settings.bind_address,
+        name=settings.name, image=image, host_port=settings.port, bind_address=settings.bind_address,
         guest_port=GUEST_PORT, mounts=mounts, env=env, cpus=settings.cpus, memory_mib=settings.memory,
         registry_plain_http=settings.registry_plain_http, fingerprint=fp, pull_always=settings.replace,
+        pull_options=lambda: runtime_pull_options(settings, image),
     )
 
 
@@ -395,7 +400,8 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     st = rt.status() if rt else RuntimeStatus(ABSENT)
     digest = st.digest
     if rt is not None and rt.kind == "docker" and st.image:
-        digest = rt.image_digest(st.image) or st.digest  # type: ignore[attr-defined]
+        pinned = st.image if "@sha256:" in st.image else None  # repo@sha256:… (image_pin) is its own digest
+        digest = pinned or rt.image_digest(st.image) or st.digest  # type: ignore[attr-defined]
     health = health_once(settings.url, timeout_s=min(2.0, settings.request_timeout)) if st.state == RUNNING else None
     uptime = (time.time() - st.started_at) if st.started_at else None
     token, host_token = state.tokens(create=False)

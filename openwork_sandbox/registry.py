@@ -2,14 +2,21 @@
 
 Used to prove a push is pullable: the manifest for the tag is served (``Docker-Content-Digest``
 compared with what ``docker push`` reported) and every blob it names (config and layers, for each
-platform of an index) exists.
+platform of an index) exists; and, before a push, that the login may push to the repository.
 
-- Plain HTTP for loopback registries, or anywhere with ``OPENWORK_REGISTRY_INSECURE=true``;
-  HTTPS otherwise.
-- Token auth (``WWW-Authenticate: Bearer realm=...``) and Basic auth with the credentials in the
-  settings.
+- Scheme as Docker chooses it: HTTPS first; plain HTTP only when the registry does not speak TLS
+  and is on loopback or named insecure (``OPENWORK_REGISTRY_INSECURE=true``).
+- Trust, login: see ``registry_access`` (system CAs + certs.d + ``OPENWORK_REGISTRY_CA``; the
+  settings' login, else Docker's own).
+- Auth follows the challenge (OCI distribution spec): ``401`` + ``WWW-Authenticate: Basic`` → the
+  login as Basic; ``401`` + ``Bearer realm=…,service=…,scope=…`` → a token from the realm for that
+  scope (``pull``, or ``pull,push``), fetched with the login (Basic, or an identity token as an
+  OAuth2 refresh token), then the request again with the token.
 - 5xx answers and broken connections are retried a few times with backoff.
-- Failures are one line naming the registry and the HTTP status or the connection error.
+- Failures are one line naming the registry and the cause: wrong username or password, token
+  endpoint unreachable or refusing, a token the registry rejects (expired), a CA that is not
+  trusted (with the certs.d path to use), no access for the scope (403), HTTP status otherwise.
+  No secret is ever part of a message.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 
 import requests
 
+from .docker_config import Credentials
 from .errors import UnreachableError, WorkflowError
 from .http import outside_session
 from .settings import ImageRef, Settings
@@ -33,43 +41,89 @@ MANIFEST_TYPES = (
 INDEX_TYPES = {MANIFEST_TYPES[0], MANIFEST_TYPES[2]}
 RETRIES = 4  # attempts for 5xx and broken connections
 BACKOFF = 0.25  # seconds, doubled per attempt
+CLIENT_ID = "openwork-sandbox"
+LOGIN_HINT = "run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``WWW-Authenticate: Bearer realm="…",service="…"`` → ``("bearer", {...})``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
+    params.update({k.lower(): v for k, v in re.findall(r'(\w+)=([^",\s]+)', rest)})
+    return scheme.lower(), params
+
+
+def scope_for(repository: str, actions: str = "pull") -> str:
+    return f"repository:{repository}:{actions}"
 
 
 class Registry:
-    def __init__(self, host: str, *, plain_http: bool, username: str | None = None, password: str | None = None,
-                 timeout: float = 15.0, backoff: float = BACKOFF):
+    def __init__(self, host: str, *, plain_http: bool | None = False, allow_http: bool = False,
+                 credentials: Credentials | None = None, username: str | None = None, password: str | None = None,
+                 verify: bool | str = True, timeout: float = 15.0, backoff: float = BACKOFF):
+        """``plain_http``: True/False fixes the scheme; None tries HTTPS first and, with ``allow_http``,
+        falls back to HTTP when the registry does not speak TLS."""
         self.host = host
         self.scheme = "http" if plain_http else "https"
-        self.base = f"{self.scheme}://{host}"
-        self.auth = (username, password) if username and password else None
+        self._scheme_known = plain_http is not None
+        self.allow_http = allow_http
+        if credentials is None and username and password:
+            credentials = Credentials(username, password, "the given login")
+        self.credentials = credentials
+        self.verify = verify
         self.timeout = timeout
         self.backoff = backoff
-        self.session = outside_session()
-        self._bearer: dict[str, str] = {}
+        self.session = outside_session(verify=verify)
+        self._bearer: dict[str, str] = {}  # scope ("" for none) -> token
+        self._basic = False  # the registry asked for Basic: send the login with every request
+        self.realm: str | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings, ref: ImageRef | None = None) -> "Registry":
+        from . import registry_access
+
         ref = ref or settings.image_ref
-        plain = ref.registry_is_loopback or settings.registry_insecure
-        return cls(ref.registry_host, plain_http=plain, username=settings.registry_username,
-                   password=settings.registry_password, timeout=settings.request_timeout)
+        host = ref.registry_host
+        return cls(host, plain_http=None, allow_http=registry_access.http_allowed(settings, ref.registry_is_loopback),
+                   credentials=registry_access.credentials(settings, host),
+                   verify=registry_access.ca_bundle(settings, host), timeout=settings.request_timeout)
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    @property
+    def plain_http(self) -> bool:
+        """True when the registry is spoken to over plain HTTP (known after the first answer)."""
+        return self.scheme == "http"
+
+    @property
+    def _who(self) -> str:
+        c = self.credentials
+        return f"{c.username} (login from {c.source})" if c else "an anonymous client"
 
     # --- HTTP with retries and auth --------------------------------------------------------------
     def _send(self, method: str, path: str, what: str, headers: dict | None = None,
               scope: str | None = None) -> requests.Response:
-        url = self.base + path
         delay = self.backoff
-        for attempt in range(1, RETRIES + 1):
+        answered: set[str] = set()  # challenges answered for this request: each once
+        attempt = 0
+        while True:
+            attempt += 1
             hdrs = dict(headers or {})
-            if scope and scope in self._bearer:
-                hdrs["Authorization"] = f"Bearer {self._bearer[scope]}"
+            token = self._bearer.get(scope or "")
+            if token:
+                hdrs["Authorization"] = f"Bearer {token}"
+            basic = self.credentials is not None and self._basic and not token and bool(self.credentials.password)
             try:
-                resp = self.session.request(method, url, headers=hdrs, timeout=self.timeout,
-                                            auth=None if "Authorization" in hdrs else self.auth,
-                                            allow_redirects=True)
+                resp = self.session.request(method, self.base + path, headers=hdrs, timeout=self.timeout,
+                                            allow_redirects=True,
+                                            auth=(self.credentials.username, self.credentials.password) if basic else None)
             except requests.exceptions.SSLError as exc:
-                hint = "; for a plain-HTTP registry set OPENWORK_REGISTRY_INSECURE=true" if self.scheme == "https" else ""
-                raise UnreachableError(f"registry {self.host}: TLS failed ({_reason(exc)}){hint}") from None
+                if self.scheme == "https" and not self._scheme_known and self.allow_http and not _cert_problem(exc):
+                    self.scheme, self._scheme_known = "http", True  # a loopback/insecure registry without TLS
+                    continue
+                raise self._tls_error(exc, self.host) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt < RETRIES and not _refused(exc):
                     time.sleep(delay)
@@ -78,43 +132,116 @@ class Registry:
                 raise UnreachableError(f"registry {self.host} does not answer at {self.base} ({_reason(exc)}) "
                                        f"while {what}; is it running (scripts/services start) and the address "
                                        "in OPENWORK_MICROSANDBOX_IMAGE right?") from None
-            if resp.status_code == 401 and scope and scope not in self._bearer and self._authenticate(resp, scope):
-                continue
+            self._scheme_known = True
+            if resp.status_code == 401:
+                kind = self._answer_challenge(resp, scope, answered)
+                if kind:
+                    answered.add(kind)
+                    continue
             if resp.status_code >= 500 and attempt < RETRIES:
                 time.sleep(delay)
                 delay *= 2
                 continue
             return resp
-        return resp  # pragma: no cover  (loop always returns or raises)
 
-    def _authenticate(self, resp: requests.Response, scope: str) -> bool:
-        """Follow a ``Bearer realm=...`` challenge; returns True when a token was obtained."""
-        challenge = resp.headers.get("WWW-Authenticate", "")
-        if not challenge.lower().startswith("bearer "):
-            return False
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        realm = params.get("realm")
-        if not realm:
-            return False
-        query = {"service": params.get("service", ""), "scope": params.get("scope", scope)}
+    def _answer_challenge(self, resp: requests.Response, scope: str | None, answered: set[str]) -> str | None:
+        """Answer a 401's challenge once per request (returns what was answered), or raise why not."""
+        scheme, params = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+        if scheme == "basic":
+            if self.credentials is None or not self.credentials.password:
+                return None  # no login to give: the caller reports the 401
+            if "basic" in answered or self._basic:
+                raise WorkflowError(f"registry {self.host} rejects the login of {self._who}: wrong username or "
+                                    f"password (HTTP 401); {LOGIN_HINT.format(host=self.host)}")
+            self._basic = True
+            return "basic"
+        if scheme == "bearer" and params.get("realm"):
+            key = scope or ""
+            if "bearer" in answered:
+                error = params.get("error", "")
+                if error == "insufficient_scope":
+                    raise self._denied(params.get("scope") or scope, "HTTP 401 insufficient_scope")
+                if error == "invalid_token":
+                    raise WorkflowError(f"registry {self.host} rejects the token from {params['realm']} (invalid_token: "
+                                        "expired, or signed by a key the registry does not trust); check the token "
+                                        "service's clock and keys")
+                raise WorkflowError(f"registry {self.host} rejects the token from {params['realm']} for {self._who} "
+                                    f"(HTTP 401{', ' + error if error else ''}); {LOGIN_HINT.format(host=self.host)}")
+            self._bearer[key] = self._fetch_token(params, scope)
+            return "bearer"
+        return None
+
+    def _fetch_token(self, params: dict[str, str], scope: str | None) -> str:
+        realm = params["realm"]
+        self.realm = realm
+        query = {"service": params.get("service", "")}
+        wanted = params.get("scope") or scope
+        if wanted:
+            query["scope"] = wanted
+        creds = self.credentials
         try:
-            token_resp = self.session.get(realm, params=query, auth=self.auth, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise UnreachableError(f"registry {self.host}: token service {realm} does not answer ({_reason(exc)})") from None
-        if token_resp.status_code != 200:
-            raise WorkflowError(f"registry {self.host}: token service answered HTTP {token_resp.status_code}; check "
-                                "OPENWORK_REGISTRY_USERNAME/OPENWORK_REGISTRY_PASSWORD")
-        body = token_resp.json() if token_resp.content else {}
-        token = body.get("token") or body.get("access_token")
-        if not token:
-            return False
-        self._bearer[scope] = token
-        return True
+            if creds and creds.identity_token:
+                token_resp = self.session.post(realm, data={**query, "grant_type": "refresh_token",
+                                                            "refresh_token": creds.identity_token,
+                                                            "client_id": CLIENT_ID},
+                                               timeout=self.timeout)
+            else:
+                auth = (creds.username, creds.password) if creds and creds.password else None
+                token_resp = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
+        except requests.exceptions.SSLError as exc:
+            from urllib.parse import urlsplit
 
-    def _fail(self, resp: requests.Response, what: str) -> WorkflowError:
+            raise self._tls_error(exc, urlsplit(realm).netloc, f"its token endpoint {realm}") from None
+        except requests.RequestException as exc:
+            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} does not answer "
+                                   f"({_reason(exc)}); check the registry's auth.token.realm and that the token "
+                                   "service runs") from None
+        status = token_resp.status_code
+        if status == 401:
+            who = self._who if creds else "an anonymous client (no login for this registry)"
+            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} rejects the login of {who}: wrong "
+                                f"username or password (HTTP 401); {LOGIN_HINT.format(host=self.host)}")
+        if status == 403:
+            raise self._denied(wanted, f"HTTP 403 from the token endpoint {realm}")
+        if status != 200:
+            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} answered HTTP {status} "
+                                f"{token_resp.reason or ''}".rstrip())
+        try:
+            body = token_resp.json()
+        except ValueError:
+            body = {}
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+        if not token:
+            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} answered without a token")
+        return token
+
+    def _denied(self, scope: str | None, why: str) -> WorkflowError:
+        parts = (scope or "").split(":")
+        what = f"{parts[2]} access to {parts[1]}" if len(parts) == 3 else f"access ({scope or 'no scope'})"
+        return WorkflowError(f"registry {self.host} denies {self._who} {what} ({why}); give that login "
+                             "access to the repository, or use one that has it")
+
+    def _tls_error(self, exc: Exception, host: str, what: str = "") -> WorkflowError:
+        reason = _reason(exc)
+        where = f"registry {self.host}" + (f": {what}" if what else "")
+        if _cert_problem(exc):
+            from .registry_access import certs_hint
+
+            return WorkflowError(f"{where}: TLS certificate not trusted ({reason}); {certs_hint(host)}")
+        hint = "; for a plain-HTTP registry set OPENWORK_REGISTRY_INSECURE=true" if not self.allow_http else ""
+        return WorkflowError(f"{where}: TLS failed ({reason}){hint}")
+
+    def _fail(self, resp: requests.Response, what: str, scope: str | None = None) -> WorkflowError:
+        if resp.status_code == 403:
+            return self._denied(scope, "HTTP 403")
         hint = ""
+        if resp.status_code == 401 and self.credentials is None:
+            from .docker_config import config_path
+
+            return WorkflowError(f"registry {self.host} needs a login (HTTP 401 for {what}): none is set and Docker "
+                                 f"saved none for it in {config_path()}; {LOGIN_HINT.format(host=self.host)}")
         if resp.status_code == 401:
-            hint = "; set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD"
+            hint = f"; {LOGIN_HINT.format(host=self.host)}"
         elif resp.status_code == 404:
             hint = "; push it first (invoke push-image)"
         return WorkflowError(f"registry {self.host} answered HTTP {resp.status_code} {resp.reason or ''} for "
@@ -122,21 +249,36 @@ class Registry:
 
     # --- API ------------------------------------------------------------------------------------
     def ping(self) -> int:
-        """``GET /v2/``: 200 (open) or 401 (needs login) means a registry answers."""
+        """``GET /v2/`` (with the login, as ``docker login`` checks it): 200, or 401 without a login."""
         resp = self._send("GET", "/v2/", "checking the API (GET /v2/)")
         if resp.status_code not in (200, 401):
             raise self._fail(resp, "GET /v2/ (is this a registry?)")
         return resp.status_code
 
+    def check_push(self, repository: str) -> None:
+        """The login may push to ``repository``: start a blob upload (scope ``pull,push``) and cancel it."""
+        scope = scope_for(repository, "pull,push")
+        resp = self._send("POST", f"/v2/{repository}/blobs/uploads/", f"checking push access to {repository}",
+                          scope=scope)
+        if resp.status_code not in (201, 202):
+            raise self._fail(resp, f"starting an upload to {repository}", scope)
+        location = resp.headers.get("Location")
+        if location:
+            path = location if location.startswith("/") else "/" + location.split("/", 3)[-1]
+            try:
+                self._send("DELETE", path, "cancelling the test upload", scope=scope)
+            except WorkflowError:
+                pass  # the registry drops unfinished uploads itself
+
     def manifest(self, repository: str, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES) -> tuple[str, str, dict]:
         """``(digest, media type, manifest)`` for a tag or digest."""
-        scope = f"repository:{repository}:pull"
+        scope = scope_for(repository)
         what = f"manifest {repository}:{reference}" if not reference.startswith("sha256:") else \
             f"manifest {repository}@{reference}"
         resp = self._send("GET", f"/v2/{repository}/manifests/{reference}", what,
                           headers={"Accept": ", ".join(accept)}, scope=scope)
         if resp.status_code != 200:
-            raise self._fail(resp, what)
+            raise self._fail(resp, what, scope)
         digest = resp.headers.get("Docker-Content-Digest", "")
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         try:
@@ -148,20 +290,21 @@ class Registry:
     def head_manifest(self, repository: str, reference: str) -> str:
         """The ``Docker-Content-Digest`` of a tag (HEAD, with the Accept header every type needs)."""
         what = f"manifest {repository}:{reference}"
+        scope = scope_for(repository)
         resp = self._send("HEAD", f"/v2/{repository}/manifests/{reference}", what,
-                          headers={"Accept": ", ".join(MANIFEST_TYPES)}, scope=f"repository:{repository}:pull")
+                          headers={"Accept": ", ".join(MANIFEST_TYPES)}, scope=scope)
         if resp.status_code != 200:
-            raise self._fail(resp, what)
+            raise self._fail(resp, what, scope)
         return resp.headers.get("Docker-Content-Digest", "")
 
     def blob_exists(self, repository: str, digest: str) -> bool:
-        resp = self._send("HEAD", f"/v2/{repository}/blobs/{digest}", f"blob {digest[:19]}",
-                          scope=f"repository:{repository}:pull")
+        scope = scope_for(repository)
+        resp = self._send("HEAD", f"/v2/{repository}/blobs/{digest}", f"blob {digest[:19]}", scope=scope)
         if resp.status_code == 200:
             return True
         if resp.status_code == 404:
             return False
-        raise self._fail(resp, f"blob {repository}@{digest[:19]}…")
+        raise self._fail(resp, f"blob {repository}@{digest[:19]}…", scope)
 
     def verify_pullable(self, ref: ImageRef, expected_digest: str | None = None) -> dict[str, Any]:
         """Prove ``ref`` can be pulled: its manifest (every platform of an index) and every blob."""
@@ -188,6 +331,12 @@ class Registry:
                 "blobs": len(blobs), "bytes": sum(blobs.values())}
 
 
+def _cert_problem(exc: Exception) -> bool:
+    """The server speaks TLS but its certificate is not trusted (as opposed to no TLS at all)."""
+    text = str(exc)
+    return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text or "Hostname mismatch" in text
+
+
 def _refused(exc: Exception) -> bool:
     text = str(exc)
     return "Connection refused" in text or "Errno 111" in text or "NameResolutionError" in text \
@@ -195,10 +344,10 @@ def _refused(exc: Exception) -> bool:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc)
-    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Connection refused)", r"(Connection reset by peer)",
-                    r"(Read timed out)", r"(timed out)", r"(certificate verify failed[^')\]]*)",
-                    r"(wrong version number)"):
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(exc))
+    for pattern in (r"(certificate verify failed[^')\]]*)", r"(Hostname mismatch[^')\]]*)",
+                    r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Connection refused)", r"(Connection reset by peer)",
+                    r"(Read timed out)", r"(timed out)", r"(wrong version number)", r"(record layer failure)"):
         m = re.search(pattern, text)
         if m:
             return m.group(1).strip()

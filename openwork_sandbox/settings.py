@@ -87,7 +87,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Folders and files under the state folder that belong to the tool itself, not to a sandbox: a
 # sandbox of one of these names would share (and `reset` would delete) them.
-RESERVED_NAMES = frozenset({"services", "image-context", "last-build.json", "verified-images.json",
+RESERVED_NAMES = frozenset({"services", "image-context", "last-build.json", "verified-images.json", "last-push.json",
                             "test-cache", "test-stack"})
 
 
@@ -303,6 +303,8 @@ SPECS: tuple[Spec, ...] = (
          "password for docker login (passed on stdin)", secret=True),
     Spec("registry_insecure", "OPENWORK_REGISTRY_INSECURE", _bool, False,
          "allow plain HTTP to a registry that is not on loopback"),
+    Spec("registry_ca", "OPENWORK_REGISTRY_CA", _path, None,
+         "PEM file of the registry's CA, trusted besides the system CAs and /etc/docker/certs.d/<host:port>/"),
 )
 SPEC_BY_FIELD = {s.field: s for s in SPECS}
 SPEC_BY_ENV = {s.env: s for s in SPECS}
@@ -344,6 +346,7 @@ class Settings:
     registry_username: str | None
     registry_password: str | None
     registry_insecure: bool
+    registry_ca: Path | None
     project_root: Path
     env_file: Path | None
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
@@ -376,7 +379,8 @@ class Settings:
 
     @property
     def registry_plain_http(self) -> bool:
-        """Talk plain HTTP to the registry: loopback registries always, others only when insecure."""
+        """Plain HTTP may be used for the registry (after HTTPS, when it does not speak TLS): loopback
+        registries and insecure ones. Which one it speaks is found by asking it (``registry``)."""
         return self.image_ref.registry_is_loopback or self.registry_insecure
 
     def origin(self, field: str) -> str:
@@ -528,6 +532,7 @@ def load_settings(
         orchestrator_bin=_absolute(values["orchestrator_bin"], project_root) if values["orchestrator_bin"] else None,
         server_bin=_absolute(values["server_bin"], project_root) if values["server_bin"] else None,
         opencode_bin=_absolute(values["opencode_bin"], project_root) if values["opencode_bin"] else None,
+        registry_ca=_absolute(values["registry_ca"], project_root) if values["registry_ca"] else None,
     )
     return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
                     origins=origins)

@@ -91,7 +91,7 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None):
     help={
         "env_file": ENV_FILE_HELP,
         "json": JSON_HELP,
-        "image": "push to this reference (OPENWORK_MICROSANDBOX_IMAGE)",
+        "image": "build and push this reference (OPENWORK_MICROSANDBOX_IMAGE)",
     },
 )
 def push_image(c, image=None, json=False, env_file=None):
@@ -100,7 +100,8 @@ def push_image(c, image=None, json=False, env_file=None):
         from openwork_sandbox import gha
         from openwork_sandbox.image_push import push_image as push
 
-        result = push(_settings(c, env_file, image=image), as_json=json)
+        # the pre-task built the default reference: --image REF is built (from cache) as REF first
+        result = push(_settings(c, env_file, image=image), as_json=json, build_first=image is not None)
         gha.append_summary(gha.push_summary(result))
 
 

@@ -47,6 +47,18 @@ def prod_base_image(services):
 
 
 @pytest.fixture
+def short_msb_home(monkeypatch):
+    """A fresh, short MSB_HOME (microsandbox's own variable; Unix socket paths are limited)."""
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
+    monkeypatch.setenv("MSB_HOME", home)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """An environment with no OPENWORK_* settings and an empty project root in tmp_path."""
     import os

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,15 +16,6 @@ import pytest
 from conftest import REGISTRY, STANDIN_SERVER, STACK_REPO, STACK_STATE_DIR, free_port, stack_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-@pytest.fixture
-def short_msb_home(monkeypatch):
-    """A fresh, short MSB_HOME (microsandbox's own variable; Unix socket paths are limited)."""
-    home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
-    monkeypatch.setenv("MSB_HOME", home)
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_push_is_pullable_manifest_blobs_and_msb(stack_image, short_msb_home, capsys):
@@ -71,6 +60,26 @@ def test_server_only_change_pushes_one_small_layer(stack_image, tmp_path, short_
         subprocess.run(["docker", "rmi", ref], capture_output=True)
     assert pushed["layers_pushed"] == 1, pushed
     assert 0 < pushed["bytes_pushed"] < changed.stat().st_size + 1_000_000
+
+
+def test_a_push_that_happened_is_reported_as_pushed_when_the_pull_check_fails(stack_image, tmp_path, monkeypatch):
+    """The microsandbox pull fails for real (its MSB_HOME cannot exist): the error still says what was pushed."""
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image_pin import read_pushes
+    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.runtimes.probe import msb_path
+
+    if msb_path() is None:
+        pytest.skip("microsandbox (msb) is not installed: there is no pull check to fail")
+    monkeypatch.setenv("MSB_HOME", "/dev/null/msb")
+    settings = stack_settings(tmp_path, OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    subprocess.run(["docker", "tag", stack_image.image_id, settings.image], check=True, capture_output=True)
+    with pytest.raises(WorkflowError) as err:
+        push_image(settings)
+    pinned = read_pushes(settings)[settings.image]["pinned"]
+    assert pinned == f"{REGISTRY}/{STACK_REPO}@{stack_image.push['digest']}"
+    assert err.value.message.startswith(f"pushed {pinned}, but the pull check failed: microsandbox could not pull")
+    assert "\n" not in err.value.message and err.value.exit_code == 1
 
 
 def test_push_to_a_port_without_a_registry_is_one_line(stack_image, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 GUEST_WORKSPACE = "/workspace"
 GUEST_DATA = "/data"
@@ -35,6 +35,8 @@ class LaunchSpec:
     registry_plain_http: bool
     fingerprint: str
     pull_always: bool = False  # re-pull a tag that may have moved (replace)
+    # the microsandbox SDK's registry arguments (registry_insecure/_auth/_ca_certs), asked only at pull time
+    pull_options: Callable[[], dict] | None = None
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
         return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"

@@ -1,9 +1,9 @@
 """The microsandbox runtime: the image booted as a detached microVM through the Python SDK.
 
 - ``create``: ``Sandbox.create_with_progress`` (progress bar on a TTY) with ``detached=True``, the
-  ``PullPolicy`` (``ALWAYS`` when replacing, so a moved tag is fetched again), ``registry_insecure``
-  for loopback/plain-HTTP registries, ``Volume.bind`` mounts, the port published on the bind
-  address, env, cpus and memory. Booting does not run the image's command, so the image's own
+  ``PullPolicy`` (``ALWAYS`` when replacing, so a moved tag is fetched again), the registry's
+  ``registry_insecure``/``registry_auth``/``registry_ca_certs`` (``registry_access``),
+  ``Volume.bind`` mounts, the port published on the bind address, env, cpus and memory. Booting does not run the image's command, so the image's own
   ENTRYPOINT+CMD (from ``Image.inspect``) is started as a detached job; its id is kept in
   ``.state/<name>/sandbox.json`` so ``logs``, ``status`` and ``down`` find it from any process.
 - ``start``: ``Sandbox.start`` then the same job again (jobs do not survive a stop).
@@ -168,7 +168,7 @@ class MicrosandboxRuntime(Runtime):
             volumes={guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
             ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)],
             pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
-            registry_insecure=spec.registry_plain_http,
+            **(spec.pull_options() if spec.pull_options else {"registry_insecure": spec.registry_plain_http}),
             replace=True,
             detached=True,
         )
@@ -208,10 +208,11 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError as exc:
             text = str(exc)
             if text.startswith(("image error", "registry error")):
-                raise WorkflowError(
-                    f"microsandbox could not pull {spec.image}: {text}; push it first (invoke push-image) and check "
-                    f"the registry answers (invoke doctor)"
-                ) from None
+                from ..registry_access import pull_failure_hint
+                from ..settings import ImageRef
+
+                raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
+                                    f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
             raise WorkflowError(boot_failure_message(self.name, text) or f"microsandbox could not create "
                                 f"{self.name}: {text}") from None
 

@@ -1,0 +1,58 @@
+"""The pushed digest, carried forward: ``push-image`` records ``repo@sha256:…`` per image reference
+in ``.state/last-push.json``; ``up`` in the same checkout boots that digest when the tag matches,
+so a tag another pipeline moves cannot swap the image under a CI run.
+
+A reference that already names a digest is booted as it is; a tag never pushed from here is
+booted as the tag.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+from .settings import ImageRef, Settings
+
+LAST_PUSH = "last-push.json"
+
+
+def last_push_path(settings: Settings) -> Path:
+    return settings.state_dir / LAST_PUSH
+
+
+def read_pushes(settings: Settings) -> dict:
+    try:
+        data = json.loads(last_push_path(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pinned_ref(ref: ImageRef, digest: str) -> str:
+    """``registry/repository@sha256:…`` (no tag) for a pushed ``ref``."""
+    return f"{ref.registry + '/' if ref.registry else ''}{ref.repository}@{digest}"
+
+
+def record_push(settings: Settings, digest: str) -> str:
+    """Remember that ``settings.image`` was pushed as ``digest``; returns the pinned reference."""
+    pinned = pinned_ref(settings.image_ref, digest)
+    data = read_pushes(settings)
+    data[settings.image] = {"pinned": pinned, "digest": digest,
+                            "pushed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    path = last_push_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return pinned
+
+
+def pinned_image(settings: Settings) -> str:
+    """What ``up`` boots: the digest last pushed from here for ``settings.image``, else the image as set."""
+    if settings.image_ref.digest:
+        return settings.image
+    entry = read_pushes(settings).get(settings.image)
+    pinned = entry.get("pinned") if isinstance(entry, dict) else None
+    return pinned if isinstance(pinned, str) and "@sha256:" in pinned else settings.image

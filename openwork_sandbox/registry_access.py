@@ -1,0 +1,169 @@
+"""How this tool reaches the image's registry: whose login, which CAs, whether plain HTTP is allowed.
+
+One answer for every client that talks to the registry (the v2 API in ``registry``, the
+microsandbox SDK's pull in ``image_push`` and the microsandbox runtime):
+
+- **Login**: ``OPENWORK_REGISTRY_USERNAME``/``_PASSWORD`` when both are set, else what Docker
+  saved for the host (``docker_config``: ``credHelpers``, ``credsStore``, ``auths``), else none.
+- **Trust**: the system CAs, plus Docker's ``/etc/docker/certs.d/<host:port>/*.crt``, plus the PEM
+  file in ``OPENWORK_REGISTRY_CA``. Python's HTTP client takes one bundle file, so when there are
+  extra CAs a combined bundle (system bundle + extra PEMs, public certificates only) is written to
+  ``<cache dir>/ca-bundles/<sha256>.pem`` and handed to ``http.outside_session(verify=...)``. A
+  file rather than an ``SSLContext`` mounted on an adapter: ``verify=path`` works the same through
+  an HTTPS proxy and for the token endpoint on another host, and the bundle is content-addressed,
+  so parallel runs share it and never see a half-written one. The SDK gets the PEMs themselves
+  (``registry_ca_certs``).
+- **Scheme**: HTTPS first, as Docker does; plain HTTP only for a loopback registry or one named
+  insecure (``OPENWORK_REGISTRY_INSECURE=true``) that does not speak TLS (``registry`` decides on
+  the first answer).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+from . import docker_config
+from .docker_config import Credentials
+from .errors import EXIT_BAD_SETTINGS, WorkflowError
+from .settings import Settings
+
+SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+PEM_MARK = b"-----BEGIN CERTIFICATE-----"
+
+
+def settings_credentials(settings: Settings) -> Credentials | None:
+    """The login from OPENWORK_REGISTRY_USERNAME/_PASSWORD (both, or a one-line error for one)."""
+    user, password = settings.registry_username, settings.registry_password
+    if user and password:
+        return Credentials(user, password, "OPENWORK_REGISTRY_USERNAME/_PASSWORD")
+    if user or password:
+        missing = "OPENWORK_REGISTRY_PASSWORD" if user else "OPENWORK_REGISTRY_USERNAME"
+        raise WorkflowError(f"{missing} is not set: registry login needs both OPENWORK_REGISTRY_USERNAME and "
+                            "OPENWORK_REGISTRY_PASSWORD", exit_code=EXIT_BAD_SETTINGS)
+    return None
+
+
+def credentials(settings: Settings, host: str) -> Credentials | None:
+    """Whose login to use for ``host``: the settings' first, then Docker's own; None: anonymous."""
+    return settings_credentials(settings) or docker_config.docker_credentials(host)
+
+
+def system_bundle() -> str:
+    """The system CA bundle Python's HTTP client would use (the environment's choice first)."""
+    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        path = os.environ.get(var)
+        if path and Path(path).is_file():
+            return path
+    for path in SYSTEM_BUNDLES:
+        if Path(path).is_file():
+            return path
+    import certifi
+
+    return certifi.where()
+
+
+def extra_cas(settings: Settings, host: str) -> list[tuple[str, bytes]]:
+    """``(where, PEM)`` of every CA trusted for ``host`` beyond the system's: certs.d, then OPENWORK_REGISTRY_CA."""
+    out = [(str(path), pem) for path, pem in docker_config.certs_d_pems(host)]
+    if settings.registry_ca:
+        path = Path(settings.registry_ca).expanduser()
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise WorkflowError(f"OPENWORK_REGISTRY_CA={path}: cannot read it ({exc.strerror or exc}); point it at the "
+                                "registry's CA certificate (a PEM file)", exit_code=EXIT_BAD_SETTINGS) from None
+        if PEM_MARK not in pem:
+            raise WorkflowError(f"OPENWORK_REGISTRY_CA={path}: no PEM certificate in it (no '-----BEGIN "
+                                "CERTIFICATE-----'); point it at the registry's CA certificate",
+                                exit_code=EXIT_BAD_SETTINGS)
+        out.append((f"OPENWORK_REGISTRY_CA={path}", pem))
+    return out
+
+
+def ca_bundle(settings: Settings, host: str) -> bool | str:
+    """``verify`` for the HTTP client: True (system CAs) or the path of a combined bundle."""
+    extras = extra_cas(settings, host)
+    if not extras:
+        return True
+    base = system_bundle()
+    return _combined_bundle(base, tuple(pem for _, pem in extras), str(settings.cache_dir / "ca-bundles"))
+
+
+@functools.lru_cache(maxsize=8)
+def _combined_bundle(base: str, pems: tuple[bytes, ...], folder: str) -> str:
+    content = Path(base).read_bytes().rstrip(b"\n") + b"\n"
+    for pem in pems:
+        content += pem.strip() + b"\n"
+    path = Path(folder) / f"{hashlib.sha256(content).hexdigest()[:32]}.pem"
+    if not path.is_file() or path.read_bytes() != content:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def http_allowed(settings: Settings, host_is_loopback: bool) -> bool:
+    """Plain HTTP may be tried (after HTTPS) for loopback registries and insecure ones only."""
+    return host_is_loopback or settings.registry_insecure
+
+
+def certs_hint(host: str) -> str:
+    return (f"put its CA certificate in {docker_config.certs_d_dir(host) / 'ca.crt'} (where Docker reads it) or "
+            "set OPENWORK_REGISTRY_CA to a PEM file")
+
+
+def pull_failure_hint(host: str, text: str) -> str:
+    """The way out of a microsandbox pull failure (its message is the SDK's text)."""
+    lowered = text.lower()
+    if "error sending request" in lowered or "certificate" in lowered:
+        return f"is its CA trusted? {certs_hint(host)}"
+    if "401" in lowered or "unauthorized" in lowered or "denied" in lowered:
+        return f"run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
+    return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
+
+
+def pull_request(settings: Settings, host: str, plain_http: bool) -> dict:
+    """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``."""
+    creds = credentials(settings, host)
+    login = creds is not None and bool(creds.password)
+    return {"insecure": plain_http, "username": creds.username if login else None,
+            "password": creds.password if login else None,
+            "ca_pems": [] if plain_http else [pem for _, pem in extra_cas(settings, host)]}
+
+
+def sdk_options(settings: Settings, host: str, plain_http: bool) -> dict:
+    """The microsandbox SDK's pull arguments: ``registry_insecure``, ``registry_auth``, ``registry_ca_certs``."""
+    request = pull_request(settings, host, plain_http)
+    options: dict = {"registry_insecure": request["insecure"]}
+    if request["username"]:
+        from microsandbox import RegistryAuth
+
+        options["registry_auth"] = RegistryAuth.basic(request["username"], request["password"])
+    if request["ca_pems"]:
+        options["registry_ca_certs"] = request["ca_pems"]
+    return options
+
+
+def runtime_pull_options(settings: Settings, image: str) -> dict:
+    """The SDK pull arguments for ``up``: the scheme the registry speaks (asked once), login, CAs.
+
+    A registry that does not answer is not an error here: the image may be cached, and the pull
+    itself then says what is wrong."""
+    from .errors import UnreachableError
+    from .registry import Registry
+    from .settings import ImageRef
+
+    ref = ImageRef.parse(image)
+    host = ref.registry_host
+    plain = http_allowed(settings, ref.registry_is_loopback)
+    try:
+        registry = Registry.for_settings(settings, ref)
+        registry.ping()
+        plain = registry.plain_http
+    except UnreachableError:
+        pass
+    return sdk_options(settings, host, plain)
