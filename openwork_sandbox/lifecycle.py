@@ -21,10 +21,10 @@ import time
 from . import console
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
+from .runtimes.choice import DOCKER_HINT
 from .settings import GUEST_PORT, Settings, is_loopback
 from .state import MIN_PUBLIC_TOKEN_LEN, SandboxState, deletion_problem, fingerprint, safe_remove, secret_digest
 
-DOCKER_HINT = "use the Docker runtime: invoke up --runtime docker (or OPENWORK_MICROSANDBOX_RUNTIME=docker)"
 
 
 @dataclasses.dataclass
@@ -47,29 +47,18 @@ class Endpoint:
 # --- which runtime ---------------------------------------------------------------------------------
 
 def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tuple[str, str]:
-    """``(runtime, why)`` for ``up``. ``auto``: the runtime this sandbox already uses, else
-    microsandbox where microVMs boot, else Docker, else a WorkflowError naming what is missing.
-    An explicit ``microsandbox`` on a host that cannot boot microVMs fails here, before any boot."""
-    from .runtimes.probe import docker_support, microvm_support
+    """``(runtime, why)`` for ``up`` by the one rule (:mod:`.runtimes.choice`): ``auto`` keeps the
+    runtime this sandbox already uses, else microsandbox where microVMs boot, else Docker. A runtime
+    this host cannot run (e.g. an explicit ``microsandbox`` without KVM) fails here, before any boot."""
+    from .runtimes.probe import choose_runtime as choose
 
-    if settings.runtime == "docker":
-        return "docker", f"OPENWORK_MICROSANDBOX_RUNTIME=docker from {settings.origin('runtime')}"
-    if settings.runtime == "microsandbox":
-        ok, why = microvm_support()
-        if not ok:
-            raise WorkflowError(f"this host cannot run microVMs: {why}; {DOCKER_HINT}")
-        return "microsandbox", f"OPENWORK_MICROSANDBOX_RUNTIME=microsandbox from {settings.origin('runtime')}; {why}"
     recorded = (state or SandboxState(settings)).record().get("runtime")
-    if recorded in ("docker", "microsandbox"):
-        if recorded == "docker" or microvm_support()[0]:
-            return recorded, f"auto: sandbox {settings.name} already uses {recorded}"
-    ok, vm_why = microvm_support()
-    if ok:
-        return "microsandbox", f"auto: microVMs can boot here: {vm_why}"
-    docker_ok, docker_why = docker_support()
-    if docker_ok:
-        return "docker", f"auto: microVMs cannot boot here: {vm_why}; {docker_why}"
-    raise WorkflowError(f"no runtime can run the sandbox here: microVMs: {vm_why}; Docker: {docker_why}")
+    picked = choose(settings.runtime, recorded)
+    if picked.kind is None or not picked.usable:
+        raise WorkflowError(f"{picked.reason}; {DOCKER_HINT}" if picked.kind == "microsandbox" else picked.reason)
+    if settings.runtime != "auto":
+        return picked.kind, f"{picked.reason} (OPENWORK_MICROSANDBOX_RUNTIME from {settings.origin('runtime')})"
+    return picked.kind, picked.reason
 
 
 def _existing_runtime(settings: Settings, state: SandboxState) -> Runtime | None:
@@ -80,10 +69,10 @@ def _existing_runtime(settings: Settings, state: SandboxState) -> Runtime | None
     if settings.runtime in ("docker", "microsandbox"):
         return runtime_for(settings.runtime, settings)
     # nothing recorded: look for a sandbox of this name in whichever runtime answers
-    from . import commands
+    from .runtimes.probe import docker_support
 
     candidates = []
-    if commands.docker_engine_answers(timeout=5):
+    if docker_support(timeout=5)[0]:
         candidates.append("docker")
     candidates.append("microsandbox")
     for kind in candidates:

@@ -27,11 +27,11 @@ from .. import console
 from ..errors import WorkflowError
 from ..state import RECORD_FILE, read_record, update_record
 from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+from .choice import DOCKER_HINT
 
 LABEL_FP = "openwork-sandbox.fingerprint"
 BOOT_FAILURE_MARK = "before agent relay became available"
 KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
-DOCKER_HINT = "use the Docker runtime: invoke up --runtime docker (or OPENWORK_MICROSANDBOX_RUNTIME=docker)"
 
 
 def msb_home() -> Path:
