@@ -183,3 +183,12 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
                              image=image, port=port)
         _finish(run_smoke(settings, url=url, ephemeral=ephemeral, persistence=persistence, junit=junit,
                           as_json=json))
+
+
+def _smoke_help() -> str:
+    from openwork_sandbox.smoke_checks import describe  # declarations only: no HTTP client imported
+
+    return f"\n\n    The checks, in order:\n\n{describe('      ')}\n"
+
+
+smoke.__doc__ = smoke.__doc__.rstrip() + _smoke_help()
