@@ -173,7 +173,9 @@ def auth_accepted(r) -> str:
                                             for w in workspaces):
         raise CheckFailed('GET /workspaces: every workspace needs an "id" and a "path" string', resp)
     if r.target.expected_workspace:
-        chosen = next((w for w in workspaces if w["path"] == r.target.expected_workspace), None)
+        from .openwork_api import workspace_at
+
+        chosen = workspace_at(workspaces, r.target.expected_workspace)
         if chosen is None:
             paths = ", ".join(w["path"] for w in workspaces)
             raise CheckFailed(f"no workspace for {r.target.expected_workspace} (listed: {paths})", resp)

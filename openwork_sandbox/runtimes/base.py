@@ -107,6 +107,10 @@ class Runtime(abc.ABC):
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
         """Run a command inside; returns (exit code, stdout+stderr)."""
 
+    def digest(self, st: RuntimeStatus) -> str | None:
+        """The image digest to show for ``st`` (``repo@sha256:…`` where the runtime knows it)."""
+        return st.digest
+
     def describe(self) -> tuple[str, list[str], str]:
         """(state, last log lines, log hint) for error messages."""
         st = self.status()

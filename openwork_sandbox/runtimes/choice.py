@@ -103,7 +103,7 @@ def decide_runtime(f: HostFacts, setting: str, recorded: str | None = None) -> R
     if setting == MICROSANDBOX:
         if vm_ok:
             return RuntimeChoice(MICROSANDBOX, f"set to microsandbox; {vm_why}")
-        return RuntimeChoice(MICROSANDBOX, f"this host cannot run microVMs: {vm_why}", usable=False)
+        return RuntimeChoice(MICROSANDBOX, f"this host cannot run microVMs: {vm_why}; {DOCKER_HINT}", usable=False)
     if setting == DOCKER:
         return RuntimeChoice(DOCKER, "set to docker" + (f"; {docker_why}" if docker_why else ""), usable=docker_ok)
     if recorded == DOCKER or (recorded == MICROSANDBOX and vm_ok):

@@ -97,6 +97,9 @@ class DockerRuntime(Runtime):
         digests = json.loads(proc.stdout or "[]") or []
         return digests[0] if digests else None
 
+    def digest(self, st: RuntimeStatus) -> str | None:
+        return (self.image_digest(st.image) if st.image else None) or st.digest
+
     def is_alive(self) -> bool:
         proc = commands.docker("container", "inspect", "--format", "{{.State.Running}}", self.name, check=False,
                                timeout=15)
