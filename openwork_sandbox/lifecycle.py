@@ -117,11 +117,14 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
         "connect_host": settings.connect_host, "mounts": {k: str(v) for k, v in mounts.items()},
         "approval": settings.approval_mode, "offline": settings.offline, "cpus": settings.cpus, "memory": settings.memory,
         "token": secret_digest(token), "host_token": secret_digest(host_token),
+        # only when not the default, so sandboxes made before this setting existed are kept
+        **({"network": settings.network} if settings.network != "allow-all" else {}),
     })
     return LaunchSpec(
         name=settings.name, image=settings.image, host_port=settings.port, bind_address=settings.bind_address,
         guest_port=GUEST_PORT, mounts=mounts, env=env, cpus=settings.cpus, memory_mib=settings.memory,
         registry_plain_http=settings.registry_plain_http, fingerprint=fp, pull_always=settings.replace,
+        network=settings.network,
     )
 
 

@@ -266,6 +266,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("cpus", "OPENWORK_MICROSANDBOX_CPUS", _int_range(1, 64, 2), 2, "virtual CPUs"),
     Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", _int_range(256, 262144, 2048, " MiB"), 2048,
          "memory in MiB"),
+    Spec("network", "OPENWORK_MICROSANDBOX_NETWORK", _choice("allow-all", "public-only", "none"), "allow-all",
+         "what the microVM may reach: allow-all (as upstream: the host, the LAN, the internet), public-only "
+         "(the internet only), none (nothing outbound; the published port still answers)"),
     Spec("approval_mode", "OPENWORK_APPROVAL_MODE", _choice("auto", "manual"), "auto",
          "openwork-server approval mode"),
     Spec("offline", "OPENWORK_OFFLINE", _bool, False,
@@ -327,6 +330,7 @@ class Settings:
     runtime: str
     cpus: int
     memory: int
+    network: str
     approval_mode: str
     offline: bool
     state_dir: Path

@@ -35,6 +35,7 @@ class LaunchSpec:
     registry_plain_http: bool
     fingerprint: str
     pull_always: bool = False  # re-pull a tag that may have moved (replace)
+    network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none (microVMs)
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
         return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"
