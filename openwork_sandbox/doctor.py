@@ -19,12 +19,14 @@ from .health import health_once
 from .runtimes import choice, probe
 from .runtimes.choice import DOCKER, MICROSANDBOX, HostFacts
 from .settings import Settings
+from .versions import at_least
 from .state import SandboxState
 
 BOTH = frozenset({DOCKER, MICROSANDBOX})
 
 # lower bounds known to work (kept in step with pyproject.toml by a test)
-PACKAGE_MINIMUMS = {"invoke": "2.2", "microsandbox": "0.7.11", "requests": "2.31", "python-dotenv": "1.0.1"}
+PACKAGE_MINIMUMS = {"invoke": "2.2", "microsandbox": "0.7.11", "requests": "2.31", "python-dotenv": "1.0.1",
+                    "packaging": "21.0"}
 PYTHON_MINIMUM = (3, 10)
 
 
@@ -39,16 +41,6 @@ class Check:
     def as_dict(self) -> dict:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix,
                 "needed_by": sorted(self.needed_by)}
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
 
 
 def check_python() -> Check:
@@ -67,7 +59,7 @@ def check_packages() -> Check:
             problems.append(f"{package} missing")
             continue
         found.append(f"{package} {version}")
-        if _version_tuple(version) < _version_tuple(minimum):
+        if not at_least(version, minimum):
             problems.append(f"{package} {version} < {minimum}")
     ok = not problems
     return Check("packages", ok, ", ".join(found) if ok else "; ".join(problems),
@@ -90,23 +82,22 @@ def check_docker_engine(facts: HostFacts) -> Check:
 
 
 def check_registry(settings: Settings) -> Check:
-    import requests
+    """The one registry ping (``Registry.ping``, quick: no retries), so doctor stays fast."""
+    from .errors import UnreachableError, WorkflowError
+    from .registry import Registry
 
     ref = settings.image_ref
-    host = ref.registry_host
-    scheme = "http" if settings.registry_plain_http else "https"
-    url = f"{scheme}://{host}/v2/"
-    name = f"registry {host}"
+    name = f"registry {ref.registry_host}"
     try:
-        resp = requests.get(url, timeout=5)
-    except requests.RequestException as exc:
+        code = Registry.for_settings(settings).ping(quick=True)
+    except UnreachableError as exc:
         fix = "scripts/services start" if ref.registry_is_loopback else \
             "check OPENWORK_MICROSANDBOX_IMAGE's registry, or OPENWORK_REGISTRY_INSECURE for plain HTTP"
-        return Check(name, False, f"{url} does not answer ({exc.__class__.__name__})", fix)
-    if resp.status_code in (200, 401):
-        auth = " (needs login: OPENWORK_REGISTRY_USERNAME/PASSWORD)" if resp.status_code == 401 else ""
-        return Check(name, True, f"{url} answers {resp.status_code}{auth}")
-    return Check(name, False, f"{url} answers {resp.status_code}", "is this a registry (Docker Registry HTTP API v2)?")
+        return Check(name, False, exc.message, fix)
+    except WorkflowError as exc:
+        return Check(name, False, exc.message, "is this a registry (Docker Registry HTTP API v2)?")
+    auth = " (needs login: OPENWORK_REGISTRY_USERNAME/PASSWORD)" if code == 401 else ""
+    return Check(name, True, f"GET /v2/ answers {code}{auth}")
 
 
 def check_microsandbox(facts: HostFacts) -> Check:

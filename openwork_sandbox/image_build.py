@@ -30,6 +30,7 @@ from typing import Any
 from . import console, npm_artifacts
 from .commands import docker, last_line, run, which
 from .errors import WorkflowError
+from .files import write_atomic
 from .settings import PROJECT_ROOT, Settings
 
 IMAGE_DIR = PROJECT_ROOT / "image"
@@ -63,9 +64,7 @@ def _read_json(path: Path) -> dict:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n", mode=0o644)
 
 
 # --- base image ----------------------------------------------------------------------------------

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import sys
 import time
 
 from . import console
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
-from .settings import GUEST_PORT, Settings, is_loopback
+from .settings import GUEST_PORT, Settings, is_loopback, parse_duration
 from .state import MIN_PUBLIC_TOKEN_LEN, SandboxState, deletion_problem, fingerprint, safe_remove, secret_digest
 from .up_decision import CREATE, QUIET, RECREATE, RELAUNCH, REUSE, START, Observed, UpDecision, decide_up
 
@@ -424,18 +423,14 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     return code
 
 
-SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-
-
 def parse_since(text: str | None) -> float | None:
-    """``--since``: seconds, or 30s, 5m, 2h, 1d -> seconds."""
+    """``--since``: a duration (settings.parse_duration: 30, 30s, 5m, 2h, 1d) -> seconds."""
     if text is None or str(text).strip() == "":
         return None
-    m = SINCE_RE.match(str(text))
-    if not m:
-        raise WorkflowError(f"--since {text!r}: expected seconds, or a number with s, m, h or d, e.g. 5m",
-                            exit_code=EXIT_BAD_SETTINGS)
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise WorkflowError(f"--since {text!r}: {exc}", exit_code=EXIT_BAD_SETTINGS) from None
 
 
 def _parse_tail(tail) -> int | None:

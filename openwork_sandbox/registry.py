@@ -55,22 +55,22 @@ class Registry:
 
     # --- HTTP with retries and auth --------------------------------------------------------------
     def _send(self, method: str, path: str, what: str, headers: dict | None = None,
-              scope: str | None = None) -> requests.Response:
+              scope: str | None = None, attempts: int = RETRIES, timeout: float | None = None) -> requests.Response:
         url = self.base + path
         delay = self.backoff
-        for attempt in range(1, RETRIES + 1):
+        for attempt in range(1, attempts + 1):
             hdrs = dict(headers or {})
             if scope and scope in self._bearer:
                 hdrs["Authorization"] = f"Bearer {self._bearer[scope]}"
             try:
-                resp = self.session.request(method, url, headers=hdrs, timeout=self.timeout,
+                resp = self.session.request(method, url, headers=hdrs, timeout=timeout or self.timeout,
                                             auth=None if "Authorization" in hdrs else self.auth,
                                             allow_redirects=True)
             except requests.exceptions.SSLError as exc:
                 hint = "; for a plain-HTTP registry set OPENWORK_REGISTRY_INSECURE=true" if self.scheme == "https" else ""
                 raise UnreachableError(f"registry {self.host}: TLS failed ({_reason(exc)}){hint}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt < RETRIES and not _refused(exc):
+                if attempt < attempts and not _refused(exc):
                     time.sleep(delay)
                     delay *= 2
                     continue
@@ -79,7 +79,7 @@ class Registry:
                                        "in OPENWORK_MICROSANDBOX_IMAGE right?") from None
             if resp.status_code == 401 and scope and scope not in self._bearer and self._authenticate(resp, scope):
                 continue
-            if resp.status_code >= 500 and attempt < RETRIES:
+            if resp.status_code >= 500 and attempt < attempts:
                 time.sleep(delay)
                 delay *= 2
                 continue
@@ -120,9 +120,12 @@ class Registry:
                              f"{what}{hint}".replace("  ", " "))
 
     # --- API ------------------------------------------------------------------------------------
-    def ping(self) -> int:
-        """``GET /v2/``: 200 (open) or 401 (needs login) means a registry answers."""
-        resp = self._send("GET", "/v2/", "checking the API (GET /v2/)")
+    def ping(self, *, quick: bool = False) -> int:
+        """``GET /v2/``: 200 (open) or 401 (needs login) means a registry answers.
+
+        ``quick`` (doctor): one attempt of at most 5 s, no retries."""
+        resp = self._send("GET", "/v2/", "checking the API (GET /v2/)", attempts=1 if quick else RETRIES,
+                          timeout=min(self.timeout, 5.0) if quick else None)
         if resp.status_code not in (200, 401):
             raise self._fail(resp, "GET /v2/ (is this a registry?)")
         return resp.status_code
