@@ -292,9 +292,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("state_dir", "OPENWORK_STATE_DIR", _path, None,
          "folder that holds .state/<name>/ folders (default: .state in the project)"),
     Spec("health_timeout", "OPENWORK_HEALTH_TIMEOUT", _seconds, 120.0,
-         "seconds to wait for GET /health after boot"),
+         "how long to wait for GET /health after boot (90, 90s, 2m)"),
     Spec("request_timeout", "OPENWORK_REQUEST_TIMEOUT", _seconds, 15.0,
-         "seconds one HTTP request may take"),
+         "how long one HTTP request may take (15, 15s, 1m)"),
     # image build (upstream's build-argument names)
     Spec("orchestrator_version", "OPENWORK_ORCHESTRATOR_VERSION", _version, "0.18.1",
          "openwork (orchestrator) version baked into the image"),
