@@ -241,3 +241,16 @@ def test_network_setting_is_checked(tmp_path):
     with pytest.raises(SettingsError) as err:
         make_settings(tmp_path, OPENWORK_MICROSANDBOX_NETWORK="lan")
     assert 'OPENWORK_MICROSANDBOX_NETWORK="lan"' in str(err.value) and "allow-all|public-only|none" in str(err.value)
+
+
+def test_one_event_loop_serves_every_call_of_a_runtime(tmp_path):
+    """The SDK's handles belong to the loop that made them: a runtime keeps one loop, not one per call."""
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    rt = MicrosandboxRuntime(unique_name("loop"), tmp_path / "state")
+    assert rt.status().state == "absent"
+    loop = rt._loop
+    assert rt.log_tail() == [] and rt.remove() is False and rt.status().state == "absent"
+    assert rt._loop is loop and not loop.is_closed()
+    rt.close()
+    assert loop.is_closed()
