@@ -25,7 +25,6 @@ from .state import MIN_PUBLIC_TOKEN_LEN, SandboxState, deletion_problem, fingerp
 from .up_decision import CREATE, QUIET, RECREATE, RELAUNCH, REUSE, START, Observed, UpDecision, decide_up
 
 
-
 @dataclasses.dataclass
 class Endpoint:
     """Where the sandbox's server answers and how to authenticate (tokens in clear: never print)."""
