@@ -129,6 +129,15 @@ class MicrosandboxRuntime(Runtime):
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)
 
+    def _sdk(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+        """``_run``, with the SDK's errors as one line: "microsandbox could not <what>: ..."."""
+        from microsandbox import MicrosandboxError
+
+        try:
+            return self._run(coro)
+        except MicrosandboxError as exc:
+            raise _sdk_error(exc, what) from None
+
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.close()
@@ -154,6 +163,13 @@ class MicrosandboxRuntime(Runtime):
             return await Sandbox.get(self.name)
         except SandboxNotFoundError:
             return None
+
+    async def _existing(self):
+        """The handle, or a WorkflowError saying there is no such sandbox."""
+        handle = await self._handle()
+        if handle is None:
+            raise WorkflowError(f"no microsandbox sandbox named {self.name}: run `invoke up` to create it")
+        return handle
 
     @staticmethod
     def _image_of(handle) -> str | None:
@@ -195,7 +211,7 @@ class MicrosandboxRuntime(Runtime):
             return None
 
     def status(self) -> RuntimeStatus:
-        from microsandbox import MicrosandboxError, SandboxStatus
+        from microsandbox import SandboxStatus
 
         async def go() -> RuntimeStatus:
             handle = await self._handle()
@@ -215,10 +231,7 @@ class MicrosandboxRuntime(Runtime):
                                  digest=config.get("manifest_digest"), started_at=started, fingerprint=fp,
                                  server_running=server if running else False, detail=detail)
 
-        try:
-            return self._run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"read the state of {self.name}") from None
+        return self._sdk(go(), f"read the state of {self.name}")
 
     def is_alive(self) -> bool:
         st = self.status()
@@ -292,9 +305,7 @@ class MicrosandboxRuntime(Runtime):
         from microsandbox import MicrosandboxError, SandboxStatus
 
         async def go() -> None:
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"sandbox {self.name} is gone: run `invoke up` again to create it")
+            handle = await self._existing()
             if handle.status not in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
                 console.info(f"starting microVM {self.name} ...")
             sb = await handle.connect_or_start(detached=True)
@@ -311,9 +322,7 @@ class MicrosandboxRuntime(Runtime):
         from microsandbox import MicrosandboxError
 
         async def go() -> None:
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"sandbox {self.name} is gone: run `invoke up` again to create it")
+            handle = await self._existing()
             job = await self._server_job(handle)
             if job is not None:
                 try:
@@ -323,13 +332,10 @@ class MicrosandboxRuntime(Runtime):
             sb = await handle.connect()
             await self._launch_server(sb, spec)
 
-        try:
-            self._run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"restart the server in {self.name}") from None
+        self._sdk(go(), f"restart the server in {self.name}")
 
     def stop(self) -> bool:
-        from microsandbox import MicrosandboxError, SandboxStatus
+        from microsandbox import SandboxStatus
 
         async def go() -> bool:
             handle = await self._handle()
@@ -338,10 +344,7 @@ class MicrosandboxRuntime(Runtime):
             await handle.stop(timeout=15)
             return True
 
-        try:
-            return self._run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"stop {self.name}") from None
+        return self._sdk(go(), f"stop {self.name}")
 
     def remove(self) -> bool:
         from microsandbox import MicrosandboxError
@@ -358,10 +361,7 @@ class MicrosandboxRuntime(Runtime):
                     await handle.destroy(force=True, timeout=10)
             return True
 
-        try:
-            removed = self._run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"remove {self.name}") from None
+        removed = self._sdk(go(), f"remove {self.name}")
         self._save_job(None)
         return removed
 
@@ -400,14 +400,12 @@ class MicrosandboxRuntime(Runtime):
     def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
                     system: bool = False) -> Iterator[str]:
         """Drive the SDK's async log stream from this synchronous generator (on the one loop)."""
-        from microsandbox import LogReadSource, MicrosandboxError
+        from microsandbox import LogReadSource
 
         since_ms = int((time.time() - since_s) * 1000) if since_s is not None else None
 
         async def open_stream():
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"no microsandbox sandbox named {self.name}: run `invoke up` first")
+            handle = await self._existing()
             if system:
                 if not follow:
                     entries = await handle.logs(tail=tail, since_ms=since_ms, sources=[LogReadSource.SYSTEM])
@@ -421,10 +419,7 @@ class MicrosandboxRuntime(Runtime):
                 return self._lines(await job.logs(tail=tail, since=since_ms))
             return await job.log_stream(tail=tail, since=since_ms, follow=True)
 
-        try:
-            stream = self._run(open_stream())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"read the logs of {self.name}") from None
+        stream = self._sdk(open_stream(), f"read the logs of {self.name}")
         if isinstance(stream, list):
             yield from stream
             return
@@ -439,17 +434,9 @@ class MicrosandboxRuntime(Runtime):
             yield from text.rstrip("\n").splitlines() or [""]
 
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
-        from microsandbox import MicrosandboxError
-
         async def go() -> tuple[int, str]:
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"no microsandbox sandbox named {self.name}: run `invoke up` first")
-            sb = await handle.connect(timeout=10)
+            sb = await (await self._existing()).connect(timeout=10)
             out = await sb.exec(argv[0], argv[1:], timeout=timeout)
             return out.exit_code, out.stdout_text + out.stderr_text
 
-        try:
-            return self._run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"run {argv[0]} in {self.name}") from None
+        return self._sdk(go(), f"run {argv[0]} in {self.name}")
