@@ -67,16 +67,6 @@ def docker(*args: str, input: str | None = None, timeout: float | None = 600, ch
     return proc
 
 
-def docker_engine_answers(timeout: float = 10) -> bool:
-    if which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                              timeout=timeout).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
 def stream_lines(argv: Sequence[str], *, env: dict | None = None):
     """Yield a command's output lines (stdout and stderr merged) as they come.
 

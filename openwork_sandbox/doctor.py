@@ -1,7 +1,8 @@
 """`invoke doctor`: what this machine can and cannot run, one line per check, and what to do.
 
-Each check is a small function returning a :class:`Check`. The runtime ``auto`` would pick is
-derived from the checks; the exit code is 0 when the chosen runtime can work, 1 otherwise.
+Each check is a small function returning a :class:`Check`. The host facts are read once
+(``probe.host_facts``); the runtime is chosen from them by the same rule ``up`` uses
+(``runtimes.choice``). The exit code is 0 when the chosen runtime can work, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from pathlib import Path
 
 from . import commands, console, ports
 from .health import health_once
-from .runtimes import probe
+from .runtimes import choice, probe
+from .runtimes.choice import DOCKER, MICROSANDBOX, HostFacts
 from .settings import Settings
+from .versions import at_least
+from .state import SandboxState
 
-DOCKER = "docker"
-MICROSANDBOX = "microsandbox"
 BOTH = frozenset({DOCKER, MICROSANDBOX})
 
 # lower bounds known to work (kept in step with pyproject.toml by a test)
-PACKAGE_MINIMUMS = {"invoke": "2.2", "microsandbox": "0.7.11", "requests": "2.31", "python-dotenv": "1.0.1"}
+PACKAGE_MINIMUMS = {"invoke": "2.2", "microsandbox": "0.7.11", "requests": "2.31", "python-dotenv": "1.0.1",
+                    "packaging": "21.0"}
 PYTHON_MINIMUM = (3, 10)
 
 
@@ -38,16 +41,6 @@ class Check:
     def as_dict(self) -> dict:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix,
                 "needed_by": sorted(self.needed_by)}
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
 
 
 def check_python() -> Check:
@@ -66,7 +59,7 @@ def check_packages() -> Check:
             problems.append(f"{package} missing")
             continue
         found.append(f"{package} {version}")
-        if _version_tuple(version) < _version_tuple(minimum):
+        if not at_least(version, minimum):
             problems.append(f"{package} {version} < {minimum}")
     ok = not problems
     return Check("packages", ok, ", ".join(found) if ok else "; ".join(problems),
@@ -82,18 +75,15 @@ def check_docker_client() -> Check:
     return Check("docker client", True, f"docker {version}", needed_by=frozenset({DOCKER}))
 
 
-def check_docker_engine() -> Check:
-    if commands.which("docker") is None:
-        return Check("docker engine", False, "no docker client", "scripts/services start", frozenset({DOCKER}))
-    proc = commands.run(["docker", "version", "--format", "{{.Server.Version}}"], check=False, timeout=15)
-    if proc.returncode == 0 and proc.stdout.strip():
-        return Check("docker engine", True, f"engine {proc.stdout.strip()} answers", needed_by=frozenset({DOCKER}))
-    return Check("docker engine", False, f"does not answer ({commands.last_line(proc.stderr)})",
-                 "scripts/services start (or start Docker Desktop)", frozenset({DOCKER}))
+def check_docker_engine(facts: HostFacts) -> Check:
+    ok, detail = facts.docker or (False, "not asked")
+    return Check("docker engine", ok, detail, "" if ok else "scripts/services start (or start Docker Desktop)",
+                 frozenset({DOCKER}))
 
 
 def check_registry(settings: Settings) -> Check:
-    """``GET /v2/`` the way push-image asks it (registry.Registry: HTTPS first, Docker's login and CAs)."""
+    """The one registry ping (``Registry.ping``, quick: one try, no retries) as push-image asks it
+    (HTTPS first, Docker's login and CAs), so doctor stays fast."""
     from .errors import UnreachableError, WorkflowError
     from .registry import Registry
 
@@ -104,8 +94,7 @@ def check_registry(settings: Settings) -> Check:
         "check OPENWORK_MICROSANDBOX_IMAGE's registry, or OPENWORK_REGISTRY_INSECURE for plain HTTP"
     try:
         registry = Registry.for_settings(settings)
-        registry.timeout = 5
-        code = registry.ping()
+        code = registry.ping(quick=True)
     except UnreachableError as exc:
         return Check(name, False, exc.message, fix)
     except WorkflowError as exc:  # a wrong login, a CA that is not trusted, not a registry
@@ -114,46 +103,29 @@ def check_registry(settings: Settings) -> Check:
     return Check(name, True, f"{registry.base}/v2/ answers {code}{auth}")
 
 
-def check_microsandbox() -> Check:
+def check_microsandbox(facts: HostFacts) -> Check:
     needed = frozenset({MICROSANDBOX})
     try:
         version = metadata.version("microsandbox")
     except metadata.PackageNotFoundError:
         return Check("microsandbox", False, "SDK not installed", "pip install microsandbox", needed)
-    msb = probe.msb_path()
-    if msb is None:
+    if facts.msb is None:
         return Check("microsandbox", False, f"SDK {version}, but no msb runtime",
                      "pip install --force-reinstall microsandbox", needed)
-    return Check("microsandbox", True, f"SDK {version}, runtime {msb}", needed_by=needed)
+    return Check("microsandbox", True, f"SDK {version}, runtime {facts.msb}", needed_by=needed)
 
 
-def check_kvm(path: Path = probe.KVM_DEVICE) -> Check:
-    needed = frozenset({MICROSANDBOX})
-    if platform.system() == "Darwin":
-        return Check("/dev/kvm", True, "not needed on macOS (Hypervisor.framework)", needed_by=needed)
-    if not path.exists():
-        return Check("/dev/kvm", False, "missing", "enable KVM (load kvm_intel/kvm_amd) or use the Docker runtime", needed)
-    if not os.access(path, os.R_OK | os.W_OK):
-        return Check("/dev/kvm", False, "not readable and writable by this user",
-                     "add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again", needed)
-    return Check("/dev/kvm", True, "readable and writable", needed_by=needed)
+def check_kvm(facts: HostFacts) -> Check:
+    ok, detail = choice.kvm_verdict(facts)
+    fix = "" if ok else ("add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again"
+                         if facts.kvm_present else "enable KVM (load kvm_intel/kvm_amd) or use the Docker runtime")
+    return Check("/dev/kvm", ok, detail, fix, frozenset({MICROSANDBOX}))
 
 
-def check_virtualization(cpuinfo: Path = probe.CPUINFO) -> Check:
-    needed = frozenset({MICROSANDBOX})
-    if platform.system() == "Darwin":
-        return Check("virtualization", True, "macOS Hypervisor.framework", needed_by=needed)
-    if platform.machine() in ("aarch64", "arm64"):
-        # arm64 has no cpuinfo flag for it: KVM being present is the signal
-        ok = probe.KVM_DEVICE.exists()
-        return Check("virtualization", ok, "arm64 with KVM" if ok else "arm64 without KVM",
-                     "" if ok else "use the Docker runtime", needed)
-    flag = probe.cpu_virtualization_flag(cpuinfo)
-    if flag:
-        return Check("virtualization", True, f"CPU flag {flag} present", needed_by=needed)
-    return Check("virtualization", False,
-                 "no vmx/svm CPU flag: this machine is a VM without nested virtualization, microVMs cannot boot",
-                 "use the Docker runtime (OPENWORK_MICROSANDBOX_RUNTIME=docker), or a host with KVM", needed)
+def check_virtualization(facts: HostFacts) -> Check:
+    ok, detail = choice.virtualization_verdict(facts)
+    fix = "" if ok else "use the Docker runtime (OPENWORK_MICROSANDBOX_RUNTIME=docker), or a host with KVM"
+    return Check("virtualization", ok, detail, fix, frozenset({MICROSANDBOX}))
 
 
 def check_port(settings: Settings) -> Check:
@@ -186,45 +158,27 @@ def check_state_folders(settings: Settings) -> Check:
     return Check("state folders", True, f"writable under {settings.sandbox_state_dir}")
 
 
-def collect_checks(settings: Settings) -> list[Check]:
+def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
     return [
         check_python(),
         check_packages(),
         check_docker_client(),
-        check_docker_engine(),
+        check_docker_engine(facts),
         check_registry(settings),
-        check_microsandbox(),
-        check_kvm(),
-        check_virtualization(),
+        check_microsandbox(facts),
+        check_kvm(facts),
+        check_virtualization(facts),
         check_port(settings),
         check_state_folders(settings),
     ]
 
 
-def _missing_for(checks: list[Check], runtime: str) -> list[str]:
-    """The failing checks that only this runtime needs (what rules it in or out)."""
-    return [c.name for c in checks if c.needed_by == frozenset({runtime}) and not c.ok]
-
-
-def pick_runtime(checks: list[Check], setting: str) -> tuple[str | None, str]:
-    """Which runtime ``setting`` (auto|microsandbox|docker) resolves to, and why."""
-    if setting != "auto":
-        bad = _missing_for(checks, setting)
-        return setting, f"set to {setting}" + (f"; failing: {', '.join(bad)}" if bad else "")
-    ms_missing = _missing_for(checks, MICROSANDBOX)
-    if not ms_missing:
-        return MICROSANDBOX, "microVMs can boot here (microsandbox, KVM and CPU virtualization present)"
-    docker_missing = _missing_for(checks, DOCKER)
-    if not docker_missing:
-        return DOCKER, f"microVMs cannot boot here ({', '.join(ms_missing)} ✗) and the Docker engine answers"
-    return None, (f"neither runtime can work: microsandbox needs {', '.join(ms_missing)}; "
-                  f"Docker needs {', '.join(docker_missing)}")
-
-
 def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
-    checks = collect_checks(settings)
-    chosen, why = pick_runtime(checks, settings.runtime)
-    ok = chosen is not None and all(c.ok for c in checks if chosen in c.needed_by)
+    facts = probe.host_facts()
+    checks = collect_checks(settings, facts)
+    picked = choice.decide_runtime(facts, settings.runtime, SandboxState(settings).record().get("runtime"))
+    chosen, why = picked.kind, picked.reason
+    ok = chosen is not None and picked.usable and all(c.ok for c in checks if chosen in c.needed_by)
     if as_json:
         console.emit_json({
             "ok": ok,

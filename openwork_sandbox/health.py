@@ -129,11 +129,11 @@ def wait_for_health(
             http.close()
 
 
-def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | None:
+def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0, path: str = "/workspace") -> str | None:
     """``GET /workspaces`` must be 401 without a token and 200 with the client token.
 
-    Returns the first workspace's id (None when the list is empty). Raises WorkflowError naming
-    what answered instead.
+    Returns the id of the workspace at ``path`` (the one ``smoke`` checks; None when it is not
+    listed). Raises WorkflowError naming what answered instead.
     """
     endpoint = url.rstrip("/") + "/workspaces"
     try:
@@ -156,10 +156,11 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | 
         body = authed.json()
     except ValueError:
         raise WorkflowError(f"GET {endpoint} answered 200 with a body that is not JSON") from None
+    from .openwork_api import workspace_at
+
     items = (body.get("items") or body.get("workspaces") or []) if isinstance(body, dict) else []
-    if items and isinstance(items[0], dict):
-        return items[0].get("id")
-    return None
+    chosen = workspace_at(items, path)
+    return chosen.get("id") if chosen else None
 
 
 def health_once(url: str, *, timeout_s: float = 1.0) -> dict | None:

@@ -30,6 +30,7 @@ from typing import Any
 from . import console, gha, npm_artifacts
 from .commands import docker, last_line, run, stream_lines, which
 from .errors import WorkflowError
+from .files import write_atomic
 from .settings import Settings
 
 IMAGE_DIR = Path(__file__).resolve().parent / "image"  # package data: ships in the wheel
@@ -65,9 +66,7 @@ def _read_json(path: Path) -> dict:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n", mode=0o644)
 
 
 # --- base image ----------------------------------------------------------------------------------

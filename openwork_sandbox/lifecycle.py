@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import sys
 import time
 
 from . import console
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
-from .settings import GUEST_PORT, Settings, is_loopback
+from .settings import GUEST_PORT, Settings, is_loopback, parse_duration
 from .state import MIN_PUBLIC_TOKEN_LEN, SandboxState, deletion_problem, fingerprint, safe_remove, secret_digest
-
-DOCKER_HINT = "use the Docker runtime: invoke up --runtime docker (or OPENWORK_MICROSANDBOX_RUNTIME=docker)"
+from .up_decision import CREATE, QUIET, RECREATE, RELAUNCH, REUSE, START, Observed, UpDecision, decide_up
 
 
 @dataclasses.dataclass
@@ -47,29 +45,18 @@ class Endpoint:
 # --- which runtime ---------------------------------------------------------------------------------
 
 def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tuple[str, str]:
-    """``(runtime, why)`` for ``up``. ``auto``: the runtime this sandbox already uses, else
-    microsandbox where microVMs boot, else Docker, else a WorkflowError naming what is missing.
-    An explicit ``microsandbox`` on a host that cannot boot microVMs fails here, before any boot."""
-    from .runtimes.probe import docker_support, microvm_support
+    """``(runtime, why)`` for ``up`` by the one rule (:mod:`.runtimes.choice`): ``auto`` keeps the
+    runtime this sandbox already uses, else microsandbox where microVMs boot, else Docker. A runtime
+    this host cannot run (e.g. an explicit ``microsandbox`` without KVM) fails here, before any boot."""
+    from .runtimes.probe import choose_runtime as choose
 
-    if settings.runtime == "docker":
-        return "docker", f"OPENWORK_MICROSANDBOX_RUNTIME=docker from {settings.origin('runtime')}"
-    if settings.runtime == "microsandbox":
-        ok, why = microvm_support()
-        if not ok:
-            raise WorkflowError(f"this host cannot run microVMs: {why}; {DOCKER_HINT}")
-        return "microsandbox", f"OPENWORK_MICROSANDBOX_RUNTIME=microsandbox from {settings.origin('runtime')}; {why}"
     recorded = (state or SandboxState(settings)).record().get("runtime")
-    if recorded in ("docker", "microsandbox"):
-        if recorded == "docker" or microvm_support()[0]:
-            return recorded, f"auto: sandbox {settings.name} already uses {recorded}"
-    ok, vm_why = microvm_support()
-    if ok:
-        return "microsandbox", f"auto: microVMs can boot here: {vm_why}"
-    docker_ok, docker_why = docker_support()
-    if docker_ok:
-        return "docker", f"auto: microVMs cannot boot here: {vm_why}; {docker_why}"
-    raise WorkflowError(f"no runtime can run the sandbox here: microVMs: {vm_why}; Docker: {docker_why}")
+    picked = choose(settings.runtime, recorded)
+    if picked.kind is None or not picked.usable:
+        raise WorkflowError(picked.reason)
+    if settings.runtime != "auto":
+        return picked.kind, f"{picked.reason} (OPENWORK_MICROSANDBOX_RUNTIME from {settings.origin('runtime')})"
+    return picked.kind, picked.reason
 
 
 def _existing_runtime(settings: Settings, state: SandboxState) -> Runtime | None:
@@ -80,10 +67,10 @@ def _existing_runtime(settings: Settings, state: SandboxState) -> Runtime | None
     if settings.runtime in ("docker", "microsandbox"):
         return runtime_for(settings.runtime, settings)
     # nothing recorded: look for a sandbox of this name in whichever runtime answers
-    from . import commands
+    from .runtimes.probe import docker_support
 
     candidates = []
-    if commands.docker_engine_answers(timeout=5):
+    if docker_support(timeout=5)[0]:
         candidates.append("docker")
     candidates.append("microsandbox")
     for kind in candidates:
@@ -132,24 +119,26 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
         "connect_host": settings.connect_host, "mounts": {k: str(v) for k, v in mounts.items()},
         "approval": settings.approval_mode, "offline": settings.offline, "cpus": settings.cpus, "memory": settings.memory,
         "token": secret_digest(token), "host_token": secret_digest(host_token),
+        # only when not the default, so sandboxes made before this setting existed are kept
+        **({"network": settings.network} if settings.network != "allow-all" else {}),
     })
     return LaunchSpec(
         name=settings.name, image=image, host_port=settings.port, bind_address=settings.bind_address,
         guest_port=GUEST_PORT, mounts=mounts, env=env, cpus=settings.cpus, memory_mib=settings.memory,
         registry_plain_http=settings.registry_plain_http, fingerprint=fp, pull_always=settings.replace,
         pull_options=lambda: runtime_pull_options(settings, image),
+        network=settings.network,
     )
 
 
-def _ensure_port_free(settings: Settings) -> None:
-    from .ports import port_holder, port_is_free
+def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
+    from .ports import port_holder
 
-    if port_is_free(settings.port, settings.bind_address):
-        return
-    raise WorkflowError(
-        f"port {settings.port} is already in use by {port_holder(settings.port)}: stop it, or choose another port "
-        f"with --port / OPENWORK_MICROSANDBOX_PORT"
-    )
+    if decision.port_busy:
+        raise WorkflowError(
+            f"port {settings.port} is already in use by {port_holder(settings.port)}: stop it, or choose another port "
+            f"with --port / OPENWORK_MICROSANDBOX_PORT"
+        )
 
 
 # --- up --------------------------------------------------------------------------------------------
@@ -267,92 +256,88 @@ def _report(ep: Endpoint, *, action: str, seconds: float, settings: Settings, sh
                       f"{settings.sandbox_state_dir / 'tokens.json'} unless you set them)")
 
 
-def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, as_json: bool = False) -> Endpoint:
-    """Create, start or reuse the sandbox and wait until its server is healthy; see the module doc."""
+def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, spec_fingerprint: str) -> Observed:
+    """What `up` decides on: the record, the runtime's status, one health probe, the port."""
+    from .health import health_once
+    from .ports import port_is_free
+
+    st = rt.status()
+    return Observed(
+        name=settings.name, kind=kind, recorded=state.record().get("runtime"), status=st,
+        fingerprint=spec_fingerprint, replace=settings.replace,
+        health=health_once(settings.url, timeout_s=1.0) if st.state == RUNNING else None,
+        port_free=port_is_free(settings.port, settings.bind_address),
+    )
+
+
+def _save_record(state: SandboxState, settings: Settings, kind: str, spec: LaunchSpec, **extra) -> None:
+    """The one place `up` writes what runs (so logs/status/reset find it even when a boot fails)."""
+    state.save_record(runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port,
+                      url=settings.url, **extra)
+
+
+def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, decision: UpDecision,
+         spec: LaunchSpec, token: str) -> tuple[dict, str | None]:
+    """Carry out ``decision``; returns the health body and the workspace id."""
     from .health import check_workspaces
 
+    if decision.remove_old:
+        try:
+            if runtime_for(decision.remove_old, settings).remove():
+                console.info(f"removed the {decision.remove_old} sandbox {settings.name} (runtime changed to "
+                             f"{rt.kind}; state kept)")
+        except WorkflowError as exc:
+            console.info(f"note: could not remove the old {decision.remove_old} sandbox: {exc.message}")
+    if decision.action not in QUIET:
+        console.info(decision.reason)
+    if decision.action == REUSE:
+        return seen.health or {}, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
+    fresh = decision.action in (CREATE, RECREATE)
+    _save_record(state, settings, rt.kind, spec, **({"created_at": time.time(), "workspace_id": None} if fresh else {}))
+    if decision.action == RECREATE:
+        rt.remove()
+    if fresh:
+        rt.create(spec)
+    elif decision.action in (START, RELAUNCH):
+        rt.start(spec)
+    return _wait_until_ready(settings, rt, token, spec)
+
+
+def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, as_json: bool = False) -> Endpoint:
+    """Create, start or reuse the sandbox and wait until its server is healthy; see the module doc.
+
+    Observe, decide (:func:`up_decision.decide_up`), act, report. For a new sandbox the decision
+    is also made before the lock, so a busy port fails before anything is created; the one acted
+    on is made under the lock (another `up` may have finished meanwhile)."""
     started = time.monotonic()
     state = SandboxState(settings)
     _check_exposure(settings)
     kind, why = choose_runtime(settings, state)
     console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
-    recorded = state.record().get("runtime")
     rt = runtime_for(kind, settings)
 
-    st = rt.status()
-    if st.state != RUNNING and recorded in (None, kind):
-        _ensure_port_free(settings)  # before anything is created
-
+    if not state.exists():  # the lock creates .state/<name>/: a busy port fails before that
+        token, host_token = state.tokens(create=False)
+        fp = launch_spec(settings, kind, token or "", host_token or "").fingerprint
+        _refuse_busy_port(settings, decide_up(_observe(settings, state, kind, rt, fp)))
     with state.lock(action="up"):
-        if recorded and recorded != kind:
-            old = runtime_for(recorded, settings)
-            try:
-                if old.remove():
-                    console.info(f"removed the {recorded} sandbox {settings.name} (runtime changed to {kind}; state kept)")
-            except WorkflowError as exc:
-                console.info(f"note: could not remove the old {recorded} sandbox: {exc.message}")
         state.ensure()
         token, host_token = state.tokens()
         if not token or not host_token:  # tokens() generates what is missing; this is a safety net
             raise WorkflowError(f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again")
         spec = launch_spec(settings, kind, token, host_token)
-        st = rt.status()
-
-        action, health = _decide(settings, rt, st, spec)
-        if action == "reused":
-            health = health or {}
-            workspace_id = check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
-            console.info("already running and healthy with the same image and settings: nothing to do")
-        else:
-            # record first: if the boot fails, logs/status/reset still find the sandbox
-            state.save_record(runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port,
-                              url=settings.url)
-            if action in ("created", "recreated"):
-                if action == "recreated":
-                    rt.remove()
-                _ensure_port_free(settings)
-                rt.create(spec)
-            elif action == "started":
-                _ensure_port_free(settings)
-                rt.start(spec)
-            elif action == "relaunched":
-                rt.start(spec)
-            if action in ("created", "recreated"):
-                state.save_record(created_at=time.time(), workspace_id=None)
-            health, workspace_id = _wait_until_ready(settings, rt, token, spec)
-        state.save_record(runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port,
-                          url=settings.url, workspace_id=workspace_id, healthy_at=time.time())
+        seen = _observe(settings, state, kind, rt, spec.fingerprint)
+        decision = decide_up(seen)
+        _refuse_busy_port(settings, decision)
+        health, workspace_id = _act(settings, state, rt, seen, decision, spec, token)
+        _save_record(state, settings, kind, spec, workspace_id=workspace_id, healthy_at=time.time())
 
     ep = Endpoint(settings.url, token, host_token, kind, settings.name, workspace_id)
-    _report(ep, action=action, seconds=time.monotonic() - started, settings=settings, show_tokens=show_tokens,
+    _report(ep, action=decision.done, seconds=time.monotonic() - started, settings=settings, show_tokens=show_tokens,
             as_json=as_json, health=health)
     if follow:
         _follow(rt, tail=20, to_stdout=not as_json)
     return ep
-
-
-def _decide(settings: Settings, rt: Runtime, st: RuntimeStatus, spec: LaunchSpec) -> tuple[str, dict | None]:
-    """What `up` must do: created | recreated | started | relaunched | waited | reused."""
-    from .health import health_once
-
-    if st.state == ABSENT:
-        return "created", None
-    if settings.replace:
-        console.info(f"replacing {settings.name} (--replace); state folders are kept")
-        return "recreated", None
-    if st.fingerprint != spec.fingerprint:
-        console.info(f"{settings.name} was created with another image or settings: recreating it (state folders kept)")
-        return "recreated", None
-    if st.state != RUNNING:
-        console.info(f"{settings.name} is stopped: starting it")
-        return "started", None
-    if st.server_running is False:
-        console.info(f"{settings.name} runs but its server does not ({st.detail}): relaunching the server")
-        return "relaunched", None
-    body = health_once(settings.url, timeout_s=1.0)
-    if body is not None:
-        return "reused", body
-    return "waited", None  # running, server process up but not healthy yet: wait for it
 
 
 def _follow(rt: Runtime, *, tail: int | None, to_stdout: bool = True) -> None:
@@ -398,10 +383,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     record = state.record()
     rt = _existing_runtime(settings, state)
     st = rt.status() if rt else RuntimeStatus(ABSENT)
-    digest = st.digest
-    if rt is not None and rt.kind == "docker" and st.image:
-        pinned = st.image if "@sha256:" in st.image else None  # repo@sha256:… (image_pin) is its own digest
-        digest = pinned or rt.image_digest(st.image) or st.digest  # type: ignore[attr-defined]
+    digest = rt.digest(st) if rt is not None else None
     health = health_once(settings.url, timeout_s=min(2.0, settings.request_timeout)) if st.state == RUNNING else None
     uptime = (time.time() - st.started_at) if st.started_at else None
     token, host_token = state.tokens(create=False)
@@ -445,18 +427,14 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     return code
 
 
-SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-
-
 def parse_since(text: str | None) -> float | None:
-    """``--since``: seconds, or 30s, 5m, 2h, 1d -> seconds."""
+    """``--since``: a duration (settings.parse_duration: 30, 30s, 5m, 2h, 1d) -> seconds."""
     if text is None or str(text).strip() == "":
         return None
-    m = SINCE_RE.match(str(text))
-    if not m:
-        raise WorkflowError(f"--since {text!r}: expected seconds, or a number with s, m, h or d, e.g. 5m",
-                            exit_code=EXIT_BAD_SETTINGS)
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise WorkflowError(f"--since {text!r}: {exc}", exit_code=EXIT_BAD_SETTINGS) from None
 
 
 def _parse_tail(tail) -> int | None:

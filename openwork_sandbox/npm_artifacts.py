@@ -34,7 +34,9 @@ import requests
 from . import console
 from .commands import run, which
 from .errors import UnreachableError, WorkflowError
+from .files import write_atomic
 from .http import outside_session
+from .versions import npm_version_key
 from .settings import Settings
 
 CHUNK = 1 << 20
@@ -136,14 +138,7 @@ def existing_versions(settings: Settings, package: str) -> list[str]:
         versions = list(resp.json().get("versions", {}))
     except ValueError:
         return []
-    return sorted(versions, key=_version_key)
-
-
-def _version_key(version: str) -> tuple:
-    """Order versions like semver: numbers numerically, a pre-release before its release."""
-    core, _, pre = version.partition("-")
-    numbers = tuple(int(p) if p.isdigit() else 0 for p in core.split("."))
-    return numbers, pre == "", pre
+    return sorted(versions, key=npm_version_key)
 
 
 def version_doc(settings: Settings, package: str, version: str, override_env: str | None = None) -> dict:
@@ -176,7 +171,7 @@ def version_doc(settings: Settings, package: str, version: str, override_env: st
         raise WorkflowError(f"{package}@{version} has no sha512 dist.integrity in {registry}; refusing an unverified "
                             f"download{'; set ' + override_env + ' to a local executable' if override_env else ''}")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(cached, json.dumps({"name": doc.get("name"), "version": doc.get("version"), "dist": dist}).encode())
+    write_atomic(cached, json.dumps({"name": doc.get("name"), "version": doc.get("version"), "dist": dist}).encode())
     return doc
 
 
@@ -210,7 +205,7 @@ def file_digest(path: Path, algorithm: str) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
-    _atomic_write(record, json.dumps({"hex": h.hexdigest(), "stat": _signature(path)}).encode())
+    write_atomic(record, json.dumps({"hex": h.hexdigest(), "stat": _signature(path)}).encode())
     return h.hexdigest()
 
 
@@ -273,13 +268,6 @@ def _download(settings: Settings, url: str, dest: Path, package: str, version: s
             os.unlink(tmp)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 # --- programs ------------------------------------------------------------------------------------
 
 def sha256_file(path: Path) -> str:
@@ -318,7 +306,7 @@ def extract_program(settings: Settings, program: Program, tarball: Path, package
     os.utime(tmp, ns=(FIXED_MTIME * 10**9, FIXED_MTIME * 10**9))  # same layer bytes on every machine
     os.replace(tmp, exe)
     digest = file_digest(exe, "sha256")
-    _atomic_write(record, (digest + "\n").encode())
+    write_atomic(record, (digest + "\n").encode())
     return Artifact(program.name, exe, digest, version, f"npm:{package}@{version}",
                     integrity=sri(bytes.fromhex(tarball.stem)))
 

@@ -28,6 +28,13 @@ def workspace_id(path: str) -> str:
     return "ws_" + hashlib.sha256(path.encode()).hexdigest()[:12]
 
 
+def workspace_at(items, path: str = "/workspace") -> dict | None:
+    """The workspace whose ``path`` is ``path`` (the sandbox's is /workspace) in a /workspaces list.
+
+    ``up`` records its id and ``smoke`` checks it: both pick it with this, never the first listed."""
+    return next((w for w in items or [] if isinstance(w, dict) and w.get("path") == path), None)
+
+
 def join_url(base: str, path: str) -> str:
     """``base`` + ``path``, keeping a path prefix in ``base`` (``http://h/prefix/`` + ``/health`` is
     ``http://h/prefix/health``); works for ``http://[::1]:8787``. A query in ``path`` is kept."""

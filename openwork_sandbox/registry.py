@@ -104,7 +104,7 @@ class Registry:
 
     # --- HTTP with retries and auth --------------------------------------------------------------
     def _send(self, method: str, path: str, what: str, headers: dict | None = None,
-              scope: str | None = None) -> requests.Response:
+              scope: str | None = None, attempts: int = RETRIES, timeout: float | None = None) -> requests.Response:
         delay = self.backoff
         answered: set[str] = set()  # challenges answered for this request: each once
         attempt = 0
@@ -116,7 +116,7 @@ class Registry:
                 hdrs["Authorization"] = f"Bearer {token}"
             basic = self.credentials is not None and self._basic and not token and bool(self.credentials.password)
             try:
-                resp = self.session.request(method, self.base + path, headers=hdrs, timeout=self.timeout,
+                resp = self.session.request(method, self.base + path, headers=hdrs, timeout=timeout or self.timeout,
                                             allow_redirects=True,
                                             auth=(self.credentials.username, self.credentials.password) if basic else None)
             except requests.exceptions.SSLError as exc:
@@ -125,7 +125,7 @@ class Registry:
                     continue
                 raise self._tls_error(exc, self.host) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt < RETRIES and not _refused(exc):
+                if attempt < attempts and not _refused(exc):
                     time.sleep(delay)
                     delay *= 2
                     continue
@@ -138,7 +138,7 @@ class Registry:
                 if kind:
                     answered.add(kind)
                     continue
-            if resp.status_code >= 500 and attempt < RETRIES:
+            if resp.status_code >= 500 and attempt < attempts:
                 time.sleep(delay)
                 delay *= 2
                 continue
@@ -248,9 +248,12 @@ class Registry:
                              f"{what}{hint}".replace("  ", " "))
 
     # --- API ------------------------------------------------------------------------------------
-    def ping(self) -> int:
-        """``GET /v2/`` (with the login, as ``docker login`` checks it): 200, or 401 without a login."""
-        resp = self._send("GET", "/v2/", "checking the API (GET /v2/)")
+    def ping(self, *, quick: bool = False) -> int:
+        """``GET /v2/`` (with the login, as ``docker login`` checks it): 200, or 401 without a login.
+
+        ``quick`` (doctor): one attempt of at most 5 s, no retries."""
+        resp = self._send("GET", "/v2/", "checking the API (GET /v2/)", attempts=1 if quick else RETRIES,
+                          timeout=min(self.timeout, 5.0) if quick else None)
         if resp.status_code not in (200, 401):
             raise self._fail(resp, "GET /v2/ (is this a registry?)")
         return resp.status_code

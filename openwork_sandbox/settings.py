@@ -72,13 +72,27 @@ def _int_range(low: int, high: int, example: int, unit: str = "") -> Callable[[s
     return parse
 
 
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_HELP = "seconds, or a number with s, m, h or d, e.g. 90, 90s or 2m"
+
+
+def parse_duration(text: str) -> float:
+    """The one duration rule (timeouts, ``logs --since``): ``90``, ``90s``, ``2m``, ``1.5h``, ``1d``
+    -> seconds. Raises ValueError naming what is accepted."""
+    m = DURATION_RE.match(str(text))
+    if not m:
+        raise ValueError(f"expected {DURATION_HELP}")
+    return float(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
 def _seconds(raw: str) -> float:
     try:
-        value = float(raw.strip())
+        value = parse_duration(raw)
     except ValueError:
-        raise _Invalid("expected seconds (a number above 0), e.g. 60") from None
+        value = 0.0
     if not 0 < value <= 86400:
-        raise _Invalid("expected seconds (a number above 0), e.g. 60")
+        raise _Invalid(f"expected a duration above 0 and at most a day: {DURATION_HELP}")
     return value
 
 
@@ -199,8 +213,10 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 
 def _version(raw: str) -> str:
-    value = raw.strip().lstrip("v")
-    if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?$", value):
+    from .versions import npm_version
+
+    value = npm_version(raw)
+    if value is None:
         raise _Invalid("expected a version like 1.2.3")
     return value
 
@@ -265,6 +281,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("cpus", "OPENWORK_MICROSANDBOX_CPUS", _int_range(1, 64, 2), 2, "virtual CPUs"),
     Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", _int_range(256, 262144, 2048, " MiB"), 2048,
          "memory in MiB"),
+    Spec("network", "OPENWORK_MICROSANDBOX_NETWORK", _choice("allow-all", "public-only", "none"), "allow-all",
+         "what the microVM may reach: allow-all (as upstream: the host, the LAN, the internet), public-only "
+         "(the internet only), none (nothing outbound; the published port still answers)"),
     Spec("approval_mode", "OPENWORK_APPROVAL_MODE", _choice("auto", "manual"), "auto",
          "openwork-server approval mode"),
     Spec("offline", "OPENWORK_OFFLINE", _bool, False,
@@ -272,9 +291,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("state_dir", "OPENWORK_STATE_DIR", _path, None,
          "folder that holds .state/<name>/ folders (default: .state in the project)"),
     Spec("health_timeout", "OPENWORK_HEALTH_TIMEOUT", _seconds, 120.0,
-         "seconds to wait for GET /health after boot"),
+         "how long to wait for GET /health after boot (90, 90s, 2m)"),
     Spec("request_timeout", "OPENWORK_REQUEST_TIMEOUT", _seconds, 15.0,
-         "seconds one HTTP request may take"),
+         "how long one HTTP request may take (15, 15s, 1m)"),
     # image build (upstream's build-argument names)
     Spec("orchestrator_version", "OPENWORK_ORCHESTRATOR_VERSION", _version, "0.18.1",
          "openwork (orchestrator) version baked into the image"),
@@ -328,6 +347,7 @@ class Settings:
     runtime: str
     cpus: int
     memory: int
+    network: str
     approval_mode: str
     offline: bool
     state_dir: Path
@@ -405,28 +425,52 @@ class Settings:
 
 # --- loading ----------------------------------------------------------------------------------
 
+_DOTENV_KEY = re.compile(r"""[ \t]*(?:export[ \t]+)?(?P<key>'[^'\n]*'|[^=#\s'"]+)[ \t]*(?P<eq>=[ \t]*)?""")
+_DOTENV_QUOTED = {'"': re.compile(r'"(?:\\.|[^"\\])*"', re.S), "'": re.compile(r"'(?:\\'|[^'])*'", re.S)}
+_DOTENV_END = re.compile(r"[ \t]*(?:#[^\n]*)?(?:\n|$)")
+
+
 def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
-    """Unparseable lines (python-dotenv only logs them) and the line number of each key.
+    """Lines python-dotenv cannot parse (it only logs and skips them), and each key's line number.
 
-    Uses python-dotenv's own parser, so what counts as a bad line is exactly what it skips."""
-    import io
-
-    from dotenv.parser import parse_stream
-
+    python-dotenv's grammar, scanned here: blank lines and ``#`` comments; ``[export] KEY[=VALUE]``
+    where VALUE is unquoted (to the end of the line, ``# comment`` allowed) or single- or
+    double-quoted (may span lines, backslash escapes)."""
     secret_keys = {s.env for s in SPECS if s.secret}
     problems, numbers = [], {}
-    for binding in parse_stream(io.StringIO(text)):
-        line = binding.original.line
-        if binding.error:
-            shown = binding.original.string.strip().splitlines()[0] if binding.original.string.strip() else ""
+    pos, line = 0, 1
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end
+        raw = text[pos:end]
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            pos, line = end + 1, line + 1
+            continue
+        m = _DOTENV_KEY.match(text, pos, end)
+        ok, after = m is not None, end
+        if m:
+            after = m.end()
+            if m.group("eq") and after < end and text[after] in _DOTENV_QUOTED:
+                quoted = _DOTENV_QUOTED[text[after]].match(text, after)
+                after = quoted.end() if quoted else end
+                ok = quoted is not None
+            elif m.group("eq"):
+                after = end  # unquoted: the rest of the line
+            ok = ok and _DOTENV_END.match(text, after) is not None
+        if ok:
+            numbers[m.group("key").strip("'")] = line
+            stop = _DOTENV_END.match(text, after).end()
+        else:
+            shown = raw.strip()
             key = shown.split("=", 1)[0].strip().removeprefix("export ").strip()
             if "=" in shown and key in secret_keys:
                 shown = f"{key}=…"
             elif len(shown) > 40:
                 shown = shown[:37] + "..."
             problems.append(f"{path}:{line}: cannot parse {shown!r}: expected NAME=value")
-        elif binding.key:
-            numbers[binding.key] = line
+            stop = end + 1
+        line += text.count("\n", pos, stop)
+        pos = stop
     return problems, numbers
 
 

@@ -1,16 +1,10 @@
 """`invoke smoke`: can a remote client connect to this OpenWork server and drive an OpenCode session?
 
 The checks, in order (each named, timed, with one request timeout per request from
-``OPENWORK_REQUEST_TIMEOUT``; bodies are checked, not just status codes):
+``OPENWORK_REQUEST_TIMEOUT``; bodies are checked, not just status codes; each is declared once in
+:mod:`openwork_sandbox.smoke_checks`, which this list comes from):
 
-    health          GET /health is 200 {"ok": true, "version": ...}; adaptive poll up to OPENWORK_HEALTH_TIMEOUT
-    auth-required   GET /workspaces without a token, and with a wrong one, is 401 {"code": "unauthorized"}
-    auth-accepted   GET /workspaces with the client token is 200 and lists the workspace; id = ws_ + sha256(path)[:12]
-    host-token      GET /approvals accepts the host token and refuses the client token
-    session-create  POST /w/<id>/opencode/session {"title"} returns a session with an id and that title
-    session-read    GET /w/<id>/opencode/session/<sid> returns the same id and title
-    messages-read   GET /w/<id>/opencode/session/<sid>/message?limit=10 returns a list
-    persistence     (--persistence) a file written in /workspace by the runtime appears on the host
+{checks}
 
 A check whose prerequisite did not pass is reported as skipped with the reason. If the server stops
 answering mid-run, that check fails and the rest are skipped, so the run ends within one request
@@ -25,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import secrets
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -39,24 +31,14 @@ from urllib.parse import urlsplit
 from . import console
 from .errors import (EXIT_BAD_SETTINGS, EXIT_FAILED, EXIT_UNREACHABLE, SettingsError, UnreachableError,
                      WorkflowError)
-from .openwork_api import ApiResponse, OpenWorkClient, TransportError, body_start, workspace_id
+from .openwork_api import OpenWorkClient, TransportError, body_start
 from .report import redact
+from .smoke_checks import (DECLARED, ERROR, FAILED, GUEST_WORKSPACE, PASSED, SKIPPED, Check, CheckFailed, Skip,
+                           describe)
 
-CHECKS: tuple[str, ...] = ("health", "auth-required", "auth-accepted", "host-token", "session-create",
-                           "session-read", "messages-read", "persistence")
-PREREQUISITES: dict[str, tuple[str, ...]] = {
-    "health": (),
-    "auth-required": ("health",),
-    "auth-accepted": ("health",),
-    "host-token": ("health",),
-    "session-create": ("auth-accepted",),
-    "session-read": ("session-create",),
-    "messages-read": ("session-create",),
-    "persistence": ("health",),
-}
-GUEST_WORKSPACE = "/workspace"
+CHECKS: tuple[str, ...] = tuple(c.name for c in DECLARED)
+PREREQUISITES: dict[str, tuple[str, ...]] = {c.name: c.needs for c in DECLARED}
 LOG_TAIL_LINES = 40
-PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"  # ERROR: not ready (JUnit <error>)
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -126,20 +108,6 @@ class SmokeReport:
         return self.exit_code == 0
 
 
-class CheckFailed(Exception):
-    """A check's verdict: the message (one line), a hint, and the response it is about."""
-
-    def __init__(self, message: str, response: ApiResponse | None = None, hint: str = "", result: str = FAILED):
-        super().__init__(message)
-        self.message, self.response, self.hint, self.result = message, response, hint, result
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclasses.dataclass
 class Target:
     """What to smoke: the URL, the tokens, and where they came from (for hints)."""
@@ -186,32 +154,32 @@ class SmokeRunner:
         start = time.perf_counter()
         results: dict[str, CheckResult] = {}
         try:
-            for name in CHECKS:
-                result = self._run_one(name, results)
-                results[name] = result
+            for check in DECLARED:
+                result = self._run_one(check, results)
+                results[check.name] = result
                 self.report.checks.append(result)
         finally:
             self.client.close()
             self.report.total_seconds = time.perf_counter() - start
         return self.report
 
-    def _run_one(self, name: str, done: dict[str, CheckResult]) -> CheckResult:
-        result = CheckResult(name)
+    def _run_one(self, check: Check, done: dict[str, CheckResult]) -> CheckResult:
+        result = CheckResult(check.name)
         if self.gone:
             result.message = f"the server stopped answering during {self.gone}"
             return result
-        for pre in PREREQUISITES[name]:
+        for pre in check.needs:
             if done[pre].result != PASSED:
                 result.message = f"needs {pre}, which {'was skipped' if done[pre].result == SKIPPED else 'did not pass'}"
                 return result
-        method: Callable[[], str] = getattr(self, "check_" + name.replace("-", "_"))
         if self.on_check is not None:
-            self.on_check(name)
+            self.on_check(check.name)
+        broken = ERROR if check.readiness else FAILED  # the readiness gate not passing: not ready
         start = time.perf_counter()
         try:
-            result.detail = method() or ""
+            result.detail = check.run(self) or ""
             result.result = PASSED
-        except _Skip as skip:
+        except Skip as skip:
             result.result, result.message = SKIPPED, skip.reason
         except CheckFailed as exc:
             result.result, result.message, result.hint = exc.result, exc.message, exc.hint
@@ -220,240 +188,15 @@ class SmokeRunner:
                 result.request, result.status = exc.response.request, exc.response.status
                 result.body = body_start(redact(exc.response.text, self.report.secrets))
         except WorkflowError as exc:  # e.g. the runtime refused an exec (persistence)
-            result.result, result.message = (ERROR if name == "health" else FAILED), exc.message
+            result.result, result.message = broken, exc.message
         except TransportError as exc:
-            result.result = ERROR if name == "health" else FAILED
-            result.message = f"{exc.detail}: the server stopped answering" if name != "health" else exc.detail
+            result.result, result.message = broken, exc.detail
             result.request = f"{exc.method} {exc.url}"
-            if name != "health":
-                self.gone = name
+            if not check.readiness:  # after the gate, a lost connection ends the run
+                result.message += ": the server stopped answering"
+                self.gone = check.name
         result.seconds = time.perf_counter() - start
         return result
-
-    # health ---------------------------------------------------------------------------------
-    def check_health(self) -> str:
-        """Wait for GET /health (health.wait_for_health: capped exponential backoff from 50 ms) up to
-        OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
-        from .health import HealthTimeout, NothingListening, wait_for_health
-
-        url = self.client.url("/health")
-        try:
-            body = wait_for_health(self.target.url, self.health_timeout, is_alive=self.is_alive,
-                                   timeout_s=self.request_timeout, session=self.client.session)
-        except NothingListening:
-            self.report.unreachable = True
-            raise CheckFailed(f"nothing listening at {url} within {self.health_timeout:g}s",
-                              hint=self._unreachable_hint(), result=ERROR) from None
-        except HealthTimeout as exc:  # something answered, never healthy
-            raise CheckFailed(exc.message, self._last_health(), result=ERROR,
-                              hint="the server answers but is not ready: see its log") from None
-        except WorkflowError as exc:  # the sandbox is not running, or died while we waited
-            if not _listening(self.target.url, min(self.request_timeout, 2.0)):
-                self.report.unreachable = True
-            raise CheckFailed(exc.message, result=ERROR,
-                              hint="start it with `invoke up`; `invoke logs` shows the server log") from None
-        return self._health_body(ApiResponse("GET", url, 200, json.dumps(body), 0.0), body)
-
-    def _last_health(self) -> ApiResponse | None:
-        """One more GET /health after a failed wait, so the report shows what the server answers."""
-        try:
-            return self.client.health()
-        except TransportError:
-            return None
-
-    def _unreachable_hint(self) -> str:
-        if self.target.mode == "url":
-            return "check --url (scheme, host, port, path) and that the server is running"
-        return "is the sandbox up? `invoke status`; start it with `invoke up`"
-
-    def _health_body(self, resp: ApiResponse, body: dict) -> str:
-        if body.get("ok") is not True:
-            raise CheckFailed(f'GET /health is 200 but "ok" is {body.get("ok")!r}, expected true', resp, result=ERROR)
-        version = body.get("version")
-        if not isinstance(version, str) or not version:
-            raise CheckFailed('GET /health has no "version" string', resp, result=ERROR)
-        self.report.server_version = version
-        detail = f"server {version}"
-        opencode = body.get("opencodeVersion")
-        if isinstance(opencode, str) and opencode:
-            self.report.opencode_version = opencode
-            detail += f", opencode {opencode}"
-        return detail
-
-    # auth -----------------------------------------------------------------------------------
-    def check_auth_required(self) -> str:
-        anonymous = self.client.workspaces(None)
-        if anonymous.status != 401:
-            raise CheckFailed(f"GET /workspaces without a token answered {anonymous.status}, expected 401",
-                              anonymous, hint="the server lets anonymous clients in: it must run with a client token")
-        _unauthorized_body(anonymous, "without a token")
-        wrong = self.client.workspaces("openwork-smoke-wrong-" + secrets.token_hex(8))
-        if wrong.status != 401:
-            raise CheckFailed(f"GET /workspaces with a wrong token answered {wrong.status}, expected 401", wrong,
-                              hint="the server accepts any bearer token")
-        _unauthorized_body(wrong, "with a wrong token")
-        return "401 without a token and with a wrong one"
-
-    def check_auth_accepted(self) -> str:
-        if not self.target.token:
-            raise _Skip(f"no client token ({self.target.token_source})")
-        resp = self.client.workspaces(self.target.token)
-        if resp.status == 401:
-            raise CheckFailed(f"401 with the configured client token ({self.target.token_source})", resp,
-                              hint=f"check {self.target.token_source}: it must be the token the server was started "
-                                   "with (`invoke up --show-tokens` prints the sandbox's)")
-        if resp.status != 200:
-            raise CheckFailed(f"GET /workspaces with the client token answered {resp.status}, expected 200", resp)
-        body = _json_object(resp, "GET /workspaces")
-        items = body.get("items", body.get("workspaces"))
-        if not isinstance(items, list) or not items:
-            raise CheckFailed('GET /workspaces lists no workspace (expected a non-empty "items" list)', resp)
-        workspaces = [w for w in items if isinstance(w, dict)]
-        if len(workspaces) != len(items) or any(not isinstance(w.get("id"), str) or not isinstance(w.get("path"), str)
-                                                for w in workspaces):
-            raise CheckFailed('GET /workspaces: every workspace needs an "id" and a "path" string', resp)
-        if self.target.expected_workspace:
-            chosen = next((w for w in workspaces if w["path"] == self.target.expected_workspace), None)
-            if chosen is None:
-                paths = ", ".join(w["path"] for w in workspaces)
-                raise CheckFailed(f"no workspace for {self.target.expected_workspace} (listed: {paths})", resp)
-        else:
-            active = body.get("activeId")
-            chosen = next((w for w in workspaces if w["id"] == active), workspaces[0])
-        expected = workspace_id(chosen["path"])
-        if chosen["id"] != expected:
-            raise CheckFailed(f"workspace {chosen['path']} has id {chosen['id']}, expected {expected} "
-                              "(ws_ + sha256(path)[:12])", resp)
-        if self.target.expected_workspace_id and chosen["id"] != self.target.expected_workspace_id:
-            raise CheckFailed(f"workspace id {chosen['id']} differs from the sandbox's {self.target.expected_workspace_id}",
-                              resp)
-        self.ws_id = self.report.workspace_id = chosen["id"]
-        return f"{chosen['id']} ({chosen['path']}), {len(workspaces)} workspace{'s' if len(workspaces) != 1 else ''}"
-
-    def check_host_token(self) -> str:
-        if not self.target.host_token:
-            raise _Skip(f"no host token ({self.target.host_token_source})")
-        resp = self.client.approvals(host_token=self.target.host_token)
-        if resp.status in (401, 403):
-            raise CheckFailed(f"{resp.status} with the configured host token ({self.target.host_token_source})", resp,
-                              hint=f"check {self.target.host_token_source}: it must be the server's host token")
-        if resp.status != 200:
-            raise CheckFailed(f"GET /approvals with the host token answered {resp.status}, expected 200", resp)
-        body = _json(resp, "GET /approvals")
-        # Upstream's exact shape is not pinned in the contract: a list, or an object holding one.
-        if not (isinstance(body, list) or (isinstance(body, dict) and any(isinstance(v, list) for v in body.values()))):
-            raise CheckFailed("GET /approvals: expected a list of approval requests (or an object with one)", resp)
-        if self.target.token:
-            client = self.client.approvals(bearer=self.target.token)
-            if client.status == 200:
-                raise CheckFailed("GET /approvals accepted the client token: a host-only route must refuse it", client,
-                                  hint="OPENWORK_TOKEN and OPENWORK_HOST_TOKEN must differ, and the client token "
-                                       "must not have owner scope")
-            if client.status not in (401, 403):
-                raise CheckFailed(f"GET /approvals with the client token answered {client.status}, expected 401 or 403",
-                                  client)
-            return f"host token accepted, client token refused ({client.status})"
-        return "host token accepted"
-
-    # sessions -------------------------------------------------------------------------------
-    def check_session_create(self) -> str:
-        assert self.ws_id
-        resp = self.client.create_session(self.ws_id, self.title)
-        if not 200 <= resp.status < 300:
-            raise CheckFailed(f"POST /w/{self.ws_id}/opencode/session answered {resp.status}, expected 200", resp)
-        body = _json_object(resp, "POST session")
-        sid = body.get("id")
-        if not isinstance(sid, str) or not sid:
-            raise CheckFailed('the created session has no "id"', resp)
-        if body.get("title") != self.title:
-            raise CheckFailed(f"the created session's title is {body.get('title')!r}, expected {self.title!r}", resp)
-        self.session_id = sid
-        return sid
-
-    def check_session_read(self) -> str:
-        assert self.ws_id and self.session_id
-        resp = self.client.get_session(self.ws_id, self.session_id)
-        if resp.status != 200:
-            raise CheckFailed(f"GET session {self.session_id} answered {resp.status}, expected 200", resp)
-        body = _json_object(resp, "GET session")
-        if body.get("id") != self.session_id:
-            raise CheckFailed(f"GET session returned id {body.get('id')!r}, expected {self.session_id!r}", resp)
-        if body.get("title") != self.title:
-            raise CheckFailed(f"GET session returned title {body.get('title')!r}, expected {self.title!r}", resp)
-        return "same id and title"
-
-    def check_messages_read(self) -> str:
-        assert self.ws_id and self.session_id
-        resp = self.client.session_messages(self.ws_id, self.session_id, limit=10)
-        if resp.status != 200:
-            raise CheckFailed(f"GET session messages answered {resp.status}, expected 200", resp)
-        body = _json(resp, "GET messages")
-        if not isinstance(body, list):
-            raise CheckFailed(f"GET session messages returned a {type(body).__name__}, expected a list", resp)
-        if any(not isinstance(m, dict) or "info" not in m or not isinstance(m.get("parts"), list) for m in body):
-            raise CheckFailed('every message needs "info" and a "parts" list', resp)
-        return f"{len(body)} message{'s' if len(body) != 1 else ''}"
-
-    # persistence ----------------------------------------------------------------------------
-    def check_persistence(self) -> str:
-        if not self.persistence:
-            raise _Skip("not requested (--persistence)")
-        if self.target.exec_in_runtime is None or self.target.host_workspace is None:
-            raise _Skip("needs a local sandbox (not --url)")
-        name = f".openwork-smoke-{secrets.token_hex(6)}"
-        value = secrets.token_hex(8)
-        code, output = self.target.exec_in_runtime(["sh", "-c", f"printf %s {value} > {GUEST_WORKSPACE}/{name}"])
-        if code != 0:
-            raise CheckFailed(f"writing {GUEST_WORKSPACE}/{name} in the sandbox failed (exit {code}): "
-                              f"{console_line(output)}")
-        host_file = self.target.host_workspace / name
-        try:
-            found = host_file.read_text() if host_file.exists() else None
-            if found != value:
-                seen = "is missing" if found is None else f"holds {found[:40]!r}"
-                raise CheckFailed(f"{GUEST_WORKSPACE}/{name} was written in the sandbox but {host_file} {seen}",
-                                  hint="/workspace must be bind-mounted from OPENWORK_MICROSANDBOX_WORKSPACE_DIR")
-        finally:
-            with contextlib.suppress(OSError):
-                host_file.unlink()
-        return f"{GUEST_WORKSPACE}/{name} -> {host_file}"
-
-
-def _listening(url: str, timeout: float) -> bool:
-    """Does anything accept a TCP connection at the URL's host and port?"""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def console_line(text: str) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else "(no output)"
-
-
-def _json(resp: ApiResponse, what: str) -> Any:
-    try:
-        return resp.json()
-    except ValueError as exc:
-        raise CheckFailed(f"{what}: {exc}", resp) from None
-
-
-def _json_object(resp: ApiResponse, what: str) -> dict:
-    body = _json(resp, what)
-    if not isinstance(body, dict):
-        raise CheckFailed(f"{what}: expected a JSON object, got a {type(body).__name__}", resp)
-    return body
-
-
-def _unauthorized_body(resp: ApiResponse, how: str) -> None:
-    body = _json(resp, f"the 401 {how}")
-    if not isinstance(body, dict) or body.get("code") != "unauthorized":
-        raise CheckFailed(f'the 401 {how} should be {{"code": "unauthorized", ...}}', resp)
-
 
 # --- modes ---------------------------------------------------------------------------------------
 
@@ -674,9 +417,11 @@ def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: b
 
 def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
     """`up` failed: that is the health (readiness) check failing; the rest are skipped."""
-    checks = [CheckResult("health", ERROR, message=f"the sandbox did not come up: {exc.message}",
+    gate = next(c for c in DECLARED if c.readiness)
+    checks = [CheckResult(gate.name, ERROR, message=f"the sandbox did not come up: {exc.message}",
                           hint="the server log's last lines are printed above; `invoke doctor` checks this machine")]
-    checks += [CheckResult(n, SKIPPED, message="needs health, which did not pass") for n in CHECKS[1:]]
+    checks += [CheckResult(c.name, SKIPPED, message=f"needs {gate.name}, which did not pass")
+               for c in DECLARED if c is not gate]
     tokens = [eph.token, eph.host_token]
     with contextlib.suppress(Exception):  # the generated tokens, only to mask them in the log tail
         from . import lifecycle
@@ -690,5 +435,7 @@ def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
     return report
 
 
+__doc__ = __doc__.replace("{checks}", describe())
+
 __all__ = ["run_smoke", "SmokeRunner", "SmokeReport", "CheckResult", "Target", "CHECKS", "PREREQUISITES",
-           "ephemeral_settings", "local_target", "attach_log_tail", "EXIT_BAD_SETTINGS"]
+           "CheckFailed", "ephemeral_settings", "local_target", "attach_log_tail", "EXIT_BAD_SETTINGS"]

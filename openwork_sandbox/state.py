@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 from . import gha
 from .errors import WorkflowError
+from .files import write_atomic
 from .settings import Settings
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
@@ -47,17 +48,7 @@ def new_token() -> str:
 
 def write_private_file(path: Path, text: str) -> None:
     """Write a file readable by the owner only, atomically (no window with wider permissions)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_atomic(path, text, mode=0o600)
 
 
 class SandboxState:

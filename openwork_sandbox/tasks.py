@@ -226,5 +226,13 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
                           as_json=json), "the smoke checks failed (see the annotations above)")
 
 
+def _smoke_help() -> str:
+    from openwork_sandbox.smoke_checks import describe  # declarations only: no HTTP client imported
+
+    return f"\n\n    The checks, in order:\n\n{describe('      ')}\n"
+
+
+smoke.__doc__ = smoke.__doc__.rstrip() + _smoke_help()
+
 ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke)
 ns.configure({"openwork_sandbox": {"project_root": None}})

@@ -125,7 +125,10 @@ def _handler(ready_at: float, token: str = "tok"):
             if self.path == "/workspaces":
                 if self.headers.get("Authorization") != f"Bearer {token}":
                     return self._json(401, {"code": "unauthorized", "message": "Invalid bearer token"})
-                return self._json(200, {"items": [{"id": "ws_c52ddf65534b"}], "workspaces": [], "activeId": None})
+                # another workspace listed first: up must record the /workspace one, as smoke checks it
+                return self._json(200, {"items": [{"id": "ws_0a1b2c3d4e5f", "path": "/tmp/other"},
+                                                  {"id": "ws_c52ddf65534b", "path": "/workspace"}],
+                                        "workspaces": [], "activeId": "ws_0a1b2c3d4e5f"})
             self._json(404, {})
 
     return Handler

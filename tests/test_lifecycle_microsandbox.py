@@ -110,6 +110,16 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
         assert state.tokens() == (token, host_token)
         st = runtime.status()
         assert st.state == "stopped" and st.image == small_image and st.fingerprint
+        # the network policy and the published port reached the SDK (OPENWORK_MICROSANDBOX_NETWORK's default)
+        async def network():
+            from microsandbox import Sandbox
+
+            return (await Sandbox.get(name)).config()["network"]
+
+        net = asyncio.run(network())
+        assert net["policy"]["default_egress"] == "allow" and net["policy"]["default_ingress"] == "allow"
+        assert net["ports"] == [{"guest_port": 8787, "host_bind": "127.0.0.1", "host_port": settings.port,
+                                 "protocol": "tcp"}]
         # status and the system log work from another process
         status = invoke(tmp_path, "status", "--json", **env)
         assert status.returncode == 1 and json.loads(status.stdout)["state"] == "stopped", status.stderr
@@ -121,6 +131,12 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
         assert not _sandbox_exists(name) and not settings.sandbox_state_dir.exists()
     finally:
         _remove_sandbox(name)
+
+
+def runtime_log_lines(settings):
+    from openwork_sandbox.lifecycle import server_log_tail
+
+    return server_log_tail(settings, 5)[0]
 
 
 @needs_microvm
@@ -144,6 +160,11 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
         assert runtime_exec(settings, ["sh", "-c", "echo vm > /workspace/vm.txt"])[0] == 0
         assert (settings.workspace_dir / "vm.txt").read_text() == "vm\n"
         assert status(settings) == 0
+        # the record loses the job id: the SDK still finds the server job (by its command)
+        from openwork_sandbox.state import update_record
+
+        update_record(settings.sandbox_state_dir, job_id=None)
+        assert status(settings) == 0 and any(runtime_log_lines(settings))
         down(settings)
         assert status(settings) == 1
         capsys.readouterr()
@@ -176,3 +197,60 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
         assert "manifest unknown" in err.value.message
     finally:
         _remove_sandbox(name)
+
+
+# --- what create passes to the SDK (no boot) ---------------------------------------------------------
+
+@pytest.mark.parametrize("setting, egress, ingress, allowed_groups", [
+    ("allow-all", "allow", "allow", []),       # upstream's choice: the host and the LAN too
+    ("public-only", "deny", "allow", ["public"]),  # the SDK's own default
+    ("none", "deny", "allow", []),             # nothing out; the published port still answers
+])
+def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingress, allowed_groups):
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import create_kwargs
+
+    port = free_port()
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NETWORK=setting, OPENWORK_MICROSANDBOX_PORT=str(port))
+    kwargs = create_kwargs(launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+    policy = kwargs["network"].policy
+    assert (str(policy.default_egress), str(policy.default_ingress)) == (egress, ingress)
+    groups = [r.destination.value for r in policy.rules if str(r.action) == "allow" and r.destination is not None
+              and str(r.destination.kind) == "group" and r.destination.value != "host"]
+    assert groups == allowed_groups
+    [binding] = kwargs["network"].ports
+    assert (binding.host_port, binding.guest_port, binding.bind) == (port, 8787, "127.0.0.1")
+    assert "ports" not in kwargs and kwargs["detached"] is True and kwargs["replace"] is True
+    assert kwargs["env"]["OPENWORK_TOKEN"] == "t" * 40
+
+
+def test_offline_does_not_change_the_network_policy(tmp_path):
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import create_kwargs
+
+    for offline in ("true", "false"):
+        settings = make_settings(tmp_path, OPENWORK_OFFLINE=offline)
+        spec = launch_spec(settings, "microsandbox", "t" * 40, "h" * 40)
+        assert spec.network == "allow-all"
+        assert str(create_kwargs(spec)["network"].policy.default_egress) == "allow"
+
+
+def test_network_setting_is_checked(tmp_path):
+    from openwork_sandbox.errors import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        make_settings(tmp_path, OPENWORK_MICROSANDBOX_NETWORK="lan")
+    assert 'OPENWORK_MICROSANDBOX_NETWORK="lan"' in str(err.value) and "allow-all|public-only|none" in str(err.value)
+
+
+def test_one_event_loop_serves_every_call_of_a_runtime(tmp_path):
+    """The SDK's handles belong to the loop that made them: a runtime keeps one loop, not one per call."""
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    rt = MicrosandboxRuntime(unique_name("loop"), tmp_path / "state")
+    assert rt.status().state == "absent"
+    loop = rt._loop
+    assert rt.log_tail() == [] and rt.remove() is False and rt.status().state == "absent"
+    assert rt._loop is loop and not loop.is_closed()
+    rt.close()
+    assert loop.is_closed()

@@ -323,3 +323,62 @@ def test_no_module_reads_openwork_settings_outside_settings_py():
         if pattern.search(path.read_text()):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+# --- one duration rule: settings and `logs --since` -------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("2m", 120.0), (" 1.5h ", 5400.0), ("1d", 86400.0)])
+def test_durations_are_read_one_way_everywhere(tmp_path, text, seconds):
+    from openwork_sandbox.lifecycle import parse_since
+
+    s = load(tmp_path, env={"OPENWORK_HEALTH_TIMEOUT": text, "OPENWORK_REQUEST_TIMEOUT": text})
+    assert s.health_timeout == seconds and s.request_timeout == seconds
+    assert parse_since(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["2 minutes", "0", "-5", "2d", "m"])
+def test_bad_durations_name_the_setting(tmp_path, text):
+    lines = problems(tmp_path, env={"OPENWORK_HEALTH_TIMEOUT": text})
+    assert lines == [f'OPENWORK_HEALTH_TIMEOUT="{text}" (from environment): expected a duration above 0 and at most '
+                     "a day: seconds, or a number with s, m, h or d, e.g. 90, 90s or 2m"]
+
+
+# --- the .env scan (python-dotenv's grammar, without its private parser) ---------------------------
+
+@pytest.mark.parametrize("text, bad, numbers", [
+    ('# c\nexport A="x y"  # note\nB=\'z\'\n\nC=plain # c\nD\n', [], {"A": 2, "B": 3, "C": 5, "D": 6}),
+    ('M="line1\nline2"\nN=2\n', [], {"M": 1, "N": 3}),
+    ('A="say \\"hi\\""\nB=1\n', [], {"A": 1, "B": 2}),
+    ("A=1\nthis is not a setting\nB=2\n", [2], {"A": 1, "B": 3}),
+    ('A="x" junk\n=value\n', [1, 2], {}),
+    ('Q="never closed\nX=1\n', [1], {"X": 2}),
+])
+def test_dotenv_scan(text, bad, numbers):
+    from openwork_sandbox.settings import _parse_dotenv
+
+    problems_found, found = _parse_dotenv(Path(".env"), text)
+    assert [int(p.split(":")[1]) for p in problems_found] == bad
+    assert found == numbers
+
+
+def test_settings_does_not_import_private_dotenv_modules():
+    text = (Path(__file__).resolve().parent.parent / "openwork_sandbox" / "settings.py").read_text()
+    assert "dotenv.parser" not in text and "from dotenv import dotenv_values" in text
+
+
+# --- one version parser ---------------------------------------------------------------------------
+
+def test_npm_versions_are_ordered_like_semver():
+    from openwork_sandbox.versions import npm_version, npm_version_key
+
+    listed = ["1.10.0", "1.2.3", "1.2.3-beta.10", "junk", "1.2.3-beta.2", "0.18.1", "1.2.3-alpha"]
+    assert sorted(listed, key=npm_version_key) == ["junk", "0.18.1", "1.2.3-alpha", "1.2.3-beta.2", "1.2.3-beta.10",
+                                                   "1.2.3", "1.10.0"]
+    assert [npm_version(v) for v in ("v1.2.3", "1.0.0-next.3", "1.2", "1.2.3.4")] == ["1.2.3", "1.0.0-next.3", None, None]
+
+
+def test_python_package_minimums_compare_by_pep440():
+    from openwork_sandbox.versions import at_least
+
+    assert at_least("2.10", "2.9") and at_least("0.7.11", "0.7.11") and not at_least("0.7.9", "0.7.11")
+    assert not at_least("not-a-version", "1.0")

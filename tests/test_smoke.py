@@ -308,3 +308,28 @@ def test_task_exit_codes_through_invoke(tmp_path):
     assert dead.returncode == 3 and "Traceback" not in dead.stderr
     bad = _invoke("--url", "nonsense", env_extra=env)
     assert bad.returncode == 2 and "--url" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- the checks are declared once -------------------------------------------------------------------
+
+def test_declarations_feed_the_runner_the_doc_and_the_help():
+    from openwork_sandbox import smoke, smoke_checks
+
+    assert CHECKS == ("health", "auth-required", "auth-accepted", "host-token", "session-create", "session-read",
+                      "messages-read", "persistence")
+    assert PREREQUISITES["session-read"] == ("session-create",) and PREREQUISITES["health"] == ()
+    assert [c.name for c in smoke_checks.DECLARED if c.readiness] == ["health"]
+    for c in smoke_checks.DECLARED:
+        assert f"{c.name}  " in smoke.__doc__ and c.proves in smoke.__doc__
+    listing = subprocess.run([sys.executable, "-m", "invoke", "--help", "smoke"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert "session-create  POST /w/<id>/opencode/session" in listing.stdout, listing.stdout
+
+
+def test_a_check_must_name_earlier_prerequisites():
+    from openwork_sandbox.smoke_checks import check
+
+    with pytest.raises(ValueError, match="unknown or later prerequisites"):
+        check("later", needs=("not-declared",), proves="nothing")(lambda r: "")
+    with pytest.raises(ValueError, match="duplicate"):
+        check("health", proves="twice")(lambda r: "")

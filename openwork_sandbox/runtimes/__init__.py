@@ -1,7 +1,7 @@
 """Runtimes that boot the image: microsandbox (a microVM) and Docker, behind one interface.
 
-``runtime_for(kind, settings)`` builds one; ``probe.microvm_support()`` says whether microVMs
-boot here (the ``auto`` rule and ``doctor`` use it).
+``runtime_for(kind, settings)`` builds one; ``choice.decide_runtime`` (over the host facts that
+``probe.host_facts`` reads) is the one rule for which one a sandbox gets (``up``, ``doctor``).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ class LaunchSpec:
     pull_always: bool = False  # re-pull a tag that may have moved (replace)
     # the microsandbox SDK's registry arguments (registry_insecure/_auth/_ca_certs), asked only at pull time
     pull_options: Callable[[], dict] | None = None
+    network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none (microVMs)
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
         return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"
@@ -108,6 +109,10 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
         """Run a command inside; returns (exit code, stdout+stderr)."""
+
+    def digest(self, st: RuntimeStatus) -> str | None:
+        """The image digest to show for ``st`` (``repo@sha256:…`` where the runtime knows it)."""
+        return st.digest
 
     def describe(self) -> tuple[str, list[str], str]:
         """(state, last log lines, log hint) for error messages."""

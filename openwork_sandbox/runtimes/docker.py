@@ -97,6 +97,11 @@ class DockerRuntime(Runtime):
         digests = json.loads(proc.stdout or "[]") or []
         return digests[0] if digests else None
 
+    def digest(self, st: RuntimeStatus) -> str | None:
+        if st.image and "@sha256:" in st.image:  # repo@sha256:… (image_pin) is its own digest
+            return st.image
+        return (self.image_digest(st.image) if st.image else None) or st.digest
+
     def is_alive(self) -> bool:
         proc = commands.docker("container", "inspect", "--format", "{{.State.Running}}", self.name, check=False,
                                timeout=15)

@@ -1,17 +1,21 @@
 """The microsandbox runtime: the image booted as a detached microVM through the Python SDK.
 
-- ``create``: ``Sandbox.create_with_progress`` (progress bar on a TTY) with ``detached=True``, the
-  ``PullPolicy`` (``ALWAYS`` when replacing, so a moved tag is fetched again), the registry's
-  ``registry_insecure``/``registry_auth``/``registry_ca_certs`` (``registry_access``),
-  ``Volume.bind`` mounts, the port published on the bind address, env, cpus and memory. Booting does not run the image's command, so the image's own
-  ENTRYPOINT+CMD (from ``Image.inspect``) is started as a detached job; its id is kept in
-  ``.state/<name>/sandbox.json`` so ``logs``, ``status`` and ``down`` find it from any process.
-- ``start``: ``Sandbox.start`` then the same job again (jobs do not survive a stop).
+- ``create``: ``Sandbox.create_with_progress`` (progress bar on a TTY) with the arguments of
+  :func:`create_kwargs` (a pure function): ``detached=True``, the ``PullPolicy`` (``ALWAYS`` when
+  replacing, so a moved tag is fetched again), the registry's
+  ``registry_insecure``/``registry_auth``/``registry_ca_certs`` (``registry_access``), ``Volume.bind`` mounts, a ``Network`` with the port published on the bind address and
+  the policy of OPENWORK_MICROSANDBOX_NETWORK (:func:`network_config`), env, cpus and memory.
+  Booting does not run the image's command, so the image's own ENTRYPOINT+CMD (from
+  ``Image.inspect``) is started as a detached job. Its id is kept in ``.state/<name>/sandbox.json``
+  as a shortcut; without it the job is found through the SDK (``list_jobs``, by its command).
+- ``start``: ``connect_or_start`` then the same job again (jobs do not survive a stop);
+  ``remove``: ``destroy``.
 - A VM that cannot boot is recognised (the SDK's "before agent relay became available", KVM lines
   in ``$MSB_HOME/sandboxes/<name>/logs/runtime.log``) and reported in one line with the log path
   and the Docker runtime as the way out. The sandbox is left for inspection.
 
-The SDK is async and imported lazily: each public method runs one ``asyncio.run``.
+The SDK is async and imported lazily. A runtime object keeps one event loop for all its calls
+(the SDK's handles and streams stay on the loop that made them); a task makes one runtime object.
 """
 
 from __future__ import annotations
@@ -21,17 +25,17 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Coroutine, Iterator, TypeVar
 
 from .. import console
 from ..errors import WorkflowError
 from ..state import RECORD_FILE, read_record, update_record
 from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+from .choice import DOCKER_HINT
 
 LABEL_FP = "openwork-sandbox.fingerprint"
 BOOT_FAILURE_MARK = "before agent relay became available"
 KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
-DOCKER_HINT = "use the Docker runtime: invoke up --runtime docker (or OPENWORK_MICROSANDBOX_RUNTIME=docker)"
 
 
 def msb_home() -> Path:
@@ -69,8 +73,44 @@ def boot_failure_message(name: str, error: str) -> str | None:
             f"{DOCKER_HINT}")
 
 
-def _run(coro):
-    return asyncio.run(coro)
+T = TypeVar("T")
+LIVE_JOB = ("starting", "running")
+
+
+def network_config(spec: LaunchSpec):
+    """The SDK's ``Network`` for ``spec``: the published port and the policy of
+    OPENWORK_MICROSANDBOX_NETWORK. ``allow-all`` is upstream's choice (the host and the LAN, e.g. a
+    model server, as from the Docker runtime); ``public-only`` is the SDK's own default; ``none``
+    refuses everything outbound while the published port still answers."""
+    from microsandbox import Network, NetworkPolicy, NetworkProfile, PortBinding
+
+    policies = {
+        "allow-all": NetworkPolicy.allow_all,
+        "public-only": lambda: NetworkPolicy.from_profiles([NetworkProfile.PUBLIC]),
+        "none": NetworkPolicy,  # deny egress, allow ingress (to the published port)
+    }
+    return Network(policy=policies[spec.network](),
+                   ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)])
+
+
+def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
+    """Everything ``Sandbox.create_with_progress(name, **kwargs)`` gets for ``spec`` (no I/O but reading
+    the registry's login and CAs, ``spec.pull_options``)."""
+    from microsandbox import PullPolicy, Volume
+
+    return dict(
+        image=spec.image,
+        cpus=spec.cpus,
+        memory=spec.memory_mib,
+        env=dict(spec.env),
+        labels={LABEL_FP: spec.fingerprint},
+        volumes={guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
+        network=network_config(spec),
+        pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
+        **(spec.pull_options() if spec.pull_options else {"registry_insecure": spec.registry_plain_http}),
+        replace=True,
+        detached=True,
+    )
 
 
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
@@ -80,8 +120,37 @@ def _sdk_error(exc: Exception, what: str) -> WorkflowError:
 class MicrosandboxRuntime(Runtime):
     kind = "microsandbox"
 
+    def __init__(self, name: str, state_dir: Path):
+        super().__init__(name, state_dir)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this runtime's one event loop (made on first use)."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def _sdk(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+        """``_run``, with the SDK's errors as one line: "microsandbox could not <what>: ..."."""
+        from microsandbox import MicrosandboxError
+
+        try:
+            return self._run(coro)
+        except MicrosandboxError as exc:
+            raise _sdk_error(exc, what) from None
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
     def job_id(self) -> str | None:
-        """The server job's id, kept in ``.state/<name>/sandbox.json`` for other processes."""
+        """The server job's id as recorded in ``.state/<name>/sandbox.json`` (a shortcut)."""
         return read_record(self.state_dir).get("job_id")
 
     def _save_job(self, job_id: str | None) -> None:
@@ -96,43 +165,74 @@ class MicrosandboxRuntime(Runtime):
         except SandboxNotFoundError:
             return None
 
-    async def _job_info(self, handle) -> Any:
+    async def _existing(self):
+        """The handle, or a WorkflowError saying there is no such sandbox."""
+        handle = await self._handle()
+        if handle is None:
+            raise WorkflowError(f"no microsandbox sandbox named {self.name}: run `invoke up` to create it")
+        return handle
+
+    @staticmethod
+    def _image_of(handle) -> str | None:
+        config = handle.config() or {}
+        return ((config.get("image") or {}).get("Oci") or {}).get("reference")
+
+    async def _server_job(self, handle):
+        """The server's ``Job``: the recorded one, else the newest job the SDK lists that runs
+        the image's command (so a lost or stale record does not lose the server)."""
+        from microsandbox import MicrosandboxError
+
         job_id = self.job_id()
-        if not job_id or handle is None:
+        if job_id:
+            try:
+                return await handle.get_job(job_id)
+            except MicrosandboxError:
+                pass  # gone with its sandbox, or the record is stale: ask the SDK
+        image = self._image_of(handle)
+        if not image:
             return None
+        try:
+            argv, _ = await self._server_argv(image)
+            page = await handle.list_jobs(all=True, limit=100)
+        except (MicrosandboxError, WorkflowError):
+            return None
+        ours = [j for j in page.items if list(j.command[:1]) == argv[:1]]
+        if not ours:
+            return None
+        newest = max(ours, key=lambda j: (j.state in LIVE_JOB, j.created_at))
+        return await handle.get_job(newest.id)
+
+    async def _job_info(self, handle) -> Any:
         from microsandbox import MicrosandboxError
 
         try:
-            return await (await handle.get_job(job_id)).inspect()
+            job = await self._server_job(handle)
+            return await job.inspect() if job is not None else None
         except MicrosandboxError:
             return None
 
     def status(self) -> RuntimeStatus:
-        from microsandbox import MicrosandboxError, SandboxStatus
+        from microsandbox import SandboxStatus
 
         async def go() -> RuntimeStatus:
             handle = await self._handle()
             if handle is None:
                 return RuntimeStatus(ABSENT)
             config = handle.config() or {}
-            image = ((config.get("image") or {}).get("Oci") or {}).get("reference")
             fp = (config.get("labels") or {}).get(LABEL_FP)
             running = handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING, SandboxStatus.DRAINING,
                                         SandboxStatus.PAUSED)
             job = await self._job_info(handle) if running else None
-            server = bool(job and job.state in ("starting", "running"))
+            server = bool(job and job.state in LIVE_JOB)
             detail = str(handle.status)
             if running and not server:
                 detail += ", server job " + (f"{job.state} (exit code {job.exit_code})" if job else "not started")
             started = (job.started_at / 1000) if (job and job.started_at) else None
-            return RuntimeStatus(RUNNING if running else STOPPED, image=image, digest=config.get("manifest_digest"),
-                                 started_at=started, fingerprint=fp, server_running=server if running else False,
-                                 detail=detail)
+            return RuntimeStatus(RUNNING if running else STOPPED, image=self._image_of(handle),
+                                 digest=config.get("manifest_digest"), started_at=started, fingerprint=fp,
+                                 server_running=server if running else False, detail=detail)
 
-        try:
-            return _run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"read the state of {self.name}") from None
+        return self._sdk(go(), f"read the state of {self.name}")
 
     def is_alive(self) -> bool:
         st = self.status()
@@ -156,22 +256,9 @@ class MicrosandboxRuntime(Runtime):
         return job.id
 
     async def _create(self, spec: LaunchSpec) -> None:
-        from microsandbox import PortBinding, PullEventType, PullPolicy, Sandbox, Volume
+        from microsandbox import PullEventType, Sandbox
 
-        session = Sandbox.create_with_progress(
-            self.name,
-            image=spec.image,
-            cpus=spec.cpus,
-            memory=spec.memory_mib,
-            env=dict(spec.env),
-            labels={LABEL_FP: spec.fingerprint},
-            volumes={guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
-            ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)],
-            pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
-            **(spec.pull_options() if spec.pull_options else {"registry_insecure": spec.registry_plain_http}),
-            replace=True,
-            detached=True,
-        )
+        session = Sandbox.create_with_progress(self.name, **create_kwargs(spec))
         layers: dict[int, int] = {}
         complete = False
         start = time.monotonic()
@@ -199,7 +286,7 @@ class MicrosandboxRuntime(Runtime):
 
         try:
             self._save_job(None)
-            _run(self._create(spec))
+            self._run(self._create(spec))
         except (ImagePullFailedError, ImageNotFoundError) as exc:
             raise WorkflowError(
                 f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) and check the "
@@ -217,22 +304,18 @@ class MicrosandboxRuntime(Runtime):
                                 f"{self.name}: {text}") from None
 
     def start(self, spec: LaunchSpec) -> None:
-        from microsandbox import MicrosandboxError, Sandbox, SandboxStatus
+        from microsandbox import MicrosandboxError, SandboxStatus
 
         async def go() -> None:
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"sandbox {self.name} is gone: run `invoke up` again to create it")
-            if handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
-                sb = await handle.connect()
-            else:
+            handle = await self._existing()
+            if handle.status not in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
                 console.info(f"starting microVM {self.name} ...")
-                sb = await Sandbox.start(self.name, detached=True)
+            sb = await handle.connect_or_start(detached=True)
             await sb.detach()
             await self._launch_server(sb, spec)
 
         try:
-            _run(go())
+            self._run(go())
         except MicrosandboxError as exc:
             raise WorkflowError(boot_failure_message(self.name, str(exc)) or f"microsandbox could not start "
                                 f"{self.name}: {exc}") from None
@@ -241,25 +324,20 @@ class MicrosandboxRuntime(Runtime):
         from microsandbox import MicrosandboxError
 
         async def go() -> None:
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"sandbox {self.name} is gone: run `invoke up` again to create it")
-            job_id = self.job_id()
-            if job_id:
+            handle = await self._existing()
+            job = await self._server_job(handle)
+            if job is not None:
                 try:
-                    await (await handle.get_job(job_id)).kill()
+                    await job.kill()
                 except MicrosandboxError:
                     pass  # already gone
             sb = await handle.connect()
             await self._launch_server(sb, spec)
 
-        try:
-            _run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"restart the server in {self.name}") from None
+        self._sdk(go(), f"restart the server in {self.name}")
 
     def stop(self) -> bool:
-        from microsandbox import MicrosandboxError, SandboxStatus
+        from microsandbox import SandboxStatus
 
         async def go() -> bool:
             handle = await self._handle()
@@ -268,30 +346,24 @@ class MicrosandboxRuntime(Runtime):
             await handle.stop(timeout=15)
             return True
 
-        try:
-            return _run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"stop {self.name}") from None
+        return self._sdk(go(), f"stop {self.name}")
 
     def remove(self) -> bool:
-        from microsandbox import MicrosandboxError, Sandbox, SandboxStatus
+        from microsandbox import MicrosandboxError
 
         async def go() -> bool:
             handle = await self._handle()
             if handle is None:
                 return False
-            if handle.status not in (SandboxStatus.STOPPED, SandboxStatus.CRASHED, SandboxStatus.CREATED):
-                try:
-                    await handle.stop(timeout=15)
-                except MicrosandboxError:
-                    await handle.kill(timeout=10)
-            await Sandbox.remove(self.name)
+            try:
+                await handle.destroy(timeout=15)  # stop (gracefully), then remove
+            except MicrosandboxError:
+                handle = await self._handle()
+                if handle is not None:
+                    await handle.destroy(force=True, timeout=10)
             return True
 
-        try:
-            removed = _run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"remove {self.name}") from None
+        removed = self._sdk(go(), f"remove {self.name}")
         self._save_job(None)
         return removed
 
@@ -314,76 +386,59 @@ class MicrosandboxRuntime(Runtime):
             handle = await self._handle()
             if handle is None:
                 return []
-            job_id = self.job_id()
-            if job_id:
+            job = await self._server_job(handle)
+            if job is not None:
                 try:
-                    return self._lines(await (await handle.get_job(job_id)).logs(tail=lines))
+                    return self._lines(await job.logs(tail=lines))
                 except MicrosandboxError:
                     pass
             return [e.text().rstrip("\n") for e in await handle.logs(tail=lines)]
 
         try:
-            return _run(go())[-lines:]
+            return self._run(go())[-lines:]
         except MicrosandboxError:
             return []
 
     def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
                     system: bool = False) -> Iterator[str]:
-        """Drive the SDK's async log stream from this synchronous generator (one event loop)."""
-        from microsandbox import LogReadSource, MicrosandboxError
+        """Drive the SDK's async log stream from this synchronous generator (on the one loop)."""
+        from microsandbox import LogReadSource
 
         since_ms = int((time.time() - since_s) * 1000) if since_s is not None else None
 
         async def open_stream():
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"no microsandbox sandbox named {self.name}: run `invoke up` first")
+            handle = await self._existing()
             if system:
                 if not follow:
                     entries = await handle.logs(tail=tail, since_ms=since_ms, sources=[LogReadSource.SYSTEM])
                     return [e.text().rstrip("\n") for e in entries]
                 return await handle.log_stream(sources=[LogReadSource.SYSTEM], since_ms=since_ms, follow=True)
-            job_id = self.job_id()
-            if not job_id:
-                raise WorkflowError(f"no server job recorded for {self.name} in {self.state_dir / RECORD_FILE}: run `invoke up`")
-            job = await handle.get_job(job_id)
+            job = await self._server_job(handle)
+            if job is None:
+                raise WorkflowError(f"no server job in {self.name} (the SDK lists none, and "
+                                    f"{self.state_dir / RECORD_FILE} names none): run `invoke up`")
             if not follow:
                 return self._lines(await job.logs(tail=tail, since=since_ms))
             return await job.log_stream(tail=tail, since=since_ms, follow=True)
 
-        loop = asyncio.new_event_loop()
-        try:
+        stream = self._sdk(open_stream(), f"read the logs of {self.name}")
+        if isinstance(stream, list):
+            yield from stream
+            return
+        iterator = stream.__aiter__()
+        while True:
             try:
-                stream = loop.run_until_complete(open_stream())
-            except MicrosandboxError as exc:
-                raise _sdk_error(exc, f"read the logs of {self.name}") from None
-            if isinstance(stream, list):
-                yield from stream
+                entry = self._run(iterator.__anext__())
+            except StopAsyncIteration:
                 return
-            iterator = stream.__aiter__()
-            while True:
-                try:
-                    entry = loop.run_until_complete(iterator.__anext__())
-                except StopAsyncIteration:
-                    return
-                data = entry.data if hasattr(entry, "data") else b""
-                text = data.decode(errors="replace") if isinstance(data, (bytes, bytearray)) else str(data)
-                yield from text.rstrip("\n").splitlines() or [""]
-        finally:
-            loop.close()
+            data = entry.data if hasattr(entry, "data") else b""
+            text = data.decode(errors="replace") if isinstance(data, (bytes, bytearray)) else str(data)
+            yield from text.rstrip("\n").splitlines() or [""]
 
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
-        from microsandbox import MicrosandboxError
-
         async def go() -> tuple[int, str]:
-            handle = await self._handle()
-            if handle is None:
-                raise WorkflowError(f"no microsandbox sandbox named {self.name}: run `invoke up` first")
-            sb = await handle.connect(timeout=10)
+            sb = await (await self._existing()).connect(timeout=10)
             out = await sb.exec(argv[0], argv[1:], timeout=timeout)
             return out.exit_code, out.stdout_text + out.stderr_text
 
-        try:
-            return _run(go())
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, f"run {argv[0]} in {self.name}") from None
+        return self._sdk(go(), f"run {argv[0]} in {self.name}")

@@ -1,21 +1,23 @@
-"""Can this host boot microVMs, and does a Docker engine answer? Quick checks, nothing started.
+"""Can this host boot microVMs, and does a Docker engine answer? Quick reads, nothing started.
 
-``microvm_support()`` is shared by ``up`` (the ``auto`` runtime rule, and failing before a ~11 s
-doomed boot) and by ``doctor``. It reads what it can from the kernel in milliseconds; ``msb doctor``
-(about a second) is only run on request.
+``host_facts()`` gathers the facts once (kernel files in milliseconds, ``docker info`` when asked);
+:mod:`.choice` decides from them. ``microvm_support()`` is that verdict for this host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-import re
 from pathlib import Path
 
 from .. import commands
+from ..errors import WorkflowError
+from .choice import AUTO, DOCKER, HostFacts, RuntimeChoice, decide_runtime, microvm_verdict
 
 CPUINFO = Path("/proc/cpuinfo")
 KVM_DEVICE = Path("/dev/kvm")
+DOCKER_START = "run scripts/services start (or start Docker Desktop)"
 
 
 def cpu_virtualization_flag(cpuinfo: Path = CPUINFO) -> str | None:
@@ -51,49 +53,45 @@ def msb_path() -> str | None:
     return str(bundled) if bundled.is_file() else None
 
 
-@functools.lru_cache(maxsize=None)
-def microvm_support(*, run_msb_doctor: bool = False) -> tuple[bool, str]:
-    """``(True, why)`` when microVMs can boot here, else ``(False, what is missing)``.
+def docker_support(timeout: float = 15) -> tuple[bool, str]:
+    """``(True, engine version)`` when a Docker engine answers, else ``(False, what is missing)``.
 
-    Checks, fastest first: KVM present and usable (Linux), the CPU's vmx/svm flag (a VM without
-    nested virtualization has ``/dev/kvm`` but no flag, and every boot then fails after ~11 s),
-    the msb runtime; optionally ``msb doctor``.
-    """
-    import platform
-
-    system = platform.system()
-    if system == "Darwin":
-        if platform.machine() != "arm64":
-            return False, "microsandbox on macOS needs Apple silicon"
-    elif system == "Linux":
-        if not KVM_DEVICE.exists():
-            return False, "/dev/kvm is missing (load the kvm module, or enable nested virtualization)"
-        if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
-            return False, "/dev/kvm is not readable and writable by this user (add yourself to the kvm group)"
-        flag = cpu_virtualization_flag()
-        if flag is None:
-            return False, "no vmx/svm flag in /proc/cpuinfo, so CPU virtualization is off; inside a VM, enable nested virtualization"
-    else:
-        return False, f"microsandbox does not run on {system}"
-    msb = msb_path()
-    if msb is None:
-        return False, "the msb runtime is missing (pip install microsandbox)"
-    if run_msb_doctor:
-        proc = commands.run([msb, "doctor"], timeout=30, check=False)
-        if proc.returncode != 0:
-            out = (proc.stdout or "") + (proc.stderr or "")
-            m = re.search(r"error: (.+)", out)
-            return False, f"msb doctor: {m.group(1).strip() if m else commands.last_line(out)}"
-    if system == "Linux":
-        return True, f"/dev/kvm is usable and the CPU has {flag}"
-    return True, "Apple silicon with the Hypervisor framework"
-
-
-def docker_support() -> tuple[bool, str]:
-    """``(True, engine version)`` when a Docker engine answers, else ``(False, what is missing)``."""
+    The one "does Docker answer" probe (``doctor``, ``up``'s runtime choice, finding a sandbox)."""
     if commands.which("docker") is None:
         return False, f"docker is not installed: {commands.INSTALL_HINTS['docker']}"
-    proc = commands.run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=15, check=False)
-    if proc.returncode != 0:
-        return False, "the Docker engine does not answer: run scripts/services start (or start Docker Desktop)"
+    try:
+        proc = commands.run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=timeout, check=False)
+    except WorkflowError:  # did not finish in time
+        return False, f"the Docker engine did not answer within {timeout:g}s: {DOCKER_START}"
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return False, f"the Docker engine does not answer: {DOCKER_START}"
     return True, f"Docker engine {proc.stdout.strip()} answers"
+
+
+def host_facts(*, docker: bool = True) -> HostFacts:
+    """What this host is, read once: system, CPU, KVM, msb, and (with ``docker``) the Docker engine."""
+    import platform
+
+    return HostFacts(
+        system=platform.system(),
+        machine=platform.machine(),
+        kvm_present=KVM_DEVICE.exists(),
+        kvm_usable=os.access(KVM_DEVICE, os.R_OK | os.W_OK),
+        cpu_flag=cpu_virtualization_flag(),
+        msb=msb_path(),
+        docker=docker_support() if docker else None,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def microvm_support() -> tuple[bool, str]:
+    """``(True, why)`` when microVMs can boot here, else ``(False, what is missing)`` (see choice)."""
+    return microvm_verdict(host_facts(docker=False))
+
+
+def choose_runtime(setting: str, recorded: str | None = None) -> RuntimeChoice:
+    """:func:`.choice.decide_runtime` on this host; Docker is asked only when the choice needs it."""
+    facts = host_facts(docker=False)
+    if setting == AUTO and recorded != DOCKER and not microvm_verdict(facts)[0]:
+        facts = dataclasses.replace(facts, docker=docker_support())
+    return decide_runtime(facts, setting, recorded)
