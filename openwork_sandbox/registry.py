@@ -120,11 +120,12 @@ class Registry:
                                             allow_redirects=True,
                                             auth=(self.credentials.username, self.credentials.password) if basic else None)
             except requests.exceptions.SSLError as exc:
-                if self.scheme == "https" and not self._scheme_known and self.allow_http and not _cert_problem(exc):
-                    self.scheme, self._scheme_known = "http", True  # a loopback/insecure registry without TLS
-                    continue
+                if not _cert_problem(exc) and self._http_instead():
+                    continue  # a loopback/insecure registry without TLS
                 raise self._tls_error(exc, self.host) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
+                if isinstance(exc, requests.exceptions.ProxyError) and self._http_instead():
+                    continue  # the proxy would not tunnel HTTPS to an insecure registry: plain HTTP, as Docker
                 if attempt < attempts and not _refused(exc):
                     time.sleep(delay)
                     delay *= 2
@@ -143,6 +144,14 @@ class Registry:
                 delay *= 2
                 continue
             return resp
+
+    def _http_instead(self) -> bool:
+        """Switch to plain HTTP when HTTPS failed before any answer and plain HTTP is allowed here
+        (a loopback registry, or OPENWORK_REGISTRY_INSECURE); the scheme is then settled."""
+        if self.scheme != "https" or self._scheme_known or not self.allow_http:
+            return False
+        self.scheme, self._scheme_known = "http", True
+        return True
 
     def _answer_challenge(self, resp: requests.Response, scope: str | None, answered: set[str]) -> str | None:
         """Answer a 401's challenge once per request (returns what was answered), or raise why not."""

@@ -33,6 +33,11 @@ class _RecordingProxy(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_CONNECT(self):  # noqa: N802  an HTTPS tunnel: recorded, refused (this double tunnels nothing)
+        self.seen.append(f"CONNECT {self.path}")
+        self.send_response(502)
+        self.end_headers()
+
     def log_message(self, *args):
         pass
 
@@ -118,4 +123,5 @@ def test_a_remote_registry_goes_through_the_proxy(proxy, tmp_path):
     settings = _settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE="registry.example.invalid/team/app:1",
                          OPENWORK_REGISTRY_INSECURE="true")
     Registry.for_settings(settings).ping()  # the double answers 200 to anything
-    assert proxy == ["http://registry.example.invalid/v2/"]
+    # HTTPS first (a tunnel through the proxy, refused), then plain HTTP as the registry is insecure
+    assert proxy == ["CONNECT registry.example.invalid:443", "http://registry.example.invalid/v2/"]
