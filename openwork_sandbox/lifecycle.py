@@ -18,7 +18,7 @@ import re
 import sys
 import time
 
-from . import console
+from . import console, persist
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
 from .settings import GUEST_PORT, Settings, is_loopback
@@ -122,12 +122,13 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
     }
     if settings.offline:
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
+    env.update(persist.guest_env())  # HOME under /data, whatever the image's entrypoint does
     mounts = {GUEST_WORKSPACE: settings.workspace_dir.resolve(), GUEST_DATA: settings.data_dir.resolve()}
     fp = fingerprint({
         "runtime": kind, "image": settings.image, "port": settings.port, "bind": settings.bind_address,
         "connect_host": settings.connect_host, "mounts": {k: str(v) for k, v in mounts.items()},
         "approval": settings.approval_mode, "offline": settings.offline, "cpus": settings.cpus, "memory": settings.memory,
-        "token": secret_digest(token), "host_token": secret_digest(host_token),
+        "token": secret_digest(token), "host_token": secret_digest(host_token), "layout": persist.LAYOUT,
     })
     return LaunchSpec(
         name=settings.name, image=settings.image, host_port=settings.port, bind_address=settings.bind_address,
@@ -226,6 +227,7 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
             console.info(f"the server made no progress for {exc.seconds:.0f}s (last line: {exc.last_line}); "
                          f"restarting it, {again} (orchestrator 0.18 can hang on a just-started opencode)")
         except SandboxDied as exc:
+            persist.raise_if_data_unwritable(settings, exc.log_lines)
             if last_attempt or time.monotonic() - began > EARLY_DEATH_SECONDS:
                 raise _fail_with_log(rt, exc) from None
             last = exc.log_lines[-1].strip() if exc.log_lines else "no output"
@@ -279,8 +281,11 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         _ensure_port_free(settings)  # before anything is created
 
     with state.lock(action="up"):
+        state.ensure()
+        persist.check_data_dir(settings)  # before anything is removed or booted
         if recorded and recorded != kind:
             old = runtime_for(recorded, settings)
+            persist.migrate_before_replace(settings, old)  # a failed copy stops here, nothing removed
             try:
                 if old.remove():
                     console.info(f"removed the {recorded} sandbox {settings.name} (runtime changed to {kind}; state kept)")
@@ -304,6 +309,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
                               url=settings.url)
             if action in ("created", "recreated"):
                 if action == "recreated":
+                    persist.migrate_before_replace(settings, rt, spec)  # a failed copy stops here
                     rt.remove()
                 _ensure_port_free(settings)
                 rt.create(spec)
