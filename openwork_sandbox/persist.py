@@ -206,24 +206,39 @@ def docker_fetch(container: str, guest_dir: str, stage: Path, unit: str) -> list
     return copied
 
 
-async def _msb_walk(fs, root: str) -> list:
-    """Every entry under ``root`` in the guest (the SDK lists one folder at a time)."""
-    out, todo = [], [root]
+def _kind(entry) -> str:
+    """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
+    return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
+
+
+async def msb_copy(fs, src: str, unit: str, stage: Path, where: str) -> list[Copied]:
+    """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
+    at a time, ``read``) into ``stage/unit``; [] when the guest has no such folder."""
+    if not await fs.exists(src):
+        return []
+    copied, todo = [], [src]
     while todo:
         folder = todo.pop()
         for entry in await fs.list(folder):
             path = entry.path if entry.path.startswith("/") else str(PurePosixPath(folder) / entry.path)
-            kind = str(entry.kind).lower()
-            if "dir" in kind:
+            kind = _kind(entry)
+            if kind == "directory":
                 todo.append(path)
-            elif "file" in kind:
-                out.append((path, entry))
-    return out
+                continue
+            rel = str(PurePosixPath(unit) / PurePosixPath(path).relative_to(src))
+            if kind != "file" or not _kept(rel):
+                continue
+            data = await fs.read(path)
+            item = _write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
+            if item.size != entry.size:
+                raise WorkflowError(f"copying {src} from {where}: {rel} arrived with {item.size} bytes, the sandbox "
+                                    f"has {entry.size}")
+            copied.append(item)
+    return copied
 
 
 def msb_fetch(name: str, guest_dir: str, stage: Path, unit: str) -> list[Copied]:
-    """The same through the microsandbox SDK's file access (the VM must be running; its server
-    need not be). Returns [] when the guest has no such folder."""
+    """:func:`msb_copy` from the microVM ``name`` (it must be running; its server need not be)."""
     import asyncio
 
     from microsandbox import MicrosandboxError, Sandbox
@@ -232,21 +247,7 @@ def msb_fetch(name: str, guest_dir: str, stage: Path, unit: str) -> list[Copied]
 
     async def go() -> list[Copied]:
         sb = await (await Sandbox.get(name)).connect(timeout=30)
-        fs = sb.fs
-        if not await fs.exists(src):
-            return []
-        copied = []
-        for path, entry in await _msb_walk(fs, src):
-            rel = str(PurePosixPath(unit) / PurePosixPath(path).relative_to(src))
-            if not _kept(rel):
-                continue
-            data = await fs.read(path)
-            item = _write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
-            if item.size != entry.size:
-                raise WorkflowError(f"copying {src} from {name}: {rel} arrived with {item.size} bytes, the sandbox "
-                                    f"has {entry.size}")
-            copied.append(item)
-        return copied
+        return await msb_copy(sb.fs, src, unit, stage, f"the microVM {name}")
 
     try:
         return asyncio.run(go())
@@ -345,7 +346,10 @@ def migrate_before_replace(settings, rt, spec=None) -> None:
     and starts it again when the copy fails (then nothing has changed)."""
     from .runtimes import ABSENT, RUNNING
 
-    st = rt.status()
+    try:
+        st = rt.status()
+    except ImportError:  # the microsandbox SDK is not installed: it cannot hold a sandbox here
+        return
     if st.state == ABSENT:
         return
     was_running = st.state == RUNNING

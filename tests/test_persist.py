@@ -267,3 +267,57 @@ def test_docker_runs_as_the_invoking_user_on_linux(monkeypatch):
     monkeypatch.setattr(docker.os, "getuid", lambda: 1234)
     monkeypatch.setattr(docker, "engine_is_rootless", lambda: True)
     assert docker.run_as_user() is None  # rootless: the container's root already is the user
+
+
+class _GuestFs:
+    """The part of the SDK's ``sandbox.fs`` that msb_copy uses, over a host folder (the SDK's own
+    FsEntry kinds), since no microVM boots here."""
+
+    def __init__(self, root: Path, lie_about: str | None = None):
+        self.root, self.lie_about = root, lie_about
+
+    def _host(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    async def exists(self, path: str) -> bool:
+        return self._host(path).exists()
+
+    async def list(self, path: str):
+        from types import SimpleNamespace
+
+        from microsandbox import FsEntryKind
+
+        out = []
+        for child in sorted(self._host(path).iterdir()):
+            st = child.lstat()
+            kind = FsEntryKind.DIRECTORY if child.is_dir() else FsEntryKind.FILE
+            size = st.st_size + (1 if child.name == self.lie_about else 0)
+            out.append(SimpleNamespace(path=f"{path}/{child.name}", kind=kind, size=size, mode=st.st_mode,
+                                       modified=st.st_mtime))
+        return out
+
+    async def read(self, path: str) -> bytes:
+        return self._host(path).read_bytes()
+
+
+def test_microsandbox_copy_through_the_sdks_file_access(tmp_path):
+    pytest.importorskip("microsandbox")
+    import asyncio
+
+    guest = tmp_path / "guest"
+    files = _fake_sandbox_home(guest / "root")
+    stage = tmp_path / "stage"
+    copied = asyncio.run(persist.msb_copy(_GuestFs(guest), "/root/.local/share/opencode", ".local/share/opencode",
+                                          stage, "vm"))
+    assert sorted(c.rel for c in copied) == sorted(r for r in files if r.startswith(".local/share/opencode"))
+    for c in copied:
+        assert (stage / c.rel).read_bytes() == files[c.rel]
+        assert c.sha256 == hashlib.sha256(files[c.rel]).hexdigest()
+    persist.verify(stage, copied)
+    assert asyncio.run(persist.msb_copy(_GuestFs(guest), "/root/.config/nothing", ".config/nothing", stage, "vm")) == []
+    locks = asyncio.run(persist.msb_copy(_GuestFs(guest), "/root/.local/state/opencode", ".local/state/opencode",
+                                         stage, "vm"))
+    assert [c.rel for c in locks] == [".local/state/opencode/model.json"]  # stale locks are not copied
+    with pytest.raises(WorkflowError, match="arrived with"):
+        asyncio.run(persist.msb_copy(_GuestFs(guest, lie_about="opencode.db"), "/root/.local/share/opencode",
+                                     ".local/share/opencode", tmp_path / "stage2", "vm"))
