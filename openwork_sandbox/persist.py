@@ -211,6 +211,19 @@ def _kind(entry) -> str:
     return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
 
 
+def docker_home(container: str) -> str | None:
+    """The HOME the container was created with (None: not set, so the image's user's, i.e. /root)."""
+    proc = subprocess.run(["docker", "container", "inspect", "--format", "{{json .Config.Env}}", container],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return None
+    try:
+        env = json.loads(proc.stdout or "[]") or []
+    except ValueError:
+        return None
+    return next((item.split("=", 1)[1] for item in env if item.startswith("HOME=")), None)
+
+
 async def msb_copy(fs, src: str, unit: str, stage: Path, where: str) -> list[Copied]:
     """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
     at a time, ``read``) into ``stage/unit``; [] when the guest has no such folder."""
@@ -355,6 +368,8 @@ def migrate_before_replace(settings, rt, spec=None) -> None:
     was_running = st.state == RUNNING
     where = f"the {rt.kind} sandbox {settings.name}"
     if rt.kind == "docker":
+        if docker_home(settings.name) == GUEST_HOME:
+            return  # made with this layout: its state is in the data folder already
         if was_running:
             rt.stop()
 
