@@ -224,6 +224,24 @@ def docker_home(container: str) -> str | None:
     return next((item.split("=", 1)[1] for item in env if item.startswith("HOME=")), None)
 
 
+def msb_home(name: str) -> str | None:
+    """The HOME the microVM was created with (its config's env: a list of {key, value})."""
+    import asyncio
+
+    from microsandbox import MicrosandboxError, Sandbox, SandboxNotFoundError
+
+    async def go():
+        return (await Sandbox.get(name)).config() or {}
+
+    try:
+        config = asyncio.run(go())
+    except (MicrosandboxError, SandboxNotFoundError):
+        return None
+    env = config.get("env") or []
+    pairs = env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env if isinstance(e, dict))
+    return next((value for key, value in pairs if key == "HOME"), None)
+
+
 async def msb_copy(fs, src: str, unit: str, stage: Path, where: str) -> list[Copied]:
     """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
     at a time, ``read``) into ``stage/unit``; [] when the guest has no such folder."""
@@ -380,6 +398,8 @@ def migrate_before_replace(settings, rt, spec=None) -> None:
             if was_running:
                 rt.start(None)
     else:
+        if msb_home(settings.name) == GUEST_HOME:
+            return
         fetch, restore = _msb_prepare(settings, rt, was_running, spec)
     try:
         line = copy_home_state(fetch, Path(settings.data_dir), where)
@@ -403,7 +423,7 @@ def _msb_prepare(settings, rt, was_running: bool, spec):
     does not start the server) and stopped again; a running one has its server job stopped first."""
     import asyncio
 
-    from microsandbox import Sandbox
+    from microsandbox import MicrosandboxError, Sandbox
 
     async def boot():
         sb = await Sandbox.start(settings.name, detached=True)
@@ -414,11 +434,17 @@ def _msb_prepare(settings, rt, was_running: bool, spec):
         if job_id:
             async def kill():
                 handle = await Sandbox.get(settings.name)
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(MicrosandboxError):
                     await (await handle.get_job(job_id)).kill()
             asyncio.run(kill())
     else:
-        asyncio.run(boot())
+        try:
+            asyncio.run(boot())
+        except MicrosandboxError as exc:
+            raise WorkflowError(
+                f"the microVM {settings.name} was made by an older version, which kept sessions and tokens in "
+                f"{LEGACY_HOME}, and cannot be started to copy them out ({exc}); it was not replaced. To replace it "
+                f"without copying, run `invoke reset --keep-data` and then `invoke up`") from None
 
     def fetch(home, stage, unit):
         return msb_fetch(settings.name, home, stage, unit)
