@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from conftest import REGISTRY, STACK_REPO, StackContainer, free_port
-from lifecycle_helpers import OFFLINE, invoke, make_settings, unique_name
+from lifecycle_helpers import invoke, make_settings, unique_name
 
 pytestmark = pytest.mark.docker
 HERE = Path(__file__).resolve().parent
