@@ -34,12 +34,11 @@ if [ -n "$missing" ]; then
   exit 64
 fi
 
-: "${OPENWORK_PERSISTENT_HOME:=/data/home}"
 # Inside a microVM processes start with HOME=/ (or none), and opencode then breaks; a uid with no
 # passwd entry gets HOME=/ from Docker, and /root is the image user's default (root's home is
 # thrown away with the container): all of them mean "not chosen by the caller".
 if [ -z "${HOME:-}" ] || [ "$HOME" = "/" ] || [ "$HOME" = "/root" ]; then
-  HOME=$OPENWORK_PERSISTENT_HOME
+  HOME=/data/home  # on the /data bind mount: it outlives the sandbox
 fi
 
 # /data must be writable: a server that runs and keeps nothing is worse than one that does not start.
