@@ -271,12 +271,22 @@ def _start_like_the_old_version(settings, image: str) -> StackContainer:
 
 
 def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack_image, legacy_image, tmp_path,
-                                                                             capsys):
-    from openwork_sandbox.lifecycle import reset
+                                                                             capsys, monkeypatch):
+    """First a copy that does not verify (the disk gives back other bytes): `up` stops, the old
+    sandbox runs on as it was. Then the real upgrade: copied, verified, said in one line, replaced."""
+    from openwork_sandbox import persist
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import reset, up
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("legacy"),
                              OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="docker",
                              OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_HEALTH_TIMEOUT="90")
+    real_verify = persist.verify
+
+    def corrupting_verify(stage, copied):
+        (stage / copied[0].rel).write_bytes(b"not what the sandbox sent")
+        return real_verify(stage, copied)
+
     try:
         old = _start_like_the_old_version(settings, legacy_image)
         sid = make_session(old.url, old.token, "from the old days")
@@ -287,8 +297,20 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
         home = Path(settings.data_dir) / "home"
         assert not home.exists()
 
-        result = _up_json(settings, capsys)  # the new version, the new image: recreate, migrating first
-        assert result["action"] == "recreated"
+        # a copy that fails verification changes nothing
+        before = container_id(settings.name)
+        monkeypatch.setattr(persist, "verify", corrupting_verify)
+        with pytest.raises(WorkflowError) as err:
+            up(settings)
+        monkeypatch.setattr(persist, "verify", real_verify)
+        assert "does not match" in err.value.message and "was not replaced" in err.value.message
+        assert container_id(settings.name) == before and not home.exists()
+        wait_up(old)  # started again as it was
+        assert read_session(old.url, old.token, sid)[1] == ["from the old days"]
+
+        # the upgrade: the new version and image recreate it, migrating first
+        result = _up_json(settings, capsys)
+        assert result["action"] == "recreated" and container_id(settings.name) != before
         said = [ln for ln in result["stderr"].splitlines() if "moved the state" in ln]
         assert len(said) == 1 and "/root" in said[0] and "sha256 verified" in said[0] and str(home) in said[0]
         session, texts = read_session(old.url, old.token, sid)
@@ -297,39 +319,28 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
         assert (home / ".local/share/opencode/opencode.db").is_file()
         record = json.loads((home / ".migrated.json").read_text())
         assert record["files"] > 0 and ".local/share/opencode" in record["moved"]
-
-        again = _up_json(settings.with_overrides(replace=True), capsys)  # nothing left to migrate
-        assert "moved the state" not in again["stderr"]
-        assert read_session(old.url, old.token, sid)[1] == ["from the old days"]
+        env = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Env}}", settings.name],
+                             capture_output=True, text=True).stdout
+        assert '"HOME=/data/home"' in env  # the next replace has nothing to migrate
     finally:
         reset(settings, yes=True)
 
 
-def test_a_failed_migration_stops_up_and_changes_nothing(stack_image, legacy_image, tmp_path, monkeypatch):
-    from openwork_sandbox import persist
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import reset, up
+def test_smoke_deletes_its_session_on_the_real_opencode(box, capsys):
+    from openwork_sandbox.smoke import run_smoke
 
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("legacyfail"),
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                             OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_HEALTH_TIMEOUT="90")
-    real_verify = persist.verify
+    settings, ep = box["settings"], box["ep"]
 
-    def corrupting_verify(stage, copied):  # the disk gives back something else than what arrived
-        (stage / copied[0].rel).write_bytes(b"not what the sandbox sent")
-        return real_verify(stage, copied)
+    def smoke(**kw) -> str:
+        capsys.readouterr()
+        assert run_smoke(settings, as_json=True, **kw) == 0
+        report = json.loads(capsys.readouterr().out)
+        return next(c["detail"] for c in report["checks"] if c["name"] == "session-create")
 
-    try:
-        old = _start_like_the_old_version(settings, legacy_image)
-        sid = make_session(old.url, old.token, "precious")
-        before = container_id(settings.name)
-        monkeypatch.setattr(persist, "verify", corrupting_verify)
-        with pytest.raises(WorkflowError) as err:
-            up(settings)
-        assert "does not match" in err.value.message and "was not replaced" in err.value.message
-        assert container_id(settings.name) == before
-        assert not (Path(settings.data_dir) / "home").exists()
-        wait_up(old)  # started again as it was
-        assert read_session(old.url, old.token, sid)[1] == ["precious"]
-    finally:
-        reset(settings, yes=True)
+    def exists(sid: str) -> int:
+        return requests.get(f"{ep.url}/w/{WS}/opencode/session/{sid}", headers=_auth(ep.token), timeout=20).status_code
+
+    deleted, kept = smoke(), smoke(keep_session=True)
+    assert deleted.startswith("ses_") and kept.startswith("ses_")
+    assert exists(deleted) == 404 and exists(kept) == 200
+    assert exists(box["sid"]) == 200  # the user's own session is untouched
