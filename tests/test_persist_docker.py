@@ -178,6 +178,32 @@ def test_a_read_only_data_folder_stops_up_in_one_line_and_deletes_nothing(box):
     assert status_with(box["ep"].url, box["ep"].token) == 200
 
 
+def test_when_only_the_sandbox_finds_data_unwritable_up_says_it_in_one_line(stack_image, tmp_path, monkeypatch):
+    """The host check is skipped here (as if the host could write but the sandbox cannot): the
+    entrypoint's exit 73 becomes the same one line, at once, without three starts."""
+    from openwork_sandbox import persist
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import reset, up
+
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("ro-inside"),
+                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="docker",
+                             OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_HEALTH_TIMEOUT="60")
+    data = Path(settings.data_dir)
+    data.mkdir(parents=True)
+    if subprocess.run(["mount", "--bind", str(data), str(data)], capture_output=True).returncode != 0:
+        pytest.skip("needs root and bind mounts to make a read-only folder")
+    monkeypatch.setattr(persist, "check_data_dir", lambda settings: None)
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(data)], capture_output=True).returncode == 0
+        with pytest.raises(WorkflowError) as err:
+            up(settings)
+    finally:
+        subprocess.run(["umount", str(data)], check=True)
+        reset(settings, yes=True)
+    assert "\n" not in err.value.message and str(data) in err.value.message
+    assert "cannot write its data folder" in err.value.message
+
+
 # --- the entrypoint on its own ------------------------------------------------------------------------
 
 def _docker_run(name: str, image: str, port: int, mounts: list[str], *extra: str, user: str | None = None) -> None:
