@@ -135,29 +135,6 @@ def test_sessions_and_issued_tokens_survive_replace(box, capsys):
     assert "moved the state" not in result["stderr"]  # nothing in its home: nothing to migrate
 
 
-def test_state_survives_an_image_upgrade(box, stack_image, capsys, tmp_path):
-    """A rebuilt image (another label: a new image id, as a version bump gives) under another tag."""
-    settings, ep = box["settings"], box["ep"]
-    ref = f"{REGISTRY}/{STACK_REPO}:upgraded"
-    (tmp_path / "Dockerfile").write_text(f"FROM {stack_image.ref}\nLABEL org.opencontainers.image.revision=upgraded-{os.getpid()}\n")
-    subprocess.run(["docker", "build", "-q", "-t", ref, str(tmp_path)], check=True, capture_output=True, timeout=300)
-    subprocess.run(["docker", "push", ref], check=True, capture_output=True, timeout=300)
-    new_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
-                            text=True).stdout.strip()
-    assert new_id and new_id != stack_image.image_id
-    upgraded = settings.with_overrides(image=ref)
-    try:
-        assert _up_json(upgraded, capsys)["action"] == "recreated"
-        running = subprocess.run(["docker", "inspect", "--format", "{{.Image}}", settings.name], capture_output=True,
-                                 text=True).stdout.strip()
-        assert running == new_id
-        session, texts = read_session(ep.url, ep.token, box["sid"])
-        assert session["id"] == box["sid"] and texts == ["remember me"]
-        assert status_with(ep.url, box["issued"]) == 200
-    finally:
-        assert _up_json(settings, capsys)["action"] == "recreated"  # back to the module's image
-
-
 def test_a_read_only_data_folder_stops_up_in_one_line_and_deletes_nothing(box):
     settings, tmp, env = box["settings"], box["tmp"], box["env"]
     data = Path(settings.data_dir)
@@ -370,3 +347,23 @@ def test_smoke_deletes_its_session_on_the_real_opencode(box, capsys):
     assert deleted.startswith("ses_") and kept.startswith("ses_")
     assert exists(deleted) == 404 and exists(kept) == 200
     assert exists(box["sid"]) == 200  # the user's own session is untouched
+
+
+def test_state_survives_an_image_upgrade(box, stack_image, capsys, tmp_path):
+    """A rebuilt image (another label: a new image id, as a version bump gives) under another tag.
+    The last test of the module's sandbox: it leaves it on the upgraded image."""
+    settings, ep = box["settings"], box["ep"]
+    ref = f"{REGISTRY}/{STACK_REPO}:upgraded"
+    (tmp_path / "Dockerfile").write_text(f"FROM {stack_image.ref}\nLABEL org.opencontainers.image.revision=upgraded-{os.getpid()}\n")
+    subprocess.run(["docker", "build", "-q", "-t", ref, str(tmp_path)], check=True, capture_output=True, timeout=300)
+    subprocess.run(["docker", "push", ref], check=True, capture_output=True, timeout=300)
+    new_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
+                            text=True).stdout.strip()
+    assert new_id and new_id != stack_image.image_id
+    assert _up_json(settings.with_overrides(image=ref), capsys)["action"] == "recreated"
+    running = subprocess.run(["docker", "inspect", "--format", "{{.Image}}", settings.name], capture_output=True,
+                             text=True).stdout.strip()
+    assert running == new_id
+    session, texts = read_session(ep.url, ep.token, box["sid"])
+    assert session["id"] == box["sid"] and texts == ["remember me"]
+    assert status_with(ep.url, box["issued"]) == 200
