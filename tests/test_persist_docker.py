@@ -104,11 +104,13 @@ def box(stack_image, tmp_path_factory):
                OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker",
                OPENWORK_HEALTH_TIMEOUT="90")
     settings = make_settings(tmp, **env)
-    ep = up(settings)
-    sid = make_session(ep.url, ep.token, "remember me")
-    issued = issue_token(ep.url, ep.host_token)
-    yield {"settings": settings, "tmp": tmp, "env": env, "ep": ep, "sid": sid, "issued": issued}
-    reset(settings, yes=True)
+    try:
+        ep = up(settings)
+        sid = make_session(ep.url, ep.token, "remember me")
+        issued = issue_token(ep.url, ep.host_token)
+        yield {"settings": settings, "tmp": tmp, "env": env, "ep": ep, "sid": sid, "issued": issued}
+    finally:
+        reset(settings, yes=True)
 
 
 def test_the_state_lives_under_the_data_folder(box):
@@ -246,7 +248,8 @@ def legacy_image(stack_image, tmp_path_factory):
     (ctx / "Dockerfile").write_text(f"FROM {stack_image.ref}\nCOPY entrypoint.sh /usr/local/bin/microsandbox-entrypoint.sh\n")
     ref = f"{REGISTRY}/{STACK_REPO}:legacy"
     subprocess.run(["docker", "build", "-q", "-t", ref, str(ctx)], check=True, capture_output=True, timeout=300)
-    return ref
+    yield ref
+    subprocess.run(["docker", "rmi", ref], capture_output=True)
 
 
 def _start_like_the_old_version(settings, image: str) -> StackContainer:
