@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from conftest import REGISTRY, STACK_REPO, StackContainer, free_port
-from lifecycle_helpers import invoke, make_settings, unique_name
+from lifecycle_helpers import container_id, docker_env, invoke, make_settings, unique_name
+from lifecycle_helpers import up_json as _up_json
 
 pytestmark = pytest.mark.docker
 HERE = Path(__file__).resolve().parent
@@ -66,20 +67,6 @@ def status_with(url: str, token: str) -> int:
     return requests.get(f"{url}/workspaces", headers=_auth(token), timeout=10).status_code
 
 
-def container_id(name: str) -> str | None:
-    proc = subprocess.run(["docker", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _up_json(settings, capsys, **kw) -> dict:
-    from openwork_sandbox.lifecycle import up
-
-    capsys.readouterr()
-    up(settings, as_json=True, **kw)
-    out = capsys.readouterr()
-    return {**json.loads(out.out), "stderr": out.err}
-
-
 def wait_up(c: StackContainer, starts: int = 3) -> None:
     """Like `up`: a start that dies early (orchestrator 0.18 gives up when the machine is loaded) or
     hangs is tried again, up to ``starts`` starts in all."""
@@ -100,9 +87,7 @@ def box(stack_image, tmp_path_factory):
     from openwork_sandbox.lifecycle import reset, up
 
     tmp = tmp_path_factory.mktemp("persist")
-    env = dict(OPENWORK_MICROSANDBOX_NAME=unique_name("keep"), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-               OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-               OPENWORK_HEALTH_TIMEOUT="90")
+    env = docker_env(stack_image.ref, "keep")
     settings = make_settings(tmp, **env)
     try:
         ep = up(settings)
@@ -164,9 +149,7 @@ def test_when_only_the_sandbox_finds_data_unwritable_up_says_it_in_one_line(stac
     from openwork_sandbox.errors import WorkflowError
     from openwork_sandbox.lifecycle import reset, up
 
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("ro-inside"),
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                             OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_HEALTH_TIMEOUT="60")
+    settings = make_settings(tmp_path, **docker_env(stack_image.ref, "ro-inside", "60"))
     data = Path(settings.data_dir)
     data.mkdir(parents=True)
     if subprocess.run(["mount", "--bind", str(data), str(data)], capture_output=True).returncode != 0:
@@ -284,9 +267,7 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
     from openwork_sandbox.errors import WorkflowError
     from openwork_sandbox.lifecycle import reset, up
 
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("legacy"),
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                             OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_HEALTH_TIMEOUT="90")
+    settings = make_settings(tmp_path, **docker_env(stack_image.ref, "legacy", "90"))
     real_verify = persist.verify
 
     def corrupting_verify(stage, copied):
