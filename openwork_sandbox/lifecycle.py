@@ -17,7 +17,7 @@ import dataclasses
 import sys
 import time
 
-from . import console
+from . import console, persist
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
 from .settings import GUEST_PORT, Settings, is_loopback, parse_duration
@@ -113,12 +113,13 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
     from .registry_access import runtime_pull_options
 
     image = pinned_image(settings)  # the digest push-image pushed from here, else the tag
+    env.update(persist.guest_env())  # HOME under /data, whatever the image's entrypoint does
     mounts = {GUEST_WORKSPACE: settings.workspace_dir.resolve(), GUEST_DATA: settings.data_dir.resolve()}
     fp = fingerprint({
         "runtime": kind, "image": image, "port": settings.port, "bind": settings.bind_address,
         "connect_host": settings.connect_host, "mounts": {k: str(v) for k, v in mounts.items()},
         "approval": settings.approval_mode, "offline": settings.offline, "cpus": settings.cpus, "memory": settings.memory,
-        "token": secret_digest(token), "host_token": secret_digest(host_token),
+        "token": secret_digest(token), "host_token": secret_digest(host_token), "layout": persist.LAYOUT,
         # only when not the default, so sandboxes made before this setting existed are kept
         **({"network": settings.network} if settings.network != "allow-all" else {}),
     })
@@ -220,6 +221,7 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
             console.info(f"the server made no progress for {exc.seconds:.0f}s (last line: {exc.last_line}); "
                          f"restarting it, {again} (orchestrator 0.18 can hang on a just-started opencode)")
         except SandboxDied as exc:
+            persist.raise_if_data_unwritable(settings, exc.log_lines)
             if last_attempt or time.monotonic() - began > EARLY_DEATH_SECONDS:
                 raise _fail_with_log(rt, exc) from None
             last = exc.log_lines[-1].strip() if exc.log_lines else "no output"
@@ -282,8 +284,10 @@ def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, d
     from .health import check_workspaces
 
     if decision.remove_old:
+        old = runtime_for(decision.remove_old, settings)
+        persist.migrate_before_replace(settings, old)  # a failed copy stops here, nothing removed
         try:
-            if runtime_for(decision.remove_old, settings).remove():
+            if old.remove():
                 console.info(f"removed the {decision.remove_old} sandbox {settings.name} (runtime changed to "
                              f"{rt.kind}; state kept)")
         except WorkflowError as exc:
@@ -295,6 +299,7 @@ def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, d
     fresh = decision.action in (CREATE, RECREATE)
     _save_record(state, settings, rt.kind, spec, **({"created_at": time.time(), "workspace_id": None} if fresh else {}))
     if decision.action == RECREATE:
+        persist.migrate_before_replace(settings, rt, spec)  # a failed copy stops here
         rt.remove()
     if fresh:
         rt.create(spec)
@@ -322,6 +327,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         _refuse_busy_port(settings, decide_up(_observe(settings, state, kind, rt, fp)))
     with state.lock(action="up"):
         state.ensure()
+        persist.check_data_dir(settings)  # before anything is removed or booted
         token, host_token = state.tokens()
         if not token or not host_token:  # tokens() generates what is missing; this is a safety net
             raise WorkflowError(f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again")

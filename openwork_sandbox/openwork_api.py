@@ -149,6 +149,11 @@ class OpenWorkClient:
         return self.request("GET", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}",
                             bearer=self.token)
 
+    def delete_session(self, ws_id: str, session_id: str) -> ApiResponse:
+        """opencode's ``DELETE /session/<id>`` through the proxy (200 ``true`` when it existed)."""
+        return self.request("DELETE", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}",
+                            bearer=self.token)
+
     def session_messages(self, ws_id: str, session_id: str, limit: int = 10) -> ApiResponse:
         return self.request(
             "GET", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/message?limit={limit}",

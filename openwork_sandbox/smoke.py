@@ -6,6 +6,10 @@ The checks, in order (each named, timed, with one request timeout per request fr
 
 {checks}
 
+Afterwards the session the checks created is deleted (DELETE /w/<id>/opencode/session/<sid>), so a
+long-lived server does not collect one per run; ``--keep-session`` keeps it. A failed deletion is a
+note in the report (and fails the run).
+
 A check whose prerequisite did not pass is reported as skipped with the reason. If the server stops
 answering mid-run, that check fails and the rest are skipped, so the run ends within one request
 timeout. Exit codes: 0 all passed, 1 a check failed (or none ran), 2 bad settings/usage,
@@ -133,8 +137,10 @@ class SmokeRunner:
     """Runs the checks against one :class:`Target`; knows nothing about output."""
 
     def __init__(self, target: Target, *, request_timeout: float, health_timeout: float, persistence: bool = False,
-                 is_alive: Callable[[], bool] | None = None, on_check: Callable[[str], None] | None = None):
+                 is_alive: Callable[[], bool] | None = None, on_check: Callable[[str], None] | None = None,
+                 keep_session: bool = False):
         self.target = target
+        self.keep_session = keep_session
         self.request_timeout = request_timeout
         self.health_timeout = health_timeout
         self.persistence = persistence
@@ -158,10 +164,27 @@ class SmokeRunner:
                 result = self._run_one(check, results)
                 results[check.name] = result
                 self.report.checks.append(result)
+            self._delete_session()
         finally:
             self.client.close()
             self.report.total_seconds = time.perf_counter() - start
         return self.report
+
+    def _delete_session(self) -> None:
+        """Delete the session the checks created, unless asked to keep it; a failure becomes a note."""
+        if self.keep_session or not (self.ws_id and self.session_id) or self.gone:
+            return
+        try:
+            resp = self.client.delete_session(self.ws_id, self.session_id)
+        except TransportError as exc:
+            problem = exc.detail
+        else:
+            if 200 <= resp.status < 300:
+                return
+            problem = f"answered {resp.status}: {redact(resp.body_start, self.report.secrets)}"
+        self.report.notes.append(f"could not delete the smoke session {self.session_id} (DELETE "
+                                 f"/w/{self.ws_id}/opencode/session/{self.session_id} {problem}); delete it in "
+                                 "OpenCode, or pass --keep-session to keep smoke sessions on purpose")
 
     def _run_one(self, check: Check, done: dict[str, CheckResult]) -> CheckResult:
         result = CheckResult(check.name)
@@ -276,9 +299,9 @@ def attach_log_tail(settings, report: SmokeReport) -> None:
     report.log_tail, report.log_path = list(lines), str(path) if path else None
 
 
-def _run_checks(settings, target: Target, persistence: bool, is_alive=None) -> SmokeReport:
+def _run_checks(settings, target: Target, persistence: bool, is_alive=None, keep_session: bool = False) -> SmokeReport:
     runner = SmokeRunner(target, request_timeout=settings.request_timeout, health_timeout=settings.health_timeout,
-                         persistence=persistence, is_alive=is_alive)
+                         persistence=persistence, is_alive=is_alive, keep_session=keep_session)
     return runner.run()
 
 
@@ -290,7 +313,7 @@ def _finish(report: SmokeReport, junit: str | None, as_json: bool) -> int:
 
 
 def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, persistence: bool = False,
-              junit: str | None = None, as_json: bool = False) -> int:
+              junit: str | None = None, as_json: bool = False, keep_session: bool = False) -> int:
     """Run the checks in one of the three modes, print/write the report, return the exit code."""
     _check_usage(url, ephemeral, persistence)
     if junit:
@@ -298,12 +321,12 @@ def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, pers
     if ephemeral:
         return _run_ephemeral(settings, persistence=persistence, junit=junit, as_json=as_json)
     if url is not None:
-        report = _run_checks(settings, _url_target(settings, url), persistence=False)
+        report = _run_checks(settings, _url_target(settings, url), persistence=False, keep_session=keep_session)
         return _finish(report, junit, as_json)
     from . import lifecycle
 
     ep = lifecycle.endpoint(settings)
-    report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence)
+    report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session)
     if not report.ok:
         attach_log_tail(settings, report)
     return _finish(report, junit, as_json)

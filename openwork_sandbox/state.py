@@ -5,6 +5,7 @@ Layout (all owned by the user; secrets are mode 0600)::
     .state/<name>/
         workspace/        bind-mounted at /workspace (default; OPENWORK_MICROSANDBOX_WORKSPACE_DIR moves it)
         data/             bind-mounted at /data      (default; OPENWORK_MICROSANDBOX_DATA_DIR moves it)
+          home/           the sandbox's HOME: opencode's sessions, the server's issued tokens (persist.py)
         tokens.json       generated client and host tokens (0600), reused by every later `up`
         sandbox.json      what runs: runtime, image, settings fingerprint, job id, ports, times
         container.env     environment for `docker run --env-file` (0600: it holds the tokens)

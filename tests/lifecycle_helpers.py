@@ -17,6 +17,15 @@ def unique_name(prefix: str = "lc") -> str:
     return f"owtest-{prefix}-{secrets.token_hex(3)}"
 
 
+def docker_env(image: str, prefix: str, health_timeout: str = "90", **extra: str) -> dict[str, str]:
+    """Settings of a sandbox of ``image`` on the Docker runtime: a unique name, a free port."""
+    from openwork_sandbox.ports import free_port
+
+    return dict(OPENWORK_MICROSANDBOX_NAME=unique_name(prefix), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+                OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_RUNTIME="docker",
+                OPENWORK_HEALTH_TIMEOUT=health_timeout, **extra)
+
+
 def make_settings(tmp_path: Path, **env: str):
     """Settings with only ``env`` set, state under ``tmp_path/state``, project root ``tmp_path/project``."""
     from openwork_sandbox.settings import load_settings
@@ -48,3 +57,21 @@ def build_and_push(context: Path, dockerfile: str, ref: str) -> str:
     push = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300)
     assert push.returncode == 0, push.stderr
     return ref
+
+
+def container_id(name: str) -> str | None:
+    """The Docker container's id, or None when there is no container of that name."""
+    proc = subprocess.run(["docker", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def up_json(settings, capsys, **kw) -> dict:
+    """`up --json` in this process: its JSON object, plus what it said on stderr under "stderr"."""
+    import json
+
+    from openwork_sandbox.lifecycle import up
+
+    capsys.readouterr()
+    up(settings, as_json=True, **kw)
+    out = capsys.readouterr()
+    return {**json.loads(out.out), "stderr": out.err}

@@ -63,6 +63,9 @@ class OpenWorkDouble:
             def do_POST(self):
                 double._handle(self, "POST")
 
+            def do_DELETE(self):
+                double._handle(self, "DELETE")
+
         server_cls = _Server
         if ":" in host:
             server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
@@ -103,6 +106,8 @@ class OpenWorkDouble:
             return "messages-read"
         if method == "POST":
             return "session-create"
+        if method == "DELETE":
+            return "session-delete"
         return "session-read"
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
@@ -184,6 +189,11 @@ class OpenWorkDouble:
         sid = bits[4] if len(bits) > 4 else ""
         if sid not in self.sessions:
             return 404, {"name": "NotFoundError", "data": {"message": f"Session not found: {sid}"}}
+        if check == "session-delete":  # opencode answers 200 true
+            if broken == "status":
+                return 500, {"name": "UnknownError", "data": {"message": "boom"}}
+            del self.sessions[sid]
+            return 200, True
         if check == "session-read":
             if broken == "status":
                 return 404, {"name": "NotFoundError", "data": {"message": "gone"}}

@@ -13,7 +13,11 @@ test rely on:
 - ``GET /approvals`` and ``POST /tokens`` with the host token (``X-OpenWork-Host-Token``) or an
   owner-scope Bearer token;
 - ``/w/<id>/opencode/<rest>``: proxied to the real opencode with Basic auth and
-  ``x-opencode-directory``; status and body come back unchanged.
+  ``x-opencode-directory``; status and body come back unchanged;
+- tokens issued by ``POST /tokens`` are kept where the real server keeps them, and accepted again
+  after a restart: ``$OPENWORK_TOKEN_STORE`` if set, else ``tokens.json`` beside the config file
+  (``OPENWORK_SERVER_CONFIG`` or ``--config``), else ``$HOME/.config/openwork/tokens.json`` (it
+  follows HOME, not XDG_CONFIG_HOME). The file is written atomically with mode 0600.
 
 It runs under ``python3-minimal`` (Debian), which has no ``http``, ``json``, ``socketserver``,
 ``secrets`` or ``uuid`` modules: HTTP and JSON are done by hand with ``socket`` and ``threading``.
@@ -202,6 +206,7 @@ class Config:
         parser.add_argument("--opencode-directory", default=env.get("OPENWORK_OPENCODE_DIRECTORY", ""))
         parser.add_argument("--read-only", action="store_true")
         parser.add_argument("--log-format", default=env.get("OPENWORK_LOG_FORMAT", "pretty"))
+        parser.add_argument("--config", default=env.get("OPENWORK_SERVER_CONFIG", ""))
         args, self.unknown = parser.parse_known_args(argv)
         self.version_only = args.version
         self.version = env.get("OPENWORK_STANDIN_VERSION") or VERSION
@@ -221,6 +226,21 @@ class Config:
         self.tokens = {self.client_token: {"id": "tok_client", "scope": "collaborator", "label": "client",
                                            "createdAt": now_iso()}}
         self.lock = threading.Lock()
+        self.token_store = token_store_path(env, args.config)
+        self.tokens.update(load_issued_tokens(self.token_store))
+
+    def save_issued_tokens(self):
+        """Write the issued tokens (not the configured client token) to the token store, atomically."""
+        items = [dict(record, token=token) for token, record in self.tokens.items() if record.get("issued")]
+        directory = os.path.dirname(self.token_store)
+        os.makedirs(directory, exist_ok=True)
+        tmp = "%s.%d.tmp" % (self.token_store, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(to_json({"version": 1, "tokens": items}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.token_store)
 
     def workspace_doc(self):
         return {
@@ -236,6 +256,38 @@ class Config:
                 "password": self.opencode_password,
             },
         }
+
+
+def token_store_path(env, config_path=""):
+    """Where the real openwork-server keeps issued tokens (see the module docstring)."""
+    if env.get("OPENWORK_TOKEN_STORE"):
+        return os.path.abspath(env["OPENWORK_TOKEN_STORE"])
+    if config_path:
+        return os.path.join(os.path.dirname(os.path.abspath(config_path)), "tokens.json")
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".config", "openwork", "tokens.json")
+
+
+def load_issued_tokens(path):
+    """token -> record from the token store; an unreadable or malformed store is reported and ignored."""
+    try:
+        with open(path) as fh:
+            doc = from_json(fh.read())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log("token store %s unreadable (%s): issued tokens from earlier runs are not accepted" % (path, exc))
+        return {}
+    out = {}
+    for item in (doc.get("tokens") if isinstance(doc, dict) else None) or []:
+        if isinstance(item, dict) and isinstance(item.get("token"), str) and item.get("scope") in SCOPES:
+            record = {k: v for k, v in item.items() if k != "token"}
+            record["issued"] = True
+            out[item["token"]] = record
+    return out
+
+
+SCOPES = ("owner", "collaborator", "viewer")
 
 
 # --- HTTP by hand (python3-minimal has no http package) ---------------------------------------------
@@ -334,7 +386,8 @@ def read_request(conn):
 
 
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 502: "Bad Gateway"}
+           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
+           502: "Bad Gateway"}
 
 
 class Handler:
@@ -455,7 +508,7 @@ class Handler:
                 return True
             if req.method == "GET":
                 with cfg.lock:
-                    items = [{k: v for k, v in r.items()} for r in cfg.tokens.values()]
+                    items = [{k: v for k, v in r.items() if k != "issued"} for r in cfg.tokens.values()]
                 self.send(req, 200, {"items": items})
                 return True
             if req.method == "POST":
@@ -465,14 +518,21 @@ class Handler:
                     self.error(req, 400, "invalid_json", "Request body is not JSON")
                     return True
                 scope = body.get("scope", "collaborator") if isinstance(body, dict) else None
-                if scope not in ("owner", "collaborator", "viewer"):
+                if scope not in SCOPES:
                     self.error(req, 400, "invalid_scope", "scope must be owner, collaborator or viewer")
                     return True
                 token = new_token()
                 record = {"id": "tok_" + token[4:16], "scope": scope, "createdAt": now_iso(),
                           "label": body.get("label") if isinstance(body.get("label"), str) else None}
                 with cfg.lock:
-                    cfg.tokens[token] = record
+                    cfg.tokens[token] = dict(record, issued=True)
+                    try:
+                        cfg.save_issued_tokens()
+                    except OSError as exc:
+                        del cfg.tokens[token]
+                        self.error(req, 500, "token_store_unwritable",
+                                   "cannot write the token store %s: %s" % (cfg.token_store, exc.strerror))
+                        return True
                 self.send(req, 201, dict(record, token=token))
                 return True
             self.error(req, 405, "method_not_allowed", "Method not allowed")
@@ -564,8 +624,9 @@ def main(argv=None):
     server.bind((cfg.host, cfg.port))
     server.listen(128)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    log("stand-in openwork-server %s listening on %s:%d, workspace %s (%s), opencode %s%s" % (
+    log("stand-in openwork-server %s listening on %s:%d, workspace %s (%s), opencode %s, token store %s%s" % (
         cfg.version, cfg.host, cfg.port, cfg.workspace, cfg.workspace_id, cfg.opencode_base_url or "(unset)",
+        cfg.token_store,
         ", ignored args: %s" % " ".join(cfg.unknown) if cfg.unknown else ""))
     while True:
         try:

@@ -18,22 +18,11 @@ import pytest
 import requests
 
 from conftest import REGISTRY, free_port
-from lifecycle_helpers import OFFLINE, ROOT, build_and_push, invoke, make_settings, unique_name
+from lifecycle_helpers import OFFLINE, ROOT, build_and_push, docker_env, invoke, make_settings, unique_name
+from lifecycle_helpers import container_id as _container_id
+from lifecycle_helpers import up_json as _up_json
 
 pytestmark = pytest.mark.docker
-
-
-def _container_id(name: str) -> str | None:
-    proc = subprocess.run(["docker", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _up_json(settings, capsys, **kw) -> dict:
-    from openwork_sandbox.lifecycle import up
-
-    capsys.readouterr()
-    up(settings, as_json=True, **kw)
-    return json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +31,7 @@ def box(stack_image, tmp_path_factory):
     from openwork_sandbox.lifecycle import up
 
     tmp = tmp_path_factory.mktemp("box")
-    env = dict(OPENWORK_MICROSANDBOX_NAME=unique_name("box"), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-               OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-               OPENWORK_HEALTH_TIMEOUT="90")
+    env = docker_env(stack_image.ref, "box")
     settings = make_settings(tmp, **env)
     ep = up(settings)
     yield {"settings": settings, "tmp": tmp, "env": env, "endpoint": ep}

@@ -90,6 +90,26 @@ def test_good_server_passes_every_check(tmp_path, capsys):
     assert "smoke OK" in err
 
 
+def test_the_smoke_session_is_deleted_afterwards_unless_kept(tmp_path, capsys):
+    with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN) as srv:
+        code, report, err = smoke_json(capsys, settings_for(tmp_path), srv.url)
+        assert code == 0, err
+        assert srv.sessions == {}  # created, then deleted
+        assert any(s.startswith("session-delete DELETE /w/ws_c52ddf65534b/opencode/session/ses_") for s in srv.seen)
+        code, report, err = smoke_json(capsys, settings_for(tmp_path), srv.url, keep_session=True)
+        assert code == 0, err
+        assert len(srv.sessions) == 1 and not any(s.startswith("session-delete") for s in srv.seen[-8:])
+
+
+def test_a_failed_deletion_is_a_note_and_fails_the_run(tmp_path, capsys):
+    with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN, fail=("session-delete", "status")) as srv:
+        code, report, err = smoke_json(capsys, settings_for(tmp_path), srv.url)
+    assert code == 1
+    assert set(results(report).values()) <= {"passed", "skipped"}  # every check itself passed
+    assert len(report["notes"]) == 1 and "could not delete the smoke session" in report["notes"][0]
+    assert "answered 500" in report["notes"][0] and "--keep-session" in report["notes"][0]
+
+
 @pytest.mark.parametrize("check", HTTP_CHECKS)
 @pytest.mark.parametrize("kind", ["status", "body"])
 def test_one_broken_check_fails_and_dependents_skip(tmp_path, capsys, check, kind):

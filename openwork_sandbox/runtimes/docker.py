@@ -15,6 +15,11 @@ Networking and the loopback rule:
 
 The tokens reach the container through ``--env-file`` (a 0600 file in ``.state/<name>/``), never
 on a command line where ``ps`` would show them.
+
+On Linux the container runs as the invoking user (``--user uid:gid``, unless that is root or the
+engine is rootless, where the container's root already is the user), so every file it writes into
+``.state/<name>/`` belongs to the user and ``reset`` needs no sudo. Files an older version left
+there as root are handed back first, by a one-off root container of the same image (``chown``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import datetime as _dt
 import functools
 import json
 import os
+import sys
 import time
 from typing import Iterator
 
@@ -41,6 +47,33 @@ def engine_has_bridge() -> bool:
     """True when the engine has a bridge network (then ``-p`` publishing works)."""
     proc = commands.docker("network", "ls", "--filter", "driver=bridge", "--format", "{{.Name}}", timeout=15)
     return any(line.strip() == "bridge" for line in proc.stdout.splitlines())
+
+
+@functools.lru_cache(maxsize=None)
+def engine_is_rootless() -> bool:
+    """A rootless engine maps the container's root to the invoking user already."""
+    proc = commands.docker("info", "--format", "{{json .SecurityOptions}}", check=False, timeout=15)
+    return "rootless" in (proc.stdout or "")
+
+
+def run_as_user() -> str | None:
+    """``uid:gid`` to run the container as: the invoking user on Linux, else None (root, rootless, macOS)."""
+    if not sys.platform.startswith("linux") or os.getuid() == 0 or engine_is_rootless():
+        return None
+    return f"{os.getuid()}:{os.getgid()}"
+
+
+def foreign_owned(folders, uid: int) -> str | None:
+    """The first path under ``folders`` not owned by ``uid`` (files an older root container made), or None."""
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                try:
+                    if os.lstat(name).st_uid != uid:
+                        return name
+                except OSError:
+                    continue
+    return None
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -153,6 +186,9 @@ class DockerRuntime(Runtime):
         if cpus > host_cpus:
             console.info(f"note: OPENWORK_MICROSANDBOX_CPUS={cpus} but this host has {host_cpus}; Docker gets {host_cpus}")
             cpus = host_cpus
+        user = run_as_user()
+        if user:
+            self._hand_back(spec, user)
         argv = [
             # --init: Docker's tini as PID 1 forwards SIGTERM, so `down` takes well under a second
             # even while the orchestrator is still verifying its server (without it: 10 s, then SIGKILL)
@@ -161,6 +197,7 @@ class DockerRuntime(Runtime):
             "--env-file", str(env_file),
             "--cpus", str(cpus), "--memory", f"{spec.memory_mib}m",
             *net_args,
+            *(["--user", user] if user else []),
         ]
         for guest, host in spec.mounts.items():
             argv += ["--mount", f"type=bind,source={host},target={guest}"]
@@ -168,6 +205,25 @@ class DockerRuntime(Runtime):
         proc = commands.docker(*argv, check=False, timeout=300)
         if proc.returncode != 0:
             raise WorkflowError(f"docker run {spec.image} failed: {commands.last_line(proc.stderr)}")
+
+    def _hand_back(self, spec: LaunchSpec, user: str) -> None:
+        """Files under the mounts that belong to someone else (an older version ran the container as
+        root) are chowned to ``user`` by a one-off root container of the image, so the sandbox can
+        write them and ``reset`` can delete them without sudo."""
+        found = foreign_owned(spec.mounts.values(), int(user.split(":")[0]))
+        if found is None:
+            return
+        argv = ["run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "chown"]
+        targets = []
+        for i, host in enumerate(spec.mounts.values()):
+            argv += ["--mount", f"type=bind,source={host},target=/handback/{i}"]
+            targets.append(f"/handback/{i}")
+        proc = commands.docker(*argv, spec.image, "-R", user, *targets, check=False, timeout=600)
+        if proc.returncode != 0:
+            raise WorkflowError(f"{found} belongs to another user and could not be handed back to you "
+                                f"({commands.last_line(proc.stderr)}): run `sudo chown -R {user} "
+                                f"{self.state_dir}` once")
+        console.info(f"handed the files an earlier root container left in {self.state_dir} back to you ({user})")
 
     def start(self, spec: LaunchSpec) -> None:
         # the server is the container's own entrypoint: starting the container relaunches it

@@ -1,0 +1,462 @@
+"""State that survives: where the sandbox keeps what a user would miss, and moving it there.
+
+Inside the sandbox everything the three programs keep lives under the ``/data`` bind mount
+(``.state/<name>/data`` on the host), because HOME is ``/data/home``:
+
+- opencode: ``$XDG_DATA_HOME/opencode`` (``opencode.db`` with sessions and messages, auth, logs),
+  ``$XDG_CONFIG_HOME/opencode``, ``$XDG_STATE_HOME/opencode``; XDG_* default to folders under HOME;
+- openwork-server: its token store, ``$HOME/.config/openwork/tokens.json`` (it follows HOME, not XDG);
+- the orchestrator: ``$OPENWORK_DATA_DIR`` (``/data/openwork-orchestrator``), sidecars in ``/data/sidecars``.
+
+The image's entrypoint makes HOME ``/data/home`` when the caller chose none; ``up`` also passes
+``HOME=/data/home`` (:func:`guest_env`) so an image with an older entrypoint keeps its state there too.
+
+Sandboxes made before this layout kept the first three in ``/root``. Before ``up`` replaces
+such a sandbox, :func:`migrate_before_replace` copies them out of it (Docker: ``docker cp``, which
+works on a stopped container; microsandbox: the SDK's file access), verifies every file (size and
+sha256 of what arrived, read back from disk), moves them into ``<data>/home`` without overwriting
+anything newer there, says so in one line, and only then lets ``up`` remove the sandbox. A copy that
+fails raises :class:`~openwork_sandbox.errors.WorkflowError` and leaves the sandbox as it was.
+
+:func:`check_data_dir` refuses, before any boot, a data folder this user cannot write (read-only,
+full, someone else's), with one line naming the folder and the fix; the entrypoint does the same
+inside (exit :data:`EXIT_DATA_UNWRITABLE`), which :func:`raise_if_data_unwritable` turns into that line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator
+
+from . import console
+from .errors import WorkflowError
+
+GUEST_DATA = "/data"
+GUEST_HOME = "/data/home"  # HOME inside the sandbox (the entrypoint's default too)
+HOST_HOME = "home"  # the same folder on the host: <data dir>/home
+LEGACY_HOME = "/root"  # where sandboxes made before this layout kept their state
+LAYOUT = 2  # part of the settings fingerprint: a sandbox of an older layout is recreated (and migrated)
+# What a user would miss, relative to HOME (found by running the real programs; README table).
+KEPT = (".local/share/opencode", ".config/opencode", ".config/openwork", ".local/state/opencode")
+NOT_KEPT = (".local/state/opencode/locks",)  # lock files of the stopped process: stale by definition
+EXIT_DATA_UNWRITABLE = 73  # the entrypoint's exit code for a /data it cannot write (EX_CANTCREAT)
+UNWRITABLE_MARK = "/data is not writable"
+MIN_FREE_BYTES = 64 * 1024 * 1024
+MIGRATION_RECORD = ".migrated.json"
+
+
+def guest_env() -> dict[str, str]:
+    """Environment for the sandbox that puts its home under /data, whatever the image's entrypoint."""
+    return {"HOME": GUEST_HOME}
+
+
+# --- the data folder must be writable -------------------------------------------------------------
+
+def _owner(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return "?"
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(st.st_uid).pw_name} (uid {st.st_uid})"
+    except (ImportError, KeyError):
+        return f"uid {st.st_uid}"
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """Why the sandbox could not keep anything in ``path`` (a probe write), or None when it can."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"the data folder {path} is not a folder"
+    probe = path / f".openwork-write-probe.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        fix_other = "or point OPENWORK_MICROSANDBOX_DATA_DIR at a writable folder"
+        if exc.errno == errno.EROFS:
+            return f"the data folder {path} is read-only: mount it read-write {fix_other}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"the data folder {path} is full: free some space there {fix_other}"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            ids = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "$(id -u):$(id -g)"
+            return (f"the data folder {path} is not writable by you (it belongs to {_owner(path)}): "
+                    f"run `sudo chown -R {ids} {path}` once, {fix_other}")
+        return f"the data folder {path} cannot be written ({exc.strerror}): fix it {fix_other}"
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def check_data_dir(settings) -> None:
+    """Before a boot: one line naming the host folder and the fix when the sandbox could keep nothing."""
+    problem = data_dir_problem(Path(settings.data_dir))
+    if problem:
+        raise WorkflowError(f"{problem}; the sandbox would keep nothing (sessions, issued tokens) across restarts")
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(settings.data_dir).free
+        if free < MIN_FREE_BYTES:
+            console.info(f"note: only {console.human_bytes(free)} free in {settings.data_dir}; opencode's database "
+                         "grows with every session")
+
+
+def raise_if_data_unwritable(settings, log_lines: Iterable[str]) -> None:
+    """The entrypoint said /data is not writable: the same one line as :func:`check_data_dir`."""
+    if any(UNWRITABLE_MARK in line for line in log_lines or ()):
+        raise WorkflowError(
+            f"the sandbox cannot write its data folder {settings.data_dir} (mounted at /data): it is read-only, full "
+            f"or belongs to another user; make it writable for you (e.g. `sudo chown -R $(id -u):$(id -g) "
+            f"{settings.data_dir}`) or point OPENWORK_MICROSANDBOX_DATA_DIR at a writable folder")
+
+
+# --- migration from the old layout ---------------------------------------------------------------
+
+@dataclasses.dataclass
+class Copied:
+    """One file copied out of the sandbox: where it is staged and what arrived."""
+
+    rel: str  # relative to HOME, POSIX
+    size: int
+    sha256: str
+    mtime: float
+
+
+def _kept(rel: str) -> bool:
+    return not any(rel == skip or rel.startswith(skip + "/") for skip in NOT_KEPT)
+
+
+def _write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtime: float) -> Copied:
+    dest = stage / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    with open(dest, "wb") as fh:
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(dest, (mode & 0o777) | 0o600)
+    os.utime(dest, (mtime, mtime))
+    return Copied(rel, size, digest.hexdigest(), mtime)
+
+
+def _read_chunks(fh, size: int = 1 << 20) -> Iterator[bytes]:
+    while True:
+        chunk = fh.read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+def docker_fetch(container: str, guest_dir: str, stage: Path, unit: str) -> list[Copied]:
+    """``docker cp CONTAINER:guest_dir/unit -`` (a tar stream; works on a stopped container) into
+    ``stage/unit``. Returns [] when the container has no such folder."""
+    src = str(PurePosixPath(guest_dir) / unit)
+    proc = subprocess.Popen(["docker", "cp", f"{container}:{src}", "-"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    copied: list[Copied] = []
+    top = PurePosixPath(unit).name
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                name = PurePosixPath(member.name)
+                parts = name.parts[1:] if name.parts and name.parts[0] == top else name.parts
+                rel = str(PurePosixPath(unit, *parts))
+                if not _kept(rel) or ".." in parts:
+                    continue
+                if member.isdir():
+                    (stage / rel).mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    fh = tar.extractfile(member)
+                    item = _write_staged(stage, rel, _read_chunks(fh), member.mode, float(member.mtime))
+                    if item.size != member.size:
+                        raise WorkflowError(f"copying {src} from {container}: {rel} arrived with {item.size} bytes, "
+                                            f"the sandbox has {member.size}")
+                    copied.append(item)
+    except tarfile.ReadError:
+        pass  # no tar at all: docker cp failed, see below
+    finally:
+        if proc.stdout:
+            proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        code = proc.wait()
+    if code != 0:
+        if "Could not find the file" in err or "no such container:path" in err.lower():
+            return []  # the sandbox has no such folder: nothing to copy
+        last = err.strip().splitlines()[-1] if err.strip() else f"docker cp exited with {code}"
+        raise WorkflowError(f"could not copy {src} out of {container}: {last}")
+    return copied
+
+
+def _kind(entry) -> str:
+    """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
+    return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
+
+
+def docker_home(container: str) -> str | None:
+    """The HOME the container was created with (None: not set, so the image's user's, i.e. /root)."""
+    proc = subprocess.run(["docker", "container", "inspect", "--format", "{{json .Config.Env}}", container],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return None
+    try:
+        env = json.loads(proc.stdout or "[]") or []
+    except ValueError:
+        return None
+    return next((item.split("=", 1)[1] for item in env if item.startswith("HOME=")), None)
+
+
+def msb_home(name: str) -> str | None:
+    """The HOME the microVM was created with (its config's env: a list of {key, value})."""
+    import asyncio
+
+    from microsandbox import MicrosandboxError, Sandbox, SandboxNotFoundError
+
+    async def go():
+        return (await Sandbox.get(name)).config() or {}
+
+    try:
+        config = asyncio.run(go())
+    except (MicrosandboxError, SandboxNotFoundError):
+        return None
+    env = config.get("env") or []
+    pairs = env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env if isinstance(e, dict))
+    return next((value for key, value in pairs if key == "HOME"), None)
+
+
+async def msb_copy(fs, src: str, unit: str, stage: Path, where: str) -> list[Copied]:
+    """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
+    at a time, ``read``) into ``stage/unit``; [] when the guest has no such folder."""
+    if not await fs.exists(src):
+        return []
+    copied, todo = [], [src]
+    while todo:
+        folder = todo.pop()
+        for entry in await fs.list(folder):
+            path = entry.path if entry.path.startswith("/") else str(PurePosixPath(folder) / entry.path)
+            kind = _kind(entry)
+            if kind == "directory":
+                todo.append(path)
+                continue
+            rel = str(PurePosixPath(unit) / PurePosixPath(path).relative_to(src))
+            if kind != "file" or not _kept(rel):
+                continue
+            data = await fs.read(path)
+            item = _write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
+            if item.size != entry.size:
+                raise WorkflowError(f"copying {src} from {where}: {rel} arrived with {item.size} bytes, the sandbox "
+                                    f"has {entry.size}")
+            copied.append(item)
+    return copied
+
+
+def msb_fetch(name: str, guest_dir: str, stage: Path, unit: str) -> list[Copied]:
+    """:func:`msb_copy` from the microVM ``name`` (it must be running; its server need not be)."""
+    import asyncio
+
+    from microsandbox import MicrosandboxError, Sandbox
+
+    src = str(PurePosixPath(guest_dir) / unit)
+
+    async def go() -> list[Copied]:
+        sb = await (await Sandbox.get(name)).connect(timeout=30)
+        return await msb_copy(sb.fs, src, unit, stage, f"the microVM {name}")
+
+    try:
+        return asyncio.run(go())
+    except MicrosandboxError as exc:
+        raise WorkflowError(f"could not copy {src} out of the microVM {name}: {exc}") from None
+
+
+def verify(stage: Path, copied: list[Copied]) -> None:
+    """Read every staged file back from disk: same size and sha256 as what arrived, or an error."""
+    for item in copied:
+        path = stage / item.rel
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for chunk in _read_chunks(fh):
+                    digest.update(chunk)
+            size = path.stat().st_size
+        except OSError as exc:
+            raise WorkflowError(f"verifying the copy of {item.rel}: {exc.strerror}") from None
+        if size != item.size or digest.hexdigest() != item.sha256:
+            raise WorkflowError(f"the copy of {item.rel} in {path} does not match what the sandbox sent "
+                                f"({size} bytes, expected {item.size}); nothing was changed")
+
+
+def _newest(path: Path) -> float:
+    newest = 0.0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_dir() and any(files for _r, _d, files in os.walk(path))
+
+
+def install(stage: Path, home: Path, copied: list[Copied], stamp: str) -> tuple[list[str], list[str]]:
+    """Move the staged units into ``home``. A unit already there with files at least as new is kept
+    (the copy is dropped); an older one is kept beside it as ``<unit>.before-migration-<stamp>``.
+    Returns (moved units, kept units)."""
+    moved, kept = [], []
+    units = sorted({next(u for u in KEPT if c.rel == u or c.rel.startswith(u + "/")) for c in copied})
+    for unit in units:
+        src, dest = stage / unit, home / unit
+        if _has_files(dest):
+            if _newest(dest) >= max(c.mtime for c in copied if c.rel.startswith(unit + "/")):
+                kept.append(unit)
+                continue
+            dest.rename(dest.with_name(f"{dest.name}.before-migration-{stamp}"))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():  # an empty folder
+            shutil.rmtree(dest)
+        os.replace(src, dest)
+        moved.append(unit)
+    return moved, kept
+
+
+def copy_home_state(fetch: Callable[[str, Path, str], list[Copied]], data_dir: Path, source: str,
+                    guest_home: str = LEGACY_HOME) -> str | None:
+    """Copy the kept folders out of ``guest_home`` with ``fetch(guest_home, stage, unit)``, verify,
+    install into ``<data_dir>/home``; the one-line summary, or None when there was nothing to copy.
+    Any failure raises WorkflowError and leaves ``<data_dir>/home`` as it was."""
+    data_dir = Path(data_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stage = data_dir / f".migrating-{stamp}-{os.getpid()}"
+    try:
+        stage.mkdir(parents=True)
+    except OSError as exc:
+        raise WorkflowError(f"cannot stage the copy in {data_dir} ({exc.strerror}); the sandbox was not replaced") from None
+    try:
+        copied: list[Copied] = []
+        for unit in KEPT:
+            copied += fetch(guest_home, stage, unit)
+        if not copied:
+            return None
+        verify(stage, copied)
+        home = data_dir / HOST_HOME
+        moved, kept = install(stage, home, copied, stamp)
+        record = {"from": f"{source}:{guest_home}", "at": time.time(), "moved": moved, "kept_newer": kept,
+                  "files": len(copied), "bytes": sum(c.size for c in copied)}
+        (home / MIGRATION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    size = console.human_bytes(sum(c.size for c in copied))
+    line = (f"moved the state {source} kept in {guest_home} ({len(copied)} files, {size}, sha256 verified) to "
+            f"{home}")
+    if kept:
+        line += f"; kept the newer {', '.join(kept)} already there"
+    return line
+
+
+def migrate_before_replace(settings, rt, spec=None) -> None:
+    """Before ``up`` removes the sandbox ``rt``: copy the state it still keeps in its home into the
+    data folder (see the module doc). Stops a running sandbox first so its database is consistent,
+    and starts it again when the copy fails (then nothing has changed)."""
+    from .runtimes import ABSENT, RUNNING
+
+    try:
+        st = rt.status()
+    except ImportError:  # the microsandbox SDK is not installed: it cannot hold a sandbox here
+        return
+    if st.state == ABSENT:
+        return
+    was_running = st.state == RUNNING
+    where = f"the {rt.kind} sandbox {settings.name}"
+    if rt.kind == "docker":
+        if docker_home(settings.name) == GUEST_HOME:
+            return  # made with this layout: its state is in the data folder already
+        if was_running:
+            rt.stop()
+
+        def fetch(home, stage, unit):
+            return docker_fetch(settings.name, home, stage, unit)
+
+        def restore():
+            if was_running:
+                rt.start(None)
+    else:
+        if msb_home(settings.name) == GUEST_HOME:
+            return
+        fetch, restore = _msb_prepare(settings, rt, was_running, spec)
+    try:
+        line = copy_home_state(fetch, Path(settings.data_dir), where)
+    except WorkflowError as exc:
+        with contextlib.suppress(WorkflowError):
+            restore()
+        raise WorkflowError(f"{exc.message}; {settings.name} was not replaced and still holds its sessions and tokens "
+                            f"(free space in {settings.data_dir} or fix the error, then run `invoke up` again)",
+                            exit_code=exc.exit_code) from None
+    except OSError as exc:
+        with contextlib.suppress(WorkflowError):
+            restore()
+        raise WorkflowError(f"copying the state out of {where} failed ({exc.strerror}: {exc.filename}); "
+                            f"it was not replaced") from None
+    if line:
+        console.info(f"{console.OK} {line}")
+
+
+def _msb_prepare(settings, rt, was_running: bool, spec):
+    """microsandbox: the SDK reads files from a running VM only. A stopped VM is started (booting
+    does not start the server) and stopped again; a running one has its server job stopped first."""
+    import asyncio
+
+    from microsandbox import MicrosandboxError, Sandbox
+
+    async def boot():
+        sb = await Sandbox.start(settings.name, detached=True)
+        await sb.detach()
+
+    if was_running:
+        job_id = rt.job_id()
+        if job_id:
+            async def kill():
+                handle = await Sandbox.get(settings.name)
+                with contextlib.suppress(MicrosandboxError):
+                    await (await handle.get_job(job_id)).kill()
+            asyncio.run(kill())
+    else:
+        try:
+            asyncio.run(boot())
+        except MicrosandboxError as exc:
+            raise WorkflowError(
+                f"the microVM {settings.name} was made by an older version, which kept sessions and tokens in "
+                f"{LEGACY_HOME}, and cannot be started to copy them out ({exc}); it was not replaced. To replace it "
+                f"without copying, run `invoke reset --keep-data` and then `invoke up`") from None
+
+    def fetch(home, stage, unit):
+        return msb_fetch(settings.name, home, stage, unit)
+
+    def restore():
+        if was_running and spec is not None:
+            rt.restart_server(spec)
+        elif not was_running:
+            rt.stop()
+
+    return fetch, restore
+
+
+__all__ = ["GUEST_HOME", "LAYOUT", "KEPT", "guest_env", "check_data_dir", "data_dir_problem",
+           "raise_if_data_unwritable", "migrate_before_replace", "copy_home_state", "docker_fetch", "msb_fetch"]

@@ -1,0 +1,135 @@
+"""`invoke up` and `invoke reset --yes` run by a user who is not root (on the real Docker runtime):
+every file under ``.state/<name>/`` belongs to that user, files an older version left as root are
+handed back, and `reset` removes the folder without sudo.
+
+The test makes the user (``useradd``) and gives it the Docker socket through the socket's group.
+This interpreter and the checkout may live where that user cannot read (``/root`` is 0700), so
+the user runs the system ``/usr/bin/python3`` with a copy of the project and of the tool's
+dependencies (their files, taken from this interpreter's distributions) in a temporary folder
+it can read. Needs root (to create the user); skips, saying why, elsewhere.
+"""
+
+from __future__ import annotations
+
+import grp
+import importlib.metadata
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import free_port
+from lifecycle_helpers import OFFLINE, unique_name
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+USER = "owtest-runner"
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+SOCKET = Path("/var/run/docker.sock")
+DEPENDENCIES = ("invoke", "requests", "urllib3", "idna", "charset-normalizer", "certifi", "python-dotenv", "packaging")
+
+
+def _readable_copy(base: Path) -> tuple[Path, Path]:
+    """(project, site): the checkout and the tool's dependencies, copied where any user can read."""
+    project = base / "project"
+    shutil.copytree(ROOT, project, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", ".state", "__pycache__", ".pytest_cache", "reports"))
+    site = base / "site"
+    for name in DEPENDENCIES:
+        dist = importlib.metadata.distribution(name)
+        for rel in dist.files or ():
+            if ".." in Path(rel).parts:
+                continue  # scripts outside site-packages
+            src = Path(dist.locate_file(rel))
+            if src.is_file():
+                (site / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, site / rel)
+    for root, dirs, files in os.walk(base):
+        for n in dirs + files:
+            p = os.path.join(root, n)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH |
+                         (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if os.path.isdir(p) else 0))
+    return project, site
+
+
+@pytest.fixture(scope="module")
+def runner(stack_image):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user")
+    if not shutil.which("useradd") or not SYSTEM_PYTHON.exists() or not SOCKET.exists():
+        pytest.skip(f"needs useradd, {SYSTEM_PYTHON} and {SOCKET}")
+    created = False
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER], check=True, capture_output=True)
+        created = True
+    group = grp.getgrgid(SOCKET.stat().st_gid).gr_name
+    subprocess.run(["usermod", "-aG", group, USER], check=True, capture_output=True)
+    pw = pwd.getpwnam(USER)
+    base = Path(tempfile.mkdtemp(prefix="owtest-nonroot-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        project, site = _readable_copy(base)
+        home, state = base / "home", base / "state"
+        for d in (home, state):
+            d.mkdir()
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+        (base / "empty.env").write_text("")
+        os.chmod(base / "empty.env", 0o644)
+
+        def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home),
+                   "PYTHONPATH": f"{site}:{project}", "OPENWORK_STATE_DIR": str(state), **OFFLINE}
+            argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+                    str(SYSTEM_PYTHON), "-m", "invoke", *args, "--env-file", str(base / "empty.env")]
+            return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+
+        yield {"uid": pw.pw_uid, "gid": pw.pw_gid, "state": state, "run": run, "image": stack_image.ref}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        if created:
+            subprocess.run(["userdel", USER], capture_output=True)
+
+
+def test_a_non_root_user_owns_every_file_and_resets_without_sudo(runner):
+    uid, gid, run = runner["uid"], runner["gid"], runner["run"]
+    name, port = unique_name("user"), free_port()
+    folder = runner["state"] / name
+    # what an older version left: the user's folders, with files the root container made in them
+    for d in (folder, folder / "data", folder / "workspace"):
+        d.mkdir()
+        os.chown(d, uid, gid)
+    (folder / "data" / "openwork-orchestrator").mkdir()
+    (folder / "data" / "openwork-orchestrator" / "left-by-root.json").write_text("{}")
+    (folder / "workspace" / "opencode.jsonc").write_text("{}")
+    assert (folder / "workspace" / "opencode.jsonc").stat().st_uid == 0
+    try:
+        up = run("up", "--name", name, "--runtime", "docker", "--image", runner["image"], "--port", str(port))
+        assert up.returncode == 0, up.stderr
+        assert "handed the files" in up.stderr
+        user = subprocess.run(["docker", "inspect", "--format", "{{.Config.User}}", name], capture_output=True,
+                              text=True).stdout.strip()
+        assert user == f"{uid}:{gid}"
+        import json
+
+        tokens = json.loads((folder / "tokens.json").read_text())
+        created = requests.post(f"http://127.0.0.1:{port}/w/ws_c52ddf65534b/opencode/session", json={"title": "mine"},
+                                headers={"Authorization": f"Bearer {tokens['token']}"}, timeout=20)
+        assert created.status_code == 200, created.text  # opencode writes its database, as this user
+        assert (folder / "data/home/.local/share/opencode/opencode.db").exists()
+        foreign = [str(p) for p in [folder, *folder.rglob("*")] if p.lstat().st_uid != uid or p.lstat().st_gid != gid]
+        assert foreign == []
+
+        reset = run("reset", "--yes", "--name", name)
+        assert reset.returncode == 0, reset.stderr
+        assert "sudo" not in reset.stderr and not folder.exists()
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
