@@ -64,4 +64,4 @@ exec openwork serve \
   --sidecar-source external \
   --opencode-source external \
   --openwork-server-bin /usr/local/bin/openwork-server \
-  --opencode-bin /usr/local/bin/opencode
+  --opencode-bin /usr/local/bin/opencode-gate  # opencode behind a start gate (see opencode-gate.js)

@@ -33,7 +33,7 @@ from .errors import WorkflowError
 from .settings import PROJECT_ROOT, Settings
 
 IMAGE_DIR = PROJECT_ROOT / "image"
-CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh")
+CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js")
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")
 LAST_BUILD = "last-build.json"
 VERIFIED = "verified-images.json"
