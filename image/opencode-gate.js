@@ -3,7 +3,8 @@
 // Run by the opencode binary itself as the Bun runtime (BUN_BE_BUN=1, see opencode-gate), so the
 // image gains this file and a 1 KB script, nothing else. The orchestrator starts
 // `opencode-gate serve --hostname H --port P ...` in place of opencode; the gate:
-//   1. starts the real opencode with the same arguments but on a free internal port;
+//   1. starts opencode (OPENWORK_OPENCODE_REAL, else this very binary) with the same arguments
+//      but on a free internal port;
 //   2. probes it (GET /global/health) until it answers anything at all. opencode 1.17 calls
 //      listen() before it attaches its HTTP handler, and a request that connects in that gap is
 //      read and never answered (orchestrator 0.18 waits for such a request forever). A new probe
@@ -118,8 +119,10 @@ async function main() {
 
   const env = { ...process.env };
   delete env.BUN_BE_BUN;
+  const opencode = env.OPENWORK_OPENCODE_REAL || process.execPath; // set by opencode-gate
+  delete env.OPENWORK_OPENCODE_REAL;
   const started = Date.now();
-  const child = spawn(process.execPath, childArgs, { stdio: ["ignore", "inherit", "inherit"], env });
+  const child = spawn(opencode, childArgs, { stdio: ["ignore", "inherit", "inherit"], env });
   let stopping = false;
   let serving = false;
   for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"]) {
