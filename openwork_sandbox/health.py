@@ -7,12 +7,16 @@ endpoint, the deadline, the sandbox's state, its last log line, and a hint.
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
-from typing import Callable
-
-import requests
+from typing import TYPE_CHECKING, Callable
+from urllib.parse import urlsplit
 
 from .errors import UnreachableError, WorkflowError
+
+if TYPE_CHECKING:
+    import requests
 
 FIRST_DELAY = 0.05
 MAX_DELAY = 0.5
@@ -69,6 +73,8 @@ def wait_for_health(
     for the error messages. At the deadline: :class:`NothingListening` (an UnreachableError) when
     nothing ever answered HTTP, else :class:`HealthTimeout` (a WorkflowError).
     """
+    import requests
+
     endpoint = url.rstrip("/") + "/health"
     http = session or requests.Session()
     start = time.monotonic()
@@ -132,22 +138,22 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | 
     """
     endpoint = url.rstrip("/") + "/workspaces"
     try:
-        anon = requests.get(endpoint, timeout=timeout_s)
-        if anon.status_code != 401:
+        anon, _ = _get(endpoint, timeout_s=timeout_s)
+        if anon != 401:
             raise WorkflowError(
-                f"GET {endpoint} without a token answered {anon.status_code}, expected 401: the server does not "
+                f"GET {endpoint} without a token answered {anon}, expected 401: the server does not "
                 f"enforce its client token"
             )
-        authed = requests.get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
-    except requests.RequestException as exc:
+        authed, raw = _get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout_s=timeout_s)
+    except _GET_ERRORS as exc:
         raise UnreachableError(f"GET {endpoint} failed ({exc.__class__.__name__}); is the server still up?") from None
-    if authed.status_code != 200:
+    if authed != 200:
         raise WorkflowError(
-            f"GET {endpoint} with the client token answered {authed.status_code}, expected 200: the server was "
+            f"GET {endpoint} with the client token answered {authed}, expected 200: the server was "
             f"started with another token (run `invoke up --replace`)"
         )
     try:
-        body = authed.json()
+        body = json.loads(raw)
     except ValueError:
         raise WorkflowError(f"GET {endpoint} answered 200 with a body that is not JSON") from None
     items = (body.get("items") or body.get("workspaces") or []) if isinstance(body, dict) else []
@@ -159,13 +165,37 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0) -> str | 
 def health_once(url: str, *, timeout_s: float = 1.0) -> dict | None:
     """One quick ``GET /health``: the JSON body when healthy, else None (for status and reuse)."""
     try:
-        resp = requests.get(url.rstrip("/") + "/health", timeout=timeout_s)
-    except requests.RequestException:
+        status, raw = _get(url.rstrip("/") + "/health", timeout_s=timeout_s)
+    except _GET_ERRORS:
         return None
-    if not 200 <= resp.status_code < 300:
+    if not 200 <= status < 300:
         return None
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+# The one-shot checks above run on every warm `up`, `status` and `doctor`: they use the standard
+# library's http.client (a few ms to import; requests with urllib3 and charset_normalizer takes
+# ~0.1 s), never a proxy (like http.sandbox_session), and a fresh connection per request.
+def _get(url: str, *, headers: dict[str, str] | None = None, timeout_s: float) -> tuple[int, bytes]:
+    """(status, body) of one GET; raises one of _GET_ERRORS."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s)
+    elif parts.scheme == "http":
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    else:
+        raise ValueError(f"not an http(s) URL: {url}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn.request("GET", path, headers={"User-Agent": "openwork-sandbox", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+_GET_ERRORS = (OSError, http.client.HTTPException, ValueError)
