@@ -38,6 +38,16 @@ def test_race_note_reads_the_gates_line():
     assert race_note([]) is None
 
 
+def test_the_gate_answers_version_as_the_baked_opencode_does(stack_image):
+    def run(entrypoint: str) -> str:
+        proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", entrypoint, "-e", "HOME=/tmp",
+                               stack_image.ref, "--version"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert run("/usr/local/bin/opencode-gate") == run("/usr/local/bin/opencode") == stack_image.versions["opencode"]
+
+
 @pytest.fixture(scope="module")
 def racing_image(stack_image, tmp_path_factory):
     """The stack image with opencode behind a stand-in that drops opencode's first request."""
