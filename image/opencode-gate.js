@@ -87,6 +87,9 @@ function untilAnswering(host, port, auth, started) {
   });
 }
 
+// Byte for byte, both ways. One difference from opencode itself: Bun 1.3's node:net closes a
+// socket once its peer half-closes (allowHalfOpen is not honoured), so a client that shuts down its
+// sending side before the answer gets none. The orchestrator and openwork-server never do that.
 function forward(host, port) {
   return (client) => {
     const upstream = net.connect({ host, port });
