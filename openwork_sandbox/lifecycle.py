@@ -229,7 +229,17 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
         except HealthTimeout as exc:
             raise _fail_with_log(rt, exc) from None
         rt.restart_server(spec)
+    _say_start_race(rt)
     return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
+
+
+def _say_start_race(rt: Runtime) -> None:
+    """One line when the image's start gate held off opencode's start race (see start_gate)."""
+    from .start_gate import TAIL_LINES, race_note
+
+    note = race_note(rt.log_tail(TAIL_LINES))
+    if note:
+        console.info(note)
 
 
 def _report(ep: Endpoint, *, action: str, seconds: float, settings: Settings, show_tokens: bool, as_json: bool,

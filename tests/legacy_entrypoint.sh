@@ -1,6 +1,8 @@
 #!/bin/sh
 # TEST FIXTURE: the entrypoint as it was before state moved to /data (main before issue 8), so a test
 # can make a sandbox with the old layout (HOME=/root) and prove `up` migrates it. Not used by the image.
+# One later change: --opencode-bin is the start gate (issue 11), which keeps no state, so the
+# old-layout sandbox starts as reliably as a new one.
 # Start OpenWork the way the upstream microsandbox image does: `openwork serve` with external
 # sidecars (the binaries baked in /usr/local/bin), remote access on OPENWORK_PORT
 # (OPENWORK_REMOTE_ACCESS=0 keeps openwork-server on 127.0.0.1, for host networking).
@@ -66,4 +68,4 @@ exec openwork serve \
   --sidecar-source external \
   --opencode-source external \
   --openwork-server-bin /usr/local/bin/openwork-server \
-  --opencode-bin /usr/local/bin/opencode
+  --opencode-bin /usr/local/bin/opencode-gate  # opencode behind a start gate (see opencode-gate.js)

@@ -98,7 +98,8 @@ def test_image_layout_and_labels(stack_image):
     # what changes most is the last file layer: a server bump pushes one layer
     copies = [line for line in history.splitlines()[::-1] if "COPY" in line]
     assert [c.split(" in ")[-1].strip() for c in copies] == [
-        "/usr/local/bin/opencode", "/usr/local/bin/openwork", "/usr/local/bin/microsandbox-entrypoint.sh",
+        "/usr/local/bin/opencode", "/usr/local/bin/openwork", "/usr/local/bin/opencode-gate",
+        "/usr/local/lib/openwork/opencode-gate.js", "/usr/local/bin/microsandbox-entrypoint.sh",
         "/usr/local/bin/openwork-server"]
 
 

@@ -103,4 +103,4 @@ exec $run_as openwork serve \
   --sidecar-source external \
   --opencode-source external \
   --openwork-server-bin /usr/local/bin/openwork-server \
-  --opencode-bin /usr/local/bin/opencode
+  --opencode-bin /usr/local/bin/opencode-gate  # opencode behind a start gate (see opencode-gate.js)

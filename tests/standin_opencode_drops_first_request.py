@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""STAND-IN for opencode that always loses the start race: `serve` drops its first request.
+
+opencode 1.17.11 calls listen() before it attaches its HTTP handler, so a request that connects in
+between is read and never answered (one start in seven, at random). This stand-in makes that
+certain, for tests: baked into a test image beside the real /usr/local/bin/opencode and named by
+OPENWORK_OPENCODE_REAL (the opencode that the image's start gate serves, see image/opencode-gate), it
+
+- passes every command but `serve` (e.g. `--version`) to the real opencode;
+- for `serve --hostname H --port P ...` listens on H:P at once, reads the FIRST connection's
+  request and never answers it (the connection stays open, as with the real race), and forwards
+  every later connection byte for byte to the real opencode, which it starts with the same
+  arguments on another port. A later connection made before the real opencode listens is closed
+  (as a refused connect would be).
+
+So it keeps opencode's contract (arguments, port, stdout, environment, exit status) and adds the
+race at its worst. Runs on the python test base (python3-minimal).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+REAL = os.environ.get("OPENCODE_STANDIN_REAL", "/usr/local/bin/opencode")
+MARK = "[standin-opencode-drops-first-request]"
+
+
+def _option(args: list[str], name: str, default: str) -> tuple[int, str]:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return i, args[i + 1]
+    return -1, default
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _serve_one(client: socket.socket, host: str, port: int) -> None:
+    try:
+        upstream = socket.create_connection((host, port), timeout=2)
+    except OSError:
+        client.close()
+        return
+    upstream.settimeout(None)
+    threading.Thread(target=_pipe, args=(client, upstream), daemon=True).start()
+    _pipe(upstream, client)
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    if not args or args[0] != "serve":
+        os.execv(REAL, [REAL, *args])
+    at, port = _option(args, "--port", "4096")
+    _, host = _option(args, "--hostname", "127.0.0.1")
+    listener = socket.create_server((host, int(port)))
+    probe = socket.create_server((host, 0))
+    internal = probe.getsockname()[1]
+    probe.close()
+    real_args = [a for i, a in enumerate(args) if at < 0 or i not in (at, at + 1)] + ["--port", str(internal)]
+    child = subprocess.Popen([REAL, *real_args])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: child.send_signal(s))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            client, _ = listener.accept()
+            if not held:
+                held.append(client)
+                client.recv(65536)  # read the request, never answer it
+                print(f"{MARK} read the first request and will never answer it (the start race)", flush=True)
+                continue
+            threading.Thread(target=_serve_one, args=(client, host, internal), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return child.wait()
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.exit(code if code >= 0 else 128 - code)

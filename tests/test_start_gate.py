@@ -1,0 +1,82 @@
+"""The image's opencode start gate (image/opencode-gate.js) against the start race.
+
+opencode 1.17 drops a request that connects before its HTTP handler is attached, and the real
+orchestrator 0.18 then waits forever. The race is random, so the test image bakes a stand-in
+(tests/standin_opencode_drops_first_request.py) in front of the real opencode that drops the
+first request every time; the real orchestrator runs in front of it. With the gate the start is
+healthy without a restart, `up` says in one line that the race was held off, and `logs` shows the
+gate's own line.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import requests
+
+from conftest import REGISTRY, STACK_REPO, free_port
+from lifecycle_helpers import ROOT, build_and_push, make_settings, unique_name
+
+pytestmark = pytest.mark.docker
+
+STANDIN = ROOT / "tests" / "standin_opencode_drops_first_request.py"
+STANDIN_IN_IMAGE = "/usr/local/bin/opencode-standin-drops-first-request"
+
+
+def test_race_note_reads_the_gates_line():
+    from openwork_sandbox.start_gate import race_note
+
+    raced = ("[opencode] opencode-gate: start race held off: opencode dropped 2 request(s) sent before its "
+             "handler was attached; opencode answered after 812 ms; serving 127.0.0.1:4096 (opencode on port 4")
+    clean = "[opencode] opencode-gate: opencode answered after 700 ms; serving 127.0.0.1:4096 (opencode on port 4"
+    note = race_note(["[opencode] Process spawned", raced, "[opencode] Healthy", "[openwork-server] Healthy"])
+    assert note is not None and "dropped 2 early request(s)" in note and "\n" not in note
+    assert race_note(["[opencode] Process spawned", clean, "[opencode] Healthy"]) is None
+    assert race_note(["[opencode] opencode server listening on http://127.0.0.1:4096", "[opencode] Healthy"]) is None
+    assert race_note([]) is None
+
+
+def test_the_gate_answers_version_as_the_baked_opencode_does(stack_image):
+    def run(entrypoint: str) -> str:
+        proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", entrypoint, "-e", "HOME=/tmp",
+                               stack_image.ref, "--version"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert run("/usr/local/bin/opencode-gate") == run("/usr/local/bin/opencode") == stack_image.versions["opencode"]
+
+
+@pytest.fixture(scope="module")
+def racing_image(stack_image, tmp_path_factory):
+    """The stack image with opencode behind a stand-in that drops opencode's first request."""
+    ctx = tmp_path_factory.mktemp("race")
+    shutil.copy(STANDIN, ctx / "standin")
+    return build_and_push(ctx, f"FROM {stack_image.ref}\n"
+                               f"COPY standin {STANDIN_IN_IMAGE}\n"
+                               f"ENV OPENWORK_OPENCODE_REAL={STANDIN_IN_IMAGE}\n",
+                          f"{REGISTRY}/{STACK_REPO}:race-first-request")
+
+
+def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(racing_image, tmp_path, capsys):
+    from openwork_sandbox import lifecycle
+
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("race"),
+                             OPENWORK_MICROSANDBOX_RUNTIME="docker", OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+                             OPENWORK_MICROSANDBOX_IMAGE=racing_image, OPENWORK_HEALTH_TIMEOUT="120")
+    try:
+        ep = lifecycle.up(settings)
+        said = capsys.readouterr().err
+        assert requests.get(ep.url + "/health", timeout=5).ok
+        assert "made no progress" not in said and "restarting" not in said  # no watchdog restart
+        race_lines = [line for line in said.splitlines() if "start race held off" in line]
+        assert len(race_lines) == 1, said
+
+        lifecycle.logs(settings)
+        log = capsys.readouterr().out
+        assert "[standin-opencode-drops-first-request] read the first request" in log  # the race did strike
+        assert "opencode-gate: start race held off: opencode dropped" in log
+        assert log.count("[opencode] Healthy") == 1 and "Run starting" in log
+    finally:
+        subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)
