@@ -4,7 +4,7 @@
 opencode 1.17.11 calls listen() before it attaches its HTTP handler, so a request that connects in
 between is read and never answered (one start in seven, at random). This stand-in makes that
 certain, for tests: baked into a test image beside the real /usr/local/bin/opencode and named by
-OPENWORK_OPENCODE_REAL (the opencode that the image's start gate serves, see image/opencode-gate), it
+OPENWORK_OPENCODE_REAL (the opencode that the image's start gate serves, see openwork_sandbox/image/opencode-gate), it
 
 - passes every command but `serve` (e.g. `--version`) to the real opencode;
 - for `serve --hostname H --port P ...` listens on H:P at once, reads the FIRST connection's
