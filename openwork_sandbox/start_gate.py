@@ -1,4 +1,4 @@
-"""What the image's opencode start gate said in the server log (``openwork_sandbox/image/opencode-gate.js``).
+"""What the image's opencode start gate (``openwork_sandbox/image/opencode-gate.js``) said in the log.
 
 opencode 1.17 listens before it attaches its HTTP handler; a request that connects in between is
 read and never answered, and orchestrator 0.18 waits for its first health answer forever. The
