@@ -12,8 +12,8 @@ The image's entrypoint makes HOME ``/data/home`` when the caller chose none; ``u
 ``HOME=/data/home`` (:func:`guest_env`) so an image with an older entrypoint keeps its state there too.
 
 Sandboxes made before this layout kept the first three in ``/root``. Before ``up`` replaces
-such a sandbox, :func:`migrate_before_replace` copies them out of it (Docker: ``docker cp``, which
-works on a stopped container; microsandbox: the SDK's file access), verifies every file (size and
+such a sandbox, :func:`migrate_before_replace` copies them out of it (the runtime's ``copy_out``: Docker's
+``docker cp``, which works on a stopped container; microsandbox: the SDK's file access), verifies every file (size and
 sha256 of what arrived, read back from disk), moves them into ``<data>/home`` without overwriting
 anything newer there, says so in one line, and only then lets ``up`` remove the sandbox. A copy that
 fails raises :class:`~openwork_sandbox.errors.WorkflowError` and leaves the sandbox as it was.
@@ -32,8 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import tarfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
@@ -138,11 +136,11 @@ class Copied:
     mtime: float
 
 
-def _kept(rel: str) -> bool:
+def is_kept(rel: str) -> bool:
     return not any(rel == skip or rel.startswith(skip + "/") for skip in NOT_KEPT)
 
 
-def _write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtime: float) -> Copied:
+def write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtime: float) -> Copied:
     dest = stage / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
@@ -158,7 +156,7 @@ def _write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mti
     return Copied(rel, size, digest.hexdigest(), mtime)
 
 
-def _read_chunks(fh, size: int = 1 << 20) -> Iterator[bytes]:
+def read_chunks(fh, size: int = 1 << 20) -> Iterator[bytes]:
     while True:
         chunk = fh.read(size)
         if not chunk:
@@ -166,80 +164,9 @@ def _read_chunks(fh, size: int = 1 << 20) -> Iterator[bytes]:
         yield chunk
 
 
-def docker_fetch(container: str, guest_dir: str, stage: Path, unit: str) -> list[Copied]:
-    """``docker cp CONTAINER:guest_dir/unit -`` (a tar stream; works on a stopped container) into
-    ``stage/unit``. Returns [] when the container has no such folder."""
-    src = str(PurePosixPath(guest_dir) / unit)
-    proc = subprocess.Popen(["docker", "cp", f"{container}:{src}", "-"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    copied: list[Copied] = []
-    top = PurePosixPath(unit).name
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                name = PurePosixPath(member.name)
-                parts = name.parts[1:] if name.parts and name.parts[0] == top else name.parts
-                rel = str(PurePosixPath(unit, *parts))
-                if not _kept(rel) or ".." in parts:
-                    continue
-                if member.isdir():
-                    (stage / rel).mkdir(parents=True, exist_ok=True)
-                elif member.isfile():
-                    fh = tar.extractfile(member)
-                    item = _write_staged(stage, rel, _read_chunks(fh), member.mode, float(member.mtime))
-                    if item.size != member.size:
-                        raise WorkflowError(f"copying {src} from {container}: {rel} arrived with {item.size} bytes, "
-                                            f"the sandbox has {member.size}")
-                    copied.append(item)
-    except tarfile.ReadError:
-        pass  # no tar at all: docker cp failed, see below
-    finally:
-        if proc.stdout:
-            proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        code = proc.wait()
-    if code != 0:
-        if "Could not find the file" in err or "no such container:path" in err.lower():
-            return []  # the sandbox has no such folder: nothing to copy
-        last = err.strip().splitlines()[-1] if err.strip() else f"docker cp exited with {code}"
-        raise WorkflowError(f"could not copy {src} out of {container}: {last}")
-    return copied
-
-
 def _kind(entry) -> str:
     """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
     return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
-
-
-def docker_home(container: str) -> str | None:
-    """The HOME the container was created with (None: not set, so the image's user's, i.e. /root)."""
-    proc = subprocess.run(["docker", "container", "inspect", "--format", "{{json .Config.Env}}", container],
-                          capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        return None
-    try:
-        env = json.loads(proc.stdout or "[]") or []
-    except ValueError:
-        return None
-    return next((item.split("=", 1)[1] for item in env if item.startswith("HOME=")), None)
-
-
-def msb_home(name: str) -> str | None:
-    """The HOME the microVM was created with (its config's env: a list of {key, value})."""
-    import asyncio
-
-    from microsandbox import MicrosandboxError, Sandbox, SandboxNotFoundError
-
-    async def go():
-        return (await Sandbox.get(name)).config() or {}
-
-    try:
-        config = asyncio.run(go())
-    except (MicrosandboxError, SandboxNotFoundError):
-        return None
-    env = config.get("env") or []
-    pairs = env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env if isinstance(e, dict))
-    return next((value for key, value in pairs if key == "HOME"), None)
 
 
 async def msb_copy(fs, src: str, unit: str, stage: Path, where: str) -> list[Copied]:
@@ -257,33 +184,15 @@ async def msb_copy(fs, src: str, unit: str, stage: Path, where: str) -> list[Cop
                 todo.append(path)
                 continue
             rel = str(PurePosixPath(unit) / PurePosixPath(path).relative_to(src))
-            if kind != "file" or not _kept(rel):
+            if kind != "file" or not is_kept(rel):
                 continue
             data = await fs.read(path)
-            item = _write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
+            item = write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
             if item.size != entry.size:
                 raise WorkflowError(f"copying {src} from {where}: {rel} arrived with {item.size} bytes, the sandbox "
                                     f"has {entry.size}")
             copied.append(item)
     return copied
-
-
-def msb_fetch(name: str, guest_dir: str, stage: Path, unit: str) -> list[Copied]:
-    """:func:`msb_copy` from the microVM ``name`` (it must be running; its server need not be)."""
-    import asyncio
-
-    from microsandbox import MicrosandboxError, Sandbox
-
-    src = str(PurePosixPath(guest_dir) / unit)
-
-    async def go() -> list[Copied]:
-        sb = await (await Sandbox.get(name)).connect(timeout=30)
-        return await msb_copy(sb.fs, src, unit, stage, f"the microVM {name}")
-
-    try:
-        return asyncio.run(go())
-    except MicrosandboxError as exc:
-        raise WorkflowError(f"could not copy {src} out of the microVM {name}: {exc}") from None
 
 
 def verify(stage: Path, copied: list[Copied]) -> None:
@@ -293,7 +202,7 @@ def verify(stage: Path, copied: list[Copied]) -> None:
         digest = hashlib.sha256()
         try:
             with open(path, "rb") as fh:
-                for chunk in _read_chunks(fh):
+                for chunk in read_chunks(fh):
                     digest.update(chunk)
             size = path.stat().st_size
         except OSError as exc:
@@ -373,36 +282,21 @@ def copy_home_state(fetch: Callable[[str, Path, str], list[Copied]], data_dir: P
 
 def migrate_before_replace(settings, rt, spec=None) -> None:
     """Before ``up`` removes the sandbox ``rt``: copy the state it still keeps in its home into the
-    data folder (see the module doc). Stops a running sandbox first so its database is consistent,
-    and starts it again when the copy fails (then nothing has changed)."""
-    from .runtimes import ABSENT, RUNNING
+    data folder (see the module doc). The runtime stops the server first so its database is
+    consistent (``Runtime.open_for_copy``), copies folders out (``Runtime.copy_out``), and is put
+    back as it was when the copy fails (then nothing has changed)."""
+    from .runtimes import ABSENT
 
     try:
         st = rt.status()
     except ImportError:  # the microsandbox SDK is not installed: it cannot hold a sandbox here
         return
-    if st.state == ABSENT:
-        return
-    was_running = st.state == RUNNING
+    if st.state == ABSENT or rt.created_home() == GUEST_HOME:
+        return  # nothing to copy, or made with this layout: its state is in the data folder already
     where = f"the {rt.kind} sandbox {settings.name}"
-    if rt.kind == "docker":
-        if docker_home(settings.name) == GUEST_HOME:
-            return  # made with this layout: its state is in the data folder already
-        if was_running:
-            rt.stop()
-
-        def fetch(home, stage, unit):
-            return docker_fetch(settings.name, home, stage, unit)
-
-        def restore():
-            if was_running:
-                rt.start(None)
-    else:
-        if msb_home(settings.name) == GUEST_HOME:
-            return
-        fetch, restore = _msb_prepare(settings, rt, was_running, spec)
+    restore = rt.open_for_copy(spec)
     try:
-        line = copy_home_state(fetch, Path(settings.data_dir), where)
+        line = copy_home_state(rt.copy_out, Path(settings.data_dir), where)
     except WorkflowError as exc:
         with contextlib.suppress(WorkflowError):
             restore()
@@ -418,45 +312,6 @@ def migrate_before_replace(settings, rt, spec=None) -> None:
         console.info(f"{console.OK} {line}")
 
 
-def _msb_prepare(settings, rt, was_running: bool, spec):
-    """microsandbox: the SDK reads files from a running VM only. A stopped VM is started (booting
-    does not start the server) and stopped again; a running one has its server job stopped first."""
-    import asyncio
-
-    from microsandbox import MicrosandboxError, Sandbox
-
-    async def boot():
-        sb = await Sandbox.start(settings.name, detached=True)
-        await sb.detach()
-
-    if was_running:
-        job_id = rt.job_id()
-        if job_id:
-            async def kill():
-                handle = await Sandbox.get(settings.name)
-                with contextlib.suppress(MicrosandboxError):
-                    await (await handle.get_job(job_id)).kill()
-            asyncio.run(kill())
-    else:
-        try:
-            asyncio.run(boot())
-        except MicrosandboxError as exc:
-            raise WorkflowError(
-                f"the microVM {settings.name} was made by an older version, which kept sessions and tokens in "
-                f"{LEGACY_HOME}, and cannot be started to copy them out ({exc}); it was not replaced. To replace it "
-                f"without copying, run `invoke reset --keep-data` and then `invoke up`") from None
-
-    def fetch(home, stage, unit):
-        return msb_fetch(settings.name, home, stage, unit)
-
-    def restore():
-        if was_running and spec is not None:
-            rt.restart_server(spec)
-        elif not was_running:
-            rt.stop()
-
-    return fetch, restore
-
-
-__all__ = ["GUEST_HOME", "LAYOUT", "KEPT", "guest_env", "check_data_dir", "data_dir_problem",
-           "raise_if_data_unwritable", "migrate_before_replace", "copy_home_state", "docker_fetch", "msb_fetch"]
+__all__ = ["GUEST_HOME", "LAYOUT", "KEPT", "Copied", "guest_env", "check_data_dir", "data_dir_problem",
+           "raise_if_data_unwritable", "migrate_before_replace", "copy_home_state", "msb_copy", "write_staged",
+           "is_kept"]

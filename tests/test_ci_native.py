@@ -88,7 +88,7 @@ def test_up_passes_with_a_dead_proxy_and_masks_tokens_first(gha_sandbox):
 
 
 def test_up_writes_its_summary_outputs_and_env(gha_sandbox):
-    tmp, env = gha_sandbox["tmp"], gha_sandbox["env"]
+    env = gha_sandbox["env"]
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     port = env["OPENWORK_MICROSANDBOX_PORT"]
     assert f"### OpenWork sandbox up: `{gha_sandbox['name']}`" in summary

@@ -13,6 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..errors import WorkflowError
+
 GUEST_WORKSPACE = "/workspace"
 GUEST_DATA = "/data"
 
@@ -109,6 +111,21 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
         """Run a command inside; returns (exit code, stdout+stderr)."""
+
+    # --- state an older layout left in the sandbox's home (persist.migrate_before_replace) -------
+    def created_home(self) -> str | None:
+        """The HOME the sandbox was created with (None: none was set, so the image user's home)."""
+        return None
+
+    def open_for_copy(self, spec: LaunchSpec | None) -> Callable[[], None]:
+        """Make the sandbox's files consistent and readable for :meth:`copy_out` (its server stopped);
+        returns what puts it back as it was, for when the copy fails."""
+        raise WorkflowError(f"the {self.kind} runtime cannot copy files out of {self.name}")
+
+    def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
+        """Copy the guest folder ``guest_dir/unit`` to ``stage/unit`` (a ``persist.Copied`` per
+        file, size checked on arrival); [] when the sandbox has no such folder."""
+        raise WorkflowError(f"the {self.kind} runtime cannot copy files out of {self.name}")
 
     def digest(self, st: RuntimeStatus) -> str | None:
         """The image digest to show for ``st`` (``repo@sha256:…`` where the runtime knows it)."""

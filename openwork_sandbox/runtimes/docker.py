@@ -28,9 +28,12 @@ import datetime as _dt
 import functools
 import json
 import os
+import subprocess
 import sys
+import tarfile
 import time
-from typing import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
 from .. import commands, console
 from ..errors import WorkflowError
@@ -224,6 +227,59 @@ class DockerRuntime(Runtime):
                                 f"({commands.last_line(proc.stderr)}): run `sudo chown -R {user} "
                                 f"{self.state_dir}` once")
         console.info(f"handed the files an earlier root container left in {self.state_dir} back to you ({user})")
+
+    # --- state an older layout left in the container's home ------------------------------------
+    def created_home(self) -> str | None:
+        env = ((self._inspect() or {}).get("Config") or {}).get("Env") or []
+        return next((item.split("=", 1)[1] for item in env if item.startswith("HOME=")), None)
+
+    def open_for_copy(self, spec: LaunchSpec | None) -> Callable[[], None]:
+        """``docker cp`` works on a stopped container: stop a running one (its database is then
+        consistent); putting it back starts it again."""
+        if self.stop():
+            return lambda: self.start(spec)
+        return lambda: None
+
+    def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
+        """``docker cp CONTAINER:guest_dir/unit -`` (a tar stream) into ``stage/unit``."""
+        from ..persist import is_kept, read_chunks, write_staged
+
+        src = str(PurePosixPath(guest_dir) / unit)
+        # a binary stream, so not commands.run: the tar is read as it comes
+        proc = subprocess.Popen(["docker", "cp", f"{self.name}:{src}", "-"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        copied = []
+        top = PurePosixPath(unit).name
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    name = PurePosixPath(member.name)
+                    parts = name.parts[1:] if name.parts and name.parts[0] == top else name.parts
+                    rel = str(PurePosixPath(unit, *parts))
+                    if not is_kept(rel) or ".." in parts:
+                        continue
+                    if member.isdir():
+                        (stage / rel).mkdir(parents=True, exist_ok=True)
+                    elif member.isfile():
+                        fh = tar.extractfile(member)
+                        item = write_staged(stage, rel, read_chunks(fh), member.mode, float(member.mtime))
+                        if item.size != member.size:
+                            raise WorkflowError(f"copying {src} from {self.name}: {rel} arrived with {item.size} "
+                                                f"bytes, the sandbox has {member.size}")
+                        copied.append(item)
+        except tarfile.ReadError:
+            pass  # no tar at all: docker cp failed, see below
+        finally:
+            if proc.stdout:
+                proc.stdout.close()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            code = proc.wait()
+        if code != 0:
+            if "Could not find the file" in err or "no such container:path" in err.lower():
+                return []  # the container has no such folder: nothing to copy
+            last = commands.last_line(err) if err.strip() else f"docker cp exited with {code}"
+            raise WorkflowError(f"could not copy {src} out of {self.name}: {last}")
+        return copied
 
     def start(self, spec: LaunchSpec) -> None:
         # the server is the container's own entrypoint: starting the container relaunches it

@@ -21,11 +21,12 @@ The SDK is async and imported lazily. A runtime object keeps one event loop for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
-from pathlib import Path
-from typing import Any, Coroutine, Iterator, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from .. import console
 from ..errors import WorkflowError
@@ -319,6 +320,64 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError as exc:
             raise WorkflowError(boot_failure_message(self.name, str(exc)) or f"microsandbox could not start "
                                 f"{self.name}: {exc}") from None
+
+    # --- state an older layout left in the microVM's home --------------------------------------
+    def created_home(self) -> str | None:
+        """The HOME in the microVM's config (its env: a list of {key, value}, or a mapping)."""
+        from microsandbox import MicrosandboxError
+
+        async def go() -> dict:
+            handle = await self._handle()
+            return (handle.config() or {}) if handle is not None else {}
+
+        try:
+            env = self._run(go()).get("env") or []
+        except MicrosandboxError:
+            return None
+        pairs = env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env
+                                                            if isinstance(e, dict))
+        return next((value for key, value in pairs if key == "HOME"), None)
+
+    def open_for_copy(self, spec: LaunchSpec | None) -> Callable[[], None]:
+        """The SDK reads files from a running VM only: a running one has its server job stopped (and
+        relaunched when putting it back); a stopped one is booted (booting does not start the server)
+        and stopped again."""
+        from microsandbox import MicrosandboxError
+
+        if self.status().state == RUNNING:
+            async def stop_server() -> None:
+                job = await self._server_job(await self._existing())
+                if job is not None:
+                    with contextlib.suppress(MicrosandboxError):
+                        await job.kill()
+
+            self._sdk(stop_server(), f"stop the server in {self.name}")
+            return (lambda: self.restart_server(spec)) if spec is not None else (lambda: None)
+
+        async def boot() -> None:
+            sb = await (await self._existing()).connect_or_start(detached=True)
+            await sb.detach()
+
+        try:
+            self._run(boot())
+        except MicrosandboxError as exc:
+            raise WorkflowError(
+                f"the microVM {self.name} was made by an older version, which kept sessions and tokens in its "
+                f"home, and cannot be started to copy them out ({exc}); it was not replaced. To replace it "
+                f"without copying, run `invoke reset --keep-data` and then `invoke up`") from None
+        return self.stop
+
+    def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
+        """``persist.msb_copy`` over the SDK's ``sandbox.fs`` of the running microVM."""
+        from ..persist import msb_copy
+
+        src = str(PurePosixPath(guest_dir) / unit)
+
+        async def go() -> list:
+            sb = await (await self._existing()).connect(timeout=30)
+            return await msb_copy(sb.fs, src, unit, stage, f"the microVM {self.name}")
+
+        return self._sdk(go(), f"copy {src} out of the microVM {self.name}")
 
     def restart_server(self, spec: LaunchSpec) -> None:
         from microsandbox import MicrosandboxError
