@@ -87,8 +87,7 @@ def health(r) -> str:
 
     url = r.client.url("/health")
     try:
-        body = wait_for_health(r.target.url, r.health_timeout, is_alive=r.is_alive,
-                               timeout_s=r.request_timeout, session=r.client.session)
+        body = wait_for_health(r.target.url, r.health_timeout, is_alive=r.is_alive, timeout_s=r.request_timeout)
     except NothingListening:
         r.report.unreachable = True
         raise CheckFailed(f"nothing listening at {url} within {r.health_timeout:g}s",
