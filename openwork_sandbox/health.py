@@ -16,6 +16,7 @@ from .http import SANDBOX_GET_ERRORS, sandbox_get
 
 FIRST_DELAY = 0.05
 MAX_DELAY = 0.1  # a refused poll on loopback costs next to nothing; a late one costs up to this much start time
+FIRST_POLL_TIMEOUT = 1.0
 ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each may run `docker inspect`)
 
 
@@ -73,6 +74,9 @@ def wait_for_health(
     deadline = start + deadline_s
     delay = FIRST_DELAY
     last_problem = "no answer yet"
+    # A request a just-started server reads and never answers costs this much, not the whole
+    # timeout_s: the first polls give up after 1 s and try again, each timeout doubling it.
+    poll_timeout = min(FIRST_POLL_TIMEOUT, timeout_s)
     answered = False
     next_alive_check = start + ALIVE_CHECK_EVERY
     from .console import heartbeat  # a line every few seconds in a CI log: what we wait for, and why not yet
@@ -81,7 +85,7 @@ def wait_for_health(
     try:
         while True:
             try:
-                status, raw = sandbox_get(endpoint, timeout_s=min(timeout_s, max(0.05, deadline - time.monotonic())))
+                status, raw = sandbox_get(endpoint, timeout_s=min(poll_timeout, max(0.05, deadline - time.monotonic())))
                 answered = True
                 if 200 <= status < 300:
                     try:
@@ -96,7 +100,8 @@ def wait_for_health(
             except ConnectionRefusedError:
                 last_problem = "connection refused"
             except TimeoutError:
-                last_problem = f"no answer within {timeout_s:g}s"
+                last_problem = f"no answer within {poll_timeout:g}s"
+                poll_timeout = min(poll_timeout * 2, timeout_s)  # a slow server gets the whole timeout soon
             except SANDBOX_GET_ERRORS as exc:
                 last_problem = exc.__class__.__name__
             now = time.monotonic()

@@ -164,6 +164,47 @@ def test_wait_for_health_timeout_names_endpoint_deadline_state_log_and_hint():
     assert err.value.log_lines == ["booting", "still booting"]
 
 
+def test_wait_for_health_gives_up_on_a_request_that_is_never_answered_and_asks_again():
+    """A just-started server may read a request and never answer it (opencode's start race): the
+    wait asks again instead of spending its whole request timeout (here longer than the deadline)."""
+    import socket
+    import threading
+
+    from openwork_sandbox.health import wait_for_health
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    held = []
+
+    def serve():
+        first = True
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(4096)
+            if first:  # read and never answered, connection kept open
+                first = False
+                held.append(conn)
+                continue
+            body = b'{"ok": true, "version": "9.9.9"}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        body = wait_for_health(f"http://127.0.0.1:{port}", 8, timeout_s=60)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert body["version"] == "9.9.9" and len(held) == 1
+
+
 def test_wait_for_health_with_nothing_listening_is_unreachable():
     from openwork_sandbox.health import HealthTimeout, NothingListening, wait_for_health
 
