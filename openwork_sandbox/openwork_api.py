@@ -15,8 +15,6 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import requests
-
 from .http import sandbox_session
 
 HOST_TOKEN_HEADER = "X-OpenWork-Host-Token"
@@ -108,6 +106,8 @@ class OpenWorkClient:
     # --- the one place requests are sent ---------------------------------------------------
     def request(self, method: str, path: str, *, bearer: str | None = None, host_token: str | None = None,
                 json_body: Any = None, timeout: float | None = None) -> ApiResponse:
+        import requests  # here, not at the top: workspace_at and friends serve every warm `up` without it
+
         url = join_url(self.base_url, path)
         headers = {"Accept": "application/json"}
         if bearer is not None:
