@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from . import console
@@ -164,37 +164,6 @@ def read_chunks(fh, size: int = 1 << 20) -> Iterator[bytes]:
         yield chunk
 
 
-def _kind(entry) -> str:
-    """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
-    return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
-
-
-async def msb_copy(fs, src: str, unit: str, stage: Path, where: str) -> list[Copied]:
-    """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
-    at a time, ``read``) into ``stage/unit``; [] when the guest has no such folder."""
-    if not await fs.exists(src):
-        return []
-    copied, todo = [], [src]
-    while todo:
-        folder = todo.pop()
-        for entry in await fs.list(folder):
-            path = entry.path if entry.path.startswith("/") else str(PurePosixPath(folder) / entry.path)
-            kind = _kind(entry)
-            if kind == "directory":
-                todo.append(path)
-                continue
-            rel = str(PurePosixPath(unit) / PurePosixPath(path).relative_to(src))
-            if kind != "file" or not is_kept(rel):
-                continue
-            data = await fs.read(path)
-            item = write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
-            if item.size != entry.size:
-                raise WorkflowError(f"copying {src} from {where}: {rel} arrived with {item.size} bytes, the sandbox "
-                                    f"has {entry.size}")
-            copied.append(item)
-    return copied
-
-
 def verify(stage: Path, copied: list[Copied]) -> None:
     """Read every staged file back from disk: same size and sha256 as what arrived, or an error."""
     for item in copied:
@@ -313,5 +282,4 @@ def migrate_before_replace(settings, rt, spec=None) -> None:
 
 
 __all__ = ["GUEST_HOME", "LAYOUT", "KEPT", "Copied", "guest_env", "check_data_dir", "data_dir_problem",
-           "raise_if_data_unwritable", "migrate_before_replace", "copy_home_state", "msb_copy", "write_staged",
-           "is_kept"]
+           "raise_if_data_unwritable", "migrate_before_replace", "copy_home_state", "write_staged", "is_kept"]

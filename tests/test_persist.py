@@ -269,7 +269,7 @@ def test_docker_runs_as_the_invoking_user_on_linux(monkeypatch):
 
 
 class _GuestFs:
-    """The part of the SDK's ``sandbox.fs`` that msb_copy uses, over a host folder (the SDK's own
+    """The part of the SDK's ``sandbox.fs`` that copy_folder uses, over a host folder (the SDK's own
     FsEntry kinds), since no microVM boots here."""
 
     def __init__(self, root: Path, lie_about: str | None = None):
@@ -303,20 +303,22 @@ def test_microsandbox_copy_through_the_sdks_file_access(tmp_path):
     pytest.importorskip("microsandbox")
     import asyncio
 
+    from openwork_sandbox.runtimes.microsandbox import copy_folder
+
     guest = tmp_path / "guest"
     files = _fake_sandbox_home(guest / "root")
     stage = tmp_path / "stage"
-    copied = asyncio.run(persist.msb_copy(_GuestFs(guest), "/root/.local/share/opencode", ".local/share/opencode",
+    copied = asyncio.run(copy_folder(_GuestFs(guest), "/root/.local/share/opencode", ".local/share/opencode",
                                           stage, "vm"))
     assert sorted(c.rel for c in copied) == sorted(r for r in files if r.startswith(".local/share/opencode"))
     for c in copied:
         assert (stage / c.rel).read_bytes() == files[c.rel]
         assert c.sha256 == hashlib.sha256(files[c.rel]).hexdigest()
     persist.verify(stage, copied)
-    assert asyncio.run(persist.msb_copy(_GuestFs(guest), "/root/.config/nothing", ".config/nothing", stage, "vm")) == []
-    locks = asyncio.run(persist.msb_copy(_GuestFs(guest), "/root/.local/state/opencode", ".local/state/opencode",
+    assert asyncio.run(copy_folder(_GuestFs(guest), "/root/.config/nothing", ".config/nothing", stage, "vm")) == []
+    locks = asyncio.run(copy_folder(_GuestFs(guest), "/root/.local/state/opencode", ".local/state/opencode",
                                          stage, "vm"))
     assert [c.rel for c in locks] == [".local/state/opencode/model.json"]  # stale locks are not copied
     with pytest.raises(WorkflowError, match="arrived with"):
-        asyncio.run(persist.msb_copy(_GuestFs(guest, lie_about="opencode.db"), "/root/.local/share/opencode",
+        asyncio.run(copy_folder(_GuestFs(guest, lie_about="opencode.db"), "/root/.local/share/opencode",
                                      ".local/share/opencode", tmp_path / "stage2", "vm"))

@@ -114,6 +114,40 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
     )
 
 
+def _kind(entry) -> str:
+    """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
+    return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
+
+
+async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
+    """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
+    at a time, ``read``) into ``stage/unit`` (``persist.write_staged``: a ``persist.Copied`` per file);
+    [] when the guest has no such folder."""
+    from ..persist import is_kept, write_staged
+
+    if not await fs.exists(src):
+        return []
+    copied, todo = [], [src]
+    while todo:
+        folder = todo.pop()
+        for entry in await fs.list(folder):
+            path = entry.path if entry.path.startswith("/") else str(PurePosixPath(folder) / entry.path)
+            kind = _kind(entry)
+            if kind == "directory":
+                todo.append(path)
+                continue
+            rel = str(PurePosixPath(unit) / PurePosixPath(path).relative_to(src))
+            if kind != "file" or not is_kept(rel):
+                continue
+            data = await fs.read(path)
+            item = write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
+            if item.size != entry.size:
+                raise WorkflowError(f"copying {src} from {where}: {rel} arrived with {item.size} bytes, the sandbox "
+                                    f"has {entry.size}")
+            copied.append(item)
+    return copied
+
+
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
     return WorkflowError(f"microsandbox could not {what}: {exc}")
 
@@ -368,14 +402,12 @@ class MicrosandboxRuntime(Runtime):
         return self.stop
 
     def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
-        """``persist.msb_copy`` over the SDK's ``sandbox.fs`` of the running microVM."""
-        from ..persist import msb_copy
-
+        """:func:`copy_folder` over the SDK's ``sandbox.fs`` of the running microVM."""
         src = str(PurePosixPath(guest_dir) / unit)
 
         async def go() -> list:
             sb = await (await self._existing()).connect(timeout=30)
-            return await msb_copy(sb.fs, src, unit, stage, f"the microVM {self.name}")
+            return await copy_folder(sb.fs, src, unit, stage, f"the microVM {self.name}")
 
         return self._sdk(go(), f"copy {src} out of the microVM {self.name}")
 
