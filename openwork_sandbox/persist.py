@@ -39,7 +39,6 @@ from typing import Callable, Iterable, Iterator
 from . import console
 from .errors import WorkflowError
 
-GUEST_DATA = "/data"
 GUEST_HOME = "/data/home"  # HOME inside the sandbox (the entrypoint's default too)
 HOST_HOME = "home"  # the same folder on the host: <data dir>/home
 LEGACY_HOME = "/root"  # where sandboxes made before this layout kept their state
