@@ -139,7 +139,10 @@ def is_kept(rel: str) -> bool:
     return not any(rel == skip or rel.startswith(skip + "/") for skip in NOT_KEPT)
 
 
-def write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtime: float) -> Copied:
+def write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtime: float, *, expected_size: int,
+                 source: str) -> Copied:
+    """Write one file of the copy to ``stage/rel``; a WorkflowError when fewer or more bytes arrived
+    than the sandbox said it has (``expected_size``; ``source`` names where it came from)."""
     dest = stage / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
@@ -152,6 +155,8 @@ def write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtim
         os.fsync(fh.fileno())
     os.chmod(dest, (mode & 0o777) | 0o600)
     os.utime(dest, (mtime, mtime))
+    if size != expected_size:
+        raise WorkflowError(f"copying {source}: {rel} arrived with {size} bytes, the sandbox has {expected_size}")
     return Copied(rel, size, digest.hexdigest(), mtime)
 
 

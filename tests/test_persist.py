@@ -124,7 +124,8 @@ def _local_fetch(guest_root: Path, corrupt: str | None = None, fail_on: str | No
         for path in sorted(src.rglob("*")) if src.exists() else []:
             rel = str(Path(unit) / path.relative_to(src))
             if path.is_file() and persist.is_kept(rel):
-                out.append(persist.write_staged(stage, rel, [path.read_bytes()], 0o644, path.stat().st_mtime))
+                out.append(persist.write_staged(stage, rel, [path.read_bytes()], 0o644, path.stat().st_mtime,
+                                                expected_size=path.stat().st_size, source=f"{src} from x"))
                 if rel == corrupt:
                     (stage / rel).write_bytes(b"changed on the way")
         return out

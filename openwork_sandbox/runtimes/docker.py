@@ -262,11 +262,8 @@ class DockerRuntime(Runtime):
                         (stage / rel).mkdir(parents=True, exist_ok=True)
                     elif member.isfile():
                         fh = tar.extractfile(member)
-                        item = write_staged(stage, rel, read_chunks(fh), member.mode, float(member.mtime))
-                        if item.size != member.size:
-                            raise WorkflowError(f"copying {src} from {self.name}: {rel} arrived with {item.size} "
-                                                f"bytes, the sandbox has {member.size}")
-                        copied.append(item)
+                        copied.append(write_staged(stage, rel, read_chunks(fh), member.mode, float(member.mtime),
+                                                   expected_size=member.size, source=f"{src} from {self.name}"))
         except tarfile.ReadError:
             pass  # no tar at all: docker cp failed, see below
         finally:

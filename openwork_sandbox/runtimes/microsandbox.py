@@ -140,11 +140,8 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
             if kind != "file" or not is_kept(rel):
                 continue
             data = await fs.read(path)
-            item = write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time())
-            if item.size != entry.size:
-                raise WorkflowError(f"copying {src} from {where}: {rel} arrived with {item.size} bytes, the sandbox "
-                                    f"has {entry.size}")
-            copied.append(item)
+            copied.append(write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time(),
+                                       expected_size=entry.size, source=f"{src} from {where}"))
     return copied
 
 
