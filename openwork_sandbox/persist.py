@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import console
 from .errors import WorkflowError
+from .files import write_atomic
 
 GUEST_HOME = "/data/home"  # HOME inside the sandbox (the entrypoint's default too)
 HOST_HOME = "home"  # the same folder on the host: <data dir>/home
@@ -242,7 +243,7 @@ def copy_home_state(fetch: Callable[[str, Path, str], list[Copied]], data_dir: P
         moved, kept = install(stage, home, copied, stamp)
         record = {"from": f"{source}:{guest_home}", "at": time.time(), "moved": moved, "kept_newer": kept,
                   "files": len(copied), "bytes": sum(c.size for c in copied)}
-        (home / MIGRATION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        write_atomic(home / MIGRATION_RECORD, json.dumps(record, indent=2) + "\n", mode=0o644)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     size = console.human_bytes(sum(c.size for c in copied))
