@@ -54,6 +54,15 @@ def _describe(describe: Callable[[], tuple[str, list[str], str]] | None) -> tupl
         return f"unknown ({exc.message})", [], ""
 
 
+def _json_object(raw) -> dict | None:
+    """A health body: the JSON object in ``raw``, or None (not JSON, or not an object)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def wait_for_health(
     url: str,
     deadline_s: float,
@@ -88,11 +97,8 @@ def wait_for_health(
                 status, raw = sandbox_get(endpoint, timeout_s=min(poll_timeout, max(0.05, deadline - time.monotonic())))
                 answered = True
                 if 200 <= status < 300:
-                    try:
-                        body = json.loads(raw)
-                    except ValueError:
-                        body = None
-                    if isinstance(body, dict):
+                    body = _json_object(raw)
+                    if body is not None:
                         return body
                     last_problem = f"HTTP {status} with a body that is not a JSON object"
                 else:
@@ -168,10 +174,4 @@ def health_once(url: str, *, timeout_s: float = 1.0) -> dict | None:
         status, raw = sandbox_get(url.rstrip("/") + "/health", timeout_s=timeout_s)
     except SANDBOX_GET_ERRORS:
         return None
-    if not 200 <= status < 300:
-        return None
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+    return _json_object(raw) if 200 <= status < 300 else None
