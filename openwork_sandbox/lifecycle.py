@@ -20,6 +20,7 @@ import time
 from . import console, persist
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
+from .runtimes.base import GUEST_DATA, GUEST_WORKSPACE
 from .settings import GUEST_PORT, Settings, is_loopback, parse_duration
 from .state import MIN_PUBLIC_TOKEN_LEN, SandboxState, deletion_problem, fingerprint, safe_remove, secret_digest
 from .up_decision import CREATE, QUIET, RECREATE, RELAUNCH, REUSE, START, Observed, UpDecision, decide_up
@@ -99,7 +100,9 @@ def _check_exposure(settings: Settings) -> None:
 
 
 def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> LaunchSpec:
-    from .runtimes.base import GUEST_DATA, GUEST_WORKSPACE
+    # imported here, not at the top: status/down/logs import this module and never need them
+    from .image_pin import pinned_image
+    from .registry_access import runtime_pull_options
 
     env = {
         "OPENWORK_TOKEN": token,
@@ -109,9 +112,6 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
     }
     if settings.offline:
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
-    from .image_pin import pinned_image
-    from .registry_access import runtime_pull_options
-
     image = pinned_image(settings)  # the digest push-image pushed from here, else the tag
     env.update(persist.guest_env())  # HOME under /data, whatever the image's entrypoint does
     mounts = {GUEST_WORKSPACE: settings.workspace_dir.resolve(), GUEST_DATA: settings.data_dir.resolve()}
