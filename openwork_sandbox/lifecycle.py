@@ -295,7 +295,7 @@ def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, d
 
     if decision.remove_old:
         old = runtime_for(decision.remove_old, settings)
-        persist.migrate_before_replace(settings, old)  # a failed copy stops here, nothing removed
+        persist.migrate_before_replace(settings, old, spec)  # a failed copy puts it back (its server too) and stops here
         try:
             if old.remove():
                 console.info(f"removed the {decision.remove_old} sandbox {settings.name} (runtime changed to "
