@@ -21,6 +21,7 @@ from . import console, persist
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
 from .runtimes.base import GUEST_DATA, GUEST_WORKSPACE
+from .runtimes.choice import RUNTIMES
 from .settings import GUEST_PORT, Settings, is_loopback, parse_duration
 from .state import MIN_PUBLIC_TOKEN_LEN, SandboxState, deletion_problem, fingerprint, safe_remove, secret_digest
 from .up_decision import CREATE, QUIET, RECREATE, RELAUNCH, REUSE, START, Observed, UpDecision, decide_up
@@ -63,9 +64,9 @@ def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tup
 def _existing_runtime(settings: Settings, state: SandboxState) -> Runtime | None:
     """The runtime that holds this sandbox (recorded by `up`), for down/status/logs/reset."""
     recorded = state.record().get("runtime")
-    if recorded in ("docker", "microsandbox"):
+    if recorded in RUNTIMES:
         return runtime_for(recorded, settings)
-    if settings.runtime in ("docker", "microsandbox"):
+    if settings.runtime in RUNTIMES:
         return runtime_for(settings.runtime, settings)
     # nothing recorded: look for a sandbox of this name in whichever runtime answers
     from .runtimes.probe import docker_support
