@@ -28,6 +28,7 @@ from pathlib import Path
 from . import docker_config
 from .docker_config import Credentials
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
+from .files import write_atomic
 from .settings import Settings
 
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
@@ -100,9 +101,7 @@ def _combined_bundle(base: str, pems: tuple[bytes, ...], folder: str) -> str:
     path = Path(folder) / f"{hashlib.sha256(content).hexdigest()[:32]}.pem"
     if not path.is_file() or path.read_bytes() != content:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        write_atomic(path, content, mode=0o644)
     return str(path)
 
 
