@@ -70,13 +70,11 @@ class Registry:
         if credentials is None and username and password:
             credentials = Credentials(username, password, "the given login")
         self.credentials = credentials
-        self.verify = verify
         self.timeout = timeout
         self.backoff = backoff
         self.session = outside_session(verify=verify)
         self._bearer: dict[str, str] = {}  # scope ("" for none) -> token
         self._basic = False  # the registry asked for Basic: send the login with every request
-        self.realm: str | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings, ref: ImageRef | None = None) -> "Registry":
@@ -182,7 +180,6 @@ class Registry:
 
     def _fetch_token(self, params: dict[str, str], scope: str | None) -> str:
         realm = params["realm"]
-        self.realm = realm
         query = {"service": params.get("service", "")}
         wanted = params.get("scope") or scope
         if wanted:
