@@ -136,13 +136,17 @@ def pull_request(settings: Settings, host: str, plain_http: bool) -> dict:
 
 def sdk_options(settings: Settings, host: str, plain_http: bool) -> dict:
     """The microsandbox SDK's pull arguments: ``registry_insecure``, ``registry_auth``, ``registry_ca_certs``."""
-    request = pull_request(settings, host, plain_http)
-    options: dict = {"registry_insecure": request["insecure"]}
-    if request["username"]:
+    return sdk_request_options(pull_request(settings, host, plain_http))
+
+
+def sdk_request_options(request: dict) -> dict:
+    """The microsandbox SDK's pull arguments for a :func:`pull_request` (also as ``sdk_pull``'s child gets it)."""
+    options: dict = {"registry_insecure": bool(request.get("insecure"))}
+    if request.get("username") and request.get("password"):
         from microsandbox import RegistryAuth
 
         options["registry_auth"] = RegistryAuth.basic(request["username"], request["password"])
-    if request["ca_pems"]:
+    if request.get("ca_pems"):
         options["registry_ca_certs"] = request["ca_pems"]
     return options
 
