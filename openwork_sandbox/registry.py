@@ -30,6 +30,8 @@ import requests
 from .docker_config import Credentials
 from .errors import UnreachableError, WorkflowError
 from .http import outside_session
+from . import registry_access
+from .registry_access import LOGIN_HINT, certs_hint
 from .settings import ImageRef, Settings
 
 MANIFEST_TYPES = (
@@ -42,7 +44,6 @@ INDEX_TYPES = {MANIFEST_TYPES[0], MANIFEST_TYPES[2]}
 RETRIES = 4  # attempts for 5xx and broken connections
 BACKOFF = 0.25  # seconds, doubled per attempt
 CLIENT_ID = "openwork-sandbox"
-LOGIN_HINT = "run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -78,8 +79,6 @@ class Registry:
 
     @classmethod
     def for_settings(cls, settings: Settings, ref: ImageRef | None = None) -> "Registry":
-        from . import registry_access
-
         ref = ref or settings.image_ref
         host = ref.registry_host
         return cls(host, plain_http=None, allow_http=registry_access.http_allowed(settings, ref.registry_is_loopback),
@@ -231,8 +230,6 @@ class Registry:
         reason = _reason(exc)
         where = f"registry {self.host}" + (f": {what}" if what else "")
         if _cert_problem(exc):
-            from .registry_access import certs_hint
-
             return WorkflowError(f"{where}: TLS certificate not trusted ({reason}); {certs_hint(host)}")
         hint = "; for a plain-HTTP registry set OPENWORK_REGISTRY_INSECURE=true" if not self.allow_http else ""
         return WorkflowError(f"{where}: TLS failed ({reason}){hint}")

@@ -33,6 +33,8 @@ from .settings import Settings
 
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 PEM_MARK = b"-----BEGIN CERTIFICATE-----"
+# the way out of a missing or wrong login, in every registry client's messages
+LOGIN_HINT = "run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
 
 
 def settings_credentials(settings: Settings) -> Credentials | None:
@@ -121,7 +123,7 @@ def pull_failure_hint(host: str, text: str) -> str:
     if "error sending request" in lowered or "certificate" in lowered:
         return f"is its CA trusted? {certs_hint(host)}"
     if "401" in lowered or "unauthorized" in lowered or "denied" in lowered:
-        return f"run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
+        return LOGIN_HINT.format(host=host)
     return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
 
 
