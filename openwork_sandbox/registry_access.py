@@ -127,18 +127,20 @@ def pull_failure_hint(host: str, text: str) -> str:
     return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
 
 
-def pull_request(settings: Settings, host: str, plain_http: bool) -> dict:
-    """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``."""
-    creds = credentials(settings, host)
+def pull_request(settings: Settings, host: str, plain_http: bool, creds: Credentials | None) -> dict:
+    """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``.
+
+    ``creds``: the login the caller's ``Registry`` already holds (:func:`credentials` runs a
+    credential helper, so it is asked once)."""
     login = creds is not None and bool(creds.password)
     return {"insecure": plain_http, "username": creds.username if login else None,
             "password": creds.password if login else None,
             "ca_pems": [] if plain_http else [pem for _, pem in extra_cas(settings, host)]}
 
 
-def sdk_options(settings: Settings, host: str, plain_http: bool) -> dict:
+def sdk_options(settings: Settings, host: str, plain_http: bool, creds: Credentials | None) -> dict:
     """The microsandbox SDK's pull arguments: ``registry_insecure``, ``registry_auth``, ``registry_ca_certs``."""
-    return sdk_request_options(pull_request(settings, host, plain_http))
+    return sdk_request_options(pull_request(settings, host, plain_http, creds))
 
 
 def sdk_request_options(request: dict) -> dict:
@@ -165,10 +167,10 @@ def runtime_pull_options(settings: Settings, image: str) -> dict:
     ref = ImageRef.parse(image)
     host = ref.registry_host
     plain = http_allowed(settings, ref.registry_is_loopback)
+    registry = Registry.for_settings(settings, ref)
     try:
-        registry = Registry.for_settings(settings, ref)
         registry.ping()
         plain = registry.plain_http
     except UnreachableError:
         pass
-    return sdk_options(settings, host, plain)
+    return sdk_options(settings, host, plain, registry.credentials)
