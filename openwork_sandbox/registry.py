@@ -49,8 +49,9 @@ CLIENT_ID = "openwork-sandbox"
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``WWW-Authenticate: Bearer realm="…",service="…"`` → ``("bearer", {...})``."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
-    params.update({k.lower(): v for k, v in re.findall(r'(\w+)=([^",\s]+)', rest)})
+    # one scan from left to right, so a "k=v" inside a quoted value (a realm's query) is not a parameter
+    params = {m[1].lower(): m[2] if m[2] is not None else m[3]
+              for m in re.finditer(r'(\w+)=(?:"([^"]*)"|([^",\s]+))', rest)}
     return scheme.lower(), params
 
 
