@@ -24,10 +24,11 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
-from .docker_config import Credentials
+from .docker_config import Credentials, config_path
 from .errors import UnreachableError, WorkflowError
 from .http import outside_session
 from . import registry_access
@@ -195,8 +196,6 @@ class Registry:
                 auth = (creds.username, creds.password) if creds and creds.password else None
                 token_resp = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
         except requests.exceptions.SSLError as exc:
-            from urllib.parse import urlsplit
-
             raise self._tls_error(exc, urlsplit(realm).netloc, f"its token endpoint {realm}") from None
         except requests.RequestException as exc:
             raise WorkflowError(f"registry {self.host}: its token endpoint {realm} does not answer "
@@ -240,8 +239,6 @@ class Registry:
             return self._denied(scope, "HTTP 403")
         hint = ""
         if resp.status_code == 401 and self.credentials is None:
-            from .docker_config import config_path
-
             return WorkflowError(f"registry {self.host} needs a login (HTTP 401 for {what}): none is set and Docker "
                                  f"saved none for it in {config_path()}; {LOGIN_HINT.format(host=self.host)}")
         if resp.status_code == 401:
