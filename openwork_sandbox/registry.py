@@ -62,16 +62,14 @@ def scope_for(repository: str, actions: str = "pull") -> str:
 
 class Registry:
     def __init__(self, host: str, *, plain_http: bool | None = False, allow_http: bool = False,
-                 credentials: Credentials | None = None, username: str | None = None, password: str | None = None,
-                 verify: bool | str = True, timeout: float = 15.0, backoff: float = BACKOFF):
+                 credentials: Credentials | None = None, verify: bool | str = True, timeout: float = 15.0,
+                 backoff: float = BACKOFF):
         """``plain_http``: True/False fixes the scheme; None tries HTTPS first and, with ``allow_http``,
         falls back to HTTP when the registry does not speak TLS."""
         self.host = host
         self.scheme = "http" if plain_http else "https"
         self._scheme_known = plain_http is not None
         self.allow_http = allow_http
-        if credentials is None and username and password:
-            credentials = Credentials(username, password, "the given login")
         self.credentials = credentials
         self.timeout = timeout
         self.backoff = backoff
