@@ -321,12 +321,14 @@ def _docker_build(settings: Settings, argv: list[str], timeout: float = 1800) ->
                     console.info(f"  {line}")
                 if time.monotonic() > deadline:
                     builder.close()  # stops docker build
-                    raise WorkflowError(f"docker build of {settings.image} did not finish within {timeout:.0f}s")
-        except WorkflowError as exc:
-            if exc.message.startswith("docker build of") or not lines:  # ours, or docker did not start
+                    break
+            else:
+                return "\n".join(lines)
+        except WorkflowError:
+            if not lines:  # docker did not start, or said nothing: stream_lines' own line says so
                 raise
             raise WorkflowError(f"docker build of {settings.image} failed: {last_line(chr(10).join(lines))}") from None
-    return "\n".join(lines)
+    raise WorkflowError(f"docker build of {settings.image} did not finish within {timeout:.0f}s")
 
 
 def _print(r: dict) -> None:

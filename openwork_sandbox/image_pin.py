@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 
+from .files import write_atomic
 from .settings import ImageRef, Settings
 
 LAST_PUSH = "last-push.json"
@@ -43,9 +43,7 @@ def record_push(settings: Settings, digest: str) -> str:
                             "pushed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     path = last_push_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
     return pinned
 
 

@@ -22,6 +22,7 @@ import re
 import time
 
 from . import commands, console, gha, registry_access
+from .docker_config import Credentials
 from .errors import WorkflowError
 from .image_build import read_last_build
 from .image_pin import record_push
@@ -96,7 +97,7 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
     return digest, sent
 
 
-def msb_pull(settings: Settings, ref: str, *, plain_http: bool,
+def msb_pull(settings: Settings, ref: str, *, plain_http: bool, creds: Credentials | None,
              expected_digest: str | None = None) -> tuple[bool, str]:
     """Pull ``ref`` with the microsandbox SDK (``sdk_pull``: same login and CAs as ``up``, no boot),
     where its runtime is installed. Returns ``(pulled, detail)``."""
@@ -109,7 +110,7 @@ def msb_pull(settings: Settings, ref: str, *, plain_http: bool,
     started = time.monotonic()
     try:
         with console.heartbeat(f"microsandbox pull {ref}"):
-            digest = sdk_pull.pull(ref, **registry_access.pull_request(settings, host, plain_http))
+            digest = sdk_pull.pull(ref, **registry_access.pull_request(settings, host, plain_http, creds))
     except RuntimeError as exc:
         text = str(exc)
         raise WorkflowError(f"microsandbox could not pull {ref} from registry {host}: {text[:300]}; "
@@ -146,7 +147,8 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     try:
         proof = registry.verify_pullable(ref, expected_digest=digest)
         console.info(f"{console.OK} registry {ref.registry_host} serves the manifest and all {proof['blobs']} blobs")
-        pulled, detail = msb_pull(settings, settings.image, plain_http=registry.plain_http, expected_digest=digest)
+        pulled, detail = msb_pull(settings, settings.image, plain_http=registry.plain_http,
+                                 creds=registry.credentials, expected_digest=digest)
     except WorkflowError as exc:
         raise WorkflowError(f"pushed {pinned}, but the pull check failed: {exc.message}",
                             exit_code=exc.exit_code) from None

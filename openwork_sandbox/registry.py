@@ -24,12 +24,15 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
-from .docker_config import Credentials
+from .docker_config import Credentials, config_path
 from .errors import UnreachableError, WorkflowError
 from .http import outside_session
+from . import registry_access
+from .registry_access import LOGIN_HINT, certs_hint
 from .settings import ImageRef, Settings
 
 MANIFEST_TYPES = (
@@ -42,14 +45,14 @@ INDEX_TYPES = {MANIFEST_TYPES[0], MANIFEST_TYPES[2]}
 RETRIES = 4  # attempts for 5xx and broken connections
 BACKOFF = 0.25  # seconds, doubled per attempt
 CLIENT_ID = "openwork-sandbox"
-LOGIN_HINT = "run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``WWW-Authenticate: Bearer realm="…",service="…"`` → ``("bearer", {...})``."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
-    params.update({k.lower(): v for k, v in re.findall(r'(\w+)=([^",\s]+)', rest)})
+    # one scan from left to right, so a "k=v" inside a quoted value (a realm's query) is not a parameter
+    params = {m[1].lower(): m[2] if m[2] is not None else m[3]
+              for m in re.finditer(r'(\w+)=(?:"([^"]*)"|([^",\s]+))', rest)}
     return scheme.lower(), params
 
 
@@ -59,29 +62,23 @@ def scope_for(repository: str, actions: str = "pull") -> str:
 
 class Registry:
     def __init__(self, host: str, *, plain_http: bool | None = False, allow_http: bool = False,
-                 credentials: Credentials | None = None, username: str | None = None, password: str | None = None,
-                 verify: bool | str = True, timeout: float = 15.0, backoff: float = BACKOFF):
+                 credentials: Credentials | None = None, verify: bool | str = True, timeout: float = 15.0,
+                 backoff: float = BACKOFF):
         """``plain_http``: True/False fixes the scheme; None tries HTTPS first and, with ``allow_http``,
         falls back to HTTP when the registry does not speak TLS."""
         self.host = host
         self.scheme = "http" if plain_http else "https"
         self._scheme_known = plain_http is not None
         self.allow_http = allow_http
-        if credentials is None and username and password:
-            credentials = Credentials(username, password, "the given login")
         self.credentials = credentials
-        self.verify = verify
         self.timeout = timeout
         self.backoff = backoff
         self.session = outside_session(verify=verify)
         self._bearer: dict[str, str] = {}  # scope ("" for none) -> token
         self._basic = False  # the registry asked for Basic: send the login with every request
-        self.realm: str | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings, ref: ImageRef | None = None) -> "Registry":
-        from . import registry_access
-
         ref = ref or settings.image_ref
         host = ref.registry_host
         return cls(host, plain_http=None, allow_http=registry_access.http_allowed(settings, ref.registry_is_loopback),
@@ -182,7 +179,6 @@ class Registry:
 
     def _fetch_token(self, params: dict[str, str], scope: str | None) -> str:
         realm = params["realm"]
-        self.realm = realm
         query = {"service": params.get("service", "")}
         wanted = params.get("scope") or scope
         if wanted:
@@ -198,8 +194,6 @@ class Registry:
                 auth = (creds.username, creds.password) if creds and creds.password else None
                 token_resp = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
         except requests.exceptions.SSLError as exc:
-            from urllib.parse import urlsplit
-
             raise self._tls_error(exc, urlsplit(realm).netloc, f"its token endpoint {realm}") from None
         except requests.RequestException as exc:
             raise WorkflowError(f"registry {self.host}: its token endpoint {realm} does not answer "
@@ -234,8 +228,6 @@ class Registry:
         reason = _reason(exc)
         where = f"registry {self.host}" + (f": {what}" if what else "")
         if _cert_problem(exc):
-            from .registry_access import certs_hint
-
             return WorkflowError(f"{where}: TLS certificate not trusted ({reason}); {certs_hint(host)}")
         hint = "; for a plain-HTTP registry set OPENWORK_REGISTRY_INSECURE=true" if not self.allow_http else ""
         return WorkflowError(f"{where}: TLS failed ({reason}){hint}")
@@ -245,8 +237,6 @@ class Registry:
             return self._denied(scope, "HTTP 403")
         hint = ""
         if resp.status_code == 401 and self.credentials is None:
-            from .docker_config import config_path
-
             return WorkflowError(f"registry {self.host} needs a login (HTTP 401 for {what}): none is set and Docker "
                                  f"saved none for it in {config_path()}; {LOGIN_HINT.format(host=self.host)}")
         if resp.status_code == 401:

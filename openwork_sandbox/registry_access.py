@@ -28,10 +28,13 @@ from pathlib import Path
 from . import docker_config
 from .docker_config import Credentials
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
+from .files import write_atomic
 from .settings import Settings
 
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 PEM_MARK = b"-----BEGIN CERTIFICATE-----"
+# the way out of a missing or wrong login, in every registry client's messages
+LOGIN_HINT = "run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
 
 
 def settings_credentials(settings: Settings) -> Credentials | None:
@@ -100,9 +103,7 @@ def _combined_bundle(base: str, pems: tuple[bytes, ...], folder: str) -> str:
     path = Path(folder) / f"{hashlib.sha256(content).hexdigest()[:32]}.pem"
     if not path.is_file() or path.read_bytes() != content:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        write_atomic(path, content, mode=0o644)
     return str(path)
 
 
@@ -122,28 +123,34 @@ def pull_failure_hint(host: str, text: str) -> str:
     if "error sending request" in lowered or "certificate" in lowered:
         return f"is its CA trusted? {certs_hint(host)}"
     if "401" in lowered or "unauthorized" in lowered or "denied" in lowered:
-        return f"run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
+        return LOGIN_HINT.format(host=host)
     return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
 
 
-def pull_request(settings: Settings, host: str, plain_http: bool) -> dict:
-    """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``."""
-    creds = credentials(settings, host)
+def pull_request(settings: Settings, host: str, plain_http: bool, creds: Credentials | None) -> dict:
+    """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``.
+
+    ``creds``: the login the caller's ``Registry`` already holds (:func:`credentials` runs a
+    credential helper, so it is asked once)."""
     login = creds is not None and bool(creds.password)
     return {"insecure": plain_http, "username": creds.username if login else None,
             "password": creds.password if login else None,
             "ca_pems": [] if plain_http else [pem for _, pem in extra_cas(settings, host)]}
 
 
-def sdk_options(settings: Settings, host: str, plain_http: bool) -> dict:
+def sdk_options(settings: Settings, host: str, plain_http: bool, creds: Credentials | None) -> dict:
     """The microsandbox SDK's pull arguments: ``registry_insecure``, ``registry_auth``, ``registry_ca_certs``."""
-    request = pull_request(settings, host, plain_http)
-    options: dict = {"registry_insecure": request["insecure"]}
-    if request["username"]:
+    return sdk_request_options(pull_request(settings, host, plain_http, creds))
+
+
+def sdk_request_options(request: dict) -> dict:
+    """The microsandbox SDK's pull arguments for a :func:`pull_request` (also as ``sdk_pull``'s child gets it)."""
+    options: dict = {"registry_insecure": bool(request.get("insecure"))}
+    if request.get("username") and request.get("password"):
         from microsandbox import RegistryAuth
 
         options["registry_auth"] = RegistryAuth.basic(request["username"], request["password"])
-    if request["ca_pems"]:
+    if request.get("ca_pems"):
         options["registry_ca_certs"] = request["ca_pems"]
     return options
 
@@ -160,10 +167,10 @@ def runtime_pull_options(settings: Settings, image: str) -> dict:
     ref = ImageRef.parse(image)
     host = ref.registry_host
     plain = http_allowed(settings, ref.registry_is_loopback)
+    registry = Registry.for_settings(settings, ref)
     try:
-        registry = Registry.for_settings(settings, ref)
         registry.ping()
         plain = registry.plain_http
     except UnreachableError:
         pass
-    return sdk_options(settings, host, plain)
+    return sdk_options(settings, host, plain, registry.credentials)

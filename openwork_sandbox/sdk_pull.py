@@ -49,14 +49,12 @@ def pull(ref: str, *, insecure: bool, username: str | None = None, password: str
 
 
 async def _pull(request: dict) -> str | None:
-    from microsandbox import Image, PullEventType, PullPolicy, RegistryAuth, Sandbox
+    from microsandbox import Image, PullEventType, PullPolicy, Sandbox
+
+    from .registry_access import sdk_request_options
 
     ref = request["ref"]
-    options: dict = {"registry_insecure": bool(request.get("insecure"))}
-    if request.get("username") and request.get("password"):
-        options["registry_auth"] = RegistryAuth.basic(request["username"], request["password"])
-    if request.get("ca_pems"):
-        options["registry_ca_certs"] = [p.encode() for p in request["ca_pems"]]
+    options = sdk_request_options({**request, "ca_pems": [p.encode() for p in request.get("ca_pems") or []]})
     name = f"owpull-{secrets.token_hex(4)}"
     session = Sandbox.create_with_progress(name, image=ref, pull_policy=PullPolicy.ALWAYS, **options)
     digest, complete = None, False

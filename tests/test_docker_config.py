@@ -177,3 +177,13 @@ def test_pinned_image_follows_the_last_push_of_that_tag(tmp_path):
     assert pinned_image(other) == "localhost:5443/team/box:other"
     by_digest = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE="localhost:5443/team/box@sha256:" + "cd" * 32)
     assert pinned_image(by_digest) == by_digest.image
+
+
+def test_a_challenge_is_read_as_quoted_and_bare_parameters_left_to_right():
+    from openwork_sandbox.registry import parse_challenge
+
+    assert parse_challenge('Bearer realm="https://auth.example/token?service=other",service="registry.example",'
+                           'scope="repository:team/app:pull,push",error=insufficient_scope') == (
+        "bearer", {"realm": "https://auth.example/token?service=other", "service": "registry.example",
+                   "scope": "repository:team/app:pull,push", "error": "insufficient_scope"})
+    assert parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})

@@ -131,3 +131,34 @@ def test_local_override_must_be_an_executable_file(tmp_path):
     plain.write_text("#!/bin/sh\n")
     with pytest.raises(WorkflowError, match="not executable; chmod"):
         npm_artifacts.local_artifact(program, plain)
+
+
+def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
+    import types
+
+    from openwork_sandbox import image_build
+    from openwork_sandbox.errors import WorkflowError
+
+    fake = types.SimpleNamespace(image="localhost:5000/openwork:test")
+
+    def failing(lines, message="docker build --iidfile failed (exit 1): (no output)"):
+        def stream(argv):
+            yield from lines
+            raise WorkflowError(message)
+        return stream
+
+    monkeypatch.setattr(image_build, "stream_lines", failing(["Step 1/2 : FROM base", "no such file: x"]))
+    with pytest.raises(WorkflowError) as failed:
+        image_build._docker_build(fake, ["build", "."])
+    assert failed.value.message == "docker build of localhost:5000/openwork:test failed: no such file: x"
+
+    monkeypatch.setattr(image_build, "stream_lines", failing([]))
+    with pytest.raises(WorkflowError) as silent:
+        image_build._docker_build(fake, ["build", "."])
+    assert silent.value.message == "docker build --iidfile failed (exit 1): (no output)"
+
+    monkeypatch.setattr(image_build, "stream_lines", lambda argv: (line for line in ["Step 1/2 : FROM base", "Step 2/2 : COPY"]))
+    assert image_build._docker_build(fake, ["build", "."]) == "Step 1/2 : FROM base\nStep 2/2 : COPY"
+    with pytest.raises(WorkflowError) as slow:
+        image_build._docker_build(fake, ["build", "."], timeout=-1)
+    assert slow.value.message == "docker build of localhost:5000/openwork:test did not finish within -1s"
