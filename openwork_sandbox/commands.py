@@ -20,6 +20,10 @@ INSTALL_HINTS = {
 }
 
 
+class CommandTimeout(WorkflowError):
+    """A command was stopped because it ran past its timeout."""
+
+
 def which(program: str) -> str | None:
     return shutil.which(program)
 
@@ -67,17 +71,30 @@ def docker(*args: str, input: str | None = None, timeout: float | None = 600, ch
     return proc
 
 
-def stream_lines(argv: Sequence[str], *, env: dict | None = None):
+def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float | None = None):
     """Yield a command's output lines (stdout and stderr merged) as they come.
 
     Closing the generator (or Ctrl+C in the caller) stops the command; a non-zero exit that was
-    not caused by us raises a one-line WorkflowError after the output.
+    not caused by us raises a one-line WorkflowError after the output. With ``timeout`` a command
+    still running after that many seconds is stopped, silent or not, and that is the error.
     """
+    import threading
+
     program = argv[0]
     if which(program) is None:
         raise WorkflowError(f"{program} is not installed: {INSTALL_HINTS.get(program, 'install it')}")
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, errors="replace", env=env, bufsize=1)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.terminate()
+
+    timer = threading.Timer(timeout, expire) if timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     last = ""
     finished = False
     try:
@@ -87,6 +104,8 @@ def stream_lines(argv: Sequence[str], *, env: dict | None = None):
             yield line.rstrip("\n")
         finished = True
     finally:
+        if timer is not None:
+            timer.cancel()
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -96,5 +115,7 @@ def stream_lines(argv: Sequence[str], *, env: dict | None = None):
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+    if expired.is_set():
+        raise CommandTimeout(f"{' '.join(argv[:3])} did not finish within {timeout:g}s")
     if finished and proc.wait() != 0:
         raise WorkflowError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {last or '(no output)'}")

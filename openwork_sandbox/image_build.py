@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import console, gha, npm_artifacts
-from .commands import docker, last_line, run, stream_lines, which
+from .commands import CommandTimeout, docker, last_line, run, stream_lines, which
 from .errors import WorkflowError
 from .files import write_atomic
 from .settings import Settings
@@ -311,24 +311,19 @@ def _docker_build(settings: Settings, argv: list[str], timeout: float = 1800) ->
     """``docker build``, its step lines printed as they come (folded under GitHub Actions, and a
     heartbeat between lines that take long); returns the whole output for the cache figures."""
     lines: list[str] = []
-    deadline = time.monotonic() + timeout
     with gha.group(f"docker build {settings.image}"), console.heartbeat(f"docker build {settings.image}"):
-        builder = stream_lines(["docker", *argv])
         try:
-            for line in builder:
+            for line in stream_lines(["docker", *argv], timeout=timeout):  # stopped at the timeout, silent or not
                 lines.append(line)
                 if line.strip():
                     console.info(f"  {line}")
-                if time.monotonic() > deadline:
-                    builder.close()  # stops docker build
-                    break
-            else:
-                return "\n".join(lines)
+        except CommandTimeout:
+            raise WorkflowError(f"docker build of {settings.image} did not finish within {timeout:.0f}s") from None
         except WorkflowError:
             if not lines:  # docker did not start, or said nothing: stream_lines' own line says so
                 raise
             raise WorkflowError(f"docker build of {settings.image} failed: {last_line(chr(10).join(lines))}") from None
-    raise WorkflowError(f"docker build of {settings.image} did not finish within {timeout:.0f}s")
+    return "\n".join(lines)
 
 
 def _print(r: dict) -> None:

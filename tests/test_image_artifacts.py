@@ -141,10 +141,10 @@ def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
 
     fake = types.SimpleNamespace(image="localhost:5000/openwork:test")
 
-    def failing(lines, message="docker build --iidfile failed (exit 1): (no output)"):
-        def stream(argv):
+    def failing(lines, message="docker build --iidfile failed (exit 1): (no output)", error=WorkflowError):
+        def stream(argv, timeout=None):
             yield from lines
-            raise WorkflowError(message)
+            raise error(message)
         return stream
 
     monkeypatch.setattr(image_build, "stream_lines", failing(["Step 1/2 : FROM base", "no such file: x"]))
@@ -157,8 +157,27 @@ def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
         image_build._docker_build(fake, ["build", "."])
     assert silent.value.message == "docker build --iidfile failed (exit 1): (no output)"
 
-    monkeypatch.setattr(image_build, "stream_lines", lambda argv: (line for line in ["Step 1/2 : FROM base", "Step 2/2 : COPY"]))
+    monkeypatch.setattr(image_build, "stream_lines",
+                        lambda argv, timeout=None: (line for line in ["Step 1/2 : FROM base", "Step 2/2 : COPY"]))
     assert image_build._docker_build(fake, ["build", "."]) == "Step 1/2 : FROM base\nStep 2/2 : COPY"
+
+    from openwork_sandbox.commands import CommandTimeout
+
+    monkeypatch.setattr(image_build, "stream_lines", failing(["Step 1/2 : FROM base"], "docker build did not finish",
+                                                             error=CommandTimeout))
     with pytest.raises(WorkflowError) as slow:
-        image_build._docker_build(fake, ["build", "."], timeout=-1)
-    assert slow.value.message == "docker build of localhost:5000/openwork:test did not finish within -1s"
+        image_build._docker_build(fake, ["build", "."], timeout=1800)
+    assert slow.value.message == "docker build of localhost:5000/openwork:test did not finish within 1800s"
+
+
+def test_a_silent_command_is_stopped_at_its_timeout():
+    """stream_lines stops a command that prints nothing past its timeout (a hung `docker build`)."""
+    import time
+
+    from openwork_sandbox.commands import CommandTimeout, stream_lines
+
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout) as err:
+        list(stream_lines(["sleep", "60"], timeout=0.5))
+    assert err.value.message == "sleep 60 did not finish within 0.5s"
+    assert time.monotonic() - started < 30  # stopped, not waited out (60 s)
