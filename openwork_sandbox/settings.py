@@ -427,7 +427,7 @@ class Settings:
 
 _DOTENV_KEY = re.compile(r"""[ \t]*(?:export[ \t]+)?(?P<key>'[^'\n]*'|[^=#\s'"]+)[ \t]*(?P<eq>=[ \t]*)?""")
 _DOTENV_QUOTED = {'"': re.compile(r'"(?:\\.|[^"\\])*"', re.S), "'": re.compile(r"'(?:\\'|[^'])*'", re.S)}
-_DOTENV_END = re.compile(r"[ \t]*(?:#[^\n]*)?(?:\n|$)")
+_DOTENV_END = re.compile(r"[ \t]*(?:#[^\r\n]*)?(?:\r?\n|$)")  # a CRLF file too, as python-dotenv reads it
 
 
 def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:

@@ -352,6 +352,7 @@ def test_bad_durations_name_the_setting(tmp_path, text):
     ("A=1\nthis is not a setting\nB=2\n", [2], {"A": 1, "B": 3}),
     ('A="x" junk\n=value\n', [1, 2], {}),
     ('Q="never closed\nX=1\n', [1], {"X": 2}),
+    ('A=\'x\'\r\nB="y" # c\r\nC\r\nD=1\r\n', [], {"A": 1, "B": 2, "C": 3, "D": 4}),  # CRLF (Windows) line ends
 ])
 def test_dotenv_scan(text, bad, numbers):
     from openwork_sandbox.settings import _parse_dotenv
