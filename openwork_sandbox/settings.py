@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import ipaddress
 import os
 import re
@@ -490,7 +491,7 @@ def _read_env_file(path: Path, explicit: bool, problems: list[str]) -> tuple[dic
     if bad_lines:  # the load fails anyway; don't let python-dotenv log its own warning too
         problems.extend(bad_lines)
         return {}, numbers
-    values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    values = {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}  # read once
     return values, numbers
 
 
