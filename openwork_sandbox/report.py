@@ -177,9 +177,6 @@ def markdown(report) -> str:
     return "\n".join(lines) + "\n"
 
 
-_gh_escape = gha.escape_data
-
-
 def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
     """Print the table (stderr), failure details, the log tail on failure; write --junit; under GitHub
     Actions add ::error:: annotations and the step summary; with --json the object alone on stdout."""
@@ -201,12 +198,11 @@ def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
     if junit:
         path = write_junit(report, junit)
         console.info(f"JUnit report: {path}")
-    if console.github_actions():
-        for check in report.checks:
-            if check.result in ("failed", "error"):
-                console.info(f"::error title=smoke {check.name}::{_gh_escape(failure_text(check, secrets))}")
-        for note in report.notes:
-            console.info(f"::error title=smoke teardown::{_gh_escape(redact(note, secrets))}")
-        gha.append_summary(markdown(report))
+    for check in report.checks:  # the gha calls do nothing outside GitHub Actions
+        if check.result in ("failed", "error"):
+            gha.annotate(f"smoke {check.name}", failure_text(check, secrets))
+    for note in report.notes:
+        gha.annotate("smoke teardown", redact(note, secrets))
+    gha.append_summary(markdown(report))
     if as_json:
         console.emit_json(as_dict(report))
