@@ -112,11 +112,15 @@ def append_summary(markdown: str) -> None:
 
 # --- step summaries --------------------------------------------------------------------------------
 
+def cell(value: object) -> str:
+    """``value`` as the text of one Markdown table cell (a '|' escaped, lines joined)."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def _table(title: str, rows: Iterable[tuple[str, object]]) -> str:
     lines = [f"### {title}", "", "| | |", "| --- | --- |"]
     for key, value in rows:
-        text = str(value).replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {key} | {text} |")
+        lines.append(f"| {key} | {cell(value)} |")
     return "\n".join(lines) + "\n"
 
 

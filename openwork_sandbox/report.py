@@ -169,7 +169,7 @@ def markdown(report) -> str:
              "| check | result | time | detail |", "| --- | --- | --- | --- |"]
     for check in report.checks:
         note = check.detail if check.result == "passed" else check.message
-        note = redact(note, report.secrets).replace("|", "\\|").replace("\n", " ")
+        note = gha.cell(redact(note, report.secrets))
         lines.append(f"| {check.name} | {icon[check.result]} {check.result} | "
                      f"{_seconds(check.seconds) if check.ran else ''} | {note} |")
     if report.log_path:
