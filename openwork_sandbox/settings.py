@@ -428,6 +428,7 @@ class Settings:
 
 _DOTENV_KEY = re.compile(r"""[ \t]*(?:export[ \t]+)?(?P<key>'[^'\n]*'|[^=#\s'"]+)[ \t]*(?P<eq>=[ \t]*)?""")
 _DOTENV_QUOTED = {'"': re.compile(r'"(?:\\.|[^"\\])*"', re.S), "'": re.compile(r"'(?:\\'|[^'])*'", re.S)}
+_DOTENV_NAME = re.compile(r"(?:export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)")
 _DOTENV_END = re.compile(r"[ \t]*(?:#[^\r\n]*)?(?:\r?\n|$)")  # a CRLF file too, as python-dotenv reads it
 
 
@@ -463,9 +464,10 @@ def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
             stop = _DOTENV_END.match(text, after).end()
         else:
             shown = raw.strip()
-            key = shown.split("=", 1)[0].strip().removeprefix("export ").strip()
-            if "=" in shown and key in secret_keys:
-                shown = f"{key}=…"
+            named = _DOTENV_NAME.match(shown)  # a secret's value is hidden, with or without its '='
+            if named and named.group("key") in secret_keys:
+                rest = shown[named.end():].lstrip()
+                shown = named.group("key") + ("=…" if rest.startswith("=") else " …")
             elif len(shown) > 40:
                 shown = shown[:37] + "..."
             problems.append(f"{path}:{line}: cannot parse {shown!r}: expected NAME=value")
