@@ -124,6 +124,15 @@ def test_a_failed_deletion_note_masks_a_token_cut_by_the_body_limit():
     assert TOKEN[:9] not in runner.report.notes[0]
 
 
+def test_a_body_that_is_not_json_is_not_quoted_in_the_message():
+    from openwork_sandbox.openwork_api import ApiResponse
+
+    for text, message in (("x" * 290 + " " + TOKEN, "the body is not JSON"), ("  ", "the body is empty")):
+        with pytest.raises(ValueError) as caught:
+            ApiResponse("GET", "http://127.0.0.1:9/workspaces", 200, text, 0.1).json()
+        assert str(caught.value) == message
+
+
 @pytest.mark.parametrize("check", HTTP_CHECKS)
 @pytest.mark.parametrize("kind", ["status", "body"])
 def test_one_broken_check_fails_and_dependents_skip(tmp_path, capsys, check, kind):
