@@ -206,12 +206,6 @@ def heartbeat(what: str | Callable[[], str], every: float | None = None) -> Hear
     return Heartbeat(what, every)
 
 
-def github_actions() -> bool:
-    from . import gha
-
-    return gha.active()
-
-
 def group(title: str, lines: Iterable[str]) -> None:
     """Print a block of lines (a log tail), folded under GitHub Actions."""
     from . import gha

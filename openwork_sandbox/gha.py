@@ -4,7 +4,8 @@
   could print it (settings tokens and the registry password when settings are loaded, generated
   or stored tokens when the sandbox's state hands them out).
 - :func:`error`: the ``::error title=<task>::<reason>`` a failed task ends with (written at the
-  task boundary, :func:`openwork_sandbox.errors.task_boundary`).
+  task boundary, :func:`openwork_sandbox.errors.task_boundary`); :func:`annotate` for one failed
+  smoke check (its details keep their lines).
 - :func:`group`: long output (build log, pushed layers, server log tail) folded in ``::group::``.
 - :func:`append_summary` and the ``*_summary`` builders: a short Markdown section per task in
   ``$GITHUB_STEP_SUMMARY``.
@@ -66,12 +67,15 @@ def mask_settings(settings) -> None:
     mask(*SandboxState(settings).stored_tokens().values())
 
 
+def annotate(title: str, text: str) -> None:
+    """``::error title=TITLE::TEXT``; a multi-line TEXT stays multi-line in the annotation."""
+    if active():
+        _command(f"::error title={escape_property(title)}::{escape_data(text)}")
+
+
 def error(title: str, reason: str) -> None:
     """``::error title=TITLE::REASON`` (several lines become one, joined with '; ')."""
-    if not active():
-        return
-    one_line = "; ".join(line.strip() for line in (reason or "failed").splitlines() if line.strip())
-    _command(f"::error title={escape_property(title)}::{escape_data(one_line)}")
+    annotate(title, "; ".join(line.strip() for line in (reason or "failed").splitlines() if line.strip()))
 
 
 @contextlib.contextmanager
@@ -108,11 +112,15 @@ def append_summary(markdown: str) -> None:
 
 # --- step summaries --------------------------------------------------------------------------------
 
+def cell(value: object) -> str:
+    """``value`` as the text of one Markdown table cell (a '|' escaped, lines joined)."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def _table(title: str, rows: Iterable[tuple[str, object]]) -> str:
     lines = [f"### {title}", "", "| | |", "| --- | --- |"]
     for key, value in rows:
-        text = str(value).replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {key} | {text} |")
+        lines.append(f"| {key} | {cell(value)} |")
     return "\n".join(lines) + "\n"
 
 

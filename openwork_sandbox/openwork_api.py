@@ -73,11 +73,12 @@ class ApiResponse:
         return body_start(self.text)
 
     def json(self) -> Any:
-        """The parsed body, or raises ValueError naming what came back instead."""
+        """The parsed body, or raises ValueError. The message does not quote the body: a report
+        shows the body itself, redacted before it is cut (a token cut in half is not redacted)."""
         try:
             return json.loads(self.text)
         except ValueError:
-            raise ValueError(f"the body is not JSON: {self.body_start or '(empty)'}") from None
+            raise ValueError("the body is not JSON" if self.text.strip() else "the body is empty") from None
 
 
 class OpenWorkClient:

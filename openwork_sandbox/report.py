@@ -169,15 +169,12 @@ def markdown(report) -> str:
              "| check | result | time | detail |", "| --- | --- | --- | --- |"]
     for check in report.checks:
         note = check.detail if check.result == "passed" else check.message
-        note = redact(note, report.secrets).replace("|", "\\|").replace("\n", " ")
+        note = gha.cell(redact(note, report.secrets))
         lines.append(f"| {check.name} | {icon[check.result]} {check.result} | "
                      f"{_seconds(check.seconds) if check.ran else ''} | {note} |")
     if report.log_path:
         lines += ["", f"Server log: `{report.log_path}`"]
     return "\n".join(lines) + "\n"
-
-
-_gh_escape = gha.escape_data
 
 
 def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
@@ -201,12 +198,11 @@ def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
     if junit:
         path = write_junit(report, junit)
         console.info(f"JUnit report: {path}")
-    if console.github_actions():
-        for check in report.checks:
-            if check.result in ("failed", "error"):
-                console.info(f"::error title=smoke {check.name}::{_gh_escape(failure_text(check, secrets))}")
-        for note in report.notes:
-            console.info(f"::error title=smoke teardown::{_gh_escape(redact(note, secrets))}")
-        gha.append_summary(markdown(report))
+    for check in report.checks:  # the gha calls do nothing outside GitHub Actions
+        if check.result in ("failed", "error"):
+            gha.annotate(f"smoke {check.name}", failure_text(check, secrets))
+    for note in report.notes:
+        gha.annotate("smoke teardown", redact(note, secrets))
+    gha.append_summary(markdown(report))
     if as_json:
         console.emit_json(as_dict(report))

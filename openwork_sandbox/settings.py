@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import ipaddress
 import os
 import re
@@ -427,7 +428,8 @@ class Settings:
 
 _DOTENV_KEY = re.compile(r"""[ \t]*(?:export[ \t]+)?(?P<key>'[^'\n]*'|[^=#\s'"]+)[ \t]*(?P<eq>=[ \t]*)?""")
 _DOTENV_QUOTED = {'"': re.compile(r'"(?:\\.|[^"\\])*"', re.S), "'": re.compile(r"'(?:\\'|[^'])*'", re.S)}
-_DOTENV_END = re.compile(r"[ \t]*(?:#[^\n]*)?(?:\n|$)")
+_DOTENV_NAME = re.compile(r"(?:export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)")
+_DOTENV_END = re.compile(r"[ \t]*(?:#[^\r\n]*)?(?:\r?\n|$)")  # a CRLF file too, as python-dotenv reads it
 
 
 def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
@@ -462,9 +464,10 @@ def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
             stop = _DOTENV_END.match(text, after).end()
         else:
             shown = raw.strip()
-            key = shown.split("=", 1)[0].strip().removeprefix("export ").strip()
-            if "=" in shown and key in secret_keys:
-                shown = f"{key}=…"
+            named = _DOTENV_NAME.match(shown)  # a secret's value is hidden, with or without its '='
+            if named and named.group("key") in secret_keys:
+                rest = shown[named.end():].lstrip()
+                shown = named.group("key") + ("=…" if rest.startswith("=") else " …")
             elif len(shown) > 40:
                 shown = shown[:37] + "..."
             problems.append(f"{path}:{line}: cannot parse {shown!r}: expected NAME=value")
@@ -490,7 +493,7 @@ def _read_env_file(path: Path, explicit: bool, problems: list[str]) -> tuple[dic
     if bad_lines:  # the load fails anyway; don't let python-dotenv log its own warning too
         problems.extend(bad_lines)
         return {}, numbers
-    values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    values = {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}  # read once
     return values, numbers
 
 

@@ -181,7 +181,8 @@ class SmokeRunner:
         else:
             if 200 <= resp.status < 300:
                 return
-            problem = f"answered {resp.status}: {redact(resp.body_start, self.report.secrets)}"
+            # redact the whole body before cutting it, as for a failed check: no secret survives half-cut
+            problem = f"answered {resp.status}: {body_start(redact(resp.text, self.report.secrets))}"
         self.report.notes.append(f"could not delete the smoke session {self.session_id} (DELETE "
                                  f"/w/{self.ws_id}/opencode/session/{self.session_id} {problem}); delete it in "
                                  "OpenCode, or pass --keep-session to keep smoke sessions on purpose")

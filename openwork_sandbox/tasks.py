@@ -55,7 +55,8 @@ def _finish(code: int, reason: str) -> None:
         raise exc
 
 
-@task(help={"env_file": ENV_FILE_HELP, "json": JSON_HELP, "runtime": "check for this runtime: auto|microsandbox|docker"})
+@task(help={"env_file": ENV_FILE_HELP, "json": JSON_HELP,
+            "runtime": "check for this runtime: auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)"})
 def doctor(c, runtime=None, json=False, env_file=None):
     """Check what this machine can run and which runtime auto picks."""
     with task_boundary("doctor"):
@@ -205,7 +206,7 @@ def reset(c, name=None, yes=False, keep_data=False, env_file=None):
         "persistence": "also check that a file written in the workspace appears on the host",
         "junit": "write a JUnit XML report to this path",
         "json": JSON_HELP,
-        "runtime": "runtime for --ephemeral: auto|microsandbox|docker",
+        "runtime": "runtime for --ephemeral: auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)",
         "image": "image for --ephemeral (OPENWORK_MICROSANDBOX_IMAGE)",
         "port": "host port of the sandbox (OPENWORK_MICROSANDBOX_PORT)",
         "keep_session": "keep the OpenCode session the smoke test creates (by default it is deleted afterwards)",

@@ -22,6 +22,14 @@ def actions(monkeypatch, tmp_path):
     return tmp_path
 
 
+def test_annotation_escapes_its_title_and_keeps_the_lines_of_its_text(actions, capsys, monkeypatch):
+    gha.annotate("smoke a:b,c", "request: GET /x\nstatus:  500")
+    assert capsys.readouterr().err.splitlines() == ["::error title=smoke a%3Ab%2Cc::request: GET /x%0Astatus:  500"]
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    gha.annotate("smoke", "x")
+    assert capsys.readouterr().err == ""
+
+
 def test_masks_once_per_value_and_only_under_actions(actions, capsys, monkeypatch):
     gha.mask("tok-1", None, "", "tok-1", "tok%2")
     assert capsys.readouterr().err.splitlines() == ["::add-mask::tok-1", "::add-mask::tok%252"]

@@ -216,6 +216,15 @@ def test_unparseable_secret_line_hides_value(tmp_path):
     assert all("abc def" not in line for line in lines)
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("OPENWORK_TOKEN secret-abcdef-123456\n", "OPENWORK_TOKEN …"),  # a space typed for the '='
+    ("export OPENWORK_REGISTRY_PASSWORD: hunter2-very-secret\n", "OPENWORK_REGISTRY_PASSWORD …"),
+    ('OPENWORK_HOST_TOKEN = "never closed\n', "OPENWORK_HOST_TOKEN=…"),
+])
+def test_unparseable_secret_line_without_its_equals_sign_hides_value_too(tmp_path, text, shown):
+    assert problems(tmp_path, dotenv=text) == [f"{tmp_path}/.env:1: cannot parse {shown!r}: expected NAME=value"]
+
+
 def test_dotenv_with_export_quotes_and_comments_is_fine(tmp_path):
     s = load(tmp_path, dotenv='export OPENWORK_MICROSANDBOX_NAME="quoted-name"  # a comment\n'
                               "OPENWORK_MICROSANDBOX_PORT='9999'\n\n# end\n")
@@ -352,6 +361,7 @@ def test_bad_durations_name_the_setting(tmp_path, text):
     ("A=1\nthis is not a setting\nB=2\n", [2], {"A": 1, "B": 3}),
     ('A="x" junk\n=value\n', [1, 2], {}),
     ('Q="never closed\nX=1\n', [1], {"X": 2}),
+    ('A=\'x\'\r\nB="y" # c\r\nC\r\nD=1\r\n', [], {"A": 1, "B": 2, "C": 3, "D": 4}),  # CRLF (Windows) line ends
 ])
 def test_dotenv_scan(text, bad, numbers):
     from openwork_sandbox.settings import _parse_dotenv

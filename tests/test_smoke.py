@@ -110,6 +110,29 @@ def test_a_failed_deletion_is_a_note_and_fails_the_run(tmp_path, capsys):
     assert "answered 500" in report["notes"][0] and "--keep-session" in report["notes"][0]
 
 
+def test_a_failed_deletion_note_masks_a_token_cut_by_the_body_limit():
+    from openwork_sandbox.openwork_api import ApiResponse
+    from openwork_sandbox.smoke import SmokeRunner, Target
+
+    runner = SmokeRunner(Target("http://127.0.0.1:9", TOKEN, HOST_TOKEN, "url"), request_timeout=1, health_timeout=1)
+    runner.ws_id, runner.session_id = "ws_1", "ses_1"
+    body = "x" * 290 + " " + TOKEN  # the token straddles the 300 characters a note keeps
+    runner.client.delete_session = lambda ws, sid: ApiResponse("DELETE", "http://127.0.0.1:9/x", 500, body, 0.1)
+    runner._delete_session()
+    runner.client.close()
+    assert len(runner.report.notes) == 1 and "answered 500" in runner.report.notes[0]
+    assert TOKEN[:9] not in runner.report.notes[0]
+
+
+def test_a_body_that_is_not_json_is_not_quoted_in_the_message():
+    from openwork_sandbox.openwork_api import ApiResponse
+
+    for text, message in (("x" * 290 + " " + TOKEN, "the body is not JSON"), ("  ", "the body is empty")):
+        with pytest.raises(ValueError) as caught:
+            ApiResponse("GET", "http://127.0.0.1:9/workspaces", 200, text, 0.1).json()
+        assert str(caught.value) == message
+
+
 @pytest.mark.parametrize("check", HTTP_CHECKS)
 @pytest.mark.parametrize("kind", ["status", "body"])
 def test_one_broken_check_fails_and_dependents_skip(tmp_path, capsys, check, kind):
