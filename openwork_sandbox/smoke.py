@@ -37,6 +37,7 @@ from .errors import (EXIT_BAD_SETTINGS, EXIT_FAILED, EXIT_UNREACHABLE, SettingsE
                      WorkflowError)
 from .openwork_api import OpenWorkClient, TransportError, body_start
 from .report import redact
+from .runtimes.choice import RUNTIMES
 from .smoke_checks import (DECLARED, ERROR, FAILED, GUEST_WORKSPACE, PASSED, SKIPPED, Check, CheckFailed, Skip,
                            describe)
 
@@ -263,7 +264,7 @@ def local_target(settings, ep, mode: str) -> Target:
 
 def _runtime_is_alive(settings, kind: str | None) -> Callable[[], bool] | None:
     """The runtime's own "is it running" probe for the sandbox, when we know the runtime."""
-    if kind not in ("docker", "microsandbox"):
+    if kind not in RUNTIMES:
         return None
     from .runtimes import runtime_for
 
@@ -334,9 +335,13 @@ def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, pers
 
 
 def _check_junit_path(junit: str) -> None:
+    """Make the report's folder (as pytest's --junitxml does) before anything runs; one line if it cannot be."""
     parent = Path(junit).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise SettingsError([f"--junit {junit}: the folder {parent} does not exist; create it or pick another path"])
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError([f"--junit {junit}: cannot create the folder {parent} ({exc.strerror}); "
+                             "pick a writable path"]) from None
 
 
 # --- ephemeral -------------------------------------------------------------------------------------

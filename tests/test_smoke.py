@@ -241,7 +241,7 @@ def test_stuck_server_fails_the_check_on_the_request_timeout(tmp_path, capsys):
 
 
 def test_junit_one_testcase_per_check(tmp_path, capsys):
-    junit = tmp_path / "smoke.xml"
+    junit = tmp_path / "reports" / "ci" / "smoke.xml"  # a folder that does not exist yet is made
     with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN, fail=("session-read", "body")) as srv:
         code = run_smoke(settings_for(tmp_path), url=srv.url, junit=str(junit))
     assert code == 1
