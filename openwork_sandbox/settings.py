@@ -441,6 +441,7 @@ def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
     secret_keys = {s.env for s in SPECS if s.secret}
     problems, numbers = [], {}
     pos, line = 0, 1
+    in_secret = False  # after a secret whose quote never closed: the next bad lines may be the rest of it
     while pos < len(text):
         end = text.find("\n", pos)
         end = len(text) if end < 0 else end
@@ -462,12 +463,16 @@ def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
         if ok:
             numbers[m.group("key").strip("'")] = line
             stop = _DOTENV_END.match(text, after).end()
+            in_secret = False
         else:
             shown = raw.strip()
             named = _DOTENV_NAME.match(shown)  # a secret's value is hidden, with or without its '='
             if named and named.group("key") in secret_keys:
                 rest = shown[named.end():].lstrip()
                 shown = named.group("key") + ("=…" if rest.startswith("=") else " …")
+                in_secret = rest.lstrip("= \t")[:1] in ("'", '"')
+            elif in_secret:
+                shown = "…"  # hidden: it may be the rest of that secret's value
             elif len(shown) > 40:
                 shown = shown[:37] + "..."
             problems.append(f"{path}:{line}: cannot parse {shown!r}: expected NAME=value")

@@ -216,6 +216,18 @@ def test_unparseable_secret_line_hides_value(tmp_path):
     assert all("abc def" not in line for line in lines)
 
 
+def test_a_secret_whose_quote_never_closes_hides_the_lines_after_it_too(tmp_path):
+    lines = problems(tmp_path, dotenv='OPENWORK_TOKEN="first-half-of-it\nsecond half of it\nthis is not a setting\n'
+                                      "OPENWORK_MICROSANDBOX_NAME=box\nnor is this\n")
+    text = "\n".join(lines)
+    assert "first-half" not in text and "second half" not in text
+    assert lines[:3] == [f"{tmp_path}/.env:1: cannot parse 'OPENWORK_TOKEN=…': expected NAME=value",
+                         f"{tmp_path}/.env:2: cannot parse '…': expected NAME=value",
+                         f"{tmp_path}/.env:3: cannot parse '…': expected NAME=value"]
+    # a line that parses ends the hiding: later bad lines are shown again
+    assert f"{tmp_path}/.env:5: cannot parse 'nor is this': expected NAME=value" in lines
+
+
 @pytest.mark.parametrize("text, shown", [
     ("OPENWORK_TOKEN secret-abcdef-123456\n", "OPENWORK_TOKEN …"),  # a space typed for the '='
     ("export OPENWORK_REGISTRY_PASSWORD: hunter2-very-secret\n", "OPENWORK_REGISTRY_PASSWORD …"),
