@@ -179,13 +179,18 @@ class Registry:
 
     def _fetch_token(self, params: dict[str, str], scope: str | None) -> str:
         realm = params["realm"]
-        query = {"service": params.get("service", "")}
-        wanted = params.get("scope") or scope
-        if wanted:
-            query["scope"] = wanted
+        query: dict[str, str | list[str]] = {"service": params.get("service", "")}
+        # The challenge's scope (what this request needs) and the caller's (what the cached token is kept
+        # for) in one token, as Docker asks: a cancel's "delete" must not replace the "pull,push" token.
+        scopes = list(dict.fromkeys(s for s in (params.get("scope"), scope) if s))
+        wanted = scopes[0] if scopes else None
+        if scopes:
+            query["scope"] = scopes
         creds = self.credentials
         try:
             if creds and creds.identity_token:
+                if scopes:
+                    query["scope"] = " ".join(scopes)  # the OAuth2 form takes one space-separated scope
                 token_resp = self.session.post(realm, data={**query, "grant_type": "refresh_token",
                                                             "refresh_token": creds.identity_token,
                                                             "client_id": CLIENT_ID},
