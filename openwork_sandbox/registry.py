@@ -56,6 +56,9 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+ACTION_ORDER = {"pull": 0, "push": 1, "delete": 2}  # how error messages list a scope's actions
+
+
 def scope_for(repository: str, actions: str = "pull") -> str:
     return f"repository:{repository}:{actions}"
 
@@ -225,7 +228,11 @@ class Registry:
 
     def _denied(self, scope: str | None, why: str) -> WorkflowError:
         parts = (scope or "").split(":")
-        what = f"{parts[2]} access to {parts[1]}" if len(parts) == 3 else f"access ({scope or 'no scope'})"
+        if len(parts) == 3:  # registries name the actions in any order ("push,pull"): say them in one
+            actions = sorted(parts[2].split(","), key=lambda a: (ACTION_ORDER.get(a, len(ACTION_ORDER)), a))
+            what = f"{','.join(actions)} access to {parts[1]}"
+        else:
+            what = f"access ({scope or 'no scope'})"
         return WorkflowError(f"registry {self.host} denies {self._who} {what} ({why}); give that login "
                              "access to the repository, or use one that has it")
 

@@ -187,3 +187,13 @@ def test_a_challenge_is_read_as_quoted_and_bare_parameters_left_to_right():
         "bearer", {"realm": "https://auth.example/token?service=other", "service": "registry.example",
                    "scope": "repository:team/app:pull,push", "error": "insufficient_scope"})
     assert parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
+
+
+@pytest.mark.parametrize("scope", ["repository:team/app:push,pull", "repository:team/app:pull,push"])
+def test_a_denied_scope_names_its_actions_in_one_order_whatever_order_the_registry_used(scope):
+    """The registry's challenge lists a scope's actions in any order; the one-line error does not."""
+    from openwork_sandbox.registry import Registry
+
+    message = Registry("registry.example:5000")._denied(scope, "HTTP 403").message
+    assert message.startswith("registry registry.example:5000 denies an anonymous client pull,push access to team/app "
+                              "(HTTP 403)")
