@@ -12,7 +12,7 @@
    recorded in ``.state/last-push.json`` (``up`` boots it, see ``image_pin``).
 5. Proof: the v2 API serves the manifest with that digest and every blob it names, and, where the
    microsandbox runtime is installed, the microsandbox SDK pulls it with the same login and CAs
-   (``registry_auth``, ``registry_ca_certs``) and gets the same digest. A failed proof says the
+   (``runtimes.microsandbox_pull``) and gets the same digest. A failed proof says the
    image was pushed all the same.
 """
 
@@ -22,11 +22,11 @@ import re
 import time
 
 from . import commands, console, gha, registry_access
-from .docker_config import Credentials
 from .errors import WorkflowError
 from .image_build import read_last_build
 from .image_pin import record_push
 from .registry import Registry
+from .runtimes import microsandbox_pull
 from .settings import Settings
 
 PUSH_LINE = re.compile(r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from .*)$")
@@ -97,30 +97,6 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
     return digest, sent
 
 
-def msb_pull(settings: Settings, ref: str, *, plain_http: bool, creds: Credentials | None,
-             expected_digest: str | None = None) -> tuple[bool, str]:
-    """Pull ``ref`` with the microsandbox SDK (``sdk_pull``: same login and CAs as ``up``, no boot),
-    where its runtime is installed. Returns ``(pulled, detail)``."""
-    from . import sdk_pull
-    from .runtimes.probe import msb_path
-
-    if not msb_path():
-        return False, "skipped: microsandbox (msb) is not installed"
-    host = settings.image_ref.registry_host
-    started = time.monotonic()
-    try:
-        with console.heartbeat(f"microsandbox pull {ref}"):
-            digest = sdk_pull.pull(ref, **registry_access.pull_request(settings, host, plain_http, creds))
-    except RuntimeError as exc:
-        text = str(exc)
-        raise WorkflowError(f"microsandbox could not pull {ref} from registry {host}: {text[:300]}; "
-                            f"{registry_access.pull_failure_hint(host, text)}") from None
-    if expected_digest and digest and digest != expected_digest:
-        raise WorkflowError(f"microsandbox pulled {ref} as {digest}, but the push reported {expected_digest}: "
-                            "something else pushed to the tag; push again")
-    return True, f"pulled in {time.monotonic() - started:.1f}s"
-
-
 def push_image(settings: Settings, as_json: bool = False, *, build_first: bool = False) -> dict:
     """Push ``settings.image`` and prove it is pullable; print and return the digest and checks.
 
@@ -147,8 +123,8 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     try:
         proof = registry.verify_pullable(ref, expected_digest=digest)
         console.info(f"{console.OK} registry {ref.registry_host} serves the manifest and all {proof['blobs']} blobs")
-        pulled, detail = msb_pull(settings, settings.image, plain_http=registry.plain_http,
-                                 creds=registry.credentials, expected_digest=digest)
+        access = registry_access.pull_access(settings, ref.registry_host, registry.plain_http, registry.credentials)
+        pulled, detail = microsandbox_pull.prove_pull(settings.image, ref.registry_host, access, expected_digest=digest)
     except WorkflowError as exc:
         raise WorkflowError(f"pushed {pinned}, but the pull check failed: {exc.message}",
                             exit_code=exc.exit_code) from None

@@ -103,7 +103,7 @@ def _check_exposure(settings: Settings) -> None:
 def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> LaunchSpec:
     # imported here, not at the top: status/down/logs import this module and never need them
     from .image_pin import pinned_image
-    from .registry_access import runtime_pull_options
+    from .registry_access import pull_access_for_image
 
     env = {
         "OPENWORK_TOKEN": token,
@@ -128,7 +128,7 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
         name=settings.name, image=image, host_port=settings.port, bind_address=settings.bind_address,
         guest_port=GUEST_PORT, mounts=mounts, env=env, cpus=settings.cpus, memory_mib=settings.memory,
         registry_plain_http=settings.registry_plain_http, fingerprint=fp, pull_always=settings.replace,
-        pull_options=lambda: runtime_pull_options(settings, image),
+        pull_access=lambda: pull_access_for_image(settings, image),
         network=settings.network,
     )
 

@@ -1,7 +1,7 @@
 """How this tool reaches the image's registry: whose login, which CAs, whether plain HTTP is allowed.
 
-One answer for every client that talks to the registry (the v2 API in ``registry``, the
-microsandbox SDK's pull in ``image_push`` and the microsandbox runtime):
+One answer for every client that talks to the registry (the v2 API in ``registry``; a runtime's
+pull gets the same as a :class:`PullAccess`, which the microsandbox runtime hands to its SDK):
 
 - **Login**: ``OPENWORK_REGISTRY_USERNAME``/``_PASSWORD`` when both are set, else what Docker
   saved for the host (``docker_config``: ``credHelpers``, ``credsStore``, ``auths``), else none.
@@ -11,8 +11,8 @@ microsandbox SDK's pull in ``image_push`` and the microsandbox runtime):
   ``<cache dir>/ca-bundles/<sha256>.pem`` and handed to ``http.outside_session(verify=...)``. A
   file rather than an ``SSLContext`` mounted on an adapter: ``verify=path`` works the same through
   an HTTPS proxy and for the token endpoint on another host, and the bundle is content-addressed,
-  so parallel runs share it and never see a half-written one. The SDK gets the PEMs themselves
-  (``registry_ca_certs``).
+  so parallel runs share it and never see a half-written one. A runtime's pull gets the PEMs
+  themselves (``PullAccess.ca_pems``).
 - **Scheme**: HTTPS first, as Docker does; plain HTTP only for a loopback registry or one named
   insecure (``OPENWORK_REGISTRY_INSECURE=true``) that does not speak TLS (``registry`` decides on
   the first answer).
@@ -20,6 +20,7 @@ microsandbox SDK's pull in ``image_push`` and the microsandbox runtime):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -117,46 +118,34 @@ def certs_hint(host: str) -> str:
             "set OPENWORK_REGISTRY_CA to a PEM file")
 
 
-def pull_failure_hint(host: str, text: str) -> str:
-    """The way out of a microsandbox pull failure (its message is the SDK's text)."""
-    lowered = text.lower()
-    if "error sending request" in lowered or "certificate" in lowered:
-        return f"is its CA trusted? {certs_hint(host)}"
-    if "401" in lowered or "unauthorized" in lowered or "denied" in lowered:
-        return LOGIN_HINT.format(host=host)
-    return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
+@dataclasses.dataclass(frozen=True)
+class PullAccess:
+    """What any runtime's pull of the image needs, runtime-neutral: plain HTTP or not, the login
+    (or None), the extra CA PEMs. Each runtime turns it into its own arguments."""
+
+    insecure: bool
+    username: str | None = None
+    password: str | None = None
+    ca_pems: tuple[bytes, ...] = ()
+
+    def __repr__(self) -> str:  # the password stays out of tracebacks and logs
+        return f"PullAccess(insecure={self.insecure}, username={self.username!r}, ca_pems={len(self.ca_pems)})"
 
 
-def pull_request(settings: Settings, host: str, plain_http: bool, creds: Credentials | None) -> dict:
-    """What a microsandbox pull needs: ``insecure``, ``username``/``password`` (or None), ``ca_pems``.
+def pull_access(settings: Settings, host: str, plain_http: bool, creds: Credentials | None) -> PullAccess:
+    """The :class:`PullAccess` for ``host``, spoken over ``plain_http`` or TLS.
 
     ``creds``: the login the caller's ``Registry`` already holds (:func:`credentials` runs a
     credential helper, so it is asked once)."""
     login = creds is not None and bool(creds.password)
-    return {"insecure": plain_http, "username": creds.username if login else None,
-            "password": creds.password if login else None,
-            "ca_pems": [] if plain_http else [pem for _, pem in extra_cas(settings, host)]}
+    return PullAccess(insecure=plain_http, username=creds.username if login else None,
+                      password=creds.password if login else None,
+                      ca_pems=() if plain_http else tuple(pem for _, pem in extra_cas(settings, host)))
 
 
-def sdk_options(settings: Settings, host: str, plain_http: bool, creds: Credentials | None) -> dict:
-    """The microsandbox SDK's pull arguments: ``registry_insecure``, ``registry_auth``, ``registry_ca_certs``."""
-    return sdk_request_options(pull_request(settings, host, plain_http, creds))
-
-
-def sdk_request_options(request: dict) -> dict:
-    """The microsandbox SDK's pull arguments for a :func:`pull_request` (also as ``sdk_pull``'s child gets it)."""
-    options: dict = {"registry_insecure": bool(request.get("insecure"))}
-    if request.get("username") and request.get("password"):
-        from microsandbox import RegistryAuth
-
-        options["registry_auth"] = RegistryAuth.basic(request["username"], request["password"])
-    if request.get("ca_pems"):
-        options["registry_ca_certs"] = request["ca_pems"]
-    return options
-
-
-def runtime_pull_options(settings: Settings, image: str) -> dict:
-    """The SDK pull arguments for ``up``: the scheme the registry speaks (asked once), login, CAs.
+def pull_access_for_image(settings: Settings, image: str) -> PullAccess:
+    """The :class:`PullAccess` for ``up``'s pull of ``image``: the scheme the registry speaks (asked
+    once), its login and CAs.
 
     A registry that does not answer is not an error here: the image may be cached, and the pull
     itself then says what is wrong."""
@@ -165,7 +154,6 @@ def runtime_pull_options(settings: Settings, image: str) -> dict:
     from .settings import ImageRef
 
     ref = ImageRef.parse(image)
-    host = ref.registry_host
     plain = http_allowed(settings, ref.registry_is_loopback)
     registry = Registry.for_settings(settings, ref)
     try:
@@ -173,4 +161,4 @@ def runtime_pull_options(settings: Settings, image: str) -> dict:
         plain = registry.plain_http
     except UnreachableError:
         pass
-    return sdk_options(settings, host, plain, registry.credentials)
+    return pull_access(settings, ref.registry_host, plain, registry.credentials)

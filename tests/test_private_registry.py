@@ -379,7 +379,8 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_ima
     from openwork_sandbox.errors import WorkflowError
     from openwork_sandbox.image_push import push_image
     from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.registry_access import PullAccess
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime, create_kwargs
     from openwork_sandbox.runtimes.probe import microvm_support
     from openwork_sandbox.state import SandboxState
 
@@ -399,11 +400,14 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_ima
         state.ensure()
         spec = launch_spec(settings.with_overrides(replace=True), "microsandbox", *state.tokens())
         assert spec.image == pinned
-        options = spec.pull_options()
+        access = spec.pull_access()
+        assert access.insecure is False and access.username == reg.user and access.ca_pems == (reg.ca.read_bytes(),)
+        assert reg.password not in repr(access)
+        options = create_kwargs(spec)
         assert options["registry_insecure"] is False and options["registry_auth"].username == reg.user
         assert options["registry_ca_certs"] == [reg.ca.read_bytes()]
         # without the CA and the login the SDK cannot pull it: what the test below would catch
-        bare = dataclasses.replace(spec, pull_options=lambda: {"registry_insecure": False})
+        bare = dataclasses.replace(spec, pull_access=lambda: PullAccess(insecure=False))
         with pytest.raises(WorkflowError) as err:
             MicrosandboxRuntime(name, settings.sandbox_state_dir).create(bare)
         assert "could not pull" in err.value.message and f"/etc/docker/certs.d/{reg.host}/ca.crt" in err.value.message

@@ -11,9 +11,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import WorkflowError
+
+if TYPE_CHECKING:
+    from ..registry_access import PullAccess
 
 GUEST_WORKSPACE = "/workspace"
 GUEST_DATA = "/data"
@@ -37,8 +40,8 @@ class LaunchSpec:
     registry_plain_http: bool
     fingerprint: str
     pull_always: bool = False  # re-pull a tag that may have moved (replace)
-    # the microsandbox SDK's registry arguments (registry_insecure/_auth/_ca_certs), asked only at pull time
-    pull_options: Callable[[], dict] | None = None
+    # the registry's scheme, login and CAs for a runtime's own pull, asked only at pull time
+    pull_access: Callable[[], PullAccess] | None = None
     network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none (microVMs)
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs

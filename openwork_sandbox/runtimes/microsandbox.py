@@ -30,9 +30,11 @@ from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from .. import console
 from ..errors import WorkflowError
+from ..registry_access import PullAccess
 from ..state import RECORD_FILE, read_record, update_record
 from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 from .choice import DOCKER_HINT
+from .microsandbox_pull import sdk_registry_options
 
 LABEL_FP = "openwork-sandbox.fingerprint"
 BOOT_FAILURE_MARK = "before agent relay became available"
@@ -96,7 +98,7 @@ def network_config(spec: LaunchSpec):
 
 def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
     """Everything ``Sandbox.create_with_progress(name, **kwargs)`` gets for ``spec`` (no I/O but reading
-    the registry's login and CAs, ``spec.pull_options``)."""
+    the registry's login and CAs, ``spec.pull_access``)."""
     from microsandbox import PullPolicy, Volume
 
     return dict(
@@ -108,7 +110,7 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
         volumes={guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
         network=network_config(spec),
         pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
-        **(spec.pull_options() if spec.pull_options else {"registry_insecure": spec.registry_plain_http}),
+        **sdk_registry_options(spec.pull_access() if spec.pull_access else PullAccess(spec.registry_plain_http)),
         replace=True,
         detached=True,
     )
@@ -327,8 +329,8 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError as exc:
             text = str(exc)
             if text.startswith(("image error", "registry error")):
-                from ..registry_access import pull_failure_hint
                 from ..settings import ImageRef
+                from .microsandbox_pull import pull_failure_hint
 
                 raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
                                     f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None

@@ -1,0 +1,152 @@
+"""Pulling with the microsandbox SDK: its registry arguments, and push-image's pull proof.
+
+- :func:`sdk_registry_options` turns a runtime-neutral :class:`~..registry_access.PullAccess`
+  (scheme, login, CAs) into the SDK's ``registry_insecure``, ``registry_auth`` and
+  ``registry_ca_certs``; ``up``'s create and the proof below both use it.
+- :func:`prove_pull` pulls a pushed image as ``up`` will, without booting it. The SDK has no pull
+  of its own: ``Sandbox.create_with_progress`` pulls (``msb pull`` has no CA flag), and the
+  creation is cancelled once the image is in microsandbox's cache, so no VM is booted. It runs in
+  a child process (``python -m openwork_sandbox.runtimes.microsandbox_pull``): the SDK opens its
+  store under ``MSB_HOME`` once per process, and a child sees the ``MSB_HOME`` of the moment. The
+  request (reference, login, CAs) arrives as JSON on stdin, never on the command line; the answer
+  is one JSON object on stdout: ``{"digest": …}`` or ``{"error": …}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import console
+from ..errors import WorkflowError
+from ..registry_access import LOGIN_HINT, PullAccess, certs_hint
+
+TIMEOUT = 900.0
+
+
+def sdk_registry_options(access: PullAccess) -> dict:
+    """The SDK's pull arguments for ``access``: ``registry_insecure``, ``registry_auth``, ``registry_ca_certs``."""
+    options: dict = {"registry_insecure": access.insecure}
+    if access.username and access.password:
+        from microsandbox import RegistryAuth
+
+        options["registry_auth"] = RegistryAuth.basic(access.username, access.password)
+    if access.ca_pems:
+        options["registry_ca_certs"] = list(access.ca_pems)
+    return options
+
+
+def pull_failure_hint(host: str, text: str) -> str:
+    """The way out of a microsandbox pull failure (its message is the SDK's text)."""
+    lowered = text.lower()
+    if "error sending request" in lowered or "certificate" in lowered:
+        return f"is its CA trusted? {certs_hint(host)}"
+    if "401" in lowered or "unauthorized" in lowered or "denied" in lowered:
+        return LOGIN_HINT.format(host=host)
+    return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
+
+
+def prove_pull(ref: str, host: str, access: PullAccess, expected_digest: str | None = None) -> tuple[bool, str]:
+    """Pull ``ref`` with the microsandbox SDK where its runtime is installed, as ``up`` will (same
+    login and CAs), without booting it. Returns ``(pulled, detail)``; a failure is one line."""
+    from .probe import msb_path
+
+    if not msb_path():
+        return False, "skipped: microsandbox (msb) is not installed"
+    started = time.monotonic()
+    try:
+        with console.heartbeat(f"microsandbox pull {ref}"):
+            digest = _pull_in_child(ref, access)
+    except RuntimeError as exc:
+        text = str(exc)
+        raise WorkflowError(f"microsandbox could not pull {ref} from registry {host}: {text[:300]}; "
+                            f"{pull_failure_hint(host, text)}") from None
+    if expected_digest and digest and digest != expected_digest:
+        raise WorkflowError(f"microsandbox pulled {ref} as {digest}, but the push reported {expected_digest}: "
+                            "something else pushed to the tag; push again")
+    return True, f"pulled in {time.monotonic() - started:.1f}s"
+
+
+def _pull_in_child(ref: str, access: PullAccess, timeout: float = TIMEOUT) -> str | None:
+    """Pull ``ref`` in a child process; returns the manifest digest, raises RuntimeError(reason)."""
+    request = {"ref": ref, "insecure": access.insecure, "username": access.username, "password": access.password,
+               "ca_pems": [p.decode("ascii", "replace") for p in access.ca_pems]}
+    env = dict(os.environ)
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(request),
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"no answer within {timeout:.0f}s") from None
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    try:
+        answer = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise RuntimeError(tail[0][:300]) from None
+    if answer.get("error"):
+        raise RuntimeError(answer["error"])
+    return answer.get("digest")
+
+
+async def _pull(request: dict) -> str | None:
+    from microsandbox import Image, PullEventType, PullPolicy, Sandbox
+
+    ref = request["ref"]
+    access = PullAccess(insecure=bool(request.get("insecure")), username=request.get("username"),
+                        password=request.get("password"),
+                        ca_pems=tuple(p.encode() for p in request.get("ca_pems") or ()))
+    name = f"owpull-{secrets.token_hex(4)}"
+    session = Sandbox.create_with_progress(name, image=ref, pull_policy=PullPolicy.ALWAYS,
+                                           **sdk_registry_options(access))
+    digest, complete = None, False
+    try:
+        async for ev in session.progress:
+            if ev.event_type == PullEventType.RESOLVED and ev.manifest_digest:
+                digest = ev.manifest_digest
+            elif ev.event_type == PullEventType.COMPLETE:
+                complete = True
+                break
+        # the image is recorded in the cache moments after COMPLETE (an older pull of the same tag
+        # may still be there until then): wait for the record of what was resolved
+        cached = None
+        for _ in range(200 if complete else 0):
+            with contextlib.suppress(Exception):
+                cached = (await Image.get(ref)).manifest_digest
+            if cached and (cached == digest or digest is None):
+                break
+            await asyncio.sleep(0.05)
+        digest = digest or cached
+    finally:
+        if complete:
+            session.cancel()
+    if not complete:
+        await session.result()  # raises the pull's own error
+    with contextlib.suppress(BaseException):
+        await session.result()
+    with contextlib.suppress(BaseException):
+        await Sandbox.remove(name)
+    return digest
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    try:
+        digest = asyncio.run(_pull(request))
+    except Exception as exc:  # the SDK's errors: MicrosandboxError and its kin
+        print(json.dumps({"error": " ".join(str(exc).split()) or exc.__class__.__name__}))
+        return 1
+    print(json.dumps({"digest": digest}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
