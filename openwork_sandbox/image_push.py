@@ -56,13 +56,7 @@ def login(settings: Settings) -> bool:
     creds = registry_access.settings_credentials(settings)
     if creds is None:
         return False
-    host = settings.image_ref.registry_host
-    proc = commands.docker("login", "--username", creds.username, "--password-stdin", host,
-                           input=creds.password, check=False, timeout=120)
-    if proc.returncode != 0:
-        raise WorkflowError(f"docker login to {host} as {creds.username} failed: "
-                            f"{commands.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD")
-    console.info(f"{console.OK} logged in to {host} as {creds.username}")
+    registry_access.docker_login(settings.image_ref.registry_host, creds.username, creds.password)
     return True
 
 

@@ -26,7 +26,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from . import docker_config
+from . import commands, console, docker_config
 from .docker_config import Credentials
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .files import write_atomic
@@ -127,6 +127,8 @@ class PullAccess:
     username: str | None = None
     password: str | None = None
     ca_pems: tuple[bytes, ...] = ()
+    settings_login: bool = False  # the login is OPENWORK_REGISTRY_USERNAME/_PASSWORD: Docker has not seen it
+    login_required: bool = False  # the registry answered 401 to no login (known once it was asked)
 
     def __repr__(self) -> str:  # the password stays out of tracebacks and logs
         return f"PullAccess(insecure={self.insecure}, username={self.username!r}, ca_pems={len(self.ca_pems)})"
@@ -140,7 +142,19 @@ def pull_access(settings: Settings, host: str, plain_http: bool, creds: Credenti
     login = creds is not None and bool(creds.password)
     return PullAccess(insecure=plain_http, username=creds.username if login else None,
                       password=creds.password if login else None,
-                      ca_pems=() if plain_http else tuple(pem for _, pem in extra_cas(settings, host)))
+                      ca_pems=() if plain_http else tuple(pem for _, pem in extra_cas(settings, host)),
+                      settings_login=login and creds == settings_credentials(settings))
+
+
+def docker_login(host: str, username: str, password: str) -> None:
+    """``docker login`` (the password on stdin), so Docker's own push and pull have the settings' login,
+    as push-image always did; a one-line error when the registry refuses it."""
+    proc = commands.docker("login", "--username", username, "--password-stdin", host,
+                           input=password, check=False, timeout=120)
+    if proc.returncode != 0:
+        raise WorkflowError(f"docker login to {host} as {username} failed: "
+                            f"{commands.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD")
+    console.info(f"{console.OK} logged in to {host} as {username}")
 
 
 def pull_access_for_image(settings: Settings, image: str) -> PullAccess:
@@ -156,9 +170,11 @@ def pull_access_for_image(settings: Settings, image: str) -> PullAccess:
     ref = ImageRef.parse(image)
     plain = http_allowed(settings, ref.registry_is_loopback)
     registry = Registry.for_settings(settings, ref)
+    login_required = False
     try:
-        registry.ping()
+        login_required = registry.ping() == 401
         plain = registry.plain_http
     except UnreachableError:
         pass
-    return pull_access(settings, ref.registry_host, plain, registry.credentials)
+    access = pull_access(settings, ref.registry_host, plain, registry.credentials)
+    return dataclasses.replace(access, login_required=login_required)

@@ -169,6 +169,44 @@ def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_imag
         subprocess.run(["docker", "rmi", ref, result["pinned"]], capture_output=True)
 
 
+def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_registry, test_base_image,
+                                                                           tmp_path, monkeypatch):
+    """A CI job that did not push (no docker login) but has OPENWORK_REGISTRY_USERNAME/_PASSWORD:
+    the Docker runtime's pull is refused, gets the settings' login, and pulls; with no login at all
+    the refusal is one line with the way out."""
+    from openwork_sandbox.registry_access import pull_access_for_image
+    from openwork_sandbox.runtimes.docker import DockerRuntime
+
+    reg = tls_registry
+    ref = reg.ref("settings-login")
+    pusher = docker_login(reg, tmp_path / "pusher")
+    subprocess.run(["docker", "tag", test_base_image, ref], check=True, capture_output=True)
+    pushed = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "DOCKER_CONFIG": str(pusher)})
+    assert pushed.returncode == 0, pushed.stderr
+    subprocess.run(["docker", "rmi", ref], check=True, capture_output=True)
+    runtime = DockerRuntime(unique_name("pull"), tmp_path / "sandbox-state")
+    try:
+        (tmp_path / "nobody").mkdir()
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nobody"))
+        anonymous = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref)
+        err = one_line_error(runtime.pull, ref, lambda: pull_access_for_image(anonymous, ref))
+        assert f"docker pull {ref} failed" in err.message and f"docker login {reg.host}" in err.message
+        assert not (tmp_path / "nobody" / "config.json").exists()  # nothing to hand Docker: nothing written
+
+        (tmp_path / "ci-job").mkdir()
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "ci-job"))
+        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_REGISTRY_USERNAME=reg.user,
+                                 OPENWORK_REGISTRY_PASSWORD=reg.password)
+        runtime.pull(ref, lambda: pull_access_for_image(settings, ref))
+        present = subprocess.run(["docker", "image", "inspect", ref], capture_output=True)
+        assert present.returncode == 0
+        saved = json.loads((tmp_path / "ci-job" / "config.json").read_text())
+        assert reg.host in saved["auths"]  # Docker has the login now, as after push-image's docker login
+    finally:
+        subprocess.run(["docker", "rmi", ref], capture_output=True)
+
+
 # --- failures: one line naming the registry and the cause ------------------------------------------
 
 def test_wrong_saved_password_is_one_line_before_anything_is_pushed(tls_registry, tmp_path, monkeypatch):

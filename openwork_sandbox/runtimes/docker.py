@@ -33,16 +33,29 @@ import sys
 import tarfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .. import commands, console
 from ..errors import WorkflowError
 from ..state import write_private_file
 from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 
+if TYPE_CHECKING:
+    from ..registry_access import PullAccess
+
 LABEL_FP = "org.openwork-sandbox.fingerprint"
 LABEL_MANAGED = "org.openwork-sandbox.managed"
 ENV_FILE = "container.env"
+
+
+# what Docker's pull says when the registry wants a login it does not have (or refuses the one it has)
+LOGIN_REFUSED = ("no basic auth credentials", "unauthorized", "authentication required", "denied",
+                 "may require 'docker login'")
+
+
+def _login_refused(err: str) -> bool:
+    lowered = err.lower()
+    return any(mark in lowered for mark in LOGIN_REFUSED)
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,16 +160,36 @@ class DockerRuntime(Runtime):
     def _have_image(self, ref: str) -> bool:
         return commands.docker("image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=30).returncode == 0
 
-    def pull(self, ref: str) -> float:
-        """``docker pull`` (a moved tag is fetched again); returns the seconds it took."""
+    def pull(self, ref: str, access: Callable[[], PullAccess] | None = None) -> float:
+        """``docker pull`` (a moved tag is fetched again); returns the seconds it took.
+
+        Docker pulls with its own saved login. When that pull fails and ``access`` has the settings'
+        login (OPENWORK_REGISTRY_USERNAME/_PASSWORD), the login is handed to Docker (``docker login``,
+        as push-image does) and the pull tried once more. Docker's own words do not always say that a
+        login was missing (a loopback registry's answer is a reset connection after its plain-HTTP
+        retry), so the registry's 401 to no login, asked by ``access``, says it too."""
+        from ..registry_access import LOGIN_HINT, docker_login
+        from ..settings import ImageRef
+
+        host = ImageRef.parse(ref).registry_host
         console.info(f"pulling {ref} ...")
         start = time.monotonic()
+        given = None
         with console.heartbeat(f"pulling {ref}"):
             proc = commands.docker("pull", ref, check=False, timeout=1800)
+            if proc.returncode != 0 and access is not None:
+                given = access()
+                if given.settings_login and given.username and given.password:
+                    docker_login(host, given.username, given.password)
+                    proc = commands.docker("pull", ref, check=False, timeout=1800)
         if proc.returncode != 0:
             err = commands.last_line(proc.stderr)
-            hint = "push it first (invoke push-image)" if "not found" in err or "manifest unknown" in err else \
-                "check OPENWORK_MICROSANDBOX_IMAGE and that the registry answers (invoke doctor)"
+            if _login_refused(err) or (given is not None and given.username is None and given.login_required):
+                hint = LOGIN_HINT.format(host=host)
+            elif "not found" in err or "manifest unknown" in err:
+                hint = "push it first (invoke push-image)"
+            else:
+                hint = "check OPENWORK_MICROSANDBOX_IMAGE and that the registry answers (invoke doctor)"
             raise WorkflowError(f"docker pull {ref} failed: {err}; {hint}")
         took = time.monotonic() - start
         console.info(f"pulled {ref} in {took:.1f}s")
@@ -178,7 +211,7 @@ class DockerRuntime(Runtime):
     def create(self, spec: LaunchSpec) -> None:
         self.remove()
         if spec.pull_always or not self._have_image(spec.image):
-            self.pull(spec.image)
+            self.pull(spec.image, spec.pull_access)
         net_args, net_env = self._network_args(spec)
         env = {**spec.env, **net_env}
         env_file = self.state_dir / ENV_FILE
