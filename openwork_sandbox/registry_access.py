@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from . import commands, console, docker_config
@@ -36,6 +37,9 @@ SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-b
 PEM_MARK = b"-----BEGIN CERTIFICATE-----"
 # the way out of a missing or wrong login, in every registry client's messages
 LOGIN_HINT = "run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
+# what a runtime's failed pull says (Docker's words or the SDK's) when the registry wants a login it lacks
+LOGIN_REFUSED = re.compile(r"\b401\b|unauthorized|authentication required|no basic auth credentials|denied|"
+                           r"docker login", re.IGNORECASE)
 
 
 def settings_credentials(settings: Settings) -> Credentials | None:
@@ -144,6 +148,11 @@ def pull_access(settings: Settings, host: str, plain_http: bool, creds: Credenti
                       password=creds.password if login else None,
                       ca_pems=() if plain_http else tuple(pem for _, pem in extra_cas(settings, host)),
                       settings_login=login and creds == settings_credentials(settings))
+
+
+def login_refused(pull_error: str) -> bool:
+    """A runtime's pull failed because the registry wants a login (none, or the wrong one)."""
+    return LOGIN_REFUSED.search(pull_error) is not None
 
 
 def docker_login(host: str, username: str, password: str) -> None:

@@ -197,3 +197,22 @@ def test_a_denied_scope_names_its_actions_in_one_order_whatever_order_the_regist
     message = Registry("registry.example:5000")._denied(scope, "HTTP 403").message
     assert message.startswith("registry registry.example:5000 denies an anonymous client pull,push access to team/app "
                               "(HTTP 403)")
+
+
+@pytest.mark.parametrize("text, refused", [
+    ('Error response from daemon: Head "https://localhost:5443/v2/team/app/manifests/1": no basic auth credentials',
+     True),
+    ("Error response from daemon: pull access denied for team/app, repository does not exist or may require "
+     "'docker login': denied: requested access to the resource is denied", True),
+    ("Error response from daemon: unauthorized: authentication required", True),
+    ("registry error: unexpected status code 401 Unauthorized", True),
+    ("Error response from daemon: manifest for localhost:5000/team/app:1 not found: manifest unknown", False),
+    ("image error: digest sha256:0401aa4010 does not match", False),
+    ("Error response from daemon: Get \"https://localhost:5443/v2/\": x509: certificate signed by unknown authority",
+     False),
+])
+def test_a_pull_refused_for_a_login_is_told_from_other_pull_failures(text, refused):
+    """Docker's and the SDK's words for a missing login (literal examples), and failures that are not one."""
+    from openwork_sandbox.registry_access import login_refused
+
+    assert login_refused(text) is refused

@@ -48,16 +48,6 @@ LABEL_MANAGED = "org.openwork-sandbox.managed"
 ENV_FILE = "container.env"
 
 
-# what Docker's pull says when the registry wants a login it does not have (or refuses the one it has)
-LOGIN_REFUSED = ("no basic auth credentials", "unauthorized", "authentication required", "denied",
-                 "may require 'docker login'")
-
-
-def _login_refused(err: str) -> bool:
-    lowered = err.lower()
-    return any(mark in lowered for mark in LOGIN_REFUSED)
-
-
 @functools.lru_cache(maxsize=None)
 def engine_has_bridge() -> bool:
     """True when the engine has a bridge network (then ``-p`` publishing works)."""
@@ -168,7 +158,7 @@ class DockerRuntime(Runtime):
         as push-image does) and the pull tried once more. Docker's own words do not always say that a
         login was missing (a loopback registry's answer is a reset connection after its plain-HTTP
         retry), so the registry's 401 to no login, asked by ``access``, says it too."""
-        from ..registry_access import LOGIN_HINT, docker_login
+        from ..registry_access import LOGIN_HINT, docker_login, login_refused
         from ..settings import ImageRef
 
         host = ImageRef.parse(ref).registry_host
@@ -184,7 +174,7 @@ class DockerRuntime(Runtime):
                     proc = commands.docker("pull", ref, check=False, timeout=1800)
         if proc.returncode != 0:
             err = commands.last_line(proc.stderr)
-            if _login_refused(err) or (given is not None and given.username is None and given.login_required):
+            if login_refused(err) or (given is not None and given.username is None and given.login_required):
                 hint = LOGIN_HINT.format(host=host)
             elif "not found" in err or "manifest unknown" in err:
                 hint = "push it first (invoke push-image)"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import console
 from ..errors import WorkflowError
-from ..registry_access import LOGIN_HINT, PullAccess, certs_hint
+from ..registry_access import LOGIN_HINT, PullAccess, certs_hint, login_refused
 
 TIMEOUT = 900.0
 
@@ -48,7 +48,7 @@ def pull_failure_hint(host: str, text: str) -> str:
     lowered = text.lower()
     if "error sending request" in lowered or "certificate" in lowered:
         return f"is its CA trusted? {certs_hint(host)}"
-    if "401" in lowered or "unauthorized" in lowered or "denied" in lowered:
+    if login_refused(text):
         return LOGIN_HINT.format(host=host)
     return "push it first (invoke push-image) and check the registry answers (invoke doctor)"
 
