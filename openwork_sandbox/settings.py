@@ -228,6 +228,32 @@ def _path(raw: str) -> str:
     return raw.strip()
 
 
+def _per_platform(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A plain value (the host's platform's) or ``linux/amd64=a,linux/arm64=b`` (each value parsed)."""
+
+    def per_platform(raw: str) -> Any:
+        from .platforms import PlatformError, parse_per_platform
+
+        try:
+            value = parse_per_platform(raw)
+        except PlatformError as exc:
+            raise _Invalid(str(exc)) from None
+        if isinstance(value, dict):
+            return {name: parse(v) for name, v in value.items()}
+        return parse(value)
+
+    return per_platform
+
+
+def _platforms(raw: str) -> tuple:
+    from .platforms import PlatformError, parse_platforms
+
+    try:
+        return parse_platforms(raw)
+    except PlatformError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _url(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^https?://[^\s/]+", value):
@@ -302,14 +328,17 @@ SPECS: tuple[Spec, ...] = (
          "openwork-server version baked into the image"),
     Spec("opencode_version", "OPENCODE_VERSION", _version, "1.17.11",
          "opencode version baked into the image"),
-    Spec("orchestrator_bin", "OPENWORK_ORCHESTRATOR_BIN_PATH", _path, None,
+    Spec("orchestrator_bin", "OPENWORK_ORCHESTRATOR_BIN_PATH", _per_platform(_path), None,
          "bake this local openwork executable instead of downloading"),
-    Spec("server_bin", "OPENWORK_SERVER_BIN", _path, None,
+    Spec("server_bin", "OPENWORK_SERVER_BIN", _per_platform(_path), None,
          "bake this local openwork-server executable instead of downloading"),
-    Spec("opencode_bin", "OPENWORK_OPENCODE_BIN", _path, None,
+    Spec("opencode_bin", "OPENWORK_OPENCODE_BIN", _per_platform(_path), None,
          "bake this local opencode executable instead of downloading"),
-    Spec("base_image", "OPENWORK_BASE_IMAGE", _image, "debian:bookworm-slim",
-         "base of the image (scripts/make-base-image makes one offline)"),
+    Spec("base_image", "OPENWORK_BASE_IMAGE", _per_platform(_image), "debian:bookworm-slim",
+         "base of the image (scripts/make-base-image makes one offline); per platform: "
+         "linux/amd64=IMAGE,linux/arm64=IMAGE"),
+    Spec("platforms", "OPENWORK_PLATFORMS", _platforms, None,
+         "platforms to build and push, e.g. linux/amd64,linux/arm64 (default: this host's alone)"),
     Spec("source_date_epoch", "SOURCE_DATE_EPOCH", _int_range(0, 4102444800, 1700000000, " (Unix seconds)"), None,
          "image 'created' label (default: the git commit time), so rebuilds keep the same image id"),
     Spec("cache_dir", "OPENWORK_CACHE_DIR", _path, None,
@@ -368,9 +397,12 @@ class Settings:
     registry_password: str | None
     registry_insecure: bool
     registry_ca: Path | None
+    platforms: tuple | None
     project_root: Path
     env_file: Path | None
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    # the values set per platform (linux/amd64=…,linux/arm64=…), by field; the field itself holds the host's
+    per_platform: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
 
     # --- derived values ---------------------------------------------------------------------
     @property
@@ -573,6 +605,7 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
 
+    per_platform = _split_per_platform(values, project_root)
     state_dir = _absolute(values["state_dir"], project_root) if values["state_dir"] else project_root / ".state"
     name_dir = state_dir / values["name"]
     cache_root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -587,7 +620,23 @@ def load_settings(
         registry_ca=_absolute(values["registry_ca"], project_root) if values["registry_ca"] else None,
     )
     return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
-                    origins=origins)
+                    origins=origins, per_platform=per_platform)
+
+
+def _split_per_platform(values: dict[str, Any], root: Path) -> dict[str, dict[str, Any]]:
+    """Move per-platform values out of ``values`` (the field keeps the host's platform's entry)."""
+    from .platforms import host_platform
+
+    out: dict[str, dict[str, Any]] = {}
+    for field in ("orchestrator_bin", "server_bin", "opencode_bin", "base_image"):
+        value = values[field]
+        if isinstance(value, dict):
+            if field != "base_image":
+                value = {name: _absolute(v, root) for name, v in value.items()}
+            out[field] = value
+            host = value.get(str(host_platform()))
+            values[field] = host if host is not None or field != "base_image" else SPEC_BY_FIELD[field].default
+    return out
 
 
 def _absolute(value: str | Path, root: Path) -> Path:

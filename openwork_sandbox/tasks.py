@@ -73,22 +73,23 @@ def doctor(c, runtime=None, json=False, env_file=None):
         "json": JSON_HELP,
         "image": "tag the built image with this reference (OPENWORK_MICROSANDBOX_IMAGE)",
         "base_image": "base image to build on (OPENWORK_BASE_IMAGE)",
+        "platform": "platforms to build, e.g. linux/amd64,linux/arm64 (OPENWORK_PLATFORMS; default: this host's)",
     },
 )
-def build_image(c, image=None, base_image=None, json=False, env_file=None):
+def build_image(c, image=None, base_image=None, json=False, env_file=None, platform=None):
     """Build the image from pinned, verified OpenWork programs."""
     with task_boundary("build-image"):
         from openwork_sandbox import gha
         from openwork_sandbox.image_build import build_image as build
 
-        result = build(_settings(c, env_file, image=image, base_image=base_image), as_json=json)
+        result = build(_settings(c, env_file, image=image, base_image=base_image, platforms=platform), as_json=json)
         gha.append_summary(gha.build_summary(result))
 
 
 @task(
     name="push-image",
     # the same call the command line makes for a bare `build-image`, so Invoke's dedupe builds once
-    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None)],
+    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None, platform=None)],
     help={
         "env_file": ENV_FILE_HELP,
         "json": JSON_HELP,
