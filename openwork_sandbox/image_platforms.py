@@ -240,14 +240,21 @@ def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: di
         {name: (a.version or "local") for name, a in artifacts.items()}
     build_args = {"BASE_IMAGE": base["ref"], "OPENWORK_VERSION": pinned["openwork"],
                   "OPENWORK_SERVER_VERSION": pinned["openwork-server"], "OPENCODE_VERSION": pinned["opencode"], **meta}
-    iidfile = context.parent / f".{context.name}.iid"
-    argv = ["build", "--iidfile", str(iidfile)] + (["--no-cache"] if no_cache else [])
-    for key, value in build_args.items():
-        argv += ["--build-arg", f"{key}={value}"]
-    console.info(f"building {settings.image} for {plat} on {base['ref']}")
-    output = ib._docker_build(settings, argv + [str(context)])
-    steps, cache_hits = ib._cache_stats(output)
-    image_id = iidfile.read_text().strip()
+    key = _inputs_key(ib, base, build_args, artifacts)
+    image_id = None if no_cache else _built_before(settings, key)
+    steps = cache_hits = 0
+    if image_id:
+        console.info(f"{console.OK} {plat}: inputs unchanged since {image_id[:19]} was built (docker build skipped)")
+    else:
+        iidfile = context.parent / f".{context.name}.iid"
+        argv = ["build", "--iidfile", str(iidfile)] + (["--no-cache"] if no_cache else [])
+        for name, value in build_args.items():
+            argv += ["--build-arg", f"{name}={value}"]
+        console.info(f"building {settings.image} for {plat} on {base['ref']}")
+        output = ib._docker_build(settings, argv + [str(context)])
+        steps, cache_hits = ib._cache_stats(output)
+        image_id = iidfile.read_text().strip()
+        _remember_build(settings, key, image_id)
     if host:
         with console.heartbeat(f"checking the baked programs' versions in {image_id[:19]}"):
             versions = ib.check_versions(settings, image_id, artifacts)
@@ -267,6 +274,40 @@ def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: di
         "checked": how, "build_steps": steps, "cache_hits": cache_hits,
         "oci": oci,
     }
+
+
+BUILDS = "platform-builds.json"
+
+
+def _inputs_key(ib, base: dict, build_args: dict, artifacts: dict) -> str:
+    """Everything a build's image id depends on: the base's id, the build arguments, the context's
+    files (the programs by their sha256, the rest by content). Same key, same image id."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([base["id"], build_args], sort_keys=True).encode())
+    for name in ib.CONTEXT_FILES:
+        h.update(name.encode() + b"\0" + (ib.IMAGE_DIR / name).read_bytes())
+    for name, artifact in artifacts.items():
+        h.update(f"{name}={artifact.sha256}".encode())
+    return h.hexdigest()
+
+
+def _built_before(settings: Settings, key: str) -> str | None:
+    from . import image_build as ib
+
+    image_id = ib._read_json(settings.state_dir / BUILDS).get(key)
+    if not isinstance(image_id, str):
+        return None
+    present = docker("image", "inspect", "--format", "{{.Id}}", image_id, check=False)
+    return image_id if present.returncode == 0 and present.stdout.strip() == image_id else None
+
+
+def _remember_build(settings: Settings, key: str, image_id: str) -> None:
+    from . import image_build as ib
+
+    known = ib._read_json(settings.state_dir / BUILDS)
+    known[key] = image_id
+    ib._write_json(settings.state_dir / BUILDS, dict(list(known.items())[-20:]))
 
 
 def _check_foreign(ib, settings: Settings, plat: Platform, image_id: str, base: dict, context: Path,

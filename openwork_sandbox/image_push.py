@@ -107,6 +107,11 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
 
         console.info(f"the last build was not for {settings.image}: building it")
         build_image(settings)
+    last = read_last_build(settings) or {}
+    if last.get("platforms"):  # built for several platforms: their images and an image index
+        from .image_index_push import push_index
+
+        return push_index(settings, registry, last, as_json, started)
     image_id = _local_image(settings)
     login(settings)
     console.info(f"pushing {settings.image}")
