@@ -23,7 +23,7 @@ from pathlib import Path
 from . import console, foreign_check, npm_artifacts, oci_image
 from .commands import docker
 from .errors import EXIT_BAD_SETTINGS, UnreachableError, WorkflowError
-from .platforms import ELF_NAMES, Platform, elf_arch, host_platform
+from .platforms import ELF_NAMES, Platform, elf_arch, host_platform, parse_platforms
 from .settings import Settings
 
 FOREIGN_BASE = "openwork-base:bookworm-slim-{arch}"  # what scripts/setup makes for another platform
@@ -32,7 +32,7 @@ OVERRIDES = ("orchestrator_bin", "server_bin", "opencode_bin")
 
 
 def wanted(settings: Settings) -> tuple[Platform, ...]:
-    return tuple(settings.platforms) if settings.platforms else (host_platform(),)
+    return parse_platforms(settings.platform) if settings.platform else (host_platform(),)
 
 
 def is_multi(settings: Settings) -> bool:
@@ -99,7 +99,7 @@ def _base(settings: Settings, plat: Platform) -> dict:
         base = {"id": proc.stdout.strip(), "arch": plat.arch, "ref": settings.base_image}
     arch = _files_arch(settings, base["id"])
     if arch is not None and arch != plat.arch:
-        raise _bad(f"OPENWORK_BASE_IMAGE: {base['ref']} is a {arch} base, not {plat.arch}: name a {plat} base "
+        raise _bad(f"OPENWORK_BASE_IMAGE: {base['ref']} is an {arch} base, not {plat.arch}: name a {plat} base "
                    f"(OPENWORK_BASE_IMAGE={plat}=IMAGE; scripts/make-base-image --platform {plat} makes one)")
     return {**base, "arch": plat.arch}
 
@@ -169,7 +169,7 @@ def _check_override_arch(artifacts: dict[str, npm_artifacts.Artifact], plat: Pla
             arch = elf_arch(f.read(20))
         if arch is not None and arch != plat.arch:
             env = npm_artifacts.PROGRAM_BY_NAME[name].override_env
-            raise _bad(f"{env}: {artifact.path} is a {arch} program, not {plat.arch}: name a {ELF_NAMES.get(plat.arch)} "
+            raise _bad(f"{env}: {artifact.path} is an {arch} program, not {plat.arch}: name a {ELF_NAMES.get(plat.arch)} "
                        f"build as {env}={plat}=/path")
 
 

@@ -245,11 +245,11 @@ def _per_platform(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return per_platform
 
 
-def _platforms(raw: str) -> tuple:
+def _platforms(raw: str) -> str:
     from .platforms import PlatformError, parse_platforms
 
     try:
-        return parse_platforms(raw)
+        return ",".join(str(p) for p in parse_platforms(raw))  # normalized: linux/amd64,linux/arm64
     except PlatformError as exc:
         raise _Invalid(str(exc)) from None
 
@@ -337,7 +337,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("base_image", "OPENWORK_BASE_IMAGE", _per_platform(_image), "debian:bookworm-slim",
          "base of the image (scripts/make-base-image makes one offline); per platform: "
          "linux/amd64=IMAGE,linux/arm64=IMAGE"),
-    Spec("platforms", "OPENWORK_PLATFORMS", _platforms, None,
+    Spec("platform", "OPENWORK_PLATFORMS", _platforms, None,
          "platforms to build and push, e.g. linux/amd64,linux/arm64 (default: this host's alone)"),
     Spec("source_date_epoch", "SOURCE_DATE_EPOCH", _int_range(0, 4102444800, 1700000000, " (Unix seconds)"), None,
          "image 'created' label (default: the git commit time), so rebuilds keep the same image id"),
@@ -397,7 +397,7 @@ class Settings:
     registry_password: str | None
     registry_insecure: bool
     registry_ca: Path | None
-    platforms: tuple | None
+    platform: str | None  # OPENWORK_PLATFORMS / --platform: the platforms to build (None: the host's)
     project_root: Path
     env_file: Path | None
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)

@@ -82,7 +82,7 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None, platf
         from openwork_sandbox import gha
         from openwork_sandbox.image_build import build_image as build
 
-        result = build(_settings(c, env_file, image=image, base_image=base_image, platforms=platform), as_json=json)
+        result = build(_settings(c, env_file, image=image, base_image=base_image, platform=platform), as_json=json)
         gha.append_summary(gha.build_summary(result))
 
 
