@@ -1,0 +1,231 @@
+"""One image for amd64 and arm64 (issue 16), all real: the arm64 base from Debian packages
+(``scripts/make-base-image --platform linux/arm64``), the real openwork and opencode of each
+platform from npm (``OPENCODE_VERSION=1.18.18``: the one opencode release this npm mirror has for
+both platforms), the stand-in server for both, the real registry, skopeo, Docker's own
+``pull --platform``, qemu-user and the microsandbox SDK's pull.
+
+The checks of what was pushed use other tools than the code under test: skopeo reads the index
+and each platform's config, Docker pulls the arm64 image, file(1) names the programs'
+architecture, qemu-user runs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE, stack_settings
+from lifecycle_helpers import invoke
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+ARM_BASE = TEST_BASE_IMAGE + "-arm64"
+MULTI_REPO = f"{STACK_REPO}-multi"
+PLATFORMS = "linux/amd64,linux/arm64"
+OPENCODE = "1.18.18"
+
+
+def multi_env(**extra: str) -> dict[str, str]:
+    return {
+        "OPENWORK_PLATFORMS": PLATFORMS,
+        "OPENCODE_VERSION": OPENCODE,
+        "OPENWORK_BASE_IMAGE": f"linux/amd64={TEST_BASE_IMAGE},linux/arm64={ARM_BASE}",
+        "OPENWORK_SERVER_BIN": f"linux/amd64={STANDIN_SERVER},linux/arm64={STANDIN_SERVER}",
+        "OPENWORK_CACHE_DIR": str(STACK_CACHE_DIR),
+        "OPENWORK_STATE_DIR": str(ROOT / ".state" / "test-multi"),
+        **extra,
+    }
+
+
+def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="session")
+def arm_base(test_base_image):
+    proc = subprocess.run([str(ROOT / "scripts" / "make-base-image"), ARM_BASE, "--include", "python3-minimal",
+                           "--platform", "linux/arm64"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return ARM_BASE
+
+
+@pytest.fixture(scope="session")
+def multi_image(arm_base, tmp_path_factory):
+    """Both platforms built and pushed as one index, once per session."""
+    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image_push import push_image
+
+    msb_home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
+    old = os.environ.get("MSB_HOME")
+    os.environ["MSB_HOME"] = msb_home
+    try:
+        settings = stack_settings(tmp_path_factory.mktemp("multi"), **multi_env(
+            OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:index"))
+        built = build_image(settings)
+        pushed = push_image(settings)
+    finally:
+        os.environ.pop("MSB_HOME") if old is None else os.environ.__setitem__("MSB_HOME", old)
+        shutil.rmtree(msb_home, ignore_errors=True)
+    return {"settings": settings, "build": built, "push": pushed}
+
+
+def test_registry_serves_an_index_of_both_platforms(multi_image):
+    ref = multi_image["settings"].image
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout
+    index = json.loads(raw)
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert {(m["platform"]["os"], m["platform"]["architecture"], m["platform"].get("variant"))
+            for m in index["manifests"]} == {("linux", "amd64", None), ("linux", "arm64", "v8")}
+    digest = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+    assert multi_image["push"]["digest"] == digest
+    pushes = json.loads((multi_image["settings"].state_dir / "last-push.json").read_text())
+    assert pushes[ref]["pinned"] == f"{REGISTRY}/{MULTI_REPO}@{digest}"  # what up boots
+    for arch in ("amd64", "arm64"):
+        config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", "--override-arch", arch,
+                                   f"docker://{ref}").stdout)
+        assert (config["os"], config["architecture"]) == ("linux", arch)
+        assert config["config"]["Labels"]["io.openwork.opencode.version"] == OPENCODE
+
+
+def test_the_amd64_entry_is_the_image_built_and_checked_here(multi_image):
+    ref = multi_image["settings"].image
+    host = next(p for p in multi_image["build"]["platforms"] if p["platform"] == "linux/amd64")
+    config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", "--override-arch", "amd64",
+                               f"docker://{ref}").stdout)
+    local = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", host["image_id"]],
+                           capture_output=True, text=True, check=True).stdout
+    assert config["rootfs"]["diff_ids"] == json.loads(local)
+    assert host["checked"] == "ran each program's --version in a container"
+
+
+def test_docker_pulls_an_arm64_image_whose_programs_are_aarch64_and_answer_under_qemu(multi_image, tmp_path):
+    """Docker 20.10's ``pull --platform linux/arm64`` of the index (copied to its own repository
+    first: Docker keeps one image per digest reference, and the amd64 one is booted elsewhere)."""
+    qemu = shutil.which("qemu-aarch64-static")
+    if qemu is None:
+        pytest.skip("qemu-user-static is not installed")
+    check_ref = f"{REGISTRY}/{MULTI_REPO}-arm64check:{secrets.token_hex(3)}"
+    skopeo("copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+           f"docker://{multi_image['settings'].image}", f"docker://{check_ref}")
+    cid = None
+    try:
+        pull = subprocess.run(["docker", "pull", "--platform", "linux/arm64", check_ref], capture_output=True,
+                              text=True, timeout=600)
+        assert pull.returncode == 0, pull.stderr
+        arch = subprocess.run(["docker", "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}/{{.Variant}}",
+                               check_ref], capture_output=True, text=True, check=True).stdout.strip()
+        assert arch == "linux/arm64/v8"
+        cid = subprocess.run(["docker", "create", check_ref, "/bin/true"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        root = tmp_path / "root"
+        root.mkdir()
+        export = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(root), "--exclude=dev/*"], stdin=export.stdout, check=True)
+        export.wait()
+        expected = {"opencode": OPENCODE, "openwork": "0.18.1"}
+        for name, version in expected.items():
+            program = root / "usr" / "local" / "bin" / name
+            assert "ARM aarch64" in subprocess.run(["file", "-b", str(program)], capture_output=True, text=True,
+                                                   check=True).stdout
+            out = subprocess.run([qemu, "-L", str(root), str(program), "--version"], capture_output=True, text=True,
+                                 timeout=300, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+            assert out.returncode == 0 and version in out.stdout, (name, out.stdout, out.stderr)
+    finally:
+        if cid:
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+        subprocess.run(["docker", "rmi", check_ref], capture_output=True)
+
+
+def test_arm64_version_gate_ran_under_qemu_and_the_download_cache_holds_both(multi_image):
+    arm = next(p for p in multi_image["build"]["platforms"] if p["platform"] == "linux/arm64")
+    if shutil.which("qemu-aarch64-static"):
+        assert arm["checked"] == "ran each linux/arm64 program's --version under qemu-aarch64-static"
+    assert arm["versions"]["opencode"] == OPENCODE and arm["versions"]["openwork"] == "0.18.1"
+    assert arm["sources"]["opencode"] == f"npm:opencode-linux-arm64@{OPENCODE}"
+    amd = next(p for p in multi_image["build"]["platforms"] if p["platform"] == "linux/amd64")
+    assert amd["sources"]["opencode"] == f"npm:opencode-linux-x64-baseline@{OPENCODE}"
+    assert amd["sha256"]["opencode"] != arm["sha256"]["opencode"]
+    # content-addressed per platform: each program's file in the cache is named by its tarball's digest
+    for p in (amd, arm):
+        assert any(d.name.startswith("opencode-") and (d / "opencode").exists() and
+                   hashlib.sha256((d / "opencode").read_bytes()).hexdigest() == p["sha256"]["opencode"]
+                   for d in (STACK_CACHE_DIR / "bin").iterdir())
+
+
+def test_noop_rebuild_and_push_keep_every_id_and_send_nothing(multi_image, tmp_path):
+    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image_push import push_image
+
+    settings = multi_image["settings"]
+    again = build_image(settings)
+    assert again["downloaded_bytes"] == 0
+    assert again["index"] == multi_image["build"]["index"]
+    assert [p["image_id"] for p in again["platforms"]] == [p["image_id"] for p in multi_image["build"]["platforms"]]
+    assert all(p["build_steps"] == 0 for p in again["platforms"])  # inputs unchanged: no docker build at all
+    pushed = push_image(settings)
+    assert pushed["digest"] == multi_image["push"]["digest"] and pushed["layers_pushed"] == 0
+
+
+def test_microsandbox_sdk_pulled_the_hosts_platform(multi_image):
+    from openwork_sandbox.runtimes.probe import msb_path
+
+    push = multi_image["push"]
+    if not msb_path():
+        assert push["msb_pull"] is False
+        pytest.skip("microsandbox is not installed")
+    assert push["msb_pull"] is True and "linux/amd64 from the index" in push["msb_pull_detail"]
+
+
+# --- bad input: one line each, exit 2, nothing pushed ------------------------------------------
+
+def _nothing_pushed(ref: str) -> None:
+    proc = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and ("manifest unknown" in proc.stderr or "not found" in proc.stderr.lower()), \
+        proc.stderr
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("…")]  # no heartbeats
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["unknown platform", "not published", "wrong-architecture base"])
+def test_bad_input_is_one_line_exit_2_and_pushes_nothing(arm_base, tmp_path, case):
+    ref = f"{REGISTRY}/{MULTI_REPO}-bad:{secrets.token_hex(4)}"
+    env = multi_env(OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    if case == "unknown platform":
+        env["OPENWORK_PLATFORMS"] = "linux/amd64,linux/riscv64"
+        words = ["OPENWORK_PLATFORMS", "linux/riscv64"]
+    elif case == "not published":
+        env["OPENCODE_VERSION"] = "1.17.11"  # published for x64 here, not for arm64
+        words = ["OPENCODE_VERSION=1.17.11", "linux/arm64", "opencode-linux-arm64"]
+    else:
+        env["OPENWORK_BASE_IMAGE"] = f"linux/amd64={TEST_BASE_IMAGE},linux/arm64={TEST_BASE_IMAGE}"
+        words = ["OPENWORK_BASE_IMAGE", TEST_BASE_IMAGE, "amd64 base, not arm64"]
+    proc = invoke(tmp_path, "push-image", timeout=600, **env)
+    line = _one_line_exit_2(proc)
+    assert all(w in line for w in words), line
+    _nothing_pushed(ref)
+
+
+def test_a_program_of_the_wrong_architecture_is_one_line(arm_base, tmp_path):
+    """An amd64 opencode named as the arm64 one."""
+    ref = f"{REGISTRY}/{MULTI_REPO}-bad:{secrets.token_hex(4)}"
+    host_sh = os.path.realpath("/bin/sh")
+    env = multi_env(OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_STATE_DIR=str(tmp_path / "state"),
+                    OPENWORK_OPENCODE_BIN=f"linux/amd64={host_sh},linux/arm64={host_sh}")
+    line = _one_line_exit_2(invoke(tmp_path, "build-image", timeout=600, **env))
+    assert "OPENWORK_OPENCODE_BIN" in line and "amd64 program, not arm64" in line, line
