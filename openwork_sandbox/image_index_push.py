@@ -72,24 +72,11 @@ def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool
         raise WorkflowError(f"pushed {pinned}, but the pull check failed: {exc.message}",
                             exit_code=exc.exit_code) from None
     console.info(f"{console.OK if pulled else console.SKIP} microsandbox pull: {detail}")
-    result = {
-        "image": settings.image,
-        "image_id": last.get("image_id"),
-        "digest": digest,
-        "media_type": index["media_type"],
-        "pinned": pinned,
-        "platforms": [{"platform": p["platform"], "digest": p["oci"]["digest"]} for p in platforms],
-        "layers": len(proof["layers"]),
-        "layers_pushed": sent,
-        "blobs": total,
-        "bytes_pushed": sent_bytes,
-        "image_bytes": total_bytes,
-        "manifest_ok": True,
-        "blobs_ok": True,
-        "msb_pull": pulled,
-        "msb_pull_detail": detail,
-        "seconds": round(time.monotonic() - started, 2),
-    }
+    from .image_push import push_result
+
+    result = push_result(settings, last.get("image_id"), digest, pinned, len(proof["layers"]), sent, sent_bytes,
+                         total_bytes, pulled, detail, started, media_type=index["media_type"], blobs=total,
+                         platforms=[{"platform": p["platform"], "digest": p["oci"]["digest"]} for p in platforms])
     if as_json:
         console.emit_json(result)
     else:

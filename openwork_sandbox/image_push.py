@@ -132,21 +132,8 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
                                image_id).stdout.split()
     layers = proof["layers"]
     pushed_bytes = sum(size for (_, size), diff in zip(layers, diff_ids) if diff.split(":")[-1][:12] in sent)
-    result = {
-        "image": settings.image,
-        "image_id": image_id,
-        "digest": digest,
-        "pinned": pinned,
-        "layers": len(layers),
-        "layers_pushed": len(sent),
-        "bytes_pushed": pushed_bytes,
-        "image_bytes": proof["bytes"],
-        "manifest_ok": True,
-        "blobs_ok": True,
-        "msb_pull": pulled,
-        "msb_pull_detail": detail,
-        "seconds": round(time.monotonic() - started, 2),
-    }
+    result = push_result(settings, image_id, digest, pinned, len(layers), len(sent), pushed_bytes, proof["bytes"],
+                         pulled, detail, started)
     if as_json:
         console.emit_json(result)
     else:
@@ -155,3 +142,14 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
                      f"{console.human_bytes(proof['bytes'])}) in {result['seconds']:.1f}s")
         console.info(f"  pin it: {result['pinned']}")
     return result
+
+
+def push_result(settings: Settings, image_id: str | None, digest: str, pinned: str, layers: int, layers_pushed: int,
+                bytes_pushed: int, image_bytes: int, pulled: bool, detail: str, started: float, **extra) -> dict:
+    """What push-image returns (and prints with --json), for one image or an index."""
+    return {
+        "image": settings.image, "image_id": image_id, "digest": digest, "pinned": pinned, **extra,
+        "layers": layers, "layers_pushed": layers_pushed, "bytes_pushed": bytes_pushed, "image_bytes": image_bytes,
+        "manifest_ok": True, "blobs_ok": True, "msb_pull": pulled, "msb_pull_detail": detail,
+        "seconds": round(time.monotonic() - started, 2),
+    }

@@ -229,3 +229,124 @@ def test_a_program_of_the_wrong_architecture_is_one_line(arm_base, tmp_path):
                     OPENWORK_OPENCODE_BIN=f"linux/amd64={host_sh},linux/arm64={host_sh}")
     line = _one_line_exit_2(invoke(tmp_path, "build-image", timeout=600, **env))
     assert "OPENWORK_OPENCODE_BIN" in line and "amd64 program, not arm64" in line, line
+
+
+# --- a private registry: TLS from a CA made here, htpasswd login ----------------------------------
+
+from test_private_registry import private_services, tls_registry  # noqa: E402,F401  (fixtures)
+
+
+def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_registry, tmp_path, monkeypatch):
+    from openwork_sandbox.image_push import push_image
+
+    reg = tls_registry
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))  # Docker has no login: the settings' one only
+    monkeypatch.setenv("MSB_HOME", tempfile.mkdtemp(prefix="msb", dir="/tmp"))
+    ref = reg.ref("multi")
+    settings = multi_image["settings"].with_overrides(image=ref, registry_username=reg.user,
+                                                      registry_password=reg.password)
+    try:
+        pushed = push_image(settings)
+    finally:
+        shutil.rmtree(os.environ["MSB_HOME"], ignore_errors=True)
+    raw = skopeo("inspect", "--raw", "--creds", f"{reg.user}:{reg.password}", "--cert-dir",
+                 f"/etc/docker/certs.d/{reg.host}", f"docker://{ref}").stdout
+    index = json.loads(raw)
+    assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
+    assert pushed["digest"] == "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+    assert pushed["layers_pushed"] == pushed["blobs"]  # a new registry: every blob sent
+    anonymous = subprocess.run(["skopeo", "inspect", "--raw", "--cert-dir", f"/etc/docker/certs.d/{reg.host}",
+                                f"docker://{ref}"], capture_output=True, text=True, timeout=120)
+    assert anonymous.returncode != 0  # the login was needed
+    from openwork_sandbox.runtimes.probe import msb_path
+
+    if msb_path():
+        assert pushed["msb_pull"] is True
+
+
+# --- up boots its own platform from the index ------------------------------------------------------
+#
+# opencode 1.18.18 does not start within the orchestrator's fixed 10 s on these loaded machines, so
+# the index that is booted bakes the opencode the single-platform stack boots (1.17.11, the pin) for
+# amd64 and the arm64 1.18.18, both through the per-platform local-binary override.
+
+@pytest.fixture(scope="session")
+def bootable_index(multi_image, tmp_path_factory):
+    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image_push import push_image
+
+    settings = multi_image["settings"]
+    program = npm_artifacts.PROGRAM_BY_NAME["opencode"]
+    files = {}
+    for arch, version in (("amd64", "1.17.11"), ("arm64", OPENCODE)):
+        package = program.package(arch)
+        tarball = npm_artifacts.fetch_tarball(settings, package, version)
+        files[arch] = npm_artifacts.extract_program(settings, program, tarball, package, version).path
+    msb_home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
+    old = os.environ.get("MSB_HOME")
+    os.environ["MSB_HOME"] = msb_home
+    try:
+        boot = stack_settings(tmp_path_factory.mktemp("boot"), **multi_env(
+            OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:boot",
+            OPENWORK_STATE_DIR=str(ROOT / ".state" / "test-multi-boot"),
+            OPENWORK_OPENCODE_BIN=f"linux/amd64={files['amd64']},linux/arm64={files['arm64']}"))
+        built = build_image(boot)
+        pushed = push_image(boot)
+    finally:
+        os.environ.pop("MSB_HOME") if old is None else os.environ.__setitem__("MSB_HOME", old)
+        shutil.rmtree(msb_home, ignore_errors=True)
+    return {"build": built, "push": pushed, "pinned": pushed["pinned"]}
+
+
+def test_up_on_docker_boots_the_amd64_image_of_the_index(bootable_index, tmp_path):
+    import requests
+
+    from lifecycle_helpers import docker_env
+
+    env = docker_env(bootable_index["pinned"], "i16idx", health_timeout="240")
+    try:
+        up = invoke(tmp_path, "up", "--json", timeout=600, **env)
+        assert up.returncode == 0, up.stderr[-3000:]
+        status = invoke(tmp_path, "status", "--json", **env)
+        info = json.loads(status.stdout)
+        assert info["platform"] == "linux/amd64" and info["image"] == bootable_index["pinned"]
+        assert requests.get(info["url"] + "/health", timeout=5).json()["ok"] is True
+        human = invoke(tmp_path, "status", **env)
+        assert "platform   linux/amd64" in human.stderr
+    finally:
+        invoke(tmp_path, "reset", "--yes", **env)
+
+
+def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, tmp_path, short_msb_home):
+    """Where microVMs cannot boot (here) the pull from the index is real and the boot failure is
+    diagnosed; status then names the platform microsandbox picked from the index."""
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.runtimes.probe import microvm_support, msb_path
+    from openwork_sandbox.state import SandboxState
+    from lifecycle_helpers import make_settings, unique_name
+
+    if not msb_path():
+        pytest.skip("microsandbox is not installed")
+    if microvm_support()[0]:
+        pytest.skip("microVMs boot here: test_up_on_docker's counterpart is the booted microsandbox suite")
+    name = unique_name("i16msb")
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=bootable_index["pinned"],
+                             OPENWORK_MICROSANDBOX_RUNTIME="microsandbox", OPENWORK_MICROSANDBOX_MEMORY="512",
+                             OPENWORK_MICROSANDBOX_CPUS="1").with_overrides(replace=True)
+    state = SandboxState(settings)
+    state.ensure()
+    token, host_token = state.tokens()
+    runtime = MicrosandboxRuntime(name, settings.sandbox_state_dir)
+    try:
+        with pytest.raises(WorkflowError) as err:
+            runtime.create(launch_spec(settings, "microsandbox", token, host_token))
+        assert "cannot run microVMs" in err.value.message
+        st = runtime.status()
+        assert runtime.platform(st) == "linux/amd64"
+        amd = next(p for p in bootable_index["push"]["platforms"] if p["platform"] == "linux/amd64")
+        assert st.digest in (None, amd["digest"])  # the amd64 manifest of the index, when the SDK says
+    finally:
+        runtime.remove()
