@@ -266,9 +266,10 @@ def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_re
 
 # --- up boots its own platform from the index ------------------------------------------------------
 #
-# opencode 1.18.18 does not start within the orchestrator's fixed 10 s on these loaded machines, so
-# the index that is booted bakes the opencode the single-platform stack boots (1.17.11, the pin) for
-# amd64 and the arm64 1.18.18, both through the per-platform local-binary override.
+# The index that is booted bakes, for amd64, the opencode the single-platform stack boots (1.17.11,
+# the pin) and, for arm64, 1.18.18 (the only one published for it here), both through the
+# per-platform local-binary override. Like every boot test it needs opencode to start within the
+# orchestrator's fixed 10 s, which an overloaded machine does not give it (README, Known problems).
 
 @pytest.fixture(scope="session")
 def bootable_index(multi_image, tmp_path_factory):
