@@ -99,6 +99,7 @@ def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, t
     files: dict[str, bytes] = {}
     layers: dict[str, tuple[str, int]] = {}
     proc = subprocess.Popen(["docker", "save", image_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ok = False
     try:
         assert proc.stdout is not None
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
@@ -116,8 +117,11 @@ def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, t
                     src = tar.extractfile(member)
                     assert src is not None
                     files[member.name] = src.read()
+        ok = True
     finally:
-        rest = proc.communicate(timeout=600)[1] if proc.poll() is None else proc.stderr.read()  # type: ignore[union-attr]
+        if not ok:  # a broken archive or a full disk: do not read the rest of a 400 MB stream
+            proc.kill()
+        rest = proc.communicate(timeout=600)[1]
     if proc.returncode != 0:
         raise WorkflowError(f"docker save {image_id[:19]} failed: {rest.decode(errors='replace').strip()[-300:]}")
     try:
