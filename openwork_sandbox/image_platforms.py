@@ -340,6 +340,7 @@ def _print(r: dict) -> None:
         rows += [[f"  {name}", f"{p['versions'][name]}  {p['sources'][name]}"]
                  for name in ("openwork", "openwork-server", "opencode")]
         rows.append(["  checked", p["checked"]])
-        rows.append(["  docker cache", f"{p['cache_hits']} of {p['build_steps']} steps from cache"])
+        rows.append(["  docker cache", f"{p['cache_hits']} of {p['build_steps']} steps from cache" if p["build_steps"]
+                     else "docker build skipped: inputs unchanged"])
     rows += [["downloaded", console.human_bytes(r["downloaded_bytes"])], ["took", f"{r['seconds']:.1f} s"]]
     console.print_table(rows)
