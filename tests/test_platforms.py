@@ -105,3 +105,28 @@ def test_cli_unknown_platform_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and "OPENWORK_PLATFORMS" in lines[0] and "linux/s390x" in lines[0], proc.stderr
     assert "flag --platform)" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_hosts_platform_alone_keeps_todays_build(tmp_path):
+    from openwork_sandbox.image_platforms import is_multi
+    from openwork_sandbox.platforms import host_platform
+
+    assert not is_multi(_settings(tmp_path))
+    assert not is_multi(_settings(tmp_path, OPENWORK_PLATFORMS=str(host_platform())))
+    assert is_multi(_settings(tmp_path, OPENWORK_PLATFORMS="linux/amd64,linux/arm64"))
+
+
+def test_without_qemu_the_gate_checks_the_elf_architecture_and_says_so(tmp_path, monkeypatch):
+    from openwork_sandbox import foreign_check
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.platforms import host_arch, parse_platform
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-user on it
+    foreign = parse_platform("linux/arm64" if host_arch() == "amd64" else "linux/amd64")
+    qemu, elf = ("qemu-aarch64-static", "aarch64") if foreign.arch == "arm64" else ("qemu-x86_64-static", "x86-64")
+    outputs, line = foreign_check.check(tmp_path, foreign, "sha256:unused", {"openwork-server": STANDIN})
+    assert outputs == {} and "\n" not in line
+    assert line.startswith(f"{qemu} is not installed") and f"{elf} ELF" in line
+    with pytest.raises(WorkflowError) as err:  # a program of this host named for the other platform
+        foreign_check.check(tmp_path, foreign, "sha256:unused", {"opencode": Path("/bin/sh").resolve()})
+    assert f"opencode ({host_arch()})" in err.value.message
