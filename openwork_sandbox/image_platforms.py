@@ -23,7 +23,7 @@ from pathlib import Path
 from . import console, foreign_check, npm_artifacts, oci_image
 from .commands import docker
 from .errors import EXIT_BAD_SETTINGS, UnreachableError, WorkflowError
-from .platforms import ELF_NAMES, Platform, elf_arch, host_platform, parse_platforms
+from .platforms import ELF_NAMES, Platform, elf_arch, host_platform, parse_platform, parse_platforms
 from .settings import Settings
 
 FOREIGN_BASE = "openwork-base:bookworm-slim-{arch}"  # what scripts/setup makes for another platform
@@ -33,6 +33,12 @@ OVERRIDES = ("orchestrator_bin", "server_bin", "opencode_bin")
 
 def wanted(settings: Settings) -> tuple[Platform, ...]:
     return parse_platforms(settings.platform) if settings.platform else (host_platform(),)
+
+
+def built_for(last_build: dict) -> tuple[Platform, ...]:
+    """The platforms a recorded build (``last-build.json``) was for."""
+    names = [p.get("platform") for p in last_build.get("platforms") or []]
+    return tuple(parse_platform(n) for n in names if n) or (host_platform(),)
 
 
 def is_multi(settings: Settings) -> bool:

@@ -94,7 +94,8 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
 def push_image(settings: Settings, as_json: bool = False, *, build_first: bool = False) -> dict:
     """Push ``settings.image`` and prove it is pullable; print and return the digest and checks.
 
-    ``build_first`` (``push-image --image REF``): build REF first unless the last build was for it."""
+    ``build_first`` (``push-image --image REF`` / ``--platform P``): build REF first unless the last build
+    was for it (and those platforms)."""
     started = time.monotonic()
     ref = settings.image_ref
     registry = Registry.for_settings(settings)
@@ -102,10 +103,14 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     # line, with nothing tagged or sent
     registry.ping()
     registry.check_push(ref.repository)
-    if build_first and (read_last_build(settings) or {}).get("image") != settings.image:
+    from .image_platforms import built_for, wanted
+
+    last_build = read_last_build(settings) or {}
+    if build_first and (last_build.get("image") != settings.image or built_for(last_build) != wanted(settings)):
         from .image_build import build_image
 
-        console.info(f"the last build was not for {settings.image}: building it")
+        console.info(f"the last build was not for {settings.image}"
+                     f"{' (' + settings.platform + ')' if settings.platform else ''}: building it")
         build_image(settings)
     last = read_last_build(settings) or {}
     if last.get("platforms"):  # built for several platforms: their images and an image index

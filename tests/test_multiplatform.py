@@ -185,6 +185,20 @@ def test_microsandbox_sdk_pulled_the_hosts_platform(multi_image):
     assert push["msb_pull"] is True and "linux/amd64 from the index" in push["msb_pull_detail"]
 
 
+def test_push_image_platform_flag_pushes_the_index(multi_image, tmp_path):
+    """``invoke push-image --platform …`` with no OPENWORK_PLATFORMS: its pre-task builds the host's
+    image alone, then the push builds both (from cache) and pushes their index."""
+    ref = f"{REGISTRY}/{MULTI_REPO}:flag"
+    env = multi_env(OPENWORK_MICROSANDBOX_IMAGE=ref)
+    env.pop("OPENWORK_PLATFORMS")
+    proc = invoke(tmp_path, "push-image", "--platform", PLATFORMS, "--json", timeout=900, **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert [p["platform"] for p in result["platforms"]] == ["linux/amd64", "linux/arm64"]
+    index = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout)
+    assert len(index["manifests"]) == 2 and result["digest"] == multi_image["push"]["digest"]
+
+
 # --- bad input: one line each, exit 2, nothing pushed ------------------------------------------
 
 def _nothing_pushed(ref: str) -> None:
