@@ -146,8 +146,10 @@ def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
 # --- up --------------------------------------------------------------------------------------------
 
 def _print_log_tail(rt: Runtime, lines: list[str] | None = None, hint: str | None = None) -> None:
+    from . import gha
+
     lines = rt.log_tail(40) if lines is None else lines
-    console.group(f"last {len(lines)} lines of the server log", lines or ["(no output)"])
+    gha.print_group(f"last {len(lines)} lines of the server log", lines or ["(no output)"])
     console.info(f"full log: {hint or rt.log_hint()}")
 
 
