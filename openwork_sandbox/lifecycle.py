@@ -103,7 +103,7 @@ def _check_exposure(settings: Settings) -> None:
 def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> LaunchSpec:
     # imported here, not at the top: status/down/logs import this module and never need them
     from .image_pin import pinned_image
-    from .registry_access import pull_access_for_image
+    from .registry import pull_access_for_image
 
     env = {
         "OPENWORK_TOKEN": token,
