@@ -21,6 +21,7 @@ ROOT_MODULE = "__init__"  # the package's own __init__.py, as the table names it
 BIG = 400  # lines: a module longer than this states at its top why it is one module for now
 BIG_REASON = "# One module for now"  # how that statement starts (a comment among the first lines)
 MODULE = "(the module)"  # what `import x` / `from . import x` takes: the module itself, not a name in it
+PACKAGE_INIT = "(its __init__, run first)"  # what importing runtimes.base from outside runtimes/ also imports
 
 
 # --- the checker -----------------------------------------------------------------------------------
@@ -66,8 +67,14 @@ def imports_of(name: str, path: Path, modules: set[str], package: str = PACKAGE)
         return None
 
     def add(target: str, what: str) -> None:
-        if target != name:
-            found.setdefault(target, []).append(what)
+        if target == name:
+            return
+        found.setdefault(target, []).append(what)
+        parts = target.split(".")
+        for n in range(1, len(parts)):  # importing runtimes.base runs runtimes/__init__.py first
+            parent = ".".join(parts[:n])
+            if parent in modules and name != parent and not name.startswith(parent + "."):
+                found.setdefault(parent, []).append(PACKAGE_INIT)
 
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -102,7 +109,9 @@ def import_graph(package_dir: Path, package: str = PACKAGE) -> dict[str, dict[st
 
 def what(target: str, names: list[str]) -> str:
     """``ABSENT, RUNNING from runtimes`` / ``the module gha`` / ``the module persist and ABSENT from it``."""
-    taken = sorted(set(names) - {MODULE})
+    if set(names) == {PACKAGE_INIT}:
+        return f"the package {target} (its __init__ runs before any of its modules)"
+    taken = sorted(set(names) - {MODULE, PACKAGE_INIT})
     if not taken:
         return f"the module {target}"
     return f"{', '.join(taken)} from {target}" if MODULE not in names else \
@@ -263,10 +272,28 @@ def test_the_checker_names_a_circle_through_absolute_package_and_type_checking_i
         "sub/inner.py": "x = 1\n",
     })
     graph = import_graph(root, package="pkg")
-    assert graph["mid"] == {"sub.inner": [MODULE]}
+    assert graph["mid"] == {"sub.inner": [MODULE], "sub": [PACKAGE_INIT]}
     assert graph["sub"] == {"sub.inner": ["x"]}
     assert circles(graph) == ["import circle among low, other: low imports the module other; "
                               "other imports Thing from low"]
+
+
+def test_the_checker_counts_a_package_init_that_runs_before_its_module(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "low.py": "from .sub.inner import x\n",  # runs sub/__init__.py, which is a layer above
+        "other.py": "",
+        "mid.py": "",
+        "sub/__init__.py": "from . import inner\n",
+        "sub/inner.py": "x = 1\n",
+    })
+    table = SAMPLE_LAYERS.replace("| 2 | middle | `mid`, `sub`, `sub.inner` |", "| 2 | middle | `mid`, `sub` |") \
+        .replace("`__init__`, `low`, `other`", "`__init__`, `low`, `other`, `sub.inner`")
+    graph = import_graph(root, package="pkg")
+    assert graph["sub"] == {"sub.inner": [MODULE]}  # a package's own modules: no edge back to it
+    assert layer_problems(graph, read_layers(table)) == [
+        "low (layer 1, ground) imports the package sub (its __init__ runs before any of its modules), "
+        "a layer above (layer 2, middle)"]
 
 
 def test_the_checker_finds_a_big_module_without_a_reason(tmp_path):
