@@ -241,14 +241,8 @@ def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = F
     """Build ``settings.image`` from the pinned programs; print and return what was built.
 
     ``no_cache`` builds every layer again (scripts/bench-image uses it to time a cold build).
-    Platforms beyond the host's own (``OPENWORK_PLATFORMS``): one image each and their index
-    (``image_platforms``)."""
-    from . import image_platforms
-
-    image_platforms.check_overrides(settings, image_platforms.wanted(settings))
+    The host's platform only: ``image_platforms.build_image`` is what ``build-image`` calls."""
     with _build_lock(settings):
-        if image_platforms.is_multi(settings):
-            return image_platforms.build_platforms(settings, as_json, no_cache)
         return _build(settings, as_json, no_cache)
 
 

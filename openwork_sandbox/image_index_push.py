@@ -20,7 +20,7 @@ import time
 
 from . import console, gha, oci_image, registry_access
 from .errors import WorkflowError
-from .image_pin import record_push
+from .image_pin import push_result, record_push
 from .platforms import host_platform, parse_platform
 from .registry import Registry
 from .runtimes import microsandbox_pull
@@ -72,8 +72,6 @@ def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool
         raise WorkflowError(f"pushed {pinned}, but the pull check failed: {exc.message}",
                             exit_code=exc.exit_code) from None
     console.info(f"{console.OK if pulled else console.SKIP} microsandbox pull: {detail}")
-    from .image_push import push_result
-
     result = push_result(settings, last.get("image_id"), digest, pinned, len(proof["layers"]), sent, sent_bytes,
                          total_bytes, pulled, detail, started, media_type=index["media_type"], blobs=total,
                          platforms=[{"platform": p["platform"], "digest": p["oci"]["digest"]} for p in platforms])

@@ -187,6 +187,18 @@ def foreign_tag(image: str, plat: Platform) -> str:
     return f"{base}:{ref.tag or 'latest'}-{plat.slug}"
 
 
+def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = False) -> dict:
+    """What ``build-image`` does: the host's platform alone is today's build (``image_build``);
+    other platforms, or several, are one image each and their index."""
+    from . import image_build as ib
+
+    check_overrides(settings, wanted(settings))
+    if not is_multi(settings):
+        return ib.build_image(settings, as_json, no_cache=no_cache)
+    with ib._build_lock(settings):
+        return build_platforms(settings, as_json, no_cache)
+
+
 def build_platforms(settings: Settings, as_json: bool = False, no_cache: bool = False) -> dict:
     from . import image_build as ib
 

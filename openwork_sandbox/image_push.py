@@ -24,7 +24,7 @@ import time
 from . import commands, console, gha, registry_access
 from .errors import WorkflowError
 from .image_build import read_last_build
-from .image_pin import record_push
+from .image_pin import push_result, record_push
 from .registry import Registry
 from .runtimes import microsandbox_pull
 from .settings import Settings
@@ -107,7 +107,7 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
 
     last_build = read_last_build(settings) or {}
     if build_first and (last_build.get("image") != settings.image or built_for(last_build) != wanted(settings)):
-        from .image_build import build_image
+        from .image_platforms import build_image
 
         console.info(f"the last build was not for {settings.image}"
                      f"{' (' + settings.platform + ')' if settings.platform else ''}: building it")
@@ -148,13 +148,3 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
         console.info(f"  pin it: {result['pinned']}")
     return result
 
-
-def push_result(settings: Settings, image_id: str | None, digest: str, pinned: str, layers: int, layers_pushed: int,
-                bytes_pushed: int, image_bytes: int, pulled: bool, detail: str, started: float, **extra) -> dict:
-    """What push-image returns (and prints with --json), for one image or an index."""
-    return {
-        "image": settings.image, "image_id": image_id, "digest": digest, "pinned": pinned, **extra,
-        "layers": layers, "layers_pushed": layers_pushed, "bytes_pushed": bytes_pushed, "image_bytes": image_bytes,
-        "manifest_ok": True, "blobs_ok": True, "msb_pull": pulled, "msb_pull_detail": detail,
-        "seconds": round(time.monotonic() - started, 2),
-    }

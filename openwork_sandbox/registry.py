@@ -1,3 +1,5 @@
+# One module for now (over 400 lines): the one v2 API client (auth, retries, TLS, errors) and its few
+# calls (ping, manifests, blobs, uploads); a split would be the transport (_send and auth) and the calls.
 """The registry's HTTP API v2 (the only module here that talks to a registry over HTTP).
 
 Used to prove a push is pullable: the manifest for the tag is served (``Docker-Content-Digest``

@@ -80,7 +80,7 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None, platf
     """Build the image from pinned, verified OpenWork programs."""
     with task_boundary("build-image"):
         from openwork_sandbox import gha
-        from openwork_sandbox.image_build import build_image as build
+        from openwork_sandbox.image_platforms import build_image as build
 
         result = build(_settings(c, env_file, image=image, base_image=base_image, platform=platform), as_json=json)
         gha.append_summary(gha.build_summary(result))

@@ -61,7 +61,7 @@ def arm_base(test_base_image):
 @pytest.fixture(scope="session")
 def multi_image(arm_base, tmp_path_factory):
     """Both platforms built and pushed as one index, once per session."""
-    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image_platforms import build_image
     from openwork_sandbox.image_push import push_image
 
     msb_home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
@@ -162,7 +162,7 @@ def test_arm64_version_gate_ran_under_qemu_and_the_download_cache_holds_both(mul
 
 
 def test_noop_rebuild_and_push_keep_every_id_and_send_nothing(multi_image, tmp_path):
-    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image_platforms import build_image
     from openwork_sandbox.image_push import push_image
 
     settings = multi_image["settings"]
@@ -288,7 +288,7 @@ def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_re
 @pytest.fixture(scope="session")
 def bootable_index(multi_image, tmp_path_factory):
     from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image_platforms import build_image
     from openwork_sandbox.image_push import push_image
 
     settings = multi_image["settings"]
