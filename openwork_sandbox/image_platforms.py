@@ -278,7 +278,7 @@ def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: di
             versions = ib.check_versions(settings, image_id, artifacts)
         how = "ran each program's --version in a container"
     else:
-        versions, how = _check_foreign(ib, settings, plat, image_id, base, context, artifacts)
+        versions, how = _check_foreign(ib, settings, plat, base, context, artifacts)
     docker("tag", image_id, settings.image if host else foreign_tag(settings.image, plat))
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image_id).stdout.strip())
     oci = oci_image.export(settings.cache_dir, image_id, plat)
@@ -328,12 +328,18 @@ def _remember_build(settings: Settings, key: str, image_id: str) -> None:
     ib._write_json(settings.state_dir / BUILDS, dict(list(known.items())[-20:]))
 
 
-def _check_foreign(ib, settings: Settings, plat: Platform, image_id: str, base: dict, context: Path,
+def _check_foreign(ib, settings: Settings, plat: Platform, base: dict, context: Path,
                    artifacts: dict) -> tuple[dict[str, str], str]:
-    """The version gate of a platform this host cannot run (kept per image id, as the host's)."""
+    """The version gate of a platform this host cannot run. What runs is the programs on the base's
+    files, so the result is kept per base and programs (a rebuild that changes a label only, e.g.
+    after a commit, does not run qemu again)."""
+    import hashlib
+
     verified_path = settings.state_dir / ib.VERIFIED
     verified = ib._read_json(verified_path)
-    entry = verified.get(image_id)
+    key = "qemu:" + hashlib.sha256(json.dumps([str(plat), base["id"], sorted(
+        (name, a.sha256, a.version) for name, a in artifacts.items())]).encode()).hexdigest()
+    entry = verified.get(key)
     if isinstance(entry, dict) and "versions" in entry:
         return entry["versions"], entry["how"]
     programs = {name: context / "bin" / name for name in artifacts}
@@ -344,7 +350,7 @@ def _check_foreign(ib, settings: Settings, plat: Platform, image_id: str, base: 
     else:  # no emulator: the ELF check passed; the pins are what npm's integrity-checked tarballs hold
         versions = {name: a.version or "local" for name, a in artifacts.items()}
     console.info(f"{console.OK} {plat}: {how}")
-    verified[image_id] = {"versions": versions, "how": how}
+    verified[key] = {"versions": versions, "how": how}
     ib._write_json(verified_path, dict(list(verified.items())[-50:]))
     return versions, how
 
