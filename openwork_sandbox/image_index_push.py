@@ -16,7 +16,6 @@ index was pushed all the same.
 from __future__ import annotations
 
 import json
-import time
 
 from . import console, gha, oci_image, registry_access
 from .errors import WorkflowError

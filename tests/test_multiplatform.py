@@ -18,7 +18,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -61,6 +60,14 @@ def arm_base(test_base_image):
 @pytest.fixture(scope="session")
 def multi_image(arm_base, tmp_path_factory):
     """Both platforms built and pushed as one index, once per session."""
+    settings = stack_settings(tmp_path_factory.mktemp("multi"), **multi_env(
+        OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:index"))
+    built, pushed = build_and_push(settings)
+    return {"settings": settings, "build": built, "push": pushed}
+
+
+def build_and_push(settings) -> tuple[dict, dict]:
+    """build-image and push-image as the tasks run them, with a short MSB_HOME of their own for the SDK's pull."""
     from openwork_sandbox.image_platforms import build_image
     from openwork_sandbox.image_push import push_image
 
@@ -68,14 +75,10 @@ def multi_image(arm_base, tmp_path_factory):
     old = os.environ.get("MSB_HOME")
     os.environ["MSB_HOME"] = msb_home
     try:
-        settings = stack_settings(tmp_path_factory.mktemp("multi"), **multi_env(
-            OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:index"))
-        built = build_image(settings)
-        pushed = push_image(settings)
+        return build_image(settings), push_image(settings)
     finally:
         os.environ.pop("MSB_HOME") if old is None else os.environ.__setitem__("MSB_HOME", old)
         shutil.rmtree(msb_home, ignore_errors=True)
-    return {"settings": settings, "build": built, "push": pushed}
 
 
 def test_registry_serves_an_index_of_both_platforms(multi_image):
@@ -288,8 +291,6 @@ def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_re
 @pytest.fixture(scope="session")
 def bootable_index(multi_image, tmp_path_factory):
     from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.image_platforms import build_image
-    from openwork_sandbox.image_push import push_image
 
     settings = multi_image["settings"]
     program = npm_artifacts.PROGRAM_BY_NAME["opencode"]
@@ -298,19 +299,11 @@ def bootable_index(multi_image, tmp_path_factory):
         package = program.package(arch)
         tarball = npm_artifacts.fetch_tarball(settings, package, version)
         files[arch] = npm_artifacts.extract_program(settings, program, tarball, package, version).path
-    msb_home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
-    old = os.environ.get("MSB_HOME")
-    os.environ["MSB_HOME"] = msb_home
-    try:
-        boot = stack_settings(tmp_path_factory.mktemp("boot"), **multi_env(
-            OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:boot",
-            OPENWORK_STATE_DIR=str(ROOT / ".state" / "test-multi-boot"),
-            OPENWORK_OPENCODE_BIN=f"linux/amd64={files['amd64']},linux/arm64={files['arm64']}"))
-        built = build_image(boot)
-        pushed = push_image(boot)
-    finally:
-        os.environ.pop("MSB_HOME") if old is None else os.environ.__setitem__("MSB_HOME", old)
-        shutil.rmtree(msb_home, ignore_errors=True)
+    boot = stack_settings(tmp_path_factory.mktemp("boot"), **multi_env(
+        OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:boot",
+        OPENWORK_STATE_DIR=str(ROOT / ".state" / "test-multi-boot"),
+        OPENWORK_OPENCODE_BIN=f"linux/amd64={files['amd64']},linux/arm64={files['arm64']}"))
+    built, pushed = build_and_push(boot)
     return {"build": built, "push": pushed, "pinned": pushed["pinned"]}
 
 
