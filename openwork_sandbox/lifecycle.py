@@ -574,3 +574,9 @@ def runtime_exec(settings: Settings, argv: list[str]) -> tuple[int, str]:
         raise WorkflowError(f"sandbox {settings.name} is not running: run `invoke up` first")
     return rt.exec(list(argv))
 
+
+
+def sandbox_status(settings: Settings) -> tuple[Runtime | None, RuntimeStatus]:
+    """The runtime that holds the sandbox (None when none does) and its status, for backup and restore."""
+    rt = _existing_runtime(settings, SandboxState(settings))
+    return rt, (rt.status() if rt is not None else RuntimeStatus(ABSENT))

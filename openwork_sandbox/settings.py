@@ -103,7 +103,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Folders and files under the state folder that belong to the tool itself, not to a sandbox: a
 # sandbox of one of these names would share (and `reset` would delete) them.
 RESERVED_NAMES = frozenset({"services", "image-context", "last-build.json", "verified-images.json", "last-push.json",
-                            "test-cache", "test-stack"})
+                            "test-cache", "test-stack", "backups"})
 
 
 def _name(raw: str) -> str:

@@ -1,0 +1,507 @@
+"""`backup` and `restore`: one archive of what a sandbox keeps, taken while it runs, put back whole.
+
+**The archive** is a gzip-compressed tar (``<name>-<UTC time>.tar.gz`` under ``.state/backups/``
+by default, or ``--output PATH``), mode 0600, written through a temporary file and renamed
+(:func:`files.atomic_writer`), so a half-written archive never carries the final name. It holds:
+
+- ``manifest.json`` (the first member): the format, the sandbox it came from, and every entry
+  with its type, mode, size and sha256;
+- ``data/``: the data folder (``/data`` in the sandbox: opencode's database, config and state,
+  the server's token store, the orchestrator's state, sidecars), without what is rebuilt or stale:
+  opencode's download cache (``home/.cache``), its lock files, and the ``-wal``/``-shm``/``-journal``
+  companions of a database. Each SQLite database (found by its header) is copied with SQLite's
+  online backup API (:meth:`sqlite3.Connection.backup`) through a read-only connection: one
+  consistent snapshot that holds every committed transaction, the ones still in the WAL too,
+  while the server goes on writing; the copy is checked (``PRAGMA quick_check``). Every file of the
+  data folder is owner-only (0600, 0700 for executables and folders) in the archive;
+- ``state/tokens.json``: the client and host tokens kept in ``.state/<name>/`` (0600);
+- ``workspace/`` only with ``--workspace``: the workspace is the user's project, often a git
+  checkout that lives elsewhere too, and can be large; its files keep their modes.
+
+A running microsandbox microVM writes its database through the VM's file sharing, where the host's
+SQLite cannot share its locks: ``backup`` then asks for ``invoke down`` first (a stopped sandbox's
+files are consistent). The Docker runtime's container shares the host's kernel: backed up live.
+
+**Restore** puts an archive back into the configured sandbox name (which may differ from the one it
+came from). It refuses while that sandbox runs (``invoke down`` first), and refuses a data folder
+that is not empty (or a ``tokens.json``, or a non-empty workspace when the archive holds one)
+unless ``--force``, which keeps what was there as ``<folder>.before-restore-<time>`` (nothing is
+deleted). It reads the whole archive into a staging folder first, checking every member against the
+manifest (type, size, sha256; nothing outside ``data/``, ``state/tokens.json``, ``workspace/``; no
+member through a link) and the gzip stream to its end (its CRC and length), reads the staged files
+back from disk against the manifest, and only then moves them into place. A corrupt or truncated
+archive is refused in one line and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import sqlite3
+import stat
+import tarfile
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__, console
+from .errors import EXIT_BAD_SETTINGS, WorkflowError
+from .files import atomic_writer
+from .persist import read_chunks
+from .settings import Settings
+from .state import TOKENS_FILE, SandboxState
+
+FORMAT = "openwork-sandbox-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKUPS_DIR = "backups"  # under the state folder (a reserved name there)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+# relative to the data folder: rebuilt by opencode (downloaded tools and plugins), or stale by definition
+NOT_BACKED_UP = ("home/.cache", "home/.local/state/opencode/locks")
+TRANSIENT_PREFIXES = (".openwork-write-probe.", ".migrating-")  # the tool's own short-lived files
+TOPS = ("data", "state", "workspace")
+MAX_MANIFEST = 64 << 20
+
+
+# --- what goes in ----------------------------------------------------------------------------------
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _skipped(rel: str) -> bool:
+    name = posixpath.basename(rel)
+    return (any(rel == s or rel.startswith(s + "/") for s in NOT_BACKED_UP)
+            or any(name.startswith(p) for p in TRANSIENT_PREFIXES))
+
+
+def _walk(root: Path, skip) -> Iterator[tuple[str, os.stat_result]]:
+    """``(relative POSIX path, lstat)`` of everything under ``root`` that ``skip`` keeps, parents
+    first, links not followed, skipped folders not entered."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        rel = (lambda name: name) if rel_dir == "." else (lambda name: f"{rel_dir}/{name}")
+        dirnames[:] = sorted(d for d in dirnames if not skip(rel(d)))
+        for name in dirnames + sorted(f for f in filenames if not skip(rel(f))):
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:  # gone meanwhile (a log rotated, a temp file)
+                continue
+            yield rel(name), st
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for chunk in read_chunks(fh):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _sqlite_copy(src: Path, dest: Path) -> None:
+    """One consistent snapshot of the database ``src`` (in use or not) into ``dest``, by SQLite's
+    online backup through a read-only connection (the source's files are never changed)."""
+    try:
+        source = sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            target = sqlite3.connect(dest)
+            try:
+                source.backup(target)  # all pages in one step: one read transaction, one snapshot
+                target.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                ok = target.execute("PRAGMA quick_check").fetchone()[0]
+            finally:
+                target.close()
+        finally:
+            source.close()
+    except sqlite3.Error as exc:
+        raise WorkflowError(f"backing up the database {src} failed ({exc}); no archive was written") from None
+    for suffix in SQLITE_COMPANIONS:  # the last connection is closed: nothing may be left beside the copy
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{dest}{suffix}")
+    if ok != "ok":
+        raise WorkflowError(f"the backup copy of {src} fails SQLite's check ({ok}); no archive was written")
+
+
+def _stage_tree(root: Path, top: str, stage: Path, entries: list[dict], *, private: bool, skip=_skipped,
+                status=None) -> list[str]:
+    """Copy ``root`` into ``stage/top`` and add its entries to ``entries``; the databases copied."""
+    databases: list[str] = []
+    items = list(_walk(root, skip))
+    sqlite_files = {rel for rel, st in items if stat.S_ISREG(st.st_mode) and _is_sqlite(root / rel)}
+    companions = {db + suffix for db in sqlite_files for suffix in SQLITE_COMPANIONS}
+    (stage / top).mkdir(mode=0o700)
+    for rel, st in items:
+        if rel in companions:
+            continue
+        src, dest, name = root / rel, stage / top / rel, f"{top}/{rel}"
+        mode = stat.S_IMODE(st.st_mode)
+        if private:
+            mode = 0o700 if (stat.S_ISDIR(st.st_mode) or mode & 0o100) else 0o600
+        if stat.S_ISDIR(st.st_mode):
+            dest.mkdir(mode=0o700)
+            entries.append({"path": name, "type": "dir", "mode": mode})
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(src)
+            os.symlink(target, dest)
+            entries.append({"path": name, "type": "symlink", "target": target})
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue  # sockets and pipes hold nothing to keep
+        if status is not None:
+            status[0] = rel
+        try:
+            if rel in sqlite_files:
+                console.info(f"  {rel}: SQLite online backup ({console.human_bytes(st.st_size)})")
+                _sqlite_copy(src, dest)
+                databases.append(name)
+            else:
+                shutil.copyfile(src, dest, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        except PermissionError as exc:
+            raise WorkflowError(f"cannot read {src} ({exc.strerror}); files made inside the sandbox may belong to "
+                                "another user: back up as that user or with sudo; no archive was written") from None
+        os.chmod(dest, 0o600)
+        size, sha = _hash_file(dest)
+        entries.append({"path": name, "type": "file", "mode": mode, "size": size, "sha256": sha,
+                        **({"sqlite": True} if rel in sqlite_files else {})})
+    for entry in entries:  # the modes the archive keeps, once the copies are done
+        if entry["type"] != "symlink" and entry["path"].startswith(top + "/"):
+            os.chmod(stage / entry["path"], entry["mode"] | (0o700 if entry["type"] == "dir" else 0))
+    return databases
+
+
+def default_output(settings: Settings) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return settings.state_dir / BACKUPS_DIR / f"{settings.name}-{stamp}.tar.gz"
+
+
+def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""  # who made it is nobody's business in a copy that travels
+    return info
+
+
+def backup(settings: Settings, *, output: str | os.PathLike | None = None, workspace: bool = False) -> dict[str, Any]:
+    """Write the archive (see the module doc); returns what went in (path, files, bytes, databases)."""
+    from .lifecycle import sandbox_status
+
+    state = SandboxState(settings)
+    data_dir = Path(settings.data_dir)
+    if not data_dir.is_dir() or not any(data_dir.iterdir()):
+        raise WorkflowError(f"sandbox {settings.name} has nothing to back up: its data folder {data_dir} is "
+                            f"{'empty' if data_dir.is_dir() else 'missing'} (run `invoke up` first, or set "
+                            "OPENWORK_MICROSANDBOX_NAME to the sandbox you mean)")
+    stored = state.stored_tokens(strict=True)  # a broken tokens.json is named, not backed up silently
+    rt, st = sandbox_status(settings)
+    running = st.state == "running"
+    if running and rt is not None and not rt.live_files_on_host:
+        raise WorkflowError(f"the {rt.kind} sandbox {settings.name} is running: the host cannot take a consistent "
+                            "copy of a database a microVM is writing; run `invoke down`, then `invoke backup` (and "
+                            "`invoke up` again)")
+    target = Path(output).expanduser().resolve() if output else default_output(settings)
+    if target.exists():
+        raise WorkflowError(f"{target} exists: nothing is overwritten; pick another --output or move it away",
+                            exit_code=EXIT_BAD_SETTINGS)
+    if output and not target.parent.is_dir():
+        raise WorkflowError(f"--output {output}: the folder {target.parent} does not exist; create it or pick "
+                            "another path", exit_code=EXIT_BAD_SETTINGS)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    started = time.monotonic()
+    console.info(f"backing up {settings.name} ({'running' if running else 'not running'}) to {target}")
+    now = [str(data_dir)]
+    with console.heartbeat(lambda: f"backing up {now[0]}"), \
+            tempfile.TemporaryDirectory(dir=target.parent, prefix=".backup-") as tmp:
+        stage = Path(tmp)
+        entries: list[dict] = []
+        databases = _stage_tree(data_dir, "data", stage, entries, private=True, status=now)
+        (stage / "state").mkdir(mode=0o700)
+        if stored and state.tokens_path.is_file():
+            shutil.copyfile(state.tokens_path, stage / "state" / TOKENS_FILE)
+            os.chmod(stage / "state" / TOKENS_FILE, 0o600)
+            size, sha = _hash_file(stage / "state" / TOKENS_FILE)
+            entries.append({"path": f"state/{TOKENS_FILE}", "type": "file", "mode": 0o600, "size": size,
+                            "sha256": sha})
+        if workspace:
+            ws = Path(settings.workspace_dir)
+            if ws.is_dir():
+                console.info(f"  the workspace {ws}")
+                _stage_tree(ws, "workspace", stage, entries, private=False, skip=lambda rel: False, status=now)
+        from_settings = [env for env, value in (("OPENWORK_TOKEN", settings.token),
+                                                ("OPENWORK_HOST_TOKEN", settings.host_token)) if value]
+        manifest = {
+            "format": FORMAT, "version": FORMAT_VERSION, "tool_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sandbox": {"name": settings.name, "runtime": rt.kind if rt else None, "state": st.state,
+                        "image": st.image},
+            "workspace": workspace, "databases": databases, "not_backed_up": list(NOT_BACKED_UP),
+            "tokens_from_settings": from_settings, "entries": entries,
+        }
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(stage / MANIFEST, 0o600)
+        now[0] = f"writing {target.name}"
+        with atomic_writer(target, mode=0o600, replace=False) as fh:
+            with tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar:
+                tar.add(stage / MANIFEST, arcname=MANIFEST, filter=_tar_filter)
+                for top in TOPS:
+                    if top == "workspace" and not workspace:
+                        continue
+                    tar.add(stage / top, arcname=top, recursive=False, filter=_tar_filter)
+                for entry in entries:
+                    tar.add(stage / entry["path"], arcname=entry["path"], recursive=False, filter=_tar_filter)
+    files = [e for e in entries if e["type"] == "file"]
+    total = sum(e["size"] for e in files)
+    result = {"path": str(target), "files": len(files), "bytes": total, "archive_bytes": target.stat().st_size,
+              "databases": databases, "workspace": workspace, "seconds": round(time.monotonic() - started, 3)}
+    console.info(f"{console.OK} backed up {settings.name}: {len(files)} files ({console.human_bytes(total)}, "
+                 f"{len(databases)} database{'s' if len(databases) != 1 else ''} by SQLite's online backup) in "
+                 f"{result['seconds']:.1f}s to {target} ({console.human_bytes(result['archive_bytes'])}, mode 0600)")
+    if from_settings:
+        console.info(f"note: {' and '.join(from_settings)} come from your settings, not from the backup: set "
+                     f"{'them' if len(from_settings) > 1 else 'it'} again where you restore")
+    return result
+
+
+# --- what comes out --------------------------------------------------------------------------------
+
+class BadArchive(Exception):
+    """Why an archive cannot be restored (the caller adds the path and "nothing was changed")."""
+
+
+@contextlib.contextmanager
+def _reading_archive() -> Iterator[None]:
+    """Truncation and corruption, wherever the reading meets them (a member's header or its data,
+    the gzip trailer), become :class:`BadArchive`."""
+    try:
+        yield
+    except EOFError:
+        raise BadArchive("it is truncated (the compressed data ends early)") from None
+    except gzip.BadGzipFile as exc:
+        raise BadArchive(f"it is corrupt ({exc})") from None
+    except (tarfile.TarError, zlib.error) as exc:
+        reason = str(exc) or exc.__class__.__name__
+        if "unexpected end" in reason or "truncated" in reason:
+            raise BadArchive("it is truncated (the archive ends early)") from None
+        raise BadArchive(f"it is corrupt ({reason})") from None
+
+
+def _open_members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Every member of the archive in order, then the gzip stream read to its end (its CRC and
+    length checked); read the members' data inside :func:`_reading_archive` too."""
+    with _reading_archive(), open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        with tarfile.open(fileobj=gz, mode="r|") as tar:
+            for member in tar:
+                yield tar, member
+        while gz.read(1 << 20):  # past the tar's end: the gzip trailer must be there and match
+            pass
+
+
+def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict:
+    if member.name != MANIFEST or not member.isreg() or member.size > MAX_MANIFEST:
+        raise BadArchive(f"it does not start with a {MANIFEST} (not a backup made by `invoke backup`)")
+    fh = tar.extractfile(member)
+    try:
+        manifest = json.loads(fh.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise BadArchive(f"its {MANIFEST} does not parse") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("entries"), list):
+        raise BadArchive(f"its {MANIFEST} is not an {FORMAT} manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise BadArchive(f"it has format version {manifest.get('version')}; this tool reads version {FORMAT_VERSION} "
+                         "(use the openwork-sandbox that made it)")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest alone (the first member), without reading the rest."""
+    for tar, member in _open_members(path):
+        return _read_manifest(tar, member)
+    raise BadArchive("it is empty")
+
+
+def _safe_name(name: str) -> bool:
+    norm = posixpath.normpath(name)
+    return (norm == name and not name.startswith("/") and ".." not in name.split("/")
+            and (name in TOPS or name.split("/", 1)[0] in TOPS)
+            and (not name.startswith("state") or name in ("state", f"state/{TOKENS_FILE}")))
+
+
+def _extract_to_stage(path: Path, stage: Path) -> dict:
+    """Read the whole archive into ``stage``, every member checked against the manifest; the manifest."""
+    manifest: dict | None = None
+    expected: dict[str, dict] = {}
+    seen: set[str] = set()
+    links: set[str] = set()
+    for tar, member in _open_members(path):
+        if manifest is None:
+            manifest = _read_manifest(tar, member)
+            for entry in manifest["entries"]:
+                if not isinstance(entry, dict) or not _safe_name(str(entry.get("path", ""))):
+                    raise BadArchive(f"its {MANIFEST} names a path outside the backup's layout")
+                expected[entry["path"]] = entry
+            continue
+        name = member.name
+        if name in TOPS and member.isdir():
+            (stage / name).mkdir(mode=0o700, exist_ok=True)
+            continue
+        entry = expected.get(name)
+        if entry is None or not _safe_name(name):
+            raise BadArchive(f"it holds {name}, which its manifest does not list")
+        if name in seen:
+            raise BadArchive(f"it holds {name} twice")
+        if any(name.startswith(link + "/") for link in links):
+            raise BadArchive(f"it holds {name} inside the link {next(l for l in links if name.startswith(l + '/'))}")
+        seen.add(name)
+        dest = stage / name
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kind = entry.get("type")
+        if kind == "dir" and member.isdir():
+            dest.mkdir(mode=0o700, exist_ok=True)
+        elif kind == "symlink" and member.issym() and member.linkname == entry.get("target"):
+            os.symlink(member.linkname, dest)
+            links.add(name)
+        elif kind == "file" and member.isreg():
+            src = tar.extractfile(member)
+            digest, size = hashlib.sha256(), 0
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in read_chunks(src):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            if size != entry.get("size") or digest.hexdigest() != entry.get("sha256"):
+                raise BadArchive(f"{name} does not match its manifest ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
+                                 f"expected {entry.get('size')} bytes, {str(entry.get('sha256'))[:12]}…)")
+        else:
+            raise BadArchive(f"{name} is a {'folder' if member.isdir() else 'link' if member.issym() else 'file'} in "
+                             f"the archive but a {kind} in its manifest")
+    if manifest is None:
+        raise BadArchive("it is empty")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise BadArchive(f"it lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} its manifest lists "
+                         f"(first: {missing[0]})")
+    return manifest
+
+
+def verify_stage(stage: Path, manifest: dict) -> None:
+    """Read every staged file back from disk against the manifest (size and sha256), then give
+    each entry the mode the manifest keeps (folders stay writable for us until they are moved)."""
+    for entry in manifest["entries"]:
+        path = stage / entry["path"]
+        if entry["type"] == "file":
+            size, sha = _hash_file(path)
+            if size != entry["size"] or sha != entry["sha256"]:
+                raise BadArchive(f"{entry['path']} read back from {path} does not match its manifest")
+    for entry in sorted(manifest["entries"], key=lambda e: e["path"].count("/"), reverse=True):
+        if entry["type"] != "symlink":
+            os.chmod(stage / entry["path"], int(entry.get("mode", 0o600)) | (0o700 if entry["type"] == "dir" else 0))
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path("/")
+
+
+def _has_content(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _move(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dest)
+    except OSError:  # another file system
+        shutil.move(str(src), str(dest))
+
+
+def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = False) -> dict:
+    """Put the archive back into the configured sandbox (see the module doc); returns what was restored."""
+    from .lifecycle import sandbox_status
+
+    path = Path(archive).expanduser().resolve()
+    if not path.is_file():
+        raise WorkflowError(f"restore {archive}: no such file", exit_code=EXIT_BAD_SETTINGS)
+    try:
+        manifest = read_manifest(path)
+    except BadArchive as exc:
+        raise WorkflowError(f"{path} cannot be restored: {exc}; nothing was changed") from None
+    _rt, st = sandbox_status(settings)
+    if st.state == "running":
+        raise WorkflowError(f"sandbox {settings.name} is running: run `invoke down` first, then `invoke restore "
+                            f"{archive}` (restoring under a running server would mix two databases)")
+    state = SandboxState(settings)
+    data_dir, ws_dir = Path(settings.data_dir), Path(settings.workspace_dir)
+    with_ws = bool(manifest.get("workspace"))
+    occupied = [p for p, used in ((data_dir, _has_content(data_dir)), (state.tokens_path, state.tokens_path.exists()),
+                                  (ws_dir, with_ws and _has_content(ws_dir))) if used]
+    if occupied and not force:
+        raise WorkflowError(f"sandbox {settings.name} already holds data ({', '.join(map(str, occupied))}): restore "
+                            "into another name (--name / OPENWORK_MICROSANDBOX_NAME), or pass --force to keep what is "
+                            "there beside it as <name>.before-restore-<time> and restore over it")
+
+    started = time.monotonic()
+    source = manifest.get("sandbox", {}).get("name")
+    stage = Path(tempfile.mkdtemp(dir=_nearest_existing(data_dir.parent), prefix=".restore-"))
+    try:
+        with console.heartbeat(f"reading and verifying {path.name}"):
+            try:
+                with _reading_archive():
+                    _extract_to_stage(path, stage)
+                verify_stage(stage, manifest)
+            except BadArchive as exc:
+                raise WorkflowError(f"{path} cannot be restored: {exc}; nothing was changed") from None
+            except OSError as exc:
+                raise WorkflowError(f"restoring {path} failed while staging it in {stage.parent} "
+                                    f"({exc.strerror or exc}); nothing was changed") from None
+        console.info(f"{path.name} (sandbox {source}, made {manifest.get('created')}) read and verified; "
+                     f"moving it into {settings.name}")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept: list[str] = []
+        state.dir.mkdir(parents=True, exist_ok=True)
+        with state.lock(action="restore"):
+            places = [(stage / "data", data_dir), (stage / "state" / TOKENS_FILE, state.tokens_path)]
+            if with_ws:
+                places.append((stage / "workspace", ws_dir))
+            for staged, dest in places:
+                if not (staged.exists() or staged.is_symlink()):
+                    continue
+                if dest.is_dir() and not _has_content(dest):
+                    dest.rmdir()
+                elif dest.exists() or dest.is_symlink():
+                    aside = dest.with_name(f"{dest.name}.before-restore-{stamp}")
+                    os.rename(dest, aside)
+                    kept.append(str(aside))
+                _move(staged, dest)
+        os.chmod(state.dir, 0o700)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    files = [e for e in manifest["entries"] if e["type"] == "file"]
+    total = sum(e["size"] for e in files)
+    result = {"name": settings.name, "from": source, "files": len(files), "bytes": total, "kept_aside": kept,
+              "workspace": with_ws, "seconds": round(time.monotonic() - started, 3)}
+    console.info(f"{console.OK} restored {len(files)} files ({console.human_bytes(total)}, every one sha256-verified "
+                 f"against the manifest) into {settings.name} in {result['seconds']:.1f}s; `invoke up` boots it")
+    for aside in kept:
+        console.info(f"kept what was there as {aside}")
+    for env in manifest.get("tokens_from_settings") or ():
+        if not getattr(settings, "token" if env == "OPENWORK_TOKEN" else "host_token"):
+            console.info(f"note: {env} was set in the settings of {source}, not kept in the backup: set it again")
+    return result
