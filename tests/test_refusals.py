@@ -40,6 +40,14 @@ def refused(tmp_path: Path, *args: str, **env: str) -> str:
     return lines[0]
 
 
+def in_state(tmp_path: Path, filename: str, text: str) -> Path:
+    """``state/<NAME>/<filename>`` holding ``text``, the folders made."""
+    path = tmp_path / "state" / NAME / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def test_client_token_equal_to_host_token(tmp_path):
     same = "s" * 40
     line = refused(tmp_path, "up", OPENWORK_TOKEN=same, OPENWORK_HOST_TOKEN=same)
@@ -69,11 +77,9 @@ def test_default_tokens_are_accepted_when_allowed(tmp_path):
 
 
 def test_default_token_kept_by_hand_in_tokens_json_is_refused_too(tmp_path):
-    state = tmp_path / "state" / NAME
-    state.mkdir(parents=True)
-    (state / "tokens.json").write_text('{"token": "microsandbox-token", "host_token": "%s"}\n' % ("h" * 43))
+    kept = in_state(tmp_path, "tokens.json", '{"token": "microsandbox-token", "host_token": "%s"}\n' % ("h" * 43))
     line = refused(tmp_path, "up")
-    assert line == (f"OPENWORK_TOKEN (from {state / 'tokens.json'}) is upstream's published default token "
+    assert line == (f"OPENWORK_TOKEN (from {kept}) is upstream's published default token "
                     "'microsandbox-token', which anyone can guess: unset it to have a strong one generated, or set "
                     "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway")
 
@@ -123,11 +129,9 @@ def test_a_folder_setting_that_is_a_file_names_that_setting(tmp_path, setting):
 
 
 def test_a_default_workspace_that_is_a_file_names_the_workspace_setting(tmp_path):
-    state = tmp_path / "state" / NAME
-    state.mkdir(parents=True)
-    (state / "workspace").write_text("x")
+    workspace = in_state(tmp_path, "workspace", "x")
     line = refused(tmp_path, "up")
-    assert line == (f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={state / 'workspace'} (from default) is a file, not a "
+    assert line == (f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from default) is a file, not a "
                     "folder; point OPENWORK_MICROSANDBOX_WORKSPACE_DIR at a folder, or move the file away")
     assert "OPENWORK_STATE_DIR" not in line
 
@@ -147,10 +151,7 @@ RECORD_WAYS_OUT = "move it aside (`mv {p} {p}.broken`; the next `invoke up` writ
 
 @pytest.mark.parametrize("task", ["up", "status", "smoke"])
 def test_a_tokens_json_that_does_not_parse_is_kept_and_named(tmp_path, task):
-    state = tmp_path / "state" / NAME
-    state.mkdir(parents=True)
-    broken = state / "tokens.json"
-    broken.write_text('{"token": "abc", "host_token": \n')  # cut short, as a full disk leaves it
+    broken = in_state(tmp_path, "tokens.json", '{"token": "abc", "host_token": \n')  # cut short, as a full disk leaves it
     line = refused(tmp_path, task)
     assert line == (f"{broken} does not parse (Expecting value at line 2 column 1); it is kept as it is: fix it, or "
                     + TOKENS_WAYS_OUT.format(p=broken))
@@ -158,20 +159,15 @@ def test_a_tokens_json_that_does_not_parse_is_kept_and_named(tmp_path, task):
 
 
 def test_a_tokens_json_that_is_not_an_object_is_refused(tmp_path):
-    state = tmp_path / "state" / NAME
-    state.mkdir(parents=True)
-    (state / "tokens.json").write_text('["a", "b"]\n')
+    kept = in_state(tmp_path, "tokens.json", '["a", "b"]\n')
     line = refused(tmp_path, "up")
-    assert line == (f"{state / 'tokens.json'} does not parse (a JSON list, not an object); it is kept as it is: fix it, "
-                    "or " + TOKENS_WAYS_OUT.format(p=state / "tokens.json"))
+    assert line == (f"{kept} does not parse (a JSON list, not an object); it is kept as it is: fix it, "
+                    "or " + TOKENS_WAYS_OUT.format(p=kept))
 
 
 @pytest.mark.parametrize("task", ["up", "status", "down"])
 def test_a_sandbox_json_that_does_not_parse_is_kept_and_named(tmp_path, task):
-    state = tmp_path / "state" / NAME
-    state.mkdir(parents=True)
-    record = state / "sandbox.json"
-    record.write_text("{not json")
+    record = in_state(tmp_path, "sandbox.json", "{not json")
     line = refused(tmp_path, task)
     assert line == (f"{record} does not parse (Expecting property name enclosed in double quotes at line 1 column 2); "
                     "it is kept as it is: fix it, or " + RECORD_WAYS_OUT.format(p=record))
@@ -179,9 +175,7 @@ def test_a_sandbox_json_that_does_not_parse_is_kept_and_named(tmp_path, task):
 
 
 def test_reset_is_a_way_out_of_a_broken_record(tmp_path):
-    state = tmp_path / "state" / NAME
-    state.mkdir(parents=True)
-    (state / "sandbox.json").write_text("{not json")
+    state = in_state(tmp_path, "sandbox.json", "{not json").parent
     proc = invoke(tmp_path, "reset", "--yes", timeout=120, OPENWORK_MICROSANDBOX_NAME=NAME,
                   OPENWORK_MICROSANDBOX_RUNTIME="docker")
     assert proc.returncode == 0, proc.stderr
