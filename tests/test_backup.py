@@ -272,6 +272,26 @@ def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
     assert not (source["tmp"] / "escaped.txt").exists()
 
 
+def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
+    """A running microVM cannot boot here: its status is given (the real runtime object otherwise)."""
+    from openwork_sandbox import lifecycle
+    from openwork_sandbox.backup import backup
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.runtimes import RUNNING, RuntimeStatus
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    settings = source["settings"]
+    rt = MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
+    monkeypatch.setattr(lifecycle, "sandbox_status", lambda s: (rt, RuntimeStatus(RUNNING)))
+    out = source["tmp"] / "never.tar.gz"
+    with pytest.raises(WorkflowError) as info:
+        backup(settings, output=out)
+    assert info.value.message == (
+        "the microsandbox sandbox owtest-bk-src is running: the host cannot take a consistent copy of a database a "
+        "microVM is writing; run `invoke down`, then `invoke backup` (and `invoke up` again)")
+    assert not out.exists() and not list(out.parent.glob(".backup-*"))
+
+
 def test_backup_never_overwrites_and_says_so(source):
     from openwork_sandbox.backup import backup
     from openwork_sandbox.errors import WorkflowError
