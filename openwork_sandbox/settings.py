@@ -642,17 +642,16 @@ def _not_a_folder(path: Path) -> Path | None:
 
 
 def folder_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
-    """Folders that cannot work or would leak: a state, workspace or data path that is (or is under)
-    a file, and a data folder equal to, inside or containing the workspace (the token store and
+    """Folders that cannot work or would leak: a workspace or data path that is (or is under) a
+    file, and a data folder equal to, inside or containing the workspace (the token store and
     opencode's database would be readable by the agent and every collaborator)."""
     problems = []
-    for field in ("state_dir", "workspace_dir", "data_dir"):
+    state_blocked = _not_a_folder(Path(values["state_dir"])) is not None  # doctor and `up` name OPENWORK_STATE_DIR
+    for field in ("workspace_dir", "data_dir"):
         spec = SPEC_BY_FIELD[field]
         blocker = _not_a_folder(Path(values[field]))
-        if blocker is None:
+        if blocker is None or (state_blocked and field not in origins):  # a default under that state folder
             continue
-        if field != "state_dir" and field not in origins and any(p.startswith("OPENWORK_STATE_DIR") for p in problems):
-            continue  # the default under a state folder that is a file: that line says it already
         what = "is a file, not a folder" if blocker == Path(values[field]) else f"cannot be a folder: {blocker} is a file"
         problems.append(f"{spec.env}={values[field]} (from {_from(origins, field)}) {what}; point {spec.env} at a "
                         f"folder, or move the file away")
