@@ -90,7 +90,11 @@ def _skipped(rel: str) -> bool:
 def _walk(root: Path, skip) -> Iterator[tuple[str, os.stat_result]]:
     """``(relative POSIX path, lstat)`` of everything under ``root`` that ``skip`` keeps, parents
     first, links not followed, skipped folders not entered."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
+        raise WorkflowError(f"cannot read {exc.filename} ({exc.strerror}); files made inside the sandbox may belong "
+                            "to another user: back up as that user or with sudo; no archive was written")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
         rel = (lambda name: name) if rel_dir == "." else (lambda name: f"{rel_dir}/{name}")
         dirnames[:] = sorted(d for d in dirnames if not skip(rel(d)))
