@@ -125,7 +125,8 @@ def test_the_workspace_goes_in_with_workspace(source):
 
 
 def test_restore_into_another_name_puts_everything_back(source):
-    from openwork_sandbox.backup import backup, restore
+    from openwork_sandbox.backup import backup
+    from openwork_sandbox.restore import restore
     from openwork_sandbox.state import SandboxState
 
     out = source["tmp"] / "two.tar.gz"
@@ -141,7 +142,8 @@ def test_restore_into_another_name_puts_everything_back(source):
 
 
 def test_restore_refuses_a_sandbox_that_holds_data_and_force_keeps_it_aside(source):
-    from openwork_sandbox.backup import backup, restore
+    from openwork_sandbox.backup import backup
+    from openwork_sandbox.restore import restore
     from openwork_sandbox.errors import WorkflowError
 
     out = source["tmp"] / "three.tar.gz"
