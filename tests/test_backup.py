@@ -376,6 +376,7 @@ def test_backup_while_sessions_are_written_then_restore_into_another_name(stack_
         archive = tmp_path / "live.tar.gz"
         began = time.time()
         proc = invoke(tmp_path, "backup", "--output", str(archive), timeout=300, **env_a)
+        ended = time.time()
         stop.set()
         writer.join(timeout=60)
         assert proc.returncode == 0, proc.stderr
@@ -384,6 +385,8 @@ def test_backup_while_sessions_are_written_then_restore_into_another_name(stack_
         assert stat.S_IMODE(archive.stat().st_mode) == 0o600
         committed_before = [sid for when, sid in written if when < began]
         assert len(committed_before) >= 3
+        print(f"backup took {ended - began:.1f}s; sessions written: {len(committed_before)} before it began, "
+              f"{sum(began <= when <= ended for when, _ in written)} while it ran")
 
         # the copy in the archive is whole and holds every session committed before the backup began
         with tarfile.open(archive) as tar:
