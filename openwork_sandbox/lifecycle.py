@@ -361,7 +361,8 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         _refuse_busy_port(settings, decision)
         with interrupts.sigterm_as_interrupt():
             try:
-                health, workspace_id = _act(settings, state, rt, seen, decision, spec, token)
+                with _start_slot(settings, decision):
+                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, token)
             except KeyboardInterrupt:
                 if decision.action != REUSE:
                     _stop_half_started(settings, rt)
@@ -374,6 +375,16 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     if follow:
         _follow(rt, tail=20, to_stdout=not as_json)
     return ep
+
+
+def _start_slot(settings: Settings, decision: UpDecision):
+    """One of the host's start slots (start_slots) while `up` boots; none to reuse a running sandbox."""
+    from .start_slots import default_slots, start_slot
+
+    if decision.action == REUSE:
+        return contextlib.nullcontext()
+    slots = settings.start_slots if settings.start_slots is not None else default_slots()
+    return start_slot(slots, settings.name)
 
 
 def _stop_half_started(settings: Settings, rt: Runtime) -> None:

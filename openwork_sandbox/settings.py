@@ -308,6 +308,9 @@ SPECS: tuple[Spec, ...] = (
          "folder that holds .state/<name>/ folders (default: .state in the project)"),
     Spec("health_timeout", "OPENWORK_HEALTH_TIMEOUT", _seconds, 120.0,
          "how long to wait for GET /health after boot (90, 90s, 2m)"),
+    Spec("start_slots", "OPENWORK_START_SLOTS", _int_range(0, 1024, 2), None,
+         "how many sandboxes may start at once on this host, for every checkout and user (default: one per CPU "
+         "core; 0: no limit); an `up` beyond that waits for a slot"),
     Spec("request_timeout", "OPENWORK_REQUEST_TIMEOUT", _seconds, 15.0,
          "how long one HTTP request may take (15, 15s, 1m)"),
     # image build (upstream's build-argument names)
@@ -368,6 +371,7 @@ class Settings:
     offline: bool
     state_dir: Path
     health_timeout: float
+    start_slots: int | None
     request_timeout: float
     orchestrator_version: str
     server_version: str
