@@ -21,7 +21,7 @@ import dataclasses
 import sys
 import time
 
-from . import console, persist
+from . import console, interrupts, persist
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
 from .runtimes.base import GUEST_DATA, GUEST_WORKSPACE
@@ -159,6 +159,10 @@ def _print_log_tail(rt: Runtime, lines: list[str] | None = None, hint: str | Non
 
 
 STALL_SECONDS = 20.0  # no new server output for this long while not healthy: the start is stuck
+# (a slow start is not silent: the image's start gates print a line every 5 s in which the program
+# they wait for used CPU, see start_gate)
+STALL_CHECK_EVERY = 2.0  # seconds between looks at the log's tail (each is a runtime call)
+ALIVE_EVERY_MAX = 3.0  # is_alive() backs off from the health wait's 0.5 s to this (each is a runtime call)
 # ...and after "opencode server listening" the orchestrator's next line ("[opencode] Healthy") comes
 # within milliseconds unless its one health request hangs for good: give up on it sooner
 LISTENING_MARK = "opencode server listening"
@@ -188,13 +192,19 @@ class _StartWatch:
         self.last_tail: list[str] | None = None
         self.changed_at = time.monotonic()
         self.next_check = self.changed_at + 1.0
+        # fewer runtime calls the longer a start takes: ten starts at once on a small host would
+        # otherwise spend a good part of its CPU on `docker inspect` / `docker logs`
+        self.alive_every, self.next_alive = 0.5, self.changed_at
 
     def __call__(self) -> bool:
-        if not self.rt.is_alive():
-            return False
         now = time.monotonic()
+        if now >= self.next_alive:
+            if not self.rt.is_alive():
+                return False
+            self.alive_every = min(self.alive_every * 1.5, ALIVE_EVERY_MAX)
+            self.next_alive = now + self.alive_every
         if self.stall_s is not None and now >= self.next_check:
-            self.next_check = now + 1.0
+            self.next_check = now + STALL_CHECK_EVERY
             tail = self.rt.log_tail(3)
             if tail != self.last_tail:
                 self.last_tail, self.changed_at = tail, now
@@ -216,6 +226,7 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
     all; the last one gets the whole deadline), then check /workspaces."""
     from .health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
 
+    first_began = time.monotonic()
     for attempt in range(1, START_ATTEMPTS + 1):
         last_attempt = attempt == START_ATTEMPTS
         watch = _StartWatch(rt, None if last_attempt else STALL_SECONDS)
@@ -237,17 +248,19 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
         except HealthTimeout as exc:
             raise _fail_with_log(rt, exc) from None
         rt.restart_server(spec)
-    _say_start_race(rt)
+    _say_start_notes(rt, time.monotonic() - first_began, settings)
     return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
 
 
-def _say_start_race(rt: Runtime) -> None:
-    """One line when the image's start gate held off opencode's start race (see start_gate)."""
-    from .start_gate import TAIL_LINES, race_note
+def _say_start_notes(rt: Runtime, seconds: float, settings: Settings) -> None:
+    """One line each when the image's start gate held off opencode's start race, and when the start
+    was slow (how long, which program; see start_gate)."""
+    from .start_gate import TAIL_LINES, race_note, slow_start_note
 
-    note = race_note(rt.log_tail(TAIL_LINES))
-    if note:
-        console.info(note)
+    lines = rt.log_tail(TAIL_LINES)
+    for note in (race_note(lines), slow_start_note(seconds, lines, cpus=settings.cpus)):
+        if note:
+            console.info(note)
 
 
 def _report(ep: Endpoint, *, action: str, seconds: float, settings: Settings, show_tokens: bool, as_json: bool,
@@ -353,7 +366,14 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         seen = _observe(settings, state, kind, rt, spec.fingerprint)
         decision = decide_up(seen)
         _refuse_busy_port(settings, decision)
-        health, workspace_id = _act(settings, state, rt, seen, decision, spec, token)
+        with interrupts.sigterm_as_interrupt():
+            try:
+                with _start_slot(settings, decision):
+                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, token)
+            except KeyboardInterrupt:
+                if decision.action != REUSE:
+                    _stop_half_started(settings, rt)
+                raise
         _save_record(state, settings, kind, spec, workspace_id=workspace_id, healthy_at=time.time())
 
     ep = Endpoint(settings.url, token, host_token, kind, settings.name, workspace_id)
@@ -362,6 +382,30 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     if follow:
         _follow(rt, tail=20, to_stdout=not as_json)
     return ep
+
+
+def _start_slot(settings: Settings, decision: UpDecision):
+    """One of the host's start slots (start_slots) while `up` boots; none to reuse a running sandbox."""
+    from .start_slots import default_slots, start_slot
+
+    if decision.action == REUSE:
+        return contextlib.nullcontext()
+    slots = settings.start_slots if settings.start_slots is not None else default_slots()
+    return start_slot(slots, settings.name)
+
+
+def _stop_half_started(settings: Settings, rt: Runtime) -> None:
+    """`up` was interrupted (Ctrl+C, CI's SIGTERM) while it booted: stop what it started, so no
+    half-started sandbox is left running; the state is kept and the next `up` starts it again."""
+    with interrupts.no_interrupts():
+        try:
+            stopped = rt.stop()
+        except WorkflowError as exc:
+            console.info(f"interrupted: could not stop {settings.name}: {exc.message}; `invoke down` stops it")
+            return
+    what = "stopped it" if stopped else "it is not running"
+    console.info(f"interrupted before {settings.name} was healthy: {what} (state kept in {settings.sandbox_state_dir}); "
+                 "`invoke up` starts it again")
 
 
 def _follow(rt: Runtime, *, tail: int | None, to_stdout: bool = True) -> None:

@@ -77,6 +77,20 @@ def _int_range(low: int, high: int, example: int, unit: str = "") -> Callable[[s
     return parse
 
 
+def _cpus(raw: str) -> int | float:
+    """CPUs: a whole number (vCPUs of a microVM, cores of a container), or a fraction such as 0.5,
+    which limits a Docker sandbox to part of one core (a microVM gets the next whole vCPU). Whole
+    numbers stay ints, so a sandbox made before fractions were accepted keeps its fingerprint."""
+    problem = "expected a number of CPUs from 0.1 to 64, e.g. 2, or 0.5 for half a core (Docker)"
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _Invalid(problem) from None
+    if not 0.1 <= value <= 64 or round(value, 2) != value:
+        raise _Invalid(problem)
+    return int(value) if value.is_integer() else value
+
+
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION_HELP = "seconds, or a number with s, m, h or d, e.g. 90, 90s or 2m"
@@ -311,7 +325,8 @@ SPECS: tuple[Spec, ...] = (
     # runtime
     Spec("runtime", "OPENWORK_MICROSANDBOX_RUNTIME", _choice("auto", "microsandbox", "docker"), "auto",
          "auto picks microsandbox where microVMs boot, else Docker"),
-    Spec("cpus", "OPENWORK_MICROSANDBOX_CPUS", _int_range(1, 64, 2), 2, "virtual CPUs"),
+    Spec("cpus", "OPENWORK_MICROSANDBOX_CPUS", _cpus, 2,
+         "virtual CPUs; a fraction (0.5) limits a Docker sandbox to part of a core, a microVM gets whole vCPUs"),
     Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", _int_range(256, 262144, 2048, " MiB"), 2048,
          "memory in MiB"),
     Spec("network", "OPENWORK_MICROSANDBOX_NETWORK", _choice("allow-all", "public-only", "none"), "allow-all",
@@ -325,6 +340,9 @@ SPECS: tuple[Spec, ...] = (
          "folder that holds .state/<name>/ folders (default: .state in the project)"),
     Spec("health_timeout", "OPENWORK_HEALTH_TIMEOUT", _seconds, 120.0,
          "how long to wait for GET /health after boot (90, 90s, 2m)"),
+    Spec("start_slots", "OPENWORK_START_SLOTS", _int_range(0, 1024, 2), None,
+         "how many sandboxes may start at once on this host, for every checkout and user (default: one per CPU "
+         "core; 0: no limit); an `up` beyond that waits for a slot"),
     Spec("request_timeout", "OPENWORK_REQUEST_TIMEOUT", _seconds, 15.0,
          "how long one HTTP request may take (15, 15s, 1m)"),
     # image build (upstream's build-argument names)
@@ -382,13 +400,14 @@ class Settings:
     host_token: str | None
     allow_default_tokens: bool
     runtime: str
-    cpus: int
+    cpus: int | float
     memory: int
     network: str
     approval_mode: str
     offline: bool
     state_dir: Path
     health_timeout: float
+    start_slots: int | None
     request_timeout: float
     orchestrator_version: str
     server_version: str

@@ -27,15 +27,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-import signal
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from . import console
+from . import console, interrupts
 from .errors import (EXIT_BAD_SETTINGS, EXIT_FAILED, EXIT_UNREACHABLE, SettingsError, UnreachableError,
                      WorkflowError)
 from .openwork_api import OpenWorkClient, TransportError, body_start
@@ -367,41 +365,10 @@ def ephemeral_settings(settings):
     return settings.with_overrides(**changes)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """CI cancels with SIGTERM: treat it like Ctrl+C so the teardown runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _no_interrupts():
-    """Let a teardown finish: SIGINT/SIGTERM are held off while it runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _teardown(eph) -> str | None:
     from . import lifecycle
 
-    with _no_interrupts():
+    with interrupts.no_interrupts():
         try:
             lifecycle.reset(eph, yes=True)
         except WorkflowError as exc:
@@ -419,7 +386,7 @@ def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: b
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        with _sigterm_as_interrupt():
+        with interrupts.sigterm_as_interrupt():
             try:
                 ep = lifecycle.up(eph, follow=False, show_tokens=False, as_json=False)
             except WorkflowError as exc:

@@ -1,10 +1,15 @@
-"""What the image's opencode start gate (``openwork_sandbox/image/opencode-gate.js``) said in the log.
+"""What the image's start gates (``openwork_sandbox/image/opencode-gate.js``) said in the log.
 
 opencode 1.17 listens before it attaches its HTTP handler; a request that connects in between is
-read and never answered, and orchestrator 0.18 waits for its first health answer forever. The
-gate in the image keeps the orchestrator away from opencode until opencode answers, and prints
-one line starting with ``opencode-gate:``; when opencode dropped requests first, that line says
-``start race held off``. ``up`` turns it into one line of its own, and ``logs`` shows the original.
+read and never answered, and orchestrator 0.18 waits for its first health answer forever. And the
+orchestrator gives opencode and openwork-server a fixed 10 s each to become healthy, which a slow
+host (a throttled container, a busy CI runner, a microVM under emulation) cannot keep. The gates in
+the image listen on the program's port at once and hold every request until the program answers,
+so the orchestrator's health request (which has no timeout of its own) simply waits. Each gate
+prints lines starting with ``opencode-gate:`` / ``openwork-server-gate:``: "still starting" lines
+while the program uses CPU, and one "answered after N ms" line (with ``start race held off`` when
+opencode dropped requests first). ``up`` turns them into one line of its own each (the race, a slow
+start), and ``logs`` shows the originals.
 """
 
 from __future__ import annotations
@@ -13,19 +18,56 @@ import re
 from typing import Iterable
 
 GATE_MARK = "opencode-gate:"
+SERVER_GATE_MARK = "openwork-server-gate:"
 RACE_MARK = "start race held off"
-TAIL_LINES = 60  # the gate's line is followed by ~30 lines of the orchestrator's start report
+ANSWERED_RE = re.compile(r"(opencode|openwork-server)-gate: .*?\1 answered after (\d+) ms")
+TAIL_LINES = 150  # the gates' lines come before ~40 lines of start report, and progress lines before them
+# A start slower than this says so in one line: the orchestrator alone gives each program 10 s,
+# a start on a quiet host takes about 1.5 s.
+SLOW_START_SECONDS = 10.0
 
 
 def race_note(lines: Iterable[str]) -> str | None:
     """One line for `up` when the gate held off the start race, else None (also for old images)."""
     for line in reversed(list(lines)):
-        if GATE_MARK not in line:
+        found = ANSWERED_RE.search(line)
+        if not found or found.group(1) != "opencode":
             continue
         if RACE_MARK not in line:
             return None
-        found = re.search(r"dropped (\d+) request", line)
-        dropped = found.group(1) if found else "a"
-        return (f"start race held off: opencode dropped {dropped} early request(s) (the upstream start race); "
+        dropped = re.search(r"dropped (\d+) request", line)
+        count = dropped.group(1) if dropped else "a"
+        return (f"start race held off: opencode dropped {count} early request(s) (the upstream start race); "
                 "the image's start gate retried them, so no restart was needed")
     return None
+
+
+def answer_times(lines: Iterable[str]) -> dict[str, float]:
+    """Seconds each gated program took to answer in the latest start (``{"opencode": 39.3, ...}``)."""
+    times: dict[str, float] = {}
+    for line in lines:
+        found = ANSWERED_RE.search(line)
+        if found:
+            program = found.group(1)
+            if program == "opencode":  # a new start: forget an earlier start's server time
+                times.pop("openwork-server", None)
+            times[program] = int(found.group(2)) / 1000
+    return times
+
+
+def slow_start_note(seconds: float, lines: Iterable[str], *, cpus: float | None = None) -> str | None:
+    """One line when a start took ``SLOW_START_SECONDS`` or longer: how long, and which program was
+    slow (from the gates' lines; the rest is the runtime's boot and the orchestrator), else None."""
+    if seconds < SLOW_START_SECONDS:
+        return None
+    times = answer_times(lines)
+    rest = max(0.0, seconds - sum(times.values()))
+    if times:
+        slowest = max(times, key=times.get)
+        others = [f"{name} {took:.1f}s" for name, took in times.items() if name != slowest]
+        which = (f"{slowest} was slowest ({times[slowest]:.1f}s to answer; "
+                 + "; ".join(others + [f"boot and orchestrator {rest:.1f}s"]) + ")")
+    else:
+        which = "the image has no start gate to say which program was slow (`invoke logs` shows the start)"
+    limit = f", this sandbox has {cpus:g} CPU" if cpus is not None and cpus < 1 else ""
+    return f"slow start: healthy after {seconds:.1f}s; {which}; the host is busy or slow{limit}"

@@ -6,7 +6,8 @@ between is read and never answered (one start in seven, at random). This stand-i
 certain, for tests: baked into a test image beside the real /usr/local/bin/opencode and named by
 OPENWORK_OPENCODE_REAL (the opencode that the image's start gate serves, see openwork_sandbox/image/opencode-gate), it
 
-- passes every command but `serve` (e.g. `--version`) to the real opencode;
+- answers `--version` from the image's record of the baked opencode (OPENWORK_OPENCODE_VERSION), as
+  the image's gate does, and passes every other command but `serve` to the real opencode;
 - for `serve --hostname H --port P ...` listens on H:P at once, reads the FIRST connection's
   request and never answers it (the connection stays open, as with the real race), and forwards
   every later connection byte for byte to the real opencode, which it starts with the same
@@ -64,6 +65,12 @@ def _serve_one(client: socket.socket, host: str, port: int) -> None:
 
 def main() -> int:
     args = sys.argv[1:]
+    baked = os.environ.get("OPENWORK_OPENCODE_VERSION", "")
+    if args == ["--version"] and REAL == "/usr/local/bin/opencode" and baked[:1].isdigit():
+        # as the image's opencode-gate does for the baked opencode: the build checked it reports this,
+        # and the orchestrator gives `--version` only 4 s, less than a first opencode run takes on a busy host
+        print(baked)
+        return 0
     if not args or args[0] != "serve":
         os.execv(REAL, [REAL, *args])
     at, port = _option(args, "--port", "4096")

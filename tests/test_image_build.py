@@ -99,7 +99,8 @@ def test_image_layout_and_labels(stack_image):
     copies = [line for line in history.splitlines()[::-1] if "COPY" in line]
     assert [c.split(" in ")[-1].strip() for c in copies] == [
         "/usr/local/bin/opencode", "/usr/local/bin/openwork", "/usr/local/bin/opencode-gate",
-        "/usr/local/lib/openwork/opencode-gate.js", "/usr/local/bin/microsandbox-entrypoint.sh",
+        "/usr/local/lib/openwork/opencode-gate.js", "/usr/local/bin/openwork-server-gate",
+        "/usr/local/bin/microsandbox-entrypoint.sh",
         "/usr/local/bin/openwork-server"]
 
 

@@ -255,9 +255,21 @@ def test_every_problem_collected_in_one_error(tmp_path):
     assert lines == [
         'OPENWORK_MICROSANDBOX_PORT="x" (from environment): expected a port 1-65535, e.g. 8787',
         'OPENWORK_MICROSANDBOX_RUNTIME="podman" (from environment): expected one of auto|microsandbox|docker',
-        'OPENWORK_MICROSANDBOX_CPUS="0" (from environment): expected a whole number 1-64, e.g. 2',
+        'OPENWORK_MICROSANDBOX_CPUS="0" (from environment): expected a number of CPUs from 0.1 to 64, e.g. 2, or 0.5 '
+        'for half a core (Docker)',
         'OPENWORK_MICROSANDBOX_MEMORY="lots" (from environment): expected a whole number 256-262144 MiB, e.g. 2048',
     ]
+
+
+def test_cpus_take_a_fraction_of_a_core_and_keep_whole_numbers_whole(tmp_path):
+    assert load(tmp_path, env={"OPENWORK_MICROSANDBOX_CPUS": "0.1"}).cpus == 0.1
+    whole = load(tmp_path, env={"OPENWORK_MICROSANDBOX_CPUS": "2"}).cpus
+    assert whole == 2 and isinstance(whole, int)  # a sandbox made with "2" keeps its fingerprint
+    assert isinstance(load(tmp_path, env={"OPENWORK_MICROSANDBOX_CPUS": "3.0"}).cpus, int)
+    for bad in ("0.05", "65", "0.125", "half", "-1"):
+        lines = problems(tmp_path, env={"OPENWORK_MICROSANDBOX_CPUS": bad})
+        assert lines == [f'OPENWORK_MICROSANDBOX_CPUS="{bad}" (from environment): expected a number of CPUs from 0.1 '
+                         'to 64, e.g. 2, or 0.5 for half a core (Docker)'], bad
 
 
 @pytest.mark.parametrize("value", ["http://host", "host:80", "a b", ""])

@@ -38,6 +38,27 @@ def test_race_note_reads_the_gates_line():
     assert race_note([]) is None
 
 
+def test_a_slow_start_is_one_line_naming_the_slowest_program():
+    from openwork_sandbox.start_gate import answer_times, slow_start_note
+
+    lines = ["[opencode] opencode-gate: opencode still starting after 5 s, 0.3 s of CPU so far",
+             "[opencode] opencode-gate: opencode answered after 3000 ms (0.9 s of CPU); serving 127.0.0.1:4096",
+             "[openwork-orchestrator] ERROR Run failed",  # an earlier start, then a new one
+             "[opencode] opencode-gate: start race held off: opencode dropped 1 request(s) sent before its handler "
+             "was attached; opencode answered after 39338 ms (3.0 s of CPU); serving 127.0.0.1:4096",
+             "[openwork-server] openwork-server-gate: openwork-server answered after 1778 ms (0.0 s of CPU); serving"]
+    assert answer_times(lines) == {"opencode": 39.338, "openwork-server": 1.778}
+    note = slow_start_note(52.3, lines, cpus=0.1)
+    assert note == ("slow start: healthy after 52.3s; opencode was slowest (39.3s to answer; openwork-server 1.8s; "
+                    "boot and orchestrator 11.2s); the host is busy or slow, this sandbox has 0.1 CPU")
+    server_slow = ["[opencode] opencode-gate: opencode answered after 900 ms; serving",
+                   "[openwork-server] openwork-server-gate: openwork-server answered after 14000 ms; serving"]
+    assert slow_start_note(16, server_slow, cpus=2).startswith("slow start: healthy after 16.0s; openwork-server "
+                                                              "was slowest (14.0s to answer; opencode 0.9s;")
+    assert slow_start_note(9.9, lines) is None  # not slow: nothing to say
+    assert "no start gate" in slow_start_note(12, ["[opencode] Healthy"])
+
+
 def test_the_gate_answers_version_as_the_baked_opencode_does(stack_image):
     def run(entrypoint: str) -> str:
         proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", entrypoint, "-e", "HOME=/tmp",

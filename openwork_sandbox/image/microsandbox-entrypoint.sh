@@ -102,5 +102,5 @@ exec $run_as openwork serve \
   --allow-external \
   --sidecar-source external \
   --opencode-source external \
-  --openwork-server-bin /usr/local/bin/openwork-server \
+  --openwork-server-bin /usr/local/bin/openwork-server-gate \
   --opencode-bin /usr/local/bin/opencode-gate  # opencode behind a start gate (see opencode-gate.js)

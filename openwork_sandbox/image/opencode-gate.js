@@ -1,29 +1,65 @@
-// opencode start gate: `opencode serve` that nobody reaches before it can answer.
+// Start gate: a program the orchestrator starts that nobody reaches before it can answer, on any host.
 //
-// Run by the opencode binary itself as the Bun runtime (BUN_BE_BUN=1, see opencode-gate), so the
-// image gains this file and a 1 KB script, nothing else. The orchestrator starts
-// `opencode-gate serve --hostname H --port P ...` in place of opencode; the gate:
-//   1. starts opencode (OPENWORK_OPENCODE_REAL, else this very binary) with the same arguments
-//      but on a free internal port;
-//   2. probes it (GET /global/health) until it answers anything at all. opencode 1.17 calls
-//      listen() before it attaches its HTTP handler, and a request that connects in that gap is
-//      read and never answered (orchestrator 0.18 waits for such a request forever). A new probe
-//      goes out every PROBE_EVERY_MS without waiting; the first answer wins, and probes sent
-//      earlier that are still unanswered were dropped: they are counted and closed;
-//   3. only then listens on H:P and forwards every connection, byte for byte, to opencode.
-// Until 3 the orchestrator's health polls are refused, and it retries them. The gate prints one
-// line starting with GATE_MARK when it serves (lifecycle.py reads it from the server log).
-// SIGTERM/SIGINT/SIGHUP go to opencode; the gate exits with opencode's exit status.
+// Run by the opencode binary itself as the Bun runtime (BUN_BE_BUN=1, see opencode-gate and
+// openwork-server-gate), so the image gains this file and two small scripts, nothing else. The
+// orchestrator (openwork 0.18) starts `opencode-gate serve --hostname H --port P ...` in place of
+// opencode, and `openwork-server-gate --host H --port P ...` in place of openwork-server; the gate
+// (OPENWORK_GATE_PROGRAM says which of the two it fronts):
+//   1. listens on H:P AT ONCE, and starts the program with the same arguments but on a free
+//      internal port;
+//   2. probes the program (opencode: GET /global/health, openwork-server: GET /health) until it
+//      answers anything at all. opencode 1.17 calls listen() before it attaches its HTTP handler,
+//      and a request that connects in that gap is read and never answered (orchestrator 0.18
+//      waits for such a request forever). A new probe goes out every PROBE_EVERY_MS without
+//      waiting; the first answer wins, and probes sent earlier that are still unanswered were
+//      dropped: they are counted and closed;
+//   3. meanwhile every connection to H:P is accepted and HELD (what it sends is kept), and once the
+//      program answers, it and every later connection is forwarded byte for byte.
+// Why 1 and 3: the orchestrator gives each program a fixed 10 s to become healthy, but its health
+// request has no timeout of its own and its loop only checks the clock between requests. A request
+// that is held simply waits, however slow the host (a throttled container, a busy CI runner, a
+// microVM under emulation), and the deadline is the one `up` sets (OPENWORK_HEALTH_TIMEOUT).
+// While it waits the gate prints a GATE_MARK line every PROGRESS_EVERY_MS in which the program used
+// CPU (`up` reads those as progress: a slow start is not restarted); a program that uses no CPU
+// prints nothing, and `up` restarts a start that says nothing for long. When the program answers
+// the gate prints one line with how long it took (lifecycle.py / start_gate.py read it).
+// SIGTERM/SIGINT/SIGHUP go to the program; the gate exits with the program's exit status.
 "use strict";
 
+const fs = require("node:fs");
 const net = require("node:net");
 const os = require("node:os");
 const { spawn } = require("node:child_process");
 
-const GATE_MARK = "opencode-gate:";
 const PROBE_EVERY_MS = 40;
 const MAX_PENDING = 50;
+const PROGRESS_EVERY_MS = 5000;
 const DEBUG = Boolean(process.env.OPENWORK_OPENCODE_GATE_DEBUG);
+
+// What each program is called with and how it is probed. `real`: the program to start.
+const PROGRAMS = {
+  opencode: {
+    hostFlag: "--hostname",
+    defaultPort: 4096,
+    probePath: "/global/health",
+    real: (env) => env.OPENWORK_OPENCODE_REAL || process.execPath, // set by opencode-gate
+    auth: (env) => {
+      const user = env.OPENCODE_SERVER_USERNAME || "opencode";
+      return env.OPENCODE_SERVER_PASSWORD
+        ? `Authorization: Basic ${Buffer.from(`${user}:${env.OPENCODE_SERVER_PASSWORD}`).toString("base64")}\r\n`
+        : "";
+    },
+  },
+  "openwork-server": {
+    hostFlag: "--host",
+    defaultPort: 8787,
+    probePath: "/health",
+    real: (env) => env.OPENWORK_SERVER_REAL || "/usr/local/bin/openwork-server",
+    auth: () => "",
+  },
+};
+const NAME = process.env.OPENWORK_GATE_PROGRAM || "opencode";
+const GATE_MARK = `${NAME}-gate:`; // "opencode-gate:" / "openwork-server-gate:"
 
 function say(message) {
   process.stdout.write(`${GATE_MARK} ${message}\n`);
@@ -48,9 +84,21 @@ function freePort(host) {
   });
 }
 
-// Resolves with the number of probes opencode read and dropped before it answered one.
-function untilAnswering(host, port, auth, started) {
-  const request = `GET /global/health HTTP/1.1\r\nHost: ${host}:${port}\r\n${auth}Connection: close\r\n\r\n`;
+// CPU seconds a process and its reaped children used (Linux /proc), or null where unknown.
+function cpuSeconds(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i] || 0), 0); // utime stime cutime cstime
+    return ticks / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return null;
+  }
+}
+
+// Resolves with the number of probes the program read and dropped before it answered one.
+function untilAnswering(host, port, path, auth, started) {
+  const request = `GET ${path} HTTP/1.1\r\nHost: ${host}:${port}\r\n${auth}Connection: close\r\n\r\n`;
   return new Promise((resolve) => {
     const pending = new Set();
     let done = false;
@@ -87,47 +135,101 @@ function untilAnswering(host, port, auth, started) {
   });
 }
 
-// Byte for byte, both ways. One difference from opencode itself: Bun 1.3's node:net closes a
-// socket once its peer half-closes (allowHalfOpen is not honoured), so a client that shuts down its
-// sending side before the answer gets none. The orchestrator and openwork-server never do that.
-function forward(host, port) {
-  return (client) => {
-    const upstream = net.connect({ host, port });
-    client.setNoDelay(true);
-    upstream.setNoDelay(true);
-    client.pipe(upstream);
-    upstream.pipe(client);
-    const close = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    for (const s of [client, upstream]) {
-      s.on("error", close);
-      s.on("close", close);
-    }
+// Byte for byte, both ways; `early` holds what the client sent while it was held. One difference
+// from the program itself: Bun 1.3's node:net closes a socket once its peer half-closes
+// (allowHalfOpen is not honoured), so a client that shuts down its sending side before the answer
+// gets none. The orchestrator and openwork-server never do that.
+function forward(client, host, port, early, answered = null) {
+  const upstream = net.connect({ host, port });
+  let told = !answered;
+  const tell = () => {
+    if (told) return;
+    told = true;
+    answered();
   };
+  upstream.once("data", tell); // answered (or gone, below): the gate's progress lines can stop
+  client.setNoDelay(true);
+  upstream.setNoDelay(true);
+  for (const chunk of early) upstream.write(chunk);
+  client.pipe(upstream);
+  upstream.pipe(client);
+  client.resume();
+  const close = () => {
+    tell();
+    client.destroy();
+    upstream.destroy();
+  };
+  for (const s of [client, upstream]) {
+    s.on("error", close);
+    s.on("close", close);
+  }
+}
+
+// A connection made before the program answers: keep what it sends, until release() forwards it.
+function hold(client, held) {
+  const entry = { client, early: [], gone: false };
+  const keep = (chunk) => entry.early.push(chunk);
+  client.on("data", keep);
+  const drop = () => {
+    entry.gone = true;
+    held.delete(entry);
+    client.destroy();
+  };
+  client.once("error", drop);
+  client.once("close", drop);
+  entry.release = (host, port, answered) => {
+    client.removeListener("data", keep);
+    client.removeListener("error", drop);
+    client.removeListener("close", drop);
+    client.pause();
+    forward(client, host, port, entry.early, answered);
+  };
+  held.add(entry);
 }
 
 async function main() {
+  const program = PROGRAMS[NAME];
+  if (!program) {
+    say(`unknown OPENWORK_GATE_PROGRAM ${NAME} (expected ${Object.keys(PROGRAMS).join(" or ")})`);
+    process.exit(2);
+  }
   const args = process.argv.slice(2);
-  const [hostAt, hostValue] = option(args, "--hostname");
+  const [hostAt, hostValue] = option(args, program.hostFlag);
   const [portAt, portValue] = option(args, "--port");
   const host = hostValue || "127.0.0.1";
-  const publicPort = Number(portValue || 4096);
+  const publicPort = Number(portValue || program.defaultPort);
+
+  // 1. the requested port first, so the orchestrator's health request is held, never refused
+  let ready = null; // the internal port once the program answers
+  const held = new Set();
+  const server = net.createServer((client) => {
+    if (ready !== null) forward(client, host, ready, []);
+    else hold(client, held);
+  });
+  const listening = new Promise((resolve) => {
+    server.once("error", (err) => {
+      say(`cannot listen on ${host}:${publicPort}: ${err.message}`);
+      process.exit(1);
+    });
+    server.listen(publicPort, host, resolve);
+  });
+  await listening;
+
   const internalPort = await freePort(host);
   const childArgs = args.slice();
   if (portAt >= 0) childArgs.splice(portAt, childArgs[portAt].includes("=") ? 1 : 2);
-  if (hostAt < 0) childArgs.push("--hostname", host);
+  if (hostAt < 0) childArgs.push(program.hostFlag, host);
   childArgs.push("--port", String(internalPort));
 
   const env = { ...process.env };
   delete env.BUN_BE_BUN;
-  const opencode = env.OPENWORK_OPENCODE_REAL || process.execPath; // set by opencode-gate
+  const real = program.real(env);
   delete env.OPENWORK_OPENCODE_REAL;
+  delete env.OPENWORK_SERVER_REAL;
+  delete env.OPENWORK_GATE_PROGRAM;
   const started = Date.now();
-  const child = spawn(opencode, childArgs, { stdio: ["ignore", "inherit", "inherit"], env });
+  const child = spawn(real, childArgs, { stdio: ["ignore", "inherit", "inherit"], env });
   let stopping = false;
-  let serving = false;
   for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"]) {
     process.on(sig, () => {
       stopping = true;
@@ -137,34 +239,53 @@ async function main() {
     });
   }
   child.on("exit", (code, signal) => {
-    if (!stopping && !serving) say(`opencode exited before it answered (${signal || code})`);
+    if (!stopping && ready === null) say(`${NAME} exited before it answered (${signal || code})`);
     process.exit(code ?? 128 + (os.constants.signals[signal] || 1));
   });
   child.on("error", (err) => {
-    say(`cannot start opencode: ${err.message}`);
+    say(`cannot start ${NAME}: ${err.message}`);
     process.exit(127);
   });
 
-  const user = env.OPENCODE_SERVER_USERNAME || "opencode";
-  const auth = env.OPENCODE_SERVER_PASSWORD
-    ? `Authorization: Basic ${Buffer.from(`${user}:${env.OPENCODE_SERVER_PASSWORD}`).toString("base64")}\r\n`
-    : "";
-  const dropped = await untilAnswering(host, internalPort, auth, started);
+  // progress while it starts, and until the requests held meanwhile are answered (opencode does
+  // its first real work on the first request): a line every PROGRESS_EVERY_MS in which the
+  // program used CPU
+  let lastCpu = 0;
+  let unanswered = 0; // held requests passed on and not answered yet
+  const progress = setInterval(() => {
+    const cpu = child.pid ? cpuSeconds(child.pid) : null;
+    if (cpu !== null && cpu <= lastCpu) return; // no CPU used: say nothing (a stuck start stays silent)
+    if (cpu !== null) lastCpu = cpu;
+    const used = cpu !== null ? `, ${cpu.toFixed(1)} s of CPU so far` : "";
+    const after = `${((Date.now() - started) / 1000).toFixed(0)} s${used}`;
+    if (ready === null) {
+      const waiting = held.size ? `; ${held.size} request(s) held until it answers` : "";
+      say(`${NAME} still starting after ${after}${waiting}`);
+    } else {
+      say(`${NAME} still answering its first request(s) after ${after}`);
+    }
+  }, PROGRESS_EVERY_MS);
 
-  const server = net.createServer(forward(host, internalPort));
-  server.on("error", (err) => {
-    say(`cannot listen on ${host}:${publicPort}: ${err.message}`);
-    stopping = true;
-    child.kill("SIGTERM");
-  });
-  server.listen(publicPort, host, () => {
-    serving = true;
-    const ms = Date.now() - started;
-    const race = dropped
-      ? `start race held off: opencode dropped ${dropped} request(s) sent before its handler was attached; `
-      : "";
-    say(`${race}opencode answered after ${ms} ms; serving ${host}:${publicPort} (opencode on port ${internalPort})`);
-  });
+  const dropped = await untilAnswering(host, internalPort, program.probePath, program.auth(env), started);
+  ready = internalPort;
+  const released = held.size;
+  const answered = () => {
+    unanswered -= 1;
+    if (unanswered <= 0) clearInterval(progress);
+  };
+  for (const entry of [...held]) {
+    held.delete(entry);
+    unanswered += 1;
+    entry.release(host, internalPort, answered);
+  }
+  if (!unanswered) clearInterval(progress);
+  const ms = Date.now() - started;
+  const race = dropped
+    ? `start race held off: ${NAME} dropped ${dropped} request(s) sent before its handler was attached; `
+    : "";
+  const cpu = child.pid ? cpuSeconds(child.pid) : null;
+  say(`${race}${NAME} answered after ${ms} ms${cpu !== null ? ` (${cpu.toFixed(1)} s of CPU)` : ""}; ` +
+      `serving ${host}:${publicPort} (${NAME} on port ${internalPort}${released ? `, ${released} held request(s) passed on` : ""})`);
 }
 
 main().catch((err) => {

@@ -35,7 +35,7 @@ class LaunchSpec:
     guest_port: int
     mounts: dict[str, Path]  # guest path -> host folder
     env: dict[str, str]
-    cpus: int
+    cpus: int | float  # a fraction limits a Docker sandbox to part of a core
     memory_mib: int
     registry_plain_http: bool
     fingerprint: str

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import time
@@ -107,7 +108,7 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
 
     return dict(
         image=spec.image,
-        cpus=spec.cpus,
+        cpus=math.ceil(spec.cpus),  # whole vCPUs (a fraction is a Docker limit)
         memory=spec.memory_mib,
         env=dict(spec.env),
         labels={LABEL_FP: spec.fingerprint},

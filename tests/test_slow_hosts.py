@@ -1,0 +1,132 @@
+"""Starts that hold on any host: a sandbox throttled to a tenth of a core, a start while every core
+is busy, many `up`s at once (issue 20).
+
+The real image's programs run: the real orchestrator (openwork 0.18.1, which gives opencode and
+openwork-server a fixed 10 s each to become healthy) and the real opencode; openwork-server is the
+test stand-in (the real one cannot be downloaded here). Each sandbox is started with `invoke up` in
+its own process, as a user would, and must then pass `invoke smoke`. No assertion is on seconds:
+the figures are in scripts/bench-concurrent.
+
+Concurrency: OPENWORK_TEST_CONCURRENT_UPS (default 10) `up`s at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import free_port
+from lifecycle_helpers import OFFLINE, ROOT, invoke, unique_name
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+DEADLINE = "600"  # OPENWORK_HEALTH_TIMEOUT: the one deadline; a shared CI host can be very slow
+CONCURRENT = int(os.environ.get("OPENWORK_TEST_CONCURRENT_UPS") or 10)
+
+
+def sandbox_env(stack_image, prefix: str, **extra: str) -> dict[str, str]:
+    return {"OPENWORK_MICROSANDBOX_NAME": unique_name(prefix), "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
+            "OPENWORK_MICROSANDBOX_IMAGE": stack_image.ref, "OPENWORK_MICROSANDBOX_RUNTIME": "docker",
+            "OPENWORK_HEALTH_TIMEOUT": DEADLINE, **extra}
+
+
+def start_up(tmp_path, env: dict[str, str]) -> subprocess.Popen:
+    """`invoke up` in its own process (as lifecycle_helpers.invoke runs it), not waited for."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
+    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    return subprocess.Popen([sys.executable, "-m", "invoke", "up", "--env-file", str(env_file)], cwd=ROOT, env=clean,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def inspect(name: str) -> dict:
+    proc = subprocess.run(["docker", "inspect", name], capture_output=True, text=True)
+    return json.loads(proc.stdout)[0] if proc.returncode == 0 else {}
+
+
+def docker_logs(name: str) -> str:
+    proc = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    return proc.stdout + proc.stderr
+
+
+def up_and_smoke(tmp_path, env: dict[str, str]) -> str:
+    """`invoke up` then `invoke smoke`, both must pass; returns what `up` said."""
+    up = invoke(tmp_path, "up", timeout=float(DEADLINE) + 120, **env)
+    assert up.returncode == 0, f"up failed:\n{up.stderr[-3000:]}"
+    smoke = invoke(tmp_path, "smoke", timeout=300, **env)
+    assert smoke.returncode == 0, f"smoke failed:\n{smoke.stdout[-2000:]}{smoke.stderr[-2000:]}"
+    return up.stderr
+
+
+def test_a_sandbox_throttled_to_a_tenth_of_a_core_starts_and_an_interrupted_start_is_stopped(stack_image, tmp_path):
+    env = sandbox_env(stack_image, "i20-tenth", OPENWORK_MICROSANDBOX_CPUS="0.1")
+    name = env["OPENWORK_MICROSANDBOX_NAME"]
+    try:
+        # 1. interrupted (as CI cancels: SIGTERM) while the orchestrator waits for opencode
+        proc = start_up(tmp_path, env)
+        waited = time.monotonic()
+        while "[opencode] Waiting for health" not in docker_logs(name):
+            assert proc.poll() is None, f"up ended before opencode started:\n{proc.communicate()[1][-3000:]}"
+            assert time.monotonic() - waited < 300, "the orchestrator never started opencode"
+            time.sleep(0.5)
+        assert inspect(name)["HostConfig"]["NanoCpus"] == 100_000_000  # Docker's --cpus 0.1
+        proc.send_signal(signal.SIGTERM)
+        _, said = proc.communicate(timeout=120)
+        assert proc.returncode == 130, said[-3000:]
+        assert f"interrupted before {name} was healthy: stopped it" in said, said[-3000:]
+        assert inspect(name)["State"]["Running"] is False  # nothing left half-started
+
+        # 2. the next `up` starts it again, at a tenth of a core, without a restart, and says it was slow
+        said = up_and_smoke(tmp_path, env)
+        assert "made no progress" not in said and "restarting" not in said, said[-3000:]
+        slow = [line for line in said.splitlines() if line.startswith("slow start:")]
+        assert len(slow) == 1 and "opencode" in slow[0] and "0.1 CPU" in slow[0], said[-3000:]
+        log = docker_logs(name)
+        assert "opencode-gate: opencode still starting after" in log  # progress while it started
+        assert "openwork-server-gate: openwork-server answered after" in log  # the server went through its gate
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_a_start_while_every_core_is_busy(stack_image, tmp_path):
+    spin = "import time\nend = time.monotonic() + 300\nwhile time.monotonic() < end:\n    pass\n"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2 * (os.cpu_count() or 1))]
+    env = sandbox_env(stack_image, "i20-busy")
+    try:
+        time.sleep(1)
+        assert all(p.poll() is None for p in spinners)  # the cores are busy during the whole start
+        up_and_smoke(tmp_path, env)
+        assert all(p.poll() is None for p in spinners)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+        subprocess.run(["docker", "rm", "-f", env["OPENWORK_MICROSANDBOX_NAME"]], capture_output=True)
+
+
+def test_many_ups_at_once_all_end_healthy_and_pass_smoke(stack_image, tmp_path):
+    ports: list[str] = []
+    while len(ports) < CONCURRENT:  # distinct ports (free_port() may hand out one twice)
+        port = str(free_port())
+        if port not in ports:
+            ports.append(port)
+    envs = [sandbox_env(stack_image, f"i20-many{i}", OPENWORK_MICROSANDBOX_PORT=port) for i, port in enumerate(ports)]
+    try:
+        procs = [start_up(tmp_path, e) for e in envs]
+        results = [(e, p, *p.communicate(timeout=float(DEADLINE) + 300)) for e, p in zip(envs, procs)]
+        failed = [f"{e['OPENWORK_MICROSANDBOX_NAME']}: {err[-1500:]}" for e, p, _, err in results if p.returncode != 0]
+        assert not failed, "\n".join(failed)
+        for e, _, _, err in results:
+            assert "made no progress" not in err, err[-3000:]  # slow is not stuck
+            smoke = invoke(tmp_path, "smoke", timeout=300, **e)
+            assert smoke.returncode == 0, f"smoke of {e['OPENWORK_MICROSANDBOX_NAME']} failed:\n{smoke.stdout[-2000:]}"
+    finally:
+        for e in envs:
+            subprocess.run(["docker", "rm", "-f", e["OPENWORK_MICROSANDBOX_NAME"]], capture_output=True)
