@@ -64,6 +64,7 @@ def mask_settings(settings) -> None:
     from .state import SandboxState
 
     mask(*(getattr(settings, spec.field) for spec in SPECS if spec.secret))
+    mask(*settings.sandbox_env_values.values())  # OPENWORK_SANDBOX_ENV: the provider keys passed in
     mask(*SandboxState(settings).stored_tokens().values())
 
 
