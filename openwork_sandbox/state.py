@@ -9,6 +9,8 @@ Layout (all owned by the user; secrets are mode 0600)::
         tokens.json       generated client and host tokens (0600), reused by every later `up`
         sandbox.json      what runs: runtime, image, settings fingerprint, job id, ports, times
         container.env     environment for `docker run --env-file` (0600: it holds the tokens)
+        sandbox-secrets/  (0700) sandbox.env and opencode.jsonc (0600), mounted read-only at
+                          /etc/openwork-sandbox: OPENWORK_SANDBOX_ENV's values (sandbox_secrets.py)
         lock              fcntl lock: one `up`/`down`/`reset` per name at a time
 
 :func:`safe_remove` deletes a state folder only when it is inside the configured state folder,
