@@ -226,3 +226,68 @@ def test_a_provider_that_is_not_listening_fails_the_check(agent):
     assert result["result"] == "failed"
     assert result["message"].startswith("the provider failed and opencode is retrying: Cannot connect to API")
     assert "\n" not in result["message"] and agent.key not in err
+
+
+def test_the_gate_hands_the_mounted_keys_and_config_to_the_real_opencode(stack_image, tmp_path):
+    """Without the orchestrator (whose fixed 10 s window for opencode a loaded machine can miss): the
+    image's opencode-gate started by hand with the folder `up` writes, mounted read-only as `up`
+    mounts it. The real opencode resolves the config, the provider gets the key, and the reply reads
+    back as `smoke --prompt` reads it."""
+    import time
+
+    import requests
+
+    from openwork_sandbox.agent_reply import read_reply
+    from openwork_sandbox.ports import free_port
+    from openwork_sandbox.sandbox_secrets import GUEST_DIR, SandboxSecrets, write
+    from openwork_sandbox.settings import load_settings
+
+    with StandinProvider() as provider:
+        key = "sk-standin-" + secrets.token_hex(20)
+        (tmp_path / "empty.env").write_text("")
+        settings = load_settings({"state_dir": str(tmp_path / "state"), "name": "gate"}, environ={},
+                                 env_file=tmp_path / "empty.env", root=tmp_path)
+        folder = write(settings, SandboxSecrets({KEY_VAR: key}, config_text(provider.port)))
+        port = free_port()
+        name = f"owtest-gate-{secrets.token_hex(3)}"
+        run = subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host",
+                              "-e", "OPENCODE_DISABLE_MODELS_FETCH=1", "-e", "OPENWORK_HOST_ADDRESS=127.0.0.1",
+                              "--mount", f"type=bind,source={folder},target={GUEST_DIR},readonly",
+                              "--entrypoint", "sh", stack_image.ref, "-c",
+                              f"HOME=/tmp/home; export HOME; mkdir -p $HOME; cd /workspace; "
+                              f"exec /usr/local/bin/opencode-gate serve --hostname 127.0.0.1 --port {port}"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(base + "/global/health", timeout=5).ok:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.5)
+            else:
+                pytest.fail("opencode did not answer: " + subprocess.run(["docker", "logs", name], capture_output=True,
+                                                                        text=True).stderr[-2000:])
+            config = requests.get(base + "/config", timeout=30).json()
+            assert config["model"] == "standin/standin-model"
+            assert config["provider"]["standin"]["options"]["baseURL"] == f"http://127.0.0.1:{provider.port}/v1"
+            sid = requests.post(base + "/session", json={"title": "gate"}, timeout=30).json()["id"]
+            sent = requests.post(base + f"/session/{sid}/prompt_async",
+                                 json={"parts": [{"type": "text", "text": "Say hello"}]}, timeout=30)
+            assert sent.status_code == 204, sent.text
+            reply = None
+            while time.monotonic() < deadline:
+                reply = read_reply(requests.get(base + f"/session/{sid}/message", timeout=30).json(),
+                                   requests.get(base + "/session/status", timeout=30).json(), sid)
+                if reply.done or reply.retrying:
+                    break
+                time.sleep(0.2)
+            assert reply and reply.done and not reply.error and reply.text == REPLY, reply
+            assert reply.model == "standin/standin-model" and reply.first_token_s is not None
+            assert {r["authorization"] for r in provider.completions()} == {f"Bearer {key}"}
+            inspect = subprocess.run(["docker", "inspect", name], capture_output=True, text=True).stdout
+            assert inspect and key not in inspect
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
