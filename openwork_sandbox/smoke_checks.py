@@ -315,12 +315,12 @@ def prompt_answered(r) -> str:
     if not reply.done:
         _abort(r)
         raise CheckFailed(f"no complete reply within {r.prompt_timeout:g}s (OPENWORK_PROMPT_TIMEOUT)"
-                          + (f"; it had begun: {first_words(reply.text)!r}" if reply.text else ""), hint=hint)
+                          + (f'; it had begun: "{first_words(reply.text)}"' if reply.text else ""), hint=hint)
     if not reply.text:
         raise CheckFailed("the reply is complete but has no text", messages)
     m = r.metrics["prompt-answered"]
     first = f"{m['first_token_seconds']:.2f}s" if m["first_token_seconds"] is not None else "?"
-    return f"{m['first_words']!r} ({reply.model or 'default model'}; first token {first}, total {m['total_seconds']:.2f}s)"
+    return f'"{m["first_words"]}" ({reply.model or "default model"}; first token {first}, total {m["total_seconds"]:.2f}s)'
 
 
 def _prompt_metrics(reply, seen_at: float | None, total: float) -> dict:

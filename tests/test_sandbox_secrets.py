@@ -267,3 +267,60 @@ def test_errors_are_one_line_and_key_shaped_words_are_masked():
     assert describe_error({"name": "ProviderAuthError", "data": {"message": "no\nkey"}}) == \
         "no key (ProviderAuthError)"
     assert scrub("Incorrect API key provided: sk-proj-abcdefghijkl") == "Incorrect API key provided: sk-****"
+
+
+# --- the prompt-answered check's own paths (a client stub that answers as opencode did) -------------
+
+class _Stub:
+    """STAND-IN for OpenWorkClient's three calls the check makes, answering with literal opencode
+    bodies (above); everything else is the real check code."""
+
+    def __init__(self, prompt_status=204, messages=(USER, DONE), status=None):
+        from openwork_sandbox.openwork_api import ApiResponse
+
+        self.r = lambda code, body: ApiResponse("GET", "http://127.0.0.1:9/x", code, json.dumps(body), 0.01)
+        self.prompt_status, self.messages, self.status, self.aborted = prompt_status, list(messages), status, 0
+
+    def prompt_async(self, ws, sid, text):
+        return self.r(self.prompt_status, {"name": "BadRequest"} if self.prompt_status != 204 else None)
+
+    def session_messages(self, ws, sid, limit=10):
+        return self.r(200, self.messages)
+
+    def session_status(self, ws):
+        return self.r(200, self.status or {})
+
+    def abort_session(self, ws, sid):
+        self.aborted += 1
+        return self.r(200, True)
+
+
+def _run_check(stub, timeout=0.3):
+    from openwork_sandbox.smoke_checks import prompt_answered
+
+    class R:
+        client, prompt, prompt_timeout, ws_id, session_id, metrics = stub, "Say hello", timeout, "ws_1", "ses_1", {}
+
+    return R, prompt_answered
+
+
+@pytest.mark.parametrize("stub, words, aborted", [
+    (_Stub(), None, 0),
+    (_Stub(prompt_status=400), "POST /w/ws_1/opencode/session/ses_1/prompt_async answered 400, expected 204", 0),
+    (_Stub(messages=(USER, REFUSED)), "the provider refused: 401 Incorrect API key provided: sk-te****23", 0),
+    (_Stub(messages=(USER, OPEN), status=RETRY), "the provider failed and opencode is retrying: Rate limit", 1),
+    (_Stub(messages=(USER, OPEN)), "no complete reply within 0.3s (OPENWORK_PROMPT_TIMEOUT)", 1),
+])
+def test_the_check_passes_fails_and_aborts_as_opencode_answers(stub, words, aborted):
+    from openwork_sandbox.smoke_checks import CheckFailed
+
+    r, check = _run_check(stub)
+    if words is None:
+        detail = check(r)
+        assert detail.startswith('"Hello from the stand-in provider.') and "standin/standin-model" in detail
+        assert r.metrics["prompt-answered"]["first_token_seconds"] == pytest.approx(0.425)
+    else:
+        with pytest.raises(CheckFailed) as caught:
+            check(r)
+        assert caught.value.message.startswith(words) and "\n" not in caught.value.message
+    assert stub.aborted == aborted
