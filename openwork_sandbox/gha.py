@@ -64,7 +64,8 @@ def mask_settings(settings) -> None:
     from .state import SandboxState
 
     mask(*(getattr(settings, spec.field) for spec in SPECS if spec.secret))
-    mask(*settings.sandbox_env_values.values())  # OPENWORK_SANDBOX_ENV: the provider keys passed in
+    # OPENWORK_SANDBOX_ENV: the provider keys passed in (a multi-line value line by line too, as GitHub asks)
+    mask(*(part for value in settings.sandbox_env_values.values() for part in (value, *value.splitlines())))
     mask(*SandboxState(settings).stored_tokens().values())
 
 
