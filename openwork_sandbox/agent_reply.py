@@ -84,6 +84,14 @@ def read_reply(messages: Any, status: Any, session_id: str, after_ms: float | No
     return Reply(done, text, error, retrying, max(first, 0.0) if first is not None else None, model)
 
 
+def metrics(reply: Reply, seen_at: float | None, total: float) -> dict:
+    """What ``smoke --prompt`` reports: first words, model, time to the first token (opencode's own
+    timestamps, else when this client first saw text) and the total time, in seconds."""
+    first = reply.first_token_s if reply.first_token_s is not None else seen_at
+    return {"first_words": first_words(reply.text) if reply.text else None, "model": reply.model,
+            "first_token_seconds": round(first, 3) if first is not None else None, "total_seconds": round(total, 3)}
+
+
 _KEYISH = re.compile(r"\b(sk|key|pk|rk)[-_][A-Za-z0-9_\-]{8,}")
 
 

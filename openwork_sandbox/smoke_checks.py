@@ -279,7 +279,7 @@ def prompt_answered(r) -> str:
     opencode's session status until the reply is complete, refused, retried or late (agent_reply)."""
     import time
 
-    from .agent_reply import first_words, read_reply, scrub
+    from .agent_reply import first_words, metrics, read_reply, scrub
 
     if not r.prompt:
         raise Skip("not requested (--prompt TEXT)")
@@ -300,7 +300,7 @@ def prompt_answered(r) -> str:
         now = time.perf_counter()
         if reply.text and seen_at is None:
             seen_at = now - started
-        r.metrics["prompt-answered"] = _prompt_metrics(reply, seen_at, now - started)
+        r.metrics["prompt-answered"] = metrics(reply, seen_at, now - started)
         if reply.done or reply.retrying or now >= deadline:
             break
         time.sleep(min(delay, max(0.0, deadline - now)))
@@ -321,15 +321,6 @@ def prompt_answered(r) -> str:
     m = r.metrics["prompt-answered"]
     first = f"{m['first_token_seconds']:.2f}s" if m["first_token_seconds"] is not None else "?"
     return f'"{m["first_words"]}" ({reply.model or "default model"}; first token {first}, total {m["total_seconds"]:.2f}s)'
-
-
-def _prompt_metrics(reply, seen_at: float | None, total: float) -> dict:
-    from .agent_reply import first_words
-
-    first = reply.first_token_s if reply.first_token_s is not None else seen_at
-    return {"first_words": first_words(reply.text) if reply.text else None, "model": reply.model,
-            "first_token_seconds": round(first, 3) if first is not None else None,
-            "total_seconds": round(total, 3)}
 
 
 def _abort(r) -> None:

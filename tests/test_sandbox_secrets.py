@@ -84,11 +84,11 @@ def test_a_bad_env_line_hides_a_secret_looking_value(tmp_path):
 
 
 def test_github_actions_masks_every_value(tmp_path, monkeypatch, capsys):
-    from openwork_sandbox import gha
+    from openwork_sandbox import gha, state
 
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setattr(gha, "_MASKED", set())
-    gha.mask_settings(settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-very-secret-value-1"}))
+    state.mask_settings(settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-very-secret-value-1"}))
     assert "::add-mask::sk-very-secret-value-1" in capsys.readouterr().err
 
 
