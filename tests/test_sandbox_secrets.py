@@ -324,3 +324,31 @@ def test_the_check_passes_fails_and_aborts_as_opencode_answers(stub, words, abor
             check(r)
         assert caught.value.message.startswith(words) and "\n" not in caught.value.message
     assert stub.aborted == aborted
+
+
+def test_invoke_up_stops_with_one_line_before_anything_starts(tmp_path):
+    """The real `invoke up` (a separate process): an unset variable, then a bad config; exit 2, one
+    line each, no traceback, and no state folder made."""
+    import os
+    import sys
+
+    from lifecycle_helpers import ROOT
+
+    bad = tmp_path / "bad.jsonc"
+    bad.write_text('{"model": "no-slash"}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
+    env.update(OPENWORK_STATE_DIR=str(tmp_path / "state"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
+               OPENWORK_SANDBOX_ENV="NOT_SET_ANYWHERE_KEY")
+    (tmp_path / "empty.env").write_text("")
+    argv = [sys.executable, "-m", "invoke", "up", "--env-file", str(tmp_path / "empty.env")]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "NOT_SET_ANYWHERE_KEY is named in OPENWORK_SANDBOX_ENV (from environment) but is not set (or empty): "
+        "export it, add it to .env, or drop it from OPENWORK_SANDBOX_ENV"]
+    env.update(OPENWORK_SANDBOX_ENV="", OPENWORK_OPENCODE_CONFIG=str(bad))
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f'OPENWORK_OPENCODE_CONFIG={bad} (from environment): "model" must be written provider/model, '
+        'e.g. "anthropic/claude-sonnet-4-5"'], proc.stderr
+    assert not (tmp_path / "state").exists()
