@@ -280,6 +280,7 @@ def prompt_answered(r) -> str:
     import time
 
     from .agent_reply import first_words, metrics, read_reply, scrub
+    from .openwork_api import TransportError
 
     if not r.prompt:
         raise Skip("not requested (--prompt TEXT)")
@@ -293,8 +294,13 @@ def prompt_answered(r) -> str:
     seen_at = None  # when this client first saw reply text
     reply = None
     while True:
-        messages = r.client.session_messages(r.ws_id, r.session_id, limit=10)
-        status = r.client.session_status(r.ws_id)
+        try:
+            messages = r.client.session_messages(r.ws_id, r.session_id, limit=10)
+            status = r.client.session_status(r.ws_id)
+        except TransportError as exc:  # opencode busy with the reply may answer a poll late: ask again
+            if exc.kind != "timeout" or time.perf_counter() >= deadline:
+                raise
+            continue
         reply = read_reply(_json(messages, "GET messages") if messages.status == 200 else None,
                            _json(status, "GET session status") if status.status == 200 else None, r.session_id)
         now = time.perf_counter()

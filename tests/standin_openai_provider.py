@@ -62,6 +62,13 @@ class StandinProvider:
                     provider.requests.append(entry)
                 return entry
 
+            def end_headers(self):
+                # one request per connection: once stop() closes the socket nothing answers, not even a
+                # connection the client kept alive (as a provider that went away)
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                super().end_headers()
+
             def _json(self, status: int, obj) -> None:
                 data = json.dumps(obj).encode()
                 self.send_response(status)
