@@ -290,8 +290,11 @@ def test_the_gate_hands_the_mounted_keys_and_config_to_the_real_opencode(stack_i
             assert sent.status_code == 204, sent.text
             reply = None
             while time.monotonic() < deadline:
-                reply = read_reply(requests.get(base + f"/session/{sid}/message", timeout=30).json(),
-                                   requests.get(base + "/session/status", timeout=30).json(), sid)
+                try:  # opencode busy with its first reply on a loaded machine can answer a poll late
+                    reply = read_reply(requests.get(base + f"/session/{sid}/message", timeout=60).json(),
+                                       requests.get(base + "/session/status", timeout=60).json(), sid)
+                except requests.Timeout:
+                    continue
                 if reply.done or reply.retrying:
                     break
                 time.sleep(0.2)
