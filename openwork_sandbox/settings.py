@@ -107,7 +107,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Folders and files under the state folder that belong to the tool itself, not to a sandbox: a
 # sandbox of one of these names would share (and `reset` would delete) them.
 RESERVED_NAMES = frozenset({"services", "image-context", "last-build.json", "verified-images.json", "last-push.json",
-                            "test-cache", "test-stack"})
+                            "test-cache", "test-stack", "backups"})
 
 
 def _name(raw: str) -> str:
@@ -305,6 +305,8 @@ SPECS: tuple[Spec, ...] = (
          "client token (default: generated once per sandbox, kept in .state/<name>/)", secret=True),
     Spec("host_token", "OPENWORK_HOST_TOKEN", _token, None,
          "host/owner token (default: generated once per sandbox)", secret=True),
+    Spec("allow_default_tokens", "OPENWORK_ALLOW_DEFAULT_TOKENS", _bool, False,
+         "accept upstream's published default tokens (microsandbox-token, microsandbox-host-token), which anyone can guess"),
     # runtime
     Spec("runtime", "OPENWORK_MICROSANDBOX_RUNTIME", _choice("auto", "microsandbox", "docker"), "auto",
          "auto picks microsandbox where microVMs boot, else Docker"),
@@ -383,6 +385,7 @@ class Settings:
     connect_host: str
     token: str | None
     host_token: str | None
+    allow_default_tokens: bool
     runtime: str
     cpus: int
     memory: int
@@ -637,11 +640,86 @@ def load_settings(
         registry_ca=_absolute(values["registry_ca"], project_root) if values["registry_ca"] else None,
         opencode_config=_absolute(values["opencode_config"], project_root) if values["opencode_config"] else None,
     )
+    problems = token_problems(values["token"], values["host_token"], values["allow_default_tokens"], origins)
+    problems += folder_problems(values, origins)
+    if problems:
+        raise SettingsError(problems)
     # the named variables' values: the process environment first, then the .env file (as the settings)
     passed = {n: environ[n] if n in environ else file_values[n] for n in values["sandbox_env"]
               if n in environ or n in file_values}
     return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
                     origins=origins, sandbox_env_values=passed)
+
+
+# --- rules across settings: tokens that would hurt, folders that would leak -------------------------
+
+# upstream's example publishes these; anyone who read it can use a sandbox that keeps them
+UPSTREAM_DEFAULT_TOKENS = ("microsandbox-token", "microsandbox-host-token")
+
+
+def _from(origins: Mapping[str, str], field: str) -> str:
+    return origins.get(field, "default")
+
+
+def token_problems(token: str | None, host_token: str | None, allow_default: bool,
+                   origins: Mapping[str, str] | None = None) -> list[str]:
+    """The one rule for tokens that would hurt the sandbox: the client token equal to the host
+    token (every client would be the owner), and upstream's published default tokens (unless
+    ``OPENWORK_ALLOW_DEFAULT_TOKENS``). One line per problem; no token is shown."""
+    origins = origins or {}
+    problems = []
+    if token and host_token and token == host_token:
+        problems.append(f"OPENWORK_TOKEN and OPENWORK_HOST_TOKEN are the same token (from {_from(origins, 'token')} and "
+                        f"{_from(origins, 'host_token')}): every client would have the host's owner rights; give the "
+                        "client a token of its own, or unset OPENWORK_TOKEN to have one generated")
+    if not allow_default:
+        for field, env, value in (("token", "OPENWORK_TOKEN", token), ("host_token", "OPENWORK_HOST_TOKEN", host_token)):
+            if value in UPSTREAM_DEFAULT_TOKENS:
+                problems.append(f"{env} (from {_from(origins, field)}) is upstream's published default token "
+                                f"{value!r}, which anyone can guess: unset it to have a strong one generated, or set "
+                                "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway")
+    return problems
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _not_a_folder(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a folder (a file), or None."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+        if candidate.is_symlink():  # a dangling link: mkdir would fail on it too
+            return candidate
+    return None
+
+
+def folder_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+    """Folders that cannot work or would leak: a workspace or data path that is (or is under) a
+    file, and a data folder equal to, inside or containing the workspace (the token store and
+    opencode's database would be readable by the agent and every collaborator)."""
+    problems = []
+    state_blocked = _not_a_folder(Path(values["state_dir"])) is not None  # doctor and `up` name OPENWORK_STATE_DIR
+    for field in ("workspace_dir", "data_dir"):
+        spec = SPEC_BY_FIELD[field]
+        blocker = _not_a_folder(Path(values[field]))
+        if blocker is None or (state_blocked and field not in origins):  # a default under that state folder
+            continue
+        what = "is a file, not a folder" if blocker == Path(values[field]) else f"cannot be a folder: {blocker} is a file"
+        problems.append(f"{spec.env}={values[field]} (from {_from(origins, field)}) {what}; point {spec.env} at a "
+                        f"folder, or move the file away")
+    if problems:
+        return problems
+    workspace, data = (Path(os.path.realpath(values[f])) for f in ("workspace_dir", "data_dir"))
+    if _is_within(data, workspace) or _is_within(workspace, data):
+        relation = ("is the workspace folder" if data == workspace else
+                    "is inside the workspace folder" if _is_within(data, workspace) else "contains the workspace folder")
+        problems.append(f"OPENWORK_MICROSANDBOX_DATA_DIR={values['data_dir']} (from {_from(origins, 'data_dir')}) "
+                        f"{relation} OPENWORK_MICROSANDBOX_WORKSPACE_DIR={values['workspace_dir']} (from "
+                        f"{_from(origins, 'workspace_dir')}): the token store and opencode's database would be readable "
+                        "by the agent and every collaborator; point the two settings at separate folders")
+    return problems
 
 
 def _absolute(value: str | Path, root: Path) -> Path:

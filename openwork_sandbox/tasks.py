@@ -230,6 +230,38 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
                 "the smoke checks failed (see the annotations above)")
 
 
+@task(
+    help={
+        **SANDBOX_HELP,
+        "output": "write the archive here (default .state/backups/<name>-<UTC time>.tar.gz); never overwrites",
+        "workspace": "also put the workspace folder in the archive (by default only what the sandbox keeps in /data "
+                     "and its tokens)",
+    }
+)
+def backup(c, name=None, output=None, workspace=False, env_file=None):
+    """Write one archive of the sandbox's data (a consistent database copy, tokens, configs), also while it runs."""
+    with task_boundary("backup"):
+        from openwork_sandbox.backup import backup as write_backup
+
+        write_backup(_settings(c, env_file, name=name), output=output, workspace=workspace)
+
+
+@task(
+    help={
+        **SANDBOX_HELP,
+        "path": "the archive `invoke backup` wrote",
+        "force": "restore over a sandbox that holds data; what was there is kept beside it as "
+                 "<folder>.before-restore-<time>",
+    }
+)
+def restore(c, path, name=None, force=False, env_file=None):
+    """Put a backup back into the sandbox name, every file verified first; then `invoke up`."""
+    with task_boundary("restore"):
+        from openwork_sandbox.restore import restore as put_back
+
+        put_back(_settings(c, env_file, name=name), path, force=force)
+
+
 def _smoke_help() -> str:
     from openwork_sandbox.smoke_checks import describe  # declarations only: no HTTP client imported
 
@@ -238,5 +270,5 @@ def _smoke_help() -> str:
 
 smoke.__doc__ = smoke.__doc__.rstrip() + _smoke_help()
 
-ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke)
+ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke, backup, restore)
 ns.configure({"openwork_sandbox": {"project_root": None}})

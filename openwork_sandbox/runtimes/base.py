@@ -75,6 +75,9 @@ class Runtime(abc.ABC):
     """One sandbox under one runtime. Implementations raise WorkflowError for expected failures."""
 
     kind: str = "?"
+    # The host reads the bind-mounted folders as the sandbox writes them, with the same file locks
+    # (one kernel): SQLite on the host can take an online backup of a database in use (`backup`).
+    live_files_on_host: bool = False
 
     def __init__(self, name: str, state_dir: Path):
         self.name = name

@@ -97,6 +97,7 @@ def _parse_time(text: str | None) -> float | None:
 
 class DockerRuntime(Runtime):
     kind = "docker"
+    live_files_on_host = True  # a bind mount on the host's own kernel
 
     # --- inspection ---------------------------------------------------------------------------
     def _inspect(self) -> dict | None:

@@ -196,7 +196,7 @@ class MicrosandboxRuntime(Runtime):
 
     def job_id(self) -> str | None:
         """The server job's id as recorded in ``.state/<name>/sandbox.json`` (a shortcut)."""
-        return read_record(self.state_dir).get("job_id")
+        return read_record(self.state_dir, strict=False).get("job_id")
 
     def _save_job(self, job_id: str | None) -> None:
         update_record(self.state_dir, job_id=job_id)
