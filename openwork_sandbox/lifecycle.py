@@ -442,6 +442,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         "detail": st.detail,
         "image": st.image or record.get("image"),
         "digest": digest,
+        "platform": rt.platform(st) if rt is not None and st.state != ABSENT else None,
         "url": settings.url,
         "healthy": health is not None,
         "server_version": (health or {}).get("version"),
@@ -460,6 +461,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         ("runtime", info["runtime"] or "-"),
         ("image", info["image"] or "-"),
         ("digest", digest or "-"),
+        ("platform", info["platform"] or "-"),
         ("URL", settings.url),
         ("health", ("ok" + (f" (server {info['server_version']})" if info["server_version"] else "")) if health
          else ("no answer" if st.state == RUNNING else "-")),

@@ -232,6 +232,32 @@ def _path(raw: str) -> str:
     return raw.strip()
 
 
+def _per_platform(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A plain value (the host's platform's) or ``linux/amd64=a,linux/arm64=b`` (each value parsed)."""
+
+    def per_platform(raw: str) -> Any:
+        from .platforms import PlatformError, parse_per_platform
+
+        try:
+            value = parse_per_platform(raw)
+        except PlatformError as exc:
+            raise _Invalid(str(exc)) from None
+        if isinstance(value, dict):
+            return {name: parse(v) for name, v in value.items()}
+        return parse(value)
+
+    return per_platform
+
+
+def _platforms(raw: str) -> str:
+    from .platforms import PlatformError, parse_platforms
+
+    try:
+        return ",".join(str(p) for p in parse_platforms(raw))  # normalized: linux/amd64,linux/arm64
+    except PlatformError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _url(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^https?://[^\s/]+", value):
@@ -333,14 +359,17 @@ SPECS: tuple[Spec, ...] = (
          "openwork-server version baked into the image"),
     Spec("opencode_version", "OPENCODE_VERSION", _version, "1.17.11",
          "opencode version baked into the image"),
-    Spec("orchestrator_bin", "OPENWORK_ORCHESTRATOR_BIN_PATH", _path, None,
+    Spec("orchestrator_bin", "OPENWORK_ORCHESTRATOR_BIN_PATH", _per_platform(_path), None,
          "bake this local openwork executable instead of downloading"),
-    Spec("server_bin", "OPENWORK_SERVER_BIN", _path, None,
+    Spec("server_bin", "OPENWORK_SERVER_BIN", _per_platform(_path), None,
          "bake this local openwork-server executable instead of downloading"),
-    Spec("opencode_bin", "OPENWORK_OPENCODE_BIN", _path, None,
+    Spec("opencode_bin", "OPENWORK_OPENCODE_BIN", _per_platform(_path), None,
          "bake this local opencode executable instead of downloading"),
-    Spec("base_image", "OPENWORK_BASE_IMAGE", _image, "debian:bookworm-slim",
-         "base of the image (scripts/make-base-image makes one offline)"),
+    Spec("base_image", "OPENWORK_BASE_IMAGE", _per_platform(_image), "debian:bookworm-slim",
+         "base of the image (scripts/make-base-image makes one offline); per platform: "
+         "linux/amd64=IMAGE,linux/arm64=IMAGE"),
+    Spec("platform", "OPENWORK_PLATFORMS", _platforms, None,
+         "platforms to build and push, e.g. linux/amd64,linux/arm64 (default: this host's alone)"),
     Spec("source_date_epoch", "SOURCE_DATE_EPOCH", _int_range(0, 4102444800, 1700000000, " (Unix seconds)"), None,
          "image 'created' label (default: the git commit time), so rebuilds keep the same image id"),
     Spec("cache_dir", "OPENWORK_CACHE_DIR", _path, None,
@@ -412,9 +441,12 @@ class Settings:
     sandbox_env: tuple[str, ...]
     opencode_config: Path | None
     prompt_timeout: float
+    platform: str | None  # OPENWORK_PLATFORMS / --platform: the platforms to build (None: the host's)
     project_root: Path
     env_file: Path | None
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    # the values set per platform (linux/amd64=…,linux/arm64=…), by field; the field itself holds the host's
+    per_platform: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
     # the values of the OPENWORK_SANDBOX_ENV variables that are set (environment > .env): secrets
     sandbox_env_values: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -626,6 +658,7 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
 
+    per_platform = _split_per_platform(values, project_root)
     state_dir = _absolute(values["state_dir"], project_root) if values["state_dir"] else project_root / ".state"
     name_dir = state_dir / values["name"]
     cache_root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -648,7 +681,23 @@ def load_settings(
     passed = {n: environ[n] if n in environ else file_values[n] for n in values["sandbox_env"]
               if n in environ or n in file_values}
     return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
-                    origins=origins, sandbox_env_values=passed)
+                    origins=origins, per_platform=per_platform, sandbox_env_values=passed)
+
+
+def _split_per_platform(values: dict[str, Any], root: Path) -> dict[str, dict[str, Any]]:
+    """Move per-platform values out of ``values`` (the field keeps the host's platform's entry)."""
+    from .platforms import host_platform
+
+    out: dict[str, dict[str, Any]] = {}
+    for field in ("orchestrator_bin", "server_bin", "opencode_bin", "base_image"):
+        value = values[field]
+        if isinstance(value, dict):
+            if field != "base_image":
+                value = {name: _absolute(v, root) for name, v in value.items()}
+            out[field] = value
+            host = value.get(str(host_platform()))
+            values[field] = host if host is not None or field != "base_image" else SPEC_BY_FIELD[field].default
+    return out
 
 
 # --- rules across settings: tokens that would hurt, folders that would leak -------------------------

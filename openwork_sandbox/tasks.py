@@ -73,36 +73,40 @@ def doctor(c, runtime=None, json=False, env_file=None):
         "json": JSON_HELP,
         "image": "tag the built image with this reference (OPENWORK_MICROSANDBOX_IMAGE)",
         "base_image": "base image to build on (OPENWORK_BASE_IMAGE)",
+        "platform": "platforms to build, e.g. linux/amd64,linux/arm64 (OPENWORK_PLATFORMS; default: this host's)",
     },
 )
-def build_image(c, image=None, base_image=None, json=False, env_file=None):
+def build_image(c, image=None, base_image=None, json=False, env_file=None, platform=None):
     """Build the image from pinned, verified OpenWork programs."""
     with task_boundary("build-image"):
         from openwork_sandbox import gha
-        from openwork_sandbox.image_build import build_image as build
+        from openwork_sandbox.image_platforms import build_image as build
 
-        result = build(_settings(c, env_file, image=image, base_image=base_image), as_json=json)
+        result = build(_settings(c, env_file, image=image, base_image=base_image, platform=platform), as_json=json)
         gha.append_summary(gha.build_summary(result))
 
 
 @task(
     name="push-image",
     # the same call the command line makes for a bare `build-image`, so Invoke's dedupe builds once
-    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None)],
+    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None, platform=None)],
     help={
         "env_file": ENV_FILE_HELP,
         "json": JSON_HELP,
         "image": "build and push this reference (OPENWORK_MICROSANDBOX_IMAGE)",
+        "platform": "build and push these platforms as one image index, e.g. linux/amd64,linux/arm64 "
+                    "(OPENWORK_PLATFORMS)",
     },
 )
-def push_image(c, image=None, json=False, env_file=None):
+def push_image(c, image=None, json=False, env_file=None, platform=None):
     """Push the image and prove the registry serves it."""
     with task_boundary("push-image"):
         from openwork_sandbox import gha
         from openwork_sandbox.image_push import push_image as push
 
-        # the pre-task built the default reference: --image REF is built (from cache) as REF first
-        result = push(_settings(c, env_file, image=image), as_json=json, build_first=image is not None)
+        # the pre-task built the default reference: --image REF / --platform P are built (from cache) first
+        result = push(_settings(c, env_file, image=image, platform=platform), as_json=json,
+                      build_first=image is not None or platform is not None)
         gha.append_summary(gha.push_summary(result))
 
 

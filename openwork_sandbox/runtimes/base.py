@@ -147,6 +147,13 @@ class Runtime(abc.ABC):
         """The image digest to show for ``st`` (``repo@sha256:…`` where the runtime knows it)."""
         return st.digest
 
+    def platform(self, st: RuntimeStatus) -> str | None:
+        """The platform of the image ``st`` runs: the host's (a runtime boots its own platform,
+        from an image index too); a runtime that can ask its image says what it is."""
+        from ..platforms import host_platform
+
+        return str(host_platform()) if st.image else None
+
     def describe(self) -> tuple[str, list[str], str]:
         """(state, last log lines, log hint) for error messages."""
         st = self.status()

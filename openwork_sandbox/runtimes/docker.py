@@ -142,6 +142,15 @@ class DockerRuntime(Runtime):
             return st.image
         return (self.image_digest(st.image) if st.image else None) or st.digest
 
+    def platform(self, st: RuntimeStatus) -> str | None:
+        """``os/arch`` of the container's image, as Docker records it."""
+        proc = commands.docker("container", "inspect", "--format", "{{.Image}}", self.name, check=False, timeout=15)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return None
+        img = commands.docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", proc.stdout.strip(),
+                              check=False, timeout=15)
+        return img.stdout.strip() if img.returncode == 0 and img.stdout.strip() else None
+
     def is_alive(self) -> bool:
         proc = commands.docker("container", "inspect", "--format", "{{.State.Running}}", self.name, check=False,
                                timeout=15)

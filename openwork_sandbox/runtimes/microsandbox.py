@@ -256,6 +256,25 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError:
             return None
 
+    def platform(self, st: RuntimeStatus) -> str | None:
+        """``os/arch`` of the image in microsandbox's cache (from an index, the platform it picked)."""
+        if not st.image:
+            return None
+
+        async def go() -> str | None:
+            from microsandbox import Image, MicrosandboxError
+
+            try:
+                image = await Image.get(st.image)
+            except MicrosandboxError:
+                return None
+            return f"{image.os}/{image.architecture}" if image.os and image.architecture else None
+
+        try:
+            return self._run(go()) or super().platform(st)
+        except Exception:  # the cache could not be read: the platform it boots is the host's
+            return super().platform(st)
+
     def status(self) -> RuntimeStatus:
         from microsandbox import SandboxStatus
 
