@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -158,6 +159,69 @@ def check_state_folders(settings: Settings) -> Check:
     return Check("state folders", True, f"writable under {settings.sandbox_state_dir}")
 
 
+def check_sandbox_env(settings: Settings) -> Check:
+    """OPENWORK_SANDBOX_ENV: which of the named variables are set (names only, never a value)."""
+    from .sandbox_secrets import missing_problem
+
+    if not settings.sandbox_env:
+        return Check("sandbox env", True, "OPENWORK_SANDBOX_ENV names no variables (no provider keys passed in)")
+    shown = ", ".join(f"{n} {'set' if settings.sandbox_env_values.get(n) else 'UNSET'}" for n in settings.sandbox_env)
+    problem = missing_problem(settings)
+    return Check("sandbox env", problem is None, shown, "" if problem is None else
+                 "export the unset ones (or add them to .env), or drop them from OPENWORK_SANDBOX_ENV")
+
+
+def check_opencode_config(settings: Settings, runtime: str | None = None) -> Check:
+    """OPENWORK_OPENCODE_CONFIG: the providers and the default model the sandbox will have (names only),
+    and a provider on the host's loopback that the chosen runtime cannot reach as written."""
+    from .errors import SettingsError
+    from .opencode_config import load
+
+    if settings.opencode_config is None:
+        return Check("opencode config", True, "OPENWORK_OPENCODE_CONFIG unset: opencode's defaults and whatever "
+                                              "the sandbox's /data/home/.config/opencode holds")
+    try:
+        config = load(settings.opencode_config, settings.origin("opencode_config"))
+    except SettingsError as exc:
+        return Check("opencode config", False, exc.message, "fix the file (see the detail)")
+    parts = [f"{config.path.name}: providers {', '.join(config.providers) or '(none configured)'}",
+             f"default model {config.model or '(opencode picks)'}"]
+    refs = config.env_refs
+    if refs:
+        parts.append("keys from " + ", ".join(refs))
+    notes = [f"{{env:{n}}} is not in OPENWORK_SANDBOX_ENV (opencode reads it as empty)" for n in refs
+             if n not in settings.sandbox_env and n != "OPENWORK_HOST_ADDRESS"]
+    if config.literal_keys():
+        notes.append(f"a literal apiKey for {', '.join(config.literal_keys())}: prefer \"{{env:NAME}}\" with "
+                     "OPENWORK_SANDBOX_ENV")
+    if runtime == MICROSANDBOX:
+        for name, url in config.base_urls().items():
+            if re.search(r"//(127\.|localhost|\[::1\])", url):
+                notes.append(f"{name}'s baseURL {url} is the microVM itself: the host is host.microsandbox.internal "
+                             "(or use {env:OPENWORK_HOST_ADDRESS})")
+        if settings.network != "allow-all" and config.base_urls():
+            notes.append(f"OPENWORK_MICROSANDBOX_NETWORK={settings.network} keeps the microVM from the host and the LAN")
+    return Check("opencode config", True, "; ".join(parts + notes))
+
+
+def agent_summary(settings: Settings) -> dict:
+    """For ``doctor --json``: the providers and default model the sandbox will have, and which
+    OPENWORK_SANDBOX_ENV variables are set (names and booleans only)."""
+    from .errors import SettingsError
+    from .opencode_config import load
+
+    out: dict = {"sandbox_env": {n: bool(settings.sandbox_env_values.get(n)) for n in settings.sandbox_env},
+                 "opencode_config": str(settings.opencode_config) if settings.opencode_config else None,
+                 "providers": [], "model": None}
+    if settings.opencode_config is not None:
+        try:
+            config = load(settings.opencode_config)
+            out.update(providers=list(config.providers), model=config.model, small_model=config.small_model)
+        except SettingsError as exc:
+            out["problem"] = exc.message
+    return out
+
+
 def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
     return [
         check_python(),
@@ -170,6 +234,8 @@ def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
         check_virtualization(facts),
         check_port(settings),
         check_state_folders(settings),
+        check_sandbox_env(settings),
+        check_opencode_config(settings, choice.decide_runtime(facts, settings.runtime, None).kind),
     ]
 
 
@@ -184,6 +250,7 @@ def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
             "ok": ok,
             "runtime": {"setting": settings.runtime, "chosen": chosen, "why": why},
             "checks": [c.as_dict() for c in checks],
+            "agent": agent_summary(settings),
         })
     else:
         rows = [(console.OK if c.ok else console.BAD, c.name, c.detail, "" if c.ok else c.fix) for c in checks]

@@ -105,10 +105,15 @@ def _check_exposure(settings: Settings) -> None:
             )
 
 
-def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> LaunchSpec:
+def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secrets=None) -> LaunchSpec:
+    """What to boot. ``secrets`` (:class:`.sandbox_secrets.SandboxSecrets`, gathered by ``up``; else what
+    the settings would deliver now) go in through a read-only mount, never the environment."""
     # imported here, not at the top: status/down/logs import this module and never need them
+    from . import sandbox_secrets
     from .image_pin import pinned_image
     from .registry import pull_access_for_image
+
+    secrets = sandbox_secrets.current(settings) if secrets is None else secrets
 
     env = {
         "OPENWORK_TOKEN": token,
@@ -128,13 +133,15 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str) -> L
         "token": secret_digest(token), "host_token": secret_digest(host_token), "layout": persist.LAYOUT,
         # only when not the default, so sandboxes made before this setting existed are kept
         **({"network": settings.network} if settings.network != "allow-all" else {}),
+        **({"secrets": secrets.digests()} if not secrets.empty else {}),
     })
+    readonly = {} if secrets.empty else {sandbox_secrets.GUEST_DIR: sandbox_secrets.host_dir(settings).resolve()}
     return LaunchSpec(
         name=settings.name, image=image, host_port=settings.port, bind_address=settings.bind_address,
         guest_port=GUEST_PORT, mounts=mounts, env=env, cpus=settings.cpus, memory_mib=settings.memory,
         registry_plain_http=settings.registry_plain_http, fingerprint=fp, pull_always=settings.replace,
         pull_access=lambda: pull_access_for_image(settings, image),
-        network=settings.network,
+        network=settings.network, readonly_mounts=readonly,
     )
 
 
@@ -289,17 +296,22 @@ def _report(ep: Endpoint, *, action: str, seconds: float, settings: Settings, sh
                       f"{settings.sandbox_state_dir / 'tokens.json'} unless you set them)")
 
 
-def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, spec_fingerprint: str) -> Observed:
-    """What `up` decides on: the record, the runtime's status, one health probe, the port."""
+def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, spec_fingerprint: str,
+             secret_digests: dict | None = None) -> Observed:
+    """What `up` decides on: the record, the runtime's status, one health probe, the port, and which
+    secret settings differ from what the sandbox was made with."""
     from .health import health_once
     from .ports import port_is_free
+    from .sandbox_secrets import changed_parts
 
     st = rt.status()
+    record = state.record()
     return Observed(
-        name=settings.name, kind=kind, recorded=state.record().get("runtime"), status=st,
+        name=settings.name, kind=kind, recorded=record.get("runtime"), status=st,
         fingerprint=spec_fingerprint, replace=settings.replace,
         health=health_once(settings.url, timeout_s=1.0) if st.state == RUNNING else None,
         port_free=port_is_free(settings.port, settings.bind_address),
+        changed=changed_parts(record.get("secrets"), secret_digests or {}) if secret_digests is not None else (),
     )
 
 
@@ -310,7 +322,7 @@ def _save_record(state: SandboxState, settings: Settings, kind: str, spec: Launc
 
 
 def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, decision: UpDecision,
-         spec: LaunchSpec, token: str) -> tuple[dict, str | None]:
+         spec: LaunchSpec, token: str, secrets=None) -> tuple[dict, str | None]:
     """Carry out ``decision``; returns the health body and the workspace id."""
     from .health import check_workspaces
 
@@ -328,6 +340,12 @@ def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, d
     if decision.action == REUSE:
         return seen.health or {}, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
     fresh = decision.action in (CREATE, RECREATE)
+    if secrets is not None:  # the mounted folder, before anything boots (a start mounts it too)
+        from .sandbox_secrets import write
+
+        write(settings, secrets)
+        if fresh:  # the digests of what it is made with: a later `up` names what changed
+            state.save_record(secrets=secrets.digests() or None)
     _save_record(state, settings, rt.kind, spec, **({"created_at": time.time(), "workspace_id": None} if fresh else {}))
     if decision.action == RECREATE:
         persist.migrate_before_replace(settings, rt, spec)  # a failed copy stops here
@@ -345,10 +363,13 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     Observe, decide (:func:`up_decision.decide_up`), act, report. For a new sandbox the decision
     is also made before the lock, so a busy port fails before anything is created; the one acted
     on is made under the lock (another `up` may have finished meanwhile)."""
+    from .sandbox_secrets import gather
+
     started = time.monotonic()
     state = SandboxState(settings)
     _check_exposure(settings)
     token, host_token = state.tokens(create=False)  # a tokens.json that does not parse stops here, before any change
+    secrets = gather(settings)  # an unset OPENWORK_SANDBOX_ENV variable or a bad opencode config: before anything
     kind, why = choose_runtime(settings, state)
     console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
     rt = runtime_for(kind, settings)
@@ -362,14 +383,14 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         token, host_token = state.tokens()
         if not token or not host_token:  # tokens() generates what is missing; this is a safety net
             raise WorkflowError(f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again")
-        spec = launch_spec(settings, kind, token, host_token)
-        seen = _observe(settings, state, kind, rt, spec.fingerprint)
+        spec = launch_spec(settings, kind, token, host_token, secrets)
+        seen = _observe(settings, state, kind, rt, spec.fingerprint, secrets.digests())
         decision = decide_up(seen)
         _refuse_busy_port(settings, decision)
         with interrupts.sigterm_as_interrupt():
             try:
                 with _start_slot(settings, decision):
-                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, token)
+                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, token, secrets)
             except KeyboardInterrupt:
                 if decision.action != REUSE:
                     _stop_half_started(settings, rt)

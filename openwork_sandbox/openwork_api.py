@@ -155,6 +155,25 @@ class OpenWorkClient:
         return self.request("DELETE", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}",
                             bearer=self.token)
 
+    def prompt_async(self, ws_id: str, session_id: str, text: str, model: dict | None = None) -> ApiResponse:
+        """opencode's ``POST /session/<id>/prompt_async`` (204 at once; the reply is written as it comes)
+        with one text part, ``{"parts": [{"type": "text", "text": ...}]}`` (and ``model``:
+        ``{"providerID", "modelID"}`` when given; else opencode's default model)."""
+        body: dict[str, Any] = {"parts": [{"type": "text", "text": text}]}
+        if model:
+            body["model"] = model
+        return self.request("POST", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}"
+                                    "/prompt_async", bearer=self.token, json_body=body)
+
+    def session_status(self, ws_id: str) -> ApiResponse:
+        """opencode's ``GET /session/status``: ``{session id: {"type": "busy"|"retry"|..., ...}}``."""
+        return self.request("GET", f"/w/{quote(ws_id, safe='')}/opencode/session/status", bearer=self.token)
+
+    def abort_session(self, ws_id: str, session_id: str) -> ApiResponse:
+        """opencode's ``POST /session/<id>/abort``: stop what the agent is doing (and retrying)."""
+        return self.request("POST", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/abort",
+                            bearer=self.token)
+
     def session_messages(self, ws_id: str, session_id: str, limit: int = 10) -> ApiResponse:
         return self.request(
             "GET", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/message?limit={limit}",

@@ -83,6 +83,8 @@ def as_dict(report) -> dict[str, Any]:
             d[key] = redact(d[key], report.secrets)
         if d["http"]:
             d["http"]["body"] = redact(d["http"]["body"], report.secrets)
+        if d.get("metrics"):
+            d["metrics"] = {k: redact(v, report.secrets) if isinstance(v, str) else v for k, v in d["metrics"].items()}
         checks.append(d)
     return {
         "ok": report.ok,
@@ -127,6 +129,12 @@ def junit_xml(report) -> str:
     for check in report.checks:
         case = ET.SubElement(suite, "testcase", {"classname": "openwork.smoke", "name": check.name,
                                                  "time": f"{check.seconds:.3f}"})
+        if check.metrics:  # e.g. prompt-answered's first words and times, as pytest's record_property
+            case_props = ET.SubElement(case, "properties")
+            for key, value in check.metrics.items():
+                if value is not None:
+                    ET.SubElement(case_props, "property", {"name": key,
+                                                           "value": _xml_text(redact(str(value), report.secrets))})
         if check.result in ("failed", "error"):
             tag = "failure" if check.result == "failed" else "error"
             el = ET.SubElement(case, tag, {"message": _xml_text(redact(check.message, report.secrets)),

@@ -279,6 +279,31 @@ def _url(raw: str) -> str:
     return value
 
 
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables the image's entrypoint, the orchestrator or this tool set inside the sandbox: passing one
+# through OPENWORK_SANDBOX_ENV would silently replace (or be replaced by) theirs.
+SANDBOX_ENV_RESERVED = frozenset({"HOME", "USER", "SHELL", "PATH", "PWD", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
+                                  "XDG_STATE_HOME", "XDG_CACHE_HOME", "OPENCODE_CONFIG", "OPENCODE_CONFIG_DIR",
+                                  "OPENCODE_CONFIG_CONTENT", "OPENCODE_SERVER_USERNAME", "OPENCODE_SERVER_PASSWORD"})
+
+
+def _env_names(raw: str) -> tuple[str, ...]:
+    """``A,B , C`` -> ("A", "B", "C"): names of host variables for opencode's environment."""
+    names: list[str] = []
+    for part in raw.split(","):
+        name = part.strip()
+        if not name:
+            continue
+        if not ENV_NAME_RE.match(name):
+            raise _Invalid(f"{name!r} is not a variable name: expected comma-separated names like "
+                           "ANTHROPIC_API_KEY,OPENAI_API_KEY")
+        if name in SANDBOX_ENV_RESERVED or name.startswith("OPENWORK_"):
+            raise _Invalid(f"{name} is set by the sandbox itself and cannot be passed in; drop it from the list")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "localhost.localdomain"):
         return True
@@ -378,6 +403,15 @@ SPECS: tuple[Spec, ...] = (
          "allow plain HTTP to a registry that is not on loopback"),
     Spec("registry_ca", "OPENWORK_REGISTRY_CA", _path, None,
          "PEM file of the registry's CA, trusted besides the system CAs and /etc/docker/certs.d/<host:port>/"),
+    # the agent: model providers and their keys (sandbox_secrets.py, opencode_config.py)
+    Spec("sandbox_env", "OPENWORK_SANDBOX_ENV", _env_names, (),
+         "comma-separated names of host variables (e.g. ANTHROPIC_API_KEY) put in opencode's environment; "
+         "values go in through a 0600 file, never the sandbox's configuration"),
+    Spec("opencode_config", "OPENWORK_OPENCODE_CONFIG", _path, None,
+         "a JSON/JSONC file in opencode's config format (provider, model, ...) that becomes the sandbox's "
+         "opencode configuration"),
+    Spec("prompt_timeout", "OPENWORK_PROMPT_TIMEOUT", _seconds, 120.0,
+         "how long `smoke --prompt` waits for the agent's whole reply (120, 2m)"),
 )
 SPEC_BY_FIELD = {s.field: s for s in SPECS}
 SPEC_BY_ENV = {s.env: s for s in SPECS}
@@ -423,12 +457,17 @@ class Settings:
     registry_password: str | None
     registry_insecure: bool
     registry_ca: Path | None
+    sandbox_env: tuple[str, ...]
+    opencode_config: Path | None
+    prompt_timeout: float
     platform: str | None  # OPENWORK_PLATFORMS / --platform: the platforms to build (None: the host's)
     project_root: Path
     env_file: Path | None
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     # the values set per platform (linux/amd64=…,linux/arm64=…), by field; the field itself holds the host's
     per_platform: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
+    # the values of the OPENWORK_SANDBOX_ENV variables that are set (environment > .env): secrets
+    sandbox_env_values: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     # --- derived values ---------------------------------------------------------------------
     @property
@@ -473,7 +512,13 @@ class Settings:
         for spec in SPECS:
             value = getattr(self, spec.field)
             out[spec.env] = mask(value) if spec.secret and value else (str(value) if isinstance(value, Path) else value)
+        out["OPENWORK_SANDBOX_ENV"] = ",".join(self.sandbox_env)  # names only, never the values
         return out
+
+    @property
+    def sandbox_env_missing(self) -> tuple[str, ...]:
+        """Names in OPENWORK_SANDBOX_ENV that are set neither in the environment nor in ``.env``."""
+        return tuple(n for n in self.sandbox_env if n not in self.sandbox_env_values)
 
     def with_overrides(self, **changes: Any) -> "Settings":
         """A copy with some values changed (e.g. a unique name for an ephemeral smoke run)."""
@@ -497,6 +542,7 @@ def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
     where VALUE is unquoted (to the end of the line, ``# comment`` allowed) or single- or
     double-quoted (may span lines, backslash escapes)."""
     secret_keys = {s.env for s in SPECS if s.secret}
+    secret_like = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)  # e.g. OPENAI_API_KEY
     problems, numbers = [], {}
     pos, line = 0, 1
     in_secret = False  # after a secret whose quote never closed: the next bad lines may be the rest of it
@@ -525,7 +571,7 @@ def _parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
         else:
             shown = raw.strip()
             named = _DOTENV_NAME.match(shown)  # a secret's value is hidden, with or without its '='
-            if named and named.group("key") in secret_keys:
+            if named and (named.group("key") in secret_keys or secret_like.search(named.group("key"))):
                 rest = shown[named.end():].lstrip()
                 shown = named.group("key") + ("=…" if rest.startswith("=") else " …")
                 in_secret = rest.lstrip("= \t")[:1] in ("'", '"')
@@ -644,13 +690,17 @@ def load_settings(
         server_bin=_absolute(values["server_bin"], project_root) if values["server_bin"] else None,
         opencode_bin=_absolute(values["opencode_bin"], project_root) if values["opencode_bin"] else None,
         registry_ca=_absolute(values["registry_ca"], project_root) if values["registry_ca"] else None,
+        opencode_config=_absolute(values["opencode_config"], project_root) if values["opencode_config"] else None,
     )
     problems = token_problems(values["token"], values["host_token"], values["allow_default_tokens"], origins)
     problems += folder_problems(values, origins)
     if problems:
         raise SettingsError(problems)
+    # the named variables' values: the process environment first, then the .env file (as the settings)
+    passed = {n: environ[n] if n in environ else file_values[n] for n in values["sandbox_env"]
+              if n in environ or n in file_values}
     return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
-                    origins=origins, per_platform=per_platform)
+                    origins=origins, per_platform=per_platform, sandbox_env_values=passed)
 
 
 def _split_per_platform(values: dict[str, Any], root: Path) -> dict[str, dict[str, Any]]:

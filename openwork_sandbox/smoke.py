@@ -60,6 +60,7 @@ class CheckResult:
     request: str | None = None  # "GET http://…/workspaces" of the request that failed
     status: int | None = None
     body: str | None = None  # start of the body of that response
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # figures a check measured (prompt-answered)
 
     @property
     def ran(self) -> bool:
@@ -71,6 +72,7 @@ class CheckResult:
             "message": self.message, "hint": self.hint,
             "http": None if self.request is None else {"request": self.request, "status": self.status,
                                                        "body": self.body},
+            **({"metrics": self.metrics} if self.metrics else {}),
         }
 
 
@@ -131,6 +133,7 @@ class Target:
     exec_in_runtime: Callable[[list[str]], tuple[int, str]] | None = None  # for persistence
     host_workspace: Path | None = None
     is_alive: Callable[[], bool] | None = None  # the runtime says the sandbox runs (ends the health wait early)
+    secrets: tuple[str, ...] = ()  # more values to redact from every output (OPENWORK_SANDBOX_ENV's)
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -140,8 +143,10 @@ class SmokeRunner:
 
     def __init__(self, target: Target, *, request_timeout: float, health_timeout: float, persistence: bool = False,
                  is_alive: Callable[[], bool] | None = None, on_check: Callable[[str], None] | None = None,
-                 keep_session: bool = False):
+                 keep_session: bool = False, prompt: str | None = None, prompt_timeout: float = 120.0):
         self.target = target
+        self.prompt, self.prompt_timeout = prompt, prompt_timeout
+        self.metrics: dict[str, dict] = {}  # check name -> figures it measured (copied into its result)
         self.keep_session = keep_session
         self.request_timeout = request_timeout
         self.health_timeout = health_timeout
@@ -152,7 +157,7 @@ class SmokeRunner:
                                      timeout=request_timeout)
         self.report = SmokeReport(url=target.url, mode=target.mode, checks=[], name=target.name,
                                   runtime=target.runtime,
-                                  secrets=tuple(s for s in (target.token, target.host_token) if s))
+                                  secrets=tuple(s for s in (target.token, target.host_token, *target.secrets) if s))
         self.ws_id: str | None = None
         self.session_id: str | None = None
         self.title = f"openwork-sandbox smoke {uuid.uuid4().hex[:8]}"
@@ -222,12 +227,15 @@ class SmokeRunner:
                 result.message += ": the server stopped answering"
                 self.gone = check.name
         result.seconds = time.perf_counter() - start
+        result.metrics = self.metrics.pop(check.name, {})
         return result
 
 # --- modes ---------------------------------------------------------------------------------------
 
-def _check_usage(url: str | None, ephemeral: bool, persistence: bool) -> None:
+def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: str | None = None) -> None:
     problems = []
+    if prompt is not None and not prompt.strip():
+        problems.append('--prompt "": give the text to send to the agent, e.g. --prompt "Say hello"')
     if url is not None:
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -259,7 +267,7 @@ def local_target(settings, ep, mode: str) -> Target:
         host_token_source=host_source, expected_workspace=GUEST_WORKSPACE,
         expected_workspace_id=getattr(ep, "workspace_id", None), name=ep.name, runtime=ep.runtime,
         exec_in_runtime=lambda argv: lifecycle.runtime_exec(settings, argv), host_workspace=Path(settings.workspace_dir),
-        is_alive=_runtime_is_alive(settings, ep.runtime),
+        is_alive=_runtime_is_alive(settings, ep.runtime), secrets=tuple(settings.sandbox_env_values.values()),
     )
 
 
@@ -287,7 +295,8 @@ def _url_target(settings, url: str) -> Target:
 
     return Target(url=url.strip(), token=settings.token, host_token=settings.host_token, mode="url",
                   token_source=source("token", "OPENWORK_TOKEN", "--token"),
-                  host_token_source=source("host_token", "OPENWORK_HOST_TOKEN", "--host-token"))
+                  host_token_source=source("host_token", "OPENWORK_HOST_TOKEN", "--host-token"),
+                  secrets=tuple(settings.sandbox_env_values.values()))
 
 
 def attach_log_tail(settings, report: SmokeReport) -> None:
@@ -302,9 +311,11 @@ def attach_log_tail(settings, report: SmokeReport) -> None:
     report.log_tail, report.log_path = list(lines), str(path) if path else None
 
 
-def _run_checks(settings, target: Target, persistence: bool, is_alive=None, keep_session: bool = False) -> SmokeReport:
+def _run_checks(settings, target: Target, persistence: bool, is_alive=None, keep_session: bool = False,
+                prompt: str | None = None) -> SmokeReport:
     runner = SmokeRunner(target, request_timeout=settings.request_timeout, health_timeout=settings.health_timeout,
-                         persistence=persistence, is_alive=is_alive, keep_session=keep_session)
+                         persistence=persistence, is_alive=is_alive, keep_session=keep_session, prompt=prompt,
+                         prompt_timeout=settings.prompt_timeout)
     return runner.run()
 
 
@@ -316,20 +327,23 @@ def _finish(report: SmokeReport, junit: str | None, as_json: bool) -> int:
 
 
 def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, persistence: bool = False,
-              junit: str | None = None, as_json: bool = False, keep_session: bool = False) -> int:
+              junit: str | None = None, as_json: bool = False, keep_session: bool = False,
+              prompt: str | None = None) -> int:
     """Run the checks in one of the three modes, print/write the report, return the exit code."""
-    _check_usage(url, ephemeral, persistence)
+    _check_usage(url, ephemeral, persistence, prompt)
     if junit:
         _check_junit_path(junit)
     if ephemeral:
-        return _run_ephemeral(settings, persistence=persistence, junit=junit, as_json=as_json)
+        return _run_ephemeral(settings, persistence=persistence, junit=junit, as_json=as_json, prompt=prompt)
     if url is not None:
-        report = _run_checks(settings, _url_target(settings, url), persistence=False, keep_session=keep_session)
+        report = _run_checks(settings, _url_target(settings, url), persistence=False, keep_session=keep_session,
+                             prompt=prompt)
         return _finish(report, junit, as_json)
     from . import lifecycle
 
     ep = lifecycle.endpoint(settings)
-    report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session)
+    report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session,
+                         prompt=prompt)
     if not report.ok:
         attach_log_tail(settings, report)
     return _finish(report, junit, as_json)
@@ -377,7 +391,7 @@ def _teardown(eph) -> str | None:
     return None
 
 
-def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: bool) -> int:
+def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: bool, prompt: str | None = None) -> int:
     from . import lifecycle
 
     eph = ephemeral_settings(settings)
@@ -396,7 +410,7 @@ def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: b
                 report = _up_failed_report(eph, exc)
             else:
                 timings["up"] = time.perf_counter() - start
-                report = _run_checks(eph, local_target(eph, ep, "ephemeral"), persistence)
+                report = _run_checks(eph, local_target(eph, ep, "ephemeral"), persistence, prompt=prompt)
                 timings["checks"] = report.total_seconds
             if not report.ok:
                 attach_log_tail(eph, report)
@@ -421,7 +435,7 @@ def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
                           hint="the server log's last lines are printed above; `invoke doctor` checks this machine")]
     checks += [CheckResult(c.name, SKIPPED, message=f"needs {gate.name}, which did not pass")
                for c in DECLARED if c is not gate]
-    tokens = [eph.token, eph.host_token]
+    tokens = [eph.token, eph.host_token, *eph.sandbox_env_values.values()]
     with contextlib.suppress(Exception):  # the generated tokens, only to mask them in the log tail
         from . import lifecycle
 

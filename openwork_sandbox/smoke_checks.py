@@ -270,6 +270,73 @@ def messages_read(r) -> str:
     return f"{len(body)} message{'s' if len(body) != 1 else ''}"
 
 
+# the agent ------------------------------------------------------------------------------
+@check("prompt-answered", needs=("session-create",),
+       proves="(--prompt TEXT) TEXT sent to that session gets an assistant reply with text within "
+              "OPENWORK_PROMPT_TIMEOUT; first words, time to first token, total time")
+def prompt_answered(r) -> str:
+    """``prompt_async`` through the proxy, then poll the session's messages (backoff from 50 ms) and
+    opencode's session status until the reply is complete, refused, retried or late (agent_reply)."""
+    import time
+
+    from .agent_reply import first_words, metrics, read_reply, scrub
+    from .openwork_api import TransportError
+
+    if not r.prompt:
+        raise Skip("not requested (--prompt TEXT)")
+    assert r.ws_id and r.session_id
+    started = time.perf_counter()
+    sent = r.client.prompt_async(r.ws_id, r.session_id, r.prompt)
+    if not 200 <= sent.status < 300:
+        raise CheckFailed(f"POST /w/{r.ws_id}/opencode/session/{r.session_id}/prompt_async answered {sent.status}, "
+                          "expected 204", sent)
+    deadline, delay = started + r.prompt_timeout, 0.05
+    seen_at = None  # when this client first saw reply text
+    reply = None
+    while True:
+        try:
+            messages = r.client.session_messages(r.ws_id, r.session_id, limit=10)
+            status = r.client.session_status(r.ws_id)
+        except TransportError as exc:  # opencode busy with the reply may answer a poll late: ask again
+            if exc.kind != "timeout" or time.perf_counter() >= deadline:
+                raise
+            continue
+        reply = read_reply(_json(messages, "GET messages") if messages.status == 200 else None,
+                           _json(status, "GET session status") if status.status == 200 else None, r.session_id)
+        now = time.perf_counter()
+        if reply.text and seen_at is None:
+            seen_at = now - started
+        r.metrics["prompt-answered"] = metrics(reply, seen_at, now - started)
+        if reply.done or reply.retrying or now >= deadline:
+            break
+        time.sleep(min(delay, max(0.0, deadline - now)))
+        delay = min(delay * 2, 0.5)
+    hint = ("check the provider's key (OPENWORK_SANDBOX_ENV), its address from inside the sandbox and "
+            "OPENWORK_OPENCODE_CONFIG; `invoke doctor` lists them")
+    if reply.error:
+        raise CheckFailed(f"the provider refused: {scrub(reply.error)}", hint=hint)
+    if reply.retrying:
+        _abort(r)
+        raise CheckFailed(f"the provider failed and opencode is retrying: {scrub(reply.retrying)}", hint=hint)
+    if not reply.done:
+        _abort(r)
+        raise CheckFailed(f"no complete reply within {r.prompt_timeout:g}s (OPENWORK_PROMPT_TIMEOUT)"
+                          + (f'; it had begun: "{first_words(reply.text)}"' if reply.text else ""), hint=hint)
+    if not reply.text:
+        raise CheckFailed("the reply is complete but has no text", messages)
+    m = r.metrics["prompt-answered"]
+    first = f"{m['first_token_seconds']:.2f}s" if m["first_token_seconds"] is not None else "?"
+    return f'"{m["first_words"]}" ({reply.model or "default model"}; first token {first}, total {m["total_seconds"]:.2f}s)'
+
+
+def _abort(r) -> None:
+    """Stop opencode's retries for the smoke session (best effort)."""
+    from .openwork_api import TransportError
+
+    with contextlib.suppress(TransportError):
+        r.client.abort_session(r.ws_id, r.session_id)
+
+
 # persistence ----------------------------------------------------------------------------
 @check("persistence", needs=("health",),
        proves="(--persistence) a file written in /workspace by the runtime appears on the host")

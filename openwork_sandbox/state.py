@@ -9,6 +9,8 @@ Layout (all owned by the user; secrets are mode 0600)::
         tokens.json       generated client and host tokens (0600), reused by every later `up`
         sandbox.json      what runs: runtime, image, settings fingerprint, job id, ports, times
         container.env     environment for `docker run --env-file` (0600: it holds the tokens)
+        sandbox-secrets/  (0700) sandbox.env and opencode.jsonc (0600), mounted read-only at
+                          /etc/openwork-sandbox: OPENWORK_SANDBOX_ENV's values (sandbox_secrets.py)
         lock              fcntl lock: one `up`/`down`/`reset` per name at a time
 
 :func:`safe_remove` deletes a state folder only when it is inside the configured state folder,
@@ -190,6 +192,8 @@ def mask_settings(settings: Settings) -> None:
     if not gha.active():
         return
     gha.mask(*(getattr(settings, spec.field) for spec in SPECS if spec.secret))
+    # OPENWORK_SANDBOX_ENV: the provider keys passed in (a multi-line value line by line too, as GitHub asks)
+    gha.mask(*(part for value in settings.sandbox_env_values.values() for part in (value, *value.splitlines())))
     gha.mask(*SandboxState(settings).stored_tokens().values())
 
 

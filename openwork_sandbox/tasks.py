@@ -214,10 +214,11 @@ def reset(c, name=None, yes=False, keep_data=False, env_file=None):
         "image": "image for --ephemeral (OPENWORK_MICROSANDBOX_IMAGE)",
         "port": "host port of the sandbox (OPENWORK_MICROSANDBOX_PORT)",
         "keep_session": "keep the OpenCode session the smoke test creates (by default it is deleted afterwards)",
+        "prompt": "also send this text to the agent and wait for its reply (the model's answer, through the proxy)",
     }
 )
 def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, persistence=False, junit=None,
-          json=False, runtime=None, image=None, port=None, keep_session=False, env_file=None):
+          json=False, runtime=None, image=None, port=None, keep_session=False, prompt=None, env_file=None):
     """Prove a remote client can connect and run an OpenCode session.
 
     Exit codes: 0 all checks passed, 1 a check failed, 2 bad settings or usage,
@@ -229,7 +230,7 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
         settings = _settings(c, env_file, name=name, token=token, host_token=host_token, runtime=runtime,
                              image=image, port=port)
         _finish(run_smoke(settings, url=url, ephemeral=ephemeral, persistence=persistence, junit=junit,
-                          as_json=json, keep_session=keep_session),
+                          as_json=json, keep_session=keep_session, prompt=prompt),
                 "the smoke checks failed (see the annotations above)")
 
 

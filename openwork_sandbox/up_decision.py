@@ -38,6 +38,7 @@ class Observed:
     replace: bool
     health: dict | None  # GET /health's body when it answered healthy (only asked while it runs)
     port_free: bool
+    changed: tuple[str, ...] = ()  # secret settings (OPENWORK_SANDBOX_ENV, ...) that differ from the sandbox's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +62,9 @@ def decide_up(o: Observed) -> UpDecision:
     elif o.replace:
         action, reason = RECREATE, f"replacing {o.name} (--replace); state folders are kept"
     elif st.fingerprint != o.fingerprint:
-        action, reason = RECREATE, (f"{o.name} was created with another image or settings: recreating it "
-                                    "(state folders kept)")
+        what = " and ".join(o.changed) if o.changed else "image or settings"
+        action, reason = RECREATE, (f"{o.name} was created with another {what}: recreating it so the change takes "
+                                    "effect (state folders kept)")
     elif st.state != RUNNING:
         action, reason = START, f"{o.name} is stopped: starting it"
     elif st.server_running is False:

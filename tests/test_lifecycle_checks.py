@@ -273,11 +273,15 @@ def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
     spec = launch_spec(settings, "docker", "t" * 40, "h" * 40)
     runtime = docker.DockerRuntime(settings.name, settings.sandbox_state_dir)
     monkeypatch.setattr(docker, "engine_has_bridge", lambda: True)
-    assert runtime._network_args(spec) == (["-p", "127.0.0.1:18080:8787"], {})
+    # the host's services are host.docker.internal there (as on Docker Desktop; Linux needs --add-host)
+    assert runtime._network_args(spec) == (["-p", "127.0.0.1:18080:8787", "--add-host",
+                                            "host.docker.internal:host-gateway"],
+                                           {"OPENWORK_HOST_ADDRESS": "host.docker.internal"})
     monkeypatch.setattr(docker, "engine_has_bridge", lambda: False)
     args, env = runtime._network_args(spec)
     assert args == ["--network", "host"]
     assert env["OPENWORK_PORT"] == "18080" and env["OPENWORK_REMOTE_ACCESS"] == "0"
+    assert env["OPENWORK_HOST_ADDRESS"] == "127.0.0.1"  # host networking: the host's loopback is the container's
     assert env["OPENWORK_OPENCODE_PORT"] != "18080"
 
 

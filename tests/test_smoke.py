@@ -6,6 +6,7 @@ The real stack (stand-in server image, Docker runtime) is exercised in tests/tes
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -24,7 +25,8 @@ from openwork_double import OpenWorkDouble
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "client-token-0123456789abcdef"
 HOST_TOKEN = "host-token-0123456789abcdef"
-HTTP_CHECKS = [c for c in CHECKS if c != "persistence"]
+OPT_IN = ("persistence", "prompt-answered")  # run only when asked (--persistence, --prompt)
+HTTP_CHECKS = [c for c in CHECKS if c not in OPT_IN]
 
 
 def settings_for(tmp_path, **flags):
@@ -78,7 +80,10 @@ def test_good_server_passes_every_check(tmp_path, capsys):
     with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN) as srv:
         code, report, err = smoke_json(capsys, settings_for(tmp_path), srv.url)
     assert code == 0, err
-    assert results(report) == {**{c: "passed" for c in HTTP_CHECKS}, "persistence": "skipped"}
+    assert results(report) == {**{c: "passed" for c in HTTP_CHECKS}, "persistence": "skipped",
+                               "prompt-answered": "skipped"}
+    skipped = {c["name"]: c["message"] for c in report["checks"] if c["result"] == "skipped"}
+    assert skipped["prompt-answered"] == "not requested (--prompt TEXT)"
     assert report["ok"] is True and report["exit_code"] == 0
     assert report["server"] == {"version": "0.18.1", "opencodeVersion": "1.17.11"}
     assert report["workspace_id"] == "ws_c52ddf65534b"
@@ -359,14 +364,14 @@ def test_declarations_feed_the_runner_the_doc_and_the_help():
     from openwork_sandbox import smoke, smoke_checks
 
     assert CHECKS == ("health", "auth-required", "auth-accepted", "host-token", "session-create", "session-read",
-                      "messages-read", "persistence")
+                      "messages-read", "prompt-answered", "persistence")
     assert PREREQUISITES["session-read"] == ("session-create",) and PREREQUISITES["health"] == ()
     assert [c.name for c in smoke_checks.DECLARED if c.readiness] == ["health"]
     for c in smoke_checks.DECLARED:
         assert f"{c.name}  " in smoke.__doc__ and c.proves in smoke.__doc__
     listing = subprocess.run([sys.executable, "-m", "invoke", "--help", "smoke"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
-    assert "session-create  POST /w/<id>/opencode/session" in listing.stdout, listing.stdout
+    assert re.search(r"session-create +POST /w/<id>/opencode/session", listing.stdout), listing.stdout
 
 
 def test_a_check_must_name_earlier_prerequisites():

@@ -22,6 +22,9 @@ GUEST_WORKSPACE = "/workspace"
 GUEST_DATA = "/data"
 
 RUNNING, STOPPED, ABSENT = "running", "stopped", "absent"
+# in the sandbox's environment: the address at which the sandbox reaches the host's own services (a
+# model server on the host's loopback), for a config's "baseURL": "http://{env:OPENWORK_HOST_ADDRESS}:11434/v1"
+HOST_ADDRESS_VAR = "OPENWORK_HOST_ADDRESS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,8 @@ class LaunchSpec:
     # the registry's scheme, login and CAs for a runtime's own pull, asked only at pull time
     pull_access: Callable[[], PullAccess] | None = None
     network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none (microVMs)
+    # guest path -> host folder mounted read-only (the provider keys and opencode config: sandbox_secrets)
+    readonly_mounts: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
         return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"

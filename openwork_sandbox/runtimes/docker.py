@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from .. import commands, console
 from ..errors import WorkflowError
 from ..state import write_private_file
-from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+from .base import ABSENT, HOST_ADDRESS_VAR, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 
 if TYPE_CHECKING:
     from ..registry_access import PullAccess
@@ -196,8 +196,11 @@ class DockerRuntime(Runtime):
         return took
 
     def _network_args(self, spec: LaunchSpec) -> tuple[list[str], dict[str, str]]:
+        """Publishing on a bridge (the host is ``host.docker.internal``, as on Docker Desktop), else host
+        networking (the host is the container's own 127.0.0.1); either way OPENWORK_HOST_ADDRESS says it."""
         if engine_has_bridge():
-            return ["-p", f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}"], {}
+            return ["-p", f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}",
+                    "--add-host", "host.docker.internal:host-gateway"], {HOST_ADDRESS_VAR: "host.docker.internal"}
         from ..ports import free_port
         from ..settings import is_loopback
 
@@ -205,6 +208,7 @@ class DockerRuntime(Runtime):
             "OPENWORK_PORT": str(spec.host_port),
             "OPENWORK_OPENCODE_PORT": str(free_port()),
             "OPENWORK_REMOTE_ACCESS": "0" if is_loopback(spec.bind_address) else "1",
+            HOST_ADDRESS_VAR: "127.0.0.1",
         }
         return ["--network", "host"], env
 
@@ -237,6 +241,8 @@ class DockerRuntime(Runtime):
         ]
         for guest, host in spec.mounts.items():
             argv += ["--mount", f"type=bind,source={host},target={guest}"]
+        for guest, host in spec.readonly_mounts.items():
+            argv += ["--mount", f"type=bind,source={host},target={guest},readonly"]
         argv.append(spec.image)
         proc = commands.docker(*argv, check=False, timeout=300)
         if proc.returncode != 0:

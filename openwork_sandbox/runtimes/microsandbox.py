@@ -37,11 +37,12 @@ from .. import console
 from ..errors import WorkflowError
 from ..registry_access import PullAccess
 from ..state import RECORD_FILE, read_record, update_record
-from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+from .base import ABSENT, HOST_ADDRESS_VAR, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 from .choice import DOCKER_HINT
 from .microsandbox_pull import sdk_registry_options
 
 LABEL_FP = "openwork-sandbox.fingerprint"
+HOST_NAME = "host.microsandbox.internal"  # the host's loopback as the microVM sees it (allow-all only)
 BOOT_FAILURE_MARK = "before agent relay became available"
 KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
 
@@ -101,6 +102,11 @@ def network_config(spec: LaunchSpec):
                    ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)])
 
 
+def guest_env(spec: LaunchSpec) -> dict[str, str]:
+    """The microVM's environment: the spec's, and where the host is (OPENWORK_HOST_ADDRESS)."""
+    return {**spec.env, HOST_ADDRESS_VAR: HOST_NAME}
+
+
 def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
     """Everything ``Sandbox.create_with_progress(name, **kwargs)`` gets for ``spec`` (no I/O but reading
     the registry's login and CAs, ``spec.pull_access``)."""
@@ -110,9 +116,10 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
         image=spec.image,
         cpus=math.ceil(spec.cpus),  # whole vCPUs (a fraction is a Docker limit)
         memory=spec.memory_mib,
-        env=dict(spec.env),
+        env=guest_env(spec),
         labels={LABEL_FP: spec.fingerprint},
-        volumes={guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
+        volumes={**{guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
+                 **{guest: Volume.bind(str(host), readonly=True) for guest, host in spec.readonly_mounts.items()}},
         network=network_config(spec),
         pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
         **sdk_registry_options(spec.pull_access() if spec.pull_access else PullAccess(spec.registry_plain_http)),
@@ -309,7 +316,7 @@ class MicrosandboxRuntime(Runtime):
 
     async def _launch_server(self, sb, spec: LaunchSpec) -> str:
         argv, workdir = await self._server_argv(spec.image)
-        job = await sb.exec_detached(argv[0], argv[1:], env=dict(spec.env), cwd=workdir)
+        job = await sb.exec_detached(argv[0], argv[1:], env=guest_env(spec), cwd=workdir)
         self._save_job(job.id)
         return job.id
 
