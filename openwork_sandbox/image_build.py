@@ -34,7 +34,7 @@ from .files import write_atomic
 from .settings import Settings
 
 IMAGE_DIR = Path(__file__).resolve().parent / "image"  # package data: ships in the wheel
-CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js")
+CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js", "openwork-supervise")
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")
 LAST_BUILD = "last-build.json"
 VERIFIED = "verified-images.json"
