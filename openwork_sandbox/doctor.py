@@ -158,6 +158,25 @@ def check_state_folders(settings: Settings) -> Check:
     return Check("state folders", True, f"writable under {settings.sandbox_state_dir}")
 
 
+def check_leftovers(settings: Settings) -> Check:
+    """Sandboxes this tool made that nothing owns any more (``leftovers``); never decides the exit code."""
+    from .leftovers import find
+
+    found = find(settings)
+    if not found:
+        return Check("left behind", True, "no stale or orphaned sandboxes", needed_by=frozenset())
+    stale = [left for left in found if left.stale]
+    fix = []
+    if stale:
+        fix.append(f"invoke reset --stale removes {len(stale)}")
+    orphans = [left for left in found if not left.stale]
+    if orphans:
+        fix.append("remove an orphan with `docker rm -f NAME` (Docker) or `msb rm NAME` (microsandbox) if you do "
+                   "not need it, or point OPENWORK_STATE_DIR at its folder")
+    return Check("left behind", False, "; ".join(left.describe() for left in found), "; ".join(fix),
+                 needed_by=frozenset())
+
+
 def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
     return [
         check_python(),
@@ -170,6 +189,7 @@ def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
         check_virtualization(facts),
         check_port(settings),
         check_state_folders(settings),
+        check_leftovers(settings),
     ]
 
 

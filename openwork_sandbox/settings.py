@@ -293,6 +293,9 @@ SPECS: tuple[Spec, ...] = (
          "folder that holds .state/<name>/ folders (default: .state in the project)"),
     Spec("health_timeout", "OPENWORK_HEALTH_TIMEOUT", _seconds, 120.0,
          "how long to wait for GET /health after boot (90, 90s, 2m)"),
+    Spec("ephemeral_max_duration", "OPENWORK_EPHEMERAL_MAX_DURATION", _seconds, 3600.0,
+         "longest a `smoke --ephemeral` sandbox may live (1h, 90m): microsandbox stops it then by itself, and "
+         "`invoke reset --stale` removes one that is older or whose job is gone"),
     Spec("request_timeout", "OPENWORK_REQUEST_TIMEOUT", _seconds, 15.0,
          "how long one HTTP request may take (15, 15s, 1m)"),
     # image build (upstream's build-argument names)
@@ -353,6 +356,7 @@ class Settings:
     offline: bool
     state_dir: Path
     health_timeout: float
+    ephemeral_max_duration: float
     request_timeout: float
     orchestrator_version: str
     server_version: str
@@ -371,6 +375,7 @@ class Settings:
     project_root: Path
     env_file: Path | None
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    ephemeral: bool = False  # a throwaway sandbox of `smoke --ephemeral` (not a setting: smoke sets it)
 
     # --- derived values ---------------------------------------------------------------------
     @property

@@ -37,6 +37,7 @@ from .choice import DOCKER_HINT
 from .microsandbox_pull import sdk_registry_options
 
 LABEL_FP = "openwork-sandbox.fingerprint"
+MARK_PREFIX = "openwork-sandbox."  # + ownership's keys: state-dir, ephemeral, owner, expires
 BOOT_FAILURE_MARK = "before agent relay became available"
 KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
 
@@ -106,13 +107,15 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
         cpus=spec.cpus,
         memory=spec.memory_mib,
         env=dict(spec.env),
-        labels={LABEL_FP: spec.fingerprint},
+        labels={LABEL_FP: spec.fingerprint, **{MARK_PREFIX + key: value for key, value in spec.marks.items()}},
         volumes={guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
         network=network_config(spec),
         pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
         **sdk_registry_options(spec.pull_access() if spec.pull_access else PullAccess(spec.registry_plain_http)),
         replace=True,
         detached=True,
+        # an ephemeral sandbox: microsandbox itself stops it when its time is up, whatever its job does
+        **({"max_duration": float(spec.max_duration)} if spec.max_duration else {}),
     )
 
 
@@ -149,6 +152,29 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
 
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
     return WorkflowError(f"microsandbox could not {what}: {exc}")
+
+
+def list_managed() -> list[tuple[str, dict[str, str], bool]]:
+    """``(name, marks, running)`` of every microVM this tool made (label ``fingerprint``), from
+    microsandbox's own records (no VM is booted to ask)."""
+    from microsandbox import Sandbox, SandboxStatus
+
+    async def go():
+        page = await Sandbox.list()
+        out = []
+        for handle in page.sandboxes:
+            labels = (handle.config() or {}).get("labels") or {}
+            if LABEL_FP not in labels:
+                continue
+            marks = {k[len(MARK_PREFIX):]: v for k, v in labels.items() if k.startswith(MARK_PREFIX) and k != LABEL_FP}
+            out.append((handle.name, marks, handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING)))
+        return out
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(go())
+    finally:
+        loop.close()
 
 
 class MicrosandboxRuntime(Runtime):
