@@ -108,9 +108,9 @@ def _wait(what, predicate, timeout):
 
 
 def test_the_sandbox_comes_back_after_an_engine_restart_and_down_is_for_good(engine, stack_image, tmp_path):
-    env = {**docker_env(stack_image.ref, "i17a-eng"), "DOCKER_HOST": engine.host}
+    env = {**docker_env(stack_image.ref, "i17a-eng", health_timeout="300"), "DOCKER_HOST": engine.host}
     name, url = env["OPENWORK_MICROSANDBOX_NAME"], f"http://127.0.0.1:{env['OPENWORK_MICROSANDBOX_PORT']}"
-    up = invoke(tmp_path, "up", timeout=300, **env)
+    up = invoke(tmp_path, "up", timeout=420, **env)
     assert up.returncode == 0, up.stderr
     assert engine.docker("inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", name).stdout.strip() == \
         "unless-stopped"
@@ -119,7 +119,7 @@ def test_the_sandbox_comes_back_after_an_engine_restart_and_down_is_for_good(eng
     assert not _healthy(url)
     started = time.monotonic()
     engine.start()
-    _wait("the sandbox healthy again after the engine restart", lambda: _healthy(url), 120)
+    _wait("the sandbox healthy again after the engine restart", lambda: _healthy(url), 300)
     print(f"\nengine restart -> sandbox healthy again in {time.monotonic() - started:.1f}s")
     status = invoke(tmp_path, "status", "--json", **env)
     assert status.returncode == 0 and json.loads(status.stdout)["healthy"] is True, status.stderr
