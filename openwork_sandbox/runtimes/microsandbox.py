@@ -150,6 +150,19 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
     return copied
 
 
+async def stop_job(job, grace_s: float = 10.0) -> None:
+    """SIGTERM the server job (the image's supervisor then stops the orchestrator and its programs
+    and exits), SIGKILL it only if it is still there after ``grace_s`` (a kill alone would leave the
+    orchestrator's programs running in the VM, holding the ports)."""
+    import signal
+
+    await job.signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(job.wait(), grace_s)
+    except asyncio.TimeoutError:
+        await job.kill()
+
+
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
     return WorkflowError(f"microsandbox could not {what}: {exc}")
 
@@ -408,7 +421,7 @@ class MicrosandboxRuntime(Runtime):
                 job = await self._server_job(await self._existing())
                 if job is not None:
                     with contextlib.suppress(MicrosandboxError):
-                        await job.kill()
+                        await stop_job(job)
 
             self._sdk(stop_server(), f"stop the server in {self.name}")
             return (lambda: self.restart_server(spec)) if spec is not None else (lambda: None)
@@ -444,7 +457,7 @@ class MicrosandboxRuntime(Runtime):
             job = await self._server_job(handle)
             if job is not None:
                 try:
-                    await job.kill()
+                    await stop_job(job)
                 except MicrosandboxError:
                     pass  # already gone
             sb = await handle.connect()
