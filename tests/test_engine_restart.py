@@ -71,8 +71,9 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def engine(stack_image):
-    if shutil.which("dockerd") is None:
-        pytest.skip("no dockerd on this machine to start a second engine with")
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        pytest.skip("a second engine needs dockerd and root (here: " +
+                    ("no dockerd" if shutil.which("dockerd") is None else "not root") + ")")
     root = Path(tempfile.mkdtemp(prefix="i17a-engine-", dir="/tmp"))  # short: a socket path limit applies
     eng = Engine(root)
     eng.start()
