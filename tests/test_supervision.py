@@ -64,7 +64,7 @@ def box(stack_image, tmp_path_factory):
     from openwork_sandbox.lifecycle import up
 
     tmp = tmp_path_factory.mktemp("supervise")
-    env = docker_env(stack_image.ref, "i17a-sup")
+    env = docker_env(stack_image.ref, "i17a-sup", health_timeout="300")  # a loaded 2-core machine
     settings = make_settings(tmp, **env)
     ep = up(settings)
     yield {"settings": settings, "tmp": tmp, "env": env, "endpoint": ep}
@@ -87,6 +87,19 @@ def test_the_sandbox_runs_under_the_supervisor_with_a_restart_policy(box):
     policy = subprocess.run(["docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", settings.name],
                             capture_output=True, text=True).stdout.strip()
     assert policy == "unless-stopped"
+    # the server's lines pass the supervisor's filter as they come, not in a block at its exit
+    # (what up's stall watch and `logs --follow` rely on): opencode starts seconds before the server
+    stamped = subprocess.run(["docker", "logs", "-t", settings.name], capture_output=True, text=True).stdout
+    first = {}
+    for line in stamped.splitlines():
+        stamp, _, text = line.partition(" ")
+        for mark in ("[opencode] Process spawned", "[openwork-server] Healthy"):
+            if text.startswith(mark):
+                first.setdefault(mark, stamp)
+    from openwork_sandbox.runtimes.docker import _parse_time
+
+    gap = _parse_time(first["[openwork-server] Healthy"]) - _parse_time(first["[opencode] Process spawned"])
+    assert gap > 0.3, f"the log lines came in one block: {first}"
 
 
 @pytest.mark.parametrize("program,cmdline,reason", PROGRAMS, ids=[p[0] for p in PROGRAMS])
