@@ -86,7 +86,7 @@ def test_the_sandbox_runs_under_the_supervisor_with_a_restart_policy(box):
     # starts that failed on the way up (opencode slower than the orchestrator's 10 s on a loaded
     # machine) are restarts too: as many as the supervisor's own lines in the log say
     said = subprocess.run(["docker", "logs", settings.name], capture_output=True, text=True)
-    assert rec["restarts"] == (said.stdout + said.stderr).count("openwork-supervise: openwork exited with status ")
+    assert rec["restarts"] == (said.stdout + said.stderr).count("; restart ")
     assert pids(settings.name, "/bin/bash /usr/local/bin/openwork-supervise openwork serve")
     policy = subprocess.run(["docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", settings.name],
                             capture_output=True, text=True).stdout.strip()
