@@ -39,7 +39,7 @@ def record(settings) -> dict:
         return {}
 
 
-def wait_for(what: str, predicate, timeout: float):
+def wait_for(what: str, predicate, timeout: float, name: str | None = None):
     deadline, delay = time.monotonic() + timeout, 0.1
     while time.monotonic() < deadline:
         value = predicate()
@@ -47,7 +47,11 @@ def wait_for(what: str, predicate, timeout: float):
             return value
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
-    pytest.fail(f"not within {timeout}s: {what}")
+    log = ""
+    if name:
+        out = subprocess.run(["docker", "logs", "-t", "--tail", "60", name], capture_output=True, text=True)
+        log = "\n".join(line for line in (out.stdout + out.stderr).splitlines() if "GET /health" not in line)
+    pytest.fail(f"not within {timeout}s: {what}\n{log}")
 
 
 def healthy(settings, token) -> bool:
@@ -121,9 +125,11 @@ def test_a_killed_program_comes_back_healthy(box, program, cmdline, reason):
     killed_at = time.monotonic()
     subprocess.run(["docker", "exec", settings.name, "sh", "-c", f"kill -9 {found[0]}"], check=True, timeout=30)
     rec = wait_for(f"a restart after {program} was killed",
-                   lambda: (r := record(settings)).get("restarts") == before["restarts"] + 1 and r, BACK_WITHIN)
+                   lambda: (r := record(settings)).get("restarts") == before["restarts"] + 1 and r, BACK_WITHIN,
+                   settings.name)
     wait_for(f"healthy again after {program} was killed",
-             lambda: healthy(settings, ep.token) and pids(settings.name, cmdline) not in ([], found), BACK_WITHIN)
+             lambda: healthy(settings, ep.token) and pids(settings.name, cmdline) not in ([], found), BACK_WITHIN,
+             settings.name)
     took = time.monotonic() - killed_at
     print(f"\n{program} killed -> healthy again in {took:.1f}s")
     assert reason in rec["last_exit"]["reason"], rec["last_exit"]
