@@ -64,6 +64,11 @@ class RuntimeStatus:
     detail: str = ""  # e.g. "exited (1)", "crashed"
     engine_restarts: int | None = None  # times the engine restarted the whole sandbox (Docker's restart policy)
 
+    @property
+    def exists(self) -> bool:
+        """The runtime holds a sandbox of this name (running or stopped)."""
+        return self.state != ABSENT
+
 
 class Runtime(abc.ABC):
     """One sandbox under one runtime. Implementations raise WorkflowError for expected failures."""
