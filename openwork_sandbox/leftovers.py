@@ -1,7 +1,6 @@
 """Sandboxes left behind: what ``doctor`` lists and ``reset --stale`` removes (issue 17, item 4).
 
-Each runtime lists the sandboxes this tool made with their marks (``runtimes.docker.list_managed``,
-``runtimes.microsandbox.list_managed``); :func:`ownership.judge` says which are stale (an
+Each runtime lists the sandboxes this tool made with their marks (``runtimes.listing``); :func:`ownership.judge` says which are stale (an
 ephemeral one whose ``smoke --ephemeral`` job is gone, or whose time ran out) and which are
 orphans (no ``.state/<name>/`` folder owns them). ``reset --stale`` removes the stale ones and
 their state folders, as the smoke run's own teardown would have; it never touches a sandbox whose
@@ -43,13 +42,13 @@ def _listed(settings: Settings) -> list[tuple[str, str, dict, bool]]:
 
     found = []
     if docker_support(timeout=5)[0]:
-        from .runtimes.docker import list_managed
+        from .runtimes.listing import docker_managed
 
-        found += [("docker", *item) for item in list_managed()]
+        found += [("docker", *item) for item in docker_managed()]
     try:
-        from .runtimes.microsandbox import list_managed as msb_list
+        from .runtimes.listing import microsandbox_managed
 
-        found += [("microsandbox", *item) for item in msb_list()]
+        found += [("microsandbox", *item) for item in microsandbox_managed()]
     except Exception:  # noqa: BLE001 - no SDK, no msb, no records: nothing to list there
         pass
     return found

@@ -203,7 +203,7 @@ def test_a_microvm_whose_job_is_gone_is_found_and_removed(stack_image, tmp_path,
     labels; where microVMs cannot boot, the SDK keeps the sandbox it could not boot) and exits
     without its teardown; doctor lists it from microsandbox's own records, reset --stale removes it."""
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.runtimes.microsandbox import list_managed
+    from openwork_sandbox.runtimes.listing import microsandbox_managed as list_managed
 
     name = unique_name("i17a-msb")
     made = subprocess.run([sys.executable, "-c", MSB_CREATE, str(tmp_path), str(ROOT / "tests"), name,

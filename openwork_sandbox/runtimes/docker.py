@@ -97,22 +97,6 @@ def _parse_time(text: str | None) -> float | None:
         return None
 
 
-def list_managed() -> list[tuple[str, dict[str, str], bool]]:
-    """``(name, marks, running)`` of every container this tool made (label ``managed``), on the
-    engine ``docker`` talks to; marks without their prefix."""
-    proc = commands.docker("ps", "-aq", "--filter", f"label={LABEL_MANAGED}=1", check=False, timeout=30)
-    ids = proc.stdout.split() if proc.returncode == 0 else []
-    if not ids:
-        return []
-    proc = commands.docker("inspect", *ids, check=False, timeout=60)
-    found = []
-    for info in json.loads(proc.stdout or "[]"):
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        marks = {k[len(MARK_PREFIX):]: v for k, v in labels.items() if k.startswith(MARK_PREFIX)}
-        found.append((info.get("Name", "").lstrip("/"), marks, bool((info.get("State") or {}).get("Running"))))
-    return found
-
-
 class DockerRuntime(Runtime):
     kind = "docker"
 

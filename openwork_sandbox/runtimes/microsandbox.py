@@ -171,29 +171,6 @@ def _sdk_error(exc: Exception, what: str) -> WorkflowError:
     return WorkflowError(f"microsandbox could not {what}: {exc}")
 
 
-def list_managed() -> list[tuple[str, dict[str, str], bool]]:
-    """``(name, marks, running)`` of every microVM this tool made (label ``fingerprint``), from
-    microsandbox's own records (no VM is booted to ask)."""
-    from microsandbox import Sandbox, SandboxStatus
-
-    async def go():
-        page = await Sandbox.list()
-        out = []
-        for handle in page.sandboxes:
-            labels = (handle.config() or {}).get("labels") or {}
-            if LABEL_FP not in labels:
-                continue
-            marks = {k[len(MARK_PREFIX):]: v for k, v in labels.items() if k.startswith(MARK_PREFIX) and k != LABEL_FP}
-            out.append((handle.name, marks, handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING)))
-        return out
-
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(go())
-    finally:
-        loop.close()
-
-
 class MicrosandboxRuntime(Runtime):
     kind = "microsandbox"
 
