@@ -89,6 +89,11 @@ def engine(stack_image):
             for cid in eng.docker("ps", "-aq", check=False).stdout.split():
                 eng.docker("rm", "-f", cid, check=False)
         eng.stop()
+        # dockerd leaves its network namespace mounted under the exec root
+        with open("/proc/mounts") as fh:
+            mounted = [line.split()[1] for line in fh if line.split()[1].startswith(str(root))]
+        for point in sorted(mounted, reverse=True):
+            subprocess.run(["umount", point], capture_output=True)
         subprocess.run(["rm", "-rf", str(root)], capture_output=True)
 
 
