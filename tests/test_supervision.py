@@ -20,7 +20,7 @@ from lifecycle_helpers import docker_env, invoke, make_settings
 
 pytestmark = pytest.mark.docker
 
-BACK_WITHIN = 90  # generous for a loaded 2-core machine; the measured figure is printed
+BACK_WITHIN = 240  # generous: on a loaded 2-core machine opencode can miss the orchestrator's 10 s a few times; the figure is printed
 
 
 def pids(name: str, needle: str) -> list[str]:
