@@ -156,8 +156,9 @@ def _place(src: Path, dest: Path, *, link: bool) -> None:
     os.utime(dest, ns=(npm_artifacts.FIXED_MTIME * 10**9,) * 2)
 
 
-def stage_context(settings: Settings, artifacts: dict[str, npm_artifacts.Artifact]) -> Path:
-    context = settings.state_dir / "image-context"
+def stage_context(settings: Settings, artifacts: dict[str, npm_artifacts.Artifact],
+                  folder: str = "image-context") -> Path:
+    context = settings.state_dir / folder
     (context / "bin").mkdir(parents=True, exist_ok=True)
     for name in CONTEXT_FILES:
         src, dest = IMAGE_DIR / name, context / name
@@ -185,12 +186,24 @@ def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_a
     script = "for p in " + " ".join(artifacts) + '; do printf "%s=" "$p"; "$p" --version 2>&1 | tr "\\n" " "; echo; done'
     proc = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", "-e", "HOME=/tmp",
                   image_id, "-c", script, timeout=120)
-    reported: dict[str, str] = {}
+    outputs: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         name, _, output = line.partition("=")
-        match = VERSION_RE.search(output)
         if name in artifacts:
-            reported[name] = match.group(0) if match else ""
+            outputs[name] = output
+    reported = compare_versions(outputs, artifacts)
+    verified[image_id] = reported
+    _write_json(verified_path, dict(list(verified.items())[-50:]))  # the last 50 images are plenty
+    return reported
+
+
+def compare_versions(outputs: dict[str, str], artifacts: dict[str, npm_artifacts.Artifact],
+                     where: str = "") -> dict[str, str]:
+    """The versions the programs' ``--version`` outputs name; a pin that does not match fails the build."""
+    reported: dict[str, str] = {}
+    for name, output in outputs.items():
+        match = VERSION_RE.search(output)
+        reported[name] = match.group(0) if match else ""
     problems = []
     for name, artifact in artifacts.items():
         got = reported.get(name, "")
@@ -200,9 +213,7 @@ def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_a
             program = npm_artifacts.PROGRAM_BY_NAME[name]
             problems.append(f"{name} reports {got}, pinned {artifact.version} ({program.version_env})")
     if problems:
-        raise WorkflowError("baked programs fail the version check: " + "; ".join(problems))
-    verified[image_id] = reported
-    _write_json(verified_path, dict(list(verified.items())[-50:]))  # the last 50 images are plenty
+        raise WorkflowError(f"baked programs{where} fail the version check: " + "; ".join(problems))
     return reported
 
 
@@ -229,7 +240,8 @@ def _host_reported_version(path: Path) -> str:
 def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = False) -> dict:
     """Build ``settings.image`` from the pinned programs; print and return what was built.
 
-    ``no_cache`` builds every layer again (scripts/bench-image uses it to time a cold build)."""
+    ``no_cache`` builds every layer again (scripts/bench-image uses it to time a cold build).
+    The host's platform only: ``image_platforms.build_image`` is what ``build-image`` calls."""
     with _build_lock(settings):
         return _build(settings, as_json, no_cache)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
 from pathlib import Path
 
 from .files import write_atomic
@@ -54,3 +55,14 @@ def pinned_image(settings: Settings) -> str:
     entry = read_pushes(settings).get(settings.image)
     pinned = entry.get("pinned") if isinstance(entry, dict) else None
     return pinned if isinstance(pinned, str) and "@sha256:" in pinned else settings.image
+
+
+def push_result(settings: Settings, image_id: str | None, digest: str, pinned: str, layers: int, layers_pushed: int,
+                bytes_pushed: int, image_bytes: int, pulled: bool, detail: str, started: float, **extra) -> dict:
+    """What push-image returns (and prints with --json), for one image or an index."""
+    return {
+        "image": settings.image, "image_id": image_id, "digest": digest, "pinned": pinned, **extra,
+        "layers": layers, "layers_pushed": layers_pushed, "bytes_pushed": bytes_pushed, "image_bytes": image_bytes,
+        "manifest_ok": True, "blobs_ok": True, "msb_pull": pulled, "msb_pull_detail": detail,
+        "seconds": round(time.monotonic() - started, 2),
+    }

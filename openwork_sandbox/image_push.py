@@ -24,7 +24,7 @@ import time
 from . import commands, console, gha, registry_access
 from .errors import WorkflowError
 from .image_build import read_last_build
-from .image_pin import record_push
+from .image_pin import push_result, record_push
 from .registry import Registry
 from .runtimes import microsandbox_pull
 from .settings import Settings
@@ -94,7 +94,8 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
 def push_image(settings: Settings, as_json: bool = False, *, build_first: bool = False) -> dict:
     """Push ``settings.image`` and prove it is pullable; print and return the digest and checks.
 
-    ``build_first`` (``push-image --image REF``): build REF first unless the last build was for it."""
+    ``build_first`` (``push-image --image REF`` / ``--platform P``): build REF first unless the last build
+    was for it (and those platforms)."""
     started = time.monotonic()
     ref = settings.image_ref
     registry = Registry.for_settings(settings)
@@ -102,11 +103,20 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     # line, with nothing tagged or sent
     registry.ping()
     registry.check_push(ref.repository)
-    if build_first and (read_last_build(settings) or {}).get("image") != settings.image:
-        from .image_build import build_image
+    from .image_platforms import built_for, wanted
 
-        console.info(f"the last build was not for {settings.image}: building it")
+    last_build = read_last_build(settings) or {}
+    if build_first and (last_build.get("image") != settings.image or built_for(last_build) != wanted(settings)):
+        from .image_platforms import build_image
+
+        console.info(f"the last build was not for {settings.image}"
+                     f"{' (' + settings.platform + ')' if settings.platform else ''}: building it")
         build_image(settings)
+    last = read_last_build(settings) or {}
+    if last.get("platforms"):  # built for several platforms: their images and an image index
+        from .image_index_push import push_index
+
+        return push_index(settings, registry, last, as_json, started)
     image_id = _local_image(settings)
     login(settings)
     console.info(f"pushing {settings.image}")
@@ -127,21 +137,8 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
                                image_id).stdout.split()
     layers = proof["layers"]
     pushed_bytes = sum(size for (_, size), diff in zip(layers, diff_ids) if diff.split(":")[-1][:12] in sent)
-    result = {
-        "image": settings.image,
-        "image_id": image_id,
-        "digest": digest,
-        "pinned": pinned,
-        "layers": len(layers),
-        "layers_pushed": len(sent),
-        "bytes_pushed": pushed_bytes,
-        "image_bytes": proof["bytes"],
-        "manifest_ok": True,
-        "blobs_ok": True,
-        "msb_pull": pulled,
-        "msb_pull_detail": detail,
-        "seconds": round(time.monotonic() - started, 2),
-    }
+    result = push_result(settings, image_id, digest, pinned, len(layers), len(sent), pushed_bytes, proof["bytes"],
+                         pulled, detail, started)
     if as_json:
         console.emit_json(result)
     else:
@@ -150,3 +147,4 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
                      f"{console.human_bytes(proof['bytes'])}) in {result['seconds']:.1f}s")
         console.info(f"  pin it: {result['pinned']}")
     return result
+

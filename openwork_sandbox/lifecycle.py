@@ -65,9 +65,10 @@ def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tup
     return picked.kind, picked.reason
 
 
-def _existing_runtime(settings: Settings, state: SandboxState) -> Runtime | None:
-    """The runtime that holds this sandbox (recorded by `up`), for down/status/logs/reset."""
-    recorded = state.record().get("runtime")
+def _existing_runtime(settings: Settings, state: SandboxState, *, strict: bool = True) -> Runtime | None:
+    """The runtime that holds this sandbox (recorded by `up`), for down/status/logs/reset; a record
+    that does not parse stops the task, unless not ``strict`` (reset: one of the ways out)."""
+    recorded = state.record(strict=strict).get("runtime")
     if recorded in RUNTIMES:
         return runtime_for(recorded, settings)
     if settings.runtime in RUNTIMES:
@@ -337,12 +338,12 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     started = time.monotonic()
     state = SandboxState(settings)
     _check_exposure(settings)
+    token, host_token = state.tokens(create=False)  # a tokens.json that does not parse stops here, before any change
     kind, why = choose_runtime(settings, state)
     console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
     rt = runtime_for(kind, settings)
 
     if not state.exists():  # the lock creates .state/<name>/: a busy port fails before that
-        token, host_token = state.tokens(create=False)
         fp = launch_spec(settings, kind, token or "", host_token or "").fingerprint
         _refuse_busy_port(settings, decide_up(_observe(settings, state, kind, rt, fp)))
     with state.lock(action="up"):
@@ -425,6 +426,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         "detail": st.detail,
         "image": st.image or record.get("image"),
         "digest": digest,
+        "platform": rt.platform(st) if rt is not None and st.state != ABSENT else None,
         "url": settings.url,
         "healthy": health is not None,
         "server_version": (health or {}).get("version"),
@@ -449,6 +451,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         ("runtime", info["runtime"] or "-"),
         ("image", info["image"] or "-"),
         ("digest", digest or "-"),
+        ("platform", info["platform"] or "-"),
         ("URL", settings.url),
         ("health", ("ok" + (f" (server {info['server_version']})" if info["server_version"] else "")) if health
          else ("no answer" if st.state == RUNNING else "-")),
@@ -539,7 +542,7 @@ def reset(settings: Settings, *, yes: bool = False, keep_data: bool = False) -> 
     # hold the lock (when there is a folder) so a running `up` for this name is not pulled from under
     guard = state.lock(action="reset") if state.exists() else contextlib.nullcontext()
     with guard:
-        rt = _existing_runtime(settings, state)
+        rt = _existing_runtime(settings, state, strict=keep_data)  # deleting it all: a broken record does not matter
         if rt is not None:
             if rt.remove():
                 console.info(f"{console.OK} removed the {rt.kind} sandbox {settings.name}")
@@ -594,3 +597,9 @@ def runtime_exec(settings: Settings, argv: list[str]) -> tuple[int, str]:
         raise WorkflowError(f"sandbox {settings.name} is not running: run `invoke up` first")
     return rt.exec(list(argv))
 
+
+
+def sandbox_status(settings: Settings) -> tuple[Runtime | None, RuntimeStatus]:
+    """The runtime that holds the sandbox (None when none does) and its status, for backup and restore."""
+    rt = _existing_runtime(settings, SandboxState(settings))
+    return rt, (rt.status() if rt is not None else RuntimeStatus(ABSENT))

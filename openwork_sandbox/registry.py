@@ -1,3 +1,5 @@
+# One module for now (over 400 lines): the one v2 API client (auth, retries, TLS, errors) and its few
+# calls (ping, manifests, blobs, uploads); a split would be the transport (_send and auth) and the calls.
 """The registry's HTTP API v2 (the only module here that talks to a registry over HTTP).
 
 Used to prove a push is pullable: the manifest for the tag is served (``Docker-Content-Digest``
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,7 +108,9 @@ class Registry:
 
     # --- HTTP with retries and auth --------------------------------------------------------------
     def _send(self, method: str, path: str, what: str, headers: dict | None = None,
-              scope: str | None = None, attempts: int = RETRIES, timeout: float | None = None) -> requests.Response:
+              scope: str | None = None, attempts: int = RETRIES, timeout: float | None = None,
+              body: bytes | Path | None = None) -> requests.Response:
+        """One request with retries and auth; ``body``: bytes, or a file sent again from its start on each try."""
         delay = self.backoff
         answered: set[str] = set()  # challenges answered for this request: each once
         attempt = 0
@@ -116,9 +121,10 @@ class Registry:
             if token:
                 hdrs["Authorization"] = f"Bearer {token}"
             basic = self.credentials is not None and self._basic and not token and bool(self.credentials.password)
+            data = open(body, "rb") if isinstance(body, Path) else body
             try:
                 resp = self.session.request(method, self.base + path, headers=hdrs, timeout=timeout or self.timeout,
-                                            allow_redirects=True,
+                                            allow_redirects=True, data=data,
                                             auth=(self.credentials.username, self.credentials.password) if basic else None)
             except requests.exceptions.SSLError as exc:
                 if not _cert_problem(exc) and self._http_instead():
@@ -134,6 +140,9 @@ class Registry:
                 raise UnreachableError(f"registry {self.host} does not answer at {self.base} ({_reason(exc)}) "
                                        f"while {what}; is it running (scripts/services start) and the address "
                                        "in OPENWORK_MICROSANDBOX_IMAGE right?") from None
+            finally:
+                if isinstance(body, Path) and data is not None:
+                    data.close()
             self._scheme_known = True
             if resp.status_code == 401:
                 kind = self._answer_challenge(resp, scope, answered)
@@ -279,7 +288,7 @@ class Registry:
             raise self._fail(resp, f"starting an upload to {repository}", scope)
         location = resp.headers.get("Location")
         if location:
-            path = location if location.startswith("/") else "/" + location.split("/", 3)[-1]
+            path = _location_path(location)
             try:
                 self._send("DELETE", path, "cancelling the test upload", scope=scope)
             except WorkflowError:
@@ -321,6 +330,44 @@ class Registry:
             return False
         raise self._fail(resp, f"blob {repository}@{digest[:19]}…", scope)
 
+    def blob(self, repository: str, digest: str) -> bytes:
+        """A (small) blob's bytes, e.g. an image's config."""
+        scope = scope_for(repository)
+        resp = self._send("GET", f"/v2/{repository}/blobs/{digest}", f"blob {digest[:19]}", scope=scope)
+        if resp.status_code != 200:
+            raise self._fail(resp, f"blob {repository}@{digest[:19]}…", scope)
+        return resp.content
+
+    def upload_blob(self, repository: str, digest: str, path: Path) -> bool:
+        """Send the file at ``path`` as blob ``digest`` unless the registry has it; True when sent."""
+        if self.blob_exists(repository, digest):
+            return False
+        scope = scope_for(repository, "pull,push")
+        resp = self._send("POST", f"/v2/{repository}/blobs/uploads/", f"starting an upload to {repository}", scope=scope)
+        location = resp.headers.get("Location")
+        if resp.status_code not in (201, 202) or not location:
+            raise self._fail(resp, f"starting an upload to {repository}", scope)
+        target = _location_path(location)
+        target += ("&" if "?" in target else "?") + f"digest={digest}"
+        resp = self._send("PUT", target, f"uploading blob {digest[:19]}", scope=scope, body=path,
+                          headers={"Content-Type": "application/octet-stream"}, timeout=max(self.timeout, 600))
+        if resp.status_code != 201:
+            raise self._fail(resp, f"uploading blob {repository}@{digest[:19]}…", scope)
+        return True
+
+    def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
+        """PUT a manifest or an index under a tag or its digest; returns the digest the registry names."""
+        scope = scope_for(repository, "pull,push")
+        what = f"manifest {repository}:{reference}" if not reference.startswith("sha256:") else \
+            f"manifest {repository}@{reference}"
+        resp = self._send("PUT", f"/v2/{repository}/manifests/{reference}", f"pushing {what}", scope=scope,
+                          body=body, headers={"Content-Type": media_type})
+        if resp.status_code not in (200, 201):
+            detail = resp.text.strip().replace("\n", " ")[:200]
+            raise WorkflowError(f"registry {self.host} refused {what} (HTTP {resp.status_code}: {detail})") \
+                if resp.status_code == 400 else self._fail(resp, f"pushing {what}", scope)
+        return resp.headers.get("Docker-Content-Digest", "")
+
     def verify_pullable(self, ref: ImageRef, expected_digest: str | None = None) -> dict[str, Any]:
         """Prove ``ref`` can be pulled: its manifest (every platform of an index) and every blob."""
         repo = ref.repository
@@ -344,6 +391,11 @@ class Registry:
         layers = [(d["digest"], int(d.get("size", 0))) for m in manifests for d in m.get("layers", [])]
         return {"digest": digest, "media_type": media_type, "platforms": len(manifests), "layers": layers,
                 "blobs": len(blobs), "bytes": sum(blobs.values())}
+
+
+def _location_path(location: str) -> str:
+    """An upload's ``Location`` (absolute or not) as a path on this registry."""
+    return location if location.startswith("/") else "/" + location.split("/", 3)[-1]
 
 
 def _cert_problem(exc: Exception) -> bool:

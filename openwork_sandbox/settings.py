@@ -107,7 +107,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Folders and files under the state folder that belong to the tool itself, not to a sandbox: a
 # sandbox of one of these names would share (and `reset` would delete) them.
 RESERVED_NAMES = frozenset({"services", "image-context", "last-build.json", "verified-images.json", "last-push.json",
-                            "test-cache", "test-stack"})
+                            "test-cache", "test-stack", "backups"})
 
 
 def _name(raw: str) -> str:
@@ -232,6 +232,32 @@ def _path(raw: str) -> str:
     return raw.strip()
 
 
+def _per_platform(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A plain value (the host's platform's) or ``linux/amd64=a,linux/arm64=b`` (each value parsed)."""
+
+    def per_platform(raw: str) -> Any:
+        from .platforms import PlatformError, parse_per_platform
+
+        try:
+            value = parse_per_platform(raw)
+        except PlatformError as exc:
+            raise _Invalid(str(exc)) from None
+        if isinstance(value, dict):
+            return {name: parse(v) for name, v in value.items()}
+        return parse(value)
+
+    return per_platform
+
+
+def _platforms(raw: str) -> str:
+    from .platforms import PlatformError, parse_platforms
+
+    try:
+        return ",".join(str(p) for p in parse_platforms(raw))  # normalized: linux/amd64,linux/arm64
+    except PlatformError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _url(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^https?://[^\s/]+", value):
@@ -280,6 +306,8 @@ SPECS: tuple[Spec, ...] = (
          "client token (default: generated once per sandbox, kept in .state/<name>/)", secret=True),
     Spec("host_token", "OPENWORK_HOST_TOKEN", _token, None,
          "host/owner token (default: generated once per sandbox)", secret=True),
+    Spec("allow_default_tokens", "OPENWORK_ALLOW_DEFAULT_TOKENS", _bool, False,
+         "accept upstream's published default tokens (microsandbox-token, microsandbox-host-token), which anyone can guess"),
     # runtime
     Spec("runtime", "OPENWORK_MICROSANDBOX_RUNTIME", _choice("auto", "microsandbox", "docker"), "auto",
          "auto picks microsandbox where microVMs boot, else Docker"),
@@ -309,14 +337,17 @@ SPECS: tuple[Spec, ...] = (
          "openwork-server version baked into the image"),
     Spec("opencode_version", "OPENCODE_VERSION", _version, "1.17.11",
          "opencode version baked into the image"),
-    Spec("orchestrator_bin", "OPENWORK_ORCHESTRATOR_BIN_PATH", _path, None,
+    Spec("orchestrator_bin", "OPENWORK_ORCHESTRATOR_BIN_PATH", _per_platform(_path), None,
          "bake this local openwork executable instead of downloading"),
-    Spec("server_bin", "OPENWORK_SERVER_BIN", _path, None,
+    Spec("server_bin", "OPENWORK_SERVER_BIN", _per_platform(_path), None,
          "bake this local openwork-server executable instead of downloading"),
-    Spec("opencode_bin", "OPENWORK_OPENCODE_BIN", _path, None,
+    Spec("opencode_bin", "OPENWORK_OPENCODE_BIN", _per_platform(_path), None,
          "bake this local opencode executable instead of downloading"),
-    Spec("base_image", "OPENWORK_BASE_IMAGE", _image, "debian:bookworm-slim",
-         "base of the image (scripts/make-base-image makes one offline)"),
+    Spec("base_image", "OPENWORK_BASE_IMAGE", _per_platform(_image), "debian:bookworm-slim",
+         "base of the image (scripts/make-base-image makes one offline); per platform: "
+         "linux/amd64=IMAGE,linux/arm64=IMAGE"),
+    Spec("platform", "OPENWORK_PLATFORMS", _platforms, None,
+         "platforms to build and push, e.g. linux/amd64,linux/arm64 (default: this host's alone)"),
     Spec("source_date_epoch", "SOURCE_DATE_EPOCH", _int_range(0, 4102444800, 1700000000, " (Unix seconds)"), None,
          "image 'created' label (default: the git commit time), so rebuilds keep the same image id"),
     Spec("cache_dir", "OPENWORK_CACHE_DIR", _path, None,
@@ -352,6 +383,7 @@ class Settings:
     connect_host: str
     token: str | None
     host_token: str | None
+    allow_default_tokens: bool
     runtime: str
     cpus: int
     memory: int
@@ -376,9 +408,12 @@ class Settings:
     registry_password: str | None
     registry_insecure: bool
     registry_ca: Path | None
+    platform: str | None  # OPENWORK_PLATFORMS / --platform: the platforms to build (None: the host's)
     project_root: Path
     env_file: Path | None
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    # the values set per platform (linux/amd64=…,linux/arm64=…), by field; the field itself holds the host's
+    per_platform: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
     ephemeral: bool = False  # a throwaway sandbox of `smoke --ephemeral` (not a setting: smoke sets it)
 
     # --- derived values ---------------------------------------------------------------------
@@ -582,6 +617,7 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
 
+    per_platform = _split_per_platform(values, project_root)
     state_dir = _absolute(values["state_dir"], project_root) if values["state_dir"] else project_root / ".state"
     name_dir = state_dir / values["name"]
     cache_root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -595,8 +631,99 @@ def load_settings(
         opencode_bin=_absolute(values["opencode_bin"], project_root) if values["opencode_bin"] else None,
         registry_ca=_absolute(values["registry_ca"], project_root) if values["registry_ca"] else None,
     )
+    problems = token_problems(values["token"], values["host_token"], values["allow_default_tokens"], origins)
+    problems += folder_problems(values, origins)
+    if problems:
+        raise SettingsError(problems)
     return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
-                    origins=origins)
+                    origins=origins, per_platform=per_platform)
+
+
+def _split_per_platform(values: dict[str, Any], root: Path) -> dict[str, dict[str, Any]]:
+    """Move per-platform values out of ``values`` (the field keeps the host's platform's entry)."""
+    from .platforms import host_platform
+
+    out: dict[str, dict[str, Any]] = {}
+    for field in ("orchestrator_bin", "server_bin", "opencode_bin", "base_image"):
+        value = values[field]
+        if isinstance(value, dict):
+            if field != "base_image":
+                value = {name: _absolute(v, root) for name, v in value.items()}
+            out[field] = value
+            host = value.get(str(host_platform()))
+            values[field] = host if host is not None or field != "base_image" else SPEC_BY_FIELD[field].default
+    return out
+
+
+# --- rules across settings: tokens that would hurt, folders that would leak -------------------------
+
+# upstream's example publishes these; anyone who read it can use a sandbox that keeps them
+UPSTREAM_DEFAULT_TOKENS = ("microsandbox-token", "microsandbox-host-token")
+
+
+def _from(origins: Mapping[str, str], field: str) -> str:
+    return origins.get(field, "default")
+
+
+def token_problems(token: str | None, host_token: str | None, allow_default: bool,
+                   origins: Mapping[str, str] | None = None) -> list[str]:
+    """The one rule for tokens that would hurt the sandbox: the client token equal to the host
+    token (every client would be the owner), and upstream's published default tokens (unless
+    ``OPENWORK_ALLOW_DEFAULT_TOKENS``). One line per problem; no token is shown."""
+    origins = origins or {}
+    problems = []
+    if token and host_token and token == host_token:
+        problems.append(f"OPENWORK_TOKEN and OPENWORK_HOST_TOKEN are the same token (from {_from(origins, 'token')} and "
+                        f"{_from(origins, 'host_token')}): every client would have the host's owner rights; give the "
+                        "client a token of its own, or unset OPENWORK_TOKEN to have one generated")
+    if not allow_default:
+        for field, env, value in (("token", "OPENWORK_TOKEN", token), ("host_token", "OPENWORK_HOST_TOKEN", host_token)):
+            if value in UPSTREAM_DEFAULT_TOKENS:
+                problems.append(f"{env} (from {_from(origins, field)}) is upstream's published default token "
+                                f"{value!r}, which anyone can guess: unset it to have a strong one generated, or set "
+                                "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway")
+    return problems
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _not_a_folder(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a folder (a file), or None."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+        if candidate.is_symlink():  # a dangling link: mkdir would fail on it too
+            return candidate
+    return None
+
+
+def folder_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+    """Folders that cannot work or would leak: a workspace or data path that is (or is under) a
+    file, and a data folder equal to, inside or containing the workspace (the token store and
+    opencode's database would be readable by the agent and every collaborator)."""
+    problems = []
+    state_blocked = _not_a_folder(Path(values["state_dir"])) is not None  # doctor and `up` name OPENWORK_STATE_DIR
+    for field in ("workspace_dir", "data_dir"):
+        spec = SPEC_BY_FIELD[field]
+        blocker = _not_a_folder(Path(values[field]))
+        if blocker is None or (state_blocked and field not in origins):  # a default under that state folder
+            continue
+        what = "is a file, not a folder" if blocker == Path(values[field]) else f"cannot be a folder: {blocker} is a file"
+        problems.append(f"{spec.env}={values[field]} (from {_from(origins, field)}) {what}; point {spec.env} at a "
+                        f"folder, or move the file away")
+    if problems:
+        return problems
+    workspace, data = (Path(os.path.realpath(values[f])) for f in ("workspace_dir", "data_dir"))
+    if _is_within(data, workspace) or _is_within(workspace, data):
+        relation = ("is the workspace folder" if data == workspace else
+                    "is inside the workspace folder" if _is_within(data, workspace) else "contains the workspace folder")
+        problems.append(f"OPENWORK_MICROSANDBOX_DATA_DIR={values['data_dir']} (from {_from(origins, 'data_dir')}) "
+                        f"{relation} OPENWORK_MICROSANDBOX_WORKSPACE_DIR={values['workspace_dir']} (from "
+                        f"{_from(origins, 'workspace_dir')}): the token store and opencode's database would be readable "
+                        "by the agent and every collaborator; point the two settings at separate folders")
+    return problems
 
 
 def _absolute(value: str | Path, root: Path) -> Path:

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import gha
-from .errors import WorkflowError
+from .errors import EXIT_BAD_SETTINGS, SettingsError, WorkflowError
 from .files import write_atomic
-from .settings import SPECS, Settings
+from .settings import SPECS, Settings, token_problems
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
 MIN_PUBLIC_TOKEN_LEN = 24  # a port published beyond loopback needs at least this much token
@@ -65,13 +65,16 @@ class SandboxState:
 
     def ensure(self) -> None:
         """Create ``.state/<name>/`` (0700) and the two bind-mounted folders, all absolute."""
-        for path in (self.dir, self.settings.workspace_dir, self.settings.data_dir):
+        for path, setting in ((self.dir, "OPENWORK_STATE_DIR"),
+                              (self.settings.workspace_dir, "OPENWORK_MICROSANDBOX_WORKSPACE_DIR"),
+                              (self.settings.data_dir, "OPENWORK_MICROSANDBOX_DATA_DIR")):
             if path.is_symlink() and path in (self.dir,):
                 raise WorkflowError(f"{path} is a symlink; the state folder must be a real folder: remove the link")
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise WorkflowError(f"cannot create {path} ({exc.strerror}): check OPENWORK_STATE_DIR and its permissions") from None
+                raise WorkflowError(f"cannot create {path} ({exc.strerror}): check {setting} and the permissions of "
+                                    "its folders") from None
         with contextlib.suppress(OSError):
             os.chmod(self.dir, 0o700)
 
@@ -80,12 +83,16 @@ class SandboxState:
     def tokens_path(self) -> Path:
         return self.dir / TOKENS_FILE
 
-    def stored_tokens(self) -> dict[str, str]:
+    def stored_tokens(self, *, strict: bool = False) -> dict[str, str]:
+        """The tokens kept in ``tokens.json``; with ``strict`` a file that is there but does not parse
+        raises :class:`StateFileError` (it is never replaced), else it reads as empty (for masking)."""
         try:
-            data = json.loads(self.tokens_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = read_state_json(self.tokens_path, TOKENS_FIX)
+        except StateFileError:
+            if strict:
+                raise
             return {}
-        return {k: v for k, v in data.items() if isinstance(v, str) and v} if isinstance(data, dict) else {}
+        return {k: v for k, v in data.items() if isinstance(v, str) and v}
 
     def tokens(self, *, create: bool = True) -> tuple[str | None, str | None]:
         """The client and host tokens: from the settings when set, else generated once and kept.
@@ -96,7 +103,7 @@ class SandboxState:
         token, host_token = self.settings.token, self.settings.host_token
         if token and host_token:
             return token, host_token
-        stored = self.stored_tokens()
+        stored = self.stored_tokens(strict=True)  # a broken file stops here: it is kept, never replaced
         changed = False
         if not token:
             token = stored.get("token")
@@ -108,6 +115,11 @@ class SandboxState:
             if not host_token and create:
                 host_token = stored["host_token"] = new_token()
                 changed = True
+        kept = str(self.tokens_path)  # the same rule for tokens set by hand in tokens.json
+        origins = {f: self.settings.origin(f) if getattr(self.settings, f) else kept for f in ("token", "host_token")}
+        problems = token_problems(token, host_token, self.settings.allow_default_tokens, origins)
+        if problems:
+            raise SettingsError(problems)
         if changed:
             self.ensure()
             write_private_file(self.tokens_path, json.dumps(stored, indent=2) + "\n")
@@ -119,8 +131,8 @@ class SandboxState:
     def record_path(self) -> Path:
         return self.dir / RECORD_FILE
 
-    def record(self) -> dict[str, Any]:
-        return read_record(self.dir)
+    def record(self, *, strict: bool = True) -> dict[str, Any]:
+        return read_record(self.dir, strict=strict)
 
     def save_record(self, **values: Any) -> dict[str, Any]:
         """Merge ``values`` into ``sandbox.json`` (0600; it names the job but holds no secret)."""
@@ -181,17 +193,56 @@ def mask_settings(settings: Settings) -> None:
     gha.mask(*SandboxState(settings).stored_tokens().values())
 
 
-def read_record(state_dir: Path) -> dict[str, Any]:
-    """``<state_dir>/sandbox.json`` as a dict (empty when missing or unreadable)."""
+class StateFileError(WorkflowError):
+    """A file of ``.state/<name>/`` is there but does not parse: it is kept, and the task stops (exit 2)."""
+
+    exit_code = EXIT_BAD_SETTINGS
+
+
+# the two ways out, per file (after "fix it, or")
+TOKENS_FIX = ("move it aside (`mv {path} {path}.broken`) to have new tokens generated (clients configured with the old "
+              "ones then need the new ones), or `invoke reset`")
+RECORD_FIX = "move it aside (`mv {path} {path}.broken`; the next `invoke up` writes a new one), or `invoke reset`"
+
+
+def read_state_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object kept in ``.state/<name>/``: ``{}`` when the file is missing; a file that cannot
+    be read or does not hold a JSON object raises :class:`StateFileError` naming it and the two ways
+    out (``fix``), and is left as it is."""
     try:
-        data = json.loads((state_dir / RECORD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise StateFileError(f"{path} cannot be read ({why}); it is kept as it is: fix it, or {fix.format(path=path)}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        why = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        data, problem = None, why
+    else:
+        problem = None if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
+    if problem:
+        raise StateFileError(f"{path} does not parse ({problem}); it is kept as it is: fix it, or "
+                             f"{fix.format(path=path)}")
+    return data
+
+
+def read_record(state_dir: Path, *, strict: bool = True) -> dict[str, Any]:
+    """``<state_dir>/sandbox.json`` as a dict (empty when missing). One that does not parse raises
+    :class:`StateFileError` (kept as it is), or reads as empty with ``strict=False``."""
+    try:
+        return read_state_json(state_dir / RECORD_FILE, RECORD_FIX)
+    except StateFileError:
+        if strict:
+            raise
+        return {}
 
 
 def update_record(state_dir: Path, **values: Any) -> dict[str, Any]:
-    """Merge ``values`` into ``<state_dir>/sandbox.json``; a value of None removes the key."""
+    """Merge ``values`` into ``<state_dir>/sandbox.json``; a value of None removes the key. A record
+    that does not parse is never overwritten (:class:`StateFileError`)."""
     data = read_record(state_dir)
     for key, value in values.items():
         if value is None:

@@ -73,36 +73,40 @@ def doctor(c, runtime=None, json=False, env_file=None):
         "json": JSON_HELP,
         "image": "tag the built image with this reference (OPENWORK_MICROSANDBOX_IMAGE)",
         "base_image": "base image to build on (OPENWORK_BASE_IMAGE)",
+        "platform": "platforms to build, e.g. linux/amd64,linux/arm64 (OPENWORK_PLATFORMS; default: this host's)",
     },
 )
-def build_image(c, image=None, base_image=None, json=False, env_file=None):
+def build_image(c, image=None, base_image=None, json=False, env_file=None, platform=None):
     """Build the image from pinned, verified OpenWork programs."""
     with task_boundary("build-image"):
         from openwork_sandbox import gha
-        from openwork_sandbox.image_build import build_image as build
+        from openwork_sandbox.image_platforms import build_image as build
 
-        result = build(_settings(c, env_file, image=image, base_image=base_image), as_json=json)
+        result = build(_settings(c, env_file, image=image, base_image=base_image, platform=platform), as_json=json)
         gha.append_summary(gha.build_summary(result))
 
 
 @task(
     name="push-image",
     # the same call the command line makes for a bare `build-image`, so Invoke's dedupe builds once
-    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None)],
+    pre=[call(build_image, image=None, base_image=None, json=False, env_file=None, platform=None)],
     help={
         "env_file": ENV_FILE_HELP,
         "json": JSON_HELP,
         "image": "build and push this reference (OPENWORK_MICROSANDBOX_IMAGE)",
+        "platform": "build and push these platforms as one image index, e.g. linux/amd64,linux/arm64 "
+                    "(OPENWORK_PLATFORMS)",
     },
 )
-def push_image(c, image=None, json=False, env_file=None):
+def push_image(c, image=None, json=False, env_file=None, platform=None):
     """Push the image and prove the registry serves it."""
     with task_boundary("push-image"):
         from openwork_sandbox import gha
         from openwork_sandbox.image_push import push_image as push
 
-        # the pre-task built the default reference: --image REF is built (from cache) as REF first
-        result = push(_settings(c, env_file, image=image), as_json=json, build_first=image is not None)
+        # the pre-task built the default reference: --image REF / --platform P are built (from cache) first
+        result = push(_settings(c, env_file, image=image, platform=platform), as_json=json,
+                      build_first=image is not None or platform is not None)
         gha.append_summary(gha.push_summary(result))
 
 
@@ -236,6 +240,38 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
                 "the smoke checks failed (see the annotations above)")
 
 
+@task(
+    help={
+        **SANDBOX_HELP,
+        "output": "write the archive here (default .state/backups/<name>-<UTC time>.tar.gz); never overwrites",
+        "workspace": "also put the workspace folder in the archive (by default only what the sandbox keeps in /data "
+                     "and its tokens)",
+    }
+)
+def backup(c, name=None, output=None, workspace=False, env_file=None):
+    """Write one archive of the sandbox's data (a consistent database copy, tokens, configs), also while it runs."""
+    with task_boundary("backup"):
+        from openwork_sandbox.backup import backup as write_backup
+
+        write_backup(_settings(c, env_file, name=name), output=output, workspace=workspace)
+
+
+@task(
+    help={
+        **SANDBOX_HELP,
+        "path": "the archive `invoke backup` wrote",
+        "force": "restore over a sandbox that holds data; what was there is kept beside it as "
+                 "<folder>.before-restore-<time>",
+    }
+)
+def restore(c, path, name=None, force=False, env_file=None):
+    """Put a backup back into the sandbox name, every file verified first; then `invoke up`."""
+    with task_boundary("restore"):
+        from openwork_sandbox.restore import restore as put_back
+
+        put_back(_settings(c, env_file, name=name), path, force=force)
+
+
 def _smoke_help() -> str:
     from openwork_sandbox.smoke_checks import describe  # declarations only: no HTTP client imported
 
@@ -244,5 +280,5 @@ def _smoke_help() -> str:
 
 smoke.__doc__ = smoke.__doc__.rstrip() + _smoke_help()
 
-ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke)
+ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke, backup, restore)
 ns.configure({"openwork_sandbox": {"project_root": None}})

@@ -1,8 +1,16 @@
 """The package as a user gets it: a wheel installed into a fresh venv, run from another folder.
 
-Real parts: pip builds the wheel from this checkout, a new venv (with the system's site-packages,
-so the dependencies need no download) gets the wheel with ``--no-deps``, and its
-``openwork-sandbox`` program and importable collection run in a temporary folder.
+Real parts: pip builds the wheel from this checkout. Two venvs get it:
+
+- ``installed``: the wheel with ``--no-deps`` in a venv that sees the dependencies this Python
+  already has, whether the suite runs on the system's Python (root, CI) or inside a venv (a venv
+  made from a venv with ``--system-site-packages`` sees the *base* Python's packages, not the first
+  venv's: :func:`_see_these_packages` adds this interpreter's site folders by a ``.pth`` file,
+  after the venv's own, so the wheel installed there still comes first);
+- ``installed_with_deps``: an isolated venv where pip installs the wheel *with* its declared
+  dependencies, resolved from the package index pip is configured with, then ``pip check``.
+
+Their ``openwork-sandbox`` program and importable collection run in a temporary folder.
 """
 
 from __future__ import annotations
@@ -44,10 +52,76 @@ def installed(tmp_path_factory):
     (wheel,) = wheels.glob("openwork_sandbox-*.whl")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    _see_these_packages(venv)
     proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
                            "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return wheel, venv
+
+
+def _site_folders() -> list[str]:
+    """The folders this interpreter's installed packages are in (a venv's own, and the base's when it
+    sees them), without the checkout: what the test venv needs to import the dependencies."""
+    import site
+
+    folders = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        folders.append(site.getusersitepackages())
+    return [f for f in dict.fromkeys(folders) if os.path.isdir(f) and Path(f).resolve() != ROOT]
+
+
+def _see_these_packages(venv: Path) -> None:
+    """Put this interpreter's site folders on the venv's path, after its own site-packages. Lines of
+    a ``.pth`` file only add folders: the ``.pth`` files inside them (an editable install of this
+    checkout, for one) are not run, so the venv imports the package only from the wheel."""
+    python = str(venv / "bin" / "python")
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    Path(own, "zz-outer-site-packages.pth").write_text("".join(f"{f}\n" for f in _site_folders()))
+
+
+@pytest.fixture(scope="module")
+def installed_with_deps(installed, tmp_path_factory):
+    """``(wheel path, venv folder)``: the same wheel in a venv that sees no other packages, installed
+    by pip *with* its declared dependencies (from the index pip is configured with)."""
+    wheel, _ = installed
+    venv = tmp_path_factory.mktemp("isolated") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_NO_DEPS", "PIP_NO_INDEX")}
+    proc = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check = subprocess.run([python, "-m", "pip", "check"], env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return wheel, venv
+
+
+def test_the_isolated_venv_got_every_declared_dependency_from_pip(installed_with_deps):
+    """Every requirement in the wheel's own metadata is installed in the venv itself (not seen
+    through another Python's site-packages), at a version the requirement allows."""
+    wheel, venv = installed_with_deps
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist()
+                                                if n.endswith(".dist-info/METADATA"))).decode()
+    declared = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in declared} >= {
+        "invoke", "microsandbox", "requests", "python-dotenv", "packaging"}
+    script = ("import json, sys, importlib.metadata as md\n"
+              "from packaging.requirements import Requirement\n"
+              "out = {}\n"
+              "for text in json.loads(sys.argv[1]):\n"
+              "    req = Requirement(text)\n"
+              "    dist = md.distribution(req.name)\n"
+              "    out[req.name] = [dist.version, req.specifier.contains(dist.version, prereleases=True),"
+              " str(dist.locate_file(''))]\n"
+              "print(json.dumps(out))\n")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script, json.dumps(declared)], env=_clean_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name, (version, allowed, where) in json.loads(proc.stdout).items():
+        assert allowed, f"{name} {version} does not satisfy the wheel's requirement"
+        assert Path(where).resolve().is_relative_to(venv.resolve()), f"{name} comes from {where}, not the venv"
 
 
 def test_the_wheel_holds_every_module_and_the_image_files(installed):
@@ -63,8 +137,8 @@ def test_the_wheel_holds_every_module_and_the_image_files(installed):
     assert "openwork-sandbox = openwork_sandbox.cli:main" in entry_points
 
 
-def test_console_program_lists_versions_and_runs_doctor_from_another_folder(installed, tmp_path):
-    _, venv = installed
+def test_console_program_lists_versions_and_runs_doctor_from_another_folder(installed_with_deps, tmp_path):
+    _, venv = installed_with_deps
     program = str(venv / "bin" / "openwork-sandbox")
     env = _clean_env()
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import openwork_sandbox; print(openwork_sandbox.__file__)"],
@@ -73,7 +147,8 @@ def test_console_program_lists_versions_and_runs_doctor_from_another_folder(inst
 
     listing = subprocess.run([program, "--list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
-    for name in ("build-image", "push-image", "up", "down", "status", "logs", "reset", "smoke", "doctor"):
+    for name in ("build-image", "push-image", "up", "down", "status", "logs", "reset", "smoke", "doctor", "backup",
+                 "restore"):
         assert re.search(rf"^\s+{re.escape(name)}\s", listing.stdout, re.M), listing.stdout
 
     version = subprocess.run([program, "--version"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)

@@ -74,6 +74,9 @@ class Runtime(abc.ABC):
     """One sandbox under one runtime. Implementations raise WorkflowError for expected failures."""
 
     kind: str = "?"
+    # The host reads the bind-mounted folders as the sandbox writes them, with the same file locks
+    # (one kernel): SQLite on the host can take an online backup of a database in use (`backup`).
+    live_files_on_host: bool = False
 
     def __init__(self, name: str, state_dir: Path):
         self.name = name
@@ -147,6 +150,13 @@ class Runtime(abc.ABC):
     def digest(self, st: RuntimeStatus) -> str | None:
         """The image digest to show for ``st`` (``repo@sha256:…`` where the runtime knows it)."""
         return st.digest
+
+    def platform(self, st: RuntimeStatus) -> str | None:
+        """The platform of the image ``st`` runs: the host's (a runtime boots its own platform,
+        from an image index too); a runtime that can ask its image says what it is."""
+        from ..platforms import host_platform
+
+        return str(host_platform()) if st.image else None
 
     def describe(self) -> tuple[str, list[str], str]:
         """(state, last log lines, log hint) for error messages."""

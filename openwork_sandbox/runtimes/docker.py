@@ -1,3 +1,7 @@
+# One module for now (over 400 lines): one Runtime implementation over the docker CLI (inspect, run, the
+# copy-out of an older layout, logs, the restart policy). The split it would take: the copy-out
+# (open_for_copy, copy_out, the hand-back of root-owned files) into docker_copy.py; not now, while
+# other branches change this runtime.
 """The Docker runtime: ``docker run -d`` of the same image, for hosts without microVMs.
 
 Networking and the loopback rule:
@@ -99,6 +103,7 @@ def _parse_time(text: str | None) -> float | None:
 
 class DockerRuntime(Runtime):
     kind = "docker"
+    live_files_on_host = True  # a bind mount on the host's own kernel
 
     # --- inspection ---------------------------------------------------------------------------
     def _inspect(self) -> dict | None:
@@ -144,6 +149,15 @@ class DockerRuntime(Runtime):
         if st.image and "@sha256:" in st.image:  # repo@sha256:… (image_pin) is its own digest
             return st.image
         return (self.image_digest(st.image) if st.image else None) or st.digest
+
+    def platform(self, st: RuntimeStatus) -> str | None:
+        """``os/arch`` of the container's image, as Docker records it."""
+        proc = commands.docker("container", "inspect", "--format", "{{.Image}}", self.name, check=False, timeout=15)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return None
+        img = commands.docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", proc.stdout.strip(),
+                              check=False, timeout=15)
+        return img.stdout.strip() if img.returncode == 0 and img.stdout.strip() else None
 
     def is_alive(self) -> bool:
         proc = commands.docker("container", "inspect", "--format", "{{.State.Running}} {{.State.Restarting}}",

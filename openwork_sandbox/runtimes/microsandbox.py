@@ -205,7 +205,7 @@ class MicrosandboxRuntime(Runtime):
 
     def job_id(self) -> str | None:
         """The server job's id as recorded in ``.state/<name>/sandbox.json`` (a shortcut)."""
-        return read_record(self.state_dir).get("job_id")
+        return read_record(self.state_dir, strict=False).get("job_id")
 
     def _save_job(self, job_id: str | None) -> None:
         update_record(self.state_dir, job_id=job_id)
@@ -264,6 +264,25 @@ class MicrosandboxRuntime(Runtime):
             return await job.inspect() if job is not None else None
         except MicrosandboxError:
             return None
+
+    def platform(self, st: RuntimeStatus) -> str | None:
+        """``os/arch`` of the image in microsandbox's cache (from an index, the platform it picked)."""
+        if not st.image:
+            return None
+
+        async def go() -> str | None:
+            from microsandbox import Image, MicrosandboxError
+
+            try:
+                image = await Image.get(st.image)
+            except MicrosandboxError:
+                return None
+            return f"{image.os}/{image.architecture}" if image.os and image.architecture else None
+
+        try:
+            return self._run(go()) or super().platform(st)
+        except Exception:  # the cache could not be read: the platform it boots is the host's
+            return super().platform(st)
 
     def status(self) -> RuntimeStatus:
         from microsandbox import SandboxStatus

@@ -1,0 +1,265 @@
+"""`restore`: an archive of `backup` (:mod:`openwork_sandbox.backup`, which describes its layout) put back whole.
+
+**Restore** puts an archive back into the configured sandbox name (which may differ from the one it
+came from). It refuses while that sandbox runs (``invoke down`` first), and refuses a data folder
+that is not empty (or a ``tokens.json``, or a non-empty workspace when the archive holds one)
+unless ``--force``, which keeps what was there as ``<folder>.before-restore-<time>`` (nothing is
+deleted). It reads the whole archive into a staging folder first, checking every member against the
+manifest (type, size, sha256; nothing outside ``data/``, ``state/tokens.json``, ``workspace/``; no
+member through a link) and the gzip stream to its end (its CRC and length), reads the staged files
+back from disk against the manifest, and only then moves them into place. A corrupt or truncated
+archive is refused in one line and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+from . import console
+from .backup import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, hash_file
+from .errors import EXIT_BAD_SETTINGS, WorkflowError
+from .persist import read_chunks
+from .settings import Settings
+from .state import TOKENS_FILE, SandboxState
+
+MAX_MANIFEST = 64 << 20
+
+
+class BadArchive(Exception):
+    """Why an archive cannot be restored (the caller adds the path and "nothing was changed")."""
+
+
+@contextlib.contextmanager
+def _reading_archive() -> Iterator[None]:
+    """Truncation and corruption, wherever the reading meets them (a member's header or its data,
+    the gzip trailer), become :class:`BadArchive`."""
+    try:
+        yield
+    except EOFError:
+        raise BadArchive("it is truncated (the compressed data ends early)") from None
+    except gzip.BadGzipFile as exc:
+        raise BadArchive(f"it is corrupt ({exc})") from None
+    except (tarfile.TarError, zlib.error) as exc:
+        reason = str(exc) or exc.__class__.__name__
+        if "unexpected end" in reason or "truncated" in reason:
+            raise BadArchive("it is truncated (the archive ends early)") from None
+        raise BadArchive(f"it is corrupt ({reason})") from None
+
+
+def _open_members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Every member of the archive in order, then the gzip stream read to its end (its CRC and
+    length checked); read the members' data inside :func:`_reading_archive` too."""
+    with _reading_archive(), open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        with tarfile.open(fileobj=gz, mode="r|") as tar:
+            for member in tar:
+                yield tar, member
+        while gz.read(1 << 20):  # past the tar's end: the gzip trailer must be there and match
+            pass
+
+
+def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict:
+    if member.name != MANIFEST or not member.isreg() or member.size > MAX_MANIFEST:
+        raise BadArchive(f"it does not start with a {MANIFEST} (not a backup made by `invoke backup`)")
+    fh = tar.extractfile(member)
+    try:
+        manifest = json.loads(fh.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise BadArchive(f"its {MANIFEST} does not parse") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("entries"), list):
+        raise BadArchive(f"its {MANIFEST} is not an {FORMAT} manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise BadArchive(f"it has format version {manifest.get('version')}; this tool reads version {FORMAT_VERSION} "
+                         "(use the openwork-sandbox that made it)")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest alone (the first member), without reading the rest."""
+    for tar, member in _open_members(path):
+        return _read_manifest(tar, member)
+    raise BadArchive("it is empty")
+
+
+def _safe_name(name: str) -> bool:
+    norm = posixpath.normpath(name)
+    return (norm == name and not name.startswith("/") and ".." not in name.split("/")
+            and (name in TOPS or name.split("/", 1)[0] in TOPS)
+            and (not name.startswith("state") or name in ("state", f"state/{TOKENS_FILE}")))
+
+
+def _extract_to_stage(path: Path, stage: Path) -> dict:
+    """Read the whole archive into ``stage``, every member checked against the manifest; the manifest."""
+    manifest: dict | None = None
+    expected: dict[str, dict] = {}
+    seen: set[str] = set()
+    links: set[str] = set()
+    for tar, member in _open_members(path):
+        if manifest is None:
+            manifest = _read_manifest(tar, member)
+            for entry in manifest["entries"]:
+                if not isinstance(entry, dict) or not _safe_name(str(entry.get("path", ""))):
+                    raise BadArchive(f"its {MANIFEST} names a path outside the backup's layout")
+                expected[entry["path"]] = entry
+            continue
+        name = member.name
+        if name in TOPS and member.isdir():
+            (stage / name).mkdir(mode=0o700, exist_ok=True)
+            continue
+        entry = expected.get(name)
+        if entry is None or not _safe_name(name):
+            raise BadArchive(f"it holds {name}, which its manifest does not list")
+        if name in seen:
+            raise BadArchive(f"it holds {name} twice")
+        if any(name.startswith(link + "/") for link in links):
+            raise BadArchive(f"it holds {name} inside the link {next(l for l in links if name.startswith(l + '/'))}")
+        seen.add(name)
+        dest = stage / name
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kind = entry.get("type")
+        if kind == "dir" and member.isdir():
+            dest.mkdir(mode=0o700, exist_ok=True)
+        elif kind == "symlink" and member.issym() and member.linkname == entry.get("target"):
+            os.symlink(member.linkname, dest)
+            links.add(name)
+        elif kind == "file" and member.isreg():
+            src = tar.extractfile(member)
+            digest, size = hashlib.sha256(), 0
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in read_chunks(src):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            if size != entry.get("size") or digest.hexdigest() != entry.get("sha256"):
+                raise BadArchive(f"{name} does not match its manifest ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
+                                 f"expected {entry.get('size')} bytes, {str(entry.get('sha256'))[:12]}…)")
+        else:
+            raise BadArchive(f"{name} is a {'folder' if member.isdir() else 'link' if member.issym() else 'file'} in "
+                             f"the archive but a {kind} in its manifest")
+    if manifest is None:
+        raise BadArchive("it is empty")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise BadArchive(f"it lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} its manifest lists "
+                         f"(first: {missing[0]})")
+    return manifest
+
+
+def verify_stage(stage: Path, manifest: dict) -> None:
+    """Read every staged file back from disk against the manifest (size and sha256), then give
+    each entry the mode the manifest keeps (folders stay writable for us until they are moved)."""
+    for entry in manifest["entries"]:
+        path = stage / entry["path"]
+        if entry["type"] == "file":
+            size, sha = hash_file(path)
+            if size != entry["size"] or sha != entry["sha256"]:
+                raise BadArchive(f"{entry['path']} read back from {path} does not match its manifest")
+    for entry in sorted(manifest["entries"], key=lambda e: e["path"].count("/"), reverse=True):
+        if entry["type"] != "symlink":
+            os.chmod(stage / entry["path"], int(entry.get("mode", 0o600)) | (0o700 if entry["type"] == "dir" else 0))
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path("/")
+
+
+def _has_content(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _move(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dest)
+    except OSError:  # another file system
+        shutil.move(str(src), str(dest))
+
+
+def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = False) -> dict:
+    """Put the archive back into the configured sandbox (see the module doc); returns what was restored."""
+    from .lifecycle import sandbox_status
+
+    path = Path(archive).expanduser().resolve()
+    if not path.is_file():
+        raise WorkflowError(f"restore {archive}: no such file", exit_code=EXIT_BAD_SETTINGS)
+    try:
+        manifest = read_manifest(path)
+    except BadArchive as exc:
+        raise WorkflowError(f"{path} cannot be restored: {exc}; nothing was changed") from None
+    _rt, st = sandbox_status(settings)
+    if st.state == "running":
+        raise WorkflowError(f"sandbox {settings.name} is running: run `invoke down` first, then `invoke restore "
+                            f"{archive}` (restoring under a running server would mix two databases)")
+    state = SandboxState(settings)
+    data_dir, ws_dir = Path(settings.data_dir), Path(settings.workspace_dir)
+    with_ws = bool(manifest.get("workspace"))
+    occupied = [p for p, used in ((data_dir, _has_content(data_dir)), (state.tokens_path, state.tokens_path.exists()),
+                                  (ws_dir, with_ws and _has_content(ws_dir))) if used]
+    if occupied and not force:
+        raise WorkflowError(f"sandbox {settings.name} already holds data ({', '.join(map(str, occupied))}): restore "
+                            "into another name (--name / OPENWORK_MICROSANDBOX_NAME), or pass --force to keep what is "
+                            "there beside it as <name>.before-restore-<time> and restore over it")
+
+    started = time.monotonic()
+    source = manifest.get("sandbox", {}).get("name")
+    stage = Path(tempfile.mkdtemp(dir=_nearest_existing(data_dir.parent), prefix=".restore-"))
+    try:
+        with console.heartbeat(f"reading and verifying {path.name}"):
+            try:
+                with _reading_archive():
+                    _extract_to_stage(path, stage)
+                verify_stage(stage, manifest)
+            except BadArchive as exc:
+                raise WorkflowError(f"{path} cannot be restored: {exc}; nothing was changed") from None
+            except OSError as exc:
+                raise WorkflowError(f"restoring {path} failed while staging it in {stage.parent} "
+                                    f"({exc.strerror or exc}); nothing was changed") from None
+        console.info(f"{path.name} (sandbox {source}, made {manifest.get('created')}) read and verified; "
+                     f"moving it into {settings.name}")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept: list[str] = []
+        state.dir.mkdir(parents=True, exist_ok=True)
+        with state.lock(action="restore"):
+            places = [(stage / "data", data_dir), (stage / "state" / TOKENS_FILE, state.tokens_path)]
+            if with_ws:
+                places.append((stage / "workspace", ws_dir))
+            for staged, dest in places:
+                if not (staged.exists() or staged.is_symlink()):
+                    continue
+                if dest.is_dir() and not _has_content(dest):
+                    dest.rmdir()
+                elif dest.exists() or dest.is_symlink():
+                    aside = dest.with_name(f"{dest.name}.before-restore-{stamp}")
+                    os.rename(dest, aside)
+                    kept.append(str(aside))
+                _move(staged, dest)
+        os.chmod(state.dir, 0o700)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    files = [e for e in manifest["entries"] if e["type"] == "file"]
+    total = sum(e["size"] for e in files)
+    result = {"name": settings.name, "from": source, "files": len(files), "bytes": total, "kept_aside": kept,
+              "workspace": with_ws, "seconds": round(time.monotonic() - started, 3)}
+    console.info(f"{console.OK} restored {len(files)} files ({console.human_bytes(total)}, every one sha256-verified "
+                 f"against the manifest) into {settings.name} in {result['seconds']:.1f}s; `invoke up` boots it")
+    for aside in kept:
+        console.info(f"kept what was there as {aside}")
+    for env in manifest.get("tokens_from_settings") or ():
+        if not getattr(settings, "token" if env == "OPENWORK_TOKEN" else "host_token"):
+            console.info(f"note: {env} was set in the settings of {source}, not kept in the backup: set it again")
+    return result
