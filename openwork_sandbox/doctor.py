@@ -222,6 +222,25 @@ def agent_summary(settings: Settings) -> dict:
     return out
 
 
+def check_leftovers(settings: Settings) -> Check:
+    """Sandboxes this tool made that nothing owns any more (``leftovers``); never decides the exit code."""
+    from .leftovers import find
+
+    found = find(settings)
+    if not found:
+        return Check("left behind", True, "no stale or orphaned sandboxes", needed_by=frozenset())
+    stale = [left for left in found if left.stale]
+    fix = []
+    if stale:
+        fix.append(f"invoke reset --stale removes {len(stale)}")
+    orphans = [left for left in found if not left.stale]
+    if orphans:
+        fix.append("remove an orphan with `docker rm -f NAME` (Docker) or `msb rm NAME` (microsandbox) if you do "
+                   "not need it, or point OPENWORK_STATE_DIR at its folder")
+    return Check("left behind", False, "; ".join(left.describe() for left in found), "; ".join(fix),
+                 needed_by=frozenset())
+
+
 def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
     return [
         check_python(),
@@ -236,6 +255,7 @@ def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
         check_state_folders(settings),
         check_sandbox_env(settings),
         check_opencode_config(settings, choice.decide_runtime(facts, settings.runtime, None).kind),
+        check_leftovers(settings),
     ]
 
 

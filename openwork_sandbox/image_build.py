@@ -35,7 +35,7 @@ from .settings import Settings
 
 IMAGE_DIR = Path(__file__).resolve().parent / "image"  # package data: ships in the wheel
 CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js",
-                 "openwork-server-gate")
+                 "openwork-server-gate", "openwork-supervise")
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")
 LAST_BUILD = "last-build.json"
 VERIFIED = "verified-images.json"

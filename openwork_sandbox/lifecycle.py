@@ -21,7 +21,7 @@ import dataclasses
 import sys
 import time
 
-from . import console, interrupts, persist
+from . import console, interrupts, ownership, persist
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
 from .runtimes.base import GUEST_DATA, GUEST_WORKSPACE
@@ -142,6 +142,9 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
         registry_plain_http=settings.registry_plain_http, fingerprint=fp, pull_always=settings.replace,
         pull_access=lambda: pull_access_for_image(settings, image),
         network=settings.network, readonly_mounts=readonly,
+        marks=ownership.marks(str(settings.sandbox_state_dir), ephemeral=settings.ephemeral,
+                              max_duration=settings.ephemeral_max_duration),
+        max_duration=settings.ephemeral_max_duration if settings.ephemeral else None,
     )
 
 
@@ -391,6 +394,8 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
             try:
                 with _start_slot(settings, decision):
                     health, workspace_id = _act(settings, state, rt, seen, decision, spec, token, secrets)
+                    if not settings.ephemeral:  # healthy: from now on the runtime brings it back (Docker: restart policy)
+                        rt.keep_running()
             except KeyboardInterrupt:
                 if decision.action != REUSE:
                     _stop_half_started(settings, rt)
@@ -495,7 +500,13 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         "settings_current": current,
         "state_dir": str(settings.sandbox_state_dir),
     }
-    code = 0 if (st.state == RUNNING and health is not None) else 1
+    from .supervision import read as read_supervision
+
+    supervised = read_supervision(settings.data_dir)
+    info["supervisor"] = supervised.as_dict() if supervised else None
+    info["engine_restarts"] = st.engine_restarts
+    crash_loop = bool(supervised and supervised.crash_loop)
+    code = 0 if (st.state == RUNNING and health is not None and not crash_loop) else 1
     if as_json:
         console.emit_json(info)
         return code
@@ -511,8 +522,12 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
          else ("no answer" if st.state == RUNNING else "-")),
         ("uptime", _uptime(uptime)),
         ("workspace", info["workspace_id"] or "-"),
+        ("restarts", (supervised.summary() if supervised else "- (no supervisor record)")
+         + (f"; the engine restarted the sandbox {st.engine_restarts} times" if st.engine_restarts else "")),
         ("state dir", settings.sandbox_state_dir),
     ])
+    if crash_loop:
+        console.info(f"{console.BAD} the server is in a crash loop: `invoke logs --tail 100` shows why it keeps dying")
     if current is False:
         console.info("settings changed since this sandbox was created: `invoke up` recreates it (state kept)")
     return code

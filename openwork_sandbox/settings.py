@@ -368,6 +368,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("start_slots", "OPENWORK_START_SLOTS", _int_range(0, 1024, 2), None,
          "how many sandboxes may start at once on this host, for every checkout and user (default: one per CPU "
          "core; 0: no limit); an `up` beyond that waits for a slot"),
+    Spec("ephemeral_max_duration", "OPENWORK_EPHEMERAL_MAX_DURATION", _seconds, 3600.0,
+         "longest a `smoke --ephemeral` sandbox may live (1h, 90m): microsandbox stops it then by itself, and "
+         "`invoke reset --stale` removes one that is older or whose job is gone"),
     Spec("request_timeout", "OPENWORK_REQUEST_TIMEOUT", _seconds, 15.0,
          "how long one HTTP request may take (15, 15s, 1m)"),
     # image build (upstream's build-argument names)
@@ -442,6 +445,7 @@ class Settings:
     state_dir: Path
     health_timeout: float
     start_slots: int | None
+    ephemeral_max_duration: float
     request_timeout: float
     orchestrator_version: str
     server_version: str
@@ -468,6 +472,7 @@ class Settings:
     per_platform: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
     # the values of the OPENWORK_SANDBOX_ENV variables that are set (environment > .env): secrets
     sandbox_env_values: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    ephemeral: bool = False  # a throwaway sandbox of `smoke --ephemeral` (not a setting: smoke sets it)
 
     # --- derived values ---------------------------------------------------------------------
     @property

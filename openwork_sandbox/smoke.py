@@ -371,7 +371,8 @@ def ephemeral_settings(settings):
     base = settings.name[:100]
     name = f"{base}-smoke-{secrets.token_hex(3)}"
     state = Path(settings.state_dir) / name
-    changes: dict[str, Any] = dict(name=name, replace=True, workspace_dir=state / "workspace", data_dir=state / "data")
+    changes: dict[str, Any] = dict(name=name, replace=True, workspace_dir=state / "workspace", data_dir=state / "data",
+                                   ephemeral=True)  # marked: `reset --stale` removes it if this job dies
     if settings.origin("port") == "default":
         from .ports import free_port
 

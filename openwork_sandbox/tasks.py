@@ -189,11 +189,18 @@ def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_fi
         **SANDBOX_HELP,
         "yes": "do not ask for confirmation (CI)",
         "keep_data": "remove the sandbox but keep the state folders",
+        "stale": "instead: remove every ephemeral sandbox (smoke --ephemeral) whose job is gone or whose "
+                 "OPENWORK_EPHEMERAL_MAX_DURATION ran out, with its state folder (doctor lists them)",
     }
 )
-def reset(c, name=None, yes=False, keep_data=False, env_file=None):
+def reset(c, name=None, yes=False, keep_data=False, stale=False, env_file=None):
     """Remove the sandbox and delete its state folders."""
     with task_boundary("reset"):
+        if stale:
+            from openwork_sandbox.leftovers import remove_stale
+
+            remove_stale(_settings(c, env_file))
+            return
         from openwork_sandbox.lifecycle import reset as remove
 
         remove(_settings(c, env_file, name=name), yes=yes, keep_data=keep_data)

@@ -101,7 +101,7 @@ def test_image_layout_and_labels(stack_image):
         "/usr/local/bin/opencode", "/usr/local/bin/openwork", "/usr/local/bin/opencode-gate",
         "/usr/local/lib/openwork/opencode-gate.js", "/usr/local/bin/openwork-server-gate",
         "/usr/local/bin/microsandbox-entrypoint.sh",
-        "/usr/local/bin/openwork-server"]
+        "/usr/local/bin/openwork-supervise", "/usr/local/bin/openwork-server"]
 
 
 def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):

@@ -90,7 +90,12 @@ export OPENWORK_TOKEN OPENWORK_HOST_TOKEN
 $run_as mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
 
-exec $run_as openwork serve \
+# openwork-supervise restarts `openwork serve` when it (or a program it runs) dies, and passes
+# SIGTERM/SIGINT on to it; OPENWORK_SUPERVISE=0 runs it without (exactly as upstream: exec).
+supervise=/usr/local/bin/openwork-supervise
+case "${OPENWORK_SUPERVISE:-1}" in 0|false|no|off) supervise="" ;; esac
+
+exec $run_as $supervise openwork serve \
   --workspace "$OPENWORK_WORKSPACE" \
   $remote \
   --openwork-port "$OPENWORK_PORT" \

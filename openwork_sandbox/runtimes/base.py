@@ -48,6 +48,9 @@ class LaunchSpec:
     network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none (microVMs)
     # guest path -> host folder mounted read-only (the provider keys and opencode config: sandbox_secrets)
     readonly_mounts: dict[str, Path] = dataclasses.field(default_factory=dict)
+    # who made it (ownership.marks: its state folder; an ephemeral one's job and expiry), as labels
+    marks: dict[str, str] = dataclasses.field(default_factory=dict)
+    max_duration: float | None = None  # an ephemeral sandbox's lifetime (microsandbox stops it then)
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
         return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"
@@ -64,6 +67,7 @@ class RuntimeStatus:
     fingerprint: str | None = None  # what it was created with (label or state record)
     server_running: bool | None = None  # the server process/job inside (None: unknown)
     detail: str = ""  # e.g. "exited (1)", "crashed"
+    engine_restarts: int | None = None  # times the engine restarted the whole sandbox (Docker's restart policy)
 
     @property
     def exists(self) -> bool:
@@ -98,6 +102,11 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def restart_server(self, spec: LaunchSpec) -> None:
         """Stop the server process and start it again (the sandbox and its state stay)."""
+
+    def keep_running(self) -> None:
+        """Ask the runtime to bring the healthy sandbox back after it (or the engine) stops on its
+        own (Docker: the restart policy); ``stop`` still stops it for good. Inside the sandbox the
+        image's supervisor restarts the server."""
 
     @abc.abstractmethod
     def stop(self) -> bool:

@@ -43,6 +43,7 @@ from .microsandbox_pull import sdk_registry_options
 
 LABEL_FP = "openwork-sandbox.fingerprint"
 HOST_NAME = "host.microsandbox.internal"  # the host's loopback as the microVM sees it (allow-all only)
+MARK_PREFIX = "openwork-sandbox."  # + ownership's keys: state-dir, ephemeral, owner, expires
 BOOT_FAILURE_MARK = "before agent relay became available"
 KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
 
@@ -117,7 +118,7 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
         cpus=math.ceil(spec.cpus),  # whole vCPUs (a fraction is a Docker limit)
         memory=spec.memory_mib,
         env=guest_env(spec),
-        labels={LABEL_FP: spec.fingerprint},
+        labels={LABEL_FP: spec.fingerprint, **{MARK_PREFIX + key: value for key, value in spec.marks.items()}},
         volumes={**{guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
                  **{guest: Volume.bind(str(host), readonly=True) for guest, host in spec.readonly_mounts.items()}},
         network=network_config(spec),
@@ -125,6 +126,8 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
         **sdk_registry_options(spec.pull_access() if spec.pull_access else PullAccess(spec.registry_plain_http)),
         replace=True,
         detached=True,
+        # an ephemeral sandbox: microsandbox itself stops it when its time is up, whatever its job does
+        **({"max_duration": float(spec.max_duration)} if spec.max_duration else {}),
     )
 
 
@@ -157,6 +160,19 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
             copied.append(write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time(),
                                        expected_size=entry.size, source=f"{src} from {where}"))
     return copied
+
+
+async def stop_job(job, grace_s: float = 10.0) -> None:
+    """SIGTERM the server job (the image's supervisor then stops the orchestrator and its programs
+    and exits), SIGKILL it only if it is still there after ``grace_s`` (a kill alone would leave the
+    orchestrator's programs running in the VM, holding the ports)."""
+    import signal
+
+    await job.signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(job.wait(), grace_s)
+    except asyncio.TimeoutError:
+        await job.kill()
 
 
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
@@ -413,7 +429,7 @@ class MicrosandboxRuntime(Runtime):
                 job = await self._server_job(await self._existing())
                 if job is not None:
                     with contextlib.suppress(MicrosandboxError):
-                        await job.kill()
+                        await stop_job(job)
 
             self._sdk(stop_server(), f"stop the server in {self.name}")
             return (lambda: self.restart_server(spec)) if spec is not None else (lambda: None)
@@ -449,7 +465,7 @@ class MicrosandboxRuntime(Runtime):
             job = await self._server_job(handle)
             if job is not None:
                 try:
-                    await job.kill()
+                    await stop_job(job)
                 except MicrosandboxError:
                     pass  # already gone
             sb = await handle.connect()

@@ -1,0 +1,98 @@
+"""Sandboxes left behind: what ``doctor`` lists and ``reset --stale`` removes (issue 17, item 4).
+
+Each runtime lists the sandboxes this tool made with their marks (``runtimes.listing``); :func:`ownership.judge` says which are stale (an
+ephemeral one whose ``smoke --ephemeral`` job is gone, or whose time ran out) and which are
+orphans (no ``.state/<name>/`` folder owns them). ``reset --stale`` removes the stale ones and
+their state folders, as the smoke run's own teardown would have; it never touches a sandbox whose
+job still runs, a non-ephemeral one (``doctor`` lists an orphan and how to remove it), nor one of
+another state folder (another checkout on a shared engine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from . import console
+from .errors import WorkflowError
+from .ownership import STATE_DIR, judge
+from .settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftover:
+    runtime: str
+    name: str
+    state_dir: Path
+    running: bool
+    ephemeral: bool
+    stale: str | None
+    orphan: bool
+
+    def describe(self) -> str:
+        why = self.stale or ("no state folder owns it" if self.orphan else "")
+        kind = "ephemeral " if self.ephemeral else ""
+        return f"{self.runtime} {kind}sandbox {self.name} ({'running' if self.running else 'stopped'}): {why}"
+
+
+def _listed(settings: Settings) -> list[tuple[str, str, dict, bool]]:
+    """``(runtime, name, marks, running)`` from every runtime that answers here."""
+    from .runtimes.probe import docker_support
+
+    found = []
+    if docker_support(timeout=5)[0]:
+        from .runtimes.listing import docker_managed
+
+        found += [("docker", *item) for item in docker_managed()]
+    try:
+        from .runtimes.listing import microsandbox_managed
+
+        found += [("microsandbox", *item) for item in microsandbox_managed()]
+    except Exception:  # noqa: BLE001 - no SDK, no msb, no records: nothing to list there
+        pass
+    return found
+
+
+def find(settings: Settings, now: float | None = None) -> list[Leftover]:
+    """The stale and the orphaned sandboxes (the rest are owned and fine)."""
+    now = time.time() if now is None else now
+    out = []
+    for runtime, name, marks, running in _listed(settings):
+        folder = Path(marks.get(STATE_DIR) or settings.state_dir / name)
+        verdict = judge(marks, folder_exists=folder.is_dir(), now=now)
+        if verdict.stale or verdict.orphan:
+            out.append(Leftover(runtime, name, folder, running, marks.get("ephemeral") == "1", verdict.stale,
+                                verdict.orphan))
+    return out
+
+
+def remove_stale(settings: Settings) -> int:
+    """``reset --stale``: remove every stale sandbox of this project's state folder (OPENWORK_STATE_DIR)
+    with its ``.state/<name>/``, as the smoke run's own teardown would have; returns how many. Stale
+    sandboxes of other state folders (another checkout on a shared engine) are named, not touched."""
+    from .lifecycle import reset
+
+    here = settings.state_dir.resolve()
+    stale = [left for left in find(settings) if left.stale]
+    mine = [left for left in stale if left.state_dir.parent.resolve() == here]
+    for left in stale:
+        if left not in mine:
+            console.info(f"not touched: the {left.describe()}; it belongs to {left.state_dir.parent} "
+                         f"(run `invoke reset --stale` with OPENWORK_STATE_DIR={left.state_dir.parent})")
+    if not mine:
+        console.info(f"no stale sandboxes of {settings.state_dir}: nothing to remove")
+        return 0
+    problems = []
+    for left in mine:
+        console.info(f"removing the {left.describe()}")
+        target = settings.with_overrides(name=left.name, runtime=left.runtime, workspace_dir=left.state_dir / "workspace",
+                                         data_dir=left.state_dir / "data")
+        try:
+            reset(target, yes=True)
+        except WorkflowError as exc:
+            problems.append(f"{left.name}: {exc.message}")
+    if problems:
+        raise WorkflowError("could not remove " + "; ".join(problems))
+    console.info(f"{console.OK} removed {len(mine)} stale sandbox{'es' if len(mine) != 1 else ''}")
+    return len(mine)

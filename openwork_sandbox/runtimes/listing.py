@@ -1,0 +1,55 @@
+"""The sandboxes this tool made, as each runtime lists them, with their marks (``ownership``).
+
+``leftovers`` judges them (stale, orphan) for ``doctor`` and ``reset --stale``. Each function
+returns ``(name, marks, running)`` tuples, the marks without their label prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from .. import commands
+from .docker import LABEL_MANAGED
+from .docker import MARK_PREFIX as DOCKER_MARK
+from .microsandbox import LABEL_FP
+from .microsandbox import MARK_PREFIX as MSB_MARK
+
+
+def docker_managed() -> list[tuple[str, dict[str, str], bool]]:
+    """``(name, marks, running)`` of every container this tool made (label ``managed``), on the
+    engine ``docker`` talks to; marks without their prefix."""
+    proc = commands.docker("ps", "-aq", "--filter", f"label={LABEL_MANAGED}=1", check=False, timeout=30)
+    ids = proc.stdout.split() if proc.returncode == 0 else []
+    if not ids:
+        return []
+    proc = commands.docker("inspect", *ids, check=False, timeout=60)
+    found = []
+    for info in json.loads(proc.stdout or "[]"):
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        marks = {k[len(DOCKER_MARK):]: v for k, v in labels.items() if k.startswith(DOCKER_MARK)}
+        found.append((info.get("Name", "").lstrip("/"), marks, bool((info.get("State") or {}).get("Running"))))
+    return found
+
+
+def microsandbox_managed() -> list[tuple[str, dict[str, str], bool]]:
+    """``(name, marks, running)`` of every microVM this tool made (label ``fingerprint``), from
+    microsandbox's own records (no VM is booted to ask)."""
+    from microsandbox import Sandbox, SandboxStatus
+
+    async def go():
+        page = await Sandbox.list()
+        out = []
+        for handle in page.sandboxes:
+            labels = (handle.config() or {}).get("labels") or {}
+            if LABEL_FP not in labels:
+                continue
+            marks = {k[len(MSB_MARK):]: v for k, v in labels.items() if k.startswith(MSB_MARK) and k != LABEL_FP}
+            out.append((handle.name, marks, handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING)))
+        return out
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(go())
+    finally:
+        loop.close()

@@ -1,0 +1,221 @@
+"""Nothing left behind (issue 17, item 4): ephemeral sandboxes are marked, `doctor` lists what no
+job or `.state/` folder owns, `reset --stale` removes the stale ones.
+
+The rule (``ownership.judge``) is checked as a table; the marks, the SDK arguments, and the whole
+path on the real Docker engine: an `invoke smoke --ephemeral` killed with SIGKILL leaves its
+sandbox, `doctor` names it, `reset --stale` removes it and its state folder, and keeps the
+sandboxes something still owns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lifecycle_helpers import OFFLINE, ROOT, docker_env, invoke, make_settings, unique_name
+from openwork_sandbox.ownership import EPHEMERAL, EXPIRES, OWNER, STATE_DIR, Verdict, judge, owner_alive, this_process
+
+NOW = 1_800_000_000.0
+GONE, ALIVE, ELSEWHERE = "host:1:1", "host:2:2", "other:3:3"
+ALIVE_BY_OWNER = {GONE: False, ALIVE: True, ELSEWHERE: None}
+
+
+@pytest.mark.parametrize("marks,folder,expected", [
+    # an ephemeral sandbox whose smoke job was killed
+    ({EPHEMERAL: "1", OWNER: GONE, EXPIRES: str(int(NOW) + 600)}, True, Verdict("its job (1) is gone", False)),
+    # its job runs and its time is not up: owned
+    ({EPHEMERAL: "1", OWNER: ALIVE, EXPIRES: str(int(NOW) + 600)}, True, Verdict(None, False)),
+    # its job runs but it is past its time
+    ({EPHEMERAL: "1", OWNER: ALIVE, EXPIRES: str(int(NOW) - 5)}, True, Verdict("its time ran out 5s ago", False)),
+    # made on another host (the job cannot be asked): only the time counts
+    ({EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) + 600)}, True, Verdict(None, False)),
+    ({EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) - 60)}, True, Verdict("its time ran out 60s ago", False)),
+    # ephemeral, its folder deleted by hand
+    ({EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) + 600)}, False,
+     Verdict("no state folder owns it", True)),
+    # a sandbox kept for months: never stale, an orphan only when its folder is gone
+    ({STATE_DIR: "/x/.state/a"}, True, Verdict(None, False)),
+    ({STATE_DIR: "/x/.state/a"}, False, Verdict(None, True)),
+    ({}, False, Verdict(None, True)),  # made before marks existed
+])
+def test_the_rule(marks, folder, expected):
+    assert judge(marks, folder_exists=folder, now=NOW, alive=ALIVE_BY_OWNER.get) == expected
+
+
+def test_owner_alive_asks_the_process_table():
+    assert owner_alive(this_process()) is True
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    host, pid, start = this_process().split(":")
+    assert owner_alive(f"{host}:{proc.pid}:{start}") is False  # gone
+    assert owner_alive(f"{host}:{os.getpid()}:{int(start) + 1 if start.isdigit() else 1}") is False  # pid reused
+    assert owner_alive(f"not-{host}:{os.getpid()}:{start}") is None  # another host: cannot tell
+
+
+def test_marks_reach_both_runtimes(tmp_path, monkeypatch):
+    """The Docker labels and the microVM's labels and max_duration come from one LaunchSpec."""
+    pytest.importorskip("microsandbox")
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MARK_PREFIX, create_kwargs
+
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="owtest-i17a-marks",
+                             OPENWORK_EPHEMERAL_MAX_DURATION="20m")
+    kept = launch_spec(settings, "microsandbox", "t" * 32, "h" * 32)
+    assert kept.marks == {STATE_DIR: str(settings.sandbox_state_dir)} and kept.max_duration is None
+    assert "max_duration" not in create_kwargs(kept)
+
+    before = time.time()
+    eph = launch_spec(settings.with_overrides(ephemeral=True), "microsandbox", "t" * 32, "h" * 32)
+    assert eph.max_duration == 1200.0
+    assert eph.marks[EPHEMERAL] == "1" and eph.marks[OWNER] == this_process()
+    assert before + 1200 - 1 <= int(eph.marks[EXPIRES]) <= time.time() + 1200
+    kwargs = create_kwargs(eph)
+    assert kwargs["max_duration"] == 1200.0
+    assert kwargs["labels"][MARK_PREFIX + EPHEMERAL] == "1"
+    assert kwargs["labels"][MARK_PREFIX + STATE_DIR] == str(settings.sandbox_state_dir)
+
+
+# --- on the real Docker engine -----------------------------------------------------------------
+
+def _docker_labels(name: str) -> dict:
+    out = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Labels}}", name], capture_output=True,
+                         text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def _exists(name: str) -> bool:
+    return subprocess.run(["docker", "inspect", name], capture_output=True).returncode == 0
+
+
+def _left_behind(tmp_path, env) -> dict:
+    out = invoke(tmp_path, "doctor", "--json", timeout=120, **env)
+    return next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "left behind")
+
+
+@pytest.mark.docker
+def test_a_killed_ephemeral_smoke_is_found_and_removed(stack_image, tmp_path):
+    env = docker_env(stack_image.ref, "i17a-eph")
+    base = env["OPENWORK_MICROSANDBOX_NAME"]
+    env.pop("OPENWORK_MICROSANDBOX_PORT")  # smoke --ephemeral picks a free port
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
+    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
+    (tmp_path / "empty.env").write_text("")
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "smoke", "--ephemeral", "--env-file",
+                             str(tmp_path / "empty.env")], cwd=ROOT, env=clean, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    name = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and name is None:
+            listed = subprocess.run(["docker", "ps", "--filter", f"name={base}-smoke-", "--format", "{{.Names}}"],
+                                    capture_output=True, text=True).stdout.split()
+            name = listed[0] if listed else None
+            time.sleep(0.5)
+        assert name, "the ephemeral sandbox did not appear"
+        labels = _docker_labels(name)
+        assert labels["org.openwork-sandbox.ephemeral"] == "1"
+        assert labels["org.openwork-sandbox.owner"].split(":")[1] == str(proc.pid)
+        assert labels["org.openwork-sandbox.state-dir"] == str(tmp_path / "state" / name)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the CI job is killed: no teardown runs
+        proc.wait(timeout=30)
+    try:
+        assert _exists(name) and (tmp_path / "state" / name).is_dir()  # left behind
+        row = _left_behind(tmp_path, env)
+        assert row["ok"] is False and name in row["detail"] and f"its job ({proc.pid}) is gone" in row["detail"]
+        assert "invoke reset --stale" in row["fix"]
+
+        out = invoke(tmp_path, "reset", "--stale", **env)
+        assert out.returncode == 0, out.stderr
+        assert f"removing the docker ephemeral sandbox {name}" in out.stderr
+        assert not _exists(name) and not (tmp_path / "state" / name).exists()
+        assert name not in _left_behind(tmp_path, env)["detail"]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+@pytest.mark.docker
+def test_reset_stale_keeps_what_is_owned_and_doctor_lists_orphans(stack_image, tmp_path):
+    """Three marked containers of this state folder: one whose job runs (kept), one past its time
+    (removed), one long-lived sandbox whose folder is gone (an orphan: listed, never removed)."""
+    state = tmp_path / "state"
+    names = {kind: unique_name(f"i17a-{kind}") for kind in ("alive", "expired", "orphan")}
+    for kind in ("alive", "expired"):
+        (state / names[kind]).mkdir(parents=True)
+    future, past = str(int(time.time()) + 3600), str(int(time.time()) - 10)
+    marks = {
+        "alive": {EPHEMERAL: "1", OWNER: this_process(), EXPIRES: future},
+        "expired": {EPHEMERAL: "1", OWNER: this_process(), EXPIRES: past},
+        "orphan": {},
+    }
+    try:
+        for kind, name in names.items():
+            labels = {"managed": "1", STATE_DIR: str(state / name), **marks[kind]}
+            argv = ["docker", "run", "-d", "--name", name, "--network", "none", "--entrypoint", "sleep"]
+            for key, value in labels.items():
+                argv += ["--label", f"org.openwork-sandbox.{key}={value}"]
+            subprocess.run(argv + [stack_image.ref, "600"], check=True, capture_output=True)
+        env = {"OPENWORK_MICROSANDBOX_RUNTIME": "docker"}
+        row = _left_behind(tmp_path, env)
+        assert f"docker ephemeral sandbox {names['expired']} (running): its time ran out" in row["detail"]
+        assert f"docker sandbox {names['orphan']} (running): no state folder owns it" in row["detail"]
+        assert names["alive"] not in row["detail"]
+
+        out = invoke(tmp_path, "reset", "--stale", **env)
+        assert out.returncode == 0, out.stderr
+        assert not _exists(names["expired"]) and not (state / names["expired"]).exists()
+        assert _exists(names["alive"]) and (state / names["alive"]).is_dir()
+        assert _exists(names["orphan"])
+        again = invoke(tmp_path, "reset", "--stale", **env)
+        assert again.returncode == 0 and "nothing to remove" in again.stderr
+    finally:
+        for name in names.values():
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+MSB_CREATE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from lifecycle_helpers import make_settings
+from openwork_sandbox.errors import WorkflowError
+from openwork_sandbox.lifecycle import launch_spec
+from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+s = make_settings(Path(sys.argv[1]), OPENWORK_MICROSANDBOX_NAME=sys.argv[3], OPENWORK_MICROSANDBOX_IMAGE=sys.argv[4],
+                  OPENWORK_MICROSANDBOX_RUNTIME="microsandbox").with_overrides(ephemeral=True)
+for folder in (s.workspace_dir, s.data_dir):
+    folder.mkdir(parents=True, exist_ok=True)
+try:
+    MicrosandboxRuntime(s.name, s.sandbox_state_dir).create(launch_spec(s, "microsandbox", "t" * 32, "h" * 32))
+except WorkflowError as exc:
+    print(exc.message)
+"""
+
+
+def test_a_microvm_whose_job_is_gone_is_found_and_removed(stack_image, tmp_path, short_msb_home):
+    """The real SDK: a process creates an ephemeral microVM (with max_duration and the marks as
+    labels; where microVMs cannot boot, the SDK keeps the sandbox it could not boot) and exits
+    without its teardown; doctor lists it from microsandbox's own records, reset --stale removes it."""
+    pytest.importorskip("microsandbox")
+    from openwork_sandbox.runtimes.listing import microsandbox_managed as list_managed
+
+    name = unique_name("i17a-msb")
+    made = subprocess.run([sys.executable, "-c", MSB_CREATE, str(tmp_path), str(ROOT / "tests"), name,
+                           stack_image.ref], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert made.returncode == 0, made.stderr[-2000:]
+    listed = {n: marks for n, marks, _ in list_managed()}
+    assert name in listed, (listed, made.stdout, made.stderr[-2000:])
+    assert listed[name][EPHEMERAL] == "1" and listed[name][STATE_DIR] == str(tmp_path / "state" / name)
+    env = {"OPENWORK_MICROSANDBOX_RUNTIME": "microsandbox"}
+    row = _left_behind(tmp_path, env)
+    assert f"microsandbox ephemeral sandbox {name}" in row["detail"] and "is gone" in row["detail"], row
+    out = invoke(tmp_path, "reset", "--stale", **env)
+    assert out.returncode == 0, out.stderr
+    assert name not in {n for n, _, _ in list_managed()} and not (tmp_path / "state" / name).exists()
