@@ -1,0 +1,129 @@
+"""The pure logic of scripts/microvm-host (the emulated host for microVMs): no QEMU needed.
+
+Console lines are literal lines of a Linux console (the kinds the notes on KVM under emulation list:
+a stack guard page hit, a panic, an oops) and ordinary boot lines that must not count as a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load():
+    loader = importlib.machinery.SourceFileLoader("microvm_host", str(ROOT / "scripts" / "microvm-host"))
+    spec = importlib.util.spec_from_loader("microvm_host", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+mh = _load()
+
+BOOT_LINES = """\
+[    0.000000] Linux version 6.1.0-41-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14) 12.2.0)
+[    1.223344] SVM: TSC scaling supported
+[    3.101010] kvm_amd: Nested Paging enabled
+[    4.500000] EXT4-fs (vda): mounted filesystem with ordered data mode. Quota mode: none.
+[    9.000000] 9pnet: Installing 9P2000 support
+microvm-init: running: uname -a
+[   12.000000] audit: type=1400 audit(0.0:2): apparmor="DENIED" operation="open" info="debug BUG: not a real one"
+"""
+
+
+@pytest.mark.parametrize("line", [
+    "[  812.345678] BUG: TASK stack guard page was hit at 00000000a1b2c3d4 (stack is 0000000011112222..0000000033334444)",
+    "[  120.000001] Kernel panic - not syncing: Fatal exception in interrupt",
+    "[   55.100000] Oops: 0000 [#1] PREEMPT SMP NOPTI",
+    "[  300.000000] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [qemu-kvm:123]",
+    "[   77.700000] general protection fault, probably for non-canonical address 0xdead000000000100: 0000 [#1]",
+])
+def test_a_broken_kernel_is_seen_on_its_console_line(line):
+    assert mh.panic_line(line) == line.strip()
+
+
+def test_ordinary_boot_lines_are_not_a_failure():
+    ok_lines = BOOT_LINES.splitlines()[:-1]  # the audit line's 'BUG: ' is inside quotes mid-line
+    assert mh.panic_line("\n".join(ok_lines)) is None
+
+
+def test_console_watch_finds_a_panic_split_across_two_reads_and_keeps_the_tail():
+    watch = mh.ConsoleWatch()
+    assert watch.feed("[  1.0] kvm_amd: Nested Paging enabled\n[ 99.9] Kernel pa") is None
+    assert watch.fatal is None  # half a line is not judged yet
+    assert watch.feed("nic - not syncing: Attempted to kill init! exitcode=0x00000100\n[ 99.9] more\n") \
+        == "[ 99.9] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
+    assert watch.tail[-1] == "[ 99.9] more"
+    assert watch.tail[0] == "[  1.0] kvm_amd: Nested Paging enabled"
+
+
+def test_host_verdict_boot_window_then_stall_window():
+    # booting: alive until the boot window ends, frozen after
+    assert mh.host_verdict(now=299, started=0, last_beat=None, boot_seconds=300, stall_seconds=120) is None
+    assert "booting" in mh.host_verdict(now=301, started=0, last_beat=None, boot_seconds=300, stall_seconds=120)
+    # beating: a beat 119 s ago is fine, 121 s ago means frozen
+    assert mh.host_verdict(now=1000, started=0, last_beat=881, boot_seconds=300, stall_seconds=120) is None
+    verdict = mh.host_verdict(now=1000, started=0, last_beat=879, boot_seconds=300, stall_seconds=120)
+    assert verdict == "no heartbeat for 121 s (froze)"
+
+
+def test_input_key_changes_with_every_input_and_not_with_order():
+    base = {"recipe": "r1", "kernel": "6.1.158-1", "wheels": [["a.whl", "11"]], "mirror": "http://m/debian"}
+    assert mh.input_key(base) == mh.input_key(dict(reversed(list(base.items()))))
+    keys = {mh.input_key(base)}
+    for field, value in (("recipe", "r2"), ("kernel", "6.1.159-1"), ("wheels", [["a.whl", "12"]]),
+                         ("mirror", "http://other/debian")):
+        keys.add(mh.input_key({**base, field: value}))
+    assert len(keys) == 5
+
+
+def test_recipe_source_covers_the_build_and_not_the_run():
+    text = mh.recipe_source()
+    assert "debootstrap" in text and "mkfs.ext4" in text and "microvm-init" in text
+    assert "heartbeat" not in text  # the run's init comes through the share: editing it rebuilds nothing
+
+
+def test_requirements_are_the_project_and_test_deps_pinned_to_what_is_installed():
+    pyproject = {"project": {"dependencies": ["invoke>=2.2", "microsandbox>=0.7.11", "python-dotenv>=1.0.1"],
+                             "optional-dependencies": {"test": ["pytest>=8.0"], "docs": ["sphinx"]}}}
+    installed = {"invoke": "3.0.3", "microsandbox": "0.7.11", "python-dotenv": "1.2.2", "setuptools": "65.5.0"}
+    assert mh.requirements(pyproject, installed) == [
+        "invoke==3.0.3", "microsandbox==0.7.11", "pytest>=8.0", "python-dotenv==1.2.2", "setuptools==65.5.0", "wheel"]
+
+
+def test_passthrough_env_takes_openwork_msb_ci_and_github_actions_only():
+    env = {"OPENWORK_TOKEN": "t", "OPENWORK_MICROSANDBOX_IMAGE": "x:1", "MSB_HOME": "/m", "CI": "true",
+           "GITHUB_ACTIONS": "true", "GITHUB_TOKEN": "secret", "HOME": "/root", "PATH": "/bin",
+           "XOPENWORK_NOT": "no"}
+    assert mh.passthrough_env(env) == {"OPENWORK_TOKEN": "t", "OPENWORK_MICROSANDBOX_IMAGE": "x:1", "MSB_HOME": "/m",
+                                       "CI": "true", "GITHUB_ACTIONS": "true"}
+
+
+def test_env_script_keeps_any_value_exactly(tmp_path):
+    values = {"OPENWORK_A": "with space", "OPENWORK_B": "it's $HOME `x` \"q\"", "OPENWORK_C": "line1\nline2",
+              "OPENWORK_D": ""}
+    script = tmp_path / "env.sh"
+    script.write_text(mh.env_script(values))
+    out = subprocess.run(["bash", "-c", f"source {script}; for v in A B C D; do n=OPENWORK_$v; "
+                          "printf '%s\\0' \"${!n}\"; done"], capture_output=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.split(b"\0")[:4] == [v.encode() for v in values.values()]
+
+
+def test_checkout_files_leave_out_deleted_files_and_the_state_folder(tmp_path):
+    (tmp_path / "kept.py").write_text("x")
+    (tmp_path / ".state" / "microvm-host").mkdir(parents=True)
+    (tmp_path / ".state" / "microvm-host" / "root.img").write_text("big")
+    (tmp_path / "link").symlink_to("kept.py")
+    listed = ["kept.py", "deleted.py", ".state/microvm-host/root.img", "link", ""]
+    assert mh.checkout_files(tmp_path, listed) == ["kept.py", "link"]
+
+
+def test_figures_line_names_the_harness_figures():
+    line = mh.figures_line({"guest": "cached(abc)", "boot_to_init_s": 21.04, "image_load_s": 35.0, "attempts": 1})
+    assert line == "harness figures: guest=cached(abc) boot to init s=21.0 image load s=35.0 attempts=1"
