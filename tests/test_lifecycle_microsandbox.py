@@ -254,3 +254,45 @@ def test_one_event_loop_serves_every_call_of_a_runtime(tmp_path):
     assert rt._loop is loop and not loop.is_closed()
     rt.close()
     assert loop.is_closed()
+
+
+class _RecordingJob:
+    """The part of the SDK's ``Job`` that ``stop_job`` uses; ``exits_on_term`` says whether the
+    process inside ends on SIGTERM (an orchestrator that stops its children) or ignores it."""
+
+    def __init__(self, exits_on_term: bool, state: str = "running"):
+        self.exits_on_term, self.state, self.calls = exits_on_term, state, []
+
+    async def inspect(self):
+        import types
+
+        return types.SimpleNamespace(state=self.state)
+
+    async def signal(self, sig):
+        self.calls.append(("signal", sig))
+        if self.exits_on_term:
+            self.state = "exited"
+
+    async def kill(self):
+        self.calls.append(("kill",))
+        self.state = "failed"
+
+
+def test_the_server_job_gets_sigterm_before_sigkill():
+    """A SIGKILL of the job alone would leave opencode and openwork-server running in the microVM
+    (holding the port and the database): the job is asked to stop first, as `docker stop` does."""
+    import asyncio
+    import signal
+
+    from openwork_sandbox.runtimes.microsandbox import stop_job
+
+    polite = _RecordingJob(exits_on_term=True)
+    asyncio.run(stop_job(polite, grace=5))
+    assert polite.calls == [("signal", signal.SIGTERM)]
+    stubborn = _RecordingJob(exits_on_term=False)
+    asyncio.run(stop_job(stubborn, grace=0.5))
+    assert stubborn.calls == [("signal", signal.SIGTERM), ("kill",)]
+    done = _RecordingJob(exits_on_term=True, state="exited")
+    asyncio.run(stop_job(done))
+    asyncio.run(stop_job(None))
+    assert done.calls == []

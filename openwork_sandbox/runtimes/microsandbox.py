@@ -21,9 +21,9 @@ The SDK is async and imported lazily. A runtime object keeps one event loop for 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
+import signal
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
@@ -145,6 +145,31 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
             copied.append(write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time(),
                                        expected_size=entry.size, source=f"{src} from {where}"))
     return copied
+
+
+JOB_STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL for the server job
+
+
+async def stop_job(job, grace: float = JOB_STOP_GRACE) -> None:
+    """Stop the server job as ``docker stop`` stops a container: SIGTERM first, so the orchestrator
+    stops opencode and openwork-server (a SIGKILL of the job alone leaves them running, holding the
+    port and writing the database), then SIGKILL after ``grace`` seconds. None or gone: nothing."""
+    from microsandbox import MicrosandboxError
+
+    if job is None:
+        return
+    try:
+        if (await job.inspect()).state not in LIVE_JOB:
+            return
+        await job.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            if (await job.inspect()).state not in LIVE_JOB:
+                return
+        await job.kill()
+    except MicrosandboxError:
+        pass  # already gone
 
 
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
@@ -379,10 +404,7 @@ class MicrosandboxRuntime(Runtime):
 
         if self.status().state == RUNNING:
             async def stop_server() -> None:
-                job = await self._server_job(await self._existing())
-                if job is not None:
-                    with contextlib.suppress(MicrosandboxError):
-                        await job.kill()
+                await stop_job(await self._server_job(await self._existing()))
 
             self._sdk(stop_server(), f"stop the server in {self.name}")
             return (lambda: self.restart_server(spec)) if spec is not None else (lambda: None)
@@ -415,12 +437,7 @@ class MicrosandboxRuntime(Runtime):
 
         async def go() -> None:
             handle = await self._existing()
-            job = await self._server_job(handle)
-            if job is not None:
-                try:
-                    await job.kill()
-                except MicrosandboxError:
-                    pass  # already gone
+            await stop_job(await self._server_job(handle))
             sb = await handle.connect()
             await self._launch_server(sb, spec)
 
