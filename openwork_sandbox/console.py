@@ -3,7 +3,8 @@
 Progress: a bar on a TTY; off a TTY (a CI log) a plain line at least every
 :data:`PLAIN_EVERY` seconds, so a log never sits silent while work goes on. :func:`heartbeat`
 fills the silences of work that reports nothing itself (a pull, a health wait). Secrets go through
-:func:`mask` before any print; under GitHub Actions they are also masked in the log (:mod:`gha`).
+:func:`mask` before any print; under GitHub Actions they are also masked in the log (:mod:`gha`,
+which prints through this module: this module imports nothing of the package).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 OK = "✓"
 BAD = "✗"
@@ -205,12 +206,3 @@ def heartbeat(what: str | Callable[[], str], every: float | None = None) -> Hear
     """``with heartbeat("pulling X"):`` — see :class:`Heartbeat`."""
     return Heartbeat(what, every)
 
-
-def group(title: str, lines: Iterable[str]) -> None:
-    """Print a block of lines (a log tail), folded under GitHub Actions."""
-    from . import gha
-
-    lines = list(lines)
-    with gha.group(title, plain_title=True):
-        for line in lines:
-            info(line)

@@ -1,13 +1,10 @@
 """Exceptions that end a task cleanly: one message, one exit code, no traceback.
 
 Helpers raise these; ``tasks.py`` turns them into ``invoke.exceptions.Exit`` at the task boundary
-(see :func:`task_boundary`).
+(:func:`openwork_sandbox.boundary.task_boundary`).
 """
 
 from __future__ import annotations
-
-import contextlib
-import sys
 
 EXIT_FAILED = 1  # a check or an operation failed
 EXIT_BAD_SETTINGS = 2  # bad settings or usage
@@ -44,39 +41,3 @@ class UnreachableError(WorkflowError):
     """Nothing answered where the settings point (no engine, no registry, no server)."""
 
     exit_code = EXIT_UNREACHABLE
-
-
-@contextlib.contextmanager
-def task_boundary(task: str = "openwork-sandbox"):
-    """Turn expected failures into ``invoke.exceptions.Exit`` (message on stderr, exit code).
-
-    Ctrl+C ends with 130 and no traceback. Anything else is a bug and keeps its traceback.
-    Under GitHub Actions a failure ends with ``::error title=<task>::<reason>``; a task that ends
-    with a bare non-zero ``Exit`` gives its reason as the Exit's ``reason`` attribute.
-    """
-    from invoke.exceptions import Exit
-
-    from . import gha
-
-    try:
-        yield
-    except WorkflowError as exc:
-        if gha.active():  # the message first, as always; then the annotation, last
-            print(exc.message, file=sys.stderr, flush=True)
-            gha.error(task, exc.message)
-            raise Exit(code=exc.exit_code) from None
-        raise Exit(exc.message, code=exc.exit_code) from None
-    except Exit as exc:
-        if exc.code and gha.active():
-            if exc.message:
-                print(exc.message, file=sys.stderr, flush=True)
-            gha.error(task, exc.message or getattr(exc, "reason", None) or f"{task} failed (exit {exc.code})")
-            raise Exit(code=exc.code) from None
-        raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        gha.error(task, "interrupted")
-        raise Exit(code=EXIT_INTERRUPTED) from None
-    except Exception as exc:  # a bug: keep the traceback, but let CI name it too
-        gha.error(task, f"unexpected {exc.__class__.__name__}: {exc}")
-        raise

@@ -1,12 +1,14 @@
 """GitHub Actions (``GITHUB_ACTIONS=true``): the one module that writes workflow commands and files.
 
 - :func:`mask`: ``::add-mask::`` for every secret a task reads or generates, before anything
-  could print it (settings tokens and the registry password when settings are loaded, generated
-  or stored tokens when the sandbox's state hands them out).
+  could print it (settings tokens and the registry password when settings are loaded, through
+  :func:`openwork_sandbox.state.mask_settings`; generated or stored tokens when the sandbox's state
+  hands them out). This module knows nothing of settings or state: they hand it their secrets.
 - :func:`error`: the ``::error title=<task>::<reason>`` a failed task ends with (written at the
-  task boundary, :func:`openwork_sandbox.errors.task_boundary`); :func:`annotate` for one failed
+  task boundary, :func:`openwork_sandbox.boundary.task_boundary`); :func:`annotate` for one failed
   smoke check (its details keep their lines).
-- :func:`group`: long output (build log, pushed layers, server log tail) folded in ``::group::``.
+- :func:`group`: long output (build log, pushed layers, server log tail) folded in ``::group::``;
+  :func:`print_group` prints a block of lines (a log tail) that way.
 - :func:`append_summary` and the ``*_summary`` builders: a short Markdown section per task in
   ``$GITHUB_STEP_SUMMARY``.
 - :func:`export_sandbox`: ``up --github-output`` writes the URL, name and runtime to
@@ -55,18 +57,6 @@ def mask(*values: str | None) -> None:
             _command(f"::add-mask::{escape_data(value)}")
 
 
-def mask_settings(settings) -> None:
-    """Mask every secret setting (tokens, registry password) the moment the settings are read, and
-    the sandbox's stored tokens (a server log that `logs` prints could hold them)."""
-    if not active():
-        return
-    from .settings import SPECS
-    from .state import SandboxState
-
-    mask(*(getattr(settings, spec.field) for spec in SPECS if spec.secret))
-    mask(*SandboxState(settings).stored_tokens().values())
-
-
 def annotate(title: str, text: str) -> None:
     """``::error title=TITLE::TEXT``; a multi-line TEXT stays multi-line in the annotation."""
     if active():
@@ -94,6 +84,16 @@ def group(title: str, *, plain_title: bool = False):
 
         console.info(f"--- {title} ---")
     yield
+
+
+def print_group(title: str, lines: Iterable[str]) -> None:
+    """Print a block of lines (a log tail), folded under GitHub Actions."""
+    from . import console
+
+    lines = list(lines)
+    with group(title, plain_title=True):
+        for line in lines:
+            console.info(line)
 
 
 def append_summary(markdown: str) -> None:

@@ -259,13 +259,11 @@ def migrate_before_replace(settings, rt, spec=None) -> None:
     data folder (see the module doc). The runtime stops the server first so its database is
     consistent (``Runtime.open_for_copy``), copies folders out (``Runtime.copy_out``), and is put
     back as it was when the copy fails (then nothing has changed)."""
-    from .runtimes import ABSENT
-
     try:
         st = rt.status()
     except ImportError:  # the microsandbox SDK is not installed: it cannot hold a sandbox here
         return
-    if st.state == ABSENT or rt.created_home() == GUEST_HOME:
+    if not st.exists or rt.created_home() == GUEST_HOME:
         return  # nothing to copy, or made with this layout: its state is in the data folder already
     where = f"the {rt.kind} sandbox {settings.name}"
     restore = rt.open_for_copy(spec)

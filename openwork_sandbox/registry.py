@@ -21,6 +21,7 @@ platform of an index) exists; and, before a push, that the login may push to the
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import Any
@@ -366,3 +367,22 @@ def _reason(exc: Exception) -> str:
         if m:
             return m.group(1).strip()
     return exc.__class__.__name__
+
+
+def pull_access_for_image(settings: Settings, image: str) -> registry_access.PullAccess:
+    """The :class:`~.registry_access.PullAccess` for ``up``'s pull of ``image``: the scheme the
+    registry speaks (asked once), its login and CAs.
+
+    A registry that does not answer is not an error here: the image may be cached, and the pull
+    itself then says what is wrong."""
+    ref = ImageRef.parse(image)
+    plain = registry_access.http_allowed(settings, ref.registry_is_loopback)
+    registry = Registry.for_settings(settings, ref)
+    login_required = False
+    try:
+        login_required = registry.ping() == 401
+        plain = registry.plain_http
+    except UnreachableError:
+        pass
+    access = registry_access.pull_access(settings, ref.registry_host, plain, registry.credentials)
+    return dataclasses.replace(access, login_required=login_required)

@@ -1,7 +1,9 @@
 """How this tool reaches the image's registry: whose login, which CAs, whether plain HTTP is allowed.
 
 One answer for every client that talks to the registry (the v2 API in ``registry``; a runtime's
-pull gets the same as a :class:`PullAccess`, which the microsandbox runtime hands to its SDK):
+pull gets the same as a :class:`PullAccess`, which the microsandbox runtime hands to its SDK;
+``registry.pull_access_for_image`` asks the registry which scheme it speaks and builds it).
+``registry`` imports this module, never the other way round:
 
 - **Login**: ``OPENWORK_REGISTRY_USERNAME``/``_PASSWORD`` when both are set, else what Docker
   saved for the host (``docker_config``: ``credHelpers``, ``credsStore``, ``auths``), else none.
@@ -165,25 +167,3 @@ def docker_login(host: str, username: str, password: str) -> None:
                             f"{commands.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD")
     console.info(f"{console.OK} logged in to {host} as {username}")
 
-
-def pull_access_for_image(settings: Settings, image: str) -> PullAccess:
-    """The :class:`PullAccess` for ``up``'s pull of ``image``: the scheme the registry speaks (asked
-    once), its login and CAs.
-
-    A registry that does not answer is not an error here: the image may be cached, and the pull
-    itself then says what is wrong."""
-    from .errors import UnreachableError
-    from .registry import Registry
-    from .settings import ImageRef
-
-    ref = ImageRef.parse(image)
-    plain = http_allowed(settings, ref.registry_is_loopback)
-    registry = Registry.for_settings(settings, ref)
-    login_required = False
-    try:
-        login_required = registry.ping() == 401
-        plain = registry.plain_http
-    except UnreachableError:
-        pass
-    access = pull_access(settings, ref.registry_host, plain, registry.credentials)
-    return dataclasses.replace(access, login_required=login_required)

@@ -193,7 +193,7 @@ def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
         title = f"server log, last {len(report.log_tail)} lines" + (f" (full log: {report.log_path})"
                                                                       if report.log_path else "")
         console.info("")
-        console.group(title, [redact(ln, secrets) for ln in report.log_tail])
+        gha.print_group(title, [redact(ln, secrets) for ln in report.log_tail])
     console.info(summary_line(report))
     if junit:
         path = write_junit(report, junit)

@@ -1,3 +1,7 @@
+# One module for now (over 400 lines): SPECS is the one list of settings, and its parsers, Settings and
+# load_settings are read together whenever a setting is added. The split it would take: the value parsers
+# (ports, durations, ImageRef, hosts) into settings_values.py and the .env reader into dotenv_file.py, SPECS
+# and load_settings staying here; not now, while other branches add settings.
 """Every setting, read in one place: task flag > process environment > ``.env`` > built-in default.
 
 ``load_settings()`` returns one immutable :class:`Settings`. Every problem found is collected and

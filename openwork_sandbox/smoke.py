@@ -1,3 +1,6 @@
+# One module for now (over 400 lines): the smoke runner, its report and its three modes (sandbox, --url,
+# --ephemeral) share one report type and one run. The split it would take: the ephemeral mode (its
+# settings, signal handling, teardown) into smoke_ephemeral.py; not now, while other branches change smoke.
 """`invoke smoke`: can a remote client connect to this OpenWork server and drive an OpenCode session?
 
 The checks, in order (each named, timed, with one request timeout per request from

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 from . import gha
 from .errors import WorkflowError
 from .files import write_atomic
-from .settings import Settings
+from .settings import SPECS, Settings
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
 MIN_PUBLIC_TOKEN_LEN = 24  # a port published beyond loopback needs at least this much token
@@ -169,6 +169,16 @@ class SandboxState:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing releases the flock
+
+
+def mask_settings(settings: Settings) -> None:
+    """Mask (under GitHub Actions, :func:`gha.mask`) every secret setting (tokens, registry password)
+    the moment the settings are read, and the sandbox's stored tokens (a server log that `logs`
+    prints could hold them)."""
+    if not gha.active():
+        return
+    gha.mask(*(getattr(settings, spec.field) for spec in SPECS if spec.secret))
+    gha.mask(*SandboxState(settings).stored_tokens().values())
 
 
 def read_record(state_dir: Path) -> dict[str, Any]:

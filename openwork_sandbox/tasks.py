@@ -24,7 +24,7 @@ from __future__ import annotations
 from invoke import Collection, call, task
 from invoke.exceptions import Exit
 
-from openwork_sandbox.errors import task_boundary
+from openwork_sandbox.boundary import task_boundary
 
 ENV_FILE_HELP = "read settings from this .env file instead of ./.env (or set OPENWORK_ENV_FILE)"
 JSON_HELP = "print one JSON object on stdout instead of the human table"
@@ -39,11 +39,11 @@ def project_root(c) -> str | None:
 
 
 def _settings(c, env_file=None, **flags):
-    from openwork_sandbox import gha
     from openwork_sandbox.settings import load_settings
+    from openwork_sandbox.state import mask_settings
 
     settings = load_settings(flags, env_file=env_file, root=project_root(c))
-    gha.mask_settings(settings)  # under GitHub Actions: before anything could print a secret
+    mask_settings(settings)  # under GitHub Actions: before anything could print a secret
     return settings
 
 

@@ -9,7 +9,8 @@ import pytest
 from invoke.exceptions import Exit
 
 from openwork_sandbox import console, gha
-from openwork_sandbox.errors import SettingsError, WorkflowError, task_boundary
+from openwork_sandbox.boundary import task_boundary
+from openwork_sandbox.errors import SettingsError, WorkflowError
 
 
 @pytest.fixture
@@ -40,11 +41,12 @@ def test_masks_once_per_value_and_only_under_actions(actions, capsys, monkeypatc
 
 def test_mask_settings_covers_tokens_and_the_registry_password(actions, capsys, tmp_path):
     from openwork_sandbox.settings import load_settings
+    from openwork_sandbox.state import mask_settings
 
     settings = load_settings(environ={"OPENWORK_TOKEN": "client-token-1234", "OPENWORK_HOST_TOKEN": "host-token-5678",
                                       "OPENWORK_REGISTRY_PASSWORD": "registry-pw-90"},
                              env_file=None, root=tmp_path)
-    gha.mask_settings(settings)
+    mask_settings(settings)
     assert set(capsys.readouterr().err.splitlines()) == {
         "::add-mask::client-token-1234", "::add-mask::host-token-5678", "::add-mask::registry-pw-90"}
 

@@ -174,7 +174,7 @@ def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_
     """A CI job that did not push (no docker login) but has OPENWORK_REGISTRY_USERNAME/_PASSWORD:
     the Docker runtime's pull is refused, gets the settings' login, and pulls; with no login at all
     the refusal is one line with the way out."""
-    from openwork_sandbox.registry_access import pull_access_for_image
+    from openwork_sandbox.registry import pull_access_for_image
     from openwork_sandbox.runtimes.docker import DockerRuntime
 
     reg = tls_registry

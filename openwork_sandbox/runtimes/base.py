@@ -60,6 +60,11 @@ class RuntimeStatus:
     server_running: bool | None = None  # the server process/job inside (None: unknown)
     detail: str = ""  # e.g. "exited (1)", "crashed"
 
+    @property
+    def exists(self) -> bool:
+        """The runtime holds a sandbox of this name (running or stopped)."""
+        return self.state != ABSENT
+
 
 class Runtime(abc.ABC):
     """One sandbox under one runtime. Implementations raise WorkflowError for expected failures."""

@@ -1,3 +1,7 @@
+# One module for now (over 400 lines): one Runtime implementation, one class over one SDK event loop, plus the
+# pure functions that build its SDK arguments. The split it would take: boot-failure reading (kvm_lines,
+# boot_failure_message) and create_kwargs/network_config into microsandbox_args.py; not now, while other
+# branches change this runtime.
 """The microsandbox runtime: the image booted as a detached microVM through the Python SDK.
 
 - ``create``: ``Sandbox.create_with_progress`` (progress bar on a TTY) with the arguments of
