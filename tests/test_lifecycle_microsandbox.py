@@ -296,3 +296,36 @@ def test_the_server_job_gets_sigterm_before_sigkill():
     asyncio.run(stop_job(done))
     asyncio.run(stop_job(None))
     assert done.calls == []
+
+
+def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(tmp_path):
+    """microsandbox's bind mounts need user xattrs on the host folder; found in the emulated host,
+    whose /tmp is a tmpfs of Linux 6.1 ("strict stat virtualization requires xattr write support").
+    Here a real ramfs (no xattrs at all) stands for such a filesystem; needs root to mount it."""
+    import os
+    import subprocess
+
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a ramfs")
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a ramfs here")
+    try:
+        name = unique_name("xattr")
+        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_STATE_DIR=str(mnt / "state"),
+                                 OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+        settings.workspace_dir.mkdir(parents=True)
+        settings.data_dir.mkdir(parents=True)
+        with pytest.raises(WorkflowError) as err:
+            MicrosandboxRuntime(name, settings.sandbox_state_dir).create(
+                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+        assert err.value.exit_code == 2 and "extended attributes" in err.value.message
+        assert str(settings.data_dir.resolve()) in err.value.message and "OPENWORK_STATE_DIR" in err.value.message
+        assert not _sandbox_exists(name)  # refused before anything was made
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -25,6 +25,7 @@ The SDK is async and imported lazily. A runtime object keeps one event loop for 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import signal
@@ -33,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from .. import console
-from ..errors import WorkflowError
+from ..errors import EXIT_BAD_SETTINGS, WorkflowError
 from ..registry_access import PullAccess
 from ..state import RECORD_FILE, read_record, update_record
 from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
@@ -149,6 +150,34 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
             copied.append(write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time(),
                                        expected_size=entry.size, source=f"{src} from {where}"))
     return copied
+
+
+XATTR_MARK = "requires xattr write support"  # the SDK's words for a bind source without extended attributes
+XATTR_PROBE = "user.openwork-sandbox.probe"
+
+
+def mounts_without_xattrs(spec: LaunchSpec) -> list[Path]:
+    """The bind sources whose filesystem takes no user extended attributes (tmpfs before Linux 6.6,
+    ramfs, some network filesystems): microsandbox's bind mounts need them, and its own error says
+    only "strict stat virtualization requires xattr write support on the mount root"."""
+    if not hasattr(os, "setxattr"):
+        return []
+    bad = []
+    for host in spec.mounts.values():
+        try:
+            os.setxattr(host, XATTR_PROBE, b"1")
+            os.removexattr(host, XATTR_PROBE)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                bad.append(Path(host))
+    return bad
+
+
+def no_xattr_message(paths) -> str:
+    return (f"microsandbox cannot bind {', '.join(str(p) for p in paths)}: its filesystem keeps no extended "
+            f"attributes (e.g. tmpfs before Linux 6.6, ramfs), which microVM bind mounts need; put the state on ext4, "
+            f"xfs or btrfs: set OPENWORK_STATE_DIR (or OPENWORK_MICROSANDBOX_WORKSPACE_DIR / "
+            f"OPENWORK_MICROSANDBOX_DATA_DIR) to a folder there")
 
 
 JOB_STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL for the server job
@@ -347,6 +376,9 @@ class MicrosandboxRuntime(Runtime):
     def create(self, spec: LaunchSpec) -> None:
         from microsandbox import ImageNotFoundError, ImagePullFailedError, MicrosandboxError
 
+        bad = mounts_without_xattrs(spec)
+        if bad:
+            raise WorkflowError(no_xattr_message(bad), exit_code=EXIT_BAD_SETTINGS)
         try:
             self._save_job(None)
             self._run(self._create(spec))
@@ -363,6 +395,8 @@ class MicrosandboxRuntime(Runtime):
 
                 raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
                                     f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
+            if XATTR_MARK in text:
+                raise WorkflowError(no_xattr_message(spec.mounts.values()), exit_code=EXIT_BAD_SETTINGS) from None
             raise WorkflowError(boot_failure_message(self.name, text) or f"microsandbox could not create "
                                 f"{self.name}: {text}") from None
 
