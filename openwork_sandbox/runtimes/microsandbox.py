@@ -370,8 +370,8 @@ class MicrosandboxRuntime(Runtime):
         if complete:
             console.info(f"booting microVM {self.name} ...")
         sb = await session.result()
+        await self._launch_server(sb, spec)  # before detach(): detach consumes the Sandbox object
         await sb.detach()
-        await self._launch_server(sb, spec)
 
     def create(self, spec: LaunchSpec) -> None:
         from microsandbox import ImageNotFoundError, ImagePullFailedError, MicrosandboxError
@@ -408,8 +408,8 @@ class MicrosandboxRuntime(Runtime):
             if handle.status not in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
                 console.info(f"starting microVM {self.name} ...")
             sb = await handle.connect_or_start(detached=True)
+            await self._launch_server(sb, spec)  # before detach(): detach consumes the Sandbox object
             await sb.detach()
-            await self._launch_server(sb, spec)
 
         try:
             self._run(go())
