@@ -129,6 +129,22 @@ def check_virtualization(facts: HostFacts) -> Check:
     return Check("virtualization", ok, detail, fix, frozenset({MICROSANDBOX}))
 
 
+def check_avx(settings: Settings, facts: HostFacts) -> Check:
+    """openwork-orchestrator (a Bun executable) needs AVX; a user's own build may not."""
+    from .cpu_avx import FIX, no_avx_message
+
+    if facts.avx is None:
+        return Check("cpu avx", True, f"not checked on {facts.system} {facts.machine}")
+    if facts.avx:
+        return Check("cpu avx", True, "the CPU has AVX (openwork-orchestrator needs it)")
+    own = settings.orchestrator_bin
+    detail = no_avx_message(settings.orchestrator_version).split(";")[0]
+    if own:
+        return Check("cpu avx", True, f"{detail}; OPENWORK_ORCHESTRATOR_BIN_PATH={own} is baked instead (it must "
+                                      f"not need AVX)")
+    return Check("cpu avx", False, detail, FIX)
+
+
 def check_port(settings: Settings) -> Check:
     address, port = settings.bind_address, settings.port
     if ports.port_is_free(port, address):
@@ -251,6 +267,7 @@ def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
         check_microsandbox(facts),
         check_kvm(facts),
         check_virtualization(facts),
+        check_avx(settings, facts),
         check_port(settings),
         check_state_folders(settings),
         check_sandbox_env(settings),

@@ -41,6 +41,9 @@ LAST_BUILD = "last-build.json"
 VERIFIED = "verified-images.json"
 PROGRAM_LABEL = "io.openwork.{}.version"
 DEFAULT_BASE = "debian:bookworm-slim"
+# opencode's first --version takes 12-14 s in a microVM under emulation and longer on a loaded host:
+# a wide window (the check prints a heartbeat meanwhile), not a fixed 2 minutes
+VERSION_CHECK_TIMEOUT = 900.0
 SETUP_BASE = "openwork-base:bookworm-slim"  # what scripts/setup makes where DEFAULT_BASE cannot be pulled
 
 
@@ -186,7 +189,7 @@ def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_a
         return verified[image_id]
     script = "for p in " + " ".join(artifacts) + '; do printf "%s=" "$p"; "$p" --version 2>&1 | tr "\\n" " "; echo; done'
     proc = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", "-e", "HOME=/tmp",
-                  image_id, "-c", script, timeout=120)
+                  image_id, "-c", script, timeout=VERSION_CHECK_TIMEOUT)
     outputs: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         name, _, output = line.partition("=")

@@ -22,6 +22,7 @@ import sys
 import time
 
 from . import console, interrupts, ownership, persist
+from .cpu_avx import raise_if_no_avx
 from .errors import EXIT_BAD_SETTINGS, WorkflowError
 from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
 from .runtimes.base import GUEST_DATA, GUEST_WORKSPACE
@@ -251,6 +252,7 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
                          f"restarting it, {again} (orchestrator 0.18 can hang on a just-started opencode)")
         except SandboxDied as exc:
             persist.raise_if_data_unwritable(settings, exc.log_lines)
+            raise_if_no_avx(settings.orchestrator_version, exc.log_lines, exc.log_hint)
             if last_attempt or time.monotonic() - began > EARLY_DEATH_SECONDS:
                 raise _fail_with_log(rt, exc) from None
             last = exc.log_lines[-1].strip() if exc.log_lines else "no output"

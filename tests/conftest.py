@@ -129,13 +129,34 @@ class StackImage:
     push: dict  # push_image()'s result (digest, layers, msb pull)
 
 
+# An image already in the local engine to use as the stack image, pushed but not built: inside the
+# emulated host of scripts/microvm-host (no network, no AVX) it is the e2e image of
+# scripts/microvm-image (the stand-in orchestrator and server, the real opencode).
+PREBUILT_STACK = os.environ.get("OPENWORK_TEST_STACK_IMAGE")
+
+
 @pytest.fixture(scope="session")
-def stack_image(test_base_image, tmp_path_factory) -> StackImage:
+def stack_image(request, tmp_path_factory) -> StackImage:
     """The test image (real openwork + opencode, stand-in server), built and pushed once per session."""
     from openwork_sandbox.image_build import build_image
     from openwork_sandbox.image_push import push_image
 
     settings = stack_settings(tmp_path_factory.mktemp("stack"))
+    if PREBUILT_STACK:
+        request.getfixturevalue("services")
+        tmp = tmp_path_factory.mktemp("prebuilt")  # no last build: push_image pushes the tag it is given
+        settings = stack_settings(tmp, OPENWORK_STATE_DIR=str(tmp / "state"))
+        inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}}",
+                                  PREBUILT_STACK], check=True, capture_output=True, text=True).stdout
+        image_id, labels = inspect.split(" ", 1)
+        labels = __import__("json").loads(labels) or {}
+        versions = {p: labels.get(f"io.openwork.{p}.version") for p in ("openwork", "openwork-server", "opencode")}
+        subprocess.run(["docker", "tag", image_id, settings.image], check=True, capture_output=True)
+        local = f"{STACK_REPO}:{STACK_TAG}"
+        subprocess.run(["docker", "tag", image_id, local], check=True, capture_output=True)
+        build = {"image": settings.image, "image_id": image_id, "versions": versions}
+        return StackImage(settings.image, local, image_id, versions, settings, build, push_image(settings))
+    request.getfixturevalue("test_base_image")
     build = build_image(settings)
     local = f"{STACK_REPO}:{STACK_TAG}"
     subprocess.run(["docker", "tag", build["image_id"], local], check=True, capture_output=True)

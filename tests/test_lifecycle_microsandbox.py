@@ -254,3 +254,78 @@ def test_one_event_loop_serves_every_call_of_a_runtime(tmp_path):
     assert rt._loop is loop and not loop.is_closed()
     rt.close()
     assert loop.is_closed()
+
+
+class _RecordingJob:
+    """The part of the SDK's ``Job`` that ``stop_job`` uses; ``exits_on_term`` says whether the
+    process inside ends on SIGTERM (an orchestrator that stops its children) or ignores it."""
+
+    def __init__(self, exits_on_term: bool, state: str = "running"):
+        self.exits_on_term, self.state, self.calls = exits_on_term, state, []
+
+    async def inspect(self):
+        import types
+
+        return types.SimpleNamespace(state=self.state)
+
+    async def signal(self, sig):
+        self.calls.append(("signal", sig))
+        if self.exits_on_term:
+            self.state = "exited"
+
+    async def kill(self):
+        self.calls.append(("kill",))
+        self.state = "failed"
+
+
+def test_the_server_job_gets_sigterm_before_sigkill():
+    """A SIGKILL of the job alone would leave opencode and openwork-server running in the microVM
+    (holding the port and the database): the job is asked to stop first, as `docker stop` does."""
+    import asyncio
+    import signal
+
+    from openwork_sandbox.runtimes.microsandbox import stop_job
+
+    polite = _RecordingJob(exits_on_term=True)
+    asyncio.run(stop_job(polite, grace=5))
+    assert polite.calls == [("signal", signal.SIGTERM)]
+    stubborn = _RecordingJob(exits_on_term=False)
+    asyncio.run(stop_job(stubborn, grace=0.5))
+    assert stubborn.calls == [("signal", signal.SIGTERM), ("kill",)]
+    done = _RecordingJob(exits_on_term=True, state="exited")
+    asyncio.run(stop_job(done))
+    asyncio.run(stop_job(None))
+    assert done.calls == []
+
+
+def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(tmp_path):
+    """microsandbox's bind mounts need user xattrs on the host folder; found in the emulated host,
+    whose /tmp is a tmpfs of Linux 6.1 ("strict stat virtualization requires xattr write support").
+    Here a real ramfs (no xattrs at all) stands for such a filesystem; needs root to mount it."""
+    import os
+    import subprocess
+
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a ramfs")
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a ramfs here")
+    try:
+        name = unique_name("xattr")
+        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_STATE_DIR=str(mnt / "state"),
+                                 OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+        settings.workspace_dir.mkdir(parents=True)
+        settings.data_dir.mkdir(parents=True)
+        with pytest.raises(WorkflowError) as err:
+            MicrosandboxRuntime(name, settings.sandbox_state_dir).create(
+                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+        assert err.value.exit_code == 2 and "extended attributes" in err.value.message
+        assert str(settings.data_dir.resolve()) in err.value.message and "OPENWORK_STATE_DIR" in err.value.message
+        assert not _sandbox_exists(name)  # refused before anything was made
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -33,6 +33,7 @@ class HostFacts:
     cpu_flag: str | None = None  # vmx or svm from /proc/cpuinfo
     msb: str | None = None  # path of the msb runtime
     docker: tuple[bool, str] | None = None  # (engine answers, detail); None: not asked
+    avx: bool | None = None  # x86_64: the CPU has AVX (the orchestrator needs it); None: not known
 
     @property
     def arm64(self) -> bool:

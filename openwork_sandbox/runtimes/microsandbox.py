@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import os
 import re
+import signal
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from .. import console
-from ..errors import WorkflowError
+from ..errors import EXIT_BAD_SETTINGS, WorkflowError
 from ..registry_access import PullAccess
 from ..state import RECORD_FILE, read_record, update_record
 from .base import ABSENT, HOST_ADDRESS_VAR, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
@@ -162,17 +164,57 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
     return copied
 
 
-async def stop_job(job, grace_s: float = 10.0) -> None:
-    """SIGTERM the server job (the image's supervisor then stops the orchestrator and its programs
-    and exits), SIGKILL it only if it is still there after ``grace_s`` (a kill alone would leave the
-    orchestrator's programs running in the VM, holding the ports)."""
-    import signal
+XATTR_MARK = "requires xattr write support"  # the SDK's words for a bind source without extended attributes
+XATTR_PROBE = "user.openwork-sandbox.probe"
 
-    await job.signal(signal.SIGTERM)
+
+def mounts_without_xattrs(spec: LaunchSpec) -> list[Path]:
+    """The bind sources whose filesystem takes no user extended attributes (tmpfs before Linux 6.6,
+    ramfs, some network filesystems): microsandbox's bind mounts need them, and its own error says
+    only "strict stat virtualization requires xattr write support on the mount root"."""
+    if not hasattr(os, "setxattr"):
+        return []
+    bad = []
+    for host in spec.mounts.values():
+        try:
+            os.setxattr(host, XATTR_PROBE, b"1")
+            os.removexattr(host, XATTR_PROBE)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                bad.append(Path(host))
+    return bad
+
+
+def no_xattr_message(paths) -> str:
+    return (f"microsandbox cannot bind {', '.join(str(p) for p in paths)}: its filesystem keeps no extended "
+            f"attributes (e.g. tmpfs before Linux 6.6, ramfs), which microVM bind mounts need; put the state on ext4, "
+            f"xfs or btrfs: set OPENWORK_STATE_DIR (or OPENWORK_MICROSANDBOX_WORKSPACE_DIR / "
+            f"OPENWORK_MICROSANDBOX_DATA_DIR) to a folder there")
+
+
+JOB_STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL for the server job
+
+
+async def stop_job(job, grace: float = JOB_STOP_GRACE) -> None:
+    """Stop the server job as ``docker stop`` stops a container: SIGTERM first, so the orchestrator
+    stops opencode and openwork-server (a SIGKILL of the job alone leaves them running, holding the
+    port and writing the database), then SIGKILL after ``grace`` seconds. None or gone: nothing."""
+    from microsandbox import MicrosandboxError
+
+    if job is None:
+        return
     try:
-        await asyncio.wait_for(job.wait(), grace_s)
-    except asyncio.TimeoutError:
+        if (await job.inspect()).state not in LIVE_JOB:
+            return
+        await job.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            if (await job.inspect()).state not in LIVE_JOB:
+                return
         await job.kill()
+    except MicrosandboxError:
+        pass  # already gone
 
 
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
@@ -359,12 +401,15 @@ class MicrosandboxRuntime(Runtime):
         if complete:
             console.info(f"booting microVM {self.name} ...")
         sb = await session.result()
+        await self._launch_server(sb, spec)  # before detach(): detach consumes the Sandbox object
         await sb.detach()
-        await self._launch_server(sb, spec)
 
     def create(self, spec: LaunchSpec) -> None:
         from microsandbox import ImageNotFoundError, ImagePullFailedError, MicrosandboxError
 
+        bad = mounts_without_xattrs(spec)
+        if bad:
+            raise WorkflowError(no_xattr_message(bad), exit_code=EXIT_BAD_SETTINGS)
         try:
             self._save_job(None)
             self._run(self._create(spec))
@@ -381,6 +426,8 @@ class MicrosandboxRuntime(Runtime):
 
                 raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
                                     f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
+            if XATTR_MARK in text:
+                raise WorkflowError(no_xattr_message(spec.mounts.values()), exit_code=EXIT_BAD_SETTINGS) from None
             raise WorkflowError(boot_failure_message(self.name, text) or f"microsandbox could not create "
                                 f"{self.name}: {text}") from None
 
@@ -392,8 +439,8 @@ class MicrosandboxRuntime(Runtime):
             if handle.status not in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
                 console.info(f"starting microVM {self.name} ...")
             sb = await handle.connect_or_start(detached=True)
+            await self._launch_server(sb, spec)  # before detach(): detach consumes the Sandbox object
             await sb.detach()
-            await self._launch_server(sb, spec)
 
         try:
             self._run(go())
@@ -426,10 +473,7 @@ class MicrosandboxRuntime(Runtime):
 
         if self.status().state == RUNNING:
             async def stop_server() -> None:
-                job = await self._server_job(await self._existing())
-                if job is not None:
-                    with contextlib.suppress(MicrosandboxError):
-                        await stop_job(job)
+                await stop_job(await self._server_job(await self._existing()))
 
             self._sdk(stop_server(), f"stop the server in {self.name}")
             return (lambda: self.restart_server(spec)) if spec is not None else (lambda: None)
@@ -462,12 +506,7 @@ class MicrosandboxRuntime(Runtime):
 
         async def go() -> None:
             handle = await self._existing()
-            job = await self._server_job(handle)
-            if job is not None:
-                try:
-                    await stop_job(job)
-                except MicrosandboxError:
-                    pass  # already gone
+            await stop_job(await self._server_job(handle))
             sb = await handle.connect()
             await self._launch_server(sb, spec)
 

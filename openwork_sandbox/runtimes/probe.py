@@ -20,20 +20,30 @@ KVM_DEVICE = Path("/dev/kvm")
 DOCKER_START = "run scripts/services start (or start Docker Desktop)"
 
 
-def cpu_virtualization_flag(cpuinfo: Path = CPUINFO) -> str | None:
-    """``"vmx"`` (Intel VT-x) or ``"svm"`` (AMD-V) when the CPU advertises it, else None."""
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (the first ``flags`` line); None when unreadable."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
         if line.startswith("flags") and ":" in line:
-            flags = set(line.split(":", 1)[1].split())
-            for flag in ("vmx", "svm"):
-                if flag in flags:
-                    return flag
-            return None
+            return frozenset(line.split(":", 1)[1].split())
     return None
+
+
+def cpu_virtualization_flag(cpuinfo: Path = CPUINFO, flags: frozenset[str] | None = None) -> str | None:
+    """``"vmx"`` (Intel VT-x) or ``"svm"`` (AMD-V) when the CPU advertises it, else None."""
+    flags = cpu_flags(cpuinfo) if flags is None else flags
+    return next((flag for flag in ("vmx", "svm") if flag in (flags or ())), None)
+
+
+def cpu_has_avx(machine: str, flags: frozenset[str] | None) -> bool | None:
+    """Whether an x86_64 CPU has AVX (the orchestrator needs it); None where that is not known or
+    not asked (another architecture, no ``/proc/cpuinfo``)."""
+    if machine.lower() not in ("x86_64", "amd64") or flags is None:
+        return None
+    return "avx" in flags
 
 
 def msb_path() -> str | None:
@@ -72,12 +82,14 @@ def host_facts(*, docker: bool = True) -> HostFacts:
     """What this host is, read once: system, CPU, KVM, msb, and (with ``docker``) the Docker engine."""
     import platform
 
+    flags = cpu_flags()
     return HostFacts(
         system=platform.system(),
         machine=platform.machine(),
         kvm_present=KVM_DEVICE.exists(),
         kvm_usable=os.access(KVM_DEVICE, os.R_OK | os.W_OK),
-        cpu_flag=cpu_virtualization_flag(),
+        cpu_flag=cpu_virtualization_flag(flags=flags),
+        avx=cpu_has_avx(platform.machine(), flags),
         msb=msb_path(),
         docker=docker_support() if docker else None,
     )

@@ -1,0 +1,35 @@
+"""A CPU without AVX: the pinned orchestrator cannot run there, said in one line.
+
+``openwork serve`` (orchestrator 0.18.1) is a Bun executable built for CPUs with AVX. On a CPU
+without it (old or emulated hosts, and the microVM nested in an emulated host, whose guest gets
+no AVX) it dies a few seconds after start, before it logs a line of its own, with Bun's crash
+report ("CPU lacks AVX support. Please consider upgrading to a newer CPU.", "panic(main thread):
+Illegal instruction"). ``doctor`` reads the host's flag (``runtimes.probe.host_facts``); ``up``
+recognises the crash in the server log and ends with :func:`no_avx_message` instead of the panic.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .errors import WorkflowError
+
+NO_AVX_MARK = "CPU lacks AVX support"  # Bun's crash report, on a CPU without AVX
+FIX = ("run it on a host whose CPU has AVX (a microVM gets its host's CPU features; one nested in an emulated "
+       "host gets none), or bake an orchestrator built for Bun's baseline target with OPENWORK_ORCHESTRATOR_BIN_PATH")
+
+
+def no_avx_message(orchestrator_version: str) -> str:
+    return f"this CPU has no AVX: openwork-orchestrator {orchestrator_version} cannot run here; {FIX}"
+
+
+def crashed_for_want_of_avx(log_lines: Iterable[str]) -> bool:
+    """The server log holds Bun's "no AVX" crash report."""
+    return any(NO_AVX_MARK in line for line in log_lines or ())
+
+
+def raise_if_no_avx(orchestrator_version: str, log_lines: Iterable[str], log_hint: str = "") -> None:
+    """The server died of a CPU without AVX: one line naming the cause and the fix (no retry helps)."""
+    if crashed_for_want_of_avx(log_lines):
+        where = f" (Bun's crash report: {log_hint})" if log_hint else ""
+        raise WorkflowError(no_avx_message(orchestrator_version) + where)
