@@ -198,19 +198,29 @@ except WorkflowError as exc:
 """
 
 
+def _microsandbox_managed() -> dict:
+    """microsandbox's sandboxes this tool made, listed in a child process: the SDK keeps the first
+    MSB_HOME it sees for the life of a process, and this test's MSB_HOME is deleted after it."""
+    code = ("import json; from openwork_sandbox.runtimes.listing import microsandbox_managed as m; "
+            "print(json.dumps({n: marks for n, marks, _ in m()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.docker
 def test_a_microvm_whose_job_is_gone_is_found_and_removed(stack_image, tmp_path, short_msb_home):
     """The real SDK: a process creates an ephemeral microVM (with max_duration and the marks as
     labels; where microVMs cannot boot, the SDK keeps the sandbox it could not boot) and exits
     without its teardown; doctor lists it from microsandbox's own records, reset --stale removes it."""
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.runtimes.listing import microsandbox_managed as list_managed
-
     name = unique_name("i17a-msb")
     made = subprocess.run([sys.executable, "-c", MSB_CREATE, str(tmp_path), str(ROOT / "tests"), name,
                            stack_image.ref], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert made.returncode == 0, made.stderr[-2000:]
-    listed = {n: marks for n, marks, _ in list_managed()}
+    listed = _microsandbox_managed()
     assert name in listed, (listed, made.stdout, made.stderr[-2000:])
     assert listed[name][EPHEMERAL] == "1" and listed[name][STATE_DIR] == str(tmp_path / "state" / name)
     env = {"OPENWORK_MICROSANDBOX_RUNTIME": "microsandbox"}
@@ -218,4 +228,4 @@ def test_a_microvm_whose_job_is_gone_is_found_and_removed(stack_image, tmp_path,
     assert f"microsandbox ephemeral sandbox {name}" in row["detail"] and "is gone" in row["detail"], row
     out = invoke(tmp_path, "reset", "--stale", **env)
     assert out.returncode == 0, out.stderr
-    assert name not in {n for n, _, _ in list_managed()} and not (tmp_path / "state" / name).exists()
+    assert name not in _microsandbox_managed() and not (tmp_path / "state" / name).exists()

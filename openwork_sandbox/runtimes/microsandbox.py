@@ -25,7 +25,6 @@ The SDK is async and imported lazily. A runtime object keeps one event loop for 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import math
 import os
