@@ -329,3 +329,28 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
         assert not _sandbox_exists(name)  # refused before anything was made
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp_path, monkeypatch):
+    """The job's log ends mid-start when the VM dies under it (seen in the emulated host: a guest
+    kernel's stack guard page, KVM_EXIT_SHUTDOWN): the message says the microVM stopped, and why."""
+    from openwork_sandbox.runtimes import microsandbox as msb
+    from openwork_sandbox.runtimes.base import RUNNING, STOPPED, RuntimeStatus
+
+    monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
+    logs = tmp_path / "msb" / "sandboxes" / "box" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "kernel.log").write_text("[ 1.0] booting\n[ 52.3] BUG: TASK stack guard page was hit at 0000\n"
+                                     "[ 52.4] Kernel panic - not syncing: Fatal exception\n")
+    rt = msb.MicrosandboxRuntime("box", tmp_path / "state")
+    seen = {"state": STOPPED}
+    monkeypatch.setattr(rt, "status", lambda: RuntimeStatus(seen["state"], detail="stopped"))
+    monkeypatch.setattr(rt, "log_tail", lambda lines=40: ["[opencode] Still waiting for health after 42s"])
+    state, lines, hint = rt.describe()
+    assert state == "stopped, stopped; the microVM itself stopped: [ 52.4] Kernel panic - not syncing: Fatal exception"
+    assert str(logs) in hint and lines == ["[opencode] Still waiting for health after 42s"]
+    (logs / "kernel.log").write_text("[ 1.0] booting\n")
+    assert rt.describe()[0] == "stopped, stopped; the microVM itself stopped"
+    seen["state"] = RUNNING  # a running VM whose job stopped: the base's words only
+    state, _, hint = rt.describe()
+    assert state == "running, stopped" and "own logs" not in hint

@@ -70,6 +70,22 @@ def kvm_lines(name: str) -> list[str]:
     return found
 
 
+VM_FAULT_LINE = re.compile(r"Kernel panic|BUG:|Oops|stack guard page|KVM_EXIT_\w+", re.IGNORECASE)
+
+
+def vm_fault_lines(name: str) -> list[str]:
+    """Lines of the sandbox's runtime and kernel logs that say why the microVM itself stopped (its
+    guest kernel panicked, KVM shut it down): empty when they say nothing of the kind."""
+    found = []
+    for log in ("runtime.log", "kernel.log"):
+        try:
+            text = (sandbox_log_dir(name) / log).read_text(errors="replace")
+        except OSError:
+            continue
+        found += [line.strip() for line in text.splitlines() if VM_FAULT_LINE.search(line) or KVM_LINE.search(line)]
+    return found
+
+
 def boot_failure_message(name: str, error: str) -> str | None:
     """One line saying this host cannot run microVMs and why, or None if ``error`` is something else."""
     kvm = kvm_lines(name)
@@ -355,6 +371,16 @@ class MicrosandboxRuntime(Runtime):
                                  server_running=server if running else False, detail=detail)
 
         return self._sdk(go(), f"read the state of {self.name}")
+
+    def describe(self) -> tuple[str, list[str], str]:
+        """The base's, and when the microVM itself is not running (not only its server job): why, from
+        its own logs, and where they are (a job's log ends mid-line when its VM dies under it)."""
+        state, lines, hint = super().describe()
+        if not state.startswith(RUNNING):
+            fault = vm_fault_lines(self.name)
+            state += f"; the microVM itself stopped{(': ' + fault[-1]) if fault else ''}"
+            hint += f"; the microVM's own logs: {sandbox_log_dir(self.name)}"
+        return state, lines, hint
 
     def is_alive(self) -> bool:
         st = self.status()
