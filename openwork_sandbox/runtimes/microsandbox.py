@@ -58,16 +58,21 @@ def sandbox_log_dir(name: str) -> Path:
     return msb_home() / "sandboxes" / name / "logs"
 
 
-def kvm_lines(name: str) -> list[str]:
-    """KVM complaints in the sandbox's runtime and kernel logs (empty when there are none)."""
+def _log_lines(name: str, pattern: re.Pattern) -> list[str]:
+    """The lines of the sandbox's runtime and kernel logs that match ``pattern`` (empty without logs)."""
     found = []
     for log in ("runtime.log", "kernel.log"):
         try:
             text = (sandbox_log_dir(name) / log).read_text(errors="replace")
         except OSError:
             continue
-        found += [line.strip() for line in text.splitlines() if KVM_LINE.search(line)]
+        found += [line.strip() for line in text.splitlines() if pattern.search(line)]
     return found
+
+
+def kvm_lines(name: str) -> list[str]:
+    """KVM complaints in the sandbox's runtime and kernel logs (empty when there are none)."""
+    return _log_lines(name, KVM_LINE)
 
 
 VM_FAULT_LINE = re.compile(r"Kernel panic|BUG:|Oops|stack guard page|KVM_EXIT_\w+", re.IGNORECASE)
@@ -76,14 +81,7 @@ VM_FAULT_LINE = re.compile(r"Kernel panic|BUG:|Oops|stack guard page|KVM_EXIT_\w
 def vm_fault_lines(name: str) -> list[str]:
     """Lines of the sandbox's runtime and kernel logs that say why the microVM itself stopped (its
     guest kernel panicked, KVM shut it down): empty when they say nothing of the kind."""
-    found = []
-    for log in ("runtime.log", "kernel.log"):
-        try:
-            text = (sandbox_log_dir(name) / log).read_text(errors="replace")
-        except OSError:
-            continue
-        found += [line.strip() for line in text.splitlines() if VM_FAULT_LINE.search(line) or KVM_LINE.search(line)]
-    return found
+    return _log_lines(name, re.compile(f"{VM_FAULT_LINE.pattern}|{KVM_LINE.pattern}", re.IGNORECASE))
 
 
 def boot_failure_message(name: str, error: str) -> str | None:
