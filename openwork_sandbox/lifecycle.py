@@ -345,13 +345,14 @@ def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, d
     if decision.action == REUSE:
         return seen.health or {}, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
     fresh = decision.action in (CREATE, RECREATE)
+    made = {"created_at": time.time(), "workspace_id": None} if fresh else {}
     if secrets is not None:  # the mounted folder, before anything boots (a start mounts it too)
         from .sandbox_secrets import write
 
         write(settings, secrets)
         if fresh:  # the digests of what it is made with: a later `up` names what changed
-            state.save_record(secrets=secrets.digests() or None)
-    _save_record(state, settings, rt.kind, spec, **({"created_at": time.time(), "workspace_id": None} if fresh else {}))
+            made["secrets"] = secrets.digests() or None
+    _save_record(state, settings, rt.kind, spec, **made)
     if decision.action == RECREATE:
         persist.migrate_before_replace(settings, rt, spec)  # a failed copy stops here
         rt.remove()
