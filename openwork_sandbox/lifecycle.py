@@ -253,10 +253,14 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
         except SandboxDied as exc:
             persist.raise_if_data_unwritable(settings, exc.log_lines)
             raise_if_no_avx(settings.orchestrator_version, exc.log_lines, exc.log_hint)
-            if last_attempt or time.monotonic() - began > EARLY_DEATH_SECONDS:
+            fault = None if last_attempt else rt.machine_fault()
+            if fault:  # not the server's doing, however late in the start: boot the machine again
+                console.info(f"{fault} during start-up; starting it again, {again}")
+            elif last_attempt or time.monotonic() - began > EARLY_DEATH_SECONDS:
                 raise _fail_with_log(rt, exc) from None
-            last = exc.log_lines[-1].strip() if exc.log_lines else "no output"
-            console.info(f"the server exited during start-up (last line: {last}); {again}")
+            else:
+                last = exc.log_lines[-1].strip() if exc.log_lines else "no output"
+                console.info(f"the server exited during start-up (last line: {last}); {again}")
         except HealthTimeout as exc:
             raise _fail_with_log(rt, exc) from None
         rt.restart_server(spec)

@@ -101,7 +101,15 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def restart_server(self, spec: LaunchSpec) -> None:
-        """Stop the server process and start it again (the sandbox and its state stay)."""
+        """Stop the server process and start it again (the sandbox and its state stay); a sandbox
+        that stopped under its server is started again first."""
+
+    def machine_fault(self) -> str | None:
+        """A phrase saying the sandbox's own machine stopped under its server and why ("the microVM
+        itself stopped (KVM_EXIT_SHUTDOWN ...)"), or None: it runs, or it stopped because its server
+        did (a container ends with its server). Asked when the server stopped during start-up: a
+        machine fault is not the server's doing."""
+        return None
 
     def keep_running(self) -> None:
         """Ask the runtime to bring the healthy sandbox back after it (or the engine) stops on its

@@ -370,13 +370,21 @@ class MicrosandboxRuntime(Runtime):
 
         return self._sdk(go(), f"read the state of {self.name}")
 
+    def machine_fault(self) -> str | None:
+        """When the microVM itself is not running: its logs' last fault line (KVM_EXIT_SHUTDOWN, a
+        guest kernel panic), else that it stopped with no reason logged."""
+        return None if self.status().state == RUNNING else self._stopped_phrase()
+
+    def _stopped_phrase(self) -> str:
+        fault = vm_fault_lines(self.name)
+        return f"the microVM itself stopped ({fault[-1] if fault else 'its logs say no more'})"
+
     def describe(self) -> tuple[str, list[str], str]:
         """The base's, and when the microVM itself is not running (not only its server job): why, from
         its own logs, and where they are (a job's log ends mid-line when its VM dies under it)."""
         state, lines, hint = super().describe()
         if not state.startswith(RUNNING):
-            fault = vm_fault_lines(self.name)
-            state += f"; the microVM itself stopped{(': ' + fault[-1]) if fault else ''}"
+            state += f"; {self._stopped_phrase()}"
             hint += f"; the microVM's own logs: {sandbox_log_dir(self.name)}"
         return state, lines, hint
 
@@ -525,13 +533,18 @@ class MicrosandboxRuntime(Runtime):
         return self._sdk(go(), f"copy {src} out of the microVM {self.name}")
 
     def restart_server(self, spec: LaunchSpec) -> None:
-        from microsandbox import MicrosandboxError
+        from microsandbox import SandboxStatus
 
         async def go() -> None:
             handle = await self._existing()
-            await stop_job(await self._server_job(handle))
-            sb = await handle.connect()
-            await self._launch_server(sb, spec)
+            if handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
+                await stop_job(await self._server_job(handle))
+                await self._launch_server(await handle.connect(), spec)
+                return
+            console.info(f"starting microVM {self.name} again ...")  # it stopped under its server
+            sb = await handle.connect_or_start(detached=True)
+            await self._launch_server(sb, spec)  # before detach(): detach consumes the Sandbox object
+            await sb.detach()
 
         self._sdk(go(), f"restart the server in {self.name}")
 
