@@ -98,12 +98,12 @@ def test_requirements_are_the_project_and_test_deps_plus_the_editable_install():
     assert "setuptools" not in mh.requirements(pyproject) and "setuptools>=61" in mh.requirements(pyproject)
 
 
-def test_passthrough_env_takes_openwork_msb_ci_and_github_actions_only():
+def test_passthrough_env_takes_openwork_msb_e2e_knobs_ci_and_github_actions_only():
     env = {"OPENWORK_TOKEN": "t", "OPENWORK_MICROSANDBOX_IMAGE": "x:1", "MSB_HOME": "/m", "CI": "true",
            "GITHUB_ACTIONS": "true", "GITHUB_TOKEN": "secret", "HOME": "/root", "PATH": "/bin",
-           "XOPENWORK_NOT": "no"}
+           "XOPENWORK_NOT": "no", "MICROVM_E2E_STEPS": "doctor,up", "MICROVM_HOST_TIMEOUT": "9"}
     assert mh.passthrough_env(env) == {"OPENWORK_TOKEN": "t", "OPENWORK_MICROSANDBOX_IMAGE": "x:1", "MSB_HOME": "/m",
-                                       "CI": "true", "GITHUB_ACTIONS": "true"}
+                                       "CI": "true", "GITHUB_ACTIONS": "true", "MICROVM_E2E_STEPS": "doctor,up"}
 
 
 def test_env_script_keeps_any_value_exactly(tmp_path):
