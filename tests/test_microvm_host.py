@@ -186,3 +186,37 @@ def test_watch_reports_qemu_dying_before_the_command_finished(tmp_path, monkeypa
 def test_watch_reports_a_guest_whose_services_did_not_come_up(tmp_path, monkeypatch):
     _, verdict = _attempt(tmp_path, monkeypatch, BEAT + "beat 1; echo 'scripts/services start failed' > share/setup-failed; sleep 30")
     assert verdict == ("setup", "scripts/services start failed")
+
+
+def _load_e2e():
+    loader = importlib.machinery.SourceFileLoader("microvm_e2e", str(ROOT / "scripts" / "microvm-e2e"))
+    spec = importlib.util.spec_from_loader("microvm_e2e", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+# what `invoke up` printed last in the emulated host when the nested microVM triple-faulted (a real line)
+VM_SHUTDOWN_FAILURE = (
+    "invoke up --json exited 1: the server stopped before http://127.0.0.1:51407/health answered (state: stopped, "
+    "stopped; the microVM itself stopped (2026-12-01T12:48:41.836408Z  INFO msb_krun_vmm::linux::vstate: Received "
+    "KVM_EXIT_SHUTDOWN signal)); last log line: [opencode] Still waiting for health after 26s (TimeoutError)")
+
+
+@pytest.mark.parametrize("failure, inside, fault", [
+    (VM_SHUTDOWN_FAILURE, "1", "2026-12-01T12:48:41.836408Z  INFO msb_krun_vmm::linux::vstate: Received "
+                               "KVM_EXIT_SHUTDOWN signal"),
+    ("invoke up exited 1: ... (state: stopped; the microVM itself stopped ([ 52.4] Kernel panic - not syncing: "
+     "Fatal exception)); ...", "1", "[ 52.4] Kernel panic - not syncing: Fatal exception"),
+    (VM_SHUTDOWN_FAILURE, None, None),  # on real KVM the same stop is a failure like any other
+    ("invoke up exited 1: ... the microVM itself stopped (its logs say no more); ...", "1", None),
+    ("invoke smoke --json exited 1: smoke: {'failed': 1}", "1", None),
+    ("invoke up exited 1: KVM_EXIT_SHUTDOWN in a server log line", "1", None),  # not the microVM's own stop
+])
+def test_only_a_microvm_stopped_by_its_emulated_cpu_counts_as_an_emulation_fault(monkeypatch, failure, inside, fault):
+    e2e = _load_e2e()
+    if inside:
+        monkeypatch.setenv("MICROVM_HOST_GUEST", inside)
+    else:
+        monkeypatch.delenv("MICROVM_HOST_GUEST", raising=False)
+    assert e2e.emulation_fault(failure) == fault
