@@ -406,3 +406,29 @@ def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp
     seen["state"] = RUNNING  # a running VM whose job stopped: the base's words only, and no machine fault
     state, _, hint = rt.describe()
     assert state == "running, stopped" and "own logs" not in hint and rt.machine_fault() is None
+
+
+@pytest.mark.parametrize("runtime_log, kvm_ok, retried", [
+    ("INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal\n", True, True),  # seen in the emulated host
+    ("INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal\n", False, False),  # no KVM: not a fault of one boot
+    ("ERROR vstate: KVM_EXIT_INTERNAL_ERROR\n", True, False),  # what a host without vmx/svm gets
+    ("INFO entering VM\n", True, False),  # the logs say nothing of a fault
+])
+def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(tmp_path, monkeypatch, runtime_log,
+                                                                               kvm_ok, retried):
+    from openwork_sandbox.runtimes import microsandbox as msb
+    from openwork_sandbox.runtimes import probe
+
+    monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
+    logs = tmp_path / "msb" / "sandboxes" / "box" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "runtime.log").write_text(runtime_log)
+    monkeypatch.setattr(probe, "microvm_support", lambda: (kvm_ok, "/dev/kvm is usable" if kvm_ok else "no vmx/svm"))
+    rt = msb.MicrosandboxRuntime("box", tmp_path / "state")
+    error = 'runtime error: sandbox process exited (exit status: 0) before agent relay became available'
+    fault = rt._boot_fault(error)
+    assert (fault is not None) is retried
+    if retried:
+        assert "KVM_EXIT_SHUTDOWN" in fault
+        assert msb.boot_failure_message("box", error).startswith("the microVM stopped while booting, twice: ")
+    assert rt._boot_fault("image error: manifest unknown") is None  # a pull failure is never a boot fault

@@ -93,9 +93,10 @@ def boot_failure_message(name: str, error: str) -> str | None:
 
     ok, why = microvm_support()
     cause = kvm[-1].split(": ", 1)[-1] if kvm else "the VM process exited before its agent answered"
-    reason = f"{cause}; {why}" if not ok else cause
-    return (f"this host cannot run microVMs: {reason}; see {sandbox_log_dir(name) / 'runtime.log'}; "
-            f"{DOCKER_HINT}")
+    where = f"see {sandbox_log_dir(name) / 'runtime.log'}; {DOCKER_HINT}"
+    if ok:  # KVM is there: the boots themselves failed (MicrosandboxRuntime.create tried twice)
+        return f"the microVM stopped while booting, twice: {cause}; {where}"
+    return f"this host cannot run microVMs: {cause}; {why}; {where}"
 
 
 T = TypeVar("T")
@@ -443,7 +444,14 @@ class MicrosandboxRuntime(Runtime):
             raise WorkflowError(no_xattr_message(bad), exit_code=EXIT_BAD_SETTINGS)
         try:
             self._save_job(None)
-            self._run(self._create(spec))
+            try:
+                self._run(self._create(spec))
+            except MicrosandboxError as exc:
+                fault = self._boot_fault(str(exc))
+                if not fault:
+                    raise
+                console.info(f"the microVM {self.name} stopped while booting ({fault}); booting it again (2 of 2)")
+                self._run(self._create(spec))
         except (ImagePullFailedError, ImageNotFoundError) as exc:
             raise WorkflowError(
                 f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) and check the "
@@ -461,6 +469,17 @@ class MicrosandboxRuntime(Runtime):
                 raise WorkflowError(no_xattr_message(spec.mounts.values()), exit_code=EXIT_BAD_SETTINGS) from None
             raise WorkflowError(boot_failure_message(self.name, text) or f"microsandbox could not create "
                                 f"{self.name}: {text}") from None
+
+    def _boot_fault(self, error: str) -> str | None:
+        """The fault line when the microVM's CPU stopped it while it booted (KVM_EXIT_SHUTDOWN: a guest
+        triple fault) on a host where microVMs do boot: a fault of that boot, worth one more (a nested
+        or emulated CPU does this now and then); None for anything else, such as a host without KVM."""
+        from .probe import microvm_support
+
+        if BOOT_FAILURE_MARK not in error and "KVM_EXIT" not in error:
+            return None
+        fault = [line for line in vm_fault_lines(self.name) if "KVM_EXIT_SHUTDOWN" in line or "panic" in line.lower()]
+        return fault[-1] if fault and microvm_support()[0] else None
 
     def start(self, spec: LaunchSpec) -> None:
         from microsandbox import MicrosandboxError, SandboxStatus
