@@ -6,11 +6,56 @@ only defines the exceptions, and :mod:`gha`, which writes the ``::error`` annota
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import sys
 
 from . import gha
 from .errors import EXIT_INTERRUPTED, WorkflowError
+
+
+# --- ending a task process without the interpreter's finalization ------------------------------------
+# microsandbox 0.7.11's SDK runs tokio threads that may still complete a Python future while the
+# interpreter finalizes: the thread then takes the GIL of a finalizing interpreter, CPython ends that
+# thread with a forced unwind, and Rust aborts the process ("panic in a function that cannot unwind",
+# SIGABRT) after the task printed everything it had to (seen once in two `invoke logs` in a microVM).
+# A runtime that loaded such a library says so; the process of a task that ran then ends, once the
+# tasks are done, with os._exit and the task's own exit code, its output flushed. Only in a task
+# program (invoke, or this package's console program), never in a host such as pytest whose exit
+# code is not a task's.
+_finalize = {"skip": False, "code": 0, "registered": False}
+TASK_PROGRAMS = ("invoke", "inv", "openwork-sandbox", "openwork_sandbox")
+
+
+def _in_task_program() -> bool:
+    """The main program is invoke (``invoke``, ``python -m invoke``) or this package's console program."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = spec.name.split(".")[0] if spec is not None else os.path.basename(sys.argv[0] if sys.argv else "")
+    return name in TASK_PROGRAMS
+
+
+def skip_interpreter_finalization() -> None:
+    """Called by a runtime whose native library must not meet the interpreter's finalization."""
+    _finalize["skip"] = True
+
+
+def _exit_now() -> None:
+    if _finalize["skip"]:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(_finalize["code"])
+
+
+def _ended(code: int) -> None:
+    """A task ended with ``code`` (the process's exit code unless a later task ends otherwise)."""
+    _finalize["code"] = code
+    if _finalize["skip"] and not _finalize["registered"] and _in_task_program():
+        atexit.register(_exit_now)  # registered last, so it runs first of the atexit handlers
+        _finalize["registered"] = True
 
 
 @contextlib.contextmanager
@@ -25,13 +70,16 @@ def task_boundary(task: str = "openwork-sandbox"):
 
     try:
         yield
+        _ended(0)
     except WorkflowError as exc:
+        _ended(exc.exit_code)
         if gha.active():  # the message first, as always; then the annotation, last
             print(exc.message, file=sys.stderr, flush=True)
             gha.error(task, exc.message)
             raise Exit(code=exc.exit_code) from None
         raise Exit(exc.message, code=exc.exit_code) from None
     except Exit as exc:
+        _ended(exc.code or 0)
         if exc.code and gha.active():
             if exc.message:
                 print(exc.message, file=sys.stderr, flush=True)
@@ -39,9 +87,11 @@ def task_boundary(task: str = "openwork-sandbox"):
             raise Exit(code=exc.code) from None
         raise
     except KeyboardInterrupt:
+        _ended(EXIT_INTERRUPTED)
         print("interrupted", file=sys.stderr)
         gha.error(task, "interrupted")
         raise Exit(code=EXIT_INTERRUPTED) from None
     except Exception as exc:  # a bug: keep the traceback, but let CI name it too
+        _ended(1)
         gha.error(task, f"unexpected {exc.__class__.__name__}: {exc}")
         raise

@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from .. import console
+from ..boundary import skip_interpreter_finalization
 from ..errors import EXIT_BAD_SETTINGS, WorkflowError
 from ..registry_access import PullAccess
 from ..state import RECORD_FILE, read_record, update_record
@@ -246,6 +247,7 @@ class MicrosandboxRuntime(Runtime):
         """Run ``coro`` on this runtime's one event loop (made on first use)."""
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
+            skip_interpreter_finalization()  # the SDK's threads and a finalizing interpreter: see boundary
         return self._loop.run_until_complete(coro)
 
     def _sdk(self, coro: Coroutine[Any, Any, T], what: str) -> T:
