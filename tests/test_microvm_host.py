@@ -220,3 +220,18 @@ def test_only_a_microvm_stopped_by_its_emulated_cpu_counts_as_an_emulation_fault
     else:
         monkeypatch.delenv("MICROVM_HOST_GUEST", raising=False)
     assert e2e.emulation_fault(failure) == fault
+
+
+def test_pruning_keeps_the_newest_runs_and_any_whose_qemu_still_runs(tmp_path):
+    import os
+    import time
+
+    runs = tmp_path / "runs"
+    for name in ["a-live", "b-old", "c", "d", "e"]:
+        (runs / name).mkdir(parents=True)
+    (runs / "a-live" / "qemu.pid").write_text(f"{os.getpid()}\n")  # a process that runs: this one
+    (runs / "b-old" / "qemu.pid").write_text("999999999\n")  # no such process
+    for i, name in enumerate(["a-live", "b-old", "c", "d", "e"]):  # oldest first
+        os.utime(runs / name, (time.time() - 100 + i, time.time() - 100 + i))
+    mh.prune_runs(runs, keep=3)
+    assert sorted(p.name for p in runs.iterdir()) == ["a-live", "c", "d", "e"]
