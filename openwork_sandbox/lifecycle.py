@@ -172,6 +172,7 @@ def _print_log_tail(rt: Runtime, lines: list[str] | None = None, hint: str | Non
 STALL_SECONDS = 20.0  # no new server output for this long while not healthy: the start is stuck
 # (a slow start is not silent: the image's start gates print a line every 5 s in which the program
 # they wait for used CPU, see start_gate)
+AVX_LOOK_LINES = 40  # lines of the log each look reads: Bun's crash report is about 15 before the restart line
 STALL_CHECK_EVERY = 2.0  # seconds between looks at the log's tail (each is a runtime call)
 ALIVE_EVERY_MAX = 3.0  # is_alive() backs off from the health wait's 0.5 s to this (each is a runtime call)
 # ...and after "opencode server listening" the orchestrator's next line ("[opencode] Healthy") comes
@@ -198,8 +199,8 @@ class _StartWatch:
     whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up` can restart it.
     """
 
-    def __init__(self, rt: Runtime, stall_s: float | None):
-        self.rt, self.stall_s = rt, stall_s
+    def __init__(self, rt: Runtime, stall_s: float | None, orchestrator_version: str):
+        self.rt, self.stall_s, self.orchestrator_version = rt, stall_s, orchestrator_version
         self.last_tail: list[str] | None = None
         self.changed_at = time.monotonic()
         self.next_check = self.changed_at + 1.0
@@ -214,12 +215,16 @@ class _StartWatch:
                 return False
             self.alive_every = min(self.alive_every * 1.5, ALIVE_EVERY_MAX)
             self.next_alive = now + self.alive_every
-        if self.stall_s is not None and now >= self.next_check:
+        if now >= self.next_check:
             self.next_check = now + STALL_CHECK_EVERY
-            tail = self.rt.log_tail(3)
+            recent = self.rt.log_tail(AVX_LOOK_LINES)
+            # the image's supervisor restarts an orchestrator that dies, so one that a CPU without AVX
+            # kills never stops the sandbox: its crash report in the log ends the wait at once
+            raise_if_no_avx(self.orchestrator_version, recent, self.rt.log_hint())
+            tail = recent[-3:]
             if tail != self.last_tail:
                 self.last_tail, self.changed_at = tail, now
-            else:
+            elif self.stall_s is not None:
                 last = tail[-1].strip() if tail else "(no output)"
                 limit = min(self.stall_s, LISTENING_STALL_SECONDS) if LISTENING_MARK in last else self.stall_s
                 if now - self.changed_at >= limit:
@@ -240,7 +245,7 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
     first_began = time.monotonic()
     for attempt in range(1, START_ATTEMPTS + 1):
         last_attempt = attempt == START_ATTEMPTS
-        watch = _StartWatch(rt, None if last_attempt else STALL_SECONDS)
+        watch = _StartWatch(rt, None if last_attempt else STALL_SECONDS, settings.orchestrator_version)
         began = time.monotonic()
         again = f"start {attempt + 1} of {START_ATTEMPTS}"
         try:
