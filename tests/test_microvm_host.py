@@ -16,15 +16,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load():
-    loader = importlib.machinery.SourceFileLoader("microvm_host", str(ROOT / "scripts" / "microvm-host"))
-    spec = importlib.util.spec_from_loader("microvm_host", loader)
+def _load(script: str):
+    """scripts/SCRIPT (no .py) as a module."""
+    name = script.replace("-", "_")
+    loader = importlib.machinery.SourceFileLoader(name, str(ROOT / "scripts" / script))
+    spec = importlib.util.spec_from_loader(name, loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
 
 
-mh = _load()
+mh = _load("microvm-host")
 
 BOOT_LINES = """\
 [    0.000000] Linux version 6.1.0-41-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14) 12.2.0)
@@ -188,14 +190,6 @@ def test_watch_reports_a_guest_whose_services_did_not_come_up(tmp_path, monkeypa
     assert verdict == ("setup", "scripts/services start failed")
 
 
-def _load_e2e():
-    loader = importlib.machinery.SourceFileLoader("microvm_e2e", str(ROOT / "scripts" / "microvm-e2e"))
-    spec = importlib.util.spec_from_loader("microvm_e2e", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
 # what `invoke up` printed last in the emulated host when the nested microVM triple-faulted (a real line)
 VM_SHUTDOWN_FAILURE = (
     "invoke up --json exited 1: the server stopped before http://127.0.0.1:51407/health answered (state: stopped, "
@@ -214,7 +208,7 @@ VM_SHUTDOWN_FAILURE = (
     ("invoke up exited 1: KVM_EXIT_SHUTDOWN in a server log line", "1", None),  # not the microVM's own stop
 ])
 def test_only_a_microvm_stopped_by_its_emulated_cpu_counts_as_an_emulation_fault(monkeypatch, failure, inside, fault):
-    e2e = _load_e2e()
+    e2e = _load("microvm-e2e")
     if inside:
         monkeypatch.setenv("MICROVM_HOST_GUEST", inside)
     else:
