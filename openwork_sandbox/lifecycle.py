@@ -197,6 +197,8 @@ class _StartWatch:
     orchestrator 0.18 can hang for good when its first request to a just-started opencode is
     never answered (it has no timeout); its log then stops at "opencode server listening". A start
     whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up` can restart it.
+    Every look also reads Bun's "no AVX" crash report, which the image's supervisor would otherwise
+    restart for ever (the sandbox never stops, so the wait would last its whole deadline).
     """
 
     def __init__(self, rt: Runtime, stall_s: float | None, orchestrator_version: str):
