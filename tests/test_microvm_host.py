@@ -206,6 +206,8 @@ VM_SHUTDOWN_FAILURE = (
     ("invoke up exited 1: ... the microVM itself stopped (its logs say no more); ...", "1", None),
     ("invoke smoke --json exited 1: smoke: {'failed': 1}", "1", None),
     ("invoke up exited 1: KVM_EXIT_SHUTDOWN in a server log line", "1", None),  # not the microVM's own stop
+    ("invoke up --json exited 1: the microVM stopped while booting, twice: Received KVM_EXIT_SHUTDOWN signal; see "
+     "/root/.microsandbox/sandboxes/e2e/logs/runtime.log; use the Docker runtime", "1", "Received KVM_EXIT_SHUTDOWN signal"),
 ])
 def test_only_a_microvm_stopped_by_its_emulated_cpu_counts_as_an_emulation_fault(monkeypatch, failure, inside, fault):
     e2e = _load("microvm-e2e")
