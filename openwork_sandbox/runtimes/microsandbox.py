@@ -556,18 +556,16 @@ class MicrosandboxRuntime(Runtime):
     def restart_server(self, spec: LaunchSpec) -> None:
         from microsandbox import SandboxStatus
 
-        async def go() -> None:
+        async def go() -> bool:
             handle = await self._existing()
-            if handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
-                await stop_job(await self._server_job(handle))
-                await self._launch_server(await handle.connect(), spec)
-                return
-            console.info(f"starting microVM {self.name} again ...")  # it stopped under its server
-            sb = await handle.connect_or_start(detached=True)
-            await self._launch_server(sb, spec)  # before detach(): detach consumes the Sandbox object
-            await sb.detach()
+            if handle.status not in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
+                return False
+            await stop_job(await self._server_job(handle))
+            await self._launch_server(await handle.connect(), spec)
+            return True
 
-        self._sdk(go(), f"restart the server in {self.name}")
+        if not self._sdk(go(), f"restart the server in {self.name}"):
+            self.start(spec)  # the microVM itself stopped under its server: boot it as `start` does
 
     def stop(self) -> bool:
         from microsandbox import SandboxStatus
