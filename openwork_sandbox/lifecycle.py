@@ -149,6 +149,18 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
     )
 
 
+def _port_taken(settings: Settings, moved_to: int) -> WorkflowError:
+    """Another program took the port between `up`'s check and the server's start (host networking)."""
+    from .ports import port_holder
+
+    return WorkflowError(
+        f"port {settings.port} was taken by {port_holder(settings.port)} before the server started, so the "
+        f"orchestrator moved it to port {moved_to}, where clients do not look: stop that program, or choose "
+        f"another port with --port / OPENWORK_MICROSANDBOX_PORT (the sandbox is left as it is for inspection; "
+        f"`invoke reset` removes it)"
+    )
+
+
 def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
     from .ports import port_holder
 
@@ -185,6 +197,14 @@ EARLY_DEATH_SECONDS = 30.0  # a server that exits this soon after (re)start gets
 START_ATTEMPTS = 3
 
 
+class _PortMoved(Exception):
+    """The orchestrator found its port taken at start and serves on another one (``port``)."""
+
+    def __init__(self, port: int):
+        super().__init__(port)
+        self.port = port
+
+
 class _Stalled(Exception):
     def __init__(self, last_line: str, seconds: float):
         super().__init__(last_line)
@@ -198,11 +218,14 @@ class _StartWatch:
     never answered (it has no timeout); its log then stops at "opencode server listening". A start
     whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up` can restart it.
     Every look also reads Bun's "no AVX" crash report, which the image's supervisor would otherwise
-    restart for ever (the sandbox never stops, so the wait would last its whole deadline).
+    restart for ever (the sandbox never stops, so the wait would last its whole deadline), and the
+    orchestrator's ready line: a server it moved to another port (its own was taken when it started)
+    and that answers there raises :class:`_PortMoved` (the given port, someone else's, never would).
     """
 
-    def __init__(self, rt: Runtime, stall_s: float | None, orchestrator_version: str):
+    def __init__(self, rt: Runtime, stall_s: float | None, orchestrator_version: str, server_port: int):
         self.rt, self.stall_s, self.orchestrator_version = rt, stall_s, orchestrator_version
+        self.server_port = server_port
         self.last_tail: list[str] | None = None
         self.changed_at = time.monotonic()
         self.next_check = self.changed_at + 1.0
@@ -223,6 +246,7 @@ class _StartWatch:
             # the image's supervisor restarts an orchestrator that dies, so one that a CPU without AVX
             # kills never stops the sandbox: its crash report in the log ends the wait at once
             raise_if_no_avx(self.orchestrator_version, recent, self.rt.log_hint())
+            self._raise_if_port_moved(recent)
             tail = recent[-3:]
             if tail != self.last_tail:
                 self.last_tail, self.changed_at = tail, now
@@ -232,6 +256,16 @@ class _StartWatch:
                 if now - self.changed_at >= limit:
                     raise _Stalled(last, now - self.changed_at)
         return True
+
+    def _raise_if_port_moved(self, recent: list[str]) -> None:
+        from .health import health_once
+        from .ports import moved_server_port
+
+        moved = moved_server_port(recent, self.server_port)
+        # it is this start's server only if it answers there: a ready line an earlier run of the same
+        # sandbox left in its log does not count (only a host-networked server can be asked from here)
+        if moved is not None and health_once(f"http://127.0.0.1:{moved}") is not None:
+            raise _PortMoved(moved)
 
 
 def _fail_with_log(rt: Runtime, exc) -> WorkflowError:
@@ -247,7 +281,8 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
     first_began = time.monotonic()
     for attempt in range(1, START_ATTEMPTS + 1):
         last_attempt = attempt == START_ATTEMPTS
-        watch = _StartWatch(rt, None if last_attempt else STALL_SECONDS, settings.orchestrator_version)
+        watch = _StartWatch(rt, None if last_attempt else STALL_SECONDS, settings.orchestrator_version,
+                            rt.server_port(spec))
         began = time.monotonic()
         again = f"start {attempt + 1} of {START_ATTEMPTS}"
         try:
@@ -270,6 +305,8 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
                 console.info(f"the server exited during start-up (last line: {last}); {again}")
         except HealthTimeout as exc:
             raise _fail_with_log(rt, exc) from None
+        except _PortMoved as exc:
+            raise _port_taken(settings, exc.port) from None
         rt.restart_server(spec)
     _say_start_notes(rt, time.monotonic() - first_began, settings)
     return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)

@@ -1,4 +1,5 @@
-"""Is a host port free, and if not, what holds it? (``ss -ltnp``, else /proc/net/tcp + /proc/*/fd)."""
+"""Is a host port free, and if not, what holds it? (``ss -ltnp``, else /proc/net/tcp + /proc/*/fd).
+And did the orchestrator move openwork-server off the port it was given?"""
 
 from __future__ import annotations
 
@@ -78,3 +79,17 @@ def _proc_holder(port: int) -> str | None:
 def port_holder(port: int) -> str:
     """A short description of what listens on ``port``: program, pid and address when visible."""
     return _ss_holder(port) or _proc_holder(port) or f"something listening on port {port}"
+
+
+# The orchestrator's ready line. When the port it is given cannot be bound at its start, it takes a
+# free one instead, says so only here, and `up` would poll the given port (someone else's) forever.
+_SERVER_LINE = re.compile(r"\bOpenWork server: https?://[^\s/]+:(\d+)(?![\d.])")
+
+
+def moved_server_port(log_lines: list[str], port: int) -> int | None:
+    """The port the orchestrator's log says openwork-server listens on, when it is not ``port``."""
+    for line in reversed(log_lines):
+        m = _SERVER_LINE.search(line)
+        if m:
+            return None if int(m.group(1)) == port else int(m.group(1))
+    return None

@@ -26,6 +26,26 @@ def docker_env(image: str, prefix: str, health_timeout: str = "90", **extra: str
                 OPENWORK_HEALTH_TIMEOUT=health_timeout, **extra)
 
 
+def user_ports(count: int) -> list[str]:
+    """``count`` free ports as a user running several sandboxes picks them: a row of fixed ports below
+    the kernel's ephemeral range (ip_local_port_range), so that no port the kernel hands out in the
+    meantime (opencode's under host networking, the orchestrator's control port) can take one of them
+    before its sandbox starts. ``free_port()`` picks from that range: fine for one sandbox at a time."""
+    import random
+
+    from openwork_sandbox.ports import port_is_free
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while True:
+        first = random.randrange(10000, low - count)
+        ports = [str(p) for p in range(first, first + count)]
+        if all(port_is_free(int(p)) for p in ports):
+            return ports
+
+
 def make_settings(tmp_path: Path, **env: str):
     """Settings with only ``env`` set, state under ``tmp_path/state``, project root ``tmp_path/project``."""
     from openwork_sandbox.settings import load_settings

@@ -89,6 +89,20 @@ def test_port_is_free_and_holder(tmp_path):
         assert "python" in port_holder(port)
 
 
+def test_the_orchestrators_ready_line_tells_a_moved_server_port():
+    from openwork_sandbox.ports import moved_server_port
+
+    ready = ["OpenWork orchestrator running", "OpenCode: http://127.0.0.1:47247",
+             "OpenWork server: http://127.0.0.1:36605", "OpenWork connect URL: http://127.0.0.1:36605"]
+    assert moved_server_port(ready, 46047) == 36605
+    assert moved_server_port(ready, 36605) is None  # where it was asked to be
+    assert moved_server_port(["[opencode] listening on 127.0.0.1:4096"], 8787) is None  # not ready yet
+    assert moved_server_port(["OpenWork server: ok (http://127.0.0.1:1234)"], 8787) is None  # `openwork status`
+    # the last ready line counts (a restart that got its port back)
+    assert moved_server_port(["OpenWork server: http://127.0.0.1:36605", "OpenWork server: http://0.0.0.0:8787"], 8787) is None
+    assert moved_server_port(["OpenWork server: http://[::1]:9000/"], 8787) == 9000
+
+
 # --- health wait against a real HTTP server -----------------------------------------------------------
 
 class _Server(http.server.ThreadingHTTPServer):

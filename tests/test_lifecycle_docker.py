@@ -315,3 +315,51 @@ def test_a_start_that_sticks_or_dies_once_is_retried_once(flaky_images, tmp_path
         assert (settings.data_dir / ".started-once").exists()
     finally:
         subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)
+
+
+def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(stack_image, tmp_path, monkeypatch):
+    """Under host networking another program can take the port between `up`'s check and the server's
+    start (two sandboxes whose ports came from the kernel's ephemeral range, say). The real orchestrator
+    then serves on a free port of its own, says so only in its ready line, and `up` used to poll the
+    taken port until its deadline (600 s of HTTP 401 in CI). Here the window is made wide: the check
+    is told the port is free while a real HTTP server (answering 401, as an opencode does) holds it."""
+    import http.server
+    import threading
+
+    from openwork_sandbox import lifecycle, ports
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.runtimes.docker import engine_has_bridge
+
+    if engine_has_bridge():
+        pytest.skip("the engine publishes ports (a bridge): a taken host port fails `docker run` itself")
+
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    holder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    port = holder.server_address[1]
+    threading.Thread(target=holder.serve_forever, daemon=True).start()
+    real_is_free = ports.port_is_free
+    monkeypatch.setattr(ports, "port_is_free", lambda p, host="127.0.0.1": p == port or real_is_free(p, host))
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("moved"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
+                             OPENWORK_MICROSANDBOX_PORT=str(port), OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+                             OPENWORK_HEALTH_TIMEOUT="240")
+    try:
+        with pytest.raises(WorkflowError) as caught:
+            lifecycle.up(settings)
+        message = caught.value.message
+        assert f"port {port} was taken by " in message, message
+        assert "OPENWORK_MICROSANDBOX_PORT" in message and "\n" not in message
+        moved = int(message.split("moved it to port ")[1].split(",")[0])
+        assert moved != port
+        # the orchestrator really serves there: its server, not the holder, answers
+        assert requests.get(f"http://127.0.0.1:{moved}/health", timeout=5).json()["ok"] is True
+        assert "not healthy within" not in message  # it did not wait out the deadline
+    finally:
+        holder.shutdown()
+        subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from conftest import free_port
-from lifecycle_helpers import OFFLINE, ROOT, invoke, unique_name
+from lifecycle_helpers import OFFLINE, ROOT, invoke, unique_name, user_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -112,12 +112,10 @@ def test_a_start_while_every_core_is_busy(stack_image, tmp_path):
 
 
 def test_many_ups_at_once_all_end_healthy_and_pass_smoke(stack_image, tmp_path):
-    ports: list[str] = []
-    while len(ports) < CONCURRENT:  # distinct ports (free_port() may hand out one twice)
-        port = str(free_port())
-        if port not in ports:
-            ports.append(port)
-    envs = [sandbox_env(stack_image, f"i20-many{i}", OPENWORK_MICROSANDBOX_PORT=port) for i, port in enumerate(ports)]
+    # ports from the kernel's ephemeral range would race the ports the starting sandboxes take from it
+    # (each opencode's under host networking): the orchestrator then moves a server off its port
+    envs = [sandbox_env(stack_image, f"i20-many{i}", OPENWORK_MICROSANDBOX_PORT=port)
+            for i, port in enumerate(user_ports(CONCURRENT))]
     try:
         procs = [start_up(tmp_path, e) for e in envs]
         results = [(e, p, *p.communicate(timeout=float(DEADLINE) + 300)) for e, p in zip(envs, procs)]

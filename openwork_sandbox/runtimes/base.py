@@ -111,6 +111,11 @@ class Runtime(abc.ABC):
         machine fault is not the server's doing."""
         return None
 
+    def server_port(self, spec: LaunchSpec) -> int:
+        """The port openwork-server is asked to listen on inside the sandbox (its OPENWORK_PORT): the
+        guest port, which the runtime publishes on the host port."""
+        return spec.guest_port
+
     def keep_running(self) -> None:
         """Ask the runtime to bring the healthy sandbox back after it (or the engine) stops on its
         own (Docker: the restart policy); ``stop`` still stops it for good. Inside the sandbox the

@@ -203,6 +203,10 @@ class DockerRuntime(Runtime):
         console.info(f"pulled {ref} in {took:.1f}s")
         return took
 
+    def server_port(self, spec: LaunchSpec) -> int:
+        """Under host networking the server listens on the host port itself."""
+        return spec.guest_port if engine_has_bridge() else spec.host_port
+
     def _network_args(self, spec: LaunchSpec) -> tuple[list[str], dict[str, str]]:
         """Publishing on a bridge (the host is ``host.docker.internal``, as on Docker Desktop), else host
         networking (the host is the container's own 127.0.0.1); either way OPENWORK_HOST_ADDRESS says it."""
@@ -213,7 +217,7 @@ class DockerRuntime(Runtime):
         from ..settings import is_loopback
 
         env = {
-            "OPENWORK_PORT": str(spec.host_port),
+            "OPENWORK_PORT": str(self.server_port(spec)),
             "OPENWORK_OPENCODE_PORT": str(free_port()),
             "OPENWORK_REMOTE_ACCESS": "0" if is_loopback(spec.bind_address) else "1",
             HOST_ADDRESS_VAR: "127.0.0.1",
