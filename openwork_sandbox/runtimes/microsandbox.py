@@ -102,6 +102,7 @@ def boot_failure_message(name: str, error: str) -> str | None:
 
 T = TypeVar("T")
 LIVE_JOB = ("starting", "running")
+FOLLOW_POLL_S = 0.5  # `logs --follow`: a look at the server job's log this often while it adds nothing
 
 
 def network_config(spec: LaunchSpec):
@@ -632,7 +633,8 @@ class MicrosandboxRuntime(Runtime):
 
     def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
                     system: bool = False) -> Iterator[str]:
-        """Drive the SDK's async log stream from this synchronous generator (on the one loop)."""
+        """The server job's log (``follow``: polled from its cursor, see _follow_job), or the system
+        log (``follow``: the SDK's async stream, driven from this synchronous generator on the one loop)."""
         from microsandbox import LogReadSource
 
         since_ms = int((time.time() - since_s) * 1000) if since_s is not None else None
@@ -650,11 +652,14 @@ class MicrosandboxRuntime(Runtime):
                                     f"{self.state_dir / RECORD_FILE} names none): run `invoke up`")
             if not follow:
                 return self._lines(await job.logs(tail=tail, since=since_ms))
-            return await job.log_stream(tail=tail, since=since_ms, follow=True)
+            return job
 
         stream = self._sdk(open_stream(), f"read the logs of {self.name}")
         if isinstance(stream, list):
             yield from stream
+            return
+        if not system:
+            yield from self._follow_job(stream, tail, since_ms)
             return
         iterator = stream.__aiter__()
         while True:
@@ -662,9 +667,27 @@ class MicrosandboxRuntime(Runtime):
                 entry = self._run(iterator.__anext__())
             except StopAsyncIteration:
                 return
-            data = entry.data if hasattr(entry, "data") else b""
-            text = data.decode(errors="replace") if isinstance(data, (bytes, bytearray)) else str(data)
-            yield from text.rstrip("\n").splitlines() or [""]
+            yield from entry.text().rstrip("\n").splitlines() or [""]
+
+    def _follow_job(self, job, tail: int | None, since_ms: int | None) -> Iterator[str]:
+        """The server job's log, then what it adds, until the job ends: ``job.logs`` from the last
+        entry's cursor every FOLLOW_POLL_S. (The SDK's ``job.log_stream(follow=True)`` ended at once,
+        with nothing, on a running server in a microVM: `invoke logs --follow` printed nothing there,
+        while ``job.logs`` answered.)"""
+        cursor = None
+        while True:
+            if cursor is None:
+                entries = self._sdk(job.logs(tail=tail, since=since_ms), f"read the logs of {self.name}")
+            else:
+                entries = self._sdk(job.logs(from_cursor=cursor), f"read the logs of {self.name}")
+            fresh = [e for e in entries if e.cursor != cursor]  # the resume point itself, if it comes again
+            yield from self._lines(fresh)
+            if fresh:
+                cursor = fresh[-1].cursor
+                continue
+            if self._sdk(job.inspect(), f"look at the server job of {self.name}").state not in LIVE_JOB:
+                return
+            time.sleep(FOLLOW_POLL_S)
 
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
         async def go() -> tuple[int, str]:
