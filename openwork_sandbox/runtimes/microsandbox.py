@@ -661,31 +661,42 @@ class MicrosandboxRuntime(Runtime):
         if not system:
             yield from self._follow_job(stream, tail, since_ms)
             return
-        iterator = stream.__aiter__()
+
+        async def next_entry():  # called inside the loop, as every SDK call must be (see _follow_job)
+            return await stream.__anext__()
+
         while True:
             try:
-                entry = self._run(iterator.__anext__())
+                entry = self._run(next_entry())
             except StopAsyncIteration:
                 return
             yield from entry.text().rstrip("\n").splitlines() or [""]
 
     def _follow_job(self, job, tail: int | None, since_ms: int | None) -> Iterator[str]:
         """The server job's log, then what it adds, until the job ends: ``job.logs`` from the last
-        entry's cursor every FOLLOW_POLL_S. (The SDK's ``job.log_stream(follow=True)`` ended at once,
-        with nothing, on a running server in a microVM: `invoke logs --follow` printed nothing there,
-        while ``job.logs`` answered.)"""
+        entry's cursor every FOLLOW_POLL_S (``job.logs`` is what the plain `logs` reads, there in a
+        microVM). Every SDK call is made inside a coroutine on the one loop: called outside a running
+        loop, an SDK method raises "no running event loop" (what `invoke logs --follow` printed in a
+        microVM, having streamed nothing)."""
+        seen: set[str] = set()  # a resume point that comes again is not printed twice
+
+        async def look(cursor: str | None):
+            if cursor is None:
+                return await job.logs(tail=tail, since=since_ms)
+            return await job.logs(from_cursor=cursor)
+
+        async def running() -> bool:
+            return (await job.inspect()).state in LIVE_JOB
+
         cursor = None
         while True:
-            if cursor is None:
-                entries = self._sdk(job.logs(tail=tail, since=since_ms), f"read the logs of {self.name}")
-            else:
-                entries = self._sdk(job.logs(from_cursor=cursor), f"read the logs of {self.name}")
-            fresh = [e for e in entries if e.cursor != cursor]  # the resume point itself, if it comes again
+            fresh = [e for e in self._sdk(look(cursor), f"read the logs of {self.name}") if e.cursor not in seen]
             yield from self._lines(fresh)
             if fresh:
+                seen.update(e.cursor for e in fresh)
                 cursor = fresh[-1].cursor
                 continue
-            if self._sdk(job.inspect(), f"look at the server job of {self.name}").state not in LIVE_JOB:
+            if not self._sdk(running(), f"look at the server job of {self.name}"):
                 return
             time.sleep(FOLLOW_POLL_S)
 
