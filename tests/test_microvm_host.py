@@ -130,6 +130,8 @@ def test_checkout_files_leave_out_deleted_files_and_the_state_folder(tmp_path):
 def test_figures_line_names_the_harness_figures():
     line = mh.figures_line({"guest": "cached(abc)", "boot_to_init_s": 21.04, "image_load_s": 35.0, "attempts": 1})
     assert line == "harness figures: guest=cached(abc) boot to init s=21.0 image load s=35.0 attempts=1"
+    seeded = mh.figures_line({"guest": "cached(abc)", "registry_seed_s": 14.92, "attempts": 2})
+    assert seeded == "harness figures: guest=cached(abc) registry seed s=14.9 attempts=2"
 
 
 # --- the watch loop, with a shell process standing in for QEMU ------------------------------------
