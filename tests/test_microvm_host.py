@@ -288,3 +288,19 @@ def test_the_registry_seed_is_a_registry_storage_that_serves_the_image(test_base
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_saving_an_image_keeps_the_registry_seeds(tmp_path, monkeypatch):
+    """The image tars and the registry seeds are pruned apart: three of each are kept (the image tars'
+    pruning once counted the seeds among them)."""
+    import os
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    files = [folder / f"{i:02d}{mh.SEED_SUFFIX if i % 2 else '.tar'}" for i in range(10)]
+    for age, path in enumerate(files):
+        path.write_text("x")
+        os.utime(path, (1000 + age, 1000 + age))
+    mh.prune_images(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["04.tar", "05.registry.tar", "06.tar", "07.registry.tar",
+                                                         "08.tar", "09.registry.tar"]
