@@ -149,6 +149,9 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
     )
 
 
+LEFT_FOR_INSPECTION = "(the sandbox is left as it is for inspection; `invoke reset` removes it)"  # a failed start's end
+
+
 def _port_taken(settings: Settings, moved_to: int) -> WorkflowError:
     """Another program took the port between `up`'s check and the server's start (host networking)."""
     from .ports import port_holder
@@ -156,8 +159,7 @@ def _port_taken(settings: Settings, moved_to: int) -> WorkflowError:
     return WorkflowError(
         f"port {settings.port} was taken by {port_holder(settings.port)} before the server started, so the "
         f"orchestrator moved it to port {moved_to}, where clients do not look: stop that program, or choose "
-        f"another port with --port / OPENWORK_MICROSANDBOX_PORT (the sandbox is left as it is for inspection; "
-        f"`invoke reset` removes it)"
+        f"another port with --port / OPENWORK_MICROSANDBOX_PORT {LEFT_FOR_INSPECTION}"
     )
 
 
@@ -270,7 +272,7 @@ class _StartWatch:
 
 def _fail_with_log(rt: Runtime, exc) -> WorkflowError:
     _print_log_tail(rt, exc.log_lines, exc.log_hint)
-    return WorkflowError(f"{exc.message} (the sandbox is left as it is for inspection; `invoke reset` removes it)")
+    return WorkflowError(f"{exc.message} {LEFT_FOR_INSPECTION}")
 
 
 def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSpec) -> tuple[dict, str | None]:
