@@ -147,6 +147,81 @@ def _slow_host_settings() -> dict:
             "OPENWORK_MICROSANDBOX_CPUS": os.environ.get("OPENWORK_MICROSANDBOX_CPUS", "2")}
 
 
+# --- msb's launch probe, answered late (the SDK gives `msb __launch-protocol` 2 s) ---------------------
+
+@pytest.fixture(scope="module")
+def slow_probe(tmp_path_factory):
+    """tests/slow_launch_probe.c built: preloaded into the real msb, its launch probe answers late."""
+    lib = tmp_path_factory.mktemp("slowprobe") / "slow_launch_probe.so"
+    src = os.path.join(os.path.dirname(__file__), "slow_launch_probe.c")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), src], check=True, capture_output=True)
+    return lib
+
+
+def _create_sandbox(tmp_path, image: str):
+    """``MicrosandboxRuntime.create`` of a sandbox named anew, as `up` calls it (pull, then boot)."""
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.state import SandboxState
+
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("msbprobe"),
+                             OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+                             OPENWORK_MICROSANDBOX_RUNTIME="microsandbox", OPENWORK_MICROSANDBOX_MEMORY="512",
+                             OPENWORK_MICROSANDBOX_CPUS="1")
+    state = SandboxState(settings)
+    state.ensure()
+    runtime = MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
+    return settings.name, lambda: runtime.create(launch_spec(settings, "microsandbox", *state.tokens()))
+
+
+@needs_no_microvm
+def test_a_launch_probe_answered_late_once_is_tried_again(tmp_path, small_image, slow_probe, monkeypatch, capsys):
+    """Late once (2.5 s, the SDK's limit is 2): the boot is tried again and gets as far as this host
+    lets it (no KVM here: the boot failure), not the SDK's "upgrade msb" advice."""
+    from openwork_sandbox.errors import WorkflowError
+
+    once = tmp_path / "late-once"
+    once.touch()
+    monkeypatch.setenv("LD_PRELOAD", str(slow_probe))
+    monkeypatch.setenv("SLOW_LP_MS", "2500")
+    monkeypatch.setenv("SLOW_LP_ONCE", str(once))
+    name, create = _create_sandbox(tmp_path, small_image)
+    try:
+        with pytest.raises(WorkflowError) as err:
+            create()
+        said = capsys.readouterr().err
+        assert not once.exists()  # the late probe did happen
+        assert "did not answer microsandbox's launch probe" in said and "trying again (2 of 3)" in said, said
+        assert "(3 of 3)" not in said
+        assert "this host cannot run microVMs" in err.value.message, err.value.message
+        assert "launch probe" not in err.value.message and "upgrade msb" not in err.value.message
+    finally:
+        _remove_sandbox(name)
+
+
+def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_path, small_image, slow_probe,
+                                                                         monkeypatch, capsys):
+    """Late every time: three tries, then one line that says what happened and what to do, instead of
+    the SDK's "selected msb runtime does not support network.http.deny_response; upgrade msb"."""
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.runtimes.microsandbox_launch import selected_msb
+
+    monkeypatch.setenv("LD_PRELOAD", str(slow_probe))
+    monkeypatch.setenv("SLOW_LP_MS", "2500")
+    name, create = _create_sandbox(tmp_path, small_image)
+    try:
+        with pytest.raises(WorkflowError) as err:
+            create()
+        said = capsys.readouterr().err
+        assert "trying again (2 of 3)" in said and "trying again (3 of 3)" in said, said
+        message = err.value.message
+        assert "\n" not in message and message.startswith(f"microsandbox could not create {name}: ")
+        assert f"{selected_msb()} did not answer the SDK's launch probe" in message and "3 times" in message
+        assert "too busy or slow" in message and "MSB_PATH" in message and "network.http" not in message
+    finally:
+        _remove_sandbox(name)
+
+
 @pytest.mark.microvm
 @needs_microvm
 def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, capsys):
@@ -178,6 +253,16 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
 
         update_record(settings.sandbox_state_dir, job_id=None)
         assert status(settings) == 0 and any(runtime_log_lines(settings))
+        # the three kinds of log read: the server job's, followed (first lines), the system log
+        from itertools import islice
+
+        from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+        rt = MicrosandboxRuntime(name, settings.sandbox_state_dir)
+        plain = list(rt.stream_logs(tail=20))
+        followed = list(islice(rt.stream_logs(follow=True, tail=20), 3))
+        assert plain and len(followed) == 3 and followed[0] in plain, (plain, followed)
+        assert any(line.strip() for line in rt.stream_logs(system=True))
         down(settings)
         assert status(settings) == 1
         capsys.readouterr()

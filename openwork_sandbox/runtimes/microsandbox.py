@@ -17,6 +17,8 @@
 - A VM that cannot boot is recognised (the SDK's "before agent relay became available", KVM lines
   in ``$MSB_HOME/sandboxes/<name>/logs/runtime.log``) and reported in one line with the log path
   and the Docker runtime as the way out. The sandbox is left for inspection.
+- Every boot (create, start, the boot for a copy) goes through ``microsandbox_launch.booting``: the
+  SDK gives msb's launch probe 2 s, which a busy or slow host can miss; such a boot is tried again.
 
 The SDK is async and imported lazily. A runtime object keeps one event loop for all its calls
 (the SDK's handles and streams stay on the loop that made them); a task makes one runtime object.
@@ -41,6 +43,7 @@ from ..registry_access import PullAccess
 from ..state import RECORD_FILE, read_record, update_record
 from .base import ABSENT, HOST_ADDRESS_VAR, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 from .choice import DOCKER_HINT
+from .microsandbox_launch import booting, probe_failure_message
 from .microsandbox_pull import sdk_registry_options
 
 LABEL_FP = "openwork-sandbox.fingerprint"
@@ -448,13 +451,13 @@ class MicrosandboxRuntime(Runtime):
         try:
             self._save_job(None)
             try:
-                self._run(self._create(spec))
+                self._run(booting(lambda: self._create(spec)))
             except MicrosandboxError as exc:
                 fault = self._boot_fault(str(exc))
                 if not fault:
                     raise
                 console.info(f"the microVM {self.name} stopped while booting ({fault}); booting it again (2 of 2)")
-                self._run(self._create(spec))
+                self._run(booting(lambda: self._create(spec)))
         except (ImagePullFailedError, ImageNotFoundError) as exc:
             raise WorkflowError(
                 f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) and check the "
@@ -470,8 +473,9 @@ class MicrosandboxRuntime(Runtime):
                                     f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
             if XATTR_MARK in text:
                 raise WorkflowError(no_xattr_message(spec.mounts.values()), exit_code=EXIT_BAD_SETTINGS) from None
-            raise WorkflowError(boot_failure_message(self.name, text) or f"microsandbox could not create "
-                                f"{self.name}: {text}") from None
+            raise WorkflowError(probe_failure_message(f"create {self.name}", text)
+                                or boot_failure_message(self.name, text)
+                                or f"microsandbox could not create {self.name}: {text}") from None
 
     def _boot_fault(self, error: str) -> str | None:
         """The fault line when the microVM's CPU stopped it while it booted (KVM_EXIT_SHUTDOWN: a guest
@@ -496,10 +500,11 @@ class MicrosandboxRuntime(Runtime):
             await sb.detach()
 
         try:
-            self._run(go())
+            self._run(booting(go))
         except MicrosandboxError as exc:
-            raise WorkflowError(boot_failure_message(self.name, str(exc)) or f"microsandbox could not start "
-                                f"{self.name}: {exc}") from None
+            raise WorkflowError(probe_failure_message(f"start {self.name}", exc)
+                                or boot_failure_message(self.name, str(exc))
+                                or f"microsandbox could not start {self.name}: {exc}") from None
 
     # --- state an older layout left in the microVM's home --------------------------------------
     def created_home(self) -> str | None:
@@ -536,7 +541,7 @@ class MicrosandboxRuntime(Runtime):
             await sb.detach()
 
         try:
-            self._run(boot())
+            self._run(booting(boot))
         except MicrosandboxError as exc:
             raise WorkflowError(
                 f"the microVM {self.name} was made by an older version, which kept sessions and tokens in its "
@@ -634,35 +639,46 @@ class MicrosandboxRuntime(Runtime):
     def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
                     system: bool = False) -> Iterator[str]:
         """The server job's log (``follow``: polled from its cursor, see _follow_job), or the system
-        log (``follow``: the SDK's async stream, driven from this synchronous generator on the one loop)."""
+        log (``follow``: the SDK's async stream, see _follow_system)."""
         from microsandbox import LogReadSource
 
         since_ms = int((time.time() - since_s) * 1000) if since_s is not None else None
 
-        async def open_stream():
-            handle = await self._existing()
-            if system:
-                if not follow:
-                    entries = await handle.logs(tail=tail, since_ms=since_ms, sources=[LogReadSource.SYSTEM])
-                    return [e.text().rstrip("\n") for e in entries]
-                return await handle.log_stream(sources=[LogReadSource.SYSTEM], since_ms=since_ms, follow=True)
-            job = await self._server_job(handle)
+        async def read_system() -> list[str]:
+            entries = await (await self._existing()).logs(tail=tail, since_ms=since_ms,
+                                                          sources=[LogReadSource.SYSTEM])
+            return [e.text().rstrip("\n") for e in entries]
+
+        async def server_job():
+            job = await self._server_job(await self._existing())
             if job is None:
                 raise WorkflowError(f"no server job in {self.name} (the SDK lists none, and "
                                     f"{self.state_dir / RECORD_FILE} names none): run `invoke up`")
-            if not follow:
-                return self._lines(await job.logs(tail=tail, since=since_ms))
             return job
 
-        stream = self._sdk(open_stream(), f"read the logs of {self.name}")
-        if isinstance(stream, list):
-            yield from stream
-            return
-        if not system:
-            yield from self._follow_job(stream, tail, since_ms)
-            return
+        async def read_job() -> list[str]:
+            return self._lines(await (await server_job()).logs(tail=tail, since=since_ms))
 
-        async def next_entry():  # called inside the loop, as every SDK call must be (see _follow_job)
+        what = f"read the logs of {self.name}"
+        if system:
+            yield from self._follow_system(since_ms) if follow else self._sdk(read_system(), what)
+        elif follow:
+            yield from self._follow_job(self._sdk(server_job(), what), tail, since_ms)
+        else:
+            yield from self._sdk(read_job(), what)
+
+    def _follow_system(self, since_ms: int | None) -> Iterator[str]:
+        """The system log and what it adds, through the SDK's async stream, driven from this
+        synchronous generator: each next entry is awaited inside the one loop (see _follow_job)."""
+        from microsandbox import LogReadSource
+
+        async def open_stream():
+            return await (await self._existing()).log_stream(sources=[LogReadSource.SYSTEM], since_ms=since_ms,
+                                                             follow=True)
+
+        stream = self._sdk(open_stream(), f"read the logs of {self.name}")
+
+        async def next_entry():
             return await stream.__anext__()
 
         while True:
