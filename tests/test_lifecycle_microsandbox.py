@@ -463,6 +463,47 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+
+def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_path, monkeypatch, small_image):
+    """microsandbox puts the microVM's root filesystem together in its own folder (MSB_HOME), which
+    needs xattrs too: found in the emulated host, where a non-root user's MSB_HOME lay on the tmpfs
+    /tmp and `up` blamed the state folders (on ext4). A real ramfs stands for such a filesystem; the
+    real SDK, given the same MSB_HOME, fails with only "trampoline rootfs: strict stat virtualization
+    requires xattr write support on the mount root"."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a ramfs")
+    mnt = Path(tempfile.mkdtemp(prefix="rfs", dir="/tmp"))  # short: the SDK's socket paths live in MSB_HOME
+    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a ramfs here")
+    try:
+        monkeypatch.setenv("MSB_HOME", str(mnt / "msb"))
+        name = unique_name("xattrhome")
+        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=small_image,
+                                 OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+        settings.workspace_dir.mkdir(parents=True)  # on ext4 (tmp_path): takes xattrs
+        settings.data_dir.mkdir(parents=True)
+        with pytest.raises(WorkflowError) as err:
+            MicrosandboxRuntime(name, settings.sandbox_state_dir).create(
+                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+        message = err.value.message
+        assert err.value.exit_code == 2 and "\n" not in message
+        assert f"its own folder {mnt / 'msb'} (MSB_HOME)" in message and "extended attributes" in message
+        assert "set MSB_HOME to a folder on ext4" in message
+        assert str(settings.workspace_dir) not in message and "OPENWORK_STATE_DIR" not in message
+        assert not (mnt / "msb").exists()  # refused before the SDK made anything there
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
+        __import__("shutil").rmtree(mnt, ignore_errors=True)
+
 def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp_path, monkeypatch):
     """The job's log ends mid-start when the VM dies under it (seen in the emulated host: a guest
     kernel's stack guard page, KVM_EXIT_SHUTDOWN): the message says the microVM stopped, and why."""

@@ -183,32 +183,45 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
     return copied
 
 
-XATTR_MARK = "requires xattr write support"  # the SDK's words for a bind source without extended attributes
+XATTR_MARK = "requires xattr write support"  # the SDK's words for a folder without extended attributes
 XATTR_PROBE = "user.openwork-sandbox.probe"
 
 
-def mounts_without_xattrs(spec: LaunchSpec) -> list[Path]:
-    """The bind sources whose filesystem takes no user extended attributes (tmpfs before Linux 6.6,
-    ramfs, some network filesystems): microsandbox's bind mounts need them, and its own error says
-    only "strict stat virtualization requires xattr write support on the mount root"."""
+def _takes_no_xattrs(folder: Path) -> bool:
+    """The filesystem of FOLDER (or of its nearest existing parent) takes no user extended attribute."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        os.setxattr(folder, XATTR_PROBE, b"1")
+        os.removexattr(folder, XATTR_PROBE)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP)
+    return False
+
+
+def folders_without_xattrs(spec: LaunchSpec) -> tuple[list[Path], bool]:
+    """(the bind sources, whether MSB_HOME) on a filesystem that takes no user extended attributes
+    (tmpfs before Linux 6.6, ramfs, some network filesystems). microsandbox needs them on both: on a
+    bind's folder, and in its own home, where the microVM's root filesystem is put together; its
+    own error says only "... strict stat virtualization requires xattr write support on the mount
+    root" (seen in the emulated host, whose /tmp is a tmpfs of Linux 6.1, with MSB_HOME there)."""
     if not hasattr(os, "setxattr"):
-        return []
-    bad = []
-    for host in spec.mounts.values():
-        try:
-            os.setxattr(host, XATTR_PROBE, b"1")
-            os.removexattr(host, XATTR_PROBE)
-        except OSError as exc:
-            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                bad.append(Path(host))
-    return bad
+        return [], False
+    return ([Path(host) for host in spec.mounts.values() if _takes_no_xattrs(Path(host))],
+            _takes_no_xattrs(msb_home()))
 
 
-def no_xattr_message(paths) -> str:
-    return (f"microsandbox cannot bind {', '.join(str(p) for p in paths)}: its filesystem keeps no extended "
-            f"attributes (e.g. tmpfs before Linux 6.6, ramfs), which microVM bind mounts need; put the state on ext4, "
-            f"xfs or btrfs: set OPENWORK_STATE_DIR (or OPENWORK_MICROSANDBOX_WORKSPACE_DIR / "
-            f"OPENWORK_MICROSANDBOX_DATA_DIR) to a folder there")
+def no_xattr_message(binds: list[Path], home: bool) -> str:
+    """One line naming what lacks extended attributes and where to move it."""
+    where = "(e.g. tmpfs before Linux 6.6, ramfs), which microVMs need; "
+    if binds:
+        return (f"microsandbox cannot bind {', '.join(str(p) for p in binds)}: its filesystem keeps no extended "
+                f"attributes {where}put the state on ext4, xfs or btrfs: set OPENWORK_STATE_DIR (or "
+                f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR / OPENWORK_MICROSANDBOX_DATA_DIR) to a folder there"
+                + (f"; microsandbox's own folder {msb_home()} too: set MSB_HOME to one there" if home else ""))
+    return (f"microsandbox cannot put the microVM's root filesystem together in its own folder {msb_home()} "
+            f"(MSB_HOME): that filesystem keeps no extended attributes {where}set MSB_HOME to a folder on ext4, "
+            f"xfs or btrfs")
 
 
 JOB_STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL for the server job
@@ -445,9 +458,9 @@ class MicrosandboxRuntime(Runtime):
     def create(self, spec: LaunchSpec) -> None:
         from microsandbox import ImageNotFoundError, ImagePullFailedError, MicrosandboxError
 
-        bad = mounts_without_xattrs(spec)
-        if bad:
-            raise WorkflowError(no_xattr_message(bad), exit_code=EXIT_BAD_SETTINGS)
+        binds, home = folders_without_xattrs(spec)
+        if binds or home:
+            raise WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS)
         try:
             self._save_job(None)
             try:
@@ -471,8 +484,10 @@ class MicrosandboxRuntime(Runtime):
 
                 raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
                                     f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
-            if XATTR_MARK in text:
-                raise WorkflowError(no_xattr_message(spec.mounts.values()), exit_code=EXIT_BAD_SETTINGS) from None
+            if XATTR_MARK in text:  # checked before the boot; a folder may have changed since
+                binds, home = folders_without_xattrs(spec)
+                if binds or home:
+                    raise WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS) from None
             raise WorkflowError(probe_failure_message(f"create {self.name}", text)
                                 or boot_failure_message(self.name, text)
                                 or f"microsandbox could not create {self.name}: {text}") from None
