@@ -113,6 +113,12 @@ def check_microsandbox(facts: HostFacts) -> Check:
     if facts.msb is None:
         return Check("microsandbox", False, f"SDK {version}, but no msb runtime",
                      "pip install --force-reinstall microsandbox", needed)
+    from .runtimes.microsandbox import msb_home, takes_no_xattrs  # the SDK itself is imported lazily there
+
+    if takes_no_xattrs(msb_home()):
+        return Check("microsandbox", False, f"SDK {version}, but its folder {msb_home()} (MSB_HOME) is on a filesystem "
+                     "without extended attributes, where no microVM's root filesystem can be put together",
+                     "set MSB_HOME to a folder on ext4, xfs or btrfs", needed)
     return Check("microsandbox", True, f"SDK {version}, runtime {facts.msb}", needed_by=needed)
 
 

@@ -143,6 +143,29 @@ def test_kvm_and_virtualization_rows_come_from_the_host_facts():
     assert not doctor.check_kvm(not_mine).ok and "kvm group" in doctor.check_kvm(not_mine).fix
 
 
+
+def test_an_msb_home_without_extended_attributes_is_a_cross_on_the_microsandbox_row(tmp_path, monkeypatch):
+    """The folder microsandbox puts root filesystems together in (MSB_HOME) needs xattrs (found in the
+    emulated host: a tmpfs /tmp of Linux 6.1); a real ramfs stands for such a filesystem (needs root)."""
+    from openwork_sandbox.runtimes.choice import HostFacts
+
+    facts = HostFacts("Linux", "x86_64", kvm_present=True, kvm_usable=True, cpu_flag="svm", msb="/bin/msb")
+    monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
+    assert doctor.check_microsandbox(facts).ok  # tmp_path: ext4 here
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a ramfs")
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a ramfs here")
+    try:
+        monkeypatch.setenv("MSB_HOME", str(mnt / "msb"))
+        check = doctor.check_microsandbox(facts)
+        assert not check.ok and f"{mnt / 'msb'} (MSB_HOME)" in check.detail and "extended attributes" in check.detail
+        assert "set MSB_HOME" in check.fix
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
+
 def test_package_minimums_match_pyproject():
     text = (ROOT / "pyproject.toml").read_text()
     for package, minimum in doctor.PACKAGE_MINIMUMS.items():

@@ -187,7 +187,7 @@ XATTR_MARK = "requires xattr write support"  # the SDK's words for a folder with
 XATTR_PROBE = "user.openwork-sandbox.probe"
 
 
-def _takes_no_xattrs(folder: Path) -> bool:
+def takes_no_xattrs(folder: Path) -> bool:
     """The filesystem of FOLDER (or of its nearest existing parent) takes no user extended attribute."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -207,8 +207,8 @@ def folders_without_xattrs(spec: LaunchSpec) -> tuple[list[Path], bool]:
     root" (seen in the emulated host, whose /tmp is a tmpfs of Linux 6.1, with MSB_HOME there)."""
     if not hasattr(os, "setxattr"):
         return [], False
-    return ([Path(host) for host in spec.mounts.values() if _takes_no_xattrs(Path(host))],
-            _takes_no_xattrs(msb_home()))
+    return ([Path(host) for host in spec.mounts.values() if takes_no_xattrs(Path(host))],
+            takes_no_xattrs(msb_home()))
 
 
 def no_xattr_message(binds: list[Path], home: bool) -> str:
