@@ -191,8 +191,8 @@ def test_a_launch_probe_answered_late_once_is_tried_again(tmp_path, small_image,
             create()
         said = capsys.readouterr().err
         assert not once.exists()  # the late probe did happen
-        assert "did not answer microsandbox's launch probe" in said and "trying again (2 of 3)" in said, said
-        assert "(3 of 3)" not in said
+        assert "did not answer microsandbox's launch probe" in said and "trying again (2 of 5)" in said, said
+        assert "(3 of 5)" not in said
         assert "this host cannot run microVMs" in err.value.message, err.value.message
         assert "launch probe" not in err.value.message and "upgrade msb" not in err.value.message
     finally:
@@ -201,10 +201,13 @@ def test_a_launch_probe_answered_late_once_is_tried_again(tmp_path, small_image,
 
 def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_path, small_image, slow_probe,
                                                                          monkeypatch, capsys):
-    """Late every time: three tries, then one line that says what happened and what to do, instead of
+    """Late every time: five tries, then one line that says what happened and what to do, instead of
     the SDK's "selected msb runtime does not support network.http.deny_response; upgrade msb"."""
     from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.runtimes import microsandbox_launch
     from openwork_sandbox.runtimes.microsandbox_launch import selected_msb
+
+    monkeypatch.setattr(microsandbox_launch, "PAUSES_S", (0.1,) * 4)  # the pauses are not what is tested
 
     monkeypatch.setenv("LD_PRELOAD", str(slow_probe))
     monkeypatch.setenv("SLOW_LP_MS", "2500")
@@ -213,10 +216,10 @@ def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_pa
         with pytest.raises(WorkflowError) as err:
             create()
         said = capsys.readouterr().err
-        assert "trying again (2 of 3)" in said and "trying again (3 of 3)" in said, said
+        assert "trying again (2 of 5)" in said and "trying again (5 of 5)" in said, said
         message = err.value.message
         assert "\n" not in message and message.startswith(f"microsandbox could not create {name}: ")
-        assert f"{selected_msb()} did not answer the SDK's launch probe" in message and "3 times" in message
+        assert f"{selected_msb()} did not answer the SDK's launch probe" in message and "5 times" in message
         assert "too busy or slow" in message and "MSB_PATH" in message and "network.http" not in message
     finally:
         _remove_sandbox(name)

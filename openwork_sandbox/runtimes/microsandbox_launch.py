@@ -20,8 +20,11 @@ from .. import console
 
 PROBE_MARK = "selected msb runtime does not support"  # the SDK's words for a probe not answered in time
 PROBE_TIMEOUT_S = 2  # the SDK's (measured above; not a setting of the SDK)
-TRIES = 3
-PAUSE_S = 3.0  # between tries: a busy moment (an image load, another boot) passes
+# Between tries, longer each time: a busy moment passes (measured in the emulated host, one vCPU: the
+# probe answers in 0.34-0.53 s idle and in 0.9-1.8 s while an image is read beside it; three quick
+# tries all missed there once, during a 5-minute image load)
+PAUSES_S = (2.0, 4.0, 8.0, 16.0)
+TRIES = len(PAUSES_S) + 1
 
 T = TypeVar("T")
 
@@ -54,8 +57,8 @@ def is_probe_failure(error: Exception | str) -> bool:
 
 
 async def booting(boot: Callable[[], Awaitable[T]]) -> T:
-    """``await boot()``, tried again (TRIES in all) while it fails because msb did not answer the SDK's
-    launch probe in time; msb's file is read before each try."""
+    """``await boot()``, tried again (TRIES in all, PAUSES_S apart) while it fails because msb did not
+    answer the SDK's launch probe in time; msb's file is read before each try."""
     from microsandbox import UnsupportedError
 
     for attempt in range(1, TRIES + 1):
@@ -67,7 +70,7 @@ async def booting(boot: Callable[[], Awaitable[T]]) -> T:
                 raise
             console.info(f"msb did not answer microsandbox's launch probe within its {PROBE_TIMEOUT_S} s (a busy or "
                          f"slow host); trying again ({attempt + 1} of {TRIES})")
-            await asyncio.sleep(PAUSE_S)
+            await asyncio.sleep(PAUSES_S[attempt - 1])
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
