@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +98,23 @@ def up_json(settings, capsys, **kw) -> dict:
     up(settings, as_json=True, **kw)
     out = capsys.readouterr()
     return {**json.loads(out.out), "stderr": out.err}
+
+
+@contextlib.contextmanager
+def ramfs():
+    """A real ramfs, mounted on a short new folder under /tmp (the SDK's socket paths live in an
+    MSB_HOME there): a filesystem without extended attributes, as tmpfs before Linux 6.6 is. Skips
+    the test where it cannot be mounted (not root)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a ramfs")
+    mnt = Path(tempfile.mkdtemp(prefix="rfs", dir="/tmp"))
+    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
+        mnt.rmdir()
+        pytest.skip("cannot mount a ramfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
+        shutil.rmtree(mnt, ignore_errors=True)

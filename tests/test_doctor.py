@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from conftest import ROOT, free_port
+from lifecycle_helpers import ramfs
 from openwork_sandbox import doctor
 from openwork_sandbox.settings import load_settings
 
@@ -152,19 +153,12 @@ def test_an_msb_home_without_extended_attributes_is_a_cross_on_the_microsandbox_
     facts = HostFacts("Linux", "x86_64", kvm_present=True, kvm_usable=True, cpu_flag="svm", msb="/bin/msb")
     monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
     assert doctor.check_microsandbox(facts).ok  # tmp_path: ext4 here
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a ramfs")
-    mnt = tmp_path / "ramfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a ramfs here")
-    try:
+    with ramfs() as mnt:
         monkeypatch.setenv("MSB_HOME", str(mnt / "msb"))
         check = doctor.check_microsandbox(facts)
         assert not check.ok and f"{mnt / 'msb'} (MSB_HOME)" in check.detail and "extended attributes" in check.detail
         assert "set MSB_HOME" in check.fix
-    finally:
-        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
+
 
 def test_package_minimums_match_pyproject():
     text = (ROOT / "pyproject.toml").read_text()

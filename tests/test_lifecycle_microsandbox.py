@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from conftest import REGISTRY, free_port
-from lifecycle_helpers import build_and_push, invoke, make_settings, unique_name
+from lifecycle_helpers import build_and_push, invoke, make_settings, ramfs, unique_name
 from openwork_sandbox.runtimes.probe import microvm_support
 
 VM_OK, VM_WHY = microvm_support()
@@ -437,20 +437,11 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
     """microsandbox's bind mounts need user xattrs on the host folder; found in the emulated host,
     whose /tmp is a tmpfs of Linux 6.1 ("strict stat virtualization requires xattr write support").
     Here a real ramfs (no xattrs at all) stands for such a filesystem; needs root to mount it."""
-    import os
-    import subprocess
-
     from openwork_sandbox.errors import WorkflowError
     from openwork_sandbox.lifecycle import launch_spec
     from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a ramfs")
-    mnt = tmp_path / "ramfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a ramfs here")
-    try:
+    with ramfs() as mnt:
         name = unique_name("xattr")
         settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_STATE_DIR=str(mnt / "state"),
                                  OPENWORK_MICROSANDBOX_PORT=str(free_port()))
@@ -462,8 +453,6 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
         assert err.value.exit_code == 2 and "extended attributes" in err.value.message
         assert str(settings.data_dir.resolve()) in err.value.message and "OPENWORK_STATE_DIR" in err.value.message
         assert not _sandbox_exists(name)  # refused before anything was made
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 
@@ -473,21 +462,11 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
     /tmp and `up` blamed the state folders (on ext4). A real ramfs stands for such a filesystem; the
     real SDK, given the same MSB_HOME, fails with only "trampoline rootfs: strict stat virtualization
     requires xattr write support on the mount root"."""
-    import os
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
     from openwork_sandbox.errors import WorkflowError
     from openwork_sandbox.lifecycle import launch_spec
     from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a ramfs")
-    mnt = Path(tempfile.mkdtemp(prefix="rfs", dir="/tmp"))  # short: the SDK's socket paths live in MSB_HOME
-    if subprocess.run(["mount", "-t", "ramfs", "none", str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a ramfs here")
-    try:
+    with ramfs() as mnt:
         monkeypatch.setenv("MSB_HOME", str(mnt / "msb"))
         name = unique_name("xattrhome")
         settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=small_image,
@@ -503,9 +482,7 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
         assert "set MSB_HOME to a folder on ext4" in message
         assert str(settings.workspace_dir) not in message and "OPENWORK_STATE_DIR" not in message
         assert not (mnt / "msb").exists()  # refused before the SDK made anything there
-    finally:
-        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
-        __import__("shutil").rmtree(mnt, ignore_errors=True)
+
 
 def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp_path, monkeypatch):
     """The job's log ends mid-start when the VM dies under it (seen in the emulated host: a guest
