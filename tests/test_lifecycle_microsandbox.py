@@ -208,7 +208,6 @@ def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_pa
     from openwork_sandbox.runtimes.microsandbox_launch import selected_msb
 
     monkeypatch.setattr(microsandbox_launch, "PAUSES_S", (0.1,) * 4)  # the pauses are not what is tested
-
     monkeypatch.setenv("LD_PRELOAD", str(slow_probe))
     monkeypatch.setenv("SLOW_LP_MS", "2500")
     name, create = _create_sandbox(tmp_path, small_image)
@@ -453,7 +452,6 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
         assert err.value.exit_code == 2 and "extended attributes" in err.value.message
         assert str(settings.data_dir.resolve()) in err.value.message and "OPENWORK_STATE_DIR" in err.value.message
         assert not _sandbox_exists(name)  # refused before anything was made
-
 
 
 def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_path, monkeypatch, small_image):

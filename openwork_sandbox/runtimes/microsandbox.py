@@ -461,16 +461,19 @@ class MicrosandboxRuntime(Runtime):
         binds, home = folders_without_xattrs(spec)
         if binds or home:
             raise WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS)
+        def boot():
+            return self._create(spec)
+
         try:
             self._save_job(None)
             try:
-                self._run(booting(lambda: self._create(spec)))
+                self._run(booting(boot))
             except MicrosandboxError as exc:
                 fault = self._boot_fault(str(exc))
                 if not fault:
                     raise
                 console.info(f"the microVM {self.name} stopped while booting ({fault}); booting it again (2 of 2)")
-                self._run(booting(lambda: self._create(spec)))
+                self._run(booting(boot))
         except (ImagePullFailedError, ImageNotFoundError) as exc:
             raise WorkflowError(
                 f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) and check the "
