@@ -141,10 +141,14 @@ def runtime_log_lines(settings):
 
 
 def _slow_host_settings() -> dict:
-    """The deadline and vCPUs of the tests that boot a microVM: 300 s and 2, unless the environment
-    says otherwise (scripts/microvm-e2e in the emulated host: 900 s and one vCPU)."""
-    return {"OPENWORK_HEALTH_TIMEOUT": os.environ.get("OPENWORK_HEALTH_TIMEOUT", "300"),
-            "OPENWORK_MICROSANDBOX_CPUS": os.environ.get("OPENWORK_MICROSANDBOX_CPUS", "2")}
+    """The deadlines and vCPUs of the tests that boot a microVM: 300 s, the default request timeout
+    and 2 vCPUs, unless the environment says otherwise (scripts/microvm-e2e in the emulated host:
+    its own deadline, a 300 s request timeout and one vCPU)."""
+    settings = {"OPENWORK_HEALTH_TIMEOUT": os.environ.get("OPENWORK_HEALTH_TIMEOUT", "300"),
+                "OPENWORK_MICROSANDBOX_CPUS": os.environ.get("OPENWORK_MICROSANDBOX_CPUS", "2")}
+    if os.environ.get("OPENWORK_REQUEST_TIMEOUT"):
+        settings["OPENWORK_REQUEST_TIMEOUT"] = os.environ["OPENWORK_REQUEST_TIMEOUT"]
+    return settings
 
 
 # --- msb's launch probe, answered late (the SDK gives `msb __launch-protocol` 2 s) ---------------------
