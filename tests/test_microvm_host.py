@@ -108,6 +108,20 @@ def test_passthrough_env_takes_openwork_msb_e2e_knobs_ci_and_github_actions_only
                                        "CI": "true", "GITHUB_ACTIONS": "true", "MICROVM_E2E_STEPS": "doctor,up"}
 
 
+def test_guest_env_gives_the_emulated_hosts_task_settings_unless_this_machine_sets_them(monkeypatch):
+    for key in ("OPENWORK_HEALTH_TIMEOUT", "OPENWORK_REQUEST_TIMEOUT", "OPENWORK_MICROSANDBOX_CPUS"):
+        monkeypatch.delenv(key, raising=False)
+    env = mh.guest_env("127.0.0.1:5000/x:1")
+    assert (env["OPENWORK_HEALTH_TIMEOUT"], env["OPENWORK_REQUEST_TIMEOUT"], env["OPENWORK_MICROSANDBOX_CPUS"]) == (
+        "900", "300", "1")
+    monkeypatch.setenv("OPENWORK_HEALTH_TIMEOUT", "1600")
+    monkeypatch.setenv("OPENWORK_MICROSANDBOX_CPUS", "2")
+    env = mh.guest_env("127.0.0.1:5000/x:1")
+    assert (env["OPENWORK_HEALTH_TIMEOUT"], env["OPENWORK_REQUEST_TIMEOUT"], env["OPENWORK_MICROSANDBOX_CPUS"]) == (
+        "1600", "300", "2")
+    assert env["OPENWORK_MICROSANDBOX_IMAGE"] == "127.0.0.1:5000/x:1" and env["MICROVM_HOST_GUEST"] == "1"
+
+
 def test_env_script_keeps_any_value_exactly(tmp_path):
     values = {"OPENWORK_A": "with space", "OPENWORK_B": "it's $HOME `x` \"q\"", "OPENWORK_C": "line1\nline2",
               "OPENWORK_D": ""}
