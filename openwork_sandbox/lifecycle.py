@@ -189,6 +189,11 @@ STALL_SECONDS = 20.0  # no new server output for this long while not healthy: th
 AVX_LOOK_LINES = 40  # lines of the log each look reads: Bun's crash report is about 15 before the restart line
 STALL_CHECK_EVERY = 2.0  # seconds between looks at the log's tail (each is a runtime call)
 ALIVE_EVERY_MAX = 3.0  # is_alive() backs off from the health wait's 0.5 s to this (each is a runtime call)
+# ...and where a runtime call itself is slow (an emulated or crowded host: `docker inspect` took about
+# 1 s in the emulated host, where the watch's calls left a starting opencode 15% of the one vCPU), each
+# kind of look (is_alive, the log's tail) is spaced so that it takes at most this share of the wall
+# time: both together a tenth
+LOOK_SHARE = 0.05
 # ...and after "opencode server listening" the orchestrator's next line ("[opencode] Healthy") comes
 # within milliseconds unless its one health request hangs for good: give up on it sooner
 LISTENING_MARK = "opencode server listening"
@@ -235,16 +240,24 @@ class _StartWatch:
         # otherwise spend a good part of its CPU on `docker inspect` / `docker logs`
         self.alive_every, self.next_alive = 0.5, self.changed_at
 
+    @staticmethod
+    def _next_look(began: float, every: float) -> float:
+        """When to look again after a look that began at BEGAN: EVERY seconds on, or later where that
+        look took long, so that looks take at most LOOK_SHARE of the time whatever the host's speed."""
+        took = time.monotonic() - began
+        return began + max(every, took / LOOK_SHARE)
+
     def __call__(self) -> bool:
         now = time.monotonic()
         if now >= self.next_alive:
             if not self.rt.is_alive():
                 return False
             self.alive_every = min(self.alive_every * 1.5, ALIVE_EVERY_MAX)
-            self.next_alive = now + self.alive_every
+            self.next_alive = self._next_look(now, self.alive_every)
+        now = time.monotonic()
         if now >= self.next_check:
-            self.next_check = now + STALL_CHECK_EVERY
             recent = self.rt.log_tail(AVX_LOOK_LINES)
+            self.next_check = self._next_look(now, STALL_CHECK_EVERY)
             # the image's supervisor restarts an orchestrator that dies, so one that a CPU without AVX
             # kills never stops the sandbox: its crash report in the log ends the wait at once
             raise_if_no_avx(self.orchestrator_version, recent, self.rt.log_hint())

@@ -4,8 +4,8 @@ is busy, many `up`s at once (issue 20).
 The real image's programs run: the real orchestrator (openwork 0.18.1, which gives opencode and
 openwork-server a fixed 10 s each to become healthy) and the real opencode; openwork-server is the
 test stand-in (the real one cannot be downloaded here). Each sandbox is started with `invoke up` in
-its own process, as a user would, and must then pass `invoke smoke`. No assertion is on seconds:
-the figures are in scripts/bench-concurrent.
+its own process, as a user would, and must then pass `invoke smoke`. No assertion is on seconds
+(one is on the share of a start's wait spent in runtime calls): the figures are in scripts/bench-concurrent.
 
 Concurrency: OPENWORK_TEST_CONCURRENT_UPS (default 10) `up`s at once.
 """
@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -133,3 +134,61 @@ def test_many_ups_at_once_all_end_healthy_and_pass_smoke(stack_image, tmp_path):
     finally:
         for e in envs:
             subprocess.run(["docker", "rm", "-f", e["OPENWORK_MICROSANDBOX_NAME"]], capture_output=True)
+
+
+class SlowHostDockerRuntime:
+    """The real Docker runtime on a host where every `docker` call takes DELAY seconds longer (as in
+    the emulated host of scripts/microvm-host, where one took about 1 s): a test stand-in for the
+    host's speed only; every call still goes to the real engine. It counts the seconds spent in calls."""
+
+    def __init__(self, name: str, state_dir, delay: float):
+        from openwork_sandbox.runtimes.docker import DockerRuntime
+
+        self.real, self.delay, self.spent, self.calls = DockerRuntime(name, state_dir), delay, 0.0, Counter()
+
+    def _timed(self, call, *args):
+        self.calls[call.__name__] += 1
+        t0 = time.monotonic()
+        time.sleep(self.delay)
+        try:
+            return call(*args)
+        finally:
+            self.spent += time.monotonic() - t0
+
+    def is_alive(self) -> bool:
+        return self._timed(self.real.is_alive)
+
+    def log_tail(self, lines: int = 40) -> list[str]:
+        return self._timed(self.real.log_tail, lines)
+
+    def log_hint(self) -> str:
+        return self.real.log_hint()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.45])
+def test_a_starts_watch_spends_a_tenth_of_the_time_in_runtime_calls_however_slow_they_are(
+        test_base_image, tmp_path, delay):
+    """While `up` waits for health it asks the runtime whether the sandbox runs and reads its log's
+    tail. Where each call is slow, those looks used to take about half of a start's time (in the
+    emulated host a starting opencode got 15% of the CPU); they are now spaced by what they cost.
+    Where calls are quick the watch still looks every few seconds (a server that dies is seen soon)."""
+    from openwork_sandbox.lifecycle import _StartWatch
+
+    name = unique_name("i19-watch")
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", test_base_image, "sh", "-c",
+                    "while :; do echo tick; sleep 1; done"], check=True, capture_output=True)
+    try:
+        rt = SlowHostDockerRuntime(name, tmp_path, delay)
+        watch = _StartWatch(rt, None, "0.18.1", free_port())
+        began = time.monotonic()
+        while time.monotonic() - began < 12:
+            assert watch() is True
+            time.sleep(0.1)  # as the health wait calls it: between its polls
+        wall = time.monotonic() - began
+        looks = rt.spent / wall
+        if delay:
+            assert looks <= 0.2, f"{looks:.0%} of {wall:.1f} s spent in runtime calls of {delay} s or more: {rt.calls}"
+        else:
+            assert rt.calls["is_alive"] >= 4 and rt.calls["log_tail"] >= 5, rt.calls
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
