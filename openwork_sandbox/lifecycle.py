@@ -223,7 +223,8 @@ class _StartWatch:
 
     orchestrator 0.18 can hang for good when its first request to a just-started opencode is
     never answered (it has no timeout); its log then stops at "opencode server listening". A start
-    whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up` can restart it.
+    that has printed and whose log has not changed for ``stall_s`` raises :class:`_Stalled` so `up`
+    can restart it.
     Every look also reads Bun's "no AVX" crash report, which the image's supervisor would otherwise
     restart for ever (the sandbox never stops, so the wait would last its whole deadline), and the
     orchestrator's ready line: a server it moved to another port (its own was taken when it started)
@@ -265,8 +266,11 @@ class _StartWatch:
             tail = recent[-3:]
             if tail != self.last_tail:
                 self.last_tail, self.changed_at = tail, now
-            elif self.stall_s is not None:
-                last = tail[-1].strip() if tail else "(no output)"
+            elif self.stall_s is not None and tail:
+                # a start that has printed nothing yet has not stalled: it has not reached its first
+                # program (a nested microVM under emulation took over 20 s to its first line, and
+                # a restart there never became healthy); only the deadline ends it
+                last = tail[-1].strip()
                 limit = min(self.stall_s, LISTENING_STALL_SECONDS) if LISTENING_MARK in last else self.stall_s
                 if now - self.changed_at >= limit:
                     raise _Stalled(last, now - self.changed_at)

@@ -297,7 +297,28 @@ def flaky_images(stack_image, tmp_path_factory):
                   "exec /usr/local/bin/microsandbox-entrypoint.sh")
         refs[tag] = build_and_push(ctx, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(script)}]\n'
                                         "CMD []\n", f"{REGISTRY}/owtest-lifecycle:{tag}")
+    # a start that prints nothing for longer than the stall threshold (as the server job in a microVM
+    # nested under emulation did for over 20 s), then starts normally: slow, not stuck
+    refs["silent-at-first"] = build_and_push(
+        ctx, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", "sleep 10; exec /usr/local/bin/microsandbox-entrypoint.sh"]\n'
+             "CMD []\n", f"{REGISTRY}/owtest-lifecycle:silent-at-first")
     return refs
+
+
+def test_a_start_that_prints_nothing_at_first_is_not_restarted(flaky_images, tmp_path, capsys, monkeypatch):
+    from openwork_sandbox import lifecycle
+
+    monkeypatch.setattr(lifecycle, "STALL_SECONDS", 4.0)  # the stall threshold (20 s) shortened for the test
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("silent"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
+                             OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+                             OPENWORK_MICROSANDBOX_IMAGE=flaky_images["silent-at-first"], OPENWORK_HEALTH_TIMEOUT="120")
+    try:
+        ep = lifecycle.up(settings)
+        err = capsys.readouterr().err
+        assert "made no progress" not in err and "restarting" not in err, err[-2000:]
+        assert requests.get(ep.url + "/health", timeout=5).ok
+    finally:
+        subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)
 
 
 @pytest.mark.parametrize("tag, said", [("hangs-once", "made no progress"), ("dies-once", "exited during start-up")])
