@@ -101,7 +101,8 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def restart_server(self, spec: LaunchSpec) -> None:
-        """Stop the server process and start it again (the sandbox and its state stay); a sandbox
+        """Stop the server and start it again, with nothing it started left running (Docker and
+        microsandbox restart the whole container or microVM; its state folders stay); a sandbox
         that stopped under its server is started again first."""
 
     def machine_fault(self) -> str | None:

@@ -552,7 +552,7 @@ class MicrosandboxRuntime(Runtime):
                 await stop_job(await self._server_job(await self._existing()))
 
             self._sdk(stop_server(), f"stop the server in {self.name}")
-            return (lambda: self.restart_server(spec)) if spec is not None else (lambda: None)
+            return (lambda: self._relaunch_server(spec)) if spec is not None else (lambda: None)
 
         async def boot() -> None:
             sb = await (await self._existing()).connect_or_start(detached=True)
@@ -578,6 +578,17 @@ class MicrosandboxRuntime(Runtime):
         return self._sdk(go(), f"copy {src} out of the microVM {self.name}")
 
     def restart_server(self, spec: LaunchSpec) -> None:
+        """As `docker restart` restarts a container: the microVM is stopped and booted again, and the
+        server launched as `start` launches it. Stopping only the server job does not do for a start
+        that went wrong: a job stopped (or dead) before it passed SIGTERM on leaves what it started
+        running, holding opencode's database and ports; in a microVM nested under emulation a start
+        relaunched so never became healthy in 1800 s."""
+        self.stop()
+        self.start(spec)
+
+    def _relaunch_server(self, spec: LaunchSpec) -> None:
+        """The server job launched again in the running microVM (after open_for_copy stopped it there,
+        with its SIGTERM and grace); a microVM that stopped meanwhile is booted as `start` does."""
         from microsandbox import SandboxStatus
 
         async def go() -> bool:
