@@ -189,10 +189,10 @@ STALL_SECONDS = 20.0  # no new server output for this long while not healthy: th
 AVX_LOOK_LINES = 40  # lines of the log each look reads: Bun's crash report is about 15 before the restart line
 STALL_CHECK_EVERY = 2.0  # seconds between looks at the log's tail (each is a runtime call)
 ALIVE_EVERY_MAX = 3.0  # is_alive() backs off from the health wait's 0.5 s to this (each is a runtime call)
-# ...and where a runtime call itself is slow (an emulated or crowded host: `docker inspect` took about
-# 1 s in the emulated host, where the watch's calls left a starting opencode 15% of the one vCPU), each
-# kind of look (is_alive, the log's tail) is spaced so that it takes at most this share of the wall
-# time: both together a tenth
+# ...and where a runtime call itself is slow (an emulated or crowded host: a `docker` call took about
+# 1 s in the emulated host, where a starting opencode got 15% of the one vCPU and Docker's cold `up`
+# took 827 s, 213 s once spaced so), each kind of look (is_alive, the log's tail) is spaced so that it
+# takes at most this share of the wall time: both together a tenth
 LOOK_SHARE = 0.05
 # ...and after "opencode server listening" the orchestrator's next line ("[opencode] Healthy") comes
 # within milliseconds unless its one health request hangs for good: give up on it sooner
