@@ -185,9 +185,9 @@ def test_a_starts_watch_spends_a_tenth_of_the_time_in_runtime_calls_however_slow
             assert watch() is True
             time.sleep(0.1)  # as the health wait calls it: between its polls
         wall = time.monotonic() - began
-        looks = rt.spent / wall
+        share = rt.spent / wall
         if delay:
-            assert looks <= 0.2, f"{looks:.0%} of {wall:.1f} s spent in runtime calls of {delay} s or more: {rt.calls}"
+            assert share <= 0.2, f"{share:.0%} of {wall:.1f} s spent in runtime calls of {delay} s or more: {rt.calls}"
         else:
             assert rt.calls["is_alive"] >= 4 and rt.calls["log_tail"] >= 5, rt.calls
     finally:
