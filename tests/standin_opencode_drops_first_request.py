@@ -14,6 +14,11 @@ OPENWORK_OPENCODE_REAL (the opencode that the image's start gate serves, see ope
   arguments on another port. A later connection made before the real opencode listens is closed
   (as a refused connect would be).
 
+With OPENCODE_STANDIN_GAP_SECONDS=N it drops EVERY connection made in the first N seconds after it
+listens, in the same way: the gap between listen() and the handler as it is on a host a hundred
+times slower than this one (a nested microVM under emulation), where it lasts far longer than the
+real opencode's fraction of a second here.
+
 So it keeps opencode's contract (arguments, port, stdout, environment, exit status) and adds the
 race at its worst. Runs on the python test base (python3-minimal).
 """
@@ -26,6 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 REAL = os.environ.get("OPENCODE_STANDIN_REAL", "/usr/local/bin/opencode")
 MARK = "[standin-opencode-drops-first-request]"
@@ -84,14 +90,19 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: child.send_signal(s))
     held: list[socket.socket] = []
+    gap = float(os.environ.get("OPENCODE_STANDIN_GAP_SECONDS") or 0)
+    listening_since = time.monotonic()
 
     def accept() -> None:
         while True:
             client, _ = listener.accept()
-            if not held:
-                held.append(client)
-                client.recv(65536)  # read the request, never answer it
-                print(f"{MARK} read the first request and will never answer it (the start race)", flush=True)
+            if not held or time.monotonic() - listening_since < gap:
+                held.append(client)  # open, so that the client sees no end either
+                # read the request, never answer it (a thread each: a client that sends late holds up no other)
+                threading.Thread(target=client.recv, args=(65536,), daemon=True).start()
+                if len(held) == 1:
+                    print(f"{MARK} read the first request and will never answer it (the start race)"
+                          + (f"; nor any other in its first {gap:g} s" if gap else ""), flush=True)
                 continue
             threading.Thread(target=_serve_one, args=(client, host, internal), daemon=True).start()
 

@@ -10,8 +10,11 @@ gate's own line.
 
 from __future__ import annotations
 
+import re
 import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 import requests
@@ -101,3 +104,34 @@ def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(r
         assert log.count("[opencode] Healthy") == 1 and "Run starting" in log
     finally:
         subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)
+
+
+def test_the_gate_keeps_asking_through_a_start_race_that_lasts(racing_image):
+    """On a host a hundred times slower (a nested microVM under emulation) the gap between opencode's
+    listen() and its handler lasts seconds, and every probe the gate sends in it is read and never
+    answered. The gate used to stop probing once 50 of them were open (2 s of probes): such a start
+    then hung for good, opencode idle (about one start in three there). Here the stand-in drops every
+    connection of its first 8 s, and the gate's caller still gets opencode's answer."""
+    port, name = free_port(), unique_name("gap")
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "-e", "HOME=/tmp",
+                    "-e", "OPENCODE_STANDIN_GAP_SECONDS=8", "--entrypoint", "/usr/local/bin/opencode-gate",
+                    racing_image, "serve", "--hostname", "127.0.0.1", "--port", str(port)],
+                   check=True, capture_output=True)
+    try:
+        began = time.monotonic()
+        while True:  # the gate listens at once, when Bun has started
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() - began < 60, "the gate did not listen within 60 s"
+                time.sleep(0.2)
+        # the gate holds this request until opencode answers one of its probes, then forwards it
+        answer = requests.get(f"http://127.0.0.1:{port}/global/health", timeout=150)
+        assert answer.status_code == 200 and answer.json().get("healthy") is True, answer.text
+        log = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+        assert "nor any other in its first 8 s" in log, log  # the long race did strike
+        dropped = re.search(r"start race held off: opencode dropped (\d+) request", log)
+        assert dropped and int(dropped.group(1)) > 50, log  # it kept asking past the 50 it used to stop at
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)

@@ -10,9 +10,10 @@
 //   2. probes the program (opencode: GET /global/health, openwork-server: GET /health) until it
 //      answers anything at all. opencode 1.17 calls listen() before it attaches its HTTP handler,
 //      and a request that connects in that gap is read and never answered (orchestrator 0.18
-//      waits for such a request forever). A new probe goes out every PROBE_EVERY_MS without
-//      waiting; the first answer wins, and probes sent earlier that are still unanswered were
-//      dropped: they are counted and closed;
+//      waits for such a request forever). A new probe goes out every PROBE_EVERY_MS (growing to
+//      PROBE_EVERY_MAX_MS while many are open) without waiting; the first answer wins, and probes
+//      sent earlier that are still unanswered were dropped: they are counted and closed. At most
+//      MAX_PENDING are open: the oldest is closed for a new one, as that gap lasts long on a slow host;
 //   3. meanwhile every connection to H:P is accepted and HELD (what it sends is kept), and once the
 //      program answers, it and every later connection is forwarded byte for byte.
 // Why 1 and 3: the orchestrator gives each program a fixed 10 s to become healthy, but its health
@@ -32,6 +33,14 @@ const os = require("node:os");
 const { spawn } = require("node:child_process");
 
 const PROBE_EVERY_MS = 40;
+// While MAX_PENDING probes are open, each waits a little longer than the last, up to this: the window
+// of open probes then spans 25 s, longer than any healthy answer takes on a slow host
+const PROBE_EVERY_MAX_MS = 500;
+const PROBE_SLOWER = 1.05;
+// Probes read in the gap between opencode's listen() and its handler stay open, unanswered: a gate
+// that stopped probing at MAX_PENDING of them never saw opencode answer where that gap outlasted 50
+// probes (2 s). In a nested microVM under emulation about one start in three then hung for good:
+// opencode idle at 2% of the CPU for 30 minutes, its gate still "starting".
 const MAX_PENDING = 50;
 const PROGRESS_EVERY_MS = 5000;
 const DEBUG = Boolean(process.env.OPENWORK_OPENCODE_GATE_DEBUG);
@@ -100,11 +109,21 @@ function cpuSeconds(pid) {
 function untilAnswering(host, port, path, auth, started) {
   const request = `GET ${path} HTTP/1.1\r\nHost: ${host}:${port}\r\n${auth}Connection: close\r\n\r\n`;
   return new Promise((resolve) => {
-    const pending = new Set();
+    const pending = new Set(); // in the order sent: the first is the oldest
     let done = false;
     let timer = null;
+    let every = PROBE_EVERY_MS;
+    let closedUnanswered = 0; // probes sent and closed for newer ones: dropped too
     const launch = () => {
-      if (done || pending.size >= MAX_PENDING) return;
+      if (done) return;
+      if (pending.size >= MAX_PENDING) { // (refused probes close at once: only a long gap fills it)
+        every = Math.min(every * PROBE_SLOWER, PROBE_EVERY_MAX_MS);
+        const oldest = pending.values().next().value;
+        pending.delete(oldest);
+        if (oldest.sentAt !== null) closedUnanswered += 1;
+        oldest.sock.destroy();
+      }
+      timer = setTimeout(launch, every);
       const p = { sentAt: null, sock: net.connect({ host, port }) };
       pending.add(p);
       p.sock.once("connect", () => {
@@ -114,8 +133,8 @@ function untilAnswering(host, port, path, auth, started) {
       p.sock.once("data", () => {
         if (done) return;
         done = true;
-        clearInterval(timer);
-        let dropped = 0;
+        clearTimeout(timer);
+        let dropped = closedUnanswered;
         for (const q of [...pending]) {
           if (q !== p && q.sentAt !== null && q.sentAt < p.sentAt) dropped += 1;
           q.sock.destroy();
@@ -130,7 +149,6 @@ function untilAnswering(host, port, path, auth, started) {
       p.sock.once("error", gone);
       p.sock.once("close", gone);
     };
-    timer = setInterval(launch, PROBE_EVERY_MS);
     launch();
   });
 }
