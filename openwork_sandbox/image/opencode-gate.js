@@ -39,8 +39,8 @@ const PROBE_EVERY_MAX_MS = 500;
 const PROBE_SLOWER = 1.05;
 // Probes read in the gap between opencode's listen() and its handler stay open, unanswered: a gate
 // that stopped probing at MAX_PENDING of them never saw opencode answer where that gap outlasted 50
-// probes (2 s). In a nested microVM under emulation about one start in three then hung for good:
-// opencode idle at 2% of the CPU for 30 minutes, its gate still "starting".
+// probes (2 s). In a nested microVM under emulation about one start in three hung for good, most
+// likely so: opencode idle at 2% of the CPU for 30 minutes, its gate still "starting".
 const MAX_PENDING = 50;
 const PROGRESS_EVERY_MS = 5000;
 const DEBUG = Boolean(process.env.OPENWORK_OPENCODE_GATE_DEBUG);
