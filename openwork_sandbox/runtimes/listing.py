@@ -6,13 +6,12 @@ returns ``(name, marks, running)`` tuples, the marks without their label prefix.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from .. import commands
 from .docker import LABEL_MANAGED
 from .docker import MARK_PREFIX as DOCKER_MARK
-from .microsandbox import LABEL_FP
+from .microsandbox import LABEL_FP, sdk_loop
 from .microsandbox import MARK_PREFIX as MSB_MARK
 
 
@@ -48,7 +47,7 @@ def microsandbox_managed() -> list[tuple[str, dict[str, str], bool]]:
             out.append((handle.name, marks, handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING)))
         return out
 
-    loop = asyncio.new_event_loop()
+    loop = sdk_loop()
     try:
         return loop.run_until_complete(go())
     finally:

@@ -249,6 +249,15 @@ async def stop_job(job, grace: float = JOB_STOP_GRACE) -> None:
         pass  # already gone
 
 
+def sdk_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop for the SDK's coroutines (every SDK call of this package runs on one). The
+    SDK's threads must not meet a finalizing interpreter (see boundary): a task process that made
+    such a loop ends without the interpreter's finalization (doctor's look at microsandbox's
+    sandboxes aborted with SIGABRT at exit, once in a suite run, before its loop was made here)."""
+    skip_interpreter_finalization()
+    return asyncio.new_event_loop()
+
+
 def _sdk_error(exc: Exception, what: str) -> WorkflowError:
     return WorkflowError(f"microsandbox could not {what}: {exc}")
 
@@ -263,8 +272,7 @@ class MicrosandboxRuntime(Runtime):
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on this runtime's one event loop (made on first use)."""
         if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-            skip_interpreter_finalization()  # the SDK's threads and a finalizing interpreter: see boundary
+            self._loop = sdk_loop()
         return self._loop.run_until_complete(coro)
 
     def _sdk(self, coro: Coroutine[Any, Any, T], what: str) -> T:
