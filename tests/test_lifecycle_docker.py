@@ -113,7 +113,10 @@ def _follow_then_interrupt(tmp, args, env, ready_text):
     """Start `invoke ARGS`, wait for ``ready_text`` on stderr, press Ctrl+C (SIGINT); (exit code, stderr)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
     clean.update({"OPENWORK_STATE_DIR": str(tmp / "state"), **OFFLINE, **env})
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", *args, "--env-file", str(tmp / "empty.env")], env=clean,
+    # -X faulthandler: where a task does not end on Ctrl+C, SIGABRT makes it print every thread's stack
+    # (seen once in a suite run: `logs --follow` still running 30 s after SIGINT, nothing on stderr)
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "invoke", *args, "--env-file",
+                             str(tmp / "empty.env")], env=clean,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
     stream = proc.stdout if ready_text is None else proc.stderr  # None: the first line of output
@@ -125,7 +128,12 @@ def _follow_then_interrupt(tmp, args, env, ready_text):
                 break
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"`invoke {' '.join(args)}` still ran 30 s after Ctrl+C; its threads:\n{err[-4000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
