@@ -6,6 +6,7 @@ traffic goes to 127.0.0.1 only, containers use host networking.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,12 @@ PROD_BASE_IMAGE = "openwork-base:bookworm-slim"
 
 
 from openwork_sandbox.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
+
+# A suite started in the background of a script (`cmd &`, `nohup ... &`) inherits SIGINT ignored, and
+# so would every task it starts (Python keeps an ignored SIGINT); the tests that press Ctrl+C need what a
+# terminal gives: a suite run so had `logs --follow` and `smoke --ephemeral` never see their Ctrl+C
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

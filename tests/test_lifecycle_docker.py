@@ -114,7 +114,7 @@ def _follow_then_interrupt(tmp, args, env, ready_text):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
     clean.update({"OPENWORK_STATE_DIR": str(tmp / "state"), **OFFLINE, **env})
     # -X faulthandler: where a task does not end on Ctrl+C, SIGABRT makes it print every thread's stack
-    # (seen once in a suite run: `logs --follow` still running 30 s after SIGINT, nothing on stderr)
+    # (how a suite started in the background was found to pass its ignored SIGINT on: see conftest)
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "invoke", *args, "--env-file",
                              str(tmp / "empty.env")], env=clean,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

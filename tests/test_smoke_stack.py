@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REGISTRY, free_port
-from lifecycle_helpers import build_and_push
+from conftest import free_port
 from openwork_sandbox.settings import load_settings
 from openwork_sandbox.smoke import CHECKS, SmokeRunner, attach_log_tail, local_target, run_smoke
 
@@ -173,22 +172,11 @@ def test_ephemeral_leaves_nothing_behind_when_a_check_fails(stack_image, tmp_pat
     assert leftovers(base, "eph-bad") == ([], [])
 
 
-@pytest.fixture(scope="module")
-def never_serving_image(prod_base_image, tmp_path_factory) -> str:
-    """A tiny image in the local registry whose server never answers (it prints a line and sleeps)."""
-    return build_and_push(tmp_path_factory.mktemp("never-serving"),
-                          f'FROM {prod_base_image}\nCMD ["sh", "-c", "echo booting-but-never-serving; exec sleep 600"]\n',
-                          f"{REGISTRY}/owtest-smoke:never-serving")
-
-
-def test_ephemeral_ctrl_c_still_tears_down(never_serving_image, tmp_path):
-    """`invoke smoke --ephemeral` gets SIGINT once its container runs: exit 130, nothing left. The
-    sandbox never becomes healthy, so the signal lands in the start however fast the host (with the
-    real stack, a loaded host once saw the container only when the checks were done and the
-    teardown, which holds Ctrl+C off, ran)."""
+def test_ephemeral_ctrl_c_still_tears_down(stack_image, tmp_path):
+    """`invoke smoke --ephemeral` gets SIGINT once its container runs: exit 130, nothing left."""
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    env.update({"OPENWORK_STATE_DIR": str(state), "OPENWORK_MICROSANDBOX_IMAGE": never_serving_image,
+    env.update({"OPENWORK_STATE_DIR": str(state), "OPENWORK_MICROSANDBOX_IMAGE": stack_image.ref,
                 "OPENWORK_MICROSANDBOX_RUNTIME": "docker", "OPENWORK_ENV_FILE": str(tmp_path / "none.env"),
                 "OPENWORK_MICROSANDBOX_NAME": "eph-int", "OPENWORK_HEALTH_TIMEOUT": "90"})
     (tmp_path / "none.env").write_text("")
