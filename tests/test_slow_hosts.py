@@ -139,25 +139,30 @@ def test_many_ups_at_once_all_end_healthy_and_pass_smoke(stack_image, tmp_path):
 class SlowHostDockerRuntime:
     """The real Docker runtime on a host where every `docker` call takes DELAY seconds longer (as in
     the emulated host of scripts/microvm-host, where one took about 1 s): a test stand-in for the
-    host's speed only; every call still goes to the real engine. It counts the seconds spent in calls
-    and keeps each look as ``(call, began, seconds)``."""
+    host's speed only; every call still goes to the real engine. It keeps each look as
+    ``(call, began, seconds)``; the calls per kind and the seconds spent are read from those."""
 
     def __init__(self, name: str, state_dir, delay: float):
         from openwork_sandbox.runtimes.docker import DockerRuntime
 
-        self.real, self.delay, self.spent, self.calls = DockerRuntime(name, state_dir), delay, 0.0, Counter()
+        self.real, self.delay = DockerRuntime(name, state_dir), delay
         self.looks: list[tuple[str, float, float]] = []
 
+    @property
+    def calls(self) -> Counter:
+        return Counter(kind for kind, _, _ in self.looks)
+
+    @property
+    def spent(self) -> float:
+        return sum(took for _, _, took in self.looks)
+
     def _timed(self, call, *args):
-        self.calls[call.__name__] += 1
         t0 = time.monotonic()
         time.sleep(self.delay)
         try:
             return call(*args)
         finally:
-            took = time.monotonic() - t0
-            self.spent += took
-            self.looks.append((call.__name__, t0, took))
+            self.looks.append((call.__name__, t0, time.monotonic() - t0))
 
     def is_alive(self) -> bool:
         return self._timed(self.real.is_alive)

@@ -252,10 +252,8 @@ async def stop_job(job, grace: float = JOB_STOP_GRACE) -> None:
 def sdk_loop() -> asyncio.AbstractEventLoop:
     """A new event loop for the SDK's coroutines: every SDK call of a task process runs on one. The
     SDK's threads must not meet a finalizing interpreter (see boundary), so a task process that made
-    such a loop ends without the interpreter's finalization. (doctor's listing of microsandbox's
-    sandboxes once made its own loop, unmarked; a suite run saw `doctor --json` abort with SIGABRT
-    once, which that would explain. The pull proof's child process, not a task, runs its own
-    ``asyncio.run``; its parent reads its one JSON line whatever its exit.)"""
+    such a loop ends without the interpreter's finalization. (The pull proof's child process, not a
+    task, runs its own ``asyncio.run``; its parent reads its one JSON line whatever its exit.)"""
     skip_interpreter_finalization()
     return asyncio.new_event_loop()
 
