@@ -1,5 +1,5 @@
 """``python -m openwork_sandbox ...``: the console program (where the ``openwork-sandbox`` script is not on PATH)."""
 
-from .cli import main
+from openwork_sandbox.cli import main
 
 main()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from invoke import Program
 
-from . import __version__
-from .tasks import ns
+from openwork_sandbox import __version__
+from openwork_sandbox.tasks import ns
 
 program = Program(namespace=ns, version=__version__, name="openwork-sandbox", binary="openwork-sandbox")
 

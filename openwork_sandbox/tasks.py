@@ -24,7 +24,7 @@ from __future__ import annotations
 from invoke import Collection, call, task
 from invoke.exceptions import Exit
 
-from openwork_sandbox.boundary import task_boundary
+from openwork_sandbox.core.boundary import task_boundary
 
 ENV_FILE_HELP = "read settings from this .env file instead of ./.env (or set OPENWORK_ENV_FILE)"
 JSON_HELP = "print one JSON object on stdout instead of the human table"
@@ -39,8 +39,8 @@ def project_root(c) -> str | None:
 
 
 def _settings(c, env_file=None, **flags):
-    from openwork_sandbox.settings import load_settings
-    from openwork_sandbox.state import mask_settings
+    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.state.store import mask_settings
 
     settings = load_settings(flags, env_file=env_file, root=project_root(c))
     mask_settings(settings)  # under GitHub Actions: before anything could print a secret
@@ -60,7 +60,7 @@ def _finish(code: int, reason: str) -> None:
 def doctor(c, runtime=None, json=False, env_file=None):
     """Check what this machine can run and which runtime auto picks."""
     with task_boundary("doctor"):
-        from openwork_sandbox.doctor import run_doctor
+        from openwork_sandbox.sandbox.doctor import run_doctor
 
         _finish(run_doctor(_settings(c, env_file, runtime=runtime), as_json=json),
                 "the chosen runtime cannot work on this machine (see the checks above)")
@@ -79,8 +79,8 @@ def doctor(c, runtime=None, json=False, env_file=None):
 def build_image(c, image=None, base_image=None, json=False, env_file=None, platform=None):
     """Build the image from pinned, verified OpenWork programs."""
     with task_boundary("build-image"):
-        from openwork_sandbox import gha
-        from openwork_sandbox.image_platforms import build_image as build
+        from openwork_sandbox.core import gha
+        from openwork_sandbox.image.multiplatform import build_image as build
 
         result = build(_settings(c, env_file, image=image, base_image=base_image, platform=platform), as_json=json)
         gha.append_summary(gha.build_summary(result))
@@ -101,8 +101,8 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None, platf
 def push_image(c, image=None, json=False, env_file=None, platform=None):
     """Push the image and prove the registry serves it."""
     with task_boundary("push-image"):
-        from openwork_sandbox import gha
-        from openwork_sandbox.image_push import push_image as push
+        from openwork_sandbox.core import gha
+        from openwork_sandbox.image.push import push_image as push
 
         # the pre-task built the default reference: --image REF / --platform P are built (from cache) first
         result = push(_settings(c, env_file, image=image, platform=platform), as_json=json,
@@ -136,8 +136,8 @@ def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=
     with task_boundary("up"):
         import time
 
-        from openwork_sandbox import gha
-        from openwork_sandbox.lifecycle import up as start
+        from openwork_sandbox.core import gha
+        from openwork_sandbox.sandbox.lifecycle import up as start
 
         if github_output:
             gha.require_export()  # before anything boots
@@ -153,7 +153,7 @@ def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=
 def down(c, name=None, env_file=None):
     """Stop the sandbox, keep its state."""
     with task_boundary("down"):
-        from openwork_sandbox.lifecycle import down as stop
+        from openwork_sandbox.sandbox.lifecycle import down as stop
 
         stop(_settings(c, env_file, name=name))
 
@@ -162,7 +162,7 @@ def down(c, name=None, env_file=None):
 def status(c, name=None, json=False, env_file=None):
     """Show the sandbox's runtime, state, image, URL, health, uptime."""
     with task_boundary("status"):
-        from openwork_sandbox.lifecycle import status as show
+        from openwork_sandbox.sandbox.lifecycle import status as show
 
         _finish(show(_settings(c, env_file, name=name), as_json=json), "the sandbox is not running and healthy")
 
@@ -179,7 +179,7 @@ def status(c, name=None, json=False, env_file=None):
 def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_file=None):
     """Print (or follow) the server's log."""
     with task_boundary("logs"):
-        from openwork_sandbox.lifecycle import logs as show_logs
+        from openwork_sandbox.sandbox.lifecycle import logs as show_logs
 
         show_logs(_settings(c, env_file, name=name), follow=follow, tail=tail, since=since, system=system)
 
@@ -197,11 +197,11 @@ def reset(c, name=None, yes=False, keep_data=False, stale=False, env_file=None):
     """Remove the sandbox and delete its state folders."""
     with task_boundary("reset"):
         if stale:
-            from openwork_sandbox.leftovers import remove_stale
+            from openwork_sandbox.sandbox.leftovers import remove_stale
 
             remove_stale(_settings(c, env_file))
             return
-        from openwork_sandbox.lifecycle import reset as remove
+        from openwork_sandbox.sandbox.lifecycle import reset as remove
 
         remove(_settings(c, env_file, name=name), yes=yes, keep_data=keep_data)
 
@@ -232,7 +232,7 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
     3 nothing reachable at the URL.
     """
     with task_boundary("smoke"):
-        from openwork_sandbox.smoke import run_smoke
+        from openwork_sandbox.smoke.runner import run_smoke
 
         settings = _settings(c, env_file, name=name, token=token, host_token=host_token, runtime=runtime,
                              image=image, port=port)
@@ -252,7 +252,7 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
 def backup(c, name=None, output=None, workspace=False, env_file=None):
     """Write one archive of the sandbox's data (a consistent database copy, tokens, configs), also while it runs."""
     with task_boundary("backup"):
-        from openwork_sandbox.backup import backup as write_backup
+        from openwork_sandbox.sandbox.backup import backup as write_backup
 
         write_backup(_settings(c, env_file, name=name), output=output, workspace=workspace)
 
@@ -268,13 +268,13 @@ def backup(c, name=None, output=None, workspace=False, env_file=None):
 def restore(c, path, name=None, force=False, env_file=None):
     """Put a backup back into the sandbox name, every file verified first; then `invoke up`."""
     with task_boundary("restore"):
-        from openwork_sandbox.restore import restore as put_back
+        from openwork_sandbox.sandbox.restore import restore as put_back
 
         put_back(_settings(c, env_file, name=name), path, force=force)
 
 
 def _smoke_help() -> str:
-    from openwork_sandbox.smoke_checks import describe  # declarations only: no HTTP client imported
+    from openwork_sandbox.smoke.checks import describe  # declarations only: no HTTP client imported
 
     return f"\n\n    The checks, in order:\n\n{describe('      ')}\n"
 

@@ -18,7 +18,7 @@ TEST_BASE_IMAGE = "openwork-base:bookworm-slim-python"  # + python3-minimal for 
 PROD_BASE_IMAGE = "openwork-base:bookworm-slim"
 
 
-from openwork_sandbox.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
+from openwork_sandbox.net.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 # A suite started in the background of a script (`cmd &`, `nohup ... &`) inherits SIGINT ignored, and
 # so would every task it starts (Python keeps an ignored SIGINT); the tests that press Ctrl+C need what a
@@ -80,7 +80,7 @@ def clean_env(monkeypatch, tmp_path):
 # --- the test stack image (issue 3): real openwork + opencode from npm, the stand-in server -------
 #
 # ``stack_image`` (session) builds the TEST image with the product's own build code
-# (openwork_sandbox.image_build.build_image): base ``openwork-base:bookworm-slim-python``, the real
+# (openwork_sandbox.image.build.build_image): base ``openwork-base:bookworm-slim-python``, the real
 # openwork and opencode from the npm registry (downloaded once into .state/test-cache), and
 # tests/standin_openwork_server.py baked as openwork-server through OPENWORK_SERVER_BIN. It pushes
 # the image to the local registry and returns a StackImage with ``ref`` (registry ref), ``local``
@@ -110,7 +110,7 @@ STANDIN_SERVER = ROOT / "tests" / "standin_openwork_server.py"
 
 def stack_settings(tmp_dir: Path, **env: str):
     """Settings for a test build: only the given values and the test defaults, no .env file."""
-    from openwork_sandbox.settings import load_settings
+    from openwork_sandbox.config.settings import load_settings
 
     env_file = tmp_dir / "empty.env"
     env_file.write_text("")
@@ -145,8 +145,8 @@ PREBUILT_STACK = os.environ.get("OPENWORK_TEST_STACK_IMAGE")
 @pytest.fixture(scope="session")
 def stack_image(request, tmp_path_factory) -> StackImage:
     """The test image (real openwork + opencode, stand-in server), built and pushed once per session."""
-    from openwork_sandbox.image_build import build_image
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.build import build_image
+    from openwork_sandbox.image.push import push_image
 
     settings = stack_settings(tmp_path_factory.mktemp("stack"))
     if PREBUILT_STACK:

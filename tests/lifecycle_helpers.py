@@ -22,7 +22,7 @@ def unique_name(prefix: str = "lc") -> str:
 
 def docker_env(image: str, prefix: str, health_timeout: str = "90", **extra: str) -> dict[str, str]:
     """Settings of a sandbox of ``image`` on the Docker runtime: a unique name, a free port."""
-    from openwork_sandbox.ports import free_port
+    from openwork_sandbox.net.ports import free_port
 
     return dict(OPENWORK_MICROSANDBOX_NAME=unique_name(prefix), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
                 OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_RUNTIME="docker",
@@ -36,7 +36,7 @@ def user_ports(count: int) -> list[str]:
     before its sandbox starts. ``free_port()`` picks from that range: fine for one sandbox at a time."""
     import random
 
-    from openwork_sandbox.ports import port_is_free
+    from openwork_sandbox.net.ports import port_is_free
 
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
@@ -51,7 +51,7 @@ def user_ports(count: int) -> list[str]:
 
 def make_settings(tmp_path: Path, **env: str):
     """Settings with only ``env`` set, state under ``tmp_path/state``, project root ``tmp_path/project``."""
-    from openwork_sandbox.settings import load_settings
+    from openwork_sandbox.config.settings import load_settings
 
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
@@ -92,7 +92,7 @@ def up_json(settings, capsys, **kw) -> dict:
     """`up --json` in this process: its JSON object, plus what it said on stderr under "stderr"."""
     import json
 
-    from openwork_sandbox.lifecycle import up
+    from openwork_sandbox.sandbox.lifecycle import up
 
     capsys.readouterr()
     up(settings, as_json=True, **kw)

@@ -198,7 +198,7 @@ def test_a_provider_that_refuses_fails_the_check_in_one_line(agent, status, mess
 
 
 def test_a_session_with_its_reply_survives_up_replace(agent):
-    from openwork_sandbox.openwork_api import OpenWorkClient
+    from openwork_sandbox.net.openwork_api import OpenWorkClient
 
     code, report, err = agent.smoke("--prompt", "Remember this reply", "--keep-session")
     assert code == 0, err
@@ -247,10 +247,10 @@ def test_the_gate_hands_the_mounted_keys_and_config_to_the_real_opencode(stack_i
 
     import requests
 
-    from openwork_sandbox.agent_reply import read_reply
-    from openwork_sandbox.ports import free_port
-    from openwork_sandbox.sandbox_secrets import GUEST_DIR, SandboxSecrets, write
-    from openwork_sandbox.settings import load_settings
+    from openwork_sandbox.smoke.agent_reply import read_reply
+    from openwork_sandbox.net.ports import free_port
+    from openwork_sandbox.state.secrets import GUEST_DIR, SandboxSecrets, write
+    from openwork_sandbox.config.settings import load_settings
 
     with StandinProvider() as provider:
         key = "sk-standin-" + secrets.token_hex(20)

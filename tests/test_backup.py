@@ -47,7 +47,7 @@ def settings_for(tmp_path: Path, name: str):
 def source(tmp_path):
     """A sandbox's folders (never booted) whose database has ROWS committed rows still in its WAL
     (a writer holds it open with automatic checkpoints off), an issued-token store and tokens."""
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.state.store import SandboxState
 
     settings = settings_for(tmp_path, "owtest-bk-src")
     state = SandboxState(settings)
@@ -77,7 +77,7 @@ def source(tmp_path):
 
 
 def test_the_archive_holds_a_consistent_copy_with_the_wal_content_and_a_manifest(source):
-    from openwork_sandbox.backup import backup
+    from openwork_sandbox.sandbox.backup import backup
 
     db, out = source["db"], source["tmp"] / "one.tar.gz"
     wal = Path(f"{db}-wal")
@@ -116,7 +116,7 @@ def test_the_archive_holds_a_consistent_copy_with_the_wal_content_and_a_manifest
 
 
 def test_the_workspace_goes_in_with_workspace(source):
-    from openwork_sandbox.backup import backup
+    from openwork_sandbox.sandbox.backup import backup
 
     out = source["tmp"] / "ws.tar.gz"
     backup(source["settings"], output=out, workspace=True)
@@ -125,9 +125,9 @@ def test_the_workspace_goes_in_with_workspace(source):
 
 
 def test_restore_into_another_name_puts_everything_back(source):
-    from openwork_sandbox.backup import backup
-    from openwork_sandbox.restore import restore
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.sandbox.backup import backup
+    from openwork_sandbox.sandbox.restore import restore
+    from openwork_sandbox.state.store import SandboxState
 
     out = source["tmp"] / "two.tar.gz"
     backup(source["settings"], output=out)
@@ -142,9 +142,9 @@ def test_restore_into_another_name_puts_everything_back(source):
 
 
 def test_restore_refuses_a_sandbox_that_holds_data_and_force_keeps_it_aside(source):
-    from openwork_sandbox.backup import backup
-    from openwork_sandbox.restore import restore
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.sandbox.backup import backup
+    from openwork_sandbox.sandbox.restore import restore
+    from openwork_sandbox.core.errors import WorkflowError
 
     out = source["tmp"] / "three.tar.gz"
     backup(source["settings"], output=out)
@@ -183,7 +183,7 @@ def _refused(tmp_path: Path, archive: Path, name: str = "owtest-bk-new") -> str:
 
 
 def test_a_truncated_archive_is_refused_in_one_line_and_changes_nothing(source):
-    from openwork_sandbox.backup import backup
+    from openwork_sandbox.sandbox.backup import backup
 
     good = source["tmp"] / "good.tar.gz"
     backup(source["settings"], output=good)
@@ -196,7 +196,7 @@ def test_a_truncated_archive_is_refused_in_one_line_and_changes_nothing(source):
 
 
 def test_a_corrupt_archive_is_refused_in_one_line_and_changes_nothing(source):
-    from openwork_sandbox.backup import backup
+    from openwork_sandbox.sandbox.backup import backup
 
     good = source["tmp"] / "good.tar.gz"
     backup(source["settings"], output=good)
@@ -232,7 +232,7 @@ def _rewrite(src: Path, dest: Path, change) -> None:
 
 
 def test_an_archive_whose_file_differs_from_its_manifest_is_refused(source):
-    from openwork_sandbox.backup import backup
+    from openwork_sandbox.sandbox.backup import backup
 
     good = source["tmp"] / "good.tar.gz"
     backup(source["settings"], output=good)
@@ -256,7 +256,7 @@ def test_an_archive_whose_file_differs_from_its_manifest_is_refused(source):
 
 
 def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
-    from openwork_sandbox.backup import backup
+    from openwork_sandbox.sandbox.backup import backup
 
     good = source["tmp"] / "good.tar.gz"
     backup(source["settings"], output=good)
@@ -276,11 +276,11 @@ def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
 
 def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
     """A running microVM cannot boot here: its status is given (the real runtime object otherwise)."""
-    from openwork_sandbox import lifecycle
-    from openwork_sandbox.backup import backup
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.backup import backup
+    from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes import RUNNING, RuntimeStatus
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     settings = source["settings"]
     rt = MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
@@ -295,8 +295,8 @@ def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
 
 
 def test_backup_never_overwrites_and_says_so(source):
-    from openwork_sandbox.backup import backup
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.sandbox.backup import backup
+    from openwork_sandbox.core.errors import WorkflowError
 
     out = source["tmp"] / "taken.tar.gz"
     out.write_text("someone's file")
@@ -308,7 +308,7 @@ def test_backup_never_overwrites_and_says_so(source):
 
 
 def test_the_default_archive_is_under_state_backups_with_name_and_utc_time(source):
-    from openwork_sandbox.backup import backup
+    from openwork_sandbox.sandbox.backup import backup
 
     result = backup(source["settings"])
     path = Path(result["path"])
@@ -322,7 +322,7 @@ def test_the_default_archive_is_under_state_backups_with_name_and_utc_time(sourc
 
 
 def test_a_sandbox_named_backups_is_refused(tmp_path):
-    from openwork_sandbox.errors import SettingsError
+    from openwork_sandbox.core.errors import SettingsError
 
     with pytest.raises(SettingsError) as info:
         make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="backups")
@@ -344,7 +344,7 @@ def _up(tmp_path: Path, env: dict) -> None:
 
 @pytest.mark.docker
 def test_backup_while_sessions_are_written_then_restore_into_another_name(stack_image, tmp_path):
-    from openwork_sandbox.lifecycle import endpoint, reset
+    from openwork_sandbox.sandbox.lifecycle import endpoint, reset
     from test_persist_docker import issue_token, make_session, read_session, status_with
 
     env_a = docker_env(stack_image.ref, "bka")

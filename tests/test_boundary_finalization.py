@@ -21,8 +21,8 @@ import atexit, sys
 sys.path.insert(0, {str(ROOT)!r})
 atexit.register(lambda: print("finalized as always", flush=True))  # runs only if the interpreter finalizes
 from invoke.exceptions import Exit
-from openwork_sandbox.boundary import skip_interpreter_finalization, task_boundary
-from openwork_sandbox.errors import WorkflowError
+from openwork_sandbox.core.boundary import skip_interpreter_finalization, task_boundary
+from openwork_sandbox.core.errors import WorkflowError
 if sys.argv[1] == "sdk":
     skip_interpreter_finalization()  # what MicrosandboxRuntime does when it makes its event loop
 try:

@@ -50,7 +50,7 @@ def helper(tmp_path, monkeypatch):
 
 
 def test_auths_base64_login_as_docker_login_saves_it(docker_cfg):
-    from openwork_sandbox.docker_config import docker_credentials
+    from openwork_sandbox.registry.docker_config import docker_credentials
 
     path = docker_cfg({"auths": {"localhost:5443": {"auth": base64.b64encode(b"ci-user:pa:ss").decode()}}})
     creds = docker_credentials("localhost:5443")
@@ -60,7 +60,7 @@ def test_auths_base64_login_as_docker_login_saves_it(docker_cfg):
 
 
 def test_auths_keys_match_as_docker_matches_them(docker_cfg):
-    from openwork_sandbox.docker_config import docker_credentials
+    from openwork_sandbox.registry.docker_config import docker_credentials
 
     docker_cfg({"auths": {"https://registry.example:8443/v2/": {"username": "u", "password": "p"},
                           "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:hp").decode()}}})
@@ -69,7 +69,7 @@ def test_auths_keys_match_as_docker_matches_them(docker_cfg):
 
 
 def test_identity_token_is_kept_apart_from_a_password(docker_cfg):
-    from openwork_sandbox.docker_config import docker_credentials
+    from openwork_sandbox.registry.docker_config import docker_credentials
 
     docker_cfg({"auths": {"ghcr.example": {"identitytoken": "refresh-me"}}})
     creds = docker_credentials("ghcr.example")
@@ -78,8 +78,8 @@ def test_identity_token_is_kept_apart_from_a_password(docker_cfg):
 
 
 def test_a_broken_saved_login_is_one_line(docker_cfg):
-    from openwork_sandbox.docker_config import docker_credentials
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.registry.docker_config import docker_credentials
+    from openwork_sandbox.core.errors import WorkflowError
 
     docker_cfg({"auths": {"localhost:5443": {"auth": "%%%not-base64"}}})
     with pytest.raises(WorkflowError) as err:
@@ -89,7 +89,7 @@ def test_a_broken_saved_login_is_one_line(docker_cfg):
 
 def test_cred_helper_is_run_as_docker_runs_it(docker_cfg, helper):
     """credHelpers[host] wins over auths; the server address goes on stdin, only `get` on argv."""
-    from openwork_sandbox.docker_config import docker_credentials
+    from openwork_sandbox.registry.docker_config import docker_credentials
 
     docker_cfg({"credHelpers": {"localhost:5443": "owtest-double"},
                 "auths": {"localhost:5443": {"auth": base64.b64encode(b"stale:old").decode()}}})
@@ -101,7 +101,7 @@ def test_cred_helper_is_run_as_docker_runs_it(docker_cfg, helper):
 
 
 def test_creds_store_answers_for_every_registry_and_not_found_is_anonymous(docker_cfg, helper):
-    from openwork_sandbox.docker_config import docker_credentials
+    from openwork_sandbox.registry.docker_config import docker_credentials
 
     docker_cfg({"credsStore": "owtest-double"})
     helper.store({"localhost:5443": {"Username": "<token>", "Secret": "an-identity-token"}})
@@ -111,8 +111,8 @@ def test_creds_store_answers_for_every_registry_and_not_found_is_anonymous(docke
 
 
 def test_a_missing_helper_is_one_line(docker_cfg):
-    from openwork_sandbox.docker_config import docker_credentials
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.registry.docker_config import docker_credentials
+    from openwork_sandbox.core.errors import WorkflowError
 
     docker_cfg({"credHelpers": {"localhost:5443": "owtest-absent"}})
     with pytest.raises(WorkflowError) as err:
@@ -122,7 +122,7 @@ def test_a_missing_helper_is_one_line(docker_cfg):
 
 def test_settings_login_comes_before_dockers(docker_cfg, tmp_path):
     from lifecycle_helpers import make_settings
-    from openwork_sandbox.registry_access import credentials
+    from openwork_sandbox.registry.access import credentials
 
     docker_cfg({"auths": {"localhost:5443": {"auth": base64.b64encode(b"docker-user:dp").decode()}}})
     settings = make_settings(tmp_path, OPENWORK_REGISTRY_USERNAME="env-user", OPENWORK_REGISTRY_PASSWORD="ep")
@@ -132,8 +132,8 @@ def test_settings_login_comes_before_dockers(docker_cfg, tmp_path):
 
 def test_trust_is_system_cas_plus_certs_d_plus_the_setting(tmp_path, monkeypatch):
     from lifecycle_helpers import make_settings
-    from openwork_sandbox import docker_config
-    from openwork_sandbox.registry_access import ca_bundle, system_bundle
+    from openwork_sandbox.registry import docker_config
+    from openwork_sandbox.registry.access import ca_bundle, system_bundle
 
     certs_d = tmp_path / "certs.d"
     (certs_d / "localhost:5443").mkdir(parents=True)
@@ -154,8 +154,8 @@ def test_trust_is_system_cas_plus_certs_d_plus_the_setting(tmp_path, monkeypatch
 
 def test_a_registry_ca_setting_that_is_not_a_pem_is_one_line(tmp_path):
     from lifecycle_helpers import make_settings
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.registry_access import ca_bundle
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.registry.access import ca_bundle
 
     bad = tmp_path / "ca.txt"
     bad.write_text("hello")
@@ -166,7 +166,7 @@ def test_a_registry_ca_setting_that_is_not_a_pem_is_one_line(tmp_path):
 
 def test_pinned_image_follows_the_last_push_of_that_tag(tmp_path):
     from lifecycle_helpers import make_settings
-    from openwork_sandbox.image_pin import pinned_image, record_push
+    from openwork_sandbox.state.pin import pinned_image, record_push
 
     digest = "sha256:" + "ab" * 32
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE="localhost:5443/team/box:ci")
@@ -180,7 +180,7 @@ def test_pinned_image_follows_the_last_push_of_that_tag(tmp_path):
 
 
 def test_a_challenge_is_read_as_quoted_and_bare_parameters_left_to_right():
-    from openwork_sandbox.registry import parse_challenge
+    from openwork_sandbox.registry.client import parse_challenge
 
     assert parse_challenge('Bearer realm="https://auth.example/token?service=other",service="registry.example",'
                            'scope="repository:team/app:pull,push",error=insufficient_scope') == (
@@ -192,7 +192,7 @@ def test_a_challenge_is_read_as_quoted_and_bare_parameters_left_to_right():
 @pytest.mark.parametrize("scope", ["repository:team/app:push,pull", "repository:team/app:pull,push"])
 def test_a_denied_scope_names_its_actions_in_one_order_whatever_order_the_registry_used(scope):
     """The registry's challenge lists a scope's actions in any order; the one-line error does not."""
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.registry.client import Registry
 
     message = Registry("registry.example:5000")._denied(scope, "HTTP 403").message
     assert message.startswith("registry registry.example:5000 denies an anonymous client pull,push access to team/app "
@@ -213,6 +213,6 @@ def test_a_denied_scope_names_its_actions_in_one_order_whatever_order_the_regist
 ])
 def test_a_pull_refused_for_a_login_is_told_from_other_pull_failures(text, refused):
     """Docker's and the SDK's words for a missing login (literal examples), and failures that are not one."""
-    from openwork_sandbox.registry_access import login_refused
+    from openwork_sandbox.registry.access import login_refused
 
     assert login_refused(text) is refused

@@ -14,8 +14,8 @@ import requests
 
 from conftest import ROOT, free_port
 from lifecycle_helpers import ramfs
-from openwork_sandbox import doctor
-from openwork_sandbox.settings import load_settings
+from openwork_sandbox.sandbox import doctor
+from openwork_sandbox.config.settings import load_settings
 
 HAS_VIRT = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("vmx", "svm")) \
     if Path("/proc/cpuinfo").exists() else False

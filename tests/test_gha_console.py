@@ -8,9 +8,9 @@ import time
 import pytest
 from invoke.exceptions import Exit
 
-from openwork_sandbox import console, gha
-from openwork_sandbox.boundary import task_boundary
-from openwork_sandbox.errors import SettingsError, WorkflowError
+from openwork_sandbox.core import console, gha
+from openwork_sandbox.core.boundary import task_boundary
+from openwork_sandbox.core.errors import SettingsError, WorkflowError
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def test_masks_once_per_value_and_only_under_actions(actions, capsys, monkeypatc
 
 
 def test_mask_settings_covers_tokens_and_the_registry_password(actions, capsys, tmp_path):
-    from openwork_sandbox.settings import load_settings
-    from openwork_sandbox.state import mask_settings
+    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.state.store import mask_settings
 
     settings = load_settings(environ={"OPENWORK_TOKEN": "client-token-1234", "OPENWORK_HOST_TOKEN": "host-token-5678",
                                       "OPENWORK_REGISTRY_PASSWORD": "registry-pw-90"},
@@ -52,8 +52,8 @@ def test_mask_settings_covers_tokens_and_the_registry_password(actions, capsys, 
 
 
 def test_generated_tokens_are_masked_when_the_state_hands_them_out(actions, capsys, tmp_path):
-    from openwork_sandbox.settings import load_settings
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.state.store import SandboxState
 
     settings = load_settings(environ={"OPENWORK_STATE_DIR": str(tmp_path / "state")}, root=tmp_path)
     token, host_token = SandboxState(settings).tokens()
@@ -93,7 +93,7 @@ def test_outside_actions_the_boundary_is_unchanged(monkeypatch, capsys):
 
 
 def test_export_writes_delimited_values_and_masks_first(actions, capsys):
-    from openwork_sandbox.lifecycle import Endpoint
+    from openwork_sandbox.sandbox.lifecycle import Endpoint
 
     ep = Endpoint("http://127.0.0.1:8787", "client-tok-abcdef", "host-tok-abcdef", "docker", "box", None)
     gha.export_sandbox(ep)

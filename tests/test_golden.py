@@ -73,7 +73,7 @@ def _settings_loader():
     try:
         from openwork_sandbox.config import load_settings
     except ImportError:
-        from openwork_sandbox.settings import load_settings
+        from openwork_sandbox.config.settings import load_settings
     return load_settings
 
 
@@ -81,7 +81,7 @@ def _launch_spec():
     try:
         from openwork_sandbox.sandbox.launch import launch_spec
     except ImportError:
-        from openwork_sandbox.lifecycle import launch_spec
+        from openwork_sandbox.sandbox.lifecycle import launch_spec
     return launch_spec
 
 

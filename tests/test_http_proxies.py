@@ -59,7 +59,7 @@ def proxy(monkeypatch):
 
 
 def _settings(tmp_path, **environ):
-    from openwork_sandbox.settings import load_settings
+    from openwork_sandbox.config.settings import load_settings
 
     (tmp_path / "empty.env").write_text("")
     return load_settings(environ={"OPENWORK_CACHE_DIR": str(tmp_path / "cache"), **environ},
@@ -68,13 +68,13 @@ def _settings(tmp_path, **environ):
 
 @pytest.fixture
 def fresh_npm_session(monkeypatch):
-    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     monkeypatch.setattr(npm_artifacts, "_SESSION", [])
 
 
 def test_the_npm_registry_is_reached_through_the_proxy(proxy, fresh_npm_session, tmp_path):
-    from openwork_sandbox.npm_artifacts import version_doc
+    from openwork_sandbox.image.artifacts import version_doc
 
     settings = _settings(tmp_path, NPM_CONFIG_REGISTRY=f"http://{NPM_HOST}")
     doc = version_doc(settings, "pkg", "1.0.0")
@@ -87,8 +87,8 @@ def test_no_proxy_sends_the_npm_registry_direct(proxy, fresh_npm_session, tmp_pa
     off the proxy); direct, nothing listens on that port, so the registry does not answer."""
     import socket
 
-    from openwork_sandbox.errors import UnreachableError
-    from openwork_sandbox.npm_artifacts import version_doc
+    from openwork_sandbox.core.errors import UnreachableError
+    from openwork_sandbox.image.artifacts import version_doc
 
     host = socket.gethostname()
     try:
@@ -108,8 +108,8 @@ def test_no_proxy_sends_the_npm_registry_direct(proxy, fresh_npm_session, tmp_pa
 
 
 def test_a_loopback_registry_and_the_sandbox_never_go_through_a_proxy(services, proxy, tmp_path):
-    from openwork_sandbox.health import health_once
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.net.health import health_once
+    from openwork_sandbox.registry.client import Registry
 
     settings = _settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/nothing:here")
     assert Registry.for_settings(settings).ping() == 200  # the real registry, reached directly
@@ -118,7 +118,7 @@ def test_a_loopback_registry_and_the_sandbox_never_go_through_a_proxy(services, 
 
 
 def test_a_remote_registry_goes_through_the_proxy(proxy, tmp_path):
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.registry.client import Registry
 
     settings = _settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE="registry.example.invalid/team/app:1",
                          OPENWORK_REGISTRY_INSECURE="true")

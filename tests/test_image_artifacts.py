@@ -27,7 +27,7 @@ def _files(folder):
 
 
 def test_download_is_verified_and_cached_by_content(settings):
-    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     before = npm_artifacts.STATS["downloaded_bytes"]
     path = npm_artifacts.fetch_tarball(settings, *SMALL)
@@ -43,7 +43,7 @@ def test_download_is_verified_and_cached_by_content(settings):
 
 
 def test_tampered_cache_file_is_detected_and_downloaded_again(settings, capfd):
-    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     path = npm_artifacts.fetch_tarball(settings, *SMALL)
     good = path.read_bytes()
@@ -57,7 +57,7 @@ def test_tampered_cache_file_is_detected_and_downloaded_again(settings, capfd):
 
 
 def test_tampered_extracted_program_is_extracted_again(settings):
-    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     program = npm_artifacts.PROGRAM_BY_NAME["openwork"]  # the meta package has package/bin/openwork too
     tarball = npm_artifacts.fetch_tarball(settings, *SMALL)
@@ -71,8 +71,8 @@ def test_tampered_extracted_program_is_extracted_again(settings):
 
 
 def test_integrity_mismatch_names_package_and_digests_and_keeps_nothing(settings):
-    from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from openwork_sandbox.core.errors import WorkflowError
 
     wrong = npm_artifacts.sri(b"\x00" * 64)
     with pytest.raises(WorkflowError) as err:
@@ -85,8 +85,8 @@ def test_integrity_mismatch_names_package_and_digests_and_keeps_nothing(settings
 
 
 def test_missing_version_names_versions_and_the_override(settings, tmp_path):
-    from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from openwork_sandbox.core.errors import WorkflowError
 
     missing = stack_settings(tmp_path, OPENWORK_CACHE_DIR=str(settings.cache_dir), OPENCODE_VERSION="0.0.1")
     with pytest.raises(WorkflowError) as err:
@@ -99,8 +99,8 @@ def test_missing_version_names_versions_and_the_override(settings, tmp_path):
 
 
 def test_missing_package_is_one_line(settings):
-    from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from openwork_sandbox.core.errors import WorkflowError
 
     with pytest.raises(WorkflowError) as err:
         npm_artifacts.version_doc(settings, "openwork-sandbox-test-no-such-package", "1.0.0", "OPENWORK_SERVER_BIN")
@@ -109,8 +109,8 @@ def test_missing_package_is_one_line(settings):
 
 
 def test_registry_setting_wins_and_a_dead_registry_is_one_line(tmp_path):
-    from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.errors import UnreachableError
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from openwork_sandbox.core.errors import UnreachableError
 
     url = f"http://127.0.0.1:{free_port()}"
     dead = stack_settings(tmp_path, NPM_CONFIG_REGISTRY=url, OPENWORK_CACHE_DIR=str(tmp_path / "cache"))
@@ -121,8 +121,8 @@ def test_registry_setting_wins_and_a_dead_registry_is_one_line(tmp_path):
 
 
 def test_local_override_must_be_an_executable_file(tmp_path):
-    from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from openwork_sandbox.core.errors import WorkflowError
 
     program = npm_artifacts.PROGRAM_BY_NAME["openwork-server"]
     with pytest.raises(WorkflowError, match=r"OPENWORK_SERVER_BIN=.*no such file"):
@@ -136,8 +136,8 @@ def test_local_override_must_be_an_executable_file(tmp_path):
 def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
     import types
 
-    from openwork_sandbox import image_build
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.image import build as image_build
+    from openwork_sandbox.core.errors import WorkflowError
 
     fake = types.SimpleNamespace(image="localhost:5000/openwork:test")
 
@@ -161,7 +161,7 @@ def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
                         lambda argv, timeout=None: (line for line in ["Step 1/2 : FROM base", "Step 2/2 : COPY"]))
     assert image_build._docker_build(fake, ["build", "."]) == "Step 1/2 : FROM base\nStep 2/2 : COPY"
 
-    from openwork_sandbox.commands import CommandTimeout
+    from openwork_sandbox.core.processes import CommandTimeout
 
     monkeypatch.setattr(image_build, "stream_lines", failing(["Step 1/2 : FROM base"], "docker build did not finish",
                                                              error=CommandTimeout))
@@ -174,7 +174,7 @@ def test_a_silent_command_is_stopped_at_its_timeout():
     """stream_lines stops a command that prints nothing past its timeout (a hung `docker build`)."""
     import time
 
-    from openwork_sandbox.commands import CommandTimeout, stream_lines
+    from openwork_sandbox.core.processes import CommandTimeout, stream_lines
 
     started = time.monotonic()
     with pytest.raises(CommandTimeout) as err:

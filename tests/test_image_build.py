@@ -107,7 +107,7 @@ def test_image_layout_and_labels(stack_image):
 def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):
     token, host_token = "tok-" + "a1b2c3d4" * 4, "host-" + "e5f6a7b8" * 4
     settings = stack_settings(tmp_path, OPENWORK_TOKEN=token, OPENWORK_HOST_TOKEN=host_token)
-    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image.build import build_image
 
     result = build_image(settings)
     history = subprocess.run(["docker", "history", "--no-trunc", result["image_id"]], capture_output=True, text=True,
@@ -126,7 +126,7 @@ def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):
 
 
 def test_second_build_downloads_nothing_and_hits_the_cache(stack_image, tmp_path, capsys):
-    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.image.build import build_image
 
     # two builds back to back (other work may commit between the session's build and this test,
     # and the revision label follows the commit)
@@ -145,9 +145,9 @@ def test_second_build_downloads_nothing_and_hits_the_cache(stack_image, tmp_path
 
 
 def test_version_check_refuses_a_wrong_pin(stack_image, tmp_path):
-    from openwork_sandbox import npm_artifacts
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.image_build import check_versions
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image.build import check_versions
 
     settings = stack_settings(tmp_path, OPENWORK_STATE_DIR=str(tmp_path / "state"))  # nothing verified yet
     wrong = {name: npm_artifacts.Artifact(name, tmp_path, "", version, "npm:test")
@@ -161,8 +161,8 @@ def test_version_check_refuses_a_wrong_pin(stack_image, tmp_path):
 
 
 def test_missing_base_image_says_how_to_make_one(services, tmp_path):
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image.build import build_image
 
     settings = stack_settings(tmp_path, OPENWORK_BASE_IMAGE="openwork-base:no-such-tag",
                               OPENWORK_STATE_DIR=str(tmp_path / "state"))
@@ -174,8 +174,8 @@ def test_missing_base_image_says_how_to_make_one(services, tmp_path):
 
 
 def test_a_program_without_a_version_fails_the_build_and_tags_nothing(stack_image, tmp_path):
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.image_build import build_image
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image.build import build_image
 
     mute = tmp_path / "openwork-server"
     mute.write_text("#!/bin/sh\necho 'no version here'\n")

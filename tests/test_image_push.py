@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def test_push_is_pullable_manifest_blobs_and_msb(stack_image, short_msb_home, capsys):
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.push import push_image
     from openwork_sandbox.runtimes.probe import msb_path
 
     result = push_image(stack_image.settings, as_json=True)
@@ -43,8 +43,8 @@ def test_push_is_pullable_manifest_blobs_and_msb(stack_image, short_msb_home, ca
 
 
 def test_server_only_change_pushes_one_small_layer(stack_image, tmp_path, short_msb_home):
-    from openwork_sandbox.image_build import build_image
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.build import build_image
+    from openwork_sandbox.image.push import push_image
 
     changed = tmp_path / "openwork-server"
     changed.write_bytes(STANDIN_SERVER.read_bytes() + b"\n# changed for the push test\n")
@@ -64,9 +64,9 @@ def test_server_only_change_pushes_one_small_layer(stack_image, tmp_path, short_
 
 def test_a_push_that_happened_is_reported_as_pushed_when_the_pull_check_fails(stack_image, tmp_path, monkeypatch):
     """The microsandbox pull fails for real (its MSB_HOME cannot exist): the error still says what was pushed."""
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.image_pin import read_pushes
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.state.pin import read_pushes
+    from openwork_sandbox.image.push import push_image
     from openwork_sandbox.runtimes.probe import msb_path
 
     if msb_path() is None:
@@ -83,8 +83,8 @@ def test_a_push_that_happened_is_reported_as_pushed_when_the_pull_check_fails(st
 
 
 def test_push_to_a_port_without_a_registry_is_one_line(stack_image, tmp_path):
-    from openwork_sandbox.errors import UnreachableError
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.core.errors import UnreachableError
+    from openwork_sandbox.image.push import push_image
 
     port = free_port()
     settings = stack_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=f"127.0.0.1:{port}/nothing:here",
@@ -99,7 +99,7 @@ def test_push_to_a_port_without_a_registry_is_one_line(stack_image, tmp_path):
 
 def test_login_uses_the_credentials(stack_image, tmp_path, monkeypatch, short_msb_home):
     """The local registry accepts any login; Docker keeps what it was given in DOCKER_CONFIG."""
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.push import push_image
 
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
     settings = stack_settings(tmp_path, OPENWORK_REGISTRY_USERNAME="ci-user",
@@ -110,8 +110,8 @@ def test_login_uses_the_credentials(stack_image, tmp_path, monkeypatch, short_ms
 
 
 def test_login_needs_both_credentials(tmp_path):
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.image_push import login
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image.push import login
 
     settings = stack_settings(tmp_path, OPENWORK_REGISTRY_USERNAME="ci-user")
     with pytest.raises(WorkflowError, match="OPENWORK_REGISTRY_PASSWORD is not set"):
@@ -149,7 +149,7 @@ def flaky_registry():
 
 
 def test_registry_retries_5xx_then_succeeds(flaky_registry):
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.registry.client import Registry
 
     host, double = flaky_registry
     double.statuses = [503, 502]
@@ -158,8 +158,8 @@ def test_registry_retries_5xx_then_succeeds(flaky_registry):
 
 
 def test_registry_gives_up_on_lasting_5xx_with_one_line(flaky_registry):
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.registry import RETRIES, Registry
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.registry.client import RETRIES, Registry
 
     host, double = flaky_registry
     double.statuses = [500] * 10
@@ -171,7 +171,7 @@ def test_registry_gives_up_on_lasting_5xx_with_one_line(flaky_registry):
 
 def test_registry_retries_a_reset_connection():
     """The first connection is reset (RST), the second is served: the check goes through."""
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.registry.client import Registry
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

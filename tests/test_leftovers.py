@@ -19,7 +19,16 @@ import time
 import pytest
 
 from lifecycle_helpers import OFFLINE, ROOT, docker_env, invoke, make_settings, unique_name
-from openwork_sandbox.ownership import EPHEMERAL, EXPIRES, OWNER, STATE_DIR, Verdict, judge, owner_alive, this_process
+from openwork_sandbox.state.ownership import (
+    EPHEMERAL,
+    EXPIRES,
+    OWNER,
+    STATE_DIR,
+    Verdict,
+    judge,
+    owner_alive,
+    this_process,
+)
 
 NOW = 1_800_000_000.0
 GONE, ALIVE, ELSEWHERE = "host:1:1", "host:2:2", "other:3:3"
@@ -61,8 +70,8 @@ def test_owner_alive_asks_the_process_table():
 def test_marks_reach_both_runtimes(tmp_path, monkeypatch):
     """The Docker labels and the microVM's labels and max_duration come from one LaunchSpec."""
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MARK_PREFIX, create_kwargs
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import MARK_PREFIX, create_kwargs
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="owtest-i17a-marks",
                              OPENWORK_EPHEMERAL_MAX_DURATION="20m")
@@ -184,9 +193,9 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from lifecycle_helpers import make_settings
-from openwork_sandbox.errors import WorkflowError
-from openwork_sandbox.lifecycle import launch_spec
-from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.sandbox.lifecycle import launch_spec
+from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 s = make_settings(Path(sys.argv[1]), OPENWORK_MICROSANDBOX_NAME=sys.argv[3], OPENWORK_MICROSANDBOX_IMAGE=sys.argv[4],
                   OPENWORK_MICROSANDBOX_RUNTIME="microsandbox").with_overrides(ephemeral=True)
 for folder in (s.workspace_dir, s.data_dir):

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import free_port
 from lifecycle_helpers import make_settings, unique_name
-from openwork_sandbox.errors import UnreachableError, WorkflowError
+from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.runtimes import probe
 
 
@@ -47,7 +47,7 @@ def test_docker_support_answers(services):
 
 
 def test_auto_runtime_says_what_it_chose_and_why(tmp_path, services):
-    from openwork_sandbox.lifecycle import choose_runtime
+    from openwork_sandbox.sandbox.lifecycle import choose_runtime
 
     kind, why = choose_runtime(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name()))
     if probe.microvm_support()[0]:
@@ -59,7 +59,7 @@ def test_auto_runtime_says_what_it_chose_and_why(tmp_path, services):
 # --- port in use ------------------------------------------------------------------------------------
 
 def test_port_in_use_names_port_and_holder_and_creates_nothing(tmp_path):
-    from openwork_sandbox.lifecycle import up
+    from openwork_sandbox.sandbox.lifecycle import up
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,7 +78,7 @@ def test_port_in_use_names_port_and_holder_and_creates_nothing(tmp_path):
 
 
 def test_port_is_free_and_holder(tmp_path):
-    from openwork_sandbox.ports import port_holder, port_is_free
+    from openwork_sandbox.net.ports import port_holder, port_is_free
 
     port = free_port()
     assert port_is_free(port)
@@ -90,7 +90,7 @@ def test_port_is_free_and_holder(tmp_path):
 
 
 def test_the_orchestrators_ready_line_tells_a_moved_server_port():
-    from openwork_sandbox.ports import moved_server_port
+    from openwork_sandbox.net.ports import moved_server_port
 
     ready = ["OpenWork orchestrator running", "OpenCode: http://127.0.0.1:47247",
              "OpenWork server: http://127.0.0.1:36605", "OpenWork connect URL: http://127.0.0.1:36605"]
@@ -149,7 +149,7 @@ def _handler(ready_at: float, token: str = "tok"):
 
 
 def test_wait_for_health_returns_the_body_once_healthy():
-    from openwork_sandbox.health import wait_for_health
+    from openwork_sandbox.net.health import wait_for_health
 
     handler = _handler(time.monotonic() + 0.4)
     server, url = _serve(handler)
@@ -162,7 +162,7 @@ def test_wait_for_health_returns_the_body_once_healthy():
 
 
 def test_wait_for_health_timeout_names_endpoint_deadline_state_log_and_hint():
-    from openwork_sandbox.health import HealthTimeout, wait_for_health
+    from openwork_sandbox.net.health import HealthTimeout, wait_for_health
 
     server, url = _serve(_handler(time.monotonic() + 3600))
     try:
@@ -184,7 +184,7 @@ def test_wait_for_health_gives_up_on_a_request_that_is_never_answered_and_asks_a
     import socket
     import threading
 
-    from openwork_sandbox.health import wait_for_health
+    from openwork_sandbox.net.health import wait_for_health
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -220,7 +220,7 @@ def test_wait_for_health_gives_up_on_a_request_that_is_never_answered_and_asks_a
 
 
 def test_wait_for_health_with_nothing_listening_is_unreachable():
-    from openwork_sandbox.health import HealthTimeout, NothingListening, wait_for_health
+    from openwork_sandbox.net.health import HealthTimeout, NothingListening, wait_for_health
 
     with pytest.raises(NothingListening) as err:
         wait_for_health(f"http://127.0.0.1:{free_port()}", 0.3)
@@ -229,7 +229,7 @@ def test_wait_for_health_with_nothing_listening_is_unreachable():
 
 
 def test_wait_for_health_fails_fast_when_the_sandbox_died():
-    from openwork_sandbox.health import SandboxDied, wait_for_health
+    from openwork_sandbox.net.health import SandboxDied, wait_for_health
 
     port = free_port()  # nothing listens here
     # SandboxDied (not HealthTimeout, which only comes at the 60 s deadline) proves it did not wait
@@ -240,7 +240,7 @@ def test_wait_for_health_fails_fast_when_the_sandbox_died():
 
 
 def test_check_workspaces_wants_401_then_200():
-    from openwork_sandbox.health import check_workspaces
+    from openwork_sandbox.net.health import check_workspaces
 
     server, url = _serve(_handler(0, token="right"))
     try:
@@ -253,7 +253,7 @@ def test_check_workspaces_wants_401_then_200():
 
 
 def test_exposure_beyond_loopback_needs_long_tokens(tmp_path):
-    from openwork_sandbox.lifecycle import _check_exposure
+    from openwork_sandbox.sandbox.lifecycle import _check_exposure
 
     short = make_settings(tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10", OPENWORK_TOKEN="short-token-123",
                           OPENWORK_HOST_TOKEN="x" * 30)
@@ -266,7 +266,7 @@ def test_exposure_beyond_loopback_needs_long_tokens(tmp_path):
 
 
 def test_since_and_tail_parsing():
-    from openwork_sandbox.lifecycle import _parse_tail, parse_since
+    from openwork_sandbox.sandbox.lifecycle import _parse_tail, parse_since
 
     assert parse_since("30") == 30 and parse_since("5m") == 300 and parse_since("2h") == 7200
     assert parse_since(None) is None
@@ -280,7 +280,7 @@ def test_since_and_tail_parsing():
 def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
     """STAND-IN for a bridge network, which this engine (dockerd --bridge=none) cannot have:
     ``engine_has_bridge`` is forced to True to check the argv `up` would use there."""
-    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
     from openwork_sandbox.runtimes import docker
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT="18080")
@@ -300,7 +300,7 @@ def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
 
 
 def test_endpoint_and_log_tail_without_any_sandbox(tmp_path):
-    from openwork_sandbox.lifecycle import endpoint, server_log_tail
+    from openwork_sandbox.sandbox.lifecycle import endpoint, server_log_tail
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_MICROSANDBOX_RUNTIME="docker")
     with pytest.raises(WorkflowError) as err:
@@ -316,7 +316,7 @@ def test_endpoint_and_log_tail_without_any_sandbox(tmp_path):
 
 
 def test_offline_turns_off_opencodes_models_fetch_and_changes_the_fingerprint(tmp_path):
-    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
 
     online = launch_spec(make_settings(tmp_path, OPENWORK_OFFLINE="false"), "docker", "t" * 30, "h" * 30)
     offline = launch_spec(make_settings(tmp_path, OPENWORK_OFFLINE="true"), "docker", "t" * 30, "h" * 30)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def box(stack_image, tmp_path_factory):
     """A running sandbox of the stack image, on the Docker runtime, with its own state folder."""
-    from openwork_sandbox.lifecycle import up
+    from openwork_sandbox.sandbox.lifecycle import up
 
     tmp = tmp_path_factory.mktemp("box")
     env = docker_env(stack_image.ref, "box")
@@ -39,7 +39,7 @@ def box(stack_image, tmp_path_factory):
 
 
 def test_up_serves_health_and_enforces_the_client_token(box):
-    from openwork_sandbox.lifecycle import endpoint
+    from openwork_sandbox.sandbox.lifecycle import endpoint
 
     settings, ep = box["settings"], box["endpoint"]
     assert ep == endpoint(settings)  # what another process (smoke) would read, without booting
@@ -151,7 +151,7 @@ def test_follow_ends_cleanly_on_ctrl_c_and_the_sandbox_keeps_running(box):
 
 
 def test_workspace_and_data_survive_down_up_and_replace(box, capsys):
-    from openwork_sandbox.lifecycle import down, runtime_exec, status
+    from openwork_sandbox.sandbox.lifecycle import down, runtime_exec, status
 
     settings = box["settings"]
     code, out = runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt && echo d > /data/d.txt"])
@@ -175,7 +175,7 @@ def test_workspace_and_data_survive_down_up_and_replace(box, capsys):
 
 
 def test_changed_settings_recreate_and_keep_state(box, capsys):
-    from openwork_sandbox.lifecycle import runtime_exec
+    from openwork_sandbox.sandbox.lifecycle import runtime_exec
 
     settings = box["settings"]
     assert runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt"])[0] == 0
@@ -188,7 +188,7 @@ def test_changed_settings_recreate_and_keep_state(box, capsys):
 
 
 def test_reset_keep_data_then_reset_removes_only_the_state_folder(box, capsys):
-    from openwork_sandbox.lifecycle import endpoint, reset, runtime_exec
+    from openwork_sandbox.sandbox.lifecycle import endpoint, reset, runtime_exec
 
     settings, ep = box["settings"], box["endpoint"]
     assert runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt"])[0] == 0
@@ -314,7 +314,7 @@ def flaky_images(stack_image, tmp_path_factory):
 
 
 def test_a_start_that_prints_nothing_at_first_is_not_restarted(flaky_images, tmp_path, capsys, monkeypatch):
-    from openwork_sandbox import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     # the stall threshold (20 s) shortened, yet above the start gates' 5 s beat with room for a loaded
     # host (at 4 s the suite beside an emulated host saw a real start's 4 s pause after "Run starting")
@@ -333,7 +333,7 @@ def test_a_start_that_prints_nothing_at_first_is_not_restarted(flaky_images, tmp
 
 @pytest.mark.parametrize("tag, said", [("hangs-once", "made no progress"), ("dies-once", "exited during start-up")])
 def test_a_start_that_sticks_or_dies_once_is_retried_once(flaky_images, tmp_path, capsys, monkeypatch, tag, said):
-    from openwork_sandbox import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     monkeypatch.setattr(lifecycle, "STALL_SECONDS", 4.0)  # the stall threshold (20 s) shortened for the test
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(tag), OPENWORK_MICROSANDBOX_RUNTIME="docker",
@@ -357,8 +357,9 @@ def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(s
     import http.server
     import threading
 
-    from openwork_sandbox import lifecycle, ports
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.net import ports
+    from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes.docker import engine_has_bridge
 
     if engine_has_bridge():

@@ -37,7 +37,7 @@ def _sandbox_exists(name: str) -> bool:
 
 
 def _remove_sandbox(name: str) -> None:
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     try:
         MicrosandboxRuntime(name, __import__("pathlib").Path("/nonexistent")).remove()
@@ -77,10 +77,10 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
     """The real SDK pulls from the local registry, the VM fails to boot, and the failure is named."""
     from microsandbox import Image
 
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime, sandbox_log_dir
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime, sandbox_log_dir
+    from openwork_sandbox.state.store import SandboxState
 
     name = unique_name("msbboot")
     env = dict(OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=small_image,
@@ -135,7 +135,7 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
 
 
 def runtime_log_lines(settings):
-    from openwork_sandbox.lifecycle import server_log_tail
+    from openwork_sandbox.sandbox.lifecycle import server_log_tail
 
     return server_log_tail(settings, 5)[0]
 
@@ -164,9 +164,9 @@ def slow_probe(tmp_path_factory):
 
 def _create_sandbox(tmp_path, image: str):
     """``MicrosandboxRuntime.create`` of a sandbox named anew, as `up` calls it (pull, then boot)."""
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.state.store import SandboxState
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("msbprobe"),
                              OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
@@ -182,7 +182,7 @@ def _create_sandbox(tmp_path, image: str):
 def test_a_launch_probe_answered_late_once_is_tried_again(tmp_path, small_image, slow_probe, monkeypatch, capsys):
     """Late once (2.5 s, the SDK's limit is 2): the boot is tried again and gets as far as this host
     lets it (no KVM here: the boot failure), not the SDK's "upgrade msb" advice."""
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.core.errors import WorkflowError
 
     once = tmp_path / "late-once"
     once.touch()
@@ -207,9 +207,9 @@ def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_pa
                                                                          monkeypatch, capsys):
     """Late every time: five tries, then one line that says what happened and what to do, instead of
     the SDK's "selected msb runtime does not support network.http.deny_response; upgrade msb"."""
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.runtimes import microsandbox_launch
-    from openwork_sandbox.runtimes.microsandbox_launch import selected_msb
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.runtimes.microsandbox import launch as microsandbox_launch
+    from openwork_sandbox.runtimes.microsandbox.launch import selected_msb
 
     monkeypatch.setattr(microsandbox_launch, "PAUSES_S", (0.1,) * 4)  # the pauses are not what is tested
     monkeypatch.setenv("LD_PRELOAD", str(slow_probe))
@@ -238,7 +238,7 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
     (its step "microvm tests", with OPENWORK_HEALTH_TIMEOUT set for a host 14-25x slower)."""
     import requests
 
-    from openwork_sandbox.lifecycle import down, endpoint, reset, runtime_exec, status, up
+    from openwork_sandbox.sandbox.lifecycle import down, endpoint, reset, runtime_exec, status, up
 
     name = unique_name("vm")
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
@@ -255,14 +255,14 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
         assert (settings.workspace_dir / "vm.txt").read_text() == "vm\n"
         assert status(settings) == 0
         # the record loses the job id: the SDK still finds the server job (by its command)
-        from openwork_sandbox.state import update_record
+        from openwork_sandbox.state.store import update_record
 
         update_record(settings.sandbox_state_dir, job_id=None)
         assert status(settings) == 0 and any(runtime_log_lines(settings))
         # the three kinds of log read: the server job's, followed (first lines), the system log
         from itertools import islice
 
-        from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+        from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
         rt = MicrosandboxRuntime(name, settings.sandbox_state_dir)
         plain = list(rt.stream_logs(tail=20))
@@ -305,7 +305,7 @@ def test_a_microvm_that_stops_under_its_starting_server_is_booted_again(tmp_path
     says so in one line, boots it again and is healthy; the state made before the stop is kept."""
     import requests
 
-    from openwork_sandbox.lifecycle import reset, up
+    from openwork_sandbox.sandbox.lifecycle import reset, up
 
     ref = build_and_push(tmp_path, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(POWER_OFF_ONCE)}]\n'
                                    "CMD []\n", f"{REGISTRY}/owtest-lifecycle:vm-stops-once")
@@ -324,9 +324,9 @@ def test_a_microvm_that_stops_under_its_starting_server_is_booted_again(tmp_path
 
 
 def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     name = unique_name("msbpull")
     ref = f"{REGISTRY}/owtest-lifecycle:never-pushed-{name}"
@@ -350,8 +350,8 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
     ("none", "deny", "allow", []),             # nothing out; the published port still answers
 ])
 def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingress, allowed_groups):
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import create_kwargs
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import create_kwargs
 
     port = free_port()
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NETWORK=setting, OPENWORK_MICROSANDBOX_PORT=str(port))
@@ -368,8 +368,8 @@ def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingre
 
 
 def test_offline_does_not_change_the_network_policy(tmp_path):
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import create_kwargs
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import create_kwargs
 
     for offline in ("true", "false"):
         settings = make_settings(tmp_path, OPENWORK_OFFLINE=offline)
@@ -379,7 +379,7 @@ def test_offline_does_not_change_the_network_policy(tmp_path):
 
 
 def test_network_setting_is_checked(tmp_path):
-    from openwork_sandbox.errors import SettingsError
+    from openwork_sandbox.core.errors import SettingsError
 
     with pytest.raises(SettingsError) as err:
         make_settings(tmp_path, OPENWORK_MICROSANDBOX_NETWORK="lan")
@@ -388,7 +388,7 @@ def test_network_setting_is_checked(tmp_path):
 
 def test_one_event_loop_serves_every_call_of_a_runtime(tmp_path):
     """The SDK's handles belong to the loop that made them: a runtime keeps one loop, not one per call."""
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     rt = MicrosandboxRuntime(unique_name("loop"), tmp_path / "state")
     assert rt.status().state == "absent"
@@ -427,7 +427,7 @@ def test_the_server_job_gets_sigterm_before_sigkill():
     import asyncio
     import signal
 
-    from openwork_sandbox.runtimes.microsandbox import stop_job
+    from openwork_sandbox.runtimes.microsandbox.runtime import stop_job
 
     polite = _RecordingJob(exits_on_term=True)
     asyncio.run(stop_job(polite, grace=5))
@@ -445,9 +445,9 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
     """microsandbox's bind mounts need user xattrs on the host folder; found in the emulated host,
     whose /tmp is a tmpfs of Linux 6.1 ("strict stat virtualization requires xattr write support").
     Here a real ramfs (no xattrs at all) stands for such a filesystem; needs root to mount it."""
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     with ramfs() as mnt:
         name = unique_name("xattr")
@@ -469,9 +469,9 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
     /tmp and `up` blamed the state folders (on ext4). A real ramfs stands for such a filesystem; the
     real SDK, given the same MSB_HOME, fails with only "trampoline rootfs: strict stat virtualization
     requires xattr write support on the mount root"."""
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     with ramfs() as mnt:
         monkeypatch.setenv("MSB_HOME", str(mnt / "msb"))
@@ -494,7 +494,7 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
 def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp_path, monkeypatch):
     """The job's log ends mid-start when the VM dies under it (seen in the emulated host: a guest
     kernel's stack guard page, KVM_EXIT_SHUTDOWN): the message says the microVM stopped, and why."""
-    from openwork_sandbox.runtimes import microsandbox as msb
+    from openwork_sandbox.runtimes.microsandbox import runtime as msb
     from openwork_sandbox.runtimes.base import RUNNING, STOPPED, RuntimeStatus
 
     monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
@@ -529,7 +529,7 @@ def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp
 ])
 def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(tmp_path, monkeypatch, runtime_log,
                                                                                kvm_ok, retried):
-    from openwork_sandbox.runtimes import microsandbox as msb
+    from openwork_sandbox.runtimes.microsandbox import runtime as msb
     from openwork_sandbox.runtimes import probe
 
     monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))

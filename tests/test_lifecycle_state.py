@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lifecycle_helpers import make_settings, unique_name
-from openwork_sandbox.errors import WorkflowError
-from openwork_sandbox.state import SandboxState, deletion_problem, safe_remove
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.state.store import SandboxState, deletion_problem, safe_remove
 
 UPSTREAM_FIXED_TOKENS = {"microsandbox-token", "microsandbox-host-token", "openwork-token", "owt_dev", "dev-token"}
 
@@ -50,7 +50,7 @@ def test_tokens_without_create_do_not_invent_any(tmp_path):
 
 
 def test_fingerprint_follows_image_and_settings_not_order(tmp_path):
-    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
 
     name = unique_name()
     base = launch_spec(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name), "docker", "t" * 40, "h" * 40)
@@ -84,7 +84,7 @@ LOCK_HOLDER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1] + "/tests")
     from lifecycle_helpers import make_settings
     from pathlib import Path
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.state.store import SandboxState
     state = SandboxState(make_settings(Path(sys.argv[2]), OPENWORK_MICROSANDBOX_NAME=sys.argv[3]))
     with state.lock(action="up"):
         print("locked", flush=True)
@@ -187,7 +187,7 @@ def test_reset_refuses_a_folder_that_contains_home_or_escapes(tmp_path):
 
 def test_reset_task_refuses_dangerous_state_dir_and_deletes_nothing(tmp_path):
     """Through `lifecycle.reset`: OPENWORK_STATE_DIR pointing at the project root is refused."""
-    from openwork_sandbox.lifecycle import reset
+    from openwork_sandbox.sandbox.lifecycle import reset
 
     project = tmp_path / "project"
     project.mkdir()
@@ -203,7 +203,7 @@ def test_reset_task_refuses_dangerous_state_dir_and_deletes_nothing(tmp_path):
 
 
 def test_reset_without_yes_and_without_terminal_asks_for_yes(tmp_path):
-    from openwork_sandbox.lifecycle import reset
+    from openwork_sandbox.sandbox.lifecycle import reset
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_MICROSANDBOX_RUNTIME="docker")
     SandboxState(settings).ensure()

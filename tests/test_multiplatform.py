@@ -68,8 +68,8 @@ def multi_image(arm_base, tmp_path_factory):
 
 def build_and_push(settings) -> tuple[dict, dict]:
     """build-image and push-image as the tasks run them, with a short MSB_HOME of their own for the SDK's pull."""
-    from openwork_sandbox.image_platforms import build_image
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.multiplatform import build_image
+    from openwork_sandbox.image.push import push_image
 
     msb_home = tempfile.mkdtemp(prefix="msb", dir="/tmp")
     old = os.environ.get("MSB_HOME")
@@ -165,8 +165,8 @@ def test_arm64_version_gate_ran_under_qemu_and_the_download_cache_holds_both(mul
 
 
 def test_noop_rebuild_and_push_keep_every_id_and_send_nothing(multi_image, tmp_path):
-    from openwork_sandbox.image_platforms import build_image
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.multiplatform import build_image
+    from openwork_sandbox.image.push import push_image
 
     settings = multi_image["settings"]
     again = build_image(settings)
@@ -254,7 +254,7 @@ from test_private_registry import private_services, tls_registry  # noqa: E402,F
 
 
 def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_registry, tmp_path, monkeypatch):
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.push import push_image
 
     reg = tls_registry
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))  # Docker has no login: the settings' one only
@@ -290,7 +290,7 @@ def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_re
 
 @pytest.fixture(scope="session")
 def bootable_index(multi_image, tmp_path_factory):
-    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     settings = multi_image["settings"]
     program = npm_artifacts.PROGRAM_BY_NAME["opencode"]
@@ -329,11 +329,11 @@ def test_up_on_docker_boots_the_amd64_image_of_the_index(bootable_index, tmp_pat
 def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, tmp_path, short_msb_home):
     """Where microVMs cannot boot (here) the pull from the index is real and the boot failure is
     diagnosed; status then names the platform microsandbox picked from the index."""
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.probe import microvm_support, msb_path
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.state.store import SandboxState
     from lifecycle_helpers import make_settings, unique_name
 
     if not msb_path():

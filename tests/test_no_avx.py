@@ -37,7 +37,7 @@ def test_cpu_flags_come_from_proc_cpuinfo(tmp_path):
 
 
 def test_doctor_row_without_avx(tmp_path):
-    from openwork_sandbox.doctor import check_avx
+    from openwork_sandbox.sandbox.doctor import check_avx
     from openwork_sandbox.runtimes.choice import HostFacts
     from lifecycle_helpers import make_settings
 

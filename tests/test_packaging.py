@@ -128,7 +128,7 @@ def test_the_wheel_holds_every_module_and_the_image_files(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
-    expected |= {f"openwork_sandbox/image/{name}" for name in
+    expected |= {f"openwork_sandbox/image/context/{name}" for name in
                  ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js",
                   "openwork-server-gate", "openwork-supervise")}
     assert "openwork_sandbox/runtimes/__init__.py" in expected  # the subpackage the old wheel lost

@@ -19,8 +19,8 @@ import requests
 
 from conftest import STANDIN_SERVER, free_port
 from lifecycle_helpers import make_settings, unique_name
-from openwork_sandbox import persist
-from openwork_sandbox.errors import WorkflowError
+from openwork_sandbox.state import persist
+from openwork_sandbox.core.errors import WorkflowError
 
 sys.path.insert(0, str(STANDIN_SERVER.parent))
 import standin_openwork_server as standin  # noqa: E402
@@ -247,7 +247,7 @@ def test_the_entrypoints_line_becomes_the_one_line_error(tmp_path):
 
 
 def test_up_passes_a_home_under_data_and_the_layout_is_in_the_fingerprint(tmp_path):
-    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("env"))
     spec = launch_spec(settings, "docker", "t" * 40, "h" * 40)
@@ -310,7 +310,7 @@ def test_microsandbox_copy_through_the_sdks_file_access(tmp_path):
     pytest.importorskip("microsandbox")
     import asyncio
 
-    from openwork_sandbox.runtimes.microsandbox import copy_folder
+    from openwork_sandbox.runtimes.microsandbox.runtime import copy_folder
 
     guest = tmp_path / "guest"
     files = _fake_sandbox_home(guest / "root")

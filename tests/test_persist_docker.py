@@ -84,7 +84,7 @@ def wait_up(c: StackContainer, starts: int = 3) -> None:
 
 @pytest.fixture(scope="module")
 def box(stack_image, tmp_path_factory):
-    from openwork_sandbox.lifecycle import reset, up
+    from openwork_sandbox.sandbox.lifecycle import reset, up
 
     tmp = tmp_path_factory.mktemp("persist")
     env = docker_env(stack_image.ref, "keep")
@@ -145,9 +145,9 @@ def test_a_read_only_data_folder_stops_up_in_one_line_and_deletes_nothing(box):
 def test_when_only_the_sandbox_finds_data_unwritable_up_says_it_in_one_line(stack_image, tmp_path, monkeypatch):
     """The host check is skipped here (as if the host could write but the sandbox cannot): the
     entrypoint's exit 73 becomes the same one line, at once, without three starts."""
-    from openwork_sandbox import persist
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import reset, up
+    from openwork_sandbox.state import persist
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.lifecycle import reset, up
 
     settings = make_settings(tmp_path, **docker_env(stack_image.ref, "ro-inside", "60"))
     data = Path(settings.data_dir)
@@ -181,7 +181,7 @@ def _docker_run(name: str, image: str, port: int, mounts: list[str], *extra: str
 
 
 def test_the_entrypoint_refuses_a_read_only_data_with_exit_73(stack_image, tmp_path):
-    from openwork_sandbox import persist
+    from openwork_sandbox.state import persist
 
     name = unique_name("ro73")
     data = tmp_path / "data"
@@ -237,7 +237,7 @@ def legacy_image(stack_image, tmp_path_factory):
 
 def _start_like_the_old_version(settings, image: str) -> StackContainer:
     """What `up` did before this layout: the container as root, no HOME passed, labels, env file."""
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.state.store import SandboxState
 
     state = SandboxState(settings)
     state.ensure()
@@ -263,9 +263,9 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
                                                                              capsys, monkeypatch):
     """First a copy that does not verify (the disk gives back other bytes): `up` stops, the old
     sandbox runs on as it was. Then the real upgrade: copied, verified, said in one line, replaced."""
-    from openwork_sandbox import persist
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.lifecycle import reset, up
+    from openwork_sandbox.state import persist
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.lifecycle import reset, up
 
     settings = make_settings(tmp_path, **docker_env(stack_image.ref, "legacy", "90"))
     real_verify = persist.verify
@@ -314,7 +314,7 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
 
 
 def test_smoke_deletes_its_session_on_the_real_opencode(box, capsys):
-    from openwork_sandbox.smoke import run_smoke
+    from openwork_sandbox.smoke.runner import run_smoke
 
     settings, ep = box["settings"], box["ep"]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from openwork_sandbox.errors import SettingsError
+from openwork_sandbox.core.errors import SettingsError
 
 STANDIN = ROOT / "tests" / "standin_openwork_server.py"
 
 
 def _settings(tmp_path: Path, **env: str):
-    from openwork_sandbox.settings import load_settings
+    from openwork_sandbox.config.settings import load_settings
 
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
@@ -39,7 +39,7 @@ def test_unknown_platform_is_one_line_naming_the_setting(tmp_path, raw):
 
 
 def test_per_platform_override_keeps_a_plain_path_the_hosts(tmp_path):
-    from openwork_sandbox.platforms import host_platform
+    from openwork_sandbox.core.platforms import host_platform
 
     host = str(host_platform())
     other = "linux/arm64" if host == "linux/amd64" else "linux/amd64"
@@ -65,8 +65,8 @@ def test_bad_per_platform_override_is_one_line(tmp_path, raw, words):
 
 
 def test_a_platform_without_its_file_names_the_setting(tmp_path):
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.image_platforms import check_overrides, wanted
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image.multiplatform import check_overrides, wanted
 
     s = _settings(tmp_path, OPENWORK_PLATFORMS="linux/amd64,linux/arm64", OPENWORK_SERVER_BIN=f"linux/amd64={STANDIN}")
     with pytest.raises(WorkflowError) as err:
@@ -76,7 +76,7 @@ def test_a_platform_without_its_file_names_the_setting(tmp_path):
 
 
 def test_elf_architecture_of_real_files():
-    from openwork_sandbox.platforms import elf_arch, host_arch
+    from openwork_sandbox.core.platforms import elf_arch, host_arch
 
     with open("/bin/sh", "rb") as f:
         assert elf_arch(f.read(20)) == host_arch()
@@ -87,7 +87,7 @@ def test_elf_architecture_of_real_files():
 
 
 def test_index_entry_names_variant_for_arm64_only():
-    from openwork_sandbox.platforms import parse_platform
+    from openwork_sandbox.core.platforms import parse_platform
 
     assert parse_platform("linux/arm64").oci() == {"architecture": "arm64", "os": "linux", "variant": "v8"}
     assert parse_platform("linux/amd64").oci() == {"architecture": "amd64", "os": "linux"}
@@ -108,8 +108,8 @@ def test_cli_unknown_platform_exits_2_with_one_line(tmp_path):
 
 
 def test_the_hosts_platform_alone_keeps_todays_build(tmp_path):
-    from openwork_sandbox.image_platforms import is_multi
-    from openwork_sandbox.platforms import host_platform
+    from openwork_sandbox.image.multiplatform import is_multi
+    from openwork_sandbox.core.platforms import host_platform
 
     assert not is_multi(_settings(tmp_path))
     assert not is_multi(_settings(tmp_path, OPENWORK_PLATFORMS=str(host_platform())))
@@ -117,9 +117,9 @@ def test_the_hosts_platform_alone_keeps_todays_build(tmp_path):
 
 
 def test_without_qemu_the_gate_checks_the_elf_architecture_and_says_so(tmp_path, monkeypatch):
-    from openwork_sandbox import foreign_check
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.platforms import host_arch, parse_platform
+    from openwork_sandbox.image import foreign_check
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.core.platforms import host_arch, parse_platform
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-user on it
     foreign = parse_platform("linux/arm64" if host_arch() == "amd64" else "linux/amd64")

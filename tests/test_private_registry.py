@@ -98,7 +98,7 @@ def docker_login(reg: PrivateRegistry, folder: Path, password: str | None = None
 
 
 def one_line_error(call, *args, **kw):
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.core.errors import WorkflowError
 
     with pytest.raises(WorkflowError) as err:
         call(*args, **kw)
@@ -111,9 +111,9 @@ def one_line_error(call, *args, **kw):
 
 def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_image, test_base_image, tls_registry,
                                                                      tmp_path, monkeypatch, short_msb_home, capsys):
-    from openwork_sandbox.image_pin import pinned_image
-    from openwork_sandbox.image_push import push_image
-    from openwork_sandbox.lifecycle import status, up
+    from openwork_sandbox.state.pin import pinned_image
+    from openwork_sandbox.image.push import push_image
+    from openwork_sandbox.sandbox.lifecycle import status, up
     from openwork_sandbox.runtimes.probe import msb_path
 
     reg = tls_registry
@@ -174,7 +174,7 @@ def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_
     """A CI job that did not push (no docker login) but has OPENWORK_REGISTRY_USERNAME/_PASSWORD:
     the Docker runtime's pull is refused, gets the settings' login, and pulls; with no login at all
     the refusal is one line with the way out."""
-    from openwork_sandbox.registry import pull_access_for_image
+    from openwork_sandbox.registry.client import pull_access_for_image
     from openwork_sandbox.runtimes.docker import DockerRuntime
 
     reg = tls_registry
@@ -210,7 +210,7 @@ def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_
 # --- failures: one line naming the registry and the cause ------------------------------------------
 
 def test_wrong_saved_password_is_one_line_before_anything_is_pushed(tls_registry, tmp_path, monkeypatch):
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.push import push_image
 
     reg = tls_registry
     config = tmp_path / "docker"
@@ -228,8 +228,8 @@ def test_wrong_saved_password_is_one_line_before_anything_is_pushed(tls_registry
 
 def test_unknown_ca_names_the_certs_d_path_and_the_setting_fixes_it(tls_registry, tmp_path, monkeypatch):
     """127.0.0.1:PORT is the same registry, but Docker's certs.d trusts its CA only as localhost:PORT."""
-    from openwork_sandbox.image_push import push_image
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.image.push import push_image
+    from openwork_sandbox.registry.client import Registry
 
     reg = tls_registry
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-login"))
@@ -242,7 +242,7 @@ def test_unknown_ca_names_the_certs_d_path_and_the_setting_fixes_it(tls_registry
     assert reg.password not in err.message
 
     # the setting's CA is trusted even where REQUESTS_CA_BUNDLE names the system bundle (requests #3829)
-    from openwork_sandbox.registry_access import system_bundle
+    from openwork_sandbox.registry.access import system_bundle
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", system_bundle())
     trusted = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_REGISTRY_CA=str(reg.ca), **login)
@@ -252,7 +252,7 @@ def test_unknown_ca_names_the_certs_d_path_and_the_setting_fixes_it(tls_registry
 
 def test_a_credential_helper_gives_the_login(tls_registry, tmp_path, monkeypatch):
     """credHelpers → docker-credential-<name> get, run as Docker runs it (a helper double on PATH)."""
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.registry.client import Registry
 
     reg = tls_registry
     config, store, log = tmp_path / "docker", tmp_path / "store.json", tmp_path / "helper.log"
@@ -279,7 +279,7 @@ def test_a_credential_helper_gives_the_login(tls_registry, tmp_path, monkeypatch
 
 def test_token_auth_push_and_prove_with_the_settings_login(token_registry, tmp_path, monkeypatch, short_msb_home):
     """docker login (from the settings), push, v2 proof and the SDK pull, all through Bearer tokens."""
-    from openwork_sandbox.image_push import push_image
+    from openwork_sandbox.image.push import push_image
     from openwork_sandbox.runtimes.probe import msb_path
 
     reg = token_registry
@@ -318,7 +318,7 @@ def _actions(scope: str) -> tuple[str, frozenset[str]]:
 
 
 def test_token_auth_failures_are_one_line_each(token_registry, tmp_path, monkeypatch):
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.registry.client import Registry
 
     reg = token_registry
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
@@ -363,7 +363,7 @@ def test_token_auth_failures_are_one_line_each(token_registry, tmp_path, monkeyp
 
 
 def test_identity_token_saved_by_docker_is_used_as_a_refresh_token(token_registry, tmp_path, monkeypatch):
-    from openwork_sandbox.registry import Registry
+    from openwork_sandbox.registry.client import Registry
 
     reg = token_registry
     reg.issuer.refresh_tokens["owtest-identity-" + reg.password] = reg.user
@@ -414,13 +414,13 @@ def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_regis
 def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_image, tls_registry, tmp_path,
                                                                     monkeypatch):
     """Here the VM cannot boot, so the boot-failure message proves the pull before it went through."""
-    from openwork_sandbox.errors import WorkflowError
-    from openwork_sandbox.image_push import push_image
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.registry_access import PullAccess
-    from openwork_sandbox.runtimes.microsandbox import MicrosandboxRuntime, create_kwargs
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image.push import push_image
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.registry.access import PullAccess
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime, create_kwargs
     from openwork_sandbox.runtimes.probe import microvm_support
-    from openwork_sandbox.state import SandboxState
+    from openwork_sandbox.state.store import SandboxState
 
     if microvm_support()[0]:
         pytest.skip("microVMs boot on this host: the booted path is test_lifecycle_microsandbox's")

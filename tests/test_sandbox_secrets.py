@@ -13,13 +13,13 @@ import subprocess
 
 import pytest
 
-from openwork_sandbox import sandbox_secrets
-from openwork_sandbox.agent_reply import describe_error, read_reply, scrub
-from openwork_sandbox.errors import SettingsError
-from openwork_sandbox.opencode_config import load
+from openwork_sandbox.state import secrets as sandbox_secrets
+from openwork_sandbox.smoke.agent_reply import describe_error, read_reply, scrub
+from openwork_sandbox.core.errors import SettingsError
+from openwork_sandbox.config.opencode import load
 from openwork_sandbox.runtimes.base import ABSENT, RUNNING, RuntimeStatus
-from openwork_sandbox.settings import load_settings
-from openwork_sandbox.up_decision import RECREATE, Observed, decide_up
+from openwork_sandbox.config.settings import load_settings
+from openwork_sandbox.sandbox.decision import RECREATE, Observed, decide_up
 
 
 def settings(tmp_path, environ=None, dotenv="", **flags):
@@ -84,7 +84,8 @@ def test_a_bad_env_line_hides_a_secret_looking_value(tmp_path):
 
 
 def test_github_actions_masks_every_value(tmp_path, monkeypatch, capsys):
-    from openwork_sandbox import gha, state
+    from openwork_sandbox.core import gha
+    from openwork_sandbox.state import store as state
 
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setattr(gha, "_MASKED", set())
@@ -144,7 +145,7 @@ def test_up_says_which_secret_setting_made_it_recreate():
 
 
 def test_the_launch_spec_mounts_the_folder_read_only_and_keeps_values_out_of_the_env(tmp_path):
-    from openwork_sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
 
     s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-launch-secret-000"})
     spec = launch_spec(s, "docker", "t" * 40, "h" * 40, sandbox_secrets.gather(s))
@@ -156,8 +157,8 @@ def test_the_launch_spec_mounts_the_folder_read_only_and_keeps_values_out_of_the
 
 def test_the_microvm_mounts_the_folder_read_only(tmp_path):
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox import create_kwargs
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.runtimes.microsandbox.runtime import create_kwargs
 
     s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-launch-secret-000"})
     spec = launch_spec(s, "microsandbox", "t" * 40, "h" * 40, sandbox_secrets.gather(s))
@@ -209,7 +210,7 @@ def test_a_missing_config_stops_up_before_anything_starts(tmp_path):
 
 
 def test_doctor_lists_providers_model_and_which_variables_are_set(tmp_path):
-    from openwork_sandbox.doctor import agent_summary, check_opencode_config, check_sandbox_env
+    from openwork_sandbox.sandbox.doctor import agent_summary, check_opencode_config, check_sandbox_env
 
     path = tmp_path / "c.json"
     path.write_text('{"provider": {"local": {"options": {"baseURL": "http://127.0.0.1:11434/v1", '
@@ -276,7 +277,7 @@ class _Stub:
     bodies (above); everything else is the real check code."""
 
     def __init__(self, prompt_status=204, messages=(USER, DONE), status=None):
-        from openwork_sandbox.openwork_api import ApiResponse
+        from openwork_sandbox.net.openwork_api import ApiResponse
 
         self.r = lambda code, body: ApiResponse("GET", "http://127.0.0.1:9/x", code, json.dumps(body), 0.01)
         self.prompt_status, self.messages, self.status, self.aborted = prompt_status, list(messages), status, 0
@@ -296,7 +297,7 @@ class _Stub:
 
 
 def _run_check(stub, timeout=0.3):
-    from openwork_sandbox.smoke_checks import prompt_answered
+    from openwork_sandbox.smoke.checks import prompt_answered
 
     class R:
         client, prompt, prompt_timeout, ws_id, session_id, metrics = stub, "Say hello", timeout, "ws_1", "ses_1", {}
@@ -312,7 +313,7 @@ def _run_check(stub, timeout=0.3):
     (_Stub(messages=(USER, OPEN)), "no complete reply within 0.3s (OPENWORK_PROMPT_TIMEOUT)", 1),
 ])
 def test_the_check_passes_fails_and_aborts_as_opencode_answers(stub, words, aborted):
-    from openwork_sandbox.smoke_checks import CheckFailed
+    from openwork_sandbox.smoke.checks import CheckFailed
 
     r, check = _run_check(stub)
     if words is None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from openwork_sandbox.errors import SettingsError
-from openwork_sandbox.settings import DEFAULT_IMAGE, SPECS, ImageRef, load_settings
+from openwork_sandbox.core.errors import SettingsError
+from openwork_sandbox.config.settings import DEFAULT_IMAGE, SPECS, ImageRef, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -362,7 +362,7 @@ def test_no_module_reads_openwork_settings_outside_settings_py():
 
 @pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("2m", 120.0), (" 1.5h ", 5400.0), ("1d", 86400.0)])
 def test_durations_are_read_one_way_everywhere(tmp_path, text, seconds):
-    from openwork_sandbox.lifecycle import parse_since
+    from openwork_sandbox.sandbox.lifecycle import parse_since
 
     s = load(tmp_path, env={"OPENWORK_HEALTH_TIMEOUT": text, "OPENWORK_REQUEST_TIMEOUT": text})
     assert s.health_timeout == seconds and s.request_timeout == seconds
@@ -388,7 +388,7 @@ def test_bad_durations_name_the_setting(tmp_path, text):
     ('A=\'x\'\r\nB="y" # c\r\nC\r\nD=1\r\n', [], {"A": 1, "B": 2, "C": 3, "D": 4}),  # CRLF (Windows) line ends
 ])
 def test_dotenv_scan(text, bad, numbers):
-    from openwork_sandbox.settings import _parse_dotenv
+    from openwork_sandbox.config.settings import _parse_dotenv
 
     problems_found, found = _parse_dotenv(Path(".env"), text)
     assert [int(p.split(":")[1]) for p in problems_found] == bad
@@ -396,14 +396,15 @@ def test_dotenv_scan(text, bad, numbers):
 
 
 def test_settings_does_not_import_private_dotenv_modules():
-    text = (Path(__file__).resolve().parent.parent / "openwork_sandbox" / "settings.py").read_text()
+    config = Path(__file__).resolve().parent.parent / "openwork_sandbox" / "config"
+    text = "".join(p.read_text() for p in config.glob("*.py"))
     assert "dotenv.parser" not in text and "from dotenv import dotenv_values" in text
 
 
 # --- one version parser ---------------------------------------------------------------------------
 
 def test_npm_versions_are_ordered_like_semver():
-    from openwork_sandbox.versions import npm_version, npm_version_key
+    from openwork_sandbox.core.versions import npm_version, npm_version_key
 
     listed = ["1.10.0", "1.2.3", "1.2.3-beta.10", "junk", "1.2.3-beta.2", "0.18.1", "1.2.3-alpha"]
     assert sorted(listed, key=npm_version_key) == ["junk", "0.18.1", "1.2.3-alpha", "1.2.3-beta.2", "1.2.3-beta.10",
@@ -412,7 +413,7 @@ def test_npm_versions_are_ordered_like_semver():
 
 
 def test_python_package_minimums_compare_by_pep440():
-    from openwork_sandbox.versions import at_least
+    from openwork_sandbox.core.versions import at_least
 
     assert at_least("2.10", "2.9") and at_least("0.7.11", "0.7.11") and not at_least("0.7.9", "0.7.11")
     assert not at_least("not-a-version", "1.0")

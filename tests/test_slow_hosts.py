@@ -189,7 +189,7 @@ def test_a_starts_watch_spends_a_tenth_of_the_time_in_runtime_calls_however_slow
     tail. Where each call is slow, those looks used to take about half of a start's time (in the
     emulated host a starting opencode got 15% of the CPU); they are now spaced by what they cost.
     Where calls are quick the watch still looks every few seconds (a server that dies is seen soon)."""
-    from openwork_sandbox.lifecycle import _StartWatch
+    from openwork_sandbox.sandbox.lifecycle import _StartWatch
 
     name = unique_name("i19-watch")
     subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", test_base_image, "sh", "-c",

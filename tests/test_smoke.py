@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from openwork_sandbox.openwork_api import join_url, workspace_id
-from openwork_sandbox.settings import load_settings
-from openwork_sandbox.smoke import CHECKS, PREREQUISITES, run_smoke
+from openwork_sandbox.net.openwork_api import join_url, workspace_id
+from openwork_sandbox.config.settings import load_settings
+from openwork_sandbox.smoke.runner import CHECKS, PREREQUISITES, run_smoke
 
 from openwork_double import OpenWorkDouble
 
@@ -116,8 +116,8 @@ def test_a_failed_deletion_is_a_note_and_fails_the_run(tmp_path, capsys):
 
 
 def test_a_failed_deletion_note_masks_a_token_cut_by_the_body_limit():
-    from openwork_sandbox.openwork_api import ApiResponse
-    from openwork_sandbox.smoke import SmokeRunner, Target
+    from openwork_sandbox.net.openwork_api import ApiResponse
+    from openwork_sandbox.smoke.runner import SmokeRunner, Target
 
     runner = SmokeRunner(Target("http://127.0.0.1:9", TOKEN, HOST_TOKEN, "url"), request_timeout=1, health_timeout=1)
     runner.ws_id, runner.session_id = "ws_1", "ses_1"
@@ -130,7 +130,7 @@ def test_a_failed_deletion_note_masks_a_token_cut_by_the_body_limit():
 
 
 def test_a_body_that_is_not_json_is_not_quoted_in_the_message():
-    from openwork_sandbox.openwork_api import ApiResponse
+    from openwork_sandbox.net.openwork_api import ApiResponse
 
     for text, message in (("x" * 290 + " " + TOKEN, "the body is not JSON"), ("  ", "the body is empty")):
         with pytest.raises(ValueError) as caught:
@@ -301,7 +301,7 @@ def test_terminal_table_without_json(tmp_path, capsys):
 
 
 def test_secret_json_values_are_masked():
-    from openwork_sandbox.report import redact
+    from openwork_sandbox.core.report import redact
 
     text = redact('{"password": "opencode-secret-value-123", "x": "client-token-0123456789abcdef"}', [TOKEN])
     assert "opencode-secret-value-123" not in text and TOKEN not in text
@@ -313,7 +313,7 @@ def test_secret_json_values_are_masked():
     ({"url": "http://127.0.0.1:1", "persistence": True}, "needs a local sandbox"),
 ])
 def test_bad_usage_is_a_settings_error(tmp_path, kwargs, fragment):
-    from openwork_sandbox.errors import SettingsError
+    from openwork_sandbox.core.errors import SettingsError
 
     with pytest.raises(SettingsError) as info:
         run_smoke(settings_for(tmp_path), **kwargs)
@@ -323,7 +323,7 @@ def test_bad_usage_is_a_settings_error(tmp_path, kwargs, fragment):
 def test_ephemeral_bad_settings_are_exit_2_and_leave_nothing(tmp_path):
     """A port published beyond loopback with a short token: `up` refuses before creating anything,
     and smoke --ephemeral reports it as bad settings (exit 2), not as a failed check."""
-    from openwork_sandbox.errors import WorkflowError
+    from openwork_sandbox.core.errors import WorkflowError
 
     settings = settings_for(tmp_path, connect_host="0.0.0.0", token="short", host_token="also-short",
                             runtime="docker")
@@ -361,7 +361,7 @@ def test_task_exit_codes_through_invoke(tmp_path):
 # --- the checks are declared once -------------------------------------------------------------------
 
 def test_declarations_feed_the_runner_the_doc_and_the_help():
-    from openwork_sandbox import smoke, smoke_checks
+    from openwork_sandbox.smoke import runner as smoke, checks as smoke_checks
 
     assert CHECKS == ("health", "auth-required", "auth-accepted", "host-token", "session-create", "session-read",
                       "messages-read", "prompt-answered", "persistence")
@@ -375,7 +375,7 @@ def test_declarations_feed_the_runner_the_doc_and_the_help():
 
 
 def test_a_check_must_name_earlier_prerequisites():
-    from openwork_sandbox.smoke_checks import check
+    from openwork_sandbox.smoke.checks import check
 
     with pytest.raises(ValueError, match="unknown or later prerequisites"):
         check("later", needs=("not-declared",), proves="nothing")(lambda r: "")

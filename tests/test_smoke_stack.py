@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from openwork_sandbox.settings import load_settings
-from openwork_sandbox.smoke import CHECKS, SmokeRunner, attach_log_tail, local_target, run_smoke
+from openwork_sandbox.config.settings import load_settings
+from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner, attach_log_tail, local_target, run_smoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def leftovers(settings, prefix: str) -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def sandbox(stack_image, tmp_path_factory):
     """One sandbox booted by `up` (Docker runtime) for the read-only checks of this module."""
-    from openwork_sandbox import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     settings = smoke_settings(tmp_path_factory.mktemp("smoke-state"), stack_image.ref,
                               name=f"smoke-stack-{secrets.token_hex(3)}")
@@ -104,7 +104,7 @@ def test_server_killed_mid_run(sandbox):
     """Kill openwork-server inside the runtime just before `auth-accepted`: that check fails, the
     later ones are skipped, and the attached log tail shows the death. (It ends the module's
     sandbox: the tests after this one expect it stopped.)"""
-    from openwork_sandbox import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     settings, ep = sandbox
 
@@ -135,7 +135,7 @@ def test_server_killed_mid_run(sandbox):
 def test_stopped_sandbox_is_unreachable_without_waiting_the_deadline(sandbox, capsys):
     """A stopped sandbox: exit 3, and the hint says to run `up`. The runtime's "not running" ends
     the health wait at once instead of after OPENWORK_HEALTH_TIMEOUT (90 s here)."""
-    from openwork_sandbox import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     settings, _ = sandbox
     lifecycle.down(settings)  # (already stopped when the kill test ran before)

@@ -24,7 +24,7 @@ SERVER = ROOT / "tests" / "standin_openwork_server.py"
 @pytest.fixture(scope="module")
 def opencode(stack_image):
     """The real opencode the test image bakes (from the npm cache)."""
-    from openwork_sandbox import npm_artifacts
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     return npm_artifacts.resolve(stack_image.settings, "amd64")["opencode"].path
 

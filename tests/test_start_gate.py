@@ -29,7 +29,7 @@ STANDIN_IN_IMAGE = "/usr/local/bin/opencode-standin-drops-first-request"
 
 
 def test_race_note_reads_the_gates_line():
-    from openwork_sandbox.start_gate import race_note
+    from openwork_sandbox.sandbox.start_gate import race_note
 
     raced = ("[opencode] opencode-gate: start race held off: opencode dropped 2 request(s) sent before its "
              "handler was attached; opencode answered after 812 ms; serving 127.0.0.1:4096 (opencode on port 4")
@@ -42,7 +42,7 @@ def test_race_note_reads_the_gates_line():
 
 
 def test_a_slow_start_is_one_line_naming_the_slowest_program():
-    from openwork_sandbox.start_gate import answer_times, slow_start_note
+    from openwork_sandbox.sandbox.start_gate import answer_times, slow_start_note
 
     lines = ["[opencode] opencode-gate: opencode still starting after 5 s, 0.3 s of CPU so far",
              "[opencode] opencode-gate: opencode answered after 3000 ms (0.9 s of CPU); serving 127.0.0.1:4096",
@@ -84,7 +84,7 @@ def racing_image(stack_image, tmp_path_factory):
 
 
 def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(racing_image, tmp_path, capsys):
-    from openwork_sandbox import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("race"),
                              OPENWORK_MICROSANDBOX_RUNTIME="docker", OPENWORK_MICROSANDBOX_PORT=str(free_port()),

@@ -1,4 +1,4 @@
-"""Host-wide start slots (openwork_sandbox/start_slots.py): real flocks on real files, real processes."""
+"""Host-wide start slots (openwork_sandbox/sandbox/start_slots.py): real flocks on real files, real processes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lifecycle_helpers import ROOT
 
 
 def test_a_start_beyond_the_slots_waits_for_one_and_says_who_holds_them(tmp_path, capsys):
-    from openwork_sandbox.start_slots import start_slot
+    from openwork_sandbox.sandbox.start_slots import start_slot
 
     order: list[str] = []
     first_in = threading.Event()
@@ -41,7 +41,7 @@ def test_a_start_beyond_the_slots_waits_for_one_and_says_who_holds_them(tmp_path
 
 
 def test_two_slots_let_two_starts_run_and_zero_means_no_limit(tmp_path, capsys):
-    from openwork_sandbox.start_slots import start_slot
+    from openwork_sandbox.sandbox.start_slots import start_slot
 
     with start_slot(2, "a", folder=tmp_path), start_slot(2, "b", folder=tmp_path) as waited:
         assert waited < 1
@@ -51,11 +51,11 @@ def test_two_slots_let_two_starts_run_and_zero_means_no_limit(tmp_path, capsys):
 
 
 def test_a_killed_up_never_keeps_its_slot(tmp_path):
-    from openwork_sandbox.start_slots import start_slot
+    from openwork_sandbox.sandbox.start_slots import start_slot
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from openwork_sandbox.start_slots import start_slot\n"
+         "import sys, time; from pathlib import Path; from openwork_sandbox.sandbox.start_slots import start_slot\n"
          f"with start_slot(1, 'held', folder=Path({str(tmp_path)!r})):\n"
          "    print('in', flush=True); time.sleep(60)\n"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from openwork_sandbox.runtimes.base import ABSENT, RUNNING, STOPPED, RuntimeStatus
-from openwork_sandbox.up_decision import Observed, decide_up
+from openwork_sandbox.sandbox.decision import Observed, decide_up
 
 FP = "fp-now"
 HEALTH = {"ok": True, "version": "0.18.1"}

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import SettingsError
+from openwork_sandbox.core.errors import SettingsError
 
 SETTING = "OPENWORK_OPENCODE_CONFIG"
 ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -5,7 +5,7 @@
 """Every setting, read in one place: task flag > process environment > ``.env`` > built-in default.
 
 ``load_settings()`` returns one immutable :class:`Settings`. Every problem found is collected and
-raised together as one :class:`~openwork_sandbox.errors.SettingsError`, one line per problem,
+raised together as one :class:`~openwork_sandbox.core.errors.SettingsError`, one line per problem,
 naming the setting, where the bad value came from, and what is accepted::
 
     OPENWORK_MICROSANDBOX_PORT="ten" (from .env:7): expected a port 1-65535, e.g. 8787
@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import SettingsError
+from openwork_sandbox.core.errors import SettingsError
 
 GUEST_PORT = 8787  # openwork-server inside the image
 DEFAULT_REGISTRY = "127.0.0.1:5000"  # started by scripts/services
@@ -232,7 +232,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 
 def _version(raw: str) -> str:
-    from .versions import npm_version
+    from openwork_sandbox.core.versions import npm_version
 
     value = npm_version(raw)
     if value is None:
@@ -250,7 +250,7 @@ def _per_platform(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """A plain value (the host's platform's) or ``linux/amd64=a,linux/arm64=b`` (each value parsed)."""
 
     def per_platform(raw: str) -> Any:
-        from .platforms import PlatformError, parse_per_platform
+        from openwork_sandbox.core.platforms import PlatformError, parse_per_platform
 
         try:
             value = parse_per_platform(raw)
@@ -264,7 +264,7 @@ def _per_platform(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _platforms(raw: str) -> str:
-    from .platforms import PlatformError, parse_platforms
+    from openwork_sandbox.core.platforms import PlatformError, parse_platforms
 
     try:
         return ",".join(str(p) for p in parse_platforms(raw))  # normalized: linux/amd64,linux/arm64
@@ -511,7 +511,7 @@ class Settings:
 
     def public_dict(self) -> dict[str, Any]:
         """Every setting with secrets masked, for --json and doctor."""
-        from .console import mask
+        from openwork_sandbox.core.console import mask
 
         out: dict[str, Any] = {}
         for spec in SPECS:
@@ -617,7 +617,7 @@ def _suggest(key: str) -> str:
 
 
 def _shown(spec: Spec, raw: str) -> str:
-    from .console import mask
+    from openwork_sandbox.core.console import mask
 
     return mask(raw) if spec.secret else raw
 
@@ -710,7 +710,7 @@ def load_settings(
 
 def _split_per_platform(values: dict[str, Any], root: Path) -> dict[str, dict[str, Any]]:
     """Move per-platform values out of ``values`` (the field keeps the host's platform's entry)."""
-    from .platforms import host_platform
+    from openwork_sandbox.core.platforms import host_platform
 
     out: dict[str, dict[str, Any]] = {}
     for field in ("orchestrator_bin", "server_bin", "opencode_bin", "base_image"):

@@ -11,8 +11,8 @@ import contextlib
 import os
 import sys
 
-from . import gha
-from .errors import EXIT_INTERRUPTED, WorkflowError
+from openwork_sandbox.core import gha
+from openwork_sandbox.core.errors import EXIT_INTERRUPTED, WorkflowError
 
 
 # --- ending a task process without the interpreter's finalization ------------------------------------

@@ -1,7 +1,7 @@
 """Exceptions that end a task cleanly: one message, one exit code, no traceback.
 
 Helpers raise these; ``tasks.py`` turns them into ``invoke.exceptions.Exit`` at the task boundary
-(:func:`openwork_sandbox.boundary.task_boundary`).
+(:func:`openwork_sandbox.core.boundary.task_boundary`).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 - :func:`mask`: ``::add-mask::`` for every secret a task reads or generates, before anything
   could print it (settings tokens and the registry password when settings are loaded, through
-  :func:`openwork_sandbox.state.mask_settings`; generated or stored tokens when the sandbox's state
+  :func:`openwork_sandbox.state.store.mask_settings`; generated or stored tokens when the sandbox's state
   hands them out). This module knows nothing of settings or state: they hand it their secrets.
 - :func:`error`: the ``::error title=<task>::<reason>`` a failed task ends with (written at the
-  task boundary, :func:`openwork_sandbox.boundary.task_boundary`); :func:`annotate` for one failed
+  task boundary, :func:`openwork_sandbox.core.boundary.task_boundary`); :func:`annotate` for one failed
   smoke check (its details keep their lines).
 - :func:`group`: long output (build log, pushed layers, server log tail) folded in ``::group::``;
   :func:`print_group` prints a block of lines (a log tail) that way.
@@ -34,7 +34,7 @@ def active() -> bool:
 
 
 def _command(line: str) -> None:
-    from . import console
+    from openwork_sandbox.core import console
 
     console.info(line)
 
@@ -80,7 +80,7 @@ def group(title: str, *, plain_title: bool = False):
             _command("::endgroup::")
         return
     if plain_title:
-        from . import console
+        from openwork_sandbox.core import console
 
         console.info(f"--- {title} ---")
     yield
@@ -88,7 +88,7 @@ def group(title: str, *, plain_title: bool = False):
 
 def print_group(title: str, lines: Iterable[str]) -> None:
     """Print a block of lines (a log tail), folded under GitHub Actions."""
-    from . import console
+    from openwork_sandbox.core import console
 
     lines = list(lines)
     with group(title, plain_title=True):
@@ -105,7 +105,7 @@ def append_summary(markdown: str) -> None:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(markdown if markdown.endswith("\n") else markdown + "\n")
     except OSError as exc:
-        from . import console
+        from openwork_sandbox.core import console
 
         console.info(f"could not append to GITHUB_STEP_SUMMARY ({exc.strerror})")
 
@@ -125,7 +125,7 @@ def _table(title: str, rows: Iterable[tuple[str, object]]) -> str:
 
 
 def build_summary(result: dict) -> str:
-    from .console import human_bytes
+    from openwork_sandbox.core.console import human_bytes
 
     versions = result.get("versions", {})
     return _table(f"OpenWork image built: `{result['image']}`", [
@@ -140,7 +140,7 @@ def build_summary(result: dict) -> str:
 
 
 def push_summary(result: dict) -> str:
-    from .console import human_bytes
+    from openwork_sandbox.core.console import human_bytes
 
     return _table(f"OpenWork image pushed: `{result['image']}`", [
         ("digest", f"`{result['digest']}`"),
@@ -193,7 +193,7 @@ def require_export() -> None:
     """A one-line error (exit 2) when ``--github-output`` cannot work here."""
     problem = export_problem()
     if problem:
-        from .errors import EXIT_BAD_SETTINGS, WorkflowError
+        from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 
         raise WorkflowError(problem, exit_code=EXIT_BAD_SETTINGS)
 
@@ -218,7 +218,7 @@ def export_sandbox(endpoint) -> None:
     _append_values("GITHUB_OUTPUT", {"url": endpoint.url, "name": endpoint.name, "runtime": endpoint.runtime,
                                      "workspace-id": endpoint.workspace_id or ""})
     _append_values("GITHUB_ENV", {"OPENWORK_TOKEN": endpoint.token, "OPENWORK_HOST_TOKEN": endpoint.host_token})
-    from . import console
+    from openwork_sandbox.core import console
 
     console.info("exported url, name, runtime, workspace-id to $GITHUB_OUTPUT and the tokens (masked) as "
                  "OPENWORK_TOKEN / OPENWORK_HOST_TOKEN to $GITHUB_ENV")

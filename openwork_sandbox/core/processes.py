@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from typing import Sequence
 
-from .errors import UnreachableError, WorkflowError
+from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 
 INSTALL_HINTS = {
     "docker": "install Docker (Debian: scripts/services start installs docker.io), or start Docker Desktop",

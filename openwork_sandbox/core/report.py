@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import console, gha
-from .errors import WorkflowError
+from openwork_sandbox.core import console, gha
+from openwork_sandbox.core.errors import WorkflowError
 
 SYMBOL = {"passed": f"{console.OK} passed", "failed": f"{console.BAD} failed", "error": f"{console.BAD} error",
           "skipped": f"{console.SKIP} skipped"}

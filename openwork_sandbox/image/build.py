@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import console, gha, npm_artifacts
-from .commands import CommandTimeout, docker, last_line, run, stream_lines, which
-from .errors import WorkflowError
-from .files import write_atomic
-from .settings import Settings
+from openwork_sandbox.core import console, gha
+from openwork_sandbox.image import artifacts as npm_artifacts
+from openwork_sandbox.core.processes import CommandTimeout, docker, last_line, run, stream_lines, which
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.config.settings import Settings
 
-IMAGE_DIR = Path(__file__).resolve().parent / "image"  # package data: ships in the wheel
+IMAGE_DIR = Path(__file__).resolve().parent / "context"  # package data: ships in the wheel
 CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js",
                  "openwork-server-gate", "openwork-supervise")
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")

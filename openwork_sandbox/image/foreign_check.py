@@ -18,10 +18,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import console
-from .commands import docker, which
-from .errors import WorkflowError
-from .platforms import ELF_NAMES, QEMU_USER, Platform, elf_arch
+from openwork_sandbox.core import console
+from openwork_sandbox.core.processes import docker, which
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core.platforms import ELF_NAMES, QEMU_USER, Platform, elf_arch
 
 
 def base_rootfs(cache_dir: Path, base_id: str) -> Path:

@@ -20,11 +20,19 @@ import json
 import time
 from pathlib import Path
 
-from . import console, foreign_check, npm_artifacts, oci_image
-from .commands import docker
-from .errors import EXIT_BAD_SETTINGS, UnreachableError, WorkflowError
-from .platforms import ELF_NAMES, Platform, elf_arch, host_platform, parse_platform, parse_platforms
-from .settings import Settings
+from openwork_sandbox.core import console
+from openwork_sandbox.image import foreign_check, artifacts as npm_artifacts, oci as oci_image
+from openwork_sandbox.core.processes import docker
+from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, UnreachableError, WorkflowError
+from openwork_sandbox.core.platforms import (
+    ELF_NAMES,
+    Platform,
+    elf_arch,
+    host_platform,
+    parse_platform,
+    parse_platforms,
+)
+from openwork_sandbox.config.settings import Settings
 
 FOREIGN_BASE = "openwork-base:bookworm-slim-{arch}"  # what scripts/setup makes for another platform
 BASE_ARCH = "base-arch.json"
@@ -51,7 +59,7 @@ def _bad(message: str) -> WorkflowError:
 
 
 def _env(field: str) -> str:
-    from .settings import SPEC_BY_FIELD
+    from openwork_sandbox.config.settings import SPEC_BY_FIELD
 
     return SPEC_BY_FIELD[field].env
 
@@ -93,7 +101,7 @@ def platform_settings(settings: Settings, plat: Platform) -> Settings:
 
 def _base(settings: Settings, plat: Platform) -> dict:
     """The platform's base (the host's may be pulled, as today); its architecture read from its files."""
-    from .image_build import ensure_base_image
+    from openwork_sandbox.image.build import ensure_base_image
 
     if plat == host_platform():
         base = ensure_base_image(settings)
@@ -137,7 +145,7 @@ def _files_arch(settings: Settings, image_id: str) -> str | None:
         except tarfile.TarError:
             arch = None
     known[image_id] = arch
-    from .files import write_atomic
+    from openwork_sandbox.core.files import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(dict(list(known.items())[-50:]), indent=1) + "\n", mode=0o644)
@@ -180,7 +188,7 @@ def _check_override_arch(artifacts: dict[str, npm_artifacts.Artifact], plat: Pla
 
 
 def foreign_tag(image: str, plat: Platform) -> str:
-    from .settings import ImageRef
+    from openwork_sandbox.config.settings import ImageRef
 
     ref = ImageRef.parse(image)
     base = f"{ref.registry}/{ref.repository}" if ref.registry else ref.repository
@@ -190,7 +198,7 @@ def foreign_tag(image: str, plat: Platform) -> str:
 def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = False) -> dict:
     """What ``build-image`` does: the host's platform alone is today's build (``image_build``);
     other platforms, or several, are one image each and their index."""
-    from . import image_build as ib
+    from openwork_sandbox.image import build as ib
 
     check_overrides(settings, wanted(settings))
     if not is_multi(settings):
@@ -200,7 +208,7 @@ def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = F
 
 
 def build_platforms(settings: Settings, as_json: bool = False, no_cache: bool = False) -> dict:
-    from . import image_build as ib
+    from openwork_sandbox.image import build as ib
 
     started = time.monotonic()
     downloaded_before = npm_artifacts.STATS["downloaded_bytes"]
@@ -311,7 +319,7 @@ def _inputs_key(ib, base: dict, build_args: dict, artifacts: dict) -> str:
 
 
 def _built_before(settings: Settings, key: str) -> str | None:
-    from . import image_build as ib
+    from openwork_sandbox.image import build as ib
 
     image_id = ib._read_json(settings.state_dir / BUILDS).get(key)
     if not isinstance(image_id, str):
@@ -321,7 +329,7 @@ def _built_before(settings: Settings, key: str) -> str | None:
 
 
 def _remember_build(settings: Settings, key: str, image_id: str) -> None:
-    from . import image_build as ib
+    from openwork_sandbox.image import build as ib
 
     known = ib._read_json(settings.state_dir / BUILDS)
     known[key] = image_id

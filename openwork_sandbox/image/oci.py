@@ -22,10 +22,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import console
-from .errors import WorkflowError
-from .files import write_atomic
-from .platforms import Platform
+from openwork_sandbox.core import console
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.core.platforms import Platform
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -194,6 +194,6 @@ def index(cache_dir: Path, manifests: list[dict]) -> dict:
 
 
 def _platform_of(name: str) -> dict:
-    from .platforms import parse_platform
+    from openwork_sandbox.core.platforms import parse_platform
 
     return parse_platform(name).oci()

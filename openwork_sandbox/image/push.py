@@ -21,13 +21,14 @@ from __future__ import annotations
 import re
 import time
 
-from . import commands, console, gha, registry_access
-from .errors import WorkflowError
-from .image_build import read_last_build
-from .image_pin import push_result, record_push
-from .registry import Registry
-from .runtimes import microsandbox_pull
-from .settings import Settings
+from openwork_sandbox.core import processes as commands, console, gha
+from openwork_sandbox.registry import access as registry_access
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.image.build import read_last_build
+from openwork_sandbox.state.pin import push_result, record_push
+from openwork_sandbox.registry.client import Registry
+from openwork_sandbox.runtimes.microsandbox import pull as microsandbox_pull
+from openwork_sandbox.config.settings import Settings
 
 PUSH_LINE = re.compile(r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from .*)$")
 DIGEST_LINE = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: (\d+)")
@@ -103,18 +104,18 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     # line, with nothing tagged or sent
     registry.ping()
     registry.check_push(ref.repository)
-    from .image_platforms import built_for, wanted
+    from openwork_sandbox.image.multiplatform import built_for, wanted
 
     last_build = read_last_build(settings) or {}
     if build_first and (last_build.get("image") != settings.image or built_for(last_build) != wanted(settings)):
-        from .image_platforms import build_image
+        from openwork_sandbox.image.multiplatform import build_image
 
         console.info(f"the last build was not for {settings.image}"
                      f"{' (' + settings.platform + ')' if settings.platform else ''}: building it")
         build_image(settings)
     last = read_last_build(settings) or {}
     if last.get("platforms"):  # built for several platforms: their images and an image index
-        from .image_index_push import push_index
+        from openwork_sandbox.image.index_push import push_index
 
         return push_index(settings, registry, last, as_json, started)
     image_id = _local_image(settings)

@@ -11,8 +11,8 @@ import json
 import time
 from typing import Callable
 
-from .errors import UnreachableError, WorkflowError
-from .http import SANDBOX_GET_ERRORS, sandbox_get
+from openwork_sandbox.core.errors import UnreachableError, WorkflowError
+from openwork_sandbox.net.http import SANDBOX_GET_ERRORS, sandbox_get
 
 FIRST_DELAY = 0.05
 MAX_DELAY = 0.1  # a refused poll on loopback costs next to nothing; a late one costs up to this much start time
@@ -88,7 +88,7 @@ def wait_for_health(
     poll_timeout = min(FIRST_POLL_TIMEOUT, timeout_s)
     answered = False
     next_alive_check = start + ALIVE_CHECK_EVERY
-    from .console import heartbeat  # a line every few seconds in a CI log: what we wait for, and why not yet
+    from openwork_sandbox.core.console import heartbeat  # a line every few seconds in a CI log: what we wait for, and why not yet
 
     beat = heartbeat(lambda: f"waiting for {endpoint} to answer healthy ({last_problem}; deadline {deadline_s:g}s)").start()
     try:
@@ -161,7 +161,7 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0, path: str
         body = json.loads(raw)
     except ValueError:
         raise WorkflowError(f"GET {endpoint} answered 200 with a body that is not JSON") from None
-    from .openwork_api import workspace_at
+    from openwork_sandbox.net.openwork_api import workspace_at
 
     items = (body.get("items") or body.get("workspaces") or []) if isinstance(body, dict) else []
     chosen = workspace_at(items, path)

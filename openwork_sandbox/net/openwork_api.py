@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .http import sandbox_session
+from openwork_sandbox.net.http import sandbox_session
 
 HOST_TOKEN_HEADER = "X-OpenWork-Host-Token"
 BODY_START = 300  # characters of a body kept for reports

@@ -9,7 +9,7 @@ import re
 import socket
 from pathlib import Path
 
-from . import commands
+from openwork_sandbox.core import processes as commands
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -32,12 +32,12 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .docker_config import Credentials, config_path
-from .errors import UnreachableError, WorkflowError
-from .http import outside_session
-from . import registry_access
-from .registry_access import LOGIN_HINT, certs_hint
-from .settings import ImageRef, Settings
+from openwork_sandbox.registry.docker_config import Credentials, config_path
+from openwork_sandbox.core.errors import UnreachableError, WorkflowError
+from openwork_sandbox.net.http import outside_session
+from openwork_sandbox.registry import access as registry_access
+from openwork_sandbox.registry.access import LOGIN_HINT, certs_hint
+from openwork_sandbox.config.settings import ImageRef, Settings
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import WorkflowError
+from openwork_sandbox.core.errors import WorkflowError
 
 DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # the key Docker uses for Docker Hub
@@ -145,7 +145,7 @@ def helper_get(helper: str, host: str) -> Credentials | None:
 def docker_credentials(host: str, environ: dict | None = None) -> Credentials | None:
     """The login Docker would use for ``host`` (None: anonymous); its secrets are masked under
     GitHub Actions before anything could print them."""
-    from . import gha
+    from openwork_sandbox.core import gha
 
     config = read_config(environ)
     helpers = config.get("credHelpers") or {}

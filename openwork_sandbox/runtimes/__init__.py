@@ -6,19 +6,19 @@
 
 from __future__ import annotations
 
-from ..settings import Settings
-from .base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.runtimes.base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 
 __all__ = ["ABSENT", "RUNNING", "STOPPED", "LaunchSpec", "Runtime", "RuntimeStatus", "runtime_for"]
 
 
 def runtime_for(kind: str, settings: Settings) -> Runtime:
     if kind == "docker":
-        from .docker import DockerRuntime
+        from openwork_sandbox.runtimes.docker import DockerRuntime
 
         return DockerRuntime(settings.name, settings.sandbox_state_dir)
     if kind == "microsandbox":
-        from .microsandbox import MicrosandboxRuntime
+        from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
         return MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
     raise ValueError(f"unknown runtime {kind!r}")

@@ -13,10 +13,10 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..errors import WorkflowError
+from openwork_sandbox.core.errors import WorkflowError
 
 if TYPE_CHECKING:
-    from ..registry_access import PullAccess
+    from openwork_sandbox.registry.access import PullAccess
 
 GUEST_WORKSPACE = "/workspace"
 GUEST_DATA = "/data"
@@ -173,7 +173,7 @@ class Runtime(abc.ABC):
     def platform(self, st: RuntimeStatus) -> str | None:
         """The platform of the image ``st`` runs: the host's (a runtime boots its own platform,
         from an image index too); a runtime that can ask its image says what it is."""
-        from ..platforms import host_platform
+        from openwork_sandbox.core.platforms import host_platform
 
         return str(host_platform()) if st.image else None
 

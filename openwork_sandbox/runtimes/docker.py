@@ -39,13 +39,21 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from .. import commands, console
-from ..errors import WorkflowError
-from ..state import write_private_file
-from .base import ABSENT, HOST_ADDRESS_VAR, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+from openwork_sandbox.core import processes as commands, console
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.state.store import write_private_file
+from openwork_sandbox.runtimes.base import (
+    ABSENT,
+    HOST_ADDRESS_VAR,
+    RUNNING,
+    STOPPED,
+    LaunchSpec,
+    Runtime,
+    RuntimeStatus,
+)
 
 if TYPE_CHECKING:
-    from ..registry_access import PullAccess
+    from openwork_sandbox.registry.access import PullAccess
 
 LABEL_FP = "org.openwork-sandbox.fingerprint"
 LABEL_MANAGED = "org.openwork-sandbox.managed"
@@ -176,8 +184,8 @@ class DockerRuntime(Runtime):
         as push-image does) and the pull tried once more. Docker's own words do not always say that a
         login was missing (a loopback registry's answer is a reset connection after its plain-HTTP
         retry), so the registry's 401 to no login, asked by ``access``, says it too."""
-        from ..registry_access import LOGIN_HINT, docker_login, login_refused
-        from ..settings import ImageRef
+        from openwork_sandbox.registry.access import LOGIN_HINT, docker_login, login_refused
+        from openwork_sandbox.config.settings import ImageRef
 
         host = ImageRef.parse(ref).registry_host
         console.info(f"pulling {ref} ...")
@@ -213,8 +221,8 @@ class DockerRuntime(Runtime):
         if engine_has_bridge():
             return ["-p", f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}",
                     "--add-host", "host.docker.internal:host-gateway"], {HOST_ADDRESS_VAR: "host.docker.internal"}
-        from ..ports import free_port
-        from ..settings import is_loopback
+        from openwork_sandbox.net.ports import free_port
+        from openwork_sandbox.config.settings import is_loopback
 
         env = {
             "OPENWORK_PORT": str(self.server_port(spec)),
@@ -294,7 +302,7 @@ class DockerRuntime(Runtime):
 
     def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
         """``docker cp CONTAINER:guest_dir/unit -`` (a tar stream) into ``stage/unit``."""
-        from ..persist import is_kept, read_chunks, write_staged
+        from openwork_sandbox.state.persist import is_kept, read_chunks, write_staged
 
         src = str(PurePosixPath(guest_dir) / unit)
         # a binary stream, so not commands.run: the tar is read as it comes

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 
-from .. import commands
-from .docker import LABEL_MANAGED
-from .docker import MARK_PREFIX as DOCKER_MARK
-from .microsandbox import LABEL_FP, sdk_loop
-from .microsandbox import MARK_PREFIX as MSB_MARK
+from openwork_sandbox.core import processes as commands
+from openwork_sandbox.runtimes.docker import LABEL_MANAGED
+from openwork_sandbox.runtimes.docker import MARK_PREFIX as DOCKER_MARK
+from openwork_sandbox.runtimes.microsandbox.runtime import LABEL_FP, sdk_loop
+from openwork_sandbox.runtimes.microsandbox.runtime import MARK_PREFIX as MSB_MARK
 
 
 def docker_managed() -> list[tuple[str, dict[str, str], bool]]:

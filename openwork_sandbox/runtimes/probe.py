@@ -11,9 +11,16 @@ import functools
 import os
 from pathlib import Path
 
-from .. import commands
-from ..errors import WorkflowError
-from .choice import AUTO, DOCKER, HostFacts, RuntimeChoice, decide_runtime, microvm_verdict
+from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.runtimes.choice import (
+    AUTO,
+    DOCKER,
+    HostFacts,
+    RuntimeChoice,
+    decide_runtime,
+    microvm_verdict,
+)
 
 CPUINFO = Path("/proc/cpuinfo")
 KVM_DEVICE = Path("/dev/kvm")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .errors import WorkflowError
+from openwork_sandbox.core.errors import WorkflowError
 
 NO_AVX_MARK = "CPU lacks AVX support"  # Bun's crash report, on a CPU without AVX
 FIX = ("run it on a host whose CPU has AVX (a microVM gets its host's CPU features; one nested in an emulated "

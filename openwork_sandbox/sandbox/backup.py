@@ -22,7 +22,7 @@ A running microsandbox microVM writes its database through the VM's file sharing
 SQLite cannot share its locks: ``backup`` then asks for ``invoke down`` first (a stopped sandbox's
 files are consistent). The Docker runtime's container shares the host's kernel: backed up live.
 
-Putting an archive back is :mod:`openwork_sandbox.restore`.
+Putting an archive back is :mod:`openwork_sandbox.sandbox.restore`.
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__, console
-from .errors import EXIT_BAD_SETTINGS, WorkflowError
-from .files import atomic_writer
-from .persist import read_chunks
-from .settings import Settings
-from .state import TOKENS_FILE, SandboxState
+from openwork_sandbox import __version__
+from openwork_sandbox.core import console
+from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
+from openwork_sandbox.core.files import atomic_writer
+from openwork_sandbox.state.persist import read_chunks
+from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 FORMAT = "openwork-sandbox-backup"
 FORMAT_VERSION = 1
@@ -191,7 +192,7 @@ def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def backup(settings: Settings, *, output: str | os.PathLike | None = None, workspace: bool = False) -> dict[str, Any]:
     """Write the archive (see the module doc); returns what went in (path, files, bytes, databases)."""
-    from .lifecycle import sandbox_status
+    from openwork_sandbox.sandbox.lifecycle import sandbox_status
 
     state = SandboxState(settings)
     data_dir = Path(settings.data_dir)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .runtimes.base import ABSENT, RUNNING, RuntimeStatus
+from openwork_sandbox.runtimes.base import ABSENT, RUNNING, RuntimeStatus
 
 CREATE, RECREATE, START, RELAUNCH, REUSE, WAIT = "create", "recreate", "start", "relaunch", "reuse", "wait"
 DONE = {CREATE: "created", RECREATE: "recreated", START: "started", RELAUNCH: "relaunched", REUSE: "reused",

@@ -15,13 +15,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from . import commands, console, ports
-from .health import health_once
-from .runtimes import choice, probe
-from .runtimes.choice import DOCKER, MICROSANDBOX, HostFacts
-from .settings import Settings
-from .versions import at_least
-from .state import SandboxState
+from openwork_sandbox.core import processes as commands, console
+from openwork_sandbox.net import ports
+from openwork_sandbox.net.health import health_once
+from openwork_sandbox.runtimes import choice, probe
+from openwork_sandbox.runtimes.choice import DOCKER, MICROSANDBOX, HostFacts
+from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.core.versions import at_least
+from openwork_sandbox.state.store import SandboxState
 
 BOTH = frozenset({DOCKER, MICROSANDBOX})
 
@@ -85,8 +86,8 @@ def check_docker_engine(facts: HostFacts) -> Check:
 def check_registry(settings: Settings) -> Check:
     """The one registry ping (``Registry.ping``, quick: one try, no retries) as push-image asks it
     (HTTPS first, Docker's login and CAs), so doctor stays fast."""
-    from .errors import UnreachableError, WorkflowError
-    from .registry import Registry
+    from openwork_sandbox.core.errors import UnreachableError, WorkflowError
+    from openwork_sandbox.registry.client import Registry
 
     ref = settings.image_ref
     host = ref.registry_host
@@ -113,7 +114,7 @@ def check_microsandbox(facts: HostFacts) -> Check:
     if facts.msb is None:
         return Check("microsandbox", False, f"SDK {version}, but no msb runtime",
                      "pip install --force-reinstall microsandbox", needed)
-    from .runtimes.microsandbox import msb_home, takes_no_xattrs  # the SDK itself is imported lazily there
+    from openwork_sandbox.runtimes.microsandbox.runtime import msb_home, takes_no_xattrs  # the SDK itself is imported lazily there
 
     if takes_no_xattrs(msb_home()):
         return Check("microsandbox", False, f"SDK {version}, but its folder {msb_home()} (MSB_HOME) is on a filesystem "
@@ -137,7 +138,7 @@ def check_virtualization(facts: HostFacts) -> Check:
 
 def check_avx(settings: Settings, facts: HostFacts) -> Check:
     """openwork-orchestrator (a Bun executable) needs AVX; a user's own build may not."""
-    from .cpu_avx import FIX, no_avx_message
+    from openwork_sandbox.sandbox.avx import FIX, no_avx_message
 
     if facts.avx is None:
         return Check("cpu avx", True, f"not checked on {facts.system} {facts.machine}")
@@ -183,7 +184,7 @@ def check_state_folders(settings: Settings) -> Check:
 
 def check_sandbox_env(settings: Settings) -> Check:
     """OPENWORK_SANDBOX_ENV: which of the named variables are set (names only, never a value)."""
-    from .sandbox_secrets import missing_problem
+    from openwork_sandbox.state.secrets import missing_problem
 
     if not settings.sandbox_env:
         return Check("sandbox env", True, "OPENWORK_SANDBOX_ENV names no variables (no provider keys passed in)")
@@ -196,8 +197,8 @@ def check_sandbox_env(settings: Settings) -> Check:
 def check_opencode_config(settings: Settings, runtime: str | None = None) -> Check:
     """OPENWORK_OPENCODE_CONFIG: the providers and the default model the sandbox will have (names only),
     and a provider on the host's loopback that the chosen runtime cannot reach as written."""
-    from .errors import SettingsError
-    from .opencode_config import load
+    from openwork_sandbox.core.errors import SettingsError
+    from openwork_sandbox.config.opencode import load
 
     if settings.opencode_config is None:
         return Check("opencode config", True, "OPENWORK_OPENCODE_CONFIG unset: opencode's defaults and whatever "
@@ -229,8 +230,8 @@ def check_opencode_config(settings: Settings, runtime: str | None = None) -> Che
 def agent_summary(settings: Settings) -> dict:
     """For ``doctor --json``: the providers and default model the sandbox will have, and which
     OPENWORK_SANDBOX_ENV variables are set (names and booleans only)."""
-    from .errors import SettingsError
-    from .opencode_config import load
+    from openwork_sandbox.core.errors import SettingsError
+    from openwork_sandbox.config.opencode import load
 
     out: dict = {"sandbox_env": {n: bool(settings.sandbox_env_values.get(n)) for n in settings.sandbox_env},
                  "opencode_config": str(settings.opencode_config) if settings.opencode_config else None,
@@ -246,7 +247,7 @@ def agent_summary(settings: Settings) -> dict:
 
 def check_leftovers(settings: Settings) -> Check:
     """Sandboxes this tool made that nothing owns any more (``leftovers``); never decides the exit code."""
-    from .leftovers import find
+    from openwork_sandbox.sandbox.leftovers import find
 
     found = find(settings)
     if not found:

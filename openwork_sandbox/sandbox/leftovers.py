@@ -14,10 +14,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import console
-from .errors import WorkflowError
-from .ownership import STATE_DIR, judge
-from .settings import Settings
+from openwork_sandbox.core import console
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.state.ownership import STATE_DIR, judge
+from openwork_sandbox.config.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +38,15 @@ class Leftover:
 
 def _listed(settings: Settings) -> list[tuple[str, str, dict, bool]]:
     """``(runtime, name, marks, running)`` from every runtime that answers here."""
-    from .runtimes.probe import docker_support
+    from openwork_sandbox.runtimes.probe import docker_support
 
     found = []
     if docker_support(timeout=5)[0]:
-        from .runtimes.listing import docker_managed
+        from openwork_sandbox.runtimes.listing import docker_managed
 
         found += [("docker", *item) for item in docker_managed()]
     try:
-        from .runtimes.listing import microsandbox_managed
+        from openwork_sandbox.runtimes.listing import microsandbox_managed
 
         found += [("microsandbox", *item) for item in microsandbox_managed()]
     except Exception:  # noqa: BLE001 - no SDK, no msb, no records: nothing to list there
@@ -71,7 +71,7 @@ def remove_stale(settings: Settings) -> int:
     """``reset --stale``: remove every stale sandbox of this project's state folder (OPENWORK_STATE_DIR)
     with its ``.state/<name>/``, as the smoke run's own teardown would have; returns how many. Stale
     sandboxes of other state folders (another checkout on a shared engine) are named, not touched."""
-    from .lifecycle import reset
+    from openwork_sandbox.sandbox.lifecycle import reset
 
     here = settings.state_dir.resolve()
     stale = [left for left in find(settings) if left.stale]

@@ -7,7 +7,7 @@
 ``up`` picks the runtime (microsandbox where microVMs boot, else Docker), then creates, starts or
 reuses the sandbox named by the settings, waits until ``GET /health`` answers and the client token
 works, and prints the URL, the workspace id and the masked tokens. ``.state/<name>/`` (see
-:mod:`openwork_sandbox.state`) keeps the tokens, the record of what runs and the two bind-mounted
+:mod:`openwork_sandbox.state.store`) keeps the tokens, the record of what runs and the two bind-mounted
 folders; it survives ``down``, ``up --replace`` and settings changes, and only ``reset`` deletes it.
 
 Also used by ``smoke``: :class:`Endpoint`, :func:`endpoint`, :func:`server_log_tail`,
@@ -21,15 +21,33 @@ import dataclasses
 import sys
 import time
 
-from . import console, interrupts, ownership, persist
-from .cpu_avx import raise_if_no_avx
-from .errors import EXIT_BAD_SETTINGS, WorkflowError
-from .runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
-from .runtimes.base import GUEST_DATA, GUEST_WORKSPACE
-from .runtimes.choice import RUNTIMES
-from .settings import GUEST_PORT, Settings, is_loopback, parse_duration
-from .state import MIN_PUBLIC_TOKEN_LEN, SandboxState, deletion_problem, fingerprint, safe_remove, secret_digest
-from .up_decision import CREATE, QUIET, RECREATE, RELAUNCH, REUSE, START, Observed, UpDecision, decide_up
+from openwork_sandbox.core import console, interrupts
+from openwork_sandbox.state import ownership, persist
+from openwork_sandbox.sandbox.avx import raise_if_no_avx
+from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
+from openwork_sandbox.runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
+from openwork_sandbox.runtimes.base import GUEST_DATA, GUEST_WORKSPACE
+from openwork_sandbox.runtimes.choice import RUNTIMES
+from openwork_sandbox.config.settings import GUEST_PORT, Settings, is_loopback, parse_duration
+from openwork_sandbox.state.store import (
+    MIN_PUBLIC_TOKEN_LEN,
+    SandboxState,
+    deletion_problem,
+    fingerprint,
+    safe_remove,
+    secret_digest,
+)
+from openwork_sandbox.sandbox.decision import (
+    CREATE,
+    QUIET,
+    RECREATE,
+    RELAUNCH,
+    REUSE,
+    START,
+    Observed,
+    UpDecision,
+    decide_up,
+)
 
 
 @dataclasses.dataclass
@@ -55,7 +73,7 @@ def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tup
     """``(runtime, why)`` for ``up`` by the one rule (:mod:`.runtimes.choice`): ``auto`` keeps the
     runtime this sandbox already uses, else microsandbox where microVMs boot, else Docker. A runtime
     this host cannot run (e.g. an explicit ``microsandbox`` without KVM) fails here, before any boot."""
-    from .runtimes.probe import choose_runtime as choose
+    from openwork_sandbox.runtimes.probe import choose_runtime as choose
 
     recorded = (state or SandboxState(settings)).record().get("runtime")
     picked = choose(settings.runtime, recorded)
@@ -75,7 +93,7 @@ def _existing_runtime(settings: Settings, state: SandboxState, *, strict: bool =
     if settings.runtime in RUNTIMES:
         return runtime_for(settings.runtime, settings)
     # nothing recorded: look for a sandbox of this name in whichever runtime answers
-    from .runtimes.probe import docker_support
+    from openwork_sandbox.runtimes.probe import docker_support
 
     candidates = []
     if docker_support(timeout=5)[0]:
@@ -110,9 +128,9 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
     """What to boot. ``secrets`` (:class:`.sandbox_secrets.SandboxSecrets`, gathered by ``up``; else what
     the settings would deliver now) go in through a read-only mount, never the environment."""
     # imported here, not at the top: status/down/logs import this module and never need them
-    from . import sandbox_secrets
-    from .image_pin import pinned_image
-    from .registry import pull_access_for_image
+    from openwork_sandbox.state import secrets as sandbox_secrets
+    from openwork_sandbox.state.pin import pinned_image
+    from openwork_sandbox.registry.client import pull_access_for_image
 
     secrets = sandbox_secrets.current(settings) if secrets is None else secrets
 
@@ -154,7 +172,7 @@ LEFT_FOR_INSPECTION = "(the sandbox is left as it is for inspection; `invoke res
 
 def _port_taken(settings: Settings, moved_to: int) -> WorkflowError:
     """Another program took the port between `up`'s check and the server's start (host networking)."""
-    from .ports import port_holder
+    from openwork_sandbox.net.ports import port_holder
 
     return WorkflowError(
         f"port {settings.port} was taken by {port_holder(settings.port)} before the server started, so the "
@@ -164,7 +182,7 @@ def _port_taken(settings: Settings, moved_to: int) -> WorkflowError:
 
 
 def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
-    from .ports import port_holder
+    from openwork_sandbox.net.ports import port_holder
 
     if decision.port_busy:
         raise WorkflowError(
@@ -176,7 +194,7 @@ def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
 # --- up --------------------------------------------------------------------------------------------
 
 def _print_log_tail(rt: Runtime, lines: list[str] | None = None, hint: str | None = None) -> None:
-    from . import gha
+    from openwork_sandbox.core import gha
 
     lines = rt.log_tail(40) if lines is None else lines
     gha.print_group(f"last {len(lines)} lines of the server log", lines or ["(no output)"])
@@ -277,8 +295,8 @@ class _StartWatch:
         return True
 
     def _raise_if_port_moved(self, recent: list[str]) -> None:
-        from .health import health_once
-        from .ports import moved_server_port
+        from openwork_sandbox.net.health import health_once
+        from openwork_sandbox.net.ports import moved_server_port
 
         moved = moved_server_port(recent, self.server_port)
         # it is this start's server only if it answers there: a ready line an earlier run of the same
@@ -295,7 +313,7 @@ def _fail_with_log(rt: Runtime, exc) -> WorkflowError:
 def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSpec) -> tuple[dict, str | None]:
     """Wait for health (restarting a stuck or early-dying start, up to START_ATTEMPTS starts in
     all; the last one gets the whole deadline), then check /workspaces."""
-    from .health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
+    from openwork_sandbox.net.health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
 
     first_began = time.monotonic()
     for attempt in range(1, START_ATTEMPTS + 1):
@@ -334,7 +352,7 @@ def _wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchS
 def _say_start_notes(rt: Runtime, seconds: float, settings: Settings) -> None:
     """One line each when the image's start gate held off opencode's start race, and when the start
     was slow (how long, which program; see start_gate)."""
-    from .start_gate import TAIL_LINES, race_note, slow_start_note
+    from openwork_sandbox.sandbox.start_gate import TAIL_LINES, race_note, slow_start_note
 
     lines = rt.log_tail(TAIL_LINES)
     for note in (race_note(lines), slow_start_note(seconds, lines, cpus=settings.cpus)):
@@ -372,9 +390,9 @@ def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, sp
              secret_digests: dict | None = None) -> Observed:
     """What `up` decides on: the record, the runtime's status, one health probe, the port, and which
     secret settings differ from what the sandbox was made with."""
-    from .health import health_once
-    from .ports import port_is_free
-    from .sandbox_secrets import changed_parts
+    from openwork_sandbox.net.health import health_once
+    from openwork_sandbox.net.ports import port_is_free
+    from openwork_sandbox.state.secrets import changed_parts
 
     st = rt.status()
     record = state.record()
@@ -396,7 +414,7 @@ def _save_record(state: SandboxState, settings: Settings, kind: str, spec: Launc
 def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, decision: UpDecision,
          spec: LaunchSpec, token: str, secrets=None) -> tuple[dict, str | None]:
     """Carry out ``decision``; returns the health body and the workspace id."""
-    from .health import check_workspaces
+    from openwork_sandbox.net.health import check_workspaces
 
     if decision.remove_old:
         old = runtime_for(decision.remove_old, settings)
@@ -414,7 +432,7 @@ def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, d
     fresh = decision.action in (CREATE, RECREATE)
     made = {"created_at": time.time(), "workspace_id": None} if fresh else {}
     if secrets is not None:  # the mounted folder, before anything boots (a start mounts it too)
-        from .sandbox_secrets import write
+        from openwork_sandbox.state.secrets import write
 
         write(settings, secrets)
         if fresh:  # the digests of what it is made with: a later `up` names what changed
@@ -436,7 +454,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     Observe, decide (:func:`up_decision.decide_up`), act, report. For a new sandbox the decision
     is also made before the lock, so a busy port fails before anything is created; the one acted
     on is made under the lock (another `up` may have finished meanwhile)."""
-    from .sandbox_secrets import gather
+    from openwork_sandbox.state.secrets import gather
 
     started = time.monotonic()
     state = SandboxState(settings)
@@ -482,7 +500,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
 
 def _start_slot(settings: Settings, decision: UpDecision):
     """One of the host's start slots (start_slots) while `up` boots; none to reuse a running sandbox."""
-    from .start_slots import default_slots, start_slot
+    from openwork_sandbox.sandbox.start_slots import default_slots, start_slot
 
     if decision.action == REUSE:
         return contextlib.nullcontext()
@@ -541,7 +559,7 @@ def _uptime(seconds: float | None) -> str:
 
 def status(settings: Settings, *, as_json: bool = False) -> int:
     """Runtime, state, image and digest, URL, health, uptime. Exit 0 when running and healthy, else 1."""
-    from .health import health_once
+    from openwork_sandbox.net.health import health_once
 
     state = SandboxState(settings)
     record = state.record()
@@ -570,7 +588,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         "settings_current": current,
         "state_dir": str(settings.sandbox_state_dir),
     }
-    from .supervision import read as read_supervision
+    from openwork_sandbox.state.supervision import read as read_supervision
 
     supervised = read_supervision(settings.data_dir)
     info["supervisor"] = supervised.as_dict() if supervised else None

@@ -1,4 +1,4 @@
-"""`restore`: an archive of `backup` (:mod:`openwork_sandbox.backup`, which describes its layout) put back whole.
+"""`restore`: an archive of `backup` (:mod:`openwork_sandbox.sandbox.backup`, which describes its layout) put back whole.
 
 **Restore** puts an archive back into the configured sandbox name (which may differ from the one it
 came from). It refuses while that sandbox runs (``invoke down`` first), and refuses a data folder
@@ -27,12 +27,12 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from . import console
-from .backup import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, hash_file
-from .errors import EXIT_BAD_SETTINGS, WorkflowError
-from .persist import read_chunks
-from .settings import Settings
-from .state import TOKENS_FILE, SandboxState
+from openwork_sandbox.core import console
+from openwork_sandbox.sandbox.backup import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, hash_file
+from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
+from openwork_sandbox.state.persist import read_chunks
+from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 MAX_MANIFEST = 64 << 20
 
@@ -192,7 +192,7 @@ def _move(src: Path, dest: Path) -> None:
 
 def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = False) -> dict:
     """Put the archive back into the configured sandbox (see the module doc); returns what was restored."""
-    from .lifecycle import sandbox_status
+    from openwork_sandbox.sandbox.lifecycle import sandbox_status
 
     path = Path(archive).expanduser().resolve()
     if not path.is_file():

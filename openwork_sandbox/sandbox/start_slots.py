@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from . import console
+from openwork_sandbox.core import console
 
 SLOT_DIR = Path(tempfile.gettempdir()) / "openwork-sandbox-start-slots"
 POLL_SECONDS = 0.25

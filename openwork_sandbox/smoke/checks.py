@@ -21,10 +21,10 @@ import socket
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
-from .errors import WorkflowError
+from openwork_sandbox.core.errors import WorkflowError
 
 if TYPE_CHECKING:
-    from .openwork_api import ApiResponse
+    from openwork_sandbox.net.openwork_api import ApiResponse
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"  # ERROR: not ready (JUnit <error>)
 GUEST_WORKSPACE = "/workspace"
@@ -82,8 +82,8 @@ class Skip(Exception):
 def health(r) -> str:
     """Wait for GET /health (health.wait_for_health: capped exponential backoff from 50 ms) up to
     OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
-    from .health import HealthTimeout, NothingListening, wait_for_health
-    from .openwork_api import ApiResponse
+    from openwork_sandbox.net.health import HealthTimeout, NothingListening, wait_for_health
+    from openwork_sandbox.net.openwork_api import ApiResponse
 
     url = r.client.url("/health")
     try:
@@ -105,7 +105,7 @@ def health(r) -> str:
 
 def _last_health(r) -> ApiResponse | None:
     """One more GET /health after a failed wait, so the report shows what the server answers."""
-    from .openwork_api import TransportError
+    from openwork_sandbox.net.openwork_api import TransportError
 
     try:
         return r.client.health()
@@ -172,7 +172,7 @@ def auth_accepted(r) -> str:
                                             for w in workspaces):
         raise CheckFailed('GET /workspaces: every workspace needs an "id" and a "path" string', resp)
     if r.target.expected_workspace:
-        from .openwork_api import workspace_at
+        from openwork_sandbox.net.openwork_api import workspace_at
 
         chosen = workspace_at(workspaces, r.target.expected_workspace)
         if chosen is None:
@@ -181,7 +181,7 @@ def auth_accepted(r) -> str:
     else:
         active = body.get("activeId")
         chosen = next((w for w in workspaces if w["id"] == active), workspaces[0])
-    from .openwork_api import workspace_id
+    from openwork_sandbox.net.openwork_api import workspace_id
 
     expected = workspace_id(chosen["path"])
     if chosen["id"] != expected:
@@ -279,8 +279,8 @@ def prompt_answered(r) -> str:
     opencode's session status until the reply is complete, refused, retried or late (agent_reply)."""
     import time
 
-    from .agent_reply import first_words, metrics, read_reply, scrub
-    from .openwork_api import TransportError
+    from openwork_sandbox.smoke.agent_reply import first_words, metrics, read_reply, scrub
+    from openwork_sandbox.net.openwork_api import TransportError
 
     if not r.prompt:
         raise Skip("not requested (--prompt TEXT)")
@@ -331,7 +331,7 @@ def prompt_answered(r) -> str:
 
 def _abort(r) -> None:
     """Stop opencode's retries for the smoke session (best effort)."""
-    from .openwork_api import TransportError
+    from openwork_sandbox.net.openwork_api import TransportError
 
     with contextlib.suppress(TransportError):
         r.client.abort_session(r.ws_id, r.session_id)

@@ -5,7 +5,7 @@
 
 The checks, in order (each named, timed, with one request timeout per request from
 ``OPENWORK_REQUEST_TIMEOUT``; bodies are checked, not just status codes; each is declared once in
-:mod:`openwork_sandbox.smoke_checks`, which this list comes from):
+:mod:`openwork_sandbox.smoke.checks`, which this list comes from):
 
 {checks}
 
@@ -33,14 +33,30 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from . import console, interrupts
-from .errors import (EXIT_BAD_SETTINGS, EXIT_FAILED, EXIT_UNREACHABLE, SettingsError, UnreachableError,
-                     WorkflowError)
-from .openwork_api import OpenWorkClient, TransportError, body_start
-from .report import redact
-from .runtimes.choice import RUNTIMES
-from .smoke_checks import (DECLARED, ERROR, FAILED, GUEST_WORKSPACE, PASSED, SKIPPED, Check, CheckFailed, Skip,
-                           describe)
+from openwork_sandbox.core import console, interrupts
+from openwork_sandbox.core.errors import (
+    EXIT_BAD_SETTINGS,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    SettingsError,
+    UnreachableError,
+    WorkflowError,
+)
+from openwork_sandbox.net.openwork_api import OpenWorkClient, TransportError, body_start
+from openwork_sandbox.core.report import redact
+from openwork_sandbox.runtimes.choice import RUNTIMES
+from openwork_sandbox.smoke.checks import (
+    DECLARED,
+    ERROR,
+    FAILED,
+    GUEST_WORKSPACE,
+    PASSED,
+    SKIPPED,
+    Check,
+    CheckFailed,
+    Skip,
+    describe,
+)
 
 CHECKS: tuple[str, ...] = tuple(c.name for c in DECLARED)
 PREREQUISITES: dict[str, tuple[str, ...]] = {c.name: c.needs for c in DECLARED}
@@ -255,7 +271,7 @@ def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: st
 
 
 def local_target(settings, ep, mode: str) -> Target:
-    from . import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     token = settings.token or ep.token
     host_token = settings.host_token or ep.host_token
@@ -275,7 +291,7 @@ def _runtime_is_alive(settings, kind: str | None) -> Callable[[], bool] | None:
     """The runtime's own "is it running" probe for the sandbox, when we know the runtime."""
     if kind not in RUNTIMES:
         return None
-    from .runtimes import runtime_for
+    from openwork_sandbox.runtimes import runtime_for
 
     runtime = runtime_for(kind, settings)
 
@@ -301,7 +317,7 @@ def _url_target(settings, url: str) -> Target:
 
 def attach_log_tail(settings, report: SmokeReport) -> None:
     """Attach the server log's last lines (local sandboxes only); never fails the run."""
-    from . import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     try:
         lines, path = lifecycle.server_log_tail(settings, lines=LOG_TAIL_LINES)
@@ -320,7 +336,7 @@ def _run_checks(settings, target: Target, persistence: bool, is_alive=None, keep
 
 
 def _finish(report: SmokeReport, junit: str | None, as_json: bool) -> int:
-    from . import report as output
+    from openwork_sandbox.core import report as output
 
     output.publish(report, junit=junit, as_json=as_json)
     return report.exit_code
@@ -339,7 +355,7 @@ def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, pers
         report = _run_checks(settings, _url_target(settings, url), persistence=False, keep_session=keep_session,
                              prompt=prompt)
         return _finish(report, junit, as_json)
-    from . import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     ep = lifecycle.endpoint(settings)
     report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session,
@@ -374,14 +390,14 @@ def ephemeral_settings(settings):
     changes: dict[str, Any] = dict(name=name, replace=True, workspace_dir=state / "workspace", data_dir=state / "data",
                                    ephemeral=True)  # marked: `reset --stale` removes it if this job dies
     if settings.origin("port") == "default":
-        from .ports import free_port
+        from openwork_sandbox.net.ports import free_port
 
         changes["port"] = free_port("0.0.0.0")  # free on every address, so on the bind address too
     return settings.with_overrides(**changes)
 
 
 def _teardown(eph) -> str | None:
-    from . import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     with interrupts.no_interrupts():
         try:
@@ -393,7 +409,7 @@ def _teardown(eph) -> str | None:
 
 
 def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: bool, prompt: str | None = None) -> int:
-    from . import lifecycle
+    from openwork_sandbox.sandbox import lifecycle
 
     eph = ephemeral_settings(settings)
     console.info(f"smoke --ephemeral: booting {eph.name} (removed afterwards)")
@@ -438,7 +454,7 @@ def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
                for c in DECLARED if c is not gate]
     tokens = [eph.token, eph.host_token, *eph.sandbox_env_values.values()]
     with contextlib.suppress(Exception):  # the generated tokens, only to mask them in the log tail
-        from . import lifecycle
+        from openwork_sandbox.sandbox import lifecycle
 
         ep = lifecycle.endpoint(eph)
         tokens += [ep.token, ep.host_token]

@@ -16,7 +16,7 @@ such a sandbox, :func:`migrate_before_replace` copies them out of it (the runtim
 ``docker cp``, which works on a stopped container; microsandbox: the SDK's file access), verifies every file (size and
 sha256 of what arrived, read back from disk), moves them into ``<data>/home`` without overwriting
 anything newer there, says so in one line, and only then lets ``up`` remove the sandbox. A copy that
-fails raises :class:`~openwork_sandbox.errors.WorkflowError` and leaves the sandbox as it was.
+fails raises :class:`~openwork_sandbox.core.errors.WorkflowError` and leaves the sandbox as it was.
 
 :func:`check_data_dir` refuses, before any boot, a data folder this user cannot write (read-only,
 full, someone else's), with one line naming the folder and the fix; the entrypoint does the same
@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import console
-from .errors import WorkflowError
-from .files import write_atomic
+from openwork_sandbox.core import console
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core.files import write_atomic
 
 GUEST_HOME = "/data/home"  # HOME inside the sandbox (the entrypoint's default too)
 HOST_HOME = "home"  # the same folder on the host: <data dir>/home

@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from .files import write_atomic
-from .settings import ImageRef, Settings
+from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.config.settings import ImageRef, Settings
 
 LAST_PUSH = "last-push.json"
 

@@ -26,9 +26,9 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .errors import SettingsError
-from .files import write_atomic
-from .settings import Settings
+from openwork_sandbox.core.errors import SettingsError
+from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.config.settings import Settings
 
 GUEST_DIR = "/etc/openwork-sandbox"  # where the folder is mounted (read by image/opencode-gate)
 HOST_DIR = "sandbox-secrets"  # under .state/<name>/
@@ -61,7 +61,7 @@ class SandboxSecrets:
     def digests(self) -> dict[str, str]:
         """For the settings fingerprint and the record, one digest per part that is set (no value is
         stored): ``env`` (names and values) and ``opencode_config`` (the file's text)."""
-        from .state import secret_digest
+        from openwork_sandbox.state.store import secret_digest
 
         out = {}
         if self.env:
@@ -94,7 +94,7 @@ def missing_problem(settings: Settings) -> str | None:
 def gather(settings: Settings) -> SandboxSecrets:
     """The values and the config for ``up``; :class:`SettingsError` (exit 2) for an unset variable or a
     config file that cannot be used, before anything is booted."""
-    from .opencode_config import load
+    from openwork_sandbox.config.opencode import load
 
     problems = []
     missing = missing_problem(settings)
@@ -115,7 +115,7 @@ def gather(settings: Settings) -> SandboxSecrets:
 def current(settings: Settings) -> SandboxSecrets:
     """What ``up`` would deliver, without failing (for ``status``' "settings changed" and doctor):
     unset variables are left out, a config that cannot be read counts as none."""
-    from .opencode_config import load
+    from openwork_sandbox.config.opencode import load
 
     config_text = None
     if settings.opencode_config is not None:

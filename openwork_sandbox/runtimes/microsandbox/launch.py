@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, TypeVar
 
-from .. import console
+from openwork_sandbox.core import console
 
 PROBE_MARK = "selected msb runtime does not support"  # the SDK's words for a probe not answered in time
 PROBE_TIMEOUT_S = 2  # the SDK's (measured above; not a setting of the SDK)

@@ -6,7 +6,7 @@
 - :func:`prove_pull` pulls a pushed image as ``up`` will, without booting it. The SDK has no pull
   of its own: ``Sandbox.create_with_progress`` pulls (``msb pull`` has no CA flag), and the
   creation is cancelled once the image is in microsandbox's cache, so no VM is booted. It runs in
-  a child process (``python -m openwork_sandbox.runtimes.microsandbox_pull``): the SDK opens its
+  a child process (``python -m openwork_sandbox.runtimes.microsandbox.pull``): the SDK opens its
   store under ``MSB_HOME`` once per process, and a child sees the ``MSB_HOME`` of the moment. The
   request (reference, login, CAs) arrives as JSON on stdin, never on the command line; the answer
   is one JSON object on stdout: ``{"digest": …}`` or ``{"error": …}``.
@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from .. import console
-from ..errors import WorkflowError
-from ..registry_access import LOGIN_HINT, PullAccess, certs_hint, login_refused
+from openwork_sandbox.core import console
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.registry.access import LOGIN_HINT, PullAccess, certs_hint, login_refused
 
 TIMEOUT = 900.0
 
@@ -56,7 +56,7 @@ def pull_failure_hint(host: str, text: str) -> str:
 def prove_pull(ref: str, host: str, access: PullAccess, expected_digest: str | None = None) -> tuple[bool, str]:
     """Pull ``ref`` with the microsandbox SDK where its runtime is installed, as ``up`` will (same
     login and CAs), without booting it. Returns ``(pulled, detail)``; a failure is one line."""
-    from .probe import msb_path
+    from openwork_sandbox.runtimes.probe import msb_path
 
     if not msb_path():
         return False, "skipped: microsandbox (msb) is not installed"

@@ -36,15 +36,23 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
-from .. import console
-from ..boundary import skip_interpreter_finalization
-from ..errors import EXIT_BAD_SETTINGS, WorkflowError
-from ..registry_access import PullAccess
-from ..state import RECORD_FILE, read_record, update_record
-from .base import ABSENT, HOST_ADDRESS_VAR, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
-from .choice import DOCKER_HINT
-from .microsandbox_launch import booting, probe_failure_message
-from .microsandbox_pull import sdk_registry_options
+from openwork_sandbox.core import console
+from openwork_sandbox.core.boundary import skip_interpreter_finalization
+from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
+from openwork_sandbox.registry.access import PullAccess
+from openwork_sandbox.state.store import RECORD_FILE, read_record, update_record
+from openwork_sandbox.runtimes.base import (
+    ABSENT,
+    HOST_ADDRESS_VAR,
+    RUNNING,
+    STOPPED,
+    LaunchSpec,
+    Runtime,
+    RuntimeStatus,
+)
+from openwork_sandbox.runtimes.choice import DOCKER_HINT
+from openwork_sandbox.runtimes.microsandbox.launch import booting, probe_failure_message
+from openwork_sandbox.runtimes.microsandbox.pull import sdk_registry_options
 
 LABEL_FP = "openwork-sandbox.fingerprint"
 HOST_NAME = "host.microsandbox.internal"  # the host's loopback as the microVM sees it (allow-all only)
@@ -93,7 +101,7 @@ def boot_failure_message(name: str, error: str) -> str | None:
     kvm = kvm_lines(name)
     if BOOT_FAILURE_MARK not in error and not kvm:
         return None
-    from .probe import microvm_support
+    from openwork_sandbox.runtimes.probe import microvm_support
 
     ok, why = microvm_support()
     cause = kvm[-1].split(": ", 1)[-1] if kvm else "the VM process exited before its agent answered"
@@ -161,7 +169,7 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
     """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
     at a time, ``read``) into ``stage/unit`` (``persist.write_staged``: a ``persist.Copied`` per file);
     [] when the guest has no such folder."""
-    from ..persist import is_kept, write_staged
+    from openwork_sandbox.state.persist import is_kept, write_staged
 
     if not await fs.exists(src):
         return []
@@ -490,8 +498,8 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError as exc:
             text = str(exc)
             if text.startswith(("image error", "registry error")):
-                from ..settings import ImageRef
-                from .microsandbox_pull import pull_failure_hint
+                from openwork_sandbox.config.settings import ImageRef
+                from openwork_sandbox.runtimes.microsandbox.pull import pull_failure_hint
 
                 raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
                                     f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
@@ -507,7 +515,7 @@ class MicrosandboxRuntime(Runtime):
         """The fault line when the microVM's CPU stopped it while it booted (KVM_EXIT_SHUTDOWN: a guest
         triple fault) on a host where microVMs do boot: a fault of that boot, worth one more (a nested
         or emulated CPU does this now and then); None for anything else, such as a host without KVM."""
-        from .probe import microvm_support
+        from openwork_sandbox.runtimes.probe import microvm_support
 
         if BOOT_FAILURE_MARK not in error and "KVM_EXIT" not in error:
             return None

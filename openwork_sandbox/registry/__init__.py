@@ -1,0 +1,1 @@
+"""Image registries: the v2 API, Docker's logins and CAs, and access for a runtime's own pull."""

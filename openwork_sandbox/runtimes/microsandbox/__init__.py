@@ -1,0 +1,1 @@
+"""The microsandbox runtime: a microVM per sandbox through the microsandbox SDK."""

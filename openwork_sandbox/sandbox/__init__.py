@@ -1,0 +1,1 @@
+"""The sandbox flows: up, down, status, logs, reset, doctor, backup, restore, and what they share."""

@@ -1,0 +1,1 @@
+"""smoke: each check declared once, and the runner for its three modes."""

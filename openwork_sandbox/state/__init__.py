@@ -1,0 +1,1 @@
+"""What is kept on the host for a sandbox: .state/<name>/ and what the programs keep under /data."""

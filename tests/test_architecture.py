@@ -1,0 +1,54 @@
+"""The layout is the architecture: import-linter holds the layers and forbids import circles (its
+contracts in ``pyproject.toml``), every package has its row in ``docs/architecture.md``, and no
+module of the package is longer than fits in a head."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import openwork_sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(openwork_sandbox.__file__).resolve().parent
+MAX_LINES = 500
+
+
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    program = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    return subprocess.run([program, "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_import_linter_keeps_every_contract():
+    proc = _lint_imports(ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "broken" in proc.stdout and " 0 broken" in proc.stdout
+
+
+def test_import_linter_names_an_upward_import(tmp_path):
+    """The contract can fail: a copy of the package where ``core`` imports ``sandbox`` breaks it."""
+    shutil.copytree(PACKAGE, tmp_path / "openwork_sandbox", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    errors = tmp_path / "openwork_sandbox" / "core" / "errors.py"
+    errors.write_text(errors.read_text() + "\n\ndef _upward():\n    from openwork_sandbox.sandbox import doctor\n")
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
+                           "from importlinter.cli import lint_imports_command; lint_imports_command()",
+                           "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "openwork_sandbox.core.errors -> openwork_sandbox.sandbox.doctor" in proc.stdout
+
+
+def test_every_package_has_its_row_in_the_architecture_page():
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_./]+)/?` \|", page, re.M))
+    packages = {str(p.parent.relative_to(PACKAGE)) for p in PACKAGE.rglob("__init__.py")} - {"."}
+    assert packages <= rows, f"packages without a row in docs/architecture.md: {sorted(packages - rows)}"
+
+
+def test_no_module_is_longer_than_fits_in_a_head():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
