@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle_helpers import docker_env, invoke
-from standin_openai_provider import REPLY, StandinProvider
+from tests.support.lifecycle import docker_env, invoke
+from tests.standins.standin_openai_provider import REPLY, StandinProvider
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 KEY_VAR = "STANDIN_API_KEY"

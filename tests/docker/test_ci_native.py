@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REGISTRY, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE, free_port
-from lifecycle_helpers import OFFLINE, ROOT, unique_name
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import REGISTRY, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
+from tests.support.lifecycle import OFFLINE, ROOT, unique_name
 
 pytestmark = pytest.mark.docker
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lifecycle_helpers import docker_env, invoke
+from tests.support.lifecycle import docker_env, invoke
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,8 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, stack_settings
+from tests.support.paths import ROOT
+from tests.support.stack import stack_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

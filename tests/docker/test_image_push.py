@@ -13,7 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import REGISTRY, STANDIN_SERVER, STACK_REPO, STACK_STATE_DIR, free_port, stack_settings
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import REGISTRY, STACK_REPO, STACK_STATE_DIR, STANDIN_SERVER
+from tests.support.stack import stack_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -17,10 +17,11 @@ import time
 import pytest
 import requests
 
-from conftest import REGISTRY, free_port
-from lifecycle_helpers import OFFLINE, ROOT, build_and_push, docker_env, invoke, make_settings, unique_name
-from lifecycle_helpers import container_id as _container_id
-from lifecycle_helpers import up_json as _up_json
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import REGISTRY
+from tests.support.lifecycle import OFFLINE, ROOT, build_and_push, docker_env, invoke, make_settings, unique_name
+from tests.support.lifecycle import container_id as _container_id
+from tests.support.lifecycle import up_json as _up_json
 
 pytestmark = pytest.mark.docker
 
@@ -114,7 +115,7 @@ def _follow_then_interrupt(tmp, args, env, ready_text):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
     clean.update({"OPENWORK_STATE_DIR": str(tmp / "state"), **OFFLINE, **env})
     # -X faulthandler: where a task does not end on Ctrl+C, SIGABRT makes it print every thread's stack
-    # (how a suite started in the background was found to pass its ignored SIGINT on: see conftest)
+    # (how a suite started in the background was found to pass its ignored SIGINT on: see tests/support/plugin.py)
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "invoke", *args, "--env-file",
                              str(tmp / "empty.env")], env=clean,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

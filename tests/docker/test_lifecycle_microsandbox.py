@@ -9,41 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 
 import pytest
 
-from conftest import REGISTRY, free_port
-from lifecycle_helpers import build_and_push, invoke, make_settings, ramfs, unique_name
-from openwork_sandbox.runtimes.probe import microvm_support
-
-VM_OK, VM_WHY = microvm_support()
-needs_no_microvm = pytest.mark.skipif(VM_OK, reason="microVMs boot on this host, so there is no boot failure to report")
-needs_microvm = pytest.mark.skipif(not VM_OK, reason=f"microVMs cannot boot on this host: {VM_WHY}")
-
-
-def _sandbox_exists(name: str) -> bool:
-    from microsandbox import Sandbox, SandboxNotFoundError
-
-    async def go() -> bool:
-        try:
-            await Sandbox.get(name)
-            return True
-        except SandboxNotFoundError:
-            return False
-
-    return asyncio.run(go())
-
-
-def _remove_sandbox(name: str) -> None:
-    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
-
-    try:
-        MicrosandboxRuntime(name, __import__("pathlib").Path("/nonexistent")).remove()
-    except Exception:  # noqa: BLE001 - best-effort cleanup
-        pass
-
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import REGISTRY, STANDINS
+from tests.support.lifecycle import invoke, make_settings, ramfs, unique_name
+from tests.support.microsandbox import (
+    needs_no_microvm,
+    remove_sandbox,
+    sandbox_exists,
+)
 
 @pytest.fixture(scope="module")
 def small_image(prod_base_image):
@@ -69,7 +46,7 @@ def test_up_with_microsandbox_fails_fast_here_in_one_line(tmp_path, small_image)
     assert len(lines) == 1, proc.stderr
     assert "cannot run microVMs" in lines[0] and "--runtime docker" in lines[0] and "vmx/svm" in lines[0]
     assert marker.read_text() == "keep me"
-    assert not _sandbox_exists(name)  # it knew before booting: no ~11 s doomed boot was attempted
+    assert not sandbox_exists(name)  # it knew before booting: no ~11 s doomed boot was attempted
 
 
 @needs_no_microvm
@@ -129,26 +106,9 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
         # reset removes the sandbox and the state folder
         reset = invoke(tmp_path, "reset", "--yes", **env)
         assert reset.returncode == 0, reset.stderr
-        assert not _sandbox_exists(name) and not settings.sandbox_state_dir.exists()
+        assert not sandbox_exists(name) and not settings.sandbox_state_dir.exists()
     finally:
-        _remove_sandbox(name)
-
-
-def runtime_log_lines(settings):
-    from openwork_sandbox.sandbox.lifecycle import server_log_tail
-
-    return server_log_tail(settings, 5)[0]
-
-
-def _slow_host_settings() -> dict:
-    """The deadlines and vCPUs of the tests that boot a microVM: 300 s, the default request timeout
-    and 2 vCPUs, unless the environment says otherwise (in the emulated host, scripts/microvm-host
-    gives a 900 s deadline, a 300 s request timeout and one vCPU; scripts/microvm-e2e its own deadline)."""
-    settings = {"OPENWORK_HEALTH_TIMEOUT": os.environ.get("OPENWORK_HEALTH_TIMEOUT", "300"),
-                "OPENWORK_MICROSANDBOX_CPUS": os.environ.get("OPENWORK_MICROSANDBOX_CPUS", "2")}
-    if os.environ.get("OPENWORK_REQUEST_TIMEOUT"):
-        settings["OPENWORK_REQUEST_TIMEOUT"] = os.environ["OPENWORK_REQUEST_TIMEOUT"]
-    return settings
+        remove_sandbox(name)
 
 
 # --- msb's launch probe, answered late (the SDK gives `msb __launch-protocol` 2 s) ---------------------
@@ -157,7 +117,7 @@ def _slow_host_settings() -> dict:
 def slow_probe(tmp_path_factory):
     """tests/slow_launch_probe.c built: preloaded into the real msb, its launch probe answers late."""
     lib = tmp_path_factory.mktemp("slowprobe") / "slow_launch_probe.so"
-    src = os.path.join(os.path.dirname(__file__), "slow_launch_probe.c")
+    src = str(STANDINS / "slow_launch_probe.c")
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), src], check=True, capture_output=True)
     return lib
 
@@ -200,7 +160,7 @@ def test_a_launch_probe_answered_late_once_is_tried_again(tmp_path, small_image,
         assert "this host cannot run microVMs" in err.value.message, err.value.message
         assert "launch probe" not in err.value.message and "upgrade msb" not in err.value.message
     finally:
-        _remove_sandbox(name)
+        remove_sandbox(name)
 
 
 def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_path, small_image, slow_probe,
@@ -225,102 +185,7 @@ def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_pa
         assert f"{selected_msb()} did not answer the SDK's launch probe" in message and "5 times" in message
         assert "too busy or slow" in message and "MSB_PATH" in message and "network.http" not in message
     finally:
-        _remove_sandbox(name)
-
-
-@pytest.mark.microvm
-@needs_microvm
-def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, capsys):
-    """Where microVMs boot: up -> healthy, 401/200, a file written inside is on the host and
-    survives down + up (the job is relaunched) and --replace; reset removes it all.
-
-    Runs directly on a host with KVM; elsewhere scripts/microvm-e2e runs it inside the emulated host
-    (its step "microvm tests", with OPENWORK_HEALTH_TIMEOUT set for a host 14-25x slower)."""
-    import requests
-
-    from openwork_sandbox.sandbox.lifecycle import down, endpoint, reset, runtime_exec, status, up
-
-    name = unique_name("vm")
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
-                             **_slow_host_settings())
-    try:
-        ep = up(settings)
-        assert ep.runtime == "microsandbox" and ep.workspace_id
-        assert requests.get(ep.url + "/workspaces", timeout=10).status_code == 401
-        assert requests.get(ep.url + "/workspaces", headers={"Authorization": f"Bearer {ep.token}"},
-                            timeout=10).status_code == 200
-        assert endpoint(settings) == ep
-        assert runtime_exec(settings, ["sh", "-c", "echo vm > /workspace/vm.txt"])[0] == 0
-        assert (settings.workspace_dir / "vm.txt").read_text() == "vm\n"
-        assert status(settings) == 0
-        # the record loses the job id: the SDK still finds the server job (by its command)
-        from openwork_sandbox.state.store import update_record
-
-        update_record(settings.sandbox_state_dir, job_id=None)
-        assert status(settings) == 0 and any(runtime_log_lines(settings))
-        # the three kinds of log read: the server job's, followed (first lines), the system log
-        from itertools import islice
-
-        from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
-
-        rt = MicrosandboxRuntime(name, settings.sandbox_state_dir)
-        plain = list(rt.stream_logs(tail=20))
-        followed = list(islice(rt.stream_logs(follow=True, tail=20), 3))
-        assert plain and len(followed) == 3 and followed[0] in plain, (plain, followed)
-        assert any(line.strip() for line in rt.stream_logs(system=True))
-        down(settings)
-        assert status(settings) == 1
-        capsys.readouterr()
-        up(settings, as_json=True)
-        assert json.loads(capsys.readouterr().out)["action"] == "started"
-        assert runtime_exec(settings, ["cat", "/workspace/vm.txt"]) == (0, "vm\n")
-        up(settings.with_overrides(replace=True), as_json=True)
-        assert json.loads(capsys.readouterr().out)["action"] == "recreated"
-        assert (settings.workspace_dir / "vm.txt").exists()
-        reset(settings, yes=True)
-        assert not _sandbox_exists(name) and not settings.sandbox_state_dir.exists()
-    finally:
-        _remove_sandbox(name)
-
-
-# The first start stops the microVM from inside (its kernel's reboot call), later than the 30 s in
-# which a server that exits gets another try: as the emulated host's nested microVMs are seen to stop
-# (a guest triple fault: KVM_EXIT_SHUTDOWN) while opencode starts. It says so every 5 s, as a starting
-# server's gates do (a log silent for 20 s is a stuck start, restarted: the first run of this test in a
-# microVM was restarted so and never stopped). reboot(2) with LINUX_REBOOT_CMD_RESTART, by perl's
-# syscall: measured in a nested microVM, its VMM stops 3 s later ("Vmm is stopping"); its kernel has
-# no /proc/sysrq-trigger.
-POWER_OFF_ONCE = ("if [ ! -e /data/.vm-stopped-once ]; then touch /data/.vm-stopped-once; sync; "
-                  'for i in 1 2 3 4 5 6 7; do echo "[test] stopping the microVM from inside, tick $i"; sleep 5; done; '
-                  "perl -e '$r = syscall(169, 0xfee1dead, 672274793, 0x01234567); print \"[test] reboot(2): $r $!\\n\"'; "
-                  'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "[test] the microVM still runs, tick $i"; sleep 5; done; fi; '
-                  "exec /usr/local/bin/microsandbox-entrypoint.sh")
-
-
-@pytest.mark.microvm
-@needs_microvm
-def test_a_microvm_that_stops_under_its_starting_server_is_booted_again(tmp_path, stack_image, capsys):
-    """A microVM that itself stops during start-up, however late, is not the server's doing: `up`
-    says so in one line, boots it again and is healthy; the state made before the stop is kept."""
-    import requests
-
-    from openwork_sandbox.sandbox.lifecycle import reset, up
-
-    ref = build_and_push(tmp_path, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(POWER_OFF_ONCE)}]\n'
-                                   "CMD []\n", f"{REGISTRY}/owtest-lifecycle:vm-stops-once")
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("vmstop"), OPENWORK_MICROSANDBOX_IMAGE=ref,
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
-                             **_slow_host_settings())
-    try:
-        ep = up(settings)
-        said = [line for line in capsys.readouterr().err.splitlines() if "during start-up" in line]
-        assert len(said) == 1 and said[0].startswith("the microVM itself stopped (") and "start 2 of 3" in said[0], said
-        assert requests.get(ep.url + "/health", timeout=10).ok
-        assert (settings.data_dir / ".vm-stopped-once").exists()
-        reset(settings, yes=True)
-    finally:
-        _remove_sandbox(settings.name)
+        remove_sandbox(name)
 
 
 def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
@@ -339,7 +204,7 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
         assert f"could not pull {ref}" in err.value.message and "invoke push-image" in err.value.message
         assert "manifest unknown" in err.value.message
     finally:
-        _remove_sandbox(name)
+        remove_sandbox(name)
 
 
 # --- what create passes to the SDK (no boot) ---------------------------------------------------------
@@ -460,7 +325,7 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
                 launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
         assert err.value.exit_code == 2 and "extended attributes" in err.value.message
         assert str(settings.data_dir.resolve()) in err.value.message and "OPENWORK_STATE_DIR" in err.value.message
-        assert not _sandbox_exists(name)  # refused before anything was made
+        assert not sandbox_exists(name)  # refused before anything was made
 
 
 def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_path, monkeypatch, small_image):

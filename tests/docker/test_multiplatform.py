@@ -21,8 +21,9 @@ import tempfile
 
 import pytest
 
-from conftest import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE, stack_settings
-from lifecycle_helpers import invoke
+from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
+from tests.support.stack import stack_settings
+from tests.support.lifecycle import invoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ARM_BASE = TEST_BASE_IMAGE + "-arm64"
@@ -250,9 +251,6 @@ def test_a_program_of_the_wrong_architecture_is_one_line(arm_base, tmp_path):
 
 # --- a private registry: TLS from a CA made here, htpasswd login ----------------------------------
 
-from test_private_registry import private_services, tls_registry  # noqa: E402,F401  (fixtures)
-
-
 def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_registry, tmp_path, monkeypatch):
     from openwork_sandbox.image.push import push_image
 
@@ -310,7 +308,7 @@ def bootable_index(multi_image, tmp_path_factory):
 def test_up_on_docker_boots_the_amd64_image_of_the_index(bootable_index, tmp_path):
     import requests
 
-    from lifecycle_helpers import docker_env
+    from tests.support.lifecycle import docker_env
 
     env = docker_env(bootable_index["pinned"], "i16idx", health_timeout="240")
     try:
@@ -334,7 +332,7 @@ def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, t
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.probe import microvm_support, msb_path
     from openwork_sandbox.state.store import SandboxState
-    from lifecycle_helpers import make_settings, unique_name
+    from tests.support.lifecycle import make_settings, unique_name
 
     if not msb_path():
         pytest.skip("microsandbox is not installed")

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port
-from lifecycle_helpers import OFFLINE, unique_name
+from openwork_sandbox.net.ports import free_port
+from tests.support.lifecycle import OFFLINE, unique_name
 
 pytestmark = pytest.mark.docker
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 USER = "owtest-runner"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SOCKET = Path("/var/run/docker.sock")

@@ -17,55 +17,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.support.openwork_client import WS, auth, issue_token, make_session, read_session, status_with
 import requests
 
-from conftest import REGISTRY, STACK_REPO, StackContainer, free_port
-from lifecycle_helpers import container_id, docker_env, invoke, make_settings, unique_name
-from lifecycle_helpers import up_json as _up_json
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import REGISTRY, STACK_REPO, STANDINS
+from tests.support.stack import StackContainer
+from tests.support.lifecycle import container_id, docker_env, invoke, make_settings, unique_name
+from tests.support.lifecycle import up_json as _up_json
 
 pytestmark = pytest.mark.docker
-HERE = Path(__file__).resolve().parent
-WS = "ws_c52ddf65534b"  # ws_ + sha256("/workspace")[:12]
 
 
 # --- talking to the sandbox --------------------------------------------------------------------------
-
-def _auth(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def make_session(url: str, token: str, text: str) -> str:
-    """A session with one user message (noReply: stored without asking a model), through the proxy."""
-    base = f"{url}/w/{WS}/opencode"
-    created = requests.post(f"{base}/session", json={"title": f"kept {text}"}, headers=_auth(token), timeout=20)
-    assert created.status_code == 200, created.text
-    sid = created.json()["id"]
-    msg = requests.post(f"{base}/session/{sid}/message", json={"noReply": True, "parts": [{"type": "text", "text": text}]},
-                        headers=_auth(token), timeout=30)
-    assert msg.status_code == 200, msg.text
-    return sid
-
-
-def read_session(url: str, token: str, sid: str) -> tuple[dict, list[str]]:
-    base = f"{url}/w/{WS}/opencode"
-    got = requests.get(f"{base}/session/{sid}", headers=_auth(token), timeout=20)
-    assert got.status_code == 200, f"session {sid} is gone: {got.status_code} {got.text[:300]}"
-    messages = requests.get(f"{base}/session/{sid}/message?limit=10", headers=_auth(token), timeout=20)
-    assert messages.status_code == 200, messages.text
-    texts = [p.get("text") for m in messages.json() for p in m["parts"] if p.get("type") == "text"]
-    return got.json(), texts
-
-
-def issue_token(url: str, host_token: str) -> str:
-    resp = requests.post(f"{url}/tokens", json={"scope": "collaborator", "label": "a colleague"},
-                         headers={"X-OpenWork-Host-Token": host_token}, timeout=10)
-    assert resp.status_code == 201, resp.text
-    return resp.json()["token"]
-
-
-def status_with(url: str, token: str) -> int:
-    return requests.get(f"{url}/workspaces", headers=_auth(token), timeout=10).status_code
-
 
 def wait_up(c: StackContainer, starts: int = 3) -> None:
     """Like `up`: a start that dies early (orchestrator 0.18 gives up when the machine is loaded) or
@@ -227,7 +192,7 @@ def test_as_root_with_a_users_data_folder_the_entrypoint_hands_files_back(stack_
 def legacy_image(stack_image, tmp_path_factory):
     """The stack image with the entrypoint as it was before this layout (state in /root)."""
     ctx = tmp_path_factory.mktemp("legacy")
-    shutil.copy(HERE / "legacy_entrypoint.sh", ctx / "entrypoint.sh")
+    shutil.copy(STANDINS / "legacy_entrypoint.sh", ctx / "entrypoint.sh")
     (ctx / "Dockerfile").write_text(f"FROM {stack_image.ref}\nCOPY entrypoint.sh /usr/local/bin/microsandbox-entrypoint.sh\n")
     ref = f"{REGISTRY}/{STACK_REPO}:legacy"
     subprocess.run(["docker", "build", "-q", "-t", ref, str(ctx)], check=True, capture_output=True, timeout=300)
@@ -325,7 +290,7 @@ def test_smoke_deletes_its_session_on_the_real_opencode(box, capsys):
         return next(c["detail"] for c in report["checks"] if c["name"] == "session-create")
 
     def exists(sid: str) -> int:
-        return requests.get(f"{ep.url}/w/{WS}/opencode/session/{sid}", headers=_auth(ep.token), timeout=20).status_code
+        return requests.get(f"{ep.url}/w/{WS}/opencode/session/{sid}", headers=auth(ep.token), timeout=20).status_code
 
     deleted, kept = smoke(), smoke(keep_session=True)
     assert deleted.startswith("ses_") and kept.startswith("ses_")

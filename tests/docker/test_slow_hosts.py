@@ -23,8 +23,8 @@ from collections import Counter
 
 import pytest
 
-from conftest import free_port
-from lifecycle_helpers import OFFLINE, ROOT, invoke, unique_name, user_ports
+from openwork_sandbox.net.ports import free_port
+from tests.support.lifecycle import OFFLINE, ROOT, invoke, unique_name, user_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def sandbox_env(stack_image, prefix: str, **extra: str) -> dict[str, str]:
 
 
 def start_up(tmp_path, env: dict[str, str]) -> subprocess.Popen:
-    """`invoke up` in its own process (as lifecycle_helpers.invoke runs it), not waited for."""
+    """`invoke up` in its own process (as tests.support.lifecycle.invoke runs it), not waited for."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
     clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
     env_file = tmp_path / "empty.env"

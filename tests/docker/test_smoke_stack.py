@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from openwork_sandbox.net.ports import free_port
 from openwork_sandbox.config.settings import load_settings
 from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner, attach_log_tail, local_target, run_smoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def smoke_settings(state_dir: Path, image: str, **flags):
@@ -32,7 +32,7 @@ def smoke_settings(state_dir: Path, image: str, **flags):
     env_file.write_text("")
     values = {"runtime": "docker", "image": image, "state_dir": str(state_dir), "port": str(free_port()),
               "request_timeout": "5", "health_timeout": "90",
-              "offline": "true"}  # air-gapped machines: see tests/lifecycle_helpers.OFFLINE
+              "offline": "true"}  # air-gapped machines: see tests/support/lifecycle.OFFLINE
     values.update(flags)
     return load_settings(values, environ={}, env_file=env_file, root=ROOT)
 

@@ -19,12 +19,13 @@ import time
 import pytest
 import requests
 
-from conftest import REGISTRY, STACK_REPO, free_port
-from lifecycle_helpers import ROOT, build_and_push, make_settings, unique_name
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import REGISTRY, STACK_REPO, STANDINS
+from tests.support.lifecycle import build_and_push, make_settings, unique_name
 
 pytestmark = pytest.mark.docker
 
-STANDIN = ROOT / "tests" / "standin_opencode_drops_first_request.py"
+STANDIN = STANDINS / "standin_opencode_drops_first_request.py"
 STANDIN_IN_IMAGE = "/usr/local/bin/opencode-standin-drops-first-request"
 
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from lifecycle_helpers import docker_env, invoke, make_settings
+from tests.support.lifecycle import docker_env, invoke, make_settings
 
 pytestmark = pytest.mark.docker
 

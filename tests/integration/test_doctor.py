@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, free_port
-from lifecycle_helpers import ramfs
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import ROOT
+from tests.support.lifecycle import ramfs
 from openwork_sandbox.sandbox import doctor
 from openwork_sandbox.config.settings import load_settings
 

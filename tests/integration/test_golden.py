@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TASKS = ["backup", "build-image", "doctor", "down", "logs", "push-image", "reset", "restore", "smoke",
          "status", "up"]

@@ -14,7 +14,8 @@ import threading
 
 import pytest
 
-from conftest import REGISTRY, free_port
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import REGISTRY
 
 NPM_HOST = "npm.example.invalid"  # never resolved: a request for it can only reach the proxy
 

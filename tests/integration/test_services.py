@@ -6,7 +6,7 @@ import subprocess
 
 import requests
 
-from conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def pids(pattern: str) -> set[str]:
@@ -32,7 +32,7 @@ def test_status_reports_both(services):
 
 
 def test_status_fails_for_a_registry_address_where_none_listens(services):
-    from conftest import free_port
+    from openwork_sandbox.net.ports import free_port
 
     env = {"PATH": __import__("os").environ["PATH"], "OPENWORK_LOCAL_REGISTRY_ADDR": f"127.0.0.1:{free_port()}"}
     proc = subprocess.run([str(ROOT / "scripts" / "services"), "status"], capture_output=True, text=True, timeout=60,

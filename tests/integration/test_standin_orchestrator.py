@@ -15,10 +15,11 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, free_port
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import STANDINS
 
-STANDIN = ROOT / "tests" / "standin_openwork_orchestrator.py"
-SERVER = ROOT / "tests" / "standin_openwork_server.py"
+STANDIN = STANDINS / "standin_openwork_orchestrator.py"
+SERVER = STANDINS / "standin_openwork_server.py"
 
 
 @pytest.fixture(scope="module")

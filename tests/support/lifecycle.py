@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 # These machines are air-gapped: opencode's models.dev fetch would hang one start in ten (README).
 OFFLINE = {"OPENWORK_OFFLINE": "true"}
 

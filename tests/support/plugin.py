@@ -1,28 +1,25 @@
-"""Shared fixtures: the real local services (Docker engine, registry) and settings helpers.
+"""The suite's fixtures, loaded as a pytest plugin: the real local services (Docker engine,
+registry), the base images made offline, the test stack image and containers of it, clean settings.
 
-Tests use the real engine and registry started by ``scripts/services start`` (idempotent);
-traffic goes to 127.0.0.1 only, containers use host networking.
+Tests use the real engine and registry started by ``scripts/services start`` (idempotent); traffic
+goes to 127.0.0.1 only, containers use host networking.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-REGISTRY = "127.0.0.1:5000"
-TEST_BASE_IMAGE = "openwork-base:bookworm-slim-python"  # + python3-minimal for the stand-in server
-PROD_BASE_IMAGE = "openwork-base:bookworm-slim"
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import PREBUILT_STACK, PROD_BASE_IMAGE, REGISTRY, ROOT, STACK_REPO, STACK_TAG, TEST_BASE_IMAGE
+from tests.support.stack import StackContainer, StackImage, stack_settings
 
-
-from openwork_sandbox.net.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
-
-# A suite started in the background of a script (`cmd &`, `nohup ... &`) inherits SIGINT ignored, and
-# so would every task it starts (Python keeps an ignored SIGINT); the tests that press Ctrl+C need what a
-# terminal gives: a suite run so had `logs --follow` and `smoke --ephemeral` never see their Ctrl+C
+# A suite started in the background of a script (`cmd &`) inherits SIGINT ignored, and so would every
+# task it starts; the tests that press Ctrl+C need what a terminal gives
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -77,71 +74,6 @@ def clean_env(monkeypatch, tmp_path):
     return tmp_path
 
 
-# --- the test stack image (issue 3): real openwork + opencode from npm, the stand-in server -------
-#
-# ``stack_image`` (session) builds the TEST image with the product's own build code
-# (openwork_sandbox.image.build.build_image): base ``openwork-base:bookworm-slim-python``, the real
-# openwork and opencode from the npm registry (downloaded once into .state/test-cache), and
-# tests/standin_openwork_server.py baked as openwork-server through OPENWORK_SERVER_BIN. It pushes
-# the image to the local registry and returns a StackImage with ``ref`` (registry ref), ``local``
-# (local tag), ``image_id``, ``versions`` and ``settings`` (the Settings it was built with).
-#
-# Start a container from it with the ``stack_container`` factory (removed at teardown), or by hand:
-#
-#   docker run -d --network host -e OPENWORK_PORT=<free port> -e OPENWORK_OPENCODE_PORT=<free port> \
-#     -e OPENWORK_TOKEN=<client token> -e OPENWORK_HOST_TOKEN=<host token> -e OPENWORK_REMOTE_ACCESS=0 <ref>
-#
-# With host networking both ports must be free on the host (the entrypoint honours
-# OPENWORK_OPENCODE_PORT); the entrypoint exits 64 when a token is missing.
-
-import dataclasses
-import os
-import secrets
-import time
-
-# Two checkouts on one machine share the engine and the registry: OPENWORK_TEST_STACK_REPO gives
-# each its own repository, OPENWORK_TEST_CACHE_DIR lets them share one download cache.
-STACK_REPO = os.environ.get("OPENWORK_TEST_STACK_REPO") or "openwork-microsandbox-test"
-STACK_TAG = "stack"
-STACK_CACHE_DIR = Path(os.environ.get("OPENWORK_TEST_CACHE_DIR") or ROOT / ".state" / "test-cache")  # npm downloads
-STACK_STATE_DIR = ROOT / ".state" / "test-stack"  # build context, last-build.json
-STANDIN_SERVER = ROOT / "tests" / "standin_openwork_server.py"
-
-
-def stack_settings(tmp_dir: Path, **env: str):
-    """Settings for a test build: only the given values and the test defaults, no .env file."""
-    from openwork_sandbox.config.settings import load_settings
-
-    env_file = tmp_dir / "empty.env"
-    env_file.write_text("")
-    environ = {
-        "OPENWORK_BASE_IMAGE": TEST_BASE_IMAGE,
-        "OPENWORK_SERVER_BIN": str(STANDIN_SERVER),
-        "OPENWORK_CACHE_DIR": str(STACK_CACHE_DIR),
-        "OPENWORK_STATE_DIR": str(STACK_STATE_DIR),
-        "OPENWORK_MICROSANDBOX_IMAGE": f"{REGISTRY}/{STACK_REPO}:{STACK_TAG}",
-        **env,
-    }
-    return load_settings(environ=environ, env_file=env_file, root=ROOT)
-
-
-@dataclasses.dataclass
-class StackImage:
-    ref: str  # 127.0.0.1:5000/openwork-microsandbox-test:stack, pushed
-    local: str  # openwork-microsandbox-test:stack, a local tag of the same image
-    image_id: str
-    versions: dict
-    settings: object
-    build: dict  # build_image()'s result
-    push: dict  # push_image()'s result (digest, layers, msb pull)
-
-
-# An image already in the local engine to use as the stack image, pushed but not built: inside the
-# emulated host of scripts/microvm-host (no network, no AVX) it is the e2e image of
-# scripts/microvm-image (the stand-in orchestrator and server, the real opencode).
-PREBUILT_STACK = os.environ.get("OPENWORK_TEST_STACK_IMAGE")
-
-
 @pytest.fixture(scope="session")
 def stack_image(request, tmp_path_factory) -> StackImage:
     """The test image (real openwork + opencode, stand-in server), built and pushed once per session."""
@@ -156,7 +88,7 @@ def stack_image(request, tmp_path_factory) -> StackImage:
         inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}}",
                                   PREBUILT_STACK], check=True, capture_output=True, text=True).stdout
         image_id, labels = inspect.split(" ", 1)
-        labels = __import__("json").loads(labels) or {}
+        labels = json.loads(labels) or {}
         versions = {p: labels.get(f"io.openwork.{p}.version") for p in ("openwork", "openwork-server", "opencode")}
         subprocess.run(["docker", "tag", image_id, settings.image], check=True, capture_output=True)
         local = f"{STACK_REPO}:{STACK_TAG}"
@@ -169,57 +101,6 @@ def stack_image(request, tmp_path_factory) -> StackImage:
     subprocess.run(["docker", "tag", build["image_id"], local], check=True, capture_output=True)
     pushed = push_image(settings)
     return StackImage(settings.image, local, build["image_id"], build["versions"], settings, build, pushed)
-
-
-@dataclasses.dataclass
-class StackContainer:
-    name: str
-    url: str
-    port: int
-    opencode_port: int
-    token: str
-    host_token: str
-
-    def logs(self) -> str:
-        proc = subprocess.run(["docker", "logs", self.name], capture_output=True, text=True)
-        return proc.stdout + proc.stderr
-
-    def running(self) -> bool:
-        proc = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", self.name],
-                              capture_output=True, text=True)
-        return proc.stdout.strip() == "true"
-
-    def wait_healthy(self, timeout: float = 120, restarts: int = 2) -> None:
-        """Poll GET /health (backoff from 50 ms) until 200; fail at once, with the container's log,
-        when the container has exited, else after ``timeout`` seconds.
-
-        Like `invoke up`, it restarts the container (up to ``restarts`` times) when the log has
-        stopped at "opencode server listening" for 8 s: orchestrator 0.18.1 then waits forever on
-        its first request to opencode, about one start in ten (an upstream hang, see README)."""
-        import requests
-
-        deadline, delay = time.monotonic() + timeout, 0.05
-        last_log, changed_at = "", time.monotonic()
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if not self.running():
-                pytest.fail(f"container {self.name} exited before {self.url}/health answered; log:\n"
-                            f"{self.logs()[-3000:]}")
-            log = self.logs()
-            if log != last_log:
-                last_log, changed_at = log, time.monotonic()
-            elif (restarts > 0 and time.monotonic() - changed_at > 8
-                  and log.strip().splitlines()[-1:] and "opencode server listening" in log.strip().splitlines()[-1]):
-                subprocess.run(["docker", "restart", "-t", "1", self.name], capture_output=True, timeout=60)
-                restarts -= 1
-                last_log, changed_at = "", time.monotonic()
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        pytest.fail(f"{self.url}/health not 200 within {timeout}s; log:\n{self.logs()[-3000:]}")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openwork_sandbox
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 PACKAGE = Path(openwork_sandbox.__file__).resolve().parent
 MAX_LINES = 500
 

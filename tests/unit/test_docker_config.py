@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from tests.support.paths import STANDINS
 
-HELPER_DIR = ROOT / "tests" / "doubles"
+HELPER_DIR = STANDINS
 PEM = b"-----BEGIN CERTIFICATE-----\nMIIBdouble\n-----END CERTIFICATE-----\n"
 
 
@@ -121,7 +121,7 @@ def test_a_missing_helper_is_one_line(docker_cfg):
 
 
 def test_settings_login_comes_before_dockers(docker_cfg, tmp_path):
-    from lifecycle_helpers import make_settings
+    from tests.support.lifecycle import make_settings
     from openwork_sandbox.registry.access import credentials
 
     docker_cfg({"auths": {"localhost:5443": {"auth": base64.b64encode(b"docker-user:dp").decode()}}})
@@ -131,7 +131,7 @@ def test_settings_login_comes_before_dockers(docker_cfg, tmp_path):
 
 
 def test_trust_is_system_cas_plus_certs_d_plus_the_setting(tmp_path, monkeypatch):
-    from lifecycle_helpers import make_settings
+    from tests.support.lifecycle import make_settings
     from openwork_sandbox.registry import docker_config
     from openwork_sandbox.registry.access import ca_bundle, system_bundle
 
@@ -153,7 +153,7 @@ def test_trust_is_system_cas_plus_certs_d_plus_the_setting(tmp_path, monkeypatch
 
 
 def test_a_registry_ca_setting_that_is_not_a_pem_is_one_line(tmp_path):
-    from lifecycle_helpers import make_settings
+    from tests.support.lifecycle import make_settings
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.registry.access import ca_bundle
 
@@ -165,7 +165,7 @@ def test_a_registry_ca_setting_that_is_not_a_pem_is_one_line(tmp_path):
 
 
 def test_pinned_image_follows_the_last_push_of_that_tag(tmp_path):
-    from lifecycle_helpers import make_settings
+    from tests.support.lifecycle import make_settings
     from openwork_sandbox.state.pin import pinned_image, record_push
 
     digest = "sha256:" + "ab" * 32

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +11,7 @@ from invoke.parser import Parser
 
 from openwork_sandbox.tasks import ns
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 EXAMPLE = ROOT / "examples" / "github-actions.yml"
 
 

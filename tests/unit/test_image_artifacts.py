@@ -11,7 +11,8 @@ import os
 
 import pytest
 
-from conftest import free_port, stack_settings
+from openwork_sandbox.net.ports import free_port
+from tests.support.stack import stack_settings
 
 SMALL = ("openwork-orchestrator", "0.18.1")
 

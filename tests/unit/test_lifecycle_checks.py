@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import free_port
-from lifecycle_helpers import make_settings, unique_name
+from openwork_sandbox.net.ports import free_port
+from tests.support.lifecycle import make_settings, unique_name
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.runtimes import probe
 

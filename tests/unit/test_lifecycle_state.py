@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle_helpers import make_settings, unique_name
+from tests.support.paths import ROOT
+from tests.support.lifecycle import make_settings, unique_name
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.state.store import SandboxState, deletion_problem, safe_remove
 
@@ -81,8 +82,7 @@ def test_record_merges_and_drops_keys(tmp_path):
 LOCK_HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
-    sys.path.insert(0, sys.argv[1] + "/tests")
-    from lifecycle_helpers import make_settings
+    from tests.support.lifecycle import make_settings
     from pathlib import Path
     from openwork_sandbox.state.store import SandboxState
     state = SandboxState(make_settings(Path(sys.argv[2]), OPENWORK_MICROSANDBOX_NAME=sys.argv[3]))
@@ -94,7 +94,7 @@ LOCK_HOLDER = textwrap.dedent("""
 
 def test_lock_second_up_for_one_name_waits_then_fails_clearly(tmp_path):
     name = unique_name()
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(root), str(tmp_path), name, "30"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -117,7 +117,7 @@ def test_lock_second_up_for_one_name_waits_then_fails_clearly(tmp_path):
 
 def test_lock_waits_for_a_short_holder(tmp_path):
     name = unique_name()
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(root), str(tmp_path), name, "0.5"],
                               stdout=subprocess.PIPE, text=True)
     try:

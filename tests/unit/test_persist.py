@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import STANDIN_SERVER, free_port
-from lifecycle_helpers import make_settings, unique_name
+from openwork_sandbox.net.ports import free_port
+from tests.support.paths import STANDIN_SERVER
+from tests.standins import standin_openwork_server as standin
+from tests.support.lifecycle import make_settings, unique_name
 from openwork_sandbox.state import persist
 from openwork_sandbox.core.errors import WorkflowError
 
-sys.path.insert(0, str(STANDIN_SERVER.parent))
-import standin_openwork_server as standin  # noqa: E402
 
 HOST = "host-token-0123456789abcdef"
 CLIENT = "client-token-0123456789abcdef"

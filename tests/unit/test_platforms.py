@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from tests.support.paths import ROOT, STANDINS
 from openwork_sandbox.core.errors import SettingsError
 
-STANDIN = ROOT / "tests" / "standin_openwork_server.py"
+STANDIN = STANDINS / "standin_openwork_server.py"
 
 
 def _settings(tmp_path: Path, **env: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle_helpers import invoke
+from tests.support.lifecycle import invoke
 
 NAME = "owtest-refuse"
 

@@ -333,7 +333,7 @@ def test_invoke_up_stops_with_one_line_before_anything_starts(tmp_path):
     import os
     import sys
 
-    from lifecycle_helpers import ROOT
+    from tests.support.lifecycle import ROOT
 
     bad = tmp_path / "bad.jsonc"
     bad.write_text('{"model": "no-slash"}')

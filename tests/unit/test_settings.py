@@ -12,7 +12,7 @@ import pytest
 from openwork_sandbox.core.errors import SettingsError
 from openwork_sandbox.config.settings import DEFAULT_IMAGE, SPECS, ImageRef, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def load(tmp_path, env=None, dotenv=None, flags=None, env_file=None):
@@ -396,7 +396,7 @@ def test_dotenv_scan(text, bad, numbers):
 
 
 def test_settings_does_not_import_private_dotenv_modules():
-    config = Path(__file__).resolve().parent.parent / "openwork_sandbox" / "config"
+    config = ROOT / "openwork_sandbox" / "config"
     text = "".join(p.read_text() for p in config.glob("*.py"))
     assert "dotenv.parser" not in text and "from dotenv import dotenv_values" in text
 

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +19,9 @@ from openwork_sandbox.net.openwork_api import join_url, workspace_id
 from openwork_sandbox.config.settings import load_settings
 from openwork_sandbox.smoke.runner import CHECKS, PREREQUISITES, run_smoke
 
-from openwork_double import OpenWorkDouble
+from tests.standins.openwork_double import OpenWorkDouble
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 TOKEN = "client-token-0123456789abcdef"
 HOST_TOKEN = "host-token-0123456789abcdef"
 OPT_IN = ("persistence", "prompt-answered")  # run only when asked (--persistence, --prompt)

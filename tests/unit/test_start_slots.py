@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from lifecycle_helpers import ROOT
+from tests.support.lifecycle import ROOT
 
 
 def test_a_start_beyond_the_slots_waits_for_one_and_says_who_holds_them(tmp_path, capsys):
