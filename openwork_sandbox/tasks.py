@@ -39,7 +39,7 @@ def project_root(c) -> str | None:
 
 
 def _settings(c, env_file=None, **flags):
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
     from openwork_sandbox.state.store import mask_settings
 
     settings = load_settings(flags, env_file=env_file, root=project_root(c))

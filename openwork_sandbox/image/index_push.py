@@ -25,7 +25,7 @@ from openwork_sandbox.state.pin import push_result, record_push
 from openwork_sandbox.core.platforms import host_platform, parse_platform
 from openwork_sandbox.registry.client import Registry
 from openwork_sandbox.runtimes.microsandbox import pull as microsandbox_pull
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 
 
 def _blob(settings: Settings, digest: str) -> bytes:

@@ -32,7 +32,7 @@ from openwork_sandbox.core.platforms import (
     parse_platform,
     parse_platforms,
 )
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 
 FOREIGN_BASE = "openwork-base:bookworm-slim-{arch}"  # what scripts/setup makes for another platform
 BASE_ARCH = "base-arch.json"
@@ -59,7 +59,7 @@ def _bad(message: str) -> WorkflowError:
 
 
 def _env(field: str) -> str:
-    from openwork_sandbox.config.settings import SPEC_BY_FIELD
+    from openwork_sandbox.config import SPEC_BY_FIELD
 
     return SPEC_BY_FIELD[field].env
 
@@ -188,7 +188,7 @@ def _check_override_arch(artifacts: dict[str, npm_artifacts.Artifact], plat: Pla
 
 
 def foreign_tag(image: str, plat: Platform) -> str:
-    from openwork_sandbox.config.settings import ImageRef
+    from openwork_sandbox.config import ImageRef
 
     ref = ImageRef.parse(image)
     base = f"{ref.registry}/{ref.repository}" if ref.registry else ref.repository

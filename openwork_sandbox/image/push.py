@@ -28,7 +28,7 @@ from openwork_sandbox.image.build import read_last_build
 from openwork_sandbox.state.pin import push_result, record_push
 from openwork_sandbox.registry.client import Registry
 from openwork_sandbox.runtimes.microsandbox import pull as microsandbox_pull
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 
 PUSH_LINE = re.compile(r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from .*)$")
 DIGEST_LINE = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: (\d+)")

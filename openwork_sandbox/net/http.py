@@ -32,7 +32,7 @@ SANDBOX_GET_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
 def _loopback_url(url: str | None) -> bool:
-    from openwork_sandbox.config.settings import is_loopback
+    from openwork_sandbox.config import is_loopback
 
     try:
         host = urlsplit(url or "").hostname

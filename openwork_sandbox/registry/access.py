@@ -34,7 +34,7 @@ from openwork_sandbox.registry import docker_config
 from openwork_sandbox.registry.docker_config import Credentials
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 PEM_MARK = b"-----BEGIN CERTIFICATE-----"

@@ -37,7 +37,7 @@ from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.net.http import outside_session
 from openwork_sandbox.registry import access as registry_access
 from openwork_sandbox.registry.access import LOGIN_HINT, certs_hint
-from openwork_sandbox.config.settings import ImageRef, Settings
+from openwork_sandbox.config import ImageRef, Settings
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",

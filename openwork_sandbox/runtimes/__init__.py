@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 from openwork_sandbox.runtimes.base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 
 __all__ = ["ABSENT", "RUNNING", "STOPPED", "LaunchSpec", "Runtime", "RuntimeStatus", "runtime_for"]

@@ -185,7 +185,7 @@ class DockerRuntime(Runtime):
         login was missing (a loopback registry's answer is a reset connection after its plain-HTTP
         retry), so the registry's 401 to no login, asked by ``access``, says it too."""
         from openwork_sandbox.registry.access import LOGIN_HINT, docker_login, login_refused
-        from openwork_sandbox.config.settings import ImageRef
+        from openwork_sandbox.config import ImageRef
 
         host = ImageRef.parse(ref).registry_host
         console.info(f"pulling {ref} ...")
@@ -222,7 +222,7 @@ class DockerRuntime(Runtime):
             return ["-p", f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}",
                     "--add-host", "host.docker.internal:host-gateway"], {HOST_ADDRESS_VAR: "host.docker.internal"}
         from openwork_sandbox.net.ports import free_port
-        from openwork_sandbox.config.settings import is_loopback
+        from openwork_sandbox.config import is_loopback
 
         env = {
             "OPENWORK_PORT": str(self.server_port(spec)),

@@ -46,7 +46,7 @@ from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import atomic_writer
 from openwork_sandbox.state.persist import read_chunks
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 FORMAT = "openwork-sandbox-backup"

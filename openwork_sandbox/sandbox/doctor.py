@@ -20,7 +20,7 @@ from openwork_sandbox.net import ports
 from openwork_sandbox.net.health import health_once
 from openwork_sandbox.runtimes import choice, probe
 from openwork_sandbox.runtimes.choice import DOCKER, MICROSANDBOX, HostFacts
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core.versions import at_least
 from openwork_sandbox.state.store import SandboxState
 

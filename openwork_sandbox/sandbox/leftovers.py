@@ -17,7 +17,7 @@ from pathlib import Path
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.state.ownership import STATE_DIR, judge
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.runtimes import ABSENT, RUNNING, LaunchSpec, Runtime, RuntimeStatus, runtime_for
 from openwork_sandbox.runtimes.base import GUEST_DATA, GUEST_WORKSPACE
 from openwork_sandbox.runtimes.choice import RUNTIMES
-from openwork_sandbox.config.settings import GUEST_PORT, Settings, is_loopback, parse_duration
+from openwork_sandbox.config import GUEST_PORT, Settings, is_loopback, parse_duration
 from openwork_sandbox.state.store import (
     MIN_PUBLIC_TOKEN_LEN,
     SandboxState,

@@ -31,7 +31,7 @@ from openwork_sandbox.core import console
 from openwork_sandbox.sandbox.backup import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, hash_file
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.state.persist import read_chunks
-from openwork_sandbox.config.settings import Settings
+from openwork_sandbox.config import Settings
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 MAX_MANIFEST = 64 << 20

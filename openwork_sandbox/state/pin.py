@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.config.settings import ImageRef, Settings
+from openwork_sandbox.config import ImageRef, Settings
 
 LAST_PUSH = "last-push.json"
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 from openwork_sandbox.core import gha
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, SettingsError, WorkflowError
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.config.settings import SPECS, Settings, token_problems
+from openwork_sandbox.config import SPECS, Settings, token_problems
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
 MIN_PUBLIC_TOKEN_LEN = 24  # a port published beyond loopback needs at least this much token

@@ -250,7 +250,7 @@ def test_the_gate_hands_the_mounted_keys_and_config_to_the_real_opencode(stack_i
     from openwork_sandbox.smoke.agent_reply import read_reply
     from openwork_sandbox.net.ports import free_port
     from openwork_sandbox.state.secrets import GUEST_DIR, SandboxSecrets, write
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
 
     with StandinProvider() as provider:
         key = "sk-standin-" + secrets.token_hex(20)

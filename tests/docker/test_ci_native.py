@@ -213,7 +213,7 @@ def _pullable(ref: str) -> bool:
 def test_build_falls_back_to_the_base_setup_made_when_the_default_cannot_be_pulled(prod_base_image, tmp_path, capsys):
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.image.build import DEFAULT_BASE, SETUP_BASE, ensure_base_image
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
 
     if _pullable(DEFAULT_BASE):
         pytest.skip(f"{DEFAULT_BASE} can be pulled here: there is nothing to fall back from")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from openwork_sandbox.config.settings import load_settings
+from openwork_sandbox.config import load_settings
 from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner, attach_log_tail, local_target, run_smoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

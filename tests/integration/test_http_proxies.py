@@ -60,7 +60,7 @@ def proxy(monkeypatch):
 
 
 def _settings(tmp_path, **environ):
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
 
     (tmp_path / "empty.env").write_text("")
     return load_settings(environ={"OPENWORK_CACHE_DIR": str(tmp_path / "cache"), **environ},

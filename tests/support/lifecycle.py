@@ -51,7 +51,7 @@ def user_ports(count: int) -> list[str]:
 
 def make_settings(tmp_path: Path, **env: str):
     """Settings with only ``env`` set, state under ``tmp_path/state``, project root ``tmp_path/project``."""
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
 
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)

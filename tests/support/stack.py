@@ -15,7 +15,7 @@ from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STA
 
 def stack_settings(tmp_dir: Path, **env: str):
     """Settings for a test build: only the given values and the test defaults, no .env file."""
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
 
     env_file = tmp_dir / "empty.env"
     env_file.write_text("")

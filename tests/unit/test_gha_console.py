@@ -40,7 +40,7 @@ def test_masks_once_per_value_and_only_under_actions(actions, capsys, monkeypatc
 
 
 def test_mask_settings_covers_tokens_and_the_registry_password(actions, capsys, tmp_path):
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
     from openwork_sandbox.state.store import mask_settings
 
     settings = load_settings(environ={"OPENWORK_TOKEN": "client-token-1234", "OPENWORK_HOST_TOKEN": "host-token-5678",
@@ -52,7 +52,7 @@ def test_mask_settings_covers_tokens_and_the_registry_password(actions, capsys, 
 
 
 def test_generated_tokens_are_masked_when_the_state_hands_them_out(actions, capsys, tmp_path):
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
     from openwork_sandbox.state.store import SandboxState
 
     settings = load_settings(environ={"OPENWORK_STATE_DIR": str(tmp_path / "state")}, root=tmp_path)

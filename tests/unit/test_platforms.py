@@ -17,7 +17,7 @@ STANDIN = STANDINS / "standin_openwork_server.py"
 
 
 def _settings(tmp_path: Path, **env: str):
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
 
     env_file = tmp_path / "empty.env"
     env_file.write_text("")

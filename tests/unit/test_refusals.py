@@ -67,7 +67,7 @@ def test_upstreams_published_default_tokens(tmp_path, env, value):
 
 
 def test_default_tokens_are_accepted_when_allowed(tmp_path):
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
 
     env = {"OPENWORK_TOKEN": "microsandbox-token", "OPENWORK_HOST_TOKEN": "microsandbox-host-token",
            "OPENWORK_ALLOW_DEFAULT_TOKENS": "true"}
@@ -184,7 +184,7 @@ def test_reset_is_a_way_out_of_a_broken_record(tmp_path):
 
 def test_moving_the_broken_tokens_aside_gives_new_tokens(tmp_path):
     """The other way out: with the file moved aside, new tokens are generated (and the old file stays)."""
-    from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
     from openwork_sandbox.state.store import SandboxState
 
     state_dir = tmp_path / "state"

@@ -18,7 +18,7 @@ from openwork_sandbox.smoke.agent_reply import describe_error, read_reply, scrub
 from openwork_sandbox.core.errors import SettingsError
 from openwork_sandbox.config.opencode import load
 from openwork_sandbox.runtimes.base import ABSENT, RUNNING, RuntimeStatus
-from openwork_sandbox.config.settings import load_settings
+from openwork_sandbox.config import load_settings
 from openwork_sandbox.sandbox.decision import RECREATE, Observed, decide_up
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.core.errors import SettingsError
-from openwork_sandbox.config.settings import DEFAULT_IMAGE, SPECS, ImageRef, load_settings
+from openwork_sandbox.config import SPECS, ImageRef, load_settings
+from openwork_sandbox.config.specs import DEFAULT_IMAGE
 
 from tests.support.paths import ROOT
 
@@ -388,9 +389,9 @@ def test_bad_durations_name_the_setting(tmp_path, text):
     ('A=\'x\'\r\nB="y" # c\r\nC\r\nD=1\r\n', [], {"A": 1, "B": 2, "C": 3, "D": 4}),  # CRLF (Windows) line ends
 ])
 def test_dotenv_scan(text, bad, numbers):
-    from openwork_sandbox.config.settings import _parse_dotenv
+    from openwork_sandbox.config.env_file import parse_dotenv
 
-    problems_found, found = _parse_dotenv(Path(".env"), text)
+    problems_found, found = parse_dotenv(Path(".env"), text)
     assert [int(p.split(":")[1]) for p in problems_found] == bad
     assert found == numbers
 

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from openwork_sandbox.net.openwork_api import join_url, workspace_id
-from openwork_sandbox.config.settings import load_settings
+from openwork_sandbox.config import load_settings
 from openwork_sandbox.smoke.runner import CHECKS, PREREQUISITES, run_smoke
 
 from tests.standins.openwork_double import OpenWorkDouble

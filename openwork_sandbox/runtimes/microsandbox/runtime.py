@@ -498,7 +498,7 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError as exc:
             text = str(exc)
             if text.startswith(("image error", "registry error")):
-                from openwork_sandbox.config.settings import ImageRef
+                from openwork_sandbox.config import ImageRef
                 from openwork_sandbox.runtimes.microsandbox.pull import pull_failure_hint
 
                 raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "

@@ -1,0 +1,83 @@
+"""Rules across settings, checked once every value is parsed: tokens that would hurt the sandbox and
+folders that cannot work or would leak. Each returns one line per problem, naming the settings and
+where their values came from (``origins``: field -> origin; a field missing there is a default).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from openwork_sandbox.config.specs import SPEC_BY_FIELD
+
+# upstream's example publishes these; anyone who read it can use a sandbox that keeps them
+UPSTREAM_DEFAULT_TOKENS = ("microsandbox-token", "microsandbox-host-token")
+
+
+def _from(origins: Mapping[str, str], field: str) -> str:
+    return origins.get(field, "default")
+
+
+def token_problems(token: str | None, host_token: str | None, allow_default: bool,
+                   origins: Mapping[str, str] | None = None) -> list[str]:
+    """The one rule for tokens that would hurt the sandbox: the client token equal to the host
+    token (every client would be the owner), and upstream's published default tokens (unless
+    ``OPENWORK_ALLOW_DEFAULT_TOKENS``). One line per problem; no token is shown."""
+    origins = origins or {}
+    problems = []
+    if token and host_token and token == host_token:
+        problems.append(f"OPENWORK_TOKEN and OPENWORK_HOST_TOKEN are the same token (from {_from(origins, 'token')} and "
+                        f"{_from(origins, 'host_token')}): every client would have the host's owner rights; give the "
+                        "client a token of its own, or unset OPENWORK_TOKEN to have one generated")
+    if not allow_default:
+        for field, env, value in (("token", "OPENWORK_TOKEN", token), ("host_token", "OPENWORK_HOST_TOKEN", host_token)):
+            if value in UPSTREAM_DEFAULT_TOKENS:
+                problems.append(f"{env} (from {_from(origins, field)}) is upstream's published default token "
+                                f"{value!r}, which anyone can guess: unset it to have a strong one generated, or set "
+                                "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway")
+    return problems
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _not_a_folder(path: Path) -> Path | None:
+    """What keeps ``path`` from being made a folder: the first of it and its parents that exists and
+    is not a folder, or is a dangling link; None when nothing does."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+        if candidate.is_symlink():  # exists() is false for a dangling link, and mkdir fails on it
+            return candidate
+    return None
+
+
+def folder_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+    """Folders that cannot work or would leak, over the absolute paths in ``values``: a workspace or
+    data path that is (or is under) a file, except a default one under a state folder that is itself
+    blocked (``doctor`` and ``up`` name ``OPENWORK_STATE_DIR`` for that); then, if both can be
+    folders, a data folder equal to, inside or containing the workspace (the token store and
+    opencode's database would be readable by the agent and every collaborator)."""
+    problems = []
+    state_blocked = _not_a_folder(Path(values["state_dir"])) is not None
+    for field in ("workspace_dir", "data_dir"):
+        spec = SPEC_BY_FIELD[field]
+        blocker = _not_a_folder(Path(values[field]))
+        if blocker is None or (state_blocked and field not in origins):
+            continue
+        what = "is a file, not a folder" if blocker == Path(values[field]) else f"cannot be a folder: {blocker} is a file"
+        problems.append(f"{spec.env}={values[field]} (from {_from(origins, field)}) {what}; point {spec.env} at a "
+                        f"folder, or move the file away")
+    if problems:
+        return problems
+    workspace, data = (Path(os.path.realpath(values[f])) for f in ("workspace_dir", "data_dir"))
+    if _is_within(data, workspace) or _is_within(workspace, data):
+        relation = ("is the workspace folder" if data == workspace else
+                    "is inside the workspace folder" if _is_within(data, workspace) else "contains the workspace folder")
+        problems.append(f"OPENWORK_MICROSANDBOX_DATA_DIR={values['data_dir']} (from {_from(origins, 'data_dir')}) "
+                        f"{relation} OPENWORK_MICROSANDBOX_WORKSPACE_DIR={values['workspace_dir']} (from "
+                        f"{_from(origins, 'workspace_dir')}): the token store and opencode's database would be readable "
+                        "by the agent and every collaborator; point the two settings at separate folders")
+    return problems
