@@ -1,18 +1,16 @@
 """``OPENWORK_OPENCODE_CONFIG``: a JSON or JSONC file in opencode's own config format, read and
 checked before anything starts.
 
-opencode (1.17) reads its configuration in this order, each later one merged over the earlier:
-the global ``$XDG_CONFIG_HOME/opencode/opencode.json[c]``, the file ``OPENCODE_CONFIG`` names, the
-project's ``opencode.json[c]`` (the workspace: the orchestrator writes one holding only
-``$schema``), the orchestrator's ``OPENCODE_CONFIG_DIR`` (``/data/openwork-orchestrator/opencode-config``),
-then ``OPENCODE_CONFIG_CONTENT``. The sandbox's file goes in as ``OPENCODE_CONFIG`` (see
-:mod:`.sandbox_secrets`), so it is the sandbox's base configuration and what a project or the
-OpenWork UI sets on top still wins. opencode substitutes ``{env:NAME}`` with its own environment
-(empty when unset): a key named that way arrives through ``OPENWORK_SANDBOX_ENV``.
-
 :func:`load` parses JSONC (``//`` and ``/* */`` comments, trailing commas, as opencode does) and
-checks the parts a sandbox depends on: an object at the top, ``provider`` an object of objects,
-``model``/``small_model`` written ``provider/model``. A problem is one line naming the file.
+checks the parts a sandbox depends on: an object at the top; ``provider`` an object of objects, each
+one's ``options`` and ``models`` objects; ``model``/``small_model`` written ``provider/model``;
+``enabled_providers``/``disabled_providers`` lists of names. A problem is one
+:class:`~openwork_sandbox.core.errors.SettingsError` line naming the file.
+
+The text goes into the sandbox as written (``state.secrets``), as the file opencode's
+``OPENCODE_CONFIG`` names: the sandbox's base configuration, under what a project or the OpenWork UI
+sets. opencode fills ``{env:NAME}`` from its own environment, so a key named that way has to be
+passed in through ``OPENWORK_SANDBOX_ENV``.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclasses.dataclass(frozen=True)
 class OpencodeConfig:
-    """The file's text (delivered as is) and what it says, names only."""
+    """The file at ``path``: its ``text`` (delivered as is) and ``data`` (parsed); ``repr`` shows neither."""
 
     path: Path
     text: str = dataclasses.field(repr=False)
@@ -44,10 +42,12 @@ class OpencodeConfig:
 
     @property
     def model(self) -> str | None:
+        """``model`` (``provider/model``), or None when unset."""
         return self.data.get("model")
 
     @property
     def small_model(self) -> str | None:
+        """``small_model`` (``provider/model``), or None when unset."""
         return self.data.get("small_model")
 
     @property
@@ -56,7 +56,7 @@ class OpencodeConfig:
         return tuple(dict.fromkeys(ENV_REF.findall(self.text)))
 
     def base_urls(self) -> dict[str, str]:
-        """``provider -> options.baseURL`` where one is set (to say which address a provider needs)."""
+        """``provider -> options.baseURL`` for each provider that sets one (the address it needs to reach)."""
         out = {}
         for name, entry in (self.data.get("provider") or {}).items():
             url = ((entry or {}).get("options") or {}).get("baseURL")
@@ -75,6 +75,8 @@ class OpencodeConfig:
 
 
 class _JsoncError(ValueError):
+    """A JSONC syntax error; its message starts ``line L, column C:`` (both from 1)."""
+
     def __init__(self, message: str, text: str, pos: int):
         line = text.count("\n", 0, pos) + 1
         col = pos - (text.rfind("\n", 0, pos) + 1) + 1
@@ -82,7 +84,8 @@ class _JsoncError(ValueError):
 
 
 def strip_jsonc(text: str) -> str:
-    """JSON from JSONC: comments and trailing commas become spaces (positions kept for messages)."""
+    """JSON from JSONC: comments and trailing commas become spaces, so every position (and line and
+    column in a message) is the same in both; :class:`_JsoncError` for a ``/*`` never closed."""
     out: list[str] = []
     last_comma: int | None = None  # index in ``out`` of a comma outside strings not yet followed by a value
     i, n = 0, len(text)
@@ -119,6 +122,7 @@ def strip_jsonc(text: str) -> str:
 
 
 def _parse(text: str) -> Any:
+    """The JSONC ``text`` parsed; :class:`_JsoncError` where it is not valid."""
     stripped = strip_jsonc(text)
     try:
         return json.loads(stripped)
@@ -127,7 +131,7 @@ def _parse(text: str) -> Any:
 
 
 def _problem(data: Any) -> str | None:
-    """What is wrong with the parsed config for a sandbox, or None."""
+    """The first thing wrong with the parsed config for a sandbox (see the module), or None."""
     if not isinstance(data, dict):
         return f"expected a JSON object at the top, got {type(data).__name__}"
     providers = data.get("provider")
@@ -152,7 +156,9 @@ def _problem(data: Any) -> str | None:
 
 
 def load(path: Path, origin: str = "default") -> OpencodeConfig:
-    """Read and check the file; :class:`SettingsError` (one line naming it) when it cannot be used."""
+    """Read and check the file at ``path``; :class:`SettingsError` (one line naming it, and ``origin``
+    unless it is ``default``) when it is missing, a folder, unreadable, not UTF-8, not JSON/JSONC or
+    not a config a sandbox can use."""
     where = f"{SETTING}={path}" + (f" (from {origin})" if origin != "default" else "")
     try:
         text = Path(path).read_text(encoding="utf-8")
