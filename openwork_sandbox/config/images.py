@@ -30,7 +30,7 @@ class ImageRef:
     digest: str | None
 
     @classmethod
-    def parse(cls, raw: str) -> "ImageRef":
+    def parse(cls, raw: str) -> ImageRef:
         """The reference ``raw`` (surrounding blanks ignored); :class:`~.values.Invalid` if it is none."""
         m = IMAGE_RE.match(raw.strip())
         if not m:

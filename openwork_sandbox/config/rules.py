@@ -6,8 +6,9 @@ where their values came from (``origins``: field -> origin; a field missing ther
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from openwork_sandbox.config.specs import SPEC_BY_FIELD
 

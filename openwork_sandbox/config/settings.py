@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from openwork_sandbox.config.env_file import misspelled_keys, read_env_file
 from openwork_sandbox.config.images import ImageRef
@@ -133,7 +134,7 @@ class Settings:
         """Names in OPENWORK_SANDBOX_ENV that are set neither in the environment nor in ``.env``."""
         return tuple(n for n in self.sandbox_env if n not in self.sandbox_env_values)
 
-    def with_overrides(self, **changes: Any) -> "Settings":
+    def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some values changed (e.g. a unique name for an ephemeral smoke run); a new
         ``name`` must pass the name rule (:class:`~openwork_sandbox.config.values.Invalid` if not)."""
         if "name" in changes:

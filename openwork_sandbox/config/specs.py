@@ -8,7 +8,8 @@ the same way (flag > environment > ``.env`` > default) and makes the path settin
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from openwork_sandbox.config import images, values
 
