@@ -11,8 +11,9 @@ import json
 from openwork_sandbox.core import processes as commands
 from openwork_sandbox.runtimes.docker import LABEL_MANAGED
 from openwork_sandbox.runtimes.docker import MARK_PREFIX as DOCKER_MARK
-from openwork_sandbox.runtimes.microsandbox.runtime import LABEL_FP, sdk_loop
+from openwork_sandbox.runtimes.microsandbox.runtime import LABEL_FP
 from openwork_sandbox.runtimes.microsandbox.runtime import MARK_PREFIX as MSB_MARK
+from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
 
 
 def docker_managed() -> list[tuple[str, dict[str, str], bool]]:
@@ -47,8 +48,8 @@ def microsandbox_managed() -> list[tuple[str, dict[str, str], bool]]:
             out.append((handle.name, marks, handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING)))
         return out
 
-    loop = sdk_loop()
+    sdk = SdkLoop()
     try:
-        return loop.run_until_complete(go())
+        return sdk.run(go())
     finally:
-        loop.close()
+        sdk.close()

@@ -257,9 +257,9 @@ def test_one_event_loop_serves_every_call_of_a_runtime(tmp_path):
 
     rt = MicrosandboxRuntime(unique_name("loop"), tmp_path / "state")
     assert rt.status().state == "absent"
-    loop = rt._loop
+    loop = rt._sdk.loop
     assert rt.log_tail() == [] and rt.remove() is False and rt.status().state == "absent"
-    assert rt._loop is loop and not loop.is_closed()
+    assert rt._sdk.loop is loop and not loop.is_closed()
     rt.close()
     assert loop.is_closed()
 

@@ -34,10 +34,9 @@ import re
 import signal
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 from openwork_sandbox.core import console
-from openwork_sandbox.core.boundary import skip_interpreter_finalization
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.registry.access import PullAccess
 from openwork_sandbox.state.store import RECORD_FILE, read_record, update_record
@@ -53,17 +52,13 @@ from openwork_sandbox.runtimes.base import (
 from openwork_sandbox.runtimes.choice import DOCKER_HINT
 from openwork_sandbox.runtimes.microsandbox.launch import booting, probe_failure_message
 from openwork_sandbox.runtimes.microsandbox.pull import sdk_registry_options
+from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop, msb_home
 
 LABEL_FP = "openwork-sandbox.fingerprint"
 HOST_NAME = "host.microsandbox.internal"  # the host's loopback as the microVM sees it (allow-all only)
 MARK_PREFIX = "openwork-sandbox."  # + ownership's keys: state-dir, ephemeral, owner, expires
 BOOT_FAILURE_MARK = "before agent relay became available"
 KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
-
-
-def msb_home() -> Path:
-    """microsandbox's own state folder (its variable MSB_HOME, not a setting of this project)."""
-    return Path(os.environ.get("MSB_HOME") or Path.home() / ".microsandbox")
 
 
 def sandbox_log_dir(name: str) -> Path:
@@ -111,7 +106,6 @@ def boot_failure_message(name: str, error: str) -> str | None:
     return f"this host cannot run microVMs: {cause}; {why}; {where}"
 
 
-T = TypeVar("T")
 LIVE_JOB = ("starting", "running")
 FOLLOW_POLL_S = 0.5  # `logs --follow`: a look at the server job's log this often while it adds nothing
 
@@ -257,50 +251,16 @@ async def stop_job(job, grace: float = JOB_STOP_GRACE) -> None:
         pass  # already gone
 
 
-def sdk_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop for the SDK's coroutines: every SDK call of a task process runs on one. The
-    SDK's threads must not meet a finalizing interpreter (see boundary), so a task process that made
-    such a loop ends without the interpreter's finalization. (The pull proof's child process, not a
-    task, runs its own ``asyncio.run``; its parent reads its one JSON line whatever its exit.)"""
-    skip_interpreter_finalization()
-    return asyncio.new_event_loop()
-
-
-def _sdk_error(exc: Exception, what: str) -> WorkflowError:
-    return WorkflowError(f"microsandbox could not {what}: {exc}")
-
-
 class MicrosandboxRuntime(Runtime):
     kind = "microsandbox"
 
     def __init__(self, name: str, state_dir: Path):
         super().__init__(name, state_dir)
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on this runtime's one event loop (made on first use)."""
-        if self._loop is None or self._loop.is_closed():
-            self._loop = sdk_loop()
-        return self._loop.run_until_complete(coro)
-
-    def _sdk(self, coro: Coroutine[Any, Any, T], what: str) -> T:
-        """``_run``, with the SDK's errors as one line: "microsandbox could not <what>: ..."."""
-        from microsandbox import MicrosandboxError
-
-        try:
-            return self._run(coro)
-        except MicrosandboxError as exc:
-            raise _sdk_error(exc, what) from None
+        self._sdk = SdkLoop()  # every SDK call of this object: the SDK's handles stay on the loop that made them
 
     def close(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
+        """Close this object's event loop (a later call opens a new one)."""
+        self._sdk.close()
 
     def job_id(self) -> str | None:
         """The server job's id as recorded in ``.state/<name>/sandbox.json`` (a shortcut)."""
@@ -379,7 +339,7 @@ class MicrosandboxRuntime(Runtime):
             return f"{image.os}/{image.architecture}" if image.os and image.architecture else None
 
         try:
-            return self._run(go()) or super().platform(st)
+            return self._sdk.run(go()) or super().platform(st)
         except Exception:  # the cache could not be read: the platform it boots is the host's
             return super().platform(st)
 
@@ -404,7 +364,7 @@ class MicrosandboxRuntime(Runtime):
                                  digest=config.get("manifest_digest"), started_at=started, fingerprint=fp,
                                  server_running=server if running else False, detail=detail)
 
-        return self._sdk(go(), f"read the state of {self.name}")
+        return self._sdk.call(go(), f"read the state of {self.name}")
 
     def machine_fault(self) -> str | None:
         """When the microVM itself is not running: its logs' last fault line (KVM_EXIT_SHUTDOWN, a
@@ -483,13 +443,13 @@ class MicrosandboxRuntime(Runtime):
         try:
             self._save_job(None)
             try:
-                self._run(booting(boot))
+                self._sdk.run(booting(boot))
             except MicrosandboxError as exc:
                 fault = self._boot_fault(str(exc))
                 if not fault:
                     raise
                 console.info(f"the microVM {self.name} stopped while booting ({fault}); booting it again (2 of 2)")
-                self._run(booting(boot))
+                self._sdk.run(booting(boot))
         except (ImagePullFailedError, ImageNotFoundError) as exc:
             raise WorkflowError(
                 f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) and check the "
@@ -534,7 +494,7 @@ class MicrosandboxRuntime(Runtime):
             await sb.detach()
 
         try:
-            self._run(booting(go))
+            self._sdk.run(booting(go))
         except MicrosandboxError as exc:
             raise WorkflowError(probe_failure_message(f"start {self.name}", exc)
                                 or boot_failure_message(self.name, str(exc))
@@ -550,7 +510,7 @@ class MicrosandboxRuntime(Runtime):
             return (handle.config() or {}) if handle is not None else {}
 
         try:
-            env = self._run(go()).get("env") or []
+            env = self._sdk.run(go()).get("env") or []
         except MicrosandboxError:
             return None
         pairs = env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env
@@ -567,7 +527,7 @@ class MicrosandboxRuntime(Runtime):
             async def stop_server() -> None:
                 await stop_job(await self._server_job(await self._existing()))
 
-            self._sdk(stop_server(), f"stop the server in {self.name}")
+            self._sdk.call(stop_server(), f"stop the server in {self.name}")
             return (lambda: self._relaunch_server(spec)) if spec is not None else (lambda: None)
 
         async def boot() -> None:
@@ -575,7 +535,7 @@ class MicrosandboxRuntime(Runtime):
             await sb.detach()
 
         try:
-            self._run(booting(boot))
+            self._sdk.run(booting(boot))
         except MicrosandboxError as exc:
             raise WorkflowError(
                 f"the microVM {self.name} was made by an older version, which kept sessions and tokens in its "
@@ -591,7 +551,7 @@ class MicrosandboxRuntime(Runtime):
             sb = await (await self._existing()).connect(timeout=30)
             return await copy_folder(sb.fs, src, unit, stage, f"the microVM {self.name}")
 
-        return self._sdk(go(), f"copy {src} out of the microVM {self.name}")
+        return self._sdk.call(go(), f"copy {src} out of the microVM {self.name}")
 
     def restart_server(self, spec: LaunchSpec) -> None:
         """As `docker restart` restarts a container: the microVM is stopped and booted again, and the
@@ -615,7 +575,7 @@ class MicrosandboxRuntime(Runtime):
             await self._launch_server(await handle.connect(), spec)
             return True
 
-        if not self._sdk(go(), f"restart the server in {self.name}"):
+        if not self._sdk.call(go(), f"restart the server in {self.name}"):
             self.start(spec)  # the microVM itself stopped under its server: boot it as `start` does
 
     def stop(self) -> bool:
@@ -628,7 +588,7 @@ class MicrosandboxRuntime(Runtime):
             await handle.stop(timeout=15)
             return True
 
-        return self._sdk(go(), f"stop {self.name}")
+        return self._sdk.call(go(), f"stop {self.name}")
 
     def remove(self) -> bool:
         from microsandbox import MicrosandboxError
@@ -645,7 +605,7 @@ class MicrosandboxRuntime(Runtime):
                     await handle.destroy(force=True, timeout=10)
             return True
 
-        removed = self._sdk(go(), f"remove {self.name}")
+        removed = self._sdk.call(go(), f"remove {self.name}")
         self._save_job(None)
         return removed
 
@@ -677,7 +637,7 @@ class MicrosandboxRuntime(Runtime):
             return [e.text().rstrip("\n") for e in await handle.logs(tail=lines)]
 
         try:
-            return self._run(go())[-lines:]
+            return self._sdk.run(go())[-lines:]
         except MicrosandboxError:
             return []
 
@@ -706,11 +666,11 @@ class MicrosandboxRuntime(Runtime):
 
         what = f"read the logs of {self.name}"
         if system:
-            yield from self._follow_system(since_ms) if follow else self._sdk(read_system(), what)
+            yield from self._follow_system(since_ms) if follow else self._sdk.call(read_system(), what)
         elif follow:
-            yield from self._follow_job(self._sdk(server_job(), what), tail, since_ms)
+            yield from self._follow_job(self._sdk.call(server_job(), what), tail, since_ms)
         else:
-            yield from self._sdk(read_job(), what)
+            yield from self._sdk.call(read_job(), what)
 
     def _follow_system(self, since_ms: int | None) -> Iterator[str]:
         """The system log and what it adds, through the SDK's async stream, driven from this
@@ -721,14 +681,14 @@ class MicrosandboxRuntime(Runtime):
             return await (await self._existing()).log_stream(sources=[LogReadSource.SYSTEM], since_ms=since_ms,
                                                              follow=True)
 
-        stream = self._sdk(open_stream(), f"read the logs of {self.name}")
+        stream = self._sdk.call(open_stream(), f"read the logs of {self.name}")
 
         async def next_entry():
             return await stream.__anext__()
 
         while True:
             try:
-                entry = self._run(next_entry())
+                entry = self._sdk.run(next_entry())
             except StopAsyncIteration:
                 return
             yield from entry.text().rstrip("\n").splitlines() or [""]
@@ -751,13 +711,13 @@ class MicrosandboxRuntime(Runtime):
 
         cursor = None
         while True:
-            fresh = [e for e in self._sdk(look(cursor), f"read the logs of {self.name}") if e.cursor not in seen]
+            fresh = [e for e in self._sdk.call(look(cursor), f"read the logs of {self.name}") if e.cursor not in seen]
             yield from self._lines(fresh)
             if fresh:
                 seen.update(e.cursor for e in fresh)
                 cursor = fresh[-1].cursor
                 continue
-            if not self._sdk(running(), f"look at the server job of {self.name}"):
+            if not self._sdk.call(running(), f"look at the server job of {self.name}"):
                 return
             time.sleep(FOLLOW_POLL_S)
 
@@ -767,4 +727,4 @@ class MicrosandboxRuntime(Runtime):
             out = await sb.exec(argv[0], argv[1:], timeout=timeout)
             return out.exit_code, out.stdout_text + out.stderr_text
 
-        return self._sdk(go(), f"run {argv[0]} in {self.name}")
+        return self._sdk.call(go(), f"run {argv[0]} in {self.name}")
