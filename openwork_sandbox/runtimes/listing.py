@@ -11,9 +11,9 @@ import json
 from openwork_sandbox.core import processes as commands
 from openwork_sandbox.runtimes.docker import LABEL_MANAGED
 from openwork_sandbox.runtimes.docker import MARK_PREFIX as DOCKER_MARK
-from openwork_sandbox.runtimes.microsandbox.runtime import LABEL_FP
-from openwork_sandbox.runtimes.microsandbox.runtime import MARK_PREFIX as MSB_MARK
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
+from openwork_sandbox.runtimes.microsandbox.spec import LABEL_FP
+from openwork_sandbox.runtimes.microsandbox.spec import MARK_PREFIX as MSB_MARK
 
 
 def docker_managed() -> list[tuple[str, dict[str, str], bool]]:

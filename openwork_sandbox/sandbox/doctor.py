@@ -114,8 +114,8 @@ def check_microsandbox(facts: HostFacts) -> Check:
     if facts.msb is None:
         return Check("microsandbox", False, f"SDK {version}, but no msb runtime",
                      "pip install --force-reinstall microsandbox", needed)
-    from openwork_sandbox.runtimes.microsandbox.runtime import takes_no_xattrs  # the SDK itself is imported lazily there
-    from openwork_sandbox.runtimes.microsandbox.sdk import msb_home
+    from openwork_sandbox.runtimes.microsandbox.sdk import msb_home  # the SDK itself is imported lazily there
+    from openwork_sandbox.runtimes.microsandbox.spec import takes_no_xattrs
 
     if takes_no_xattrs(msb_home()):
         return Check("microsandbox", False, f"SDK {version}, but its folder {msb_home()} (MSB_HOME) is on a filesystem "

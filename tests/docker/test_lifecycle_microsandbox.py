@@ -216,7 +216,7 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
 ])
 def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingress, allowed_groups):
     from openwork_sandbox.sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox.runtime import create_kwargs
+    from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
 
     port = free_port()
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NETWORK=setting, OPENWORK_MICROSANDBOX_PORT=str(port))
@@ -234,7 +234,7 @@ def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingre
 
 def test_offline_does_not_change_the_network_policy(tmp_path):
     from openwork_sandbox.sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox.runtime import create_kwargs
+    from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
 
     for offline in ("true", "false"):
         settings = make_settings(tmp_path, OPENWORK_OFFLINE=offline)

@@ -359,7 +359,8 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_ima
     from openwork_sandbox.image.push import push_image
     from openwork_sandbox.sandbox.lifecycle import launch_spec
     from openwork_sandbox.registry.access import PullAccess
-    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime, create_kwargs
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
     from openwork_sandbox.runtimes.probe import microvm_support
     from openwork_sandbox.state.store import SandboxState
 

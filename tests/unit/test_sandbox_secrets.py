@@ -158,7 +158,7 @@ def test_the_launch_spec_mounts_the_folder_read_only_and_keeps_values_out_of_the
 def test_the_microvm_mounts_the_folder_read_only(tmp_path):
     pytest.importorskip("microsandbox")
     from openwork_sandbox.sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox.runtime import create_kwargs
+    from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
 
     s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-launch-secret-000"})
     spec = launch_spec(s, "microsandbox", "t" * 40, "h" * 40, sandbox_secrets.gather(s))

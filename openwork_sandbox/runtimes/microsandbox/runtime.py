@@ -27,9 +27,6 @@ The SDK is async and imported lazily. A runtime object keeps one event loop for 
 from __future__ import annotations
 
 import asyncio
-import errno
-import math
-import os
 import re
 import signal
 import time
@@ -38,11 +35,9 @@ from typing import Any, Callable, Iterator
 
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
-from openwork_sandbox.registry.access import PullAccess
 from openwork_sandbox.state.store import RECORD_FILE, read_record, update_record
 from openwork_sandbox.runtimes.base import (
     ABSENT,
-    HOST_ADDRESS_VAR,
     RUNNING,
     STOPPED,
     LaunchSpec,
@@ -51,12 +46,16 @@ from openwork_sandbox.runtimes.base import (
 )
 from openwork_sandbox.runtimes.choice import DOCKER_HINT
 from openwork_sandbox.runtimes.microsandbox.launch import booting, probe_failure_message
-from openwork_sandbox.runtimes.microsandbox.pull import sdk_registry_options
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop, msb_home
+from openwork_sandbox.runtimes.microsandbox.spec import (
+    LABEL_FP,
+    XATTR_MARK,
+    create_kwargs,
+    folders_without_xattrs,
+    guest_env,
+    no_xattr_message,
+)
 
-LABEL_FP = "openwork-sandbox.fingerprint"
-HOST_NAME = "host.microsandbox.internal"  # the host's loopback as the microVM sees it (allow-all only)
-MARK_PREFIX = "openwork-sandbox."  # + ownership's keys: state-dir, ephemeral, owner, expires
 BOOT_FAILURE_MARK = "before agent relay became available"
 KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
 
@@ -110,50 +109,6 @@ LIVE_JOB = ("starting", "running")
 FOLLOW_POLL_S = 0.5  # `logs --follow`: a look at the server job's log this often while it adds nothing
 
 
-def network_config(spec: LaunchSpec):
-    """The SDK's ``Network`` for ``spec``: the published port and the policy of
-    OPENWORK_MICROSANDBOX_NETWORK. ``allow-all`` is upstream's choice (the host and the LAN, e.g. a
-    model server, as from the Docker runtime); ``public-only`` is the SDK's own default; ``none``
-    refuses everything outbound while the published port still answers."""
-    from microsandbox import Network, NetworkPolicy, NetworkProfile, PortBinding
-
-    policies = {
-        "allow-all": NetworkPolicy.allow_all,
-        "public-only": lambda: NetworkPolicy.from_profiles([NetworkProfile.PUBLIC]),
-        "none": NetworkPolicy,  # deny egress, allow ingress (to the published port)
-    }
-    return Network(policy=policies[spec.network](),
-                   ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)])
-
-
-def guest_env(spec: LaunchSpec) -> dict[str, str]:
-    """The microVM's environment: the spec's, and where the host is (OPENWORK_HOST_ADDRESS)."""
-    return {**spec.env, HOST_ADDRESS_VAR: HOST_NAME}
-
-
-def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
-    """Everything ``Sandbox.create_with_progress(name, **kwargs)`` gets for ``spec`` (no I/O but reading
-    the registry's login and CAs, ``spec.pull_access``)."""
-    from microsandbox import PullPolicy, Volume
-
-    return dict(
-        image=spec.image,
-        cpus=math.ceil(spec.cpus),  # whole vCPUs (a fraction is a Docker limit)
-        memory=spec.memory_mib,
-        env=guest_env(spec),
-        labels={LABEL_FP: spec.fingerprint, **{MARK_PREFIX + key: value for key, value in spec.marks.items()}},
-        volumes={**{guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
-                 **{guest: Volume.bind(str(host), readonly=True) for guest, host in spec.readonly_mounts.items()}},
-        network=network_config(spec),
-        pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
-        **sdk_registry_options(spec.pull_access() if spec.pull_access else PullAccess(spec.registry_plain_http)),
-        replace=True,
-        detached=True,
-        # an ephemeral sandbox: microsandbox itself stops it when its time is up, whatever its job does
-        **({"max_duration": float(spec.max_duration)} if spec.max_duration else {}),
-    )
-
-
 def _kind(entry) -> str:
     """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
     return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
@@ -183,47 +138,6 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
             copied.append(write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time(),
                                        expected_size=entry.size, source=f"{src} from {where}"))
     return copied
-
-
-XATTR_MARK = "requires xattr write support"  # the SDK's words for a folder without extended attributes
-XATTR_PROBE = "user.openwork-sandbox.probe"
-
-
-def takes_no_xattrs(folder: Path) -> bool:
-    """The filesystem of FOLDER (or of its nearest existing parent) takes no user extended attribute."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        os.setxattr(folder, XATTR_PROBE, b"1")
-        os.removexattr(folder, XATTR_PROBE)
-    except OSError as exc:
-        return exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP)
-    return False
-
-
-def folders_without_xattrs(spec: LaunchSpec) -> tuple[list[Path], bool]:
-    """(the bind sources, whether MSB_HOME) on a filesystem that takes no user extended attributes
-    (tmpfs before Linux 6.6, ramfs, some network filesystems). microsandbox needs them on both: on a
-    bind's folder, and in its own home, where the microVM's root filesystem is put together; its
-    own error says only "... strict stat virtualization requires xattr write support on the mount
-    root" (seen in the emulated host, whose /tmp is a tmpfs of Linux 6.1, with MSB_HOME there)."""
-    if not hasattr(os, "setxattr"):
-        return [], False
-    return ([Path(host) for host in spec.mounts.values() if takes_no_xattrs(Path(host))],
-            takes_no_xattrs(msb_home()))
-
-
-def no_xattr_message(binds: list[Path], home: bool) -> str:
-    """One line naming what lacks extended attributes and where to move it."""
-    where = "(e.g. tmpfs before Linux 6.6, ramfs), which microVMs need; "
-    if binds:
-        return (f"microsandbox cannot bind {', '.join(str(p) for p in binds)}: its filesystem keeps no extended "
-                f"attributes {where}put the state on ext4, xfs or btrfs: set OPENWORK_STATE_DIR (or "
-                f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR / OPENWORK_MICROSANDBOX_DATA_DIR) to a folder there"
-                + (f"; microsandbox's own folder {msb_home()} too: set MSB_HOME to one there" if home else ""))
-    return (f"microsandbox cannot put the microVM's root filesystem together in its own folder {msb_home()} "
-            f"(MSB_HOME): that filesystem keeps no extended attributes {where}set MSB_HOME to a folder on ext4, "
-            f"xfs or btrfs")
 
 
 JOB_STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL for the server job
