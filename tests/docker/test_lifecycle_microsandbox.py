@@ -292,7 +292,7 @@ def test_the_server_job_gets_sigterm_before_sigkill():
     import asyncio
     import signal
 
-    from openwork_sandbox.runtimes.microsandbox.runtime import stop_job
+    from openwork_sandbox.runtimes.microsandbox.jobs import stop_job
 
     polite = _RecordingJob(exits_on_term=True)
     asyncio.run(stop_job(polite, grace=5))

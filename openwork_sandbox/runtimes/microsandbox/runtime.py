@@ -26,12 +26,10 @@ The SDK is async and imported lazily. A runtime object keeps one event loop for 
 
 from __future__ import annotations
 
-import asyncio
 import re
-import signal
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
@@ -45,6 +43,7 @@ from openwork_sandbox.runtimes.base import (
     RuntimeStatus,
 )
 from openwork_sandbox.runtimes.choice import DOCKER_HINT
+from openwork_sandbox.runtimes.microsandbox import jobs
 from openwork_sandbox.runtimes.microsandbox.launch import booting, probe_failure_message
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop, msb_home
 from openwork_sandbox.runtimes.microsandbox.spec import (
@@ -52,7 +51,6 @@ from openwork_sandbox.runtimes.microsandbox.spec import (
     XATTR_MARK,
     create_kwargs,
     folders_without_xattrs,
-    guest_env,
     no_xattr_message,
 )
 
@@ -105,7 +103,6 @@ def boot_failure_message(name: str, error: str) -> str | None:
     return f"this host cannot run microVMs: {cause}; {why}; {where}"
 
 
-LIVE_JOB = ("starting", "running")
 FOLLOW_POLL_S = 0.5  # `logs --follow`: a look at the server job's log this often while it adds nothing
 
 
@@ -140,31 +137,6 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
     return copied
 
 
-JOB_STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL for the server job
-
-
-async def stop_job(job, grace: float = JOB_STOP_GRACE) -> None:
-    """Stop the server job as ``docker stop`` stops a container: SIGTERM first, so the orchestrator
-    stops opencode and openwork-server (a SIGKILL of the job alone leaves them running, holding the
-    port and writing the database), then SIGKILL after ``grace`` seconds. None or gone: nothing."""
-    from microsandbox import MicrosandboxError
-
-    if job is None:
-        return
-    try:
-        if (await job.inspect()).state not in LIVE_JOB:
-            return
-        await job.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            if (await job.inspect()).state not in LIVE_JOB:
-                return
-        await job.kill()
-    except MicrosandboxError:
-        pass  # already gone
-
-
 class MicrosandboxRuntime(Runtime):
     kind = "microsandbox"
 
@@ -192,51 +164,16 @@ class MicrosandboxRuntime(Runtime):
         except SandboxNotFoundError:
             return None
 
+    async def _server_job(self, handle):
+        """:func:`jobs.server_job` with the recorded id."""
+        return await jobs.server_job(handle, self.job_id())
+
     async def _existing(self):
         """The handle, or a WorkflowError saying there is no such sandbox."""
         handle = await self._handle()
         if handle is None:
             raise WorkflowError(f"no microsandbox sandbox named {self.name}: run `invoke up` to create it")
         return handle
-
-    @staticmethod
-    def _image_of(handle) -> str | None:
-        config = handle.config() or {}
-        return ((config.get("image") or {}).get("Oci") or {}).get("reference")
-
-    async def _server_job(self, handle):
-        """The server's ``Job``: the recorded one, else the newest job the SDK lists that runs
-        the image's command (so a lost or stale record does not lose the server)."""
-        from microsandbox import MicrosandboxError
-
-        job_id = self.job_id()
-        if job_id:
-            try:
-                return await handle.get_job(job_id)
-            except MicrosandboxError:
-                pass  # gone with its sandbox, or the record is stale: ask the SDK
-        image = self._image_of(handle)
-        if not image:
-            return None
-        try:
-            argv, _ = await self._server_argv(image)
-            page = await handle.list_jobs(all=True, limit=100)
-        except (MicrosandboxError, WorkflowError):
-            return None
-        ours = [j for j in page.items if list(j.command[:1]) == argv[:1]]
-        if not ours:
-            return None
-        newest = max(ours, key=lambda j: (j.state in LIVE_JOB, j.created_at))
-        return await handle.get_job(newest.id)
-
-    async def _job_info(self, handle) -> Any:
-        from microsandbox import MicrosandboxError
-
-        try:
-            job = await self._server_job(handle)
-            return await job.inspect() if job is not None else None
-        except MicrosandboxError:
-            return None
 
     def platform(self, st: RuntimeStatus) -> str | None:
         """``os/arch`` of the image in microsandbox's cache (from an index, the platform it picked)."""
@@ -268,13 +205,13 @@ class MicrosandboxRuntime(Runtime):
             fp = (config.get("labels") or {}).get(LABEL_FP)
             running = handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING, SandboxStatus.DRAINING,
                                         SandboxStatus.PAUSED)
-            job = await self._job_info(handle) if running else None
-            server = bool(job and job.state in LIVE_JOB)
+            job = await jobs.job_info(handle, self.job_id()) if running else None
+            server = bool(job and job.state in jobs.LIVE_JOB)
             detail = str(handle.status)
             if running and not server:
                 detail += ", server job " + (f"{job.state} (exit code {job.exit_code})" if job else "not started")
             started = (job.started_at / 1000) if (job and job.started_at) else None
-            return RuntimeStatus(RUNNING if running else STOPPED, image=self._image_of(handle),
+            return RuntimeStatus(RUNNING if running else STOPPED, image=jobs.image_of(handle),
                                  digest=config.get("manifest_digest"), started_at=started, fingerprint=fp,
                                  server_running=server if running else False, detail=detail)
 
@@ -303,21 +240,9 @@ class MicrosandboxRuntime(Runtime):
         return st.state == RUNNING and bool(st.server_running)
 
     # --- create / start / stop / remove -------------------------------------------------------
-    async def _server_argv(self, image: str) -> tuple[list[str], str | None]:
-        from microsandbox import Image
-
-        detail = await Image.inspect(image)
-        config = detail.config
-        argv = list((config.entrypoint or []) if config else []) + list((config.cmd or []) if config else [])
-        if not argv:
-            raise WorkflowError(f"{image} has no ENTRYPOINT or CMD to start the server with: rebuild it (invoke build-image)")
-        return argv, (config.working_dir or None) if config else None
-
-    async def _launch_server(self, sb, spec: LaunchSpec) -> str:
-        argv, workdir = await self._server_argv(spec.image)
-        job = await sb.exec_detached(argv[0], argv[1:], env=guest_env(spec), cwd=workdir)
-        self._save_job(job.id)
-        return job.id
+    async def _launch_server(self, sb, spec: LaunchSpec) -> None:
+        """:func:`jobs.launch_server`, its job's id recorded."""
+        self._save_job(await jobs.launch_server(sb, spec))
 
     async def _create(self, spec: LaunchSpec) -> None:
         from microsandbox import PullEventType, Sandbox
@@ -439,7 +364,7 @@ class MicrosandboxRuntime(Runtime):
 
         if self.status().state == RUNNING:
             async def stop_server() -> None:
-                await stop_job(await self._server_job(await self._existing()))
+                await jobs.stop_job(await self._server_job(await self._existing()))
 
             self._sdk.call(stop_server(), f"stop the server in {self.name}")
             return (lambda: self._relaunch_server(spec)) if spec is not None else (lambda: None)
@@ -485,7 +410,7 @@ class MicrosandboxRuntime(Runtime):
             handle = await self._existing()
             if handle.status not in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
                 return False
-            await stop_job(await self._server_job(handle))
+            await jobs.stop_job(await self._server_job(handle))
             await self._launch_server(await handle.connect(), spec)
             return True
 
@@ -621,7 +546,7 @@ class MicrosandboxRuntime(Runtime):
             return await job.logs(from_cursor=cursor)
 
         async def running() -> bool:
-            return (await job.inspect()).state in LIVE_JOB
+            return (await job.inspect()).state in jobs.LIVE_JOB
 
         cursor = None
         while True:
