@@ -56,7 +56,8 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
 
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime, sandbox_log_dir
+    from openwork_sandbox.runtimes.microsandbox.logs import sandbox_log_dir
+    from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.state.store import SandboxState
 
     name = unique_name("msbboot")
@@ -394,7 +395,7 @@ def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp
 ])
 def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(tmp_path, monkeypatch, runtime_log,
                                                                                kvm_ok, retried):
-    from openwork_sandbox.runtimes.microsandbox import runtime as msb
+    from openwork_sandbox.runtimes.microsandbox import logs as msb_logs
     from openwork_sandbox.runtimes import probe
 
     monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
@@ -402,11 +403,10 @@ def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(tm
     logs.mkdir(parents=True)
     (logs / "runtime.log").write_text(runtime_log)
     monkeypatch.setattr(probe, "microvm_support", lambda: (kvm_ok, "/dev/kvm is usable" if kvm_ok else "no vmx/svm"))
-    rt = msb.MicrosandboxRuntime("box", tmp_path / "state")
     error = 'runtime error: sandbox process exited (exit status: 0) before agent relay became available'
-    fault = rt._boot_fault(error)
+    fault = msb_logs.boot_fault("box", error)
     assert (fault is not None) is retried
     if retried:
         assert "KVM_EXIT_SHUTDOWN" in fault
-        assert msb.boot_failure_message("box", error).startswith("the microVM stopped while booting, twice: ")
-    assert rt._boot_fault("image error: manifest unknown") is None  # a pull failure is never a boot fault
+        assert msb_logs.boot_failure_message("box", error).startswith("the microVM stopped while booting, twice: ")
+    assert msb_logs.boot_fault("box", "image error: manifest unknown") is None  # a pull failure is never a boot fault

@@ -26,7 +26,6 @@ The SDK is async and imported lazily. A runtime object keeps one event loop for 
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
@@ -42,10 +41,9 @@ from openwork_sandbox.runtimes.base import (
     Runtime,
     RuntimeStatus,
 )
-from openwork_sandbox.runtimes.choice import DOCKER_HINT
-from openwork_sandbox.runtimes.microsandbox import jobs
+from openwork_sandbox.runtimes.microsandbox import jobs, logs
 from openwork_sandbox.runtimes.microsandbox.launch import booting, probe_failure_message
-from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop, msb_home
+from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
 from openwork_sandbox.runtimes.microsandbox.spec import (
     LABEL_FP,
     XATTR_MARK,
@@ -53,58 +51,6 @@ from openwork_sandbox.runtimes.microsandbox.spec import (
     folders_without_xattrs,
     no_xattr_message,
 )
-
-BOOT_FAILURE_MARK = "before agent relay became available"
-KVM_LINE = re.compile(r"KVM_EXIT_\w+|KVM[^\n]*(error|fail)|/dev/kvm", re.IGNORECASE)
-
-
-def sandbox_log_dir(name: str) -> Path:
-    return msb_home() / "sandboxes" / name / "logs"
-
-
-def _log_lines(name: str, pattern: re.Pattern) -> list[str]:
-    """The lines of the sandbox's runtime and kernel logs that match ``pattern`` (empty without logs)."""
-    found = []
-    for log in ("runtime.log", "kernel.log"):
-        try:
-            text = (sandbox_log_dir(name) / log).read_text(errors="replace")
-        except OSError:
-            continue
-        found += [line.strip() for line in text.splitlines() if pattern.search(line)]
-    return found
-
-
-def kvm_lines(name: str) -> list[str]:
-    """KVM complaints in the sandbox's runtime and kernel logs (empty when there are none)."""
-    return _log_lines(name, KVM_LINE)
-
-
-VM_FAULT_LINE = re.compile(r"Kernel panic|BUG:|Oops|stack guard page|KVM_EXIT_\w+", re.IGNORECASE)
-
-
-def vm_fault_lines(name: str) -> list[str]:
-    """Lines of the sandbox's runtime and kernel logs that say why the microVM itself stopped (its
-    guest kernel panicked, KVM shut it down): empty when they say nothing of the kind."""
-    return _log_lines(name, re.compile(f"{VM_FAULT_LINE.pattern}|{KVM_LINE.pattern}", re.IGNORECASE))
-
-
-def boot_failure_message(name: str, error: str) -> str | None:
-    """One line saying this host cannot run microVMs and why, or None if ``error`` is something else."""
-    kvm = kvm_lines(name)
-    if BOOT_FAILURE_MARK not in error and not kvm:
-        return None
-    from openwork_sandbox.runtimes.probe import microvm_support
-
-    ok, why = microvm_support()
-    cause = kvm[-1].split(": ", 1)[-1] if kvm else "the VM process exited before its agent answered"
-    where = f"see {sandbox_log_dir(name) / 'runtime.log'}; {DOCKER_HINT}"
-    if ok:  # KVM is there: the boots themselves failed (MicrosandboxRuntime.create tried twice)
-        return f"the microVM stopped while booting, twice: {cause}; {where}"
-    return f"this host cannot run microVMs: {cause}; {why}; {where}"
-
-
-FOLLOW_POLL_S = 0.5  # `logs --follow`: a look at the server job's log this often while it adds nothing
-
 
 def _kind(entry) -> str:
     """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
@@ -220,19 +166,15 @@ class MicrosandboxRuntime(Runtime):
     def machine_fault(self) -> str | None:
         """When the microVM itself is not running: its logs' last fault line (KVM_EXIT_SHUTDOWN, a
         guest kernel panic), else that it stopped with no reason logged."""
-        return None if self.status().state == RUNNING else self._stopped_phrase()
-
-    def _stopped_phrase(self) -> str:
-        fault = vm_fault_lines(self.name)
-        return f"the microVM itself stopped ({fault[-1] if fault else 'its logs say no more'})"
+        return None if self.status().state == RUNNING else logs.stopped_phrase(self.name)
 
     def describe(self) -> tuple[str, list[str], str]:
         """The base's, and when the microVM itself is not running (not only its server job): why, from
         its own logs, and where they are (a job's log ends mid-line when its VM dies under it)."""
         state, lines, hint = super().describe()
         if not state.startswith(RUNNING):
-            state += f"; {self._stopped_phrase()}"
-            hint += f"; the microVM's own logs: {sandbox_log_dir(self.name)}"
+            state += f"; {logs.stopped_phrase(self.name)}"
+            hint += f"; the microVM's own logs: {logs.sandbox_log_dir(self.name)}"
         return state, lines, hint
 
     def is_alive(self) -> bool:
@@ -284,7 +226,7 @@ class MicrosandboxRuntime(Runtime):
             try:
                 self._sdk.run(booting(boot))
             except MicrosandboxError as exc:
-                fault = self._boot_fault(str(exc))
+                fault = logs.boot_fault(self.name, str(exc))
                 if not fault:
                     raise
                 console.info(f"the microVM {self.name} stopped while booting ({fault}); booting it again (2 of 2)")
@@ -307,19 +249,8 @@ class MicrosandboxRuntime(Runtime):
                 if binds or home:
                     raise WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS) from None
             raise WorkflowError(probe_failure_message(f"create {self.name}", text)
-                                or boot_failure_message(self.name, text)
+                                or logs.boot_failure_message(self.name, text)
                                 or f"microsandbox could not create {self.name}: {text}") from None
-
-    def _boot_fault(self, error: str) -> str | None:
-        """The fault line when the microVM's CPU stopped it while it booted (KVM_EXIT_SHUTDOWN: a guest
-        triple fault) on a host where microVMs do boot: a fault of that boot, worth one more (a nested
-        or emulated CPU does this now and then); None for anything else, such as a host without KVM."""
-        from openwork_sandbox.runtimes.probe import microvm_support
-
-        if BOOT_FAILURE_MARK not in error and "KVM_EXIT" not in error:
-            return None
-        fault = [line for line in vm_fault_lines(self.name) if "KVM_EXIT_SHUTDOWN" in line or "panic" in line.lower()]
-        return fault[-1] if fault and microvm_support()[0] else None
 
     def start(self, spec: LaunchSpec) -> None:
         from microsandbox import MicrosandboxError, SandboxStatus
@@ -336,7 +267,7 @@ class MicrosandboxRuntime(Runtime):
             self._sdk.run(booting(go))
         except MicrosandboxError as exc:
             raise WorkflowError(probe_failure_message(f"start {self.name}", exc)
-                                or boot_failure_message(self.name, str(exc))
+                                or logs.boot_failure_message(self.name, str(exc))
                                 or f"microsandbox could not start {self.name}: {exc}") from None
 
     # --- state an older layout left in the microVM's home --------------------------------------
@@ -450,15 +381,7 @@ class MicrosandboxRuntime(Runtime):
 
     # --- logs / exec --------------------------------------------------------------------------
     def log_hint(self) -> str:
-        return f"{sandbox_log_dir(self.name) / 'exec.log'} (or: invoke logs; system: invoke logs --system)"
-
-    @staticmethod
-    def _lines(entries) -> list[str]:
-        out: list[str] = []
-        for entry in entries:
-            data = entry.data if isinstance(entry.data, bytes) else bytes(entry.data)
-            out += data.decode(errors="replace").splitlines()
-        return out
+        return f"{logs.sandbox_log_dir(self.name) / 'exec.log'} (or: invoke logs; system: invoke logs --system)"
 
     def log_tail(self, lines: int = 40) -> list[str]:
         from microsandbox import MicrosandboxError
@@ -470,10 +393,10 @@ class MicrosandboxRuntime(Runtime):
             job = await self._server_job(handle)
             if job is not None:
                 try:
-                    return self._lines(await job.logs(tail=lines))
+                    return logs.entry_lines(await job.logs(tail=lines))
                 except MicrosandboxError:
                     pass
-            return [e.text().rstrip("\n") for e in await handle.logs(tail=lines)]
+            return logs.system_lines(await handle.logs(tail=lines))
 
         try:
             return self._sdk.run(go())[-lines:]
@@ -482,8 +405,9 @@ class MicrosandboxRuntime(Runtime):
 
     def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
                     system: bool = False) -> Iterator[str]:
-        """The server job's log (``follow``: polled from its cursor, see _follow_job), or the system
-        log (``follow``: the SDK's async stream, see _follow_system)."""
+        """The server job's log (``follow``: :func:`logs.follow_job`), or the system log (``follow``: the
+        SDK's stream through :func:`logs.follow_system`). Raises WorkflowError when there is no such
+        sandbox or server job, or the SDK cannot read them."""
         from microsandbox import LogReadSource
 
         since_ms = int((time.time() - since_s) * 1000) if since_s is not None else None
@@ -491,7 +415,11 @@ class MicrosandboxRuntime(Runtime):
         async def read_system() -> list[str]:
             entries = await (await self._existing()).logs(tail=tail, since_ms=since_ms,
                                                           sources=[LogReadSource.SYSTEM])
-            return [e.text().rstrip("\n") for e in entries]
+            return logs.system_lines(entries)
+
+        async def open_system():
+            return await (await self._existing()).log_stream(sources=[LogReadSource.SYSTEM], since_ms=since_ms,
+                                                             follow=True)
 
         async def server_job():
             job = await self._server_job(await self._existing())
@@ -501,64 +429,17 @@ class MicrosandboxRuntime(Runtime):
             return job
 
         async def read_job() -> list[str]:
-            return self._lines(await (await server_job()).logs(tail=tail, since=since_ms))
+            return logs.entry_lines(await (await server_job()).logs(tail=tail, since=since_ms))
 
         what = f"read the logs of {self.name}"
-        if system:
-            yield from self._follow_system(since_ms) if follow else self._sdk.call(read_system(), what)
+        if system and follow:
+            yield from logs.follow_system(self._sdk, self._sdk.call(open_system(), what))
+        elif system:
+            yield from self._sdk.call(read_system(), what)
         elif follow:
-            yield from self._follow_job(self._sdk.call(server_job(), what), tail, since_ms)
+            yield from logs.follow_job(self._sdk, self._sdk.call(server_job(), what), self.name, tail, since_ms)
         else:
             yield from self._sdk.call(read_job(), what)
-
-    def _follow_system(self, since_ms: int | None) -> Iterator[str]:
-        """The system log and what it adds, through the SDK's async stream, driven from this
-        synchronous generator: each next entry is awaited inside the one loop (see _follow_job)."""
-        from microsandbox import LogReadSource
-
-        async def open_stream():
-            return await (await self._existing()).log_stream(sources=[LogReadSource.SYSTEM], since_ms=since_ms,
-                                                             follow=True)
-
-        stream = self._sdk.call(open_stream(), f"read the logs of {self.name}")
-
-        async def next_entry():
-            return await stream.__anext__()
-
-        while True:
-            try:
-                entry = self._sdk.run(next_entry())
-            except StopAsyncIteration:
-                return
-            yield from entry.text().rstrip("\n").splitlines() or [""]
-
-    def _follow_job(self, job, tail: int | None, since_ms: int | None) -> Iterator[str]:
-        """The server job's log, then what it adds, until the job ends: ``job.logs`` from the last
-        entry's cursor every FOLLOW_POLL_S (``job.logs`` is what the plain `logs` reads, there in a
-        microVM). Every SDK call is made inside a coroutine on the one loop: called outside a running
-        loop, an SDK method raises "no running event loop" (what `invoke logs --follow` printed in a
-        microVM, having streamed nothing)."""
-        seen: set[str] = set()  # a resume point that comes again is not printed twice
-
-        async def look(cursor: str | None):
-            if cursor is None:
-                return await job.logs(tail=tail, since=since_ms)
-            return await job.logs(from_cursor=cursor)
-
-        async def running() -> bool:
-            return (await job.inspect()).state in jobs.LIVE_JOB
-
-        cursor = None
-        while True:
-            fresh = [e for e in self._sdk.call(look(cursor), f"read the logs of {self.name}") if e.cursor not in seen]
-            yield from self._lines(fresh)
-            if fresh:
-                seen.update(e.cursor for e in fresh)
-                cursor = fresh[-1].cursor
-                continue
-            if not self._sdk.call(running(), f"look at the server job of {self.name}"):
-                return
-            time.sleep(FOLLOW_POLL_S)
 
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
         async def go() -> tuple[int, str]:
