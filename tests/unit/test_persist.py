@@ -306,11 +306,20 @@ class _GuestFs:
         return self._host(path).read_bytes()
 
 
+def test_the_home_a_microvm_was_created_with_is_read_from_either_shape_of_its_env():
+    from openwork_sandbox.runtimes.microsandbox.copy import home_in_config
+
+    assert home_in_config({"env": [{"key": "PATH", "value": "/bin"}, {"key": "HOME", "value": "/root"}]}) == "/root"
+    assert home_in_config({"env": {"PATH": "/bin", "HOME": "/data/home"}}) == "/data/home"
+    assert home_in_config({"env": [{"key": "PATH", "value": "/bin"}, "HOME=/nope"]}) is None
+    assert home_in_config({}) is None
+
+
 def test_microsandbox_copy_through_the_sdks_file_access(tmp_path):
     pytest.importorskip("microsandbox")
     import asyncio
 
-    from openwork_sandbox.runtimes.microsandbox.runtime import copy_folder
+    from openwork_sandbox.runtimes.microsandbox.copy import copy_folder
 
     guest = tmp_path / "guest"
     files = _fake_sandbox_home(guest / "root")

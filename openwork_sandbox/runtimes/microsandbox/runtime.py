@@ -42,6 +42,7 @@ from openwork_sandbox.runtimes.base import (
     RuntimeStatus,
 )
 from openwork_sandbox.runtimes.microsandbox import jobs, logs
+from openwork_sandbox.runtimes.microsandbox.copy import copy_folder, home_in_config
 from openwork_sandbox.runtimes.microsandbox.launch import booting, probe_failure_message
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
 from openwork_sandbox.runtimes.microsandbox.spec import (
@@ -51,36 +52,6 @@ from openwork_sandbox.runtimes.microsandbox.spec import (
     folders_without_xattrs,
     no_xattr_message,
 )
-
-def _kind(entry) -> str:
-    """``file`` / ``directory`` / ``symlink`` / ``other`` of an SDK FsEntry (an enum with string values)."""
-    return str(getattr(entry.kind, "value", entry.kind)).lower().rsplit(".", 1)[-1]
-
-
-async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
-    """Copy the guest folder ``src`` through the SDK's ``sandbox.fs`` (``exists``, ``list`` one folder
-    at a time, ``read``) into ``stage/unit`` (``persist.write_staged``: a ``persist.Copied`` per file);
-    [] when the guest has no such folder."""
-    from openwork_sandbox.state.persist import is_kept, write_staged
-
-    if not await fs.exists(src):
-        return []
-    copied, todo = [], [src]
-    while todo:
-        folder = todo.pop()
-        for entry in await fs.list(folder):
-            path = entry.path if entry.path.startswith("/") else str(PurePosixPath(folder) / entry.path)
-            kind = _kind(entry)
-            if kind == "directory":
-                todo.append(path)
-                continue
-            rel = str(PurePosixPath(unit) / PurePosixPath(path).relative_to(src))
-            if kind != "file" or not is_kept(rel):
-                continue
-            data = await fs.read(path)
-            copied.append(write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time(),
-                                       expected_size=entry.size, source=f"{src} from {where}"))
-    return copied
 
 
 class MicrosandboxRuntime(Runtime):
@@ -280,12 +251,9 @@ class MicrosandboxRuntime(Runtime):
             return (handle.config() or {}) if handle is not None else {}
 
         try:
-            env = self._sdk.run(go()).get("env") or []
+            return home_in_config(self._sdk.run(go()))
         except MicrosandboxError:
             return None
-        pairs = env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env
-                                                            if isinstance(e, dict))
-        return next((value for key, value in pairs if key == "HOME"), None)
 
     def open_for_copy(self, spec: LaunchSpec | None) -> Callable[[], None]:
         """The SDK reads files from a running VM only: a running one has its server job stopped (and
