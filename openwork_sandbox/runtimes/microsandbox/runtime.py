@@ -1,27 +1,14 @@
-# One module for now (over 400 lines): one Runtime implementation, one class over one SDK event loop, plus the
-# pure functions that build its SDK arguments. The split it would take: boot-failure reading (kvm_lines,
-# boot_failure_message) and create_kwargs/network_config into microsandbox_args.py; not now, while other
-# branches change this runtime.
-"""The microsandbox runtime: the image booted as a detached microVM through the Python SDK.
+"""The microsandbox runtime: the image booted as a detached microVM through the microsandbox SDK.
 
-- ``create``: ``Sandbox.create_with_progress`` (progress bar on a TTY) with the arguments of
-  :func:`create_kwargs` (a pure function): ``detached=True``, the ``PullPolicy`` (``ALWAYS`` when
-  replacing, so a moved tag is fetched again), the registry's
-  ``registry_insecure``/``registry_auth``/``registry_ca_certs`` (``registry_access``), ``Volume.bind`` mounts, a ``Network`` with the port published on the bind address and
-  the policy of OPENWORK_MICROSANDBOX_NETWORK (:func:`network_config`), env, cpus and memory.
-  Booting does not run the image's command, so the image's own ENTRYPOINT+CMD (from
-  ``Image.inspect``) is started as a detached job. Its id is kept in ``.state/<name>/sandbox.json``
-  as a shortcut; without it the job is found through the SDK (``list_jobs``, by its command).
-- ``start``: ``connect_or_start`` then the same job again (jobs do not survive a stop);
-  ``remove``: ``destroy``.
-- A VM that cannot boot is recognised (the SDK's "before agent relay became available", KVM lines
-  in ``$MSB_HOME/sandboxes/<name>/logs/runtime.log``) and reported in one line with the log path
-  and the Docker runtime as the way out. The sandbox is left for inspection.
-- Every boot (create, start, the boot for a copy) goes through ``microsandbox_launch.booting``: the
-  SDK gives msb's launch probe 2 s, which a busy or slow host can miss; such a boot is tried again.
+:class:`MicrosandboxRuntime` implements :class:`~openwork_sandbox.runtimes.base.Runtime`: each method
+is a few SDK calls on the sandbox's handle, all on the object's one event loop (``sdk.SdkLoop``; a
+task makes one object). What it delegates: the create arguments and the extended-attribute checks
+(``spec``), the server job (``jobs``), msb's logs and the SDK's log reads (``logs``), pulling,
+booting and its failures (``boot``), every boot's launch probe (``launch.booting``), the old
+layout's copy (``copy``). The SDK is imported inside the methods.
 
-The SDK is async and imported lazily. A runtime object keeps one event loop for all its calls
-(the SDK's handles and streams stay on the loop that made them); a task makes one runtime object.
+Booting does not run the image's command, so every boot launches it as a detached job, whose id is
+kept in ``.state/<name>/sandbox.json`` as a shortcut. A sandbox that failed is left for inspection.
 """
 
 from __future__ import annotations
@@ -41,20 +28,17 @@ from openwork_sandbox.runtimes.base import (
     Runtime,
     RuntimeStatus,
 )
-from openwork_sandbox.runtimes.microsandbox import jobs, logs
+from openwork_sandbox.runtimes.microsandbox import boot, jobs, logs
 from openwork_sandbox.runtimes.microsandbox.copy import copy_folder, home_in_config
-from openwork_sandbox.runtimes.microsandbox.launch import booting, probe_failure_message
+from openwork_sandbox.runtimes.microsandbox.launch import booting
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
-from openwork_sandbox.runtimes.microsandbox.spec import (
-    LABEL_FP,
-    XATTR_MARK,
-    create_kwargs,
-    folders_without_xattrs,
-    no_xattr_message,
-)
+from openwork_sandbox.runtimes.microsandbox.spec import LABEL_FP, folders_without_xattrs, no_xattr_message
 
 
 class MicrosandboxRuntime(Runtime):
+    """The sandbox ``name`` as a microVM of microsandbox, its record in ``state_dir``. Expected failures
+    are one-line WorkflowErrors ("microsandbox could not <what>: ..." unless said otherwise)."""
+
     kind = "microsandbox"
 
     def __init__(self, name: str, state_dir: Path):
@@ -70,10 +54,12 @@ class MicrosandboxRuntime(Runtime):
         return read_record(self.state_dir, strict=False).get("job_id")
 
     def _save_job(self, job_id: str | None) -> None:
+        """Record the server job's id (None: forget it)."""
         update_record(self.state_dir, job_id=job_id)
 
     # --- inspection ---------------------------------------------------------------------------
     async def _handle(self):
+        """The SDK's handle of the sandbox, or None when microsandbox has none of this name."""
         from microsandbox import Sandbox, SandboxNotFoundError
 
         try:
@@ -93,7 +79,8 @@ class MicrosandboxRuntime(Runtime):
         return handle
 
     def platform(self, st: RuntimeStatus) -> str | None:
-        """``os/arch`` of the image in microsandbox's cache (from an index, the platform it picked)."""
+        """``os/arch`` of ``st``'s image in microsandbox's cache (from an index, the platform it picked);
+        the host's platform when the cache does not say or cannot be read."""
         if not st.image:
             return None
 
@@ -112,6 +99,8 @@ class MicrosandboxRuntime(Runtime):
             return super().platform(st)
 
     def status(self) -> RuntimeStatus:
+        """:meth:`Runtime.status`: running while the microVM runs, starts, drains or is paused (the
+        server job's state in ``server_running`` and ``detail``); the fingerprint from its label."""
         from microsandbox import SandboxStatus
 
         async def go() -> RuntimeStatus:
@@ -135,13 +124,13 @@ class MicrosandboxRuntime(Runtime):
         return self._sdk.call(go(), f"read the state of {self.name}")
 
     def machine_fault(self) -> str | None:
-        """When the microVM itself is not running: its logs' last fault line (KVM_EXIT_SHUTDOWN, a
-        guest kernel panic), else that it stopped with no reason logged."""
+        """None while the microVM runs; else "the microVM itself stopped (...)" with its logs' last
+        fault line (``KVM_EXIT_SHUTDOWN``, a guest kernel panic) or that they say no more."""
         return None if self.status().state == RUNNING else logs.stopped_phrase(self.name)
 
     def describe(self) -> tuple[str, list[str], str]:
         """The base's, and when the microVM itself is not running (not only its server job): why, from
-        its own logs, and where they are (a job's log ends mid-line when its VM dies under it)."""
+        its own logs, and where they are; the job's log does not say, it ends where the VM died."""
         state, lines, hint = super().describe()
         if not state.startswith(RUNNING):
             state += f"; {logs.stopped_phrase(self.name)}"
@@ -149,6 +138,7 @@ class MicrosandboxRuntime(Runtime):
         return state, lines, hint
 
     def is_alive(self) -> bool:
+        """The microVM runs and so does its server job."""
         st = self.status()
         return st.state == RUNNING and bool(st.server_running)
 
@@ -158,72 +148,41 @@ class MicrosandboxRuntime(Runtime):
         self._save_job(await jobs.launch_server(sb, spec))
 
     async def _create(self, spec: LaunchSpec) -> None:
-        from microsandbox import PullEventType, Sandbox
-
-        session = Sandbox.create_with_progress(self.name, **create_kwargs(spec))
-        layers: dict[int, int] = {}
-        complete = False
-        start = time.monotonic()
-        with console.Progress(f"pulling {spec.image.rsplit('/', 1)[-1]}") as bar:
-            async for ev in session.progress:
-                if ev.event_type == PullEventType.RESOLVED and ev.total_download_bytes:
-                    bar.update(0, ev.total_download_bytes)
-                elif ev.event_type == PullEventType.LAYER_DOWNLOAD_PROGRESS and ev.layer_index is not None:
-                    layers[ev.layer_index] = ev.downloaded_bytes or 0
-                    bar.update(sum(layers.values()))
-                elif ev.event_type == PullEventType.COMPLETE:
-                    complete = True
-                    break
-        if layers:
-            console.info(f"pulled {spec.image} ({console.human_bytes(sum(layers.values()))}) in "
-                         f"{time.monotonic() - start:.1f}s")
-        if complete:
-            console.info(f"booting microVM {self.name} ...")
-        sb = await session.result()
+        """One try: pull and boot, launch the server job, detach."""
+        sb = await boot.pull_and_boot(self.name, spec)
         await self._launch_server(sb, spec)  # before detach(): detach consumes the Sandbox object
         await sb.detach()
 
     def create(self, spec: LaunchSpec) -> None:
-        from microsandbox import ImageNotFoundError, ImagePullFailedError, MicrosandboxError
+        """:meth:`Runtime.create`. A bind folder or MSB_HOME without extended attributes is refused first
+        (WorkflowError, exit 2), before anything is made. A boot the microVM's CPU stopped on a host
+        where microVMs boot (``logs.boot_fault``) is booted once more. Failures: ``boot.create_failure``."""
+        from microsandbox import MicrosandboxError
 
         binds, home = folders_without_xattrs(spec)
         if binds or home:
             raise WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS)
-        def boot():
+
+        def create_once():
             return self._create(spec)
 
         try:
             self._save_job(None)
             try:
-                self._sdk.run(booting(boot))
+                self._sdk.run(booting(create_once))
             except MicrosandboxError as exc:
                 fault = logs.boot_fault(self.name, str(exc))
                 if not fault:
                     raise
                 console.info(f"the microVM {self.name} stopped while booting ({fault}); booting it again (2 of 2)")
-                self._sdk.run(booting(boot))
-        except (ImagePullFailedError, ImageNotFoundError) as exc:
-            raise WorkflowError(
-                f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) and check the "
-                f"registry answers (invoke doctor)"
-            ) from None
+                self._sdk.run(booting(create_once))
         except MicrosandboxError as exc:
-            text = str(exc)
-            if text.startswith(("image error", "registry error")):
-                from openwork_sandbox.config import ImageRef
-                from openwork_sandbox.runtimes.microsandbox.pull import pull_failure_hint
-
-                raise WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
-                                    f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}") from None
-            if XATTR_MARK in text:  # checked before the boot; a folder may have changed since
-                binds, home = folders_without_xattrs(spec)
-                if binds or home:
-                    raise WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS) from None
-            raise WorkflowError(probe_failure_message(f"create {self.name}", text)
-                                or logs.boot_failure_message(self.name, text)
-                                or f"microsandbox could not create {self.name}: {text}") from None
+            raise boot.create_failure(self.name, spec, exc) from None
 
     def start(self, spec: LaunchSpec) -> None:
+        """:meth:`Runtime.start`: the microVM booted if it is not running, and the server job launched
+        again (jobs do not survive a stop). Failures: ``boot.start_failure``; a WorkflowError too when
+        there is no such sandbox."""
         from microsandbox import MicrosandboxError, SandboxStatus
 
         async def go() -> None:
@@ -237,13 +196,12 @@ class MicrosandboxRuntime(Runtime):
         try:
             self._sdk.run(booting(go))
         except MicrosandboxError as exc:
-            raise WorkflowError(probe_failure_message(f"start {self.name}", exc)
-                                or logs.boot_failure_message(self.name, str(exc))
-                                or f"microsandbox could not start {self.name}: {exc}") from None
+            raise boot.start_failure(self.name, exc) from None
 
     # --- state an older layout left in the microVM's home --------------------------------------
     def created_home(self) -> str | None:
-        """The HOME in the microVM's config (its env: a list of {key, value}, or a mapping)."""
+        """The HOME in the microVM's config; None when it sets none, there is no such sandbox, or the
+        SDK cannot say."""
         from microsandbox import MicrosandboxError
 
         async def go() -> dict:
@@ -256,9 +214,10 @@ class MicrosandboxRuntime(Runtime):
             return None
 
     def open_for_copy(self, spec: LaunchSpec | None) -> Callable[[], None]:
-        """The SDK reads files from a running VM only: a running one has its server job stopped (and
-        relaunched when putting it back); a stopped one is booted (booting does not start the server)
-        and stopped again."""
+        """:meth:`Runtime.open_for_copy`. The SDK reads files from a running microVM only: a running one
+        has its server job stopped (put back: launched again, when ``spec`` is given); a stopped one is
+        booted without its server (put back: stopped). A WorkflowError when it cannot be booted: the
+        old sandbox is then not replaced."""
         from microsandbox import MicrosandboxError
 
         if self.status().state == RUNNING:
@@ -268,12 +227,12 @@ class MicrosandboxRuntime(Runtime):
             self._sdk.call(stop_server(), f"stop the server in {self.name}")
             return (lambda: self._relaunch_server(spec)) if spec is not None else (lambda: None)
 
-        async def boot() -> None:
+        async def boot_stopped() -> None:
             sb = await (await self._existing()).connect_or_start(detached=True)
             await sb.detach()
 
         try:
-            self._sdk.run(booting(boot))
+            self._sdk.run(booting(boot_stopped))
         except MicrosandboxError as exc:
             raise WorkflowError(
                 f"the microVM {self.name} was made by an older version, which kept sessions and tokens in its "
@@ -282,7 +241,8 @@ class MicrosandboxRuntime(Runtime):
         return self.stop
 
     def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
-        """:func:`copy_folder` over the SDK's ``sandbox.fs`` of the running microVM."""
+        """:meth:`Runtime.copy_out` through :func:`copy.copy_folder` over the SDK's ``sandbox.fs`` of the
+        running microVM (see :meth:`open_for_copy`)."""
         src = str(PurePosixPath(guest_dir) / unit)
 
         async def go() -> list:
@@ -292,17 +252,17 @@ class MicrosandboxRuntime(Runtime):
         return self._sdk.call(go(), f"copy {src} out of the microVM {self.name}")
 
     def restart_server(self, spec: LaunchSpec) -> None:
-        """As `docker restart` restarts a container: the microVM is stopped and booted again, and the
-        server launched as `start` launches it. Stopping only the server job does not do for a start
-        that went wrong: a job stopped (or dead) before it passed SIGTERM on leaves what it started
-        running, holding opencode's database and ports; in a microVM nested under emulation a start
-        relaunched so never became healthy in 1800 s."""
+        """:meth:`Runtime.restart_server` as ``docker restart`` restarts a container: the microVM stopped
+        and booted again, its server launched as :meth:`start` does. Relaunching the job alone would not
+        do: a job that died before passing SIGTERM on leaves what it started running, holding opencode's
+        database and ports."""
         self.stop()
         self.start(spec)
 
     def _relaunch_server(self, spec: LaunchSpec) -> None:
-        """The server job launched again in the running microVM (after open_for_copy stopped it there,
-        with its SIGTERM and grace); a microVM that stopped meanwhile is booted as `start` does."""
+        """The server job launched again in the running microVM (put back after :meth:`open_for_copy`
+        stopped it, with its SIGTERM and grace); a microVM that stopped meanwhile is booted as
+        :meth:`start` does."""
         from microsandbox import SandboxStatus
 
         async def go() -> bool:
@@ -317,6 +277,7 @@ class MicrosandboxRuntime(Runtime):
             self.start(spec)  # the microVM itself stopped under its server: boot it as `start` does
 
     def stop(self) -> bool:
+        """:meth:`Runtime.stop`: the microVM stopped, everything kept; False when it was not running."""
         from microsandbox import SandboxStatus
 
         async def go() -> bool:
@@ -329,6 +290,8 @@ class MicrosandboxRuntime(Runtime):
         return self._sdk.call(go(), f"stop {self.name}")
 
     def remove(self) -> bool:
+        """:meth:`Runtime.remove`: the microVM destroyed (gracefully, else by force) and the job's record
+        forgotten; False when there was none."""
         from microsandbox import MicrosandboxError
 
         async def go() -> bool:
@@ -349,9 +312,12 @@ class MicrosandboxRuntime(Runtime):
 
     # --- logs / exec --------------------------------------------------------------------------
     def log_hint(self) -> str:
+        """msb's ``exec.log`` of the sandbox, and the `logs` commands."""
         return f"{logs.sandbox_log_dir(self.name) / 'exec.log'} (or: invoke logs; system: invoke logs --system)"
 
     def log_tail(self, lines: int = 40) -> list[str]:
+        """The server job's last ``lines`` lines, else the sandbox's own log's; [] when there is no
+        sandbox or the SDK cannot read them (never raises the SDK's errors)."""
         from microsandbox import MicrosandboxError
 
         async def go() -> list[str]:
@@ -410,6 +376,8 @@ class MicrosandboxRuntime(Runtime):
             yield from self._sdk.call(read_job(), what)
 
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
+        """:meth:`Runtime.exec` in the running microVM through the SDK."""
+
         async def go() -> tuple[int, str]:
             sb = await (await self._existing()).connect(timeout=10)
             out = await sb.exec(argv[0], argv[1:], timeout=timeout)
