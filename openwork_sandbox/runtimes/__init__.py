@@ -13,6 +13,9 @@ __all__ = ["ABSENT", "RUNNING", "STOPPED", "LaunchSpec", "Runtime", "RuntimeStat
 
 
 def runtime_for(kind: str, settings: Settings) -> Runtime:
+    """The runtime ``kind`` (``docker`` or ``microsandbox``) for the sandbox of ``settings`` (its name
+    and state folder); ValueError for another kind. The implementation is imported only here, so
+    importing this package loads neither runtime nor its SDK."""
     if kind == "docker":
         from openwork_sandbox.runtimes.docker import DockerRuntime
 

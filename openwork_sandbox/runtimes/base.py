@@ -3,7 +3,9 @@
 A runtime boots one image under one name with two bind mounts, one published port, an
 environment and resource limits (a :class:`LaunchSpec`), and can say what state it is in, show
 its logs, run a command inside, stop and remove it. Nothing more: deciding *whether* to create,
-start or reuse is ``lifecycle``'s job.
+start or reuse is ``sandbox.decision``'s and ``sandbox.lifecycle``'s job. A runtime that knows
+more than the others says it by overriding a method here (``digest``, ``platform``,
+``machine_fault``), not by callers testing its kind.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ class LaunchSpec:
     # the registry's scheme, login and CAs for a runtime's own pull, asked only at pull time
     pull_access: Callable[[], PullAccess] | None = None
     network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none (microVMs)
-    # guest path -> host folder mounted read-only (the provider keys and opencode config: sandbox_secrets)
+    # guest path -> host folder mounted read-only (the provider keys and opencode config: state.secrets)
     readonly_mounts: dict[str, Path] = dataclasses.field(default_factory=dict)
-    # who made it (ownership.marks: its state folder; an ephemeral one's job and expiry), as labels
+    # who made it (state.ownership.marks: its state folder; an ephemeral one's job and expiry), as labels
     marks: dict[str, str] = dataclasses.field(default_factory=dict)
     max_duration: float | None = None  # an ephemeral sandbox's lifetime (microsandbox stops it then)
 
@@ -151,7 +153,7 @@ class Runtime(abc.ABC):
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
         """Run a command inside; returns (exit code, stdout+stderr)."""
 
-    # --- state an older layout left in the sandbox's home (persist.migrate_before_replace) -------
+    # --- state an older layout left in the sandbox's home (state.persist.migrate_before_replace) -------
     def created_home(self) -> str | None:
         """The HOME the sandbox was created with (None: none was set, so the image user's home)."""
         return None

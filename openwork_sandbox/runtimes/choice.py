@@ -8,8 +8,8 @@ facts, the setting (``auto|microsandbox|docker``) and the runtime a sandbox alre
 
 microVMs boot on Linux with ``/dev/kvm`` readable and writable, plus on x86_64 the CPU's ``vmx`` or
 ``svm`` flag (a VM without nested virtualization has ``/dev/kvm`` but no flag, and every boot then
-fails after ~11 s); arm64 Linux has no such flag, usable KVM is the signal. On macOS: Apple silicon
-only (Hypervisor framework). Everywhere the msb runtime must be installed.
+fails); arm64 Linux has no such flag, usable KVM is the signal. On macOS: Apple silicon only
+(Hypervisor framework). Everywhere the msb runtime must be installed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import dataclasses
 
 AUTO, DOCKER, MICROSANDBOX = "auto", "docker", "microsandbox"
 RUNTIMES = (MICROSANDBOX, DOCKER)
+# the way out named wherever microVMs cannot run
 DOCKER_HINT = "use the Docker runtime: invoke up --runtime docker (or OPENWORK_MICROSANDBOX_RUNTIME=docker)"
 ARM64 = ("aarch64", "arm64")
 
@@ -37,6 +38,7 @@ class HostFacts:
 
     @property
     def arm64(self) -> bool:
+        """The machine is arm64 (``aarch64`` on Linux, ``arm64`` on macOS)."""
         return self.machine.lower() in ARM64
 
 
@@ -50,7 +52,8 @@ class RuntimeChoice:
 
 
 def kvm_verdict(f: HostFacts) -> tuple[bool, str]:
-    """Is KVM there for microsandbox (Linux), or not needed (macOS)?"""
+    """``(True, why)`` when KVM is usable by this user (Linux) or not needed (macOS), else
+    ``(False, what to do)``."""
     if f.system == "Darwin":
         return True, "not needed on macOS (Hypervisor framework)"
     if not f.kvm_present:
@@ -61,7 +64,8 @@ def kvm_verdict(f: HostFacts) -> tuple[bool, str]:
 
 
 def virtualization_verdict(f: HostFacts) -> tuple[bool, str]:
-    """Does the CPU offer hardware virtualization to this host?"""
+    """``(True, why)`` when the CPU offers hardware virtualization to this host (on arm64 Linux: KVM
+    is there), else ``(False, what is missing)``; False on a system microsandbox does not run on."""
     if f.system == "Darwin":
         if f.arm64:
             return True, "Apple silicon with the Hypervisor framework"

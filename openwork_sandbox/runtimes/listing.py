@@ -1,7 +1,8 @@
 """The sandboxes this tool made, as each runtime lists them, with their marks (``ownership``).
 
-``leftovers`` judges them (stale, orphan) for ``doctor`` and ``reset --stale``. Each function
-returns ``(name, marks, running)`` tuples, the marks without their label prefix.
+``sandbox.leftovers`` judges them (stale, orphan) for ``doctor`` and ``reset --stale``. Each function
+returns ``(name, marks, running)`` tuples, the marks without their label prefix. The one module of
+``runtimes`` that reads both runtimes' labels.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def docker_managed() -> list[tuple[str, dict[str, str], bool]]:
 
 def microsandbox_managed() -> list[tuple[str, dict[str, str], bool]]:
     """``(name, marks, running)`` of every microVM this tool made (label ``fingerprint``), from
-    microsandbox's own records (no VM is booted to ask)."""
+    microsandbox's own records (no VM is booted to ask); the SDK's errors pass unchanged."""
     from microsandbox import Sandbox, SandboxStatus
 
     async def go():

@@ -1,7 +1,8 @@
-"""Can this host boot microVMs, and does a Docker engine answer? Quick reads, nothing started.
+"""Can this host boot microVMs, and does a Docker engine answer? Reads only: nothing is started.
 
-``host_facts()`` gathers the facts once (kernel files in milliseconds, ``docker info`` when asked);
-:mod:`.choice` decides from them. ``microvm_support()`` is that verdict for this host.
+``host_facts()`` gathers the facts once (kernel files, ``msb``'s path; ``docker info`` only when
+asked, since it can take seconds); :mod:`openwork_sandbox.runtimes.choice` decides from them.
+``microvm_support()`` is that verdict for this host, cached for the process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from openwork_sandbox.runtimes.choice import (
 
 CPUINFO = Path("/proc/cpuinfo")
 KVM_DEVICE = Path("/dev/kvm")
-DOCKER_START = "run scripts/services start (or start Docker Desktop)"
+DOCKER_START = "run scripts/services start (or start Docker Desktop)"  # the way out when the engine does not answer
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
@@ -104,7 +105,8 @@ def host_facts(*, docker: bool = True) -> HostFacts:
 
 @functools.lru_cache(maxsize=None)
 def microvm_support() -> tuple[bool, str]:
-    """``(True, why)`` when microVMs can boot here, else ``(False, what is missing)`` (see choice)."""
+    """``(True, why)`` when microVMs can boot here, else ``(False, what is missing)`` (see choice);
+    read once per process."""
     return microvm_verdict(host_facts(docker=False))
 
 

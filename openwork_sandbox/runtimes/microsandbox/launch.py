@@ -1,14 +1,12 @@
-"""msb's launch probe: what a boot of a microVM (create, start) needs from the msb binary first.
+"""msb's launch probe: every boot of a microVM (create, start, the boot for a copy) goes through
+:func:`booting`.
 
-Before each boot the SDK asks the msb it selected which launch contract it speaks (it runs
-``msb __launch-protocol``) and gives it 2 s: measured with the SDK 0.7.11, a probe answering in 1.9 s
-passes and one in 2.5 s fails. An msb that does not answer in time is taken for an old one, and the
-boot fails with "sandbox.start() is not supported by this backend: selected msb runtime does not
-support network.http.deny_response; upgrade msb ...": advice that is wrong when msb is current and
-the host only busy or slow (seen in an emulated host while its engine loaded an image, after a pull
-of 169 s). So a boot is tried again when that happens (:func:`booting`), msb's file read first each
-time so that its next start is not paged in from disk, and a boot that still fails says what happened
-(:func:`probe_failure_message`).
+Before each boot the SDK asks the msb it selected which launch contract it speaks (``msb
+__launch-protocol``) and gives it PROBE_TIMEOUT_S. An msb that does not answer in time is taken for
+an old one and the boot fails with the SDK's "selected msb runtime does not support ...; upgrade
+msb": wrong advice when msb is current and the host only busy or slow. :func:`booting` tries such a
+boot again, msb's file read first each time so its start is not paged in from disk;
+:func:`probe_failure_message` says in one line what happened when every try missed.
 """
 
 from __future__ import annotations
@@ -19,11 +17,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 from openwork_sandbox.core import console
 
 PROBE_MARK = "selected msb runtime does not support"  # the SDK's words for a probe not answered in time
-PROBE_TIMEOUT_S = 2  # the SDK's (measured above; not a setting of the SDK)
-# Between tries, longer each time: a busy moment passes (measured in the emulated host, one vCPU: the
-# probe answers in 0.34-0.53 s idle and in 0.9-1.8 s while an image is read beside it; three quick
-# tries all missed there once, during a 5-minute image load)
-PAUSES_S = (2.0, 4.0, 8.0, 16.0)
+PROBE_TIMEOUT_S = 2  # the SDK's own limit, in seconds (not a setting of the SDK)
+PAUSES_S = (2.0, 4.0, 8.0, 16.0)  # seconds between tries, longer each time so that a busy moment passes
 TRIES = len(PAUSES_S) + 1
 
 T = TypeVar("T")
@@ -40,8 +35,8 @@ def selected_msb() -> str | None:
 
 
 def read_through(path: str | None) -> None:
-    """Read the file at PATH once (52 MB for msb 0.7.11: 7-16 ms here), so that the page cache holds
-    it when msb starts; nothing when there is no such file."""
+    """Read the file at ``path`` once, so that the page cache holds it when msb starts; nothing when
+    ``path`` is None or cannot be read."""
     if not path:
         return
     try:
@@ -53,12 +48,15 @@ def read_through(path: str | None) -> None:
 
 
 def is_probe_failure(error: Exception | str) -> bool:
+    """Whether ``error`` (or its text) is the SDK's failure of a launch probe not answered in time."""
     return PROBE_MARK in str(error)
 
 
 async def booting(boot: Callable[[], Awaitable[T]]) -> T:
-    """``await boot()``, tried again (TRIES in all, PAUSES_S apart) while it fails because msb did not
-    answer the SDK's launch probe in time; msb's file is read before each try."""
+    """``await boot()``, tried again (TRIES in all, PAUSES_S apart, a line on the console before each
+    new try) while it fails because msb did not answer the SDK's launch probe in time; msb's file is
+    read before each try. Returns what ``boot`` returns; raises the last ``UnsupportedError`` when
+    every try missed, and anything else ``boot`` raises at once."""
     from microsandbox import UnsupportedError
 
     for attempt in range(1, TRIES + 1):
@@ -75,8 +73,8 @@ async def booting(boot: Callable[[], Awaitable[T]]) -> T:
 
 
 def probe_failure_message(what: str, error: Any) -> str | None:
-    """One line for a boot that failed TRIES times on the probe ("could not WHAT: ..."), or None when
-    ``error`` is something else."""
+    """One line for a boot that failed TRIES times on the probe ("microsandbox could not <what>: ...",
+    naming msb and what to check), or None when ``error`` is something else."""
     if not is_probe_failure(error):
         return None
     from importlib import metadata

@@ -1,6 +1,6 @@
 """Pulling with the microsandbox SDK: its registry arguments, and push-image's pull proof.
 
-- :func:`sdk_registry_options` turns a runtime-neutral :class:`~..registry_access.PullAccess`
+- :func:`sdk_registry_options` turns a runtime-neutral :class:`~openwork_sandbox.registry.access.PullAccess`
   (scheme, login, CAs) into the SDK's ``registry_insecure``, ``registry_auth`` and
   ``registry_ca_certs``; ``up``'s create and the proof below both use it.
 - :func:`prove_pull` pulls a pushed image as ``up`` will, without booting it. The SDK has no pull
@@ -28,7 +28,7 @@ from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.registry.access import LOGIN_HINT, PullAccess, certs_hint, login_refused
 
-TIMEOUT = 900.0
+TIMEOUT = 900.0  # seconds the pull proof's child may take
 
 
 def sdk_registry_options(access: PullAccess) -> dict:
@@ -54,8 +54,10 @@ def pull_failure_hint(host: str, text: str) -> str:
 
 
 def prove_pull(ref: str, host: str, access: PullAccess, expected_digest: str | None = None) -> tuple[bool, str]:
-    """Pull ``ref`` with the microsandbox SDK where its runtime is installed, as ``up`` will (same
-    login and CAs), without booting it. Returns ``(pulled, detail)``; a failure is one line."""
+    """Pull ``ref`` from registry ``host`` with the microsandbox SDK, as ``up`` will (``access``: the
+    same scheme, login and CAs), without booting it. Returns ``(True, how long it took)``, or
+    ``(False, why it was skipped)`` where msb is not installed. Raises a one-line WorkflowError (with
+    the way out) when the pull fails, or when it resolves to another digest than ``expected_digest``."""
     from openwork_sandbox.runtimes.probe import msb_path
 
     if not msb_path():
@@ -75,7 +77,9 @@ def prove_pull(ref: str, host: str, access: PullAccess, expected_digest: str | N
 
 
 def _pull_in_child(ref: str, access: PullAccess, timeout: float = TIMEOUT) -> str | None:
-    """Pull ``ref`` in a child process; returns the manifest digest, raises RuntimeError(reason)."""
+    """Pull ``ref`` in a child process (this module run as ``__main__``; the request on its stdin);
+    returns the manifest digest (None when the SDK did not say), raises RuntimeError(one-line reason)
+    on a failure, no answer within ``timeout`` seconds, or no answer at all."""
     request = {"ref": ref, "insecure": access.insecure, "username": access.username, "password": access.password,
                "ca_pems": [p.decode("ascii", "replace") for p in access.ca_pems]}
     env = dict(os.environ)
@@ -98,6 +102,9 @@ def _pull_in_child(ref: str, access: PullAccess, timeout: float = TIMEOUT) -> st
 
 
 async def _pull(request: dict) -> str | None:
+    """The child's pull: ``request`` (reference, scheme, login, CAs) pulled into microsandbox's cache
+    through a sandbox creation cancelled once the pull is complete (nothing boots; the sandbox's record
+    is removed). Returns the manifest digest it resolved (or the cache's); raises the SDK's errors."""
     from microsandbox import Image, PullEventType, PullPolicy, Sandbox
 
     ref = request["ref"]
@@ -138,6 +145,8 @@ async def _pull(request: dict) -> str | None:
 
 
 def main() -> int:
+    """The child process: a request as JSON on stdin, one JSON line on stdout (``{"digest": ...}``,
+    exit 0, or ``{"error": ...}``, exit 1)."""
     request = json.loads(sys.stdin.read())
     try:
         digest = asyncio.run(_pull(request))
