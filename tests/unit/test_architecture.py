@@ -41,6 +41,21 @@ def test_import_linter_names_an_upward_import(tmp_path):
     assert "openwork_sandbox.core.errors -> openwork_sandbox.sandbox.doctor" in proc.stdout
 
 
+def test_import_linter_names_a_runtime_importing_the_other(tmp_path):
+    """The runtimes' contracts can fail: a copy where the microsandbox runtime imports the Docker one."""
+    shutil.copytree(PACKAGE, tmp_path / "openwork_sandbox", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    spec = tmp_path / "openwork_sandbox" / "runtimes" / "microsandbox" / "spec.py"
+    spec.write_text(spec.read_text() + "\n\ndef _sideways():\n    from openwork_sandbox.runtimes import docker\n")
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
+                           "from importlinter.cli import lint_imports_command; lint_imports_command()",
+                           "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    said = " ".join(proc.stdout.split())  # import-linter wraps its lines
+    assert proc.returncode != 0
+    assert "never import each other BROKEN" in said
+    assert "openwork_sandbox.runtimes.microsandbox.spec -> openwork_sandbox.runtimes.docker" in said
+
+
 def test_every_package_has_its_row_in_the_architecture_page():
     page = (ROOT / "docs" / "architecture.md").read_text()
     rows = set(re.findall(r"^\| `([a-z_./]+)/?` \|", page, re.M))
