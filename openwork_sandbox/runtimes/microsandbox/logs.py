@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from openwork_sandbox.runtimes.choice import DOCKER_HINT
 from openwork_sandbox.runtimes.microsandbox.jobs import LIVE_JOB

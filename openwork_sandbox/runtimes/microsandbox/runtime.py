@@ -14,12 +14,11 @@ kept in ``.state/<name>/sandbox.json`` as a shortcut. A sandbox that failed is l
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
-from openwork_sandbox.state.store import RECORD_FILE, read_record, update_record
 from openwork_sandbox.runtimes.base import (
     ABSENT,
     RUNNING,
@@ -33,6 +32,7 @@ from openwork_sandbox.runtimes.microsandbox.copy import copy_folder, home_in_con
 from openwork_sandbox.runtimes.microsandbox.launch import booting
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
 from openwork_sandbox.runtimes.microsandbox.spec import LABEL_FP, folders_without_xattrs, no_xattr_message
+from openwork_sandbox.state.store import RECORD_FILE, read_record, update_record
 
 
 class MicrosandboxRuntime(Runtime):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 from openwork_sandbox.core.boundary import skip_interpreter_finalization
 from openwork_sandbox.core.errors import WorkflowError
@@ -67,5 +68,5 @@ class SdkLoop:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:  # the interpreter is shutting down: nothing to close it with
             pass
