@@ -232,7 +232,7 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
     3 nothing reachable at the URL.
     """
     with task_boundary("smoke"):
-        from openwork_sandbox.smoke.runner import run_smoke
+        from openwork_sandbox.smoke.modes import run_smoke
 
         settings = _settings(c, env_file, name=name, token=token, host_token=host_token, runtime=runtime,
                              image=image, port=port)

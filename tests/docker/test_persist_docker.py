@@ -279,7 +279,7 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
 
 
 def test_smoke_deletes_its_session_on_the_real_opencode(box, capsys):
-    from openwork_sandbox.smoke.runner import run_smoke
+    from openwork_sandbox.smoke.modes import run_smoke
 
     settings, ep = box["settings"], box["ep"]
 

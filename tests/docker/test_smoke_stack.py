@@ -19,7 +19,8 @@ import pytest
 
 from openwork_sandbox.net.ports import free_port
 from openwork_sandbox.config import load_settings
-from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner, attach_log_tail, local_target, run_smoke
+from openwork_sandbox.smoke.modes import attach_log_tail, local_target, run_smoke
+from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 from tests.support.paths import ROOT

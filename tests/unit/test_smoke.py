@@ -17,7 +17,8 @@ import pytest
 
 from openwork_sandbox.net.openwork_api import join_url, workspace_id
 from openwork_sandbox.config import load_settings
-from openwork_sandbox.smoke.runner import CHECKS, PREREQUISITES, run_smoke
+from openwork_sandbox.smoke.modes import run_smoke
+from openwork_sandbox.smoke.runner import CHECKS, PREREQUISITES
 
 from tests.standins.openwork_double import OpenWorkDouble
 
