@@ -180,7 +180,7 @@ def test_pinned_image_follows_the_last_push_of_that_tag(tmp_path):
 
 
 def test_a_challenge_is_read_as_quoted_and_bare_parameters_left_to_right():
-    from openwork_sandbox.registry.client import parse_challenge
+    from openwork_sandbox.registry.transport import parse_challenge
 
     assert parse_challenge('Bearer realm="https://auth.example/token?service=other",service="registry.example",'
                            'scope="repository:team/app:pull,push",error=insufficient_scope') == (
