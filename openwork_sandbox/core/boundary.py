@@ -1,7 +1,8 @@
 """The task boundary: where an expected failure becomes a one-line message and an exit code.
 
-Every task in ``tasks.py`` runs its helper inside :func:`task_boundary` (above :mod:`errors`, which
-only defines the exceptions, and :mod:`gha`, which writes the ``::error`` annotation).
+Every task in ``tasks.py`` runs its helper inside :func:`task_boundary`. A task process that loaded a
+native library which must not meet interpreter finalization ends with ``os._exit`` and the task's
+exit code (:func:`skip_interpreter_finalization`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ from openwork_sandbox.core.errors import EXIT_INTERRUPTED, WorkflowError
 
 
 # --- ending a task process without the interpreter's finalization ------------------------------------
-# microsandbox 0.7.11's SDK runs tokio threads that may still complete a Python future while the
-# interpreter finalizes: the thread then takes the GIL of a finalizing interpreter, CPython ends that
-# thread with a forced unwind, and Rust aborts the process ("panic in a function that cannot unwind",
-# SIGABRT) after the task printed everything it had to (seen once in two `invoke logs` in a microVM).
-# A runtime that loaded such a library says so; the process of a task that ran then ends, once the
-# tasks are done, with os._exit and the task's own exit code, its output flushed. Only in a task
-# program (invoke, or this package's console program), never in a host such as pytest whose exit
-# code is not a task's.
+# A native library whose threads call into Python (the microsandbox SDK's) must not meet interpreter
+# finalization: such a thread aborts the process (SIGABRT) after the task's output. Once a runtime has
+# loaded one, the process ends after the tasks with os._exit(the last task's exit code), stdout and
+# stderr flushed; only in a task program (invoke, this package's console program), never in a host such
+# as pytest, whose exit code is not a task's.
 _finalize = {"skip": False, "code": 0, "registered": False}
 TASK_PROGRAMS = ("invoke", "inv", "openwork-sandbox", "openwork_sandbox")
 
@@ -36,11 +34,13 @@ def _in_task_program() -> bool:
 
 
 def skip_interpreter_finalization() -> None:
-    """Called by a runtime whose native library must not meet the interpreter's finalization."""
+    """Called by a runtime whose native library must not meet the interpreter's finalization: the task
+    process then ends with ``os._exit`` (see the comment above)."""
     _finalize["skip"] = True
 
 
 def _exit_now() -> None:
+    """The atexit handler: flush stdout and stderr, then ``os._exit`` with the last task's code."""
     if _finalize["skip"]:
         for stream in (sys.stdout, sys.stderr):
             try:

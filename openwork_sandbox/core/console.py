@@ -19,12 +19,13 @@ from typing import Any, Callable, Sequence
 OK = "✓"
 BAD = "✗"
 SKIP = "-"
-PLAIN_EVERY = 8.0  # seconds: off a TTY, the longest silence while work goes on (under the 10 s promised)
+PLAIN_EVERY = 8.0  # seconds: off a TTY, the longest silence while work goes on (a line every 10 s is the promise)
 _LOCK = threading.RLock()  # the heartbeat thread and the task print on one stream
 _LAST_LINE = [time.monotonic()]  # when the last human line (or bar) was written
 
 
 def is_tty(stream=None) -> bool:
+    """Whether ``stream`` (default stderr) is a terminal that can draw a bar (not ``TERM=dumb``)."""
     stream = stream or sys.stderr
     try:
         return stream.isatty() and os.environ.get("TERM") != "dumb"
@@ -40,6 +41,7 @@ def info(message: str = "") -> None:
 
 
 def since_last_line() -> float:
+    """Seconds since the last human line (or bar) was written."""
     return time.monotonic() - _LAST_LINE[0]
 
 
@@ -63,6 +65,7 @@ def mask(secret: str | None) -> str:
 
 
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -> str:
+    """``rows`` as left-aligned columns, two spaces apart; ``headers`` get a dashed rule beneath."""
     cells = [[str(c) for c in r] for r in rows]
     if headers:
         cells.insert(0, [str(h) for h in headers])
@@ -82,6 +85,7 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = N
 
 
 def human_bytes(n: float | None) -> str:
+    """``n`` bytes in decimal units (``1.5 MB``); ``?`` for None."""
     if n is None:
         return "?"
     for unit in ("B", "kB", "MB", "GB"):
@@ -203,6 +207,6 @@ class Heartbeat:
 
 
 def heartbeat(what: str | Callable[[], str], every: float | None = None) -> Heartbeat:
-    """``with heartbeat("pulling X"):`` — see :class:`Heartbeat`."""
+    """``with heartbeat("pulling X"):``: a :class:`Heartbeat` for the block."""
     return Heartbeat(what, every)
 

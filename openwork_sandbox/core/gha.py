@@ -30,6 +30,7 @@ _MASKED: set[str] = set()
 
 
 def active() -> bool:
+    """Whether this runs under GitHub Actions (``GITHUB_ACTIONS=true``)."""
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
@@ -40,10 +41,12 @@ def _command(line: str) -> None:
 
 
 def escape_data(text: str) -> str:
+    """``text`` as a workflow command's data: ``%``, CR and LF escaped, so it stays one command."""
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def escape_property(text: str) -> str:
+    """``text`` as a workflow command's property value (``title=``): also ``:`` and ``,`` escaped."""
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
@@ -125,6 +128,7 @@ def _table(title: str, rows: Iterable[tuple[str, object]]) -> str:
 
 
 def build_summary(result: dict) -> str:
+    """The step-summary section of ``build-image`` from its result."""
     from openwork_sandbox.core.console import human_bytes
 
     versions = result.get("versions", {})
@@ -140,6 +144,7 @@ def build_summary(result: dict) -> str:
 
 
 def push_summary(result: dict) -> str:
+    """The step-summary section of ``push-image`` from its result."""
     from openwork_sandbox.core.console import human_bytes
 
     return _table(f"OpenWork image pushed: `{result['image']}`", [
@@ -154,6 +159,7 @@ def push_summary(result: dict) -> str:
 
 
 def up_summary(endpoint, *, image: str, seconds: float) -> str:
+    """The step-summary section of ``up`` for the sandbox at ``endpoint``."""
     return _table(f"OpenWork sandbox up: `{endpoint.name}`", [
         ("URL", endpoint.url),
         ("runtime", endpoint.runtime),

@@ -1,14 +1,13 @@
 """Image platforms (``linux/amd64``, ``linux/arm64``): parsing, the host's own, ELF architectures.
 
 - ``OPENWORK_PLATFORMS`` / ``build-image --platform``: a comma-separated list; unset means the
-  host's platform alone (today's single-image build).
+  host's platform alone.
 - The local-binary overrides and ``OPENWORK_BASE_IMAGE`` name a value per platform as
   ``linux/amd64=/path/a,linux/arm64=/path/b``; a plain value is the host's platform's.
-- A file's architecture is what its ELF header says (``e_machine``): Docker 20.10 marks every image
-  it imports or builds with its own architecture, so a base's or a program's real architecture is
-  read from its bytes.
+- A file's architecture is what its ELF header says (``e_machine``), never an image's metadata:
+  Docker may label an image it imports or builds with its own architecture.
 
-Bottom layer: no imports from the rest of the package.
+Imports nothing from the rest of the package.
 """
 
 from __future__ import annotations
@@ -30,6 +29,8 @@ class PlatformError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Platform:
+    """One image platform, ``linux/amd64`` or ``linux/arm64``."""
+
     os: str
     arch: str  # Docker/OCI name: amd64, arm64
 
@@ -54,15 +55,18 @@ class Platform:
 
 
 def host_arch() -> str:
+    """This machine's architecture by its Docker/OCI name (``amd64``, ``arm64``; another as the kernel names it)."""
     machine = _platform.machine().lower()
     return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
 
 
 def host_platform() -> Platform:
+    """The platform this machine's images have: Linux on the host's architecture."""
     return Platform("linux", host_arch())  # images are Linux's, on a Mac too
 
 
 def parse_platform(text: str) -> Platform:
+    """One platform name (aliases such as ``linux/x86_64`` accepted); :class:`PlatformError` for any other."""
     name = ALIASES.get(text.strip().lower(), text.strip().lower())
     if name not in SUPPORTED:
         raise PlatformError(f"unknown platform {text.strip()!r}: use {' or '.join(SUPPORTED)} "
@@ -72,7 +76,8 @@ def parse_platform(text: str) -> Platform:
 
 
 def parse_platforms(text: str) -> tuple[Platform, ...]:
-    """``linux/amd64,linux/arm64`` → the platforms, in the given order, each once."""
+    """``linux/amd64,linux/arm64`` → the platforms, in the given order, each once; :class:`PlatformError`
+    for an empty list or an unknown name."""
     items = [part for part in (p.strip() for p in text.split(",")) if part]
     if not items:
         raise PlatformError(f"is empty: name one or more of {', '.join(SUPPORTED)}")
@@ -83,7 +88,8 @@ PER_PLATFORM = re.compile(r"^\s*[A-Za-z0-9]+/[A-Za-z0-9/]+\s*=")
 
 
 def parse_per_platform(text: str) -> str | dict[str, str]:
-    """A plain value (the host's platform's), or ``linux/amd64=a,linux/arm64=b`` → ``{"linux/amd64": "a", …}``."""
+    """A plain value (the host's platform's), or ``linux/amd64=a,linux/arm64=b`` → ``{"linux/amd64": "a", …}``;
+    :class:`PlatformError` for an entry without a value, an unknown platform or one named twice."""
     if not PER_PLATFORM.match(text):
         return text.strip()
     out: dict[str, str] = {}

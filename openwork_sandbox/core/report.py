@@ -39,6 +39,7 @@ def _seconds(s: float) -> str:
 
 
 def summary_line(report) -> str:
+    """The run's last line: the verdict, the counts, the time and the URL."""
     c = report.counts
     parts = [f"{c['passed']} passed"]
     if c["failed"]:
@@ -52,6 +53,7 @@ def summary_line(report) -> str:
 
 
 def table(report) -> str:
+    """The terminal table: one row per check with its result, time and (redacted) detail."""
     rows = []
     for check in report.checks:
         note = check.detail if check.result == "passed" else check.message
@@ -160,6 +162,7 @@ def _log_text(report) -> str:
 
 
 def write_junit(report, path: str | os.PathLike) -> Path:
+    """Write :func:`junit_xml` to ``path``; a one-line WorkflowError when it cannot be written."""
     target = Path(path).expanduser()
     try:
         target.write_text(junit_xml(report), encoding="utf-8")
