@@ -1,4 +1,4 @@
-"""Who made a sandbox, and whether anything still owns it (issue 17: nothing left behind).
+"""Who made a sandbox, and whether anything still owns it.
 
 Every sandbox ``up`` makes carries marks (Docker labels ``org.openwork-sandbox.<key>``, microVM
 labels ``openwork-sandbox.<key>``): ``state-dir``, the ``.state/<name>/`` folder that owns it; and

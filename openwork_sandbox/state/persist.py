@@ -8,15 +8,13 @@ Inside the sandbox everything the three programs keep lives under the ``/data`` 
 - openwork-server: its token store, ``$HOME/.config/openwork/tokens.json`` (it follows HOME, not XDG);
 - the orchestrator: ``$OPENWORK_DATA_DIR`` (``/data/openwork-orchestrator``), sidecars in ``/data/sidecars``.
 
-The image's entrypoint makes HOME ``/data/home`` when the caller chose none; ``up`` also passes
-``HOME=/data/home`` (:func:`guest_env`) so an image with an older entrypoint keeps its state there too.
+``up`` passes ``HOME=/data/home`` (:func:`guest_env`) whatever the image's entrypoint does.
 
-Sandboxes made before this layout kept the first three in ``/root``. Before ``up`` replaces
-such a sandbox, :func:`migrate_before_replace` copies them out of it (the runtime's ``copy_out``: Docker's
-``docker cp``, which works on a stopped container; microsandbox: the SDK's file access), verifies every file (size and
-sha256 of what arrived, read back from disk), moves them into ``<data>/home`` without overwriting
-anything newer there, says so in one line, and only then lets ``up`` remove the sandbox. A copy that
-fails raises :class:`~openwork_sandbox.core.errors.WorkflowError` and leaves the sandbox as it was.
+A sandbox created with another HOME (the old layout: ``/root``) still holds the first three there.
+Before ``up`` replaces it, :func:`migrate_before_replace` copies them out (the runtime's
+``copy_out``), verifies every file (size and sha256, read back from disk), moves them into
+``<data>/home`` without overwriting anything newer, and says so in one line; a copy that fails raises
+:class:`~openwork_sandbox.core.errors.WorkflowError` and leaves the sandbox as it was.
 
 :func:`check_data_dir` refuses, before any boot, a data folder this user cannot write (read-only,
 full, someone else's), with one line naming the folder and the fix; the entrypoint does the same
@@ -42,9 +40,9 @@ from openwork_sandbox.core.files import write_atomic
 
 GUEST_HOME = "/data/home"  # HOME inside the sandbox (the entrypoint's default too)
 HOST_HOME = "home"  # the same folder on the host: <data dir>/home
-LEGACY_HOME = "/root"  # where sandboxes made before this layout kept their state
+LEGACY_HOME = "/root"  # HOME of a sandbox of the old layout
 LAYOUT = 2  # part of the settings fingerprint: a sandbox of an older layout is recreated (and migrated)
-# What a user would miss, relative to HOME (found by running the real programs; README table).
+# What a user would miss, relative to HOME (the README's table lists them).
 KEPT = (".local/share/opencode", ".config/opencode", ".config/openwork", ".local/state/opencode")
 NOT_KEPT = (".local/state/opencode/locks",)  # lock files of the stopped process: stale by definition
 EXIT_DATA_UNWRITABLE = 73  # the entrypoint's exit code for a /data it cannot write (EX_CANTCREAT)
@@ -137,6 +135,7 @@ class Copied:
 
 
 def is_kept(rel: str) -> bool:
+    """Whether the file ``rel`` (relative to HOME) is copied: not under :data:`NOT_KEPT`."""
     return not any(rel == skip or rel.startswith(skip + "/") for skip in NOT_KEPT)
 
 
@@ -162,6 +161,7 @@ def write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtim
 
 
 def read_chunks(fh, size: int = 1 << 20) -> Iterator[bytes]:
+    """``fh``'s bytes in chunks of at most ``size``, until its end."""
     while True:
         chunk = fh.read(size)
         if not chunk:

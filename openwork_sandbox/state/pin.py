@@ -20,10 +20,12 @@ LAST_PUSH = "last-push.json"
 
 
 def last_push_path(settings: Settings) -> Path:
+    """``.state/last-push.json``: the pushes recorded in this checkout."""
     return settings.state_dir / LAST_PUSH
 
 
 def read_pushes(settings: Settings) -> dict:
+    """The recorded pushes by image reference; ``{}`` when there are none or the file does not parse."""
     try:
         data = json.loads(last_push_path(settings).read_text())
     except (OSError, ValueError):

@@ -1,22 +1,21 @@
 """Provider keys and opencode's configuration into the sandbox, and nowhere else.
 
-``OPENWORK_SANDBOX_ENV`` names host variables (``ANTHROPIC_API_KEY,OPENAI_API_KEY``) that become part
-of opencode's environment; ``OPENWORK_OPENCODE_CONFIG`` names opencode's configuration
-(:mod:`.opencode_config`). Neither goes through the sandbox's environment, which Docker keeps in
-``docker inspect``'s ``Config.Env`` and microsandbox in the microVM's stored configuration. Instead:
+``OPENWORK_SANDBOX_ENV`` names host variables (``ANTHROPIC_API_KEY,OPENAI_API_KEY``) for opencode's
+environment; ``OPENWORK_OPENCODE_CONFIG`` names opencode's configuration file
+(:mod:`openwork_sandbox.config.opencode`). Neither goes into the sandbox's environment, which the
+runtimes keep in their stored configuration (``docker inspect``'s ``Config.Env``, the microVM's):
 
-- ``up`` writes ``.state/<name>/sandbox-secrets/`` (mode 0700) holding ``sandbox.env`` (0600: one
-  ``export NAME='value'`` line per variable, shell-quoted) and ``opencode.jsonc`` (0600: the config
-  file as written);
-- the runtime bind-mounts that folder **read-only** at :data:`GUEST_DIR` (``/etc/openwork-sandbox``),
-  outside ``/workspace`` (which collaborators read through the server) and ``/data``;
-- the image's ``opencode-gate`` (the orchestrator's opencode) sources ``sandbox.env`` and points
-  ``OPENCODE_CONFIG`` at ``opencode.jsonc`` just before it starts opencode, so only opencode (and
-  what the agent runs) holds the keys: not the orchestrator, not openwork-server, not the image.
+- ``up`` writes ``.state/<name>/sandbox-secrets/`` (0700) holding ``sandbox.env`` (0600: one
+  shell-quoted ``export NAME='value'`` line per variable) and ``opencode.jsonc`` (0600, as written);
+- the runtime bind-mounts that folder read-only at :data:`GUEST_DIR`, outside ``/workspace`` (which
+  collaborators read through the server) and ``/data``;
+- the image's ``opencode-gate`` sources ``sandbox.env`` and points ``OPENCODE_CONFIG`` at
+  ``opencode.jsonc`` just before it starts opencode, so only opencode and what the agent runs hold
+  the keys.
 
-Values never reach a command line, a log or a message: settings read them, :mod:`.gha` masks them
-under GitHub Actions, and the sandbox's fingerprint holds one digest of the whole folder, so a
-changed name or value makes the next ``up`` recreate the sandbox (and say why).
+Values never reach a command line, a log or a message (:func:`openwork_sandbox.core.gha.mask` hides
+them under GitHub Actions). The sandbox's fingerprint holds a digest of each part, so a changed name
+or value makes the next ``up`` recreate the sandbox and say why.
 """
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ class SandboxSecrets:
         return "".join(f"export {name}='" + value.replace("'", "'\\''") + "'\n" for name, value in self.env.items())
 
     def files(self) -> dict[str, str]:
+        """The folder's files by name: ``sandbox.env`` when a variable is set, ``opencode.jsonc`` when a config is."""
         out = {ENV_FILE: self.env_script()} if self.env else {}
         if self.config_text is not None:
             out[CONFIG_FILE] = self.config_text
@@ -128,6 +128,7 @@ def current(settings: Settings) -> SandboxSecrets:
 
 
 def host_dir(settings: Settings) -> Path:
+    """``.state/<name>/sandbox-secrets``: the folder the runtime mounts at :data:`GUEST_DIR`."""
     return settings.sandbox_state_dir / HOST_DIR
 
 

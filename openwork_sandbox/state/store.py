@@ -5,12 +5,12 @@ Layout (all owned by the user; secrets are mode 0600)::
     .state/<name>/
         workspace/        bind-mounted at /workspace (default; OPENWORK_MICROSANDBOX_WORKSPACE_DIR moves it)
         data/             bind-mounted at /data      (default; OPENWORK_MICROSANDBOX_DATA_DIR moves it)
-          home/           the sandbox's HOME: opencode's sessions, the server's issued tokens (persist.py)
+          home/           the sandbox's HOME: opencode's sessions, the server's issued tokens (state.persist)
         tokens.json       generated client and host tokens (0600), reused by every later `up`
         sandbox.json      what runs: runtime, image, settings fingerprint, job id, ports, times
         container.env     environment for `docker run --env-file` (0600: it holds the tokens)
         sandbox-secrets/  (0700) sandbox.env and opencode.jsonc (0600), mounted read-only at
-                          /etc/openwork-sandbox: OPENWORK_SANDBOX_ENV's values (sandbox_secrets.py)
+                          /etc/openwork-sandbox: OPENWORK_SANDBOX_ENV's values (state.secrets)
         lock              fcntl lock: one `up`/`down`/`reset` per name at a time
 
 :func:`safe_remove` deletes a state folder only when it is inside the configured state folder,
@@ -46,6 +46,7 @@ LOCK_FILE = "lock"
 
 
 def new_token() -> str:
+    """A fresh random token (:data:`TOKEN_BYTES` bytes, URL-safe)."""
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
@@ -134,6 +135,7 @@ class SandboxState:
         return self.dir / RECORD_FILE
 
     def record(self, *, strict: bool = True) -> dict[str, Any]:
+        """``sandbox.json`` as a dict (see :func:`read_record`)."""
         return read_record(self.dir, strict=strict)
 
     def save_record(self, **values: Any) -> dict[str, Any]:
@@ -142,6 +144,7 @@ class SandboxState:
         return update_record(self.dir, **values)
 
     def write_private(self, filename: str, text: str) -> Path:
+        """Write ``text`` to ``filename`` in the folder, mode 0600, atomically; returns its path."""
         self.ensure()
         path = self.dir / filename
         write_private_file(path, text)
@@ -267,6 +270,7 @@ def fingerprint(values: dict[str, Any]) -> str:
 
 
 def secret_digest(secret: str | None) -> str:
+    """A short sha256 of a secret, for a fingerprint or a record; the secret itself is never stored."""
     return hashlib.sha256((secret or "").encode()).hexdigest()[:12]
 
 

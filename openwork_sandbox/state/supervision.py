@@ -1,9 +1,8 @@
-"""What the image's supervisor (``openwork_sandbox/image/openwork-supervise``) says about the server.
+"""What the image's supervisor (``image/context/openwork-supervise``) says about the server.
 
-Inside the sandbox ``openwork-supervise`` runs ``openwork serve``, restarts it when it (or
-openwork-server, or opencode) dies, and keeps a small record in ``/data/supervisor.json``, which is
-``<data dir>/supervisor.json`` on the host on both runtimes (the data folder is a bind mount).
-``status`` reads it here: how many restarts, the last exit and its reason, a crash loop.
+The supervisor keeps its record in ``/data/supervisor.json``, which is ``<data dir>/supervisor.json``
+on the host on both runtimes (the data folder is a bind mount). ``status`` reads it here: how many
+restarts, the last exit and its reason, a crash loop.
 """
 
 from __future__ import annotations
