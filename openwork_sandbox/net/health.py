@@ -1,8 +1,8 @@
 """Readiness of an OpenWork server over HTTP: wait for ``GET /health``, check ``/workspaces`` auth.
 
-The wait polls with a capped exponential backoff (50 ms, doubling, at most 0.1 s between tries)
-instead of upstream's fixed 1 s, fails fast when the sandbox has died, and on timeout names the
-endpoint, the deadline, the sandbox's state, its last log line, and a hint.
+The wait polls with a capped exponential backoff (50 ms, doubling, at most 0.1 s between tries),
+ends at once when the sandbox has died, and on timeout names the endpoint, the deadline, the
+sandbox's state, its last log line, and a hint.
 """
 
 from __future__ import annotations
@@ -83,12 +83,12 @@ def wait_for_health(
     deadline = start + deadline_s
     delay = FIRST_DELAY
     last_problem = "no answer yet"
-    # A request a just-started server reads and never answers costs this much, not the whole
-    # timeout_s: the first polls give up after 1 s and try again, each timeout doubling it.
+    # A just-started server may read a request and never answer it: the first polls give up after
+    # FIRST_POLL_TIMEOUT and try again, each timeout doubling it, up to timeout_s.
     poll_timeout = min(FIRST_POLL_TIMEOUT, timeout_s)
     answered = False
     next_alive_check = start + ALIVE_CHECK_EVERY
-    from openwork_sandbox.core.console import heartbeat  # a line every few seconds in a CI log: what we wait for, and why not yet
+    from openwork_sandbox.core.console import heartbeat  # off a TTY: what we wait for, and why not yet
 
     beat = heartbeat(lambda: f"waiting for {endpoint} to answer healthy ({last_problem}; deadline {deadline_s:g}s)").start()
     try:

@@ -4,8 +4,8 @@
   proxy, whatever ``HTTP_PROXY``/``HTTPS_PROXY`` say, and no ``.netrc`` or ``REQUESTS_CA_BUNDLE``
   from the environment: the sandbox is ours and close by.
 - :func:`sandbox_get`: one GET to the sandbox with the same rule, on the standard library's
-  ``http.client``. The quick checks of every warm ``up``, ``status`` and ``doctor`` use it: it
-  imports in a few ms, where requests (with urllib3 and charset_normalizer) takes about 0.1 s.
+  ``http.client``, for the quick checks of ``up``, ``status`` and ``doctor`` (which then need not
+  import requests).
 - :func:`outside_session`: traffic to the npm registry and to image registries. Honours
   ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` as curl and Docker do (requests' ``trust_env``), and
   trusts the system CAs plus, when given, a CA bundle (``verify=path``). A loopback host
@@ -72,14 +72,13 @@ def sandbox_get(url: str, *, headers: dict[str, str] | None = None, timeout_s: f
 
 @functools.lru_cache(maxsize=None)
 def _outside_session_class() -> type:
+    """The session class of :func:`outside_session`, made once (requests is imported only here)."""
     import requests
 
     class OutsideSession(requests.Session):
         """Proxies from the environment, except for loopback hosts (reached directly); and its own CA
-        bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
-
-        With ``trust_env`` requests lets those variables replace ``session.verify`` (psf/requests#3829),
-        so a bundle with a registry's private CA would be dropped wherever the variables are set."""
+        bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, which requests' ``trust_env``
+        would otherwise let replace ``session.verify`` (dropping a registry's private CA)."""
 
         def merge_environment_settings(self, url, proxies, stream, verify, cert):
             merged = super().merge_environment_settings(url, proxies, stream, verify, cert)

@@ -58,6 +58,8 @@ class TransportError(Exception):
 
 @dataclasses.dataclass
 class ApiResponse:
+    """One answer: the request it answers, its status, its body as text, the seconds it took."""
+
     method: str
     url: str
     status: int
@@ -175,12 +177,14 @@ class OpenWorkClient:
                             bearer=self.token)
 
     def session_messages(self, ws_id: str, session_id: str, limit: int = 10) -> ApiResponse:
+        """opencode's ``GET /session/<id>/message?limit=N``: the session's last messages."""
         return self.request(
             "GET", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/message?limit={limit}",
             bearer=self.token)
 
 
 def _connection_kind(exc: Exception) -> str:
+    """``refused`` (nothing listening, or the host does not resolve) or ``broken``, from requests' error."""
     text = repr(exc).lower()
     if "refused" in text or "errno 111" in text or "errno 61" in text or "failed to establish" in text \
             or "cannot assign requested address" in text or "name or service not known" in text \
@@ -190,6 +194,7 @@ def _connection_kind(exc: Exception) -> str:
 
 
 def _describe(kind: str, exc: Exception, limit: float) -> str:
+    """The one-line reason a :class:`TransportError` gives for ``kind``."""
     if kind == "refused":
         text = repr(exc).lower()
         if "name or service not known" in text or "nodename nor servname" in text:

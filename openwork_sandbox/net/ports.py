@@ -1,5 +1,5 @@
-"""Is a host port free, and if not, what holds it? (``ss -ltnp``, else /proc/net/tcp + /proc/*/fd).
-And did the orchestrator move openwork-server off the port it was given?"""
+"""Host ports: is one free, what holds it (``ss -ltnp``, else ``/proc/net/tcp`` and ``/proc/*/fd``), and
+did the orchestrator move openwork-server off the port it was given."""
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ def port_holder(port: int) -> str:
     return _ss_holder(port) or _proc_holder(port) or f"something listening on port {port}"
 
 
-# The orchestrator's ready line. When the port it is given cannot be bound at its start, it takes a
-# free one instead, says so only here, and `up` would poll the given port (someone else's) forever.
+# The orchestrator's ready line names the port openwork-server listens on. When the given port cannot
+# be bound, the orchestrator takes a free one and says so only in this line.
 _SERVER_LINE = re.compile(r"\bOpenWork server: https?://[^\s/]+:(\d+)(?![\d.])")
 
 
