@@ -1,23 +1,17 @@
 """How this tool reaches the image's registry: whose login, which CAs, whether plain HTTP is allowed.
 
-One answer for every client that talks to the registry (the v2 API in ``registry``; a runtime's
-pull gets the same as a :class:`PullAccess`, which the microsandbox runtime hands to its SDK;
-``registry.pull_access_for_image`` asks the registry which scheme it speaks and builds it).
-``registry`` imports this module, never the other way round:
+One answer for every client of the registry: the v2 API (:mod:`openwork_sandbox.registry.client`)
+and a runtime's own pull, which gets it as a runtime-neutral :class:`PullAccess`.
 
 - **Login**: ``OPENWORK_REGISTRY_USERNAME``/``_PASSWORD`` when both are set, else what Docker
-  saved for the host (``docker_config``: ``credHelpers``, ``credsStore``, ``auths``), else none.
+  saved for the host (:mod:`openwork_sandbox.registry.docker_config`), else none.
 - **Trust**: the system CAs, plus Docker's ``/etc/docker/certs.d/<host:port>/*.crt``, plus the PEM
-  file in ``OPENWORK_REGISTRY_CA``. Python's HTTP client takes one bundle file, so when there are
-  extra CAs a combined bundle (system bundle + extra PEMs, public certificates only) is written to
-  ``<cache dir>/ca-bundles/<sha256>.pem`` and handed to ``http.outside_session(verify=...)``. A
-  file rather than an ``SSLContext`` mounted on an adapter: ``verify=path`` works the same through
-  an HTTPS proxy and for the token endpoint on another host, and the bundle is content-addressed,
-  so parallel runs share it and never see a half-written one. A runtime's pull gets the PEMs
-  themselves (``PullAccess.ca_pems``).
+  file in ``OPENWORK_REGISTRY_CA``. With extra CAs the HTTP client gets one combined bundle file,
+  ``<cache dir>/ca-bundles/<sha256>.pem`` (a file, not an ``SSLContext``: ``verify=path`` also holds
+  through an HTTPS proxy and for a token endpoint on another host; content-addressed, so parallel
+  runs share it and never see half of one). A runtime's pull gets the PEMs themselves.
 - **Scheme**: HTTPS first, as Docker does; plain HTTP only for a loopback registry or one named
-  insecure (``OPENWORK_REGISTRY_INSECURE=true``) that does not speak TLS (``registry`` decides on
-  the first answer).
+  insecure (``OPENWORK_REGISTRY_INSECURE=true``) that does not speak TLS.
 """
 
 from __future__ import annotations
@@ -105,6 +99,7 @@ def ca_bundle(settings: Settings, host: str) -> bool | str:
 
 @functools.lru_cache(maxsize=8)
 def _combined_bundle(base: str, pems: tuple[bytes, ...], folder: str) -> str:
+    """The path of the bundle ``base`` + ``pems`` in ``folder``, named by its sha256, written once."""
     content = Path(base).read_bytes().rstrip(b"\n") + b"\n"
     for pem in pems:
         content += pem.strip() + b"\n"
@@ -121,6 +116,7 @@ def http_allowed(settings: Settings, host_is_loopback: bool) -> bool:
 
 
 def certs_hint(host: str) -> str:
+    """The way out of an untrusted certificate, for every registry client's messages."""
     return (f"put its CA certificate in {docker_config.certs_d_dir(host) / 'ca.crt'} (where Docker reads it) or "
             "set OPENWORK_REGISTRY_CA to a PEM file")
 
@@ -159,8 +155,8 @@ def login_refused(pull_error: str) -> bool:
 
 
 def docker_login(host: str, username: str, password: str) -> None:
-    """``docker login`` (the password on stdin), so Docker's own push and pull have the settings' login,
-    as push-image always did; a one-line error when the registry refuses it."""
+    """``docker login`` (the password on stdin), so Docker's own push and pull have the settings' login;
+    a one-line WorkflowError when the registry refuses it."""
     proc = commands.docker("login", "--username", username, "--password-stdin", host,
                            input=password, check=False, timeout=120)
     if proc.returncode != 0:

@@ -29,6 +29,8 @@ class Registry(Transport):
 
     @classmethod
     def for_settings(cls, settings: Settings, ref: ImageRef | None = None) -> "Registry":
+        """The registry of ``ref`` (default: the settings' image) with the login, CAs and scheme rule of
+        :mod:`openwork_sandbox.registry.access`; HTTPS first."""
         ref = ref or settings.image_ref
         host = ref.registry_host
         return cls(host, plain_http=None, allow_http=registry_access.http_allowed(settings, ref.registry_is_loopback),
@@ -89,6 +91,7 @@ class Registry(Transport):
         return resp.headers.get("Docker-Content-Digest", "")
 
     def blob_exists(self, repository: str, digest: str) -> bool:
+        """Whether the registry has blob ``digest`` in ``repository`` (HEAD: 200 or 404; else an error)."""
         scope = scope_for(repository)
         resp = self._send("HEAD", f"/v2/{repository}/blobs/{digest}", f"blob {digest[:19]}", scope=scope)
         if resp.status_code == 200:
@@ -166,8 +169,8 @@ def _location_path(location: str) -> str:
 
 
 def pull_access_for_image(settings: Settings, image: str) -> registry_access.PullAccess:
-    """The :class:`~.registry_access.PullAccess` for ``up``'s pull of ``image``: the scheme the
-    registry speaks (asked once), its login and CAs.
+    """The :class:`~openwork_sandbox.registry.access.PullAccess` for ``up``'s pull of ``image``: the
+    scheme the registry speaks (asked once), its login and CAs.
 
     A registry that does not answer is not an error here: the image may be cached, and the pull
     itself then says what is wrong."""

@@ -53,6 +53,7 @@ class Credentials:
 
 
 def config_dir(environ: dict | None = None) -> Path:
+    """Docker's configuration folder: ``$DOCKER_CONFIG``, else ``~/.docker``."""
     env = os.environ if environ is None else environ
     return Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker").expanduser()
 
@@ -75,6 +76,7 @@ def _hostname(key: str) -> str:
 
 
 def read_config(environ: dict | None = None) -> dict:
+    """Docker's ``config.json``: ``{}`` when there is none; a one-line WorkflowError when it does not parse."""
     path = config_path(environ)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -44,6 +44,7 @@ ACTION_ORDER = {"pull": 0, "push": 1, "delete": 2}  # how error messages list a 
 
 
 def scope_for(repository: str, actions: str = "pull") -> str:
+    """The token scope for ``actions`` (``pull``, ``pull,push``) on ``repository``."""
     return f"repository:{repository}:{actions}"
 
 
