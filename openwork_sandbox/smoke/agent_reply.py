@@ -1,6 +1,6 @@
 """What opencode's messages say about the agent's reply to one prompt (pure; ``smoke --prompt``).
 
-Measured with the real opencode 1.17.11 against a stand-in OpenAI-compatible provider:
+What it reads of opencode's API:
 
 - ``POST /session/<id>/prompt_async`` answers 204 at once; ``GET /session/<id>/message`` then lists
   the user message and an assistant message ``{info: {role: "assistant", parentID, providerID,
@@ -32,11 +32,13 @@ class Reply:
 
 
 def one_line(text: str, limit: int = 200) -> str:
+    """``text`` with whitespace folded, cut to ``limit`` characters (``…`` marks a cut)."""
     text = " ".join(str(text or "").split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def first_words(text: str, n: int = FIRST_WORDS) -> str:
+    """The first ``n`` words of ``text`` (`` …`` when there are more)."""
     words = text.split()
     return " ".join(words[:n]) + (" …" if len(words) > n else "")
 

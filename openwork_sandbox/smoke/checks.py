@@ -2,8 +2,8 @@
 
 ``@check(name, needs=(...), proves="...")`` registers a function in :data:`DECLARED`, in order.
 Everything else comes from that list: the runner's order and skip-with-reason logic
-(``smoke.SmokeRunner``), the names in the table, ``--json`` and JUnit, and the list in
-``smoke``'s module doc and ``invoke --help smoke``. The one ``readiness`` check (health) is the
+(:class:`openwork_sandbox.smoke.runner.SmokeRunner`), the names in the table, ``--json`` and JUnit,
+and the list in the runner's module doc and ``invoke --help smoke``. The one ``readiness`` check (health) is the
 gate: when it does not pass it is an error (JUnit ``<error>``), not a failure.
 
 Adding a check is one decorated function here. A check gets the runner (``r``: ``r.client``,
@@ -71,6 +71,8 @@ class CheckFailed(Exception):
 
 
 class Skip(Exception):
+    """The check does not apply to this run; ``reason`` says why (shown as skipped)."""
+
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
@@ -80,7 +82,7 @@ class Skip(Exception):
 @check("health", needs=(), readiness=True,
        proves='GET /health is 200 {"ok": true, "version": ...}; adaptive poll up to OPENWORK_HEALTH_TIMEOUT')
 def health(r) -> str:
-    """Wait for GET /health (health.wait_for_health: capped exponential backoff from 50 ms) up to
+    """Wait for GET /health (:func:`openwork_sandbox.net.health.wait_for_health`) up to
     OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
     from openwork_sandbox.net.health import HealthTimeout, NothingListening, wait_for_health
     from openwork_sandbox.net.openwork_api import ApiResponse
@@ -276,7 +278,8 @@ def messages_read(r) -> str:
               "OPENWORK_PROMPT_TIMEOUT; first words, time to first token, total time")
 def prompt_answered(r) -> str:
     """``prompt_async`` through the proxy, then poll the session's messages (backoff from 50 ms) and
-    opencode's session status until the reply is complete, refused, retried or late (agent_reply)."""
+    opencode's session status until the reply is complete, refused, retried or late
+    (:mod:`openwork_sandbox.smoke.agent_reply` reads them)."""
     import time
 
     from openwork_sandbox.smoke.agent_reply import first_words, metrics, read_reply, scrub
@@ -376,6 +379,7 @@ def _listening(url: str, timeout: float) -> bool:
 
 
 def console_line(text: str) -> str:
+    """The last non-empty line of a command's output, cut to 200 characters."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[-1][:200] if lines else "(no output)"
 

@@ -25,6 +25,7 @@ LOG_TAIL_LINES = 40
 
 
 def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: str | None = None) -> None:
+    """Flags that cannot work together, or a bad --url or --prompt: one SettingsError (exit 2) naming each."""
     problems = []
     if prompt is not None and not prompt.strip():
         problems.append('--prompt "": give the text to send to the agent, e.g. --prompt "Say hello"')
@@ -47,6 +48,7 @@ def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: st
 
 
 def local_target(settings, ep, mode: str) -> Target:
+    """The sandbox at ``ep`` as a target: the settings' tokens, else the sandbox's own."""
     from openwork_sandbox.sandbox import lifecycle
 
     token = settings.token or ep.token
@@ -81,6 +83,7 @@ def _runtime_is_alive(settings, kind: str | None) -> Callable[[], bool] | None:
 
 
 def _url_target(settings, url: str) -> Target:
+    """The server at ``--url`` as a target, with the settings' tokens."""
     def source(field: str, env: str, flag: str) -> str:
         origin = settings.origin(field)
         return f"{env} from {origin}" if origin != "default" else f"{flag} / {env}"
@@ -173,6 +176,7 @@ def ephemeral_settings(settings):
 
 
 def _teardown(eph) -> str | None:
+    """Remove the ephemeral sandbox and its state, signals held off; the problem as a note, or None."""
     from openwork_sandbox.sandbox import lifecycle
 
     with interrupts.no_interrupts():
@@ -185,6 +189,7 @@ def _teardown(eph) -> str | None:
 
 
 def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: bool, prompt: str | None = None) -> int:
+    """Boot a throwaway sandbox, run the checks, always remove it (Ctrl+C and SIGTERM too); the exit code."""
     from openwork_sandbox.sandbox import lifecycle
 
     eph = ephemeral_settings(settings)

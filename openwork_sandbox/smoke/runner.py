@@ -47,6 +47,8 @@ PREREQUISITES: dict[str, tuple[str, ...]] = {c.name: c.needs for c in DECLARED}
 
 @dataclasses.dataclass
 class CheckResult:
+    """One check's outcome: passed, failed, error (not ready) or skipped, with what the report shows."""
+
     name: str
     result: str = SKIPPED
     seconds: float = 0.0
@@ -74,6 +76,8 @@ class CheckResult:
 
 @dataclasses.dataclass
 class SmokeReport:
+    """One run: every check's result, what the server said of itself, and the run's exit code."""
+
     url: str
     mode: str  # sandbox | url | ephemeral
     checks: list[CheckResult]
@@ -160,6 +164,7 @@ class SmokeRunner:
         self.gone: str | None = None  # the check during which the server stopped answering
 
     def run(self) -> SmokeReport:
+        """Run every declared check in order, then delete the session they made; the report."""
         start = time.perf_counter()
         results: dict[str, CheckResult] = {}
         try:
@@ -191,6 +196,7 @@ class SmokeRunner:
                                  "OpenCode, or pass --keep-session to keep smoke sessions on purpose")
 
     def _run_one(self, check: Check, done: dict[str, CheckResult]) -> CheckResult:
+        """One check: skipped when a prerequisite did not pass or the server has gone, else run and timed."""
         result = CheckResult(check.name)
         if self.gone:
             result.message = f"the server stopped answering during {self.gone}"
