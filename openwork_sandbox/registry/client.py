@@ -28,7 +28,7 @@ class Registry(Transport):
     """The v2 calls on one registry host."""
 
     @classmethod
-    def for_settings(cls, settings: Settings, ref: ImageRef | None = None) -> "Registry":
+    def for_settings(cls, settings: Settings, ref: ImageRef | None = None) -> Registry:
         """The registry of ``ref`` (default: the settings' image) with the login, CAs and scheme rule of
         :mod:`openwork_sandbox.registry.access`; HTTPS first."""
         ref = ref or settings.image_ref

@@ -97,7 +97,7 @@ class Transport:
             if token:
                 hdrs["Authorization"] = f"Bearer {token}"
             basic = self.credentials is not None and self._basic and not token and bool(self.credentials.password)
-            data = open(body, "rb") if isinstance(body, Path) else body
+            data = open(body, "rb") if isinstance(body, Path) else body  # noqa: SIM115 - closed in the finally below
             try:
                 resp = self.session.request(method, self.base + path, headers=hdrs, timeout=timeout or self.timeout,
                                             allow_redirects=True, data=data,

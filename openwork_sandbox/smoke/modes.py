@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from openwork_sandbox.core import console, interrupts
@@ -35,7 +36,7 @@ def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: st
             problems.append(f'--url "{url}": expected an http(s) URL, e.g. http://127.0.0.1:8787')
         else:
             try:
-                parts.port
+                parts.port  # noqa: B018 - reading it raises ValueError for a bad port
             except ValueError:
                 problems.append(f'--url "{url}": the port is not a number 1-65535')
         if ephemeral:

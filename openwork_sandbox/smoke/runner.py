@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from openwork_sandbox.core.errors import EXIT_FAILED, EXIT_UNREACHABLE, WorkflowError
 from openwork_sandbox.core.report import redact
