@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import ROOT, STACK_REPO
+from tests.support.paths import ROOT, STACK_REPO, STANDINS
 from tests.support.lifecycle import make_settings, unique_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -201,7 +201,7 @@ def test_a_credential_helper_gives_the_login(tls_registry, tmp_path, monkeypatch
     (config / "config.json").write_text(json.dumps({"credHelpers": {reg.host: "owtest-double"}}))
     store.write_text(json.dumps({reg.host: {"Username": reg.user, "Secret": reg.password}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    monkeypatch.setenv("PATH", f"{ROOT / 'tests' / 'doubles'}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{STANDINS}:{os.environ['PATH']}")
     monkeypatch.setenv("OWTEST_HELPER_STORE", str(store))
     monkeypatch.setenv("OWTEST_HELPER_LOG", str(log))
     registry = Registry.for_settings(make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref("helper")))

@@ -2,7 +2,7 @@
 
 The real orchestrator 0.18.1 (Bun) dies on such a CPU with Bun's crash report. Here the host has
 AVX, so the Docker test boots an image whose command prints that report
-(``tests/doubles/bun-crash-no-avx.txt``: the lines measured in the nested microVM, see
+(``tests/data/bun-crash-no-avx.txt``: the lines measured in the nested microVM, see
 shared/docs/microvm-under-emulation.md) and exits 132, as the real one does there; the product
 reads it through the real log path (``docker logs``). Inside the emulated host
 (`scripts/microvm-e2e`) the same is checked with the real orchestrator in a real microVM.
