@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import ROOT, STACK_REPO, STANDINS
+from tests.support.paths import STACK_REPO, STANDINS
 from tests.support.lifecycle import make_settings, unique_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
