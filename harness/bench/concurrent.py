@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark many `invoke up` at once on one host; prints figures (asserts nothing).
 
     scripts/bench-concurrent [--image REF] [--counts 1,5,10,20] [--runtime docker] [--health-timeout 600]
@@ -33,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.bench.common import image_or_setting
+from harness.common import INVOKE, ROOT, back_to_caller_cwd, empty_env_file, run_task, task_env
+from openwork_sandbox.net.ports import free_port
 
-from openwork_sandbox.net.ports import free_port  # noqa: E402
 
 def program_of(args: str) -> str | None:
     """Which of a sandbox's programs a command line (``docker top``) is, or None (tini, the shell)."""
@@ -69,7 +68,7 @@ def memory(name: str) -> tuple[dict[str, float], float | None]:
     return rss, used
 
 
-def run_count(n: int, inv: list[str], env: dict, tmp: Path) -> dict:
+def run_count(n: int, env: dict, env_file: Path, tmp: Path) -> dict:
     names = [f"owbench-conc-{secrets.token_hex(3)}" for _ in range(n)]
     ports = []
     while len(ports) < n:
@@ -82,7 +81,7 @@ def run_count(n: int, inv: list[str], env: dict, tmp: Path) -> dict:
         e = {**env, "OPENWORK_MICROSANDBOX_NAME": name, "OPENWORK_MICROSANDBOX_PORT": str(port)}
         out = open(tmp / f"{name}.up.log", "w")
         procs.append((name, e, time.monotonic(), out,
-                      subprocess.Popen([*inv, "up", "--env-file", str(tmp / "empty.env")], env=e, cwd=ROOT,
+                      subprocess.Popen([*INVOKE, "up", "--env-file", str(env_file)], env=e, cwd=ROOT,
                                        stdout=out, stderr=subprocess.STDOUT)))
     took: dict[str, float] = {}
     codes: dict[str, int] = {}
@@ -99,8 +98,7 @@ def run_count(n: int, inv: list[str], env: dict, tmp: Path) -> dict:
         for name, e, _, _, _ in procs:
             if codes[name] != 0:
                 continue
-            smoke = subprocess.run([*inv, "smoke", "--env-file", str(tmp / "empty.env")], env=e, cwd=ROOT,
-                                   capture_output=True, text=True)
+            smoke = run_task("smoke", env=e, env_file=env_file)
             if smoke.returncode == 0:
                 healthy += 1
                 rss, used = memory(name)
@@ -112,8 +110,7 @@ def run_count(n: int, inv: list[str], env: dict, tmp: Path) -> dict:
                 print(f"  {name}: smoke failed: {lines[-1] if lines else smoke.returncode}", file=sys.stderr)
     finally:
         for name, e, _, _, _ in procs:
-            subprocess.run([*inv, "reset", "--yes", "--env-file", str(tmp / "empty.env")], env=e, cwd=ROOT,
-                           capture_output=True)
+            run_task("reset", "--yes", env=e, env_file=env_file)
     for name in names:
         if codes[name] != 0:
             lines = [x for x in said[name].splitlines() if x.strip()]
@@ -138,9 +135,7 @@ def mib_summary(rss_all: list[dict[str, float]], used_all: list[float]) -> str:
 
 
 def main() -> int:
-    from openwork_sandbox.config import load_settings
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench-concurrent", description=__doc__.splitlines()[0])
     parser.add_argument("--image", help="image reference (default: OPENWORK_MICROSANDBOX_IMAGE)")
     parser.add_argument("--counts", default="1,5,10,20", help="how many `up`s at once, comma-separated")
     parser.add_argument("--runtime", default="docker", choices=["docker", "microsandbox"])
@@ -148,17 +143,15 @@ def main() -> int:
     parser.add_argument("--start-slots", help="OPENWORK_START_SLOTS for each `up` (default: its default, one per core)")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
-    image = args.image or load_settings(root=ROOT).image
+    image = image_or_setting(args.image)
 
     tmp = Path(tempfile.mkdtemp(prefix="owbench-conc-"))
-    (tmp / "empty.env").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    env.update(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_IMAGE=image,
-               OPENWORK_MICROSANDBOX_RUNTIME=args.runtime, OPENWORK_OFFLINE="true",
-               OPENWORK_HEALTH_TIMEOUT=args.health_timeout)
+    env_file = empty_env_file(tmp)
+    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_IMAGE=image,
+                        OPENWORK_MICROSANDBOX_RUNTIME=args.runtime, OPENWORK_OFFLINE="true",
+                        OPENWORK_HEALTH_TIMEOUT=args.health_timeout))
     if args.start_slots is not None:
         env["OPENWORK_START_SLOTS"] = args.start_slots
-    inv = [sys.executable, "-m", "invoke"]
     mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     print(f"concurrent up benchmark: runtime {args.runtime}, image {image}, {os.cpu_count()} CPUs, "
           f"{mem_total:.0f} GiB memory, start slots {args.start_slots or 'default'}, "
@@ -167,7 +160,7 @@ def main() -> int:
     try:
         for n in counts:
             load = os.getloadavg()[0]
-            r = run_count(n, inv, env, tmp)
+            r = run_count(n, env, env_file, tmp)
             results.append(r)
             print(f"N={n:<3} healthy {r['healthy']}/{n}  wall {r['wall']:6.1f}s  per start median {r['median']:6.1f}s "
                   f"max {r['max']:6.1f}s  restarts {r['restarted']}  'slow start' {r['slow']}  (load {load:.1f} "
@@ -180,4 +173,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())

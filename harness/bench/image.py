@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print build and push figures for the image (a benchmark: it prints, it asserts nothing).
 
     scripts/bench-image [--json] [--keep]
@@ -7,66 +6,42 @@ Figures: cold build time and bytes downloaded (empty download cache, docker buil
 no-op rebuild time and bytes downloaded, image size and its overhead over the three programs,
 bytes pushed on a first push (to a fresh registry) and after only the server binary changed.
 
-It builds the test stack (real openwork and opencode from npm, tests/standin_openwork_server.py
-as openwork-server on openwork-base:bookworm-slim-python; the stand-in needs python3, so the
-version check cannot run it on the production base) and also prints the overhead the production
-base (openwork-base:bookworm-slim) would give. Needs scripts/services start. Everything it makes
-(download cache, state, a registry on a free loopback port, image tags) lives under
-.state/bench-<pid>/ and is removed at the end unless --keep.
+It builds the test stack (real openwork and opencode from npm, the stand-in server
+tests/standins/standin_openwork_server.py as openwork-server on openwork-base:bookworm-slim-python;
+the stand-in needs python3, so the version check cannot run it on the production base) and also
+prints the overhead the production base (openwork-base:bookworm-slim) would give. Needs
+scripts/services start. Everything it makes (download cache, state, a registry on a free loopback
+port, image tags) lives under .state/bench-<pid>/ and is removed at the end unless --keep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.common import ROOT, STANDIN_SERVER, back_to_caller_cwd, empty_env_file, scratch_registry
 
 TEST_BASE = "openwork-base:bookworm-slim-python"
 PROD_BASE = "openwork-base:bookworm-slim"
-STANDIN = ROOT / "tests" / "standin_openwork_server.py"
 
 
-from openwork_sandbox.net.ports import free_port  # noqa: E402
-
-
-def start_registry(work: Path) -> tuple[subprocess.Popen, str]:
-    """A fresh, empty registry (so a first push really sends every layer)."""
-    import requests
-
-    addr = f"127.0.0.1:{free_port()}"
-    config = work / "registry.yml"
-    config.write_text(f"version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {work}/registry}}\n"
-                      f"http: {{addr: {addr}}}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    delay = 0.05
-    for _ in range(60):
-        try:
-            if requests.get(f"http://{addr}/v2/", timeout=1).status_code == 200:
-                return proc, addr
-        except requests.RequestException:
-            pass
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    proc.terminate()
-    raise SystemExit(f"bench-image: the temporary registry on {addr} did not answer")
+def image_size(ref: str) -> int:
+    """The local engine's size of image REF in bytes; 0 when it has no such image."""
+    proc = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", ref], capture_output=True, text=True)
+    return int(proc.stdout.strip() or 0)
 
 
 def settings_for(work: Path, **env: str):
     from openwork_sandbox.config import load_settings
 
-    empty = work / "empty.env"
-    empty.write_text("")
     environ = {"OPENWORK_BASE_IMAGE": TEST_BASE, "OPENWORK_CACHE_DIR": str(work / "cache"),
                "OPENWORK_STATE_DIR": str(work / "state"), **env}
-    return load_settings(environ=environ, env_file=empty, root=ROOT)
+    return load_settings(environ=environ, env_file=empty_env_file(work), root=ROOT)
 
 
 def main() -> int:
@@ -79,12 +54,16 @@ def main() -> int:
     work = ROOT / ".state" / f"bench-{os.getpid()}"
     work.mkdir(parents=True)
     os.environ["MSB_HOME"] = tempfile.mkdtemp(prefix="msb", dir="/tmp")  # short: Unix socket limit
-    registry, addr = start_registry(work)
+    registry = contextlib.ExitStack()  # the fresh, empty registry: a first push really sends every layer
+    try:
+        addr = registry.enter_context(scratch_registry(work / "registry"))
+    except RuntimeError as exc:
+        raise SystemExit(f"bench-image: {exc}") from None
     tags: list[str] = []
     figures: dict = {}
     try:
         server = work / "openwork-server"
-        shutil.copy2(STANDIN, server)
+        shutil.copy2(STANDIN_SERVER, server)
         ref = f"{addr}/openwork-microsandbox-bench:first"
         settings = settings_for(work, OPENWORK_SERVER_BIN=str(server), OPENWORK_MICROSANDBOX_IMAGE=ref)
         tags.append(ref)
@@ -97,17 +76,14 @@ def main() -> int:
         first = push_image(settings)
 
         console.info("== server-only change")
-        server.write_bytes(STANDIN.read_bytes() + b"\n# bench: changed server\n")
+        server.write_bytes(STANDIN_SERVER.read_bytes() + b"\n# bench: changed server\n")
         ref2 = f"{addr}/openwork-microsandbox-bench:server-change"
         changed_settings = settings_for(work, OPENWORK_SERVER_BIN=str(server), OPENWORK_MICROSANDBOX_IMAGE=ref2)
         tags.append(ref2)
         changed = build_image(changed_settings)
         second = push_image(changed_settings)
 
-        prod_base = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", PROD_BASE],
-                                       capture_output=True, text=True).stdout.strip() or 0)
-        test_base = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", TEST_BASE],
-                                       capture_output=True, text=True).stdout.strip() or 0)
+        prod_base, test_base = image_size(PROD_BASE), image_size(TEST_BASE)
         figures = {
             "cold_build_seconds": cold["seconds"],
             "cold_build_downloaded_bytes": cold["downloaded_bytes"],
@@ -131,11 +107,7 @@ def main() -> int:
         console.info(f"bench-image: {exc.message}")
         return 1
     finally:
-        registry.terminate()
-        try:
-            registry.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            registry.kill()
+        registry.close()
         for tag in tags:
             subprocess.run(["docker", "rmi", tag], capture_output=True)
         shutil.rmtree(os.environ["MSB_HOME"], ignore_errors=True)
@@ -165,4 +137,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())

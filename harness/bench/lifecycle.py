@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark `up`/`down`/`status` against the floor; prints figures (not a test, asserts nothing).
 
     scripts/bench-lifecycle [--image REF] [--runtime docker|microsandbox] [--runs N]
@@ -11,14 +10,13 @@
 - up start:  `invoke up` after `invoke down` (start + wait healthy)
 - down, status: `invoke down`, `invoke status`
 
-Targets (issue 4): warm up under 1 s; cold up within 1.5 s of floor + pull.
+Targets: warm up under 1 s; cold up within 1.5 s of floor + pull.
 Everything runs under a unique name and a temporary state folder, removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import shutil
 import statistics
@@ -28,11 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-from openwork_sandbox.net.ports import free_port  # noqa: E402
+from harness.bench.common import image_or_setting, remove_container
+from harness.common import ROOT, back_to_caller_cwd, empty_env_file, run_task, task_env
+from openwork_sandbox.net.ports import free_port
 
 
 def wait_health(url: str, timeout: float = 120) -> float:
@@ -49,13 +45,12 @@ def wait_health(url: str, timeout: float = 120) -> float:
     raise SystemExit(f"{url}/health not healthy within {timeout}s")
 
 
-def timed(argv: list[str], env: dict, check: bool = True) -> float:
-    start = time.monotonic()
-    proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
-    took = time.monotonic() - start
-    if check and proc.returncode not in (0, 1):
-        raise SystemExit(f"{' '.join(argv[:4])} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return took
+def timed(*args: str, env: dict, env_file: Path) -> float:
+    """Seconds ``invoke ARGS`` took; exits the benchmark when it broke (an exit code beyond 1)."""
+    proc = run_task(*args, env=env, env_file=env_file)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"invoke {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc.seconds
 
 
 def floor(image: str) -> tuple[float, float]:
@@ -81,7 +76,7 @@ def floor(image: str) -> tuple[float, float]:
         print(logs.stdout + logs.stderr, file=sys.stderr)
         raise
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        remove_container(name)
 
 
 def untag(image: str) -> None:
@@ -89,14 +84,12 @@ def untag(image: str) -> None:
 
 
 def main() -> int:
-    from openwork_sandbox.config import load_settings
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench-lifecycle", description=__doc__.splitlines()[0])
     parser.add_argument("--image", help="image reference (default: OPENWORK_MICROSANDBOX_IMAGE)")
     parser.add_argument("--runtime", default="docker", choices=["docker", "microsandbox"])
     parser.add_argument("--runs", type=int, default=5, help="warm runs and status runs")
     args = parser.parse_args()
-    image = args.image or load_settings(root=ROOT).image
+    image = image_or_setting(args.image)
 
     source = image
     if subprocess.run(["docker", "pull", "-q", source], capture_output=True).returncode != 0:
@@ -111,15 +104,12 @@ def main() -> int:
     subprocess.run(["docker", "push", image], check=True, capture_output=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="owbench-"))
-    env_file = tmp / "empty.env"
-    env_file.write_text("")
+    env_file = empty_env_file(tmp)
     name = f"owbench-{secrets.token_hex(3)}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    env.update(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_NAME=name,
-               OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-               OPENWORK_MICROSANDBOX_RUNTIME=args.runtime)
-    inv = [sys.executable, "-m", "invoke"]
-    e = ["--env-file", str(env_file)]
+    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_NAME=name,
+                        OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+                        OPENWORK_MICROSANDBOX_RUNTIME=args.runtime))
+    e = dict(env=env, env_file=env_file)
     figures: list[tuple[str, str]] = []
     try:
         pairs = [floor(image) for _ in range(2)]
@@ -137,11 +127,11 @@ def main() -> int:
         figures.append(("pull (layers already local)", f"{pull_s:.2f}s"))
 
         untag(image)
-        cold = timed([*inv, "up", *e], env)
+        cold = timed("up", **e)
         figures.append(("up cold (pull+create+healthy)", f"{cold:.2f}s  overhead vs floor+pull: "
                         f"{cold - floor_s - pull_s:+.2f}s (target <= +1.5s)"))
 
-        warm = [timed([*inv, "up", *e], env) for _ in range(args.runs)]
+        warm = [timed("up", **e) for _ in range(args.runs)]
         figures.append(("up warm (reuse)", f"median {statistics.median(warm):.2f}s, max {max(warm):.2f}s "
                         f"over {len(warm)} runs (target < 1s)"))
 
@@ -160,25 +150,25 @@ def main() -> int:
                 inproc.append(time.monotonic() - t)
         figures.append(("up warm, in-process (no start-up)", f"median {statistics.median(inproc) * 1000:.0f} ms"))
 
-        st = [timed([*inv, "status", *e], env) for _ in range(args.runs)]
+        st = [timed("status", **e) for _ in range(args.runs)]
         figures.append(("status", f"median {statistics.median(st):.2f}s"))
 
-        down = timed([*inv, "down", *e], env)
+        down = timed("down", **e)
         figures.append(("down", f"{down:.2f}s"))
-        down2 = timed([*inv, "down", *e], env)
+        down2 = timed("down", **e)
         figures.append(("down again (no-op)", f"{down2:.2f}s"))
 
         starts = []
         for _ in range(2):
-            timed([*inv, "down", *e], env)
-            starts.append(timed([*inv, "up", *e], env))
+            timed("down", **e)
+            starts.append(timed("up", **e))
         figures.append(("up after down (start+healthy)", f"best {min(starts):.2f}s of "
                         + ", ".join(f"{s:.2f}" for s in starts) + f"; vs start floor {min(starts) - start_floor_s:+.2f}s"))
 
-        replaced = timed([*inv, "up", "--replace", *e], env)
+        replaced = timed("up", "--replace", **e)
         figures.append(("up --replace (re-pull+recreate)", f"{replaced:.2f}s"))
     finally:
-        subprocess.run([*inv, "reset", "--yes", *e], env=env, cwd=ROOT, capture_output=True)
+        run_task("reset", "--yes", **e)
         untag(image)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -190,4 +180,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark the microVM path under emulation; prints figures (asserts nothing).
 
     scripts/bench-microvm [--rounds N] [--runtimes microsandbox,docker]
@@ -30,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-REGISTRY = "127.0.0.1:5000"  # the guest's registry (scripts/services start)
+from harness.common import LOCAL_REGISTRY, ROOT, back_to_caller_cwd, empty_env_file, run_task, task_env
+
 # the slow host's settings (the emulated host's come from scripts/microvm-host): taken from the
 # environment, else a 900 s health deadline
 SLOW_HOST_SETTINGS = ("OPENWORK_HEALTH_TIMEOUT", "OPENWORK_REQUEST_TIMEOUT", "OPENWORK_MICROSANDBOX_CPUS")
@@ -43,16 +41,13 @@ def say(line: str) -> None:
 
 
 def invoke(env: dict, env_file: Path, *args: str) -> float:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK_")}
-    clean.update(env)
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "invoke", *args, "--env-file", str(env_file)], cwd=ROOT, env=clean,
-                          capture_output=True, text=True, timeout=3600)
-    seconds = time.monotonic() - t0
+    """Seconds ``invoke ARGS`` took with the settings ENV (over a clean environment); exits the
+    benchmark when it failed."""
+    proc = run_task(*args, env=task_env(env), env_file=env_file, timeout=3600)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout.strip().splitlines()[-12:] + proc.stderr.strip().splitlines()[-15:]))
         raise SystemExit(f"bench-microvm: invoke {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
-    return seconds
+    return proc.seconds
 
 
 def registry_serves(ref: str) -> bool:
@@ -61,11 +56,11 @@ def registry_serves(ref: str) -> bool:
     from openwork_sandbox.registry.client import Registry
     from openwork_sandbox.config import ImageRef
 
-    if not ref.startswith(REGISTRY + "/") or "@" in ref:
+    if not ref.startswith(LOCAL_REGISTRY + "/") or "@" in ref:
         return False
     image = ImageRef.parse(ref)
     try:
-        Registry(REGISTRY, plain_http=True, timeout=60).head_manifest(image.repository, image.reference)
+        Registry(LOCAL_REGISTRY, plain_http=True, timeout=60).head_manifest(image.repository, image.reference)
     except UnreachableError:
         raise
     except WorkflowError:  # no such manifest
@@ -79,7 +74,7 @@ def registry_ref(image: str) -> str:
     layer at the emulated speed: the product's push is measured by the e2e scenario, not here)."""
     if registry_serves(image):
         return image
-    ref = f"{REGISTRY}/openwork-microsandbox-bench:run"
+    ref = f"{LOCAL_REGISTRY}/openwork-microsandbox-bench:run"
     for argv in (["docker", "tag", image, ref], ["docker", "push", ref]):
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
@@ -94,8 +89,7 @@ def inside(rounds: int, runtimes: list[str]) -> int:
     if not image:
         raise SystemExit("bench-microvm: set OPENWORK_MICROSANDBOX_IMAGE (scripts/microvm-image prints it)")
     tmp = Path(tempfile.mkdtemp(prefix="owbench-", dir="/var/tmp"))  # microVM binds need xattrs: not a tmpfs
-    env_file = tmp / "empty.env"
-    env_file.write_text("")
+    env_file = empty_env_file(tmp)
     figures: dict[str, dict[str, list[float]]] = {rt: {"cold up": [], "warm up": [], "smoke": []} for rt in runtimes}
     try:
         ref = registry_ref(image)
@@ -113,8 +107,7 @@ def inside(rounds: int, runtimes: list[str]) -> int:
                     invoke(env, env_file, "down")
                     warm = invoke(env, env_file, "up")
                 finally:
-                    subprocess.run([sys.executable, "-m", "invoke", "reset", "--yes", "--env-file", str(env_file)],
-                                   cwd=ROOT, env={**os.environ, **env}, capture_output=True, timeout=900)
+                    run_task("reset", "--yes", env=task_env(env), env_file=env_file, timeout=900)
                 for key, value in (("cold up", cold), ("warm up", warm), ("smoke", smoke)):
                     figures[rt][key].append(value)
                 say(f"round {n + 1} {rt}: cold up {cold:.1f}s, smoke {smoke:.1f}s, warm up {warm:.1f}s")
@@ -140,7 +133,7 @@ def outside(args) -> int:
         return proc.returncode
     image = proc.stdout.strip().splitlines()[-1]
     env = {**os.environ, "OPENWORK_MICROSANDBOX_IMAGE": image}
-    argv = [str(ROOT / "scripts" / "microvm-host"), "run", "--", "python3", "scripts/bench-microvm", "--inside",
+    argv = [str(ROOT / "scripts" / "microvm-host"), "run", "--", "python3", "-m", "harness.bench.microvm", "--inside",
             "--rounds", str(args.rounds), "--runtimes", args.runtimes]
     t0 = time.monotonic()
     run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -165,7 +158,7 @@ def outside(args) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bench-microvm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runtimes", default="microsandbox,docker")
     parser.add_argument("--inside", action="store_true", help="measure here (inside the emulated host)")
@@ -176,4 +169,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())

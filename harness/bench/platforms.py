@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print the figures of a two-platform build (a benchmark: it prints, it asserts nothing).
 
     scripts/bench-platforms [--json] [--keep]
@@ -20,14 +19,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.common import ROOT, STANDIN_SERVER, back_to_caller_cwd, empty_env_file, run_task, task_env
 
 BASE = "openwork-base:bookworm-slim-python"
-STANDIN = ROOT / "tests" / "standin_openwork_server.py"
 
 
 def main() -> int:
@@ -44,13 +39,12 @@ def main() -> int:
         "OPENWORK_PLATFORMS": "linux/amd64,linux/arm64",
         "OPENCODE_VERSION": "1.18.18",
         "OPENWORK_BASE_IMAGE": f"linux/amd64={BASE},linux/arm64={BASE}-arm64",
-        "OPENWORK_SERVER_BIN": f"linux/amd64={STANDIN},linux/arm64={STANDIN}",
+        "OPENWORK_SERVER_BIN": f"linux/amd64={STANDIN_SERVER},linux/arm64={STANDIN_SERVER}",
         "OPENWORK_CACHE_DIR": cache,
         "OPENWORK_STATE_DIR": str(work / "state"),
         "OPENWORK_MICROSANDBOX_IMAGE": f"openwork-microsandbox-bench-platforms-{os.getpid()}:both",
     }
-    empty = work / "empty.env"
-    empty.write_text("")
+    empty = empty_env_file(work)
     figures: dict = {}
     built = None
     try:
@@ -65,12 +59,9 @@ def main() -> int:
             console.info(f"== no-op rebuild {i + 1} (in this process)")
             inproc.append(build_image(settings)["seconds"])
         cli = []
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
-        for i in range(3):
-            started = time.monotonic()
-            proc = subprocess.run([sys.executable, "-m", "invoke", "build-image", "--env-file", str(empty)], cwd=ROOT,
-                                  env={**clean, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
-            cli.append(round(time.monotonic() - started, 2))
+        for i in range(3):  # env sets OPENCODE_VERSION too: the caller's is not used
+            proc = run_task("build-image", env={**task_env(env), "PYTHONPATH": str(ROOT)}, env_file=empty)
+            cli.append(round(proc.seconds, 2))
             if proc.returncode != 0:
                 console.info(proc.stderr)
                 return 1
@@ -102,4 +93,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())

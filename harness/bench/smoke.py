@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark `smoke` (prints figures; not a test, asserts nothing).
 
 1. warm: boot a sandbox once (`up`), then time every check of `smoke` over several rounds against
@@ -21,16 +20,15 @@ import secrets
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.common import ROOT, back_to_caller_cwd, teller
+from openwork_sandbox.config import load_settings
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.sandbox import lifecycle
+from openwork_sandbox.smoke.modes import ephemeral_settings, local_target, run_smoke
+from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner
 
-from openwork_sandbox.sandbox import lifecycle  # noqa: E402
-from openwork_sandbox.core.errors import WorkflowError  # noqa: E402
-from openwork_sandbox.config import load_settings  # noqa: E402
-from openwork_sandbox.smoke.modes import ephemeral_settings, local_target, run_smoke  # noqa: E402
-from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner  # noqa: E402
+say = teller("bench-smoke")
 
 
 def ms(seconds: float) -> str:
@@ -38,7 +36,7 @@ def ms(seconds: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench-smoke", description=__doc__.splitlines()[0])
     parser.add_argument("--image", help="image to boot (default: OPENWORK_MICROSANDBOX_IMAGE)")
     parser.add_argument("--runtime", help="auto|microsandbox|docker (default: OPENWORK_MICROSANDBOX_RUNTIME)")
     parser.add_argument("--rounds", type=int, default=5, help="warm rounds (default 5)")
@@ -129,10 +127,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     try:
         sys.exit(main())
     except WorkflowError as exc:
-        print(f"bench-smoke: {exc.message}", file=sys.stderr)
+        say(exc.message)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark the start-up tail: cold `up` against the floor, paired; prints figures (asserts nothing).
 
     scripts/bench-start [--image REF] [--pairs N] [--runtime docker] [--hang-rate N]
@@ -7,9 +6,9 @@
 - up:      cold `invoke up` (no sandbox yet, image local) until it returns, then `invoke reset`.
 Floor and up alternate (which goes first alternates too), so both see the same load. Each start's
 server log says whether opencode's start race struck and how it was resolved: held off by the
-image's start gate (openwork_sandbox/image/opencode-gate.js), a watchdog restart by `up` (its
+image's start gate (openwork_sandbox/image/context/opencode-gate.js), a watchdog restart by `up` (its
 "made no progress" line), or not at all (a floor start that never got healthy within --deadline).
-Target (issue 11): up p95 <= 1.3 x floor median, over at least 30 pairs.
+Target: up p95 <= 1.3 x floor median, over at least 30 pairs.
 
 --hang-rate N also starts bare `opencode serve` N times inside the image, without and with the
 start gate, polling it from the host every 60 ms (each request gets 2 s to answer), and counts the
@@ -35,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from openwork_sandbox.net.ports import free_port  # noqa: E402
-from openwork_sandbox.sandbox.start_gate import GATE_MARK, RACE_MARK  # noqa: E402
+from harness.bench.common import image_or_setting, remove_container
+from harness.common import back_to_caller_cwd, empty_env_file, run_task, task_env
+from openwork_sandbox.net.ports import free_port
+from openwork_sandbox.sandbox.start_gate import GATE_MARK, RACE_MARK
 
 OFFLINE_ENV = {"OPENCODE_DISABLE_MODELS_FETCH": "1"}  # what OPENWORK_OFFLINE=true passes to the sandbox
 
@@ -104,7 +102,7 @@ def floor_start(image: str, deadline: float) -> tuple[float | None, str]:
             return None, f"failed{race}: {last[0][:120]}"
         return (None if waited == "hung" else time.monotonic() - start), race_outcome(log, hung=waited == "hung")
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        remove_container(name)
 
 
 def race_outcome(text: str, *, hung: bool = False, restarted: bool = False) -> str:
@@ -119,12 +117,11 @@ def race_outcome(text: str, *, hung: bool = False, restarted: bool = False) -> s
     return "no race" if GATE_MARK in text else "no race (no gate in the image)"
 
 
-def up_start(inv: list[str], env: dict, env_file: str, name: str) -> tuple[float | None, str]:
+def up_start(env: dict, env_file: Path, name: str) -> tuple[float | None, str]:
     """(seconds `invoke up` took, or None when it failed; how the start race went)."""
     env = {**env, "OPENWORK_MICROSANDBOX_NAME": name, "OPENWORK_MICROSANDBOX_PORT": str(free_port())}
-    start = time.monotonic()
-    proc = subprocess.run([*inv, "up", "--env-file", env_file], env=env, cwd=ROOT, capture_output=True, text=True)
-    took = time.monotonic() - start
+    proc = run_task("up", env=env, env_file=env_file)
+    took = proc.seconds
     said = proc.stderr
     # `up` prints the gate's race in its own words (start_gate.race_note) and a restart as "made no progress"
     outcome = race_outcome(said.replace("start race held off", RACE_MARK + " " + GATE_MARK),
@@ -132,7 +129,7 @@ def up_start(inv: list[str], env: dict, env_file: str, name: str) -> tuple[float
     if proc.returncode != 0:
         last = [line for line in said.splitlines() if line.strip()][-1:] or ["no output"]
         outcome, took = f"failed after {outcome}: {last[0][:120]}", None
-    subprocess.run([*inv, "reset", "--yes", "--env-file", env_file], env=env, cwd=ROOT, capture_output=True)
+    run_task("reset", "--yes", env=env, env_file=env_file)
     return took, outcome
 
 
@@ -173,14 +170,12 @@ def hang_rate(image: str, starts: int, gate: bool) -> tuple[int, int, list[float
                     time.sleep(0.06)
             struck += dropped > 0
         finally:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+            remove_container(name)
     return struck, starts, answered_at
 
 
 def main() -> int:
-    from openwork_sandbox.config import load_settings
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench-start", description=__doc__.splitlines()[0])
     parser.add_argument("--image", help="image reference (default: OPENWORK_MICROSANDBOX_IMAGE)")
     parser.add_argument("--pairs", type=int, default=30, help="floor/up pairs (default 30)")
     parser.add_argument("--runtime", default="docker", choices=["docker", "microsandbox"])
@@ -188,7 +183,7 @@ def main() -> int:
     parser.add_argument("--hang-rate", type=int, default=0, metavar="N",
                         help="also start bare opencode N times without and with the gate (0: skip)")
     args = parser.parse_args()
-    image = args.image or load_settings(root=ROOT).image
+    image = image_or_setting(args.image)
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
         if subprocess.run(["docker", "pull", "-q", image], capture_output=True).returncode != 0:
             print(f"cannot find or pull {image}: build or push it first", file=sys.stderr)
@@ -196,12 +191,9 @@ def main() -> int:
     load = os.getloadavg()
 
     tmp = Path(tempfile.mkdtemp(prefix="owbench-start-"))
-    env_file = tmp / "empty.env"
-    env_file.write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    env.update(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_IMAGE=image,
-               OPENWORK_MICROSANDBOX_RUNTIME=args.runtime, OPENWORK_OFFLINE="true")
-    inv = [sys.executable, "-m", "invoke"]
+    env_file = empty_env_file(tmp)
+    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_IMAGE=image,
+                        OPENWORK_MICROSANDBOX_RUNTIME=args.runtime, OPENWORK_OFFLINE="true"))
     floors: list[float] = []
     ups: list[float] = []
     ups_kept: list[float] = []  # without restarts after an early exit (a floor start that exits counts as failed)
@@ -215,7 +207,7 @@ def main() -> int:
                     if took is not None:
                         floors.append(took)
                 else:
-                    took, outcome = up_start(inv, env, str(env_file), f"owbench-up-{secrets.token_hex(3)}")
+                    took, outcome = up_start(env, env_file, f"owbench-up-{secrets.token_hex(3)}")
                     if took is not None:
                         ups.append(took)
                         if "early exit" not in outcome:
@@ -258,4 +250,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())

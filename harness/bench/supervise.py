@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark supervision: how long a sandbox takes to be healthy again after one of its programs
 is killed, and how long `down` takes; prints figures (asserts nothing).
 
@@ -9,7 +8,7 @@ N rounds of: SIGKILL openwork-server, opencode, the orchestrator (`docker exec .
 an OOM kill does), each time measuring until GET /health and GET /workspaces answer 200 again and
 waiting for the supervisor's backoff to reset (30 s healthy) before the next kill. Prints min,
 median and max per program, the restarts the supervisor counted (a start that failed on a loaded
-machine is one more), and `down`'s time. Target (issue 17): healthy again within 30 s.
+machine is one more), and `down`'s time. Target: healthy again within 30 s.
 Traffic goes to 127.0.0.1 only; everything is removed at the end.
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import statistics
@@ -28,18 +26,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from openwork_sandbox.net.ports import free_port  # noqa: E402
+from harness.bench.common import remove_container
+from harness.common import TaskRun, back_to_caller_cwd, empty_env_file, run_task, task_env
+from openwork_sandbox.net.ports import free_port
 
 PROGRAMS = {"openwork-server": "/usr/local/bin/openwork-server", "opencode": "/usr/local/bin/opencode serve",
             "orchestrator": "openwork serve"}
 
 
-def invoke(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+def invoke(env: dict, *args: str) -> TaskRun:
+    return run_task(*args, env=env, timeout=600)
 
 
 def ok(url: str, token: str) -> bool:
@@ -70,19 +66,17 @@ def record(data: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench-supervise", description=__doc__.splitlines()[0])
     parser.add_argument("--image", required=True, help="image reference to boot (the test stack or a real one)")
     parser.add_argument("--rounds", type=int, default=3, help="kills per program")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-supervise-"))
     name = f"owbench-sup-{secrets.token_hex(3)}"
-    (tmp / "empty.env").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    env.update(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_OFFLINE="true",
-               OPENWORK_MICROSANDBOX_IMAGE=args.image, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-               OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_HEALTH_TIMEOUT="300",
-               OPENWORK_ENV_FILE=str(tmp / "empty.env"))
+    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_NAME=name,
+                        OPENWORK_OFFLINE="true", OPENWORK_MICROSANDBOX_IMAGE=args.image,
+                        OPENWORK_MICROSANDBOX_RUNTIME="docker", OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+                        OPENWORK_HEALTH_TIMEOUT="300", OPENWORK_ENV_FILE=str(empty_env_file(tmp))))
     data = tmp / "state" / name / "data"
     try:
         up = invoke(env, "up", "--json", "--show-tokens")
@@ -125,9 +119,10 @@ def main() -> int:
               f"(the supervisor's record: {record(data).get('state')})")
         return 0
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        remove_container(name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())
