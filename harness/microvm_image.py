@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the image the microVM end-to-end run boots, and print its reference (last stdout line).
 
     scripts/microvm-image [--real] [--ref REF] [--force]
@@ -9,9 +8,10 @@ every override a user has for their own builds:
 
 - base `openwork-base:bookworm-slim-python` (Debian slim + python3-minimal; made with
   scripts/make-base-image when missing);
-- `OPENWORK_SERVER_BIN=tests/standin_openwork_server.py` (the real server is not downloadable here);
-- `OPENWORK_ORCHESTRATOR_BIN_PATH=tests/standin_openwork_orchestrator.py` (the stand-in for
-  `openwork serve`);
+- `OPENWORK_SERVER_BIN=tests/standins/standin_openwork_server.py` (the real server is not
+  downloadable here);
+- `OPENWORK_ORCHESTRATOR_BIN_PATH=tests/standins/standin_openwork_orchestrator.py` (the stand-in
+  for `openwork serve`);
 - the real opencode (the baseline build, from the npm registry, checked against its integrity).
 
 `--real` builds the same but with the real orchestrator (0.18.1 from npm), for the run that shows
@@ -35,23 +35,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.common import (LOCAL_REGISTRY, ROOT, STANDIN_ORCHESTRATOR, STANDIN_SERVER, back_to_caller_cwd,
+                            docker_image_id, empty_env_file, teller)
 
 BASE = "openwork-base:bookworm-slim-python"
-REPO = "127.0.0.1:5000/openwork-microsandbox-e2e"
-STANDIN_SERVER = ROOT / "tests" / "standin_openwork_server.py"
-STANDIN_ORCHESTRATOR = ROOT / "tests" / "standin_openwork_orchestrator.py"
+REPO = f"{LOCAL_REGISTRY}/openwork-microsandbox-e2e"
 STATE = ROOT / ".state" / "microvm-image"
 
-
-def say(message: str) -> None:
-    print(f"microvm-image: {message}", file=sys.stderr, flush=True)
-
-
-def image_id(ref: str) -> str | None:
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
+say = teller("microvm-image")
 
 
 def inputs_key(environ: dict[str, str], base_id: str) -> str:
@@ -70,7 +61,7 @@ def inputs_key(environ: dict[str, str], base_id: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="microvm-image", description=__doc__.split("\n\n")[0])
     parser.add_argument("--real", action="store_true", help="bake the real orchestrator (0.18.1) instead of the stand-in")
     parser.add_argument("--ref", help=f"tag to build (default {REPO}:dev, or :real)")
     parser.add_argument("--force", action="store_true", help="build even when nothing changed")
@@ -81,7 +72,7 @@ def main() -> int:
     if proc.returncode != 0:
         say(f"could not make the base image {BASE}")
         return 1
-    base_id = image_id(BASE) or ""
+    base_id = docker_image_id(BASE) or ""
     environ = {
         "OPENWORK_BASE_IMAGE": BASE,
         "OPENWORK_SERVER_BIN": str(STANDIN_SERVER),
@@ -97,7 +88,7 @@ def main() -> int:
         last = json.loads(stamp.read_text())
     except (OSError, ValueError):
         last = {}
-    if not args.force and last.get("key") == key and last.get("image_id") and image_id(ref) == last["image_id"]:
+    if not args.force and last.get("key") == key and last.get("image_id") and docker_image_id(ref) == last["image_id"]:
         say(f"{ref} is up to date ({last['image_id'][:19]}): nothing to build")
         print(ref)
         return 0
@@ -108,8 +99,7 @@ def main() -> int:
     from openwork_sandbox.config import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        env_file = Path(tmp) / "empty.env"
-        env_file.write_text("")
+        env_file = empty_env_file(Path(tmp))
         try:
             settings = load_settings(environ={**{k: v for k, v in os.environ.items()
                                                  if k.endswith("_VERSION") or k == "NPM_CONFIG_REGISTRY"}, **environ},
@@ -125,4 +115,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    back_to_caller_cwd()
     sys.exit(main())

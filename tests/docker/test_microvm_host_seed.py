@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.unit.test_microvm_host import mh  # the harness module under test
+from harness.common import LOCAL_REGISTRY
+from harness.microvm_host import image
 
 
 @pytest.mark.docker
@@ -23,15 +24,15 @@ def test_the_registry_seed_is_a_registry_storage_that_serves_the_image(test_base
 
     monkeypatch.setenv("MICROVM_HOST_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache" / "images").mkdir(parents=True)
-    ref = f"{mh.GUEST_REGISTRY}/owtest-seed:t{time.time_ns()}"
+    ref = f"{LOCAL_REGISTRY}/owtest-seed:t{time.time_ns()}"
     subprocess.run(["docker", "tag", test_base_image, ref], check=True)
     image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
                               text=True, check=True).stdout.strip()
     try:
-        tar, fig = mh.registry_seed(ref, image_id)
+        tar, fig = image.registry_seed(ref, image_id)
         assert tar is not None and tar.exists() and fig["registry_seed_s"] > 0
-        assert mh.registry_seed(ref, image_id) == (tar, {"registry_seed_s": 0.0})  # cached by image and ref
-        assert mh.registry_seed("openwork-sandbox:latest", image_id) == (None, {})
+        assert image.registry_seed(ref, image_id) == (tar, {"registry_seed_s": 0.0})  # cached by image and ref
+        assert image.registry_seed("openwork-sandbox:latest", image_id) == (None, {})
     finally:
         subprocess.run(["docker", "rmi", ref], capture_output=True)
     storage = tmp_path / "guest-registry-data"
