@@ -31,6 +31,7 @@ def test_import_linter_keeps_every_contract():
 def test_import_linter_names_an_upward_import(tmp_path):
     """The contract can fail: a copy of the package where ``core`` imports ``sandbox`` breaks it."""
     shutil.copytree(PACKAGE, tmp_path / "openwork_sandbox", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "harness", tmp_path / "harness", ignore=shutil.ignore_patterns("__pycache__"))  # a root too
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     errors = tmp_path / "openwork_sandbox" / "core" / "errors.py"
     errors.write_text(errors.read_text() + "\n\ndef _upward():\n    from openwork_sandbox.sandbox import doctor\n")
