@@ -35,8 +35,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.common import (LOCAL_REGISTRY, ROOT, STANDIN_ORCHESTRATOR, STANDIN_SERVER, back_to_caller_cwd,
-                            docker_image_id, empty_env_file, teller)
+from harness.common import (
+    LOCAL_REGISTRY,
+    ROOT,
+    STANDIN_ORCHESTRATOR,
+    STANDIN_SERVER,
+    back_to_caller_cwd,
+    docker_image_id,
+    empty_env_file,
+    teller,
+)
 
 BASE = "openwork-base:bookworm-slim-python"
 REPO = f"{LOCAL_REGISTRY}/openwork-microsandbox-e2e"
@@ -93,10 +101,10 @@ def main() -> int:
         print(ref)
         return 0
 
+    from openwork_sandbox.config import load_settings
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.core.files import write_atomic
     from openwork_sandbox.image.build import build_image
-    from openwork_sandbox.config import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         env_file = empty_env_file(Path(tmp))

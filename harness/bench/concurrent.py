@@ -77,25 +77,24 @@ def run_count(n: int, env: dict, env_file: Path, tmp: Path) -> dict:
             ports.append(port)
     procs = []
     began = time.monotonic()
-    for name, port in zip(names, ports):
+    for name, port in zip(names, ports, strict=True):
         e = {**env, "OPENWORK_MICROSANDBOX_NAME": name, "OPENWORK_MICROSANDBOX_PORT": str(port)}
-        out = open(tmp / f"{name}.up.log", "w")
-        procs.append((name, e, time.monotonic(), out,
-                      subprocess.Popen([*INVOKE, "up", "--env-file", str(env_file)], env=e, cwd=ROOT,
-                                       stdout=out, stderr=subprocess.STDOUT)))
+        with open(tmp / f"{name}.up.log", "w") as out:  # the up writes its own copy
+            procs.append((name, e, time.monotonic(),
+                          subprocess.Popen([*INVOKE, "up", "--env-file", str(env_file)], env=e, cwd=ROOT,
+                                           stdout=out, stderr=subprocess.STDOUT)))
     took: dict[str, float] = {}
     codes: dict[str, int] = {}
     while len(codes) < n:
-        for name, _, started, out, proc in procs:
+        for name, _, started, proc in procs:
             if name not in codes and proc.poll() is not None:
                 codes[name], took[name] = proc.returncode, time.monotonic() - started
-                out.close()
         time.sleep(0.1)
     wall = time.monotonic() - began
     said = {name: (tmp / f"{name}.up.log").read_text() for name in names}
     healthy, rss_all, used_all = 0, [], []
     try:
-        for name, e, _, _, _ in procs:
+        for name, e, _, _ in procs:
             if codes[name] != 0:
                 continue
             smoke = run_task("smoke", env=e, env_file=env_file)
@@ -109,7 +108,7 @@ def run_count(n: int, env: dict, env_file: Path, tmp: Path) -> dict:
                 lines = [x for x in (smoke.stdout + smoke.stderr).splitlines() if x.strip()]
                 print(f"  {name}: smoke failed: {lines[-1] if lines else smoke.returncode}", file=sys.stderr)
     finally:
-        for name, e, _, _, _ in procs:
+        for _, e, _, _ in procs:
             run_task("reset", "--yes", env=e, env_file=env_file)
     for name in names:
         if codes[name] != 0:

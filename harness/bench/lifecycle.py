@@ -135,8 +135,8 @@ def main() -> int:
         figures.append(("up warm (reuse)", f"median {statistics.median(warm):.2f}s, max {max(warm):.2f}s "
                         f"over {len(warm)} runs (target < 1s)"))
 
-        from openwork_sandbox.sandbox import lifecycle
         from openwork_sandbox.config import load_settings as load
+        from openwork_sandbox.sandbox import lifecycle
 
         settings = load(environ=env, env_file=env_file, root=ROOT)
         import contextlib

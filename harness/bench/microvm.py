@@ -45,16 +45,16 @@ def invoke(env: dict, env_file: Path, *args: str) -> float:
     benchmark when it failed."""
     proc = run_task(*args, env=task_env(env), env_file=env_file, timeout=3600)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout.strip().splitlines()[-12:] + proc.stderr.strip().splitlines()[-15:]))
+        tail = "\n".join(proc.stdout.strip().splitlines()[-12:] + proc.stderr.strip().splitlines()[-15:])
         raise SystemExit(f"bench-microvm: invoke {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
     return proc.seconds
 
 
 def registry_serves(ref: str) -> bool:
     """The guest's registry answers for REF (scripts/microvm-host put it in that registry's storage)."""
+    from openwork_sandbox.config import ImageRef
     from openwork_sandbox.core.errors import UnreachableError, WorkflowError
     from openwork_sandbox.registry.client import Registry
-    from openwork_sandbox.config import ImageRef
 
     if not ref.startswith(LOCAL_REGISTRY + "/") or "@" in ref:
         return False

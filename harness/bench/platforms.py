@@ -27,10 +27,10 @@ BASE = "openwork-base:bookworm-slim-python"
 
 def main() -> int:
     as_json, keep = "--json" in sys.argv, "--keep" in sys.argv
+    from openwork_sandbox.config import load_settings
     from openwork_sandbox.core import console
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.image.multiplatform import build_image
-    from openwork_sandbox.config import load_settings
 
     work = ROOT / ".state" / f"bench-platforms-{os.getpid()}"
     work.mkdir(parents=True)
@@ -59,7 +59,7 @@ def main() -> int:
             console.info(f"== no-op rebuild {i + 1} (in this process)")
             inproc.append(build_image(settings)["seconds"])
         cli = []
-        for i in range(3):  # env sets OPENCODE_VERSION too: the caller's is not used
+        for _ in range(3):  # env sets OPENCODE_VERSION too: the caller's is not used
             proc = run_task("build-image", env={**task_env(env), "PYTHONPATH": str(ROOT)}, env_file=empty)
             cli.append(round(proc.seconds, 2))
             if proc.returncode != 0:

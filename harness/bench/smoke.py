@@ -65,9 +65,8 @@ def main() -> int:
                 return 1
             rounds.append(report)
     finally:
-        with contextlib.redirect_stderr(quiet):
-            with contextlib.suppress(WorkflowError):
-                lifecycle.reset(settings, yes=True)
+        with contextlib.redirect_stderr(quiet), contextlib.suppress(WorkflowError):
+            lifecycle.reset(settings, yes=True)
 
     first, warm = rounds[0], rounds[1:]
     print(f"\ncold up ({ep.runtime}): {ms(cold_up)}")
@@ -120,7 +119,7 @@ def main() -> int:
     ends = [p[2] for p in pairs]
     print(f"  median: floor {ms(statistics.median(floors)).strip()}, end to end "
           f"{ms(statistics.median(ends)).strip()}, overhead "
-          f"{ms(statistics.median([e - f for e, f in zip(ends, floors)])).strip()} "
+          f"{ms(statistics.median([e - f for e, f in zip(ends, floors, strict=True)])).strip()} "
           f"(teardown {ms(statistics.median([p[3]['teardown'] for p in pairs])).strip()}; the rest is noise "
           "in `up` on a shared machine)")
     return 0

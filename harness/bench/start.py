@@ -53,7 +53,7 @@ def http_status(port: int, path: str, timeout: float) -> int | None:
         try:
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
             head = sock.recv(64)
-        except socket.timeout:
+        except TimeoutError:
             return 0
         except OSError:
             return None
@@ -184,10 +184,10 @@ def main() -> int:
                         help="also start bare opencode N times without and with the gate (0: skip)")
     args = parser.parse_args()
     image = image_or_setting(args.image)
-    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
-        if subprocess.run(["docker", "pull", "-q", image], capture_output=True).returncode != 0:
-            print(f"cannot find or pull {image}: build or push it first", file=sys.stderr)
-            return 1
+    if (subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0
+            and subprocess.run(["docker", "pull", "-q", image], capture_output=True).returncode != 0):
+        print(f"cannot find or pull {image}: build or push it first", file=sys.stderr)
+        return 1
     load = os.getloadavg()
 
     tmp = Path(tempfile.mkdtemp(prefix="owbench-start-"))

@@ -107,7 +107,7 @@ def main() -> int:
                 if fault:
                     say(f"  (an emulation fault: {fault})")
                     faulted = True
-            except Exception as exc:  # noqa: BLE001 - a step that broke is a failed step, with its traceback
+            except Exception as exc:  # a step that broke is a failed step, with its traceback
                 import traceback
 
                 traceback.print_exc()

@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.common import (LOCAL_REGISTRY, STANDIN_ORCHESTRATOR, STANDIN_SERVER, TaskRun, empty_env_file, run_task,
-                            task_env as clean_env)
+from harness.common import LOCAL_REGISTRY, STANDIN_ORCHESTRATOR, STANDIN_SERVER, TaskRun, empty_env_file, run_task
+from harness.common import task_env as clean_env
 from harness.microvm_e2e.guest import harness_share, wait_for_the_engines_copy
 from harness.microvm_e2e.outcome import StepFailed, note
 from openwork_sandbox.net.ports import free_port

@@ -112,11 +112,11 @@ def start_old_layout(image: str) -> int:
     did: the same runtime call, without HOME in its environment, with an old fingerprint."""
     import dataclasses
 
-    from openwork_sandbox.state import persist
-    from openwork_sandbox.net.health import wait_for_health
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
-    from openwork_sandbox.runtimes import runtime_for
     from openwork_sandbox.config import load_settings
+    from openwork_sandbox.net.health import wait_for_health
+    from openwork_sandbox.runtimes import runtime_for
+    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.state import persist
     from openwork_sandbox.state.store import SandboxState
 
     settings = load_settings(env_file=os.devnull, root=ROOT)

@@ -48,8 +48,9 @@ class Attempt:
                "-nic", "none", "-display", "none", "-monitor", "none", "-serial", f"file:{self.run_dir / 'serial.log'}",
                "-no-reboot", "-pidfile", str(self.run_dir / "qemu.pid")]
         (self.run_dir / "serial.log").write_text("")
-        self.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.run_dir / "qemu.log", "wb"),
-                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True)
+        with open(self.run_dir / "qemu.log", "wb") as log:  # QEMU writes its own copy
+            self.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent, start_new_session=True)
 
     def stop(self) -> None:
         """QEMU stopped (SIGTERM, SIGKILL after 10 s) if it still runs."""

@@ -21,8 +21,7 @@ from harness.common import ROOT, back_to_caller_cwd
 from harness.microvm_host.boot import Attempt
 from harness.microvm_host.cache import cache_dir, ensure_host_packages
 from harness.microvm_host.disk import ensure_guest
-from harness.microvm_host.errors import (EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE, HarnessError,
-                                         say)
+from harness.microvm_host.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE, HarnessError, say
 from harness.microvm_host.image import registry_seed, resolve_image, saved_image
 from harness.microvm_host.logic import figures_line
 from harness.microvm_host.share import guest_env, prepare_share, prune_runs
