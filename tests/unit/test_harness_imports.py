@@ -4,7 +4,9 @@ out, and every ``scripts/`` entry point finds it from any folder, back in that f
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import os
 import pkgutil
 import subprocess
@@ -37,6 +39,20 @@ ENTRY_POINTS = sorted([*HELP_FIRST_LINES, "bench-image", "bench-platforms"])  # 
 @pytest.mark.parametrize("module", MODULES)
 def test_every_module_of_the_harness_imports(module):
     importlib.import_module(module)
+
+
+def test_every_import_inside_a_function_of_the_harness_resolves():
+    """The harness imports much of the package inside functions (only when a step runs): each such
+    ``from openwork_sandbox... import NAME`` names a module or attribute that exists today."""
+    missing = []
+    for path in sorted(HARNESS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("openwork_sandbox", "harness"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                        missing.append(f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}")
+    assert not missing
 
 
 def test_no_module_of_the_harness_is_longer_than_fits_in_a_head():
