@@ -192,7 +192,7 @@ def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def backup(settings: Settings, *, output: str | os.PathLike | None = None, workspace: bool = False) -> dict[str, Any]:
     """Write the archive (see the module doc); returns what went in (path, files, bytes, databases)."""
-    from openwork_sandbox.sandbox.lifecycle import sandbox_status
+    from openwork_sandbox.sandbox.locate import sandbox_status
 
     state = SandboxState(settings)
     data_dir = Path(settings.data_dir)

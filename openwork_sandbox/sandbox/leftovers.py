@@ -71,7 +71,7 @@ def remove_stale(settings: Settings) -> int:
     """``reset --stale``: remove every stale sandbox of this project's state folder (OPENWORK_STATE_DIR)
     with its ``.state/<name>/``, as the smoke run's own teardown would have; returns how many. Stale
     sandboxes of other state folders (another checkout on a shared engine) are named, not touched."""
-    from openwork_sandbox.sandbox.lifecycle import reset
+    from openwork_sandbox.sandbox.reset import reset
 
     here = settings.state_dir.resolve()
     stale = [left for left in find(settings) if left.stale]
