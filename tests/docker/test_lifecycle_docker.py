@@ -7,6 +7,7 @@ leaves it running); the failure cases boot their own tiny images.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -323,7 +324,7 @@ def test_a_start_that_prints_nothing_at_first_is_not_restarted(flaky_images, tmp
 
     # the stall threshold (20 s) shortened, yet above the start gates' 5 s beat with room for a loaded
     # host (at 4 s the suite beside an emulated host saw a real start's 4 s pause after "Run starting")
-    monkeypatch.setattr(start_watch, "STALL_SECONDS", 12.0)
+    monkeypatch.setattr(start_watch, "START_TIMES", dataclasses.replace(start_watch.START_TIMES, stall_s=12.0))
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("silent"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
                              OPENWORK_MICROSANDBOX_PORT=str(free_port()),
                              OPENWORK_MICROSANDBOX_IMAGE=flaky_images["silent-at-first"], OPENWORK_HEALTH_TIMEOUT="120")
@@ -341,7 +342,8 @@ def test_a_start_that_sticks_or_dies_once_is_retried_once(flaky_images, tmp_path
     from openwork_sandbox.sandbox import start_watch
     from openwork_sandbox.sandbox.up import up
 
-    monkeypatch.setattr(start_watch, "STALL_SECONDS", 4.0)  # the stall threshold (20 s) shortened for the test
+    # the stall threshold (20 s) shortened for the test
+    monkeypatch.setattr(start_watch, "START_TIMES", dataclasses.replace(start_watch.START_TIMES, stall_s=4.0))
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(tag), OPENWORK_MICROSANDBOX_RUNTIME="docker",
                              OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_IMAGE=flaky_images[tag],
                              OPENWORK_HEALTH_TIMEOUT="120")
