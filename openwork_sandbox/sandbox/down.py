@@ -9,7 +9,8 @@ from openwork_sandbox.state.store import SandboxState
 
 
 def down(settings: Settings) -> None:
-    """Stop the sandbox and keep its state; nothing to do when it is not running."""
+    """Stop the sandbox under its lock and keep its state; says so in one line either way, and
+    nothing to do (no error) when it is not running or does not exist."""
     state = SandboxState(settings)
     rt = existing_runtime(settings, state)
     if rt is None:

@@ -33,7 +33,8 @@ class Endpoint:
 
 
 def endpoint(settings: Settings) -> Endpoint:
-    """URL and tokens of the sandbox from the settings and ``.state/<name>/``, without booting."""
+    """URL and tokens of the sandbox from the settings and ``.state/<name>/``, without booting or
+    asking the runtime; WorkflowError naming the missing setting when there are no tokens."""
     state = SandboxState(settings)
     token, host_token = state.tokens(create=False)
     if not token or not host_token:
@@ -46,7 +47,8 @@ def endpoint(settings: Settings) -> Endpoint:
 
 
 def server_log_tail(settings: Settings, lines: int = 40) -> tuple[list[str], str]:
-    """The server's last ``lines`` log lines and where the full log is (path or command)."""
+    """The server's last ``lines`` log lines and where the full log is (path or command); never raises
+    for a missing sandbox or an unreadable log: ``([], why)``."""
     state = SandboxState(settings)
     rt = existing_runtime(settings, state)
     if rt is None:
@@ -58,7 +60,7 @@ def server_log_tail(settings: Settings, lines: int = 40) -> tuple[list[str], str
 
 
 def runtime_exec(settings: Settings, argv: list[str]) -> tuple[int, str]:
-    """Run ``argv`` inside the running sandbox; ``(exit code, output)``."""
+    """Run ``argv`` inside the running sandbox; ``(exit code, output)``. WorkflowError when it does not run."""
     state = SandboxState(settings)
     rt = existing_runtime(settings, state)
     if rt is None or rt.status().state != RUNNING:

@@ -1,7 +1,8 @@
 """What ``up`` boots and where: the runtime choice, the exposure check and the launch spec.
 
-``status`` and ``smoke`` use :func:`launch_spec` too (is the running sandbox what the settings ask
-for now?); its fingerprint decides whether ``up`` recreates a sandbox.
+:func:`launch_spec` is a function of the settings, the runtime and the tokens only (nothing is
+booted or written); its ``fingerprint`` is what ``up`` compares with the running sandbox's to
+decide whether to recreate it, and what ``status`` shows as "settings current".
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tup
 
 
 def check_exposure(settings: Settings) -> None:
-    """A port published beyond loopback needs tokens of at least 24 characters."""
+    """A port published beyond loopback needs tokens of at least ``MIN_PUBLIC_TOKEN_LEN`` characters:
+    else WorkflowError, exit 2, naming the setting (never its value)."""
     if is_loopback(settings.bind_address):
         return
     for env, value in (("OPENWORK_TOKEN", settings.token), ("OPENWORK_HOST_TOKEN", settings.host_token)):
@@ -43,9 +45,10 @@ def check_exposure(settings: Settings) -> None:
 
 
 def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secrets=None) -> LaunchSpec:
-    """What to boot. ``secrets`` (:class:`.sandbox_secrets.SandboxSecrets`, gathered by ``up``; else what
-    the settings would deliver now) go in through a read-only mount, never the environment."""
-    # imported here, not at the top: status/down/logs import this module and never need them
+    """What to boot for ``kind`` with these tokens. ``secrets`` (:class:`.state.secrets.SandboxSecrets`,
+    gathered by ``up``; else what the settings would deliver now) go in through a read-only mount,
+    never the environment. The fingerprint covers every setting that needs a new sandbox to change."""
+    # imported on call: the registry client and the pin are needed only when a spec is made
     from openwork_sandbox.state import secrets as sandbox_secrets
     from openwork_sandbox.state.pin import pinned_image
     from openwork_sandbox.registry.client import pull_access_for_image

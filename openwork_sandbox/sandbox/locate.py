@@ -1,6 +1,8 @@
-"""Finding the runtime that holds a sandbox, from its record, for every flow but ``up``.
+"""Finding the runtime that holds a sandbox, for every flow but ``up`` (which chooses one).
 
-Runtimes are built through ``openwork_sandbox.runtimes.runtime_for``, looked up at call time.
+The runtime recorded in ``.state/<name>/sandbox.json`` wins, then an explicit
+OPENWORK_MICROSANDBOX_RUNTIME, then whichever runtime has a sandbox of that name. Runtimes are
+built through ``openwork_sandbox.runtimes.runtime_for``, looked up at call time.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from openwork_sandbox.state.store import SandboxState
 
 
 def existing_runtime(settings: Settings, state: SandboxState, *, strict: bool = True) -> Runtime | None:
-    """The runtime that holds this sandbox (recorded by `up`), for down/status/logs/reset; a record
-    that does not parse stops the task, unless not ``strict`` (reset: one of the ways out)."""
+    """The runtime that holds this sandbox (see the module doc), or None when no runtime has one by
+    that name (only asked when nothing is recorded or set). A record that does not parse raises
+    StateFileError, unless not ``strict`` (reset: one of the ways out)."""
     recorded = state.record(strict=strict).get("runtime")
     if recorded in RUNTIMES:
         return runtimes.runtime_for(recorded, settings)

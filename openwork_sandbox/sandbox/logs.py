@@ -10,7 +10,8 @@ from openwork_sandbox.state.store import SandboxState
 
 
 def parse_since(text: str | None) -> float | None:
-    """``--since``: a duration (settings.parse_duration: 30, 30s, 5m, 2h, 1d) -> seconds."""
+    """``--since``: a duration (settings.parse_duration: 30, 30s, 5m, 2h, 1d) -> seconds; None when not
+    given; else WorkflowError, exit 2."""
     if text is None or str(text).strip() == "":
         return None
     try:
@@ -20,6 +21,7 @@ def parse_since(text: str | None) -> float | None:
 
 
 def parse_tail(tail) -> int | None:
+    """``--tail``: a whole number of lines, or None when not given; else WorkflowError, exit 2."""
     if tail is None or str(tail).strip() == "":
         return None
     try:
@@ -32,7 +34,8 @@ def parse_tail(tail) -> int | None:
 
 
 def logs(settings: Settings, *, follow: bool = False, tail=None, since=None, system: bool = False) -> None:
-    """Print the server's log (or the VM/engine log with ``system``); Ctrl+C ends ``follow`` cleanly."""
+    """Print the server's log on stdout (or the VM/engine log with ``system``); Ctrl+C ends ``follow``
+    cleanly, a closed pipe (``| head``) quietly. WorkflowError when there is no sandbox of that name."""
     tail_n, since_s = parse_tail(tail), parse_since(since)
     state = SandboxState(settings)
     rt = existing_runtime(settings, state)

@@ -13,6 +13,7 @@ from openwork_sandbox.state.store import SandboxState, deletion_problem, safe_re
 
 
 def _confirm(question: str) -> bool:
+    """Ask ``question`` on the terminal; only an answer of y/yes is a yes (no terminal: no)."""
     if not sys.stdin or not sys.stdin.isatty():
         return False
     try:
@@ -23,6 +24,7 @@ def _confirm(question: str) -> bool:
 
 
 def _outside(path, parent) -> bool:
+    """``path`` is not ``parent`` nor under it (links resolved)."""
     try:
         path.resolve().relative_to(parent.resolve())
         return False
@@ -31,7 +33,12 @@ def _outside(path, parent) -> bool:
 
 
 def reset(settings: Settings, *, yes: bool = False, keep_data: bool = False) -> None:
-    """Remove the sandbox and delete ``.state/<name>/`` (asks first unless ``yes``)."""
+    """Remove the sandbox and delete ``.state/<name>/`` (asks first unless ``yes``).
+
+    Refuses (WorkflowError, nothing removed) a state folder that is not safely inside the state
+    root (``store.deletion_problem``), and without ``yes`` when there is no terminal to ask on.
+    ``keep_data`` removes only the sandbox: the state folder and its tokens stay. Workspace or data
+    folders set outside the state folder are never deleted (it says so)."""
     state = SandboxState(settings)
     target = settings.sandbox_state_dir
     if not keep_data:

@@ -13,6 +13,7 @@ from openwork_sandbox.state.store import SandboxState
 
 
 def _uptime(seconds: float | None) -> str:
+    """``seconds`` as its two largest units (``2h5m``, ``40s``); ``-`` when unknown."""
     if seconds is None:
         return "-"
     seconds = int(seconds)
@@ -22,7 +23,9 @@ def _uptime(seconds: float | None) -> str:
 
 
 def status(settings: Settings, *, as_json: bool = False) -> int:
-    """Runtime, state, image and digest, URL, health, uptime. Exit 0 when running and healthy, else 1."""
+    """Runtime, state, image and digest, URL, health, uptime, restarts: a table on stderr, or with
+    ``as_json`` one JSON object on stdout. Returns 0 when running, healthy and not in a crash loop,
+    else 1. Reads only: nothing is started, written or created."""
     from openwork_sandbox.net.health import health_once
 
     state = SandboxState(settings)

@@ -1,10 +1,18 @@
 """``up``: create, start or reuse the sandbox and wait until its server is healthy.
 
-``up`` picks the runtime (microsandbox where microVMs boot, else Docker), then creates, starts or
-reuses the sandbox named by the settings, waits until ``GET /health`` answers and the client token
-works, and prints the URL, the workspace id and the masked tokens. ``.state/<name>/`` (see
-:mod:`openwork_sandbox.state.store`) keeps the tokens, the record of what runs and the two bind-mounted
-folders; it survives ``down``, ``up --replace`` and settings changes, and only ``reset`` deletes it.
+:func:`up` picks the runtime (``launch.choose_runtime``: microsandbox where microVMs boot, else
+Docker), observes (the record, the runtime's status, one health probe, the port), decides
+(``decision.decide_up``), acts (copy old-layout state out, remove, create or start, wait with
+``start_watch``) and reports the URL, the workspace id and the tokens (masked unless asked), or with
+``as_json`` one JSON object on stdout. ``.state/<name>/`` (:mod:`openwork_sandbox.state.store`)
+keeps the tokens, the record of what runs (``sandbox.json``, which `up` writes through
+:func:`_save_record` only) and the two bind-mounted folders; it survives ``down``, ``up --replace`` and settings changes, and
+only ``reset`` deletes it.
+
+Errors are ``WorkflowError`` (exit 1; ``UnreachableError``, exit 3, when nothing ever answered); bad
+settings exit 2 (``SettingsError``, ``EXIT_BAD_SETTINGS``). A sandbox that failed to start is left as
+it is for inspection.
+Runtimes are built through ``openwork_sandbox.runtimes.runtime_for``, looked up at call time.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from openwork_sandbox.state.store import SandboxState
 
 
 def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
+    """One line naming the port and what holds it when ``decision`` needs the port and it is taken."""
     from openwork_sandbox.net.ports import port_holder
 
     if decision.port_busy:
@@ -46,9 +55,10 @@ def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
         )
 
 
-
 def _report(ep: Endpoint, *, action: str, seconds: float, settings: Settings, show_tokens: bool, as_json: bool,
             health: dict | None) -> None:
+    """What `up` did, on stderr (a table), or with ``as_json`` one JSON object on stdout; tokens masked
+    unless ``show_tokens``."""
     shown = (lambda s: s) if show_tokens else console.mask
     if as_json:
         console.emit_json({
@@ -100,7 +110,8 @@ def _save_record(state: SandboxState, settings: Settings, kind: str, spec: Launc
 
 def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, decision: UpDecision,
          spec: LaunchSpec, token: str, secrets=None) -> tuple[dict, str | None]:
-    """Carry out ``decision``; returns the health body and the workspace id."""
+    """Carry out ``decision`` (see the module doc); returns the health body and the workspace id.
+    The record is written before anything boots, so logs/status/reset find a sandbox whose start failed."""
     from openwork_sandbox.net.health import check_workspaces
 
     if decision.remove_old:
@@ -138,9 +149,12 @@ def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, d
 def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, as_json: bool = False) -> Endpoint:
     """Create, start or reuse the sandbox and wait until its server is healthy; see the module doc.
 
-    Observe, decide (:func:`up_decision.decide_up`), act, report. For a new sandbox the decision
-    is also made before the lock, so a busy port fails before anything is created; the one acted
-    on is made under the lock (another `up` may have finished meanwhile)."""
+    Observe, decide (:func:`decision.decide_up`), act, report; returns where the server answers.
+    For a new sandbox the decision is also made before the lock, so a busy port fails before
+    anything is created; the one acted on is made under the lock (another `up` may have finished
+    meanwhile). Holds a host-wide start slot while it boots; interrupted (Ctrl+C, SIGTERM) before
+    the server was healthy, it stops what it started and re-raises KeyboardInterrupt. ``follow``
+    streams the server log afterwards until Ctrl+C."""
     from openwork_sandbox.state.secrets import gather
 
     started = time.monotonic()
@@ -210,6 +224,7 @@ def _stop_half_started(settings: Settings, rt: Runtime) -> None:
 
 
 def _follow(rt: Runtime, *, tail: int | None, to_stdout: bool = True) -> None:
+    """Stream the server log (last ``tail`` lines first) until Ctrl+C, which leaves the sandbox running."""
     out = sys.stdout if to_stdout else sys.stderr
     console.info("following the server log; Ctrl+C stops following (the sandbox keeps running)")
     try:
