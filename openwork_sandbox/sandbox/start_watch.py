@@ -170,7 +170,8 @@ def _fail_with_log(rt: Runtime, exc) -> WorkflowError:
 def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSpec) -> tuple[dict, str | None]:
     """Wait until the server of the sandbox ``rt`` booted from ``spec`` is healthy (see the module
     doc), then check ``/workspaces`` with ``token``; ``(health body, workspace id or None)``.
-    Raises WorkflowError (UnreachableError when nothing ever answered) when it never gets there."""
+    Raises WorkflowError when it never gets there (an UnreachableError when ``/workspaces`` cannot be
+    reached)."""
     from openwork_sandbox.net.health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
 
     times = START_TIMES

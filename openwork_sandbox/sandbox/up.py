@@ -9,9 +9,9 @@ keeps the tokens, the record of what runs (``sandbox.json``, which `up` writes t
 :func:`_save_record` only) and the two bind-mounted folders; it survives ``down``, ``up --replace`` and settings changes, and
 only ``reset`` deletes it.
 
-Errors are ``WorkflowError`` (exit 1; ``UnreachableError``, exit 3, when nothing ever answered); bad
-settings exit 2 (``SettingsError``, ``EXIT_BAD_SETTINGS``). A sandbox that failed to start is left as
-it is for inspection.
+Errors are ``WorkflowError`` (exit 1; an ``UnreachableError``, exit 3, when a healthy server's
+``/workspaces`` cannot be reached); bad settings exit 2 (``SettingsError``, ``EXIT_BAD_SETTINGS``).
+A sandbox that failed to start is left as it is for inspection.
 Runtimes are built through ``openwork_sandbox.runtimes.runtime_for``, looked up at call time.
 """
 
