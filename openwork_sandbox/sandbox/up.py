@@ -6,8 +6,8 @@ Docker), observes (the record, the runtime's status, one health probe, the port)
 ``start_watch``) and reports the URL, the workspace id and the tokens (masked unless asked), or with
 ``as_json`` one JSON object on stdout. ``.state/<name>/`` (:mod:`openwork_sandbox.state.store`)
 keeps the tokens, the record of what runs (``sandbox.json``, which `up` writes through
-:func:`_save_record` only) and the two bind-mounted folders; it survives ``down``, ``up --replace`` and settings changes, and
-only ``reset`` deletes it.
+:func:`_save_record` only) and the two bind-mounted folders; it survives ``down``, ``up --replace``
+and settings changes, and only ``reset`` deletes it.
 
 Errors are ``WorkflowError`` (exit 1; an ``UnreachableError``, exit 3, when a healthy server's
 ``/workspaces`` cannot be reached); bad settings exit 2 (``SettingsError``, ``EXIT_BAD_SETTINGS``).
