@@ -368,6 +368,7 @@ def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(s
     from openwork_sandbox.net import ports
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes.docker import engine_has_bridge
+    from openwork_sandbox.sandbox.up import up
 
     if engine_has_bridge():
         pytest.skip("the engine publishes ports (a bridge): a taken host port fails `docker run` itself")
