@@ -49,9 +49,9 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
     gathered by ``up``; else what the settings would deliver now) go in through a read-only mount,
     never the environment. The fingerprint covers every setting that needs a new sandbox to change."""
     # imported on call: the registry client and the pin are needed only when a spec is made
+    from openwork_sandbox.registry.client import pull_access_for_image
     from openwork_sandbox.state import secrets as sandbox_secrets
     from openwork_sandbox.state.pin import pinned_image
-    from openwork_sandbox.registry.client import pull_access_for_image
 
     secrets = sandbox_secrets.current(settings) if secrets is None else secrets
 

@@ -23,8 +23,8 @@ import http.server
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.runtimes.base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
@@ -73,7 +73,7 @@ class FakeOpenWork:
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
+            def do_GET(self):
                 auth = self.headers.get("Authorization") or ""
                 bearer = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
                 fake.requests.append(("GET", self.path, bearer))
@@ -335,7 +335,7 @@ class FakeEngine:
             self.fakes[key] = FakeRuntime(settings.name, settings.sandbox_state_dir, kind=kind)
         return self.fakes[key]
 
-    def install(self, monkeypatch) -> "FakeEngine":
+    def install(self, monkeypatch) -> FakeEngine:
         """Put the fakes behind ``openwork_sandbox.runtimes.runtime_for`` for one test."""
         from openwork_sandbox import runtimes
 
