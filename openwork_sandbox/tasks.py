@@ -137,7 +137,7 @@ def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=
         import time
 
         from openwork_sandbox.core import gha
-        from openwork_sandbox.sandbox.lifecycle import up as start
+        from openwork_sandbox.sandbox.up import up as start
 
         if github_output:
             gha.require_export()  # before anything boots
@@ -153,7 +153,7 @@ def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=
 def down(c, name=None, env_file=None):
     """Stop the sandbox, keep its state."""
     with task_boundary("down"):
-        from openwork_sandbox.sandbox.lifecycle import down as stop
+        from openwork_sandbox.sandbox.down import down as stop
 
         stop(_settings(c, env_file, name=name))
 
@@ -162,7 +162,7 @@ def down(c, name=None, env_file=None):
 def status(c, name=None, json=False, env_file=None):
     """Show the sandbox's runtime, state, image, URL, health, uptime."""
     with task_boundary("status"):
-        from openwork_sandbox.sandbox.lifecycle import status as show
+        from openwork_sandbox.sandbox.status import status as show
 
         _finish(show(_settings(c, env_file, name=name), as_json=json), "the sandbox is not running and healthy")
 
@@ -179,7 +179,7 @@ def status(c, name=None, json=False, env_file=None):
 def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_file=None):
     """Print (or follow) the server's log."""
     with task_boundary("logs"):
-        from openwork_sandbox.sandbox.lifecycle import logs as show_logs
+        from openwork_sandbox.sandbox.logs import logs as show_logs
 
         show_logs(_settings(c, env_file, name=name), follow=follow, tail=tail, since=since, system=system)
 
@@ -201,7 +201,7 @@ def reset(c, name=None, yes=False, keep_data=False, stale=False, env_file=None):
 
             remove_stale(_settings(c, env_file))
             return
-        from openwork_sandbox.sandbox.lifecycle import reset as remove
+        from openwork_sandbox.sandbox.reset import reset as remove
 
         remove(_settings(c, env_file, name=name), yes=yes, keep_data=keep_data)
 
@@ -232,12 +232,13 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
     3 nothing reachable at the URL.
     """
     with task_boundary("smoke"):
+        from openwork_sandbox.sandbox.up import up as boot
         from openwork_sandbox.smoke.modes import run_smoke
 
         settings = _settings(c, env_file, name=name, token=token, host_token=host_token, runtime=runtime,
                              image=image, port=port)
         _finish(run_smoke(settings, url=url, ephemeral=ephemeral, persistence=persistence, junit=junit,
-                          as_json=json, keep_session=keep_session, prompt=prompt),
+                          as_json=json, keep_session=keep_session, prompt=prompt, boot=boot),
                 "the smoke checks failed (see the annotations above)")
 
 

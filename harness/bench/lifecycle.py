@@ -136,7 +136,7 @@ def main() -> int:
                         f"over {len(warm)} runs (target < 1s)"))
 
         from openwork_sandbox.config import load_settings as load
-        from openwork_sandbox.sandbox import lifecycle
+        from openwork_sandbox.sandbox.up import up
 
         settings = load(environ=env, env_file=env_file, root=ROOT)
         import contextlib
@@ -146,7 +146,7 @@ def main() -> int:
         for _ in range(args.runs):
             with contextlib.redirect_stderr(io.StringIO()):
                 t = time.monotonic()
-                lifecycle.up(settings)
+                up(settings)
                 inproc.append(time.monotonic() - t)
         figures.append(("up warm, in-process (no start-up)", f"median {statistics.median(inproc) * 1000:.0f} ms"))
 

@@ -24,7 +24,8 @@ import time
 from harness.common import ROOT, back_to_caller_cwd, teller
 from openwork_sandbox.config import load_settings
 from openwork_sandbox.core.errors import WorkflowError
-from openwork_sandbox.sandbox import lifecycle
+from openwork_sandbox.sandbox.reset import reset
+from openwork_sandbox.sandbox.up import up
 from openwork_sandbox.smoke.modes import ephemeral_settings, local_target, run_smoke
 from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner
 
@@ -52,7 +53,7 @@ def main() -> int:
     try:
         start = time.perf_counter()
         with contextlib.redirect_stderr(quiet):
-            ep = lifecycle.up(settings, as_json=False)
+            ep = up(settings, as_json=False)
         cold_up = time.perf_counter() - start
         target = local_target(settings, ep, "sandbox")
         rounds = []
@@ -66,7 +67,7 @@ def main() -> int:
             rounds.append(report)
     finally:
         with contextlib.redirect_stderr(quiet), contextlib.suppress(WorkflowError):
-            lifecycle.reset(settings, yes=True)
+            reset(settings, yes=True)
 
     first, warm = rounds[0], rounds[1:]
     print(f"\ncold up ({ep.runtime}): {ms(cold_up)}")
@@ -90,13 +91,13 @@ def main() -> int:
         try:
             start = time.perf_counter()
             with contextlib.redirect_stderr(quiet):
-                ep = lifecycle.up(fresh, as_json=False)
+                ep = up(fresh, as_json=False)
             up_s = time.perf_counter() - start
             checks = SmokeRunner(local_target(fresh, ep, "sandbox"), request_timeout=fresh.request_timeout,
                                  health_timeout=fresh.health_timeout).run()
         finally:
             with contextlib.redirect_stderr(quiet), contextlib.suppress(WorkflowError):
-                lifecycle.reset(fresh, yes=True)
+                reset(fresh, yes=True)
         out, err = io.StringIO(), io.StringIO()
         start = time.perf_counter()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

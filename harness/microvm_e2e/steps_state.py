@@ -115,7 +115,7 @@ def start_old_layout(image: str) -> int:
     from openwork_sandbox.config import load_settings
     from openwork_sandbox.net.health import wait_for_health
     from openwork_sandbox.runtimes import runtime_for
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state import persist
     from openwork_sandbox.state.store import SandboxState
 

@@ -3,7 +3,7 @@
 A runtime boots one image under one name with two bind mounts, one published port, an
 environment and resource limits (a :class:`LaunchSpec`), and can say what state it is in, show
 its logs, run a command inside, stop and remove it. Nothing more: deciding *whether* to create,
-start or reuse is ``sandbox.decision``'s and ``sandbox.lifecycle``'s job. A runtime that knows
+start or reuse is ``sandbox.decision``'s and ``sandbox.up``'s job. A runtime that knows
 more than the others says it by overriding a method here (``digest``, ``platform``,
 ``machine_fault``), not by callers testing its kind.
 """

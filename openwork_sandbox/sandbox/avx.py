@@ -1,11 +1,9 @@
 """A CPU without AVX: the pinned orchestrator cannot run there, said in one line.
 
-``openwork serve`` (orchestrator 0.18.1) is a Bun executable built for CPUs with AVX. On a CPU
-without it (old or emulated hosts, and the microVM nested in an emulated host, whose guest gets
-no AVX) it dies a few seconds after start, before it logs a line of its own, with Bun's crash
-report ("CPU lacks AVX support. Please consider upgrading to a newer CPU.", "panic(main thread):
-Illegal instruction"). ``doctor`` reads the host's flag (``runtimes.probe.host_facts``); ``up``
-recognises the crash in the server log and ends with :func:`no_avx_message` instead of the panic.
+``openwork serve`` is a Bun executable built for CPUs with AVX; on a CPU without it, it dies at
+start, before a line of its own, with Bun's crash report (it contains :data:`NO_AVX_MARK`).
+``doctor`` reads the host's flag (``runtimes.probe.host_facts``); ``up`` recognises the crash in
+the server log and ends with :func:`no_avx_message` instead of the panic (no retry helps).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ FIX = ("run it on a host whose CPU has AVX (a microVM gets its host's CPU featur
 
 
 def no_avx_message(orchestrator_version: str) -> str:
+    """The one line that names the cause and the fix (``FIX``)."""
     return f"this CPU has no AVX: openwork-orchestrator {orchestrator_version} cannot run here; {FIX}"
 
 

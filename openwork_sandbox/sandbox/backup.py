@@ -97,6 +97,7 @@ def _walk(root: Path, skip) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def hash_file(path: Path) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of the file at ``path``, read in chunks."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         for chunk in read_chunks(fh):
@@ -180,6 +181,7 @@ def _stage_tree(root: Path, top: str, stage: Path, entries: list[dict], *, priva
 
 
 def default_output(settings: Settings) -> Path:
+    """``.state/backups/<name>-<UTC time>.tar.gz``: where an archive goes without ``--output``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return settings.state_dir / BACKUPS_DIR / f"{settings.name}-{stamp}.tar.gz"
 
@@ -192,7 +194,7 @@ def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def backup(settings: Settings, *, output: str | os.PathLike | None = None, workspace: bool = False) -> dict[str, Any]:
     """Write the archive (see the module doc); returns what went in (path, files, bytes, databases)."""
-    from openwork_sandbox.sandbox.lifecycle import sandbox_status
+    from openwork_sandbox.sandbox.locate import sandbox_status
 
     state = SandboxState(settings)
     data_dir = Path(settings.data_dir)

@@ -43,6 +43,8 @@ class Observed:
 
 @dataclasses.dataclass(frozen=True)
 class UpDecision:
+    """The one action (CREATE ... WAIT), the line `up` prints for it, and what must happen first."""
+
     action: str
     reason: str
     remove_old: str | None = None  # runtime whose sandbox of this name goes first
@@ -50,6 +52,7 @@ class UpDecision:
 
     @property
     def done(self) -> str:
+        """The past tense `up --json` reports as ``action``."""
         return DONE[self.action]
 
 

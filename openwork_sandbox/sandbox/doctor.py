@@ -34,6 +34,9 @@ PYTHON_MINIMUM = (3, 10)
 
 @dataclasses.dataclass
 class Check:
+    """One row: the check's name, whether it passed, what it found, what to do when it did not, and
+    the runtimes that need it to pass (the exit code counts only the chosen runtime's)."""
+
     name: str
     ok: bool
     detail: str
@@ -46,6 +49,7 @@ class Check:
 
 
 def check_python() -> Check:
+    """This Python is at least ``PYTHON_MINIMUM``."""
     version = platform.python_version()
     ok = sys.version_info[:2] >= PYTHON_MINIMUM
     return Check("python", ok, f"Python {version}",
@@ -53,6 +57,7 @@ def check_python() -> Check:
 
 
 def check_packages() -> Check:
+    """Every package of ``PACKAGE_MINIMUMS`` is installed, at least at its minimum."""
     found, problems = [], []
     for package, minimum in PACKAGE_MINIMUMS.items():
         try:
@@ -69,6 +74,7 @@ def check_packages() -> Check:
 
 
 def check_docker_client() -> Check:
+    """The docker program is on PATH (Docker runtime only)."""
     if commands.which("docker") is None:
         return Check("docker client", False, "docker not on PATH", "scripts/services start (Debian) or install Docker",
                      frozenset({DOCKER}))
@@ -78,6 +84,7 @@ def check_docker_client() -> Check:
 
 
 def check_docker_engine(facts: HostFacts) -> Check:
+    """The Docker engine answers (Docker runtime only)."""
     ok, detail = facts.docker or (False, "not asked")
     return Check("docker engine", ok, detail, "" if ok else "scripts/services start (or start Docker Desktop)",
                  frozenset({DOCKER}))
@@ -106,6 +113,7 @@ def check_registry(settings: Settings) -> Check:
 
 
 def check_microsandbox(facts: HostFacts) -> Check:
+    """The SDK and its msb runtime are installed, and MSB_HOME can hold a microVM's root filesystem."""
     needed = frozenset({MICROSANDBOX})
     try:
         version = metadata.version("microsandbox")
@@ -125,6 +133,7 @@ def check_microsandbox(facts: HostFacts) -> Check:
 
 
 def check_kvm(facts: HostFacts) -> Check:
+    """/dev/kvm is there and usable by this user (microsandbox only)."""
     ok, detail = choice.kvm_verdict(facts)
     fix = "" if ok else ("add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again"
                          if facts.kvm_present else "enable KVM (load kvm_intel/kvm_amd) or use the Docker runtime")
@@ -132,6 +141,7 @@ def check_kvm(facts: HostFacts) -> Check:
 
 
 def check_virtualization(facts: HostFacts) -> Check:
+    """The CPU offers hardware virtualization to this host (microsandbox only)."""
     ok, detail = choice.virtualization_verdict(facts)
     fix = "" if ok else "use the Docker runtime (OPENWORK_MICROSANDBOX_RUNTIME=docker), or a host with KVM"
     return Check("virtualization", ok, detail, fix, frozenset({MICROSANDBOX}))
@@ -154,6 +164,7 @@ def check_avx(settings: Settings, facts: HostFacts) -> Check:
 
 
 def check_port(settings: Settings) -> Check:
+    """The sandbox's port is free, or held by a running OpenWork server (this one, presumably)."""
     address, port = settings.bind_address, settings.port
     if ports.port_is_free(port, address):
         return Check(f"port {port}", True, f"{address}:{port} is free")
@@ -171,6 +182,7 @@ def _writable(path: Path) -> tuple[bool, Path]:
 
 
 def check_state_folders(settings: Settings) -> Check:
+    """The state, workspace and data folders can be made and written (the nearest existing parent)."""
     bad = []
     for label, path in (("state", settings.sandbox_state_dir), ("workspace", settings.workspace_dir),
                         ("data", settings.data_dir)):
@@ -266,6 +278,7 @@ def check_leftovers(settings: Settings) -> Check:
 
 
 def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
+    """Every check, in the order the table shows them."""
     return [
         check_python(),
         check_packages(),
@@ -285,6 +298,8 @@ def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
 
 
 def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
+    """Print the checks (a table on stderr, or with ``as_json`` one JSON object on stdout) and the
+    runtime ``up`` would choose; 0 when it can work here, else 1. Boots nothing."""
     facts = probe.host_facts()
     checks = collect_checks(settings, facts)
     picked = choice.decide_runtime(facts, settings.runtime, SandboxState(settings).record().get("runtime"))

@@ -1,11 +1,11 @@
-"""Sandboxes left behind: what ``doctor`` lists and ``reset --stale`` removes (issue 17, item 4).
+"""Sandboxes left behind: what ``doctor`` lists and ``reset --stale`` removes.
 
-Each runtime lists the sandboxes this tool made with their marks (``runtimes.listing``); :func:`ownership.judge` says which are stale (an
-ephemeral one whose ``smoke --ephemeral`` job is gone, or whose time ran out) and which are
-orphans (no ``.state/<name>/`` folder owns them). ``reset --stale`` removes the stale ones and
-their state folders, as the smoke run's own teardown would have; it never touches a sandbox whose
-job still runs, a non-ephemeral one (``doctor`` lists an orphan and how to remove it), nor one of
-another state folder (another checkout on a shared engine).
+Each runtime lists the sandboxes this tool made with their marks (``runtimes.listing``);
+:func:`ownership.judge` says which are stale (an ephemeral one whose ``smoke --ephemeral`` job is
+gone, or whose time ran out) and which are orphans (no ``.state/<name>/`` folder owns them).
+``reset --stale`` removes the stale ones and their state folders, as the smoke run's own teardown
+would have; it never touches a sandbox whose job still runs, a non-ephemeral one (``doctor`` lists
+an orphan and how to remove it), nor one of another state folder (another checkout on a shared engine).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from openwork_sandbox.config import Settings
 
 @dataclasses.dataclass(frozen=True)
 class Leftover:
+    """A sandbox of either runtime that is stale (``stale``: why) or that no state folder owns."""
+
     runtime: str
     name: str
     state_dir: Path
@@ -31,6 +33,7 @@ class Leftover:
     orphan: bool
 
     def describe(self) -> str:
+        """One line: runtime, kind, name, running or not, and why it is listed."""
         why = self.stale or ("no state folder owns it" if self.orphan else "")
         kind = "ephemeral " if self.ephemeral else ""
         return f"{self.runtime} {kind}sandbox {self.name} ({'running' if self.running else 'stopped'}): {why}"
@@ -55,7 +58,8 @@ def _listed(settings: Settings) -> list[tuple[str, str, dict, bool]]:
 
 
 def find(settings: Settings, now: float | None = None) -> list[Leftover]:
-    """The stale and the orphaned sandboxes (the rest are owned and fine)."""
+    """The stale and the orphaned sandboxes of every runtime that answers (the rest are owned and
+    fine); ``now`` is the time expiries are judged at."""
     now = time.time() if now is None else now
     out = []
     for runtime, name, marks, running in _listed(settings):
@@ -69,9 +73,10 @@ def find(settings: Settings, now: float | None = None) -> list[Leftover]:
 
 def remove_stale(settings: Settings) -> int:
     """``reset --stale``: remove every stale sandbox of this project's state folder (OPENWORK_STATE_DIR)
-    with its ``.state/<name>/``, as the smoke run's own teardown would have; returns how many. Stale
-    sandboxes of other state folders (another checkout on a shared engine) are named, not touched."""
-    from openwork_sandbox.sandbox.lifecycle import reset
+    with its ``.state/<name>/`` (through ``reset``), as the smoke run's own teardown would have;
+    returns how many. Stale sandboxes of other state folders (another checkout on a shared engine)
+    are named, not touched. One WorkflowError naming every sandbox that could not be removed."""
+    from openwork_sandbox.sandbox.reset import reset
 
     here = settings.state_dir.resolve()
     stale = [left for left in find(settings) if left.stale]

@@ -192,7 +192,7 @@ def _move(src: Path, dest: Path) -> None:
 
 def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = False) -> dict:
     """Put the archive back into the configured sandbox (see the module doc); returns what was restored."""
-    from openwork_sandbox.sandbox.lifecycle import sandbox_status
+    from openwork_sandbox.sandbox.locate import sandbox_status
 
     path = Path(archive).expanduser().resolve()
     if not path.is_file():

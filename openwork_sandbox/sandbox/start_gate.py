@@ -1,15 +1,12 @@
-"""What the image's start gates (``openwork_sandbox/image/opencode-gate.js``) said in the log.
+"""What the image's start gates (``image/context/opencode-gate.js``) said in the log, as `up`'s lines.
 
-opencode 1.17 listens before it attaches its HTTP handler; a request that connects in between is
-read and never answered, and orchestrator 0.18 waits for its first health answer forever. And the
-orchestrator gives opencode and openwork-server a fixed 10 s each to become healthy, which a slow
-host (a throttled container, a busy CI runner, a microVM under emulation) cannot keep. The gates in
-the image listen on the program's port at once and hold every request until the program answers,
-so the orchestrator's health request (which has no timeout of its own) simply waits. Each gate
-prints lines starting with ``opencode-gate:`` / ``openwork-server-gate:``: "still starting" lines
-while the program uses CPU, and one "answered after N ms" line (with ``start race held off`` when
-opencode dropped requests first). ``up`` turns them into one line of its own each (the race, a slow
-start), and ``logs`` shows the originals.
+In the image opencode and openwork-server each sit behind a start gate that listens on the
+program's port at once and holds every request until the program answers (why:
+docs/design-notes/sandbox.md). Each gate prints lines starting with ``opencode-gate:`` /
+``openwork-server-gate:``: "still starting" lines while the program uses CPU, and one "answered
+after N ms" line (with ``start race held off`` when opencode dropped requests first). ``up`` turns
+them into one line of its own each (:func:`race_note`, :func:`slow_start_note`); ``logs`` shows the
+originals. An image without gates gives no lines, and the notes are None.
 """
 
 from __future__ import annotations
@@ -22,9 +19,7 @@ SERVER_GATE_MARK = "openwork-server-gate:"
 RACE_MARK = "start race held off"
 ANSWERED_RE = re.compile(r"(opencode|openwork-server)-gate: .*?\1 answered after (\d+) ms")
 TAIL_LINES = 150  # the gates' lines come before ~40 lines of start report, and progress lines before them
-# A start slower than this says so in one line: the orchestrator alone gives each program 10 s,
-# a start on a quiet host takes about 1.5 s.
-SLOW_START_SECONDS = 10.0
+SLOW_START_SECONDS = 10.0  # a start this long says so in one line: the orchestrator's own limit for each program
 
 
 def race_note(lines: Iterable[str]) -> str | None:

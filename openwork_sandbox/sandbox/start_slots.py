@@ -1,11 +1,10 @@
 """Host-wide start slots: at most N sandboxes boot at once on one host, whoever starts them.
 
-A start is CPU-bound for a few seconds (opencode loads, the orchestrator checks its programs); ten
-of them at once on a 2-core host share the cores tenfold, so every one of them takes as long as
-the last. With slots, ``up`` waits (saying so) until fewer than N starts run, so each start gets
-the host to itself as far as N allows and the first ones are done early. The health deadline
-(OPENWORK_HEALTH_TIMEOUT) counts from the moment the start has its slot: waiting is bounded by the
-starts ahead, each of which has its own deadline.
+A start is CPU-bound for a few seconds (opencode loads, the orchestrator checks its programs), and
+starts that share the cores all take as long as the last. ``up`` holds a slot while it boots; when
+all N are taken it waits (saying so) until one is free. The health deadline (OPENWORK_HEALTH_TIMEOUT)
+counts from the moment the start has its slot: waiting is bounded by the starts ahead, each of
+which has its own deadline.
 
 A slot is an exclusive ``flock`` on ``<tmp>/openwork-sandbox-start-slots/slot-<i>.lock``, shared by
 every checkout and every user on the host (the folder is world-writable and sticky, like /tmp);
@@ -47,6 +46,7 @@ def _open_slot(path: Path) -> tuple[int, bool]:
 
 
 def _holders(folder: Path, slots: int) -> list[str]:
+    """What the slot files name: the sandboxes holding (or last holding) a slot, for the waiting line."""
     names = []
     for i in range(slots):
         with contextlib.suppress(OSError):

@@ -50,7 +50,7 @@ def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: st
 
 def local_target(settings, ep, mode: str) -> Target:
     """The sandbox at ``ep`` as a target: the settings' tokens, else the sandbox's own."""
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.endpoint import runtime_exec
 
     token = settings.token or ep.token
     host_token = settings.host_token or ep.host_token
@@ -61,7 +61,7 @@ def local_target(settings, ep, mode: str) -> Target:
         url=ep.url, token=token, host_token=host_token, mode=mode, token_source=token_source,
         host_token_source=host_source, expected_workspace=GUEST_WORKSPACE,
         expected_workspace_id=getattr(ep, "workspace_id", None), name=ep.name, runtime=ep.runtime,
-        exec_in_runtime=lambda argv: lifecycle.runtime_exec(settings, argv), host_workspace=Path(settings.workspace_dir),
+        exec_in_runtime=lambda argv: runtime_exec(settings, argv), host_workspace=Path(settings.workspace_dir),
         is_alive=_runtime_is_alive(settings, ep.runtime), secrets=tuple(settings.sandbox_env_values.values()),
     )
 
@@ -97,10 +97,10 @@ def _url_target(settings, url: str) -> Target:
 
 def attach_log_tail(settings, report: SmokeReport) -> None:
     """Attach the server log's last lines (local sandboxes only); never fails the run."""
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.endpoint import server_log_tail
 
     try:
-        lines, path = lifecycle.server_log_tail(settings, lines=LOG_TAIL_LINES)
+        lines, path = server_log_tail(settings, lines=LOG_TAIL_LINES)
     except WorkflowError as exc:
         report.log_tail, report.log_path = [f"(could not read the server log: {exc.message})"], None
         return
@@ -124,20 +124,25 @@ def _finish(report: SmokeReport, junit: str | None, as_json: bool) -> int:
 
 def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, persistence: bool = False,
               junit: str | None = None, as_json: bool = False, keep_session: bool = False,
-              prompt: str | None = None) -> int:
-    """Run the checks in one of the three modes, print/write the report, return the exit code."""
+              prompt: str | None = None, boot: Callable[..., Any] | None = None) -> int:
+    """Run the checks in one of the three modes, print/write the report, return the exit code.
+
+    ``boot`` is the ``up`` flow (``sandbox.up.up``), which ``--ephemeral`` needs to boot its sandbox;
+    the caller passes it, so smoke never imports ``up``. Without it ``--ephemeral`` raises TypeError."""
     _check_usage(url, ephemeral, persistence, prompt)
     if junit:
         _check_junit_path(junit)
     if ephemeral:
-        return _run_ephemeral(settings, persistence=persistence, junit=junit, as_json=as_json, prompt=prompt)
+        if boot is None:
+            raise TypeError("run_smoke(ephemeral=True) needs boot: the up flow (openwork_sandbox.sandbox.up.up)")
+        return _run_ephemeral(settings, boot, persistence=persistence, junit=junit, as_json=as_json, prompt=prompt)
     if url is not None:
         report = _run_checks(settings, _url_target(settings, url), persistence=False, keep_session=keep_session,
                              prompt=prompt)
         return _finish(report, junit, as_json)
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.endpoint import endpoint
 
-    ep = lifecycle.endpoint(settings)
+    ep = endpoint(settings)
     report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session,
                          prompt=prompt)
     if not report.ok:
@@ -178,21 +183,20 @@ def ephemeral_settings(settings):
 
 def _teardown(eph) -> str | None:
     """Remove the ephemeral sandbox and its state, signals held off; the problem as a note, or None."""
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.reset import reset
 
     with interrupts.no_interrupts():
         try:
-            lifecycle.reset(eph, yes=True)
+            reset(eph, yes=True)
         except WorkflowError as exc:
             return (f"could not remove the ephemeral sandbox {eph.name}: {exc.message}; "
                     f"run `invoke reset --name {eph.name} --yes`")
     return None
 
 
-def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: bool, prompt: str | None = None) -> int:
+def _run_ephemeral(settings, boot: Callable[..., Any], *, persistence: bool, junit: str | None, as_json: bool,
+                   prompt: str | None = None) -> int:
     """Boot a throwaway sandbox, run the checks, always remove it (Ctrl+C and SIGTERM too); the exit code."""
-    from openwork_sandbox.sandbox import lifecycle
-
     eph = ephemeral_settings(settings)
     console.info(f"smoke --ephemeral: booting {eph.name} (removed afterwards)")
     report: SmokeReport | None = None
@@ -201,7 +205,7 @@ def _run_ephemeral(settings, *, persistence: bool, junit: str | None, as_json: b
     try:
         with interrupts.sigterm_as_interrupt():
             try:
-                ep = lifecycle.up(eph, follow=False, show_tokens=False, as_json=False)
+                ep = boot(eph, follow=False, show_tokens=False, as_json=False)
             except WorkflowError as exc:
                 if isinstance(exc, SettingsError) or exc.exit_code == EXIT_BAD_SETTINGS:
                     raise  # bad settings are a usage error (exit 2), not a failed check
@@ -236,9 +240,9 @@ def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
                for c in DECLARED if c is not gate]
     tokens = [eph.token, eph.host_token, *eph.sandbox_env_values.values()]
     with contextlib.suppress(Exception):  # the generated tokens, only to mask them in the log tail
-        from openwork_sandbox.sandbox import lifecycle
+        from openwork_sandbox.sandbox.endpoint import endpoint
 
-        ep = lifecycle.endpoint(eph)
+        ep = endpoint(eph)
         tokens += [ep.token, ep.host_token]
     report = SmokeReport(url=eph.url, mode="ephemeral", checks=checks, name=eph.name,
                          secrets=tuple(t for t in tokens if t))

@@ -27,7 +27,8 @@ def _up(tmp_path: Path, env: dict) -> None:
 
 @pytest.mark.docker
 def test_backup_while_sessions_are_written_then_restore_into_another_name(stack_image, tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import endpoint, reset
+    from openwork_sandbox.sandbox.endpoint import endpoint
+    from openwork_sandbox.sandbox.reset import reset
     from tests.support.openwork_client import issue_token, make_session, read_session, status_with
 
     env_a = docker_env(stack_image.ref, "bka")

@@ -123,7 +123,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from tests.support.lifecycle import make_settings
 from openwork_sandbox.core.errors import WorkflowError
-from openwork_sandbox.sandbox.lifecycle import launch_spec
+from openwork_sandbox.sandbox.launch import launch_spec
 from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 s = make_settings(Path(sys.argv[1]), OPENWORK_MICROSANDBOX_NAME=sys.argv[3], OPENWORK_MICROSANDBOX_IMAGE=sys.argv[4],
                   OPENWORK_MICROSANDBOX_RUNTIME="microsandbox").with_overrides(ephemeral=True)

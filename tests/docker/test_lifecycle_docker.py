@@ -7,6 +7,7 @@ leaves it running); the failure cases boot their own tiny images.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def box(stack_image, tmp_path_factory):
     """A running sandbox of the stack image, on the Docker runtime, with its own state folder."""
-    from openwork_sandbox.sandbox.lifecycle import up
+    from openwork_sandbox.sandbox.up import up
 
     tmp = tmp_path_factory.mktemp("box")
     env = docker_env(stack_image.ref, "box")
@@ -40,7 +41,7 @@ def box(stack_image, tmp_path_factory):
 
 
 def test_up_serves_health_and_enforces_the_client_token(box):
-    from openwork_sandbox.sandbox.lifecycle import endpoint
+    from openwork_sandbox.sandbox.endpoint import endpoint
 
     settings, ep = box["settings"], box["endpoint"]
     assert ep == endpoint(settings)  # what another process (smoke) would read, without booting
@@ -152,7 +153,9 @@ def test_follow_ends_cleanly_on_ctrl_c_and_the_sandbox_keeps_running(box):
 
 
 def test_workspace_and_data_survive_down_up_and_replace(box, capsys):
-    from openwork_sandbox.sandbox.lifecycle import down, runtime_exec, status
+    from openwork_sandbox.sandbox.down import down
+    from openwork_sandbox.sandbox.endpoint import runtime_exec
+    from openwork_sandbox.sandbox.status import status
 
     settings = box["settings"]
     code, out = runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt && echo d > /data/d.txt"])
@@ -176,7 +179,7 @@ def test_workspace_and_data_survive_down_up_and_replace(box, capsys):
 
 
 def test_changed_settings_recreate_and_keep_state(box, capsys):
-    from openwork_sandbox.sandbox.lifecycle import runtime_exec
+    from openwork_sandbox.sandbox.endpoint import runtime_exec
 
     settings = box["settings"]
     assert runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt"])[0] == 0
@@ -189,7 +192,8 @@ def test_changed_settings_recreate_and_keep_state(box, capsys):
 
 
 def test_reset_keep_data_then_reset_removes_only_the_state_folder(box, capsys):
-    from openwork_sandbox.sandbox.lifecycle import endpoint, reset, runtime_exec
+    from openwork_sandbox.sandbox.endpoint import endpoint, runtime_exec
+    from openwork_sandbox.sandbox.reset import reset
 
     settings, ep = box["settings"], box["endpoint"]
     assert runtime_exec(settings, ["sh", "-c", "echo kept > /workspace/note.txt"])[0] == 0
@@ -315,16 +319,17 @@ def flaky_images(stack_image, tmp_path_factory):
 
 
 def test_a_start_that_prints_nothing_at_first_is_not_restarted(flaky_images, tmp_path, capsys, monkeypatch):
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox import start_watch
+    from openwork_sandbox.sandbox.up import up
 
     # the stall threshold (20 s) shortened, yet above the start gates' 5 s beat with room for a loaded
     # host (at 4 s the suite beside an emulated host saw a real start's 4 s pause after "Run starting")
-    monkeypatch.setattr(lifecycle, "STALL_SECONDS", 12.0)
+    monkeypatch.setattr(start_watch, "START_TIMES", dataclasses.replace(start_watch.START_TIMES, stall_s=12.0))
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("silent"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
                              OPENWORK_MICROSANDBOX_PORT=str(free_port()),
                              OPENWORK_MICROSANDBOX_IMAGE=flaky_images["silent-at-first"], OPENWORK_HEALTH_TIMEOUT="120")
     try:
-        ep = lifecycle.up(settings)
+        ep = up(settings)
         err = capsys.readouterr().err
         assert "made no progress" not in err and "restarting" not in err, err[-2000:]
         assert requests.get(ep.url + "/health", timeout=5).ok
@@ -334,14 +339,16 @@ def test_a_start_that_prints_nothing_at_first_is_not_restarted(flaky_images, tmp
 
 @pytest.mark.parametrize("tag, said", [("hangs-once", "made no progress"), ("dies-once", "exited during start-up")])
 def test_a_start_that_sticks_or_dies_once_is_retried_once(flaky_images, tmp_path, capsys, monkeypatch, tag, said):
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox import start_watch
+    from openwork_sandbox.sandbox.up import up
 
-    monkeypatch.setattr(lifecycle, "STALL_SECONDS", 4.0)  # the stall threshold (20 s) shortened for the test
+    # the stall threshold (20 s) shortened for the test
+    monkeypatch.setattr(start_watch, "START_TIMES", dataclasses.replace(start_watch.START_TIMES, stall_s=4.0))
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(tag), OPENWORK_MICROSANDBOX_RUNTIME="docker",
                              OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_IMAGE=flaky_images[tag],
                              OPENWORK_HEALTH_TIMEOUT="120")
     try:
-        ep = lifecycle.up(settings)
+        ep = up(settings)
         assert said in capsys.readouterr().err
         assert requests.get(ep.url + "/health", timeout=5).ok
         assert (settings.data_dir / ".started-once").exists()
@@ -358,10 +365,10 @@ def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(s
     import http.server
     import threading
 
-    from openwork_sandbox.sandbox import lifecycle
     from openwork_sandbox.net import ports
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes.docker import engine_has_bridge
+    from openwork_sandbox.sandbox.up import up
 
     if engine_has_bridge():
         pytest.skip("the engine publishes ports (a bridge): a taken host port fails `docker run` itself")
@@ -384,7 +391,7 @@ def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(s
                              OPENWORK_HEALTH_TIMEOUT="240")
     try:
         with pytest.raises(WorkflowError) as caught:
-            lifecycle.up(settings)
+            up(settings)
         message = caught.value.message
         assert f"port {port} was taken by " in message, message
         assert "OPENWORK_MICROSANDBOX_PORT" in message and "\n" not in message

@@ -55,7 +55,7 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
     from microsandbox import Image
 
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.logs import sandbox_log_dir
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.state.store import SandboxState
@@ -125,7 +125,7 @@ def slow_probe(tmp_path_factory):
 
 def _create_sandbox(tmp_path, image: str):
     """``MicrosandboxRuntime.create`` of a sandbox named anew, as `up` calls it (pull, then boot)."""
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.state.store import SandboxState
 
@@ -191,7 +191,7 @@ def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_pa
 
 def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     name = unique_name("msbpull")
@@ -216,7 +216,7 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
     ("none", "deny", "allow", []),             # nothing out; the published port still answers
 ])
 def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingress, allowed_groups):
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
 
     port = free_port()
@@ -234,7 +234,7 @@ def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingre
 
 
 def test_offline_does_not_change_the_network_policy(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
 
     for offline in ("true", "false"):
@@ -312,7 +312,7 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
     whose /tmp is a tmpfs of Linux 6.1 ("strict stat virtualization requires xattr write support").
     Here a real ramfs (no xattrs at all) stands for such a filesystem; needs root to mount it."""
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     with ramfs() as mnt:
@@ -336,7 +336,7 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
     real SDK, given the same MSB_HOME, fails with only "trampoline rootfs: strict stat virtualization
     requires xattr write support on the mount root"."""
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
     with ramfs() as mnt:

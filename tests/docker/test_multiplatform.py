@@ -328,7 +328,7 @@ def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, t
     """Where microVMs cannot boot (here) the pull from the index is real and the boot failure is
     diagnosed; status then names the platform microsandbox picked from the index."""
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.probe import microvm_support, msb_path
     from openwork_sandbox.state.store import SandboxState

@@ -49,7 +49,8 @@ def wait_up(c: StackContainer, starts: int = 3) -> None:
 
 @pytest.fixture(scope="module")
 def box(stack_image, tmp_path_factory):
-    from openwork_sandbox.sandbox.lifecycle import reset, up
+    from openwork_sandbox.sandbox.reset import reset
+    from openwork_sandbox.sandbox.up import up
 
     tmp = tmp_path_factory.mktemp("persist")
     env = docker_env(stack_image.ref, "keep")
@@ -112,7 +113,8 @@ def test_when_only_the_sandbox_finds_data_unwritable_up_says_it_in_one_line(stac
     entrypoint's exit 73 becomes the same one line, at once, without three starts."""
     from openwork_sandbox.state import persist
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.lifecycle import reset, up
+    from openwork_sandbox.sandbox.reset import reset
+    from openwork_sandbox.sandbox.up import up
 
     settings = make_settings(tmp_path, **docker_env(stack_image.ref, "ro-inside", "60"))
     data = Path(settings.data_dir)
@@ -230,7 +232,8 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
     sandbox runs on as it was. Then the real upgrade: copied, verified, said in one line, replaced."""
     from openwork_sandbox.state import persist
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.lifecycle import reset, up
+    from openwork_sandbox.sandbox.reset import reset
+    from openwork_sandbox.sandbox.up import up
 
     settings = make_settings(tmp_path, **docker_env(stack_image.ref, "legacy", "90"))
     real_verify = persist.verify

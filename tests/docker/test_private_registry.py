@@ -54,7 +54,8 @@ def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_imag
                                                                      tmp_path, monkeypatch, short_msb_home, capsys):
     from openwork_sandbox.state.pin import pinned_image
     from openwork_sandbox.image.push import push_image
-    from openwork_sandbox.sandbox.lifecycle import status, up
+    from openwork_sandbox.sandbox.status import status
+    from openwork_sandbox.sandbox.up import up
     from openwork_sandbox.runtimes.probe import msb_path
 
     reg = tls_registry
@@ -357,7 +358,7 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_ima
     """Here the VM cannot boot, so the boot-failure message proves the pull before it went through."""
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.image.push import push_image
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.registry.access import PullAccess
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs

@@ -189,14 +189,14 @@ def test_a_starts_watch_spends_a_tenth_of_the_time_in_runtime_calls_however_slow
     tail. Where each call is slow, those looks used to take about half of a start's time (in the
     emulated host a starting opencode got 15% of the CPU); they are now spaced by what they cost.
     Where calls are quick the watch still looks every few seconds (a server that dies is seen soon)."""
-    from openwork_sandbox.sandbox.lifecycle import _StartWatch
+    from openwork_sandbox.sandbox.start_watch import StartWatch
 
     name = unique_name("i19-watch")
     subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", test_base_image, "sh", "-c",
                     "while :; do echo tick; sleep 1; done"], check=True, capture_output=True)
     try:
         rt = SlowHostDockerRuntime(name, tmp_path, delay)
-        watch = _StartWatch(rt, None, "0.18.1", free_port())
+        watch = StartWatch(rt, None, "0.18.1", free_port())
         began = time.monotonic()
         while time.monotonic() - began < 12:
             assert watch() is True

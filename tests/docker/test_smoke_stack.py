@@ -19,6 +19,7 @@ import pytest
 
 from openwork_sandbox.net.ports import free_port
 from openwork_sandbox.config import load_settings
+from openwork_sandbox.sandbox.up import up
 from openwork_sandbox.smoke.modes import attach_log_tail, local_target, run_smoke
 from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner
 
@@ -49,15 +50,15 @@ def leftovers(settings, prefix: str) -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def sandbox(stack_image, tmp_path_factory):
     """One sandbox booted by `up` (Docker runtime) for the read-only checks of this module."""
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.reset import reset
 
     settings = smoke_settings(tmp_path_factory.mktemp("smoke-state"), stack_image.ref,
                               name=f"smoke-stack-{secrets.token_hex(3)}")
     try:
-        ep = lifecycle.up(settings, as_json=False)
+        ep = up(settings, as_json=False)
         yield settings, ep
     finally:
-        lifecycle.reset(settings, yes=True)
+        reset(settings, yes=True)
 
 
 def test_all_checks_pass_against_the_real_stack(sandbox, tmp_path, capsys):
@@ -105,7 +106,7 @@ def test_server_killed_mid_run(sandbox):
     """Kill openwork-server inside the runtime just before `auth-accepted`: that check fails, the
     later ones are skipped, and the attached log tail shows the death. (It ends the module's
     sandbox: the tests after this one expect it stopped.)"""
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.endpoint import runtime_exec
 
     settings, ep = sandbox
 
@@ -116,7 +117,7 @@ def test_server_killed_mid_run(sandbox):
             script = ('for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] && continue; '
                       'case "$(tr "\\0" " " < "$p/cmdline" 2>/dev/null)" in '
                       '*"bin/openwork-server --host"*) kill -9 "$n" ;; esac; done; true')
-            code, output = lifecycle.runtime_exec(settings, ["sh", "-c", script])
+            code, output = runtime_exec(settings, ["sh", "-c", script])
             assert code == 0, output
             time.sleep(0.5)  # let the socket close and the orchestrator log the exit
 
@@ -136,10 +137,10 @@ def test_server_killed_mid_run(sandbox):
 def test_stopped_sandbox_is_unreachable_without_waiting_the_deadline(sandbox, capsys):
     """A stopped sandbox: exit 3, and the hint says to run `up`. The runtime's "not running" ends
     the health wait at once instead of after OPENWORK_HEALTH_TIMEOUT (90 s here)."""
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.down import down
 
     settings, _ = sandbox
-    lifecycle.down(settings)  # (already stopped when the kill test ran before)
+    down(settings)  # (already stopped when the kill test ran before)
     code = run_smoke(settings, as_json=True)
     out = capsys.readouterr()
     assert code == 3, out.err
@@ -150,7 +151,7 @@ def test_stopped_sandbox_is_unreachable_without_waiting_the_deadline(sandbox, ca
 
 def test_ephemeral_leaves_nothing_behind(stack_image, tmp_path, capsys):
     base = smoke_settings(tmp_path / "state", stack_image.ref, name="eph-ok")
-    code = run_smoke(base, ephemeral=True, persistence=True, as_json=True)
+    code = run_smoke(base, ephemeral=True, persistence=True, as_json=True, boot=up)
     out = capsys.readouterr()
     assert code == 0, out.err
     report = json.loads(out.out)
@@ -163,7 +164,7 @@ def test_ephemeral_leaves_nothing_behind_when_a_check_fails(stack_image, tmp_pat
     """The server cannot be healthy within 0.2 s: the health check fails (readiness, exit 1), the
     log tail is shown, and the sandbox and its state folder are gone."""
     base = smoke_settings(tmp_path / "state", stack_image.ref, name="eph-bad", health_timeout="0.2")
-    code = run_smoke(base, ephemeral=True, as_json=True)
+    code = run_smoke(base, ephemeral=True, as_json=True, boot=up)
     out = capsys.readouterr()
     assert code == 1, out.err
     report = json.loads(out.out)

@@ -85,20 +85,21 @@ def racing_image(stack_image, tmp_path_factory):
 
 
 def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(racing_image, tmp_path, capsys):
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox.logs import logs
+    from openwork_sandbox.sandbox.up import up
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("race"),
                              OPENWORK_MICROSANDBOX_RUNTIME="docker", OPENWORK_MICROSANDBOX_PORT=str(free_port()),
                              OPENWORK_MICROSANDBOX_IMAGE=racing_image, OPENWORK_HEALTH_TIMEOUT="120")
     try:
-        ep = lifecycle.up(settings)
+        ep = up(settings)
         said = capsys.readouterr().err
         assert requests.get(ep.url + "/health", timeout=5).ok
         assert "made no progress" not in said and "restarting" not in said  # no watchdog restart
         race_lines = [line for line in said.splitlines() if "start race held off" in line]
         assert len(race_lines) == 1, said
 
-        lifecycle.logs(settings)
+        logs(settings)
         log = capsys.readouterr().out
         assert "[standin-opencode-drops-first-request] read the first request" in log  # the race did strike
         assert "opencode-gate: start race held off: opencode dropped" in log

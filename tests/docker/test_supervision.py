@@ -65,7 +65,7 @@ def healthy(settings, token) -> bool:
 
 @pytest.fixture(scope="module")
 def box(stack_image, tmp_path_factory):
-    from openwork_sandbox.sandbox.lifecycle import up
+    from openwork_sandbox.sandbox.up import up
 
     tmp = tmp_path_factory.mktemp("supervise")
     env = docker_env(stack_image.ref, "i17a-sup", health_timeout="300")  # a loaded 2-core machine

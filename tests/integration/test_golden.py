@@ -70,18 +70,14 @@ def _fixed_settings(tmp_path: Path):
 
 
 def _settings_loader():
-    try:
-        from openwork_sandbox.config import load_settings
-    except ImportError:
-        from openwork_sandbox.config.settings import load_settings
+    from openwork_sandbox.config import load_settings
+
     return load_settings
 
 
 def _launch_spec():
-    try:
-        from openwork_sandbox.sandbox.launch import launch_spec
-    except ImportError:
-        from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
+
     return launch_spec
 
 
@@ -99,10 +95,7 @@ def _context_dir() -> Path:
     import openwork_sandbox
 
     pkg = Path(openwork_sandbox.__file__).parent
-    for candidate in (pkg / "image" / "context", pkg / "image"):
-        if (candidate / "Dockerfile").exists():
-            return candidate
-    raise AssertionError("no build context with a Dockerfile in the package")
+    return pkg / "image" / "context"
 
 
 def test_the_build_context_bytes_are_unchanged():

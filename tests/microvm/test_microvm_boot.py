@@ -22,7 +22,11 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
     (its step "microvm tests", with OPENWORK_HEALTH_TIMEOUT set for a host 14-25x slower)."""
     import requests
 
-    from openwork_sandbox.sandbox.lifecycle import down, endpoint, reset, runtime_exec, status, up
+    from openwork_sandbox.sandbox.down import down
+    from openwork_sandbox.sandbox.endpoint import endpoint, runtime_exec
+    from openwork_sandbox.sandbox.reset import reset
+    from openwork_sandbox.sandbox.status import status
+    from openwork_sandbox.sandbox.up import up
 
     name = unique_name("vm")
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
@@ -89,7 +93,8 @@ def test_a_microvm_that_stops_under_its_starting_server_is_booted_again(tmp_path
     says so in one line, boots it again and is healthy; the state made before the stop is kept."""
     import requests
 
-    from openwork_sandbox.sandbox.lifecycle import reset, up
+    from openwork_sandbox.sandbox.reset import reset
+    from openwork_sandbox.sandbox.up import up
 
     ref = build_and_push(tmp_path, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(POWER_OFF_ONCE)}]\n'
                                    "CMD []\n", f"{REGISTRY}/owtest-lifecycle:vm-stops-once")

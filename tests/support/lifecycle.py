@@ -92,7 +92,7 @@ def up_json(settings, capsys, **kw) -> dict:
     """`up --json` in this process: its JSON object, plus what it said on stderr under "stderr"."""
     import json
 
-    from openwork_sandbox.sandbox.lifecycle import up
+    from openwork_sandbox.sandbox.up import up
 
     capsys.readouterr()
     up(settings, as_json=True, **kw)

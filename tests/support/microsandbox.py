@@ -39,7 +39,7 @@ def remove_sandbox(name: str) -> None:
 
 
 def runtime_log_lines(settings):
-    from openwork_sandbox.sandbox.lifecycle import server_log_tail
+    from openwork_sandbox.sandbox.endpoint import server_log_tail
 
     return server_log_tail(settings, 5)[0]
 

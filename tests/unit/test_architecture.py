@@ -28,31 +28,31 @@ def test_import_linter_keeps_every_contract():
     assert "broken" in proc.stdout and " 0 broken" in proc.stdout
 
 
-def test_import_linter_names_an_upward_import(tmp_path):
-    """The contract can fail: a copy of the package where ``core`` imports ``sandbox`` breaks it."""
-    shutil.copytree(PACKAGE, tmp_path / "openwork_sandbox", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "harness", tmp_path / "harness", ignore=shutil.ignore_patterns("__pycache__"))  # a root too
+def _lint_a_copy_with(tmp_path: Path, module: str, extra: str) -> str:
+    """import-linter's verdict on a copy of the checkout's root packages where ``module`` (a path under
+    ``openwork_sandbox/``) has ``extra`` appended; its output with import-linter's line wraps undone."""
+    for root in ("openwork_sandbox", "harness"):
+        shutil.copytree(ROOT / root, tmp_path / root, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    errors = tmp_path / "openwork_sandbox" / "core" / "errors.py"
-    errors.write_text(errors.read_text() + "\n\ndef _upward():\n    from openwork_sandbox.sandbox import doctor\n")
+    target = tmp_path / "openwork_sandbox" / module
+    target.write_text(target.read_text() + extra)
     proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
                            "from importlinter.cli import lint_imports_command; lint_imports_command()",
                            "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "openwork_sandbox.core.errors -> openwork_sandbox.sandbox.doctor" in proc.stdout
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    return " ".join(proc.stdout.split())
+
+
+def test_import_linter_names_an_upward_import(tmp_path):
+    """The layers can fail: a copy of the package where ``core`` imports ``sandbox`` breaks them."""
+    said = _lint_a_copy_with(tmp_path, "core/errors.py", "\n\ndef _upward():\n    from openwork_sandbox.sandbox import doctor\n")
+    assert "openwork_sandbox.core.errors -> openwork_sandbox.sandbox.doctor" in said
 
 
 def test_import_linter_names_a_runtime_importing_the_other(tmp_path):
     """The runtimes' contracts can fail: a copy where the microsandbox runtime imports the Docker one."""
-    shutil.copytree(PACKAGE, tmp_path / "openwork_sandbox", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    spec = tmp_path / "openwork_sandbox" / "runtimes" / "microsandbox" / "spec.py"
-    spec.write_text(spec.read_text() + "\n\ndef _sideways():\n    from openwork_sandbox.runtimes import docker\n")
-    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
-                           "from importlinter.cli import lint_imports_command; lint_imports_command()",
-                           "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    said = " ".join(proc.stdout.split())  # import-linter wraps its lines
-    assert proc.returncode != 0
+    said = _lint_a_copy_with(tmp_path, "runtimes/microsandbox/spec.py",
+                             "\n\ndef _sideways():\n    from openwork_sandbox.runtimes import docker\n")
     assert "never import each other BROKEN" in said
     assert "openwork_sandbox.runtimes.microsandbox.spec -> openwork_sandbox.runtimes.docker" in said
 

@@ -274,7 +274,7 @@ def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
 
 def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
     """A running microVM cannot boot here: its status is given (the real runtime object otherwise)."""
-    from openwork_sandbox.sandbox import lifecycle
+    from openwork_sandbox.sandbox import locate
     from openwork_sandbox.sandbox.backup import backup
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes import RUNNING, RuntimeStatus
@@ -282,7 +282,7 @@ def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
 
     settings = source["settings"]
     rt = MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
-    monkeypatch.setattr(lifecycle, "sandbox_status", lambda s: (rt, RuntimeStatus(RUNNING)))
+    monkeypatch.setattr(locate, "sandbox_status", lambda s: (rt, RuntimeStatus(RUNNING)))
     out = source["tmp"] / "never.tar.gz"
     with pytest.raises(WorkflowError) as info:
         backup(settings, output=out)

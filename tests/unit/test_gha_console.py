@@ -93,7 +93,7 @@ def test_outside_actions_the_boundary_is_unchanged(monkeypatch, capsys):
 
 
 def test_export_writes_delimited_values_and_masks_first(actions, capsys):
-    from openwork_sandbox.sandbox.lifecycle import Endpoint
+    from openwork_sandbox.sandbox.endpoint import Endpoint
 
     ep = Endpoint("http://127.0.0.1:8787", "client-tok-abcdef", "host-tok-abcdef", "docker", "box", None)
     gha.export_sandbox(ep)

@@ -67,7 +67,7 @@ def test_owner_alive_asks_the_process_table():
 def test_marks_reach_both_runtimes(tmp_path, monkeypatch):
     """The Docker labels and the microVM's labels and max_duration come from one LaunchSpec."""
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import MARK_PREFIX, create_kwargs
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="owtest-i17a-marks",

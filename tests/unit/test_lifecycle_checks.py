@@ -47,7 +47,7 @@ def test_docker_support_answers(services):
 
 
 def test_auto_runtime_says_what_it_chose_and_why(tmp_path, services):
-    from openwork_sandbox.sandbox.lifecycle import choose_runtime
+    from openwork_sandbox.sandbox.launch import choose_runtime
 
     kind, why = choose_runtime(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name()))
     if probe.microvm_support()[0]:
@@ -59,7 +59,7 @@ def test_auto_runtime_says_what_it_chose_and_why(tmp_path, services):
 # --- port in use ------------------------------------------------------------------------------------
 
 def test_port_in_use_names_port_and_holder_and_creates_nothing(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import up
+    from openwork_sandbox.sandbox.up import up
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -253,34 +253,34 @@ def test_check_workspaces_wants_401_then_200():
 
 
 def test_exposure_beyond_loopback_needs_long_tokens(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import _check_exposure
+    from openwork_sandbox.sandbox.launch import check_exposure
 
     short = make_settings(tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10", OPENWORK_TOKEN="short-token-123",
                           OPENWORK_HOST_TOKEN="x" * 30)
     with pytest.raises(WorkflowError) as err:
-        _check_exposure(short)
+        check_exposure(short)
     assert "OPENWORK_TOKEN" in err.value.message and "24" in err.value.message
     assert "short-token-123" not in err.value.message
-    _check_exposure(make_settings(tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10"))  # generated tokens are long
-    _check_exposure(make_settings(tmp_path, OPENWORK_TOKEN="short"))  # loopback: allowed
+    check_exposure(make_settings(tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10"))  # generated tokens are long
+    check_exposure(make_settings(tmp_path, OPENWORK_TOKEN="short"))  # loopback: allowed
 
 
 def test_since_and_tail_parsing():
-    from openwork_sandbox.sandbox.lifecycle import _parse_tail, parse_since
+    from openwork_sandbox.sandbox.logs import parse_since, parse_tail
 
     assert parse_since("30") == 30 and parse_since("5m") == 300 and parse_since("2h") == 7200
     assert parse_since(None) is None
     with pytest.raises(WorkflowError):
         parse_since("yesterday")
-    assert _parse_tail("10") == 10 and _parse_tail(None) is None
+    assert parse_tail("10") == 10 and parse_tail(None) is None
     with pytest.raises(WorkflowError):
-        _parse_tail("-3")
+        parse_tail("-3")
 
 
 def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
     """STAND-IN for a bridge network, which this engine (dockerd --bridge=none) cannot have:
     ``engine_has_bridge`` is forced to True to check the argv `up` would use there."""
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes import docker
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT="18080")
@@ -300,7 +300,7 @@ def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
 
 
 def test_endpoint_and_log_tail_without_any_sandbox(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import endpoint, server_log_tail
+    from openwork_sandbox.sandbox.endpoint import endpoint, server_log_tail
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_MICROSANDBOX_RUNTIME="docker")
     with pytest.raises(WorkflowError) as err:
@@ -316,7 +316,7 @@ def test_endpoint_and_log_tail_without_any_sandbox(tmp_path):
 
 
 def test_offline_turns_off_opencodes_models_fetch_and_changes_the_fingerprint(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     online = launch_spec(make_settings(tmp_path, OPENWORK_OFFLINE="false"), "docker", "t" * 30, "h" * 30)
     offline = launch_spec(make_settings(tmp_path, OPENWORK_OFFLINE="true"), "docker", "t" * 30, "h" * 30)

@@ -51,7 +51,7 @@ def test_tokens_without_create_do_not_invent_any(tmp_path):
 
 
 def test_fingerprint_follows_image_and_settings_not_order(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     name = unique_name()
     base = launch_spec(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name), "docker", "t" * 40, "h" * 40)
@@ -186,8 +186,8 @@ def test_reset_refuses_a_folder_that_contains_home_or_escapes(tmp_path):
 
 
 def test_reset_task_refuses_dangerous_state_dir_and_deletes_nothing(tmp_path):
-    """Through `lifecycle.reset`: OPENWORK_STATE_DIR pointing at the project root is refused."""
-    from openwork_sandbox.sandbox.lifecycle import reset
+    """Through `reset`: OPENWORK_STATE_DIR pointing at the project root is refused."""
+    from openwork_sandbox.sandbox.reset import reset
 
     project = tmp_path / "project"
     project.mkdir()
@@ -203,7 +203,7 @@ def test_reset_task_refuses_dangerous_state_dir_and_deletes_nothing(tmp_path):
 
 
 def test_reset_without_yes_and_without_terminal_asks_for_yes(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import reset
+    from openwork_sandbox.sandbox.reset import reset
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_MICROSANDBOX_RUNTIME="docker")
     SandboxState(settings).ensure()

@@ -247,7 +247,7 @@ def test_the_entrypoints_line_becomes_the_one_line_error(tmp_path):
 
 
 def test_up_passes_a_home_under_data_and_the_layout_is_in_the_fingerprint(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("env"))
     spec = launch_spec(settings, "docker", "t" * 40, "h" * 40)

@@ -145,7 +145,7 @@ def test_up_says_which_secret_setting_made_it_recreate():
 
 
 def test_the_launch_spec_mounts_the_folder_read_only_and_keeps_values_out_of_the_env(tmp_path):
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-launch-secret-000"})
     spec = launch_spec(s, "docker", "t" * 40, "h" * 40, sandbox_secrets.gather(s))
@@ -157,7 +157,7 @@ def test_the_launch_spec_mounts_the_folder_read_only_and_keeps_values_out_of_the
 
 def test_the_microvm_mounts_the_folder_read_only(tmp_path):
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.sandbox.lifecycle import launch_spec
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
 
     s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-launch-secret-000"})

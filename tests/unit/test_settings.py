@@ -363,7 +363,7 @@ def test_no_module_reads_openwork_settings_outside_settings_py():
 
 @pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("2m", 120.0), (" 1.5h ", 5400.0), ("1d", 86400.0)])
 def test_durations_are_read_one_way_everywhere(tmp_path, text, seconds):
-    from openwork_sandbox.sandbox.lifecycle import parse_since
+    from openwork_sandbox.sandbox.logs import parse_since
 
     s = load(tmp_path, env={"OPENWORK_HEALTH_TIMEOUT": text, "OPENWORK_REQUEST_TIMEOUT": text})
     assert s.health_timeout == seconds and s.request_timeout == seconds

@@ -324,11 +324,12 @@ def test_ephemeral_bad_settings_are_exit_2_and_leave_nothing(tmp_path):
     """A port published beyond loopback with a short token: `up` refuses before creating anything,
     and smoke --ephemeral reports it as bad settings (exit 2), not as a failed check."""
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.up import up
 
     settings = settings_for(tmp_path, connect_host="0.0.0.0", token="short", host_token="also-short",
                             runtime="docker")
     with pytest.raises(WorkflowError) as info:
-        run_smoke(settings, ephemeral=True)
+        run_smoke(settings, ephemeral=True, boot=up)
     assert info.value.exit_code == 2 and "OPENWORK_TOKEN" in info.value.message
     state = tmp_path / "state"
     assert not state.exists() or list(state.iterdir()) == []

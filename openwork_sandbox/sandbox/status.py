@@ -1,0 +1,88 @@
+"""``status``: what the sandbox is now (runtime, state, image, URL, health, uptime, restarts)."""
+
+from __future__ import annotations
+
+import time
+
+from openwork_sandbox.config import Settings
+from openwork_sandbox.core import console
+from openwork_sandbox.runtimes import ABSENT, RUNNING, RuntimeStatus
+from openwork_sandbox.sandbox.launch import launch_spec
+from openwork_sandbox.sandbox.locate import existing_runtime
+from openwork_sandbox.state.store import SandboxState
+
+
+def _uptime(seconds: float | None) -> str:
+    """``seconds`` as its two largest units (``2h5m``, ``40s``); ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    parts = [(seconds // 86400, "d"), (seconds % 86400 // 3600, "h"), (seconds % 3600 // 60, "m"), (seconds % 60, "s")]
+    shown = [f"{n}{u}" for n, u in parts if n]
+    return "".join(shown[:2]) or "0s"
+
+
+def status(settings: Settings, *, as_json: bool = False) -> int:
+    """Runtime, state, image and digest, URL, health, uptime, restarts: a table on stderr, or with
+    ``as_json`` one JSON object on stdout. Returns 0 when running, healthy and not in a crash loop,
+    else 1. Reads only: nothing is started, written or created."""
+    from openwork_sandbox.net.health import health_once
+
+    state = SandboxState(settings)
+    record = state.record()
+    rt = existing_runtime(settings, state)
+    st = rt.status() if rt else RuntimeStatus(ABSENT)
+    digest = rt.digest(st) if rt is not None else None
+    health = health_once(settings.url, timeout_s=min(2.0, settings.request_timeout)) if st.state == RUNNING else None
+    uptime = (time.time() - st.started_at) if st.started_at else None
+    token, host_token = state.tokens(create=False)
+    current = None
+    if st.state != ABSENT and rt is not None and token and host_token:
+        current = launch_spec(settings, rt.kind, token, host_token).fingerprint == st.fingerprint
+    info = {
+        "name": settings.name,
+        "runtime": rt.kind if rt else record.get("runtime"),
+        "state": st.state,
+        "detail": st.detail,
+        "image": st.image or record.get("image"),
+        "digest": digest,
+        "platform": rt.platform(st) if rt is not None and st.state != ABSENT else None,
+        "url": settings.url,
+        "healthy": health is not None,
+        "server_version": (health or {}).get("version"),
+        "uptime_seconds": round(uptime, 1) if uptime is not None else None,
+        "workspace_id": record.get("workspace_id"),
+        "settings_current": current,
+        "state_dir": str(settings.sandbox_state_dir),
+    }
+    from openwork_sandbox.state.supervision import read as read_supervision
+
+    supervised = read_supervision(settings.data_dir)
+    info["supervisor"] = supervised.as_dict() if supervised else None
+    info["engine_restarts"] = st.engine_restarts
+    crash_loop = bool(supervised and supervised.crash_loop)
+    code = 0 if (st.state == RUNNING and health is not None and not crash_loop) else 1
+    if as_json:
+        console.emit_json(info)
+        return code
+    mark = console.OK if code == 0 else console.BAD
+    console.info(f"{mark} {settings.name}: {st.state}{(' (' + st.detail + ')') if st.detail and st.state != RUNNING else ''}")
+    console.print_table([
+        ("runtime", info["runtime"] or "-"),
+        ("image", info["image"] or "-"),
+        ("digest", digest or "-"),
+        ("platform", info["platform"] or "-"),
+        ("URL", settings.url),
+        ("health", ("ok" + (f" (server {info['server_version']})" if info["server_version"] else "")) if health
+         else ("no answer" if st.state == RUNNING else "-")),
+        ("uptime", _uptime(uptime)),
+        ("workspace", info["workspace_id"] or "-"),
+        ("restarts", (supervised.summary() if supervised else "- (no supervisor record)")
+         + (f"; the engine restarted the sandbox {st.engine_restarts} times" if st.engine_restarts else "")),
+        ("state dir", settings.sandbox_state_dir),
+    ])
+    if crash_loop:
+        console.info(f"{console.BAD} the server is in a crash loop: `invoke logs --tail 100` shows why it keeps dying")
+    if current is False:
+        console.info("settings changed since this sandbox was created: `invoke up` recreates it (state kept)")
+    return code

@@ -1,0 +1,235 @@
+"""``up``: create, start or reuse the sandbox and wait until its server is healthy.
+
+:func:`up` picks the runtime (``launch.choose_runtime``: microsandbox where microVMs boot, else
+Docker), observes (the record, the runtime's status, one health probe, the port), decides
+(``decision.decide_up``), acts (copy old-layout state out, remove, create or start, wait with
+``start_watch``) and reports the URL, the workspace id and the tokens (masked unless asked), or with
+``as_json`` one JSON object on stdout. ``.state/<name>/`` (:mod:`openwork_sandbox.state.store`)
+keeps the tokens, the record of what runs (``sandbox.json``, which `up` writes through
+:func:`_save_record` only) and the two bind-mounted folders; it survives ``down``, ``up --replace``
+and settings changes, and only ``reset`` deletes it.
+
+Errors are ``WorkflowError`` (exit 1; an ``UnreachableError``, exit 3, when a healthy server's
+``/workspaces`` cannot be reached); bad settings exit 2 (``SettingsError``, ``EXIT_BAD_SETTINGS``).
+A sandbox that failed to start is left as it is for inspection.
+Runtimes are built through ``openwork_sandbox.runtimes.runtime_for``, looked up at call time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+from openwork_sandbox import runtimes
+from openwork_sandbox.config import Settings
+from openwork_sandbox.core import console, interrupts
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.runtimes import RUNNING, LaunchSpec, Runtime
+from openwork_sandbox.sandbox.decision import (
+    CREATE,
+    QUIET,
+    RECREATE,
+    RELAUNCH,
+    REUSE,
+    START,
+    Observed,
+    UpDecision,
+    decide_up,
+)
+from openwork_sandbox.sandbox.endpoint import Endpoint
+from openwork_sandbox.sandbox.launch import check_exposure, choose_runtime, launch_spec
+from openwork_sandbox.sandbox.start_watch import wait_until_ready
+from openwork_sandbox.state import persist
+from openwork_sandbox.state.store import SandboxState
+
+
+def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
+    """One line naming the port and what holds it when ``decision`` needs the port and it is taken."""
+    from openwork_sandbox.net.ports import port_holder
+
+    if decision.port_busy:
+        raise WorkflowError(
+            f"port {settings.port} is already in use by {port_holder(settings.port)}: stop it, or choose another port "
+            f"with --port / OPENWORK_MICROSANDBOX_PORT"
+        )
+
+
+def _report(ep: Endpoint, *, action: str, seconds: float, settings: Settings, show_tokens: bool, as_json: bool,
+            health: dict | None) -> None:
+    """What `up` did, on stderr (a table), or with ``as_json`` one JSON object on stdout; tokens masked
+    unless ``show_tokens``."""
+    shown = (lambda s: s) if show_tokens else console.mask
+    if as_json:
+        console.emit_json({
+            "name": ep.name, "runtime": ep.runtime, "action": action, "url": ep.url,
+            "workspace_id": ep.workspace_id, "seconds": round(seconds, 3), "image": settings.image,
+            "token": shown(ep.token), "host_token": shown(ep.host_token),
+            "state_dir": str(settings.sandbox_state_dir), "workspace_dir": str(settings.workspace_dir),
+            "data_dir": str(settings.data_dir), "server_version": (health or {}).get("version"),
+        })
+        return
+    console.info(f"{console.OK} {ep.name} is up ({action}, {ep.runtime}, {seconds:.1f}s)")
+    console.print_table([
+        ("URL", ep.url),
+        ("workspace", ep.workspace_id or "(none)"),
+        ("client token", shown(ep.token)),
+        ("host token", shown(ep.host_token)),
+        ("workspace dir", settings.workspace_dir),
+        ("data dir", settings.data_dir),
+    ])
+    if not show_tokens:
+        console.info("tokens are masked: --show-tokens prints them (they are kept in "
+                      f"{settings.sandbox_state_dir / 'tokens.json'} unless you set them)")
+
+
+def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, spec_fingerprint: str,
+             secret_digests: dict | None = None) -> Observed:
+    """What `up` decides on: the record, the runtime's status, one health probe, the port, and which
+    secret settings differ from what the sandbox was made with."""
+    from openwork_sandbox.net.health import health_once
+    from openwork_sandbox.net.ports import port_is_free
+    from openwork_sandbox.state.secrets import changed_parts
+
+    st = rt.status()
+    record = state.record()
+    return Observed(
+        name=settings.name, kind=kind, recorded=record.get("runtime"), status=st,
+        fingerprint=spec_fingerprint, replace=settings.replace,
+        health=health_once(settings.url, timeout_s=1.0) if st.state == RUNNING else None,
+        port_free=port_is_free(settings.port, settings.bind_address),
+        changed=changed_parts(record.get("secrets"), secret_digests or {}) if secret_digests is not None else (),
+    )
+
+
+def _save_record(state: SandboxState, settings: Settings, kind: str, spec: LaunchSpec, **extra) -> None:
+    """The one place `up` writes what runs (so logs/status/reset find it even when a boot fails)."""
+    state.save_record(runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port,
+                      url=settings.url, **extra)
+
+
+def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, decision: UpDecision,
+         spec: LaunchSpec, token: str, secrets=None) -> tuple[dict, str | None]:
+    """Carry out ``decision`` (see the module doc); returns the health body and the workspace id.
+    The record is written before anything boots, so logs/status/reset find a sandbox whose start failed."""
+    from openwork_sandbox.net.health import check_workspaces
+
+    if decision.remove_old:
+        old = runtimes.runtime_for(decision.remove_old, settings)
+        persist.migrate_before_replace(settings, old, spec)  # a failed copy puts it back (its server too) and stops here
+        try:
+            if old.remove():
+                console.info(f"removed the {decision.remove_old} sandbox {settings.name} (runtime changed to "
+                             f"{rt.kind}; state kept)")
+        except WorkflowError as exc:
+            console.info(f"note: could not remove the old {decision.remove_old} sandbox: {exc.message}")
+    if decision.action not in QUIET:
+        console.info(decision.reason)
+    if decision.action == REUSE:
+        return seen.health or {}, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
+    fresh = decision.action in (CREATE, RECREATE)
+    made = {"created_at": time.time(), "workspace_id": None} if fresh else {}
+    if secrets is not None:  # the mounted folder, before anything boots (a start mounts it too)
+        from openwork_sandbox.state.secrets import write
+
+        write(settings, secrets)
+        if fresh:  # the digests of what it is made with: a later `up` names what changed
+            made["secrets"] = secrets.digests() or None
+    _save_record(state, settings, rt.kind, spec, **made)
+    if decision.action == RECREATE:
+        persist.migrate_before_replace(settings, rt, spec)  # a failed copy stops here
+        rt.remove()
+    if fresh:
+        rt.create(spec)
+    elif decision.action in (START, RELAUNCH):
+        rt.start(spec)
+    return wait_until_ready(settings, rt, token, spec)
+
+
+def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, as_json: bool = False) -> Endpoint:
+    """Create, start or reuse the sandbox and wait until its server is healthy; see the module doc.
+
+    Observe, decide (:func:`decision.decide_up`), act, report; returns where the server answers.
+    For a new sandbox the decision is also made before the lock, so a busy port fails before
+    anything is created; the one acted on is made under the lock (another `up` may have finished
+    meanwhile). Holds a host-wide start slot while it boots; interrupted (Ctrl+C, SIGTERM) before
+    the server was healthy, it stops what it started and re-raises KeyboardInterrupt. ``follow``
+    streams the server log afterwards until Ctrl+C."""
+    from openwork_sandbox.state.secrets import gather
+
+    started = time.monotonic()
+    state = SandboxState(settings)
+    check_exposure(settings)
+    token, host_token = state.tokens(create=False)  # a tokens.json that does not parse stops here, before any change
+    secrets = gather(settings)  # an unset OPENWORK_SANDBOX_ENV variable or a bad opencode config: before anything
+    kind, why = choose_runtime(settings, state)
+    console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
+    rt = runtimes.runtime_for(kind, settings)
+
+    if not state.exists():  # the lock creates .state/<name>/: a busy port fails before that
+        fp = launch_spec(settings, kind, token or "", host_token or "").fingerprint
+        _refuse_busy_port(settings, decide_up(_observe(settings, state, kind, rt, fp)))
+    with state.lock(action="up"):
+        state.ensure()
+        persist.check_data_dir(settings)  # before anything is removed or booted
+        token, host_token = state.tokens()
+        if not token or not host_token:  # tokens() generates what is missing; this is a safety net
+            raise WorkflowError(f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again")
+        spec = launch_spec(settings, kind, token, host_token, secrets)
+        seen = _observe(settings, state, kind, rt, spec.fingerprint, secrets.digests())
+        decision = decide_up(seen)
+        _refuse_busy_port(settings, decision)
+        with interrupts.sigterm_as_interrupt():
+            try:
+                with _start_slot(settings, decision):
+                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, token, secrets)
+                    if not settings.ephemeral:  # healthy: from now on the runtime brings it back (Docker: restart policy)
+                        rt.keep_running()
+            except KeyboardInterrupt:
+                if decision.action != REUSE:
+                    _stop_half_started(settings, rt)
+                raise
+        _save_record(state, settings, kind, spec, workspace_id=workspace_id, healthy_at=time.time())
+
+    ep = Endpoint(settings.url, token, host_token, kind, settings.name, workspace_id)
+    _report(ep, action=decision.done, seconds=time.monotonic() - started, settings=settings, show_tokens=show_tokens,
+            as_json=as_json, health=health)
+    if follow:
+        _follow(rt, tail=20, to_stdout=not as_json)
+    return ep
+
+
+def _start_slot(settings: Settings, decision: UpDecision):
+    """One of the host's start slots (start_slots) while `up` boots; none to reuse a running sandbox."""
+    from openwork_sandbox.sandbox.start_slots import default_slots, start_slot
+
+    if decision.action == REUSE:
+        return contextlib.nullcontext()
+    slots = settings.start_slots if settings.start_slots is not None else default_slots()
+    return start_slot(slots, settings.name)
+
+
+def _stop_half_started(settings: Settings, rt: Runtime) -> None:
+    """`up` was interrupted (Ctrl+C, CI's SIGTERM) while it booted: stop what it started, so no
+    half-started sandbox is left running; the state is kept and the next `up` starts it again."""
+    with interrupts.no_interrupts():
+        try:
+            stopped = rt.stop()
+        except WorkflowError as exc:
+            console.info(f"interrupted: could not stop {settings.name}: {exc.message}; `invoke down` stops it")
+            return
+    what = "stopped it" if stopped else "it is not running"
+    console.info(f"interrupted before {settings.name} was healthy: {what} (state kept in {settings.sandbox_state_dir}); "
+                 "`invoke up` starts it again")
+
+
+def _follow(rt: Runtime, *, tail: int | None, to_stdout: bool = True) -> None:
+    """Stream the server log (last ``tail`` lines first) until Ctrl+C, which leaves the sandbox running."""
+    out = sys.stdout if to_stdout else sys.stderr
+    console.info("following the server log; Ctrl+C stops following (the sandbox keeps running)")
+    try:
+        for line in rt.stream_logs(follow=True, tail=tail):
+            print(line, file=out, flush=True)
+    except KeyboardInterrupt:
+        console.info("stopped following the log; the sandbox keeps running")
+
