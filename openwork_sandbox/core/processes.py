@@ -1,17 +1,44 @@
-"""Where external commands are run (docker, msb, skopeo, npm). Nothing here prints.
+"""The one place that runs external programs: docker, npm, git, tar, ss, Docker's credential helpers,
+qemu-user, the programs a build checks, and this package's own child processes.
 
-Every failure becomes a :class:`WorkflowError` whose message names the command and its last
-line of stderr; a missing program says how to get it.
+Every call follows the same rules:
+
+- **Timeout.** ``run`` and ``docker`` stop a program after 600 s unless the caller names another
+  timeout; a stream (``stream_lines``, ``stream_bytes``) runs as long as the caller reads, unless it
+  names one (``docker logs --follow`` has no end). A program past its timeout is stopped, and that is
+  a :class:`CommandTimeout`: ``<command> did not finish within <N>s``.
+- **Missing program.** A program that is not installed is a :class:`ProgramMissing`:
+  ``<program> is not installed: <how to get it>``; one that cannot be started for another reason
+  (not executable) is ``cannot run <program> (<reason>)``.
+- **Failure.** With ``check`` (the default) a non-zero exit is a ``WorkflowError``:
+  ``<command> failed (exit N): <its last line on stderr>`` (on either stream, for ``stream_lines``).
+  With ``check=False`` the caller reads ``returncode`` and words the failure itself.
+- Each error is a ``WorkflowError``: one line, no traceback. ``<command>`` is the first three words
+  of the argv (``docker pull REF``). A caller that knows the way out (which setting, which host) may
+  catch one of these and say it in its own words.
+- **Progress.** Nothing here prints, but ``progress=``: while that program runs,
+  :func:`console.heartbeat` prints ``… <progress> (Ns)`` whenever the log was silent for
+  ``console.PLAIN_EVERY`` seconds (the console's rule: a line at least every 10 s off a TTY).
+- Secrets go to a program on its stdin (``input=``), never on its command line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shutil
 import subprocess
-from typing import Sequence
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 
+DEFAULT_TIMEOUT = 600.0
+STOP_GRACE = 5.0  # seconds a stopped stream has to exit after SIGTERM before SIGKILL
 INSTALL_HINTS = {
     "docker": "install Docker (Debian: scripts/services start installs docker.io), or start Docker Desktop",
     "msb": "pip install microsandbox (it brings the msb runtime)",
@@ -21,80 +48,151 @@ INSTALL_HINTS = {
 
 
 class CommandTimeout(WorkflowError):
-    """A command was stopped because it ran past its timeout."""
+    """A program was stopped because it ran past its timeout."""
+
+
+class ProgramMissing(WorkflowError):
+    """The program to run is not installed (not on ``PATH``, or no such file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A finished program: its exit code and what it wrote (``str``, or ``bytes`` with ``text=False``)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: Any
+    stderr: Any
 
 
 def which(program: str) -> str | None:
+    """The path ``program`` would run from, or None when it is not installed."""
     return shutil.which(program)
 
 
-def run(
-    argv: Sequence[str],
-    *,
-    input: str | bytes | None = None,
-    timeout: float | None = 600,
-    check: bool = True,
-    text: bool = True,
-    env: dict | None = None,
-    cwd: str | None = None,
-) -> subprocess.CompletedProcess:
-    """Run a command, capture its output; with ``check`` a failure raises a one-line WorkflowError."""
-    program = argv[0]
-    if which(program) is None:
-        raise WorkflowError(f"{program} is not installed: {INSTALL_HINTS.get(program, 'install it')}")
-    try:
-        proc = subprocess.run(
-            list(argv), input=input, capture_output=True, timeout=timeout, text=text, env=env, cwd=cwd
-        )
-    except subprocess.TimeoutExpired:
-        raise WorkflowError(f"{' '.join(argv[:3])} did not finish within {timeout:.0f}s") from None
-    if check and proc.returncode != 0:
-        raise WorkflowError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {last_line(proc.stderr)}")
-    return proc
-
-
 def last_line(output: str | bytes | None) -> str:
+    """The last non-blank line of a program's output, stripped; ``(no output)`` when there is none."""
     if isinstance(output, bytes):
         output = output.decode(errors="replace")
     lines = [ln.strip() for ln in (output or "").splitlines() if ln.strip()]
     return lines[-1] if lines else "(no output)"
 
 
-def docker(*args: str, input: str | None = None, timeout: float | None = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """``docker ARGS``; an engine that does not answer is an UnreachableError."""
-    proc = run(["docker", *args], input=input, timeout=timeout, check=False)
+def _command(argv: Sequence[str]) -> str:
+    return " ".join(argv[:3])
+
+
+def _timed_out(argv: Sequence[str], timeout: float | None) -> CommandTimeout:
+    return CommandTimeout(f"{_command(argv)} did not finish within {timeout:g}s")
+
+
+def _failed(argv: Sequence[str], returncode: int, output: str | bytes | None) -> WorkflowError:
+    return WorkflowError(f"{_command(argv)} failed (exit {returncode}): {last_line(output)}")
+
+
+def _not_started(argv: Sequence[str], exc: OSError) -> WorkflowError:
+    """A program that could not be started, as one line: a missing one says how to get it."""
+    program = argv[0]
+    if isinstance(exc, FileNotFoundError) and exc.filename in (None, program):
+        return ProgramMissing(f"{program} is not installed: {INSTALL_HINTS.get(program, 'install it')}")
+    where = f": {exc.filename}" if exc.filename not in (None, program) else ""
+    return WorkflowError(f"cannot run {program} ({exc.strerror or exc}{where})")
+
+
+def _progress(what: str | None):
+    return console.heartbeat(what) if what else contextlib.nullcontext()
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    input: str | bytes | None = None,
+    stdin: Any = None,
+    check: bool = True,
+    text: bool = True,
+    env: dict | None = None,
+    cwd: str | Path | None = None,
+    progress: str | None = None,
+) -> Result:
+    """Run ``argv`` to its end and capture what it writes. ``input`` is written to its stdin (or
+    ``stdin`` is a file to read from, such as another program's stdout); ``env`` replaces the
+    environment (and its ``PATH`` finds the program). Errors per the module's rules."""
+    argv = list(argv)
+    with _progress(progress):
+        try:
+            proc = subprocess.run(argv, input=input, stdin=stdin, capture_output=True, timeout=timeout, text=text,
+                                  env=env, cwd=cwd, check=False)
+        except subprocess.TimeoutExpired:
+            raise _timed_out(argv, timeout) from None
+        except OSError as exc:
+            raise _not_started(argv, exc) from None
     if check and proc.returncode != 0:
-        err = proc.stderr or ""
+        raise _failed(argv, proc.returncode, proc.stderr)
+    return Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def docker(*args: str, input: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True,
+           text: bool = True) -> Result:
+    """``docker ARGS``, as :func:`run`; with ``check``, an engine that does not answer is an
+    ``UnreachableError`` that says how to start it."""
+    proc = run(["docker", *args], input=input, timeout=timeout, check=False, text=text)
+    if check and proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else (proc.stderr or "")
         if "Cannot connect to the Docker daemon" in err or "Is the docker daemon running" in err:
             raise UnreachableError("the Docker engine does not answer: run scripts/services start (or start Docker Desktop)")
-        raise WorkflowError(f"docker {' '.join(args[:2])} failed (exit {proc.returncode}): {last_line(err)}")
+        raise _failed(["docker", *args], proc.returncode, err)
     return proc
 
 
-def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float | None = None):
-    """Yield a command's output lines (stdout and stderr merged) as they come.
+def credential_helper(helper: str, server: str, *, timeout: float) -> Result:
+    """``docker-credential-<helper> get`` as Docker runs it: the server address on stdin, the helper
+    protocol's JSON on stdout. Never checked: the caller reads "credentials not found" itself."""
+    return run([f"docker-credential-{helper}", "get"], input=server, timeout=timeout, check=False)
 
-    Closing the generator (or Ctrl+C in the caller) stops the command; a non-zero exit that was
-    not caused by us raises a one-line WorkflowError after the output. With ``timeout`` a command
-    still running after that many seconds is stopped, silent or not, and that is the error.
-    """
-    import threading
 
-    program = argv[0]
-    if which(program) is None:
-        raise WorkflowError(f"{program} is not installed: {INSTALL_HINTS.get(program, 'install it')}")
-    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            text=True, errors="replace", env=env, bufsize=1)
+def qemu_user(qemu: str, root: Path, argv: Sequence[str], *, env: dict, timeout: float) -> Result:
+    """``argv`` (a program of another architecture) under qemu-user's ``qemu``, with ``root`` as the
+    root its dynamic loader and libraries are found under (``-L``); only ``env`` as its environment."""
+    return run([qemu, "-L", str(root), *argv], env=env, timeout=timeout, check=False)
+
+
+def python_module(module: str, *, input: str, env: dict, timeout: float) -> Result:
+    """``python -m <module>`` with this interpreter, ``input`` on its stdin; never checked."""
+    return run([sys.executable, "-m", module], input=input, env=env, timeout=timeout, check=False)
+
+
+def _deadline(proc: subprocess.Popen, timeout: float | None) -> tuple[threading.Event, threading.Timer | None]:
+    """A timer that stops ``proc`` (SIGTERM) once ``timeout`` seconds passed; the event says it did."""
     expired = threading.Event()
+    if not timeout:
+        return expired, None
 
     def expire() -> None:
         expired.set()
         proc.terminate()
 
-    timer = threading.Timer(timeout, expire) if timeout else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    return expired, timer
+
+
+def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float | None = None) -> Iterator[str]:
+    """Yield a program's output lines (stdout and stderr merged, without the newline) as they come.
+
+    Closing the generator (or Ctrl+C in the caller) stops the program. After the output, a non-zero
+    exit that was not caused by closing raises the module's one-line error (its last line is the
+    last line the program wrote); a program still running after ``timeout`` seconds is stopped,
+    silent or not, and that is a :class:`CommandTimeout`.
+    """
+    argv = list(argv)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace", env=env, bufsize=1)
+    except OSError as exc:
+        raise _not_started(argv, exc) from None
+    expired, timer = _deadline(proc, timeout)
     last = ""
     finished = False
     try:
@@ -109,13 +207,74 @@ def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
     if expired.is_set():
-        raise CommandTimeout(f"{' '.join(argv[:3])} did not finish within {timeout:g}s")
+        raise _timed_out(argv, timeout)
     if finished and proc.wait() != 0:
-        raise WorkflowError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {last or '(no output)'}")
+        raise _failed(argv, proc.returncode, last)
+
+
+class ByteStream:
+    """A running program's stdout as a binary pipe (``stdout``); once the ``with`` block of
+    :func:`stream_bytes` has ended, its ``returncode`` and ``stderr`` (bytes)."""
+
+    def __init__(self, stdout) -> None:
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self.stderr = b""
+
+
+@contextlib.contextmanager
+def stream_bytes(argv: Sequence[str], *, timeout: float | None = None, finish_timeout: float | None = None,
+                 check: bool = True, progress: str | None = None) -> Iterator[ByteStream]:
+    """Run ``argv`` with its stdout a binary pipe the ``with`` block reads as it comes (a tar stream
+    into ``tarfile``, or another program's ``stdin``).
+
+    When the block ends, the rest of stdout is read and dropped and the program waited for, at most
+    ``finish_timeout`` seconds; its ``returncode`` and ``stderr`` are then set. When the block raises,
+    the program is killed first (the rest of a large stream is not read) and the block's exception
+    goes on. ``timeout`` bounds the whole run. Errors per the module's rules, after the block.
+    """
+    argv = list(argv)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise _not_started(argv, exc) from None
+    expired, timer = _deadline(proc, timeout)
+    stream = ByteStream(proc.stdout)
+    try:
+        with _progress(progress):
+            yield stream
+    except BaseException:
+        proc.kill()
+        _finish(proc, stream, None)
+        if expired.is_set():
+            raise _timed_out(argv, timeout) from None
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if not _finish(proc, stream, finish_timeout):
+        raise _timed_out(argv, finish_timeout)
+    if expired.is_set():
+        raise _timed_out(argv, timeout)
+    if check and stream.returncode != 0:
+        raise _failed(argv, stream.returncode or 0, stream.stderr)
+
+
+def _finish(proc: subprocess.Popen, stream: ByteStream, timeout: float | None) -> bool:
+    """Drain and reap ``proc`` into ``stream``; False when it was still running after ``timeout`` (then killed)."""
+    try:
+        stream.stderr = proc.communicate(timeout=timeout)[1] or b""
+        done = True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stream.stderr = proc.communicate()[1] or b""
+        done = False
+    stream.returncode = proc.returncode
+    return done
