@@ -14,33 +14,33 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from openwork_sandbox.core import console
-from openwork_sandbox.core.processes import docker, which
+from openwork_sandbox.core import processes
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.core.platforms import ELF_NAMES, QEMU_USER, Platform, elf_arch
 
+VERSION_TIMEOUT = 180.0  # seconds one program's --version may take under emulation
+
 
 def base_rootfs(cache_dir: Path, base_id: str) -> Path:
-    """The base image's files, unpacked once per image id (``docker export`` of a created container)."""
+    """The base image's files, unpacked once per image id (``docker export`` of a created container,
+    into ``tar``); a base that cannot be unpacked is a one-line WorkflowError."""
     root = cache_dir / "rootfs" / base_id.split(":")[-1][:24]
     if (root / ".complete").exists():
         return root
     if root.exists():
         shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    cid = docker("create", base_id, "/bin/true").stdout.strip()
+    cid = processes.docker("create", base_id, "/bin/true").stdout.strip()
     try:
-        with console.heartbeat(f"unpacking base {base_id[:19]} for qemu-user"):
-            export = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
-            untar = subprocess.run(["tar", "-x", "-C", str(root), "--no-same-owner", "--exclude=dev/*"],
-                                   stdin=export.stdout, capture_output=True, timeout=600)
-            export.wait(timeout=60)
+        with processes.stream_bytes(["docker", "export", cid], finish_timeout=60, check=False,
+                                    progress=f"unpacking base {base_id[:19]} for qemu-user") as export:
+            untar = processes.run(["tar", "-x", "-C", str(root), "--no-same-owner", "--exclude=dev/*"],
+                                  stdin=export.stdout, timeout=600, check=False, text=False)
     finally:
-        docker("rm", cid, check=False)
+        processes.docker("rm", cid, check=False)
     if export.returncode != 0 or untar.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         raise WorkflowError(f"cannot unpack base {base_id[:19]}: {untar.stderr.decode(errors='replace').strip()[-200:]}")
@@ -49,7 +49,8 @@ def base_rootfs(cache_dir: Path, base_id: str) -> Path:
 
 
 def _interpreter(root: Path, program: Path) -> list[str] | None:
-    """For a ``#!`` script: the argv that runs it with the base's interpreter; None for a binary."""
+    """For a ``#!`` script: the argv that runs it with the base's interpreter; None for a binary. A
+    script whose interpreter the base does not have is a one-line WorkflowError."""
     with open(program, "rb") as f:
         head = f.readline(256)
     if not head.startswith(b"#!"):
@@ -81,8 +82,10 @@ def _resolve_inside(root: Path, path: Path) -> Path | None:
 
 
 def check(cache_dir: Path, plat: Platform, base_id: str, programs: dict[str, Path]) -> tuple[dict[str, str], str]:
-    """Each program's ``--version`` output (``{name: output}``) and one line saying how it was checked."""
-    qemu = which(QEMU_USER.get(plat.arch, ""))
+    """Each program's ``--version`` output (``{name: output}``, ``""`` for a program that failed or did
+    not answer within :data:`VERSION_TIMEOUT`) and one line saying how it was checked. Without
+    qemu-user there are no outputs, and a program of another architecture is a one-line WorkflowError."""
+    qemu = processes.which(QEMU_USER.get(plat.arch, ""))
     if qemu is None:
         wrong = {name: elf_arch(_head(path)) for name, path in programs.items()}
         bad = [f"{n} ({a})" for n, a in wrong.items() if a not in (None, plat.arch)]
@@ -107,11 +110,12 @@ def _head(path: Path) -> bytes:
 
 
 def _version(qemu: str, root: Path, program: Path, home: str) -> str:
-    argv = _interpreter(root, program)
-    argv = [qemu, "-L", str(root), *(argv + [str(program)] if argv else [str(program)]), "--version"]
+    """``program --version`` under ``qemu`` on ``root`` (stdout and stderr); ``""`` when it fails or times out."""
+    interpreter = _interpreter(root, program)
+    argv = [*(interpreter + [str(program)] if interpreter else [str(program)]), "--version"]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8"}
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
-    except subprocess.TimeoutExpired:
+        proc = processes.qemu_user(qemu, root, argv, env=env, timeout=VERSION_TIMEOUT)
+    except processes.CommandTimeout:
         return ""
     return (proc.stdout + " " + proc.stderr) if proc.returncode == 0 else ""

@@ -132,13 +132,13 @@ def _files_arch(settings: Settings, image_id: str) -> str | None:
 
     cid = docker("create", image_id, "/bin/sh").stdout.strip()
     try:
-        proc = _docker_bytes("cp", "-L", f"{cid}:/bin/sh", "-")
+        proc = docker("cp", "-L", f"{cid}:/bin/sh", "-", check=False, timeout=120, text=False)
     finally:
         docker("rm", cid, check=False)
     arch = None
-    if proc is not None:
+    if proc.returncode == 0:
         try:
-            with tarfile.open(fileobj=io.BytesIO(proc), mode="r:") as tar:
+            with tarfile.open(fileobj=io.BytesIO(proc.stdout), mode="r:") as tar:
                 member = next((m for m in tar if m.isfile()), None)
                 f = tar.extractfile(member) if member else None
                 arch = elf_arch(f.read(20)) if f else None
@@ -150,13 +150,6 @@ def _files_arch(settings: Settings, image_id: str) -> str | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(dict(list(known.items())[-50:]), indent=1) + "\n", mode=0o644)
     return arch
-
-
-def _docker_bytes(*args: str) -> bytes | None:
-    import subprocess
-
-    proc = subprocess.run(["docker", *args], capture_output=True, timeout=120)
-    return proc.stdout if proc.returncode == 0 else None
 
 
 def _check_published(settings: Settings, plat: Platform) -> None:

@@ -17,12 +17,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
-from openwork_sandbox.core import console
+from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.core.files import write_atomic
 from openwork_sandbox.core.platforms import Platform
@@ -89,7 +88,9 @@ def export(cache_dir: Path, image_id: str, plat: Platform) -> dict:
 
 
 def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, tuple[str, int]]]:
-    """``docker save``, streamed: (the config's bytes, diff ids in order, diff id → gzipped blob)."""
+    """``docker save``, read as it comes: (the config's bytes, diff ids in order, diff id → gzipped blob).
+    A save that fails, or an archive without the config and layers its manifest names, is a one-line
+    WorkflowError."""
     blobs = blob_dir(cache_dir)
     blobs.mkdir(parents=True, exist_ok=True)
     known = cache_dir / "oci" / "layers"
@@ -98,11 +99,8 @@ def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, t
     links: dict[str, str] = {}  # a layer.tar that is a link to another one
     files: dict[str, bytes] = {}
     layers: dict[str, tuple[str, int]] = {}
-    proc = subprocess.Popen(["docker", "save", image_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ok = False
-    try:
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+    with processes.stream_bytes(["docker", "save", image_id], finish_timeout=600, check=False) as save:
+        with tarfile.open(fileobj=save.stdout, mode="r|") as tar:
             for member in tar:
                 if member.name.endswith("layer.tar") and (member.issym() or member.islnk()):
                     links[member.name] = os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname)) \
@@ -117,13 +115,8 @@ def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, t
                     src = tar.extractfile(member)
                     assert src is not None
                     files[member.name] = src.read()
-        ok = True
-    finally:
-        if not ok:  # a broken archive or a full disk: do not read the rest of a 400 MB stream
-            proc.kill()
-        rest = proc.communicate(timeout=600)[1]
-    if proc.returncode != 0:
-        raise WorkflowError(f"docker save {image_id[:19]} failed: {rest.decode(errors='replace').strip()[-300:]}")
+    if save.returncode != 0:
+        raise WorkflowError(f"docker save {image_id[:19]} failed: {save.stderr.decode(errors='replace').strip()[-300:]}")
     try:
         entry = json.loads(files["manifest.json"])[0]
         config_raw = files[entry["Config"]]

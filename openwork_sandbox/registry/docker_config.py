@@ -26,10 +26,9 @@ import binascii
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
+from openwork_sandbox.core import processes
 from openwork_sandbox.core.errors import WorkflowError
 
 DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
@@ -113,16 +112,18 @@ def _from_auths(config: dict, host: str, path: Path) -> Credentials | None:
 
 
 def helper_get(helper: str, host: str) -> Credentials | None:
-    """``docker-credential-<helper> get`` as Docker runs it: the server address on stdin, JSON out."""
+    """The login credential helper ``helper`` keeps for ``host`` (``docker-credential-<helper> get``
+    as Docker runs it), None when it has none ("credentials not found" or no secret). A helper that
+    is not installed, does not answer within :data:`HELPER_TIMEOUT`, fails or answers something else
+    than the protocol's JSON is a one-line WorkflowError naming it."""
     program = f"docker-credential-{helper}"
-    exe = shutil.which(program)
-    if exe is None:
-        raise WorkflowError(f"Docker's configuration ({config_path()}) names the credential helper {helper!r} for "
-                            f"{host}, but {program} is not on PATH: install it, or remove it from the configuration")
     try:
-        proc = subprocess.run([exe, "get"], input=server_key(host), capture_output=True, text=True,
-                              timeout=HELPER_TIMEOUT)
-    except subprocess.TimeoutExpired:
+        proc = processes.credential_helper(helper, server_key(host), timeout=HELPER_TIMEOUT)
+    except processes.ProgramMissing:
+        raise WorkflowError(f"Docker's configuration ({config_path()}) names the credential helper {helper!r} for "
+                            f"{host}, but {program} is not on PATH: install it, or remove it from the "
+                            "configuration") from None
+    except processes.CommandTimeout:
         raise WorkflowError(f"{program} get did not answer within {HELPER_TIMEOUT:.0f}s for {host}") from None
     out = (proc.stdout or "").strip()
     if proc.returncode != 0:

@@ -32,14 +32,13 @@ import datetime as _dt
 import functools
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from openwork_sandbox.core import processes as commands, console
+from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.state.store import write_private_file
 from openwork_sandbox.runtimes.base import (
@@ -65,14 +64,14 @@ RESTART_POLICY = "unless-stopped"
 @functools.lru_cache(maxsize=None)
 def engine_has_bridge() -> bool:
     """True when the engine has a bridge network (then ``-p`` publishing works)."""
-    proc = commands.docker("network", "ls", "--filter", "driver=bridge", "--format", "{{.Name}}", timeout=15)
+    proc = processes.docker("network", "ls", "--filter", "driver=bridge", "--format", "{{.Name}}", timeout=15)
     return any(line.strip() == "bridge" for line in proc.stdout.splitlines())
 
 
 @functools.lru_cache(maxsize=None)
 def engine_is_rootless() -> bool:
     """A rootless engine maps the container's root to the invoking user already."""
-    proc = commands.docker("info", "--format", "{{json .SecurityOptions}}", check=False, timeout=15)
+    proc = processes.docker("info", "--format", "{{json .SecurityOptions}}", check=False, timeout=15)
     return "rootless" in (proc.stdout or "")
 
 
@@ -115,11 +114,11 @@ class DockerRuntime(Runtime):
 
     # --- inspection ---------------------------------------------------------------------------
     def _inspect(self) -> dict | None:
-        proc = commands.docker("container", "inspect", self.name, check=False, timeout=30)
+        proc = processes.docker("container", "inspect", self.name, check=False, timeout=30)
         if proc.returncode != 0:
             if "No such" in proc.stderr or "no such" in proc.stderr:
                 return None
-            commands.docker("container", "inspect", self.name, timeout=30)  # raises the right error
+            processes.docker("container", "inspect", self.name, timeout=30)  # raises the right error
         data = json.loads(proc.stdout or "[]")
         return data[0] if data else None
 
@@ -147,7 +146,7 @@ class DockerRuntime(Runtime):
 
     def image_digest(self, ref: str) -> str | None:
         """The registry digest (``repo@sha256:…``) of the local image, when Docker knows it."""
-        proc = commands.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref, check=False, timeout=30)
+        proc = processes.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref, check=False, timeout=30)
         if proc.returncode != 0:
             return None
         digests = json.loads(proc.stdout or "[]") or []
@@ -160,21 +159,21 @@ class DockerRuntime(Runtime):
 
     def platform(self, st: RuntimeStatus) -> str | None:
         """``os/arch`` of the container's image, as Docker records it."""
-        proc = commands.docker("container", "inspect", "--format", "{{.Image}}", self.name, check=False, timeout=15)
+        proc = processes.docker("container", "inspect", "--format", "{{.Image}}", self.name, check=False, timeout=15)
         if proc.returncode != 0 or not proc.stdout.strip():
             return None
-        img = commands.docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", proc.stdout.strip(),
+        img = processes.docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", proc.stdout.strip(),
                               check=False, timeout=15)
         return img.stdout.strip() if img.returncode == 0 and img.stdout.strip() else None
 
     def is_alive(self) -> bool:
-        proc = commands.docker("container", "inspect", "--format", "{{.State.Running}} {{.State.Restarting}}",
+        proc = processes.docker("container", "inspect", "--format", "{{.State.Running}} {{.State.Restarting}}",
                                self.name, check=False, timeout=15)
         return proc.returncode == 0 and proc.stdout.strip() == "true false"
 
     # --- create / start / stop / remove -------------------------------------------------------
     def _have_image(self, ref: str) -> bool:
-        return commands.docker("image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=30).returncode == 0
+        return processes.docker("image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=30).returncode == 0
 
     def pull(self, ref: str, access: Callable[[], PullAccess] | None = None) -> float:
         """``docker pull`` (a moved tag is fetched again); returns the seconds it took.
@@ -192,14 +191,14 @@ class DockerRuntime(Runtime):
         start = time.monotonic()
         given = None
         with console.heartbeat(f"pulling {ref}"):
-            proc = commands.docker("pull", ref, check=False, timeout=1800)
+            proc = processes.docker("pull", ref, check=False, timeout=1800)
             if proc.returncode != 0 and access is not None:
                 given = access()
                 if given.settings_login and given.username and given.password:
                     docker_login(host, given.username, given.password)
-                    proc = commands.docker("pull", ref, check=False, timeout=1800)
+                    proc = processes.docker("pull", ref, check=False, timeout=1800)
         if proc.returncode != 0:
-            err = commands.last_line(proc.stderr)
+            err = processes.last_line(proc.stderr)
             if login_refused(err) or (given is not None and given.username is None and given.login_required):
                 hint = LOGIN_HINT.format(host=host)
             elif "not found" in err or "manifest unknown" in err:
@@ -265,9 +264,9 @@ class DockerRuntime(Runtime):
         for guest, host in spec.readonly_mounts.items():
             argv += ["--mount", f"type=bind,source={host},target={guest},readonly"]
         argv.append(spec.image)
-        proc = commands.docker(*argv, check=False, timeout=300)
+        proc = processes.docker(*argv, check=False, timeout=300)
         if proc.returncode != 0:
-            raise WorkflowError(f"docker run {spec.image} failed: {commands.last_line(proc.stderr)}")
+            raise WorkflowError(f"docker run {spec.image} failed: {processes.last_line(proc.stderr)}")
 
     def _hand_back(self, spec: LaunchSpec, user: str) -> None:
         """Files under the mounts that belong to someone else (an older version ran the container as
@@ -281,10 +280,10 @@ class DockerRuntime(Runtime):
         for i, host in enumerate(spec.mounts.values()):
             argv += ["--mount", f"type=bind,source={host},target=/handback/{i}"]
             targets.append(f"/handback/{i}")
-        proc = commands.docker(*argv, spec.image, "-R", user, *targets, check=False, timeout=600)
+        proc = processes.docker(*argv, spec.image, "-R", user, *targets, check=False, timeout=600)
         if proc.returncode != 0:
             raise WorkflowError(f"{found} belongs to another user and could not be handed back to you "
-                                f"({commands.last_line(proc.stderr)}): run `sudo chown -R {user} "
+                                f"({processes.last_line(proc.stderr)}): run `sudo chown -R {user} "
                                 f"{self.state_dir}` once")
         console.info(f"handed the files an earlier root container left in {self.state_dir} back to you ({user})")
 
@@ -305,58 +304,52 @@ class DockerRuntime(Runtime):
         from openwork_sandbox.state.persist import is_kept, read_chunks, write_staged
 
         src = str(PurePosixPath(guest_dir) / unit)
-        # a binary stream, so not commands.run: the tar is read as it comes
-        proc = subprocess.Popen(["docker", "cp", f"{self.name}:{src}", "-"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
         copied = []
         top = PurePosixPath(unit).name
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-                for member in tar:
-                    name = PurePosixPath(member.name)
-                    parts = name.parts[1:] if name.parts and name.parts[0] == top else name.parts
-                    rel = str(PurePosixPath(unit, *parts))
-                    if not is_kept(rel) or ".." in parts:
-                        continue
-                    if member.isdir():
-                        (stage / rel).mkdir(parents=True, exist_ok=True)
-                    elif member.isfile():
-                        fh = tar.extractfile(member)
-                        copied.append(write_staged(stage, rel, read_chunks(fh), member.mode, float(member.mtime),
-                                                   expected_size=member.size, source=f"{src} from {self.name}"))
-        except tarfile.ReadError:
-            pass  # no tar at all: docker cp failed, see below
-        finally:
-            if proc.stdout:
-                proc.stdout.close()
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            code = proc.wait()
+        with processes.stream_bytes(["docker", "cp", f"{self.name}:{src}", "-"], check=False) as cp:
+            try:
+                with tarfile.open(fileobj=cp.stdout, mode="r|") as tar:
+                    for member in tar:
+                        name = PurePosixPath(member.name)
+                        parts = name.parts[1:] if name.parts and name.parts[0] == top else name.parts
+                        rel = str(PurePosixPath(unit, *parts))
+                        if not is_kept(rel) or ".." in parts:
+                            continue
+                        if member.isdir():
+                            (stage / rel).mkdir(parents=True, exist_ok=True)
+                        elif member.isfile():
+                            fh = tar.extractfile(member)
+                            copied.append(write_staged(stage, rel, read_chunks(fh), member.mode, float(member.mtime),
+                                                       expected_size=member.size, source=f"{src} from {self.name}"))
+            except tarfile.ReadError:
+                pass  # no tar at all: docker cp failed, see below
+        err, code = cp.stderr.decode(errors="replace"), cp.returncode
         if code != 0:
             if "Could not find the file" in err or "no such container:path" in err.lower():
                 return []  # the container has no such folder: nothing to copy
-            last = commands.last_line(err) if err.strip() else f"docker cp exited with {code}"
+            last = processes.last_line(err) if err.strip() else f"docker cp exited with {code}"
             raise WorkflowError(f"could not copy {src} out of {self.name}: {last}")
         return copied
 
     def start(self, spec: LaunchSpec) -> None:
         # the server is the container's own entrypoint: starting the container relaunches it
-        proc = commands.docker("start", self.name, check=False, timeout=120)
+        proc = processes.docker("start", self.name, check=False, timeout=120)
         if proc.returncode != 0:
-            raise WorkflowError(f"docker start {self.name} failed: {commands.last_line(proc.stderr)}")
+            raise WorkflowError(f"docker start {self.name} failed: {processes.last_line(proc.stderr)}")
 
     def restart_server(self, spec: LaunchSpec) -> None:
-        proc = commands.docker("restart", "-t", "5", self.name, check=False, timeout=120)
+        proc = processes.docker("restart", "-t", "5", self.name, check=False, timeout=120)
         if proc.returncode != 0:
-            raise WorkflowError(f"docker restart {self.name} failed: {commands.last_line(proc.stderr)}")
+            raise WorkflowError(f"docker restart {self.name} failed: {processes.last_line(proc.stderr)}")
 
     def keep_running(self) -> None:
         """``--restart unless-stopped``, set once the sandbox is healthy (so a start that fails is not
         restarted over and over): the engine starts it again after it exits on its own or after an
         engine restart (a host reboot), but not after ``docker stop`` (``down``)."""
-        proc = commands.docker("update", "--restart", RESTART_POLICY, self.name, check=False, timeout=30)
+        proc = processes.docker("update", "--restart", RESTART_POLICY, self.name, check=False, timeout=30)
         if proc.returncode != 0:
             console.info(f"note: could not set the restart policy of {self.name} "
-                         f"({commands.last_line(proc.stderr)}); it will not come back after an engine restart")
+                         f"({processes.last_line(proc.stderr)}); it will not come back after an engine restart")
 
     def stop(self) -> bool:
         """``docker stop``: also for a container the restart policy is about to start again (a stop
@@ -364,13 +357,13 @@ class DockerRuntime(Runtime):
         state = (self._inspect() or {}).get("State") or {}
         if not (state.get("Running") or state.get("Restarting")):
             return False
-        commands.docker("stop", "-t", "10", self.name, timeout=120)
+        processes.docker("stop", "-t", "10", self.name, timeout=120)
         return True
 
     def remove(self) -> bool:
         if self._inspect() is None:
             return False
-        commands.docker("rm", "-f", self.name, timeout=120)
+        processes.docker("rm", "-f", self.name, timeout=120)
         return True
 
     # --- logs / exec --------------------------------------------------------------------------
@@ -381,7 +374,7 @@ class DockerRuntime(Runtime):
         if self._inspect() is None:
             return []
         try:
-            return list(commands.stream_lines(["docker", "logs", "--tail", str(lines), self.name]))[-lines:]
+            return list(processes.stream_lines(["docker", "logs", "--tail", str(lines), self.name]))[-lines:]
         except WorkflowError:
             return []
 
@@ -400,7 +393,7 @@ class DockerRuntime(Runtime):
             argv += ["--tail", str(tail)]
         if since_s is not None:
             argv += ["--since", f"{int(time.time() - since_s)}"]
-        yield from commands.stream_lines([*argv, self.name])
+        yield from processes.stream_lines([*argv, self.name])
 
     def _system_log(self, info: dict, *, follow: bool, since_s: float | None) -> Iterator[str]:
         """The engine's view: the container's state, then its events (create, start, die, oom...)."""
@@ -414,7 +407,7 @@ class DockerRuntime(Runtime):
                 "--format", "{{.TimeNano}} {{.Type}} {{.Action}}"]
         if not follow:
             argv += ["--until", str(int(time.time()) + 1)]
-        for line in commands.stream_lines(argv):
+        for line in processes.stream_lines(argv):
             stamp, _, rest = line.partition(" ")
             try:
                 when = _dt.datetime.fromtimestamp(int(stamp) / 1e9, _dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -423,5 +416,5 @@ class DockerRuntime(Runtime):
             yield f"{when} {rest}"
 
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
-        proc = commands.docker("exec", self.name, *argv, check=False, timeout=timeout)
+        proc = processes.docker("exec", self.name, *argv, check=False, timeout=timeout)
         return proc.returncode, (proc.stdout or "") + (proc.stderr or "")

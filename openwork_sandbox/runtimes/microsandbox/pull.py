@@ -19,12 +19,11 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from openwork_sandbox.core import console
+from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.registry.access import LOGIN_HINT, PullAccess, certs_hint, login_refused
 
@@ -86,9 +85,8 @@ def _pull_in_child(ref: str, access: PullAccess, timeout: float = TIMEOUT) -> st
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(request),
-                              capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
+        proc = processes.python_module(__name__, input=json.dumps(request), env=env, timeout=timeout)
+    except processes.CommandTimeout:
         raise RuntimeError(f"no answer within {timeout:.0f}s") from None
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     try:
