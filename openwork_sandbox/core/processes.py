@@ -1,5 +1,7 @@
 """The one place that runs external programs: docker, npm, git, tar, ss, Docker's credential helpers,
-qemu-user, the programs a build checks, and this package's own child processes.
+qemu-user, the programs a build checks, and this package's own child processes. No other module
+imports ``subprocess`` or starts a program (an import-linter contract in ``pyproject.toml`` and
+``test_processes.py`` hold it).
 
 Every call follows the same rules:
 

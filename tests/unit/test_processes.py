@@ -1,20 +1,31 @@
 """The rules of openwork_sandbox/core/processes.py, the one place that runs external programs: a
 timeout, a missing program and a failed program are each a one-line WorkflowError naming the
 program; the environment given is the program's whole environment; streams are stopped and reaped.
-Real small programs (``sh -c``, ``sleep``, ``cat``), no mocks.
+Real small programs (``sh -c``, ``sleep``, ``cat``), no mocks. And the guard that keeps it the one
+place: no other module imports ``subprocess`` or starts a program through ``os``/``asyncio``/``pty``.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
+import openwork_sandbox
 from openwork_sandbox.core import processes
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
+
+PACKAGE = Path(openwork_sandbox.__file__).resolve().parent
+ROOT = PACKAGE.parent
+ALLOWED = {"core/processes.py"}  # the modules that may run programs, relative to the package
+
 
 # --- timeout --------------------------------------------------------------------------------------
 
@@ -161,3 +172,71 @@ def test_progress_prints_a_line_while_a_silent_program_runs(monkeypatch, capsys)
     processes.run(["sleep", "1.2"], progress="owtest sleeping")
     err = capsys.readouterr().err
     assert "… owtest sleeping (" in err
+
+
+# --- the one place --------------------------------------------------------------------------------
+
+RUNS_A_PROGRAM = {
+    "os": ("system", "popen", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
+           "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
+           "posix_spawn", "posix_spawnp"),
+    "asyncio": ("create_subprocess_exec", "create_subprocess_shell"),
+    "pty": ("spawn",),
+}
+
+
+def programs_run_outside(package: Path, allowed: set[str]) -> list[str]:
+    """``path:line what`` for every module of ``package`` but ``allowed`` that imports ``subprocess``
+    or calls one of :data:`RUNS_A_PROGRAM`."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "subprocess" for a in node.names):
+                found.append(f"{rel}:{node.lineno} import subprocess")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "subprocess":
+                found.append(f"{rel}:{node.lineno} from subprocess import")
+            elif isinstance(node, ast.ImportFrom) and node.module in RUNS_A_PROGRAM:
+                names = [a.name for a in node.names if a.name in RUNS_A_PROGRAM[node.module]]
+                found += [f"{rel}:{node.lineno} from {node.module} import {n}" for n in names]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.attr in RUNS_A_PROGRAM.get(node.value.id, ()):
+                found.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_only_core_processes_runs_programs():
+    assert programs_run_outside(PACKAGE, ALLOWED) == []
+
+
+def test_the_guard_names_each_way_around_it(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "core").mkdir(parents=True)
+    (package / "core" / "processes.py").write_text("import subprocess\n")
+    (package / "sneaky.py").write_text(
+        "import os\nimport subprocess as sp\nfrom subprocess import run\nfrom os import popen\nimport asyncio\n"
+        "os.system('true')\nasyncio.create_subprocess_exec('true')\n")
+    assert programs_run_outside(package, ALLOWED) == [
+        "sneaky.py:2 import subprocess",
+        "sneaky.py:3 from subprocess import",
+        "sneaky.py:4 from os import popen",
+        "sneaky.py:6 os.system",
+        "sneaky.py:7 asyncio.create_subprocess_exec",
+    ]
+
+
+def test_import_linter_names_a_module_that_imports_subprocess(tmp_path):
+    """The contract in pyproject.toml can fail: a copy of the package where ``image.oci`` imports
+    ``subprocess`` breaks it."""
+    shutil.copytree(PACKAGE, tmp_path / "openwork_sandbox", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    oci = tmp_path / "openwork_sandbox" / "image" / "oci.py"
+    oci.write_text(oci.read_text() + "\n\ndef _around():\n    import subprocess\n")
+    program = ("import sys; sys.path.insert(0, '.'); "
+               "from importlinter.cli import lint_imports_command; lint_imports_command()")
+    proc = subprocess.run([sys.executable, "-c", program, "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "openwork_sandbox.image.oci -> subprocess" in proc.stdout
