@@ -1,17 +1,17 @@
 """``build-image --platform linux/amd64,linux/arm64``: one image per platform, and their image index.
 
-Each platform's image is built as the single-platform build does (``image_build``: the same
+Each platform's image is built as the single-platform build does (``image.build``: the same
 ``Dockerfile``, build context, labels), from that platform's pinned, integrity-checked programs
-(``npm_artifacts``, e.g. ``opencode-linux-arm64``) or its own local overrides, on a base of that
+(``image.artifacts``, e.g. ``opencode-linux-arm64``) or its own local overrides, on a base of that
 platform. Before anything is built every platform is checked: each base's architecture (read from
 its ``/bin/sh``, as Docker 20.10 marks every image with its own), each program published at its pin
 for the platform, each override present and of the platform's architecture; a failure is one line,
 exit 2. Then per platform: the build, the version gate (the host's programs in a container, a foreign
-platform's under qemu-user, ``foreign_check``), and its OCI image (``oci_image``: the config names the
-platform). The index of all of them is what ``push-image`` pushes (``image_index_push``).
+platform's under qemu-user, ``image.foreign_check``), and its OCI image (``image.oci``: the config
+names the platform). The index of all of them is what ``push-image`` pushes (``image.index_push``).
 
-The host's platform's image is tagged ``OPENWORK_MICROSANDBOX_IMAGE`` as today; another platform's
-image is tagged ``<image>-<os>-<arch>`` (a local name only: Docker here calls it amd64).
+The host's platform's image is tagged ``OPENWORK_MICROSANDBOX_IMAGE``; another platform's image is
+tagged ``<image>-<os>-<arch>`` (a local name only: Docker marks it with the host's architecture).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def built_for(last_build: dict) -> tuple[Platform, ...]:
 
 
 def is_multi(settings: Settings) -> bool:
-    """Anything beyond the host's platform alone: the index build (the host alone keeps today's build)."""
+    """Anything beyond the host's platform alone: the index build (the host alone is the single-platform build)."""
     return wanted(settings) != (host_platform(),)
 
 
@@ -100,7 +100,8 @@ def platform_settings(settings: Settings, plat: Platform) -> Settings:
 
 
 def _base(settings: Settings, plat: Platform) -> dict:
-    """The platform's base (the host's may be pulled, as today); its architecture read from its files."""
+    """The platform's base (the host's may be pulled); its architecture read from its files. Another
+    platform's base that is not here, or a base of another architecture, is one line, exit 2."""
     from openwork_sandbox.image.build import ensure_base_image
 
     if plat == host_platform():
@@ -119,7 +120,8 @@ def _base(settings: Settings, plat: Platform) -> dict:
 
 
 def _files_arch(settings: Settings, image_id: str) -> str | None:
-    """The architecture of an image's ``/bin/sh`` (kept per image id); None when it has none."""
+    """The architecture of an image's ``/bin/sh`` (kept per image id in the state folder's
+    ``base-arch.json``); None when it has none or ``docker cp`` cannot copy it out."""
     path = settings.state_dir / BASE_ARCH
     try:
         known = json.loads(path.read_text())
@@ -189,7 +191,7 @@ def foreign_tag(image: str, plat: Platform) -> str:
 
 
 def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = False) -> dict:
-    """What ``build-image`` does: the host's platform alone is today's build (``image_build``);
+    """What ``build-image`` does: the host's platform alone is the single-platform build (``image.build``);
     other platforms, or several, are one image each and their index."""
     from openwork_sandbox.image import build as ib
 

@@ -1,29 +1,27 @@
-# One module for now (over 400 lines): one Runtime implementation over the docker CLI (inspect, run, the
-# copy-out of an older layout, logs, the restart policy). The split it would take: the copy-out
-# (open_for_copy, copy_out, the hand-back of root-owned files) into docker_copy.py; not now, while
-# other branches change this runtime.
-"""The Docker runtime: ``docker run -d`` of the same image, for hosts without microVMs.
+"""The Docker runtime: ``docker run -d`` of the same image, for hosts without microVMs. Every docker
+command goes through ``core.processes`` (its timeouts and one-line errors).
 
 Networking and the loopback rule:
 
 - When the engine has a bridge network, the port is published with
   ``-p <bind address>:<port>:8787`` (loopback unless OPENWORK_CONNECT_HOST is remote), exactly as
   the microVM publishes it.
-- When it has none (the Debian engine here runs with ``--bridge=none``), publishing is impossible
-  and the container uses ``--network host``: the server then listens directly on the host port
-  (``OPENWORK_PORT``) and opencode on a free port (``OPENWORK_OPENCODE_PORT``). So that this does
-  not expose the server on every interface, the entrypoint gets ``OPENWORK_REMOTE_ACCESS=0`` when
-  the connect host is loopback: the orchestrator then binds openwork-server to 127.0.0.1 (it binds
-  0.0.0.0 only with ``--remote-access``). With a remote connect host it gets
-  ``OPENWORK_REMOTE_ACCESS=1`` and the token-length rule of ``up`` applies.
+- When it has none (an engine started with ``--bridge=none``, as ``scripts/services`` starts it),
+  publishing is impossible and the container uses ``--network host``: the server then listens
+  directly on the host port (``OPENWORK_PORT``) and opencode on a free port
+  (``OPENWORK_OPENCODE_PORT``). So that this does not expose the server on every interface, the
+  entrypoint gets ``OPENWORK_REMOTE_ACCESS=0`` when the connect host is loopback: the orchestrator
+  then binds openwork-server to 127.0.0.1 (it binds 0.0.0.0 only with ``--remote-access``). With a
+  remote connect host it gets ``OPENWORK_REMOTE_ACCESS=1`` and the token-length rule of ``up`` applies.
 
 The tokens reach the container through ``--env-file`` (a 0600 file in ``.state/<name>/``), never
 on a command line where ``ps`` would show them.
 
 On Linux the container runs as the invoking user (``--user uid:gid``, unless that is root or the
 engine is rootless, where the container's root already is the user), so every file it writes into
-``.state/<name>/`` belongs to the user and ``reset`` needs no sudo. Files an older version left
-there as root are handed back first, by a one-off root container of the same image (``chown``).
+``.state/<name>/`` belongs to the user and ``reset`` needs no sudo. Files there that belong to
+someone else (a container that ran as root) are handed back first, by a one-off root container of
+the same image (``chown``).
 """
 
 from __future__ import annotations
@@ -145,7 +143,7 @@ class DockerRuntime(Runtime):
         )
 
     def image_digest(self, ref: str) -> str | None:
-        """The registry digest (``repo@sha256:…``) of the local image, when Docker knows it."""
+        """The registry digest (``repo@sha256:…``) of the local image ``ref``; None when Docker knows none."""
         proc = processes.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref, check=False, timeout=30)
         if proc.returncode != 0:
             return None
@@ -153,12 +151,12 @@ class DockerRuntime(Runtime):
         return digests[0] if digests else None
 
     def digest(self, st: RuntimeStatus) -> str | None:
-        if st.image and "@sha256:" in st.image:  # repo@sha256:… (image_pin) is its own digest
+        if st.image and "@sha256:" in st.image:  # repo@sha256:… (state.pin) is its own digest
             return st.image
         return (self.image_digest(st.image) if st.image else None) or st.digest
 
     def platform(self, st: RuntimeStatus) -> str | None:
-        """``os/arch`` of the container's image, as Docker records it."""
+        """``os/arch`` of the container's image, as Docker records it; None without a container."""
         proc = processes.docker("container", "inspect", "--format", "{{.Image}}", self.name, check=False, timeout=15)
         if proc.returncode != 0 or not proc.stdout.strip():
             return None
@@ -180,9 +178,11 @@ class DockerRuntime(Runtime):
 
         Docker pulls with its own saved login. When that pull fails and ``access`` has the settings'
         login (OPENWORK_REGISTRY_USERNAME/_PASSWORD), the login is handed to Docker (``docker login``,
-        as push-image does) and the pull tried once more. Docker's own words do not always say that a
-        login was missing (a loopback registry's answer is a reset connection after its plain-HTTP
-        retry), so the registry's 401 to no login, asked by ``access``, says it too."""
+        as push-image does) and the pull tried once more. A pull that still fails is a one-line
+        WorkflowError with the way out: log in, push first, or check the image and the registry.
+        Docker's own words do not always say that a login was missing (a loopback registry's answer
+        can be a reset connection after Docker's plain-HTTP retry), so the registry's 401 to no
+        login, asked by ``access``, says it too."""
         from openwork_sandbox.registry.access import LOGIN_HINT, docker_login, login_refused
         from openwork_sandbox.config import ImageRef
 
@@ -249,8 +249,8 @@ class DockerRuntime(Runtime):
         if user:
             self._hand_back(spec, user)
         argv = [
-            # --init: Docker's tini as PID 1 forwards SIGTERM, so `down` takes well under a second
-            # even while the orchestrator is still verifying its server (without it: 10 s, then SIGKILL)
+            # --init: Docker's tini as PID 1 forwards SIGTERM to the entrypoint, so `down` stops it at once,
+            # also while the orchestrator still verifies its server (else: docker stop's -t seconds, then SIGKILL)
             "run", "-d", "--init", "--name", self.name,
             "--label", f"{LABEL_MANAGED}=1", "--label", f"{LABEL_FP}={spec.fingerprint}",
             *[arg for key, value in spec.marks.items() for arg in ("--label", f"{MARK_PREFIX}{key}={value}")],
@@ -269,9 +269,10 @@ class DockerRuntime(Runtime):
             raise WorkflowError(f"docker run {spec.image} failed: {processes.last_line(proc.stderr)}")
 
     def _hand_back(self, spec: LaunchSpec, user: str) -> None:
-        """Files under the mounts that belong to someone else (an older version ran the container as
-        root) are chowned to ``user`` by a one-off root container of the image, so the sandbox can
-        write them and ``reset`` can delete them without sudo."""
+        """Files under the mounts that belong to someone else (a container that ran as root) are
+        chowned to ``user`` by a one-off root container of the image, so the sandbox can write them
+        and ``reset`` can delete them without sudo. When that fails: a one-line WorkflowError naming
+        the ``sudo chown`` to run once."""
         found = foreign_owned(spec.mounts.values(), int(user.split(":")[0]))
         if found is None:
             return
@@ -300,7 +301,9 @@ class DockerRuntime(Runtime):
         return lambda: None
 
     def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
-        """``docker cp CONTAINER:guest_dir/unit -`` (a tar stream) into ``stage/unit``."""
+        """``docker cp CONTAINER:guest_dir/unit -`` (a tar stream, read as it comes) into ``stage/unit``:
+        the kept files (``state.persist.is_kept``) as ``write_staged`` records them. A container
+        without that folder copies nothing (``[]``); any other failure is a one-line WorkflowError."""
         from openwork_sandbox.state.persist import is_kept, read_chunks, write_staged
 
         src = str(PurePosixPath(guest_dir) / unit)
