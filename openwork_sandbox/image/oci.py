@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
 from pathlib import Path
@@ -95,28 +96,17 @@ def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, t
     blobs.mkdir(parents=True, exist_ok=True)
     known = cache_dir / "oci" / "layers"
     known.mkdir(parents=True, exist_ok=True)
-    member_diff: dict[str, str] = {}  # layer.tar member → its diff id
-    links: dict[str, str] = {}  # a layer.tar that is a link to another one
-    files: dict[str, bytes] = {}
-    layers: dict[str, tuple[str, int]] = {}
-    with processes.stream_bytes(["docker", "save", image_id], finish_timeout=600, check=False) as save:
-        with tarfile.open(fileobj=save.stdout, mode="r|") as tar:
-            for member in tar:
-                if member.name.endswith("layer.tar") and (member.issym() or member.islnk()):
-                    links[member.name] = os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname)) \
-                        if member.issym() else member.linkname
-                elif member.name.endswith("layer.tar") and member.isfile():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    diff, blob = _layer(cache_dir, known, src)
-                    member_diff[member.name] = diff
-                    layers[diff] = blob
-                elif member.isfile() and (member.name == "manifest.json" or member.name.endswith(".json")):
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    files[member.name] = src.read()
-    if save.returncode != 0:
+    broken = None
+    try:
+        with processes.stream_bytes(["docker", "save", image_id], finish_timeout=600, check=False) as save, \
+                tarfile.open(fileobj=save.stdout, mode="r|") as tar:
+            files, member_diff, links, layers = _read_archive(cache_dir, known, tar)
+    except tarfile.TarError as exc:  # no archive at all when docker save failed: its own words say why
+        broken = exc
+    if save.returncode not in (0, -signal.SIGKILL):  # SIGKILL: stopped here, as the archive broke
         raise WorkflowError(f"docker save {image_id[:19]} failed: {save.stderr.decode(errors='replace').strip()[-300:]}")
+    if broken is not None:
+        raise WorkflowError(f"docker save {image_id[:19]} gave an archive this tool cannot read ({broken})")
     try:
         entry = json.loads(files["manifest.json"])[0]
         config_raw = files[entry["Config"]]
@@ -124,6 +114,30 @@ def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, t
     except (KeyError, IndexError, ValueError) as exc:
         raise WorkflowError(f"docker save {image_id[:19]} gave an archive this tool cannot read ({exc})") from None
     return config_raw, order, layers
+
+
+def _read_archive(cache_dir: Path, known: Path, tar: tarfile.TarFile):
+    """One pass over ``docker save``'s archive: (its JSON files by name, layer.tar member → diff id, a
+    layer.tar that links to another → that one, diff id → gzipped blob)."""
+    member_diff: dict[str, str] = {}
+    links: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    layers: dict[str, tuple[str, int]] = {}
+    for member in tar:
+        if member.name.endswith("layer.tar") and (member.issym() or member.islnk()):
+            links[member.name] = os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname)) \
+                if member.issym() else member.linkname
+        elif member.name.endswith("layer.tar") and member.isfile():
+            src = tar.extractfile(member)
+            assert src is not None
+            diff, blob = _layer(cache_dir, known, src)
+            member_diff[member.name] = diff
+            layers[diff] = blob
+        elif member.isfile() and (member.name == "manifest.json" or member.name.endswith(".json")):
+            src = tar.extractfile(member)
+            assert src is not None
+            files[member.name] = src.read()
+    return files, member_diff, links, layers
 
 
 def _layer(cache_dir: Path, known: Path, src) -> tuple[str, tuple[str, int]]:

@@ -249,6 +249,18 @@ def test_a_program_of_the_wrong_architecture_is_one_line(arm_base, tmp_path):
     assert "OPENWORK_OPENCODE_BIN" in line and "amd64 program, not arm64" in line, line
 
 
+def test_an_image_docker_cannot_save_is_one_line(services, tmp_path):
+    """The OCI export of an image id the engine does not have: docker save's own words, one line."""
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.core.platforms import parse_platform
+    from openwork_sandbox.image import oci
+
+    with pytest.raises(WorkflowError) as err:
+        oci.export(tmp_path, "sha256:" + "0" * 64, parse_platform("linux/arm64"))
+    assert err.value.message.startswith("docker save sha256:000000000000 failed: "), err.value.message
+    assert "\n" not in err.value.message and "no such file" in err.value.message.lower()
+
+
 # --- a private registry: TLS from a CA made here, htpasswd login ----------------------------------
 
 def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_registry, tmp_path, monkeypatch):
