@@ -57,6 +57,12 @@ def test_import_linter_names_a_runtime_importing_the_other(tmp_path):
     assert "openwork_sandbox.runtimes.microsandbox.spec -> openwork_sandbox.runtimes.docker" in said
 
 
+def test_import_linter_names_a_module_that_imports_subprocess(tmp_path):
+    """One place runs programs: a copy of the package where ``image.oci`` imports ``subprocess`` breaks it."""
+    said = _lint_a_copy_with(tmp_path, "image/oci.py", "\n\ndef _around():\n    import subprocess\n")
+    assert "openwork_sandbox.image.oci -> subprocess" in said
+
+
 def test_every_package_has_its_row_in_the_architecture_page():
     page = (ROOT / "docs" / "architecture.md").read_text()
     rows = set(re.findall(r"^\| `([a-z_./]+)/?` \|", page, re.M))
