@@ -119,7 +119,7 @@ class Runtime(abc.ABC):
         guest port, which the runtime publishes on the host port."""
         return spec.guest_port
 
-    def keep_running(self) -> None:
+    def keep_running(self) -> None:  # noqa: B027  (an optional hook: a runtime without a restart policy does nothing)
         """Ask the runtime to bring the healthy sandbox back after it (or the engine) stops on its
         own (Docker: the restart policy); ``stop`` still stops it for good. Inside the sandbox the
         image's supervisor restarts the server."""

@@ -86,7 +86,7 @@ def _walk(root: Path, skip) -> Iterator[tuple[str, os.stat_result]]:
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
-        rel = (lambda name: name) if rel_dir == "." else (lambda name: f"{rel_dir}/{name}")
+        rel = (lambda name: name) if rel_dir == "." else (lambda name, parent=rel_dir: f"{parent}/{name}")
         dirnames[:] = sorted(d for d in dirnames if not skip(rel(d)))
         for name in dirnames + sorted(f for f in filenames if not skip(rel(f))):
             try:

@@ -123,7 +123,7 @@ def _extract_to_stage(path: Path, stage: Path) -> dict:
         if name in seen:
             raise BadArchive(f"it holds {name} twice")
         if any(name.startswith(link + "/") for link in links):
-            raise BadArchive(f"it holds {name} inside the link {next(l for l in links if name.startswith(l + '/'))}")
+            raise BadArchive(f"it holds {name} inside the link {next(link for link in links if name.startswith(link + '/'))}")
         seen.add(name)
         dest = stage / name
         dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -195,7 +195,7 @@ def test_off_a_tty_a_cold_build_is_never_silent_for_10s(test_base_image, stack_i
             proc.kill()
         built = re.search(r'"image_id": "(sha256:[0-9a-f]+)"', "\n".join(lines))
         subprocess.run(["docker", "rmi", "-f", image, base] + ([built.group(1)] if built else []), capture_output=True)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     worst = max(range(len(gaps)), key=gaps.__getitem__)
     print(f"cold build: {stamps[-1] - started:.1f}s, {len(lines)} lines, longest silence {gaps[worst]:.1f}s "
           f"(before: {lines[worst][:80]!r})")

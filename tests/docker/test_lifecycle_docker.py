@@ -135,7 +135,7 @@ def _follow_then_interrupt(tmp, args, env, ready_text):
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"`invoke {' '.join(args)}` still ran 30 s after Ctrl+C; its threads:\n{err[-4000:]}")
+            raise AssertionError(f"`invoke {' '.join(args)}` still ran 30 s after Ctrl+C; its threads:\n{err[-4000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

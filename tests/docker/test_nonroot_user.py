@@ -27,8 +27,9 @@ import requests
 from openwork_sandbox.net.ports import free_port
 from tests.support.lifecycle import OFFLINE, unique_name
 
-pytestmark = pytest.mark.docker
 from tests.support.paths import ROOT
+
+pytestmark = pytest.mark.docker
 USER = "owtest-runner"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SOCKET = Path("/var/run/docker.sock")

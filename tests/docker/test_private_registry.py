@@ -24,8 +24,9 @@ from openwork_sandbox.net.ports import free_port
 from tests.support.paths import STACK_REPO, STANDINS
 from tests.support.lifecycle import make_settings, unique_name
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
 from tests.support.registries import CERTS_D, PrivateRegistry  # noqa: F401
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def docker_login(reg: PrivateRegistry, folder: Path, password: str | None = None) -> Path:

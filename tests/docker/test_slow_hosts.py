@@ -124,7 +124,7 @@ def test_many_ups_at_once_all_end_healthy_and_pass_smoke(stack_image, tmp_path):
             for i, port in enumerate(user_ports(CONCURRENT))]
     try:
         procs = [start_up(tmp_path, e) for e in envs]
-        results = [(e, p, *p.communicate(timeout=float(DEADLINE) + 300)) for e, p in zip(envs, procs)]
+        results = [(e, p, *p.communicate(timeout=float(DEADLINE) + 300)) for e, p in zip(envs, procs, strict=True)]
         failed = [f"{e['OPENWORK_MICROSANDBOX_NAME']}: {err[-1500:]}" for e, p, _, err in results if p.returncode != 0]
         assert not failed, "\n".join(failed)
         for e, _, _, err in results:
@@ -179,7 +179,7 @@ def late_looks(looks, call: str, every: float, slack: float) -> list[str]:
     the watch's spacing by cost) plus SLACK after the one before: a watch that stopped looking."""
     mine = [(began, took) for kind, began, took in looks if kind == call]
     return [f"{call} {b - a:.2f} s after one that took {took:.2f} s"
-            for (a, took), (b, _) in zip(mine, mine[1:]) if b - a > max(every, 20 * took) + slack]
+            for (a, took), (b, _) in zip(mine, mine[1:], strict=False) if b - a > max(every, 20 * took) + slack]
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.45])

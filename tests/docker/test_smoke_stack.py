@@ -23,8 +23,9 @@ from openwork_sandbox.sandbox.up import up
 from openwork_sandbox.smoke.modes import attach_log_tail, local_target, run_smoke
 from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
 from tests.support.paths import ROOT
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def smoke_settings(state_dir: Path, image: str, **flags):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import subprocess
 import sys
@@ -101,7 +103,7 @@ def test_relative_dirs_resolve_against_project_root(tmp_path):
 
 def test_settings_are_immutable(tmp_path):
     s = load(tmp_path)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
 
 
