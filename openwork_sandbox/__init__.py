@@ -1,9 +1,23 @@
 """openwork-sandbox: build an OpenWork image, push it, boot it (microVM or container), smoke-test it.
 
 The Invoke collection is ``openwork_sandbox.tasks.ns``; the ``openwork-sandbox`` program
-(``openwork_sandbox.cli``) and this repository's ``tasks.py`` run it. Packages, from the top (each
-imports only those below it; ``docs/architecture.md``): ``smoke``; ``sandbox`` and ``image``;
-``runtimes``; ``state`` and ``registry``; ``net``; ``config``; ``core``.
+(``openwork_sandbox.cli``, ``__main__``) and this repository's ``tasks.py`` run it. Packages, from the top
+(each imports only those below it; ``docs/architecture.md``), and their modules:
+
+- ``smoke``: ``checks``, ``runner``, ``modes``, ``agent_reply``
+- ``sandbox`` (beside ``image``): the flows ``up``, ``down``, ``status``, ``logs``, ``reset``, ``doctor``,
+  ``backup``, ``restore``, ``leftovers``; what they share, ``launch``, ``locate``, ``endpoint``,
+  ``start_watch``; the rules ``decision``, ``start_gate``, ``start_slots``, ``avx``
+- ``image``: ``build``, ``artifacts``, ``multiplatform``, ``foreign_check``, ``oci``, ``push``,
+  ``index_push``; the build context ``context/`` (package data)
+- ``runtimes``: ``base``, ``choice``, ``probe``, ``docker``, ``listing``; ``microsandbox`` (``runtime``,
+  ``sdk``, ``spec``, ``boot``, ``jobs``, ``logs``, ``copy``, ``launch``, ``pull``)
+- ``state`` (beside ``registry``): ``store``, ``persist``, ``pin``, ``secrets``, ``ownership``, ``supervision``
+- ``registry``: ``client``, ``transport``, ``access``, ``docker_config``
+- ``net``: ``http``, ``openwork_api``, ``health``, ``ports``
+- ``config``: ``settings``, ``env_file``, ``rules``, ``specs``, ``images``, ``values``, ``opencode``
+- ``core``: ``errors``, ``files``, ``versions``, ``platforms``, ``processes``, ``console``, ``gha``,
+  ``report``, ``boundary``, ``interrupts``
 """
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it from here)

@@ -1,6 +1,6 @@
 """The layout is the architecture: import-linter holds the layers and forbids import circles (its
-contracts in ``pyproject.toml``), every package has its row in ``docs/architecture.md``, and no
-module of the package is longer than fits in a head."""
+contracts in ``pyproject.toml``), every package has its row in ``docs/architecture.md``, the
+package's docstring names every module, and no module of the package is longer than fits in a head."""
 
 from __future__ import annotations
 
@@ -74,3 +74,18 @@ def test_no_module_is_longer_than_fits_in_a_head():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_package_docstring_names_every_package_and_module_there_is():
+    """``openwork_sandbox/__init__.py``'s map: one item per package, naming each of its modules and no other."""
+    items = {m.group(1): m.group(0) for m in re.finditer(r"^- ``([a-z_]+)``.*(?:\n  .*)*", openwork_sandbox.__doc__, re.M)}
+    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert sorted(items) == packages
+    for package in packages:
+        folder = PACKAGE / package
+        there = {p.stem for p in folder.glob("*.py")} | {p.parent.name for p in folder.glob("*/__init__.py")}
+        there |= {p.stem for p in folder.glob("*/*.py")}
+        there -= {"__init__"}
+        named = set(re.findall(r"``([a-z_]+)``", items[package])) - {package}
+        assert there - named == set(), f"{package}: modules the map does not name"
+        assert named - there <= set(packages), f"{package}: names the map has but the package has not"
