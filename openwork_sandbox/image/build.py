@@ -1,8 +1,8 @@
 """``build-image``: bake the three pinned, verified programs into a lean image.
 
 1. The base image must exist locally (or be pullable); else the error says how to make one.
-2. The programs come from :mod:`npm_artifacts` (verified, cached) or from local overrides.
-3. They are staged, with ``openwork_sandbox/image/Dockerfile`` and the entrypoint, in a build context under the
+2. The programs come from ``image.artifacts`` (verified, cached) or from local overrides.
+3. They are staged, with ``image/context/Dockerfile`` and the entrypoint, in a build context under the
    state folder (hard links to the cache where possible) and built with the classic builder; the
    ``Dockerfile`` has no ``RUN``, so nothing in the build needs a network or an emulator.
 4. One container checks every baked program's ``--version`` (skipped for an image id already
@@ -42,8 +42,8 @@ LAST_BUILD = "last-build.json"
 VERIFIED = "verified-images.json"
 PROGRAM_LABEL = "io.openwork.{}.version"
 DEFAULT_BASE = "debian:bookworm-slim"
-# opencode's first --version takes 12-14 s in a microVM under emulation and longer on a loaded host:
-# a wide window (the check prints a heartbeat meanwhile), not a fixed 2 minutes
+# seconds the one-container version check may take: opencode's first --version is slow under
+# emulation and on a loaded host (the check prints a heartbeat meanwhile)
 VERSION_CHECK_TIMEOUT = 900.0
 SETUP_BASE = "openwork-base:bookworm-slim"  # what scripts/setup makes where DEFAULT_BASE cannot be pulled
 
@@ -51,10 +51,12 @@ SETUP_BASE = "openwork-base:bookworm-slim"  # what scripts/setup makes where DEF
 # --- state ---------------------------------------------------------------------------------------
 
 def last_build_path(settings: Settings) -> Path:
+    """``<state>/last-build.json``: what the last build made, for ``push-image``."""
     return settings.state_dir / LAST_BUILD
 
 
 def read_last_build(settings: Settings) -> dict | None:
+    """The last build's record; None when there is none or it cannot be read."""
     try:
         return json.loads(last_build_path(settings).read_text())
     except (OSError, ValueError):
@@ -122,6 +124,9 @@ def _git(settings: Settings, *args: str) -> str | None:
 
 
 def image_metadata(settings: Settings) -> dict[str, str]:
+    """The label build arguments: ``IMAGE_CREATED`` (``SOURCE_DATE_EPOCH``, else the commit time, else
+    1970), ``IMAGE_REVISION`` (the commit, else ``unknown``) and ``IMAGE_SOURCE`` (the origin's URL, an
+    scp-like one as https, never with credentials; else empty). Same checkout, same labels."""
     revision = _git(settings, "rev-parse", "HEAD") or "unknown"
     if settings.source_date_epoch is not None:
         epoch = settings.source_date_epoch
@@ -163,6 +168,8 @@ def _place(src: Path, dest: Path, *, link: bool) -> None:
 
 def stage_context(settings: Settings, artifacts: dict[str, npm_artifacts.Artifact],
                   folder: str = "image-context") -> Path:
+    """``<state>/<folder>``: the context files and ``bin/<program>`` for each artifact, nothing else;
+    a context file with the same bytes, or a cached program already linked there, is left alone."""
     context = settings.state_dir / folder
     (context / "bin").mkdir(parents=True, exist_ok=True)
     for name in CONTEXT_FILES:
@@ -183,7 +190,9 @@ def stage_context(settings: Settings, artifacts: dict[str, npm_artifacts.Artifac
 # --- version check -------------------------------------------------------------------------------
 
 def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_artifacts.Artifact]) -> dict[str, str]:
-    """Run every baked program's ``--version`` in one container; pinned versions must match."""
+    """Run every baked program's ``--version`` in one container (no network); pinned versions must
+    match (:func:`compare_versions`). The result is kept per image id in ``<state>/verified-images.json``,
+    so an image already checked is not run again."""
     verified_path = settings.state_dir / VERIFIED
     verified = _read_json(verified_path)
     if image_id in verified:
@@ -246,7 +255,9 @@ def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = F
     """Build ``settings.image`` from the pinned programs; print and return what was built.
 
     ``no_cache`` builds every layer again (scripts/bench-image uses it to time a cold build).
-    The host's platform only: ``image_platforms.build_image`` is what ``build-image`` calls."""
+    The host's platform only: ``image.multiplatform.build_image`` is what ``build-image`` calls.
+    Raises WorkflowError for a missing base, a download or integrity failure, a failed build or a
+    failed version check; the tag moves only after the check passed."""
     with _build_lock(settings):
         return _build(settings, as_json, no_cache)
 
