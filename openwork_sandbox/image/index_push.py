@@ -1,11 +1,11 @@
 """``push-image`` after a build for several platforms: every platform's image and their OCI image index.
 
 Docker 20.10 cannot push an image of another platform (it calls every image its own), so the
-images ``image_platforms`` exported (``oci_image``: content-addressed blobs in the cache) go through
-the registry's v2 API (``registry``, with the same login, CAs and Basic/Bearer auth as the proof of
-a single-platform push): each blob the registry lacks, each platform's manifest by its digest, then
-the index under the tag. The index digest is recorded (``image_pin``): ``up`` boots it, and each
-runtime's pull picks its own platform from it.
+images ``image.multiplatform`` exported (``image.oci``: content-addressed blobs in the cache) go
+through the registry's v2 API (``registry.client``, with the same login, CAs and Basic/Bearer auth
+as the proof of a single-platform push): each blob the registry lacks, each platform's manifest by
+its digest, then the index under the tag. The index digest is recorded (``state.pin``): ``up`` boots
+it, and each runtime's pull picks its own platform from it.
 
 Proof: the v2 API serves the index with that digest, every platform's manifest and every blob
 (``Registry.verify_pullable``), and each platform's config names that platform; the microsandbox
@@ -33,6 +33,9 @@ def _blob(settings: Settings, digest: str) -> bytes:
 
 
 def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool, started: float) -> dict:
+    """Push the index build ``last`` (``last-build.json`` with ``platforms``) and prove it; print and
+    return what ``push-image`` reports. Blobs gone from the cache, or an index the registry stores
+    under another digest, are a WorkflowError before anything is recorded."""
     ref = settings.image_ref
     repo, tag = ref.repository, ref.tag or "latest"
     platforms = last["platforms"]
@@ -107,6 +110,8 @@ def _check_platforms(registry: Registry, repo: str, digest: str, platforms: list
 
 
 def _prove_host_pull(settings: Settings, registry: Registry, platforms: list[dict]) -> tuple[bool, str]:
+    """(pulled, what was seen): the microsandbox SDK pulls this host's platform from the index;
+    skipped when the index has none."""
     host = str(host_platform())
     mine = next((p for p in platforms if p["platform"] == host), None)
     if mine is None:

@@ -3,17 +3,19 @@
 1. The image to push is the one ``build-image`` recorded (``.state/last-build.json``); pushing to
    another reference tags that image first (``--image REF`` builds REF first when the last build
    was for another reference).
-2. The registry must answer ``GET /v2/`` with the login (``registry_access``: the settings' login,
+2. The registry must answer ``GET /v2/`` with the login (``registry.access``: the settings' login,
    else Docker's own), and the login must be allowed to push to the repository: a one-line error
    otherwise, before anything is tagged or sent.
 3. ``docker login --password-stdin`` when OPENWORK_REGISTRY_USERNAME/_PASSWORD are set (the
    password never goes on argv); otherwise Docker uses its own saved login.
 4. ``docker push``; a line per layer (on a TTY and in CI logs); the pushed ``repo@sha256:…`` is printed and
-   recorded in ``.state/last-push.json`` (``up`` boots it, see ``image_pin``).
+   recorded in ``.state/last-push.json`` (``up`` boots it, see ``state.pin``).
 5. Proof: the v2 API serves the manifest with that digest and every blob it names, and, where the
    microsandbox runtime is installed, the microsandbox SDK pulls it with the same login and CAs
-   (``runtimes.microsandbox_pull``) and gets the same digest. A failed proof says the
+   (``runtimes.microsandbox.pull``) and gets the same digest. A failed proof says the
    image was pushed all the same.
+
+After a build for several platforms the push is ``image.index_push``'s.
 """
 
 from __future__ import annotations
