@@ -55,6 +55,8 @@ class Program:
     override_env: str
 
     def package(self, arch: str) -> str:
+        """The npm package holding this program for ``arch`` (``amd64``, ``arm64``); any other
+        architecture is a WorkflowError naming the override setting."""
         npm_arch = {"amd64": "x64", "arm64": "arm64"}.get(arch)
         if npm_arch is None:
             raise WorkflowError(f"no published {self.name} build for architecture {arch}; set {self.override_env} "
@@ -312,6 +314,8 @@ def extract_program(settings: Settings, program: Program, tarball: Path, package
 
 
 def local_artifact(program: Program, path: Path) -> Artifact:
+    """A local override as it is (never copied into the cache); a missing or non-executable file is
+    a WorkflowError naming the setting."""
     if not path.is_file():
         raise WorkflowError(f"{program.override_env}={path}: no such file; point it at your {program.name} executable")
     if not os.access(path, os.X_OK):
@@ -320,7 +324,9 @@ def local_artifact(program: Program, path: Path) -> Artifact:
 
 
 def resolve(settings: Settings, arch: str) -> dict[str, Artifact]:
-    """All three programs, in image layer order: local overrides as they are, the rest from npm."""
+    """All three programs, in image layer order: local overrides as they are, the rest from npm.
+    Raises WorkflowError (an unpublished version, an integrity mismatch, a bad override) or
+    UnreachableError (the registry did not answer)."""
     out: dict[str, Artifact] = {}
     for program in PROGRAMS:
         override = getattr(settings, program.override_field)

@@ -40,6 +40,7 @@ OVERRIDES = ("orchestrator_bin", "server_bin", "opencode_bin")
 
 
 def wanted(settings: Settings) -> tuple[Platform, ...]:
+    """The platforms to build: ``OPENWORK_PLATFORMS`` (``--platform``), else the host's."""
     return parse_platforms(settings.platform) if settings.platform else (host_platform(),)
 
 
@@ -171,6 +172,7 @@ def _check_published(settings: Settings, plat: Platform) -> None:
 
 
 def _check_override_arch(artifacts: dict[str, npm_artifacts.Artifact], plat: Platform) -> None:
+    """Every local override is an ELF file of ``plat``'s architecture, or not ELF (one line, exit 2)."""
     for name, artifact in artifacts.items():
         if artifact.source.startswith("npm:"):
             continue
@@ -183,6 +185,7 @@ def _check_override_arch(artifacts: dict[str, npm_artifacts.Artifact], plat: Pla
 
 
 def foreign_tag(image: str, plat: Platform) -> str:
+    """The local tag of another platform's image: ``<repository>:<tag>-<os>-<arch>`` (tag ``latest`` if none)."""
     from openwork_sandbox.config import ImageRef
 
     ref = ImageRef.parse(image)
@@ -203,6 +206,8 @@ def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = F
 
 
 def build_platforms(settings: Settings, as_json: bool = False, no_cache: bool = False) -> dict:
+    """One image per wanted platform and their index; every platform's input is checked before any
+    build. Records ``last-build.json`` (with ``platforms`` and ``index``), prints and returns it."""
     from openwork_sandbox.image import build as ib
 
     started = time.monotonic()

@@ -57,7 +57,8 @@ def _canonical(obj: dict) -> bytes:
 
 def export(cache_dir: Path, image_id: str, plat: Platform) -> dict:
     """The OCI manifest of ``image_id`` as ``plat``: ``{"digest", "size", "media_type", "config", "blobs"}``
-    (blobs: ``[(digest, size)]``, config first). Kept per image id: a second call reads one file."""
+    (blobs: ``[(digest, size)]``, config first). Kept per image id: a second call reads one file.
+    A ``docker save`` that fails or cannot be read is a one-line WorkflowError."""
     record = cache_dir / "oci" / "images" / f"{image_id.split(':')[-1]}-{plat.slug}.json"
     try:
         saved = json.loads(record.read_text())
