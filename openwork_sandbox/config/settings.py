@@ -111,7 +111,7 @@ class Settings:
     @property
     def registry_plain_http(self) -> bool:
         """Plain HTTP may be used for the registry (after HTTPS, when it does not speak TLS): loopback
-        registries and insecure ones. Which one it speaks is found by asking it (``registry``)."""
+        registries and insecure ones. Which one it speaks is found by asking it (``registry.client``)."""
         return self.image_ref.registry_is_loopback or self.registry_insecure
 
     def origin(self, field: str) -> str:

@@ -1,4 +1,4 @@
-"""The sandboxes this tool made, as each runtime lists them, with their marks (``ownership``).
+"""The sandboxes this tool made, as each runtime lists them, with their marks (``state.ownership``).
 
 ``sandbox.leftovers`` judges them (stale, orphan) for ``doctor`` and ``reset --stale``. Each function
 returns ``(name, marks, running)`` tuples, the marks without their label prefix. The one module of

@@ -1,7 +1,7 @@
 """Sandboxes left behind: what ``doctor`` lists and ``reset --stale`` removes.
 
 Each runtime lists the sandboxes this tool made with their marks (``runtimes.listing``);
-:func:`ownership.judge` says which are stale (an ephemeral one whose ``smoke --ephemeral`` job is
+:func:`state.ownership.judge` says which are stale (an ephemeral one whose ``smoke --ephemeral`` job is
 gone, or whose time ran out) and which are orphans (no ``.state/<name>/`` folder owns them).
 ``reset --stale`` removes the stale ones and their state folders, as the smoke run's own teardown
 would have; it never touches a sandbox whose job still runs, a non-ephemeral one (``doctor`` lists
