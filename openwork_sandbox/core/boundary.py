@@ -15,7 +15,6 @@ import sys
 from openwork_sandbox.core import gha
 from openwork_sandbox.core.errors import EXIT_INTERRUPTED, WorkflowError
 
-
 # --- ending a task process without the interpreter's finalization ------------------------------------
 # A native library whose threads call into Python (the microsandbox SDK's) must not meet interpreter
 # finalization: such a thread aborts the process (SIGABRT) after the task's output. Once a runtime has

@@ -14,7 +14,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 OK = "✓"
 BAD = "✗"
@@ -115,7 +116,7 @@ class Progress:
         if self.plain:
             self._plain_line("started" + (f" ({human_bytes(total)})" if total else ""))
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -180,7 +181,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="openwork-heartbeat", daemon=True)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -189,7 +190,7 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join(timeout=2)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets as _secrets
-from typing import Iterable
+from collections.abc import Iterable
 
 _MASKED: set[str] = set()
 

@@ -12,8 +12,9 @@ import os
 import re
 import socket
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from openwork_sandbox.core import console, gha
 from openwork_sandbox.core.errors import WorkflowError

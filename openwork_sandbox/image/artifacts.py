@@ -31,13 +31,13 @@ from urllib.parse import quote
 
 import requests
 
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console
-from openwork_sandbox.core.processes import run, which
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.net.http import outside_session
+from openwork_sandbox.core.processes import run, which
 from openwork_sandbox.core.versions import npm_version_key
-from openwork_sandbox.config import Settings
+from openwork_sandbox.net.http import outside_session
 
 CHUNK = 1 << 20
 FIXED_MTIME = 315532800  # 1980-01-01: the mtime of every baked file, for reproducible layers

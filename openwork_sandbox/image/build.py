@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console, gha
-from openwork_sandbox.image import artifacts as npm_artifacts
-from openwork_sandbox.core.processes import CommandTimeout, docker, last_line, run, stream_lines, which
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.config import Settings
+from openwork_sandbox.core.processes import CommandTimeout, docker, last_line, run, stream_lines, which
+from openwork_sandbox.image import artifacts as npm_artifacts
 
 IMAGE_DIR = Path(__file__).resolve().parent / "context"  # package data: ships in the wheel
 CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js",

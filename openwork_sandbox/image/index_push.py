@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import json
 
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console, gha
+from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core.platforms import host_platform, parse_platform
 from openwork_sandbox.image import oci as oci_image
 from openwork_sandbox.registry import access as registry_access
-from openwork_sandbox.core.errors import WorkflowError
-from openwork_sandbox.state.pin import push_result, record_push
-from openwork_sandbox.core.platforms import host_platform, parse_platform
 from openwork_sandbox.registry.client import Registry
 from openwork_sandbox.runtimes.microsandbox import pull as microsandbox_pull
-from openwork_sandbox.config import Settings
+from openwork_sandbox.state.pin import push_result, record_push
 
 
 def _blob(settings: Settings, digest: str) -> bytes:

@@ -20,9 +20,8 @@ import json
 import time
 from pathlib import Path
 
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console
-from openwork_sandbox.image import foreign_check, artifacts as npm_artifacts, oci as oci_image
-from openwork_sandbox.core.processes import docker
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, UnreachableError, WorkflowError
 from openwork_sandbox.core.platforms import (
     ELF_NAMES,
@@ -32,7 +31,10 @@ from openwork_sandbox.core.platforms import (
     parse_platform,
     parse_platforms,
 )
-from openwork_sandbox.config import Settings
+from openwork_sandbox.core.processes import docker
+from openwork_sandbox.image import artifacts as npm_artifacts
+from openwork_sandbox.image import foreign_check
+from openwork_sandbox.image import oci as oci_image
 
 FOREIGN_BASE = "openwork-base:bookworm-slim-{arch}"  # what scripts/setup makes for another platform
 BASE_ARCH = "base-arch.json"

@@ -23,14 +23,15 @@ from __future__ import annotations
 import re
 import time
 
-from openwork_sandbox.core import processes as commands, console, gha
-from openwork_sandbox.registry import access as registry_access
+from openwork_sandbox.config import Settings
+from openwork_sandbox.core import console, gha
+from openwork_sandbox.core import processes as commands
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.image.build import read_last_build
-from openwork_sandbox.state.pin import push_result, record_push
+from openwork_sandbox.registry import access as registry_access
 from openwork_sandbox.registry.client import Registry
 from openwork_sandbox.runtimes.microsandbox import pull as microsandbox_pull
-from openwork_sandbox.config import Settings
+from openwork_sandbox.state.pin import push_result, record_push
 
 PUSH_LINE = re.compile(r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from .*)$")
 DIGEST_LINE = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: (\d+)")
@@ -139,7 +140,7 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     diff_ids = commands.docker("image", "inspect", "--format", "{{range .RootFS.Layers}}{{println .}}{{end}}",
                                image_id).stdout.split()
     layers = proof["layers"]
-    pushed_bytes = sum(size for (_, size), diff in zip(layers, diff_ids) if diff.split(":")[-1][:12] in sent)
+    pushed_bytes = sum(size for (_, size), diff in zip(layers, diff_ids, strict=False) if diff.split(":")[-1][:12] in sent)
     result = push_result(settings, image_id, digest, pinned, len(layers), len(sent), pushed_bytes, proof["bytes"],
                          pulled, detail, started)
     if as_json:

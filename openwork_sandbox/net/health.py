@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.net.http import SANDBOX_GET_ERRORS, sandbox_get

@@ -41,7 +41,7 @@ def _loopback_url(url: str | None) -> bool:
     return bool(host) and is_loopback(host)
 
 
-def sandbox_session(*, user_agent: str = USER_AGENT) -> "requests.Session":
+def sandbox_session(*, user_agent: str = USER_AGENT) -> requests.Session:
     """A session for the sandbox's own server: no proxy, nothing read from the environment."""
     import requests
 
@@ -70,7 +70,7 @@ def sandbox_get(url: str, *, headers: dict[str, str] | None = None, timeout_s: f
         conn.close()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _outside_session_class() -> type:
     """The session class of :func:`outside_session`, made once (requests is imported only here)."""
     import requests
@@ -97,7 +97,7 @@ def _outside_session_class() -> type:
     return OutsideSession
 
 
-def outside_session(*, verify: bool | str = True, user_agent: str = USER_AGENT) -> "requests.Session":
+def outside_session(*, verify: bool | str = True, user_agent: str = USER_AGENT) -> requests.Session:
     """A session for registries on the network: proxies from the environment, system CAs (or ``verify``)."""
     session = _outside_session_class()()
     session.trust_env = True

@@ -97,7 +97,7 @@ class OpenWorkClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "OpenWorkClient":
+    def __enter__(self) -> OpenWorkClient:
         return self
 
     def __exit__(self, *exc) -> None:

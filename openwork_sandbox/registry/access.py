@@ -23,12 +23,13 @@ import os
 import re
 from pathlib import Path
 
-from openwork_sandbox.core import processes as commands, console
-from openwork_sandbox.registry import docker_config
-from openwork_sandbox.registry.docker_config import Credentials
+from openwork_sandbox.config import Settings
+from openwork_sandbox.core import console
+from openwork_sandbox.core import processes as commands
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.config import Settings
+from openwork_sandbox.registry import docker_config
+from openwork_sandbox.registry.docker_config import Credentials
 
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 PEM_MARK = b"-----BEGIN CERTIFICATE-----"

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from openwork_sandbox.core.errors import WorkflowError
 

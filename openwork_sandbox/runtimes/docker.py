@@ -33,12 +33,12 @@ import os
 import sys
 import tarfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import WorkflowError
-from openwork_sandbox.state.store import write_private_file
 from openwork_sandbox.runtimes.base import (
     ABSENT,
     HOST_ADDRESS_VAR,
@@ -48,6 +48,7 @@ from openwork_sandbox.runtimes.base import (
     Runtime,
     RuntimeStatus,
 )
+from openwork_sandbox.state.store import write_private_file
 
 if TYPE_CHECKING:
     from openwork_sandbox.registry.access import PullAccess
@@ -59,14 +60,14 @@ ENV_FILE = "container.env"
 RESTART_POLICY = "unless-stopped"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def engine_has_bridge() -> bool:
     """True when the engine has a bridge network (then ``-p`` publishing works)."""
     proc = processes.docker("network", "ls", "--filter", "driver=bridge", "--format", "{{.Name}}", timeout=15)
     return any(line.strip() == "bridge" for line in proc.stdout.splitlines())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def engine_is_rootless() -> bool:
     """A rootless engine maps the container's root to the invoking user already."""
     proc = processes.docker("info", "--format", "{{json .SecurityOptions}}", check=False, timeout=15)
@@ -183,8 +184,8 @@ class DockerRuntime(Runtime):
         Docker's own words do not always say that a login was missing (a loopback registry's answer
         can be a reset connection after Docker's plain-HTTP retry), so the registry's 401 to no
         login, asked by ``access``, says it too."""
-        from openwork_sandbox.registry.access import LOGIN_HINT, docker_login, login_refused
         from openwork_sandbox.config import ImageRef
+        from openwork_sandbox.registry.access import LOGIN_HINT, docker_login, login_refused
 
         host = ImageRef.parse(ref).registry_host
         console.info(f"pulling {ref} ...")
@@ -220,8 +221,8 @@ class DockerRuntime(Runtime):
         if engine_has_bridge():
             return ["-p", f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}",
                     "--add-host", "host.docker.internal:host-gateway"], {HOST_ADDRESS_VAR: "host.docker.internal"}
-        from openwork_sandbox.net.ports import free_port
         from openwork_sandbox.config import is_loopback
+        from openwork_sandbox.net.ports import free_port
 
         env = {
             "OPENWORK_PORT": str(self.server_port(spec)),

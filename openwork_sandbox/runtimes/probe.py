@@ -103,7 +103,7 @@ def host_facts(*, docker: bool = True) -> HostFacts:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def microvm_support() -> tuple[bool, str]:
     """``(True, why)`` when microVMs can boot here, else ``(False, what is missing)`` (see choice);
     read once per process."""

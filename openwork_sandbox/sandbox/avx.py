@@ -8,7 +8,7 @@ the server log and ends with :func:`no_avx_message` instead of the panic (no ret
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from openwork_sandbox.core.errors import WorkflowError
 

@@ -38,15 +38,16 @@ import stat
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from openwork_sandbox import __version__
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import atomic_writer
 from openwork_sandbox.state.persist import read_chunks
-from openwork_sandbox.config import Settings
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 FORMAT = "openwork-sandbox-backup"
@@ -251,15 +252,15 @@ def backup(settings: Settings, *, output: str | os.PathLike | None = None, works
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(stage / MANIFEST, 0o600)
         now[0] = f"writing {target.name}"
-        with atomic_writer(target, mode=0o600, replace=False) as fh:
-            with tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar:
-                tar.add(stage / MANIFEST, arcname=MANIFEST, filter=_tar_filter)
-                for top in TOPS:
-                    if top == "workspace" and not workspace:
-                        continue
-                    tar.add(stage / top, arcname=top, recursive=False, filter=_tar_filter)
-                for entry in entries:
-                    tar.add(stage / entry["path"], arcname=entry["path"], recursive=False, filter=_tar_filter)
+        with atomic_writer(target, mode=0o600, replace=False) as fh, \
+                tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar:
+            tar.add(stage / MANIFEST, arcname=MANIFEST, filter=_tar_filter)
+            for top in TOPS:
+                if top == "workspace" and not workspace:
+                    continue
+                tar.add(stage / top, arcname=top, recursive=False, filter=_tar_filter)
+            for entry in entries:
+                tar.add(stage / entry["path"], arcname=entry["path"], recursive=False, filter=_tar_filter)
     files = [e for e in entries if e["type"] == "file"]
     total = sum(e["size"] for e in files)
     result = {"path": str(target), "files": len(files), "bytes": total, "archive_bytes": target.stat().st_size,

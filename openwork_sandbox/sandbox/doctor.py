@@ -15,13 +15,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from openwork_sandbox.core import processes as commands, console
+from openwork_sandbox.config import Settings
+from openwork_sandbox.core import console
+from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core.versions import at_least
 from openwork_sandbox.net import ports
 from openwork_sandbox.net.health import health_once
 from openwork_sandbox.runtimes import choice, probe
 from openwork_sandbox.runtimes.choice import DOCKER, MICROSANDBOX, HostFacts
-from openwork_sandbox.config import Settings
-from openwork_sandbox.core.versions import at_least
 from openwork_sandbox.state.store import SandboxState
 
 BOTH = frozenset({DOCKER, MICROSANDBOX})
@@ -210,8 +211,8 @@ def check_sandbox_env(settings: Settings) -> Check:
 def check_opencode_config(settings: Settings, runtime: str | None = None) -> Check:
     """OPENWORK_OPENCODE_CONFIG: the providers and the default model the sandbox will have (names only),
     and a provider on the host's loopback that the chosen runtime cannot reach as written."""
-    from openwork_sandbox.core.errors import SettingsError
     from openwork_sandbox.config.opencode import load
+    from openwork_sandbox.core.errors import SettingsError
 
     if settings.opencode_config is None:
         return Check("opencode config", True, "OPENWORK_OPENCODE_CONFIG unset: opencode's defaults and whatever "
@@ -243,8 +244,8 @@ def check_opencode_config(settings: Settings, runtime: str | None = None) -> Che
 def agent_summary(settings: Settings) -> dict:
     """For ``doctor --json``: the providers and default model the sandbox will have, and which
     OPENWORK_SANDBOX_ENV variables are set (names and booleans only)."""
-    from openwork_sandbox.core.errors import SettingsError
     from openwork_sandbox.config.opencode import load
+    from openwork_sandbox.core.errors import SettingsError
 
     out: dict = {"sandbox_env": {n: bool(settings.sandbox_env_values.get(n)) for n in settings.sandbox_env},
                  "opencode_config": str(settings.opencode_config) if settings.opencode_config else None,

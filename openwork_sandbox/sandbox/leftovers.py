@@ -14,10 +14,10 @@ import dataclasses
 import time
 from pathlib import Path
 
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.state.ownership import STATE_DIR, judge
-from openwork_sandbox.config import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _listed(settings: Settings) -> list[tuple[str, str, dict, bool]]:
         from openwork_sandbox.runtimes.listing import microsandbox_managed
 
         found += [("microsandbox", *item) for item in microsandbox_managed()]
-    except Exception:  # noqa: BLE001 - no SDK, no msb, no records: nothing to list there
+    except Exception:
         pass
     return found
 

@@ -24,14 +24,14 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from openwork_sandbox.core import console
-from openwork_sandbox.sandbox.backup import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, hash_file
-from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
-from openwork_sandbox.state.persist import read_chunks
 from openwork_sandbox.config import Settings
+from openwork_sandbox.core import console
+from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
+from openwork_sandbox.sandbox.backup import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, hash_file
+from openwork_sandbox.state.persist import read_chunks
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 MAX_MANIFEST = 64 << 20

@@ -12,7 +12,7 @@ originals. An image without gates gives no lines, and the notes are None.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 GATE_MARK = "opencode-gate:"
 SERVER_GATE_MARK = "openwork-server-gate:"

@@ -18,7 +18,8 @@ import dataclasses
 import json
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from openwork_sandbox.core.errors import WorkflowError
@@ -282,8 +283,8 @@ def prompt_answered(r) -> str:
     (:mod:`openwork_sandbox.smoke.agent_reply` reads them)."""
     import time
 
-    from openwork_sandbox.smoke.agent_reply import first_words, metrics, read_reply, scrub
     from openwork_sandbox.net.openwork_api import TransportError
+    from openwork_sandbox.smoke.agent_reply import first_words, metrics, read_reply, scrub
 
     if not r.prompt:
         raise Skip("not requested (--prompt TEXT)")

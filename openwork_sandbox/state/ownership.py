@@ -16,7 +16,7 @@ import dataclasses
 import os
 import socket
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 STATE_DIR, EPHEMERAL, OWNER, EXPIRES = "state-dir", "ephemeral", "owner", "expires"
 

@@ -31,8 +31,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import WorkflowError

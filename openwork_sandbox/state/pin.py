@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from openwork_sandbox.core.files import write_atomic
 from openwork_sandbox.config import ImageRef, Settings
+from openwork_sandbox.core.files import write_atomic
 
 LAST_PUSH = "last-push.json"
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
+from openwork_sandbox.config import Settings
 from openwork_sandbox.core.errors import SettingsError
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.config import Settings
 
 GUEST_DIR = "/etc/openwork-sandbox"  # where the folder is mounted (read by image/opencode-gate)
 HOST_DIR = "sandbox-secrets"  # under .state/<name>/

@@ -30,13 +30,14 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from openwork_sandbox.config import SPECS, Settings, token_problems
 from openwork_sandbox.core import gha
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, SettingsError, WorkflowError
 from openwork_sandbox.core.files import write_atomic
-from openwork_sandbox.config import SPECS, Settings, token_problems
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
 MIN_PUBLIC_TOKEN_LEN = 24  # a port published beyond loopback needs at least this much token
@@ -326,7 +327,7 @@ def safe_remove(target: Path, state_root: Path, project_root: Path) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         raise WorkflowError(f"{target} is not a folder; nothing deleted")
 
-    def onerror(func, path, exc_info):  # noqa: ARG001 - shutil's signature
+    def onerror(func, path, exc_info):
         exc = exc_info[1]
         raise WorkflowError(
             f"cannot delete {path} ({getattr(exc, 'strerror', exc)}): files made inside the sandbox may belong "

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.lifecycle import docker_env, invoke
 from tests.standins.standin_openai_provider import REPLY, StandinProvider
+from tests.support.lifecycle import docker_env, invoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 KEY_VAR = "STANDIN_API_KEY"
@@ -247,10 +247,10 @@ def test_the_gate_hands_the_mounted_keys_and_config_to_the_real_opencode(stack_i
 
     import requests
 
-    from openwork_sandbox.smoke.agent_reply import read_reply
-    from openwork_sandbox.net.ports import free_port
-    from openwork_sandbox.state.secrets import GUEST_DIR, SandboxSecrets, write
     from openwork_sandbox.config import load_settings
+    from openwork_sandbox.net.ports import free_port
+    from openwork_sandbox.smoke.agent_reply import read_reply
+    from openwork_sandbox.state.secrets import GUEST_DIR, SandboxSecrets, write
 
     with StandinProvider() as provider:
         key = "sk-standin-" + secrets.token_hex(20)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import REGISTRY, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
 from tests.support.lifecycle import OFFLINE, ROOT, unique_name
+from tests.support.paths import REGISTRY, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
 
 pytestmark = pytest.mark.docker
 
@@ -211,9 +211,9 @@ def _pullable(ref: str) -> bool:
 
 
 def test_build_falls_back_to_the_base_setup_made_when_the_default_cannot_be_pulled(prod_base_image, tmp_path, capsys):
+    from openwork_sandbox.config import load_settings
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.image.build import DEFAULT_BASE, SETUP_BASE, ensure_base_image
-    from openwork_sandbox.config import load_settings
 
     if _pullable(DEFAULT_BASE):
         pytest.skip(f"{DEFAULT_BASE} can be pulled here: there is nothing to fall back from")

@@ -146,8 +146,8 @@ def test_second_build_downloads_nothing_and_hits_the_cache(stack_image, tmp_path
 
 
 def test_version_check_refuses_a_wrong_pin(stack_image, tmp_path):
-    from openwork_sandbox.image import artifacts as npm_artifacts
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
     from openwork_sandbox.image.build import check_versions
 
     settings = stack_settings(tmp_path, OPENWORK_STATE_DIR=str(tmp_path / "state"))  # nothing verified yet

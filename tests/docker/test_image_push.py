@@ -67,9 +67,9 @@ def test_server_only_change_pushes_one_small_layer(stack_image, tmp_path, short_
 def test_a_push_that_happened_is_reported_as_pushed_when_the_pull_check_fails(stack_image, tmp_path, monkeypatch):
     """The microsandbox pull fails for real (its MSB_HOME cannot exist): the error still says what was pushed."""
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.state.pin import read_pushes
     from openwork_sandbox.image.push import push_image
     from openwork_sandbox.runtimes.probe import msb_path
+    from openwork_sandbox.state.pin import read_pushes
 
     if msb_path() is None:
         pytest.skip("microsandbox (msb) is not installed: there is no pull check to fail")
@@ -128,7 +128,7 @@ class FlakyRegistryDouble(BaseHTTPRequestHandler):
     statuses: list[int] = []
     hits = 0
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         type(self).hits += 1
         status = type(self).statuses.pop(0) if type(self).statuses else 200
         self.send_response(status)

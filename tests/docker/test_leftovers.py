@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from tests.support.lifecycle import OFFLINE, ROOT, docker_env, invoke, unique_name
 from openwork_sandbox.state.ownership import (
     EPHEMERAL,
     EXPIRES,
@@ -20,6 +19,8 @@ from openwork_sandbox.state.ownership import (
     STATE_DIR,
     this_process,
 )
+from tests.support.lifecycle import OFFLINE, ROOT, docker_env, invoke, unique_name
+
 
 def _docker_labels(name: str) -> dict:
     out = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Labels}}", name], capture_output=True,

@@ -19,10 +19,10 @@ import pytest
 import requests
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import REGISTRY
 from tests.support.lifecycle import OFFLINE, ROOT, build_and_push, docker_env, invoke, make_settings, unique_name
 from tests.support.lifecycle import container_id as _container_id
 from tests.support.lifecycle import up_json as _up_json
+from tests.support.paths import REGISTRY
 
 pytestmark = pytest.mark.docker
 
@@ -365,8 +365,8 @@ def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(s
     import http.server
     import threading
 
-    from openwork_sandbox.net import ports
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.net import ports
     from openwork_sandbox.runtimes.docker import engine_has_bridge
     from openwork_sandbox.sandbox.up import up
 

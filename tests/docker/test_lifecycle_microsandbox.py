@@ -14,13 +14,14 @@ import subprocess
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import REGISTRY, STANDINS
 from tests.support.lifecycle import invoke, make_settings, ramfs, unique_name
 from tests.support.microsandbox import (
     needs_no_microvm,
     remove_sandbox,
     sandbox_exists,
 )
+from tests.support.paths import REGISTRY, STANDINS
+
 
 @pytest.fixture(scope="module")
 def small_image(prod_base_image):
@@ -55,9 +56,9 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
     from microsandbox import Image
 
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.logs import sandbox_log_dir
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
 
     name = unique_name("msbboot")
@@ -125,8 +126,8 @@ def slow_probe(tmp_path_factory):
 
 def _create_sandbox(tmp_path, image: str):
     """``MicrosandboxRuntime.create`` of a sandbox named anew, as `up` calls it (pull, then boot)."""
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("msbprobe"),
@@ -191,8 +192,8 @@ def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_pa
 
 def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     name = unique_name("msbpull")
     ref = f"{REGISTRY}/owtest-lifecycle:never-pushed-{name}"
@@ -216,8 +217,8 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
     ("none", "deny", "allow", []),             # nothing out; the published port still answers
 ])
 def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingress, allowed_groups):
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     port = free_port()
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NETWORK=setting, OPENWORK_MICROSANDBOX_PORT=str(port))
@@ -234,8 +235,8 @@ def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingre
 
 
 def test_offline_does_not_change_the_network_policy(tmp_path):
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     for offline in ("true", "false"):
         settings = make_settings(tmp_path, OPENWORK_OFFLINE=offline)
@@ -312,8 +313,8 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
     whose /tmp is a tmpfs of Linux 6.1 ("strict stat virtualization requires xattr write support").
     Here a real ramfs (no xattrs at all) stands for such a filesystem; needs root to mount it."""
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     with ramfs() as mnt:
         name = unique_name("xattr")
@@ -336,8 +337,8 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
     real SDK, given the same MSB_HOME, fails with only "trampoline rootfs: strict stat virtualization
     requires xattr write support on the mount root"."""
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     with ramfs() as mnt:
         monkeypatch.setenv("MSB_HOME", str(mnt / "msb"))
@@ -360,8 +361,8 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
 def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp_path, monkeypatch):
     """The job's log ends mid-start when the VM dies under it (seen in the emulated host: a guest
     kernel's stack guard page, KVM_EXIT_SHUTDOWN): the message says the microVM stopped, and why."""
-    from openwork_sandbox.runtimes.microsandbox import runtime as msb
     from openwork_sandbox.runtimes.base import RUNNING, STOPPED, RuntimeStatus
+    from openwork_sandbox.runtimes.microsandbox import runtime as msb
 
     monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
     logs = tmp_path / "msb" / "sandboxes" / "box" / "logs"
@@ -395,8 +396,8 @@ def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp
 ])
 def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(tmp_path, monkeypatch, runtime_log,
                                                                                kvm_ok, retried):
-    from openwork_sandbox.runtimes.microsandbox import logs as msb_logs
     from openwork_sandbox.runtimes import probe
+    from openwork_sandbox.runtimes.microsandbox import logs as msb_logs
 
     monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
     logs = tmp_path / "msb" / "sandboxes" / "box" / "logs"

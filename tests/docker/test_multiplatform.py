@@ -21,9 +21,9 @@ import tempfile
 
 import pytest
 
+from tests.support.lifecycle import invoke
 from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
 from tests.support.stack import stack_settings
-from tests.support.lifecycle import invoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ARM_BASE = TEST_BASE_IMAGE + "-arm64"
@@ -340,9 +340,9 @@ def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, t
     """Where microVMs cannot boot (here) the pull from the index is real and the boot failure is
     diagnosed; status then names the platform microsandbox picked from the index."""
     from openwork_sandbox.core.errors import WorkflowError
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.probe import microvm_support, msb_path
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
     from tests.support.lifecycle import make_settings, unique_name
 

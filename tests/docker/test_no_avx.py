@@ -7,10 +7,8 @@ import shutil
 
 import pytest
 
-from tests.support.paths import DATA
-
-from tests.support.paths import REGISTRY, ROOT
 from tests.support.lifecycle import build_and_push, docker_env, invoke
+from tests.support.paths import DATA, REGISTRY, ROOT
 
 CRASH = DATA / "bun-crash-no-avx.txt"
 LINE = "this CPU has no AVX: openwork-orchestrator 0.18.1 cannot run here"

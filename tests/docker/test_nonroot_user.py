@@ -26,7 +26,6 @@ import requests
 
 from openwork_sandbox.net.ports import free_port
 from tests.support.lifecycle import OFFLINE, unique_name
-
 from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.docker

@@ -17,15 +17,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from tests.support.openwork_client import WS, auth, issue_token, make_session, read_session, status_with
 import requests
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import REGISTRY, STACK_REPO, STANDINS
-from tests.support.stack import StackContainer
 from tests.support.lifecycle import container_id, docker_env, invoke, make_settings, unique_name
 from tests.support.lifecycle import up_json as _up_json
+from tests.support.openwork_client import WS, auth, issue_token, make_session, read_session, status_with
+from tests.support.paths import REGISTRY, STACK_REPO, STANDINS
+from tests.support.stack import StackContainer
 
 pytestmark = pytest.mark.docker
 
@@ -111,10 +110,10 @@ def test_a_read_only_data_folder_stops_up_in_one_line_and_deletes_nothing(box):
 def test_when_only_the_sandbox_finds_data_unwritable_up_says_it_in_one_line(stack_image, tmp_path, monkeypatch):
     """The host check is skipped here (as if the host could write but the sandbox cannot): the
     entrypoint's exit 73 becomes the same one line, at once, without three starts."""
-    from openwork_sandbox.state import persist
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.sandbox.reset import reset
     from openwork_sandbox.sandbox.up import up
+    from openwork_sandbox.state import persist
 
     settings = make_settings(tmp_path, **docker_env(stack_image.ref, "ro-inside", "60"))
     data = Path(settings.data_dir)
@@ -230,10 +229,10 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
                                                                              capsys, monkeypatch):
     """First a copy that does not verify (the disk gives back other bytes): `up` stops, the old
     sandbox runs on as it was. Then the real upgrade: copied, verified, said in one line, replaced."""
-    from openwork_sandbox.state import persist
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.sandbox.reset import reset
     from openwork_sandbox.sandbox.up import up
+    from openwork_sandbox.state import persist
 
     settings = make_settings(tmp_path, **docker_env(stack_image.ref, "legacy", "90"))
     real_verify = persist.verify

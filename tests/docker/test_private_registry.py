@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import STACK_REPO, STANDINS
 from tests.support.lifecycle import make_settings, unique_name
-
-from tests.support.registries import CERTS_D, PrivateRegistry  # noqa: F401
+from tests.support.paths import STACK_REPO, STANDINS
+from tests.support.registries import CERTS_D, PrivateRegistry
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -53,11 +52,11 @@ def one_line_error(call, *args, **kw):
 
 def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_image, test_base_image, tls_registry,
                                                                      tmp_path, monkeypatch, short_msb_home, capsys):
-    from openwork_sandbox.state.pin import pinned_image
     from openwork_sandbox.image.push import push_image
+    from openwork_sandbox.runtimes.probe import msb_path
     from openwork_sandbox.sandbox.status import status
     from openwork_sandbox.sandbox.up import up
-    from openwork_sandbox.runtimes.probe import msb_path
+    from openwork_sandbox.state.pin import pinned_image
 
     reg = tls_registry
     config = docker_login(reg, tmp_path / "docker")
@@ -323,8 +322,8 @@ def test_identity_token_saved_by_docker_is_used_as_a_refresh_token(token_registr
 # --- the command line: push-image --image REF builds REF; a failure is one line, exit 1 -------------
 
 def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_registry, tmp_path, short_msb_home):
-    from tests.support.paths import STACK_CACHE_DIR, STANDIN_SERVER, TEST_BASE_IMAGE
     from tests.support.lifecycle import invoke
+    from tests.support.paths import STACK_CACHE_DIR, STANDIN_SERVER, TEST_BASE_IMAGE
 
     reg = tls_registry
     config = docker_login(reg, tmp_path / "docker")
@@ -359,11 +358,11 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_ima
     """Here the VM cannot boot, so the boot-failure message proves the pull before it went through."""
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.image.push import push_image
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.registry.access import PullAccess
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
     from openwork_sandbox.runtimes.probe import microvm_support
+    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
 
     if microvm_support()[0]:

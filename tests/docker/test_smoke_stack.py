@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from openwork_sandbox.net.ports import free_port
 from openwork_sandbox.config import load_settings
+from openwork_sandbox.net.ports import free_port
 from openwork_sandbox.sandbox.up import up
 from openwork_sandbox.smoke.modes import attach_log_tail, local_target, run_smoke
 from openwork_sandbox.smoke.runner import CHECKS, SmokeRunner
-
 from tests.support.paths import ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import REGISTRY, STACK_REPO, STANDINS
 from tests.support.lifecycle import build_and_push, make_settings, unique_name
+from tests.support.paths import REGISTRY, STACK_REPO, STANDINS
 
 pytestmark = pytest.mark.docker
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from openwork_sandbox.net.ports import free_port
-from tests.support.paths import ROOT
-from tests.support.lifecycle import ramfs
-from openwork_sandbox.sandbox import doctor
 from openwork_sandbox.config import load_settings
+from openwork_sandbox.net.ports import free_port
+from openwork_sandbox.sandbox import doctor
+from tests.support.lifecycle import ramfs
+from tests.support.paths import ROOT
 
 HAS_VIRT = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("vmx", "svm")) \
     if Path("/proc/cpuinfo").exists() else False

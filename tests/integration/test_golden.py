@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import ROOT
+
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TASKS = ["backup", "build-image", "doctor", "down", "logs", "push-image", "reset", "restore", "smoke",
          "status", "up"]

@@ -23,7 +23,7 @@ NPM_HOST = "npm.example.invalid"  # never resolved: a request for it can only re
 class _RecordingProxy(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []
 
-    def do_GET(self):  # noqa: N802  (http.server's naming)
+    def do_GET(self):
         self.seen.append(self.path)  # a proxy request carries the absolute URL
         body = json.dumps({"name": "pkg", "version": "1.0.0",
                            "dist": {"tarball": f"http://{NPM_HOST}/pkg/-/pkg-1.0.0.tgz",
@@ -34,7 +34,7 @@ class _RecordingProxy(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_CONNECT(self):  # noqa: N802  an HTTPS tunnel: recorded, refused (this double tunnels nothing)
+    def do_CONNECT(self):
         self.seen.append(f"CONNECT {self.path}")
         self.send_response(502)
         self.end_headers()

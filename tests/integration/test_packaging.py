@@ -22,7 +22,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 from tests.support.packaging import isolated_env
 from tests.support.paths import ROOT
 

@@ -7,9 +7,15 @@ import json
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import REGISTRY
 from tests.support.lifecycle import build_and_push, make_settings, unique_name
-from tests.support.microsandbox import needs_microvm, remove_sandbox, runtime_log_lines, sandbox_exists, slow_host_settings
+from tests.support.microsandbox import (
+    needs_microvm,
+    remove_sandbox,
+    runtime_log_lines,
+    sandbox_exists,
+    slow_host_settings,
+)
+from tests.support.paths import REGISTRY
 
 
 @pytest.mark.microvm

@@ -79,7 +79,7 @@ class OpenWorkDouble:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}{self.prefix}"
 
-    def __enter__(self) -> "OpenWorkDouble":
+    def __enter__(self) -> OpenWorkDouble:
         self.thread.start()
         return self
 

@@ -145,7 +145,7 @@ class StandinProvider:
         with self._lock:
             return [r for r in self.requests if r["path"].rstrip("/").endswith("/chat/completions")]
 
-    def start(self) -> "StandinProvider":
+    def start(self) -> StandinProvider:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -154,7 +154,7 @@ class StandinProvider:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> "StandinProvider":
+    def __enter__(self) -> StandinProvider:
         return self.start()
 
     def __exit__(self, *exc) -> None:

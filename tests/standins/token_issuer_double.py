@@ -92,7 +92,7 @@ class TokenIssuerDouble:
         return access
 
     # --- HTTP -----------------------------------------------------------------------------------
-    def start(self, port: int = 0) -> "TokenIssuerDouble":
+    def start(self, port: int = 0) -> TokenIssuerDouble:
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -118,7 +118,7 @@ class TokenIssuerDouble:
                 self._answer(200, {"token": token, "access_token": token, "expires_in": 300,
                                    "issued_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 url = urlsplit(self.path)
                 user = None
                 header = self.headers.get("Authorization", "")
@@ -128,7 +128,7 @@ class TokenIssuerDouble:
                         user = name
                 self._issue(user, parse_qs(url.query))
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 form = parse_qs(self.rfile.read(length).decode())
                 user = double.refresh_tokens.get(form.get("refresh_token", [""])[0]) \

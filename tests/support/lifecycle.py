@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from tests.support.paths import ROOT
+
 # These machines are air-gapped: opencode's models.dev fetch would hang one start in ten (README).
 OFFLINE = {"OPENWORK_OFFLINE": "true"}
 

@@ -34,7 +34,7 @@ def remove_sandbox(name: str) -> None:
 
     try:
         MicrosandboxRuntime(name, __import__("pathlib").Path("/nonexistent")).remove()
-    except Exception:  # noqa: BLE001 - best-effort cleanup
+    except Exception:
         pass
 
 

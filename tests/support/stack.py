@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STACK_STATE_DIR, STACK_TAG, STANDIN_SERVER, TEST_BASE_IMAGE
+from tests.support.paths import (
+    REGISTRY,
+    ROOT,
+    STACK_CACHE_DIR,
+    STACK_REPO,
+    STACK_STATE_DIR,
+    STACK_TAG,
+    STANDIN_SERVER,
+    TEST_BASE_IMAGE,
+)
 
 
 def stack_settings(tmp_dir: Path, **env: str):

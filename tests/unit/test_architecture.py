@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import openwork_sandbox
-
 from tests.support.paths import ROOT
+
 PACKAGE = Path(openwork_sandbox.__file__).resolve().parent
 MAX_LINES = 500
 

@@ -140,9 +140,9 @@ def test_restore_into_another_name_puts_everything_back(source):
 
 
 def test_restore_refuses_a_sandbox_that_holds_data_and_force_keeps_it_aside(source):
+    from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.sandbox.backup import backup
     from openwork_sandbox.sandbox.restore import restore
-    from openwork_sandbox.core.errors import WorkflowError
 
     out = source["tmp"] / "three.tar.gz"
     backup(source["settings"], output=out)
@@ -274,11 +274,11 @@ def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
 
 def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
     """A running microVM cannot boot here: its status is given (the real runtime object otherwise)."""
-    from openwork_sandbox.sandbox import locate
-    from openwork_sandbox.sandbox.backup import backup
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes import RUNNING, RuntimeStatus
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+    from openwork_sandbox.sandbox import locate
+    from openwork_sandbox.sandbox.backup import backup
 
     settings = source["settings"]
     rt = MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
@@ -293,8 +293,8 @@ def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
 
 
 def test_backup_never_overwrites_and_says_so(source):
-    from openwork_sandbox.sandbox.backup import backup
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.backup import backup
 
     out = source["tmp"] / "taken.tar.gz"
     out.write_text("someone's file")

@@ -78,8 +78,8 @@ def test_identity_token_is_kept_apart_from_a_password(docker_cfg):
 
 
 def test_a_broken_saved_login_is_one_line(docker_cfg):
-    from openwork_sandbox.registry.docker_config import docker_credentials
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.registry.docker_config import docker_credentials
 
     docker_cfg({"auths": {"localhost:5443": {"auth": "%%%not-base64"}}})
     with pytest.raises(WorkflowError) as err:
@@ -111,8 +111,8 @@ def test_creds_store_answers_for_every_registry_and_not_found_is_anonymous(docke
 
 
 def test_a_missing_helper_is_one_line(docker_cfg):
-    from openwork_sandbox.registry.docker_config import docker_credentials
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.registry.docker_config import docker_credentials
 
     docker_cfg({"credHelpers": {"localhost:5443": "owtest-absent"}})
     with pytest.raises(WorkflowError) as err:
@@ -121,8 +121,8 @@ def test_a_missing_helper_is_one_line(docker_cfg):
 
 
 def test_settings_login_comes_before_dockers(docker_cfg, tmp_path):
-    from tests.support.lifecycle import make_settings
     from openwork_sandbox.registry.access import credentials
+    from tests.support.lifecycle import make_settings
 
     docker_cfg({"auths": {"localhost:5443": {"auth": base64.b64encode(b"docker-user:dp").decode()}}})
     settings = make_settings(tmp_path, OPENWORK_REGISTRY_USERNAME="env-user", OPENWORK_REGISTRY_PASSWORD="ep")
@@ -131,9 +131,9 @@ def test_settings_login_comes_before_dockers(docker_cfg, tmp_path):
 
 
 def test_trust_is_system_cas_plus_certs_d_plus_the_setting(tmp_path, monkeypatch):
-    from tests.support.lifecycle import make_settings
     from openwork_sandbox.registry import docker_config
     from openwork_sandbox.registry.access import ca_bundle, system_bundle
+    from tests.support.lifecycle import make_settings
 
     certs_d = tmp_path / "certs.d"
     (certs_d / "localhost:5443").mkdir(parents=True)
@@ -153,9 +153,9 @@ def test_trust_is_system_cas_plus_certs_d_plus_the_setting(tmp_path, monkeypatch
 
 
 def test_a_registry_ca_setting_that_is_not_a_pem_is_one_line(tmp_path):
-    from tests.support.lifecycle import make_settings
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.registry.access import ca_bundle
+    from tests.support.lifecycle import make_settings
 
     bad = tmp_path / "ca.txt"
     bad.write_text("hello")
@@ -165,8 +165,8 @@ def test_a_registry_ca_setting_that_is_not_a_pem_is_one_line(tmp_path):
 
 
 def test_pinned_image_follows_the_last_push_of_that_tag(tmp_path):
-    from tests.support.lifecycle import make_settings
     from openwork_sandbox.state.pin import pinned_image, record_push
+    from tests.support.lifecycle import make_settings
 
     digest = "sha256:" + "ab" * 32
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE="localhost:5443/team/box:ci")

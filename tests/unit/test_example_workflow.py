@@ -10,8 +10,8 @@ import yaml
 from invoke.parser import Parser
 
 from openwork_sandbox.tasks import ns
-
 from tests.support.paths import ROOT
+
 EXAMPLE = ROOT / "examples" / "github-actions.yml"
 
 

@@ -72,8 +72,8 @@ def test_tampered_extracted_program_is_extracted_again(settings):
 
 
 def test_integrity_mismatch_names_package_and_digests_and_keeps_nothing(settings):
-    from openwork_sandbox.image import artifacts as npm_artifacts
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     wrong = npm_artifacts.sri(b"\x00" * 64)
     with pytest.raises(WorkflowError) as err:
@@ -86,8 +86,8 @@ def test_integrity_mismatch_names_package_and_digests_and_keeps_nothing(settings
 
 
 def test_missing_version_names_versions_and_the_override(settings, tmp_path):
-    from openwork_sandbox.image import artifacts as npm_artifacts
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     missing = stack_settings(tmp_path, OPENWORK_CACHE_DIR=str(settings.cache_dir), OPENCODE_VERSION="0.0.1")
     with pytest.raises(WorkflowError) as err:
@@ -100,8 +100,8 @@ def test_missing_version_names_versions_and_the_override(settings, tmp_path):
 
 
 def test_missing_package_is_one_line(settings):
-    from openwork_sandbox.image import artifacts as npm_artifacts
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     with pytest.raises(WorkflowError) as err:
         npm_artifacts.version_doc(settings, "openwork-sandbox-test-no-such-package", "1.0.0", "OPENWORK_SERVER_BIN")
@@ -110,8 +110,8 @@ def test_missing_package_is_one_line(settings):
 
 
 def test_registry_setting_wins_and_a_dead_registry_is_one_line(tmp_path):
-    from openwork_sandbox.image import artifacts as npm_artifacts
     from openwork_sandbox.core.errors import UnreachableError
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     url = f"http://127.0.0.1:{free_port()}"
     dead = stack_settings(tmp_path, NPM_CONFIG_REGISTRY=url, OPENWORK_CACHE_DIR=str(tmp_path / "cache"))
@@ -122,8 +122,8 @@ def test_registry_setting_wins_and_a_dead_registry_is_one_line(tmp_path):
 
 
 def test_local_override_must_be_an_executable_file(tmp_path):
-    from openwork_sandbox.image import artifacts as npm_artifacts
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image import artifacts as npm_artifacts
 
     program = npm_artifacts.PROGRAM_BY_NAME["openwork-server"]
     with pytest.raises(WorkflowError, match=r"OPENWORK_SERVER_BIN=.*no such file"):
@@ -137,8 +137,8 @@ def test_local_override_must_be_an_executable_file(tmp_path):
 def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
     import types
 
-    from openwork_sandbox.image import build as image_build
     from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.image import build as image_build
 
     fake = types.SimpleNamespace(image="localhost:5000/openwork:test")
 

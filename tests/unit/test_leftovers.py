@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from tests.support.lifecycle import make_settings
 from openwork_sandbox.state.ownership import (
     EPHEMERAL,
     EXPIRES,
@@ -26,6 +25,7 @@ from openwork_sandbox.state.ownership import (
     owner_alive,
     this_process,
 )
+from tests.support.lifecycle import make_settings
 
 NOW = 1_800_000_000.0
 GONE, ALIVE, ELSEWHERE = "host:1:1", "host:2:2", "other:3:3"
@@ -67,8 +67,8 @@ def test_owner_alive_asks_the_process_table():
 def test_marks_reach_both_runtimes(tmp_path, monkeypatch):
     """The Docker labels and the microVM's labels and max_duration come from one LaunchSpec."""
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import MARK_PREFIX, create_kwargs
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="owtest-i17a-marks",
                              OPENWORK_EPHEMERAL_MAX_DURATION="20m")

@@ -10,11 +10,10 @@ import time
 
 import pytest
 
-from openwork_sandbox.net.ports import free_port
-from tests.support.lifecycle import make_settings, unique_name
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
+from openwork_sandbox.net.ports import free_port
 from openwork_sandbox.runtimes import probe
-
+from tests.support.lifecycle import make_settings, unique_name
 
 # --- probe ---------------------------------------------------------------------------------------
 
@@ -280,8 +279,8 @@ def test_since_and_tail_parsing():
 def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
     """STAND-IN for a bridge network, which this engine (dockerd --bridge=none) cannot have:
     ``engine_has_bridge`` is forced to True to check the argv `up` would use there."""
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes import docker
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT="18080")
     spec = launch_spec(settings, "docker", "t" * 40, "h" * 40)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import ROOT
-from tests.support.lifecycle import make_settings, unique_name
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.state.store import SandboxState, deletion_problem, safe_remove
+from tests.support.lifecycle import make_settings, unique_name
+from tests.support.paths import ROOT
 
 UPSTREAM_FIXED_TOKENS = {"microsandbox-token", "microsandbox-host-token", "openwork-token", "owt_dev", "dev-token"}
 

@@ -10,8 +10,6 @@ reads it through the real log path (``docker logs``). Inside the emulated host
 
 from __future__ import annotations
 
-
-
 from tests.support.paths import DATA, STANDINS
 
 CRASH = DATA / "bun-crash-no-avx.txt"
@@ -33,8 +31,8 @@ def test_cpu_flags_come_from_proc_cpuinfo(tmp_path):
 
 
 def test_doctor_row_without_avx(tmp_path):
-    from openwork_sandbox.sandbox.doctor import check_avx
     from openwork_sandbox.runtimes.choice import HostFacts
+    from openwork_sandbox.sandbox.doctor import check_avx
     from tests.support.lifecycle import make_settings
 
     settings = make_settings(tmp_path)

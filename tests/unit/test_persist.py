@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import STANDIN_SERVER
+from openwork_sandbox.state import persist
 from tests.standins import standin_openwork_server as standin
 from tests.support.lifecycle import make_settings, unique_name
-from openwork_sandbox.state import persist
-from openwork_sandbox.core.errors import WorkflowError
-
+from tests.support.paths import STANDIN_SERVER
 
 HOST = "host-token-0123456789abcdef"
 CLIENT = "client-token-0123456789abcdef"

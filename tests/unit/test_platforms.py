@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import ROOT, STANDINS
 from openwork_sandbox.core.errors import SettingsError
+from tests.support.paths import ROOT, STANDINS
 
 STANDIN = STANDINS / "standin_openwork_server.py"
 
@@ -108,8 +108,8 @@ def test_cli_unknown_platform_exits_2_with_one_line(tmp_path):
 
 
 def test_the_hosts_platform_alone_keeps_todays_build(tmp_path):
-    from openwork_sandbox.image.multiplatform import is_multi
     from openwork_sandbox.core.platforms import host_platform
+    from openwork_sandbox.image.multiplatform import is_multi
 
     assert not is_multi(_settings(tmp_path))
     assert not is_multi(_settings(tmp_path, OPENWORK_PLATFORMS=str(host_platform())))
@@ -117,9 +117,9 @@ def test_the_hosts_platform_alone_keeps_todays_build(tmp_path):
 
 
 def test_without_qemu_the_gate_checks_the_elf_architecture_and_says_so(tmp_path, monkeypatch):
-    from openwork_sandbox.image import foreign_check
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.core.platforms import host_arch, parse_platform
+    from openwork_sandbox.image import foreign_check
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-user on it
     foreign = parse_platform("linux/arm64" if host_arch() == "amd64" else "linux/amd64")

@@ -13,13 +13,13 @@ import subprocess
 
 import pytest
 
-from openwork_sandbox.state import secrets as sandbox_secrets
-from openwork_sandbox.smoke.agent_reply import describe_error, read_reply, scrub
-from openwork_sandbox.core.errors import SettingsError
-from openwork_sandbox.config.opencode import load
-from openwork_sandbox.runtimes.base import ABSENT, RUNNING, RuntimeStatus
 from openwork_sandbox.config import load_settings
+from openwork_sandbox.config.opencode import load
+from openwork_sandbox.core.errors import SettingsError
+from openwork_sandbox.runtimes.base import ABSENT, RUNNING, RuntimeStatus
 from openwork_sandbox.sandbox.decision import RECREATE, Observed, decide_up
+from openwork_sandbox.smoke.agent_reply import describe_error, read_reply, scrub
+from openwork_sandbox.state import secrets as sandbox_secrets
 
 
 def settings(tmp_path, environ=None, dotenv="", **flags):
@@ -157,8 +157,8 @@ def test_the_launch_spec_mounts_the_folder_read_only_and_keeps_values_out_of_the
 
 def test_the_microvm_mounts_the_folder_read_only(tmp_path):
     pytest.importorskip("microsandbox")
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
+    from openwork_sandbox.sandbox.launch import launch_spec
 
     s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-launch-secret-000"})
     spec = launch_spec(s, "microsandbox", "t" * 40, "h" * 40, sandbox_secrets.gather(s))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import re
 import subprocess
 import sys
@@ -11,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from openwork_sandbox.core.errors import SettingsError
 from openwork_sandbox.config import SPECS, ImageRef, load_settings
 from openwork_sandbox.config.specs import DEFAULT_IMAGE
-
+from openwork_sandbox.core.errors import SettingsError
 from tests.support.paths import ROOT
 
 

@@ -6,8 +6,8 @@ The real stack (stand-in server image, Docker runtime) is exercised in tests/tes
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,14 +15,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from openwork_sandbox.net.openwork_api import join_url, workspace_id
 from openwork_sandbox.config import load_settings
+from openwork_sandbox.net.openwork_api import join_url, workspace_id
 from openwork_sandbox.smoke.modes import run_smoke
 from openwork_sandbox.smoke.runner import CHECKS, PREREQUISITES
-
 from tests.standins.openwork_double import OpenWorkDouble
-
 from tests.support.paths import ROOT
+
 TOKEN = "client-token-0123456789abcdef"
 HOST_TOKEN = "host-token-0123456789abcdef"
 OPT_IN = ("persistence", "prompt-answered")  # run only when asked (--persistence, --prompt)
@@ -362,7 +361,8 @@ def test_task_exit_codes_through_invoke(tmp_path):
 # --- the checks are declared once -------------------------------------------------------------------
 
 def test_declarations_feed_the_runner_the_doc_and_the_help():
-    from openwork_sandbox.smoke import runner as smoke, checks as smoke_checks
+    from openwork_sandbox.smoke import checks as smoke_checks
+    from openwork_sandbox.smoke import runner as smoke
 
     assert CHECKS == ("health", "auth-required", "auth-accepted", "host-token", "session-create", "session-read",
                       "messages-read", "prompt-answered", "persistence")

@@ -12,7 +12,8 @@ boot again, msb's file read first each time so its start is not paged in from di
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from openwork_sandbox.core import console
 
@@ -30,7 +31,7 @@ def selected_msb() -> str | None:
         from microsandbox._microsandbox import resolved_msb_path  # in the SDK's .pyi, not re-exported
 
         return resolved_msb_path()
-    except Exception:  # noqa: BLE001 - an SDK without it (or one that cannot resolve): only a hint is lost
+    except Exception:
         return None
 
 
