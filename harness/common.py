@@ -71,8 +71,13 @@ class TaskRun:
     seconds: float
 
 
-def run_task(*args: str, env: Mapping[str, str], env_file: Path | None = None, timeout: float | None = None,
-             prefix: Sequence[str] = ()) -> TaskRun:
+def run_task(
+    *args: str,
+    env: Mapping[str, str],
+    env_file: Path | None = None,
+    timeout: float | None = None,
+    prefix: Sequence[str] = (),
+) -> TaskRun:
     """``invoke ARGS [--env-file ENV_FILE]`` as a user runs it: its own process, from ROOT, with exactly
     ENV, PREFIX (e.g. a ``setpriv``) before it, output captured. Raises subprocess.TimeoutExpired past
     TIMEOUT seconds; a failed task is a TaskRun like any other."""
@@ -93,8 +98,9 @@ def empty_env_file(folder: Path) -> Path:
 
 def docker_image_id(ref: str, timeout: float = 60) -> str | None:
     """The local Docker engine's id (``sha256:…``) of image REF, or None when it has no such image."""
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True, timeout=timeout
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -109,12 +115,19 @@ def scratch_registry(folder: Path, log: Path | None = None) -> Iterator[str]:
     addr = f"127.0.0.1:{free_port()}"
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "registry.yml"
-    config.write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {folder}/data}}\n"
-                      f"http: {{addr: {addr}}}\n")
+    config.write_text(
+        f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {folder}/data}}\n"
+        f"http: {{addr: {addr}}}\n"
+    )
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(log, "ab")) if log else subprocess.DEVNULL
-        server = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        server = subprocess.Popen(
+            ["docker-registry", "serve", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             _wait_for_registry(addr)
             yield addr

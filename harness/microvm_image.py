@@ -63,14 +63,20 @@ def inputs_key(environ: dict[str, str], base_id: str) -> str:
         files.append(STANDIN_ORCHESTRATOR)
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    pins = {k: v for k, v in sorted(os.environ.items()) if k.endswith("_VERSION") and k.startswith(("OPENWORK_", "OPENCODE_"))}
+    pins = {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.endswith("_VERSION") and k.startswith(("OPENWORK_", "OPENCODE_"))
+    }
     digest.update(json.dumps([base_id, sorted(environ.items()), pins]).encode())
     return digest.hexdigest()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="microvm-image", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real", action="store_true", help="bake the real orchestrator (0.18.1) instead of the stand-in")
+    parser.add_argument(
+        "--real", action="store_true", help="bake the real orchestrator (0.18.1) instead of the stand-in"
+    )
     parser.add_argument("--ref", help=f"tag to build (default {REPO}:dev, or :real)")
     parser.add_argument("--force", action="store_true", help="build even when nothing changed")
     args = parser.parse_args()
@@ -109,15 +115,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env_file = empty_env_file(Path(tmp))
         try:
-            settings = load_settings(environ={**{k: v for k, v in os.environ.items()
-                                                 if k.endswith("_VERSION") or k == "NPM_CONFIG_REGISTRY"}, **environ},
-                                     env_file=env_file, root=ROOT)
+            settings = load_settings(
+                environ={
+                    **{k: v for k, v in os.environ.items() if k.endswith("_VERSION") or k == "NPM_CONFIG_REGISTRY"},
+                    **environ,
+                },
+                env_file=env_file,
+                root=ROOT,
+            )
             built = build_image(settings)
         except WorkflowError as exc:  # SettingsError too
             say(f"build failed: {exc}")
             return 1
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(stamp, json.dumps({"key": key, "image_id": built["image_id"], "ref": ref}, indent=2) + "\n", mode=0o644)
+    write_atomic(
+        stamp, json.dumps({"key": key, "image_id": built["image_id"], "ref": ref}, indent=2) + "\n", mode=0o644
+    )
     print(ref)
     return 0
 

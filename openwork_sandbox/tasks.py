@@ -55,15 +55,22 @@ def _finish(code: int, reason: str) -> None:
         raise exc
 
 
-@task(help={"env_file": ENV_FILE_HELP, "json": JSON_HELP,
-            "runtime": "check for this runtime: auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)"})
+@task(
+    help={
+        "env_file": ENV_FILE_HELP,
+        "json": JSON_HELP,
+        "runtime": "check for this runtime: auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)",
+    }
+)
 def doctor(c, runtime=None, json=False, env_file=None):
     """Check what this machine can run and which runtime auto picks."""
     with task_boundary("doctor"):
         from openwork_sandbox.sandbox.doctor import run_doctor
 
-        _finish(run_doctor(_settings(c, env_file, runtime=runtime), as_json=json),
-                "the chosen runtime cannot work on this machine (see the checks above)")
+        _finish(
+            run_doctor(_settings(c, env_file, runtime=runtime), as_json=json),
+            "the chosen runtime cannot work on this machine (see the checks above)",
+        )
 
 
 @task(
@@ -95,7 +102,7 @@ def build_image(c, image=None, base_image=None, json=False, env_file=None, platf
         "json": JSON_HELP,
         "image": "build and push this reference (OPENWORK_MICROSANDBOX_IMAGE)",
         "platform": "build and push these platforms as one image index, e.g. linux/amd64,linux/arm64 "
-                    "(OPENWORK_PLATFORMS)",
+        "(OPENWORK_PLATFORMS)",
     },
 )
 def push_image(c, image=None, json=False, env_file=None, platform=None):
@@ -105,8 +112,11 @@ def push_image(c, image=None, json=False, env_file=None, platform=None):
         from openwork_sandbox.image.push import push_image as push
 
         # the pre-task built the default reference: --image REF / --platform P are built (from cache) first
-        result = push(_settings(c, env_file, image=image, platform=platform), as_json=json,
-                      build_first=image is not None or platform is not None)
+        result = push(
+            _settings(c, env_file, image=image, platform=platform),
+            as_json=json,
+            build_first=image is not None or platform is not None,
+        )
         gha.append_summary(gha.push_summary(result))
 
 
@@ -127,11 +137,22 @@ SANDBOX_HELP = {
         "follow": "stream the server's logs once it is up, until Ctrl+C (the sandbox keeps running)",
         "show_tokens": "print the tokens in clear instead of masked",
         "github_output": "GitHub Actions: write url, name, runtime, workspace-id to $GITHUB_OUTPUT and the tokens "
-                         "(masked) as OPENWORK_TOKEN/OPENWORK_HOST_TOKEN to $GITHUB_ENV for later steps",
+        "(masked) as OPENWORK_TOKEN/OPENWORK_HOST_TOKEN to $GITHUB_ENV for later steps",
     }
 )
-def up(c, name=None, image=None, runtime=None, port=None, replace=False, follow=False, show_tokens=False,
-       json=False, github_output=False, env_file=None):
+def up(
+    c,
+    name=None,
+    image=None,
+    runtime=None,
+    port=None,
+    replace=False,
+    follow=False,
+    show_tokens=False,
+    json=False,
+    github_output=False,
+    env_file=None,
+):
     """Boot the sandbox with persistent state and wait until healthy."""
     with task_boundary("up"):
         import time
@@ -190,7 +211,7 @@ def logs(c, name=None, follow=False, tail=None, since=None, system=False, env_fi
         "yes": "do not ask for confirmation (CI)",
         "keep_data": "remove the sandbox but keep the state folders",
         "stale": "instead: remove every ephemeral sandbox (smoke --ephemeral) whose job is gone or whose "
-                 "OPENWORK_EPHEMERAL_MAX_DURATION ran out, with its state folder (doctor lists them)",
+        "OPENWORK_EPHEMERAL_MAX_DURATION ran out, with its state folder (doctor lists them)",
     }
 )
 def reset(c, name=None, yes=False, keep_data=False, stale=False, env_file=None):
@@ -222,10 +243,25 @@ def reset(c, name=None, yes=False, keep_data=False, stale=False, env_file=None):
         "port": "host port of the sandbox (OPENWORK_MICROSANDBOX_PORT)",
         "keep_session": "keep the OpenCode session the smoke test creates (by default it is deleted afterwards)",
         "prompt": "also send this text to the agent and wait for its reply (the model's answer, through the proxy)",
-    }
+    },
 )
-def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, persistence=False, junit=None,
-          json=False, runtime=None, image=None, port=None, keep_session=False, prompt=None, env_file=None):
+def smoke(
+    c,
+    name=None,
+    url=None,
+    token=None,
+    host_token=None,
+    ephemeral=False,
+    persistence=False,
+    junit=None,
+    json=False,
+    runtime=None,
+    image=None,
+    port=None,
+    keep_session=False,
+    prompt=None,
+    env_file=None,
+):
     """Prove a remote client can connect and run an OpenCode session.
 
     Exit codes: 0 all checks passed, 1 a check failed, 2 bad settings or usage,
@@ -235,11 +271,23 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
         from openwork_sandbox.sandbox.up import up as boot
         from openwork_sandbox.smoke.modes import run_smoke
 
-        settings = _settings(c, env_file, name=name, token=token, host_token=host_token, runtime=runtime,
-                             image=image, port=port)
-        _finish(run_smoke(settings, url=url, ephemeral=ephemeral, persistence=persistence, junit=junit,
-                          as_json=json, keep_session=keep_session, prompt=prompt, boot=boot),
-                "the smoke checks failed (see the annotations above)")
+        settings = _settings(
+            c, env_file, name=name, token=token, host_token=host_token, runtime=runtime, image=image, port=port
+        )
+        _finish(
+            run_smoke(
+                settings,
+                url=url,
+                ephemeral=ephemeral,
+                persistence=persistence,
+                junit=junit,
+                as_json=json,
+                keep_session=keep_session,
+                prompt=prompt,
+                boot=boot,
+            ),
+            "the smoke checks failed (see the annotations above)",
+        )
 
 
 @task(
@@ -247,7 +295,7 @@ def smoke(c, name=None, url=None, token=None, host_token=None, ephemeral=False, 
         **SANDBOX_HELP,
         "output": "write the archive here (default .state/backups/<name>-<UTC time>.tar.gz); never overwrites",
         "workspace": "also put the workspace folder in the archive (by default only what the sandbox keeps in /data "
-                     "and its tokens)",
+        "and its tokens)",
     }
 )
 def backup(c, name=None, output=None, workspace=False, env_file=None):
@@ -263,7 +311,7 @@ def backup(c, name=None, output=None, workspace=False, env_file=None):
         **SANDBOX_HELP,
         "path": "the archive `invoke backup` wrote",
         "force": "restore over a sandbox that holds data; what was there is kept beside it as "
-                 "<folder>.before-restore-<time>",
+        "<folder>.before-restore-<time>",
     }
 )
 def restore(c, path, name=None, force=False, env_file=None):

@@ -19,4 +19,3 @@ def image_or_setting(image: str | None) -> str:
 def remove_container(name: str) -> None:
     """``docker rm -f NAME``, quietly: the clean-up after a container a benchmark started itself."""
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-

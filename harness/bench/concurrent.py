@@ -59,8 +59,9 @@ def memory(name: str) -> tuple[dict[str, float], float | None]:
         label = program_of(args.strip())
         if label and kib.isdigit():
             rss[label] = rss.get(label, 0.0) + int(kib) / 1024
-    stats = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name],
-                           capture_output=True, text=True).stdout
+    stats = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name], capture_output=True, text=True
+    ).stdout
     found = re.match(r"\s*([\d.]+)\s*([KMG]i?B)", stats)
     used = None
     if found:
@@ -80,9 +81,20 @@ def run_count(n: int, env: dict, env_file: Path, tmp: Path) -> dict:
     for name, port in zip(names, ports, strict=True):
         e = {**env, "OPENWORK_MICROSANDBOX_NAME": name, "OPENWORK_MICROSANDBOX_PORT": str(port)}
         with open(tmp / f"{name}.up.log", "w") as out:  # the up writes its own copy
-            procs.append((name, e, time.monotonic(),
-                          subprocess.Popen([*INVOKE, "up", "--env-file", str(env_file)], env=e, cwd=ROOT,
-                                           stdout=out, stderr=subprocess.STDOUT)))
+            procs.append(
+                (
+                    name,
+                    e,
+                    time.monotonic(),
+                    subprocess.Popen(
+                        [*INVOKE, "up", "--env-file", str(env_file)],
+                        env=e,
+                        cwd=ROOT,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+            )
     took: dict[str, float] = {}
     codes: dict[str, int] = {}
     while len(codes) < n:
@@ -116,10 +128,15 @@ def run_count(n: int, env: dict, env_file: Path, tmp: Path) -> dict:
             print(f"  {name}: up failed (exit {codes[name]}): {lines[-1] if lines else ''}", file=sys.stderr)
     per_start = sorted(took.values())
     return {
-        "n": n, "healthy": healthy, "wall": wall, "median": statistics.median(per_start), "max": per_start[-1],
+        "n": n,
+        "healthy": healthy,
+        "wall": wall,
+        "median": statistics.median(per_start),
+        "max": per_start[-1],
         "restarted": sum("restarting it" in s or "exited during start-up" in s for s in said.values()),
         "slow": sum("slow start:" in s for s in said.values()),
-        "rss": rss_all, "used": used_all,
+        "rss": rss_all,
+        "used": used_all,
     }
 
 
@@ -146,25 +163,36 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="owbench-conc-"))
     env_file = empty_env_file(tmp)
-    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_IMAGE=image,
-                        OPENWORK_MICROSANDBOX_RUNTIME=args.runtime, OPENWORK_OFFLINE="true",
-                        OPENWORK_HEALTH_TIMEOUT=args.health_timeout))
+    env = task_env(
+        dict(
+            OPENWORK_STATE_DIR=str(tmp / "state"),
+            OPENWORK_MICROSANDBOX_IMAGE=image,
+            OPENWORK_MICROSANDBOX_RUNTIME=args.runtime,
+            OPENWORK_OFFLINE="true",
+            OPENWORK_HEALTH_TIMEOUT=args.health_timeout,
+        )
+    )
     if args.start_slots is not None:
         env["OPENWORK_START_SLOTS"] = args.start_slots
     mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    print(f"concurrent up benchmark: runtime {args.runtime}, image {image}, {os.cpu_count()} CPUs, "
-          f"{mem_total:.0f} GiB memory, start slots {args.start_slots or 'default'}, "
-          f"load {os.getloadavg()[0]:.1f} at start", flush=True)
+    print(
+        f"concurrent up benchmark: runtime {args.runtime}, image {image}, {os.cpu_count()} CPUs, "
+        f"{mem_total:.0f} GiB memory, start slots {args.start_slots or 'default'}, "
+        f"load {os.getloadavg()[0]:.1f} at start",
+        flush=True,
+    )
     results = []
     try:
         for n in counts:
             load = os.getloadavg()[0]
             r = run_count(n, env, env_file, tmp)
             results.append(r)
-            print(f"N={n:<3} healthy {r['healthy']}/{n}  wall {r['wall']:6.1f}s  per start median {r['median']:6.1f}s "
-                  f"max {r['max']:6.1f}s  restarts {r['restarted']}  'slow start' {r['slow']}  (load {load:.1f} "
-                  f"before)\n       memory per sandbox after one smoke: {mib_summary(r['rss'], r['used'])}",
-                  flush=True)
+            print(
+                f"N={n:<3} healthy {r['healthy']}/{n}  wall {r['wall']:6.1f}s  per start median {r['median']:6.1f}s "
+                f"max {r['max']:6.1f}s  restarts {r['restarted']}  'slow start' {r['slow']}  (load {load:.1f} "
+                f"before)\n       memory per sandbox after one smoke: {mib_summary(r['rss'], r['used'])}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps([{k: v for k, v in r.items() if k not in ("rss", "used")} for r in results]))

@@ -39,8 +39,12 @@ def image_size(ref: str) -> int:
 def settings_for(work: Path, **env: str):
     from openwork_sandbox.config import load_settings
 
-    environ = {"OPENWORK_BASE_IMAGE": TEST_BASE, "OPENWORK_CACHE_DIR": str(work / "cache"),
-               "OPENWORK_STATE_DIR": str(work / "state"), **env}
+    environ = {
+        "OPENWORK_BASE_IMAGE": TEST_BASE,
+        "OPENWORK_CACHE_DIR": str(work / "cache"),
+        "OPENWORK_STATE_DIR": str(work / "state"),
+        **env,
+    }
     return load_settings(environ=environ, env_file=empty_env_file(work), root=ROOT)
 
 
@@ -120,19 +124,35 @@ def main() -> int:
         console.emit_json(f)
         return 0
     console.info("")
-    console.print_table([
-        ["cold build", f"{f['cold_build_seconds']:.1f} s", f"downloaded {hb(f['cold_build_downloaded_bytes'])}"],
-        ["no-op rebuild", f"{f['noop_rebuild_seconds']:.1f} s",
-         f"downloaded {hb(f['noop_rebuild_downloaded_bytes'])}, docker cache {f['noop_rebuild_cache']}, "
-         f"same image id: {f['noop_same_image_id']}"],
-        ["image size", hb(f["image_size_bytes"]),
-         f"programs {hb(f['programs_bytes'])}, overhead {hb(f['overhead_bytes'])} (test base with python3); "
-         f"on the production base {hb(f['overhead_on_production_base_bytes'])}"],
-        ["first push", hb(f["first_push_bytes"]), f"{f['first_push_layers']} layers in {f['first_push_seconds']:.1f} s"],
-        ["server-only change", hb(f["server_change_push_bytes"]),
-         f"{f['server_change_push_layers']} layers pushed; server binary {hb(f['server_binary_bytes'])}; "
-         f"rebuild {f['server_change_build_seconds']:.1f} s"],
-    ], headers=["figure", "value", "detail"])
+    console.print_table(
+        [
+            ["cold build", f"{f['cold_build_seconds']:.1f} s", f"downloaded {hb(f['cold_build_downloaded_bytes'])}"],
+            [
+                "no-op rebuild",
+                f"{f['noop_rebuild_seconds']:.1f} s",
+                f"downloaded {hb(f['noop_rebuild_downloaded_bytes'])}, docker cache {f['noop_rebuild_cache']}, "
+                f"same image id: {f['noop_same_image_id']}",
+            ],
+            [
+                "image size",
+                hb(f["image_size_bytes"]),
+                f"programs {hb(f['programs_bytes'])}, overhead {hb(f['overhead_bytes'])} (test base with python3); "
+                f"on the production base {hb(f['overhead_on_production_base_bytes'])}",
+            ],
+            [
+                "first push",
+                hb(f["first_push_bytes"]),
+                f"{f['first_push_layers']} layers in {f['first_push_seconds']:.1f} s",
+            ],
+            [
+                "server-only change",
+                hb(f["server_change_push_bytes"]),
+                f"{f['server_change_push_layers']} layers pushed; server binary {hb(f['server_binary_bytes'])}; "
+                f"rebuild {f['server_change_build_seconds']:.1f} s",
+            ],
+        ],
+        headers=["figure", "value", "detail"],
+    )
     return 0
 
 

@@ -57,10 +57,25 @@ def floor(image: str) -> tuple[float, float]:
     """(docker run -> healthy, docker stop; docker start -> healthy) for the bare image."""
     port, oc_port = free_port(), free_port()
     name = f"owbench-floor-{secrets.token_hex(3)}"
-    argv = ["docker", "run", "-d", "--init", "--name", name, "--network", "host",
-            "-e", f"OPENWORK_PORT={port}", "-e", f"OPENWORK_OPENCODE_PORT={oc_port}",
-            "-e", f"OPENWORK_TOKEN={secrets.token_urlsafe(32)}", "-e", f"OPENWORK_HOST_TOKEN={secrets.token_urlsafe(32)}",
-            image]
+    argv = [
+        "docker",
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-e",
+        f"OPENWORK_PORT={port}",
+        "-e",
+        f"OPENWORK_OPENCODE_PORT={oc_port}",
+        "-e",
+        f"OPENWORK_TOKEN={secrets.token_urlsafe(32)}",
+        "-e",
+        f"OPENWORK_HOST_TOKEN={secrets.token_urlsafe(32)}",
+        image,
+    ]
     try:
         start = time.monotonic()
         subprocess.run(argv, check=True, capture_output=True)
@@ -93,8 +108,10 @@ def main() -> int:
 
     source = image
     if subprocess.run(["docker", "pull", "-q", source], capture_output=True).returncode != 0:
-        print(f"cannot pull {source}: push it first (invoke push-image, or run the tests to build the test image)",
-              file=sys.stderr)
+        print(
+            f"cannot pull {source}: push it first (invoke push-image, or run the tests to build the test image)",
+            file=sys.stderr,
+        )
         return 1
     # a private copy under another name, so untagging it for the cold runs disturbs nobody
     repo = source.rsplit("@", 1)[0]
@@ -106,19 +123,35 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="owbench-"))
     env_file = empty_env_file(tmp)
     name = f"owbench-{secrets.token_hex(3)}"
-    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_NAME=name,
-                        OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                        OPENWORK_MICROSANDBOX_RUNTIME=args.runtime))
+    env = task_env(
+        dict(
+            OPENWORK_STATE_DIR=str(tmp / "state"),
+            OPENWORK_MICROSANDBOX_NAME=name,
+            OPENWORK_MICROSANDBOX_IMAGE=image,
+            OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+            OPENWORK_MICROSANDBOX_RUNTIME=args.runtime,
+        )
+    )
     e = dict(env=env, env_file=env_file)
     figures: list[tuple[str, str]] = []
     try:
         pairs = [floor(image) for _ in range(2)]
         floors, start_floors = [p[0] for p in pairs], [p[1] for p in pairs]
         floor_s, start_floor_s = min(floors), min(start_floors)
-        figures.append(("floor (docker run -> healthy)", f"{floor_s:.2f}s (best of {len(floors)}: "
-                        + ", ".join(f"{f:.2f}" for f in floors) + ")"))
-        figures.append(("floor (docker start -> healthy)", f"{start_floor_s:.2f}s (best of {len(start_floors)}: "
-                        + ", ".join(f"{f:.2f}" for f in start_floors) + ")"))
+        figures.append(
+            (
+                "floor (docker run -> healthy)",
+                f"{floor_s:.2f}s (best of {len(floors)}: " + ", ".join(f"{f:.2f}" for f in floors) + ")",
+            )
+        )
+        figures.append(
+            (
+                "floor (docker start -> healthy)",
+                f"{start_floor_s:.2f}s (best of {len(start_floors)}: "
+                + ", ".join(f"{f:.2f}" for f in start_floors)
+                + ")",
+            )
+        )
 
         untag(image)
         start = time.monotonic()
@@ -128,12 +161,20 @@ def main() -> int:
 
         untag(image)
         cold = timed("up", **e)
-        figures.append(("up cold (pull+create+healthy)", f"{cold:.2f}s  overhead vs floor+pull: "
-                        f"{cold - floor_s - pull_s:+.2f}s (target <= +1.5s)"))
+        figures.append(
+            (
+                "up cold (pull+create+healthy)",
+                f"{cold:.2f}s  overhead vs floor+pull: {cold - floor_s - pull_s:+.2f}s (target <= +1.5s)",
+            )
+        )
 
         warm = [timed("up", **e) for _ in range(args.runs)]
-        figures.append(("up warm (reuse)", f"median {statistics.median(warm):.2f}s, max {max(warm):.2f}s "
-                        f"over {len(warm)} runs (target < 1s)"))
+        figures.append(
+            (
+                "up warm (reuse)",
+                f"median {statistics.median(warm):.2f}s, max {max(warm):.2f}s over {len(warm)} runs (target < 1s)",
+            )
+        )
 
         from openwork_sandbox.config import load_settings as load
         from openwork_sandbox.sandbox.up import up
@@ -162,8 +203,14 @@ def main() -> int:
         for _ in range(2):
             timed("down", **e)
             starts.append(timed("up", **e))
-        figures.append(("up after down (start+healthy)", f"best {min(starts):.2f}s of "
-                        + ", ".join(f"{s:.2f}" for s in starts) + f"; vs start floor {min(starts) - start_floor_s:+.2f}s"))
+        figures.append(
+            (
+                "up after down (start+healthy)",
+                f"best {min(starts):.2f}s of "
+                + ", ".join(f"{s:.2f}" for s in starts)
+                + f"; vs start floor {min(starts) - start_floor_s:+.2f}s",
+            )
+        )
 
         replaced = timed("up", "--replace", **e)
         figures.append(("up --replace (re-pull+recreate)", f"{replaced:.2f}s"))

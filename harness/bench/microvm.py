@@ -96,11 +96,16 @@ def inside(rounds: int, runtimes: list[str]) -> int:
         for n in range(rounds):
             order = runtimes if n % 2 == 0 else list(reversed(runtimes))
             for rt in order:
-                env = {"OPENWORK_STATE_DIR": str(tmp / "state"), "OPENWORK_MICROSANDBOX_RUNTIME": rt,
-                       "OPENWORK_MICROSANDBOX_NAME": f"bench-{rt[:3]}-{secrets.token_hex(2)}",
-                       "OPENWORK_MICROSANDBOX_PORT": str(free_port()), "OPENWORK_MICROSANDBOX_IMAGE": ref,
-                       "OPENWORK_OFFLINE": "true", "OPENWORK_HEALTH_TIMEOUT": "900",
-                       **{k: os.environ[k] for k in SLOW_HOST_SETTINGS if os.environ.get(k)}}
+                env = {
+                    "OPENWORK_STATE_DIR": str(tmp / "state"),
+                    "OPENWORK_MICROSANDBOX_RUNTIME": rt,
+                    "OPENWORK_MICROSANDBOX_NAME": f"bench-{rt[:3]}-{secrets.token_hex(2)}",
+                    "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
+                    "OPENWORK_MICROSANDBOX_IMAGE": ref,
+                    "OPENWORK_OFFLINE": "true",
+                    "OPENWORK_HEALTH_TIMEOUT": "900",
+                    **{k: os.environ[k] for k in SLOW_HOST_SETTINGS if os.environ.get(k)},
+                }
                 try:
                     cold = invoke(env, env_file, "up")
                     smoke = invoke(env, env_file, "smoke")
@@ -119,8 +124,10 @@ def inside(rounds: int, runtimes: list[str]) -> int:
         say(f"  {rt:<12} " + ", ".join(cells))
     if len(runtimes) == 2 and all(figures[rt]["cold up"] for rt in runtimes):
         a, b = runtimes
-        ratio = {k: statistics.median(figures[a][k]) / max(statistics.median(figures[b][k]), 1e-6)
-                 for k in ("cold up", "warm up", "smoke")}
+        ratio = {
+            k: statistics.median(figures[a][k]) / max(statistics.median(figures[b][k]), 1e-6)
+            for k in ("cold up", "warm up", "smoke")
+        }
         say(f"  {a}/{b}: " + ", ".join(f"{k} x{v:.2f}" for k, v in ratio.items()))
     say("BENCH-JSON " + json.dumps(figures))
     return 0
@@ -133,8 +140,19 @@ def outside(args) -> int:
         return proc.returncode
     image = proc.stdout.strip().splitlines()[-1]
     env = {**os.environ, "OPENWORK_MICROSANDBOX_IMAGE": image}
-    argv = [str(ROOT / "scripts" / "microvm-host"), "run", "--", "python3", "-m", "harness.bench.microvm", "--inside",
-            "--rounds", str(args.rounds), "--runtimes", args.runtimes]
+    argv = [
+        str(ROOT / "scripts" / "microvm-host"),
+        "run",
+        "--",
+        "python3",
+        "-m",
+        "harness.bench.microvm",
+        "--inside",
+        "--rounds",
+        str(args.rounds),
+        "--runtimes",
+        args.runtimes,
+    ]
     t0 = time.monotonic()
     run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     harness = []
@@ -152,8 +170,10 @@ def outside(args) -> int:
         sys.stdout.write(line)
     code = run.wait()
     time.sleep(0.2)
-    say(f"harness overhead (as microvm-host reports it): {harness[-1] if harness else 'not reported'}; "
-        f"wall {time.monotonic() - t0:.1f}s")
+    say(
+        f"harness overhead (as microvm-host reports it): {harness[-1] if harness else 'not reported'}; "
+        f"wall {time.monotonic() - t0:.1f}s"
+    )
     return code
 
 

@@ -49,8 +49,19 @@ def main() -> int:
     built = None
     try:
         for platform in ("linux/arm64",):
-            subprocess.run([str(ROOT / "scripts" / "make-base-image"), f"{BASE}-arm64", "--include", "python3-minimal",
-                            "--platform", platform], check=True, capture_output=True, timeout=900)
+            subprocess.run(
+                [
+                    str(ROOT / "scripts" / "make-base-image"),
+                    f"{BASE}-arm64",
+                    "--include",
+                    "python3-minimal",
+                    "--platform",
+                    platform,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=900,
+            )
         settings = load_settings(environ=env, env_file=empty, root=ROOT)
         console.info("== first build of both platforms (warm download cache)")
         built = build_image(settings)

@@ -58,8 +58,9 @@ def main() -> int:
         target = local_target(settings, ep, "sandbox")
         rounds = []
         for _ in range(args.rounds + 1):  # the first round warms connections and opencode
-            report = SmokeRunner(target, request_timeout=settings.request_timeout,
-                                 health_timeout=settings.health_timeout).run()
+            report = SmokeRunner(
+                target, request_timeout=settings.request_timeout, health_timeout=settings.health_timeout
+            ).run()
             if not report.ok:
                 bad = [f"{c.name}: {c.message}" for c in report.checks if c.result in ("failed", "error")]
                 print("a warm round failed:", "; ".join(bad))
@@ -79,8 +80,10 @@ def main() -> int:
     totals = [r.total_seconds for r in warm]
     median_total = statistics.median(totals)
     verdict = "under" if median_total < 1 else "OVER"
-    print(f"  {'all checks':<16}{ms(median_total):>11}{ms(max(totals)):>11}{ms(first.total_seconds):>11}"
-          f"   ({verdict} the 1 s target)")
+    print(
+        f"  {'all checks':<16}{ms(median_total):>11}{ms(max(totals)):>11}{ms(first.total_seconds):>11}"
+        f"   ({verdict} the 1 s target)"
+    )
 
     # --- 2. smoke --ephemeral end to end, against its floor -----------------------------------
     # floor = cold `up` + one round of checks on the fresh server (no teardown). Samples are taken in
@@ -93,16 +96,20 @@ def main() -> int:
             with contextlib.redirect_stderr(quiet):
                 ep = up(fresh, as_json=False)
             up_s = time.perf_counter() - start
-            checks = SmokeRunner(local_target(fresh, ep, "sandbox"), request_timeout=fresh.request_timeout,
-                                 health_timeout=fresh.health_timeout).run()
+            checks = SmokeRunner(
+                local_target(fresh, ep, "sandbox"),
+                request_timeout=fresh.request_timeout,
+                health_timeout=fresh.health_timeout,
+            ).run()
         finally:
             with contextlib.redirect_stderr(quiet), contextlib.suppress(WorkflowError):
                 reset(fresh, yes=True)
         out, err = io.StringIO(), io.StringIO()
         start = time.perf_counter()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run_smoke(base.with_overrides(name=f"bench-eph-{secrets.token_hex(3)}"), ephemeral=True,
-                             as_json=True)
+            code = run_smoke(
+                base.with_overrides(name=f"bench-eph-{secrets.token_hex(3)}"), ephemeral=True, as_json=True
+            )
         took = time.perf_counter() - start
         if code != 0 or not checks.ok:
             print(f"\na sample failed (smoke --ephemeral exit {code}):\n{err.getvalue()[-2000:]}")
@@ -110,19 +117,25 @@ def main() -> int:
         pairs.append((up_s, checks.total_seconds, took, json.loads(out.getvalue())["timings"]))
 
     print(f"\nsmoke --ephemeral end to end vs its floor, {len(pairs)} paired samples")
-    print(f"  {'floor: up':>12}{'+ checks':>11}{'= floor':>11}{'ephemeral':>11}{'(up':>11}{'checks':>11}"
-          f"{'teardown)':>11}{'overhead':>11}")
+    print(
+        f"  {'floor: up':>12}{'+ checks':>11}{'= floor':>11}{'ephemeral':>11}{'(up':>11}{'checks':>11}"
+        f"{'teardown)':>11}{'overhead':>11}"
+    )
     for up_s, checks_s, took, t in pairs:
         floor = up_s + checks_s
-        print(f"  {ms(up_s):>12}{ms(checks_s):>11}{ms(floor):>11}{ms(took):>11}{ms(t['up']):>11}"
-              f"{ms(t['checks']):>11}{ms(t['teardown']):>11}{ms(took - floor):>11}")
+        print(
+            f"  {ms(up_s):>12}{ms(checks_s):>11}{ms(floor):>11}{ms(took):>11}{ms(t['up']):>11}"
+            f"{ms(t['checks']):>11}{ms(t['teardown']):>11}{ms(took - floor):>11}"
+        )
     floors = [p[0] + p[1] for p in pairs]
     ends = [p[2] for p in pairs]
-    print(f"  median: floor {ms(statistics.median(floors)).strip()}, end to end "
-          f"{ms(statistics.median(ends)).strip()}, overhead "
-          f"{ms(statistics.median([e - f for e, f in zip(ends, floors, strict=True)])).strip()} "
-          f"(teardown {ms(statistics.median([p[3]['teardown'] for p in pairs])).strip()}; the rest is noise "
-          "in `up` on a shared machine)")
+    print(
+        f"  median: floor {ms(statistics.median(floors)).strip()}, end to end "
+        f"{ms(statistics.median(ends)).strip()}, overhead "
+        f"{ms(statistics.median([e - f for e, f in zip(ends, floors, strict=True)])).strip()} "
+        f"(teardown {ms(statistics.median([p[3]['teardown'] for p in pairs])).strip()}; the rest is noise "
+        "in `up` on a shared machine)"
+    )
     return 0
 
 

@@ -69,8 +69,9 @@ def wait_health(port: int, deadline: float, name: str) -> float | str:
             return time.monotonic() - start
         if time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
-            running = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", name],
-                                     capture_output=True, text=True).stdout.strip()
+            running = subprocess.run(
+                ["docker", "inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True
+            ).stdout.strip()
             if running != "true":
                 return "exited"
         time.sleep(0.01)
@@ -86,8 +87,14 @@ def floor_start(image: str, deadline: float) -> tuple[float | None, str]:
     """(seconds until /health 200 or None, how the start race went) for one `docker run`."""
     port, oc_port = free_port(), free_port()
     name = f"owbench-start-{secrets.token_hex(3)}"
-    env = {"OPENWORK_PORT": str(port), "OPENWORK_OPENCODE_PORT": str(oc_port), "OPENWORK_REMOTE_ACCESS": "0",
-           "OPENWORK_TOKEN": secrets.token_urlsafe(32), "OPENWORK_HOST_TOKEN": secrets.token_urlsafe(32), **OFFLINE_ENV}
+    env = {
+        "OPENWORK_PORT": str(port),
+        "OPENWORK_OPENCODE_PORT": str(oc_port),
+        "OPENWORK_REMOTE_ACCESS": "0",
+        "OPENWORK_TOKEN": secrets.token_urlsafe(32),
+        "OPENWORK_HOST_TOKEN": secrets.token_urlsafe(32),
+        **OFFLINE_ENV,
+    }
     argv = ["docker", "run", "-d", "--name", name, "--network", "host"]
     for key, value in env.items():
         argv += ["-e", f"{key}={value}"]
@@ -124,8 +131,9 @@ def up_start(env: dict, env_file: Path, name: str) -> tuple[float | None, str]:
     took = proc.seconds
     said = proc.stderr
     # `up` prints the gate's race in its own words (start_gate.race_note) and a restart as "made no progress"
-    outcome = race_outcome(said.replace("start race held off", RACE_MARK + " " + GATE_MARK),
-                           restarted="made no progress" in said).replace(" (no gate in the image)", "")
+    outcome = race_outcome(
+        said.replace("start race held off", RACE_MARK + " " + GATE_MARK), restarted="made no progress" in said
+    ).replace(" (no gate in the image)", "")
     if proc.returncode != 0:
         last = [line for line in said.splitlines() if line.strip()][-1:] or ["no output"]
         outcome, took = f"failed after {outcome}: {last[0][:120]}", None
@@ -135,8 +143,9 @@ def up_start(env: dict, env_file: Path, name: str) -> tuple[float | None, str]:
 
 def tally(outcomes: dict[tuple[str, str], int], words: tuple[str, ...]) -> str:
     """'floor held off by the gate: 3, up watchdog restart: 1' for the outcomes naming any of words."""
-    hits = [f"{kind} {outcome}: {n}" for (kind, outcome), n in sorted(outcomes.items())
-            if any(w in outcome for w in words)]
+    hits = [
+        f"{kind} {outcome}: {n}" for (kind, outcome), n in sorted(outcomes.items()) if any(w in outcome for w in words)
+    ]
     return "; ".join(hits) or "none"
 
 
@@ -153,9 +162,29 @@ def hang_rate(image: str, starts: int, gate: bool) -> tuple[int, int, list[float
         port = free_port()
         name = f"owbench-oc-{secrets.token_hex(3)}"
         binary = "/usr/local/bin/opencode-gate" if gate else "/usr/local/bin/opencode"
-        argv = ["docker", "run", "-d", "--name", name, "--network", "host", "--entrypoint", binary,
-                "-e", "HOME=/tmp", "-e", "OPENCODE_DISABLE_MODELS_FETCH=1", "-w", "/tmp",
-                image, "serve", "--hostname", "127.0.0.1", "--port", str(port)]
+        argv = [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--entrypoint",
+            binary,
+            "-e",
+            "HOME=/tmp",
+            "-e",
+            "OPENCODE_DISABLE_MODELS_FETCH=1",
+            "-w",
+            "/tmp",
+            image,
+            "serve",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         try:
             subprocess.run(argv, check=True, capture_output=True)
             start, dropped = time.monotonic(), 0
@@ -180,20 +209,33 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=30, help="floor/up pairs (default 30)")
     parser.add_argument("--runtime", default="docker", choices=["docker", "microsandbox"])
     parser.add_argument("--deadline", type=float, default=60.0, help="a floor start not healthy by then has hung")
-    parser.add_argument("--hang-rate", type=int, default=0, metavar="N",
-                        help="also start bare opencode N times without and with the gate (0: skip)")
+    parser.add_argument(
+        "--hang-rate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also start bare opencode N times without and with the gate (0: skip)",
+    )
     args = parser.parse_args()
     image = image_or_setting(args.image)
-    if (subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0
-            and subprocess.run(["docker", "pull", "-q", image], capture_output=True).returncode != 0):
+    if (
+        subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0
+        and subprocess.run(["docker", "pull", "-q", image], capture_output=True).returncode != 0
+    ):
         print(f"cannot find or pull {image}: build or push it first", file=sys.stderr)
         return 1
     load = os.getloadavg()
 
     tmp = Path(tempfile.mkdtemp(prefix="owbench-start-"))
     env_file = empty_env_file(tmp)
-    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_IMAGE=image,
-                        OPENWORK_MICROSANDBOX_RUNTIME=args.runtime, OPENWORK_OFFLINE="true"))
+    env = task_env(
+        dict(
+            OPENWORK_STATE_DIR=str(tmp / "state"),
+            OPENWORK_MICROSANDBOX_IMAGE=image,
+            OPENWORK_MICROSANDBOX_RUNTIME=args.runtime,
+            OPENWORK_OFFLINE="true",
+        )
+    )
     floors: list[float] = []
     ups: list[float] = []
     ups_kept: list[float] = []  # without restarts after an early exit (a floor start that exits counts as failed)
@@ -224,11 +266,16 @@ def main() -> int:
 
     load_after = os.getloadavg()
     floor_median = statistics.median(floors) if floors else float("nan")
-    print(f"start benchmark: runtime {args.runtime}, image {image}, {os.cpu_count()} CPUs, "
-          f"load {load[0]:.1f} before, {load_after[0]:.1f} after")
+    print(
+        f"start benchmark: runtime {args.runtime}, image {image}, {os.cpu_count()} CPUs, "
+        f"load {load[0]:.1f} before, {load_after[0]:.1f} after"
+    )
     rows = [
-        ("starts", f"{args.pairs} floor ({args.pairs - len(floors)} never healthy or failed), "
-                   f"{args.pairs} up ({args.pairs - len(ups)} failed)"),
+        (
+            "starts",
+            f"{args.pairs} floor ({args.pairs - len(floors)} never healthy or failed), "
+            f"{args.pairs} up ({args.pairs - len(ups)} failed)",
+        ),
         ("hangs seen (start race)", tally(outcomes, ("held off", "hung", "watchdog"))),
         ("other start failures", tally(outcomes, ("failed", "early exit"))),
         ("floor median", f"{floor_median:.2f}s (min {min(floors):.2f}, max {max(floors):.2f})" if floors else "-"),
@@ -236,13 +283,25 @@ def main() -> int:
         ("ratio p95 / floor median", f"{p95(ups) / floor_median:.2f} (target <= 1.3)" if ups and floors else "-"),
     ]
     if ups_kept and len(ups_kept) < len(ups):
-        rows.append(("  same, without early exits", f"up p95 {p95(ups_kept):.2f}s over {len(ups_kept)} starts, ratio "
-                                                     f"{p95(ups_kept) / floor_median:.2f} (the floor's exits are not "
-                                                     "in its median either)"))
+        rows.append(
+            (
+                "  same, without early exits",
+                f"up p95 {p95(ups_kept):.2f}s over {len(ups_kept)} starts, ratio "
+                f"{p95(ups_kept) / floor_median:.2f} (the floor's exits are not "
+                "in its median either)",
+            )
+        )
     for gate, struck, starts, answered in rates:
         label = f"bare opencode, {'with' if gate else 'without'} gate"
-        rows.append((label, f"a request dropped in {struck} of {starts} starts; first answer median "
-                            f"{statistics.median(answered):.2f}s" if answered else f"{struck} of {starts}"))
+        rows.append(
+            (
+                label,
+                f"a request dropped in {struck} of {starts} starts; first answer median "
+                f"{statistics.median(answered):.2f}s"
+                if answered
+                else f"{struck} of {starts}",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key.ljust(width)}  {value}")

@@ -30,8 +30,11 @@ from harness.bench.common import remove_container
 from harness.common import TaskRun, back_to_caller_cwd, empty_env_file, run_task, task_env
 from openwork_sandbox.net.ports import free_port
 
-PROGRAMS = {"openwork-server": "/usr/local/bin/openwork-server", "opencode": "/usr/local/bin/opencode serve",
-            "orchestrator": "openwork serve"}
+PROGRAMS = {
+    "openwork-server": "/usr/local/bin/openwork-server",
+    "opencode": "/usr/local/bin/opencode serve",
+    "orchestrator": "openwork serve",
+}
 
 
 def invoke(env: dict, *args: str) -> TaskRun:
@@ -51,8 +54,10 @@ def ok(url: str, token: str) -> bool:
 
 
 def pid_of(name: str, needle: str) -> str | None:
-    script = ('for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); '
-              'case "$c" in *"$0"*) echo ${p#/proc/};; esac; done')
+    script = (
+        'for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); '
+        'case "$c" in *"$0"*) echo ${p#/proc/};; esac; done'
+    )
     out = subprocess.run(["docker", "exec", name, "sh", "-c", script, needle], capture_output=True, text=True).stdout
     found = [p for p in out.split() if p]
     return found[0] if found else None
@@ -73,10 +78,18 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-supervise-"))
     name = f"owbench-sup-{secrets.token_hex(3)}"
-    env = task_env(dict(OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_MICROSANDBOX_NAME=name,
-                        OPENWORK_OFFLINE="true", OPENWORK_MICROSANDBOX_IMAGE=args.image,
-                        OPENWORK_MICROSANDBOX_RUNTIME="docker", OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                        OPENWORK_HEALTH_TIMEOUT="300", OPENWORK_ENV_FILE=str(empty_env_file(tmp))))
+    env = task_env(
+        dict(
+            OPENWORK_STATE_DIR=str(tmp / "state"),
+            OPENWORK_MICROSANDBOX_NAME=name,
+            OPENWORK_OFFLINE="true",
+            OPENWORK_MICROSANDBOX_IMAGE=args.image,
+            OPENWORK_MICROSANDBOX_RUNTIME="docker",
+            OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+            OPENWORK_HEALTH_TIMEOUT="300",
+            OPENWORK_ENV_FILE=str(empty_env_file(tmp)),
+        )
+    )
     data = tmp / "state" / name / "data"
     try:
         up = invoke(env, "up", "--json", "--show-tokens")
@@ -89,8 +102,9 @@ def main() -> int:
         for round_no in range(1, args.rounds + 1):
             for program, needle in PROGRAMS.items():
                 deadline = time.monotonic() + 120
-                while time.monotonic() < deadline and not (record(data).get("consecutive_failures") == 0
-                                                           and ok(url, token)):
+                while time.monotonic() < deadline and not (
+                    record(data).get("consecutive_failures") == 0 and ok(url, token)
+                ):
                     time.sleep(1)
                 pid = pid_of(name, needle)
                 if pid is None:
@@ -105,18 +119,25 @@ def main() -> int:
                     time.sleep(0.2)
                 took = time.monotonic() - start
                 times[program].append(took)
-                print(f"round {round_no}: {program} killed -> healthy in {took:.1f}s "
-                      f"(supervisor restarts: {record(data).get('restarts', 0) - before})", flush=True)
+                print(
+                    f"round {round_no}: {program} killed -> healthy in {took:.1f}s "
+                    f"(supervisor restarts: {record(data).get('restarts', 0) - before})",
+                    flush=True,
+                )
         start = time.monotonic()
         invoke(env, "down")
         down_s = time.monotonic() - start
         print()
         for program, values in times.items():
             if values:
-                print(f"{program:16} n={len(values)}  min {min(values):.1f}s  median "
-                      f"{statistics.median(values):.1f}s  max {max(values):.1f}s")
-        print(f"restarts counted: {record(data).get('restarts')}; `invoke down` took {down_s:.1f}s "
-              f"(the supervisor's record: {record(data).get('state')})")
+                print(
+                    f"{program:16} n={len(values)}  min {min(values):.1f}s  median "
+                    f"{statistics.median(values):.1f}s  max {max(values):.1f}s"
+                )
+        print(
+            f"restarts counted: {record(data).get('restarts')}; `invoke down` took {down_s:.1f}s "
+            f"(the supervisor's record: {record(data).get('state')})"
+        )
         return 0
     finally:
         remove_container(name)

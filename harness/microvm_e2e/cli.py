@@ -29,7 +29,12 @@ def avx_scenario(runtime: str, image: str) -> int:
     """The real orchestrator where the CPU has no AVX: `up` ends with the one line naming it."""
     sc = Scenario(runtime, image, keep=bool(os.environ.get("MICROVM_E2E_KEEP")))
     sc.settings_env["OPENWORK_MICROSANDBOX_IMAGE"] = image
-    for key in ("OPENWORK_ORCHESTRATOR_BIN_PATH", "OPENWORK_SERVER_BIN", "OPENWORK_OPENCODE_BIN", "OPENWORK_BASE_IMAGE"):
+    for key in (
+        "OPENWORK_ORCHESTRATOR_BIN_PATH",
+        "OPENWORK_SERVER_BIN",
+        "OPENWORK_OPENCODE_BIN",
+        "OPENWORK_BASE_IMAGE",
+    ):
         sc.settings_env.pop(key)
     started = time.monotonic()
     try:
@@ -41,8 +46,10 @@ def avx_scenario(runtime: str, image: str) -> int:
 
         wanted = no_avx_message("0.18.1").split(";")[0]
         ok = proc.returncode == 1 and wanted in last and "panic(" not in proc.stderr
-        say(f"{'✓' if ok else '✗'} real orchestrator without AVX ({time.monotonic() - started:.1f}s): "
-            f"up exited {proc.returncode}, last line: {last}")
+        say(
+            f"{'✓' if ok else '✗'} real orchestrator without AVX ({time.monotonic() - started:.1f}s): "
+            f"up exited {proc.returncode}, last line: {last}"
+        )
         if not ok:
             print("\n".join(proc.stderr.splitlines()[-30:]), file=sys.stderr)
         return 0 if ok else 1
@@ -70,12 +77,24 @@ def main() -> int:
     sc = Scenario(runtime, image, keep=bool(os.environ.get("MICROVM_E2E_KEEP")))
     # push-image (a build-image first, the slowest step under emulation) goes after the microVM steps,
     # which boot the loaded image pushed with plain `docker push` (seed), so a slow host reaches them
-    steps = [("doctor", tasks.doctor), ("seed", image_steps.seed), ("up", tasks.up_cold),
-             ("smoke", tasks.smoke), ("status", tasks.status), ("logs", tasks.logs), ("down + up", tasks.down_up),
-             ("up --replace", tasks.replace), ("migration", state.migration), ("non-root user", state.nonroot),
-             ("reset", tasks.reset), ("smoke --ephemeral", tasks.ephemeral), ("prepare", image_steps.prepare),
-             ("push-image", image_steps.push_image), ("up of the pushed digest", image_steps.up_pushed),
-             ("microvm tests", host.microvm_tests)]
+    steps = [
+        ("doctor", tasks.doctor),
+        ("seed", image_steps.seed),
+        ("up", tasks.up_cold),
+        ("smoke", tasks.smoke),
+        ("status", tasks.status),
+        ("logs", tasks.logs),
+        ("down + up", tasks.down_up),
+        ("up --replace", tasks.replace),
+        ("migration", state.migration),
+        ("non-root user", state.nonroot),
+        ("reset", tasks.reset),
+        ("smoke --ephemeral", tasks.ephemeral),
+        ("prepare", image_steps.prepare),
+        ("push-image", image_steps.push_image),
+        ("up of the pushed digest", image_steps.up_pushed),
+        ("microvm tests", host.microvm_tests),
+    ]
     if runtime == "microsandbox":
         steps.append(("docker pair", host.docker_pair))
     only = args.only or os.environ.get("MICROVM_E2E_STEPS", "").strip()

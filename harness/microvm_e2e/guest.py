@@ -26,7 +26,7 @@ def emulation_fault(failure: str) -> str | None:
     for mark, end in (("the microVM itself stopped (", ")"), ("the microVM stopped while booting, twice: ", ";")):
         if mark in failure:
             said = failure.split(mark, 1)[1]
-            said = said[:said.find(end)] if end in said else said
+            said = said[: said.find(end)] if end in said else said
             return said.strip() if VM_FAULT_LINE.search(said) else None
     return None
 
@@ -54,7 +54,7 @@ def wait_for_the_engines_copy() -> float:
 
 def repo_and_tag(ref: str) -> tuple[str, str]:
     """("openwork-microsandbox-e2e", "run") for 127.0.0.1:5000/openwork-microsandbox-e2e:run."""
-    repo, _, tag = ref[len(LOCAL_REGISTRY) + 1:].rpartition(":")
+    repo, _, tag = ref[len(LOCAL_REGISTRY) + 1 :].rpartition(":")
     return repo, tag
 
 
@@ -66,9 +66,14 @@ def registry_manifest(ref: str):
     if not ref.startswith(LOCAL_REGISTRY + "/") or "@" in ref:
         return None
     repo, tag = repo_and_tag(ref)
-    accept = ", ".join(("application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
-                        "application/vnd.docker.distribution.manifest.list.v2+json",
-                        "application/vnd.docker.distribution.manifest.v2+json"))
+    accept = ", ".join(
+        (
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+    )
     resp = requests.get(f"http://{LOCAL_REGISTRY}/v2/{repo}/manifests/{tag}", headers={"Accept": accept}, timeout=60)
     return resp if resp.status_code == 200 else None
 

@@ -72,8 +72,14 @@ class Scenario:
         settings, then EXTRA: what every task and helper process of the scenario runs with."""
         return clean_env(self.settings_env, extra or {})
 
-    def task(self, *args: str, env: dict | None = None, check: bool = True, timeout: float = TASK_TIMEOUT,
-             user: pwd.struct_passwd | None = None) -> TaskRun:
+    def task(
+        self,
+        *args: str,
+        env: dict | None = None,
+        check: bool = True,
+        timeout: float = TASK_TIMEOUT,
+        user: pwd.struct_passwd | None = None,
+    ) -> TaskRun:
         """``invoke ARGS`` in its own process with only the scenario's settings (+ ENV), as USER when
         given; its output goes to the log folder. Raises StepFailed when it fails and CHECK."""
         self.calls += 1
@@ -82,8 +88,10 @@ class Scenario:
             prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
         proc = run_task(*args, env=self.task_env(env), env_file=self.env_file, timeout=timeout, prefix=prefix)
         log = self.log_dir / f"{self.calls:02d}-{'-'.join(a.strip('-') for a in args)[:60]}.log"
-        log.write_text(f"$ invoke {' '.join(args)}\nexit {proc.returncode} in {proc.seconds:.1f}s\n"
-                       f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+        log.write_text(
+            f"$ invoke {' '.join(args)}\nexit {proc.returncode} in {proc.seconds:.1f}s\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
         if check and proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
             print(f"--- invoke {' '.join(args)} (exit {proc.returncode}), last lines:\n{tail}", file=sys.stderr)
@@ -110,8 +118,15 @@ class Scenario:
     def tokens(self) -> dict:
         return json.loads((self.folder() / "tokens.json").read_text())
 
-    def api(self, method: str, path: str, *, token: str | None = None, host_token: str | None = None,
-            body: dict | None = None):
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        host_token: str | None = None,
+        body: dict | None = None,
+    ):
         """METHOD PATH on the sandbox's server (real HTTP on 127.0.0.1) with these credentials."""
         import requests
 
@@ -120,8 +135,13 @@ class Scenario:
             headers["Authorization"] = f"Bearer {token}"
         if host_token:
             headers["X-OpenWork-Host-Token"] = host_token
-        return requests.request(method, self.url + path, json=body, headers=headers,
-                                timeout=float(self.settings_env["OPENWORK_REQUEST_TIMEOUT"]))
+        return requests.request(
+            method,
+            self.url + path,
+            json=body,
+            headers=headers,
+            timeout=float(self.settings_env["OPENWORK_REQUEST_TIMEOUT"]),
+        )
 
     def opencode(self, method: str, rest: str, body: dict | None = None):
         """METHOD on opencode of the /workspace workspace, through the server, with the owner token."""

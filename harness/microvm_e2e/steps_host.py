@@ -22,9 +22,13 @@ def microvm_tests(sc: Scenario) -> str:
     """The suite's tests that need a booted microVM (``pytest -m microvm``; they skip on a host
     without one), with the loaded image as their stack image and this scenario's health deadline."""
     sc.engines_copy()
-    env = task_env({"OPENWORK_TEST_STACK_IMAGE": sc.loaded_image},
-                   {k: sc.settings_env[k] for k in ("OPENWORK_HEALTH_TIMEOUT", "OPENWORK_REQUEST_TIMEOUT",
-                                                    "OPENWORK_MICROSANDBOX_CPUS")})
+    env = task_env(
+        {"OPENWORK_TEST_STACK_IMAGE": sc.loaded_image},
+        {
+            k: sc.settings_env[k]
+            for k in ("OPENWORK_HEALTH_TIMEOUT", "OPENWORK_REQUEST_TIMEOUT", "OPENWORK_MICROSANDBOX_CPUS")
+        },
+    )
     started = time.monotonic()
     # pytest's folders on this scenario's disk: the emulated host's /tmp is a tmpfs (Linux 6.1)
     # without the extended attributes microVM binds need (`up` says so, and the tests failed so)
@@ -34,9 +38,27 @@ def microvm_tests(sc: Scenario) -> str:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "microvm", "-v", "-rs", "-p",
-                                   "no:cacheprovider", "--basetemp", str(sc.tmp / "pytest"), "tests"],
-                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=TESTS_TIMEOUT)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-m",
+                    "microvm",
+                    "-v",
+                    "-rs",
+                    "-p",
+                    "no:cacheprovider",
+                    "--basetemp",
+                    str(sc.tmp / "pytest"),
+                    "tests",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=TESTS_TIMEOUT,
+            )
             returncode = proc.returncode
         except subprocess.TimeoutExpired:
             returncode = None
@@ -51,8 +73,11 @@ def microvm_tests(sc: Scenario) -> str:
 
 def docker_pair(sc: Scenario) -> str:
     """The same image on the Docker runtime in the same host: cold up, warm up, smoke."""
-    env = {"OPENWORK_MICROSANDBOX_RUNTIME": "docker", "OPENWORK_MICROSANDBOX_NAME": f"{sc.name}-d",
-           "OPENWORK_MICROSANDBOX_PORT": str(free_port())}
+    env = {
+        "OPENWORK_MICROSANDBOX_RUNTIME": "docker",
+        "OPENWORK_MICROSANDBOX_NAME": f"{sc.name}-d",
+        "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
+    }
     sc.local_run_ref()  # its cold up is a create, not a pull, as the microVM's figures are
     try:
         cold = sc.task("up", env=env).seconds
@@ -63,4 +88,3 @@ def docker_pair(sc: Scenario) -> str:
         sc.task("reset", "--yes", env=env, check=False)
     sc.figures.update(docker_cold_up=cold, docker_warm_up=warm, docker_smoke=smoke)
     return f"docker: cold up {cold:.1f}s, warm up {warm:.1f}s, smoke {smoke:.1f}s"
-

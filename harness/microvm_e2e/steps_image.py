@@ -22,10 +22,16 @@ def seed(sc: Scenario) -> str:
     served = seeded_manifest(sc.loaded_image)
     repo, tag = repo_and_tag(RUN_REF)
     if served is not None and repo_and_tag(sc.loaded_image)[0] == repo:
-        put = requests.put(f"http://{LOCAL_REGISTRY}/v2/{repo}/manifests/{tag}", data=served.content, timeout=60,
-                           headers={"Content-Type": served.headers["Content-Type"]})
+        put = requests.put(
+            f"http://{LOCAL_REGISTRY}/v2/{repo}/manifests/{tag}",
+            data=served.content,
+            timeout=60,
+            headers={"Content-Type": served.headers["Content-Type"]},
+        )
         if put.status_code != 201:
-            raise StepFailed(f"the registry refused the manifest for {RUN_REF}: HTTP {put.status_code} {put.text[:200]}")
+            raise StepFailed(
+                f"the registry refused the manifest for {RUN_REF}: HTTP {put.status_code} {put.text[:200]}"
+            )
         if registry_manifest(RUN_REF) is None:
             raise StepFailed(f"the registry does not serve {RUN_REF} after the tag was made")
         return f"{RUN_REF} tagged in the registry, which the harness gave {sc.loaded_image} ({put.headers.get('Docker-Content-Digest')})"
@@ -42,13 +48,24 @@ def prepare(sc: Scenario) -> str:
     try:
         sc.docker("cp", f"{box}:/usr/local/bin/opencode", str(sc.tmp / "opencode"))
         export = subprocess.Popen(["docker", "export", box], stdout=subprocess.PIPE)
-        strip = subprocess.Popen(["tar", "--delete", "usr/local/bin/opencode", "usr/local/bin/openwork",
-                                  "usr/local/bin/openwork-server", "usr/local/bin/opencode-gate",
-                                  "usr/local/bin/microsandbox-entrypoint.sh", "usr/local/lib/openwork"],
-                                 stdin=export.stdout, stdout=subprocess.PIPE)
+        strip = subprocess.Popen(
+            [
+                "tar",
+                "--delete",
+                "usr/local/bin/opencode",
+                "usr/local/bin/openwork",
+                "usr/local/bin/openwork-server",
+                "usr/local/bin/opencode-gate",
+                "usr/local/bin/microsandbox-entrypoint.sh",
+                "usr/local/lib/openwork",
+            ],
+            stdin=export.stdout,
+            stdout=subprocess.PIPE,
+        )
         export.stdout.close()
-        imported = subprocess.run(["docker", "import", "-", BASE_REF], stdin=strip.stdout, capture_output=True,
-                                  text=True, timeout=900)
+        imported = subprocess.run(
+            ["docker", "import", "-", BASE_REF], stdin=strip.stdout, capture_output=True, text=True, timeout=900
+        )
         strip.wait(), export.wait()
         if imported.returncode != 0:
             raise StepFailed(f"docker import of the base failed: {imported.stderr.strip()[-300:]}")
@@ -78,4 +95,3 @@ def up_pushed(sc: Scenario) -> str:
         raise StepFailed(f"up did {result['action']}, smoke ok={smoke['ok']}, image {info['image']}")
     sc.task("reset", "--yes")
     return f"created in {proc.seconds:.1f}s from {info['image']}; smoke passed"
-

@@ -34,8 +34,14 @@ def migration(sc: Scenario) -> str:
     sc.docker("build", "-q", "-t", LEGACY_REF, str(ctx))
     sc.docker("push", LEGACY_REF)
     sc.task("reset", "--yes")
-    old = subprocess.run([sys.executable, "-m", "harness.microvm_e2e", "--start-old-layout", LEGACY_REF], cwd=ROOT,
-                         env=sc.task_env(), capture_output=True, text=True, timeout=TASK_TIMEOUT)
+    old = subprocess.run(
+        [sys.executable, "-m", "harness.microvm_e2e", "--start-old-layout", LEGACY_REF],
+        cwd=ROOT,
+        env=sc.task_env(),
+        capture_output=True,
+        text=True,
+        timeout=TASK_TIMEOUT,
+    )
     (sc.log_dir / "old-layout.log").write_text(old.stdout + old.stderr)
     if old.returncode != 0:
         raise StepFailed(f"could not start a sandbox the old way: {(old.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -75,11 +81,26 @@ def nonroot(sc: Scenario) -> str:
             group = grp.getgrgid(os.stat(device).st_gid).gr_name
             if group != "root":
                 subprocess.run(["usermod", "-aG", group, USER], check=True, capture_output=True)
-    probe = subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--",
-                            sys.executable, "-c", "import invoke, openwork_sandbox"], cwd=ROOT,
-                           capture_output=True, text=True, env={**os.environ, "HOME": user.pw_dir})
+    probe = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--init-groups",
+            "--",
+            sys.executable,
+            "-c",
+            "import invoke, openwork_sandbox",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": user.pw_dir},
+    )
     if probe.returncode != 0:
-        why = f"{USER} cannot run {sys.executable} with this checkout: {(probe.stderr.strip().splitlines() or ['?'])[-1]}"
+        why = (
+            f"{USER} cannot run {sys.executable} with this checkout: {(probe.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
         if sc.runtime == "docker":  # e.g. a development machine whose Python lives under /root
             raise StepSkipped(why + " (tests/test_nonroot_user.py covers Docker with a readable copy)")
         raise StepFailed(why)
@@ -89,13 +110,21 @@ def nonroot(sc: Scenario) -> str:
     # microsandbox builds the microVM's root filesystem in MSB_HOME, which needs xattrs: not the tmpfs /tmp
     msb_home = Path(tempfile.mkdtemp(prefix="msbu", dir="/var/tmp"))
     os.chown(msb_home, user.pw_uid, user.pw_gid)
-    env = {"OPENWORK_STATE_DIR": str(state), "OPENWORK_MICROSANDBOX_NAME": f"{sc.name}-u",
-           "OPENWORK_MICROSANDBOX_PORT": str(free_port()), "HOME": user.pw_dir, "MSB_HOME": str(msb_home)}
+    env = {
+        "OPENWORK_STATE_DIR": str(state),
+        "OPENWORK_MICROSANDBOX_NAME": f"{sc.name}-u",
+        "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
+        "HOME": user.pw_dir,
+        "MSB_HOME": str(msb_home),
+    }
     try:
         sc.task("up", env=env, user=user)
         folder = state / env["OPENWORK_MICROSANDBOX_NAME"]
-        foreign = [str(p) for p in [folder, *folder.rglob("*")]
-                   if p.lstat().st_uid != user.pw_uid or p.lstat().st_gid != user.pw_gid]
+        foreign = [
+            str(p)
+            for p in [folder, *folder.rglob("*")]
+            if p.lstat().st_uid != user.pw_uid or p.lstat().st_gid != user.pw_gid
+        ]
         if foreign:
             raise StepFailed(f"{len(foreign)} files under {folder} are not {USER}'s, e.g. {foreign[:3]}")
         count = sum(1 for _ in folder.rglob("*"))
@@ -128,8 +157,8 @@ def start_old_layout(image: str) -> int:
     spec = dataclasses.replace(spec, image=image, env=env, fingerprint="before-data-home")
     rt = runtime_for(settings.runtime, settings)
     rt.create(spec)
-    state.save_record(runtime=settings.runtime, image=image, fingerprint="before-data-home", port=settings.port,
-                      url=settings.url)
+    state.save_record(
+        runtime=settings.runtime, image=image, fingerprint="before-data-home", port=settings.port, url=settings.url
+    )
     wait_for_health(settings.url, settings.health_timeout, is_alive=rt.is_alive, describe=rt.describe)
     return 0
-

@@ -51,8 +51,10 @@ def up_cold(sc: Scenario) -> str:
     log = shown.stdout + shown.stderr
     if "opencode-gate:" not in log or "[openwork-orchestrator] Run starting" not in log:
         raise StepFailed("the server log lacks the entrypoint's start (Run starting, opencode-gate)")
-    return (f"created in {proc.seconds:.1f}s; {sc.url} answers; workspace bind read back through opencode; "
-            f"opencode.db in the data bind (HOME=/data/home); start gate in the log")
+    return (
+        f"created in {proc.seconds:.1f}s; {sc.url} answers; workspace bind read back through opencode; "
+        f"opencode.db in the data bind (HOME=/data/home); start gate in the log"
+    )
 
 
 def smoke(sc: Scenario) -> str:
@@ -61,7 +63,9 @@ def smoke(sc: Scenario) -> str:
     if not report["ok"] or report["counts"].get("failed") or report["counts"].get("error"):
         raise StepFailed(f"smoke: {report['counts']}")
     sc.figures["smoke"] = proc.seconds
-    return f"{report['counts'].get('passed')} passed in {report['total_seconds']:.2f}s ({proc.seconds:.1f}s with the task)"
+    return (
+        f"{report['counts'].get('passed')} passed in {report['total_seconds']:.2f}s ({proc.seconds:.1f}s with the task)"
+    )
 
 
 def status(sc: Scenario) -> str:
@@ -81,14 +85,22 @@ def logs(sc: Scenario) -> str:
     system = sc.task("logs", "--system").stdout
     if not system.strip():
         raise StepFailed("invoke logs --system printed nothing")
-    return (f"{len(plain.splitlines())} lines; --follow streamed {follow} lines and stopped on Ctrl+C; "
-            f"--system {len(system.splitlines())} lines")
+    return (
+        f"{len(plain.splitlines())} lines; --follow streamed {follow} lines and stopped on Ctrl+C; "
+        f"--system {len(system.splitlines())} lines"
+    )
 
 
 def _follow_logs(sc: Scenario) -> int:
     """Lines `logs --follow` streamed until the orchestrator's start line, then stopped with SIGINT."""
-    proc = subprocess.Popen([*INVOKE, "logs", "--follow", "--env-file", str(sc.env_file)],
-                            cwd=ROOT, env=sc.task_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*INVOKE, "logs", "--follow", "--env-file", str(sc.env_file)],
+        cwd=ROOT,
+        env=sc.task_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines, deadline = 0, time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
@@ -132,8 +144,7 @@ def replace(sc: Scenario) -> str:
     """A session and an issued token made through the API survive `up --replace`."""
     tokens = sc.tokens()
     created = sc.opencode("POST", "/session", {"title": "kept across replace"})
-    issued = sc.api("POST", "/tokens", host_token=tokens["host_token"], body={"scope": "collaborator",
-                                                                                "label": "e2e"})
+    issued = sc.api("POST", "/tokens", host_token=tokens["host_token"], body={"scope": "collaborator", "label": "e2e"})
     if created.status_code != 200 or issued.status_code not in (200, 201):
         raise StepFailed(f"making a session/token: {created.status_code} {issued.status_code}")
     sid, token = created.json()["id"], issued.json()["token"]
@@ -163,4 +174,3 @@ def ephemeral(sc: Scenario) -> str:
         raise StepFailed(f"smoke --ephemeral: {report['counts']}")
     sc.figures["ephemeral"] = proc.seconds
     return f"{report['counts'].get('passed')} passed; timings {report['timings']}"
-

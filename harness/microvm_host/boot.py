@@ -37,20 +37,53 @@ class Attempt:
         """Start QEMU on a copy-on-write overlay of the guest's disk (run_dir/disk.qcow2); it dies with
         this process. Knobs: MICROVM_HOST_ACCEL, _CPU, _CPUS, _MEMORY."""
         disk = self.run_dir / "disk.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.guest / "root.img"),
-                        str(disk)], check=True, timeout=60)
-        cmd = ["qemu-system-x86_64", "-accel", os.environ.get("MICROVM_HOST_ACCEL", ACCEL), "-cpu", os.environ.get("MICROVM_HOST_CPU", "max"),
-               "-smp", os.environ.get("MICROVM_HOST_CPUS", CPUS), "-m", os.environ.get("MICROVM_HOST_MEMORY", "8G"),
-               "-kernel", str(self.guest / "vmlinuz"), "-initrd", str(self.guest / "initrd.img"),
-               "-append", "root=/dev/vda rw console=ttyS0 init=/sbin/microvm-init mitigations=off panic=-1",
-               "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe",
-               "-virtfs", f"local,path={self.share},mount_tag=share,security_model=none,id=share",
-               "-nic", "none", "-display", "none", "-monitor", "none", "-serial", f"file:{self.run_dir / 'serial.log'}",
-               "-no-reboot", "-pidfile", str(self.run_dir / "qemu.pid")]
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.guest / "root.img"), str(disk)],
+            check=True,
+            timeout=60,
+        )
+        cmd = [
+            "qemu-system-x86_64",
+            "-accel",
+            os.environ.get("MICROVM_HOST_ACCEL", ACCEL),
+            "-cpu",
+            os.environ.get("MICROVM_HOST_CPU", "max"),
+            "-smp",
+            os.environ.get("MICROVM_HOST_CPUS", CPUS),
+            "-m",
+            os.environ.get("MICROVM_HOST_MEMORY", "8G"),
+            "-kernel",
+            str(self.guest / "vmlinuz"),
+            "-initrd",
+            str(self.guest / "initrd.img"),
+            "-append",
+            "root=/dev/vda rw console=ttyS0 init=/sbin/microvm-init mitigations=off panic=-1",
+            "-drive",
+            f"file={disk},if=virtio,format=qcow2,cache=unsafe",
+            "-virtfs",
+            f"local,path={self.share},mount_tag=share,security_model=none,id=share",
+            "-nic",
+            "none",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{self.run_dir / 'serial.log'}",
+            "-no-reboot",
+            "-pidfile",
+            str(self.run_dir / "qemu.pid"),
+        ]
         (self.run_dir / "serial.log").write_text("")
         with open(self.run_dir / "qemu.log", "wb") as log:  # QEMU writes its own copy
-            self.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent, start_new_session=True)
+            self.qemu = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
 
     def stop(self) -> None:
         """QEMU stopped (SIGTERM, SIGKILL after 10 s) if it still runs."""
@@ -83,7 +116,10 @@ class Attempt:
         boot_s = float(os.environ.get("MICROVM_HOST_BOOT_SECONDS", "300"))
         stall_s = float(os.environ.get("MICROVM_HOST_STALL_SECONDS", "120"))
         console = ConsoleWatch()
-        outs = {"stdout": (self.share / "stdout", sys.stdout.buffer), "stderr": (self.share / "stderr", sys.stderr.buffer)}
+        outs = {
+            "stdout": (self.share / "stdout", sys.stdout.buffer),
+            "stderr": (self.share / "stderr", sys.stderr.buffer),
+        }
         positions = {"stdout": 0, "stderr": 0, "serial": 0}
         last_beat_text, last_beat = None, None
         last_print = time.monotonic()
@@ -146,8 +182,11 @@ class Attempt:
                 except OSError:
                     qemu_log = ""
                 tail = " | ".join(line for line in console.tail[-3:] if line.strip())
-                return "host", (f"QEMU exited (code {self.qemu.returncode}) before the command finished"
-                                + (f"; qemu: {qemu_log}" if qemu_log else "") + (f"; console: {tail}" if tail else ""))
+                return "host", (
+                    f"QEMU exited (code {self.qemu.returncode}) before the command finished"
+                    + (f"; qemu: {qemu_log}" if qemu_log else "")
+                    + (f"; console: {tail}" if tail else "")
+                )
             frozen = host_verdict(now, started, last_beat, boot_s, stall_s)
             if frozen:
                 return "host", frozen
@@ -165,7 +204,7 @@ def _die_with_parent() -> None:
     """QEMU dies with the harness, even when the harness is killed (PR_SET_PDEATHSIG)."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except OSError:
         pass
-

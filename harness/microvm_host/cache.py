@@ -17,8 +17,12 @@ from harness.common import ROOT
 from harness.microvm_host.errors import EXIT_USAGE, HarnessError, say
 from harness.microvm_host.logic import requirements
 
-HOST_PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "debootstrap": "debootstrap",
-                 "mkfs.ext4": "e2fsprogs"}
+HOST_PACKAGES = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs",
+}
 
 
 def cache_dir() -> Path:
@@ -109,8 +113,22 @@ def wheel_dir() -> Path:
     tmp.mkdir(parents=True)
     (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
     say(f"downloading the guest's Python packages ({len(reqs)} requirements, with their dependencies)")
-    run_logged([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-d", str(tmp),
-                "-r", str(tmp / "requirements.txt")], cache_dir() / "pip.log", "pip download")
+    run_logged(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "-d",
+            str(tmp),
+            "-r",
+            str(tmp / "requirements.txt"),
+        ],
+        cache_dir() / "pip.log",
+        "pip download",
+    )
     (tmp / ".complete").write_text("")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -118,4 +136,3 @@ def wheel_dir() -> Path:
         if other != folder and not other.name.endswith(".partial"):
             shutil.rmtree(other, ignore_errors=True)
     return folder
-

@@ -14,8 +14,11 @@ from harness.microvm_host.logic import checkout_files
 def git_listed(root: Path) -> list[str] | None:
     """What ``git ls-files`` lists in ROOT (tracked and untracked-not-ignored), or None outside git."""
     try:
-        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, timeout=60)
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            timeout=60,
+        )
     except OSError:
         return None
     if out.returncode != 0:
@@ -27,11 +30,13 @@ def checkout_tar(dest: Path) -> int:
     """This checkout as it is in the working tree, as a tar; returns the number of files."""
     listed = git_listed(ROOT)
     if listed is None:  # not a git checkout: everything but caches and state
-        listed = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
-                  if not {".git", ".state", "__pycache__", "reports", ".pytest_cache"} & set(p.relative_to(ROOT).parts)]
+        listed = [
+            str(p.relative_to(ROOT))
+            for p in ROOT.rglob("*")
+            if not {".git", ".state", "__pycache__", "reports", ".pytest_cache"} & set(p.relative_to(ROOT).parts)
+        ]
     files = checkout_files(ROOT, listed)
     with tarfile.open(dest, "w") as tar:
         for rel in files:
             tar.add(ROOT / rel, arcname=rel, recursive=False)
     return len(files)
-

@@ -87,8 +87,10 @@ def run(argv: list[str], figures_to=sys.stderr, with_image: bool = True, load_in
             print(f"microvm-host: {figures_line(fig)}", file=figures_to, flush=True)
             return int(detail)
         if kind == "setup" and (attempt_no == 2 or time.monotonic() > deadline):
-            raise HarnessError(f"the emulated host could not be set up: {detail} (logs: {run_dir / 'share' / 'logs'}, "
-                               f"{run_dir / 'serial.log'})")
+            raise HarnessError(
+                f"the emulated host could not be set up: {detail} (logs: {run_dir / 'share' / 'logs'}, "
+                f"{run_dir / 'serial.log'})"
+            )
         if kind == "setup":
             say(f"the emulated host could not be set up (attempt 1 of 2): {detail}; retrying once (logs: {run_dir})")
             setup_failures.append(detail)
@@ -100,8 +102,10 @@ def run(argv: list[str], figures_to=sys.stderr, with_image: bool = True, load_in
         if attempt_no == 1:
             say(f"emulated host failed (attempt 1 of 2): {detail}; retrying once (logs: {run_dir})")
     earlier = f"first: {reasons[0]}" if len(reasons) == 2 else f"attempt 1 could not be set up: {setup_failures[0]}"
-    say(f"emulated host failed: {reasons[-1]} (twice; {earlier}); an emulation fault, not a failure of "
-        f"the project (exit {EXIT_HOST_FAILED})")
+    say(
+        f"emulated host failed: {reasons[-1]} (twice; {earlier}); an emulation fault, not a failure of "
+        f"the project (exit {EXIT_HOST_FAILED})"
+    )
     print(f"microvm-host: {figures_line(fig)}", file=figures_to, flush=True)
     return EXIT_HOST_FAILED
 

@@ -24,12 +24,37 @@ from harness.microvm_host.logic import EXTRA_WHEELS, GUEST_CHECKOUT, GUEST_VENV,
 
 # debootstrap's set makes a system that boots; the rest comes with apt in a chroot (apt resolves
 # docker.io's dependencies, debootstrap's resolver is not made for that)
-DEBOOTSTRAP_INCLUDE = ("kmod", "udev", "python3", "python3-venv", "python3-pip", "ca-certificates", "procps",
-                       "iproute2", "linux-image-amd64", "initramfs-tools", "e2fsprogs")
+DEBOOTSTRAP_INCLUDE = (
+    "kmod",
+    "udev",
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "ca-certificates",
+    "procps",
+    "iproute2",
+    "linux-image-amd64",
+    "initramfs-tools",
+    "e2fsprogs",
+)
 # what scripts/services wants to find (so it installs nothing), what the scenario uses (useradd,
 # setpriv, sudo), and tini as PID 1 (reaps the orphans of every daemon)
-APT_PACKAGES = ("docker.io", "docker-registry", "skopeo", "debootstrap", "curl", "apache2-utils", "openssl",
-                "qemu-user-static", "sudo", "passwd", "util-linux", "tini", "iptables", "less")
+APT_PACKAGES = (
+    "docker.io",
+    "docker-registry",
+    "skopeo",
+    "debootstrap",
+    "curl",
+    "apache2-utils",
+    "openssl",
+    "qemu-user-static",
+    "sudo",
+    "passwd",
+    "util-linux",
+    "tini",
+    "iptables",
+    "less",
+)
 DISK_SIZE = "16G"
 # the disk's /sbin/microvm-init: mounts the share and hands over to the run's init script (written
 # into the share each run, so changing that needs no rebuild)
@@ -38,8 +63,17 @@ GUEST_STUB_INIT = Path(__file__).with_name("microvm-init.sh").read_text()
 
 def recipe_source() -> str:
     """This build recipe's own text: the functions and constants that make the guest's disk."""
-    parts = [inspect.getsource(build_guest), inspect.getsource(_chroot_install), GUEST_STUB_INIT,
-             repr(DEBOOTSTRAP_INCLUDE), repr(APT_PACKAGES), repr(EXTRA_WHEELS), DISK_SIZE, GUEST_CHECKOUT, GUEST_VENV]
+    parts = [
+        inspect.getsource(build_guest),
+        inspect.getsource(_chroot_install),
+        GUEST_STUB_INIT,
+        repr(DEBOOTSTRAP_INCLUDE),
+        repr(APT_PACKAGES),
+        repr(EXTRA_WHEELS),
+        DISK_SIZE,
+        GUEST_CHECKOUT,
+        GUEST_VENV,
+    ]
     return "\n".join(parts)
 
 
@@ -58,8 +92,12 @@ def guest_material(wheels: Path, mirror: str) -> dict:
 
 def _chroot_install(rootfs: Path, log: Path, wheels: Path) -> None:
     """apt packages, the venv with the wheels, the editable checkout, the init stub (in a chroot)."""
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8",
-           "HOME": "/root"}
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "LANG": "C.UTF-8",
+        "HOME": "/root",
+    }
     for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
         if k in os.environ:
             env[k] = os.environ[k]
@@ -73,20 +111,36 @@ def _chroot_install(rootfs: Path, log: Path, wheels: Path) -> None:
     policy.chmod(0o755)
     mounts = []
     try:
-        for src, dst, args in (("proc", "proc", ["-t", "proc"]), ("sysfs", "sys", ["-t", "sysfs"]),
-                               ("/dev", "dev", ["--bind"]), ("/dev/pts", "dev/pts", ["--bind"])):
+        for src, dst, args in (
+            ("proc", "proc", ["-t", "proc"]),
+            ("sysfs", "sys", ["-t", "sysfs"]),
+            ("/dev", "dev", ["--bind"]),
+            ("/dev/pts", "dev/pts", ["--bind"]),
+        ):
             subprocess.run(["mount", *args, src, str(rootfs / dst)], check=True)
             mounts.append(rootfs / dst)
         chroot = ["chroot", str(rootfs)]
         run_logged([*chroot, "apt-get", "update", "-q"], log, "building guest: apt-get update", env=env)
-        run_logged([*chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES], log,
-                   "building guest: apt-get install docker.io, docker-registry, ...", env=env)
+        run_logged(
+            [*chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES],
+            log,
+            "building guest: apt-get install docker.io, docker-registry, ...",
+            env=env,
+        )
         run_logged([*chroot, "apt-get", "clean"], log, "building guest: apt-get clean", env=env)
         # the venv with the wheels, and this checkout installed editable at its fixed path
         shutil.copytree(wheels, rootfs / "tmp" / "wheels")
         run_logged([*chroot, "python3", "-m", "venv", GUEST_VENV], log, "building guest: venv", env=env)
-        pip = [*chroot, f"{GUEST_VENV}/bin/pip", "install", "--quiet", "--no-index", "--find-links", "/tmp/wheels",
-               "--disable-pip-version-check"]
+        pip = [
+            *chroot,
+            f"{GUEST_VENV}/bin/pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            "/tmp/wheels",
+            "--disable-pip-version-check",
+        ]
         run_logged([*pip, "-r", "/tmp/wheels/requirements.txt"], log, "building guest: pip install", env=env)
         checkout = rootfs / GUEST_CHECKOUT.lstrip("/")
         checkout.mkdir(parents=True)
@@ -94,8 +148,12 @@ def _chroot_install(rootfs: Path, log: Path, wheels: Path) -> None:
             checkout_tar(Path(tmp) / "c.tar")
             with tarfile.open(Path(tmp) / "c.tar") as tar:
                 tar.extractall(checkout)
-        run_logged([*pip, "--no-deps", "--no-build-isolation", "-e", GUEST_CHECKOUT], log,
-                   "building guest: pip install -e the checkout", env=env)
+        run_logged(
+            [*pip, "--no-deps", "--no-build-isolation", "-e", GUEST_CHECKOUT],
+            log,
+            "building guest: pip install -e the checkout",
+            env=env,
+        )
     finally:
         for m in reversed(mounts):
             subprocess.run(["umount", "-l", str(m)])
@@ -130,22 +188,44 @@ def build_guest(key: str, material: dict, wheels: Path, mirror: str) -> Path:
     rootfs = work / "rootfs"
     t0 = time.monotonic()
     say(f"building the emulated host's disk (key {key}); log: {log}")
-    run_logged(["debootstrap", "--variant=minbase", f"--include={','.join(DEBOOTSTRAP_INCLUDE)}", "bookworm",
-                str(rootfs), mirror], log, "building guest: debootstrap")
+    run_logged(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(DEBOOTSTRAP_INCLUDE)}",
+            "bookworm",
+            str(rootfs),
+            mirror,
+        ],
+        log,
+        "building guest: debootstrap",
+    )
     _chroot_install(rootfs, log, wheels)
     kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
     if not kernels:
         raise HarnessError(f"no kernel in {rootfs}/boot after the build; log {log}")
-    version = kernels[-1].name[len("vmlinuz-"):]
+    version = kernels[-1].name[len("vmlinuz-") :]
     shutil.copy(kernels[-1], work / "vmlinuz")
     shutil.copy(rootfs / "boot" / f"initrd.img-{version}", work / "initrd.img")
-    run_logged(["mkfs.ext4", "-q", "-d", str(rootfs), "-F", str(work / "root.img"), DISK_SIZE], log,
-               "building guest: mkfs.ext4 -d")
+    run_logged(
+        ["mkfs.ext4", "-q", "-d", str(rootfs), "-F", str(work / "root.img"), DISK_SIZE],
+        log,
+        "building guest: mkfs.ext4 -d",
+    )
     shutil.rmtree(rootfs)
     seconds = time.monotonic() - t0
-    (work / "info.json").write_text(json.dumps({"key": key, "kernel": version, "build_s": round(seconds, 1),
-                                                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                                "material": material}, indent=1))
+    (work / "info.json").write_text(
+        json.dumps(
+            {
+                "key": key,
+                "kernel": version,
+                "build_s": round(seconds, 1),
+                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "material": material,
+            },
+            indent=1,
+        )
+    )
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
     for other in (cache / "guest").iterdir():  # one guest is kept: the disks are large
@@ -171,4 +251,3 @@ def ensure_guest(force: bool = False) -> tuple[Path, dict]:
         t0 = time.monotonic()
         folder = build_guest(key, material, wheels, mirror)
         return folder, {"guest": f"built({key})", "build_s": time.monotonic() - t0}
-

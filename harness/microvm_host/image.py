@@ -29,9 +29,12 @@ def resolve_image() -> str:
         return ref
     script = ROOT / "scripts" / "microvm-image"
     if not script.exists():
-        raise HarnessError("OPENWORK_MICROSANDBOX_IMAGE is not set and scripts/microvm-image (which builds the e2e "
-                           "image) does not exist yet: set OPENWORK_MICROSANDBOX_IMAGE to an image in the local "
-                           "Docker engine", EXIT_USAGE)
+        raise HarnessError(
+            "OPENWORK_MICROSANDBOX_IMAGE is not set and scripts/microvm-image (which builds the e2e "
+            "image) does not exist yet: set OPENWORK_MICROSANDBOX_IMAGE to an image in the local "
+            "Docker engine",
+            EXIT_USAGE,
+        )
     say("OPENWORK_MICROSANDBOX_IMAGE is not set: making the e2e image with scripts/microvm-image")
     proc = subprocess.Popen([str(script)], cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     last = ""
@@ -41,8 +44,10 @@ def resolve_image() -> str:
         if line.strip():
             last = line.strip()
     if proc.wait() != 0 or not last:
-        raise HarnessError(f"scripts/microvm-image failed (exit {proc.returncode}); it must print the image's ref "
-                           "on its last stdout line")
+        raise HarnessError(
+            f"scripts/microvm-image failed (exit {proc.returncode}); it must print the image's ref "
+            "on its last stdout line"
+        )
     return last
 
 
@@ -50,8 +55,11 @@ def saved_image(ref: str) -> tuple[Path, str, dict]:
     """`docker save REF` as images/<id>.tar (kept by image id): (tar, id, figures)."""
     image_id = docker_image_id(ref)
     if image_id is None:
-        raise HarnessError(f"OPENWORK_MICROSANDBOX_IMAGE={ref} is not in the local Docker engine: build it "
-                           "(invoke build-image) or pull it first", EXIT_USAGE)
+        raise HarnessError(
+            f"OPENWORK_MICROSANDBOX_IMAGE={ref} is not in the local Docker engine: build it "
+            "(invoke build-image) or pull it first",
+            EXIT_USAGE,
+        )
     folder = cache_dir() / "images"
     folder.mkdir(parents=True, exist_ok=True)
     tar = folder / f"{image_id.split(':')[-1]}.tar"
@@ -75,7 +83,6 @@ def prune_images(folder: Path, keep: int = 3) -> None:
             old.unlink()
 
 
-
 def registry_seed(ref: str, image_id: str) -> tuple[Path | None, dict]:
     """The guest registry's storage already holding REF, as images/<id>-<ref hash>.registry.tar, when
     REF names that registry: (tar or None, figures). Made by pushing REF from this machine's engine
@@ -97,7 +104,7 @@ def registry_seed(ref: str, image_id: str) -> tuple[Path | None, dict]:
     with tempfile.TemporaryDirectory(prefix="registry-seed-", dir=folder) as tmp:
         try:
             with scratch_registry(Path(tmp), log) as addr:
-                scratch = f"{addr}/{ref[len(LOCAL_REGISTRY) + 1:]}"
+                scratch = f"{addr}/{ref[len(LOCAL_REGISTRY) + 1 :]}"
                 say(f"putting {ref} into the guest registry's storage (docker push to a scratch registry)")
                 run_logged(["docker", "tag", image_id, scratch], log, "docker tag")
                 try:

@@ -18,8 +18,10 @@ EXTRA_WHEELS = ("setuptools", "wheel")  # the editable install of the checkout, 
 
 # Lines on the emulated host's console that mean it is broken (an emulation fault)
 PANIC_PATTERNS = (  # at the start of a kernel line (after its timestamp and an optional "watchdog: ")
-    re.compile(r"^(?:\[\s*\d+\.\d+\]\s*)?(?:[\w-]+: )?(?:BUG: |kernel BUG at |Kernel panic - not syncing|Oops: "
-               r"|general protection fault)"),
+    re.compile(
+        r"^(?:\[\s*\d+\.\d+\]\s*)?(?:[\w-]+: )?(?:BUG: |kernel BUG at |Kernel panic - not syncing|Oops: "
+        r"|general protection fault)"
+    ),
 )
 
 
@@ -57,8 +59,9 @@ class ConsoleWatch:
         return self.fatal
 
 
-def host_verdict(now: float, started: float, last_beat: float | None, boot_seconds: float,
-                 stall_seconds: float) -> str | None:
+def host_verdict(
+    now: float, started: float, last_beat: float | None, boot_seconds: float, stall_seconds: float
+) -> str | None:
     """Why the emulated host counts as frozen at NOW, or None while it looks alive.
 
     Before its first heartbeat it has BOOT_SECONDS from STARTED; after, STALL_SECONDS between beats."""
@@ -74,8 +77,11 @@ def host_verdict(now: float, started: float, last_beat: float | None, boot_secon
 def passthrough_env(environ: dict) -> dict:
     """The variables that go into the guest: OPENWORK_*, MSB_*, MICROVM_E2E_* (the scenario's knobs),
     CI, GITHUB_ACTIONS."""
-    return {k: v for k, v in environ.items()
-            if k.startswith(("OPENWORK_", "MSB_", "MICROVM_E2E_")) or k in ("CI", "GITHUB_ACTIONS")}
+    return {
+        k: v
+        for k, v in environ.items()
+        if k.startswith(("OPENWORK_", "MSB_", "MICROVM_E2E_")) or k in ("CI", "GITHUB_ACTIONS")
+    }
 
 
 def env_script(env: dict) -> str:
@@ -100,17 +106,27 @@ def requirements(pyproject: dict) -> list[str]:
 def checkout_files(root: Path, listed: list[str]) -> list[str]:
     """The files of the checkout copy: what git lists (tracked + untracked-not-ignored) that exists
     now (a deleted tracked file is left out), never the harness's own cache."""
-    return sorted(p for p in listed if p and not p.startswith(".state/")
-                  and ((root / p).is_symlink() or (root / p).is_file()))
+    return sorted(
+        p for p in listed if p and not p.startswith(".state/") and ((root / p).is_symlink() or (root / p).is_file())
+    )
 
 
 def figures_line(fig: dict) -> str:
     """``harness figures: guest=… boot to init s=21.0 …``: the figures FIG holds, in a fixed order."""
     parts = []
-    for key, label in (("guest", "guest"), ("build_s", "guest build s"), ("image_save_s", "image save s"),
-                       ("registry_seed_s", "registry seed s"), ("boot_to_init_s", "boot to init s"), ("guest_uptime_at_init_s", "guest uptime at init s"),
-                       ("services_s", "services s"), ("image_load_s", "image load s"),
-                       ("cmd_s", "command s"), ("total_s", "total s"), ("attempts", "attempts")):
+    for key, label in (
+        ("guest", "guest"),
+        ("build_s", "guest build s"),
+        ("image_save_s", "image save s"),
+        ("registry_seed_s", "registry seed s"),
+        ("boot_to_init_s", "boot to init s"),
+        ("guest_uptime_at_init_s", "guest uptime at init s"),
+        ("services_s", "services s"),
+        ("image_load_s", "image load s"),
+        ("cmd_s", "command s"),
+        ("total_s", "total s"),
+        ("attempts", "attempts"),
+    ):
         if key in fig:
             value = fig[key]
             parts.append(f"{label}={value:.1f}" if isinstance(value, float) else f"{label}={value}")

@@ -17,12 +17,21 @@ GUEST_INIT = Path(__file__).with_name("guest-init.sh").read_text()
 # The settings every task needs in the emulated host (a slow host: long starts, a slow first request
 # to opencode, one vCPU for the nested microVM), given to the command unless this machine's
 # environment sets them; the measurements behind them are in docs/design-notes/harness.md
-EMULATED_HOST_SETTINGS = {"OPENWORK_HEALTH_TIMEOUT": "900", "OPENWORK_REQUEST_TIMEOUT": "300",
-                          "OPENWORK_MICROSANDBOX_CPUS": "1"}
+EMULATED_HOST_SETTINGS = {
+    "OPENWORK_HEALTH_TIMEOUT": "900",
+    "OPENWORK_REQUEST_TIMEOUT": "300",
+    "OPENWORK_MICROSANDBOX_CPUS": "1",
+}
 
 
-def prepare_share(run_dir: Path, argv: list[str], env: dict, image: tuple[Path, str, str] | None,
-                  seed: Path | None = None, load_in_background: bool = False) -> None:
+def prepare_share(
+    run_dir: Path,
+    argv: list[str],
+    env: dict,
+    image: tuple[Path, str, str] | None,
+    seed: Path | None = None,
+    load_in_background: bool = False,
+) -> None:
     """RUN_DIR/share: the run's init (guest-init.sh), ARGV, ENV as a script, the checkout's tar and,
     when given, the image's tar with its id and ref (IMAGE) and the registry seed (SEED)."""
     share = run_dir / "share"
@@ -58,9 +67,18 @@ def guest_env(image_ref: str | None, load_in_background: bool = False) -> dict:
         env["OPENWORK_MICROSANDBOX_IMAGE"] = image_ref
     if image_ref and load_in_background:
         env["MICROVM_HOST_IMAGE_LOAD_RC"] = "/share/image-load.rc"
-    env.update({"PATH": f"{GUEST_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": "/root", "USER": "root", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
-                "VIRTUAL_ENV": GUEST_VENV, "MICROVM_HOST_GUEST": "1", "MICROVM_HOST_OUT": "/share/out"})
+    env.update(
+        {
+            "PATH": f"{GUEST_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "USER": "root",
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "VIRTUAL_ENV": GUEST_VENV,
+            "MICROVM_HOST_GUEST": "1",
+            "MICROVM_HOST_OUT": "/share/out",
+        }
+    )
     return env
 
 
@@ -80,4 +98,3 @@ def prune_runs(runs: Path, keep: int = 3) -> None:
     for old in dirs[keep:]:
         if not run_in_use(old):
             shutil.rmtree(old, ignore_errors=True)
-

@@ -15,5 +15,14 @@ from openwork_sandbox.config.settings import Settings, load_settings
 from openwork_sandbox.config.specs import GUEST_PORT, SPEC_BY_FIELD, SPECS
 from openwork_sandbox.config.values import is_loopback, parse_duration
 
-__all__ = ["GUEST_PORT", "SPECS", "SPEC_BY_FIELD", "ImageRef", "Settings", "is_loopback", "load_settings",
-           "parse_duration", "token_problems"]
+__all__ = [
+    "GUEST_PORT",
+    "SPECS",
+    "SPEC_BY_FIELD",
+    "ImageRef",
+    "Settings",
+    "is_loopback",
+    "load_settings",
+    "parse_duration",
+    "token_problems",
+]

@@ -60,7 +60,7 @@ def parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
             shown = raw.strip()
             named = _DOTENV_NAME.match(shown)  # a secret's value is hidden, with or without its '='
             if named and (named.group("key") in secret_keys or secret_like.search(named.group("key"))):
-                rest = shown[named.end():].lstrip()
+                rest = shown[named.end() :].lstrip()
                 shown = named.group("key") + ("=…" if rest.startswith("=") else " …")
                 in_secret = rest.lstrip("= \t")[:1] in ("'", '"')
             elif in_secret:
@@ -89,7 +89,9 @@ def read_env_file(path: Path, explicit: bool, problems: list[str]) -> tuple[dict
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{ENV_FILE_VAR}={path}: cannot read it ({exc.__class__.__name__}); fix its permissions or encoding")
+        problems.append(
+            f"{ENV_FILE_VAR}={path}: cannot read it ({exc.__class__.__name__}); fix its permissions or encoding"
+        )
         return {}, {}
     bad_lines, numbers = parse_dotenv(path, text)
     if bad_lines:  # the load fails anyway; don't let python-dotenv log its own warning too
@@ -104,8 +106,14 @@ def misspelled_keys(values: dict[str, str], lines: dict[str, int], label: str) -
     (``did you mean ...?``); other unknown keys are the user's own and pass. ``label`` names the file."""
     problems = []
     for key in values:
-        if key not in SPEC_BY_ENV and key != ENV_FILE_VAR and (key.startswith("OPENWORK") or key.startswith("OPENCODE")):
+        if (
+            key not in SPEC_BY_ENV
+            and key != ENV_FILE_VAR
+            and (key.startswith("OPENWORK") or key.startswith("OPENCODE"))
+        ):
             close = difflib.get_close_matches(key, KNOWN_NAMES, n=1, cutoff=0.8)
             if close:
-                problems.append(f"{key} (from {label}:{lines.get(key, '?')}): unknown setting; did you mean {close[0]}?")
+                problems.append(
+                    f"{key} (from {label}:{lines.get(key, '?')}): unknown setting; did you mean {close[0]}?"
+                )
     return problems

@@ -56,8 +56,11 @@ class ImageRef:
     @property
     def registry_is_loopback(self) -> bool:
         """Whether the registry is on this machine (its host, port aside, is loopback)."""
-        host = self.registry_host.rsplit(":", 1)[0].strip("[]") if not self.registry_host.startswith("[") \
+        host = (
+            self.registry_host.rsplit(":", 1)[0].strip("[]")
+            if not self.registry_host.startswith("[")
             else self.registry_host.split("]")[0].strip("[")
+        )
         return is_loopback(host)
 
     def __str__(self) -> str:

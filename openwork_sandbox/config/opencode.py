@@ -95,7 +95,7 @@ def strip_jsonc(text: str) -> str:
             j = i + 1
             while j < n and text[j] != '"':
                 j += 2 if text[j] == "\\" else 1
-            out.append(text[i:j + 1])
+            out.append(text[i : j + 1])
             last_comma = None
             i = j + 1
         elif text.startswith("//", i):
@@ -107,7 +107,7 @@ def strip_jsonc(text: str) -> str:
             j = text.find("*/", i + 2)
             if j < 0:
                 raise _JsoncError("a /* comment is never closed", text, i)
-            out.append(re.sub(r"[^\n]", " ", text[i:j + 2]))
+            out.append(re.sub(r"[^\n]", " ", text[i : j + 2]))
             i = j + 2
         else:
             if ch in "}]" and last_comma is not None:
@@ -167,8 +167,12 @@ def load(path: Path, origin: str = "default") -> OpencodeConfig:
     except IsADirectoryError:
         raise SettingsError([f"{where}: is a folder; point it at a file such as opencode.json"]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError([f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc.__class__.__name__}); "
-                             "fix its permissions or encoding (UTF-8)"]) from None
+        raise SettingsError(
+            [
+                f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc.__class__.__name__}); "
+                "fix its permissions or encoding (UTF-8)"
+            ]
+        ) from None
     try:
         data = _parse(text)
     except _JsoncError as exc:

@@ -20,23 +20,31 @@ def _from(origins: Mapping[str, str], field: str) -> str:
     return origins.get(field, "default")
 
 
-def token_problems(token: str | None, host_token: str | None, allow_default: bool,
-                   origins: Mapping[str, str] | None = None) -> list[str]:
+def token_problems(
+    token: str | None, host_token: str | None, allow_default: bool, origins: Mapping[str, str] | None = None
+) -> list[str]:
     """The one rule for tokens that would hurt the sandbox: the client token equal to the host
     token (every client would be the owner), and upstream's published default tokens (unless
     ``OPENWORK_ALLOW_DEFAULT_TOKENS``). One line per problem; no token is shown."""
     origins = origins or {}
     problems = []
     if token and host_token and token == host_token:
-        problems.append(f"OPENWORK_TOKEN and OPENWORK_HOST_TOKEN are the same token (from {_from(origins, 'token')} and "
-                        f"{_from(origins, 'host_token')}): every client would have the host's owner rights; give the "
-                        "client a token of its own, or unset OPENWORK_TOKEN to have one generated")
+        problems.append(
+            f"OPENWORK_TOKEN and OPENWORK_HOST_TOKEN are the same token (from {_from(origins, 'token')} and "
+            f"{_from(origins, 'host_token')}): every client would have the host's owner rights; give the "
+            "client a token of its own, or unset OPENWORK_TOKEN to have one generated"
+        )
     if not allow_default:
-        for field, env, value in (("token", "OPENWORK_TOKEN", token), ("host_token", "OPENWORK_HOST_TOKEN", host_token)):
+        for field, env, value in (
+            ("token", "OPENWORK_TOKEN", token),
+            ("host_token", "OPENWORK_HOST_TOKEN", host_token),
+        ):
             if value in UPSTREAM_DEFAULT_TOKENS:
-                problems.append(f"{env} (from {_from(origins, field)}) is upstream's published default token "
-                                f"{value!r}, which anyone can guess: unset it to have a strong one generated, or set "
-                                "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway")
+                problems.append(
+                    f"{env} (from {_from(origins, field)}) is upstream's published default token "
+                    f"{value!r}, which anyone can guess: unset it to have a strong one generated, or set "
+                    "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway"
+                )
     return problems
 
 
@@ -68,17 +76,28 @@ def folder_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> li
         blocker = _not_a_folder(Path(values[field]))
         if blocker is None or (state_blocked and field not in origins):
             continue
-        what = "is a file, not a folder" if blocker == Path(values[field]) else f"cannot be a folder: {blocker} is a file"
-        problems.append(f"{spec.env}={values[field]} (from {_from(origins, field)}) {what}; point {spec.env} at a "
-                        f"folder, or move the file away")
+        what = (
+            "is a file, not a folder" if blocker == Path(values[field]) else f"cannot be a folder: {blocker} is a file"
+        )
+        problems.append(
+            f"{spec.env}={values[field]} (from {_from(origins, field)}) {what}; point {spec.env} at a "
+            f"folder, or move the file away"
+        )
     if problems:
         return problems
     workspace, data = (Path(os.path.realpath(values[f])) for f in ("workspace_dir", "data_dir"))
     if _is_within(data, workspace) or _is_within(workspace, data):
-        relation = ("is the workspace folder" if data == workspace else
-                    "is inside the workspace folder" if _is_within(data, workspace) else "contains the workspace folder")
-        problems.append(f"OPENWORK_MICROSANDBOX_DATA_DIR={values['data_dir']} (from {_from(origins, 'data_dir')}) "
-                        f"{relation} OPENWORK_MICROSANDBOX_WORKSPACE_DIR={values['workspace_dir']} (from "
-                        f"{_from(origins, 'workspace_dir')}): the token store and opencode's database would be readable "
-                        "by the agent and every collaborator; point the two settings at separate folders")
+        relation = (
+            "is the workspace folder"
+            if data == workspace
+            else "is inside the workspace folder"
+            if _is_within(data, workspace)
+            else "contains the workspace folder"
+        )
+        problems.append(
+            f"OPENWORK_MICROSANDBOX_DATA_DIR={values['data_dir']} (from {_from(origins, 'data_dir')}) "
+            f"{relation} OPENWORK_MICROSANDBOX_WORKSPACE_DIR={values['workspace_dir']} (from "
+            f"{_from(origins, 'workspace_dir')}): the token store and opencode's database would be readable "
+            "by the agent and every collaborator; point the two settings at separate folders"
+        )
     return problems

@@ -203,9 +203,13 @@ def load_settings(
     cache_root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     values.update(
         state_dir=state_dir,
-        workspace_dir=_absolute(values["workspace_dir"], project_root) if values["workspace_dir"] else name_dir / "workspace",
+        workspace_dir=_absolute(values["workspace_dir"], project_root)
+        if values["workspace_dir"]
+        else name_dir / "workspace",
         data_dir=_absolute(values["data_dir"], project_root) if values["data_dir"] else name_dir / "data",
-        cache_dir=_absolute(values["cache_dir"], project_root) if values["cache_dir"] else cache_root / "openwork-sandbox",
+        cache_dir=_absolute(values["cache_dir"], project_root)
+        if values["cache_dir"]
+        else cache_root / "openwork-sandbox",
         orchestrator_bin=_absolute(values["orchestrator_bin"], project_root) if values["orchestrator_bin"] else None,
         server_bin=_absolute(values["server_bin"], project_root) if values["server_bin"] else None,
         opencode_bin=_absolute(values["opencode_bin"], project_root) if values["opencode_bin"] else None,
@@ -217,10 +221,19 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
     # the named variables' values: the process environment first, then the .env file (as the settings)
-    passed = {n: environ[n] if n in environ else file_values[n] for n in values["sandbox_env"]
-              if n in environ or n in file_values}
-    return Settings(**values, project_root=project_root, env_file=env_path if env_path.exists() else None,
-                    origins=origins, per_platform=per_platform, sandbox_env_values=passed)
+    passed = {
+        n: environ[n] if n in environ else file_values[n]
+        for n in values["sandbox_env"]
+        if n in environ or n in file_values
+    }
+    return Settings(
+        **values,
+        project_root=project_root,
+        env_file=env_path if env_path.exists() else None,
+        origins=origins,
+        per_platform=per_platform,
+        sandbox_env_values=passed,
+    )
 
 
 def _split_per_platform(values: dict[str, Any], root: Path) -> dict[str, dict[str, Any]]:

@@ -104,8 +104,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Folders and files under the state folder that belong to the tool itself, not to a sandbox: a
 # sandbox of one of these names would share (and `reset` would delete) them.
-RESERVED_NAMES = frozenset({"services", "image-context", "last-build.json", "verified-images.json", "last-push.json",
-                            "test-cache", "test-stack", "backups"})
+RESERVED_NAMES = frozenset(
+    {
+        "services",
+        "image-context",
+        "last-build.json",
+        "verified-images.json",
+        "last-push.json",
+        "test-cache",
+        "test-stack",
+        "backups",
+    }
+)
 
 
 def sandbox_name(raw: str) -> str:
@@ -229,9 +239,24 @@ def url(raw: str) -> str:
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Variables the image's entrypoint, the orchestrator or this tool set inside the sandbox: passing one
 # through OPENWORK_SANDBOX_ENV would silently replace (or be replaced by) theirs.
-SANDBOX_ENV_RESERVED = frozenset({"HOME", "USER", "SHELL", "PATH", "PWD", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
-                                  "XDG_STATE_HOME", "XDG_CACHE_HOME", "OPENCODE_CONFIG", "OPENCODE_CONFIG_DIR",
-                                  "OPENCODE_CONFIG_CONTENT", "OPENCODE_SERVER_USERNAME", "OPENCODE_SERVER_PASSWORD"})
+SANDBOX_ENV_RESERVED = frozenset(
+    {
+        "HOME",
+        "USER",
+        "SHELL",
+        "PATH",
+        "PWD",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "XDG_STATE_HOME",
+        "XDG_CACHE_HOME",
+        "OPENCODE_CONFIG",
+        "OPENCODE_CONFIG_DIR",
+        "OPENCODE_CONFIG_CONTENT",
+        "OPENCODE_SERVER_USERNAME",
+        "OPENCODE_SERVER_PASSWORD",
+    }
+)
 
 
 def env_names(raw: str) -> tuple[str, ...]:
@@ -243,8 +268,9 @@ def env_names(raw: str) -> tuple[str, ...]:
         if not name:
             continue
         if not ENV_NAME_RE.match(name):
-            raise Invalid(f"{name!r} is not a variable name: expected comma-separated names like "
-                          "ANTHROPIC_API_KEY,OPENAI_API_KEY")
+            raise Invalid(
+                f"{name!r} is not a variable name: expected comma-separated names like ANTHROPIC_API_KEY,OPENAI_API_KEY"
+            )
         if name in SANDBOX_ENV_RESERVED or name.startswith("OPENWORK_"):
             raise Invalid(f"{name} is set by the sandbox itself and cannot be passed in; drop it from the list")
         if name not in names:

@@ -210,4 +210,3 @@ class Heartbeat:
 def heartbeat(what: str | Callable[[], str], every: float | None = None) -> Heartbeat:
     """``with heartbeat("pulling X"):``: a :class:`Heartbeat` for the block."""
     return Heartbeat(what, every)
-

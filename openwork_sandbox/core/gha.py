@@ -115,6 +115,7 @@ def append_summary(markdown: str) -> None:
 
 # --- step summaries --------------------------------------------------------------------------------
 
+
 def cell(value: object) -> str:
     """``value`` as the text of one Markdown table cell (a '|' escaped, lines joined)."""
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -132,41 +133,53 @@ def build_summary(result: dict) -> str:
     from openwork_sandbox.core.console import human_bytes
 
     versions = result.get("versions", {})
-    return _table(f"OpenWork image built: `{result['image']}`", [
-        ("image id", f"`{result['image_id']}`"),
-        ("size", f"{human_bytes(result['size'])} (programs {human_bytes(result['binaries_size'])})"),
-        ("base", f"`{result['base_image']}` ({result['arch']})"),
-        *[(name, versions.get(name, "?")) for name in ("openwork", "openwork-server", "opencode")],
-        ("downloaded", human_bytes(result.get("downloaded_bytes"))),
-        ("docker cache", f"{result.get('cache_hits', 0)} of {result.get('build_steps', 0)} steps"),
-        ("seconds", f"{result['seconds']:.1f}"),
-    ])
+    return _table(
+        f"OpenWork image built: `{result['image']}`",
+        [
+            ("image id", f"`{result['image_id']}`"),
+            ("size", f"{human_bytes(result['size'])} (programs {human_bytes(result['binaries_size'])})"),
+            ("base", f"`{result['base_image']}` ({result['arch']})"),
+            *[(name, versions.get(name, "?")) for name in ("openwork", "openwork-server", "opencode")],
+            ("downloaded", human_bytes(result.get("downloaded_bytes"))),
+            ("docker cache", f"{result.get('cache_hits', 0)} of {result.get('build_steps', 0)} steps"),
+            ("seconds", f"{result['seconds']:.1f}"),
+        ],
+    )
 
 
 def push_summary(result: dict) -> str:
     """The step-summary section of ``push-image`` from its result."""
     from openwork_sandbox.core.console import human_bytes
 
-    return _table(f"OpenWork image pushed: `{result['image']}`", [
-        ("digest", f"`{result['digest']}`"),
-        ("pin it", f"`{result['pinned']}`"),
-        ("layers sent", f"{result['layers_pushed']} of {result['layers']} "
-                        f"({human_bytes(result['bytes_pushed'])} of {human_bytes(result['image_bytes'])})"),
-        ("registry check", "manifest and every blob served"),
-        ("msb pull", result.get("msb_pull_detail", "")),
-        ("seconds", f"{result['seconds']:.1f}"),
-    ])
+    return _table(
+        f"OpenWork image pushed: `{result['image']}`",
+        [
+            ("digest", f"`{result['digest']}`"),
+            ("pin it", f"`{result['pinned']}`"),
+            (
+                "layers sent",
+                f"{result['layers_pushed']} of {result['layers']} "
+                f"({human_bytes(result['bytes_pushed'])} of {human_bytes(result['image_bytes'])})",
+            ),
+            ("registry check", "manifest and every blob served"),
+            ("msb pull", result.get("msb_pull_detail", "")),
+            ("seconds", f"{result['seconds']:.1f}"),
+        ],
+    )
 
 
 def up_summary(endpoint, *, image: str, seconds: float) -> str:
     """The step-summary section of ``up`` for the sandbox at ``endpoint``."""
-    return _table(f"OpenWork sandbox up: `{endpoint.name}`", [
-        ("URL", endpoint.url),
-        ("runtime", endpoint.runtime),
-        ("image", f"`{image}`"),
-        ("workspace", endpoint.workspace_id or "(none)"),
-        ("seconds", f"{seconds:.1f}"),
-    ])
+    return _table(
+        f"OpenWork sandbox up: `{endpoint.name}`",
+        [
+            ("URL", endpoint.url),
+            ("runtime", endpoint.runtime),
+            ("image", f"`{image}`"),
+            ("workspace", endpoint.workspace_id or "(none)"),
+            ("seconds", f"{seconds:.1f}"),
+        ],
+    )
 
 
 # --- up --github-output ----------------------------------------------------------------------------
@@ -221,10 +234,19 @@ def export_sandbox(endpoint) -> None:
     """
     require_export()
     mask(endpoint.token, endpoint.host_token)
-    _append_values("GITHUB_OUTPUT", {"url": endpoint.url, "name": endpoint.name, "runtime": endpoint.runtime,
-                                     "workspace-id": endpoint.workspace_id or ""})
+    _append_values(
+        "GITHUB_OUTPUT",
+        {
+            "url": endpoint.url,
+            "name": endpoint.name,
+            "runtime": endpoint.runtime,
+            "workspace-id": endpoint.workspace_id or "",
+        },
+    )
     _append_values("GITHUB_ENV", {"OPENWORK_TOKEN": endpoint.token, "OPENWORK_HOST_TOKEN": endpoint.host_token})
     from openwork_sandbox.core import console
 
-    console.info("exported url, name, runtime, workspace-id to $GITHUB_OUTPUT and the tokens (masked) as "
-                 "OPENWORK_TOKEN / OPENWORK_HOST_TOKEN to $GITHUB_ENV")
+    console.info(
+        "exported url, name, runtime, workspace-id to $GITHUB_OUTPUT and the tokens (masked) as "
+        "OPENWORK_TOKEN / OPENWORK_HOST_TOKEN to $GITHUB_ENV"
+    )

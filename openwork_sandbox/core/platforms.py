@@ -69,8 +69,9 @@ def parse_platform(text: str) -> Platform:
     """One platform name (aliases such as ``linux/x86_64`` accepted); :class:`PlatformError` for any other."""
     name = ALIASES.get(text.strip().lower(), text.strip().lower())
     if name not in SUPPORTED:
-        raise PlatformError(f"unknown platform {text.strip()!r}: use {' or '.join(SUPPORTED)} "
-                            "(comma-separated for several)")
+        raise PlatformError(
+            f"unknown platform {text.strip()!r}: use {' or '.join(SUPPORTED)} (comma-separated for several)"
+        )
     os_name, arch = name.split("/")
     return Platform(os_name, arch)
 
@@ -96,8 +97,9 @@ def parse_per_platform(text: str) -> str | dict[str, str]:
     for part in (p for p in text.split(",") if p.strip()):
         name, eq, value = part.partition("=")
         if not eq or not value.strip():
-            raise PlatformError(f"{part.strip()!r} names no value: write platform=value, e.g. "
-                                "linux/amd64=/path/a,linux/arm64=/path/b")
+            raise PlatformError(
+                f"{part.strip()!r} names no value: write platform=value, e.g. linux/amd64=/path/a,linux/arm64=/path/b"
+            )
         key = str(parse_platform(name))
         if key in out:
             raise PlatformError(f"names {key} twice")

@@ -123,8 +123,17 @@ def run(
     argv = list(argv)
     with _progress(progress):
         try:
-            proc = subprocess.run(argv, input=input, stdin=stdin, capture_output=True, timeout=timeout, text=text,
-                                  env=env, cwd=cwd, check=False)
+            proc = subprocess.run(
+                argv,
+                input=input,
+                stdin=stdin,
+                capture_output=True,
+                timeout=timeout,
+                text=text,
+                env=env,
+                cwd=cwd,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             raise _timed_out(argv, timeout) from None
         except OSError as exc:
@@ -134,15 +143,18 @@ def run(
     return Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
 
-def docker(*args: str, input: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True,
-           text: bool = True) -> Result:
+def docker(
+    *args: str, input: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True, text: bool = True
+) -> Result:
     """``docker ARGS``, as :func:`run`; with ``check``, an engine that does not answer is an
     ``UnreachableError`` that says how to start it."""
     proc = run(["docker", *args], input=input, timeout=timeout, check=False, text=text)
     if check and proc.returncode != 0:
         err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else (proc.stderr or "")
         if "Cannot connect to the Docker daemon" in err or "Is the docker daemon running" in err:
-            raise UnreachableError("the Docker engine does not answer: run scripts/services start (or start Docker Desktop)")
+            raise UnreachableError(
+                "the Docker engine does not answer: run scripts/services start (or start Docker Desktop)"
+            )
         raise _failed(["docker", *args], proc.returncode, err)
     return proc
 
@@ -190,8 +202,16 @@ def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float
     """
     argv = list(argv)
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, errors="replace", env=env, bufsize=1)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=env,
+            bufsize=1,
+        )
     except OSError as exc:
         raise _not_started(argv, exc) from None
     expired, timer = _deadline(proc, timeout)
@@ -232,8 +252,14 @@ class ByteStream:
 
 
 @contextlib.contextmanager
-def stream_bytes(argv: Sequence[str], *, timeout: float | None = None, finish_timeout: float | None = None,
-                 check: bool = True, progress: str | None = None) -> Iterator[ByteStream]:
+def stream_bytes(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    finish_timeout: float | None = None,
+    check: bool = True,
+    progress: str | None = None,
+) -> Iterator[ByteStream]:
     """Run ``argv`` with its stdout a binary pipe the ``with`` block reads as it comes (a tar stream
     into ``tarfile``, or another program's ``stdin``).
 

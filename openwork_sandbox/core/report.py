@@ -19,8 +19,12 @@ from typing import Any
 from openwork_sandbox.core import console, gha
 from openwork_sandbox.core.errors import WorkflowError
 
-SYMBOL = {"passed": f"{console.OK} passed", "failed": f"{console.BAD} failed", "error": f"{console.BAD} error",
-          "skipped": f"{console.SKIP} skipped"}
+SYMBOL = {
+    "passed": f"{console.OK} passed",
+    "failed": f"{console.BAD} failed",
+    "error": f"{console.BAD} error",
+    "skipped": f"{console.SKIP} skipped",
+}
 _SECRET_KEY = re.compile(r'("(?:[A-Za-z_]*(?:password|token|secret)[A-Za-z_]*)"\s*:\s*")([^"\\]*)(")', re.IGNORECASE)
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -31,8 +35,9 @@ def redact(text: str | None, secrets: Iterable[str]) -> str:
         return text or ""
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, console.mask(secret))
-    return _SECRET_KEY.sub(lambda m: m.group(1) + console.mask(m.group(2)) + m.group(3) if m.group(2) else m.group(0),
-                           text)
+    return _SECRET_KEY.sub(
+        lambda m: m.group(1) + console.mask(m.group(2)) + m.group(3) if m.group(2) else m.group(0), text
+    )
 
 
 def _seconds(s: float) -> str:
@@ -58,8 +63,14 @@ def table(report) -> str:
     rows = []
     for check in report.checks:
         note = check.detail if check.result == "passed" else check.message
-        rows.append([check.name, SYMBOL[check.result], _seconds(check.seconds) if check.ran else "",
-                     redact(note, report.secrets)])
+        rows.append(
+            [
+                check.name,
+                SYMBOL[check.result],
+                _seconds(check.seconds) if check.ran else "",
+                redact(note, report.secrets),
+            ]
+        )
     return console.format_table(rows, headers=["check", "result", "time", "detail"])
 
 
@@ -103,7 +114,8 @@ def as_dict(report) -> dict[str, Any]:
         "timings": {k: round(v, 4) for k, v in report.timings.items()},
         "checks": checks,
         "log": {"path": report.log_path, "tail": [redact(ln, report.secrets) for ln in report.log_tail]}
-        if (report.log_tail or report.log_path) else None,
+        if (report.log_tail or report.log_path)
+        else None,
         "notes": [redact(n, report.secrets) for n in report.notes],
     }
 
@@ -116,32 +128,58 @@ def junit_xml(report) -> str:
     """JUnit XML: one testcase per check with its time; <failure> for a failed check, <error> for
     readiness (health), <skipped> with the reason; the server log tail in <system-err>."""
     c = report.counts
-    attrs = {"name": "openwork-smoke", "tests": str(len(report.checks)), "failures": str(c["failed"]),
-             "errors": str(c["error"]), "skipped": str(c["skipped"]), "time": f"{report.total_seconds:.3f}"}
+    attrs = {
+        "name": "openwork-smoke",
+        "tests": str(len(report.checks)),
+        "failures": str(c["failed"]),
+        "errors": str(c["error"]),
+        "skipped": str(c["skipped"]),
+        "time": f"{report.total_seconds:.3f}",
+    }
     suites = ET.Element("testsuites", attrs)
-    suite = ET.SubElement(suites, "testsuite", {
-        **attrs, "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-        "hostname": socket.gethostname()})
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        {
+            **attrs,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+            "hostname": socket.gethostname(),
+        },
+    )
     props = ET.SubElement(suite, "properties")
-    for key, value in (("url", report.url), ("mode", report.mode), ("sandbox", report.name),
-                       ("runtime", report.runtime), ("server.version", report.server_version),
-                       ("opencode.version", report.opencode_version), ("workspace.id", report.workspace_id)):
+    for key, value in (
+        ("url", report.url),
+        ("mode", report.mode),
+        ("sandbox", report.name),
+        ("runtime", report.runtime),
+        ("server.version", report.server_version),
+        ("opencode.version", report.opencode_version),
+        ("workspace.id", report.workspace_id),
+    ):
         if value:
             ET.SubElement(props, "property", {"name": key, "value": _xml_text(redact(str(value), report.secrets))})
     log_text = _log_text(report)
     for check in report.checks:
-        case = ET.SubElement(suite, "testcase", {"classname": "openwork.smoke", "name": check.name,
-                                                 "time": f"{check.seconds:.3f}"})
+        case = ET.SubElement(
+            suite, "testcase", {"classname": "openwork.smoke", "name": check.name, "time": f"{check.seconds:.3f}"}
+        )
         if check.metrics:  # e.g. prompt-answered's first words and times, as pytest's record_property
             case_props = ET.SubElement(case, "properties")
             for key, value in check.metrics.items():
                 if value is not None:
-                    ET.SubElement(case_props, "property", {"name": key,
-                                                           "value": _xml_text(redact(str(value), report.secrets))})
+                    ET.SubElement(
+                        case_props, "property", {"name": key, "value": _xml_text(redact(str(value), report.secrets))}
+                    )
         if check.result in ("failed", "error"):
             tag = "failure" if check.result == "failed" else "error"
-            el = ET.SubElement(case, tag, {"message": _xml_text(redact(check.message, report.secrets)),
-                                           "type": "CheckFailed" if tag == "failure" else "NotReady"})
+            el = ET.SubElement(
+                case,
+                tag,
+                {
+                    "message": _xml_text(redact(check.message, report.secrets)),
+                    "type": "CheckFailed" if tag == "failure" else "NotReady",
+                },
+            )
             el.text = _xml_text(failure_text(check, report.secrets))
             if log_text:
                 ET.SubElement(case, "system-err").text = log_text
@@ -175,15 +213,23 @@ def write_junit(report, path: str | os.PathLike) -> Path:
 def markdown(report) -> str:
     """A Markdown table for $GITHUB_STEP_SUMMARY."""
     icon = {"passed": "✅", "failed": "❌", "error": "❌", "skipped": "⏭️"}
-    lines = [f"### OpenWork smoke: {'passed' if report.ok else 'FAILED'}", "",
-             f"`{report.url}` ({report.mode}" + (f", server {report.server_version}" if report.server_version else "")
-             + f"), {_seconds(report.total_seconds)}", "",
-             "| check | result | time | detail |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"### OpenWork smoke: {'passed' if report.ok else 'FAILED'}",
+        "",
+        f"`{report.url}` ({report.mode}"
+        + (f", server {report.server_version}" if report.server_version else "")
+        + f"), {_seconds(report.total_seconds)}",
+        "",
+        "| check | result | time | detail |",
+        "| --- | --- | --- | --- |",
+    ]
     for check in report.checks:
         note = check.detail if check.result == "passed" else check.message
         note = gha.cell(redact(note, report.secrets))
-        lines.append(f"| {check.name} | {icon[check.result]} {check.result} | "
-                     f"{_seconds(check.seconds) if check.ran else ''} | {note} |")
+        lines.append(
+            f"| {check.name} | {icon[check.result]} {check.result} | "
+            f"{_seconds(check.seconds) if check.ran else ''} | {note} |"
+        )
     if report.log_path:
         lines += ["", f"Server log: `{report.log_path}`"]
     return "\n".join(lines) + "\n"
@@ -202,8 +248,9 @@ def publish(report, *, junit: str | None = None, as_json: bool = False) -> None:
     for note in report.notes:
         console.info(f"{console.BAD} {redact(note, secrets)}")
     if not report.ok and (report.log_tail or report.log_path) and not report.log_printed:
-        title = f"server log, last {len(report.log_tail)} lines" + (f" (full log: {report.log_path})"
-                                                                      if report.log_path else "")
+        title = f"server log, last {len(report.log_tail)} lines" + (
+            f" (full log: {report.log_path})" if report.log_path else ""
+        )
         console.info("")
         gha.print_group(title, [redact(ln, secrets) for ln in report.log_tail])
     console.info(summary_line(report))

@@ -59,8 +59,10 @@ class Program:
         architecture is a WorkflowError naming the override setting."""
         npm_arch = {"amd64": "x64", "arm64": "arm64"}.get(arch)
         if npm_arch is None:
-            raise WorkflowError(f"no published {self.name} build for architecture {arch}; set {self.override_env} "
-                                f"to a local {self.name} executable")
+            raise WorkflowError(
+                f"no published {self.name} build for architecture {arch}; set {self.override_env} "
+                f"to a local {self.name} executable"
+            )
         if self.name == "openwork":
             return f"openwork-orchestrator-linux-{npm_arch}"
         if self.name == "openwork-server":
@@ -78,8 +80,13 @@ class Program:
 
 PROGRAMS = (
     Program("opencode", "opencode_version", "OPENCODE_VERSION", "opencode_bin", "OPENWORK_OPENCODE_BIN"),
-    Program("openwork", "orchestrator_version", "OPENWORK_ORCHESTRATOR_VERSION", "orchestrator_bin",
-            "OPENWORK_ORCHESTRATOR_BIN_PATH"),
+    Program(
+        "openwork",
+        "orchestrator_version",
+        "OPENWORK_ORCHESTRATOR_VERSION",
+        "orchestrator_bin",
+        "OPENWORK_ORCHESTRATOR_BIN_PATH",
+    ),
     Program("openwork-server", "server_version", "OPENWORK_SERVER_VERSION", "server_bin", "OPENWORK_SERVER_BIN"),
 )
 PROGRAM_BY_NAME = {p.name: p for p in PROGRAMS}
@@ -98,6 +105,7 @@ class Artifact:
 
 
 # --- registry ------------------------------------------------------------------------------------
+
 
 def registry_url(settings: Settings) -> str:
     """The npm registry: NPM_CONFIG_REGISTRY (settings), else npm's own configuration."""
@@ -121,8 +129,10 @@ def _get(url: str, registry: str, *, timeout: float, stream: bool = False, heade
     try:
         return _SESSION[0].get(url, timeout=timeout, stream=stream, headers=headers or {})
     except requests.RequestException as exc:
-        raise UnreachableError(f"npm registry {registry} did not answer ({exc.__class__.__name__}): "
-                               "check the network or NPM_CONFIG_REGISTRY") from None
+        raise UnreachableError(
+            f"npm registry {registry} did not answer ({exc.__class__.__name__}): "
+            "check the network or NPM_CONFIG_REGISTRY"
+        ) from None
 
 
 def _doc_cache(settings: Settings, package: str, version: str) -> Path:
@@ -132,8 +142,12 @@ def _doc_cache(settings: Settings, package: str, version: str) -> Path:
 def existing_versions(settings: Settings, package: str) -> list[str]:
     """Versions the registry has for a package (newest last), [] when the package is unknown."""
     registry = registry_url(settings)
-    resp = _get(f"{registry}/{quote(package, safe='@')}", registry, timeout=settings.request_timeout,
-                headers={"Accept": "application/vnd.npm.install-v1+json"})
+    resp = _get(
+        f"{registry}/{quote(package, safe='@')}",
+        registry,
+        timeout=settings.request_timeout,
+        headers={"Accept": "application/vnd.npm.install-v1+json"},
+    )
     if resp.status_code != 200:
         return []
     try:
@@ -160,8 +174,10 @@ def version_doc(settings: Settings, package: str, version: str, override_env: st
         hint = f"; or set {override_env} to a local executable" if override_env else ""
         if not versions:
             raise WorkflowError(f"npm registry {registry} has no package {package}{hint}")
-        raise WorkflowError(f"npm registry {registry} has no {package}@{version}; it has {len(versions)} "
-                            f"version{'s' if len(versions) != 1 else ''}, the newest: {', '.join(versions[-5:])}{hint}")
+        raise WorkflowError(
+            f"npm registry {registry} has no {package}@{version}; it has {len(versions)} "
+            f"version{'s' if len(versions) != 1 else ''}, the newest: {', '.join(versions[-5:])}{hint}"
+        )
     if resp.status_code != 200:
         raise WorkflowError(f"npm registry {registry} answered HTTP {resp.status_code} for {package}@{version}")
     try:
@@ -170,14 +186,17 @@ def version_doc(settings: Settings, package: str, version: str, override_env: st
         raise WorkflowError(f"npm registry {registry} sent a non-JSON document for {package}@{version}") from None
     dist = doc.get("dist") or {}
     if not str(dist.get("integrity", "")).startswith("sha512-") or not dist.get("tarball"):
-        raise WorkflowError(f"{package}@{version} has no sha512 dist.integrity in {registry}; refusing an unverified "
-                            f"download{'; set ' + override_env + ' to a local executable' if override_env else ''}")
+        raise WorkflowError(
+            f"{package}@{version} has no sha512 dist.integrity in {registry}; refusing an unverified "
+            f"download{'; set ' + override_env + ' to a local executable' if override_env else ''}"
+        )
     cached.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cached, json.dumps({"name": doc.get("name"), "version": doc.get("version"), "dist": dist}).encode())
     return doc
 
 
 # --- tarballs ------------------------------------------------------------------------------------
+
 
 def integrity_hex(integrity: str) -> str:
     return base64.b64decode(integrity.split("-", 1)[1]).hex()
@@ -215,8 +234,9 @@ def file_sri(path: Path) -> str:
     return sri(bytes.fromhex(file_digest(path, "sha512")))
 
 
-def fetch_tarball(settings: Settings, package: str, version: str, *, integrity: str | None = None,
-                  override_env: str | None = None) -> Path:
+def fetch_tarball(
+    settings: Settings, package: str, version: str, *, integrity: str | None = None, override_env: str | None = None
+) -> Path:
     """A verified tarball of ``package@version`` in the content-addressed cache.
 
     ``integrity`` overrides the registry's (tests use it to prove a mismatch is refused).
@@ -230,8 +250,10 @@ def fetch_tarball(settings: Settings, package: str, version: str, *, integrity: 
         actual = file_sri(path)
         if actual == expected:
             return path
-        console.info(f"! cached {package}@{version} does not match its integrity (cached {actual[:23]}…, "
-                     f"expected {expected[:23]}…): deleted, downloading again")
+        console.info(
+            f"! cached {package}@{version} does not match its integrity (cached {actual[:23]}…, "
+            f"expected {expected[:23]}…): deleted, downloading again"
+        )
         path.unlink()
         path.with_name(path.name + ".sha512").unlink(missing_ok=True)
     _download(settings, doc["dist"]["tarball"], path, package, version, expected)
@@ -243,14 +265,18 @@ def _download(settings: Settings, url: str, dest: Path, package: str, version: s
     dest.parent.mkdir(parents=True, exist_ok=True)
     resp = _get(url, registry, timeout=settings.request_timeout, stream=True)
     if resp.status_code != 200:
-        raise WorkflowError(f"npm registry {registry} answered HTTP {resp.status_code} for the {package}@{version} "
-                            "tarball")
+        raise WorkflowError(
+            f"npm registry {registry} answered HTTP {resp.status_code} for the {package}@{version} tarball"
+        )
     total = int(resp.headers.get("Content-Length") or 0) or None
     h = hashlib.sha512()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
     try:
-        with os.fdopen(fd, "wb") as out, console.Progress(f"{package}@{version}", total) as bar, \
-                console.heartbeat(lambda: f"downloading {package}@{version}: {console.human_bytes(bar.done)} so far"):
+        with (
+            os.fdopen(fd, "wb") as out,
+            console.Progress(f"{package}@{version}", total) as bar,
+            console.heartbeat(lambda: f"downloading {package}@{version}: {console.human_bytes(bar.done)} so far"),
+        ):
             try:
                 for chunk in resp.iter_content(CHUNK):
                     out.write(chunk)
@@ -258,12 +284,15 @@ def _download(settings: Settings, url: str, dest: Path, package: str, version: s
                     STATS["downloaded_bytes"] += len(chunk)
                     bar.advance(len(chunk))
             except requests.RequestException as exc:
-                raise UnreachableError(f"download of {package}@{version} from {registry} broke off "
-                                       f"({exc.__class__.__name__}); run again") from None
+                raise UnreachableError(
+                    f"download of {package}@{version} from {registry} broke off ({exc.__class__.__name__}); run again"
+                ) from None
         actual = sri(h.digest())
         if actual != expected:
-            raise WorkflowError(f"{package}@{version}: downloaded tarball does not match dist.integrity "
-                                f"(expected {expected}, got {actual}); nothing was kept")
+            raise WorkflowError(
+                f"{package}@{version}: downloaded tarball does not match dist.integrity "
+                f"(expected {expected}, got {actual}); nothing was kept"
+            )
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -271,6 +300,7 @@ def _download(settings: Settings, url: str, dest: Path, package: str, version: s
 
 
 # --- programs ------------------------------------------------------------------------------------
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -288,16 +318,24 @@ def extract_program(settings: Settings, program: Program, tarball: Path, package
     if exe.exists() and record.exists():
         digest = file_digest(exe, "sha256")
         if digest == record.read_text().strip():
-            return Artifact(program.name, exe, digest, version, f"npm:{package}@{version}",
-                            integrity=sri(bytes.fromhex(tarball.stem)))
+            return Artifact(
+                program.name,
+                exe,
+                digest,
+                version,
+                f"npm:{package}@{version}",
+                integrity=sri(bytes.fromhex(tarball.stem)),
+            )
         console.info(f"! cached {program.name} {version} was modified: extracting it again from the verified tarball")
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "r:gz") as tar:
         names = set(tar.getnames())
         member = next((m for m in program.member if m in names), None)
         if member is None:
-            raise WorkflowError(f"{package}@{version} has no {' or '.join(program.member)}; set "
-                                f"{program.override_env} to a local {program.name} executable")
+            raise WorkflowError(
+                f"{package}@{version} has no {' or '.join(program.member)}; set "
+                f"{program.override_env} to a local {program.name} executable"
+            )
         src = tar.extractfile(member)
         if src is None:
             raise WorkflowError(f"{package}@{version}: {member} is not a regular file")
@@ -309,8 +347,9 @@ def extract_program(settings: Settings, program: Program, tarball: Path, package
     os.replace(tmp, exe)
     digest = file_digest(exe, "sha256")
     write_atomic(record, (digest + "\n").encode())
-    return Artifact(program.name, exe, digest, version, f"npm:{package}@{version}",
-                    integrity=sri(bytes.fromhex(tarball.stem)))
+    return Artifact(
+        program.name, exe, digest, version, f"npm:{package}@{version}", integrity=sri(bytes.fromhex(tarball.stem))
+    )
 
 
 def local_artifact(program: Program, path: Path) -> Artifact:

@@ -35,8 +35,14 @@ from openwork_sandbox.core.processes import CommandTimeout, docker, last_line, r
 from openwork_sandbox.image import artifacts as npm_artifacts
 
 IMAGE_DIR = Path(__file__).resolve().parent / "context"  # package data: ships in the wheel
-CONTEXT_FILES = ("Dockerfile", "microsandbox-entrypoint.sh", "opencode-gate", "opencode-gate.js",
-                 "openwork-server-gate", "openwork-supervise")
+CONTEXT_FILES = (
+    "Dockerfile",
+    "microsandbox-entrypoint.sh",
+    "opencode-gate",
+    "opencode-gate.js",
+    "openwork-server-gate",
+    "openwork-supervise",
+)
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[\w.-]+)?")
 LAST_BUILD = "last-build.json"
 VERIFIED = "verified-images.json"
@@ -49,6 +55,7 @@ SETUP_BASE = "openwork-base:bookworm-slim"  # what scripts/setup makes where DEF
 
 
 # --- state ---------------------------------------------------------------------------------------
+
 
 def last_build_path(settings: Settings) -> Path:
     """``<state>/last-build.json``: what the last build made, for ``push-image``."""
@@ -78,6 +85,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 # --- base image ----------------------------------------------------------------------------------
 
+
 def ensure_base_image(settings: Settings) -> dict:
     """The base image's id, architecture and reference; pull it if it is not here; a clear error if
     neither. With ``OPENWORK_BASE_IMAGE`` at its default and that image neither here nor pullable,
@@ -92,12 +100,15 @@ def ensure_base_image(settings: Settings) -> dict:
         if pull.returncode != 0:
             fallback = _setup_base(settings)
             if fallback:
-                console.info(f"{base} cannot be pulled here: building on {SETUP_BASE}, the base scripts/setup made "
-                             f"(set OPENWORK_BASE_IMAGE to choose another)")
+                console.info(
+                    f"{base} cannot be pulled here: building on {SETUP_BASE}, the base scripts/setup made "
+                    f"(set OPENWORK_BASE_IMAGE to choose another)"
+                )
                 return fallback
             raise WorkflowError(
                 f"base image {base} is not available (pull failed: {last_line(pull.stderr)}); make one with "
-                f"scripts/make-base-image and set OPENWORK_BASE_IMAGE={SETUP_BASE}")
+                f"scripts/make-base-image and set OPENWORK_BASE_IMAGE={SETUP_BASE}"
+            )
         proc = docker("image", "inspect", "--format", "{{.Id}} {{.Architecture}}", base)
     image_id, arch = proc.stdout.split()
     return {"id": image_id, "arch": arch, "ref": base}
@@ -115,6 +126,7 @@ def _setup_base(settings: Settings) -> dict | None:
 
 
 # --- labels --------------------------------------------------------------------------------------
+
 
 def _git(settings: Settings, *args: str) -> str | None:
     if which("git") is None:
@@ -144,6 +156,7 @@ def image_metadata(settings: Settings) -> dict[str, str]:
 
 # --- build context -------------------------------------------------------------------------------
 
+
 def _place(src: Path, dest: Path, *, link: bool) -> None:
     """Put ``src`` at ``dest``: a hard link to the cache when possible (no copy, and the inode's
     ctime stays put when the link is already there), else a copy with fixed mode and mtime."""
@@ -166,8 +179,9 @@ def _place(src: Path, dest: Path, *, link: bool) -> None:
     os.utime(dest, ns=(npm_artifacts.FIXED_MTIME * 10**9,) * 2)
 
 
-def stage_context(settings: Settings, artifacts: dict[str, npm_artifacts.Artifact],
-                  folder: str = "image-context") -> Path:
+def stage_context(
+    settings: Settings, artifacts: dict[str, npm_artifacts.Artifact], folder: str = "image-context"
+) -> Path:
     """``<state>/<folder>``: the context files and ``bin/<program>`` for each artifact, nothing else;
     a context file with the same bytes, or a cached program already linked there, is left alone."""
     context = settings.state_dir / folder
@@ -189,6 +203,7 @@ def stage_context(settings: Settings, artifacts: dict[str, npm_artifacts.Artifac
 
 # --- version check -------------------------------------------------------------------------------
 
+
 def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_artifacts.Artifact]) -> dict[str, str]:
     """Run every baked program's ``--version`` in one container (no network); pinned versions must
     match (:func:`compare_versions`). The result is kept per image id in ``<state>/verified-images.json``,
@@ -197,9 +212,23 @@ def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_a
     verified = _read_json(verified_path)
     if image_id in verified:
         return verified[image_id]
-    script = "for p in " + " ".join(artifacts) + '; do printf "%s=" "$p"; "$p" --version 2>&1 | tr "\\n" " "; echo; done'
-    proc = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", "-e", "HOME=/tmp",
-                  image_id, "-c", script, timeout=VERSION_CHECK_TIMEOUT)
+    script = (
+        "for p in " + " ".join(artifacts) + '; do printf "%s=" "$p"; "$p" --version 2>&1 | tr "\\n" " "; echo; done'
+    )
+    proc = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sh",
+        "-e",
+        "HOME=/tmp",
+        image_id,
+        "-c",
+        script,
+        timeout=VERSION_CHECK_TIMEOUT,
+    )
     outputs: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         name, _, output = line.partition("=")
@@ -211,8 +240,9 @@ def check_versions(settings: Settings, image_id: str, artifacts: dict[str, npm_a
     return reported
 
 
-def compare_versions(outputs: dict[str, str], artifacts: dict[str, npm_artifacts.Artifact],
-                     where: str = "") -> dict[str, str]:
+def compare_versions(
+    outputs: dict[str, str], artifacts: dict[str, npm_artifacts.Artifact], where: str = ""
+) -> dict[str, str]:
     """The versions the programs' ``--version`` outputs name; a pin that does not match fails the build."""
     reported: dict[str, str] = {}
     for name, output in outputs.items():
@@ -250,6 +280,7 @@ def _host_reported_version(path: Path) -> str:
 
 
 # --- build ---------------------------------------------------------------------------------------
+
 
 def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = False) -> dict:
     """Build ``settings.image`` from the pinned programs; print and return what was built.
@@ -356,12 +387,20 @@ def _docker_build(settings: Settings, argv: list[str], timeout: float = 1800) ->
 
 def _print(r: dict) -> None:
     console.info(f"{console.OK} built {r['image']}")
-    console.print_table([
-        ["image id", r["image_id"]],
-        ["size", f"{console.human_bytes(r['size'])} (programs {console.human_bytes(r['binaries_size'])}, "
-                 f"base and rest {console.human_bytes(r['overhead'])})"],
-        *[[name, f"{r['versions'][name]}  {r['sources'][name]}"] for name in ("openwork", "openwork-server", "opencode")],
-        ["downloaded", console.human_bytes(r["downloaded_bytes"])],
-        ["docker cache", f"{r['cache_hits']} of {r['build_steps']} steps from cache"],
-        ["took", f"{r['seconds']:.1f} s"],
-    ])
+    console.print_table(
+        [
+            ["image id", r["image_id"]],
+            [
+                "size",
+                f"{console.human_bytes(r['size'])} (programs {console.human_bytes(r['binaries_size'])}, "
+                f"base and rest {console.human_bytes(r['overhead'])})",
+            ],
+            *[
+                [name, f"{r['versions'][name]}  {r['sources'][name]}"]
+                for name in ("openwork", "openwork-server", "opencode")
+            ],
+            ["downloaded", console.human_bytes(r["downloaded_bytes"])],
+            ["docker cache", f"{r['cache_hits']} of {r['build_steps']} steps from cache"],
+            ["took", f"{r['seconds']:.1f} s"],
+        ]
+    )

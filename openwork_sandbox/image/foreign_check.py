@@ -35,15 +35,26 @@ def base_rootfs(cache_dir: Path, base_id: str) -> Path:
     root.mkdir(parents=True)
     cid = processes.docker("create", base_id, "/bin/true").stdout.strip()
     try:
-        with processes.stream_bytes(["docker", "export", cid], finish_timeout=60, check=False,
-                                    progress=f"unpacking base {base_id[:19]} for qemu-user") as export:
-            untar = processes.run(["tar", "-x", "-C", str(root), "--no-same-owner", "--exclude=dev/*"],
-                                  stdin=export.stdout, timeout=600, check=False, text=False)
+        with processes.stream_bytes(
+            ["docker", "export", cid],
+            finish_timeout=60,
+            check=False,
+            progress=f"unpacking base {base_id[:19]} for qemu-user",
+        ) as export:
+            untar = processes.run(
+                ["tar", "-x", "-C", str(root), "--no-same-owner", "--exclude=dev/*"],
+                stdin=export.stdout,
+                timeout=600,
+                check=False,
+                text=False,
+            )
     finally:
         processes.docker("rm", cid, check=False)
     if export.returncode != 0 or untar.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
-        raise WorkflowError(f"cannot unpack base {base_id[:19]}: {untar.stderr.decode(errors='replace').strip()[-200:]}")
+        raise WorkflowError(
+            f"cannot unpack base {base_id[:19]}: {untar.stderr.decode(errors='replace').strip()[-200:]}"
+        )
     (root / ".complete").write_text("")
     return root
 
@@ -91,8 +102,10 @@ def check(cache_dir: Path, plat: Platform, base_id: str, programs: dict[str, Pat
         bad = [f"{n} ({a})" for n, a in wrong.items() if a not in (None, plat.arch)]
         if bad:
             raise WorkflowError(f"{plat} programs of another architecture: {', '.join(bad)}")
-        return {}, (f"{QEMU_USER.get(plat.arch)} is not installed (Debian: qemu-user-static): checked instead that the "
-                    f"{plat} programs are {ELF_NAMES[plat.arch]} ELF files (or scripts), not their --version")
+        return {}, (
+            f"{QEMU_USER.get(plat.arch)} is not installed (Debian: qemu-user-static): checked instead that the "
+            f"{plat} programs are {ELF_NAMES[plat.arch]} ELF files (or scripts), not their --version"
+        )
     root = base_rootfs(cache_dir, base_id)
     home = tempfile.mkdtemp(prefix="ow-qemu-home-")
     try:

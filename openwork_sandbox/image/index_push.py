@@ -39,11 +39,16 @@ def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool
     ref = settings.image_ref
     repo, tag = ref.repository, ref.tag or "latest"
     platforms = last["platforms"]
-    missing = [d for p in platforms for d, _ in p["oci"]["blobs"] + [[p["oci"]["digest"], 0]]
-               if not oci_image.blob_path(settings.cache_dir, d).is_file()]
+    missing = [
+        d
+        for p in platforms
+        for d, _ in p["oci"]["blobs"] + [[p["oci"]["digest"], 0]]
+        if not oci_image.blob_path(settings.cache_dir, d).is_file()
+    ]
     if missing or not oci_image.blob_path(settings.cache_dir, last["index"]["digest"]).is_file():
-        raise WorkflowError(f"the last build's image files are gone from {settings.cache_dir / 'oci'}: run invoke "
-                            "build-image again")
+        raise WorkflowError(
+            f"the last build's image files are gone from {settings.cache_dir / 'oci'}: run invoke build-image again"
+        )
     names = ", ".join(p["platform"] for p in platforms)
     console.info(f"pushing {settings.image} for {names} (an OCI image index)")
     sent = sent_bytes = total = total_bytes = 0
@@ -60,8 +65,9 @@ def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool
             registry.put_manifest(repo, oci["digest"], oci["media_type"], _blob(settings, oci["digest"]))
             console.info(f"  {p['platform']}  manifest {oci['digest'][:19]}…")
         index = last["index"]
-        digest = registry.put_manifest(repo, tag, index["media_type"], _blob(settings, index["digest"])) \
-            or index["digest"]
+        digest = (
+            registry.put_manifest(repo, tag, index["media_type"], _blob(settings, index["digest"])) or index["digest"]
+        )
     if digest != index["digest"]:
         raise WorkflowError(f"registry {registry.host} stored the index as {digest}, not {index['digest']}: push again")
     pinned = record_push(settings, digest)
@@ -69,24 +75,42 @@ def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool
     try:
         proof = registry.verify_pullable(ref, expected_digest=digest)
         checked = _check_platforms(registry, repo, digest, platforms)
-        console.info(f"{console.OK} registry {ref.registry_host} serves the index, {proof['platforms']} platform "
-                     f"manifests ({checked}) and all {proof['blobs']} blobs")
+        console.info(
+            f"{console.OK} registry {ref.registry_host} serves the index, {proof['platforms']} platform "
+            f"manifests ({checked}) and all {proof['blobs']} blobs"
+        )
         pulled, detail = _prove_host_pull(settings, registry, platforms)
     except WorkflowError as exc:
-        raise WorkflowError(f"pushed {pinned}, but the pull check failed: {exc.message}",
-                            exit_code=exc.exit_code) from None
+        raise WorkflowError(
+            f"pushed {pinned}, but the pull check failed: {exc.message}", exit_code=exc.exit_code
+        ) from None
     console.info(f"{console.OK if pulled else console.SKIP} microsandbox pull: {detail}")
-    result = push_result(settings, last.get("image_id"), digest, pinned, len(proof["layers"]), sent, sent_bytes,
-                         total_bytes, pulled, detail, started, media_type=index["media_type"], blobs=total,
-                         platforms=[{"platform": p["platform"], "digest": p["oci"]["digest"]} for p in platforms])
+    result = push_result(
+        settings,
+        last.get("image_id"),
+        digest,
+        pinned,
+        len(proof["layers"]),
+        sent,
+        sent_bytes,
+        total_bytes,
+        pulled,
+        detail,
+        started,
+        media_type=index["media_type"],
+        blobs=total,
+        platforms=[{"platform": p["platform"], "digest": p["oci"]["digest"]} for p in platforms],
+    )
     if as_json:
         console.emit_json(result)
     else:
         console.info(f"  index {digest}")
         for p in result["platforms"]:
             console.info(f"    {p['platform']:12} {p['digest']}")
-        console.info(f"  sent {sent} of {total} blobs ({console.human_bytes(sent_bytes)} of "
-                     f"{console.human_bytes(total_bytes)}) in {result['seconds']:.1f}s")
+        console.info(
+            f"  sent {sent} of {total} blobs ({console.human_bytes(sent_bytes)} of "
+            f"{console.human_bytes(total_bytes)}) in {result['seconds']:.1f}s"
+        )
         console.info(f"  pin it: {pinned}")
     return result
 
@@ -99,13 +123,17 @@ def _check_platforms(registry: Registry, repo: str, digest: str, platforms: list
         plat = parse_platform(p["platform"])
         entry = entries.get(p["oci"]["digest"])
         if entry is None or entry.get("architecture") != plat.arch or entry.get("os") != plat.os:
-            raise WorkflowError(f"registry {registry.host} serves an index without the {plat} manifest "
-                                f"{p['oci']['digest'][:19]}…; push again")
+            raise WorkflowError(
+                f"registry {registry.host} serves an index without the {plat} manifest "
+                f"{p['oci']['digest'][:19]}…; push again"
+            )
         _, _, manifest = registry.manifest(repo, p["oci"]["digest"])
         config = json.loads(registry.blob(repo, manifest["config"]["digest"]))
         if (config.get("architecture"), config.get("os"), config.get("variant")) != (plat.arch, plat.os, plat.variant):
-            raise WorkflowError(f"registry {registry.host}: the {plat} image's config names "
-                                f"{config.get('os')}/{config.get('architecture')}; build and push again")
+            raise WorkflowError(
+                f"registry {registry.host}: the {plat} image's config names "
+                f"{config.get('os')}/{config.get('architecture')}; build and push again"
+            )
     return ", ".join(f"{p['platform']} config checked" for p in platforms)
 
 

@@ -75,8 +75,10 @@ def check_overrides(settings: Settings, plats: tuple[Platform, ...]) -> None:
             continue
         for plat in plats:
             if str(plat) not in entries:
-                raise _bad(f"{_env(field)} names no file for {plat}: add {plat}=/path/to/"
-                           f"{npm_artifacts.PROGRAM_BY_NAME[_program(field)].name} to it, or build without {plat}")
+                raise _bad(
+                    f"{_env(field)} names no file for {plat}: add {plat}=/path/to/"
+                    f"{npm_artifacts.PROGRAM_BY_NAME[_program(field)].name} to it, or build without {plat}"
+                )
 
 
 def _program(field: str) -> str:
@@ -95,9 +97,11 @@ def platform_settings(settings: Settings, plat: Platform) -> Settings:
         changes["base_image"] = bases[str(plat)]
     elif not host:
         if settings.origin("base_image") != "default" and bases is None:
-            raise _bad(f"OPENWORK_BASE_IMAGE names the base of this host's platform only: name one for {plat} too, "
-                       f"as OPENWORK_BASE_IMAGE={host_platform()}={settings.base_image},{plat}=IMAGE "
-                       f"(scripts/make-base-image --platform {plat} makes one)")
+            raise _bad(
+                f"OPENWORK_BASE_IMAGE names the base of this host's platform only: name one for {plat} too, "
+                f"as OPENWORK_BASE_IMAGE={host_platform()}={settings.base_image},{plat}=IMAGE "
+                f"(scripts/make-base-image --platform {plat} makes one)"
+            )
         changes["base_image"] = FOREIGN_BASE.format(arch=plat.arch)
     return settings.with_overrides(**changes)
 
@@ -112,13 +116,17 @@ def _base(settings: Settings, plat: Platform) -> dict:
     else:  # never pulled: a pull would bring the host's platform under that name
         proc = docker("image", "inspect", "--format", "{{.Id}}", settings.base_image, check=False)
         if proc.returncode != 0:
-            raise _bad(f"base image {settings.base_image} for {plat} is not here: make it with scripts/make-base-image "
-                       f"--platform {plat} (or name another in OPENWORK_BASE_IMAGE={plat}=IMAGE)")
+            raise _bad(
+                f"base image {settings.base_image} for {plat} is not here: make it with scripts/make-base-image "
+                f"--platform {plat} (or name another in OPENWORK_BASE_IMAGE={plat}=IMAGE)"
+            )
         base = {"id": proc.stdout.strip(), "arch": plat.arch, "ref": settings.base_image}
     arch = _files_arch(settings, base["id"])
     if arch is not None and arch != plat.arch:
-        raise _bad(f"OPENWORK_BASE_IMAGE: {base['ref']} is an {arch} base, not {plat.arch}: name a {plat} base "
-                   f"(OPENWORK_BASE_IMAGE={plat}=IMAGE; scripts/make-base-image --platform {plat} makes one)")
+        raise _bad(
+            f"OPENWORK_BASE_IMAGE: {base['ref']} is an {arch} base, not {plat.arch}: name a {plat} base "
+            f"(OPENWORK_BASE_IMAGE={plat}=IMAGE; scripts/make-base-image --platform {plat} makes one)"
+        )
     return {**base, "arch": plat.arch}
 
 
@@ -169,8 +177,9 @@ def _check_published(settings: Settings, plat: Platform) -> None:
         except UnreachableError:
             raise
         except WorkflowError as exc:
-            raise _bad(f"{program.version_env}={version}: {program.name} is not published for {plat} "
-                       f"({exc.message})") from None
+            raise _bad(
+                f"{program.version_env}={version}: {program.name} is not published for {plat} ({exc.message})"
+            ) from None
 
 
 def _check_override_arch(artifacts: dict[str, npm_artifacts.Artifact], plat: Platform) -> None:
@@ -182,8 +191,10 @@ def _check_override_arch(artifacts: dict[str, npm_artifacts.Artifact], plat: Pla
             arch = elf_arch(f.read(20))
         if arch is not None and arch != plat.arch:
             env = npm_artifacts.PROGRAM_BY_NAME[name].override_env
-            raise _bad(f"{env}: {artifact.path} is an {arch} program, not {plat.arch}: name a {ELF_NAMES.get(plat.arch)} "
-                       f"build as {env}={plat}=/path")
+            raise _bad(
+                f"{env}: {artifact.path} is an {arch} program, not {plat.arch}: name a {ELF_NAMES.get(plat.arch)} "
+                f"build as {env}={plat}=/path"
+            )
 
 
 def foreign_tag(image: str, plat: Platform) -> str:
@@ -260,14 +271,21 @@ def build_platforms(settings: Settings, as_json: bool = False, no_cache: bool = 
     return result
 
 
-def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: dict, meta: dict,
-               no_cache: bool) -> dict:
+def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: dict, meta: dict, no_cache: bool) -> dict:
     host = plat == host_platform()
     context = ib.stage_context(settings, artifacts, "image-context" if host else f"image-context-{plat.slug}")
-    pinned = {name: (a.version or ib._host_reported_version(a.path)) for name, a in artifacts.items()} if host else \
-        {name: (a.version or "local") for name, a in artifacts.items()}
-    build_args = {"BASE_IMAGE": base["ref"], "OPENWORK_VERSION": pinned["openwork"],
-                  "OPENWORK_SERVER_VERSION": pinned["openwork-server"], "OPENCODE_VERSION": pinned["opencode"], **meta}
+    pinned = (
+        {name: (a.version or ib._host_reported_version(a.path)) for name, a in artifacts.items()}
+        if host
+        else {name: (a.version or "local") for name, a in artifacts.items()}
+    )
+    build_args = {
+        "BASE_IMAGE": base["ref"],
+        "OPENWORK_VERSION": pinned["openwork"],
+        "OPENWORK_SERVER_VERSION": pinned["openwork-server"],
+        "OPENCODE_VERSION": pinned["opencode"],
+        **meta,
+    }
     key = _inputs_key(ib, base, build_args, artifacts)
     image_id = None if no_cache else _built_before(settings, key)
     steps = cache_hits = 0
@@ -293,13 +311,19 @@ def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: di
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image_id).stdout.strip())
     oci = oci_image.export(settings.cache_dir, image_id, plat)
     return {
-        "platform": str(plat), "image_id": image_id, "tag": settings.image if host else foreign_tag(settings.image, plat),
-        "size": size, "binaries_size": sum(a.path.stat().st_size for a in artifacts.values()),
-        "base_image": base["ref"], "arch": plat.arch,
+        "platform": str(plat),
+        "image_id": image_id,
+        "tag": settings.image if host else foreign_tag(settings.image, plat),
+        "size": size,
+        "binaries_size": sum(a.path.stat().st_size for a in artifacts.values()),
+        "base_image": base["ref"],
+        "arch": plat.arch,
         "versions": {name: versions.get(name, "") for name in ("openwork", "openwork-server", "opencode")},
         "sources": {name: a.source for name, a in artifacts.items()},
         "sha256": {name: a.sha256 for name, a in artifacts.items()},
-        "checked": how, "build_steps": steps, "cache_hits": cache_hits,
+        "checked": how,
+        "build_steps": steps,
+        "cache_hits": cache_hits,
         "oci": oci,
     }
 
@@ -338,8 +362,9 @@ def _remember_build(settings: Settings, key: str, image_id: str) -> None:
     ib._write_json(settings.state_dir / BUILDS, dict(list(known.items())[-20:]))
 
 
-def _check_foreign(ib, settings: Settings, plat: Platform, base: dict, context: Path,
-                   artifacts: dict) -> tuple[dict[str, str], str]:
+def _check_foreign(
+    ib, settings: Settings, plat: Platform, base: dict, context: Path, artifacts: dict
+) -> tuple[dict[str, str], str]:
     """The version gate of a platform this host cannot run. What runs is the programs on the base's
     files, so the result is kept per base and programs (a rebuild that changes a label only, e.g.
     after a commit, does not run qemu again)."""
@@ -347,8 +372,14 @@ def _check_foreign(ib, settings: Settings, plat: Platform, base: dict, context: 
 
     verified_path = settings.state_dir / ib.VERIFIED
     verified = ib._read_json(verified_path)
-    key = "qemu:" + hashlib.sha256(json.dumps([str(plat), base["id"], sorted(
-        (name, a.sha256, a.version) for name, a in artifacts.items())]).encode()).hexdigest()
+    key = (
+        "qemu:"
+        + hashlib.sha256(
+            json.dumps(
+                [str(plat), base["id"], sorted((name, a.sha256, a.version) for name, a in artifacts.items())]
+            ).encode()
+        ).hexdigest()
+    )
     entry = verified.get(key)
     if isinstance(entry, dict) and "versions" in entry:
         return entry["versions"], entry["how"]
@@ -366,15 +397,25 @@ def _check_foreign(ib, settings: Settings, plat: Platform, base: dict, context: 
 
 
 def _print(r: dict) -> None:
-    console.info(f"{console.OK} built {r['image']} for {', '.join(p['platform'] for p in r['platforms'])} "
-                 f"(index {r['index']['digest'][:19]}…)")
+    console.info(
+        f"{console.OK} built {r['image']} for {', '.join(p['platform'] for p in r['platforms'])} "
+        f"(index {r['index']['digest'][:19]}…)"
+    )
     rows = []
     for p in r["platforms"]:
         rows.append([p["platform"], f"{p['image_id'][:19]}  {console.human_bytes(p['size'])}  on {p['base_image']}"])
-        rows += [[f"  {name}", f"{p['versions'][name]}  {p['sources'][name]}"]
-                 for name in ("openwork", "openwork-server", "opencode")]
+        rows += [
+            [f"  {name}", f"{p['versions'][name]}  {p['sources'][name]}"]
+            for name in ("openwork", "openwork-server", "opencode")
+        ]
         rows.append(["  checked", p["checked"]])
-        rows.append(["  docker cache", f"{p['cache_hits']} of {p['build_steps']} steps from cache" if p["build_steps"]
-                     else "docker build skipped: inputs unchanged"])
+        rows.append(
+            [
+                "  docker cache",
+                f"{p['cache_hits']} of {p['build_steps']} steps from cache"
+                if p["build_steps"]
+                else "docker build skipped: inputs unchanged",
+            ]
+        )
     rows += [["downloaded", console.human_bytes(r["downloaded_bytes"])], ["took", f"{r['seconds']:.1f} s"]]
     console.print_table(rows)

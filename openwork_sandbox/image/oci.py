@@ -62,8 +62,10 @@ def export(cache_dir: Path, image_id: str, plat: Platform) -> dict:
     record = cache_dir / "oci" / "images" / f"{image_id.split(':')[-1]}-{plat.slug}.json"
     try:
         saved = json.loads(record.read_text())
-        if all(blob_path(cache_dir, d).is_file() for d, _ in saved["blobs"]) and \
-                blob_path(cache_dir, saved["digest"]).is_file():
+        if (
+            all(blob_path(cache_dir, d).is_file() for d, _ in saved["blobs"])
+            and blob_path(cache_dir, saved["digest"]).is_file()
+        ):
             return saved
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -81,9 +83,14 @@ def export(cache_dir: Path, image_id: str, plat: Platform) -> dict:
         "layers": [{"mediaType": LAYER_TYPE, "digest": layers[d][0], "size": layers[d][1]} for d in diff_ids],
     }
     digest, size = _put_blob(cache_dir, _canonical(manifest))
-    result = {"digest": digest, "size": size, "media_type": MANIFEST_TYPE, "platform": str(plat),
-              "config": config_digest,
-              "blobs": [[config_digest, config_size]] + [list(layers[d]) for d in diff_ids]}
+    result = {
+        "digest": digest,
+        "size": size,
+        "media_type": MANIFEST_TYPE,
+        "platform": str(plat),
+        "config": config_digest,
+        "blobs": [[config_digest, config_size]] + [list(layers[d]) for d in diff_ids],
+    }
     record.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(record, json.dumps(result, indent=1).encode(), mode=0o644)
     return result
@@ -99,13 +106,17 @@ def _save(cache_dir: Path, image_id: str) -> tuple[bytes, list[str], dict[str, t
     known.mkdir(parents=True, exist_ok=True)
     broken = None
     try:
-        with processes.stream_bytes(["docker", "save", image_id], finish_timeout=600, check=False) as save, \
-                tarfile.open(fileobj=save.stdout, mode="r|") as tar:
+        with (
+            processes.stream_bytes(["docker", "save", image_id], finish_timeout=600, check=False) as save,
+            tarfile.open(fileobj=save.stdout, mode="r|") as tar,
+        ):
             files, member_diff, links, layers = _read_archive(cache_dir, known, tar)
     except tarfile.TarError as exc:  # no archive at all when docker save failed: its own words say why
         broken = exc
     if save.returncode not in (0, -signal.SIGKILL):  # SIGKILL: stopped here, as the archive broke
-        raise WorkflowError(f"docker save {image_id[:19]} failed: {save.stderr.decode(errors='replace').strip()[-300:]}")
+        raise WorkflowError(
+            f"docker save {image_id[:19]} failed: {save.stderr.decode(errors='replace').strip()[-300:]}"
+        )
     if broken is not None:
         raise WorkflowError(f"docker save {image_id[:19]} gave an archive this tool cannot read ({broken})")
     try:
@@ -126,8 +137,11 @@ def _read_archive(cache_dir: Path, known: Path, tar: tarfile.TarFile):
     layers: dict[str, tuple[str, int]] = {}
     for member in tar:
         if member.name.endswith("layer.tar") and (member.issym() or member.islnk()):
-            links[member.name] = os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname)) \
-                if member.issym() else member.linkname
+            links[member.name] = (
+                os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname))
+                if member.issym()
+                else member.linkname
+            )
         elif member.name.endswith("layer.tar") and member.isfile():
             src = tar.extractfile(member)
             assert src is not None
@@ -194,8 +208,15 @@ def index(cache_dir: Path, manifests: list[dict]) -> dict:
     body = {
         "schemaVersion": 2,
         "mediaType": INDEX_TYPE,
-        "manifests": [{"mediaType": m["media_type"], "digest": m["digest"], "size": m["size"],
-                       "platform": _platform_of(m["platform"])} for m in manifests],
+        "manifests": [
+            {
+                "mediaType": m["media_type"],
+                "digest": m["digest"],
+                "size": m["size"],
+                "platform": _platform_of(m["platform"]),
+            }
+            for m in manifests
+        ],
     }
     digest, size = _put_blob(cache_dir, _canonical(body))
     return {"digest": digest, "size": size, "media_type": INDEX_TYPE}

@@ -50,8 +50,10 @@ def _local_image(settings: Settings) -> str:
             return last["image_id"]
     proc = commands.docker("image", "inspect", "--format", "{{.Id}}", wanted, check=False)
     if proc.returncode != 0:
-        raise WorkflowError(f"no image {wanted} here to push: run invoke build-image first "
-                            "(or set OPENWORK_MICROSANDBOX_IMAGE to the image you built)")
+        raise WorkflowError(
+            f"no image {wanted} here to push: run invoke build-image first "
+            "(or set OPENWORK_MICROSANDBOX_IMAGE to the image you built)"
+        )
     return proc.stdout.strip()
 
 
@@ -88,10 +90,13 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
             hint = "; the engine needs this registry in its insecure-registries (daemon.json)"
         elif "unauthorized" in text or "authentication required" in text:
             hint = "; set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD"
-        raise WorkflowError(f"docker push {ref} failed: {commands.last_line(lines[-1] if lines else exc.message)}"
-                            f"{hint}") from None
+        raise WorkflowError(
+            f"docker push {ref} failed: {commands.last_line(lines[-1] if lines else exc.message)}{hint}"
+        ) from None
     if not digest:
-        raise WorkflowError(f"docker push {ref} reported no digest; last line: {commands.last_line(lines[-1] if lines else '')}")
+        raise WorkflowError(
+            f"docker push {ref} reported no digest; last line: {commands.last_line(lines[-1] if lines else '')}"
+        )
     return digest, sent
 
 
@@ -113,8 +118,10 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     if build_first and (last_build.get("image") != settings.image or built_for(last_build) != wanted(settings)):
         from openwork_sandbox.image.multiplatform import build_image
 
-        console.info(f"the last build was not for {settings.image}"
-                     f"{' (' + settings.platform + ')' if settings.platform else ''}: building it")
+        console.info(
+            f"the last build was not for {settings.image}"
+            f"{' (' + settings.platform + ')' if settings.platform else ''}: building it"
+        )
         build_image(settings)
     last = read_last_build(settings) or {}
     if last.get("platforms"):  # built for several platforms: their images and an image index
@@ -134,21 +141,37 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
         access = registry_access.pull_access(settings, ref.registry_host, registry.plain_http, registry.credentials)
         pulled, detail = microsandbox_pull.prove_pull(settings.image, ref.registry_host, access, expected_digest=digest)
     except WorkflowError as exc:
-        raise WorkflowError(f"pushed {pinned}, but the pull check failed: {exc.message}",
-                            exit_code=exc.exit_code) from None
+        raise WorkflowError(
+            f"pushed {pinned}, but the pull check failed: {exc.message}", exit_code=exc.exit_code
+        ) from None
     console.info(f"{console.OK if pulled else console.SKIP} microsandbox pull: {detail}")
-    diff_ids = commands.docker("image", "inspect", "--format", "{{range .RootFS.Layers}}{{println .}}{{end}}",
-                               image_id).stdout.split()
+    diff_ids = commands.docker(
+        "image", "inspect", "--format", "{{range .RootFS.Layers}}{{println .}}{{end}}", image_id
+    ).stdout.split()
     layers = proof["layers"]
-    pushed_bytes = sum(size for (_, size), diff in zip(layers, diff_ids, strict=False) if diff.split(":")[-1][:12] in sent)
-    result = push_result(settings, image_id, digest, pinned, len(layers), len(sent), pushed_bytes, proof["bytes"],
-                         pulled, detail, started)
+    pushed_bytes = sum(
+        size for (_, size), diff in zip(layers, diff_ids, strict=False) if diff.split(":")[-1][:12] in sent
+    )
+    result = push_result(
+        settings,
+        image_id,
+        digest,
+        pinned,
+        len(layers),
+        len(sent),
+        pushed_bytes,
+        proof["bytes"],
+        pulled,
+        detail,
+        started,
+    )
     if as_json:
         console.emit_json(result)
     else:
         console.info(f"  digest {digest}")
-        console.info(f"  sent {len(sent)} of {len(layers)} layers ({console.human_bytes(pushed_bytes)} of "
-                     f"{console.human_bytes(proof['bytes'])}) in {result['seconds']:.1f}s")
+        console.info(
+            f"  sent {len(sent)} of {len(layers)} layers ({console.human_bytes(pushed_bytes)} of "
+            f"{console.human_bytes(proof['bytes'])}) in {result['seconds']:.1f}s"
+        )
         console.info(f"  pin it: {result['pinned']}")
     return result
-

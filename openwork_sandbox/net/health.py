@@ -90,7 +90,9 @@ def wait_for_health(
     next_alive_check = start + ALIVE_CHECK_EVERY
     from openwork_sandbox.core.console import heartbeat  # off a TTY: what we wait for, and why not yet
 
-    beat = heartbeat(lambda: f"waiting for {endpoint} to answer healthy ({last_problem}; deadline {deadline_s:g}s)").start()
+    beat = heartbeat(
+        lambda: f"waiting for {endpoint} to answer healthy ({last_problem}; deadline {deadline_s:g}s)"
+    ).start()
     try:
         while True:
             try:
@@ -119,7 +121,8 @@ def wait_for_health(
                         f"the server stopped before {endpoint} answered (state: {state}); "
                         f"{('last log line: ' + lines[-1].strip()) if lines else 'no log output'}"
                         f"{('; full log: ' + hint) if hint else ''}",
-                        log_lines=lines, log_hint=hint,
+                        log_lines=lines,
+                        log_hint=hint,
                     )
             if now >= deadline:
                 state, lines, hint = _describe(describe)
@@ -127,7 +130,8 @@ def wait_for_health(
                     f"GET {endpoint} not healthy within {deadline_s:g}s ({last_problem}; sandbox state: {state}); "
                     f"{('last log line: ' + lines[-1].strip() + '; ') if lines else ''}"
                     f"hint: {hint or 'check the server log'}; raise OPENWORK_HEALTH_TIMEOUT if it is only slow",
-                    log_lines=lines, log_hint=hint,
+                    log_lines=lines,
+                    log_hint=hint,
                 )
             time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, MAX_DELAY)

@@ -86,8 +86,9 @@ class ApiResponse:
 class OpenWorkClient:
     """The OpenWork server's HTTP API, with a timeout on every request."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, host_token: str | None = None,
-                 timeout: float = 15.0):
+    def __init__(
+        self, base_url: str, *, token: str | None = None, host_token: str | None = None, timeout: float = 15.0
+    ):
         self.base_url = base_url
         self.token = token
         self.host_token = host_token
@@ -107,8 +108,16 @@ class OpenWorkClient:
         return join_url(self.base_url, path)
 
     # --- the one place requests are sent ---------------------------------------------------
-    def request(self, method: str, path: str, *, bearer: str | None = None, host_token: str | None = None,
-                json_body: Any = None, timeout: float | None = None) -> ApiResponse:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        bearer: str | None = None,
+        host_token: str | None = None,
+        json_body: Any = None,
+        timeout: float | None = None,
+    ) -> ApiResponse:
         import requests  # here, not at the top: workspace_at and friends serve every warm `up` without it
 
         url = join_url(self.base_url, path)
@@ -120,18 +129,21 @@ class OpenWorkClient:
         limit = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
         start = time.perf_counter()
         try:
-            resp = self.session.request(method, url, headers=headers, json=json_body, timeout=limit,
-                                        allow_redirects=False)
+            resp = self.session.request(
+                method, url, headers=headers, json=json_body, timeout=limit, allow_redirects=False
+            )
             text = resp.text
         except requests.exceptions.ConnectionError as exc:
             kind = "timeout" if isinstance(exc, requests.exceptions.ConnectTimeout) else _connection_kind(exc)
             raise TransportError(kind, method, url, _describe(kind, exc, limit), time.perf_counter() - start) from None
         except requests.exceptions.Timeout as exc:
-            raise TransportError("timeout", method, url, _describe("timeout", exc, limit),
-                                 time.perf_counter() - start) from None
+            raise TransportError(
+                "timeout", method, url, _describe("timeout", exc, limit), time.perf_counter() - start
+            ) from None
         except requests.exceptions.RequestException as exc:
-            raise TransportError("broken", method, url, _describe("broken", exc, limit),
-                                 time.perf_counter() - start) from None
+            raise TransportError(
+                "broken", method, url, _describe("broken", exc, limit), time.perf_counter() - start
+            ) from None
         return ApiResponse(method, url, resp.status_code, text, time.perf_counter() - start)
 
     # --- the API ----------------------------------------------------------------------------
@@ -145,17 +157,20 @@ class OpenWorkClient:
         return self.request("GET", "/approvals", host_token=host_token, bearer=bearer)
 
     def create_session(self, ws_id: str, title: str) -> ApiResponse:
-        return self.request("POST", f"/w/{quote(ws_id, safe='')}/opencode/session", bearer=self.token,
-                            json_body={"title": title})
+        return self.request(
+            "POST", f"/w/{quote(ws_id, safe='')}/opencode/session", bearer=self.token, json_body={"title": title}
+        )
 
     def get_session(self, ws_id: str, session_id: str) -> ApiResponse:
-        return self.request("GET", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}",
-                            bearer=self.token)
+        return self.request(
+            "GET", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}", bearer=self.token
+        )
 
     def delete_session(self, ws_id: str, session_id: str) -> ApiResponse:
         """opencode's ``DELETE /session/<id>`` through the proxy (200 ``true`` when it existed)."""
-        return self.request("DELETE", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}",
-                            bearer=self.token)
+        return self.request(
+            "DELETE", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}", bearer=self.token
+        )
 
     def prompt_async(self, ws_id: str, session_id: str, text: str, model: dict | None = None) -> ApiResponse:
         """opencode's ``POST /session/<id>/prompt_async`` (204 at once; the reply is written as it comes)
@@ -164,8 +179,12 @@ class OpenWorkClient:
         body: dict[str, Any] = {"parts": [{"type": "text", "text": text}]}
         if model:
             body["model"] = model
-        return self.request("POST", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}"
-                                    "/prompt_async", bearer=self.token, json_body=body)
+        return self.request(
+            "POST",
+            f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/prompt_async",
+            bearer=self.token,
+            json_body=body,
+        )
 
     def session_status(self, ws_id: str) -> ApiResponse:
         """opencode's ``GET /session/status``: ``{session id: {"type": "busy"|"retry"|..., ...}}``."""
@@ -173,22 +192,31 @@ class OpenWorkClient:
 
     def abort_session(self, ws_id: str, session_id: str) -> ApiResponse:
         """opencode's ``POST /session/<id>/abort``: stop what the agent is doing (and retrying)."""
-        return self.request("POST", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/abort",
-                            bearer=self.token)
+        return self.request(
+            "POST", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/abort", bearer=self.token
+        )
 
     def session_messages(self, ws_id: str, session_id: str, limit: int = 10) -> ApiResponse:
         """opencode's ``GET /session/<id>/message?limit=N``: the session's last messages."""
         return self.request(
-            "GET", f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/message?limit={limit}",
-            bearer=self.token)
+            "GET",
+            f"/w/{quote(ws_id, safe='')}/opencode/session/{quote(session_id, safe='')}/message?limit={limit}",
+            bearer=self.token,
+        )
 
 
 def _connection_kind(exc: Exception) -> str:
     """``refused`` (nothing listening, or the host does not resolve) or ``broken``, from requests' error."""
     text = repr(exc).lower()
-    if "refused" in text or "errno 111" in text or "errno 61" in text or "failed to establish" in text \
-            or "cannot assign requested address" in text or "name or service not known" in text \
-            or "nodename nor servname" in text:
+    if (
+        "refused" in text
+        or "errno 111" in text
+        or "errno 61" in text
+        or "failed to establish" in text
+        or "cannot assign requested address" in text
+        or "name or service not known" in text
+        or "nodename nor servname" in text
+    ):
         return "refused"
     return "broken"
 
@@ -203,8 +231,14 @@ def _describe(kind: str, exc: Exception, limit: float) -> str:
     if kind == "timeout":
         return f"no answer within {limit:g}s (OPENWORK_REQUEST_TIMEOUT)"
     text = repr(exc)
-    for marker in ("RemoteDisconnected", "ConnectionResetError", "BrokenPipeError", "IncompleteRead",
-                   "ChunkedEncodingError", "ProtocolError"):
+    for marker in (
+        "RemoteDisconnected",
+        "ConnectionResetError",
+        "BrokenPipeError",
+        "IncompleteRead",
+        "ChunkedEncodingError",
+        "ProtocolError",
+    ):
         if marker in text:
             return f"the connection broke ({marker})"
     return f"the connection broke ({exc.__class__.__name__})"

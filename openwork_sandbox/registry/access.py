@@ -36,8 +36,11 @@ PEM_MARK = b"-----BEGIN CERTIFICATE-----"
 # the way out of a missing or wrong login, in every registry client's messages
 LOGIN_HINT = "run docker login {host} (or set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD)"
 # what a runtime's failed pull says (Docker's words or the SDK's) when the registry wants a login it lacks
-LOGIN_REFUSED = re.compile(r"\b401\b|unauthorized|authentication required|no basic auth credentials|denied|"
-                           r"docker login", re.IGNORECASE)
+LOGIN_REFUSED = re.compile(
+    r"\b401\b|unauthorized|authentication required|no basic auth credentials|denied|"
+    r"docker login",
+    re.IGNORECASE,
+)
 
 
 def settings_credentials(settings: Settings) -> Credentials | None:
@@ -47,8 +50,11 @@ def settings_credentials(settings: Settings) -> Credentials | None:
         return Credentials(user, password, "OPENWORK_REGISTRY_USERNAME/_PASSWORD")
     if user or password:
         missing = "OPENWORK_REGISTRY_PASSWORD" if user else "OPENWORK_REGISTRY_USERNAME"
-        raise WorkflowError(f"{missing} is not set: registry login needs both OPENWORK_REGISTRY_USERNAME and "
-                            "OPENWORK_REGISTRY_PASSWORD", exit_code=EXIT_BAD_SETTINGS)
+        raise WorkflowError(
+            f"{missing} is not set: registry login needs both OPENWORK_REGISTRY_USERNAME and "
+            "OPENWORK_REGISTRY_PASSWORD",
+            exit_code=EXIT_BAD_SETTINGS,
+        )
     return None
 
 
@@ -79,12 +85,17 @@ def extra_cas(settings: Settings, host: str) -> list[tuple[str, bytes]]:
         try:
             pem = path.read_bytes()
         except OSError as exc:
-            raise WorkflowError(f"OPENWORK_REGISTRY_CA={path}: cannot read it ({exc.strerror or exc}); point it at the "
-                                "registry's CA certificate (a PEM file)", exit_code=EXIT_BAD_SETTINGS) from None
+            raise WorkflowError(
+                f"OPENWORK_REGISTRY_CA={path}: cannot read it ({exc.strerror or exc}); point it at the "
+                "registry's CA certificate (a PEM file)",
+                exit_code=EXIT_BAD_SETTINGS,
+            ) from None
         if PEM_MARK not in pem:
-            raise WorkflowError(f"OPENWORK_REGISTRY_CA={path}: no PEM certificate in it (no '-----BEGIN "
-                                "CERTIFICATE-----'); point it at the registry's CA certificate",
-                                exit_code=EXIT_BAD_SETTINGS)
+            raise WorkflowError(
+                f"OPENWORK_REGISTRY_CA={path}: no PEM certificate in it (no '-----BEGIN "
+                "CERTIFICATE-----'); point it at the registry's CA certificate",
+                exit_code=EXIT_BAD_SETTINGS,
+            )
         out.append((f"OPENWORK_REGISTRY_CA={path}", pem))
     return out
 
@@ -118,8 +129,10 @@ def http_allowed(settings: Settings, host_is_loopback: bool) -> bool:
 
 def certs_hint(host: str) -> str:
     """The way out of an untrusted certificate, for every registry client's messages."""
-    return (f"put its CA certificate in {docker_config.certs_d_dir(host) / 'ca.crt'} (where Docker reads it) or "
-            "set OPENWORK_REGISTRY_CA to a PEM file")
+    return (
+        f"put its CA certificate in {docker_config.certs_d_dir(host) / 'ca.crt'} (where Docker reads it) or "
+        "set OPENWORK_REGISTRY_CA to a PEM file"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +157,13 @@ def pull_access(settings: Settings, host: str, plain_http: bool, creds: Credenti
     ``creds``: the login the caller's ``Registry`` already holds (:func:`credentials` runs a
     credential helper, so it is asked once)."""
     login = creds is not None and bool(creds.password)
-    return PullAccess(insecure=plain_http, username=creds.username if login else None,
-                      password=creds.password if login else None,
-                      ca_pems=() if plain_http else tuple(pem for _, pem in extra_cas(settings, host)),
-                      settings_login=login and creds == settings_credentials(settings))
+    return PullAccess(
+        insecure=plain_http,
+        username=creds.username if login else None,
+        password=creds.password if login else None,
+        ca_pems=() if plain_http else tuple(pem for _, pem in extra_cas(settings, host)),
+        settings_login=login and creds == settings_credentials(settings),
+    )
 
 
 def login_refused(pull_error: str) -> bool:
@@ -158,10 +174,12 @@ def login_refused(pull_error: str) -> bool:
 def docker_login(host: str, username: str, password: str) -> None:
     """``docker login`` (the password on stdin), so Docker's own push and pull have the settings' login;
     a one-line WorkflowError when the registry refuses it."""
-    proc = commands.docker("login", "--username", username, "--password-stdin", host,
-                           input=password, check=False, timeout=120)
+    proc = commands.docker(
+        "login", "--username", username, "--password-stdin", host, input=password, check=False, timeout=120
+    )
     if proc.returncode != 0:
-        raise WorkflowError(f"docker login to {host} as {username} failed: "
-                            f"{commands.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD")
+        raise WorkflowError(
+            f"docker login to {host} as {username} failed: "
+            f"{commands.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD"
+        )
     console.info(f"{console.OK} logged in to {host} as {username}")
-

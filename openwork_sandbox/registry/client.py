@@ -33,17 +33,27 @@ class Registry(Transport):
         :mod:`openwork_sandbox.registry.access`; HTTPS first."""
         ref = ref or settings.image_ref
         host = ref.registry_host
-        return cls(host, plain_http=None, allow_http=registry_access.http_allowed(settings, ref.registry_is_loopback),
-                   credentials=registry_access.credentials(settings, host),
-                   verify=registry_access.ca_bundle(settings, host), timeout=settings.request_timeout)
+        return cls(
+            host,
+            plain_http=None,
+            allow_http=registry_access.http_allowed(settings, ref.registry_is_loopback),
+            credentials=registry_access.credentials(settings, host),
+            verify=registry_access.ca_bundle(settings, host),
+            timeout=settings.request_timeout,
+        )
 
     # --- API ------------------------------------------------------------------------------------
     def ping(self, *, quick: bool = False) -> int:
         """``GET /v2/`` (with the login, as ``docker login`` checks it): 200, or 401 without a login.
 
         ``quick`` (doctor): one attempt of at most 5 s, no retries."""
-        resp = self._send("GET", "/v2/", "checking the API (GET /v2/)", attempts=1 if quick else RETRIES,
-                          timeout=min(self.timeout, 5.0) if quick else None)
+        resp = self._send(
+            "GET",
+            "/v2/",
+            "checking the API (GET /v2/)",
+            attempts=1 if quick else RETRIES,
+            timeout=min(self.timeout, 5.0) if quick else None,
+        )
         if resp.status_code not in (200, 401):
             raise self._fail(resp, "GET /v2/ (is this a registry?)")
         return resp.status_code
@@ -51,8 +61,9 @@ class Registry(Transport):
     def check_push(self, repository: str) -> None:
         """The login may push to ``repository``: start a blob upload (scope ``pull,push``) and cancel it."""
         scope = scope_for(repository, "pull,push")
-        resp = self._send("POST", f"/v2/{repository}/blobs/uploads/", f"checking push access to {repository}",
-                          scope=scope)
+        resp = self._send(
+            "POST", f"/v2/{repository}/blobs/uploads/", f"checking push access to {repository}", scope=scope
+        )
         if resp.status_code not in (201, 202):
             raise self._fail(resp, f"starting an upload to {repository}", scope)
         location = resp.headers.get("Location")
@@ -63,13 +74,19 @@ class Registry(Transport):
             except WorkflowError:
                 pass  # the registry drops unfinished uploads itself
 
-    def manifest(self, repository: str, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES) -> tuple[str, str, dict]:
+    def manifest(
+        self, repository: str, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES
+    ) -> tuple[str, str, dict]:
         """``(digest, media type, manifest)`` for a tag or digest."""
         scope = scope_for(repository)
-        what = f"manifest {repository}:{reference}" if not reference.startswith("sha256:") else \
-            f"manifest {repository}@{reference}"
-        resp = self._send("GET", f"/v2/{repository}/manifests/{reference}", what,
-                          headers={"Accept": ", ".join(accept)}, scope=scope)
+        what = (
+            f"manifest {repository}:{reference}"
+            if not reference.startswith("sha256:")
+            else f"manifest {repository}@{reference}"
+        )
+        resp = self._send(
+            "GET", f"/v2/{repository}/manifests/{reference}", what, headers={"Accept": ", ".join(accept)}, scope=scope
+        )
         if resp.status_code != 200:
             raise self._fail(resp, what, scope)
         digest = resp.headers.get("Docker-Content-Digest", "")
@@ -84,8 +101,13 @@ class Registry(Transport):
         """The ``Docker-Content-Digest`` of a tag (HEAD, with the Accept header every type needs)."""
         what = f"manifest {repository}:{reference}"
         scope = scope_for(repository)
-        resp = self._send("HEAD", f"/v2/{repository}/manifests/{reference}", what,
-                          headers={"Accept": ", ".join(MANIFEST_TYPES)}, scope=scope)
+        resp = self._send(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            what,
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+            scope=scope,
+        )
         if resp.status_code != 200:
             raise self._fail(resp, what, scope)
         return resp.headers.get("Docker-Content-Digest", "")
@@ -113,14 +135,23 @@ class Registry(Transport):
         if self.blob_exists(repository, digest):
             return False
         scope = scope_for(repository, "pull,push")
-        resp = self._send("POST", f"/v2/{repository}/blobs/uploads/", f"starting an upload to {repository}", scope=scope)
+        resp = self._send(
+            "POST", f"/v2/{repository}/blobs/uploads/", f"starting an upload to {repository}", scope=scope
+        )
         location = resp.headers.get("Location")
         if resp.status_code not in (201, 202) or not location:
             raise self._fail(resp, f"starting an upload to {repository}", scope)
         target = _location_path(location)
         target += ("&" if "?" in target else "?") + f"digest={digest}"
-        resp = self._send("PUT", target, f"uploading blob {digest[:19]}", scope=scope, body=path,
-                          headers={"Content-Type": "application/octet-stream"}, timeout=max(self.timeout, 600))
+        resp = self._send(
+            "PUT",
+            target,
+            f"uploading blob {digest[:19]}",
+            scope=scope,
+            body=path,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=max(self.timeout, 600),
+        )
         if resp.status_code != 201:
             raise self._fail(resp, f"uploading blob {repository}@{digest[:19]}…", scope)
         return True
@@ -128,14 +159,26 @@ class Registry(Transport):
     def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
         """PUT a manifest or an index under a tag or its digest; returns the digest the registry names."""
         scope = scope_for(repository, "pull,push")
-        what = f"manifest {repository}:{reference}" if not reference.startswith("sha256:") else \
-            f"manifest {repository}@{reference}"
-        resp = self._send("PUT", f"/v2/{repository}/manifests/{reference}", f"pushing {what}", scope=scope,
-                          body=body, headers={"Content-Type": media_type})
+        what = (
+            f"manifest {repository}:{reference}"
+            if not reference.startswith("sha256:")
+            else f"manifest {repository}@{reference}"
+        )
+        resp = self._send(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            f"pushing {what}",
+            scope=scope,
+            body=body,
+            headers={"Content-Type": media_type},
+        )
         if resp.status_code not in (200, 201):
             detail = resp.text.strip().replace("\n", " ")[:200]
-            raise WorkflowError(f"registry {self.host} refused {what} (HTTP {resp.status_code}: {detail})") \
-                if resp.status_code == 400 else self._fail(resp, f"pushing {what}", scope)
+            raise (
+                WorkflowError(f"registry {self.host} refused {what} (HTTP {resp.status_code}: {detail})")
+                if resp.status_code == 400
+                else self._fail(resp, f"pushing {what}", scope)
+            )
         return resp.headers.get("Docker-Content-Digest", "")
 
     def verify_pullable(self, ref: ImageRef, expected_digest: str | None = None) -> dict[str, Any]:
@@ -143,8 +186,10 @@ class Registry(Transport):
         repo = ref.repository
         digest = self.head_manifest(repo, ref.reference)
         if expected_digest and digest and digest != expected_digest:
-            raise WorkflowError(f"registry {self.host} serves {ref} as {digest}, but the push reported "
-                                f"{expected_digest}: something else pushed to the tag; push again")
+            raise WorkflowError(
+                f"registry {self.host} serves {ref} as {digest}, but the push reported "
+                f"{expected_digest}: something else pushed to the tag; push again"
+            )
         _, media_type, body = self.manifest(repo, digest or ref.reference)
         manifests = [body]
         if media_type in INDEX_TYPES or "manifests" in body:
@@ -156,11 +201,19 @@ class Registry(Transport):
                     blobs[desc["digest"]] = int(desc.get("size", 0))
         missing = [d for d in blobs if not self.blob_exists(repo, d)]
         if missing:
-            raise WorkflowError(f"registry {self.host} serves the manifest of {ref} but not {len(missing)} of its "
-                                f"{len(blobs)} blobs (first: {missing[0][:19]}…); push again")
+            raise WorkflowError(
+                f"registry {self.host} serves the manifest of {ref} but not {len(missing)} of its "
+                f"{len(blobs)} blobs (first: {missing[0][:19]}…); push again"
+            )
         layers = [(d["digest"], int(d.get("size", 0))) for m in manifests for d in m.get("layers", [])]
-        return {"digest": digest, "media_type": media_type, "platforms": len(manifests), "layers": layers,
-                "blobs": len(blobs), "bytes": sum(blobs.values())}
+        return {
+            "digest": digest,
+            "media_type": media_type,
+            "platforms": len(manifests),
+            "layers": layers,
+            "blobs": len(blobs),
+            "bytes": sum(blobs.values()),
+        }
 
 
 def _location_path(location: str) -> str:

@@ -70,7 +70,7 @@ def _hostname(key: str) -> str:
     """Docker's ``ConvertToHostname``: drop the scheme and any path."""
     for prefix in ("https://", "http://"):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key.split("/", 1)[0]
 
 
@@ -82,8 +82,10 @@ def read_config(environ: dict | None = None) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise WorkflowError(f"cannot read Docker's configuration {path} ({exc.__class__.__name__}): fix it, or point "
-                            "DOCKER_CONFIG at another folder") from None
+        raise WorkflowError(
+            f"cannot read Docker's configuration {path} ({exc.__class__.__name__}): fix it, or point "
+            "DOCKER_CONFIG at another folder"
+        ) from None
     return data if isinstance(data, dict) else {}
 
 
@@ -101,8 +103,9 @@ def _from_auths(config: dict, host: str, path: Path) -> Credentials | None:
         try:
             username, _, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise WorkflowError(f"{path}: the saved login for {host} is not valid base64 user:password; run "
-                                f"docker login {host} again") from None
+            raise WorkflowError(
+                f"{path}: the saved login for {host} is not valid base64 user:password; run docker login {host} again"
+            ) from None
     token = entry.get("identitytoken") or None
     if token:
         return Credentials(username or TOKEN_USERNAME, "", source, identity_token=token)
@@ -120,9 +123,11 @@ def helper_get(helper: str, host: str) -> Credentials | None:
     try:
         proc = processes.credential_helper(helper, server_key(host), timeout=HELPER_TIMEOUT)
     except processes.ProgramMissing:
-        raise WorkflowError(f"Docker's configuration ({config_path()}) names the credential helper {helper!r} for "
-                            f"{host}, but {program} is not on PATH: install it, or remove it from the "
-                            "configuration") from None
+        raise WorkflowError(
+            f"Docker's configuration ({config_path()}) names the credential helper {helper!r} for "
+            f"{host}, but {program} is not on PATH: install it, or remove it from the "
+            "configuration"
+        ) from None
     except processes.CommandTimeout:
         raise WorkflowError(f"{program} get did not answer within {HELPER_TIMEOUT:.0f}s for {host}") from None
     out = (proc.stdout or "").strip()
@@ -135,8 +140,9 @@ def helper_get(helper: str, host: str) -> Credentials | None:
         data = json.loads(out)
         username, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
     except (ValueError, AttributeError):
-        raise WorkflowError(f"{program} get answered something that is not the helper protocol's JSON for "
-                            f"{host}") from None
+        raise WorkflowError(
+            f"{program} get answered something that is not the helper protocol's JSON for {host}"
+        ) from None
     if not secret:
         return None
     source = f"{program}"

@@ -35,8 +35,9 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``WWW-Authenticate: Bearer realm="…",service="…"`` → ``("bearer", {...})``."""
     scheme, _, rest = header.strip().partition(" ")
     # one scan from left to right, so a "k=v" inside a quoted value (a realm's query) is not a parameter
-    params = {m[1].lower(): m[2] if m[2] is not None else m[3]
-              for m in re.finditer(r'(\w+)=(?:"([^"]*)"|([^",\s]+))', rest)}
+    params = {
+        m[1].lower(): m[2] if m[2] is not None else m[3] for m in re.finditer(r'(\w+)=(?:"([^"]*)"|([^",\s]+))', rest)
+    }
     return scheme.lower(), params
 
 
@@ -52,9 +53,17 @@ class Transport:
     """Requests to one registry host with its login and CAs; :class:`~openwork_sandbox.registry.client.Registry`
     adds the v2 calls."""
 
-    def __init__(self, host: str, *, plain_http: bool | None = False, allow_http: bool = False,
-                 credentials: Credentials | None = None, verify: bool | str = True, timeout: float = 15.0,
-                 backoff: float = BACKOFF):
+    def __init__(
+        self,
+        host: str,
+        *,
+        plain_http: bool | None = False,
+        allow_http: bool = False,
+        credentials: Credentials | None = None,
+        verify: bool | str = True,
+        timeout: float = 15.0,
+        backoff: float = BACKOFF,
+    ):
         """``plain_http``: True/False fixes the scheme; None tries HTTPS first and, with ``allow_http``,
         falls back to HTTP when the registry does not speak TLS."""
         self.host = host
@@ -83,9 +92,17 @@ class Transport:
         return f"{c.username} (login from {c.source})" if c else "an anonymous client"
 
     # --- HTTP with retries and auth --------------------------------------------------------------
-    def _send(self, method: str, path: str, what: str, headers: dict | None = None,
-              scope: str | None = None, attempts: int = RETRIES, timeout: float | None = None,
-              body: bytes | Path | None = None) -> requests.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        headers: dict | None = None,
+        scope: str | None = None,
+        attempts: int = RETRIES,
+        timeout: float | None = None,
+        body: bytes | Path | None = None,
+    ) -> requests.Response:
         """One request with retries and auth; ``body``: bytes, or a file sent again from its start on each try."""
         delay = self.backoff
         answered: set[str] = set()  # challenges answered for this request: each once
@@ -99,9 +116,15 @@ class Transport:
             basic = self.credentials is not None and self._basic and not token and bool(self.credentials.password)
             data = open(body, "rb") if isinstance(body, Path) else body  # noqa: SIM115 - closed in the finally below
             try:
-                resp = self.session.request(method, self.base + path, headers=hdrs, timeout=timeout or self.timeout,
-                                            allow_redirects=True, data=data,
-                                            auth=(self.credentials.username, self.credentials.password) if basic else None)
+                resp = self.session.request(
+                    method,
+                    self.base + path,
+                    headers=hdrs,
+                    timeout=timeout or self.timeout,
+                    allow_redirects=True,
+                    data=data,
+                    auth=(self.credentials.username, self.credentials.password) if basic else None,
+                )
             except requests.exceptions.SSLError as exc:
                 if not _cert_problem(exc) and self._http_instead():
                     continue  # a loopback/insecure registry without TLS
@@ -113,9 +136,11 @@ class Transport:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise UnreachableError(f"registry {self.host} does not answer at {self.base} ({_reason(exc)}) "
-                                       f"while {what}; is it running (scripts/services start) and the address "
-                                       "in OPENWORK_MICROSANDBOX_IMAGE right?") from None
+                raise UnreachableError(
+                    f"registry {self.host} does not answer at {self.base} ({_reason(exc)}) "
+                    f"while {what}; is it running (scripts/services start) and the address "
+                    "in OPENWORK_MICROSANDBOX_IMAGE right?"
+                ) from None
             finally:
                 if isinstance(body, Path) and data is not None:
                     data.close()
@@ -146,8 +171,10 @@ class Transport:
             if self.credentials is None or not self.credentials.password:
                 return None  # no login to give: the caller reports the 401
             if "basic" in answered or self._basic:
-                raise WorkflowError(f"registry {self.host} rejects the login of {self._who}: wrong username or "
-                                    f"password (HTTP 401); {LOGIN_HINT.format(host=self.host)}")
+                raise WorkflowError(
+                    f"registry {self.host} rejects the login of {self._who}: wrong username or "
+                    f"password (HTTP 401); {LOGIN_HINT.format(host=self.host)}"
+                )
             self._basic = True
             return "basic"
         if scheme == "bearer" and params.get("realm"):
@@ -157,11 +184,15 @@ class Transport:
                 if error == "insufficient_scope":
                     raise self._denied(params.get("scope") or scope, "HTTP 401 insufficient_scope")
                 if error == "invalid_token":
-                    raise WorkflowError(f"registry {self.host} rejects the token from {params['realm']} (invalid_token: "
-                                        "expired, or signed by a key the registry does not trust); check the token "
-                                        "service's clock and keys")
-                raise WorkflowError(f"registry {self.host} rejects the token from {params['realm']} for {self._who} "
-                                    f"(HTTP 401{', ' + error if error else ''}); {LOGIN_HINT.format(host=self.host)}")
+                    raise WorkflowError(
+                        f"registry {self.host} rejects the token from {params['realm']} (invalid_token: "
+                        "expired, or signed by a key the registry does not trust); check the token "
+                        "service's clock and keys"
+                    )
+                raise WorkflowError(
+                    f"registry {self.host} rejects the token from {params['realm']} for {self._who} "
+                    f"(HTTP 401{', ' + error if error else ''}); {LOGIN_HINT.format(host=self.host)}"
+                )
             self._bearer[key] = self._fetch_token(params, scope)
             return "bearer"
         return None
@@ -180,29 +211,41 @@ class Transport:
             if creds and creds.identity_token:
                 if scopes:
                     query["scope"] = " ".join(scopes)  # the OAuth2 form takes one space-separated scope
-                token_resp = self.session.post(realm, data={**query, "grant_type": "refresh_token",
-                                                            "refresh_token": creds.identity_token,
-                                                            "client_id": CLIENT_ID},
-                                               timeout=self.timeout)
+                token_resp = self.session.post(
+                    realm,
+                    data={
+                        **query,
+                        "grant_type": "refresh_token",
+                        "refresh_token": creds.identity_token,
+                        "client_id": CLIENT_ID,
+                    },
+                    timeout=self.timeout,
+                )
             else:
                 auth = (creds.username, creds.password) if creds and creds.password else None
                 token_resp = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
         except requests.exceptions.SSLError as exc:
             raise self._tls_error(exc, urlsplit(realm).netloc, f"its token endpoint {realm}") from None
         except requests.RequestException as exc:
-            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} does not answer "
-                                   f"({_reason(exc)}); check the registry's auth.token.realm and that the token "
-                                   "service runs") from None
+            raise WorkflowError(
+                f"registry {self.host}: its token endpoint {realm} does not answer "
+                f"({_reason(exc)}); check the registry's auth.token.realm and that the token "
+                "service runs"
+            ) from None
         status = token_resp.status_code
         if status == 401:
             who = self._who if creds else "an anonymous client (no login for this registry)"
-            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} rejects the login of {who}: wrong "
-                                f"username or password (HTTP 401); {LOGIN_HINT.format(host=self.host)}")
+            raise WorkflowError(
+                f"registry {self.host}: its token endpoint {realm} rejects the login of {who}: wrong "
+                f"username or password (HTTP 401); {LOGIN_HINT.format(host=self.host)}"
+            )
         if status == 403:
             raise self._denied(wanted, f"HTTP 403 from the token endpoint {realm}")
         if status != 200:
-            raise WorkflowError(f"registry {self.host}: its token endpoint {realm} answered HTTP {status} "
-                                f"{token_resp.reason or ''}".rstrip())
+            raise WorkflowError(
+                f"registry {self.host}: its token endpoint {realm} answered HTTP {status} "
+                f"{token_resp.reason or ''}".rstrip()
+            )
         try:
             body = token_resp.json()
         except ValueError:
@@ -219,8 +262,10 @@ class Transport:
             what = f"{','.join(actions)} access to {parts[1]}"
         else:
             what = f"access ({scope or 'no scope'})"
-        return WorkflowError(f"registry {self.host} denies {self._who} {what} ({why}); give that login "
-                             "access to the repository, or use one that has it")
+        return WorkflowError(
+            f"registry {self.host} denies {self._who} {what} ({why}); give that login "
+            "access to the repository, or use one that has it"
+        )
 
     def _tls_error(self, exc: Exception, host: str, what: str = "") -> WorkflowError:
         reason = _reason(exc)
@@ -235,14 +280,19 @@ class Transport:
             return self._denied(scope, "HTTP 403")
         hint = ""
         if resp.status_code == 401 and self.credentials is None:
-            return WorkflowError(f"registry {self.host} needs a login (HTTP 401 for {what}): none is set and Docker "
-                                 f"saved none for it in {config_path()}; {LOGIN_HINT.format(host=self.host)}")
+            return WorkflowError(
+                f"registry {self.host} needs a login (HTTP 401 for {what}): none is set and Docker "
+                f"saved none for it in {config_path()}; {LOGIN_HINT.format(host=self.host)}"
+            )
         if resp.status_code == 401:
             hint = f"; {LOGIN_HINT.format(host=self.host)}"
         elif resp.status_code == 404:
             hint = "; push it first (invoke push-image)"
-        return WorkflowError(f"registry {self.host} answered HTTP {resp.status_code} {resp.reason or ''} for "
-                             f"{what}{hint}".replace("  ", " "))
+        return WorkflowError(
+            f"registry {self.host} answered HTTP {resp.status_code} {resp.reason or ''} for {what}{hint}".replace(
+                "  ", " "
+            )
+        )
 
 
 def _cert_problem(exc: Exception) -> bool:
@@ -253,17 +303,28 @@ def _cert_problem(exc: Exception) -> bool:
 
 def _refused(exc: Exception) -> bool:
     text = str(exc)
-    return "Connection refused" in text or "Errno 111" in text or "NameResolutionError" in text \
+    return (
+        "Connection refused" in text
+        or "Errno 111" in text
+        or "NameResolutionError" in text
         or "Name or service not known" in text
+    )
 
 
 def _reason(exc: Exception) -> str:
     text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(exc))
-    for pattern in (r"(certificate verify failed[^')\]]*)", r"(Hostname mismatch[^')\]]*)",
-                    r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Connection refused)", r"(Connection reset by peer)",
-                    r"(Read timed out)", r"(timed out)", r"(wrong version number)", r"(record layer failure)"):
+    for pattern in (
+        r"(certificate verify failed[^')\]]*)",
+        r"(Hostname mismatch[^')\]]*)",
+        r"\[Errno -?\d+\] ([^'\")\]]+)",
+        r"(Connection refused)",
+        r"(Connection reset by peer)",
+        r"(Read timed out)",
+        r"(timed out)",
+        r"(wrong version number)",
+        r"(record layer failure)",
+    ):
         m = re.search(pattern, text)
         if m:
             return m.group(1).strip()
     return exc.__class__.__name__
-

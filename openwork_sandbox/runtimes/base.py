@@ -146,8 +146,9 @@ class Runtime(abc.ABC):
         """Where the full server log is: a path or a command."""
 
     @abc.abstractmethod
-    def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
-                    system: bool = False) -> Iterator[str]:
+    def stream_logs(
+        self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None, system: bool = False
+    ) -> Iterator[str]:
         """The server's (or with ``system``, the VM/engine's) log lines; ``follow`` keeps going."""
 
     @abc.abstractmethod

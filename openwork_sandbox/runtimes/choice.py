@@ -73,11 +73,13 @@ def virtualization_verdict(f: HostFacts) -> tuple[bool, str]:
     if f.system != "Linux":
         return False, f"microsandbox does not run on {f.system}"
     if f.arm64:  # arm64 has no cpuinfo flag for it: usable KVM is the signal
-        return (True, "arm64: KVM is the signal, no CPU flag needed") if f.kvm_present else \
-            (False, "arm64 without KVM")
+        return (True, "arm64: KVM is the signal, no CPU flag needed") if f.kvm_present else (False, "arm64 without KVM")
     if f.cpu_flag:
         return True, f"the CPU has {f.cpu_flag}"
-    return False, "no vmx/svm CPU flag in /proc/cpuinfo, so CPU virtualization is off; inside a VM, enable nested virtualization"
+    return (
+        False,
+        "no vmx/svm CPU flag in /proc/cpuinfo, so CPU virtualization is off; inside a VM, enable nested virtualization",
+    )
 
 
 def microvm_verdict(f: HostFacts) -> tuple[bool, str]:
@@ -116,6 +118,9 @@ def decide_runtime(f: HostFacts, setting: str, recorded: str | None = None) -> R
     if vm_ok:
         return RuntimeChoice(MICROSANDBOX, f"auto: microVMs can boot here: {vm_why}")
     if docker_ok:
-        return RuntimeChoice(DOCKER, f"auto: microVMs cannot boot here: {vm_why}" + (f"; {docker_why}" if docker_why else ""))
-    return RuntimeChoice(None, f"no runtime can run the sandbox here: microVMs: {vm_why}; Docker: {docker_why}",
-                         usable=False)
+        return RuntimeChoice(
+            DOCKER, f"auto: microVMs cannot boot here: {vm_why}" + (f"; {docker_why}" if docker_why else "")
+        )
+    return RuntimeChoice(
+        None, f"no runtime can run the sandbox here: microVMs: {vm_why}; Docker: {docker_why}", usable=False
+    )

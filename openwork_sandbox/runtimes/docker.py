@@ -161,13 +161,21 @@ class DockerRuntime(Runtime):
         proc = processes.docker("container", "inspect", "--format", "{{.Image}}", self.name, check=False, timeout=15)
         if proc.returncode != 0 or not proc.stdout.strip():
             return None
-        img = processes.docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", proc.stdout.strip(),
-                              check=False, timeout=15)
+        img = processes.docker(
+            "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", proc.stdout.strip(), check=False, timeout=15
+        )
         return img.stdout.strip() if img.returncode == 0 and img.stdout.strip() else None
 
     def is_alive(self) -> bool:
-        proc = processes.docker("container", "inspect", "--format", "{{.State.Running}} {{.State.Restarting}}",
-                               self.name, check=False, timeout=15)
+        proc = processes.docker(
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.Restarting}}",
+            self.name,
+            check=False,
+            timeout=15,
+        )
         return proc.returncode == 0 and proc.stdout.strip() == "true false"
 
     # --- create / start / stop / remove -------------------------------------------------------
@@ -219,8 +227,12 @@ class DockerRuntime(Runtime):
         """Publishing on a bridge (the host is ``host.docker.internal``, as on Docker Desktop), else host
         networking (the host is the container's own 127.0.0.1); either way OPENWORK_HOST_ADDRESS says it."""
         if engine_has_bridge():
-            return ["-p", f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}",
-                    "--add-host", "host.docker.internal:host-gateway"], {HOST_ADDRESS_VAR: "host.docker.internal"}
+            return [
+                "-p",
+                f"{spec.bind_address}:{spec.host_port}:{spec.guest_port}",
+                "--add-host",
+                "host.docker.internal:host-gateway",
+            ], {HOST_ADDRESS_VAR: "host.docker.internal"}
         from openwork_sandbox.config import is_loopback
         from openwork_sandbox.net.ports import free_port
 
@@ -244,7 +256,9 @@ class DockerRuntime(Runtime):
         cpus = spec.cpus
         host_cpus = os.cpu_count() or cpus
         if cpus > host_cpus:
-            console.info(f"note: OPENWORK_MICROSANDBOX_CPUS={cpus} but this host has {host_cpus}; Docker gets {host_cpus}")
+            console.info(
+                f"note: OPENWORK_MICROSANDBOX_CPUS={cpus} but this host has {host_cpus}; Docker gets {host_cpus}"
+            )
             cpus = host_cpus
         user = run_as_user()
         if user:
@@ -252,11 +266,22 @@ class DockerRuntime(Runtime):
         argv = [
             # --init: Docker's tini as PID 1 forwards SIGTERM to the entrypoint, so `down` stops it at once,
             # also while the orchestrator still verifies its server (else: docker stop's -t seconds, then SIGKILL)
-            "run", "-d", "--init", "--name", self.name,
-            "--label", f"{LABEL_MANAGED}=1", "--label", f"{LABEL_FP}={spec.fingerprint}",
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            self.name,
+            "--label",
+            f"{LABEL_MANAGED}=1",
+            "--label",
+            f"{LABEL_FP}={spec.fingerprint}",
             *[arg for key, value in spec.marks.items() for arg in ("--label", f"{MARK_PREFIX}{key}={value}")],
-            "--env-file", str(env_file),
-            "--cpus", str(cpus), "--memory", f"{spec.memory_mib}m",
+            "--env-file",
+            str(env_file),
+            "--cpus",
+            str(cpus),
+            "--memory",
+            f"{spec.memory_mib}m",
             *net_args,
             *(["--user", user] if user else []),
         ]
@@ -284,9 +309,11 @@ class DockerRuntime(Runtime):
             targets.append(f"/handback/{i}")
         proc = processes.docker(*argv, spec.image, "-R", user, *targets, check=False, timeout=600)
         if proc.returncode != 0:
-            raise WorkflowError(f"{found} belongs to another user and could not be handed back to you "
-                                f"({processes.last_line(proc.stderr)}): run `sudo chown -R {user} "
-                                f"{self.state_dir}` once")
+            raise WorkflowError(
+                f"{found} belongs to another user and could not be handed back to you "
+                f"({processes.last_line(proc.stderr)}): run `sudo chown -R {user} "
+                f"{self.state_dir}` once"
+            )
         console.info(f"handed the files an earlier root container left in {self.state_dir} back to you ({user})")
 
     # --- state an older layout left in the container's home ------------------------------------
@@ -323,8 +350,17 @@ class DockerRuntime(Runtime):
                             (stage / rel).mkdir(parents=True, exist_ok=True)
                         elif member.isfile():
                             fh = tar.extractfile(member)
-                            copied.append(write_staged(stage, rel, read_chunks(fh), member.mode, float(member.mtime),
-                                                       expected_size=member.size, source=f"{src} from {self.name}"))
+                            copied.append(
+                                write_staged(
+                                    stage,
+                                    rel,
+                                    read_chunks(fh),
+                                    member.mode,
+                                    float(member.mtime),
+                                    expected_size=member.size,
+                                    source=f"{src} from {self.name}",
+                                )
+                            )
             except tarfile.ReadError:
                 pass  # no tar at all: docker cp failed, see below
         err, code = cp.stderr.decode(errors="replace"), cp.returncode
@@ -352,8 +388,10 @@ class DockerRuntime(Runtime):
         engine restart (a host reboot), but not after ``docker stop`` (``down``)."""
         proc = processes.docker("update", "--restart", RESTART_POLICY, self.name, check=False, timeout=30)
         if proc.returncode != 0:
-            console.info(f"note: could not set the restart policy of {self.name} "
-                         f"({processes.last_line(proc.stderr)}); it will not come back after an engine restart")
+            console.info(
+                f"note: could not set the restart policy of {self.name} "
+                f"({processes.last_line(proc.stderr)}); it will not come back after an engine restart"
+            )
 
     def stop(self) -> bool:
         """``docker stop``: also for a container the restart policy is about to start again (a stop
@@ -382,8 +420,9 @@ class DockerRuntime(Runtime):
         except WorkflowError:
             return []
 
-    def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
-                    system: bool = False) -> Iterator[str]:
+    def stream_logs(
+        self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None, system: bool = False
+    ) -> Iterator[str]:
         info = self._inspect()
         if info is None:
             raise WorkflowError(f"no container named {self.name}: run `invoke up` first")
@@ -402,13 +441,23 @@ class DockerRuntime(Runtime):
     def _system_log(self, info: dict, *, follow: bool, since_s: float | None) -> Iterator[str]:
         """The engine's view: the container's state, then its events (create, start, die, oom...)."""
         state = info.get("State") or {}
-        yield (f"container {self.name}: {state.get('Status')} (exit code {state.get('ExitCode')}, "
-               f"OOM killed: {state.get('OOMKilled')}, started {state.get('StartedAt')}, "
-               f"finished {state.get('FinishedAt')}){(' error: ' + state['Error']) if state.get('Error') else ''}")
+        yield (
+            f"container {self.name}: {state.get('Status')} (exit code {state.get('ExitCode')}, "
+            f"OOM killed: {state.get('OOMKilled')}, started {state.get('StartedAt')}, "
+            f"finished {state.get('FinishedAt')}){(' error: ' + state['Error']) if state.get('Error') else ''}"
+        )
         created = _parse_time(info.get("Created")) or time.time() - 86400
         since = str(int(time.time() - since_s if since_s is not None else created))
-        argv = ["docker", "events", "--filter", f"container={self.name}", "--since", since,
-                "--format", "{{.TimeNano}} {{.Type}} {{.Action}}"]
+        argv = [
+            "docker",
+            "events",
+            "--filter",
+            f"container={self.name}",
+            "--since",
+            since,
+            "--format",
+            "{{.TimeNano}} {{.Type}} {{.Action}}",
+        ]
         if not follow:
             argv += ["--until", str(int(time.time()) + 1)]
         for line in processes.stream_lines(argv):

@@ -28,7 +28,7 @@ def docker_managed() -> list[tuple[str, dict[str, str], bool]]:
     found = []
     for info in json.loads(proc.stdout or "[]"):
         labels = (info.get("Config") or {}).get("Labels") or {}
-        marks = {k[len(DOCKER_MARK):]: v for k, v in labels.items() if k.startswith(DOCKER_MARK)}
+        marks = {k[len(DOCKER_MARK) :]: v for k, v in labels.items() if k.startswith(DOCKER_MARK)}
         found.append((info.get("Name", "").lstrip("/"), marks, bool((info.get("State") or {}).get("Running"))))
     return found
 
@@ -45,7 +45,7 @@ def microsandbox_managed() -> list[tuple[str, dict[str, str], bool]]:
             labels = (handle.config() or {}).get("labels") or {}
             if LABEL_FP not in labels:
                 continue
-            marks = {k[len(MSB_MARK):]: v for k, v in labels.items() if k.startswith(MSB_MARK) and k != LABEL_FP}
+            marks = {k[len(MSB_MARK) :]: v for k, v in labels.items() if k.startswith(MSB_MARK) and k != LABEL_FP}
             out.append((handle.name, marks, handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING)))
         return out
 

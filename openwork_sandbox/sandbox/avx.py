@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from openwork_sandbox.core.errors import WorkflowError
 
 NO_AVX_MARK = "CPU lacks AVX support"  # Bun's crash report, on a CPU without AVX
-FIX = ("run it on a host whose CPU has AVX (a microVM gets its host's CPU features; one nested in an emulated "
-       "host gets none), or bake an orchestrator built for Bun's baseline target with OPENWORK_ORCHESTRATOR_BIN_PATH")
+FIX = (
+    "run it on a host whose CPU has AVX (a microVM gets its host's CPU features; one nested in an emulated "
+    "host gets none), or bake an orchestrator built for Bun's baseline target with OPENWORK_ORCHESTRATOR_BIN_PATH"
+)
 
 
 def no_avx_message(orchestrator_version: str) -> str:

@@ -64,6 +64,7 @@ TOPS = ("data", "state", "workspace")
 
 # --- what goes in ----------------------------------------------------------------------------------
 
+
 def _is_sqlite(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -74,16 +75,20 @@ def _is_sqlite(path: Path) -> bool:
 
 def _skipped(rel: str) -> bool:
     name = posixpath.basename(rel)
-    return (any(rel == s or rel.startswith(s + "/") for s in NOT_BACKED_UP)
-            or any(name.startswith(p) for p in TRANSIENT_PREFIXES))
+    return any(rel == s or rel.startswith(s + "/") for s in NOT_BACKED_UP) or any(
+        name.startswith(p) for p in TRANSIENT_PREFIXES
+    )
 
 
 def _walk(root: Path, skip) -> Iterator[tuple[str, os.stat_result]]:
     """``(relative POSIX path, lstat)`` of everything under ``root`` that ``skip`` keeps, parents
     first, links not followed, skipped folders not entered."""
+
     def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
-        raise WorkflowError(f"cannot read {exc.filename} ({exc.strerror}); files made inside the sandbox may belong "
-                            "to another user: back up as that user or with sudo; no archive was written")
+        raise WorkflowError(
+            f"cannot read {exc.filename} ({exc.strerror}); files made inside the sandbox may belong "
+            "to another user: back up as that user or with sudo; no archive was written"
+        )
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
@@ -131,8 +136,9 @@ def _sqlite_copy(src: Path, dest: Path) -> None:
         raise WorkflowError(f"the backup copy of {src} fails SQLite's check ({ok}); no archive was written")
 
 
-def _stage_tree(root: Path, top: str, stage: Path, entries: list[dict], *, private: bool, skip=_skipped,
-                status=None) -> list[str]:
+def _stage_tree(
+    root: Path, top: str, stage: Path, entries: list[dict], *, private: bool, skip=_skipped, status=None
+) -> list[str]:
     """Copy ``root`` into ``stage/top`` and add its entries to ``entries``; the databases copied."""
     databases: list[str] = []
     items = list(_walk(root, skip))
@@ -169,12 +175,22 @@ def _stage_tree(root: Path, top: str, stage: Path, entries: list[dict], *, priva
         except FileNotFoundError:
             continue  # gone meanwhile
         except PermissionError as exc:
-            raise WorkflowError(f"cannot read {src} ({exc.strerror}); files made inside the sandbox may belong to "
-                                "another user: back up as that user or with sudo; no archive was written") from None
+            raise WorkflowError(
+                f"cannot read {src} ({exc.strerror}); files made inside the sandbox may belong to "
+                "another user: back up as that user or with sudo; no archive was written"
+            ) from None
         os.chmod(dest, 0o600)
         size, sha = hash_file(dest)
-        entries.append({"path": name, "type": "file", "mode": mode, "size": size, "sha256": sha,
-                        **({"sqlite": True} if rel in sqlite_files else {})})
+        entries.append(
+            {
+                "path": name,
+                "type": "file",
+                "mode": mode,
+                "size": size,
+                "sha256": sha,
+                **({"sqlite": True} if rel in sqlite_files else {}),
+            }
+        )
     for entry in entries:  # the modes the archive keeps, once the copies are done
         if entry["type"] != "symlink" and entry["path"].startswith(top + "/"):
             os.chmod(stage / entry["path"], entry["mode"] | (0o700 if entry["type"] == "dir" else 0))
@@ -200,30 +216,40 @@ def backup(settings: Settings, *, output: str | os.PathLike | None = None, works
     state = SandboxState(settings)
     data_dir = Path(settings.data_dir)
     if not data_dir.is_dir() or not any(data_dir.iterdir()):
-        raise WorkflowError(f"sandbox {settings.name} has nothing to back up: its data folder {data_dir} is "
-                            f"{'empty' if data_dir.is_dir() else 'missing'} (run `invoke up` first, or set "
-                            "OPENWORK_MICROSANDBOX_NAME to the sandbox you mean)")
+        raise WorkflowError(
+            f"sandbox {settings.name} has nothing to back up: its data folder {data_dir} is "
+            f"{'empty' if data_dir.is_dir() else 'missing'} (run `invoke up` first, or set "
+            "OPENWORK_MICROSANDBOX_NAME to the sandbox you mean)"
+        )
     stored = state.stored_tokens(strict=True)  # a broken tokens.json is named, not backed up silently
     rt, st = sandbox_status(settings)
     running = st.state == "running"
     if running and rt is not None and not rt.live_files_on_host:
-        raise WorkflowError(f"the {rt.kind} sandbox {settings.name} is running: the host cannot take a consistent "
-                            "copy of a database a microVM is writing; run `invoke down`, then `invoke backup` (and "
-                            "`invoke up` again)")
+        raise WorkflowError(
+            f"the {rt.kind} sandbox {settings.name} is running: the host cannot take a consistent "
+            "copy of a database a microVM is writing; run `invoke down`, then `invoke backup` (and "
+            "`invoke up` again)"
+        )
     target = Path(output).expanduser().resolve() if output else default_output(settings)
     if target.exists():
-        raise WorkflowError(f"{target} exists: nothing is overwritten; pick another --output or move it away",
-                            exit_code=EXIT_BAD_SETTINGS)
+        raise WorkflowError(
+            f"{target} exists: nothing is overwritten; pick another --output or move it away",
+            exit_code=EXIT_BAD_SETTINGS,
+        )
     if output and not target.parent.is_dir():
-        raise WorkflowError(f"--output {output}: the folder {target.parent} does not exist; create it or pick "
-                            "another path", exit_code=EXIT_BAD_SETTINGS)
+        raise WorkflowError(
+            f"--output {output}: the folder {target.parent} does not exist; create it or pick another path",
+            exit_code=EXIT_BAD_SETTINGS,
+        )
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     started = time.monotonic()
     console.info(f"backing up {settings.name} ({'running' if running else 'not running'}) to {target}")
     now = [str(data_dir)]
-    with console.heartbeat(lambda: f"backing up {now[0]}"), \
-            tempfile.TemporaryDirectory(dir=target.parent, prefix=".backup-") as tmp:
+    with (
+        console.heartbeat(lambda: f"backing up {now[0]}"),
+        tempfile.TemporaryDirectory(dir=target.parent, prefix=".backup-") as tmp,
+    ):
         stage = Path(tmp)
         entries: list[dict] = []
         databases = _stage_tree(data_dir, "data", stage, entries, private=True, status=now)
@@ -232,28 +258,41 @@ def backup(settings: Settings, *, output: str | os.PathLike | None = None, works
             shutil.copyfile(state.tokens_path, stage / "state" / TOKENS_FILE)
             os.chmod(stage / "state" / TOKENS_FILE, 0o600)
             size, sha = hash_file(stage / "state" / TOKENS_FILE)
-            entries.append({"path": f"state/{TOKENS_FILE}", "type": "file", "mode": 0o600, "size": size,
-                            "sha256": sha})
+            entries.append({"path": f"state/{TOKENS_FILE}", "type": "file", "mode": 0o600, "size": size, "sha256": sha})
         if workspace:
             ws = Path(settings.workspace_dir)
             if ws.is_dir():
                 console.info(f"  the workspace {ws}")
                 _stage_tree(ws, "workspace", stage, entries, private=False, skip=lambda rel: False, status=now)
-        from_settings = [env for env, value in (("OPENWORK_TOKEN", settings.token),
-                                                ("OPENWORK_HOST_TOKEN", settings.host_token)) if value]
+        from_settings = [
+            env
+            for env, value in (("OPENWORK_TOKEN", settings.token), ("OPENWORK_HOST_TOKEN", settings.host_token))
+            if value
+        ]
         manifest = {
-            "format": FORMAT, "version": FORMAT_VERSION, "tool_version": __version__,
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "tool_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sandbox": {"name": settings.name, "runtime": rt.kind if rt else None, "state": st.state,
-                        "image": st.image},
-            "workspace": workspace, "databases": databases, "not_backed_up": list(NOT_BACKED_UP),
-            "tokens_from_settings": from_settings, "entries": entries,
+            "sandbox": {
+                "name": settings.name,
+                "runtime": rt.kind if rt else None,
+                "state": st.state,
+                "image": st.image,
+            },
+            "workspace": workspace,
+            "databases": databases,
+            "not_backed_up": list(NOT_BACKED_UP),
+            "tokens_from_settings": from_settings,
+            "entries": entries,
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(stage / MANIFEST, 0o600)
         now[0] = f"writing {target.name}"
-        with atomic_writer(target, mode=0o600, replace=False) as fh, \
-                tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar:
+        with (
+            atomic_writer(target, mode=0o600, replace=False) as fh,
+            tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar,
+        ):
             tar.add(stage / MANIFEST, arcname=MANIFEST, filter=_tar_filter)
             for top in TOPS:
                 if top == "workspace" and not workspace:
@@ -263,12 +302,23 @@ def backup(settings: Settings, *, output: str | os.PathLike | None = None, works
                 tar.add(stage / entry["path"], arcname=entry["path"], recursive=False, filter=_tar_filter)
     files = [e for e in entries if e["type"] == "file"]
     total = sum(e["size"] for e in files)
-    result = {"path": str(target), "files": len(files), "bytes": total, "archive_bytes": target.stat().st_size,
-              "databases": databases, "workspace": workspace, "seconds": round(time.monotonic() - started, 3)}
-    console.info(f"{console.OK} backed up {settings.name}: {len(files)} files ({console.human_bytes(total)}, "
-                 f"{len(databases)} database{'s' if len(databases) != 1 else ''} by SQLite's online backup) in "
-                 f"{result['seconds']:.1f}s to {target} ({console.human_bytes(result['archive_bytes'])}, mode 0600)")
+    result = {
+        "path": str(target),
+        "files": len(files),
+        "bytes": total,
+        "archive_bytes": target.stat().st_size,
+        "databases": databases,
+        "workspace": workspace,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    console.info(
+        f"{console.OK} backed up {settings.name}: {len(files)} files ({console.human_bytes(total)}, "
+        f"{len(databases)} database{'s' if len(databases) != 1 else ''} by SQLite's online backup) in "
+        f"{result['seconds']:.1f}s to {target} ({console.human_bytes(result['archive_bytes'])}, mode 0600)"
+    )
     if from_settings:
-        console.info(f"note: {' and '.join(from_settings)} come from your settings, not from the backup: set "
-                     f"{'them' if len(from_settings) > 1 else 'it'} again where you restore")
+        console.info(
+            f"note: {' and '.join(from_settings)} come from your settings, not from the backup: set "
+            f"{'them' if len(from_settings) > 1 else 'it'} again where you restore"
+        )
     return result

@@ -21,8 +21,14 @@ import dataclasses
 from openwork_sandbox.runtimes.base import ABSENT, RUNNING, RuntimeStatus
 
 CREATE, RECREATE, START, RELAUNCH, REUSE, WAIT = "create", "recreate", "start", "relaunch", "reuse", "wait"
-DONE = {CREATE: "created", RECREATE: "recreated", START: "started", RELAUNCH: "relaunched", REUSE: "reused",
-        WAIT: "waited"}  # what `up --json` reports as "action"
+DONE = {
+    CREATE: "created",
+    RECREATE: "recreated",
+    START: "started",
+    RELAUNCH: "relaunched",
+    REUSE: "reused",
+    WAIT: "waited",
+}  # what `up --json` reports as "action"
 QUIET = frozenset({CREATE, WAIT})  # actions whose reason `up` does not print
 
 
@@ -66,8 +72,13 @@ def decide_up(o: Observed) -> UpDecision:
         action, reason = RECREATE, f"replacing {o.name} (--replace); state folders are kept"
     elif st.fingerprint != o.fingerprint:
         what = " and ".join(o.changed) if o.changed else "image or settings"
-        action, reason = RECREATE, (f"{o.name} was created with another {what}: recreating it so the change takes "
-                                    "effect (state folders kept)")
+        action, reason = (
+            RECREATE,
+            (
+                f"{o.name} was created with another {what}: recreating it so the change takes "
+                "effect (state folders kept)"
+            ),
+        )
     elif st.state != RUNNING:
         action, reason = START, f"{o.name} is stopped: starting it"
     elif st.server_running is False:

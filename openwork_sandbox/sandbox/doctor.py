@@ -28,8 +28,13 @@ from openwork_sandbox.state.store import SandboxState
 BOTH = frozenset({DOCKER, MICROSANDBOX})
 
 # lower bounds known to work (kept in step with pyproject.toml by a test)
-PACKAGE_MINIMUMS = {"invoke": "2.2", "microsandbox": "0.7.11", "requests": "2.31", "python-dotenv": "1.0.1",
-                    "packaging": "21.0"}
+PACKAGE_MINIMUMS = {
+    "invoke": "2.2",
+    "microsandbox": "0.7.11",
+    "requests": "2.31",
+    "python-dotenv": "1.0.1",
+    "packaging": "21.0",
+}
 PYTHON_MINIMUM = (3, 10)
 
 
@@ -45,16 +50,22 @@ class Check:
     needed_by: frozenset = BOTH
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix,
-                "needed_by": sorted(self.needed_by)}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "fix": self.fix,
+            "needed_by": sorted(self.needed_by),
+        }
 
 
 def check_python() -> Check:
     """This Python is at least ``PYTHON_MINIMUM``."""
     version = platform.python_version()
     ok = sys.version_info[:2] >= PYTHON_MINIMUM
-    return Check("python", ok, f"Python {version}",
-                 "" if ok else f"use Python {'.'.join(map(str, PYTHON_MINIMUM))} or newer")
+    return Check(
+        "python", ok, f"Python {version}", "" if ok else f"use Python {'.'.join(map(str, PYTHON_MINIMUM))} or newer"
+    )
 
 
 def check_packages() -> Check:
@@ -70,15 +81,24 @@ def check_packages() -> Check:
         if not at_least(version, minimum):
             problems.append(f"{package} {version} < {minimum}")
     ok = not problems
-    return Check("packages", ok, ", ".join(found) if ok else "; ".join(problems),
-                 "" if ok else "pip install -e '.[test]' (see README)")
+    return Check(
+        "packages",
+        ok,
+        ", ".join(found) if ok else "; ".join(problems),
+        "" if ok else "pip install -e '.[test]' (see README)",
+    )
 
 
 def check_docker_client() -> Check:
     """The docker program is on PATH (Docker runtime only)."""
     if commands.which("docker") is None:
-        return Check("docker client", False, "docker not on PATH", "scripts/services start (Debian) or install Docker",
-                     frozenset({DOCKER}))
+        return Check(
+            "docker client",
+            False,
+            "docker not on PATH",
+            "scripts/services start (Debian) or install Docker",
+            frozenset({DOCKER}),
+        )
     proc = commands.run(["docker", "version", "--format", "{{.Client.Version}}"], check=False, timeout=15)
     version = proc.stdout.strip() or "unknown version"
     return Check("docker client", True, f"docker {version}", needed_by=frozenset({DOCKER}))
@@ -87,8 +107,13 @@ def check_docker_client() -> Check:
 def check_docker_engine(facts: HostFacts) -> Check:
     """The Docker engine answers (Docker runtime only)."""
     ok, detail = facts.docker or (False, "not asked")
-    return Check("docker engine", ok, detail, "" if ok else "scripts/services start (or start Docker Desktop)",
-                 frozenset({DOCKER}))
+    return Check(
+        "docker engine",
+        ok,
+        detail,
+        "" if ok else "scripts/services start (or start Docker Desktop)",
+        frozenset({DOCKER}),
+    )
 
 
 def check_registry(settings: Settings) -> Check:
@@ -100,8 +125,11 @@ def check_registry(settings: Settings) -> Check:
     ref = settings.image_ref
     host = ref.registry_host
     name = f"registry {host}"
-    fix = "scripts/services start" if ref.registry_is_loopback else \
-        "check OPENWORK_MICROSANDBOX_IMAGE's registry, or OPENWORK_REGISTRY_INSECURE for plain HTTP"
+    fix = (
+        "scripts/services start"
+        if ref.registry_is_loopback
+        else "check OPENWORK_MICROSANDBOX_IMAGE's registry, or OPENWORK_REGISTRY_INSECURE for plain HTTP"
+    )
     try:
         registry = Registry.for_settings(settings)
         code = registry.ping(quick=True)
@@ -121,23 +149,40 @@ def check_microsandbox(facts: HostFacts) -> Check:
     except metadata.PackageNotFoundError:
         return Check("microsandbox", False, "SDK not installed", "pip install microsandbox", needed)
     if facts.msb is None:
-        return Check("microsandbox", False, f"SDK {version}, but no msb runtime",
-                     "pip install --force-reinstall microsandbox", needed)
+        return Check(
+            "microsandbox",
+            False,
+            f"SDK {version}, but no msb runtime",
+            "pip install --force-reinstall microsandbox",
+            needed,
+        )
     from openwork_sandbox.runtimes.microsandbox.sdk import msb_home  # the SDK itself is imported lazily there
     from openwork_sandbox.runtimes.microsandbox.spec import takes_no_xattrs
 
     if takes_no_xattrs(msb_home()):
-        return Check("microsandbox", False, f"SDK {version}, but its folder {msb_home()} (MSB_HOME) is on a filesystem "
-                     "without extended attributes, where no microVM's root filesystem can be put together",
-                     "set MSB_HOME to a folder on ext4, xfs or btrfs", needed)
+        return Check(
+            "microsandbox",
+            False,
+            f"SDK {version}, but its folder {msb_home()} (MSB_HOME) is on a filesystem "
+            "without extended attributes, where no microVM's root filesystem can be put together",
+            "set MSB_HOME to a folder on ext4, xfs or btrfs",
+            needed,
+        )
     return Check("microsandbox", True, f"SDK {version}, runtime {facts.msb}", needed_by=needed)
 
 
 def check_kvm(facts: HostFacts) -> Check:
     """/dev/kvm is there and usable by this user (microsandbox only)."""
     ok, detail = choice.kvm_verdict(facts)
-    fix = "" if ok else ("add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again"
-                         if facts.kvm_present else "enable KVM (load kvm_intel/kvm_amd) or use the Docker runtime")
+    fix = (
+        ""
+        if ok
+        else (
+            "add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again"
+            if facts.kvm_present
+            else "enable KVM (load kvm_intel/kvm_amd) or use the Docker runtime"
+        )
+    )
     return Check("/dev/kvm", ok, detail, fix, frozenset({MICROSANDBOX}))
 
 
@@ -159,8 +204,9 @@ def check_avx(settings: Settings, facts: HostFacts) -> Check:
     own = settings.orchestrator_bin
     detail = no_avx_message(settings.orchestrator_version).split(";")[0]
     if own:
-        return Check("cpu avx", True, f"{detail}; OPENWORK_ORCHESTRATOR_BIN_PATH={own} is baked instead (it must "
-                                      f"not need AVX)")
+        return Check(
+            "cpu avx", True, f"{detail}; OPENWORK_ORCHESTRATOR_BIN_PATH={own} is baked instead (it must not need AVX)"
+        )
     return Check("cpu avx", False, detail, FIX)
 
 
@@ -171,8 +217,12 @@ def check_port(settings: Settings) -> Check:
         return Check(f"port {port}", True, f"{address}:{port} is free")
     if (health_once(settings.url, timeout_s=2) or {}).get("ok") is True:
         return Check(f"port {port}", True, f"{address}:{port} is held by a running OpenWork server (invoke status)")
-    return Check(f"port {port}", False, f"{address}:{port} is in use: {ports.port_holder(port)}",
-                 "free it, or set OPENWORK_MICROSANDBOX_PORT to a free port")
+    return Check(
+        f"port {port}",
+        False,
+        f"{address}:{port} is in use: {ports.port_holder(port)}",
+        "free it, or set OPENWORK_MICROSANDBOX_PORT to a free port",
+    )
 
 
 def _writable(path: Path) -> tuple[bool, Path]:
@@ -185,14 +235,21 @@ def _writable(path: Path) -> tuple[bool, Path]:
 def check_state_folders(settings: Settings) -> Check:
     """The state, workspace and data folders can be made and written (the nearest existing parent)."""
     bad = []
-    for label, path in (("state", settings.sandbox_state_dir), ("workspace", settings.workspace_dir),
-                        ("data", settings.data_dir)):
+    for label, path in (
+        ("state", settings.sandbox_state_dir),
+        ("workspace", settings.workspace_dir),
+        ("data", settings.data_dir),
+    ):
         ok, probe = _writable(path)
         if not ok:
             bad.append(f"{label} {path} (at {probe})")
     if bad:
-        return Check("state folders", False, "not writable: " + "; ".join(bad),
-                     "fix permissions or set OPENWORK_STATE_DIR / OPENWORK_MICROSANDBOX_WORKSPACE_DIR / _DATA_DIR")
+        return Check(
+            "state folders",
+            False,
+            "not writable: " + "; ".join(bad),
+            "fix permissions or set OPENWORK_STATE_DIR / OPENWORK_MICROSANDBOX_WORKSPACE_DIR / _DATA_DIR",
+        )
     return Check("state folders", True, f"writable under {settings.sandbox_state_dir}")
 
 
@@ -204,8 +261,14 @@ def check_sandbox_env(settings: Settings) -> Check:
         return Check("sandbox env", True, "OPENWORK_SANDBOX_ENV names no variables (no provider keys passed in)")
     shown = ", ".join(f"{n} {'set' if settings.sandbox_env_values.get(n) else 'UNSET'}" for n in settings.sandbox_env)
     problem = missing_problem(settings)
-    return Check("sandbox env", problem is None, shown, "" if problem is None else
-                 "export the unset ones (or add them to .env), or drop them from OPENWORK_SANDBOX_ENV")
+    return Check(
+        "sandbox env",
+        problem is None,
+        shown,
+        ""
+        if problem is None
+        else "export the unset ones (or add them to .env), or drop them from OPENWORK_SANDBOX_ENV",
+    )
 
 
 def check_opencode_config(settings: Settings, runtime: str | None = None) -> Check:
@@ -215,29 +278,43 @@ def check_opencode_config(settings: Settings, runtime: str | None = None) -> Che
     from openwork_sandbox.core.errors import SettingsError
 
     if settings.opencode_config is None:
-        return Check("opencode config", True, "OPENWORK_OPENCODE_CONFIG unset: opencode's defaults and whatever "
-                                              "the sandbox's /data/home/.config/opencode holds")
+        return Check(
+            "opencode config",
+            True,
+            "OPENWORK_OPENCODE_CONFIG unset: opencode's defaults and whatever "
+            "the sandbox's /data/home/.config/opencode holds",
+        )
     try:
         config = load(settings.opencode_config, settings.origin("opencode_config"))
     except SettingsError as exc:
         return Check("opencode config", False, exc.message, "fix the file (see the detail)")
-    parts = [f"{config.path.name}: providers {', '.join(config.providers) or '(none configured)'}",
-             f"default model {config.model or '(opencode picks)'}"]
+    parts = [
+        f"{config.path.name}: providers {', '.join(config.providers) or '(none configured)'}",
+        f"default model {config.model or '(opencode picks)'}",
+    ]
     refs = config.env_refs
     if refs:
         parts.append("keys from " + ", ".join(refs))
-    notes = [f"{{env:{n}}} is not in OPENWORK_SANDBOX_ENV (opencode reads it as empty)" for n in refs
-             if n not in settings.sandbox_env and n != "OPENWORK_HOST_ADDRESS"]
+    notes = [
+        f"{{env:{n}}} is not in OPENWORK_SANDBOX_ENV (opencode reads it as empty)"
+        for n in refs
+        if n not in settings.sandbox_env and n != "OPENWORK_HOST_ADDRESS"
+    ]
     if config.literal_keys():
-        notes.append(f"a literal apiKey for {', '.join(config.literal_keys())}: prefer \"{{env:NAME}}\" with "
-                     "OPENWORK_SANDBOX_ENV")
+        notes.append(
+            f'a literal apiKey for {", ".join(config.literal_keys())}: prefer "{{env:NAME}}" with OPENWORK_SANDBOX_ENV'
+        )
     if runtime == MICROSANDBOX:
         for name, url in config.base_urls().items():
             if re.search(r"//(127\.|localhost|\[::1\])", url):
-                notes.append(f"{name}'s baseURL {url} is the microVM itself: the host is host.microsandbox.internal "
-                             "(or use {env:OPENWORK_HOST_ADDRESS})")
+                notes.append(
+                    f"{name}'s baseURL {url} is the microVM itself: the host is host.microsandbox.internal "
+                    "(or use {env:OPENWORK_HOST_ADDRESS})"
+                )
         if settings.network != "allow-all" and config.base_urls():
-            notes.append(f"OPENWORK_MICROSANDBOX_NETWORK={settings.network} keeps the microVM from the host and the LAN")
+            notes.append(
+                f"OPENWORK_MICROSANDBOX_NETWORK={settings.network} keeps the microVM from the host and the LAN"
+            )
     return Check("opencode config", True, "; ".join(parts + notes))
 
 
@@ -247,9 +324,12 @@ def agent_summary(settings: Settings) -> dict:
     from openwork_sandbox.config.opencode import load
     from openwork_sandbox.core.errors import SettingsError
 
-    out: dict = {"sandbox_env": {n: bool(settings.sandbox_env_values.get(n)) for n in settings.sandbox_env},
-                 "opencode_config": str(settings.opencode_config) if settings.opencode_config else None,
-                 "providers": [], "model": None}
+    out: dict = {
+        "sandbox_env": {n: bool(settings.sandbox_env_values.get(n)) for n in settings.sandbox_env},
+        "opencode_config": str(settings.opencode_config) if settings.opencode_config else None,
+        "providers": [],
+        "model": None,
+    }
     if settings.opencode_config is not None:
         try:
             config = load(settings.opencode_config)
@@ -272,10 +352,13 @@ def check_leftovers(settings: Settings) -> Check:
         fix.append(f"invoke reset --stale removes {len(stale)}")
     orphans = [left for left in found if not left.stale]
     if orphans:
-        fix.append("remove an orphan with `docker rm -f NAME` (Docker) or `msb rm NAME` (microsandbox) if you do "
-                   "not need it, or point OPENWORK_STATE_DIR at its folder")
-    return Check("left behind", False, "; ".join(left.describe() for left in found), "; ".join(fix),
-                 needed_by=frozenset())
+        fix.append(
+            "remove an orphan with `docker rm -f NAME` (Docker) or `msb rm NAME` (microsandbox) if you do "
+            "not need it, or point OPENWORK_STATE_DIR at its folder"
+        )
+    return Check(
+        "left behind", False, "; ".join(left.describe() for left in found), "; ".join(fix), needed_by=frozenset()
+    )
 
 
 def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
@@ -307,17 +390,21 @@ def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
     chosen, why = picked.kind, picked.reason
     ok = chosen is not None and picked.usable and all(c.ok for c in checks if chosen in c.needed_by)
     if as_json:
-        console.emit_json({
-            "ok": ok,
-            "runtime": {"setting": settings.runtime, "chosen": chosen, "why": why},
-            "checks": [c.as_dict() for c in checks],
-            "agent": agent_summary(settings),
-        })
+        console.emit_json(
+            {
+                "ok": ok,
+                "runtime": {"setting": settings.runtime, "chosen": chosen, "why": why},
+                "checks": [c.as_dict() for c in checks],
+                "agent": agent_summary(settings),
+            }
+        )
     else:
         rows = [(console.OK if c.ok else console.BAD, c.name, c.detail, "" if c.ok else c.fix) for c in checks]
         console.print_table(rows, headers=("", "check", "result", "what to do"))
         console.info()
         label = "auto → " if settings.runtime == "auto" else ""
         console.info(f"runtime: {label}{chosen or 'none'} ({why})")
-        console.info(f"{console.OK} {chosen} can work here" if ok else f"{console.BAD} the chosen runtime cannot work here")
+        console.info(
+            f"{console.OK} {chosen} can work here" if ok else f"{console.BAD} the chosen runtime cannot work here"
+        )
     return 0 if ok else 1

@@ -18,6 +18,8 @@ def down(settings: Settings) -> None:
         return
     with state.lock(action="down"):
         if rt.stop():
-            console.info(f"{console.OK} stopped {settings.name} ({rt.kind}); state kept in {settings.sandbox_state_dir}")
+            console.info(
+                f"{console.OK} stopped {settings.name} ({rt.kind}); state kept in {settings.sandbox_state_dir}"
+            )
         else:
             console.info(f"{settings.name} ({rt.kind}) is not running; nothing to stop")

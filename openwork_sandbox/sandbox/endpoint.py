@@ -27,9 +27,11 @@ class Endpoint:
     workspace_id: str | None
 
     def __repr__(self) -> str:
-        return (f"Endpoint(url={self.url!r}, token={console.mask(self.token)!r}, "
-                f"host_token={console.mask(self.host_token)!r}, runtime={self.runtime!r}, name={self.name!r}, "
-                f"workspace_id={self.workspace_id!r})")
+        return (
+            f"Endpoint(url={self.url!r}, token={console.mask(self.token)!r}, "
+            f"host_token={console.mask(self.host_token)!r}, runtime={self.runtime!r}, name={self.name!r}, "
+            f"workspace_id={self.workspace_id!r})"
+        )
 
 
 def endpoint(settings: Settings) -> Endpoint:
@@ -39,11 +41,19 @@ def endpoint(settings: Settings) -> Endpoint:
     token, host_token = state.tokens(create=False)
     if not token or not host_token:
         missing = " and ".join(n for n, v in (("OPENWORK_TOKEN", token), ("OPENWORK_HOST_TOKEN", host_token)) if not v)
-        raise WorkflowError(f"no tokens for sandbox {settings.name} (nothing in {state.tokens_path}): run `invoke up` "
-                            f"first, or set {missing}")
+        raise WorkflowError(
+            f"no tokens for sandbox {settings.name} (nothing in {state.tokens_path}): run `invoke up` "
+            f"first, or set {missing}"
+        )
     record = state.record()
-    return Endpoint(settings.url, token, host_token, record.get("runtime") or settings.runtime, settings.name,
-                    record.get("workspace_id"))
+    return Endpoint(
+        settings.url,
+        token,
+        host_token,
+        record.get("runtime") or settings.runtime,
+        settings.name,
+        record.get("workspace_id"),
+    )
 
 
 def server_log_tail(settings: Settings, lines: int = 40) -> tuple[list[str], str]:

@@ -66,23 +66,45 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
     image = pinned_image(settings)  # the digest push-image pushed from here, else the tag
     env.update(persist.guest_env())  # HOME under /data, whatever the image's entrypoint does
     mounts = {GUEST_WORKSPACE: settings.workspace_dir.resolve(), GUEST_DATA: settings.data_dir.resolve()}
-    fp = fingerprint({
-        "runtime": kind, "image": image, "port": settings.port, "bind": settings.bind_address,
-        "connect_host": settings.connect_host, "mounts": {k: str(v) for k, v in mounts.items()},
-        "approval": settings.approval_mode, "offline": settings.offline, "cpus": settings.cpus, "memory": settings.memory,
-        "token": secret_digest(token), "host_token": secret_digest(host_token), "layout": persist.LAYOUT,
-        # only when not the default, so sandboxes made before this setting existed are kept
-        **({"network": settings.network} if settings.network != "allow-all" else {}),
-        **({"secrets": secrets.digests()} if not secrets.empty else {}),
-    })
+    fp = fingerprint(
+        {
+            "runtime": kind,
+            "image": image,
+            "port": settings.port,
+            "bind": settings.bind_address,
+            "connect_host": settings.connect_host,
+            "mounts": {k: str(v) for k, v in mounts.items()},
+            "approval": settings.approval_mode,
+            "offline": settings.offline,
+            "cpus": settings.cpus,
+            "memory": settings.memory,
+            "token": secret_digest(token),
+            "host_token": secret_digest(host_token),
+            "layout": persist.LAYOUT,
+            # only when not the default, so sandboxes made before this setting existed are kept
+            **({"network": settings.network} if settings.network != "allow-all" else {}),
+            **({"secrets": secrets.digests()} if not secrets.empty else {}),
+        }
+    )
     readonly = {} if secrets.empty else {sandbox_secrets.GUEST_DIR: sandbox_secrets.host_dir(settings).resolve()}
     return LaunchSpec(
-        name=settings.name, image=image, host_port=settings.port, bind_address=settings.bind_address,
-        guest_port=GUEST_PORT, mounts=mounts, env=env, cpus=settings.cpus, memory_mib=settings.memory,
-        registry_plain_http=settings.registry_plain_http, fingerprint=fp, pull_always=settings.replace,
+        name=settings.name,
+        image=image,
+        host_port=settings.port,
+        bind_address=settings.bind_address,
+        guest_port=GUEST_PORT,
+        mounts=mounts,
+        env=env,
+        cpus=settings.cpus,
+        memory_mib=settings.memory,
+        registry_plain_http=settings.registry_plain_http,
+        fingerprint=fp,
+        pull_always=settings.replace,
         pull_access=lambda: pull_access_for_image(settings, image),
-        network=settings.network, readonly_mounts=readonly,
-        marks=ownership.marks(str(settings.sandbox_state_dir), ephemeral=settings.ephemeral,
-                              max_duration=settings.ephemeral_max_duration),
+        network=settings.network,
+        readonly_mounts=readonly,
+        marks=ownership.marks(
+            str(settings.sandbox_state_dir), ephemeral=settings.ephemeral, max_duration=settings.ephemeral_max_duration
+        ),
         max_duration=settings.ephemeral_max_duration if settings.ephemeral else None,
     )

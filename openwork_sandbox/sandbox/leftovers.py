@@ -66,8 +66,9 @@ def find(settings: Settings, now: float | None = None) -> list[Leftover]:
         folder = Path(marks.get(STATE_DIR) or settings.state_dir / name)
         verdict = judge(marks, folder_exists=folder.is_dir(), now=now)
         if verdict.stale or verdict.orphan:
-            out.append(Leftover(runtime, name, folder, running, marks.get("ephemeral") == "1", verdict.stale,
-                                verdict.orphan))
+            out.append(
+                Leftover(runtime, name, folder, running, marks.get("ephemeral") == "1", verdict.stale, verdict.orphan)
+            )
     return out
 
 
@@ -83,16 +84,22 @@ def remove_stale(settings: Settings) -> int:
     mine = [left for left in stale if left.state_dir.parent.resolve() == here]
     for left in stale:
         if left not in mine:
-            console.info(f"not touched: the {left.describe()}; it belongs to {left.state_dir.parent} "
-                         f"(run `invoke reset --stale` with OPENWORK_STATE_DIR={left.state_dir.parent})")
+            console.info(
+                f"not touched: the {left.describe()}; it belongs to {left.state_dir.parent} "
+                f"(run `invoke reset --stale` with OPENWORK_STATE_DIR={left.state_dir.parent})"
+            )
     if not mine:
         console.info(f"no stale sandboxes of {settings.state_dir}: nothing to remove")
         return 0
     problems = []
     for left in mine:
         console.info(f"removing the {left.describe()}")
-        target = settings.with_overrides(name=left.name, runtime=left.runtime, workspace_dir=left.state_dir / "workspace",
-                                         data_dir=left.state_dir / "data")
+        target = settings.with_overrides(
+            name=left.name,
+            runtime=left.runtime,
+            workspace_dir=left.state_dir / "workspace",
+            data_dir=left.state_dir / "data",
+        )
         try:
             reset(target, yes=True)
         except WorkflowError as exc:

@@ -77,11 +77,17 @@ def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict:
         manifest = json.loads(fh.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise BadArchive(f"its {MANIFEST} does not parse") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("entries"), list):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(manifest.get("entries"), list)
+    ):
         raise BadArchive(f"its {MANIFEST} is not an {FORMAT} manifest")
     if manifest.get("version") != FORMAT_VERSION:
-        raise BadArchive(f"it has format version {manifest.get('version')}; this tool reads version {FORMAT_VERSION} "
-                         "(use the openwork-sandbox that made it)")
+        raise BadArchive(
+            f"it has format version {manifest.get('version')}; this tool reads version {FORMAT_VERSION} "
+            "(use the openwork-sandbox that made it)"
+        )
     return manifest
 
 
@@ -94,9 +100,13 @@ def read_manifest(path: Path) -> dict:
 
 def _safe_name(name: str) -> bool:
     norm = posixpath.normpath(name)
-    return (norm == name and not name.startswith("/") and ".." not in name.split("/")
-            and (name in TOPS or name.split("/", 1)[0] in TOPS)
-            and (not name.startswith("state") or name in ("state", f"state/{TOKENS_FILE}")))
+    return (
+        norm == name
+        and not name.startswith("/")
+        and ".." not in name.split("/")
+        and (name in TOPS or name.split("/", 1)[0] in TOPS)
+        and (not name.startswith("state") or name in ("state", f"state/{TOKENS_FILE}"))
+    )
 
 
 def _extract_to_stage(path: Path, stage: Path) -> dict:
@@ -123,7 +133,9 @@ def _extract_to_stage(path: Path, stage: Path) -> dict:
         if name in seen:
             raise BadArchive(f"it holds {name} twice")
         if any(name.startswith(link + "/") for link in links):
-            raise BadArchive(f"it holds {name} inside the link {next(link for link in links if name.startswith(link + '/'))}")
+            raise BadArchive(
+                f"it holds {name} inside the link {next(link for link in links if name.startswith(link + '/'))}"
+            )
         seen.add(name)
         dest = stage / name
         dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,17 +155,23 @@ def _extract_to_stage(path: Path, stage: Path) -> dict:
                     size += len(chunk)
                     out.write(chunk)
             if size != entry.get("size") or digest.hexdigest() != entry.get("sha256"):
-                raise BadArchive(f"{name} does not match its manifest ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
-                                 f"expected {entry.get('size')} bytes, {str(entry.get('sha256'))[:12]}…)")
+                raise BadArchive(
+                    f"{name} does not match its manifest ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
+                    f"expected {entry.get('size')} bytes, {str(entry.get('sha256'))[:12]}…)"
+                )
         else:
-            raise BadArchive(f"{name} is a {'folder' if member.isdir() else 'link' if member.issym() else 'file'} in "
-                             f"the archive but a {kind} in its manifest")
+            raise BadArchive(
+                f"{name} is a {'folder' if member.isdir() else 'link' if member.issym() else 'file'} in "
+                f"the archive but a {kind} in its manifest"
+            )
     if manifest is None:
         raise BadArchive("it is empty")
     missing = sorted(set(expected) - seen)
     if missing:
-        raise BadArchive(f"it lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} its manifest lists "
-                         f"(first: {missing[0]})")
+        raise BadArchive(
+            f"it lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} its manifest lists "
+            f"(first: {missing[0]})"
+        )
     return manifest
 
 
@@ -203,17 +221,28 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         raise WorkflowError(f"{path} cannot be restored: {exc}; nothing was changed") from None
     _rt, st = sandbox_status(settings)
     if st.state == "running":
-        raise WorkflowError(f"sandbox {settings.name} is running: run `invoke down` first, then `invoke restore "
-                            f"{archive}` (restoring under a running server would mix two databases)")
+        raise WorkflowError(
+            f"sandbox {settings.name} is running: run `invoke down` first, then `invoke restore "
+            f"{archive}` (restoring under a running server would mix two databases)"
+        )
     state = SandboxState(settings)
     data_dir, ws_dir = Path(settings.data_dir), Path(settings.workspace_dir)
     with_ws = bool(manifest.get("workspace"))
-    occupied = [p for p, used in ((data_dir, _has_content(data_dir)), (state.tokens_path, state.tokens_path.exists()),
-                                  (ws_dir, with_ws and _has_content(ws_dir))) if used]
+    occupied = [
+        p
+        for p, used in (
+            (data_dir, _has_content(data_dir)),
+            (state.tokens_path, state.tokens_path.exists()),
+            (ws_dir, with_ws and _has_content(ws_dir)),
+        )
+        if used
+    ]
     if occupied and not force:
-        raise WorkflowError(f"sandbox {settings.name} already holds data ({', '.join(map(str, occupied))}): restore "
-                            "into another name (--name / OPENWORK_MICROSANDBOX_NAME), or pass --force to keep what is "
-                            "there beside it as <name>.before-restore-<time> and restore over it")
+        raise WorkflowError(
+            f"sandbox {settings.name} already holds data ({', '.join(map(str, occupied))}): restore "
+            "into another name (--name / OPENWORK_MICROSANDBOX_NAME), or pass --force to keep what is "
+            "there beside it as <name>.before-restore-<time> and restore over it"
+        )
 
     started = time.monotonic()
     source = manifest.get("sandbox", {}).get("name")
@@ -227,10 +256,14 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
             except BadArchive as exc:
                 raise WorkflowError(f"{path} cannot be restored: {exc}; nothing was changed") from None
             except OSError as exc:
-                raise WorkflowError(f"restoring {path} failed while staging it in {stage.parent} "
-                                    f"({exc.strerror or exc}); nothing was changed") from None
-        console.info(f"{path.name} (sandbox {source}, made {manifest.get('created')}) read and verified; "
-                     f"moving it into {settings.name}")
+                raise WorkflowError(
+                    f"restoring {path} failed while staging it in {stage.parent} "
+                    f"({exc.strerror or exc}); nothing was changed"
+                ) from None
+        console.info(
+            f"{path.name} (sandbox {source}, made {manifest.get('created')}) read and verified; "
+            f"moving it into {settings.name}"
+        )
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept: list[str] = []
         state.dir.mkdir(parents=True, exist_ok=True)
@@ -253,10 +286,19 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         shutil.rmtree(stage, ignore_errors=True)
     files = [e for e in manifest["entries"] if e["type"] == "file"]
     total = sum(e["size"] for e in files)
-    result = {"name": settings.name, "from": source, "files": len(files), "bytes": total, "kept_aside": kept,
-              "workspace": with_ws, "seconds": round(time.monotonic() - started, 3)}
-    console.info(f"{console.OK} restored {len(files)} files ({console.human_bytes(total)}, every one sha256-verified "
-                 f"against the manifest) into {settings.name} in {result['seconds']:.1f}s; `invoke up` boots it")
+    result = {
+        "name": settings.name,
+        "from": source,
+        "files": len(files),
+        "bytes": total,
+        "kept_aside": kept,
+        "workspace": with_ws,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    console.info(
+        f"{console.OK} restored {len(files)} files ({console.human_bytes(total)}, every one sha256-verified "
+        f"against the manifest) into {settings.name} in {result['seconds']:.1f}s; `invoke up` boots it"
+    )
     for aside in kept:
         console.info(f"kept what was there as {aside}")
     for env in manifest.get("tokens_from_settings") or ():

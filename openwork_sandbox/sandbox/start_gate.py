@@ -32,8 +32,10 @@ def race_note(lines: Iterable[str]) -> str | None:
             return None
         dropped = re.search(r"dropped (\d+) request", line)
         count = dropped.group(1) if dropped else "a"
-        return (f"start race held off: opencode dropped {count} early request(s) (the upstream start race); "
-                "the image's start gate retried them, so no restart was needed")
+        return (
+            f"start race held off: opencode dropped {count} early request(s) (the upstream start race); "
+            "the image's start gate retried them, so no restart was needed"
+        )
     return None
 
 
@@ -60,8 +62,11 @@ def slow_start_note(seconds: float, lines: Iterable[str], *, cpus: float | None 
     if times:
         slowest = max(times, key=times.get)
         others = [f"{name} {took:.1f}s" for name, took in times.items() if name != slowest]
-        which = (f"{slowest} was slowest ({times[slowest]:.1f}s to answer; "
-                 + "; ".join(others + [f"boot and orchestrator {rest:.1f}s"]) + ")")
+        which = (
+            f"{slowest} was slowest ({times[slowest]:.1f}s to answer; "
+            + "; ".join(others + [f"boot and orchestrator {rest:.1f}s"])
+            + ")"
+        )
     else:
         which = "the image has no start gate to say which program was slow (`invoke logs` shows the start)"
     limit = f", this sandbox has {cpus:g} CPU" if cpus is not None and cpus < 1 else ""

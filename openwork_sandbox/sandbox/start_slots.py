@@ -92,8 +92,10 @@ def start_slot(slots: int, name: str, *, folder: Path | None = None) -> Iterator
     fd = _try_take(folder, slots, name)
     if fd is None:
         busy = ", ".join(_holders(folder, slots)) or "other sandboxes"
-        console.info(f"waiting for a start slot: {slots} start(s) already run on this host ({busy}); "
-                     f"OPENWORK_START_SLOTS={slots} (0: no limit)")
+        console.info(
+            f"waiting for a start slot: {slots} start(s) already run on this host ({busy}); "
+            f"OPENWORK_START_SLOTS={slots} (0: no limit)"
+        )
         with console.heartbeat(lambda: f"waiting for a start slot ({', '.join(_holders(folder, slots)) or 'busy'})"):
             while fd is None:
                 time.sleep(POLL_SECONDS)

@@ -106,8 +106,14 @@ class StartWatch:
       and a server answers there (its own port was taken when it started).
     """
 
-    def __init__(self, rt: Runtime, stall_s: float | None, orchestrator_version: str, server_port: int,
-                 times: StartTimes | None = None):
+    def __init__(
+        self,
+        rt: Runtime,
+        stall_s: float | None,
+        orchestrator_version: str,
+        server_port: int,
+        times: StartTimes | None = None,
+    ):
         self.rt, self.stall_s, self.orchestrator_version = rt, stall_s, orchestrator_version
         self.server_port = server_port
         self.times = times or START_TIMES
@@ -178,17 +184,25 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
     first_began = time.monotonic()
     for attempt in range(1, times.attempts + 1):
         last_attempt = attempt == times.attempts
-        watch = StartWatch(rt, None if last_attempt else times.stall_s, settings.orchestrator_version,
-                           rt.server_port(spec), times)
+        watch = StartWatch(
+            rt, None if last_attempt else times.stall_s, settings.orchestrator_version, rt.server_port(spec), times
+        )
         began = time.monotonic()
         again = f"start {attempt + 1} of {times.attempts}"
         try:
-            body = wait_for_health(settings.url, settings.health_timeout, is_alive=watch,
-                                   timeout_s=min(5.0, settings.request_timeout), describe=rt.describe)
+            body = wait_for_health(
+                settings.url,
+                settings.health_timeout,
+                is_alive=watch,
+                timeout_s=min(5.0, settings.request_timeout),
+                describe=rt.describe,
+            )
             break
         except _Stalled as exc:
-            console.info(f"the server made no progress for {exc.seconds:.0f}s (last line: {exc.last_line}); "
-                         f"restarting it, {again} (orchestrator 0.18 can hang on a just-started opencode)")
+            console.info(
+                f"the server made no progress for {exc.seconds:.0f}s (last line: {exc.last_line}); "
+                f"restarting it, {again} (orchestrator 0.18 can hang on a just-started opencode)"
+            )
         except SandboxDied as exc:
             persist.raise_if_data_unwritable(settings, exc.log_lines)
             raise_if_no_avx(settings.orchestrator_version, exc.log_lines, exc.log_hint)

@@ -66,21 +66,32 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         console.emit_json(info)
         return code
     mark = console.OK if code == 0 else console.BAD
-    console.info(f"{mark} {settings.name}: {st.state}{(' (' + st.detail + ')') if st.detail and st.state != RUNNING else ''}")
-    console.print_table([
-        ("runtime", info["runtime"] or "-"),
-        ("image", info["image"] or "-"),
-        ("digest", digest or "-"),
-        ("platform", info["platform"] or "-"),
-        ("URL", settings.url),
-        ("health", ("ok" + (f" (server {info['server_version']})" if info["server_version"] else "")) if health
-         else ("no answer" if st.state == RUNNING else "-")),
-        ("uptime", _uptime(uptime)),
-        ("workspace", info["workspace_id"] or "-"),
-        ("restarts", (supervised.summary() if supervised else "- (no supervisor record)")
-         + (f"; the engine restarted the sandbox {st.engine_restarts} times" if st.engine_restarts else "")),
-        ("state dir", settings.sandbox_state_dir),
-    ])
+    console.info(
+        f"{mark} {settings.name}: {st.state}{(' (' + st.detail + ')') if st.detail and st.state != RUNNING else ''}"
+    )
+    console.print_table(
+        [
+            ("runtime", info["runtime"] or "-"),
+            ("image", info["image"] or "-"),
+            ("digest", digest or "-"),
+            ("platform", info["platform"] or "-"),
+            ("URL", settings.url),
+            (
+                "health",
+                ("ok" + (f" (server {info['server_version']})" if info["server_version"] else ""))
+                if health
+                else ("no answer" if st.state == RUNNING else "-"),
+            ),
+            ("uptime", _uptime(uptime)),
+            ("workspace", info["workspace_id"] or "-"),
+            (
+                "restarts",
+                (supervised.summary() if supervised else "- (no supervisor record)")
+                + (f"; the engine restarted the sandbox {st.engine_restarts} times" if st.engine_restarts else ""),
+            ),
+            ("state dir", settings.sandbox_state_dir),
+        ]
+    )
     if crash_loop:
         console.info(f"{console.BAD} the server is in a crash loop: `invoke logs --tail 100` shows why it keeps dying")
     if current is False:

@@ -55,36 +55,64 @@ def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
         )
 
 
-def _report(ep: Endpoint, *, action: str, seconds: float, settings: Settings, show_tokens: bool, as_json: bool,
-            health: dict | None) -> None:
+def _report(
+    ep: Endpoint,
+    *,
+    action: str,
+    seconds: float,
+    settings: Settings,
+    show_tokens: bool,
+    as_json: bool,
+    health: dict | None,
+) -> None:
     """What `up` did, on stderr (a table), or with ``as_json`` one JSON object on stdout; tokens masked
     unless ``show_tokens``."""
     shown = (lambda s: s) if show_tokens else console.mask
     if as_json:
-        console.emit_json({
-            "name": ep.name, "runtime": ep.runtime, "action": action, "url": ep.url,
-            "workspace_id": ep.workspace_id, "seconds": round(seconds, 3), "image": settings.image,
-            "token": shown(ep.token), "host_token": shown(ep.host_token),
-            "state_dir": str(settings.sandbox_state_dir), "workspace_dir": str(settings.workspace_dir),
-            "data_dir": str(settings.data_dir), "server_version": (health or {}).get("version"),
-        })
+        console.emit_json(
+            {
+                "name": ep.name,
+                "runtime": ep.runtime,
+                "action": action,
+                "url": ep.url,
+                "workspace_id": ep.workspace_id,
+                "seconds": round(seconds, 3),
+                "image": settings.image,
+                "token": shown(ep.token),
+                "host_token": shown(ep.host_token),
+                "state_dir": str(settings.sandbox_state_dir),
+                "workspace_dir": str(settings.workspace_dir),
+                "data_dir": str(settings.data_dir),
+                "server_version": (health or {}).get("version"),
+            }
+        )
         return
     console.info(f"{console.OK} {ep.name} is up ({action}, {ep.runtime}, {seconds:.1f}s)")
-    console.print_table([
-        ("URL", ep.url),
-        ("workspace", ep.workspace_id or "(none)"),
-        ("client token", shown(ep.token)),
-        ("host token", shown(ep.host_token)),
-        ("workspace dir", settings.workspace_dir),
-        ("data dir", settings.data_dir),
-    ])
+    console.print_table(
+        [
+            ("URL", ep.url),
+            ("workspace", ep.workspace_id or "(none)"),
+            ("client token", shown(ep.token)),
+            ("host token", shown(ep.host_token)),
+            ("workspace dir", settings.workspace_dir),
+            ("data dir", settings.data_dir),
+        ]
+    )
     if not show_tokens:
-        console.info("tokens are masked: --show-tokens prints them (they are kept in "
-                      f"{settings.sandbox_state_dir / 'tokens.json'} unless you set them)")
+        console.info(
+            "tokens are masked: --show-tokens prints them (they are kept in "
+            f"{settings.sandbox_state_dir / 'tokens.json'} unless you set them)"
+        )
 
 
-def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, spec_fingerprint: str,
-             secret_digests: dict | None = None) -> Observed:
+def _observe(
+    settings: Settings,
+    state: SandboxState,
+    kind: str,
+    rt: Runtime,
+    spec_fingerprint: str,
+    secret_digests: dict | None = None,
+) -> Observed:
     """What `up` decides on: the record, the runtime's status, one health probe, the port, and which
     secret settings differ from what the sandbox was made with."""
     from openwork_sandbox.net.health import health_once
@@ -94,8 +122,12 @@ def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, sp
     st = rt.status()
     record = state.record()
     return Observed(
-        name=settings.name, kind=kind, recorded=record.get("runtime"), status=st,
-        fingerprint=spec_fingerprint, replace=settings.replace,
+        name=settings.name,
+        kind=kind,
+        recorded=record.get("runtime"),
+        status=st,
+        fingerprint=spec_fingerprint,
+        replace=settings.replace,
         health=health_once(settings.url, timeout_s=1.0) if st.state == RUNNING else None,
         port_free=port_is_free(settings.port, settings.bind_address),
         changed=changed_parts(record.get("secrets"), secret_digests or {}) if secret_digests is not None else (),
@@ -104,23 +136,36 @@ def _observe(settings: Settings, state: SandboxState, kind: str, rt: Runtime, sp
 
 def _save_record(state: SandboxState, settings: Settings, kind: str, spec: LaunchSpec, **extra) -> None:
     """The one place `up` writes what runs (so logs/status/reset find it even when a boot fails)."""
-    state.save_record(runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port,
-                      url=settings.url, **extra)
+    state.save_record(
+        runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port, url=settings.url, **extra
+    )
 
 
-def _act(settings: Settings, state: SandboxState, rt: Runtime, seen: Observed, decision: UpDecision,
-         spec: LaunchSpec, token: str, secrets=None) -> tuple[dict, str | None]:
+def _act(
+    settings: Settings,
+    state: SandboxState,
+    rt: Runtime,
+    seen: Observed,
+    decision: UpDecision,
+    spec: LaunchSpec,
+    token: str,
+    secrets=None,
+) -> tuple[dict, str | None]:
     """Carry out ``decision`` (see the module doc); returns the health body and the workspace id.
     The record is written before anything boots, so logs/status/reset find a sandbox whose start failed."""
     from openwork_sandbox.net.health import check_workspaces
 
     if decision.remove_old:
         old = runtimes.runtime_for(decision.remove_old, settings)
-        persist.migrate_before_replace(settings, old, spec)  # a failed copy puts it back (its server too) and stops here
+        persist.migrate_before_replace(
+            settings, old, spec
+        )  # a failed copy puts it back (its server too) and stops here
         try:
             if old.remove():
-                console.info(f"removed the {decision.remove_old} sandbox {settings.name} (runtime changed to "
-                             f"{rt.kind}; state kept)")
+                console.info(
+                    f"removed the {decision.remove_old} sandbox {settings.name} (runtime changed to "
+                    f"{rt.kind}; state kept)"
+                )
         except WorkflowError as exc:
             console.info(f"note: could not remove the old {decision.remove_old} sandbox: {exc.message}")
     if decision.action not in QUIET:
@@ -183,7 +228,9 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
             try:
                 with _start_slot(settings, decision):
                     health, workspace_id = _act(settings, state, rt, seen, decision, spec, token, secrets)
-                    if not settings.ephemeral:  # healthy: from now on the runtime brings it back (Docker: restart policy)
+                    if (
+                        not settings.ephemeral
+                    ):  # healthy: from now on the runtime brings it back (Docker: restart policy)
                         rt.keep_running()
             except KeyboardInterrupt:
                 if decision.action != REUSE:
@@ -192,8 +239,15 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         _save_record(state, settings, kind, spec, workspace_id=workspace_id, healthy_at=time.time())
 
     ep = Endpoint(settings.url, token, host_token, kind, settings.name, workspace_id)
-    _report(ep, action=decision.done, seconds=time.monotonic() - started, settings=settings, show_tokens=show_tokens,
-            as_json=as_json, health=health)
+    _report(
+        ep,
+        action=decision.done,
+        seconds=time.monotonic() - started,
+        settings=settings,
+        show_tokens=show_tokens,
+        as_json=as_json,
+        health=health,
+    )
     if follow:
         _follow(rt, tail=20, to_stdout=not as_json)
     return ep
@@ -219,8 +273,10 @@ def _stop_half_started(settings: Settings, rt: Runtime) -> None:
             console.info(f"interrupted: could not stop {settings.name}: {exc.message}; `invoke down` stops it")
             return
     what = "stopped it" if stopped else "it is not running"
-    console.info(f"interrupted before {settings.name} was healthy: {what} (state kept in {settings.sandbox_state_dir}); "
-                 "`invoke up` starts it again")
+    console.info(
+        f"interrupted before {settings.name} was healthy: {what} (state kept in {settings.sandbox_state_dir}); "
+        "`invoke up` starts it again"
+    )
 
 
 def _follow(rt: Runtime, *, tail: int | None, to_stdout: bool = True) -> None:
@@ -232,4 +288,3 @@ def _follow(rt: Runtime, *, tail: int | None, to_stdout: bool = True) -> None:
             print(line, file=out, flush=True)
     except KeyboardInterrupt:
         console.info("stopped following the log; the sandbox keeps running")
-

@@ -34,7 +34,7 @@ class Reply:
 def one_line(text: str, limit: int = 200) -> str:
     """``text`` with whitespace folded, cut to ``limit`` characters (``…`` marks a cut)."""
     text = " ".join(str(text or "").split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def first_words(text: str, n: int = FIRST_WORDS) -> str:
@@ -59,19 +59,27 @@ def describe_error(error: Any) -> str:
 def read_reply(messages: Any, status: Any, session_id: str, after_ms: float | None = None) -> Reply:
     """The state of the reply to the last user message in ``messages`` (opencode's list) given
     ``status`` (``GET /session/status``'s object)."""
-    items = [m for m in messages if isinstance(m, dict) and isinstance(m.get("info"), dict)] \
-        if isinstance(messages, list) else []
+    items = (
+        [m for m in messages if isinstance(m, dict) and isinstance(m.get("info"), dict)]
+        if isinstance(messages, list)
+        else []
+    )
     users = [m for m in items if m["info"].get("role") == "user"]
     user = users[-1] if users else None
     prompt_ms = ((user or {}).get("info", {}).get("time") or {}).get("created") or after_ms
-    replies = [m for m in items if m["info"].get("role") == "assistant"
-               and (user is None or m["info"].get("parentID") in (None, user["info"].get("id")))]
+    replies = [
+        m
+        for m in items
+        if m["info"].get("role") == "assistant"
+        and (user is None or m["info"].get("parentID") in (None, user["info"].get("id")))
+    ]
     retry = (status or {}).get(session_id) if isinstance(status, dict) else None
     retrying = None
     if isinstance(retry, dict) and retry.get("type") == "retry":
         attempt = retry.get("attempt")
-        retrying = one_line(f"{retry.get('message') or 'the provider failed'}"
-                            + (f" (attempt {attempt})" if attempt else ""))
+        retrying = one_line(
+            f"{retry.get('message') or 'the provider failed'}" + (f" (attempt {attempt})" if attempt else "")
+        )
     if not replies:
         return Reply(False, retrying=retrying)
     info, parts = replies[-1]["info"], replies[-1].get("parts") or []
@@ -90,8 +98,12 @@ def metrics(reply: Reply, seen_at: float | None, total: float) -> dict:
     """What ``smoke --prompt`` reports: first words, model, time to the first token (opencode's own
     timestamps, else when this client first saw text) and the total time, in seconds."""
     first = reply.first_token_s if reply.first_token_s is not None else seen_at
-    return {"first_words": first_words(reply.text) if reply.text else None, "model": reply.model,
-            "first_token_seconds": round(first, 3) if first is not None else None, "total_seconds": round(total, 3)}
+    return {
+        "first_words": first_words(reply.text) if reply.text else None,
+        "model": reply.model,
+        "first_token_seconds": round(first, 3) if first is not None else None,
+        "total_seconds": round(total, 3),
+    }
 
 
 _KEYISH = re.compile(r"\b(sk|key|pk|rk)[-_][A-Za-z0-9_\-]{8,}")

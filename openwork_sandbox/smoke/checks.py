@@ -47,6 +47,7 @@ DECLARED: list[Check] = []
 
 def check(name: str, *, proves: str, needs: tuple[str, ...] = (), readiness: bool = False):
     """Declare the decorated function as the check ``name`` (run in declaration order)."""
+
     def register(fn: Callable[[Any], str]) -> Callable[[Any], str]:
         unknown = [n for n in needs if n not in {c.name for c in DECLARED}]
         if unknown or any(c.name == name for c in DECLARED):
@@ -80,8 +81,12 @@ class Skip(Exception):
 
 
 # health ---------------------------------------------------------------------------------
-@check("health", needs=(), readiness=True,
-       proves='GET /health is 200 {"ok": true, "version": ...}; adaptive poll up to OPENWORK_HEALTH_TIMEOUT')
+@check(
+    "health",
+    needs=(),
+    readiness=True,
+    proves='GET /health is 200 {"ok": true, "version": ...}; adaptive poll up to OPENWORK_HEALTH_TIMEOUT',
+)
 def health(r) -> str:
     """Wait for GET /health (:func:`openwork_sandbox.net.health.wait_for_health`) up to
     OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
@@ -93,16 +98,19 @@ def health(r) -> str:
         body = wait_for_health(r.target.url, r.health_timeout, is_alive=r.is_alive, timeout_s=r.request_timeout)
     except NothingListening:
         r.report.unreachable = True
-        raise CheckFailed(f"nothing listening at {url} within {r.health_timeout:g}s",
-                          hint=_unreachable_hint(r), result=ERROR) from None
+        raise CheckFailed(
+            f"nothing listening at {url} within {r.health_timeout:g}s", hint=_unreachable_hint(r), result=ERROR
+        ) from None
     except HealthTimeout as exc:  # something answered, never healthy
-        raise CheckFailed(exc.message, _last_health(r), result=ERROR,
-                          hint="the server answers but is not ready: see its log") from None
+        raise CheckFailed(
+            exc.message, _last_health(r), result=ERROR, hint="the server answers but is not ready: see its log"
+        ) from None
     except WorkflowError as exc:  # the sandbox is not running, or died while we waited
         if not _listening(r.target.url, min(r.request_timeout, 2.0)):
             r.report.unreachable = True
-        raise CheckFailed(exc.message, result=ERROR,
-                          hint="start it with `invoke up`; `invoke logs` shows the server log") from None
+        raise CheckFailed(
+            exc.message, result=ERROR, hint="start it with `invoke up`; `invoke logs` shows the server log"
+        ) from None
     return _health_body(r, ApiResponse("GET", url, 200, json.dumps(body), 0.0), body)
 
 
@@ -138,32 +146,47 @@ def _health_body(r, resp: ApiResponse, body: dict) -> str:
 
 
 # auth -----------------------------------------------------------------------------------
-@check("auth-required", needs=("health",),
-       proves='GET /workspaces without a token, and with a wrong one, is 401 {"code": "unauthorized"}')
+@check(
+    "auth-required",
+    needs=("health",),
+    proves='GET /workspaces without a token, and with a wrong one, is 401 {"code": "unauthorized"}',
+)
 def auth_required(r) -> str:
     anonymous = r.client.workspaces(None)
     if anonymous.status != 401:
-        raise CheckFailed(f"GET /workspaces without a token answered {anonymous.status}, expected 401",
-                          anonymous, hint="the server lets anonymous clients in: it must run with a client token")
+        raise CheckFailed(
+            f"GET /workspaces without a token answered {anonymous.status}, expected 401",
+            anonymous,
+            hint="the server lets anonymous clients in: it must run with a client token",
+        )
     _unauthorized_body(anonymous, "without a token")
     wrong = r.client.workspaces("openwork-smoke-wrong-" + secrets.token_hex(8))
     if wrong.status != 401:
-        raise CheckFailed(f"GET /workspaces with a wrong token answered {wrong.status}, expected 401", wrong,
-                          hint="the server accepts any bearer token")
+        raise CheckFailed(
+            f"GET /workspaces with a wrong token answered {wrong.status}, expected 401",
+            wrong,
+            hint="the server accepts any bearer token",
+        )
     _unauthorized_body(wrong, "with a wrong token")
     return "401 without a token and with a wrong one"
 
 
-@check("auth-accepted", needs=("health",),
-       proves="GET /workspaces with the client token is 200 and lists the workspace; id = ws_ + sha256(path)[:12]")
+@check(
+    "auth-accepted",
+    needs=("health",),
+    proves="GET /workspaces with the client token is 200 and lists the workspace; id = ws_ + sha256(path)[:12]",
+)
 def auth_accepted(r) -> str:
     if not r.target.token:
         raise Skip(f"no client token ({r.target.token_source})")
     resp = r.client.workspaces(r.target.token)
     if resp.status == 401:
-        raise CheckFailed(f"401 with the configured client token ({r.target.token_source})", resp,
-                          hint=f"check {r.target.token_source}: it must be the token the server was started "
-                               "with (`invoke up --show-tokens` prints the sandbox's)")
+        raise CheckFailed(
+            f"401 with the configured client token ({r.target.token_source})",
+            resp,
+            hint=f"check {r.target.token_source}: it must be the token the server was started "
+            "with (`invoke up --show-tokens` prints the sandbox's)",
+        )
     if resp.status != 200:
         raise CheckFailed(f"GET /workspaces with the client token answered {resp.status}, expected 200", resp)
     body = _json_object(resp, "GET /workspaces")
@@ -171,8 +194,9 @@ def auth_accepted(r) -> str:
     if not isinstance(items, list) or not items:
         raise CheckFailed('GET /workspaces lists no workspace (expected a non-empty "items" list)', resp)
     workspaces = [w for w in items if isinstance(w, dict)]
-    if len(workspaces) != len(items) or any(not isinstance(w.get("id"), str) or not isinstance(w.get("path"), str)
-                                            for w in workspaces):
+    if len(workspaces) != len(items) or any(
+        not isinstance(w.get("id"), str) or not isinstance(w.get("path"), str) for w in workspaces
+    ):
         raise CheckFailed('GET /workspaces: every workspace needs an "id" and a "path" string', resp)
     if r.target.expected_workspace:
         from openwork_sandbox.net.openwork_api import workspace_at
@@ -188,24 +212,28 @@ def auth_accepted(r) -> str:
 
     expected = workspace_id(chosen["path"])
     if chosen["id"] != expected:
-        raise CheckFailed(f"workspace {chosen['path']} has id {chosen['id']}, expected {expected} "
-                          "(ws_ + sha256(path)[:12])", resp)
+        raise CheckFailed(
+            f"workspace {chosen['path']} has id {chosen['id']}, expected {expected} (ws_ + sha256(path)[:12])", resp
+        )
     if r.target.expected_workspace_id and chosen["id"] != r.target.expected_workspace_id:
-        raise CheckFailed(f"workspace id {chosen['id']} differs from the sandbox's {r.target.expected_workspace_id}",
-                          resp)
+        raise CheckFailed(
+            f"workspace id {chosen['id']} differs from the sandbox's {r.target.expected_workspace_id}", resp
+        )
     r.ws_id = r.report.workspace_id = chosen["id"]
     return f"{chosen['id']} ({chosen['path']}), {len(workspaces)} workspace{'s' if len(workspaces) != 1 else ''}"
 
 
-@check("host-token", needs=("health",),
-       proves="GET /approvals accepts the host token and refuses the client token")
+@check("host-token", needs=("health",), proves="GET /approvals accepts the host token and refuses the client token")
 def host_token(r) -> str:
     if not r.target.host_token:
         raise Skip(f"no host token ({r.target.host_token_source})")
     resp = r.client.approvals(host_token=r.target.host_token)
     if resp.status in (401, 403):
-        raise CheckFailed(f"{resp.status} with the configured host token ({r.target.host_token_source})", resp,
-                          hint=f"check {r.target.host_token_source}: it must be the server's host token")
+        raise CheckFailed(
+            f"{resp.status} with the configured host token ({r.target.host_token_source})",
+            resp,
+            hint=f"check {r.target.host_token_source}: it must be the server's host token",
+        )
     if resp.status != 200:
         raise CheckFailed(f"GET /approvals with the host token answered {resp.status}, expected 200", resp)
     body = _json(resp, "GET /approvals")
@@ -215,19 +243,26 @@ def host_token(r) -> str:
     if r.target.token:
         client = r.client.approvals(bearer=r.target.token)
         if client.status == 200:
-            raise CheckFailed("GET /approvals accepted the client token: a host-only route must refuse it", client,
-                              hint="OPENWORK_TOKEN and OPENWORK_HOST_TOKEN must differ, and the client token "
-                                   "must not have owner scope")
+            raise CheckFailed(
+                "GET /approvals accepted the client token: a host-only route must refuse it",
+                client,
+                hint="OPENWORK_TOKEN and OPENWORK_HOST_TOKEN must differ, and the client token "
+                "must not have owner scope",
+            )
         if client.status not in (401, 403):
-            raise CheckFailed(f"GET /approvals with the client token answered {client.status}, expected 401 or 403",
-                              client)
+            raise CheckFailed(
+                f"GET /approvals with the client token answered {client.status}, expected 401 or 403", client
+            )
         return f"host token accepted, client token refused ({client.status})"
     return "host token accepted"
 
 
 # sessions -------------------------------------------------------------------------------
-@check("session-create", needs=("auth-accepted",),
-       proves='POST /w/<id>/opencode/session {"title"} returns a session with an id and that title')
+@check(
+    "session-create",
+    needs=("auth-accepted",),
+    proves='POST /w/<id>/opencode/session {"title"} returns a session with an id and that title',
+)
 def session_create(r) -> str:
     assert r.ws_id
     resp = r.client.create_session(r.ws_id, r.title)
@@ -243,8 +278,9 @@ def session_create(r) -> str:
     return sid
 
 
-@check("session-read", needs=("session-create",),
-       proves="GET /w/<id>/opencode/session/<sid> returns the same id and title")
+@check(
+    "session-read", needs=("session-create",), proves="GET /w/<id>/opencode/session/<sid> returns the same id and title"
+)
 def session_read(r) -> str:
     assert r.ws_id and r.session_id
     resp = r.client.get_session(r.ws_id, r.session_id)
@@ -258,8 +294,11 @@ def session_read(r) -> str:
     return "same id and title"
 
 
-@check("messages-read", needs=("session-create",),
-       proves="GET /w/<id>/opencode/session/<sid>/message?limit=10 returns a list")
+@check(
+    "messages-read",
+    needs=("session-create",),
+    proves="GET /w/<id>/opencode/session/<sid>/message?limit=10 returns a list",
+)
 def messages_read(r) -> str:
     assert r.ws_id and r.session_id
     resp = r.client.session_messages(r.ws_id, r.session_id, limit=10)
@@ -274,9 +313,12 @@ def messages_read(r) -> str:
 
 
 # the agent ------------------------------------------------------------------------------
-@check("prompt-answered", needs=("session-create",),
-       proves="(--prompt TEXT) TEXT sent to that session gets an assistant reply with text within "
-              "OPENWORK_PROMPT_TIMEOUT; first words, time to first token, total time")
+@check(
+    "prompt-answered",
+    needs=("session-create",),
+    proves="(--prompt TEXT) TEXT sent to that session gets an assistant reply with text within "
+    "OPENWORK_PROMPT_TIMEOUT; first words, time to first token, total time",
+)
 def prompt_answered(r) -> str:
     """``prompt_async`` through the proxy, then poll the session's messages (backoff from 50 ms) and
     opencode's session status until the reply is complete, refused, retried or late
@@ -292,8 +334,9 @@ def prompt_answered(r) -> str:
     started = time.perf_counter()
     sent = r.client.prompt_async(r.ws_id, r.session_id, r.prompt)
     if not 200 <= sent.status < 300:
-        raise CheckFailed(f"POST /w/{r.ws_id}/opencode/session/{r.session_id}/prompt_async answered {sent.status}, "
-                          "expected 204", sent)
+        raise CheckFailed(
+            f"POST /w/{r.ws_id}/opencode/session/{r.session_id}/prompt_async answered {sent.status}, expected 204", sent
+        )
     deadline, delay = started + r.prompt_timeout, 0.05
     seen_at = None  # when this client first saw reply text
     reply = None
@@ -305,8 +348,11 @@ def prompt_answered(r) -> str:
             if exc.kind != "timeout" or time.perf_counter() >= deadline:
                 raise
             continue
-        reply = read_reply(_json(messages, "GET messages") if messages.status == 200 else None,
-                           _json(status, "GET session status") if status.status == 200 else None, r.session_id)
+        reply = read_reply(
+            _json(messages, "GET messages") if messages.status == 200 else None,
+            _json(status, "GET session status") if status.status == 200 else None,
+            r.session_id,
+        )
         now = time.perf_counter()
         if reply.text and seen_at is None:
             seen_at = now - started
@@ -315,8 +361,10 @@ def prompt_answered(r) -> str:
             break
         time.sleep(min(delay, max(0.0, deadline - now)))
         delay = min(delay * 2, 0.5)
-    hint = ("check the provider's key (OPENWORK_SANDBOX_ENV), its address from inside the sandbox and "
-            "OPENWORK_OPENCODE_CONFIG; `invoke doctor` lists them")
+    hint = (
+        "check the provider's key (OPENWORK_SANDBOX_ENV), its address from inside the sandbox and "
+        "OPENWORK_OPENCODE_CONFIG; `invoke doctor` lists them"
+    )
     if reply.error:
         raise CheckFailed(f"the provider refused: {scrub(reply.error)}", hint=hint)
     if reply.retrying:
@@ -324,13 +372,18 @@ def prompt_answered(r) -> str:
         raise CheckFailed(f"the provider failed and opencode is retrying: {scrub(reply.retrying)}", hint=hint)
     if not reply.done:
         _abort(r)
-        raise CheckFailed(f"no complete reply within {r.prompt_timeout:g}s (OPENWORK_PROMPT_TIMEOUT)"
-                          + (f'; it had begun: "{first_words(reply.text)}"' if reply.text else ""), hint=hint)
+        raise CheckFailed(
+            f"no complete reply within {r.prompt_timeout:g}s (OPENWORK_PROMPT_TIMEOUT)"
+            + (f'; it had begun: "{first_words(reply.text)}"' if reply.text else ""),
+            hint=hint,
+        )
     if not reply.text:
         raise CheckFailed("the reply is complete but has no text", messages)
     m = r.metrics["prompt-answered"]
     first = f"{m['first_token_seconds']:.2f}s" if m["first_token_seconds"] is not None else "?"
-    return f'"{m["first_words"]}" ({reply.model or "default model"}; first token {first}, total {m["total_seconds"]:.2f}s)'
+    return (
+        f'"{m["first_words"]}" ({reply.model or "default model"}; first token {first}, total {m["total_seconds"]:.2f}s)'
+    )
 
 
 def _abort(r) -> None:
@@ -342,8 +395,11 @@ def _abort(r) -> None:
 
 
 # persistence ----------------------------------------------------------------------------
-@check("persistence", needs=("health",),
-       proves="(--persistence) a file written in /workspace by the runtime appears on the host")
+@check(
+    "persistence",
+    needs=("health",),
+    proves="(--persistence) a file written in /workspace by the runtime appears on the host",
+)
 def persistence(r) -> str:
     if not r.persistence:
         raise Skip("not requested (--persistence)")
@@ -353,15 +409,18 @@ def persistence(r) -> str:
     value = secrets.token_hex(8)
     code, output = r.target.exec_in_runtime(["sh", "-c", f"printf %s {value} > {GUEST_WORKSPACE}/{name}"])
     if code != 0:
-        raise CheckFailed(f"writing {GUEST_WORKSPACE}/{name} in the sandbox failed (exit {code}): "
-                          f"{console_line(output)}")
+        raise CheckFailed(
+            f"writing {GUEST_WORKSPACE}/{name} in the sandbox failed (exit {code}): {console_line(output)}"
+        )
     host_file = r.target.host_workspace / name
     try:
         found = host_file.read_text() if host_file.exists() else None
         if found != value:
             seen = "is missing" if found is None else f"holds {found[:40]!r}"
-            raise CheckFailed(f"{GUEST_WORKSPACE}/{name} was written in the sandbox but {host_file} {seen}",
-                              hint="/workspace must be bind-mounted from OPENWORK_MICROSANDBOX_WORKSPACE_DIR")
+            raise CheckFailed(
+                f"{GUEST_WORKSPACE}/{name} was written in the sandbox but {host_file} {seen}",
+                hint="/workspace must be bind-mounted from OPENWORK_MICROSANDBOX_WORKSPACE_DIR",
+            )
     finally:
         with contextlib.suppress(OSError):
             host_file.unlink()

@@ -42,8 +42,7 @@ def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: st
         if ephemeral:
             problems.append("--ephemeral boots its own sandbox: drop --url (or drop --ephemeral)")
         if persistence:
-            problems.append("--persistence looks on this host's workspace folder: it needs a local sandbox, "
-                            "drop --url")
+            problems.append("--persistence looks on this host's workspace folder: it needs a local sandbox, drop --url")
     if problems:
         raise SettingsError(problems)
 
@@ -54,15 +53,27 @@ def local_target(settings, ep, mode: str) -> Target:
 
     token = settings.token or ep.token
     host_token = settings.host_token or ep.host_token
-    token_source = "OPENWORK_TOKEN" + (f" from {settings.origin('token')}" if settings.token else " from the sandbox's state")
+    token_source = "OPENWORK_TOKEN" + (
+        f" from {settings.origin('token')}" if settings.token else " from the sandbox's state"
+    )
     host_source = "OPENWORK_HOST_TOKEN" + (
-        f" from {settings.origin('host_token')}" if settings.host_token else " from the sandbox's state")
+        f" from {settings.origin('host_token')}" if settings.host_token else " from the sandbox's state"
+    )
     return Target(
-        url=ep.url, token=token, host_token=host_token, mode=mode, token_source=token_source,
-        host_token_source=host_source, expected_workspace=GUEST_WORKSPACE,
-        expected_workspace_id=getattr(ep, "workspace_id", None), name=ep.name, runtime=ep.runtime,
-        exec_in_runtime=lambda argv: runtime_exec(settings, argv), host_workspace=Path(settings.workspace_dir),
-        is_alive=_runtime_is_alive(settings, ep.runtime), secrets=tuple(settings.sandbox_env_values.values()),
+        url=ep.url,
+        token=token,
+        host_token=host_token,
+        mode=mode,
+        token_source=token_source,
+        host_token_source=host_source,
+        expected_workspace=GUEST_WORKSPACE,
+        expected_workspace_id=getattr(ep, "workspace_id", None),
+        name=ep.name,
+        runtime=ep.runtime,
+        exec_in_runtime=lambda argv: runtime_exec(settings, argv),
+        host_workspace=Path(settings.workspace_dir),
+        is_alive=_runtime_is_alive(settings, ep.runtime),
+        secrets=tuple(settings.sandbox_env_values.values()),
     )
 
 
@@ -85,14 +96,20 @@ def _runtime_is_alive(settings, kind: str | None) -> Callable[[], bool] | None:
 
 def _url_target(settings, url: str) -> Target:
     """The server at ``--url`` as a target, with the settings' tokens."""
+
     def source(field: str, env: str, flag: str) -> str:
         origin = settings.origin(field)
         return f"{env} from {origin}" if origin != "default" else f"{flag} / {env}"
 
-    return Target(url=url.strip(), token=settings.token, host_token=settings.host_token, mode="url",
-                  token_source=source("token", "OPENWORK_TOKEN", "--token"),
-                  host_token_source=source("host_token", "OPENWORK_HOST_TOKEN", "--host-token"),
-                  secrets=tuple(settings.sandbox_env_values.values()))
+    return Target(
+        url=url.strip(),
+        token=settings.token,
+        host_token=settings.host_token,
+        mode="url",
+        token_source=source("token", "OPENWORK_TOKEN", "--token"),
+        host_token_source=source("host_token", "OPENWORK_HOST_TOKEN", "--host-token"),
+        secrets=tuple(settings.sandbox_env_values.values()),
+    )
 
 
 def attach_log_tail(settings, report: SmokeReport) -> None:
@@ -107,11 +124,19 @@ def attach_log_tail(settings, report: SmokeReport) -> None:
     report.log_tail, report.log_path = list(lines), str(path) if path else None
 
 
-def _run_checks(settings, target: Target, persistence: bool, is_alive=None, keep_session: bool = False,
-                prompt: str | None = None) -> SmokeReport:
-    runner = SmokeRunner(target, request_timeout=settings.request_timeout, health_timeout=settings.health_timeout,
-                         persistence=persistence, is_alive=is_alive, keep_session=keep_session, prompt=prompt,
-                         prompt_timeout=settings.prompt_timeout)
+def _run_checks(
+    settings, target: Target, persistence: bool, is_alive=None, keep_session: bool = False, prompt: str | None = None
+) -> SmokeReport:
+    runner = SmokeRunner(
+        target,
+        request_timeout=settings.request_timeout,
+        health_timeout=settings.health_timeout,
+        persistence=persistence,
+        is_alive=is_alive,
+        keep_session=keep_session,
+        prompt=prompt,
+        prompt_timeout=settings.prompt_timeout,
+    )
     return runner.run()
 
 
@@ -122,9 +147,18 @@ def _finish(report: SmokeReport, junit: str | None, as_json: bool) -> int:
     return report.exit_code
 
 
-def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, persistence: bool = False,
-              junit: str | None = None, as_json: bool = False, keep_session: bool = False,
-              prompt: str | None = None, boot: Callable[..., Any] | None = None) -> int:
+def run_smoke(
+    settings,
+    *,
+    url: str | None = None,
+    ephemeral: bool = False,
+    persistence: bool = False,
+    junit: str | None = None,
+    as_json: bool = False,
+    keep_session: bool = False,
+    prompt: str | None = None,
+    boot: Callable[..., Any] | None = None,
+) -> int:
     """Run the checks in one of the three modes, print/write the report, return the exit code.
 
     ``boot`` is the ``up`` flow (``sandbox.up.up``), which ``--ephemeral`` needs to boot its sandbox;
@@ -137,14 +171,16 @@ def run_smoke(settings, *, url: str | None = None, ephemeral: bool = False, pers
             raise TypeError("run_smoke(ephemeral=True) needs boot: the up flow (openwork_sandbox.sandbox.up.up)")
         return _run_ephemeral(settings, boot, persistence=persistence, junit=junit, as_json=as_json, prompt=prompt)
     if url is not None:
-        report = _run_checks(settings, _url_target(settings, url), persistence=False, keep_session=keep_session,
-                             prompt=prompt)
+        report = _run_checks(
+            settings, _url_target(settings, url), persistence=False, keep_session=keep_session, prompt=prompt
+        )
         return _finish(report, junit, as_json)
     from openwork_sandbox.sandbox.endpoint import endpoint
 
     ep = endpoint(settings)
-    report = _run_checks(settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session,
-                         prompt=prompt)
+    report = _run_checks(
+        settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session, prompt=prompt
+    )
     if not report.ok:
         attach_log_tail(settings, report)
     return _finish(report, junit, as_json)
@@ -156,11 +192,13 @@ def _check_junit_path(junit: str) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SettingsError([f"--junit {junit}: cannot create the folder {parent} ({exc.strerror}); "
-                             "pick a writable path"]) from None
+        raise SettingsError(
+            [f"--junit {junit}: cannot create the folder {parent} ({exc.strerror}); pick a writable path"]
+        ) from None
 
 
 # --- ephemeral -------------------------------------------------------------------------------------
+
 
 def ephemeral_settings(settings):
     """The settings of a throwaway sandbox: a unique name, its own state folders, replace, a free port.
@@ -172,8 +210,9 @@ def ephemeral_settings(settings):
     base = settings.name[:100]
     name = f"{base}-smoke-{secrets.token_hex(3)}"
     state = Path(settings.state_dir) / name
-    changes: dict[str, Any] = dict(name=name, replace=True, workspace_dir=state / "workspace", data_dir=state / "data",
-                                   ephemeral=True)  # marked: `reset --stale` removes it if this job dies
+    changes: dict[str, Any] = dict(
+        name=name, replace=True, workspace_dir=state / "workspace", data_dir=state / "data", ephemeral=True
+    )  # marked: `reset --stale` removes it if this job dies
     if settings.origin("port") == "default":
         from openwork_sandbox.net.ports import free_port
 
@@ -189,13 +228,22 @@ def _teardown(eph) -> str | None:
         try:
             reset(eph, yes=True)
         except WorkflowError as exc:
-            return (f"could not remove the ephemeral sandbox {eph.name}: {exc.message}; "
-                    f"run `invoke reset --name {eph.name} --yes`")
+            return (
+                f"could not remove the ephemeral sandbox {eph.name}: {exc.message}; "
+                f"run `invoke reset --name {eph.name} --yes`"
+            )
     return None
 
 
-def _run_ephemeral(settings, boot: Callable[..., Any], *, persistence: bool, junit: str | None, as_json: bool,
-                   prompt: str | None = None) -> int:
+def _run_ephemeral(
+    settings,
+    boot: Callable[..., Any],
+    *,
+    persistence: bool,
+    junit: str | None,
+    as_json: bool,
+    prompt: str | None = None,
+) -> int:
     """Boot a throwaway sandbox, run the checks, always remove it (Ctrl+C and SIGTERM too); the exit code."""
     eph = ephemeral_settings(settings)
     console.info(f"smoke --ephemeral: booting {eph.name} (removed afterwards)")
@@ -234,18 +282,28 @@ def _run_ephemeral(settings, boot: Callable[..., Any], *, persistence: bool, jun
 def _up_failed_report(eph, exc: WorkflowError) -> SmokeReport:
     """`up` failed: that is the health (readiness) check failing; the rest are skipped."""
     gate = next(c for c in DECLARED if c.readiness)
-    checks = [CheckResult(gate.name, ERROR, message=f"the sandbox did not come up: {exc.message}",
-                          hint="the server log's last lines are printed above; `invoke doctor` checks this machine")]
-    checks += [CheckResult(c.name, SKIPPED, message=f"needs {gate.name}, which did not pass")
-               for c in DECLARED if c is not gate]
+    checks = [
+        CheckResult(
+            gate.name,
+            ERROR,
+            message=f"the sandbox did not come up: {exc.message}",
+            hint="the server log's last lines are printed above; `invoke doctor` checks this machine",
+        )
+    ]
+    checks += [
+        CheckResult(c.name, SKIPPED, message=f"needs {gate.name}, which did not pass")
+        for c in DECLARED
+        if c is not gate
+    ]
     tokens = [eph.token, eph.host_token, *eph.sandbox_env_values.values()]
     with contextlib.suppress(Exception):  # the generated tokens, only to mask them in the log tail
         from openwork_sandbox.sandbox.endpoint import endpoint
 
         ep = endpoint(eph)
         tokens += [ep.token, ep.host_token]
-    report = SmokeReport(url=eph.url, mode="ephemeral", checks=checks, name=eph.name,
-                         secrets=tuple(t for t in tokens if t))
+    report = SmokeReport(
+        url=eph.url, mode="ephemeral", checks=checks, name=eph.name, secrets=tuple(t for t in tokens if t)
+    )
     report.unreachable = isinstance(exc, UnreachableError)
     report.log_printed = True  # up printed the log tail when its health wait failed
     return report

@@ -46,6 +46,7 @@ PREREQUISITES: dict[str, tuple[str, ...]] = {c.name: c.needs for c in DECLARED}
 
 # --- results ----------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class CheckResult:
     """One check's outcome: passed, failed, error (not ready) or skipped, with what the report shows."""
@@ -67,10 +68,15 @@ class CheckResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "result": self.result, "seconds": round(self.seconds, 4), "detail": self.detail,
-            "message": self.message, "hint": self.hint,
-            "http": None if self.request is None else {"request": self.request, "status": self.status,
-                                                       "body": self.body},
+            "name": self.name,
+            "result": self.result,
+            "seconds": round(self.seconds, 4),
+            "detail": self.detail,
+            "message": self.message,
+            "hint": self.hint,
+            "http": None
+            if self.request is None
+            else {"request": self.request, "status": self.status, "body": self.body},
             **({"metrics": self.metrics} if self.metrics else {}),
         }
 
@@ -139,12 +145,23 @@ class Target:
 
 # --- the checks ---------------------------------------------------------------------------------
 
+
 class SmokeRunner:
     """Runs the checks against one :class:`Target`; knows nothing about output."""
 
-    def __init__(self, target: Target, *, request_timeout: float, health_timeout: float, persistence: bool = False,
-                 is_alive: Callable[[], bool] | None = None, on_check: Callable[[str], None] | None = None,
-                 keep_session: bool = False, prompt: str | None = None, prompt_timeout: float = 120.0):
+    def __init__(
+        self,
+        target: Target,
+        *,
+        request_timeout: float,
+        health_timeout: float,
+        persistence: bool = False,
+        is_alive: Callable[[], bool] | None = None,
+        on_check: Callable[[str], None] | None = None,
+        keep_session: bool = False,
+        prompt: str | None = None,
+        prompt_timeout: float = 120.0,
+    ):
         self.target = target
         self.prompt, self.prompt_timeout = prompt, prompt_timeout
         self.metrics: dict[str, dict] = {}  # check name -> figures it measured (copied into its result)
@@ -154,11 +171,17 @@ class SmokeRunner:
         self.persistence = persistence
         self.is_alive = is_alive or target.is_alive
         self.on_check = on_check  # called with a check's name just before it runs (progress, fault tests)
-        self.client = OpenWorkClient(target.url, token=target.token, host_token=target.host_token,
-                                     timeout=request_timeout)
-        self.report = SmokeReport(url=target.url, mode=target.mode, checks=[], name=target.name,
-                                  runtime=target.runtime,
-                                  secrets=tuple(s for s in (target.token, target.host_token, *target.secrets) if s))
+        self.client = OpenWorkClient(
+            target.url, token=target.token, host_token=target.host_token, timeout=request_timeout
+        )
+        self.report = SmokeReport(
+            url=target.url,
+            mode=target.mode,
+            checks=[],
+            name=target.name,
+            runtime=target.runtime,
+            secrets=tuple(s for s in (target.token, target.host_token, *target.secrets) if s),
+        )
         self.ws_id: str | None = None
         self.session_id: str | None = None
         self.title = f"openwork-sandbox smoke {uuid.uuid4().hex[:8]}"
@@ -192,9 +215,11 @@ class SmokeRunner:
                 return
             # redact the whole body before cutting it, as for a failed check: no secret survives half-cut
             problem = f"answered {resp.status}: {body_start(redact(resp.text, self.report.secrets))}"
-        self.report.notes.append(f"could not delete the smoke session {self.session_id} (DELETE "
-                                 f"/w/{self.ws_id}/opencode/session/{self.session_id} {problem}); delete it in "
-                                 "OpenCode, or pass --keep-session to keep smoke sessions on purpose")
+        self.report.notes.append(
+            f"could not delete the smoke session {self.session_id} (DELETE "
+            f"/w/{self.ws_id}/opencode/session/{self.session_id} {problem}); delete it in "
+            "OpenCode, or pass --keep-session to keep smoke sessions on purpose"
+        )
 
     def _run_one(self, check: Check, done: dict[str, CheckResult]) -> CheckResult:
         """One check: skipped when a prerequisite did not pass or the server has gone, else run and timed."""
@@ -204,7 +229,9 @@ class SmokeRunner:
             return result
         for pre in check.needs:
             if done[pre].result != PASSED:
-                result.message = f"needs {pre}, which {'was skipped' if done[pre].result == SKIPPED else 'did not pass'}"
+                result.message = (
+                    f"needs {pre}, which {'was skipped' if done[pre].result == SKIPPED else 'did not pass'}"
+                )
                 return result
         if self.on_check is not None:
             self.on_check(check.name)

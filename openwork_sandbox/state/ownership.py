@@ -57,8 +57,13 @@ def marks(state_dir: str, *, ephemeral: bool, max_duration: float, now: float | 
     """The marks of a new sandbox owned by the folder ``state_dir``."""
     out = {STATE_DIR: state_dir}
     if ephemeral:
-        out.update({EPHEMERAL: "1", OWNER: this_process(),
-                    EXPIRES: str(int((now if now is not None else time.time()) + max_duration))})
+        out.update(
+            {
+                EPHEMERAL: "1",
+                OWNER: this_process(),
+                EXPIRES: str(int((now if now is not None else time.time()) + max_duration)),
+            }
+        )
     return out
 
 
@@ -68,8 +73,9 @@ class Verdict:
     orphan: bool  # no .state/ folder owns it
 
 
-def judge(found: Mapping[str, str], *, folder_exists: bool, now: float,
-          alive: Callable[[str], bool | None] = owner_alive) -> Verdict:
+def judge(
+    found: Mapping[str, str], *, folder_exists: bool, now: float, alive: Callable[[str], bool | None] = owner_alive
+) -> Verdict:
     """The rule (see the module doc). ``found`` are the sandbox's marks (keys without prefix)."""
     stale = None
     if found.get(EPHEMERAL) == "1":

@@ -58,6 +58,7 @@ def guest_env() -> dict[str, str]:
 
 # --- the data folder must be writable -------------------------------------------------------------
 
+
 def _owner(path: Path) -> str:
     try:
         st = path.stat()
@@ -92,8 +93,10 @@ def data_dir_problem(path: Path) -> str | None:
             return f"the data folder {path} is full: free some space there {fix_other}"
         if exc.errno in (errno.EACCES, errno.EPERM):
             ids = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "$(id -u):$(id -g)"
-            return (f"the data folder {path} is not writable by you (it belongs to {_owner(path)}): "
-                    f"run `sudo chown -R {ids} {path}` once, {fix_other}")
+            return (
+                f"the data folder {path} is not writable by you (it belongs to {_owner(path)}): "
+                f"run `sudo chown -R {ids} {path}` once, {fix_other}"
+            )
         return f"the data folder {path} cannot be written ({exc.strerror}): fix it {fix_other}"
     finally:
         with contextlib.suppress(OSError):
@@ -109,8 +112,10 @@ def check_data_dir(settings) -> None:
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(settings.data_dir).free
         if free < MIN_FREE_BYTES:
-            console.info(f"note: only {console.human_bytes(free)} free in {settings.data_dir}; opencode's database "
-                         "grows with every session")
+            console.info(
+                f"note: only {console.human_bytes(free)} free in {settings.data_dir}; opencode's database "
+                "grows with every session"
+            )
 
 
 def raise_if_data_unwritable(settings, log_lines: Iterable[str]) -> None:
@@ -119,10 +124,12 @@ def raise_if_data_unwritable(settings, log_lines: Iterable[str]) -> None:
         raise WorkflowError(
             f"the sandbox cannot write its data folder {settings.data_dir} (mounted at /data): it is read-only, full "
             f"or belongs to another user; make it writable for you (e.g. `sudo chown -R $(id -u):$(id -g) "
-            f"{settings.data_dir}`) or point OPENWORK_MICROSANDBOX_DATA_DIR at a writable folder")
+            f"{settings.data_dir}`) or point OPENWORK_MICROSANDBOX_DATA_DIR at a writable folder"
+        )
 
 
 # --- migration from the old layout ---------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Copied:
@@ -139,8 +146,9 @@ def is_kept(rel: str) -> bool:
     return not any(rel == skip or rel.startswith(skip + "/") for skip in NOT_KEPT)
 
 
-def write_staged(stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtime: float, *, expected_size: int,
-                 source: str) -> Copied:
+def write_staged(
+    stage: Path, rel: str, chunks: Iterable[bytes], mode: int, mtime: float, *, expected_size: int, source: str
+) -> Copied:
     """Write one file of the copy to ``stage/rel``; a WorkflowError when fewer or more bytes arrived
     than the sandbox said it has (``expected_size``; ``source`` names where it came from)."""
     dest = stage / rel
@@ -182,8 +190,10 @@ def verify(stage: Path, copied: list[Copied]) -> None:
         except OSError as exc:
             raise WorkflowError(f"verifying the copy of {item.rel}: {exc.strerror}") from None
         if size != item.size or digest.hexdigest() != item.sha256:
-            raise WorkflowError(f"the copy of {item.rel} in {path} does not match what the sandbox sent "
-                                f"({size} bytes, expected {item.size}); nothing was changed")
+            raise WorkflowError(
+                f"the copy of {item.rel} in {path} does not match what the sandbox sent "
+                f"({size} bytes, expected {item.size}); nothing was changed"
+            )
 
 
 def _newest(path: Path) -> float:
@@ -220,8 +230,9 @@ def install(stage: Path, home: Path, copied: list[Copied], stamp: str) -> tuple[
     return moved, kept
 
 
-def copy_home_state(fetch: Callable[[str, Path, str], list[Copied]], data_dir: Path, source: str,
-                    guest_home: str = LEGACY_HOME) -> str | None:
+def copy_home_state(
+    fetch: Callable[[str, Path, str], list[Copied]], data_dir: Path, source: str, guest_home: str = LEGACY_HOME
+) -> str | None:
     """Copy the kept folders out of ``guest_home`` with ``fetch(guest_home, stage, unit)``, verify,
     install into ``<data_dir>/home``; the one-line summary, or None when there was nothing to copy.
     Any failure raises WorkflowError and leaves ``<data_dir>/home`` as it was."""
@@ -231,7 +242,9 @@ def copy_home_state(fetch: Callable[[str, Path, str], list[Copied]], data_dir: P
     try:
         stage.mkdir(parents=True)
     except OSError as exc:
-        raise WorkflowError(f"cannot stage the copy in {data_dir} ({exc.strerror}); the sandbox was not replaced") from None
+        raise WorkflowError(
+            f"cannot stage the copy in {data_dir} ({exc.strerror}); the sandbox was not replaced"
+        ) from None
     try:
         copied: list[Copied] = []
         for unit in KEPT:
@@ -241,14 +254,19 @@ def copy_home_state(fetch: Callable[[str, Path, str], list[Copied]], data_dir: P
         verify(stage, copied)
         home = data_dir / HOST_HOME
         moved, kept = install(stage, home, copied, stamp)
-        record = {"from": f"{source}:{guest_home}", "at": time.time(), "moved": moved, "kept_newer": kept,
-                  "files": len(copied), "bytes": sum(c.size for c in copied)}
+        record = {
+            "from": f"{source}:{guest_home}",
+            "at": time.time(),
+            "moved": moved,
+            "kept_newer": kept,
+            "files": len(copied),
+            "bytes": sum(c.size for c in copied),
+        }
         write_atomic(home / MIGRATION_RECORD, json.dumps(record, indent=2) + "\n", mode=0o644)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     size = console.human_bytes(sum(c.size for c in copied))
-    line = (f"moved the state {source} kept in {guest_home} ({len(copied)} files, {size}, sha256 verified) to "
-            f"{home}")
+    line = f"moved the state {source} kept in {guest_home} ({len(copied)} files, {size}, sha256 verified) to {home}"
     if kept:
         line += f"; kept the newer {', '.join(kept)} already there"
     return line
@@ -272,17 +290,32 @@ def migrate_before_replace(settings, rt, spec=None) -> None:
     except WorkflowError as exc:
         with contextlib.suppress(WorkflowError):
             restore()
-        raise WorkflowError(f"{exc.message}; {settings.name} was not replaced and still holds its sessions and tokens "
-                            f"(free space in {settings.data_dir} or fix the error, then run `invoke up` again)",
-                            exit_code=exc.exit_code) from None
+        raise WorkflowError(
+            f"{exc.message}; {settings.name} was not replaced and still holds its sessions and tokens "
+            f"(free space in {settings.data_dir} or fix the error, then run `invoke up` again)",
+            exit_code=exc.exit_code,
+        ) from None
     except OSError as exc:
         with contextlib.suppress(WorkflowError):
             restore()
-        raise WorkflowError(f"copying the state out of {where} failed ({exc.strerror}: {exc.filename}); "
-                            f"it was not replaced") from None
+        raise WorkflowError(
+            f"copying the state out of {where} failed ({exc.strerror}: {exc.filename}); it was not replaced"
+        ) from None
     if line:
         console.info(f"{console.OK} {line}")
 
 
-__all__ = ["GUEST_HOME", "LAYOUT", "KEPT", "Copied", "guest_env", "check_data_dir", "data_dir_problem",
-           "raise_if_data_unwritable", "migrate_before_replace", "copy_home_state", "write_staged", "is_kept"]
+__all__ = [
+    "GUEST_HOME",
+    "LAYOUT",
+    "KEPT",
+    "Copied",
+    "guest_env",
+    "check_data_dir",
+    "data_dir_problem",
+    "raise_if_data_unwritable",
+    "migrate_before_replace",
+    "copy_home_state",
+    "write_staged",
+    "is_kept",
+]

@@ -42,8 +42,11 @@ def record_push(settings: Settings, digest: str) -> str:
     """Remember that ``settings.image`` was pushed as ``digest``; returns the pinned reference."""
     pinned = pinned_ref(settings.image_ref, digest)
     data = read_pushes(settings)
-    data[settings.image] = {"pinned": pinned, "digest": digest,
-                            "pushed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    data[settings.image] = {
+        "pinned": pinned,
+        "digest": digest,
+        "pushed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     path = last_push_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
@@ -59,12 +62,34 @@ def pinned_image(settings: Settings) -> str:
     return pinned if isinstance(pinned, str) and "@sha256:" in pinned else settings.image
 
 
-def push_result(settings: Settings, image_id: str | None, digest: str, pinned: str, layers: int, layers_pushed: int,
-                bytes_pushed: int, image_bytes: int, pulled: bool, detail: str, started: float, **extra) -> dict:
+def push_result(
+    settings: Settings,
+    image_id: str | None,
+    digest: str,
+    pinned: str,
+    layers: int,
+    layers_pushed: int,
+    bytes_pushed: int,
+    image_bytes: int,
+    pulled: bool,
+    detail: str,
+    started: float,
+    **extra,
+) -> dict:
     """What push-image returns (and prints with --json), for one image or an index."""
     return {
-        "image": settings.image, "image_id": image_id, "digest": digest, "pinned": pinned, **extra,
-        "layers": layers, "layers_pushed": layers_pushed, "bytes_pushed": bytes_pushed, "image_bytes": image_bytes,
-        "manifest_ok": True, "blobs_ok": True, "msb_pull": pulled, "msb_pull_detail": detail,
+        "image": settings.image,
+        "image_id": image_id,
+        "digest": digest,
+        "pinned": pinned,
+        **extra,
+        "layers": layers,
+        "layers_pushed": layers_pushed,
+        "bytes_pushed": bytes_pushed,
+        "image_bytes": image_bytes,
+        "manifest_ok": True,
+        "blobs_ok": True,
+        "msb_pull": pulled,
+        "msb_pull_detail": detail,
         "seconds": round(time.monotonic() - started, 2),
     }

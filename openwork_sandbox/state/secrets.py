@@ -87,8 +87,10 @@ def missing_problem(settings: Settings) -> str | None:
         return None
     names = " and ".join(missing) if len(missing) < 3 else ", ".join(missing)
     verb = "is" if len(missing) == 1 else "are"
-    return (f"{names} {verb} named in OPENWORK_SANDBOX_ENV (from {settings.origin('sandbox_env')}) but {verb} not set "
-            "(or empty): export it, add it to .env, or drop it from OPENWORK_SANDBOX_ENV")
+    return (
+        f"{names} {verb} named in OPENWORK_SANDBOX_ENV (from {settings.origin('sandbox_env')}) but {verb} not set "
+        "(or empty): export it, add it to .env, or drop it from OPENWORK_SANDBOX_ENV"
+    )
 
 
 def gather(settings: Settings) -> SandboxSecrets:

@@ -69,16 +69,19 @@ class SandboxState:
 
     def ensure(self) -> None:
         """Create ``.state/<name>/`` (0700) and the two bind-mounted folders, all absolute."""
-        for path, setting in ((self.dir, "OPENWORK_STATE_DIR"),
-                              (self.settings.workspace_dir, "OPENWORK_MICROSANDBOX_WORKSPACE_DIR"),
-                              (self.settings.data_dir, "OPENWORK_MICROSANDBOX_DATA_DIR")):
+        for path, setting in (
+            (self.dir, "OPENWORK_STATE_DIR"),
+            (self.settings.workspace_dir, "OPENWORK_MICROSANDBOX_WORKSPACE_DIR"),
+            (self.settings.data_dir, "OPENWORK_MICROSANDBOX_DATA_DIR"),
+        ):
             if path.is_symlink() and path in (self.dir,):
                 raise WorkflowError(f"{path} is a symlink; the state folder must be a real folder: remove the link")
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise WorkflowError(f"cannot create {path} ({exc.strerror}): check {setting} and the permissions of "
-                                    "its folders") from None
+                raise WorkflowError(
+                    f"cannot create {path} ({exc.strerror}): check {setting} and the permissions of its folders"
+                ) from None
         with contextlib.suppress(OSError):
             os.chmod(self.dir, 0o700)
 
@@ -208,8 +211,10 @@ class StateFileError(WorkflowError):
 
 
 # the two ways out, per file (after "fix it, or")
-TOKENS_FIX = ("move it aside (`mv {path} {path}.broken`) to have new tokens generated (clients configured with the old "
-              "ones then need the new ones), or `invoke reset`")
+TOKENS_FIX = (
+    "move it aside (`mv {path} {path}.broken`) to have new tokens generated (clients configured with the old "
+    "ones then need the new ones), or `invoke reset`"
+)
 RECORD_FIX = "move it aside (`mv {path} {path}.broken`; the next `invoke up` writes a new one), or `invoke reset`"
 
 
@@ -223,17 +228,22 @@ def read_state_json(path: Path, fix: str) -> dict[str, Any]:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or exc.__class__.__name__
-        raise StateFileError(f"{path} cannot be read ({why}); it is kept as it is: fix it, or {fix.format(path=path)}") from None
+        raise StateFileError(
+            f"{path} cannot be read ({why}); it is kept as it is: fix it, or {fix.format(path=path)}"
+        ) from None
     try:
         data = json.loads(text)
     except ValueError as exc:
-        why = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        why = (
+            f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        )
         data, problem = None, why
     else:
         problem = None if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
     if problem:
-        raise StateFileError(f"{path} does not parse ({problem}); it is kept as it is: fix it, or "
-                             f"{fix.format(path=path)}")
+        raise StateFileError(
+            f"{path} does not parse ({problem}); it is kept as it is: fix it, or {fix.format(path=path)}"
+        )
     return data
 
 
@@ -264,6 +274,7 @@ def update_record(state_dir: Path, **values: Any) -> dict[str, Any]:
 
 # --- settings fingerprint ------------------------------------------------------------------------
 
+
 def fingerprint(values: dict[str, Any]) -> str:
     """A short stable hash of what a sandbox was created with (secrets hashed, never stored)."""
     blob = json.dumps(values, sort_keys=True, default=str).encode()
@@ -276,6 +287,7 @@ def secret_digest(secret: str | None) -> str:
 
 
 # --- safe deletion -------------------------------------------------------------------------------
+
 
 def _is_same_or_ancestor(path: Path, other: Path) -> bool:
     """``path`` is ``other`` or one of its parents (deleting ``path`` would delete ``other``)."""
@@ -299,7 +311,9 @@ def deletion_problem(target: Path, state_root: Path, project_root: Path) -> str 
         if state_real == path:
             return f"the state folder {state_root} resolves to {label} ({path}); set OPENWORK_STATE_DIR to a folder of its own"
     if target.is_symlink():
-        return f"{target} is a symlink (to {os.readlink(target)}); remove the link yourself, nothing is deleted through it"
+        return (
+            f"{target} is a symlink (to {os.readlink(target)}); remove the link yourself, nothing is deleted through it"
+        )
     try:
         target_real = target.resolve()
     except (OSError, RuntimeError) as exc:

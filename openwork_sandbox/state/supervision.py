@@ -42,8 +42,10 @@ class Supervision:
                 ago = f", {_ago((now or time.time()) - self.last_exit_at)} ago"
             text += f" (last: {self.last_reason}{ago})"
         if self.crash_loop:
-            text = (f"CRASH LOOP: {self.consecutive_failures} starts in a row died before they stayed healthy; "
-                    f"retrying every {self.backoff_seconds}s; " + text)
+            text = (
+                f"CRASH LOOP: {self.consecutive_failures} starts in a row died before they stayed healthy; "
+                f"retrying every {self.backoff_seconds}s; " + text
+            )
         return text
 
 

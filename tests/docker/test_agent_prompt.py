@@ -57,8 +57,14 @@ class Agent:
         self.key = "sk-standin-" + secrets.token_hex(20)
         self.config = tmp / "opencode.sandbox.jsonc"
         self.config.write_text(config_text(self.provider.port))
-        self.env = docker_env(image, "agent", OPENWORK_SANDBOX_ENV=KEY_VAR, OPENWORK_OPENCODE_CONFIG=str(self.config),
-                              OPENWORK_REQUEST_TIMEOUT="10", OPENWORK_PROMPT_TIMEOUT="150")
+        self.env = docker_env(
+            image,
+            "agent",
+            OPENWORK_SANDBOX_ENV=KEY_VAR,
+            OPENWORK_OPENCODE_CONFIG=str(self.config),
+            OPENWORK_REQUEST_TIMEOUT="10",
+            OPENWORK_PROMPT_TIMEOUT="150",
+        )
         self.name = self.env["OPENWORK_MICROSANDBOX_NAME"]
         self.state = tmp / "state" / self.name
         self.outputs: list[str] = []
@@ -87,8 +93,9 @@ class Agent:
         return subprocess.run(["docker", "inspect", self.name], capture_output=True, text=True, timeout=60).stdout
 
     def exec(self, script: str) -> str:
-        proc = subprocess.run(["docker", "exec", self.name, "sh", "-c", script], capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            ["docker", "exec", self.name, "sh", "-c", script], capture_output=True, text=True, timeout=60
+        )
         return proc.stdout + proc.stderr
 
 
@@ -165,9 +172,11 @@ def test_the_reply_comes_back_through_the_proxy_and_the_key_stays_secret(agent, 
     assert stat.S_IMODE(secret_file.parent.stat().st_mode) == 0o700
     assert agent.key in secret_file.read_text()
     # inside: opencode has it in its environment, openwork-server and the orchestrator do not
-    lines = agent.exec('for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); [ -n "$c" ] || continue; '
-                       'if grep -q sk-standin- $p/environ 2>/dev/null; then echo "HAS $c"; else echo "NOT $c"; fi; '
-                       'done').splitlines()
+    lines = agent.exec(
+        'for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); [ -n "$c" ] || continue; '
+        'if grep -q sk-standin- $p/environ 2>/dev/null; then echo "HAS $c"; else echo "NOT $c"; fi; '
+        "done"
+    ).splitlines()
     has = [ln[4:] for ln in lines if ln.startswith("HAS ")]
     assert has and all(c.startswith("/usr/local/bin/opencode ") for c in has), lines
     assert any(ln.startswith("NOT ") and "openwork-server --host" in ln for ln in lines), lines  # the server: no
@@ -176,11 +185,17 @@ def test_the_reply_comes_back_through_the_proxy_and_the_key_stays_secret(agent, 
     assert "Read-only file system" in agent.exec("touch /etc/openwork-sandbox/x")
 
 
-@pytest.mark.parametrize("status, message, expected", [
-    (401, "Incorrect API key provided", "the provider refused: 401 Incorrect API key provided"),
-    (500, "The server had an error while processing your request",
-     "the provider failed and opencode is retrying: The server had an error while processing your request"),
-])
+@pytest.mark.parametrize(
+    "status, message, expected",
+    [
+        (401, "Incorrect API key provided", "the provider refused: 401 Incorrect API key provided"),
+        (
+            500,
+            "The server had an error while processing your request",
+            "the provider failed and opencode is retrying: The server had an error while processing your request",
+        ),
+    ],
+)
 def test_a_provider_that_refuses_fails_the_check_in_one_line(agent, status, message, expected):
     agent.provider.refuse(status, message)
     try:
@@ -255,18 +270,41 @@ def test_the_gate_hands_the_mounted_keys_and_config_to_the_real_opencode(stack_i
     with StandinProvider() as provider:
         key = "sk-standin-" + secrets.token_hex(20)
         (tmp_path / "empty.env").write_text("")
-        settings = load_settings({"state_dir": str(tmp_path / "state"), "name": "gate"}, environ={},
-                                 env_file=tmp_path / "empty.env", root=tmp_path)
+        settings = load_settings(
+            {"state_dir": str(tmp_path / "state"), "name": "gate"},
+            environ={},
+            env_file=tmp_path / "empty.env",
+            root=tmp_path,
+        )
         folder = write(settings, SandboxSecrets({KEY_VAR: key}, config_text(provider.port)))
         port = free_port()
         name = f"owtest-gate-{secrets.token_hex(3)}"
-        run = subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host",
-                              "-e", "OPENCODE_DISABLE_MODELS_FETCH=1", "-e", "OPENWORK_HOST_ADDRESS=127.0.0.1",
-                              "--mount", f"type=bind,source={folder},target={GUEST_DIR},readonly",
-                              "--entrypoint", "sh", stack_image.ref, "-c",
-                              f"HOME=/tmp/home; export HOME; mkdir -p $HOME; cd /workspace; "
-                              f"exec /usr/local/bin/opencode-gate serve --hostname 127.0.0.1 --port {port}"],
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "host",
+                "-e",
+                "OPENCODE_DISABLE_MODELS_FETCH=1",
+                "-e",
+                "OPENWORK_HOST_ADDRESS=127.0.0.1",
+                "--mount",
+                f"type=bind,source={folder},target={GUEST_DIR},readonly",
+                "--entrypoint",
+                "sh",
+                stack_image.ref,
+                "-c",
+                f"HOME=/tmp/home; export HOME; mkdir -p $HOME; cd /workspace; "
+                f"exec /usr/local/bin/opencode-gate serve --hostname 127.0.0.1 --port {port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         try:
             base = f"http://127.0.0.1:{port}"
@@ -278,20 +316,28 @@ def test_the_gate_hands_the_mounted_keys_and_config_to_the_real_opencode(stack_i
                 except requests.RequestException:
                     time.sleep(0.5)
             else:
-                pytest.fail("opencode did not answer: " + subprocess.run(["docker", "logs", name], capture_output=True,
-                                                                        text=True).stderr[-2000:])
+                pytest.fail(
+                    "opencode did not answer: "
+                    + subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr[-2000:]
+                )
             config = requests.get(base + "/config", timeout=30).json()
             assert config["model"] == "standin/standin-model"
             assert config["provider"]["standin"]["options"]["baseURL"] == f"http://127.0.0.1:{provider.port}/v1"
             sid = requests.post(base + "/session", json={"title": "gate"}, timeout=30).json()["id"]
-            sent = requests.post(base + f"/session/{sid}/prompt_async",
-                                 json={"parts": [{"type": "text", "text": "Say hello"}]}, timeout=30)
+            sent = requests.post(
+                base + f"/session/{sid}/prompt_async",
+                json={"parts": [{"type": "text", "text": "Say hello"}]},
+                timeout=30,
+            )
             assert sent.status_code == 204, sent.text
             reply = None
             while time.monotonic() < deadline:
                 try:  # opencode busy with its first reply on a loaded machine can answer a poll late
-                    reply = read_reply(requests.get(base + f"/session/{sid}/message", timeout=60).json(),
-                                       requests.get(base + "/session/status", timeout=60).json(), sid)
+                    reply = read_reply(
+                        requests.get(base + f"/session/{sid}/message", timeout=60).json(),
+                        requests.get(base + "/session/status", timeout=60).json(),
+                        sid,
+                    )
                 except requests.Timeout:
                     continue
                 if reply.done or reply.retrying:

@@ -69,8 +69,10 @@ def test_backup_while_sessions_are_written_then_restore_into_another_name(stack_
         assert stat.S_IMODE(archive.stat().st_mode) == 0o600
         committed_before = [sid for when, sid in written if when < began]
         assert len(committed_before) >= 3
-        print(f"backup took {ended - began:.1f}s; sessions written: {len(committed_before)} before it began, "
-              f"{sum(began <= when <= ended for when, _ in written)} while it ran")
+        print(
+            f"backup took {ended - began:.1f}s; sessions written: {len(committed_before)} before it began, "
+            f"{sum(began <= when <= ended for when, _ in written)} while it ran"
+        )
 
         # the copy in the archive is whole and holds every session committed before the backup began
         with tarfile.open(archive) as tar:
@@ -87,7 +89,8 @@ def test_backup_while_sessions_are_written_then_restore_into_another_name(stack_
         proc = invoke(tmp_path, "restore", str(archive), timeout=120, **env_a)
         assert proc.returncode == 1 and proc.stderr.splitlines() == [
             f"sandbox {a.name} is running: run `invoke down` first, then `invoke restore {archive}` (restoring under "
-            "a running server would mix two databases)"]
+            "a running server would mix two databases)"
+        ]
 
         # into another name: restore, up, smoke; the sessions and the issued token are back
         proc = invoke(tmp_path, "restore", str(archive), timeout=300, **env_b)

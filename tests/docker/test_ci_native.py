@@ -32,9 +32,12 @@ def _dead_proxy() -> dict[str, str]:
 
 
 def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "GITHUB_")) and k.lower() not in
-           ("no_proxy", "http_proxy", "https_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "GITHUB_"))
+        and k.lower() not in ("no_proxy", "http_proxy", "https_proxy")
+    }
     env.update(values)
     return env
 
@@ -50,8 +53,15 @@ def _gha_files(folder: Path) -> dict[str, str]:
 
 def _invoke(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     """``invoke ARGS`` with stderr merged into stdout, so the order of all lines is kept."""
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _masked_before_use(output: str, secret: str) -> None:
@@ -69,10 +79,18 @@ def gha_sandbox(stack_image, tmp_path_factory):
     no NO_PROXY: the sandbox, its output (stdout+stderr in order) and the files the runner reads."""
     tmp = tmp_path_factory.mktemp("gha")
     name = unique_name("gha")
-    env = _env(OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-               OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-               OPENWORK_STATE_DIR=str(tmp / "state"), OPENWORK_HEALTH_TIMEOUT="90",
-               OPENWORK_ENV_FILE=str(tmp / "empty.env"), **OFFLINE, **_dead_proxy(), **_gha_files(tmp))
+    env = _env(
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_STATE_DIR=str(tmp / "state"),
+        OPENWORK_HEALTH_TIMEOUT="90",
+        OPENWORK_ENV_FILE=str(tmp / "empty.env"),
+        **OFFLINE,
+        **_dead_proxy(),
+        **_gha_files(tmp),
+    )
     (tmp / "empty.env").write_text("")
     up = _invoke(["up", "--show-tokens", "--github-output"], env, timeout=400)
     tokens = json.loads((tmp / "state" / name / "tokens.json").read_text()) if up.returncode == 0 else {}
@@ -103,11 +121,17 @@ def test_up_writes_its_summary_outputs_and_env(gha_sandbox):
         return values
 
     outputs = parse(env["GITHUB_OUTPUT"])
-    assert outputs == {"url": f"http://127.0.0.1:{port}", "name": gha_sandbox["name"], "runtime": "docker",
-                       "workspace-id": "ws_c52ddf65534b"}
+    assert outputs == {
+        "url": f"http://127.0.0.1:{port}",
+        "name": gha_sandbox["name"],
+        "runtime": "docker",
+        "workspace-id": "ws_c52ddf65534b",
+    }
     exported = parse(env["GITHUB_ENV"])
-    assert exported == {"OPENWORK_TOKEN": gha_sandbox["tokens"]["token"],
-                        "OPENWORK_HOST_TOKEN": gha_sandbox["tokens"]["host_token"]}
+    assert exported == {
+        "OPENWORK_TOKEN": gha_sandbox["tokens"]["token"],
+        "OPENWORK_HOST_TOKEN": gha_sandbox["tokens"]["host_token"],
+    }
     assert gha_sandbox["tokens"]["token"] not in Path(env["GITHUB_OUTPUT"]).read_text()
 
 
@@ -125,9 +149,14 @@ def test_up_on_a_taken_port_ends_with_an_error_annotation(stack_image, tmp_path)
     holder.listen()
     try:
         port = holder.getsockname()[1]
-        env = _env(OPENWORK_MICROSANDBOX_NAME=unique_name("gha"), OPENWORK_MICROSANDBOX_PORT=str(port),
-                   OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                   OPENWORK_STATE_DIR=str(tmp_path / "state"), **_gha_files(tmp_path))
+        env = _env(
+            OPENWORK_MICROSANDBOX_NAME=unique_name("gha"),
+            OPENWORK_MICROSANDBOX_PORT=str(port),
+            OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+            OPENWORK_MICROSANDBOX_RUNTIME="docker",
+            OPENWORK_STATE_DIR=str(tmp_path / "state"),
+            **_gha_files(tmp_path),
+        )
         up = _invoke(["up"], env, timeout=120)
     finally:
         holder.close()
@@ -141,8 +170,11 @@ def test_bad_settings_end_with_one_annotation_and_exit_2(tmp_path):
     env = _env(OPENWORK_MICROSANDBOX_PORT="ten", OPENWORK_STATE_DIR=str(tmp_path / "state"), **_gha_files(tmp_path))
     proc = _invoke(["status"], env, timeout=60)
     assert proc.returncode == 2
-    assert proc.stdout.strip().splitlines()[-1].startswith(
-        '::error title=status::OPENWORK_MICROSANDBOX_PORT="ten" (from environment)')
+    assert (
+        proc.stdout.strip()
+        .splitlines()[-1]
+        .startswith('::error title=status::OPENWORK_MICROSANDBOX_PORT="ten" (from environment)')
+    )
 
 
 def test_github_output_outside_github_actions_is_refused_before_booting(tmp_path):
@@ -154,9 +186,14 @@ def test_github_output_outside_github_actions_is_refused_before_booting(tmp_path
 
 
 def test_push_image_under_github_actions_groups_layers_and_writes_summaries(stack_image, tmp_path):
-    env = _env(OPENWORK_BASE_IMAGE=TEST_BASE_IMAGE, OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
-               OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR), OPENWORK_STATE_DIR=str(stack_image.settings.state_dir),
-               OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, **_gha_files(tmp_path))
+    env = _env(
+        OPENWORK_BASE_IMAGE=TEST_BASE_IMAGE,
+        OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
+        OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR),
+        OPENWORK_STATE_DIR=str(stack_image.settings.state_dir),
+        OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+        **_gha_files(tmp_path),
+    )
     proc = _invoke(["push-image"], env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = proc.stdout
@@ -175,16 +212,32 @@ def test_off_a_tty_a_cold_build_is_never_silent_for_10s(test_base_image, stack_i
     """A build on a base no layer was cached for (every COPY and the version check run again):
     stdout+stderr lines, time-stamped as they arrive, never more than 10 s apart."""
     base = f"{STACK_REPO}-base:gaps-{os.getpid()}"
-    made = subprocess.run(["docker", "build", "-q", "-t", base, "-"], input=f"FROM {test_base_image}\nLABEL gap={time.time()}\n",
-                          capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        ["docker", "build", "-q", "-t", base, "-"],
+        input=f"FROM {test_base_image}\nLABEL gap={time.time()}\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0, made.stderr
     image = f"{REGISTRY}/{STACK_REPO}:gaps"
-    env = _env(OPENWORK_BASE_IMAGE=base, OPENWORK_SERVER_BIN=str(STANDIN_SERVER), OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR),
-               OPENWORK_STATE_DIR=str(tmp_path / "state"), OPENWORK_MICROSANDBOX_IMAGE=image)
+    env = _env(
+        OPENWORK_BASE_IMAGE=base,
+        OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
+        OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR),
+        OPENWORK_STATE_DIR=str(tmp_path / "state"),
+        OPENWORK_MICROSANDBOX_IMAGE=image,
+    )
     started = time.monotonic()
     stamps, lines = [started], []
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build-image", "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "build-image", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             stamps.append(time.monotonic())
@@ -197,8 +250,10 @@ def test_off_a_tty_a_cold_build_is_never_silent_for_10s(test_base_image, stack_i
         subprocess.run(["docker", "rmi", "-f", image, base] + ([built.group(1)] if built else []), capture_output=True)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     worst = max(range(len(gaps)), key=gaps.__getitem__)
-    print(f"cold build: {stamps[-1] - started:.1f}s, {len(lines)} lines, longest silence {gaps[worst]:.1f}s "
-          f"(before: {lines[worst][:80]!r})")
+    print(
+        f"cold build: {stamps[-1] - started:.1f}s, {len(lines)} lines, longest silence {gaps[worst]:.1f}s "
+        f"(before: {lines[worst][:80]!r})"
+    )
     assert any(line.startswith("  Step ") and "COPY" in line for line in lines)  # Docker's step lines, streamed
     assert not any("Using cache" in line for line in lines)  # a new base: every step ran again
     assert gaps[worst] <= 10, f"{gaps[worst]:.1f}s without a line before {lines[worst]!r}"
@@ -222,13 +277,18 @@ def test_build_falls_back_to_the_base_setup_made_when_the_default_cannot_be_pull
     settings = load_settings(environ={}, env_file=tmp_path / "empty.env", root=tmp_path)  # the default base
     capsys.readouterr()
     base = ensure_base_image(settings)
-    expected_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", SETUP_BASE],
-                                 capture_output=True, text=True).stdout.strip()
+    expected_id = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", SETUP_BASE], capture_output=True, text=True
+    ).stdout.strip()
     assert base["ref"] == SETUP_BASE and base["id"] == expected_id
     said = [line for line in capsys.readouterr().err.splitlines() if SETUP_BASE in line]
-    assert said == [f"{DEFAULT_BASE} cannot be pulled here: building on {SETUP_BASE}, the base scripts/setup made "
-                    "(set OPENWORK_BASE_IMAGE to choose another)"]
+    assert said == [
+        f"{DEFAULT_BASE} cannot be pulled here: building on {SETUP_BASE}, the base scripts/setup made "
+        "(set OPENWORK_BASE_IMAGE to choose another)"
+    ]
 
-    chosen = load_settings(environ={"OPENWORK_BASE_IMAGE": DEFAULT_BASE}, env_file=tmp_path / "empty.env", root=tmp_path)
+    chosen = load_settings(
+        environ={"OPENWORK_BASE_IMAGE": DEFAULT_BASE}, env_file=tmp_path / "empty.env", root=tmp_path
+    )
     with pytest.raises(WorkflowError, match=f"base image {DEFAULT_BASE} is not available"):
         ensure_base_image(chosen)  # asked for by name: no silent substitute

@@ -37,9 +37,24 @@ class Engine:
     def start(self, timeout: float = 60) -> None:
         log = open(self.root / "dockerd.log", "a")
         self.proc = subprocess.Popen(
-            ["dockerd", "-H", self.host, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-             "--pidfile", str(self.root / "docker.pid"), "--bridge=none", "--iptables=false", "--ip-masq=false"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "dockerd",
+                "-H",
+                self.host,
+                "--data-root",
+                str(self.root / "data"),
+                "--exec-root",
+                str(self.root / "exec"),
+                "--pidfile",
+                str(self.root / "docker.pid"),
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.docker("info", check=False).returncode == 0:
@@ -72,15 +87,19 @@ class Engine:
 @pytest.fixture(scope="module")
 def engine(stack_image):
     if shutil.which("dockerd") is None or os.geteuid() != 0:
-        pytest.skip("a second engine needs dockerd and root (here: " +
-                    ("no dockerd" if shutil.which("dockerd") is None else "not root") + ")")
+        pytest.skip(
+            "a second engine needs dockerd and root (here: "
+            + ("no dockerd" if shutil.which("dockerd") is None else "not root")
+            + ")"
+        )
     root = Path(tempfile.mkdtemp(prefix="i17a-engine-", dir="/tmp"))  # short: a socket path limit applies
     eng = Engine(root)
     eng.start()
     try:
         save = subprocess.Popen(["docker", "save", stack_image.ref], stdout=subprocess.PIPE)
-        load = subprocess.run(["docker", "-H", eng.host, "load"], stdin=save.stdout, capture_output=True, text=True,
-                              timeout=600)
+        load = subprocess.run(
+            ["docker", "-H", eng.host, "load"], stdin=save.stdout, capture_output=True, text=True, timeout=600
+        )
         save.stdout.close()
         assert save.wait(timeout=60) == 0 and load.returncode == 0, load.stderr
         yield eng
@@ -118,8 +137,10 @@ def test_the_sandbox_comes_back_after_an_engine_restart_and_down_is_for_good(eng
     name, url = env["OPENWORK_MICROSANDBOX_NAME"], f"http://127.0.0.1:{env['OPENWORK_MICROSANDBOX_PORT']}"
     up = invoke(tmp_path, "up", timeout=420, **env)
     assert up.returncode == 0, up.stderr
-    assert engine.docker("inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", name).stdout.strip() == \
-        "unless-stopped"
+    assert (
+        engine.docker("inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", name).stdout.strip()
+        == "unless-stopped"
+    )
 
     engine.stop()  # the host goes down: the engine stops its containers
     assert not _healthy(url)

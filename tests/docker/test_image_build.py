@@ -19,8 +19,12 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 def _health_window(image: str) -> float:
     """start period + retries x interval of the image's own HEALTHCHECK, in seconds."""
-    out = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Healthcheck}}", image],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .Config.Healthcheck}}", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     hc = json.loads(out)
     assert hc and hc["Test"][0] == "CMD", "the image has no HEALTHCHECK"
     return (hc["StartPeriod"] + hc["Retries"] * hc["Interval"]) / 1e9
@@ -38,14 +42,19 @@ def test_container_serves_health_and_workspaces(stack_image, stack_container):
     workspace = resp.json()["items"][0]
     assert workspace["id"] == "ws_c52ddf65534b" and workspace["path"] == "/workspace"
     # the real opencode behind the stand-in's proxy creates a session
-    session = requests.post(f"{c.url}/w/{workspace['id']}/opencode/session", json={"title": "image test"},
-                            headers=auth, timeout=30)
+    session = requests.post(
+        f"{c.url}/w/{workspace['id']}/opencode/session", json={"title": "image test"}, headers=auth, timeout=30
+    )
     assert session.status_code == 200, session.text
     assert session.json()["directory"] == "/workspace"
     assert "OpenWork orchestrator running" in c.logs()
     # the tokens reach the programs through their environment, never a command line
-    cmdlines = subprocess.run(["docker", "exec", c.name, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
-                              capture_output=True, text=True, timeout=30).stdout
+    cmdlines = subprocess.run(
+        ["docker", "exec", c.name, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     assert "openwork serve" in cmdlines and "openwork-server" in cmdlines
     assert c.token not in cmdlines and c.host_token not in cmdlines
 
@@ -55,20 +64,39 @@ def test_docker_health_check_turns_healthy_without_curl(stack_image, stack_conta
     c = stack_container()
     deadline, status = time.monotonic() + window + 10, ""
     while time.monotonic() < deadline:
-        status = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}", c.name],
-                                capture_output=True, text=True).stdout.strip()
+        status = subprocess.run(
+            ["docker", "inspect", "--format", "{{.State.Health.Status}}", c.name], capture_output=True, text=True
+        ).stdout.strip()
         if status == "healthy":
             break
         time.sleep(0.5)
     assert status == "healthy", c.logs()[-2000:]
-    has_curl = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", stack_image.ref,
-                               "-c", "command -v curl wget || true"], capture_output=True, text=True).stdout.strip()
+    has_curl = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            stack_image.ref,
+            "-c",
+            "command -v curl wget || true",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert has_curl == ""
 
 
 def test_entrypoint_refuses_to_start_without_tokens(stack_image):
-    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "OPENWORK_TOKEN=only-this-one",
-                           stack_image.ref], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "-e", "OPENWORK_TOKEN=only-this-one", stack_image.ref],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 64
     assert "OPENWORK_HOST_TOKEN not set" in proc.stderr
     assert "only-this-one" not in proc.stderr + proc.stdout
@@ -76,8 +104,11 @@ def test_entrypoint_refuses_to_start_without_tokens(stack_image):
 
 def test_image_layout_and_labels(stack_image):
     # by id: a concurrent session may move the tag to a rebuild with another revision label
-    cfg = json.loads(subprocess.run(["docker", "image", "inspect", stack_image.image_id], capture_output=True,
-                                    text=True, check=True).stdout)[0]["Config"]
+    cfg = json.loads(
+        subprocess.run(
+            ["docker", "image", "inspect", stack_image.image_id], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]["Config"]
     labels = cfg["Labels"]
     revision = labels["org.opencontainers.image.revision"]
     assert revision == stack_image.build["revision"]
@@ -93,16 +124,25 @@ def test_image_layout_and_labels(stack_image):
     assert set(cfg["Volumes"]) == {"/workspace", "/data"} and "8787/tcp" in cfg["ExposedPorts"]
     env = dict(e.split("=", 1) for e in cfg["Env"])
     assert env["OPENWORK_WORKSPACE"] == "/workspace" and env["OPENWORK_DATA_DIR"] == "/data/openwork-orchestrator"
-    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", stack_image.image_id],
-                             capture_output=True, text=True, check=True).stdout
+    history = subprocess.run(
+        ["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", stack_image.image_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "RUN" not in history.replace("#(nop)", "")  # no RUN step: nothing ran inside the build
     # what changes most is the last file layer: a server bump pushes one layer
     copies = [line for line in history.splitlines()[::-1] if "COPY" in line]
     assert [c.split(" in ")[-1].strip() for c in copies] == [
-        "/usr/local/bin/opencode", "/usr/local/bin/openwork", "/usr/local/bin/opencode-gate",
-        "/usr/local/lib/openwork/opencode-gate.js", "/usr/local/bin/openwork-server-gate",
+        "/usr/local/bin/opencode",
+        "/usr/local/bin/openwork",
+        "/usr/local/bin/opencode-gate",
+        "/usr/local/lib/openwork/opencode-gate.js",
+        "/usr/local/bin/openwork-server-gate",
         "/usr/local/bin/microsandbox-entrypoint.sh",
-        "/usr/local/bin/openwork-supervise", "/usr/local/bin/openwork-server"]
+        "/usr/local/bin/openwork-supervise",
+        "/usr/local/bin/openwork-server",
+    ]
 
 
 def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):
@@ -111,13 +151,19 @@ def test_no_token_value_in_history_or_inspect(stack_image, tmp_path):
     from openwork_sandbox.image.build import build_image
 
     result = build_image(settings)
-    history = subprocess.run(["docker", "history", "--no-trunc", result["image_id"]], capture_output=True, text=True,
-                             check=True).stdout
-    inspect = subprocess.run(["docker", "image", "inspect", result["image_id"]], capture_output=True, text=True,
-                             check=True).stdout
+    history = subprocess.run(
+        ["docker", "history", "--no-trunc", result["image_id"]], capture_output=True, text=True, check=True
+    ).stdout
+    inspect = subprocess.run(
+        ["docker", "image", "inspect", result["image_id"]], capture_output=True, text=True, check=True
+    ).stdout
     # tokens in the settings change nothing in the image: the same layers as the session's image
-    layers = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", stack_image.image_id],
-                            capture_output=True, text=True, check=True).stdout
+    layers = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", stack_image.image_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(inspect)[0]["RootFS"]["Layers"] == json.loads(layers)
     for text in (history, inspect):
         assert token not in text and host_token not in text
@@ -151,8 +197,10 @@ def test_version_check_refuses_a_wrong_pin(stack_image, tmp_path):
     from openwork_sandbox.image.build import check_versions
 
     settings = stack_settings(tmp_path, OPENWORK_STATE_DIR=str(tmp_path / "state"))  # nothing verified yet
-    wrong = {name: npm_artifacts.Artifact(name, tmp_path, "", version, "npm:test")
-             for name, version in (("opencode", "1.17.11"), ("openwork", "9.9.9"), ("openwork-server", None))}
+    wrong = {
+        name: npm_artifacts.Artifact(name, tmp_path, "", version, "npm:test")
+        for name, version in (("opencode", "1.17.11"), ("openwork", "9.9.9"), ("openwork-server", None))
+    }
     with pytest.raises(WorkflowError) as err:
         check_versions(settings, stack_image.image_id, wrong)
     assert "openwork reports 0.18.1, pinned 9.9.9 (OPENWORK_ORCHESTRATOR_VERSION)" in err.value.message
@@ -165,8 +213,9 @@ def test_missing_base_image_says_how_to_make_one(services, tmp_path):
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.image.build import build_image
 
-    settings = stack_settings(tmp_path, OPENWORK_BASE_IMAGE="openwork-base:no-such-tag",
-                              OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    settings = stack_settings(
+        tmp_path, OPENWORK_BASE_IMAGE="openwork-base:no-such-tag", OPENWORK_STATE_DIR=str(tmp_path / "state")
+    )
     with pytest.raises(WorkflowError) as err:
         build_image(settings)
     message = err.value.message
@@ -182,8 +231,12 @@ def test_a_program_without_a_version_fails_the_build_and_tags_nothing(stack_imag
     mute.write_text("#!/bin/sh\necho 'no version here'\n")
     mute.chmod(0o755)
     ref = f"{stack_image.ref.rsplit(':', 1)[0]}:no-version"
-    settings = stack_settings(tmp_path, OPENWORK_SERVER_BIN=str(mute), OPENWORK_MICROSANDBOX_IMAGE=ref,
-                              OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    settings = stack_settings(
+        tmp_path,
+        OPENWORK_SERVER_BIN=str(mute),
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+        OPENWORK_STATE_DIR=str(tmp_path / "state"),
+    )
     with pytest.raises(WorkflowError) as err:
         build_image(settings)
     assert "openwork-server --version printed no version" in err.value.message

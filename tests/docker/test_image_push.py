@@ -31,16 +31,21 @@ def test_push_is_pullable_manifest_blobs_and_msb(stack_image, short_msb_home, ca
     assert result["pinned"] == f"{REGISTRY}/{STACK_REPO}@{result['digest']}"
 
     # independent check: skopeo reads the same digest from the registry
-    skopeo = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{stack_image.ref}"],
-                            capture_output=True, text=True, timeout=120)
+    skopeo = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{stack_image.ref}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert skopeo.returncode == 0, skopeo.stderr
     assert json.loads(skopeo.stdout)["Digest"] == result["digest"]
 
     if msb_path() is None:
         pytest.skip("microsandbox (msb) is not installed: the msb pull part cannot run here")
     assert result["msb_pull"] is True
-    cached = subprocess.run([msb_path(), "image", "inspect", stack_image.ref], capture_output=True, text=True,
-                            timeout=60)
+    cached = subprocess.run(
+        [msb_path(), "image", "inspect", stack_image.ref], capture_output=True, text=True, timeout=60
+    )
     assert cached.returncode == 0 and result["digest"] in cached.stdout
 
 
@@ -52,8 +57,12 @@ def test_server_only_change_pushes_one_small_layer(stack_image, tmp_path, short_
     changed.write_bytes(STANDIN_SERVER.read_bytes() + b"\n# changed for the push test\n")
     changed.chmod(0o755)
     ref = f"{REGISTRY}/{STACK_REPO}:server-change"
-    settings = stack_settings(tmp_path, OPENWORK_SERVER_BIN=str(changed), OPENWORK_MICROSANDBOX_IMAGE=ref,
-                              OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    settings = stack_settings(
+        tmp_path,
+        OPENWORK_SERVER_BIN=str(changed),
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+        OPENWORK_STATE_DIR=str(tmp_path / "state"),
+    )
     try:
         built = build_image(settings)
         assert built["downloaded_bytes"] == 0 and built["image_id"] != stack_image.image_id
@@ -89,8 +98,9 @@ def test_push_to_a_port_without_a_registry_is_one_line(stack_image, tmp_path):
     from openwork_sandbox.image.push import push_image
 
     port = free_port()
-    settings = stack_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=f"127.0.0.1:{port}/nothing:here",
-                              OPENWORK_STATE_DIR=str(STACK_STATE_DIR))
+    settings = stack_settings(
+        tmp_path, OPENWORK_MICROSANDBOX_IMAGE=f"127.0.0.1:{port}/nothing:here", OPENWORK_STATE_DIR=str(STACK_STATE_DIR)
+    )
     with pytest.raises(UnreachableError) as err:
         push_image(settings)
     message = err.value.message
@@ -104,8 +114,12 @@ def test_login_uses_the_credentials(stack_image, tmp_path, monkeypatch, short_ms
     from openwork_sandbox.image.push import push_image
 
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
-    settings = stack_settings(tmp_path, OPENWORK_REGISTRY_USERNAME="ci-user",
-                              OPENWORK_REGISTRY_PASSWORD="s3cret-pass-word", OPENWORK_STATE_DIR=str(STACK_STATE_DIR))
+    settings = stack_settings(
+        tmp_path,
+        OPENWORK_REGISTRY_USERNAME="ci-user",
+        OPENWORK_REGISTRY_PASSWORD="s3cret-pass-word",
+        OPENWORK_STATE_DIR=str(STACK_STATE_DIR),
+    )
     push_image(settings)
     auths = json.loads((tmp_path / "docker" / "config.json").read_text())["auths"]
     assert base64.b64decode(auths[REGISTRY]["auth"]).decode() == "ci-user:s3cret-pass-word"
@@ -121,6 +135,7 @@ def test_login_needs_both_credentials(tmp_path):
 
 
 # --- retries: a flaky registry cannot be made from the real one, so a small double stands in ---
+
 
 class FlakyRegistryDouble(BaseHTTPRequestHandler):
     """TEST DOUBLE of a registry's GET /v2/: answers the queued statuses, then 200."""

@@ -23,8 +23,9 @@ from tests.support.lifecycle import OFFLINE, ROOT, docker_env, invoke, unique_na
 
 
 def _docker_labels(name: str) -> dict:
-    out = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Labels}}", name], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Config.Labels}}", name], capture_output=True, text=True
+    )
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
@@ -45,15 +46,22 @@ def test_a_killed_ephemeral_smoke_is_found_and_removed(stack_image, tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
     clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
     (tmp_path / "empty.env").write_text("")
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "smoke", "--ephemeral", "--env-file",
-                             str(tmp_path / "empty.env")], cwd=ROOT, env=clean, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "smoke", "--ephemeral", "--env-file", str(tmp_path / "empty.env")],
+        cwd=ROOT,
+        env=clean,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     name = None
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and name is None:
-            listed = subprocess.run(["docker", "ps", "--filter", f"name={base}-smoke-", "--format", "{{.Names}}"],
-                                    capture_output=True, text=True).stdout.split()
+            listed = subprocess.run(
+                ["docker", "ps", "--filter", f"name={base}-smoke-", "--format", "{{.Names}}"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
             name = listed[0] if listed else None
             time.sleep(0.5)
         assert name, "the ephemeral sandbox did not appear"
@@ -140,10 +148,17 @@ except WorkflowError as exc:
 def _microsandbox_managed() -> dict:
     """microsandbox's sandboxes this tool made, listed in a child process: the SDK keeps the first
     MSB_HOME it sees for the life of a process, and this test's MSB_HOME is deleted after it."""
-    code = ("import json; from openwork_sandbox.runtimes.listing import microsandbox_managed as m; "
-            "print(json.dumps({n: marks for n, marks, _ in m()}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import json; from openwork_sandbox.runtimes.listing import microsandbox_managed as m; "
+        "print(json.dumps({n: marks for n, marks, _ in m()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -155,9 +170,13 @@ def test_a_microvm_whose_job_is_gone_is_found_and_removed(stack_image, tmp_path,
     without its teardown; doctor lists it from microsandbox's own records, reset --stale removes it."""
     pytest.importorskip("microsandbox")
     name = unique_name("i17a-msb")
-    made = subprocess.run([sys.executable, "-c", MSB_CREATE, str(tmp_path), str(ROOT), name,
-                           stack_image.ref], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    made = subprocess.run(
+        [sys.executable, "-c", MSB_CREATE, str(tmp_path), str(ROOT), name, stack_image.ref],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     listed = _microsandbox_managed()
     assert name in listed, (listed, made.stdout, made.stderr[-2000:])

@@ -54,8 +54,11 @@ def test_up_serves_health_and_enforces_the_client_token(box):
     wrong = requests.get(ep.url + "/workspaces", headers={"Authorization": f"Bearer {ep.host_token}x"}, timeout=5)
     assert wrong.status_code == 401
     # the generated tokens reached the server, and `docker run` never had them on its command line
-    ps = subprocess.run(["docker", "inspect", "--format", "{{json .Args}} {{json .Path}}", settings.name],
-                        capture_output=True, text=True).stdout
+    ps = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Args}} {{json .Path}}", settings.name],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert ep.token not in ps
 
 
@@ -71,10 +74,15 @@ def test_server_listens_on_loopback_only(box):
     if engine_has_bridge():
         assert addresses <= {"127.0.0.1"}, addresses
     else:
-        env = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Env}}", box["settings"].name],
-                             capture_output=True, text=True).stdout
+        env = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Config.Env}}", box["settings"].name],
+            capture_output=True,
+            text=True,
+        ).stdout
         assert "OPENWORK_REMOTE_ACCESS=0" in env
-        assert addresses == {"127.0.0.1"}, f"listening on {addresses}: the entrypoint must honour OPENWORK_REMOTE_ACCESS=0"
+        assert addresses == {"127.0.0.1"}, (
+            f"listening on {addresses}: the entrypoint must honour OPENWORK_REMOTE_ACCESS=0"
+        )
 
 
 def test_second_up_is_a_no_op(box, capsys):
@@ -117,9 +125,14 @@ def _follow_then_interrupt(tmp, args, env, ready_text):
     clean.update({"OPENWORK_STATE_DIR": str(tmp / "state"), **OFFLINE, **env})
     # -X faulthandler: where a task does not end on Ctrl+C, SIGABRT makes it print every thread's stack
     # (how a suite started in the background was found to pass its ignored SIGINT on: see tests/support/plugin.py)
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "invoke", *args, "--env-file",
-                             str(tmp / "empty.env")], env=clean,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-m", "invoke", *args, "--env-file", str(tmp / "empty.env")],
+        env=clean,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = ""
     stream = proc.stdout if ready_text is None else proc.stderr  # None: the first line of output
     try:
@@ -135,7 +148,9 @@ def _follow_then_interrupt(tmp, args, env, ready_text):
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"`invoke {' '.join(args)}` still ran 30 s after Ctrl+C; its threads:\n{err[-4000:]}") from None
+            raise AssertionError(
+                f"`invoke {' '.join(args)}` still ran 30 s after Ctrl+C; its threads:\n{err[-4000:]}"
+            ) from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -221,22 +236,30 @@ def test_reset_keep_data_then_reset_removes_only_the_state_folder(box, capsys):
 
 # --- servers that do not come up ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def broken_images(prod_base_image, tmp_path_factory):
     """Two tiny images in the local registry: one never serves, one exits at once."""
     ctx = tmp_path_factory.mktemp("broken")
     refs = {}
-    for tag, cmd in (("silent", 'echo booting-but-never-serving; exec sleep 600'),
-                     ("dies", 'echo "fatal: cannot start the server" >&2; exit 3')):
-        refs[tag] = build_and_push(ctx, f'FROM {prod_base_image}\nCMD ["sh", "-c", {json.dumps(cmd)}]\n',
-                                   f"{REGISTRY}/owtest-lifecycle:{tag}")
+    for tag, cmd in (
+        ("silent", "echo booting-but-never-serving; exec sleep 600"),
+        ("dies", 'echo "fatal: cannot start the server" >&2; exit 3'),
+    ):
+        refs[tag] = build_and_push(
+            ctx, f'FROM {prod_base_image}\nCMD ["sh", "-c", {json.dumps(cmd)}]\n', f"{REGISTRY}/owtest-lifecycle:{tag}"
+        )
     return refs
 
 
 def test_server_that_never_gets_healthy_shows_log_tail_exit_1_and_is_left(broken_images, tmp_path):
-    env = dict(OPENWORK_MICROSANDBOX_NAME=unique_name("silent"), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-               OPENWORK_MICROSANDBOX_IMAGE=broken_images["silent"], OPENWORK_MICROSANDBOX_RUNTIME="docker",
-               OPENWORK_HEALTH_TIMEOUT="2")
+    env = dict(
+        OPENWORK_MICROSANDBOX_NAME=unique_name("silent"),
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=broken_images["silent"],
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_HEALTH_TIMEOUT="2",
+    )
     try:
         proc = invoke(tmp_path, "up", **env)
         assert proc.returncode == 1, proc.stderr
@@ -255,9 +278,13 @@ def test_server_that_never_gets_healthy_shows_log_tail_exit_1_and_is_left(broken
 
 
 def test_server_that_dies_fails_fast_with_its_last_words(broken_images, tmp_path):
-    env = dict(OPENWORK_MICROSANDBOX_NAME=unique_name("dies"), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-               OPENWORK_MICROSANDBOX_IMAGE=broken_images["dies"], OPENWORK_MICROSANDBOX_RUNTIME="docker",
-               OPENWORK_HEALTH_TIMEOUT="600")
+    env = dict(
+        OPENWORK_MICROSANDBOX_NAME=unique_name("dies"),
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=broken_images["dies"],
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_HEALTH_TIMEOUT="600",
+    )
     try:
         proc = invoke(tmp_path, "up", timeout=300, **env)  # fails long before the 600 s deadline
         assert proc.returncode == 1, proc.stderr
@@ -271,15 +298,21 @@ def test_server_that_dies_fails_fast_with_its_last_words(broken_images, tmp_path
 def test_two_ups_at_once_make_one_sandbox(stack_image, tmp_path):
     """One proceeds; the other waits for the lock and reuses the result, or says the name is busy."""
     name = unique_name("twice")
-    env = dict(OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-               OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref, OPENWORK_MICROSANDBOX_RUNTIME="docker")
+    env = dict(
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
     clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
     (tmp_path / "empty.env").write_text("")
     argv = [sys.executable, "-m", "invoke", "up", "--json", "--env-file", str(tmp_path / "empty.env")]
     try:
-        procs = [subprocess.Popen(argv, env=clean, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(argv, env=clean, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
         for out, err, code in results:
             assert "Traceback" not in err, err
@@ -288,8 +321,11 @@ def test_two_ups_at_once_make_one_sandbox(stack_image, tmp_path):
             else:
                 assert code == 1 and "is busy" in err and "holds" in err, err
         assert any(code == 0 for _, _, code in results)
-        listed = subprocess.run(["docker", "ps", "-a", "--filter", f"name=^{name}$", "--format", "{{.Names}}"],
-                                capture_output=True, text=True).stdout.split()
+        listed = subprocess.run(
+            ["docker", "ps", "-a", "--filter", f"name=^{name}$", "--format", "{{.Names}}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         assert listed == [name]
         assert requests.get(f"http://127.0.0.1:{env['OPENWORK_MICROSANDBOX_PORT']}/health", timeout=5).ok
     finally:
@@ -298,23 +334,34 @@ def test_two_ups_at_once_make_one_sandbox(stack_image, tmp_path):
 
 # --- a start that gets stuck or dies once is retried once --------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def flaky_images(stack_image, tmp_path_factory):
     """The stack image with a first start that hangs (or dies), as orchestrator 0.18 sometimes does
     under load; the second start (marker file in /data) runs the real entrypoint."""
     ctx = tmp_path_factory.mktemp("flaky")
     refs = {}
-    for tag, first in (("hangs-once", "echo 'opencode server listening (simulated hang)'; exec sleep 600"),
-                       ("dies-once", "echo '[openwork-orchestrator] ERROR Run failed (simulated)'; exit 1")):
-        script = (f"if [ ! -e /data/.started-once ]; then touch /data/.started-once; {first}; fi; "
-                  "exec /usr/local/bin/microsandbox-entrypoint.sh")
-        refs[tag] = build_and_push(ctx, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(script)}]\n'
-                                        "CMD []\n", f"{REGISTRY}/owtest-lifecycle:{tag}")
+    for tag, first in (
+        ("hangs-once", "echo 'opencode server listening (simulated hang)'; exec sleep 600"),
+        ("dies-once", "echo '[openwork-orchestrator] ERROR Run failed (simulated)'; exit 1"),
+    ):
+        script = (
+            f"if [ ! -e /data/.started-once ]; then touch /data/.started-once; {first}; fi; "
+            "exec /usr/local/bin/microsandbox-entrypoint.sh"
+        )
+        refs[tag] = build_and_push(
+            ctx,
+            f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(script)}]\nCMD []\n',
+            f"{REGISTRY}/owtest-lifecycle:{tag}",
+        )
     # a start that prints nothing for longer than the stall threshold (as the server job in a microVM
     # nested under emulation did for over 20 s), then starts normally: slow, not stuck
     refs["silent-at-first"] = build_and_push(
-        ctx, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", "sleep 20; exec /usr/local/bin/microsandbox-entrypoint.sh"]\n'
-             "CMD []\n", f"{REGISTRY}/owtest-lifecycle:silent-at-first")
+        ctx,
+        f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", "sleep 20; exec /usr/local/bin/microsandbox-entrypoint.sh"]\n'
+        "CMD []\n",
+        f"{REGISTRY}/owtest-lifecycle:silent-at-first",
+    )
     return refs
 
 
@@ -325,9 +372,14 @@ def test_a_start_that_prints_nothing_at_first_is_not_restarted(flaky_images, tmp
     # the stall threshold (20 s) shortened, yet above the start gates' 5 s beat with room for a loaded
     # host (at 4 s the suite beside an emulated host saw a real start's 4 s pause after "Run starting")
     monkeypatch.setattr(start_watch, "START_TIMES", dataclasses.replace(start_watch.START_TIMES, stall_s=12.0))
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("silent"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                             OPENWORK_MICROSANDBOX_IMAGE=flaky_images["silent-at-first"], OPENWORK_HEALTH_TIMEOUT="120")
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=unique_name("silent"),
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=flaky_images["silent-at-first"],
+        OPENWORK_HEALTH_TIMEOUT="120",
+    )
     try:
         ep = up(settings)
         err = capsys.readouterr().err
@@ -344,9 +396,14 @@ def test_a_start_that_sticks_or_dies_once_is_retried_once(flaky_images, tmp_path
 
     # the stall threshold (20 s) shortened for the test
     monkeypatch.setattr(start_watch, "START_TIMES", dataclasses.replace(start_watch.START_TIMES, stall_s=4.0))
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(tag), OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_IMAGE=flaky_images[tag],
-                             OPENWORK_HEALTH_TIMEOUT="120")
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=unique_name(tag),
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=flaky_images[tag],
+        OPENWORK_HEALTH_TIMEOUT="120",
+    )
     try:
         ep = up(settings)
         assert said in capsys.readouterr().err
@@ -386,9 +443,14 @@ def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(s
     threading.Thread(target=holder.serve_forever, daemon=True).start()
     real_is_free = ports.port_is_free
     monkeypatch.setattr(ports, "port_is_free", lambda p, host="127.0.0.1": p == port or real_is_free(p, host))
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("moved"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                             OPENWORK_MICROSANDBOX_PORT=str(port), OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
-                             OPENWORK_HEALTH_TIMEOUT="240")
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=unique_name("moved"),
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_MICROSANDBOX_PORT=str(port),
+        OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+        OPENWORK_HEALTH_TIMEOUT="240",
+    )
     try:
         with pytest.raises(WorkflowError) as caught:
             up(settings)

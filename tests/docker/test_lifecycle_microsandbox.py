@@ -39,8 +39,15 @@ def test_up_with_microsandbox_fails_fast_here_in_one_line(tmp_path, small_image)
     marker = tmp_path / "state" / name / "workspace" / "mine.txt"
     marker.parent.mkdir(parents=True)
     marker.write_text("keep me")
-    proc = invoke(tmp_path, "up", "--runtime", "microsandbox", OPENWORK_MICROSANDBOX_NAME=name,
-                  OPENWORK_MICROSANDBOX_IMAGE=small_image, OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+    proc = invoke(
+        tmp_path,
+        "up",
+        "--runtime",
+        "microsandbox",
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_IMAGE=small_image,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -62,9 +69,14 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
     from openwork_sandbox.state.store import SandboxState
 
     name = unique_name("msbboot")
-    env = dict(OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=small_image,
-               OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
-               OPENWORK_MICROSANDBOX_MEMORY="512", OPENWORK_MICROSANDBOX_CPUS="1")
+    env = dict(
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_IMAGE=small_image,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
+        OPENWORK_MICROSANDBOX_MEMORY="512",
+        OPENWORK_MICROSANDBOX_CPUS="1",
+    )
     settings = make_settings(tmp_path, **env).with_overrides(replace=True)  # replace: PullPolicy.ALWAYS
     state = SandboxState(settings)
     state.ensure()
@@ -80,6 +92,7 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
         assert "KVM_EXIT_INTERNAL_ERROR" in message
         assert str(sandbox_log_dir(name) / "runtime.log") in message
         assert "--runtime docker" in message
+
         # the image was really pulled from the registry
         async def inspect():
             return await Image.inspect(small_image)
@@ -90,6 +103,7 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
         assert state.tokens() == (token, host_token)
         st = runtime.status()
         assert st.state == "stopped" and st.image == small_image and st.fingerprint
+
         # the network policy and the published port reached the SDK (OPENWORK_MICROSANDBOX_NETWORK's default)
         async def network():
             from microsandbox import Sandbox
@@ -98,8 +112,9 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
 
         net = asyncio.run(network())
         assert net["policy"]["default_egress"] == "allow" and net["policy"]["default_ingress"] == "allow"
-        assert net["ports"] == [{"guest_port": 8787, "host_bind": "127.0.0.1", "host_port": settings.port,
-                                 "protocol": "tcp"}]
+        assert net["ports"] == [
+            {"guest_port": 8787, "host_bind": "127.0.0.1", "host_port": settings.port, "protocol": "tcp"}
+        ]
         # status and the system log work from another process
         status = invoke(tmp_path, "status", "--json", **env)
         assert status.returncode == 1 and json.loads(status.stdout)["state"] == "stopped", status.stderr
@@ -114,6 +129,7 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
 
 
 # --- msb's launch probe, answered late (the SDK gives `msb __launch-protocol` 2 s) ---------------------
+
 
 @pytest.fixture(scope="module")
 def slow_probe(tmp_path_factory):
@@ -130,10 +146,15 @@ def _create_sandbox(tmp_path, image: str):
     from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
 
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("msbprobe"),
-                             OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                             OPENWORK_MICROSANDBOX_RUNTIME="microsandbox", OPENWORK_MICROSANDBOX_MEMORY="512",
-                             OPENWORK_MICROSANDBOX_CPUS="1")
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=unique_name("msbprobe"),
+        OPENWORK_MICROSANDBOX_IMAGE=image,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
+        OPENWORK_MICROSANDBOX_MEMORY="512",
+        OPENWORK_MICROSANDBOX_CPUS="1",
+    )
     state = SandboxState(settings)
     state.ensure()
     runtime = MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
@@ -165,8 +186,9 @@ def test_a_launch_probe_answered_late_once_is_tried_again(tmp_path, small_image,
         remove_sandbox(name)
 
 
-def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(tmp_path, small_image, slow_probe,
-                                                                         monkeypatch, capsys):
+def test_a_launch_probe_never_answered_in_time_ends_in_one_line_naming_it(
+    tmp_path, small_image, slow_probe, monkeypatch, capsys
+):
     """Late every time: five tries, then one line that says what happened and what to do, instead of
     the SDK's "selected msb runtime does not support network.http.deny_response; upgrade msb"."""
     from openwork_sandbox.core.errors import WorkflowError
@@ -197,12 +219,17 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
 
     name = unique_name("msbpull")
     ref = f"{REGISTRY}/owtest-lifecycle:never-pushed-{name}"
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=ref,
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+    )
     try:
         with pytest.raises(WorkflowError) as err:
             MicrosandboxRuntime(name, settings.sandbox_state_dir).create(
-                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40)
+            )
         assert f"could not pull {ref}" in err.value.message and "invoke push-image" in err.value.message
         assert "manifest unknown" in err.value.message
     finally:
@@ -211,11 +238,15 @@ def test_missing_image_is_a_pull_failure_with_the_way_out(tmp_path, services):
 
 # --- what create passes to the SDK (no boot) ---------------------------------------------------------
 
-@pytest.mark.parametrize("setting, egress, ingress, allowed_groups", [
-    ("allow-all", "allow", "allow", []),       # upstream's choice: the host and the LAN too
-    ("public-only", "deny", "allow", ["public"]),  # the SDK's own default
-    ("none", "deny", "allow", []),             # nothing out; the published port still answers
-])
+
+@pytest.mark.parametrize(
+    "setting, egress, ingress, allowed_groups",
+    [
+        ("allow-all", "allow", "allow", []),  # upstream's choice: the host and the LAN too
+        ("public-only", "deny", "allow", ["public"]),  # the SDK's own default
+        ("none", "deny", "allow", []),  # nothing out; the published port still answers
+    ],
+)
 def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingress, allowed_groups):
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
     from openwork_sandbox.sandbox.launch import launch_spec
@@ -225,8 +256,14 @@ def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingre
     kwargs = create_kwargs(launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
     policy = kwargs["network"].policy
     assert (str(policy.default_egress), str(policy.default_ingress)) == (egress, ingress)
-    groups = [r.destination.value for r in policy.rules if str(r.action) == "allow" and r.destination is not None
-              and str(r.destination.kind) == "group" and r.destination.value != "host"]
+    groups = [
+        r.destination.value
+        for r in policy.rules
+        if str(r.action) == "allow"
+        and r.destination is not None
+        and str(r.destination.kind) == "group"
+        and r.destination.value != "host"
+    ]
     assert groups == allowed_groups
     [binding] = kwargs["network"].ports
     assert (binding.host_port, binding.guest_port, binding.bind) == (port, 8787, "127.0.0.1")
@@ -318,13 +355,18 @@ def test_a_state_folder_without_extended_attributes_is_refused_before_the_boot(t
 
     with ramfs() as mnt:
         name = unique_name("xattr")
-        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_STATE_DIR=str(mnt / "state"),
-                                 OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+        settings = make_settings(
+            tmp_path,
+            OPENWORK_MICROSANDBOX_NAME=name,
+            OPENWORK_STATE_DIR=str(mnt / "state"),
+            OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        )
         settings.workspace_dir.mkdir(parents=True)
         settings.data_dir.mkdir(parents=True)
         with pytest.raises(WorkflowError) as err:
             MicrosandboxRuntime(name, settings.sandbox_state_dir).create(
-                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40)
+            )
         assert err.value.exit_code == 2 and "extended attributes" in err.value.message
         assert str(settings.data_dir.resolve()) in err.value.message and "OPENWORK_STATE_DIR" in err.value.message
         assert not sandbox_exists(name)  # refused before anything was made
@@ -343,13 +385,18 @@ def test_an_msb_home_without_extended_attributes_is_named_before_the_boot(tmp_pa
     with ramfs() as mnt:
         monkeypatch.setenv("MSB_HOME", str(mnt / "msb"))
         name = unique_name("xattrhome")
-        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=small_image,
-                                 OPENWORK_MICROSANDBOX_PORT=str(free_port()))
+        settings = make_settings(
+            tmp_path,
+            OPENWORK_MICROSANDBOX_NAME=name,
+            OPENWORK_MICROSANDBOX_IMAGE=small_image,
+            OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        )
         settings.workspace_dir.mkdir(parents=True)  # on ext4 (tmp_path): takes xattrs
         settings.data_dir.mkdir(parents=True)
         with pytest.raises(WorkflowError) as err:
             MicrosandboxRuntime(name, settings.sandbox_state_dir).create(
-                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40))
+                launch_spec(settings, "microsandbox", "t" * 40, "h" * 40)
+            )
         message = err.value.message
         assert err.value.exit_code == 2 and "\n" not in message
         assert f"its own folder {mnt / 'msb'} (MSB_HOME)" in message and "extended attributes" in message
@@ -367,8 +414,10 @@ def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp
     monkeypatch.setenv("MSB_HOME", str(tmp_path / "msb"))
     logs = tmp_path / "msb" / "sandboxes" / "box" / "logs"
     logs.mkdir(parents=True)
-    (logs / "kernel.log").write_text("[ 1.0] booting\n[ 52.3] BUG: TASK stack guard page was hit at 0000\n"
-                                     "[ 52.4] Kernel panic - not syncing: Fatal exception\n")
+    (logs / "kernel.log").write_text(
+        "[ 1.0] booting\n[ 52.3] BUG: TASK stack guard page was hit at 0000\n"
+        "[ 52.4] Kernel panic - not syncing: Fatal exception\n"
+    )
     rt = msb.MicrosandboxRuntime("box", tmp_path / "state")
     seen = {"state": STOPPED}
     monkeypatch.setattr(rt, "status", lambda: RuntimeStatus(seen["state"], detail="stopped"))
@@ -379,8 +428,9 @@ def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp
     assert rt.machine_fault() == "the microVM itself stopped ([ 52.4] Kernel panic - not syncing: Fatal exception)"
     (logs / "kernel.log").write_text("[ 1.0] booting\n")
     (logs / "runtime.log").write_text("INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal\n")
-    assert rt.machine_fault() == ("the microVM itself stopped (INFO msb_krun_vmm::linux::vstate: Received "
-                                  "KVM_EXIT_SHUTDOWN signal)")
+    assert rt.machine_fault() == (
+        "the microVM itself stopped (INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal)"
+    )
     (logs / "runtime.log").unlink()
     assert rt.describe()[0] == "stopped, stopped; the microVM itself stopped (its logs say no more)"
     seen["state"] = RUNNING  # a running VM whose job stopped: the base's words only, and no machine fault
@@ -388,14 +438,26 @@ def test_a_microvm_that_died_under_its_server_is_named_with_its_own_log_line(tmp
     assert state == "running, stopped" and "own logs" not in hint and rt.machine_fault() is None
 
 
-@pytest.mark.parametrize("runtime_log, kvm_ok, retried", [
-    ("INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal\n", True, True),  # seen in the emulated host
-    ("INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal\n", False, False),  # no KVM: not a fault of one boot
-    ("ERROR vstate: KVM_EXIT_INTERNAL_ERROR\n", True, False),  # what a host without vmx/svm gets
-    ("INFO entering VM\n", True, False),  # the logs say nothing of a fault
-])
-def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(tmp_path, monkeypatch, runtime_log,
-                                                                               kvm_ok, retried):
+@pytest.mark.parametrize(
+    "runtime_log, kvm_ok, retried",
+    [
+        (
+            "INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal\n",
+            True,
+            True,
+        ),  # seen in the emulated host
+        (
+            "INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal\n",
+            False,
+            False,
+        ),  # no KVM: not a fault of one boot
+        ("ERROR vstate: KVM_EXIT_INTERNAL_ERROR\n", True, False),  # what a host without vmx/svm gets
+        ("INFO entering VM\n", True, False),  # the logs say nothing of a fault
+    ],
+)
+def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(
+    tmp_path, monkeypatch, runtime_log, kvm_ok, retried
+):
     from openwork_sandbox.runtimes import probe
     from openwork_sandbox.runtimes.microsandbox import logs as msb_logs
 
@@ -404,7 +466,7 @@ def test_only_a_boot_stopped_by_the_microvms_cpu_on_a_kvm_host_is_tried_again(tm
     logs.mkdir(parents=True)
     (logs / "runtime.log").write_text(runtime_log)
     monkeypatch.setattr(probe, "microvm_support", lambda: (kvm_ok, "/dev/kvm is usable" if kvm_ok else "no vmx/svm"))
-    error = 'runtime error: sandbox process exited (exit status: 0) before agent relay became available'
+    error = "runtime error: sandbox process exited (exit status: 0) before agent relay became available"
     fault = msb_logs.boot_fault("box", error)
     assert (fault is not None) is retried
     if retried:

@@ -26,8 +26,9 @@ def test_the_registry_seed_is_a_registry_storage_that_serves_the_image(test_base
     (tmp_path / "cache" / "images").mkdir(parents=True)
     ref = f"{LOCAL_REGISTRY}/owtest-seed:t{time.time_ns()}"
     subprocess.run(["docker", "tag", test_base_image, ref], check=True)
-    image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
-                              text=True, check=True).stdout.strip()
+    image_id = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
     try:
         tar, fig = image.registry_seed(ref, image_id)
         assert tar is not None and tar.exists() and fig["registry_seed_s"] > 0
@@ -42,16 +43,22 @@ def test_the_registry_seed_is_a_registry_storage_that_serves_the_image(test_base
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    (tmp_path / "config.yml").write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: "
-                                         f"{{rootdirectory: {storage}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n")
-    server = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "config.yml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (tmp_path / "config.yml").write_text(
+        f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: "
+        f"{{rootdirectory: {storage}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    server = subprocess.Popen(
+        ["docker-registry", "serve", str(tmp_path / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         base = f"http://127.0.0.1:{port}/v2/owtest-seed"
         for _ in range(100):
             try:
-                resp = requests.get(f"{base}/manifests/{ref.rsplit(':', 1)[1]}", timeout=5, headers={
-                    "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+                resp = requests.get(
+                    f"{base}/manifests/{ref.rsplit(':', 1)[1]}",
+                    timeout=5,
+                    headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+                )
                 break
             except requests.ConnectionError:
                 time.sleep(0.1)

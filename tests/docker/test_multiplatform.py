@@ -52,8 +52,19 @@ def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def arm_base(test_base_image):
-    proc = subprocess.run([str(ROOT / "scripts" / "make-base-image"), ARM_BASE, "--include", "python3-minimal",
-                           "--platform", "linux/arm64"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            str(ROOT / "scripts" / "make-base-image"),
+            ARM_BASE,
+            "--include",
+            "python3-minimal",
+            "--platform",
+            "linux/arm64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     return ARM_BASE
 
@@ -61,8 +72,9 @@ def arm_base(test_base_image):
 @pytest.fixture(scope="session")
 def multi_image(arm_base, tmp_path_factory):
     """Both platforms built and pushed as one index, once per session."""
-    settings = stack_settings(tmp_path_factory.mktemp("multi"), **multi_env(
-        OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:index"))
+    settings = stack_settings(
+        tmp_path_factory.mktemp("multi"), **multi_env(OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:index")
+    )
     built, pushed = build_and_push(settings)
     return {"settings": settings, "build": built, "push": pushed}
 
@@ -87,15 +99,17 @@ def test_registry_serves_an_index_of_both_platforms(multi_image):
     raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout
     index = json.loads(raw)
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
-    assert {(m["platform"]["os"], m["platform"]["architecture"], m["platform"].get("variant"))
-            for m in index["manifests"]} == {("linux", "amd64", None), ("linux", "arm64", "v8")}
+    assert {
+        (m["platform"]["os"], m["platform"]["architecture"], m["platform"].get("variant")) for m in index["manifests"]
+    } == {("linux", "amd64", None), ("linux", "arm64", "v8")}
     digest = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
     assert multi_image["push"]["digest"] == digest
     pushes = json.loads((multi_image["settings"].state_dir / "last-push.json").read_text())
     assert pushes[ref]["pinned"] == f"{REGISTRY}/{MULTI_REPO}@{digest}"  # what up boots
     for arch in ("amd64", "arm64"):
-        config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", "--override-arch", arch,
-                                   f"docker://{ref}").stdout)
+        config = json.loads(
+            skopeo("inspect", "--config", "--tls-verify=false", "--override-arch", arch, f"docker://{ref}").stdout
+        )
         assert (config["os"], config["architecture"]) == ("linux", arch)
         assert config["config"]["Labels"]["io.openwork.opencode.version"] == OPENCODE
 
@@ -103,10 +117,15 @@ def test_registry_serves_an_index_of_both_platforms(multi_image):
 def test_the_amd64_entry_is_the_image_built_and_checked_here(multi_image):
     ref = multi_image["settings"].image
     host = next(p for p in multi_image["build"]["platforms"] if p["platform"] == "linux/amd64")
-    config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", "--override-arch", "amd64",
-                               f"docker://{ref}").stdout)
-    local = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", host["image_id"]],
-                           capture_output=True, text=True, check=True).stdout
+    config = json.loads(
+        skopeo("inspect", "--config", "--tls-verify=false", "--override-arch", "amd64", f"docker://{ref}").stdout
+    )
+    local = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", host["image_id"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert config["rootfs"]["diff_ids"] == json.loads(local)
     assert host["checked"] == "ran each program's --version in a container"
 
@@ -118,18 +137,30 @@ def test_docker_pulls_an_arm64_image_whose_programs_are_aarch64_and_answer_under
     if qemu is None:
         pytest.skip("qemu-user-static is not installed")
     check_ref = f"{REGISTRY}/{MULTI_REPO}-arm64check:{secrets.token_hex(3)}"
-    skopeo("copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
-           f"docker://{multi_image['settings'].image}", f"docker://{check_ref}")
+    skopeo(
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        f"docker://{multi_image['settings'].image}",
+        f"docker://{check_ref}",
+    )
     cid = None
     try:
-        pull = subprocess.run(["docker", "pull", "--platform", "linux/arm64", check_ref], capture_output=True,
-                              text=True, timeout=600)
+        pull = subprocess.run(
+            ["docker", "pull", "--platform", "linux/arm64", check_ref], capture_output=True, text=True, timeout=600
+        )
         assert pull.returncode == 0, pull.stderr
-        arch = subprocess.run(["docker", "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}/{{.Variant}}",
-                               check_ref], capture_output=True, text=True, check=True).stdout.strip()
+        arch = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}/{{.Variant}}", check_ref],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         assert arch == "linux/arm64/v8"
-        cid = subprocess.run(["docker", "create", check_ref, "/bin/true"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+        cid = subprocess.run(
+            ["docker", "create", check_ref, "/bin/true"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         root = tmp_path / "root"
         root.mkdir()
         export = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
@@ -138,10 +169,17 @@ def test_docker_pulls_an_arm64_image_whose_programs_are_aarch64_and_answer_under
         expected = {"opencode": OPENCODE, "openwork": "0.18.1"}
         for name, version in expected.items():
             program = root / "usr" / "local" / "bin" / name
-            assert "ARM aarch64" in subprocess.run(["file", "-b", str(program)], capture_output=True, text=True,
-                                                   check=True).stdout
-            out = subprocess.run([qemu, "-L", str(root), str(program), "--version"], capture_output=True, text=True,
-                                 timeout=300, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+            assert (
+                "ARM aarch64"
+                in subprocess.run(["file", "-b", str(program)], capture_output=True, text=True, check=True).stdout
+            )
+            out = subprocess.run(
+                [qemu, "-L", str(root), str(program), "--version"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+            )
             assert out.returncode == 0 and version in out.stdout, (name, out.stdout, out.stderr)
     finally:
         if cid:
@@ -160,9 +198,12 @@ def test_arm64_version_gate_ran_under_qemu_and_the_download_cache_holds_both(mul
     assert amd["sha256"]["opencode"] != arm["sha256"]["opencode"]
     # content-addressed per platform: each program's file in the cache is named by its tarball's digest
     for p in (amd, arm):
-        assert any(d.name.startswith("opencode-") and (d / "opencode").exists() and
-                   hashlib.sha256((d / "opencode").read_bytes()).hexdigest() == p["sha256"]["opencode"]
-                   for d in (STACK_CACHE_DIR / "bin").iterdir())
+        assert any(
+            d.name.startswith("opencode-")
+            and (d / "opencode").exists()
+            and hashlib.sha256((d / "opencode").read_bytes()).hexdigest() == p["sha256"]["opencode"]
+            for d in (STACK_CACHE_DIR / "bin").iterdir()
+        )
 
 
 def test_noop_rebuild_and_push_keep_every_id_and_send_nothing(multi_image, tmp_path):
@@ -205,11 +246,17 @@ def test_push_image_platform_flag_pushes_the_index(multi_image, tmp_path):
 
 # --- bad input: one line each, exit 2, nothing pushed ------------------------------------------
 
+
 def _nothing_pushed(ref: str) -> None:
-    proc = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and ("manifest unknown" in proc.stderr or "not found" in proc.stderr.lower()), \
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and ("manifest unknown" in proc.stderr or "not found" in proc.stderr.lower()), (
         proc.stderr
+    )
 
 
 def _one_line_exit_2(proc: subprocess.CompletedProcess) -> str:
@@ -243,8 +290,11 @@ def test_a_program_of_the_wrong_architecture_is_one_line(arm_base, tmp_path):
     """An amd64 opencode named as the arm64 one."""
     ref = f"{REGISTRY}/{MULTI_REPO}-bad:{secrets.token_hex(4)}"
     host_sh = os.path.realpath("/bin/sh")
-    env = multi_env(OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_STATE_DIR=str(tmp_path / "state"),
-                    OPENWORK_OPENCODE_BIN=f"linux/amd64={host_sh},linux/arm64={host_sh}")
+    env = multi_env(
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+        OPENWORK_STATE_DIR=str(tmp_path / "state"),
+        OPENWORK_OPENCODE_BIN=f"linux/amd64={host_sh},linux/arm64={host_sh}",
+    )
     line = _one_line_exit_2(invoke(tmp_path, "build-image", timeout=600, **env))
     assert "OPENWORK_OPENCODE_BIN" in line and "amd64 program, not arm64" in line, line
 
@@ -263,6 +313,7 @@ def test_an_image_docker_cannot_save_is_one_line(services, tmp_path):
 
 # --- a private registry: TLS from a CA made here, htpasswd login ----------------------------------
 
+
 def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_registry, tmp_path, monkeypatch):
     from openwork_sandbox.image.push import push_image
 
@@ -270,20 +321,32 @@ def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_re
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))  # Docker has no login: the settings' one only
     monkeypatch.setenv("MSB_HOME", tempfile.mkdtemp(prefix="msb", dir="/tmp"))
     ref = reg.ref("multi")
-    settings = multi_image["settings"].with_overrides(image=ref, registry_username=reg.user,
-                                                      registry_password=reg.password)
+    settings = multi_image["settings"].with_overrides(
+        image=ref, registry_username=reg.user, registry_password=reg.password
+    )
     try:
         pushed = push_image(settings)
     finally:
         shutil.rmtree(os.environ["MSB_HOME"], ignore_errors=True)
-    raw = skopeo("inspect", "--raw", "--creds", f"{reg.user}:{reg.password}", "--cert-dir",
-                 f"/etc/docker/certs.d/{reg.host}", f"docker://{ref}").stdout
+    raw = skopeo(
+        "inspect",
+        "--raw",
+        "--creds",
+        f"{reg.user}:{reg.password}",
+        "--cert-dir",
+        f"/etc/docker/certs.d/{reg.host}",
+        f"docker://{ref}",
+    ).stdout
     index = json.loads(raw)
     assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
     assert pushed["digest"] == "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
     assert pushed["layers_pushed"] == pushed["blobs"]  # a new registry: every blob sent
-    anonymous = subprocess.run(["skopeo", "inspect", "--raw", "--cert-dir", f"/etc/docker/certs.d/{reg.host}",
-                                f"docker://{ref}"], capture_output=True, text=True, timeout=120)
+    anonymous = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--cert-dir", f"/etc/docker/certs.d/{reg.host}", f"docker://{ref}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert anonymous.returncode != 0  # the login was needed
     from openwork_sandbox.runtimes.probe import msb_path
 
@@ -298,6 +361,7 @@ def test_a_private_tls_registry_with_a_login_takes_the_index(multi_image, tls_re
 # per-platform local-binary override. Like every boot test it needs opencode to start within the
 # orchestrator's fixed 10 s, which an overloaded machine does not give it (README, Known problems).
 
+
 @pytest.fixture(scope="session")
 def bootable_index(multi_image, tmp_path_factory):
     from openwork_sandbox.image import artifacts as npm_artifacts
@@ -309,10 +373,14 @@ def bootable_index(multi_image, tmp_path_factory):
         package = program.package(arch)
         tarball = npm_artifacts.fetch_tarball(settings, package, version)
         files[arch] = npm_artifacts.extract_program(settings, program, tarball, package, version).path
-    boot = stack_settings(tmp_path_factory.mktemp("boot"), **multi_env(
-        OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:boot",
-        OPENWORK_STATE_DIR=str(ROOT / ".state" / "test-multi-boot"),
-        OPENWORK_OPENCODE_BIN=f"linux/amd64={files['amd64']},linux/arm64={files['arm64']}"))
+    boot = stack_settings(
+        tmp_path_factory.mktemp("boot"),
+        **multi_env(
+            OPENWORK_MICROSANDBOX_IMAGE=f"{REGISTRY}/{MULTI_REPO}:boot",
+            OPENWORK_STATE_DIR=str(ROOT / ".state" / "test-multi-boot"),
+            OPENWORK_OPENCODE_BIN=f"linux/amd64={files['amd64']},linux/arm64={files['arm64']}",
+        ),
+    )
     built, pushed = build_and_push(boot)
     return {"build": built, "push": pushed, "pinned": pushed["pinned"]}
 
@@ -351,9 +419,14 @@ def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, t
     if microvm_support()[0]:
         pytest.skip("microVMs boot here: test_up_on_docker's counterpart is the booted microsandbox suite")
     name = unique_name("i16msb")
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=bootable_index["pinned"],
-                             OPENWORK_MICROSANDBOX_RUNTIME="microsandbox", OPENWORK_MICROSANDBOX_MEMORY="512",
-                             OPENWORK_MICROSANDBOX_CPUS="1").with_overrides(replace=True)
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_IMAGE=bootable_index["pinned"],
+        OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
+        OPENWORK_MICROSANDBOX_MEMORY="512",
+        OPENWORK_MICROSANDBOX_CPUS="1",
+    ).with_overrides(replace=True)
     state = SandboxState(settings)
     state.ensure()
     token, host_token = state.tokens()

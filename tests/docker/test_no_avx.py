@@ -14,7 +14,6 @@ CRASH = DATA / "bun-crash-no-avx.txt"
 LINE = "this CPU has no AVX: openwork-orchestrator 0.18.1 cannot run here"
 
 
-
 @pytest.mark.docker
 def test_doctor_reports_this_hosts_avx(services, tmp_path):
     from openwork_sandbox.runtimes.probe import cpu_flags
@@ -28,9 +27,12 @@ def test_doctor_reports_this_hosts_avx(services, tmp_path):
 def crashing_image(prod_base_image, tmp_path_factory):
     ctx = tmp_path_factory.mktemp("noavx")
     shutil.copy(CRASH, ctx / "crash.txt")
-    return build_and_push(ctx, f'FROM {prod_base_image}\nCOPY crash.txt /crash.txt\n'
-                               'CMD ["sh", "-c", "echo [openwork-orchestrator] starting; sleep 1; cat /crash.txt; exit 132"]\n',
-                          f"{REGISTRY}/owtest-noavx:bun-crash")
+    return build_and_push(
+        ctx,
+        f"FROM {prod_base_image}\nCOPY crash.txt /crash.txt\n"
+        'CMD ["sh", "-c", "echo [openwork-orchestrator] starting; sleep 1; cat /crash.txt; exit 132"]\n',
+        f"{REGISTRY}/owtest-noavx:bun-crash",
+    )
 
 
 @pytest.mark.docker
@@ -55,11 +57,14 @@ def supervised_crashing_image(prod_base_image, tmp_path_factory):
     ctx = tmp_path_factory.mktemp("noavx-supervised")
     shutil.copy(CRASH, ctx / "crash.txt")
     shutil.copy(ROOT / "openwork_sandbox" / "image" / "openwork-supervise", ctx / "openwork-supervise")
-    return build_and_push(ctx, f'FROM {prod_base_image}\nCOPY crash.txt /crash.txt\n'
-                               'COPY openwork-supervise /usr/local/bin/openwork-supervise\n'
-                               'CMD ["/usr/local/bin/openwork-supervise", "sh", "-c", '
-                               '"echo [openwork-orchestrator] starting; sleep 1; cat /crash.txt; exit 132"]\n',
-                          f"{REGISTRY}/owtest-noavx:bun-crash-supervised")
+    return build_and_push(
+        ctx,
+        f"FROM {prod_base_image}\nCOPY crash.txt /crash.txt\n"
+        "COPY openwork-supervise /usr/local/bin/openwork-supervise\n"
+        'CMD ["/usr/local/bin/openwork-supervise", "sh", "-c", '
+        '"echo [openwork-orchestrator] starting; sleep 1; cat /crash.txt; exit 132"]\n',
+        f"{REGISTRY}/owtest-noavx:bun-crash-supervised",
+    )
 
 
 @pytest.mark.docker

@@ -38,8 +38,12 @@ DEPENDENCIES = ("invoke", "requests", "urllib3", "idna", "charset-normalizer", "
 def _readable_copy(base: Path) -> tuple[Path, Path]:
     """(project, site): the checkout and the tool's dependencies, copied where any user can read."""
     project = base / "project"
-    shutil.copytree(ROOT, project, symlinks=True,
-                    ignore=shutil.ignore_patterns(".git", ".state", "__pycache__", ".pytest_cache", "reports"))
+    shutil.copytree(
+        ROOT,
+        project,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".git", ".state", "__pycache__", ".pytest_cache", "reports"),
+    )
     site = base / "site"
     for name in DEPENDENCIES:
         dist = importlib.metadata.distribution(name)
@@ -54,8 +58,14 @@ def _readable_copy(base: Path) -> tuple[Path, Path]:
         for n in dirs + files:
             p = os.path.join(root, n)
             if not os.path.islink(p):
-                os.chmod(p, os.stat(p).st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH |
-                         (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if os.path.isdir(p) else 0))
+                os.chmod(
+                    p,
+                    os.stat(p).st_mode
+                    | stat.S_IRUSR
+                    | stat.S_IRGRP
+                    | stat.S_IROTH
+                    | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if os.path.isdir(p) else 0),
+                )
     return project, site
 
 
@@ -86,10 +96,26 @@ def runner(stack_image):
         os.chmod(base / "empty.env", 0o644)
 
         def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home),
-                   "PYTHONPATH": f"{site}:{project}", "OPENWORK_STATE_DIR": str(state), **OFFLINE}
-            argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
-                    str(SYSTEM_PYTHON), "-m", "invoke", *args, "--env-file", str(base / "empty.env")]
+            env = {
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": str(home),
+                "PYTHONPATH": f"{site}:{project}",
+                "OPENWORK_STATE_DIR": str(state),
+                **OFFLINE,
+            }
+            argv = [
+                "setpriv",
+                f"--reuid={pw.pw_uid}",
+                f"--regid={pw.pw_gid}",
+                "--init-groups",
+                "--",
+                str(SYSTEM_PYTHON),
+                "-m",
+                "invoke",
+                *args,
+                "--env-file",
+                str(base / "empty.env"),
+            ]
             return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
         yield {"uid": pw.pw_uid, "gid": pw.pw_gid, "state": state, "run": run, "image": stack_image.ref}
@@ -115,14 +141,19 @@ def test_a_non_root_user_owns_every_file_and_resets_without_sudo(runner):
         up = run("up", "--name", name, "--runtime", "docker", "--image", runner["image"], "--port", str(port))
         assert up.returncode == 0, up.stderr
         assert "handed the files" in up.stderr
-        user = subprocess.run(["docker", "inspect", "--format", "{{.Config.User}}", name], capture_output=True,
-                              text=True).stdout.strip()
+        user = subprocess.run(
+            ["docker", "inspect", "--format", "{{.Config.User}}", name], capture_output=True, text=True
+        ).stdout.strip()
         assert user == f"{uid}:{gid}"
         import json
 
         tokens = json.loads((folder / "tokens.json").read_text())
-        created = requests.post(f"http://127.0.0.1:{port}/w/ws_c52ddf65534b/opencode/session", json={"title": "mine"},
-                                headers={"Authorization": f"Bearer {tokens['token']}"}, timeout=20)
+        created = requests.post(
+            f"http://127.0.0.1:{port}/w/ws_c52ddf65534b/opencode/session",
+            json={"title": "mine"},
+            headers={"Authorization": f"Bearer {tokens['token']}"},
+            timeout=20,
+        )
         assert created.status_code == 200, created.text  # opencode writes its database, as this user
         assert (folder / "data/home/.local/share/opencode/opencode.db").exists()
         foreign = [str(p) for p in [folder, *folder.rglob("*")] if p.lstat().st_uid != uid or p.lstat().st_gid != gid]

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.docker
 
 # --- talking to the sandbox --------------------------------------------------------------------------
 
+
 def wait_up(c: StackContainer, starts: int = 3) -> None:
     """Like `up`: a start that dies early (orchestrator 0.18 gives up when the machine is loaded) or
     hangs is tried again, up to ``starts`` starts in all."""
@@ -45,6 +46,7 @@ def wait_up(c: StackContainer, starts: int = 3) -> None:
 
 
 # --- one sandbox for the replace / upgrade tests -----------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def box(stack_image, tmp_path_factory):
@@ -69,8 +71,16 @@ def test_the_state_lives_under_the_data_folder(box):
     tokens = home / ".config/openwork/tokens.json"  # the server's token store (follows HOME)
     assert tokens.is_file() and box["issued"] in tokens.read_text()
     assert (home / ".config/opencode").is_dir()
-    code = subprocess.run(["docker", "exec", box["settings"].name, "sh", "-c",
-                           "test -z \"$(ls -A /root 2>/dev/null | grep -v '^\\.\\(bashrc\\|profile\\)$')\""]).returncode
+    code = subprocess.run(
+        [
+            "docker",
+            "exec",
+            box["settings"].name,
+            "sh",
+            "-c",
+            "test -z \"$(ls -A /root 2>/dev/null | grep -v '^\\.\\(bashrc\\|profile\\)$')\"",
+        ]
+    ).returncode
     assert code == 0, "the sandbox still writes into /root"
 
 
@@ -134,11 +144,30 @@ def test_when_only_the_sandbox_finds_data_unwritable_up_says_it_in_one_line(stac
 
 # --- the entrypoint on its own ------------------------------------------------------------------------
 
+
 def _docker_run(name: str, image: str, port: int, mounts: list[str], *extra: str, user: str | None = None) -> None:
-    argv = ["docker", "run", "-d", "--name", name, "--network", "host", "-e", f"OPENWORK_PORT={port}",
-            "-e", f"OPENWORK_OPENCODE_PORT={free_port()}", "-e", "OPENWORK_TOKEN=client-token-0123456789",
-            "-e", "OPENWORK_HOST_TOKEN=host-token-0123456789", "-e", "OPENWORK_REMOTE_ACCESS=0",
-            "-e", "OPENCODE_DISABLE_MODELS_FETCH=1", *extra]
+    argv = [
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-e",
+        f"OPENWORK_PORT={port}",
+        "-e",
+        f"OPENWORK_OPENCODE_PORT={free_port()}",
+        "-e",
+        "OPENWORK_TOKEN=client-token-0123456789",
+        "-e",
+        "OPENWORK_HOST_TOKEN=host-token-0123456789",
+        "-e",
+        "OPENWORK_REMOTE_ACCESS=0",
+        "-e",
+        "OPENCODE_DISABLE_MODELS_FETCH=1",
+        *extra,
+    ]
     if user:
         argv += ["--user", user]
     for m in mounts:
@@ -174,10 +203,15 @@ def test_as_root_with_a_users_data_folder_the_entrypoint_hands_files_back(stack_
     if os.stat(data / "left-by-root.txt").st_uid != 0:
         pytest.skip("needs root to make root-owned files")
     try:
-        _docker_run(name, stack_image.ref, port, [f"type=bind,source={data},target=/data",
-                                                  f"type=bind,source={ws},target=/workspace"])
-        c = StackContainer(name, f"http://127.0.0.1:{port}", port, 0, "client-token-0123456789",
-                           "host-token-0123456789")
+        _docker_run(
+            name,
+            stack_image.ref,
+            port,
+            [f"type=bind,source={data},target=/data", f"type=bind,source={ws},target=/workspace"],
+        )
+        c = StackContainer(
+            name, f"http://127.0.0.1:{port}", port, 0, "client-token-0123456789", "host-token-0123456789"
+        )
         wait_up(c)
         make_session(c.url, c.token, "mine")
     finally:
@@ -189,12 +223,15 @@ def test_as_root_with_a_users_data_folder_the_entrypoint_hands_files_back(stack_
 
 # --- migration from the old layout --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def legacy_image(stack_image, tmp_path_factory):
     """The stack image with the entrypoint as it was before this layout (state in /root)."""
     ctx = tmp_path_factory.mktemp("legacy")
     shutil.copy(STANDINS / "legacy_entrypoint.sh", ctx / "entrypoint.sh")
-    (ctx / "Dockerfile").write_text(f"FROM {stack_image.ref}\nCOPY entrypoint.sh /usr/local/bin/microsandbox-entrypoint.sh\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {stack_image.ref}\nCOPY entrypoint.sh /usr/local/bin/microsandbox-entrypoint.sh\n"
+    )
     ref = f"{REGISTRY}/{STACK_REPO}:legacy"
     subprocess.run(["docker", "build", "-q", "-t", ref, str(ctx)], check=True, capture_output=True, timeout=300)
     yield ref
@@ -209,15 +246,38 @@ def _start_like_the_old_version(settings, image: str) -> StackContainer:
     state.ensure()
     token, host_token = state.tokens()
     port = settings.port
-    env = {"OPENWORK_TOKEN": token, "OPENWORK_HOST_TOKEN": host_token, "OPENWORK_APPROVAL_MODE": "auto",
-           "OPENWORK_CONNECT_HOST": "127.0.0.1", "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENWORK_PORT": str(port),
-           "OPENWORK_OPENCODE_PORT": str(free_port()), "OPENWORK_REMOTE_ACCESS": "0"}
+    env = {
+        "OPENWORK_TOKEN": token,
+        "OPENWORK_HOST_TOKEN": host_token,
+        "OPENWORK_APPROVAL_MODE": "auto",
+        "OPENWORK_CONNECT_HOST": "127.0.0.1",
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+        "OPENWORK_PORT": str(port),
+        "OPENWORK_OPENCODE_PORT": str(free_port()),
+        "OPENWORK_REMOTE_ACCESS": "0",
+    }
     env_file = state.write_private("container.env", "".join(f"{k}={v}\n" for k, v in env.items()))
-    argv = ["docker", "run", "-d", "--init", "--name", settings.name, "--label", "org.openwork-sandbox.managed=1",
-            "--label", "org.openwork-sandbox.fingerprint=before-data-home", "--env-file", str(env_file),
-            "--network", "host",
-            "--mount", f"type=bind,source={Path(settings.workspace_dir).resolve()},target=/workspace",
-            "--mount", f"type=bind,source={Path(settings.data_dir).resolve()},target=/data", image]
+    argv = [
+        "docker",
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        settings.name,
+        "--label",
+        "org.openwork-sandbox.managed=1",
+        "--label",
+        "org.openwork-sandbox.fingerprint=before-data-home",
+        "--env-file",
+        str(env_file),
+        "--network",
+        "host",
+        "--mount",
+        f"type=bind,source={Path(settings.workspace_dir).resolve()},target=/workspace",
+        "--mount",
+        f"type=bind,source={Path(settings.data_dir).resolve()},target=/data",
+        image,
+    ]
     subprocess.run(argv, check=True, capture_output=True, timeout=120)
     state.save_record(runtime="docker", image=image, fingerprint="before-data-home", port=port, url=settings.url)
     c = StackContainer(settings.name, settings.url, port, 0, token, host_token)
@@ -225,8 +285,9 @@ def _start_like_the_old_version(settings, image: str) -> StackContainer:
     return c
 
 
-def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack_image, legacy_image, tmp_path,
-                                                                             capsys, monkeypatch):
+def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(
+    stack_image, legacy_image, tmp_path, capsys, monkeypatch
+):
     """First a copy that does not verify (the disk gives back other bytes): `up` stops, the old
     sandbox runs on as it was. Then the real upgrade: copied, verified, said in one line, replaced."""
     from openwork_sandbox.core.errors import WorkflowError
@@ -245,8 +306,11 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
         old = _start_like_the_old_version(settings, legacy_image)
         sid = make_session(old.url, old.token, "from the old days")
         issued = issue_token(old.url, old.host_token)
-        in_root = subprocess.run(["docker", "exec", settings.name, "ls", "/root/.local/share/opencode",
-                                  "/root/.config/openwork"], capture_output=True, text=True).stdout
+        in_root = subprocess.run(
+            ["docker", "exec", settings.name, "ls", "/root/.local/share/opencode", "/root/.config/openwork"],
+            capture_output=True,
+            text=True,
+        ).stdout
         assert "opencode.db" in in_root and "tokens.json" in in_root  # the old layout indeed
         home = Path(settings.data_dir) / "home"
         assert not home.exists()
@@ -273,8 +337,9 @@ def test_a_sandbox_with_the_old_layout_keeps_its_history_after_the_upgrade(stack
         assert (home / ".local/share/opencode/opencode.db").is_file()
         record = json.loads((home / ".migrated.json").read_text())
         assert record["files"] > 0 and ".local/share/opencode" in record["moved"]
-        env = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Env}}", settings.name],
-                             capture_output=True, text=True).stdout
+        env = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Config.Env}}", settings.name], capture_output=True, text=True
+        ).stdout
         assert '"HOME=/data/home"' in env  # the next replace has nothing to migrate
     finally:
         reset(settings, yes=True)
@@ -305,15 +370,19 @@ def test_state_survives_an_image_upgrade(box, stack_image, capsys, tmp_path):
     The last test of the module's sandbox: it leaves it on the upgraded image."""
     settings, ep = box["settings"], box["ep"]
     ref = f"{REGISTRY}/{STACK_REPO}:upgraded"
-    (tmp_path / "Dockerfile").write_text(f"FROM {stack_image.ref}\nLABEL org.opencontainers.image.revision=upgraded-{os.getpid()}\n")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {stack_image.ref}\nLABEL org.opencontainers.image.revision=upgraded-{os.getpid()}\n"
+    )
     subprocess.run(["docker", "build", "-q", "-t", ref, str(tmp_path)], check=True, capture_output=True, timeout=300)
     subprocess.run(["docker", "push", ref], check=True, capture_output=True, timeout=300)
-    new_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
-                            text=True).stdout.strip()
+    new_id = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True
+    ).stdout.strip()
     assert new_id and new_id != stack_image.image_id
     assert _up_json(settings.with_overrides(image=ref), capsys)["action"] == "recreated"
-    running = subprocess.run(["docker", "inspect", "--format", "{{.Image}}", settings.name], capture_output=True,
-                             text=True).stdout.strip()
+    running = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Image}}", settings.name], capture_output=True, text=True
+    ).stdout.strip()
     assert running == new_id
     session, texts = read_session(ep.url, ep.token, box["sid"])
     assert session["id"] == box["sid"] and texts == ["remember me"]

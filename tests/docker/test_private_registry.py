@@ -31,9 +31,14 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 def docker_login(reg: PrivateRegistry, folder: Path, password: str | None = None) -> Path:
     """`docker login` into a fresh DOCKER_CONFIG folder (never root's own ~/.docker)."""
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["docker", "login", "--username", reg.user, "--password-stdin", reg.host],
-                          input=password or reg.password, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "DOCKER_CONFIG": str(folder)})
+    proc = subprocess.run(
+        ["docker", "login", "--username", reg.user, "--password-stdin", reg.host],
+        input=password or reg.password,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DOCKER_CONFIG": str(folder)},
+    )
     assert proc.returncode == 0, proc.stderr
     return folder
 
@@ -50,8 +55,10 @@ def one_line_error(call, *args, **kw):
 
 # --- the whole way, after `docker login` only ------------------------------------------------------
 
-def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_image, test_base_image, tls_registry,
-                                                                     tmp_path, monkeypatch, short_msb_home, capsys):
+
+def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(
+    stack_image, test_base_image, tls_registry, tmp_path, monkeypatch, short_msb_home, capsys
+):
     from openwork_sandbox.image.push import push_image
     from openwork_sandbox.runtimes.probe import msb_path
     from openwork_sandbox.sandbox.status import status
@@ -70,9 +77,20 @@ def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_imag
     assert result["pinned"] == f"{reg.host}/{STACK_REPO}/private@{digest}"
     assert pinned_image(settings) == result["pinned"]
     # independent check: skopeo, with Docker's saved login and the CA where Docker keeps it
-    skopeo = subprocess.run(["skopeo", "inspect", "--authfile", str(config / "config.json"),
-                             "--cert-dir", str(CERTS_D / reg.host), f"docker://{ref}"],
-                            capture_output=True, text=True, timeout=120)
+    skopeo = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--authfile",
+            str(config / "config.json"),
+            "--cert-dir",
+            str(CERTS_D / reg.host),
+            f"docker://{ref}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert skopeo.returncode == 0, skopeo.stderr
     assert json.loads(skopeo.stdout)["Digest"] == digest
     if msb_path():  # the SDK pulled it with the login and the CA (registry_auth, registry_ca_certs)
@@ -84,13 +102,19 @@ def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_imag
         if path.is_file():
             assert reg.password not in path.read_text(errors="replace"), path
 
-    box = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                        OPENWORK_MICROSANDBOX_NAME=unique_name("priv"), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                        OPENWORK_HEALTH_TIMEOUT="180")
+    box = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_MICROSANDBOX_NAME=unique_name("priv"),
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_HEALTH_TIMEOUT="180",
+    )
     try:
         up(box)
-        booted = subprocess.run(["docker", "inspect", "--format", "{{.Config.Image}} {{.Id}}", box.name],
-                                capture_output=True, text=True).stdout.split()
+        booted = subprocess.run(
+            ["docker", "inspect", "--format", "{{.Config.Image}} {{.Id}}", box.name], capture_output=True, text=True
+        ).stdout.split()
         assert booted[0] == result["pinned"]
         capsys.readouterr()
         assert status(box, as_json=True) == 0
@@ -99,20 +123,27 @@ def test_docker_login_only_then_push_prove_and_boot_the_pushed_digest(stack_imag
 
         # another pipeline moves the tag: `up` in this checkout keeps the pushed digest
         subprocess.run(["docker", "tag", test_base_image, ref], check=True, capture_output=True)
-        moved = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "DOCKER_CONFIG": str(config)})
+        moved = subprocess.run(
+            ["docker", "push", ref],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "DOCKER_CONFIG": str(config)},
+        )
         assert moved.returncode == 0, moved.stderr
         up(box)
-        again = subprocess.run(["docker", "inspect", "--format", "{{.Config.Image}} {{.Id}}", box.name],
-                               capture_output=True, text=True).stdout.split()
+        again = subprocess.run(
+            ["docker", "inspect", "--format", "{{.Config.Image}} {{.Id}}", box.name], capture_output=True, text=True
+        ).stdout.split()
         assert again == booted
     finally:
         subprocess.run(["docker", "rm", "-f", box.name], capture_output=True)
         subprocess.run(["docker", "rmi", ref, result["pinned"]], capture_output=True)
 
 
-def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_registry, test_base_image,
-                                                                           tmp_path, monkeypatch):
+def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(
+    tls_registry, test_base_image, tmp_path, monkeypatch
+):
     """A CI job that did not push (no docker login) but has OPENWORK_REGISTRY_USERNAME/_PASSWORD:
     the Docker runtime's pull is refused, gets the settings' login, and pulls; with no login at all
     the refusal is one line with the way out."""
@@ -123,8 +154,13 @@ def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_
     ref = reg.ref("settings-login")
     pusher = docker_login(reg, tmp_path / "pusher")
     subprocess.run(["docker", "tag", test_base_image, ref], check=True, capture_output=True)
-    pushed = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "DOCKER_CONFIG": str(pusher)})
+    pushed = subprocess.run(
+        ["docker", "push", ref],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DOCKER_CONFIG": str(pusher)},
+    )
     assert pushed.returncode == 0, pushed.stderr
     subprocess.run(["docker", "rmi", ref], check=True, capture_output=True)
     runtime = DockerRuntime(unique_name("pull"), tmp_path / "sandbox-state")
@@ -138,8 +174,12 @@ def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_
 
         (tmp_path / "ci-job").mkdir()
         monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "ci-job"))
-        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_REGISTRY_USERNAME=reg.user,
-                                 OPENWORK_REGISTRY_PASSWORD=reg.password)
+        settings = make_settings(
+            tmp_path,
+            OPENWORK_MICROSANDBOX_IMAGE=ref,
+            OPENWORK_REGISTRY_USERNAME=reg.user,
+            OPENWORK_REGISTRY_PASSWORD=reg.password,
+        )
         runtime.pull(ref, lambda: pull_access_for_image(settings, ref))
         present = subprocess.run(["docker", "image", "inspect", ref], capture_output=True)
         assert present.returncode == 0
@@ -151,6 +191,7 @@ def test_docker_runtime_pulls_with_the_settings_login_where_docker_has_none(tls_
 
 # --- failures: one line naming the registry and the cause ------------------------------------------
 
+
 def test_wrong_saved_password_is_one_line_before_anything_is_pushed(tls_registry, tmp_path, monkeypatch):
     from openwork_sandbox.image.push import push_image
 
@@ -158,8 +199,9 @@ def test_wrong_saved_password_is_one_line_before_anything_is_pushed(tls_registry
     config = tmp_path / "docker"
     config.mkdir()
     wrong = "wrong-" + secrets.token_hex(6)
-    (config / "config.json").write_text(json.dumps(
-        {"auths": {reg.host: {"auth": base64.b64encode(f"{reg.user}:{wrong}".encode()).decode()}}}))
+    (config / "config.json").write_text(
+        json.dumps({"auths": {reg.host: {"auth": base64.b64encode(f"{reg.user}:{wrong}".encode()).decode()}}})
+    )
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
     err = one_line_error(push_image, make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref("wrong")))
     assert err.exit_code == 1
@@ -208,16 +250,20 @@ def test_a_credential_helper_gives_the_login(tls_registry, tmp_path, monkeypatch
     registry = Registry.for_settings(make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref("helper")))
     assert registry.ping() == 200
     registry.check_push(f"{STACK_REPO}/private")  # the helper's login may push
-    assert {json.dumps(json.loads(line)) for line in log.read_text().splitlines()} == \
-        {json.dumps({"argv": ["get"], "stdin": reg.host})}
+    assert {json.dumps(json.loads(line)) for line in log.read_text().splitlines()} == {
+        json.dumps({"argv": ["get"], "stdin": reg.host})
+    }
 
     store.write_text("{}")  # the helper has nothing for it: anonymous, and the 401 says how to log in
-    err = one_line_error(Registry.for_settings(make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref())).check_push,
-                         f"{STACK_REPO}/private")
+    err = one_line_error(
+        Registry.for_settings(make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref())).check_push,
+        f"{STACK_REPO}/private",
+    )
     assert f"registry {reg.host} needs a login" in err.message and f"docker login {reg.host}" in err.message
 
 
 # --- token auth --------------------------------------------------------------------------------------
+
 
 def test_token_auth_push_and_prove_with_the_settings_login(token_registry, tmp_path, monkeypatch, short_msb_home):
     """docker login (from the settings), push, v2 proof and the SDK pull, all through Bearer tokens."""
@@ -228,12 +274,16 @@ def test_token_auth_push_and_prove_with_the_settings_login(token_registry, tmp_p
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "hello.txt").write_text("a tiny image for the token registry\n")
-    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\nCMD [\"/hello.txt\"]\n")
+    (tmp_path / "ctx" / "Dockerfile").write_text('FROM scratch\nCOPY hello.txt /hello.txt\nCMD ["/hello.txt"]\n')
     ref = reg.ref("token")
     subprocess.run(["docker", "build", "-q", "-t", ref, str(tmp_path / "ctx")], check=True, capture_output=True)
     try:
-        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_REGISTRY_USERNAME=reg.user,
-                                 OPENWORK_REGISTRY_PASSWORD=reg.password)
+        settings = make_settings(
+            tmp_path,
+            OPENWORK_MICROSANDBOX_IMAGE=ref,
+            OPENWORK_REGISTRY_USERNAME=reg.user,
+            OPENWORK_REGISTRY_PASSWORD=reg.password,
+        )
         result = push_image(settings)
     finally:
         subprocess.run(["docker", "rmi", ref], capture_output=True)
@@ -241,8 +291,9 @@ def test_token_auth_push_and_prove_with_the_settings_login(token_registry, tmp_p
     if msb_path():
         assert result["msb_pull"] is True
     # The registry names a scope's actions in either order ("push,pull" or "pull,push"): compare sets.
-    asked = [{_actions(one) for s in r["scope"] for one in s.split()} for r in reg.issuer.requests
-             if r["user"] == reg.user]
+    asked = [
+        {_actions(one) for s in r["scope"] for one in s.split()} for r in reg.issuer.requests if r["user"] == reg.user
+    ]
     repo = f"{STACK_REPO}/private"
     assert (repo, frozenset({"pull", "push"})) in set().union(*asked)
     assert (repo, frozenset({"pull"})) in set().union(*asked)
@@ -267,11 +318,19 @@ def test_token_auth_failures_are_one_line_each(token_registry, tmp_path, monkeyp
     repo = f"{STACK_REPO}/private"
 
     def registry(user: str, password: str) -> Registry:
-        return Registry.for_settings(make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref(),
-                                                   OPENWORK_REGISTRY_USERNAME=user, OPENWORK_REGISTRY_PASSWORD=password))
+        return Registry.for_settings(
+            make_settings(
+                tmp_path,
+                OPENWORK_MICROSANDBOX_IMAGE=reg.ref(),
+                OPENWORK_REGISTRY_USERNAME=user,
+                OPENWORK_REGISTRY_PASSWORD=password,
+            )
+        )
 
     wrong = one_line_error(registry(reg.user, "not-the-password").ping)
-    assert f"registry {reg.host}: its token endpoint {reg.issuer.realm} rejects the login of {reg.user}" in wrong.message
+    assert (
+        f"registry {reg.host}: its token endpoint {reg.issuer.realm} rejects the login of {reg.user}" in wrong.message
+    )
     assert "wrong username or password" in wrong.message and "not-the-password" not in wrong.message
 
     denied = one_line_error(registry("reader", "reader-pass").check_push, repo)
@@ -298,8 +357,10 @@ def test_token_auth_failures_are_one_line_each(token_registry, tmp_path, monkeyp
         down = one_line_error(registry(reg.user, reg.password).ping)
     finally:
         reg.issuer.start(port)
-    assert f"registry {reg.host}: its token endpoint {reg.issuer.realm} does not answer (Connection refused)" \
+    assert (
+        f"registry {reg.host}: its token endpoint {reg.issuer.realm} does not answer (Connection refused)"
         in down.message
+    )
     assert down.exit_code == 1 and reg.password not in down.message
     assert registry(reg.user, reg.password).ping() == 200  # and back
 
@@ -311,8 +372,9 @@ def test_identity_token_saved_by_docker_is_used_as_a_refresh_token(token_registr
     reg.issuer.refresh_tokens["owtest-identity-" + reg.password] = reg.user
     config = tmp_path / "docker"
     config.mkdir()
-    (config / "config.json").write_text(json.dumps(
-        {"auths": {reg.host: {"auth": "", "identitytoken": "owtest-identity-" + reg.password}}}))
+    (config / "config.json").write_text(
+        json.dumps({"auths": {reg.host: {"auth": "", "identitytoken": "owtest-identity-" + reg.password}}})
+    )
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
     registry = Registry.for_settings(make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=reg.ref()))
     registry.check_push(f"{STACK_REPO}/private")
@@ -321,6 +383,7 @@ def test_identity_token_saved_by_docker_is_used_as_a_refresh_token(token_registr
 
 # --- the command line: push-image --image REF builds REF; a failure is one line, exit 1 -------------
 
+
 def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_registry, tmp_path, short_msb_home):
     from tests.support.lifecycle import invoke
     from tests.support.paths import STACK_CACHE_DIR, STANDIN_SERVER, TEST_BASE_IMAGE
@@ -328,12 +391,25 @@ def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_regis
     reg = tls_registry
     config = docker_login(reg, tmp_path / "docker")
     ref, default = reg.ref("cli"), f"127.0.0.1:5000/{STACK_REPO}:cli-default"
-    env = {"OPENWORK_BASE_IMAGE": TEST_BASE_IMAGE, "OPENWORK_SERVER_BIN": str(STANDIN_SERVER),
-           "OPENWORK_CACHE_DIR": str(STACK_CACHE_DIR), "OPENWORK_MICROSANDBOX_IMAGE": default,
-           "DOCKER_CONFIG": str(config), "MSB_HOME": short_msb_home}
+    env = {
+        "OPENWORK_BASE_IMAGE": TEST_BASE_IMAGE,
+        "OPENWORK_SERVER_BIN": str(STANDIN_SERVER),
+        "OPENWORK_CACHE_DIR": str(STACK_CACHE_DIR),
+        "OPENWORK_MICROSANDBOX_IMAGE": default,
+        "DOCKER_CONFIG": str(config),
+        "MSB_HOME": short_msb_home,
+    }
     try:
-        wrong = invoke(tmp_path, "push-image", "--image", ref, timeout=900, **env,
-                       OPENWORK_REGISTRY_USERNAME=reg.user, OPENWORK_REGISTRY_PASSWORD="not-" + reg.password)
+        wrong = invoke(
+            tmp_path,
+            "push-image",
+            "--image",
+            ref,
+            timeout=900,
+            **env,
+            OPENWORK_REGISTRY_USERNAME=reg.user,
+            OPENWORK_REGISTRY_PASSWORD="not-" + reg.password,
+        )
         assert wrong.returncode == 1, wrong.stderr
         last = wrong.stderr.strip().splitlines()[-1]
         assert f"registry {reg.host} rejects the login of {reg.user}" in last and "Traceback" not in wrong.stderr
@@ -353,8 +429,10 @@ def test_push_image_flag_builds_and_pushes_that_reference(stack_image, tls_regis
 
 # --- up's microsandbox pull: the same login and CA through the SDK --------------------------------
 
-def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_image, tls_registry, tmp_path,
-                                                                    monkeypatch):
+
+def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(
+    prod_base_image, tls_registry, tmp_path, monkeypatch
+):
     """Here the VM cannot boot, so the boot-failure message proves the pull before it went through."""
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.image.push import push_image
@@ -372,9 +450,15 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(prod_base_ima
     ref = reg.ref("msb")
     subprocess.run(["docker", "tag", prod_base_image, ref], check=True, capture_output=True)
     name = unique_name("privmsb")
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE=ref, OPENWORK_MICROSANDBOX_NAME=name,
-                             OPENWORK_MICROSANDBOX_RUNTIME="microsandbox", OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                             OPENWORK_MICROSANDBOX_MEMORY="512", OPENWORK_MICROSANDBOX_CPUS="1")
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_MEMORY="512",
+        OPENWORK_MICROSANDBOX_CPUS="1",
+    )
     try:
         pinned = push_image(settings)["pinned"]
         state = SandboxState(settings.with_overrides(replace=True))

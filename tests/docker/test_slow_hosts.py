@@ -33,9 +33,14 @@ CONCURRENT = int(os.environ.get("OPENWORK_TEST_CONCURRENT_UPS") or 10)
 
 
 def sandbox_env(stack_image, prefix: str, **extra: str) -> dict[str, str]:
-    return {"OPENWORK_MICROSANDBOX_NAME": unique_name(prefix), "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
-            "OPENWORK_MICROSANDBOX_IMAGE": stack_image.ref, "OPENWORK_MICROSANDBOX_RUNTIME": "docker",
-            "OPENWORK_HEALTH_TIMEOUT": DEADLINE, **extra}
+    return {
+        "OPENWORK_MICROSANDBOX_NAME": unique_name(prefix),
+        "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
+        "OPENWORK_MICROSANDBOX_IMAGE": stack_image.ref,
+        "OPENWORK_MICROSANDBOX_RUNTIME": "docker",
+        "OPENWORK_HEALTH_TIMEOUT": DEADLINE,
+        **extra,
+    }
 
 
 def start_up(tmp_path, env: dict[str, str]) -> subprocess.Popen:
@@ -44,8 +49,14 @@ def start_up(tmp_path, env: dict[str, str]) -> subprocess.Popen:
     clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
-    return subprocess.Popen([sys.executable, "-m", "invoke", "up", "--env-file", str(env_file)], cwd=ROOT, env=clean,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "up", "--env-file", str(env_file)],
+        cwd=ROOT,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def inspect(name: str) -> dict:
@@ -95,8 +106,9 @@ def test_a_sandbox_throttled_to_a_tenth_of_a_core_starts_and_an_interrupted_star
         # the server went through its gate: its one "answered after" line, which begins "start race held
         # off: ... dropped N request(s) ...; " when probes sent early were answered late (a loaded host)
         answered = [line for line in log.splitlines() if "openwork-server-gate:" in line and "answered after" in line]
-        assert len(answered) == 1 and re.search(r"openwork-server answered after \d+ ms", answered[0]), \
-            "\n".join(line for line in log.splitlines() if "-gate:" in line)
+        assert len(answered) == 1 and re.search(r"openwork-server answered after \d+ ms", answered[0]), "\n".join(
+            line for line in log.splitlines() if "-gate:" in line
+        )
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
@@ -120,8 +132,10 @@ def test_a_start_while_every_core_is_busy(stack_image, tmp_path):
 def test_many_ups_at_once_all_end_healthy_and_pass_smoke(stack_image, tmp_path):
     # ports from the kernel's ephemeral range would race the ports the starting sandboxes take from it
     # (each opencode's under host networking): the orchestrator then moves a server off its port
-    envs = [sandbox_env(stack_image, f"i20-many{i}", OPENWORK_MICROSANDBOX_PORT=port)
-            for i, port in enumerate(user_ports(CONCURRENT))]
+    envs = [
+        sandbox_env(stack_image, f"i20-many{i}", OPENWORK_MICROSANDBOX_PORT=port)
+        for i, port in enumerate(user_ports(CONCURRENT))
+    ]
     try:
         procs = [start_up(tmp_path, e) for e in envs]
         results = [(e, p, *p.communicate(timeout=float(DEADLINE) + 300)) for e, p in zip(envs, procs, strict=True)]
@@ -178,13 +192,17 @@ def late_looks(looks, call: str, every: float, slack: float) -> list[str]:
     """The looks of kind CALL that came later than EVERY seconds (or 20 times what the look before took,
     the watch's spacing by cost) plus SLACK after the one before: a watch that stopped looking."""
     mine = [(began, took) for kind, began, took in looks if kind == call]
-    return [f"{call} {b - a:.2f} s after one that took {took:.2f} s"
-            for (a, took), (b, _) in zip(mine, mine[1:], strict=False) if b - a > max(every, 20 * took) + slack]
+    return [
+        f"{call} {b - a:.2f} s after one that took {took:.2f} s"
+        for (a, took), (b, _) in zip(mine, mine[1:], strict=False)
+        if b - a > max(every, 20 * took) + slack
+    ]
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.45])
 def test_a_starts_watch_spends_a_tenth_of_the_time_in_runtime_calls_however_slow_they_are(
-        test_base_image, tmp_path, delay):
+    test_base_image, tmp_path, delay
+):
     """While `up` waits for health it asks the runtime whether the sandbox runs and reads its log's
     tail. Where each call is slow, those looks used to take about half of a start's time (in the
     emulated host a starting opencode got 15% of the CPU); they are now spaced by what they cost.
@@ -192,8 +210,23 @@ def test_a_starts_watch_spends_a_tenth_of_the_time_in_runtime_calls_however_slow
     from openwork_sandbox.sandbox.start_watch import StartWatch
 
     name = unique_name("i19-watch")
-    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", test_base_image, "sh", "-c",
-                    "while :; do echo tick; sleep 1; done"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            test_base_image,
+            "sh",
+            "-c",
+            "while :; do echo tick; sleep 1; done",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         rt = SlowHostDockerRuntime(name, tmp_path, delay)
         watch = StartWatch(rt, None, "0.18.1", free_port())

@@ -32,9 +32,15 @@ def smoke_settings(state_dir: Path, image: str, **flags):
     state_dir.mkdir(parents=True, exist_ok=True)
     env_file = state_dir / "empty.env"
     env_file.write_text("")
-    values = {"runtime": "docker", "image": image, "state_dir": str(state_dir), "port": str(free_port()),
-              "request_timeout": "5", "health_timeout": "90",
-              "offline": "true"}  # air-gapped machines: see tests/support/lifecycle.OFFLINE
+    values = {
+        "runtime": "docker",
+        "image": image,
+        "state_dir": str(state_dir),
+        "port": str(free_port()),
+        "request_timeout": "5",
+        "health_timeout": "90",
+        "offline": "true",
+    }  # air-gapped machines: see tests/support/lifecycle.OFFLINE
     values.update(flags)
     return load_settings(values, environ={}, env_file=env_file, root=ROOT)
 
@@ -52,8 +58,9 @@ def sandbox(stack_image, tmp_path_factory):
     """One sandbox booted by `up` (Docker runtime) for the read-only checks of this module."""
     from openwork_sandbox.sandbox.reset import reset
 
-    settings = smoke_settings(tmp_path_factory.mktemp("smoke-state"), stack_image.ref,
-                              name=f"smoke-stack-{secrets.token_hex(3)}")
+    settings = smoke_settings(
+        tmp_path_factory.mktemp("smoke-state"), stack_image.ref, name=f"smoke-stack-{secrets.token_hex(3)}"
+    )
     try:
         ep = up(settings, as_json=False)
         yield settings, ep
@@ -69,7 +76,8 @@ def test_all_checks_pass_against_the_real_stack(sandbox, tmp_path, capsys):
     assert code == 0, out.err
     report = json.loads(out.out)
     assert {c["name"]: c["result"] for c in report["checks"]} == {
-        c: "skipped" if c == "prompt-answered" else "passed" for c in CHECKS}  # no --prompt here
+        c: "skipped" if c == "prompt-answered" else "passed" for c in CHECKS
+    }  # no --prompt here
     assert report["workspace_id"] == "ws_c52ddf65534b"
     assert report["server"]["version"]
     cases = ET.parse(junit).getroot().findall("./testsuite/testcase")
@@ -82,9 +90,12 @@ def test_all_checks_pass_against_the_real_stack(sandbox, tmp_path, capsys):
 
 def test_url_mode_against_the_real_stack(sandbox, capsys):
     settings, ep = sandbox
-    url_settings = load_settings({"token": ep.token, "host_token": ep.host_token, "request_timeout": "5",
-                                  "health_timeout": "5"}, environ={}, env_file=settings.state_dir / "empty.env",
-                                 root=ROOT)
+    url_settings = load_settings(
+        {"token": ep.token, "host_token": ep.host_token, "request_timeout": "5", "health_timeout": "5"},
+        environ={},
+        env_file=settings.state_dir / "empty.env",
+        root=ROOT,
+    )
     assert run_smoke(url_settings, url=ep.url + "/") == 0, capsys.readouterr().err
 
 
@@ -114,15 +125,21 @@ def test_server_killed_mid_run(sandbox):
         if check == "auth-accepted":
             # only the server (its argv is `... /usr/local/bin/openwork-server --host ...`), not
             # the orchestrator, whose argv names the server binary too
-            script = ('for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] && continue; '
-                      'case "$(tr "\\0" " " < "$p/cmdline" 2>/dev/null)" in '
-                      '*"bin/openwork-server --host"*) kill -9 "$n" ;; esac; done; true')
+            script = (
+                'for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] && continue; '
+                'case "$(tr "\\0" " " < "$p/cmdline" 2>/dev/null)" in '
+                '*"bin/openwork-server --host"*) kill -9 "$n" ;; esac; done; true'
+            )
             code, output = runtime_exec(settings, ["sh", "-c", script])
             assert code == 0, output
             time.sleep(0.5)  # let the socket close and the orchestrator log the exit
 
-    runner = SmokeRunner(local_target(settings, ep, "sandbox"), request_timeout=settings.request_timeout,
-                         health_timeout=settings.health_timeout, on_check=kill_server)
+    runner = SmokeRunner(
+        local_target(settings, ep, "sandbox"),
+        request_timeout=settings.request_timeout,
+        health_timeout=settings.health_timeout,
+        on_check=kill_server,
+    )
     report = runner.run()
     attach_log_tail(settings, report)
     results = {c.name: c.result for c in report.checks}
@@ -178,17 +195,34 @@ def test_ephemeral_ctrl_c_still_tears_down(stack_image, tmp_path):
     """`invoke smoke --ephemeral` gets SIGINT once its container runs: exit 130, nothing left."""
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    env.update({"OPENWORK_STATE_DIR": str(state), "OPENWORK_MICROSANDBOX_IMAGE": stack_image.ref,
-                "OPENWORK_MICROSANDBOX_RUNTIME": "docker", "OPENWORK_ENV_FILE": str(tmp_path / "none.env"),
-                "OPENWORK_MICROSANDBOX_NAME": "eph-int", "OPENWORK_HEALTH_TIMEOUT": "90"})
+    env.update(
+        {
+            "OPENWORK_STATE_DIR": str(state),
+            "OPENWORK_MICROSANDBOX_IMAGE": stack_image.ref,
+            "OPENWORK_MICROSANDBOX_RUNTIME": "docker",
+            "OPENWORK_ENV_FILE": str(tmp_path / "none.env"),
+            "OPENWORK_MICROSANDBOX_NAME": "eph-int",
+            "OPENWORK_HEALTH_TIMEOUT": "90",
+        }
+    )
     (tmp_path / "none.env").write_text("")
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "smoke", "--ephemeral"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "smoke", "--ephemeral"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            running = subprocess.run(["docker", "ps", "--filter", "name=^eph-int-smoke-", "--format", "{{.Names}}"],
-                                     capture_output=True, text=True, timeout=30).stdout.split()
+            running = subprocess.run(
+                ["docker", "ps", "--filter", "name=^eph-int-smoke-", "--format", "{{.Names}}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
             if running:
                 break
             time.sleep(0.1)

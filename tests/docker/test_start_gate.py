@@ -32,8 +32,10 @@ STANDIN_IN_IMAGE = "/usr/local/bin/opencode-standin-drops-first-request"
 def test_race_note_reads_the_gates_line():
     from openwork_sandbox.sandbox.start_gate import race_note
 
-    raced = ("[opencode] opencode-gate: start race held off: opencode dropped 2 request(s) sent before its "
-             "handler was attached; opencode answered after 812 ms; serving 127.0.0.1:4096 (opencode on port 4")
+    raced = (
+        "[opencode] opencode-gate: start race held off: opencode dropped 2 request(s) sent before its "
+        "handler was attached; opencode answered after 812 ms; serving 127.0.0.1:4096 (opencode on port 4"
+    )
     clean = "[opencode] opencode-gate: opencode answered after 700 ms; serving 127.0.0.1:4096 (opencode on port 4"
     note = race_note(["[opencode] Process spawned", raced, "[opencode] Healthy", "[openwork-server] Healthy"])
     assert note is not None and "dropped 2 early request(s)" in note and "\n" not in note
@@ -45,28 +47,51 @@ def test_race_note_reads_the_gates_line():
 def test_a_slow_start_is_one_line_naming_the_slowest_program():
     from openwork_sandbox.sandbox.start_gate import answer_times, slow_start_note
 
-    lines = ["[opencode] opencode-gate: opencode still starting after 5 s, 0.3 s of CPU so far",
-             "[opencode] opencode-gate: opencode answered after 3000 ms (0.9 s of CPU); serving 127.0.0.1:4096",
-             "[openwork-orchestrator] ERROR Run failed",  # an earlier start, then a new one
-             "[opencode] opencode-gate: start race held off: opencode dropped 1 request(s) sent before its handler "
-             "was attached; opencode answered after 39338 ms (3.0 s of CPU); serving 127.0.0.1:4096",
-             "[openwork-server] openwork-server-gate: openwork-server answered after 1778 ms (0.0 s of CPU); serving"]
+    lines = [
+        "[opencode] opencode-gate: opencode still starting after 5 s, 0.3 s of CPU so far",
+        "[opencode] opencode-gate: opencode answered after 3000 ms (0.9 s of CPU); serving 127.0.0.1:4096",
+        "[openwork-orchestrator] ERROR Run failed",  # an earlier start, then a new one
+        "[opencode] opencode-gate: start race held off: opencode dropped 1 request(s) sent before its handler "
+        "was attached; opencode answered after 39338 ms (3.0 s of CPU); serving 127.0.0.1:4096",
+        "[openwork-server] openwork-server-gate: openwork-server answered after 1778 ms (0.0 s of CPU); serving",
+    ]
     assert answer_times(lines) == {"opencode": 39.338, "openwork-server": 1.778}
     note = slow_start_note(52.3, lines, cpus=0.1)
-    assert note == ("slow start: healthy after 52.3s; opencode was slowest (39.3s to answer; openwork-server 1.8s; "
-                    "boot and orchestrator 11.2s); the host is busy or slow, this sandbox has 0.1 CPU")
-    server_slow = ["[opencode] opencode-gate: opencode answered after 900 ms; serving",
-                   "[openwork-server] openwork-server-gate: openwork-server answered after 14000 ms; serving"]
-    assert slow_start_note(16, server_slow, cpus=2).startswith("slow start: healthy after 16.0s; openwork-server "
-                                                              "was slowest (14.0s to answer; opencode 0.9s;")
+    assert note == (
+        "slow start: healthy after 52.3s; opencode was slowest (39.3s to answer; openwork-server 1.8s; "
+        "boot and orchestrator 11.2s); the host is busy or slow, this sandbox has 0.1 CPU"
+    )
+    server_slow = [
+        "[opencode] opencode-gate: opencode answered after 900 ms; serving",
+        "[openwork-server] openwork-server-gate: openwork-server answered after 14000 ms; serving",
+    ]
+    assert slow_start_note(16, server_slow, cpus=2).startswith(
+        "slow start: healthy after 16.0s; openwork-server was slowest (14.0s to answer; opencode 0.9s;"
+    )
     assert slow_start_note(9.9, lines) is None  # not slow: nothing to say
     assert "no start gate" in slow_start_note(12, ["[opencode] Healthy"])
 
 
 def test_the_gate_answers_version_as_the_baked_opencode_does(stack_image):
     def run(entrypoint: str) -> str:
-        proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", entrypoint, "-e", "HOME=/tmp",
-                               stack_image.ref, "--version"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                entrypoint,
+                "-e",
+                "HOME=/tmp",
+                stack_image.ref,
+                "--version",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip()
 
@@ -78,19 +103,25 @@ def racing_image(stack_image, tmp_path_factory):
     """The stack image with opencode behind a stand-in that drops opencode's first request."""
     ctx = tmp_path_factory.mktemp("race")
     shutil.copy(STANDIN, ctx / "standin")
-    return build_and_push(ctx, f"FROM {stack_image.ref}\n"
-                               f"COPY standin {STANDIN_IN_IMAGE}\n"
-                               f"ENV OPENWORK_OPENCODE_REAL={STANDIN_IN_IMAGE}\n",
-                          f"{REGISTRY}/{STACK_REPO}:race-first-request")
+    return build_and_push(
+        ctx,
+        f"FROM {stack_image.ref}\nCOPY standin {STANDIN_IN_IMAGE}\nENV OPENWORK_OPENCODE_REAL={STANDIN_IN_IMAGE}\n",
+        f"{REGISTRY}/{STACK_REPO}:race-first-request",
+    )
 
 
 def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(racing_image, tmp_path, capsys):
     from openwork_sandbox.sandbox.logs import logs
     from openwork_sandbox.sandbox.up import up
 
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("race"),
-                             OPENWORK_MICROSANDBOX_RUNTIME="docker", OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                             OPENWORK_MICROSANDBOX_IMAGE=racing_image, OPENWORK_HEALTH_TIMEOUT="120")
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=unique_name("race"),
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=racing_image,
+        OPENWORK_HEALTH_TIMEOUT="120",
+    )
     try:
         ep = up(settings)
         said = capsys.readouterr().err
@@ -115,10 +146,31 @@ def test_the_gate_keeps_asking_through_a_start_race_that_lasts(racing_image):
     then hung for good, opencode idle (about one start in three there). Here the stand-in drops every
     connection of its first 8 s, and the gate's caller still gets opencode's answer."""
     port, name = free_port(), unique_name("gap")
-    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "-e", "HOME=/tmp",
-                    "-e", "OPENCODE_STANDIN_GAP_SECONDS=8", "--entrypoint", "/usr/local/bin/opencode-gate",
-                    racing_image, "serve", "--hostname", "127.0.0.1", "--port", str(port)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "-e",
+            "HOME=/tmp",
+            "-e",
+            "OPENCODE_STANDIN_GAP_SECONDS=8",
+            "--entrypoint",
+            "/usr/local/bin/opencode-gate",
+            racing_image,
+            "serve",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         began = time.monotonic()
         while True:  # the gate listens at once, when Bun has started

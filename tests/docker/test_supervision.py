@@ -25,10 +25,13 @@ BACK_WITHIN = 240  # generous: on a loaded 2-core machine opencode can miss the 
 
 def pids(name: str, needle: str) -> list[str]:
     """Pids of the processes in container ``name`` whose command line starts with ``needle``."""
-    script = ('for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); '
-              'case "$c" in "$0"*) echo ${p#/proc/};; esac; done')
-    out = subprocess.run(["docker", "exec", name, "sh", "-c", script, needle], capture_output=True, text=True,
-                         timeout=30).stdout
+    script = (
+        'for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); '
+        'case "$c" in "$0"*) echo ${p#/proc/};; esac; done'
+    )
+    out = subprocess.run(
+        ["docker", "exec", name, "sh", "-c", script, needle], capture_output=True, text=True, timeout=30
+    ).stdout
     return out.split()
 
 
@@ -57,8 +60,13 @@ def wait_for(what: str, predicate, timeout: float, name: str | None = None):
 def healthy(settings, token) -> bool:
     try:
         ok = requests.get(settings.url + "/health", timeout=2).status_code == 200
-        return ok and requests.get(settings.url + "/workspaces", headers={"Authorization": f"Bearer {token}"},
-                                   timeout=2).status_code == 200
+        return (
+            ok
+            and requests.get(
+                settings.url + "/workspaces", headers={"Authorization": f"Bearer {token}"}, timeout=2
+            ).status_code
+            == 200
+        )
     except requests.RequestException:
         return False
 
@@ -85,15 +93,20 @@ PROGRAMS = [
 
 def test_the_sandbox_runs_under_the_supervisor_with_a_restart_policy(box):
     settings = box["settings"]
-    rec = wait_for("the supervisor's record says healthy", lambda: record(settings).get("healthy_at") and record(settings), 60)
+    rec = wait_for(
+        "the supervisor's record says healthy", lambda: record(settings).get("healthy_at") and record(settings), 60
+    )
     assert rec["supervisor"] == "openwork-supervise" and rec["state"] == "running"
     # starts that failed on the way up (opencode slower than the orchestrator's 10 s on a loaded
     # machine) are restarts too: as many as the supervisor's own lines in the log say
     said = subprocess.run(["docker", "logs", settings.name], capture_output=True, text=True)
     assert rec["restarts"] == (said.stdout + said.stderr).count("; restart ")
     assert pids(settings.name, "/bin/bash /usr/local/bin/openwork-supervise openwork serve")
-    policy = subprocess.run(["docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", settings.name],
-                            capture_output=True, text=True).stdout.strip()
+    policy = subprocess.run(
+        ["docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", settings.name],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert policy == "unless-stopped"
     # the server's lines pass the supervisor's filter as they come, not in a block at its exit
     # (what up's stall watch and `logs --follow` rely on): opencode starts seconds before the server
@@ -115,21 +128,31 @@ def test_a_killed_program_comes_back_healthy(box, program, cmdline, reason):
     settings, ep = box["settings"], box["endpoint"]
     before = record(settings)
     # the previous kill's backoff has been reset by a healthy stretch: this is not a crash loop
-    wait_for("the backoff reset", lambda: record(settings).get("consecutive_failures") == 0
-             and record(settings).get("healthy_at"), 90)
+    wait_for(
+        "the backoff reset",
+        lambda: record(settings).get("consecutive_failures") == 0 and record(settings).get("healthy_at"),
+        90,
+    )
     before = record(settings)
     found = pids(settings.name, cmdline)
     assert len(found) == 1, f"{program}: {found}"
-    container = subprocess.run(["docker", "inspect", "--format", "{{.Id}}", settings.name], capture_output=True,
-                               text=True).stdout.strip()
+    container = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", settings.name], capture_output=True, text=True
+    ).stdout.strip()
     killed_at = time.monotonic()
     subprocess.run(["docker", "exec", settings.name, "sh", "-c", f"kill -9 {found[0]}"], check=True, timeout=30)
-    rec = wait_for(f"a restart after {program} was killed",
-                   lambda: (r := record(settings)).get("restarts") == before["restarts"] + 1 and r, BACK_WITHIN,
-                   settings.name)
-    wait_for(f"healthy again after {program} was killed",
-             lambda: healthy(settings, ep.token) and pids(settings.name, cmdline) not in ([], found), BACK_WITHIN,
-             settings.name)
+    rec = wait_for(
+        f"a restart after {program} was killed",
+        lambda: (r := record(settings)).get("restarts") == before["restarts"] + 1 and r,
+        BACK_WITHIN,
+        settings.name,
+    )
+    wait_for(
+        f"healthy again after {program} was killed",
+        lambda: healthy(settings, ep.token) and pids(settings.name, cmdline) not in ([], found),
+        BACK_WITHIN,
+        settings.name,
+    )
     took = time.monotonic() - killed_at
     print(f"\n{program} killed -> healthy again in {took:.1f}s")
     assert reason in rec["last_exit"]["reason"], rec["last_exit"]
@@ -164,11 +187,15 @@ def test_a_server_that_cannot_start_is_reported_as_a_crash_loop(box):
     sandbox recovers by itself."""
     settings, tmp, env, ep = box["settings"], box["tmp"], box["env"], box["endpoint"]
     name = settings.name
-    subprocess.run(["docker", "exec", name, "mv", "/usr/local/bin/openwork-server", "/usr/local/bin/openwork-server.off"],
-                   check=True)
+    subprocess.run(
+        ["docker", "exec", name, "mv", "/usr/local/bin/openwork-server", "/usr/local/bin/openwork-server.off"],
+        check=True,
+    )
     try:
-        subprocess.run(["docker", "exec", name, "sh", "-c",
-                        f"kill -9 {pids(name, 'python3 /usr/local/bin/openwork-server')[0]}"], check=True)
+        subprocess.run(
+            ["docker", "exec", name, "sh", "-c", f"kill -9 {pids(name, 'python3 /usr/local/bin/openwork-server')[0]}"],
+            check=True,
+        )
         rec = wait_for("the crash loop in the record", lambda: (r := record(settings)).get("crash_loop") and r, 120)
         assert rec["consecutive_failures"] >= 3 and rec["backoff_seconds"] >= 4
         out = invoke(tmp, "status", "--json", **env)
@@ -176,8 +203,10 @@ def test_a_server_that_cannot_start_is_reported_as_a_crash_loop(box):
         human = invoke(tmp, "status", **env)
         assert human.returncode == 1 and "crash loop" in human.stderr and "CRASH LOOP" in human.stderr, human.stderr
     finally:
-        subprocess.run(["docker", "exec", name, "mv", "/usr/local/bin/openwork-server.off",
-                        "/usr/local/bin/openwork-server"], check=True)
+        subprocess.run(
+            ["docker", "exec", name, "mv", "/usr/local/bin/openwork-server.off", "/usr/local/bin/openwork-server"],
+            check=True,
+        )
     started = time.monotonic()
     wait_for("healthy again once the server is back", lambda: healthy(settings, ep.token), 120)
     print(f"\nrecovered from the crash loop {time.monotonic() - started:.1f}s after the server was put back")
@@ -191,10 +220,19 @@ def test_down_is_prompt_and_final(box):
     took = time.monotonic() - started
     print(f"\ndown took {took:.1f}s")
     assert out.returncode == 0, out.stderr
-    state = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .State}}", settings.name],
-                                      capture_output=True, text=True).stdout)
+    state = json.loads(
+        subprocess.run(
+            ["docker", "inspect", "--format", "{{json .State}}", settings.name], capture_output=True, text=True
+        ).stdout
+    )
     assert state["Running"] is False and state["Restarting"] is False
     assert record(settings)["state"] == "stopped" and "SIGTERM" in record(settings)["last_exit"]["reason"]
     time.sleep(3)  # nothing brings it back: neither the supervisor nor the restart policy
-    assert json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .State}}", settings.name],
-                                     capture_output=True, text=True).stdout)["Running"] is False
+    assert (
+        json.loads(
+            subprocess.run(
+                ["docker", "inspect", "--format", "{{json .State}}", settings.name], capture_output=True, text=True
+            ).stdout
+        )["Running"]
+        is False
+    )

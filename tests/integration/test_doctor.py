@@ -18,16 +18,25 @@ from openwork_sandbox.sandbox import doctor
 from tests.support.lifecycle import ramfs
 from tests.support.paths import ROOT
 
-HAS_VIRT = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("vmx", "svm")) \
-    if Path("/proc/cpuinfo").exists() else False
+HAS_VIRT = (
+    any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("vmx", "svm"))
+    if Path("/proc/cpuinfo").exists()
+    else False
+)
 
 
 def run_doctor(tmp_path, env_extra=None, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK_", "OPENCODE_VERSION"))}
     env.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), "OPENWORK_MICROSANDBOX_PORT": str(free_port())})
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "invoke", "doctor", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "doctor", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -35,9 +44,13 @@ def second_registry(tmp_path):
     """A second real registry on its own port, so a test can stop it without disturbing others."""
     port = free_port()
     config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {tmp_path}/data}}\n"
-                      f"http: {{addr: 127.0.0.1:{port}}}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {tmp_path}/data}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -83,8 +96,18 @@ def test_doctor_table_has_one_line_per_check(services, tmp_path):
     proc = run_doctor(tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    for name in ("python", "packages", "docker client", "docker engine", "registry 127.0.0.1:5000", "microsandbox",
-                 "/dev/kvm", "virtualization", "port ", "state folders"):
+    for name in (
+        "python",
+        "packages",
+        "docker client",
+        "docker engine",
+        "registry 127.0.0.1:5000",
+        "microsandbox",
+        "/dev/kvm",
+        "virtualization",
+        "port ",
+        "state folders",
+    ):
         rows = [ln for ln in lines if ln[:1] in ("✓", "✗") and ln[1:].strip().startswith(name)]
         assert len(rows) == 1, f"{name}: {rows}"
     assert any(ln.startswith("runtime: auto → ") for ln in lines)
@@ -145,7 +168,6 @@ def test_kvm_and_virtualization_rows_come_from_the_host_facts():
     assert not doctor.check_kvm(not_mine).ok and "kvm group" in doctor.check_kvm(not_mine).fix
 
 
-
 def test_an_msb_home_without_extended_attributes_is_a_cross_on_the_microsandbox_row(tmp_path, monkeypatch):
     """The folder microsandbox puts root filesystems together in (MSB_HOME) needs xattrs (found in the
     emulated host: a tmpfs /tmp of Linux 6.1); a real ramfs stands for such a filesystem (needs root)."""
@@ -168,13 +190,16 @@ def test_package_minimums_match_pyproject():
 
 
 def test_invoke_list_does_not_import_the_sdk():
-    code = ("import sys, invoke.program; from invoke import Program; "
-            "sys.argv=['invoke','--list']; import tasks; "
-            "assert 'microsandbox' not in sys.modules, 'tasks.py imported the SDK'")
+    code = (
+        "import sys, invoke.program; from invoke import Program; "
+        "sys.argv=['invoke','--list']; import tasks; "
+        "assert 'microsandbox' not in sys.modules, 'tasks.py imported the SDK'"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    listing = subprocess.run([sys.executable, "-m", "invoke", "--list"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "invoke", "--list"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert listing.returncode == 0
     for name in ("build-image", "push-image", "up", "down", "status", "logs", "reset", "smoke", "doctor"):
         assert f"  {name} " in listing.stdout or f"  {name}\n" in listing.stdout

@@ -20,8 +20,7 @@ import pytest
 from tests.support.paths import ROOT
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-TASKS = ["backup", "build-image", "doctor", "down", "logs", "push-image", "reset", "restore", "smoke",
-         "status", "up"]
+TASKS = ["backup", "build-image", "doctor", "down", "logs", "push-image", "reset", "restore", "smoke", "status", "up"]
 UPDATE = os.environ.get("OPENWORK_GOLDEN_UPDATE") == "1"
 
 
@@ -36,8 +35,9 @@ def _matches(name: str, actual: str) -> None:
 def _invoke(*args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
     env["COLUMNS"] = "100"
-    proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -52,8 +52,9 @@ def test_each_tasks_help_is_unchanged(task):
 
 
 def test_the_program_and_the_module_show_the_same_tasks():
-    proc = subprocess.run([sys.executable, "-m", "openwork_sandbox", "--list"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openwork_sandbox", "--list"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert re.findall(r"^  (\S+)", proc.stdout, re.M) == TASKS
 
@@ -64,9 +65,14 @@ def _fixed_settings(tmp_path: Path):
     loader = _settings_loader()
     env_file = tmp_path / "golden.env"
     env_file.write_text("")
-    environ = {"OPENWORK_MICROSANDBOX_IMAGE": "127.0.0.1:5000/golden:1", "OPENWORK_MICROSANDBOX_NAME": "golden",
-               "OPENWORK_MICROSANDBOX_PORT": "8787", "OPENWORK_MICROSANDBOX_WORKSPACE_DIR": "/golden/workspace",
-               "OPENWORK_MICROSANDBOX_DATA_DIR": "/golden/data", "OPENWORK_STATE_DIR": str(tmp_path / "state")}
+    environ = {
+        "OPENWORK_MICROSANDBOX_IMAGE": "127.0.0.1:5000/golden:1",
+        "OPENWORK_MICROSANDBOX_NAME": "golden",
+        "OPENWORK_MICROSANDBOX_PORT": "8787",
+        "OPENWORK_MICROSANDBOX_WORKSPACE_DIR": "/golden/workspace",
+        "OPENWORK_MICROSANDBOX_DATA_DIR": "/golden/data",
+        "OPENWORK_STATE_DIR": str(tmp_path / "state"),
+    }
     return loader(environ=environ, env_file=env_file, root=tmp_path)
 
 
@@ -112,24 +118,43 @@ def test_the_wheel_keeps_its_entry_points_and_package_data(tmp_path):
     import shutil
 
     source = tmp_path / "src"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-                           str(source)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     import zipfile
 
     (wheel,) = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    data = sorted(n.rsplit("/", 1)[-1] for n in names if n.startswith("openwork_sandbox/")
-                  and not n.endswith(".py"))
+    data = sorted(n.rsplit("/", 1)[-1] for n in names if n.startswith("openwork_sandbox/") and not n.endswith(".py"))
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    public = sorted(n for n in names if n in ("openwork_sandbox/__init__.py", "openwork_sandbox/__main__.py",
-                                              "openwork_sandbox/cli.py", "openwork_sandbox/tasks.py"))
-    text = ("package data: " + " ".join(data) + "\npublic modules: " + " ".join(public) + "\n"
-            + zipfile.ZipFile(wheel).read(entry).decode())
+    public = sorted(
+        n
+        for n in names
+        if n
+        in (
+            "openwork_sandbox/__init__.py",
+            "openwork_sandbox/__main__.py",
+            "openwork_sandbox/cli.py",
+            "openwork_sandbox/tasks.py",
+        )
+    )
+    text = (
+        "package data: "
+        + " ".join(data)
+        + "\npublic modules: "
+        + " ".join(public)
+        + "\n"
+        + zipfile.ZipFile(wheel).read(entry).decode()
+    )
     _matches("wheel.txt", text)

@@ -25,9 +25,13 @@ class _RecordingProxy(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.seen.append(self.path)  # a proxy request carries the absolute URL
-        body = json.dumps({"name": "pkg", "version": "1.0.0",
-                           "dist": {"tarball": f"http://{NPM_HOST}/pkg/-/pkg-1.0.0.tgz",
-                                    "integrity": "sha512-" + "A" * 86 + "=="}}).encode()
+        body = json.dumps(
+            {
+                "name": "pkg",
+                "version": "1.0.0",
+                "dist": {"tarball": f"http://{NPM_HOST}/pkg/-/pkg-1.0.0.tgz", "integrity": "sha512-" + "A" * 86 + "=="},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -63,8 +67,11 @@ def _settings(tmp_path, **environ):
     from openwork_sandbox.config import load_settings
 
     (tmp_path / "empty.env").write_text("")
-    return load_settings(environ={"OPENWORK_CACHE_DIR": str(tmp_path / "cache"), **environ},
-                         env_file=tmp_path / "empty.env", root=tmp_path)
+    return load_settings(
+        environ={"OPENWORK_CACHE_DIR": str(tmp_path / "cache"), **environ},
+        env_file=tmp_path / "empty.env",
+        root=tmp_path,
+    )
 
 
 @pytest.fixture
@@ -121,8 +128,9 @@ def test_a_loopback_registry_and_the_sandbox_never_go_through_a_proxy(services, 
 def test_a_remote_registry_goes_through_the_proxy(proxy, tmp_path):
     from openwork_sandbox.registry.client import Registry
 
-    settings = _settings(tmp_path, OPENWORK_MICROSANDBOX_IMAGE="registry.example.invalid/team/app:1",
-                         OPENWORK_REGISTRY_INSECURE="true")
+    settings = _settings(
+        tmp_path, OPENWORK_MICROSANDBOX_IMAGE="registry.example.invalid/team/app:1", OPENWORK_REGISTRY_INSECURE="true"
+    )
     Registry.for_settings(settings).ping()  # the double answers 200 to anything
     # HTTPS first (a tunnel through the proxy, refused), then plain HTTP as the registry is insecure
     assert proxy == ["CONNECT registry.example.invalid:443", "http://registry.example.invalid/v2/"]

@@ -35,6 +35,7 @@ def test_status_fails_for_a_registry_address_where_none_listens(services):
     from openwork_sandbox.net.ports import free_port
 
     env = {"PATH": __import__("os").environ["PATH"], "OPENWORK_LOCAL_REGISTRY_ADDR": f"127.0.0.1:{free_port()}"}
-    proc = subprocess.run([str(ROOT / "scripts" / "services"), "status"], capture_output=True, text=True, timeout=60,
-                          env=env)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "services"), "status"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 1 and "does not answer" in proc.stderr

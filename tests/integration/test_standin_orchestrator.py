@@ -49,12 +49,42 @@ def _start(tmp_path, opencode):
     workspace, home = tmp_path / "ws", tmp_path / "home"
     workspace.mkdir()
     home.mkdir()
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "OPENWORK_TOKEN": "c" * 30, "OPENWORK_HOST_TOKEN": "h" * 30,
-           "OPENWORK_DATA_DIR": str(tmp_path / "data"), "OPENCODE_DISABLE_MODELS_FETCH": "1"}
-    argv = [sys.executable, str(STANDIN), "serve", "--workspace", str(workspace), "--openwork-port", str(port),
-            "--opencode-host", "127.0.0.1", "--opencode-port", str(oc_port), "--approval", "auto", "--cors", "*",
-            "--connect-host", "127.0.0.1", "--allow-external", "--sidecar-source", "external",
-            "--opencode-source", "external", "--openwork-server-bin", str(SERVER), "--opencode-bin", str(opencode)]
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "OPENWORK_TOKEN": "c" * 30,
+        "OPENWORK_HOST_TOKEN": "h" * 30,
+        "OPENWORK_DATA_DIR": str(tmp_path / "data"),
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+    }
+    argv = [
+        sys.executable,
+        str(STANDIN),
+        "serve",
+        "--workspace",
+        str(workspace),
+        "--openwork-port",
+        str(port),
+        "--opencode-host",
+        "127.0.0.1",
+        "--opencode-port",
+        str(oc_port),
+        "--approval",
+        "auto",
+        "--cors",
+        "*",
+        "--connect-host",
+        "127.0.0.1",
+        "--allow-external",
+        "--sidecar-source",
+        "external",
+        "--opencode-source",
+        "external",
+        "--openwork-server-bin",
+        str(SERVER),
+        "--opencode-bin",
+        str(opencode),
+    ]
     log = open(tmp_path / "log.txt", "w+")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     deadline = time.monotonic() + 180
@@ -75,15 +105,27 @@ def test_version_answers_the_pin():
 def test_serves_verifies_and_stops_its_children_on_sigterm(tmp_path, opencode):
     proc, port, workspace, log = _start(tmp_path, opencode)
     try:
-        for line in ("[openwork-orchestrator] Run starting", "[opencode] Process spawned", "[opencode] Healthy",
-                     "[openwork-server] Healthy", "GET /workspaces", "GET /approvals", "POST /tokens"):
+        for line in (
+            "[openwork-orchestrator] Run starting",
+            "[opencode] Process spawned",
+            "[opencode] Healthy",
+            "[openwork-server] Healthy",
+            "GET /workspaces",
+            "GET /approvals",
+            "POST /tokens",
+        ):
             assert line in log, line
         assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["ok"] is True
-        ws = requests.get(f"http://127.0.0.1:{port}/workspaces", headers={"Authorization": "Bearer " + "c" * 30},
-                          timeout=5).json()["items"][0]
+        ws = requests.get(
+            f"http://127.0.0.1:{port}/workspaces", headers={"Authorization": "Bearer " + "c" * 30}, timeout=5
+        ).json()["items"][0]
         assert ws["path"] == str(workspace) and ws["opencode"]["username"] and ws["opencode"]["password"]
-        session = requests.post(f"http://127.0.0.1:{port}/w/{ws['id']}/opencode/session", json={"title": "t"},
-                                headers={"Authorization": "Bearer " + "c" * 30}, timeout=30)
+        session = requests.post(
+            f"http://127.0.0.1:{port}/w/{ws['id']}/opencode/session",
+            json={"title": "t"},
+            headers={"Authorization": "Bearer " + "c" * 30},
+            timeout=30,
+        )
         assert session.status_code == 200  # the random basic-auth pair reached both opencode and the server
         children = _children(proc.pid)
         assert len(children) == 2
@@ -100,9 +142,12 @@ def test_serves_verifies_and_stops_its_children_on_sigterm(tmp_path, opencode):
 def test_exits_when_a_child_dies(tmp_path, opencode):
     proc, port, _, _ = _start(tmp_path, opencode)
     try:
-        server = [c for c in _children(proc.pid)
-                  if "openwork-server" in open(f"/proc/{c}/cmdline").read() or
-                  "standin_openwork_server" in open(f"/proc/{c}/cmdline").read()]
+        server = [
+            c
+            for c in _children(proc.pid)
+            if "openwork-server" in open(f"/proc/{c}/cmdline").read()
+            or "standin_openwork_server" in open(f"/proc/{c}/cmdline").read()
+        ]
         assert len(server) == 1
         os.kill(server[0], signal.SIGKILL)
         assert proc.wait(timeout=30) != 0

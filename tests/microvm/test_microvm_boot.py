@@ -35,15 +35,24 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
     from openwork_sandbox.sandbox.up import up
 
     name = unique_name("vm")
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
-                             **slow_host_settings())
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
+        **slow_host_settings(),
+    )
     try:
         ep = up(settings)
         assert ep.runtime == "microsandbox" and ep.workspace_id
         assert requests.get(ep.url + "/workspaces", timeout=10).status_code == 401
-        assert requests.get(ep.url + "/workspaces", headers={"Authorization": f"Bearer {ep.token}"},
-                            timeout=10).status_code == 200
+        assert (
+            requests.get(
+                ep.url + "/workspaces", headers={"Authorization": f"Bearer {ep.token}"}, timeout=10
+            ).status_code
+            == 200
+        )
         assert endpoint(settings) == ep
         assert runtime_exec(settings, ["sh", "-c", "echo vm > /workspace/vm.txt"])[0] == 0
         assert (settings.workspace_dir / "vm.txt").read_text() == "vm\n"
@@ -85,11 +94,13 @@ def test_microvm_boots_serves_and_keeps_the_workspace(tmp_path, stack_image, cap
 # microVM was restarted so and never stopped). reboot(2) with LINUX_REBOOT_CMD_RESTART, by perl's
 # syscall: measured in a nested microVM, its VMM stops 3 s later ("Vmm is stopping"); its kernel has
 # no /proc/sysrq-trigger.
-POWER_OFF_ONCE = ("if [ ! -e /data/.vm-stopped-once ]; then touch /data/.vm-stopped-once; sync; "
-                  'for i in 1 2 3 4 5 6 7; do echo "[test] stopping the microVM from inside, tick $i"; sleep 5; done; '
-                  "perl -e '$r = syscall(169, 0xfee1dead, 672274793, 0x01234567); print \"[test] reboot(2): $r $!\\n\"'; "
-                  'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "[test] the microVM still runs, tick $i"; sleep 5; done; fi; '
-                  "exec /usr/local/bin/microsandbox-entrypoint.sh")
+POWER_OFF_ONCE = (
+    "if [ ! -e /data/.vm-stopped-once ]; then touch /data/.vm-stopped-once; sync; "
+    'for i in 1 2 3 4 5 6 7; do echo "[test] stopping the microVM from inside, tick $i"; sleep 5; done; '
+    "perl -e '$r = syscall(169, 0xfee1dead, 672274793, 0x01234567); print \"[test] reboot(2): $r $!\\n\"'; "
+    'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "[test] the microVM still runs, tick $i"; sleep 5; done; fi; '
+    "exec /usr/local/bin/microsandbox-entrypoint.sh"
+)
 
 
 @pytest.mark.microvm
@@ -102,11 +113,19 @@ def test_a_microvm_that_stops_under_its_starting_server_is_booted_again(tmp_path
     from openwork_sandbox.sandbox.reset import reset
     from openwork_sandbox.sandbox.up import up
 
-    ref = build_and_push(tmp_path, f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(POWER_OFF_ONCE)}]\n'
-                                   "CMD []\n", f"{REGISTRY}/owtest-lifecycle:vm-stops-once")
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("vmstop"), OPENWORK_MICROSANDBOX_IMAGE=ref,
-                             OPENWORK_MICROSANDBOX_PORT=str(free_port()), OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
-                             **slow_host_settings())
+    ref = build_and_push(
+        tmp_path,
+        f'FROM {stack_image.ref}\nENTRYPOINT ["sh", "-c", {json.dumps(POWER_OFF_ONCE)}]\nCMD []\n',
+        f"{REGISTRY}/owtest-lifecycle:vm-stops-once",
+    )
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_MICROSANDBOX_NAME=unique_name("vmstop"),
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_RUNTIME="microsandbox",
+        **slow_host_settings(),
+    )
     try:
         ep = up(settings)
         said = [line for line in capsys.readouterr().err.splitlines() if "during start-up" in line]

@@ -42,8 +42,17 @@ class _Server(ThreadingHTTPServer):
 class OpenWorkDouble:
     """Start with ``with OpenWorkDouble(token=..., host_token=...) as srv: srv.url``."""
 
-    def __init__(self, *, token: str, host_token: str, host: str = "127.0.0.1", prefix: str = "",
-                 fail: tuple[str, str] | None = None, die_on: str | None = None, hang_on: str | None = None):
+    def __init__(
+        self,
+        *,
+        token: str,
+        host_token: str,
+        host: str = "127.0.0.1",
+        prefix: str = "",
+        fail: tuple[str, str] | None = None,
+        die_on: str | None = None,
+        hang_on: str | None = None,
+    ):
         self.token, self.host_token = token, host_token
         self.host, self.prefix = host, prefix.rstrip("/")
         self.fail, self.die_on, self.hang_on = fail, die_on, hang_on
@@ -116,7 +125,7 @@ class OpenWorkDouble:
         if self.prefix:
             if not path.startswith(self.prefix + "/"):
                 return self._send(h, 404, {"code": "not_found", "message": f"outside {self.prefix}"})
-            path = path[len(self.prefix):]
+            path = path[len(self.prefix) :]
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
         check = self._check_of(method, path, h.headers)
@@ -137,16 +146,30 @@ class OpenWorkDouble:
         auth = headers.get("Authorization", "")
         client_ok = auth == f"Bearer {self.token}"
         unauthorized = {"code": "unauthorized", "message": "Invalid bearer token"}
-        ws = {"id": ws_id(WORKSPACE), "name": "workspace", "path": WORKSPACE, "preset": "remote",
-              "workspaceType": "local", "opencode": {"baseUrl": "http://127.0.0.1:4096", "directory": WORKSPACE,
-                                                     "username": "opencode", "password": "double-opencode-password"}}
+        ws = {
+            "id": ws_id(WORKSPACE),
+            "name": "workspace",
+            "path": WORKSPACE,
+            "preset": "remote",
+            "workspaceType": "local",
+            "opencode": {
+                "baseUrl": "http://127.0.0.1:4096",
+                "directory": WORKSPACE,
+                "username": "opencode",
+                "password": "double-opencode-password",
+            },
+        }
         if check == "health":
             if broken == "status":
                 return 503, {"ok": False}
             if broken == "body":
                 return 200, {"ok": False, "version": "0.18.1"}
-            return 200, {"ok": True, "version": "0.18.1", "opencodeVersion": "1.17.11",
-                         "uptimeMs": int((time.time() - self.started) * 1000)}
+            return 200, {
+                "ok": True,
+                "version": "0.18.1",
+                "opencodeVersion": "1.17.11",
+                "uptimeMs": int((time.time() - self.started) * 1000),
+            }
         if check == "auth-required":
             if broken == "status":
                 return 200, {"items": [ws], "workspaces": [ws], "activeId": ws["id"]}
@@ -178,8 +201,15 @@ class OpenWorkDouble:
         if check == "session-create":
             title = json.loads(raw or b"{}").get("title", "")
             sid = "ses_" + uuid.uuid4().hex[:20]
-            session = {"id": sid, "slug": sid[-6:], "projectID": "global", "directory": WORKSPACE, "title": title,
-                       "version": "1.17.11", "time": {"created": 1, "updated": 1}}
+            session = {
+                "id": sid,
+                "slug": sid[-6:],
+                "projectID": "global",
+                "directory": WORKSPACE,
+                "title": title,
+                "version": "1.17.11",
+                "time": {"created": 1, "updated": 1},
+            }
             self.sessions[sid] = session
             if broken == "status":
                 return 500, {"name": "UnknownError", "data": {"message": "boom"}}

@@ -27,8 +27,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "standin-model"
 REPLY = "Hello from the stand-in provider. The sandbox's agent answered your prompt."
-ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_exceeded",
-               500: "server_error", 503: "server_error"}
+ERROR_TYPES = {
+    401: "invalid_request_error",
+    403: "permission_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    503: "server_error",
+}
 
 
 class StandinProvider:
@@ -56,8 +61,12 @@ class StandinProvider:
                     parsed = json.loads(body) if body else None
                 except ValueError:
                     parsed = None
-                entry = {"method": self.command, "path": self.path,
-                         "authorization": self.headers.get("Authorization"), "json": parsed}
+                entry = {
+                    "method": self.command,
+                    "path": self.path,
+                    "authorization": self.headers.get("Authorization"),
+                    "json": parsed,
+                }
                 with provider._lock:
                     provider.requests.append(entry)
                 return entry
@@ -80,7 +89,9 @@ class StandinProvider:
             def do_GET(self):
                 self._record(b"")
                 if self.path.rstrip("/").endswith("/models"):
-                    self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "standin"}]})
+                    self._json(
+                        200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "standin"}]}
+                    )
                 else:
                     self._json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
 
@@ -91,18 +102,32 @@ class StandinProvider:
                     return
                 if provider.refusal is not None:
                     status, message = provider.refusal
-                    self._json(status, {"error": {"message": message, "type": ERROR_TYPES.get(status, "error"),
-                                                  "code": str(status)}})
+                    self._json(
+                        status,
+                        {"error": {"message": message, "type": ERROR_TYPES.get(status, "error"), "code": str(status)}},
+                    )
                     return
                 body = entry["json"] or {}
                 if body.get("stream"):
                     self._stream(body)
                 else:
-                    self._json(200, {"id": "chatcmpl-standin", "object": "chat.completion", "created": int(time.time()),
-                                     "model": body.get("model", MODEL),
-                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": provider.reply},
-                                                  "finish_reason": "stop"}],
-                                     "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}})
+                    self._json(
+                        200,
+                        {
+                            "id": "chatcmpl-standin",
+                            "object": "chat.completion",
+                            "created": int(time.time()),
+                            "model": body.get("model", MODEL),
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": provider.reply},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17},
+                        },
+                    )
 
             def _event(self, obj) -> None:
                 data = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
@@ -115,18 +140,30 @@ class StandinProvider:
                 self.send_header("Cache-Control", "no-cache")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                base = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": body.get("model", MODEL)}
+                base = {
+                    "id": "chatcmpl-standin",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": body.get("model", MODEL),
+                }
                 words = provider.reply.split(" ")
-                self._event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                  "finish_reason": None}]})
+                self._event(
+                    {
+                        **base,
+                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                    }
+                )
                 for i, word in enumerate(words):
                     time.sleep(provider.chunk_delay)
                     piece = word if i == 0 else " " + word
                     self._event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-                self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": 5, "completion_tokens": len(words),
-                                       "total_tokens": 5 + len(words)}})
+                self._event(
+                    {
+                        **base,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)},
+                    }
+                )
                 self._event("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()

@@ -101,8 +101,11 @@ def main() -> int:
                 # read the request, never answer it (a thread each: a client that sends late holds up no other)
                 threading.Thread(target=client.recv, args=(65536,), daemon=True).start()
                 if len(held) == 1:
-                    print(f"{MARK} read the first request and will never answer it (the start race)"
-                          + (f"; nor any other in its first {gap:g} s" if gap else ""), flush=True)
+                    print(
+                        f"{MARK} read the first request and will never answer it (the start race)"
+                        + (f"; nor any other in its first {gap:g} s" if gap else ""),
+                        flush=True,
+                    )
                 continue
             threading.Thread(target=_serve_one, args=(client, host, internal), daemon=True).start()
 

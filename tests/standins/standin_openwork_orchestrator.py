@@ -85,6 +85,7 @@ def random_secret(n=32):
 
 # --- HTTP by hand (python3-minimal has no http package) ------------------------------------------
 
+
 def _dechunk(body):
     out, pos = b"", 0
     while True:
@@ -94,7 +95,7 @@ def _dechunk(body):
         size = int(body[pos:end].split(b";")[0] or b"0", 16)
         if size == 0:
             return out
-        out += body[end + 2:end + 2 + size]
+        out += body[end + 2 : end + 2 + size]
         pos = end + 2 + size + 2
 
 
@@ -102,8 +103,12 @@ def request(port, method, path, headers=None, body=b"", timeout=POLL_TIMEOUT, ho
     """(status, body bytes) of one HTTP/1.1 request with ``Connection: close``; raises OSError."""
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
-        head = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (host, port), "Connection: close",
-                "Content-Length: %d" % len(body)]
+        head = [
+            "%s %s HTTP/1.1" % (method, path),
+            "Host: %s:%d" % (host, port),
+            "Connection: close",
+            "Content-Length: %d" % len(body),
+        ]
         head += ["%s: %s" % item for item in (headers or {}).items()]
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         data = b""
@@ -130,11 +135,13 @@ def basic_auth(user, password):
 
 # --- children ------------------------------------------------------------------------------------
 
+
 class Child:
     def __init__(self, label, argv, env, cwd):
         self.label = label
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         say("[%s] Process spawned (pid %d)" % (label, self.proc.pid))
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -224,14 +231,20 @@ def verify_server(port, token, host_token, workspace):
     if status != 200:
         raise RuntimeError("GET /approvals with the host token answered %d" % status)
     payload = b'{"scope":"owner","label":"openwork-orchestrator"}'
-    status, body = request(port, "POST", "/tokens", {"X-OpenWork-Host-Token": host_token,
-                                                     "Content-Type": "application/json"}, payload,
-                           timeout=VERIFY_TIMEOUT)
+    status, body = request(
+        port,
+        "POST",
+        "/tokens",
+        {"X-OpenWork-Host-Token": host_token, "Content-Type": "application/json"},
+        payload,
+        timeout=VERIFY_TIMEOUT,
+    )
     if status not in (200, 201) or b'"token"' not in body:
         raise RuntimeError("POST /tokens with the host token answered %d" % status)
 
 
 # --- serve ---------------------------------------------------------------------------------------
+
 
 def serve_parser():
     p = argparse.ArgumentParser(prog="openwork serve (stand-in)")
@@ -259,8 +272,13 @@ def serve(argv):
     token = args.openwork_token or os.environ.get("OPENWORK_TOKEN") or random_secret()
     host_token = args.openwork_host_token or os.environ.get("OPENWORK_HOST_TOKEN") or random_secret()
     oc_user, oc_password = "%x" % _rng.getrandbits(256), random_secret(48)
-    run_id = "%08x-%04x-4%03x-%04x-%012x" % (_rng.getrandbits(32), _rng.getrandbits(16), _rng.getrandbits(12),
-                                             0x8000 | _rng.getrandbits(14), _rng.getrandbits(48))
+    run_id = "%08x-%04x-4%03x-%04x-%012x" % (
+        _rng.getrandbits(32),
+        _rng.getrandbits(16),
+        _rng.getrandbits(12),
+        0x8000 | _rng.getrandbits(14),
+        _rng.getrandbits(48),
+    )
     data_dir = os.environ.get("OPENWORK_DATA_DIR") or os.path.join(os.environ.get("HOME") or "/tmp", ".openwork")
     config_dir = os.path.join(data_dir, "opencode-config")
     run = Run()
@@ -273,16 +291,43 @@ def serve(argv):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log("Run starting")
-    log("stand-in orchestrator %s: workspace %s, opencode %s:%d, openwork-server port %d%s" % (
-        os.environ.get("OPENWORK_STANDIN_ORCHESTRATOR_VERSION") or VERSION, workspace, args.opencode_host,
-        args.opencode_port, args.openwork_port, "; ignored: " + " ".join(unknown) if unknown else ""))
+    log(
+        "stand-in orchestrator %s: workspace %s, opencode %s:%d, openwork-server port %d%s"
+        % (
+            os.environ.get("OPENWORK_STANDIN_ORCHESTRATOR_VERSION") or VERSION,
+            workspace,
+            args.opencode_host,
+            args.opencode_port,
+            args.openwork_port,
+            "; ignored: " + " ".join(unknown) if unknown else "",
+        )
+    )
     try:
         os.makedirs(config_dir, exist_ok=True)
         common = dict(os.environ, OPENWORK_RUN_ID=run_id, OPENWORK_LOG_FORMAT="pretty")
-        env = dict(common, OPENCODE_SERVER_USERNAME=oc_user, OPENCODE_SERVER_PASSWORD=oc_password, OPENWORK="1",
-                   OPENCODE_CLIENT="openwork-orchestrator", OPENCODE_CONFIG_DIR=config_dir)
-        run.spawn("opencode", [args.opencode_bin, "serve", "--hostname", args.opencode_host,
-                               "--port", str(args.opencode_port), "--cors", args.cors], env, workspace)
+        env = dict(
+            common,
+            OPENCODE_SERVER_USERNAME=oc_user,
+            OPENCODE_SERVER_PASSWORD=oc_password,
+            OPENWORK="1",
+            OPENCODE_CLIENT="openwork-orchestrator",
+            OPENCODE_CONFIG_DIR=config_dir,
+        )
+        run.spawn(
+            "opencode",
+            [
+                args.opencode_bin,
+                "serve",
+                "--hostname",
+                args.opencode_host,
+                "--port",
+                str(args.opencode_port),
+                "--cors",
+                args.cors,
+            ],
+            env,
+            workspace,
+        )
         auth = {"Authorization": basic_auth(oc_user, oc_password)}
 
         def opencode_ok():
@@ -291,15 +336,41 @@ def serve(argv):
 
         wait_healthy(run, "opencode", opencode_ok)
         base_url = "http://%s:%d" % (args.opencode_host, args.opencode_port)
-        server_env = dict(common, OPENWORK_TOKEN=token, OPENWORK_HOST_TOKEN=host_token,
-                          OPENWORK_OPENCODE_USERNAME=oc_user, OPENWORK_OPENCODE_PASSWORD=oc_password,
-                          OPENWORK_OPENCODE_BASE_URL=base_url, OPENWORK_OPENCODE_DIRECTORY=workspace)
-        run.spawn("openwork-server", [
-            args.openwork_server_bin, "--host", "0.0.0.0" if args.remote_access else "127.0.0.1",
-            "--port", str(args.openwork_port), "--workspace", workspace, "--approval", args.approval,
-            "--approval-timeout", "30000", "--cors", args.cors, "--opencode-base-url", base_url,
-            "--opencode-directory", workspace, "--log-format", "pretty",
-        ], server_env, workspace)
+        server_env = dict(
+            common,
+            OPENWORK_TOKEN=token,
+            OPENWORK_HOST_TOKEN=host_token,
+            OPENWORK_OPENCODE_USERNAME=oc_user,
+            OPENWORK_OPENCODE_PASSWORD=oc_password,
+            OPENWORK_OPENCODE_BASE_URL=base_url,
+            OPENWORK_OPENCODE_DIRECTORY=workspace,
+        )
+        run.spawn(
+            "openwork-server",
+            [
+                args.openwork_server_bin,
+                "--host",
+                "0.0.0.0" if args.remote_access else "127.0.0.1",
+                "--port",
+                str(args.openwork_port),
+                "--workspace",
+                workspace,
+                "--approval",
+                args.approval,
+                "--approval-timeout",
+                "30000",
+                "--cors",
+                args.cors,
+                "--opencode-base-url",
+                base_url,
+                "--opencode-directory",
+                workspace,
+                "--log-format",
+                "pretty",
+            ],
+            server_env,
+            workspace,
+        )
 
         def server_ok():
             status, _ = request(args.openwork_port, "GET", "/health")
@@ -308,10 +379,14 @@ def serve(argv):
         wait_healthy(run, "openwork-server", server_ok)
         verify_server(args.openwork_port, token, host_token, workspace)
         log("Verified openwork-server (health, workspaces, approvals, tokens)")
-        for line in ("OpenWork orchestrator running (stand-in)", "Run ID: " + run_id, "Workspace: " + workspace,
-                     "OpenCode: " + base_url,
-                     "OpenWork server: http://%s:%d" % (args.connect_host, args.openwork_port),
-                     "OpenWork owner token: issued (withheld from stdout)"):
+        for line in (
+            "OpenWork orchestrator running (stand-in)",
+            "Run ID: " + run_id,
+            "Workspace: " + workspace,
+            "OpenCode: " + base_url,
+            "OpenWork server: http://%s:%d" % (args.connect_host, args.openwork_port),
+            "OpenWork owner token: issued (withheld from stdout)",
+        ):
             say(line)
         while True:
             gone = run.dead()

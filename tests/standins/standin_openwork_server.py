@@ -49,6 +49,7 @@ _rng = random.SystemRandom()
 
 # --- JSON by hand (python3-minimal has no json module) -------------------------------------------
 
+
 def to_json(value):
     if value is None:
         return "null"
@@ -157,12 +158,12 @@ def _parse_string(text, pos):
         if ch == '"':
             return "".join(out), pos + 1
         if ch == "\\":
-            esc = text[pos + 1:pos + 2]
+            esc = text[pos + 1 : pos + 2]
             if esc == "u":
-                code = int(text[pos + 2:pos + 6], 16)
+                code = int(text[pos + 2 : pos + 6], 16)
                 pos += 6
-                if 0xD800 <= code < 0xDC00 and text[pos:pos + 2] == "\\u":
-                    low = int(text[pos + 2:pos + 6], 16)
+                if 0xD800 <= code < 0xDC00 and text[pos : pos + 2] == "\\u":
+                    low = int(text[pos + 2 : pos + 6], 16)
                     code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
                     pos += 6
                 out.append(chr(code))
@@ -178,6 +179,7 @@ def _parse_string(text, pos):
 
 
 # --- configuration ---------------------------------------------------------------------------------
+
 
 def workspace_id(path):
     return "ws_" + hashlib.sha256(path.encode()).hexdigest()[:12]
@@ -223,8 +225,9 @@ class Config:
         self.host_token = env.get("OPENWORK_HOST_TOKEN") or new_token()
         self.workspace_id = workspace_id(self.workspace)
         # token -> record; the configured client token has collaborator scope
-        self.tokens = {self.client_token: {"id": "tok_client", "scope": "collaborator", "label": "client",
-                                           "createdAt": now_iso()}}
+        self.tokens = {
+            self.client_token: {"id": "tok_client", "scope": "collaborator", "label": "client", "createdAt": now_iso()}
+        }
         self.lock = threading.Lock()
         self.token_store = token_store_path(env, args.config)
         self.tokens.update(load_issued_tokens(self.token_store))
@@ -291,6 +294,7 @@ SCOPES = ("owner", "collaborator", "viewer")
 
 
 # --- HTTP by hand (python3-minimal has no http package) ---------------------------------------------
+
 
 class BadRequest(Exception):
     pass
@@ -385,9 +389,18 @@ def read_request(conn):
     return req
 
 
-REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
-           502: "Bad Gateway"}
+REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+}
 
 
 class Handler:
@@ -405,9 +418,14 @@ class Handler:
             allow = origin
         else:
             return []
-        return [("Access-Control-Allow-Origin", allow),
-                ("Access-Control-Allow-Headers", "Authorization, Content-Type, X-OpenWork-Host-Token, x-opencode-directory"),
-                ("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")]
+        return [
+            ("Access-Control-Allow-Origin", allow),
+            (
+                "Access-Control-Allow-Headers",
+                "Authorization, Content-Type, X-OpenWork-Host-Token, x-opencode-directory",
+            ),
+            ("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+        ]
 
     def send(self, req, status, body=b"", content_type="application/json", extra=(), close=False):
         if not isinstance(body, bytes):
@@ -467,8 +485,7 @@ class Handler:
             self.send(req, 204)
             return True
         if path == "/health" and req.method in ("GET", "HEAD"):
-            self.send(req, 200, {"ok": True, "version": cfg.version,
-                                 "uptimeMs": int((time.time() - STARTED) * 1000)})
+            self.send(req, 200, {"ok": True, "version": cfg.version, "uptimeMs": int((time.time() - STARTED) * 1000)})
             return True
         m = re.match(r"^/w/([^/]+)/opencode(/.*)?$", path)
         if m:
@@ -522,16 +539,24 @@ class Handler:
                     self.error(req, 400, "invalid_scope", "scope must be owner, collaborator or viewer")
                     return True
                 token = new_token()
-                record = {"id": "tok_" + token[4:16], "scope": scope, "createdAt": now_iso(),
-                          "label": body.get("label") if isinstance(body.get("label"), str) else None}
+                record = {
+                    "id": "tok_" + token[4:16],
+                    "scope": scope,
+                    "createdAt": now_iso(),
+                    "label": body.get("label") if isinstance(body.get("label"), str) else None,
+                }
                 with cfg.lock:
                     cfg.tokens[token] = dict(record, issued=True)
                     try:
                         cfg.save_issued_tokens()
                     except OSError as exc:
                         del cfg.tokens[token]
-                        self.error(req, 500, "token_store_unwritable",
-                                   "cannot write the token store %s: %s" % (cfg.token_store, exc.strerror))
+                        self.error(
+                            req,
+                            500,
+                            "token_store_unwritable",
+                            "cannot write the token store %s: %s" % (cfg.token_store, exc.strerror),
+                        )
                         return True
                 self.send(req, 201, dict(record, token=token))
                 return True
@@ -546,21 +571,37 @@ class Handler:
         base = urlsplit(cfg.opencode_base_url or "http://127.0.0.1:4096")
         host, port = base.hostname or "127.0.0.1", base.port or 80
         target = (base.path.rstrip("/") + rest) + ("?" + req.query if req.query else "")
-        drop = {"authorization", "x-openwork-host-token", "host", "origin", "connection", "keep-alive",
-                "content-length", "transfer-encoding", "proxy-authorization", "proxy-connection", "upgrade",
-                "x-opencode-directory"}
+        drop = {
+            "authorization",
+            "x-openwork-host-token",
+            "host",
+            "origin",
+            "connection",
+            "keep-alive",
+            "content-length",
+            "transfer-encoding",
+            "proxy-authorization",
+            "proxy-connection",
+            "upgrade",
+            "x-opencode-directory",
+        }
         headers = [(k, v) for k, v in req.headers if k.lower() not in drop]
         basic = base64.b64encode(("%s:%s" % (cfg.opencode_username, cfg.opencode_password)).encode()).decode()
-        headers += [("Host", "%s:%d" % (host, port)), ("Authorization", "Basic " + basic),
-                    ("x-opencode-directory", cfg.opencode_directory), ("Connection", "close")]
+        headers += [
+            ("Host", "%s:%d" % (host, port)),
+            ("Authorization", "Basic " + basic),
+            ("x-opencode-directory", cfg.opencode_directory),
+            ("Connection", "close"),
+        ]
         if req.body or req.method in ("POST", "PUT", "PATCH"):
             headers.append(("Content-Length", str(len(req.body))))
         head = "%s %s HTTP/1.1\r\n" % (req.method, target) + "".join("%s: %s\r\n" % kv for kv in headers) + "\r\n"
         try:
             upstream = socket.create_connection((host, port), timeout=30)
         except OSError as exc:
-            self.send(req, 502, {"code": "opencode_unreachable", "message": "opencode is unreachable: %s" % exc},
-                      close=True)
+            self.send(
+                req, 502, {"code": "opencode_unreachable", "message": "opencode is unreachable: %s" % exc}, close=True
+            )
             return False
         try:
             upstream.settimeout(None)  # event streams stay open as long as the client wants
@@ -624,10 +665,19 @@ def main(argv=None):
     server.bind((cfg.host, cfg.port))
     server.listen(128)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    log("stand-in openwork-server %s listening on %s:%d, workspace %s (%s), opencode %s, token store %s%s" % (
-        cfg.version, cfg.host, cfg.port, cfg.workspace, cfg.workspace_id, cfg.opencode_base_url or "(unset)",
-        cfg.token_store,
-        ", ignored args: %s" % " ".join(cfg.unknown) if cfg.unknown else ""))
+    log(
+        "stand-in openwork-server %s listening on %s:%d, workspace %s (%s), opencode %s, token store %s%s"
+        % (
+            cfg.version,
+            cfg.host,
+            cfg.port,
+            cfg.workspace,
+            cfg.workspace_id,
+            cfg.opencode_base_url or "(unset)",
+            cfg.token_store,
+            ", ignored args: %s" % " ".join(cfg.unknown) if cfg.unknown else "",
+        )
+    )
     while True:
         try:
             sock, peer = server.accept()

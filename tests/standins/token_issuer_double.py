@@ -53,11 +53,17 @@ class TokenIssuerDouble:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         now = _dt.datetime.now(_dt.timezone.utc)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openwork test token issuer (double)")])
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-                     .serial_number(x509.random_serial_number()).not_valid_before(now - _dt.timedelta(days=1))
-                     .not_valid_after(now + _dt.timedelta(days=30))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                     .sign(self.key, hashes.SHA256()))
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _dt.timedelta(days=1))
+            .not_valid_after(now + _dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
         folder.mkdir(parents=True, exist_ok=True)
         self.cert_path = folder / "token-issuer.crt"
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
@@ -71,10 +77,21 @@ class TokenIssuerDouble:
     # --- tokens ---------------------------------------------------------------------------------
     def sign(self, user: str, access: list[dict]) -> str:
         now = int(time.time()) - (3600 if self.expired else 0)
-        header = {"alg": "RS256", "typ": "JWT",
-                  "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
-        claims = {"iss": self.issuer, "sub": user, "aud": self.service, "exp": now + 300, "nbf": now - 10,
-                  "iat": now, "jti": secrets.token_hex(8), "access": access}
+        header = {
+            "alg": "RS256",
+            "typ": "JWT",
+            "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()],
+        }
+        claims = {
+            "iss": self.issuer,
+            "sub": user,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
         signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64(signature)}"
@@ -106,8 +123,9 @@ class TokenIssuerDouble:
 
             def _issue(self, user: str | None, query: dict) -> None:
                 scopes = query.get("scope", [])
-                double.requests.append({"user": user, "service": query.get("service", [""])[0], "scope": scopes,
-                                        "method": self.command})
+                double.requests.append(
+                    {"user": user, "service": query.get("service", [""])[0], "scope": scopes, "method": self.command}
+                )
                 if user is None:
                     self._answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "wrong credentials"}]})
                     return
@@ -115,8 +133,15 @@ class TokenIssuerDouble:
                     self._answer(403, {"errors": [{"code": "DENIED", "message": "requested access is denied"}]})
                     return
                 token = double.sign(user, double.grant(user, scopes))
-                self._answer(200, {"token": token, "access_token": token, "expires_in": 300,
-                                   "issued_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+                self._answer(
+                    200,
+                    {
+                        "token": token,
+                        "access_token": token,
+                        "expires_in": 300,
+                        "issued_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                    },
+                )
 
             def do_GET(self):
                 url = urlsplit(self.path)
@@ -131,8 +156,11 @@ class TokenIssuerDouble:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 form = parse_qs(self.rfile.read(length).decode())
-                user = double.refresh_tokens.get(form.get("refresh_token", [""])[0]) \
-                    if form.get("grant_type") == ["refresh_token"] else None
+                user = (
+                    double.refresh_tokens.get(form.get("refresh_token", [""])[0])
+                    if form.get("grant_type") == ["refresh_token"]
+                    else None
+                )
                 self._issue(user, form)
 
             def log_message(self, *args):

@@ -47,10 +47,33 @@ DATA_UNWRITABLE = "openwork-entrypoint: /data is not writable by uid 1000"
 #   no_avx         Bun's no-AVX crash report, over and over; the sandbox keeps running
 #   unwritable     the entrypoint's "/data is not writable" line, then it exits
 #   move_port      the server serves on another free port, and its ready line says so
-BOOTS = ("healthy", "starting", "unhealthy", "stall", "silent", "die", "machine_fault", "no_avx", "unwritable",
-         "move_port")
-QUERIES = frozenset({"status", "is_alive", "log_tail", "log_hint", "stream_logs", "machine_fault", "server_port",
-                     "created_home", "digest", "platform", "describe"})
+BOOTS = (
+    "healthy",
+    "starting",
+    "unhealthy",
+    "stall",
+    "silent",
+    "die",
+    "machine_fault",
+    "no_avx",
+    "unwritable",
+    "move_port",
+)
+QUERIES = frozenset(
+    {
+        "status",
+        "is_alive",
+        "log_tail",
+        "log_hint",
+        "stream_logs",
+        "machine_fault",
+        "server_port",
+        "created_home",
+        "digest",
+        "platform",
+        "describe",
+    }
+)
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -75,19 +98,30 @@ class FakeOpenWork:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 auth = self.headers.get("Authorization") or ""
-                bearer = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+                bearer = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
                 fake.requests.append(("GET", self.path, bearer))
                 if self.path == "/health":
                     if fake.unhealthy:
                         fake.unhealthy -= 1 if fake.unhealthy > 0 else 0
                         return self._answer(503, {"ok": False})
-                    return self._answer(200, {"ok": True, "version": fake.version,
-                                              "uptimeMs": int((time.monotonic() - fake.started) * 1000)})
+                    return self._answer(
+                        200,
+                        {
+                            "ok": True,
+                            "version": fake.version,
+                            "uptimeMs": int((time.monotonic() - fake.started) * 1000),
+                        },
+                    )
                 if self.path == "/workspaces":
                     if bearer != fake.token:
                         return self._answer(401, {"code": "unauthorized", "message": "Invalid bearer token"})
-                    ws = {"id": WORKSPACE_ID, "name": "workspace", "path": "/workspace", "preset": "starter",
-                          "workspaceType": "local"}
+                    ws = {
+                        "id": WORKSPACE_ID,
+                        "name": "workspace",
+                        "path": "/workspace",
+                        "preset": "starter",
+                        "workspaceType": "local",
+                    }
                     return self._answer(200, {"items": [ws], "workspaces": [ws], "activeId": WORKSPACE_ID})
                 return self._answer(404, {"code": "not_found"})
 
@@ -104,8 +138,7 @@ class FakeOpenWork:
 
         self._server = _Server((host, port), Handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -181,8 +214,12 @@ class FakeRuntime(Runtime):
             self.state, self.server_running, self.detail = STOPPED, False, "crashed"
             self.fault = "the fake machine itself stopped (KVM_EXIT_SHUTDOWN)"
         elif word == "no_avx":
-            self.log += ["============================================================", NO_AVX_REPORT,
-                         "panic(main thread): Illegal instruction", "[supervise] openwork serve exited (132); restart"]
+            self.log += [
+                "============================================================",
+                NO_AVX_REPORT,
+                "panic(main thread): Illegal instruction",
+                "[supervise] openwork serve exited (132); restart",
+            ]
         elif word == "move_port":
             self.server = FakeOpenWork("127.0.0.1", 0, token)  # a port the kernel picks
             self.log += [LISTENING, "[opencode] Healthy", READY_LINE.format(port=self.server.port)]
@@ -195,11 +232,16 @@ class FakeRuntime(Runtime):
     # --- the Runtime interface -----------------------------------------------------------------------
     def status(self) -> RuntimeStatus:
         self._call("status")
-        return RuntimeStatus(self.state, image=self.image if self.state != ABSENT else None, digest=self.digest_ref,
-                             started_at=self.started_at if self.state == RUNNING else None,
-                             fingerprint=self.fingerprint if self.state != ABSENT else None,
-                             server_running=self.server_running if self.state != ABSENT else None,
-                             detail=self.detail, engine_restarts=self.engine_restarts)
+        return RuntimeStatus(
+            self.state,
+            image=self.image if self.state != ABSENT else None,
+            digest=self.digest_ref,
+            started_at=self.started_at if self.state == RUNNING else None,
+            fingerprint=self.fingerprint if self.state != ABSENT else None,
+            server_running=self.server_running if self.state != ABSENT else None,
+            detail=self.detail,
+            engine_restarts=self.engine_restarts,
+        )
 
     def create(self, spec: LaunchSpec) -> None:
         self._call("create", spec)
@@ -257,8 +299,9 @@ class FakeRuntime(Runtime):
         self._call("log_hint")
         return f"the fake log of {self.name}"
 
-    def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
-                    system: bool = False) -> Iterator[str]:
+    def stream_logs(
+        self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None, system: bool = False
+    ) -> Iterator[str]:
         self._call("stream_logs", follow, tail, since_s, system)
         lines = self.system_log if system else self.log
         yield from (lines[-tail:] if tail else [] if tail == 0 else lines)
@@ -294,9 +337,18 @@ class FakeRuntime(Runtime):
         copied = []
         for path, data in sorted(self.files.items()):
             if path.startswith(prefix):
-                rel = path[len(guest_dir.rstrip("/")) + 1:]
-                copied.append(write_staged(stage, rel, [data], 0o600, time.time() - 60, expected_size=len(data),
-                                           source=f"the fake sandbox {self.name}"))
+                rel = path[len(guest_dir.rstrip("/")) + 1 :]
+                copied.append(
+                    write_staged(
+                        stage,
+                        rel,
+                        [data],
+                        0o600,
+                        time.time() - 60,
+                        expected_size=len(data),
+                        source=f"the fake sandbox {self.name}",
+                    )
+                )
         return copied
 
     def digest(self, st: RuntimeStatus) -> str | None:
@@ -351,8 +403,17 @@ class FakeEngine:
 
 NAME = "fake-sb"
 IMAGE = "127.0.0.1:5000/fake:1"
-QUICK = dict(stall_s=0.4, listening_stall_s=0.4, early_death_s=5.0, attempts=3, first_look_s=0.02, look_every_s=0.02,
-             alive_first_s=0.02, alive_every_max_s=0.05, look_share=0.05)
+QUICK = dict(
+    stall_s=0.4,
+    listening_stall_s=0.4,
+    early_death_s=5.0,
+    attempts=3,
+    first_look_s=0.02,
+    look_every_s=0.02,
+    alive_first_s=0.02,
+    alive_every_max_s=0.05,
+    look_share=0.05,
+)
 
 
 def quick_starts(monkeypatch) -> None:
@@ -375,8 +436,15 @@ def flow_settings(tmp_path: Path, **env: str):
     project.mkdir(exist_ok=True)
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
-    environ = {"OPENWORK_STATE_DIR": str(tmp_path / "state"), "OPENWORK_MICROSANDBOX_NAME": NAME,
-               "OPENWORK_MICROSANDBOX_RUNTIME": "docker", "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
-               "OPENWORK_MICROSANDBOX_IMAGE": IMAGE, "OPENWORK_START_SLOTS": "0", "OPENWORK_HEALTH_TIMEOUT": "5",
-               "OPENWORK_OFFLINE": "true", **env}
+    environ = {
+        "OPENWORK_STATE_DIR": str(tmp_path / "state"),
+        "OPENWORK_MICROSANDBOX_NAME": NAME,
+        "OPENWORK_MICROSANDBOX_RUNTIME": "docker",
+        "OPENWORK_MICROSANDBOX_PORT": str(free_port()),
+        "OPENWORK_MICROSANDBOX_IMAGE": IMAGE,
+        "OPENWORK_START_SLOTS": "0",
+        "OPENWORK_HEALTH_TIMEOUT": "5",
+        "OPENWORK_OFFLINE": "true",
+        **env,
+    }
     return load_settings(environ=environ, env_file=env_file, root=project)

@@ -25,9 +25,14 @@ def docker_env(image: str, prefix: str, health_timeout: str = "90", **extra: str
     """Settings of a sandbox of ``image`` on the Docker runtime: a unique name, a free port."""
     from openwork_sandbox.net.ports import free_port
 
-    return dict(OPENWORK_MICROSANDBOX_NAME=unique_name(prefix), OPENWORK_MICROSANDBOX_PORT=str(free_port()),
-                OPENWORK_MICROSANDBOX_IMAGE=image, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                OPENWORK_HEALTH_TIMEOUT=health_timeout, **extra)
+    return dict(
+        OPENWORK_MICROSANDBOX_NAME=unique_name(prefix),
+        OPENWORK_MICROSANDBOX_PORT=str(free_port()),
+        OPENWORK_MICROSANDBOX_IMAGE=image,
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_HEALTH_TIMEOUT=health_timeout,
+        **extra,
+    )
 
 
 def user_ports(count: int) -> list[str]:
@@ -68,15 +73,22 @@ def invoke(tmp_path: Path, *args: str, timeout: float = 180, **env: str) -> subp
     clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
-    return subprocess.run([sys.executable, "-m", "invoke", *args, "--env-file", str(env_file)], cwd=ROOT, env=clean,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args, "--env-file", str(env_file)],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def build_and_push(context: Path, dockerfile: str, ref: str) -> str:
     """Build a small test image from ``dockerfile`` text and push it to the local registry."""
     (context / "Dockerfile").write_text(dockerfile)
-    build = subprocess.run(["docker", "build", "-q", "-t", ref, str(context)], capture_output=True, text=True,
-                           timeout=300)
+    build = subprocess.run(
+        ["docker", "build", "-q", "-t", ref, str(context)], capture_output=True, text=True, timeout=300
+    )
     assert build.returncode == 0, build.stderr
     push = subprocess.run(["docker", "push", ref], capture_output=True, text=True, timeout=300)
     assert push.returncode == 0, push.stderr

@@ -48,8 +48,10 @@ def slow_host_settings() -> dict:
     """The deadlines and vCPUs of the tests that boot a microVM: 300 s, the default request timeout
     and 2 vCPUs, unless the environment says otherwise (in the emulated host, scripts/microvm-host
     gives a 900 s deadline, a 300 s request timeout and one vCPU; scripts/microvm-e2e its own deadline)."""
-    settings = {"OPENWORK_HEALTH_TIMEOUT": os.environ.get("OPENWORK_HEALTH_TIMEOUT", "300"),
-                "OPENWORK_MICROSANDBOX_CPUS": os.environ.get("OPENWORK_MICROSANDBOX_CPUS", "2")}
+    settings = {
+        "OPENWORK_HEALTH_TIMEOUT": os.environ.get("OPENWORK_HEALTH_TIMEOUT", "300"),
+        "OPENWORK_MICROSANDBOX_CPUS": os.environ.get("OPENWORK_MICROSANDBOX_CPUS", "2"),
+    }
     if os.environ.get("OPENWORK_REQUEST_TIMEOUT"):
         settings["OPENWORK_REQUEST_TIMEOUT"] = os.environ["OPENWORK_REQUEST_TIMEOUT"]
     return settings

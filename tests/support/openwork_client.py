@@ -18,8 +18,12 @@ def make_session(url: str, token: str, text: str) -> str:
     created = requests.post(f"{base}/session", json={"title": f"kept {text}"}, headers=auth(token), timeout=20)
     assert created.status_code == 200, created.text
     sid = created.json()["id"]
-    msg = requests.post(f"{base}/session/{sid}/message", json={"noReply": True, "parts": [{"type": "text", "text": text}]},
-                        headers=auth(token), timeout=30)
+    msg = requests.post(
+        f"{base}/session/{sid}/message",
+        json={"noReply": True, "parts": [{"type": "text", "text": text}]},
+        headers=auth(token),
+        timeout=30,
+    )
     assert msg.status_code == 200, msg.text
     return sid
 
@@ -35,8 +39,12 @@ def read_session(url: str, token: str, sid: str) -> tuple[dict, list[str]]:
 
 
 def issue_token(url: str, host_token: str) -> str:
-    resp = requests.post(f"{url}/tokens", json={"scope": "collaborator", "label": "a colleague"},
-                         headers={"X-OpenWork-Host-Token": host_token}, timeout=10)
+    resp = requests.post(
+        f"{url}/tokens",
+        json={"scope": "collaborator", "label": "a colleague"},
+        headers={"X-OpenWork-Host-Token": host_token},
+        timeout=10,
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["token"]
 

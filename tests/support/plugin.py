@@ -35,8 +35,12 @@ def services():
 @pytest.fixture(scope="session")
 def test_base_image(services):
     """A Debian base with python3-minimal (only for the stand-in server), made offline."""
-    proc = subprocess.run([str(ROOT / "scripts" / "make-base-image"), TEST_BASE_IMAGE, "--include", "python3-minimal"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "make-base-image"), TEST_BASE_IMAGE, "--include", "python3-minimal"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     return TEST_BASE_IMAGE
 
@@ -44,8 +48,9 @@ def test_base_image(services):
 @pytest.fixture(scope="session")
 def prod_base_image(services):
     """The production-like base (slim Debian + ca-certificates), made offline when missing."""
-    proc = subprocess.run([str(ROOT / "scripts" / "make-base-image"), PROD_BASE_IMAGE], capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "make-base-image"), PROD_BASE_IMAGE], capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr
     return PROD_BASE_IMAGE
 
@@ -85,8 +90,12 @@ def stack_image(request, tmp_path_factory) -> StackImage:
         request.getfixturevalue("services")
         tmp = tmp_path_factory.mktemp("prebuilt")  # no last build: push_image pushes the tag it is given
         settings = stack_settings(tmp, OPENWORK_STATE_DIR=str(tmp / "state"))
-        inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}}",
-                                  PREBUILT_STACK], check=True, capture_output=True, text=True).stdout
+        inspect = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}}", PREBUILT_STACK],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         image_id, labels = inspect.split(" ", 1)
         labels = json.loads(labels) or {}
         versions = {p: labels.get(f"io.openwork.{p}.version") for p in ("openwork", "openwork-server", "opencode")}
@@ -113,13 +122,23 @@ def stack_container(stack_image):
         port, opencode_port = free_port(), free_port()
         while opencode_port == port:
             opencode_port = free_port()
-        c = StackContainer(f"owtest-{secrets.token_hex(4)}", f"http://127.0.0.1:{port}", port, opencode_port,
-                           secrets.token_urlsafe(24), secrets.token_urlsafe(24))
-        values = {"OPENWORK_PORT": str(port), "OPENWORK_OPENCODE_PORT": str(opencode_port),
-                  "OPENWORK_TOKEN": c.token, "OPENWORK_HOST_TOKEN": c.host_token,
-                  "OPENWORK_REMOTE_ACCESS": "0",  # host networking: keep the server on 127.0.0.1
-                  "OPENCODE_DISABLE_MODELS_FETCH": "1",  # what OPENWORK_OFFLINE=true passes (air-gapped here)
-                  **env}
+        c = StackContainer(
+            f"owtest-{secrets.token_hex(4)}",
+            f"http://127.0.0.1:{port}",
+            port,
+            opencode_port,
+            secrets.token_urlsafe(24),
+            secrets.token_urlsafe(24),
+        )
+        values = {
+            "OPENWORK_PORT": str(port),
+            "OPENWORK_OPENCODE_PORT": str(opencode_port),
+            "OPENWORK_TOKEN": c.token,
+            "OPENWORK_HOST_TOKEN": c.host_token,
+            "OPENWORK_REMOTE_ACCESS": "0",  # host networking: keep the server on 127.0.0.1
+            "OPENCODE_DISABLE_MODELS_FETCH": "1",  # what OPENWORK_OFFLINE=true passes (air-gapped here)
+            **env,
+        }
         argv = ["docker", "run", "-d", "--name", c.name, "--network", "host"]
         for key, value in values.items():
             argv += ["-e", f"{key}={value}"]

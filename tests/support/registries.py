@@ -34,8 +34,13 @@ class PrivateRegistry:
 
 
 def _services(folder: Path, command: str, **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(SERVICES), command], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OPENWORK_SERVICES_DIR": str(folder), **env})
+    proc = subprocess.run(
+        [str(SERVICES), command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OPENWORK_SERVICES_DIR": str(folder), **env},
+    )
     assert proc.returncode == 0, f"scripts/services {command} failed:\n{proc.stderr}"
     return proc
 
@@ -51,8 +56,11 @@ def private_services(services, tmp_path_factory):
 def tls_registry(private_services):
     """TLS (a CA made by scripts/services) + htpasswd, on a free port, trusted through certs.d."""
     port, password = free_port(), secrets.token_urlsafe(16)
-    env = {"OPENWORK_TLS_REGISTRY_ADDR": f"127.0.0.1:{port}", "OPENWORK_TLS_REGISTRY_USER": "ci-user",
-           "OPENWORK_TLS_REGISTRY_PASSWORD": password}
+    env = {
+        "OPENWORK_TLS_REGISTRY_ADDR": f"127.0.0.1:{port}",
+        "OPENWORK_TLS_REGISTRY_USER": "ci-user",
+        "OPENWORK_TLS_REGISTRY_PASSWORD": password,
+    }
     _services(private_services, "start-tls", **env)
     reg = PrivateRegistry(f"localhost:{port}", port, private_services / "registry-ca" / "ca.crt", "ci-user", password)
     assert (CERTS_D / reg.host / "ca.crt").read_bytes() == reg.ca.read_bytes()
@@ -68,11 +76,16 @@ def token_registry(private_services):
     password = secrets.token_urlsafe(16)
     issuer.users = {"ci-user": (password, {"pull", "push"}), "reader": ("reader-pass", {"pull"})}
     port = free_port()
-    env = {"OPENWORK_TOKEN_REGISTRY_ADDR": f"127.0.0.1:{port}", "OPENWORK_TOKEN_REGISTRY_REALM": issuer.realm,
-           "OPENWORK_TOKEN_REGISTRY_ROOTCERT": str(issuer.cert_path),
-           "OPENWORK_TOKEN_REGISTRY_ISSUER": issuer.issuer, "OPENWORK_TOKEN_REGISTRY_SERVICE": issuer.service}
+    env = {
+        "OPENWORK_TOKEN_REGISTRY_ADDR": f"127.0.0.1:{port}",
+        "OPENWORK_TOKEN_REGISTRY_REALM": issuer.realm,
+        "OPENWORK_TOKEN_REGISTRY_ROOTCERT": str(issuer.cert_path),
+        "OPENWORK_TOKEN_REGISTRY_ISSUER": issuer.issuer,
+        "OPENWORK_TOKEN_REGISTRY_SERVICE": issuer.service,
+    }
     _services(private_services, "start-token", **env)
-    yield PrivateRegistry(f"localhost:{port}", port, private_services / "registry-ca" / "ca.crt", "ci-user", password,
-                          issuer)
+    yield PrivateRegistry(
+        f"localhost:{port}", port, private_services / "registry-ca" / "ca.crt", "ci-user", password, issuer
+    )
     _services(private_services, "stop-token", **env)
     issuer.stop()

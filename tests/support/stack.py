@@ -64,8 +64,9 @@ class StackContainer:
         return proc.stdout + proc.stderr
 
     def running(self) -> bool:
-        proc = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", self.name],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["docker", "inspect", "--format", "{{.State.Running}}", self.name], capture_output=True, text=True
+        )
         return proc.stdout.strip() == "true"
 
     def wait_healthy(self, timeout: float = 120, restarts: int = 2) -> None:
@@ -86,13 +87,18 @@ class StackContainer:
             except requests.RequestException:
                 pass
             if not self.running():
-                pytest.fail(f"container {self.name} exited before {self.url}/health answered; log:\n"
-                            f"{self.logs()[-3000:]}")
+                pytest.fail(
+                    f"container {self.name} exited before {self.url}/health answered; log:\n{self.logs()[-3000:]}"
+                )
             log = self.logs()
             if log != last_log:
                 last_log, changed_at = log, time.monotonic()
-            elif (restarts > 0 and time.monotonic() - changed_at > 8
-                  and log.strip().splitlines()[-1:] and "opencode server listening" in log.strip().splitlines()[-1]):
+            elif (
+                restarts > 0
+                and time.monotonic() - changed_at > 8
+                and log.strip().splitlines()[-1:]
+                and "opencode server listening" in log.strip().splitlines()[-1]
+            ):
                 subprocess.run(["docker", "restart", "-t", "1", self.name], capture_output=True, timeout=60)
                 restarts -= 1
                 last_log, changed_at = "", time.monotonic()

@@ -36,23 +36,38 @@ def _lint_a_copy_with(tmp_path: Path, module: str, extra: str) -> str:
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     target = tmp_path / "openwork_sandbox" / module
     target.write_text(target.read_text() + extra)
-    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
-                           "from importlinter.cli import lint_imports_command; lint_imports_command()",
-                           "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, '.'); "
+            "from importlinter.cli import lint_imports_command; lint_imports_command()",
+            "--no-cache",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0, proc.stdout[-3000:]
     return " ".join(proc.stdout.split())
 
 
 def test_import_linter_names_an_upward_import(tmp_path):
     """The layers can fail: a copy of the package where ``core`` imports ``sandbox`` breaks them."""
-    said = _lint_a_copy_with(tmp_path, "core/errors.py", "\n\ndef _upward():\n    from openwork_sandbox.sandbox import doctor\n")
+    said = _lint_a_copy_with(
+        tmp_path, "core/errors.py", "\n\ndef _upward():\n    from openwork_sandbox.sandbox import doctor\n"
+    )
     assert "openwork_sandbox.core.errors -> openwork_sandbox.sandbox.doctor" in said
 
 
 def test_import_linter_names_a_runtime_importing_the_other(tmp_path):
     """The runtimes' contracts can fail: a copy where the microsandbox runtime imports the Docker one."""
-    said = _lint_a_copy_with(tmp_path, "runtimes/microsandbox/spec.py",
-                             "\n\ndef _sideways():\n    from openwork_sandbox.runtimes import docker\n")
+    said = _lint_a_copy_with(
+        tmp_path,
+        "runtimes/microsandbox/spec.py",
+        "\n\ndef _sideways():\n    from openwork_sandbox.runtimes import docker\n",
+    )
     assert "never import each other BROKEN" in said
     assert "openwork_sandbox.runtimes.microsandbox.spec -> openwork_sandbox.runtimes.docker" in said
 
@@ -71,14 +86,19 @@ def test_every_package_has_its_row_in_the_architecture_page():
 
 
 def test_no_module_is_longer_than_fits_in_a_head():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
 def test_the_package_docstring_names_every_package_and_module_there_is():
     """``openwork_sandbox/__init__.py``'s map: one item per package, naming each of its modules and no other."""
-    items = {m.group(1): m.group(0) for m in re.finditer(r"^- ``([a-z_]+)``.*(?:\n  .*)*", openwork_sandbox.__doc__, re.M)}
+    items = {
+        m.group(1): m.group(0) for m in re.finditer(r"^- ``([a-z_]+)``.*(?:\n  .*)*", openwork_sandbox.__doc__, re.M)
+    }
     packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
     assert sorted(items) == packages
     for package in packages:

@@ -33,7 +33,9 @@ def snapshot(root: Path) -> dict[str, str]:
     out = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        out[rel] = "link" if path.is_symlink() else "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        out[rel] = (
+            "link" if path.is_symlink() else "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        )
     return out
 
 
@@ -69,8 +71,13 @@ def source(tmp_path):
     (settings.data_dir / "home/.local/state/opencode/locks/a.lock").write_text("")
     (settings.data_dir / "home/.local/state/opencode/model.json").write_text('{"recent": []}')
     (settings.workspace_dir / "notes.md").write_text("my notes\n")
-    yield {"settings": settings, "writer": writer, "db": share / "opencode.db", "tokens": (token, host_token),
-           "tmp": tmp_path}
+    yield {
+        "settings": settings,
+        "writer": writer,
+        "db": share / "opencode.db",
+        "tokens": (token, host_token),
+        "tmp": tmp_path,
+    }
     writer.close()
 
 
@@ -155,7 +162,8 @@ def test_restore_refuses_a_sandbox_that_holds_data_and_force_keeps_it_aside(sour
     assert info.value.message == (
         f"sandbox owtest-bk-full already holds data ({target.data_dir}): restore into another name (--name / "
         "OPENWORK_MICROSANDBOX_NAME), or pass --force to keep what is there beside it as "
-        "<name>.before-restore-<time> and restore over it")
+        "<name>.before-restore-<time> and restore over it"
+    )
     assert snapshot(source["tmp"] / "state") == before
 
     result = restore(target, out, force=True)
@@ -170,8 +178,9 @@ def _refused(tmp_path: Path, archive: Path, name: str = "owtest-bk-new") -> str:
     state = tmp_path / "state"
     (tmp_path / "empty.env").write_text("")
     before = snapshot(state)
-    proc = invoke(tmp_path, "restore", str(archive), OPENWORK_MICROSANDBOX_NAME=name,
-                  OPENWORK_MICROSANDBOX_RUNTIME="docker")
+    proc = invoke(
+        tmp_path, "restore", str(archive), OPENWORK_MICROSANDBOX_NAME=name, OPENWORK_MICROSANDBOX_RUNTIME="docker"
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -189,8 +198,9 @@ def test_a_truncated_archive_is_refused_in_one_line_and_changes_nothing(source):
     for cut in (len(data) // 2, len(data) - 4):  # in the middle; only the gzip trailer lost
         bad = source["tmp"] / f"cut{cut}.tar.gz"
         bad.write_bytes(data[:cut])
-        assert _refused(source["tmp"], bad) == (f"{bad} cannot be restored: it is truncated (the compressed data ends "
-                                                "early); nothing was changed")
+        assert _refused(source["tmp"], bad) == (
+            f"{bad} cannot be restored: it is truncated (the compressed data ends early); nothing was changed"
+        )
 
 
 def test_a_corrupt_archive_is_refused_in_one_line_and_changes_nothing(source):
@@ -204,13 +214,17 @@ def test_a_corrupt_archive_is_refused_in_one_line_and_changes_nothing(source):
     bad.write_bytes(bytes(data))
     line = _refused(source["tmp"], bad)
     # where the flipped byte lands decides who notices first: zlib, the gzip CRC, or the manifest's sha256
-    assert re.fullmatch(rf"{re.escape(str(bad))} cannot be restored: (it is corrupt \(.+\)|\S+ does not match its "
-                        r"manifest \(.+\)); nothing was changed", line), line
+    assert re.fullmatch(
+        rf"{re.escape(str(bad))} cannot be restored: (it is corrupt \(.+\)|\S+ does not match its "
+        r"manifest \(.+\)); nothing was changed",
+        line,
+    ), line
 
     garbage = source["tmp"] / "not-a-backup.tar.gz"
     garbage.write_bytes(b"this is not gzip at all\n" * 10)
-    assert _refused(source["tmp"], garbage) == (f"{garbage} cannot be restored: it is corrupt (Not a gzipped file "
-                                                "(b'th')); nothing was changed")
+    assert _refused(source["tmp"], garbage) == (
+        f"{garbage} cannot be restored: it is corrupt (Not a gzipped file (b'th')); nothing was changed"
+    )
 
 
 def _rewrite(src: Path, dest: Path, change) -> None:
@@ -245,12 +259,15 @@ def test_an_archive_whose_file_differs_from_its_manifest_is_refused(source):
     assert _refused(source["tmp"], bad) == (
         f"{bad} cannot be restored: {store} does not match its manifest ({len(tampered)} bytes, sha256 "
         f"{hashlib.sha256(tampered).hexdigest()[:12]}…; expected {len(original)} bytes, "
-        f"{hashlib.sha256(original).hexdigest()[:12]}…); nothing was changed")
+        f"{hashlib.sha256(original).hexdigest()[:12]}…); nothing was changed"
+    )
 
     dropped = source["tmp"] / "dropped.tar.gz"
     _rewrite(good, dropped, lambda name, body: None if name == "state/tokens.json" else body)
-    assert _refused(source["tmp"], dropped) == (f"{dropped} cannot be restored: it lacks 1 entry its manifest lists "
-                                                "(first: state/tokens.json); nothing was changed")
+    assert _refused(source["tmp"], dropped) == (
+        f"{dropped} cannot be restored: it lacks 1 entry its manifest lists "
+        "(first: state/tokens.json); nothing was changed"
+    )
 
 
 def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
@@ -267,8 +284,10 @@ def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
         new.addfile(evil, io.BytesIO(b"evil"))
     bad = source["tmp"] / "escape.tar.gz"
     bad.write_bytes(out.getvalue())
-    assert _refused(source["tmp"], bad) == (f"{bad} cannot be restored: it holds data/../../escaped.txt, which its "
-                                            "manifest does not list; nothing was changed")
+    assert _refused(source["tmp"], bad) == (
+        f"{bad} cannot be restored: it holds data/../../escaped.txt, which its "
+        "manifest does not list; nothing was changed"
+    )
     assert not (source["tmp"] / "escaped.txt").exists()
 
 
@@ -288,7 +307,8 @@ def test_a_running_microvm_is_not_copied_live(source, monkeypatch):
         backup(settings, output=out)
     assert info.value.message == (
         "the microsandbox sandbox owtest-bk-src is running: the host cannot take a consistent copy of a database a "
-        "microVM is writing; run `invoke down`, then `invoke backup` (and `invoke up` again)")
+        "microVM is writing; run `invoke down`, then `invoke backup` (and `invoke up` again)"
+    )
     assert not out.exists() and not list(out.parent.glob(".backup-*"))
 
 
@@ -324,8 +344,10 @@ def test_a_sandbox_named_backups_is_refused(tmp_path):
 
     with pytest.raises(SettingsError) as info:
         make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="backups")
-    assert info.value.problems == ['OPENWORK_MICROSANDBOX_NAME="backups" (from environment): is reserved for the '
-                                   "tool's own state (.state/backups); pick another name"]
+    assert info.value.problems == [
+        'OPENWORK_MICROSANDBOX_NAME="backups" (from environment): is reserved for the '
+        "tool's own state (.state/backups); pick another name"
+    ]
 
 
 # --- the real sandbox ---------------------------------------------------------------------------------

@@ -62,8 +62,14 @@ def test_auths_base64_login_as_docker_login_saves_it(docker_cfg):
 def test_auths_keys_match_as_docker_matches_them(docker_cfg):
     from openwork_sandbox.registry.docker_config import docker_credentials
 
-    docker_cfg({"auths": {"https://registry.example:8443/v2/": {"username": "u", "password": "p"},
-                          "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:hp").decode()}}})
+    docker_cfg(
+        {
+            "auths": {
+                "https://registry.example:8443/v2/": {"username": "u", "password": "p"},
+                "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:hp").decode()},
+            }
+        }
+    )
     assert docker_credentials("registry.example:8443").password == "p"
     assert docker_credentials("docker.io").username == "hub"
 
@@ -91,8 +97,12 @@ def test_cred_helper_is_run_as_docker_runs_it(docker_cfg, helper):
     """credHelpers[host] wins over auths; the server address goes on stdin, only `get` on argv."""
     from openwork_sandbox.registry.docker_config import docker_credentials
 
-    docker_cfg({"credHelpers": {"localhost:5443": "owtest-double"},
-                "auths": {"localhost:5443": {"auth": base64.b64encode(b"stale:old").decode()}}})
+    docker_cfg(
+        {
+            "credHelpers": {"localhost:5443": "owtest-double"},
+            "auths": {"localhost:5443": {"auth": base64.b64encode(b"stale:old").decode()}},
+        }
+    )
     helper.store({"localhost:5443": {"Username": "helper-user", "Secret": "helper-secret"}})
     creds = docker_credentials("localhost:5443")
     assert (creds.username, creds.password) == ("helper-user", "helper-secret")
@@ -182,10 +192,18 @@ def test_pinned_image_follows_the_last_push_of_that_tag(tmp_path):
 def test_a_challenge_is_read_as_quoted_and_bare_parameters_left_to_right():
     from openwork_sandbox.registry.transport import parse_challenge
 
-    assert parse_challenge('Bearer realm="https://auth.example/token?service=other",service="registry.example",'
-                           'scope="repository:team/app:pull,push",error=insufficient_scope') == (
-        "bearer", {"realm": "https://auth.example/token?service=other", "service": "registry.example",
-                   "scope": "repository:team/app:pull,push", "error": "insufficient_scope"})
+    assert parse_challenge(
+        'Bearer realm="https://auth.example/token?service=other",service="registry.example",'
+        'scope="repository:team/app:pull,push",error=insufficient_scope'
+    ) == (
+        "bearer",
+        {
+            "realm": "https://auth.example/token?service=other",
+            "service": "registry.example",
+            "scope": "repository:team/app:pull,push",
+            "error": "insufficient_scope",
+        },
+    )
     assert parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
 
 
@@ -195,22 +213,33 @@ def test_a_denied_scope_names_its_actions_in_one_order_whatever_order_the_regist
     from openwork_sandbox.registry.client import Registry
 
     message = Registry("registry.example:5000")._denied(scope, "HTTP 403").message
-    assert message.startswith("registry registry.example:5000 denies an anonymous client pull,push access to team/app "
-                              "(HTTP 403)")
+    assert message.startswith(
+        "registry registry.example:5000 denies an anonymous client pull,push access to team/app (HTTP 403)"
+    )
 
 
-@pytest.mark.parametrize("text, refused", [
-    ('Error response from daemon: Head "https://localhost:5443/v2/team/app/manifests/1": no basic auth credentials',
-     True),
-    ("Error response from daemon: pull access denied for team/app, repository does not exist or may require "
-     "'docker login': denied: requested access to the resource is denied", True),
-    ("Error response from daemon: unauthorized: authentication required", True),
-    ("registry error: unexpected status code 401 Unauthorized", True),
-    ("Error response from daemon: manifest for localhost:5000/team/app:1 not found: manifest unknown", False),
-    ("image error: digest sha256:0401aa4010 does not match", False),
-    ("Error response from daemon: Get \"https://localhost:5443/v2/\": x509: certificate signed by unknown authority",
-     False),
-])
+@pytest.mark.parametrize(
+    "text, refused",
+    [
+        (
+            'Error response from daemon: Head "https://localhost:5443/v2/team/app/manifests/1": no basic auth credentials',
+            True,
+        ),
+        (
+            "Error response from daemon: pull access denied for team/app, repository does not exist or may require "
+            "'docker login': denied: requested access to the resource is denied",
+            True,
+        ),
+        ("Error response from daemon: unauthorized: authentication required", True),
+        ("registry error: unexpected status code 401 Unauthorized", True),
+        ("Error response from daemon: manifest for localhost:5000/team/app:1 not found: manifest unknown", False),
+        ("image error: digest sha256:0401aa4010 does not match", False),
+        (
+            'Error response from daemon: Get "https://localhost:5443/v2/": x509: certificate signed by unknown authority',
+            False,
+        ),
+    ],
+)
 def test_a_pull_refused_for_a_login_is_told_from_other_pull_failures(text, refused):
     """Docker's and the SDK's words for a missing login (literal examples), and failures that are not one."""
     from openwork_sandbox.registry.access import login_refused

@@ -53,6 +53,7 @@ class Terminal:
 
 # --- down ---------------------------------------------------------------------------------------------------
 
+
 def test_down_stops_a_running_sandbox_and_keeps_its_state(booted, capsys):
     settings, fake = booted
     down(settings)
@@ -82,16 +83,41 @@ def test_down_without_any_sandbox_of_that_name_has_nothing_to_do(engine, tmp_pat
 
 # --- status ---------------------------------------------------------------------------------------------------
 
+
 def test_status_of_a_running_healthy_sandbox_is_0(booted, capsys):
     settings, _ = booted
     code, info = status_json(settings, capsys)
     assert code == 0
-    assert {k: info[k] for k in ("name", "runtime", "state", "image", "platform", "url", "healthy", "server_version",
-                                 "workspace_id", "settings_current", "state_dir", "supervisor")} == {
-        "name": NAME, "runtime": "docker", "state": "running", "image": IMAGE, "platform": "linux/fake",
-        "url": f"http://127.0.0.1:{settings.port}", "healthy": True, "server_version": "0.0.0-fake",
-        "workspace_id": WS_ID, "settings_current": True, "state_dir": str(settings.sandbox_state_dir),
-        "supervisor": None}
+    assert {
+        k: info[k]
+        for k in (
+            "name",
+            "runtime",
+            "state",
+            "image",
+            "platform",
+            "url",
+            "healthy",
+            "server_version",
+            "workspace_id",
+            "settings_current",
+            "state_dir",
+            "supervisor",
+        )
+    } == {
+        "name": NAME,
+        "runtime": "docker",
+        "state": "running",
+        "image": IMAGE,
+        "platform": "linux/fake",
+        "url": f"http://127.0.0.1:{settings.port}",
+        "healthy": True,
+        "server_version": "0.0.0-fake",
+        "workspace_id": WS_ID,
+        "settings_current": True,
+        "state_dir": str(settings.sandbox_state_dir),
+        "supervisor": None,
+    }
     assert info["uptime_seconds"] >= 0
 
 
@@ -107,8 +133,12 @@ def test_status_of_a_stopped_sandbox_is_1_and_asks_no_health(booted, capsys):
     fake.stop()
     code, info = status_json(settings, capsys)
     assert code == 1
-    assert (info["state"], info["healthy"], info["uptime_seconds"], info["detail"]) == ("stopped", False, None,
-                                                                                        "exited (0)")
+    assert (info["state"], info["healthy"], info["uptime_seconds"], info["detail"]) == (
+        "stopped",
+        False,
+        None,
+        "exited (0)",
+    )
 
 
 def test_status_of_an_absent_sandbox_is_1(engine, tmp_path, capsys):
@@ -116,14 +146,20 @@ def test_status_of_an_absent_sandbox_is_1(engine, tmp_path, capsys):
     code, info = status_json(settings, capsys)
     assert code == 1
     assert (info["state"], info["runtime"], info["image"], info["platform"], info["settings_current"]) == (
-        "absent", "docker", None, None, None)
+        "absent",
+        "docker",
+        None,
+        None,
+        None,
+    )
     assert not settings.sandbox_state_dir.exists()  # status reads only
 
 
 def test_status_says_when_the_settings_changed_since_the_sandbox_was_made(booted, tmp_path, capsys):
     settings, _ = booted
-    changed = flow_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port),
-                            OPENWORK_MICROSANDBOX_MEMORY="1024")
+    changed = flow_settings(
+        tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port), OPENWORK_MICROSANDBOX_MEMORY="1024"
+    )
     assert status(changed) == 0
     said = capsys.readouterr().err
     assert said.startswith("✓ fake-sb: running\n")
@@ -134,8 +170,11 @@ def test_status_says_when_the_settings_changed_since_the_sandbox_was_made(booted
 
 def test_status_of_a_server_in_a_crash_loop_is_1(booted, capsys):
     settings, _ = booted
-    (settings.data_dir / "supervisor.json").write_text(json.dumps(
-        {"restarts": 7, "crash_loop": True, "state": "backoff", "consecutive_failures": 5, "backoff_seconds": 30}))
+    (settings.data_dir / "supervisor.json").write_text(
+        json.dumps(
+            {"restarts": 7, "crash_loop": True, "state": "backoff", "consecutive_failures": 5, "backoff_seconds": 30}
+        )
+    )
     assert status(settings) == 1
     said = capsys.readouterr().err
     assert said.startswith("✗ fake-sb: running\n")
@@ -144,6 +183,7 @@ def test_status_of_a_server_in_a_crash_loop_is_1(booted, capsys):
 
 
 # --- logs -------------------------------------------------------------------------------------------------------
+
 
 def test_logs_prints_the_server_log_and_its_tail(booted, capsys):
     settings, fake = booted
@@ -156,13 +196,15 @@ def test_logs_prints_the_server_log_and_its_tail(booted, capsys):
 
 # --- reset -------------------------------------------------------------------------------------------------------
 
+
 def test_reset_with_yes_removes_the_sandbox_and_deletes_its_state_folder(booted, capsys):
     settings, fake = booted
     reset(settings, yes=True)
     assert fake.actions()[-1] == "remove" and fake.state == ABSENT
     assert not settings.sandbox_state_dir.exists() and settings.state_dir.exists()
-    assert capsys.readouterr().err == (f"✓ removed the docker sandbox fake-sb\n"
-                                       f"✓ deleted {settings.sandbox_state_dir}\n")
+    assert capsys.readouterr().err == (
+        f"✓ removed the docker sandbox fake-sb\n✓ deleted {settings.sandbox_state_dir}\n"
+    )
 
 
 def test_reset_without_yes_and_without_a_terminal_removes_nothing(booted, monkeypatch):
@@ -170,8 +212,10 @@ def test_reset_without_yes_and_without_a_terminal_removes_nothing(booted, monkey
     monkeypatch.setattr(sys, "stdin", None)
     with pytest.raises(WorkflowError) as err:
         reset(settings)
-    assert err.value.message == (f"reset would remove the sandbox fake-sb and delete {settings.sandbox_state_dir}: "
-                                 "pass --yes to confirm (there is no terminal to ask on)")
+    assert err.value.message == (
+        f"reset would remove the sandbox fake-sb and delete {settings.sandbox_state_dir}: "
+        "pass --yes to confirm (there is no terminal to ask on)"
+    )
     assert fake.state == RUNNING and settings.sandbox_state_dir.exists()
 
 
@@ -220,8 +264,10 @@ def test_reset_keeps_folders_set_outside_the_state_folder(engine, tmp_path, caps
     (workspace / "notes.txt").write_text("mine")
     reset(settings, yes=True)
     assert (workspace / "notes.txt").read_text() == "mine" and not settings.sandbox_state_dir.exists()
-    assert f"kept the workspace folder {workspace}: it is outside the state folder (delete it yourself)" in \
-        capsys.readouterr().err
+    assert (
+        f"kept the workspace folder {workspace}: it is outside the state folder (delete it yourself)"
+        in capsys.readouterr().err
+    )
 
 
 def test_reset_of_a_sandbox_that_is_gone_still_deletes_its_state(booted, capsys):

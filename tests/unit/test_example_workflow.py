@@ -39,9 +39,17 @@ def _commands(job) -> list[list[str]]:
 
 def test_the_steps_are_there_in_order(job):
     names = [step["name"] for step in job["steps"]]
-    expected = ["Install openwork-sandbox", "Enable KVM", "Restore the download cache", "Log in to GHCR",
-                "Build and push the image", "Boot the sandbox", "Smoke test remote connect",
-                "Upload the smoke report", "Remove the sandbox"]
+    expected = [
+        "Install openwork-sandbox",
+        "Enable KVM",
+        "Restore the download cache",
+        "Log in to GHCR",
+        "Build and push the image",
+        "Boot the sandbox",
+        "Smoke test remote connect",
+        "Upload the smoke report",
+        "Remove the sandbox",
+    ]
     assert [n for n in names if n in expected] == expected
     steps = _steps(job)
     assert steps["Log in to GHCR"]["uses"].startswith("docker/login-action@")

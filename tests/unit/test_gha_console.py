@@ -43,12 +43,21 @@ def test_mask_settings_covers_tokens_and_the_registry_password(actions, capsys, 
     from openwork_sandbox.config import load_settings
     from openwork_sandbox.state.store import mask_settings
 
-    settings = load_settings(environ={"OPENWORK_TOKEN": "client-token-1234", "OPENWORK_HOST_TOKEN": "host-token-5678",
-                                      "OPENWORK_REGISTRY_PASSWORD": "registry-pw-90"},
-                             env_file=None, root=tmp_path)
+    settings = load_settings(
+        environ={
+            "OPENWORK_TOKEN": "client-token-1234",
+            "OPENWORK_HOST_TOKEN": "host-token-5678",
+            "OPENWORK_REGISTRY_PASSWORD": "registry-pw-90",
+        },
+        env_file=None,
+        root=tmp_path,
+    )
     mask_settings(settings)
     assert set(capsys.readouterr().err.splitlines()) == {
-        "::add-mask::client-token-1234", "::add-mask::host-token-5678", "::add-mask::registry-pw-90"}
+        "::add-mask::client-token-1234",
+        "::add-mask::host-token-5678",
+        "::add-mask::registry-pw-90",
+    }
 
 
 def test_generated_tokens_are_masked_when_the_state_hands_them_out(actions, capsys, tmp_path):
@@ -67,7 +76,8 @@ def test_a_failure_ends_with_one_error_annotation(actions, capsys):
     assert caught.value.code == 1 and not caught.value.message
     assert capsys.readouterr().err.splitlines() == [
         "docker build of x failed: COPY failed: no such file",
-        "::error title=build-image::docker build of x failed: COPY failed: no such file"]
+        "::error title=build-image::docker build of x failed: COPY failed: no such file",
+    ]
 
     with pytest.raises(Exit) as caught:
         with task_boundary("up"):
@@ -111,10 +121,21 @@ def test_export_outside_actions_is_refused(monkeypatch):
 
 
 def test_summary_sections_are_appended(actions):
-    gha.append_summary(gha.push_summary({
-        "image": "r/x:1", "digest": "sha256:" + "a" * 64, "pinned": "r/x@sha256:" + "a" * 64, "layers": 6,
-        "layers_pushed": 1, "bytes_pushed": 1000, "image_bytes": 5000, "msb_pull_detail": "pulled in 1.0s",
-        "seconds": 2.5}))
+    gha.append_summary(
+        gha.push_summary(
+            {
+                "image": "r/x:1",
+                "digest": "sha256:" + "a" * 64,
+                "pinned": "r/x@sha256:" + "a" * 64,
+                "layers": 6,
+                "layers_pushed": 1,
+                "bytes_pushed": 1000,
+                "image_bytes": 5000,
+                "msb_pull_detail": "pulled in 1.0s",
+                "seconds": 2.5,
+            }
+        )
+    )
     gha.append_summary("### second\n")
     text = (actions / "GITHUB_STEP_SUMMARY").read_text()
     assert text.startswith("### OpenWork image pushed: `r/x:1`\n") and "| layers sent | 1 of 6 " in text
@@ -137,8 +158,9 @@ def test_heartbeat_fills_silences_only(capsys):
     with console.heartbeat(lambda: "waiting for http://127.0.0.1:1/health", every=0.3):
         time.sleep(1.5)
     silent = capsys.readouterr().err.splitlines()
-    assert len(silent) >= 2 and all(re.fullmatch(r"… waiting for http://127\.0\.0\.1:1/health \(\d+s\)", ln)
-                                    for ln in silent), silent
+    assert len(silent) >= 2 and all(
+        re.fullmatch(r"… waiting for http://127\.0\.0\.1:1/health \(\d+s\)", ln) for ln in silent
+    ), silent
     with console.heartbeat("quiet", every=0.5):
         for _ in range(8):
             console.info("busy")

@@ -47,24 +47,36 @@ def test_every_import_inside_a_function_of_the_harness_resolves():
     missing = []
     for path in sorted(HARNESS.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("openwork_sandbox", "harness"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                "openwork_sandbox",
+                "harness",
+            ):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
-                    if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    if (
+                        not hasattr(module, alias.name)
+                        and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
+                    ):
                         missing.append(f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}")
     assert not missing
 
 
 def test_no_module_of_the_harness_is_longer_than_fits_in_a_head():
-    long = {str(p.relative_to(HARNESS)): n for p in HARNESS.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(HARNESS)): n
+        for p in HARNESS.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
 def test_neither_the_harness_nor_its_entry_points_edit_the_module_path():
     files = [*HARNESS.rglob("*.py"), *(ROOT / "scripts" / name for name in ENTRY_POINTS)]
-    edits = [str(p.relative_to(ROOT)) for p in files
-             if any(word in p.read_text() for word in ("sys.path", "SourceFileLoader"))]
+    edits = [
+        str(p.relative_to(ROOT))
+        for p in files
+        if any(word in p.read_text() for word in ("sys.path", "SourceFileLoader"))
+    ]
     assert not edits
 
 
@@ -92,8 +104,9 @@ def test_each_entry_point_stays_a_thin_executable_python_script(name):
 @pytest.mark.parametrize("name", sorted(HELP_FIRST_LINES))
 def test_each_entry_point_answers_help_from_another_folder(name, tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "COLUMNS": "80"}  # argparse wraps at it
-    proc = subprocess.run([str(ROOT / "scripts" / name), "--help"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / name), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == HELP_FIRST_LINES[name]
 
@@ -103,8 +116,14 @@ def test_an_entry_point_runs_in_the_callers_folder(tmp_path):
     port is the one problem bench-smoke reports (exit 2, before anything is booted)."""
     (tmp_path / "mine.env").write_text("OPENWORK_MICROSANDBOX_PORT=notaport\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "PYTHONPATH"))}
-    proc = subprocess.run([str(ROOT / "scripts" / "bench-smoke")], cwd=tmp_path, capture_output=True, text=True,
-                          env={**env, "OPENWORK_ENV_FILE": "mine.env"}, timeout=120)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "bench-smoke")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**env, "OPENWORK_ENV_FILE": "mine.env"},
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert 'OPENWORK_MICROSANDBOX_PORT="notaport" (from mine.env:1)' in proc.stderr
 
@@ -117,4 +136,3 @@ def test_back_to_caller_cwd_changes_back_and_tells_no_child(tmp_path, monkeypatc
     assert CALLER_CWD_VAR not in os.environ
     back_to_caller_cwd()  # without an entry point: stays
     assert Path.cwd() == tmp_path
-

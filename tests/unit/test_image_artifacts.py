@@ -19,8 +19,9 @@ SMALL = ("openwork-orchestrator", "0.18.1")
 
 @pytest.fixture
 def settings(tmp_path):
-    return stack_settings(tmp_path, OPENWORK_CACHE_DIR=str(tmp_path / "cache"),
-                          OPENWORK_STATE_DIR=str(tmp_path / "state"))
+    return stack_settings(
+        tmp_path, OPENWORK_CACHE_DIR=str(tmp_path / "cache"), OPENWORK_STATE_DIR=str(tmp_path / "state")
+    )
 
 
 def _files(folder):
@@ -146,6 +147,7 @@ def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
         def stream(argv, timeout=None):
             yield from lines
             raise error(message)
+
         return stream
 
     monkeypatch.setattr(image_build, "stream_lines", failing(["Step 1/2 : FROM base", "no such file: x"]))
@@ -158,14 +160,20 @@ def test_docker_build_failures_are_one_line_naming_the_image(monkeypatch):
         image_build._docker_build(fake, ["build", "."])
     assert silent.value.message == "docker build --iidfile failed (exit 1): (no output)"
 
-    monkeypatch.setattr(image_build, "stream_lines",
-                        lambda argv, timeout=None: (line for line in ["Step 1/2 : FROM base", "Step 2/2 : COPY"]))
+    monkeypatch.setattr(
+        image_build,
+        "stream_lines",
+        lambda argv, timeout=None: (line for line in ["Step 1/2 : FROM base", "Step 2/2 : COPY"]),
+    )
     assert image_build._docker_build(fake, ["build", "."]) == "Step 1/2 : FROM base\nStep 2/2 : COPY"
 
     from openwork_sandbox.core.processes import CommandTimeout
 
-    monkeypatch.setattr(image_build, "stream_lines", failing(["Step 1/2 : FROM base"], "docker build did not finish",
-                                                             error=CommandTimeout))
+    monkeypatch.setattr(
+        image_build,
+        "stream_lines",
+        failing(["Step 1/2 : FROM base"], "docker build did not finish", error=CommandTimeout),
+    )
     with pytest.raises(WorkflowError) as slow:
         image_build._docker_build(fake, ["build", "."], timeout=1800)
     assert slow.value.message == "docker build of localhost:5000/openwork:test did not finish within 1800s"

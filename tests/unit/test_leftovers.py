@@ -32,24 +32,34 @@ GONE, ALIVE, ELSEWHERE = "host:1:1", "host:2:2", "other:3:3"
 ALIVE_BY_OWNER = {GONE: False, ALIVE: True, ELSEWHERE: None}
 
 
-@pytest.mark.parametrize("marks,folder,expected", [
-    # an ephemeral sandbox whose smoke job was killed
-    ({EPHEMERAL: "1", OWNER: GONE, EXPIRES: str(int(NOW) + 600)}, True, Verdict("its job (1) is gone", False)),
-    # its job runs and its time is not up: owned
-    ({EPHEMERAL: "1", OWNER: ALIVE, EXPIRES: str(int(NOW) + 600)}, True, Verdict(None, False)),
-    # its job runs but it is past its time
-    ({EPHEMERAL: "1", OWNER: ALIVE, EXPIRES: str(int(NOW) - 5)}, True, Verdict("its time ran out 5s ago", False)),
-    # made on another host (the job cannot be asked): only the time counts
-    ({EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) + 600)}, True, Verdict(None, False)),
-    ({EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) - 60)}, True, Verdict("its time ran out 60s ago", False)),
-    # ephemeral, its folder deleted by hand
-    ({EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) + 600)}, False,
-     Verdict("no state folder owns it", True)),
-    # a sandbox kept for months: never stale, an orphan only when its folder is gone
-    ({STATE_DIR: "/x/.state/a"}, True, Verdict(None, False)),
-    ({STATE_DIR: "/x/.state/a"}, False, Verdict(None, True)),
-    ({}, False, Verdict(None, True)),  # made before marks existed
-])
+@pytest.mark.parametrize(
+    "marks,folder,expected",
+    [
+        # an ephemeral sandbox whose smoke job was killed
+        ({EPHEMERAL: "1", OWNER: GONE, EXPIRES: str(int(NOW) + 600)}, True, Verdict("its job (1) is gone", False)),
+        # its job runs and its time is not up: owned
+        ({EPHEMERAL: "1", OWNER: ALIVE, EXPIRES: str(int(NOW) + 600)}, True, Verdict(None, False)),
+        # its job runs but it is past its time
+        ({EPHEMERAL: "1", OWNER: ALIVE, EXPIRES: str(int(NOW) - 5)}, True, Verdict("its time ran out 5s ago", False)),
+        # made on another host (the job cannot be asked): only the time counts
+        ({EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) + 600)}, True, Verdict(None, False)),
+        (
+            {EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) - 60)},
+            True,
+            Verdict("its time ran out 60s ago", False),
+        ),
+        # ephemeral, its folder deleted by hand
+        (
+            {EPHEMERAL: "1", OWNER: ELSEWHERE, EXPIRES: str(int(NOW) + 600)},
+            False,
+            Verdict("no state folder owns it", True),
+        ),
+        # a sandbox kept for months: never stale, an orphan only when its folder is gone
+        ({STATE_DIR: "/x/.state/a"}, True, Verdict(None, False)),
+        ({STATE_DIR: "/x/.state/a"}, False, Verdict(None, True)),
+        ({}, False, Verdict(None, True)),  # made before marks existed
+    ],
+)
 def test_the_rule(marks, folder, expected):
     assert judge(marks, folder_exists=folder, now=NOW, alive=ALIVE_BY_OWNER.get) == expected
 
@@ -70,8 +80,9 @@ def test_marks_reach_both_runtimes(tmp_path, monkeypatch):
     from openwork_sandbox.runtimes.microsandbox.spec import MARK_PREFIX, create_kwargs
     from openwork_sandbox.sandbox.launch import launch_spec
 
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="owtest-i17a-marks",
-                             OPENWORK_EPHEMERAL_MAX_DURATION="20m")
+    settings = make_settings(
+        tmp_path, OPENWORK_MICROSANDBOX_NAME="owtest-i17a-marks", OPENWORK_EPHEMERAL_MAX_DURATION="20m"
+    )
     kept = launch_spec(settings, "microsandbox", "t" * 32, "h" * 32)
     assert kept.marks == {STATE_DIR: str(settings.sandbox_state_dir)} and kept.max_duration is None
     assert "max_duration" not in create_kwargs(kept)

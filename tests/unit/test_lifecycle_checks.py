@@ -17,6 +17,7 @@ from tests.support.lifecycle import make_settings, unique_name
 
 # --- probe ---------------------------------------------------------------------------------------
 
+
 def test_cpu_flag_read_from_cpuinfo(tmp_path):
     intel = tmp_path / "intel"
     intel.write_text("processor\t: 0\nflags\t\t: fpu vme vmx sse\n")
@@ -57,6 +58,7 @@ def test_auto_runtime_says_what_it_chose_and_why(tmp_path, services):
 
 # --- port in use ------------------------------------------------------------------------------------
 
+
 def test_port_in_use_names_port_and_holder_and_creates_nothing(tmp_path):
     from openwork_sandbox.sandbox.up import up
 
@@ -64,13 +66,18 @@ def test_port_in_use_names_port_and_holder_and_creates_nothing(tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_MICROSANDBOX_PORT=str(port),
-                                 OPENWORK_MICROSANDBOX_RUNTIME="docker")
+        settings = make_settings(
+            tmp_path,
+            OPENWORK_MICROSANDBOX_NAME=unique_name(),
+            OPENWORK_MICROSANDBOX_PORT=str(port),
+            OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        )
         with pytest.raises(WorkflowError) as err:
             up(settings)
     message = err.value.message
     assert f"port {port}" in message
     import os
+
     assert f"pid {os.getpid()}" in message  # what holds it: this very test process
     assert "\n" not in message
     assert not (tmp_path / "state").exists()  # nothing created
@@ -91,18 +98,26 @@ def test_port_is_free_and_holder(tmp_path):
 def test_the_orchestrators_ready_line_tells_a_moved_server_port():
     from openwork_sandbox.net.ports import moved_server_port
 
-    ready = ["OpenWork orchestrator running", "OpenCode: http://127.0.0.1:47247",
-             "OpenWork server: http://127.0.0.1:36605", "OpenWork connect URL: http://127.0.0.1:36605"]
+    ready = [
+        "OpenWork orchestrator running",
+        "OpenCode: http://127.0.0.1:47247",
+        "OpenWork server: http://127.0.0.1:36605",
+        "OpenWork connect URL: http://127.0.0.1:36605",
+    ]
     assert moved_server_port(ready, 46047) == 36605
     assert moved_server_port(ready, 36605) is None  # where it was asked to be
     assert moved_server_port(["[opencode] listening on 127.0.0.1:4096"], 8787) is None  # not ready yet
     assert moved_server_port(["OpenWork server: ok (http://127.0.0.1:1234)"], 8787) is None  # `openwork status`
     # the last ready line counts (a restart that got its port back)
-    assert moved_server_port(["OpenWork server: http://127.0.0.1:36605", "OpenWork server: http://0.0.0.0:8787"], 8787) is None
+    assert (
+        moved_server_port(["OpenWork server: http://127.0.0.1:36605", "OpenWork server: http://0.0.0.0:8787"], 8787)
+        is None
+    )
     assert moved_server_port(["OpenWork server: http://[::1]:9000/"], 8787) == 9000
 
 
 # --- health wait against a real HTTP server -----------------------------------------------------------
+
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
@@ -139,9 +154,17 @@ def _handler(ready_at: float, token: str = "tok"):
                 if self.headers.get("Authorization") != f"Bearer {token}":
                     return self._json(401, {"code": "unauthorized", "message": "Invalid bearer token"})
                 # another workspace listed first: up must record the /workspace one, as smoke checks it
-                return self._json(200, {"items": [{"id": "ws_0a1b2c3d4e5f", "path": "/tmp/other"},
-                                                  {"id": "ws_c52ddf65534b", "path": "/workspace"}],
-                                        "workspaces": [], "activeId": "ws_0a1b2c3d4e5f"})
+                return self._json(
+                    200,
+                    {
+                        "items": [
+                            {"id": "ws_0a1b2c3d4e5f", "path": "/tmp/other"},
+                            {"id": "ws_c52ddf65534b", "path": "/workspace"},
+                        ],
+                        "workspaces": [],
+                        "activeId": "ws_0a1b2c3d4e5f",
+                    },
+                )
             self._json(404, {})
 
     return Handler
@@ -204,8 +227,12 @@ def test_wait_for_health_gives_up_on_a_request_that_is_never_answered_and_asks_a
                 held.append(conn)
                 continue
             body = b'{"ok": true, "version": "9.9.9"}'
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
             conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
@@ -233,8 +260,12 @@ def test_wait_for_health_fails_fast_when_the_sandbox_died():
     port = free_port()  # nothing listens here
     # SandboxDied (not HealthTimeout, which only comes at the 60 s deadline) proves it did not wait
     with pytest.raises(SandboxDied) as err:
-        wait_for_health(f"http://127.0.0.1:{port}", 60, is_alive=lambda: False,
-                        describe=lambda: ("stopped, exit code 64", ["OPENWORK_TOKEN not set"], "docker logs x"))
+        wait_for_health(
+            f"http://127.0.0.1:{port}",
+            60,
+            is_alive=lambda: False,
+            describe=lambda: ("stopped, exit code 64", ["OPENWORK_TOKEN not set"], "docker logs x"),
+        )
     assert "exit code 64" in err.value.message and "OPENWORK_TOKEN not set" in err.value.message
 
 
@@ -254,8 +285,9 @@ def test_check_workspaces_wants_401_then_200():
 def test_exposure_beyond_loopback_needs_long_tokens(tmp_path):
     from openwork_sandbox.sandbox.launch import check_exposure
 
-    short = make_settings(tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10", OPENWORK_TOKEN="short-token-123",
-                          OPENWORK_HOST_TOKEN="x" * 30)
+    short = make_settings(
+        tmp_path, OPENWORK_CONNECT_HOST="192.0.2.10", OPENWORK_TOKEN="short-token-123", OPENWORK_HOST_TOKEN="x" * 30
+    )
     with pytest.raises(WorkflowError) as err:
         check_exposure(short)
     assert "OPENWORK_TOKEN" in err.value.message and "24" in err.value.message
@@ -287,9 +319,10 @@ def test_docker_publishing_with_a_bridge_network(tmp_path, monkeypatch):
     runtime = docker.DockerRuntime(settings.name, settings.sandbox_state_dir)
     monkeypatch.setattr(docker, "engine_has_bridge", lambda: True)
     # the host's services are host.docker.internal there (as on Docker Desktop; Linux needs --add-host)
-    assert runtime._network_args(spec) == (["-p", "127.0.0.1:18080:8787", "--add-host",
-                                            "host.docker.internal:host-gateway"],
-                                           {"OPENWORK_HOST_ADDRESS": "host.docker.internal"})
+    assert runtime._network_args(spec) == (
+        ["-p", "127.0.0.1:18080:8787", "--add-host", "host.docker.internal:host-gateway"],
+        {"OPENWORK_HOST_ADDRESS": "host.docker.internal"},
+    )
     monkeypatch.setattr(docker, "engine_has_bridge", lambda: False)
     args, env = runtime._network_args(spec)
     assert args == ["--network", "host"]
@@ -307,8 +340,9 @@ def test_endpoint_and_log_tail_without_any_sandbox(tmp_path):
     assert "invoke up" in err.value.message and "\n" not in err.value.message
     lines, hint = server_log_tail(settings)
     assert lines == [] and hint
-    preset = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_TOKEN="c" * 30,
-                           OPENWORK_HOST_TOKEN="d" * 30)
+    preset = make_settings(
+        tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_TOKEN="c" * 30, OPENWORK_HOST_TOKEN="d" * 30
+    )
     ep = endpoint(preset)
     assert (ep.token, ep.host_token, ep.workspace_id) == ("c" * 30, "d" * 30, None)
     assert "c" * 30 not in repr(ep)

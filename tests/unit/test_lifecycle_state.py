@@ -30,15 +30,19 @@ def test_tokens_are_generated_once_private_and_reused(tmp_path):
     assert mode == 0o600, oct(mode)
     assert stat.S_IMODE(state.dir.stat().st_mode) == 0o700
     # a later process (a fresh SandboxState) gets the same tokens
-    assert SandboxState(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=settings.name)).tokens() == (token, host_token)
+    assert SandboxState(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=settings.name)).tokens() == (
+        token,
+        host_token,
+    )
     # another sandbox gets its own
     other = SandboxState(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name())).tokens()
     assert other[0] != token and other[1] != host_token
 
 
 def test_tokens_from_settings_win_and_are_not_stored(tmp_path):
-    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_TOKEN="a" * 30,
-                             OPENWORK_HOST_TOKEN="b" * 30)
+    settings = make_settings(
+        tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name(), OPENWORK_TOKEN="a" * 30, OPENWORK_HOST_TOKEN="b" * 30
+    )
     state = SandboxState(settings)
     assert state.tokens() == ("a" * 30, "b" * 30)
     assert not state.tokens_path.exists()
@@ -95,8 +99,9 @@ LOCK_HOLDER = textwrap.dedent("""
 def test_lock_second_up_for_one_name_waits_then_fails_clearly(tmp_path):
     name = unique_name()
     root = ROOT
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(root), str(tmp_path), name, "30"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(root), str(tmp_path), name, "30"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         state = SandboxState(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name))
@@ -118,8 +123,9 @@ def test_lock_second_up_for_one_name_waits_then_fails_clearly(tmp_path):
 def test_lock_waits_for_a_short_holder(tmp_path):
     name = unique_name()
     root = ROOT
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(root), str(tmp_path), name, "0.5"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(root), str(tmp_path), name, "0.5"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         state = SandboxState(make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=name))
@@ -131,6 +137,7 @@ def test_lock_waits_for_a_short_holder(tmp_path):
 
 
 # --- reset's safe-delete rules ---------------------------------------------------------------------
+
 
 def test_safe_remove_deletes_inside_and_never_follows_symlinks_out(tmp_path):
     state_root = tmp_path / "state"
@@ -182,7 +189,9 @@ def test_reset_refuses_a_sandbox_folder_that_is_a_symlink(tmp_path):
 def test_reset_refuses_a_folder_that_contains_home_or_escapes(tmp_path):
     home = Path.home().resolve()
     assert deletion_problem(home.parent, home.parent.parent, tmp_path) is not None  # contains home
-    assert "outside the state folder" in deletion_problem(tmp_path / "state" / ".." / "x", tmp_path / "state", tmp_path / "p")
+    assert "outside the state folder" in deletion_problem(
+        tmp_path / "state" / ".." / "x", tmp_path / "state", tmp_path / "p"
+    )
 
 
 def test_reset_task_refuses_dangerous_state_dir_and_deletes_nothing(tmp_path):
@@ -192,8 +201,12 @@ def test_reset_task_refuses_dangerous_state_dir_and_deletes_nothing(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     name = unique_name()
-    settings = make_settings(tmp_path, OPENWORK_STATE_DIR=str(project), OPENWORK_MICROSANDBOX_NAME=name,
-                             OPENWORK_MICROSANDBOX_RUNTIME="docker")
+    settings = make_settings(
+        tmp_path,
+        OPENWORK_STATE_DIR=str(project),
+        OPENWORK_MICROSANDBOX_NAME=name,
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+    )
     (project / name).mkdir()
     (project / name / "file").write_text("x")
     with pytest.raises(WorkflowError) as err:

@@ -27,13 +27,16 @@ microvm-init: running: uname -a
 """
 
 
-@pytest.mark.parametrize("line", [
-    "[  812.345678] BUG: TASK stack guard page was hit at 00000000a1b2c3d4 (stack is 0000000011112222..0000000033334444)",
-    "[  120.000001] Kernel panic - not syncing: Fatal exception in interrupt",
-    "[   55.100000] Oops: 0000 [#1] PREEMPT SMP NOPTI",
-    "[  300.000000] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [qemu-kvm:123]",
-    "[   77.700000] general protection fault, probably for non-canonical address 0xdead000000000100: 0000 [#1]",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[  812.345678] BUG: TASK stack guard page was hit at 00000000a1b2c3d4 (stack is 0000000011112222..0000000033334444)",
+        "[  120.000001] Kernel panic - not syncing: Fatal exception in interrupt",
+        "[   55.100000] Oops: 0000 [#1] PREEMPT SMP NOPTI",
+        "[  300.000000] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [qemu-kvm:123]",
+        "[   77.700000] general protection fault, probably for non-canonical address 0xdead000000000100: 0000 [#1]",
+    ],
+)
 def test_a_broken_kernel_is_seen_on_its_console_line(line):
     assert logic.panic_line(line) == line.strip()
 
@@ -47,8 +50,10 @@ def test_console_watch_finds_a_panic_split_across_two_reads_and_keeps_the_tail()
     watch = logic.ConsoleWatch()
     assert watch.feed("[  1.0] kvm_amd: Nested Paging enabled\n[ 99.9] Kernel pa") is None
     assert watch.fatal is None  # half a line is not judged yet
-    assert watch.feed("nic - not syncing: Attempted to kill init! exitcode=0x00000100\n[ 99.9] more\n") \
+    assert (
+        watch.feed("nic - not syncing: Attempted to kill init! exitcode=0x00000100\n[ 99.9] more\n")
         == "[ 99.9] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
+    )
     assert watch.tail[-1] == "[ 99.9] more"
     assert watch.tail[0] == "[  1.0] kvm_amd: Nested Paging enabled"
 
@@ -67,8 +72,12 @@ def test_input_key_changes_with_every_input_and_not_with_order():
     base = {"recipe": "r1", "kernel": "6.1.158-1", "wheels": [["a.whl", "11"]], "mirror": "http://m/debian"}
     assert logic.input_key(base) == logic.input_key(dict(reversed(list(base.items()))))
     keys = {logic.input_key(base)}
-    for field, value in (("recipe", "r2"), ("kernel", "6.1.159-1"), ("wheels", [["a.whl", "12"]]),
-                         ("mirror", "http://other/debian")):
+    for field, value in (
+        ("recipe", "r2"),
+        ("kernel", "6.1.159-1"),
+        ("wheels", [["a.whl", "12"]]),
+        ("mirror", "http://other/debian"),
+    ):
         keys.add(logic.input_key({**base, field: value}))
     assert len(keys) == 5
 
@@ -80,20 +89,46 @@ def test_recipe_source_covers_the_build_and_not_the_run():
 
 
 def test_requirements_are_the_project_and_test_deps_plus_the_editable_install():
-    pyproject = {"project": {"dependencies": ["invoke>=2.2", "microsandbox>=0.7.11", "python-dotenv>=1.0.1"],
-                             "optional-dependencies": {"test": ["pytest>=8.0"], "docs": ["sphinx"]}}}
+    pyproject = {
+        "project": {
+            "dependencies": ["invoke>=2.2", "microsandbox>=0.7.11", "python-dotenv>=1.0.1"],
+            "optional-dependencies": {"test": ["pytest>=8.0"], "docs": ["sphinx"]},
+        }
+    }
     assert logic.requirements(pyproject) == [
-        "invoke>=2.2", "microsandbox>=0.7.11", "pytest>=8.0", "python-dotenv>=1.0.1", "setuptools", "wheel"]
+        "invoke>=2.2",
+        "microsandbox>=0.7.11",
+        "pytest>=8.0",
+        "python-dotenv>=1.0.1",
+        "setuptools",
+        "wheel",
+    ]
     pyproject["project"]["dependencies"].append("setuptools>=61")
     assert "setuptools" not in logic.requirements(pyproject) and "setuptools>=61" in logic.requirements(pyproject)
 
 
 def test_passthrough_env_takes_openwork_msb_e2e_knobs_ci_and_github_actions_only():
-    env = {"OPENWORK_TOKEN": "t", "OPENWORK_MICROSANDBOX_IMAGE": "x:1", "MSB_HOME": "/m", "CI": "true",
-           "GITHUB_ACTIONS": "true", "GITHUB_TOKEN": "secret", "HOME": "/root", "PATH": "/bin",
-           "XOPENWORK_NOT": "no", "MICROVM_E2E_STEPS": "doctor,up", "MICROVM_HOST_TIMEOUT": "9"}
-    assert logic.passthrough_env(env) == {"OPENWORK_TOKEN": "t", "OPENWORK_MICROSANDBOX_IMAGE": "x:1", "MSB_HOME": "/m",
-                                       "CI": "true", "GITHUB_ACTIONS": "true", "MICROVM_E2E_STEPS": "doctor,up"}
+    env = {
+        "OPENWORK_TOKEN": "t",
+        "OPENWORK_MICROSANDBOX_IMAGE": "x:1",
+        "MSB_HOME": "/m",
+        "CI": "true",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_TOKEN": "secret",
+        "HOME": "/root",
+        "PATH": "/bin",
+        "XOPENWORK_NOT": "no",
+        "MICROVM_E2E_STEPS": "doctor,up",
+        "MICROVM_HOST_TIMEOUT": "9",
+    }
+    assert logic.passthrough_env(env) == {
+        "OPENWORK_TOKEN": "t",
+        "OPENWORK_MICROSANDBOX_IMAGE": "x:1",
+        "MSB_HOME": "/m",
+        "CI": "true",
+        "GITHUB_ACTIONS": "true",
+        "MICROVM_E2E_STEPS": "doctor,up",
+    }
 
 
 def test_guest_env_gives_the_emulated_hosts_task_settings_unless_this_machine_sets_them(monkeypatch):
@@ -101,22 +136,35 @@ def test_guest_env_gives_the_emulated_hosts_task_settings_unless_this_machine_se
         monkeypatch.delenv(key, raising=False)
     env = share.guest_env("127.0.0.1:5000/x:1")
     assert (env["OPENWORK_HEALTH_TIMEOUT"], env["OPENWORK_REQUEST_TIMEOUT"], env["OPENWORK_MICROSANDBOX_CPUS"]) == (
-        "900", "300", "1")
+        "900",
+        "300",
+        "1",
+    )
     monkeypatch.setenv("OPENWORK_HEALTH_TIMEOUT", "1600")
     monkeypatch.setenv("OPENWORK_MICROSANDBOX_CPUS", "2")
     env = share.guest_env("127.0.0.1:5000/x:1")
     assert (env["OPENWORK_HEALTH_TIMEOUT"], env["OPENWORK_REQUEST_TIMEOUT"], env["OPENWORK_MICROSANDBOX_CPUS"]) == (
-        "1600", "300", "2")
+        "1600",
+        "300",
+        "2",
+    )
     assert env["OPENWORK_MICROSANDBOX_IMAGE"] == "127.0.0.1:5000/x:1" and env["MICROVM_HOST_GUEST"] == "1"
 
 
 def test_env_script_keeps_any_value_exactly(tmp_path):
-    values = {"OPENWORK_A": "with space", "OPENWORK_B": "it's $HOME `x` \"q\"", "OPENWORK_C": "line1\nline2",
-              "OPENWORK_D": ""}
+    values = {
+        "OPENWORK_A": "with space",
+        "OPENWORK_B": 'it\'s $HOME `x` "q"',
+        "OPENWORK_C": "line1\nline2",
+        "OPENWORK_D": "",
+    }
     script = tmp_path / "env.sh"
     script.write_text(logic.env_script(values))
-    out = subprocess.run(["bash", "-c", f"source {script}; for v in A B C D; do n=OPENWORK_$v; "
-                          "printf '%s\\0' \"${!n}\"; done"], capture_output=True, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        ["bash", "-c", f"source {script}; for v in A B C D; do n=OPENWORK_$v; printf '%s\\0' \"${{!n}}\"; done"],
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.split(b"\0")[:4] == [v.encode() for v in values.values()]
 
 
@@ -140,6 +188,7 @@ def test_figures_line_names_the_harness_figures():
 # The stand-in writes what a guest writes (the heartbeat and the command's output through the
 # share, the console log) so the loop's verdicts are checked without booting anything.
 
+
 def _attempt(tmp_path, monkeypatch, guest_script: str, stall: str = "3", boot: str = "5"):
     monkeypatch.setenv("MICROVM_HOST_STALL_SECONDS", stall)
     monkeypatch.setenv("MICROVM_HOST_BOOT_SECONDS", boot)
@@ -153,13 +202,17 @@ def _attempt(tmp_path, monkeypatch, guest_script: str, stall: str = "3", boot: s
         attempt.stop()
 
 
-BEAT = "beat() { echo \"$1 0.0\" > share/heartbeat; }; "
+BEAT = 'beat() { echo "$1 0.0" > share/heartbeat; }; '
 
 
 def test_watch_streams_the_output_and_returns_the_commands_exit_code(tmp_path, monkeypatch, capfd):
-    _, verdict = _attempt(tmp_path, monkeypatch, BEAT + "beat 1; echo 'init 9.5' >> share/phases; "
-                          "echo out-line > share/stdout; echo err-line > share/stderr; sleep 0.6; beat 2; "
-                          "echo 'cmd-start 10.0' >> share/phases; echo 3 > share/rc")
+    _, verdict = _attempt(
+        tmp_path,
+        monkeypatch,
+        BEAT + "beat 1; echo 'init 9.5' >> share/phases; "
+        "echo out-line > share/stdout; echo err-line > share/stderr; sleep 0.6; beat 2; "
+        "echo 'cmd-start 10.0' >> share/phases; echo 3 > share/rc",
+    )
     assert verdict == ("done", 3)
     out, err = capfd.readouterr()
     assert out == "out-line\n"
@@ -177,10 +230,17 @@ def test_watch_calls_a_host_that_never_beats_frozen_while_booting(tmp_path, monk
 
 
 def test_watch_sees_a_panic_on_the_console(tmp_path, monkeypatch):
-    _, (kind, detail) = _attempt(tmp_path, monkeypatch, BEAT + "beat 1; "
-                                 "echo '[  812.345678] BUG: TASK stack guard page was hit at 00000000a1b2c3d4' >> serial.log; "
-                                 "while :; do sleep 0.5; beat $RANDOM; done")
-    assert (kind, detail) == ("host", "its kernel broke: [  812.345678] BUG: TASK stack guard page was hit at 00000000a1b2c3d4")
+    _, (kind, detail) = _attempt(
+        tmp_path,
+        monkeypatch,
+        BEAT + "beat 1; "
+        "echo '[  812.345678] BUG: TASK stack guard page was hit at 00000000a1b2c3d4' >> serial.log; "
+        "while :; do sleep 0.5; beat $RANDOM; done",
+    )
+    assert (kind, detail) == (
+        "host",
+        "its kernel broke: [  812.345678] BUG: TASK stack guard page was hit at 00000000a1b2c3d4",
+    )
 
 
 def test_watch_reports_qemu_dying_before_the_command_finished(tmp_path, monkeypatch):
@@ -190,7 +250,9 @@ def test_watch_reports_qemu_dying_before_the_command_finished(tmp_path, monkeypa
 
 
 def test_watch_reports_a_guest_whose_services_did_not_come_up(tmp_path, monkeypatch):
-    _, verdict = _attempt(tmp_path, monkeypatch, BEAT + "beat 1; echo 'scripts/services start failed' > share/setup-failed; sleep 30")
+    _, verdict = _attempt(
+        tmp_path, monkeypatch, BEAT + "beat 1; echo 'scripts/services start failed' > share/setup-failed; sleep 30"
+    )
     assert verdict == ("setup", "scripts/services start failed")
 
 
@@ -198,21 +260,36 @@ def test_watch_reports_a_guest_whose_services_did_not_come_up(tmp_path, monkeypa
 VM_SHUTDOWN_FAILURE = (
     "invoke up --json exited 1: the server stopped before http://127.0.0.1:51407/health answered (state: stopped, "
     "stopped; the microVM itself stopped (2026-12-01T12:48:41.836408Z  INFO msb_krun_vmm::linux::vstate: Received "
-    "KVM_EXIT_SHUTDOWN signal)); last log line: [opencode] Still waiting for health after 26s (TimeoutError)")
+    "KVM_EXIT_SHUTDOWN signal)); last log line: [opencode] Still waiting for health after 26s (TimeoutError)"
+)
 
 
-@pytest.mark.parametrize("failure, inside, fault", [
-    (VM_SHUTDOWN_FAILURE, "1", "2026-12-01T12:48:41.836408Z  INFO msb_krun_vmm::linux::vstate: Received "
-                               "KVM_EXIT_SHUTDOWN signal"),
-    ("invoke up exited 1: ... (state: stopped; the microVM itself stopped ([ 52.4] Kernel panic - not syncing: "
-     "Fatal exception)); ...", "1", "[ 52.4] Kernel panic - not syncing: Fatal exception"),
-    (VM_SHUTDOWN_FAILURE, None, None),  # on real KVM the same stop is a failure like any other
-    ("invoke up exited 1: ... the microVM itself stopped (its logs say no more); ...", "1", None),
-    ("invoke smoke --json exited 1: smoke: {'failed': 1}", "1", None),
-    ("invoke up exited 1: KVM_EXIT_SHUTDOWN in a server log line", "1", None),  # not the microVM's own stop
-    ("invoke up --json exited 1: the microVM stopped while booting, twice: Received KVM_EXIT_SHUTDOWN signal; see "
-     "/root/.microsandbox/sandboxes/e2e/logs/runtime.log; use the Docker runtime", "1", "Received KVM_EXIT_SHUTDOWN signal"),
-])
+@pytest.mark.parametrize(
+    "failure, inside, fault",
+    [
+        (
+            VM_SHUTDOWN_FAILURE,
+            "1",
+            "2026-12-01T12:48:41.836408Z  INFO msb_krun_vmm::linux::vstate: Received KVM_EXIT_SHUTDOWN signal",
+        ),
+        (
+            "invoke up exited 1: ... (state: stopped; the microVM itself stopped ([ 52.4] Kernel panic - not syncing: "
+            "Fatal exception)); ...",
+            "1",
+            "[ 52.4] Kernel panic - not syncing: Fatal exception",
+        ),
+        (VM_SHUTDOWN_FAILURE, None, None),  # on real KVM the same stop is a failure like any other
+        ("invoke up exited 1: ... the microVM itself stopped (its logs say no more); ...", "1", None),
+        ("invoke smoke --json exited 1: smoke: {'failed': 1}", "1", None),
+        ("invoke up exited 1: KVM_EXIT_SHUTDOWN in a server log line", "1", None),  # not the microVM's own stop
+        (
+            "invoke up --json exited 1: the microVM stopped while booting, twice: Received KVM_EXIT_SHUTDOWN signal; see "
+            "/root/.microsandbox/sandboxes/e2e/logs/runtime.log; use the Docker runtime",
+            "1",
+            "Received KVM_EXIT_SHUTDOWN signal",
+        ),
+    ],
+)
 def test_only_a_microvm_stopped_by_its_emulated_cpu_counts_as_an_emulation_fault(monkeypatch, failure, inside, fault):
     if inside:
         monkeypatch.setenv("MICROVM_HOST_GUEST", inside)
@@ -248,5 +325,11 @@ def test_saving_an_image_keeps_the_registry_seeds(tmp_path, monkeypatch):
         path.write_text("x")
         os.utime(path, (1000 + age, 1000 + age))
     image.prune_images(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["04.tar", "05.registry.tar", "06.tar", "07.registry.tar",
-                                                         "08.tar", "09.registry.tar"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "04.tar",
+        "05.registry.tar",
+        "06.tar",
+        "07.registry.tar",
+        "08.tar",
+        "09.registry.tar",
+    ]

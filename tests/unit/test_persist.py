@@ -30,23 +30,33 @@ CLIENT = "client-token-0123456789abcdef"
 
 # --- the stand-in's token store ----------------------------------------------------------------------
 
+
 def test_token_store_location_follows_the_real_servers_rule(tmp_path):
     home = str(tmp_path / "home")
     assert standin.token_store_path({"HOME": home}) == f"{home}/.config/openwork/tokens.json"
     # HOME, not XDG_CONFIG_HOME
-    assert standin.token_store_path({"HOME": home, "XDG_CONFIG_HOME": "/elsewhere"}) == \
-        f"{home}/.config/openwork/tokens.json"
+    assert (
+        standin.token_store_path({"HOME": home, "XDG_CONFIG_HOME": "/elsewhere"})
+        == f"{home}/.config/openwork/tokens.json"
+    )
     assert standin.token_store_path({"HOME": home}, "/etc/ow/server.json") == "/etc/ow/tokens.json"
-    assert standin.token_store_path({"HOME": home, "OPENWORK_TOKEN_STORE": "/s/t.json"}, "/etc/ow/server.json") == \
-        "/s/t.json"
+    assert (
+        standin.token_store_path({"HOME": home, "OPENWORK_TOKEN_STORE": "/s/t.json"}, "/etc/ow/server.json")
+        == "/s/t.json"
+    )
 
 
 @contextlib.contextmanager
 def _standin(env: dict, *args: str):
     port = free_port()
     full = {"PATH": os.environ["PATH"], "OPENWORK_TOKEN": CLIENT, "OPENWORK_HOST_TOKEN": HOST, **env}
-    proc = subprocess.Popen([sys.executable, str(STANDIN_SERVER), "--port", str(port), "--workspace", "/workspace",
-                             *args], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(STANDIN_SERVER), "--port", str(port), "--workspace", "/workspace", *args],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -67,8 +77,12 @@ def _standin(env: dict, *args: str):
 
 
 def _issue(url: str) -> str:
-    resp = requests.post(url + "/tokens", json={"scope": "collaborator", "label": "friend"},
-                         headers={"X-OpenWork-Host-Token": HOST}, timeout=5)
+    resp = requests.post(
+        url + "/tokens",
+        json={"scope": "collaborator", "label": "friend"},
+        headers={"X-OpenWork-Host-Token": HOST},
+        timeout=5,
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["token"]
 
@@ -101,6 +115,7 @@ def test_an_issued_token_is_accepted_after_a_restart(tmp_path, where):
 
 # --- migration: copy, verify, install ---------------------------------------------------------------
 
+
 def _fake_sandbox_home(root: Path) -> dict[str, bytes]:
     files = {
         ".local/share/opencode/opencode.db": os.urandom(70000),
@@ -120,6 +135,7 @@ def _fake_sandbox_home(root: Path) -> dict[str, bytes]:
 
 def _local_fetch(guest_root: Path, corrupt: str | None = None, fail_on: str | None = None):
     """A fetch that reads a folder on this host as if it were the sandbox's home."""
+
     def fetch(home, stage, unit):
         assert home == persist.LEGACY_HOME
         if unit == fail_on:
@@ -129,11 +145,21 @@ def _local_fetch(guest_root: Path, corrupt: str | None = None, fail_on: str | No
         for path in sorted(src.rglob("*")) if src.exists() else []:
             rel = str(Path(unit) / path.relative_to(src))
             if path.is_file() and persist.is_kept(rel):
-                out.append(persist.write_staged(stage, rel, [path.read_bytes()], 0o644, path.stat().st_mtime,
-                                                expected_size=path.stat().st_size, source=f"{src} from x"))
+                out.append(
+                    persist.write_staged(
+                        stage,
+                        rel,
+                        [path.read_bytes()],
+                        0o644,
+                        path.stat().st_mtime,
+                        expected_size=path.stat().st_size,
+                        source=f"{src} from x",
+                    )
+                )
                 if rel == corrupt:
                     (stage / rel).write_bytes(b"changed on the way")
         return out
+
     return fetch
 
 
@@ -184,8 +210,11 @@ def test_a_failed_or_corrupt_copy_changes_nothing(tmp_path, how):
     _fake_sandbox_home(guest)
     (data / "home").mkdir(parents=True)
     (data / "home" / "mine.txt").write_text("keep")
-    fetch = _local_fetch(guest, corrupt=".local/share/opencode/opencode.db") if how == "corrupt" else \
-        _local_fetch(guest, fail_on=".config/openwork")
+    fetch = (
+        _local_fetch(guest, corrupt=".local/share/opencode/opencode.db")
+        if how == "corrupt"
+        else _local_fetch(guest, fail_on=".config/openwork")
+    )
     with pytest.raises(WorkflowError) as err:
         persist.copy_home_state(fetch, data, "the docker sandbox x")
     assert ("does not match" if how == "corrupt" else "boom") in err.value.message
@@ -194,6 +223,7 @@ def test_a_failed_or_corrupt_copy_changes_nothing(tmp_path, how):
 
 
 # --- the data folder must be writable ---------------------------------------------------------------
+
 
 def _mount(*args: str) -> bool:
     return os.geteuid() == 0 and subprocess.run(["mount", *args], capture_output=True).returncode == 0
@@ -238,8 +268,10 @@ def test_a_full_data_folder_is_refused(tmp_path):
 def test_the_entrypoints_line_becomes_the_one_line_error(tmp_path):
     settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=unique_name("dl"))
     persist.raise_if_data_unwritable(settings, ["[opencode] starting", "something else"])  # not that: no error
-    line = ("microsandbox-entrypoint: /data is not writable by uid 1000 (read-only, full, or owned by another user); "
-            "the sandbox would keep nothing")
+    line = (
+        "microsandbox-entrypoint: /data is not writable by uid 1000 (read-only, full, or owned by another user); "
+        "the sandbox would keep nothing"
+    )
     with pytest.raises(WorkflowError) as err:
         persist.raise_if_data_unwritable(settings, ["x", line])
     assert str(settings.data_dir) in err.value.message and "\n" not in err.value.message
@@ -297,8 +329,11 @@ class _GuestFs:
             st = child.lstat()
             kind = FsEntryKind.DIRECTORY if child.is_dir() else FsEntryKind.FILE
             size = st.st_size + (1 if child.name == self.lie_about else 0)
-            out.append(SimpleNamespace(path=f"{path}/{child.name}", kind=kind, size=size, mode=st.st_mode,
-                                       modified=st.st_mtime))
+            out.append(
+                SimpleNamespace(
+                    path=f"{path}/{child.name}", kind=kind, size=size, mode=st.st_mode, modified=st.st_mtime
+                )
+            )
         return out
 
     async def read(self, path: str) -> bytes:
@@ -323,17 +358,26 @@ def test_microsandbox_copy_through_the_sdks_file_access(tmp_path):
     guest = tmp_path / "guest"
     files = _fake_sandbox_home(guest / "root")
     stage = tmp_path / "stage"
-    copied = asyncio.run(copy_folder(_GuestFs(guest), "/root/.local/share/opencode", ".local/share/opencode",
-                                          stage, "vm"))
+    copied = asyncio.run(
+        copy_folder(_GuestFs(guest), "/root/.local/share/opencode", ".local/share/opencode", stage, "vm")
+    )
     assert sorted(c.rel for c in copied) == sorted(r for r in files if r.startswith(".local/share/opencode"))
     for c in copied:
         assert (stage / c.rel).read_bytes() == files[c.rel]
         assert c.sha256 == hashlib.sha256(files[c.rel]).hexdigest()
     persist.verify(stage, copied)
     assert asyncio.run(copy_folder(_GuestFs(guest), "/root/.config/nothing", ".config/nothing", stage, "vm")) == []
-    locks = asyncio.run(copy_folder(_GuestFs(guest), "/root/.local/state/opencode", ".local/state/opencode",
-                                         stage, "vm"))
+    locks = asyncio.run(
+        copy_folder(_GuestFs(guest), "/root/.local/state/opencode", ".local/state/opencode", stage, "vm")
+    )
     assert [c.rel for c in locks] == [".local/state/opencode/model.json"]  # stale locks are not copied
     with pytest.raises(WorkflowError, match="arrived with"):
-        asyncio.run(copy_folder(_GuestFs(guest, lie_about="opencode.db"), "/root/.local/share/opencode",
-                                     ".local/share/opencode", tmp_path / "stage2", "vm"))
+        asyncio.run(
+            copy_folder(
+                _GuestFs(guest, lie_about="opencode.db"),
+                "/root/.local/share/opencode",
+                ".local/share/opencode",
+                tmp_path / "stage2",
+                "vm",
+            )
+        )

@@ -53,11 +53,14 @@ def test_per_platform_override_keeps_a_plain_path_the_hosts(tmp_path):
     assert bases.per_platform["base_image"] == {other: "example.com/base:arm"}
 
 
-@pytest.mark.parametrize("raw, words", [
-    ("linux/mips=/a", "unknown platform"),
-    ("linux/amd64=", "names no value"),
-    ("linux/amd64=/a,linux/amd64=/b", "twice"),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ("linux/mips=/a", "unknown platform"),
+        ("linux/amd64=", "names no value"),
+        ("linux/amd64=/a,linux/amd64=/b", "twice"),
+    ],
+)
 def test_bad_per_platform_override_is_one_line(tmp_path, raw, words):
     with pytest.raises(SettingsError) as err:
         _settings(tmp_path, OPENWORK_OPENCODE_BIN=raw)
@@ -96,10 +99,19 @@ def test_index_entry_names_variant_for_arm64_only():
 def test_cli_unknown_platform_exits_2_with_one_line(tmp_path):
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "invoke", "build-image", "--platform", "linux/s390x",
-                           "--env-file", str(env_file)], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
-                               "OPENWORK_STATE_DIR": str(tmp_path / "state")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "build-image", "--platform", "linux/s390x", "--env-file", str(env_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+            "OPENWORK_STATE_DIR": str(tmp_path / "state"),
+        },
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "OPENWORK_PLATFORMS" in lines[0] and "linux/s390x" in lines[0], proc.stderr

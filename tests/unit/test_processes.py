@@ -27,6 +27,7 @@ ALLOWED = {"core/processes.py"}  # the modules that may run programs, relative t
 
 # --- timeout --------------------------------------------------------------------------------------
 
+
 def test_a_program_past_its_timeout_is_stopped_and_is_one_line():
     started = time.monotonic()
     with pytest.raises(processes.CommandTimeout) as err:
@@ -37,8 +38,10 @@ def test_a_program_past_its_timeout_is_stopped_and_is_one_line():
 
 
 def test_a_stream_past_its_timeout_is_stopped_even_while_it_writes():
-    with pytest.raises(processes.CommandTimeout) as err, \
-            processes.stream_bytes(["sh", "-c", "while :; do echo x; sleep 0.05; done"], timeout=0.5) as out:
+    with (
+        pytest.raises(processes.CommandTimeout) as err,
+        processes.stream_bytes(["sh", "-c", "while :; do echo x; sleep 0.05; done"], timeout=0.5) as out,
+    ):
         while out.stdout.read(2):
             pass
     assert err.value.message == "sh -c while :; do echo x; sleep 0.05; done did not finish within 0.5s"
@@ -46,14 +49,17 @@ def test_a_stream_past_its_timeout_is_stopped_even_while_it_writes():
 
 # --- a missing program ----------------------------------------------------------------------------
 
+
 def test_a_missing_program_is_one_line_naming_it_and_how_to_get_it(tmp_path):
     with pytest.raises(processes.ProgramMissing) as err:
         processes.run(["owtest-no-such-program", "--version"])
     assert err.value.message == "owtest-no-such-program is not installed: install it"
     with pytest.raises(processes.ProgramMissing) as err:  # PATH of the given environment finds the program
         processes.run(["docker", "version"], env={"PATH": str(tmp_path)})
-    assert err.value.message == ("docker is not installed: install Docker (Debian: scripts/services start installs "
-                                 "docker.io), or start Docker Desktop")
+    assert err.value.message == (
+        "docker is not installed: install Docker (Debian: scripts/services start installs "
+        "docker.io), or start Docker Desktop"
+    )
 
 
 def test_every_way_of_running_says_the_same_of_a_missing_program():
@@ -78,6 +84,7 @@ def test_a_program_that_cannot_be_started_is_one_line(tmp_path):
 
 # --- a failed program -----------------------------------------------------------------------------
 
+
 def test_a_non_zero_exit_with_check_is_one_line_with_its_last_line():
     with pytest.raises(WorkflowError) as err:
         processes.run(["sh", "-c", "echo first >&2; echo 'the reason' >&2; exit 3"])
@@ -101,8 +108,10 @@ def test_a_failed_stream_says_so_after_its_output():
 
 
 def test_a_failed_byte_stream_with_check_raises_after_the_block():
-    with pytest.raises(WorkflowError) as err, \
-            processes.stream_bytes(["sh", "-c", "printf data; echo 'no such file' >&2; exit 2"]) as out:
+    with (
+        pytest.raises(WorkflowError) as err,
+        processes.stream_bytes(["sh", "-c", "printf data; echo 'no such file' >&2; exit 2"]) as out,
+    ):
         assert out.stdout.read() == b"data"
     assert err.value.message == "sh -c printf data; echo 'no such file' >&2; exit 2 failed (exit 2): no such file"
     with processes.stream_bytes(["sh", "-c", "echo gone >&2; exit 2"], check=False) as out:
@@ -116,12 +125,14 @@ def test_an_engine_that_does_not_answer_is_unreachable(monkeypatch, tmp_path):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     with pytest.raises(UnreachableError) as err:
         processes.docker("version", "--format", "{{.Server.Version}}", timeout=60)
-    assert err.value.message == ("the Docker engine does not answer: run scripts/services start "
-                                 "(or start Docker Desktop)")
+    assert err.value.message == (
+        "the Docker engine does not answer: run scripts/services start (or start Docker Desktop)"
+    )
     assert err.value.exit_code == 3
 
 
 # --- environment and input ------------------------------------------------------------------------
+
 
 def test_the_given_environment_is_the_whole_environment(monkeypatch):
     monkeypatch.setenv("OWTEST_FROM_PARENT", "parent")
@@ -146,16 +157,20 @@ def test_one_programs_stdout_is_anothers_stdin():
 
 def test_a_tar_is_read_as_it_comes(tmp_path):
     (tmp_path / "a.txt").write_text("alpha")
-    with processes.stream_bytes(["tar", "-c", "-C", str(tmp_path), "a.txt"]) as out, \
-            tarfile.open(fileobj=out.stdout, mode="r|") as tar:
+    with (
+        processes.stream_bytes(["tar", "-c", "-C", str(tmp_path), "a.txt"]) as out,
+        tarfile.open(fileobj=out.stdout, mode="r|") as tar,
+    ):
         found = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
     assert found == {"a.txt": b"alpha"}
 
 
 def test_a_block_that_fails_stops_the_program_and_its_error_goes_on():
     started = time.monotonic()
-    with pytest.raises(ValueError, match="the reader gave up"), \
-            processes.stream_bytes(["sh", "-c", "while :; do echo endless; done"]) as out:
+    with (
+        pytest.raises(ValueError, match="the reader gave up"),
+        processes.stream_bytes(["sh", "-c", "while :; do echo endless; done"]) as out,
+    ):
         out.stdout.read(10)
         raise ValueError("the reader gave up")
     assert out.returncode is not None and out.returncode < 0  # killed by a signal
@@ -175,9 +190,28 @@ def test_progress_prints_a_line_while_a_silent_program_runs(monkeypatch, capsys)
 # --- the one place --------------------------------------------------------------------------------
 
 RUNS_A_PROGRAM = {
-    "os": ("system", "popen", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
-           "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-           "posix_spawn", "posix_spawnp"),
+    "os": (
+        "system",
+        "popen",
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "execl",
+        "execle",
+        "execlp",
+        "execlpe",
+        "spawnv",
+        "spawnve",
+        "spawnvp",
+        "spawnvpe",
+        "spawnl",
+        "spawnle",
+        "spawnlp",
+        "spawnlpe",
+        "posix_spawn",
+        "posix_spawnp",
+    ),
     "asyncio": ("create_subprocess_exec", "create_subprocess_shell"),
     "pty": ("spawn",),
 }
@@ -199,8 +233,11 @@ def programs_run_outside(package: Path, allowed: set[str]) -> list[str]:
             elif isinstance(node, ast.ImportFrom) and node.module in RUNS_A_PROGRAM:
                 names = [a.name for a in node.names if a.name in RUNS_A_PROGRAM[node.module]]
                 found += [f"{rel}:{node.lineno} from {node.module} import {n}" for n in names]
-            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                    and node.attr in RUNS_A_PROGRAM.get(node.value.id, ()):
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.attr in RUNS_A_PROGRAM.get(node.value.id, ())
+            ):
                 found.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
     return found
 
@@ -215,7 +252,8 @@ def test_the_guard_names_each_way_around_it(tmp_path):
     (package / "core" / "processes.py").write_text("import subprocess\n")
     (package / "sneaky.py").write_text(
         "import os\nimport subprocess as sp\nfrom subprocess import run\nfrom os import popen\nimport asyncio\n"
-        "os.system('true')\nasyncio.create_subprocess_exec('true')\n")
+        "os.system('true')\nasyncio.create_subprocess_exec('true')\n"
+    )
     assert programs_run_outside(package, ALLOWED) == [
         "sneaky.py:2 import subprocess",
         "sneaky.py:3 from subprocess import",

@@ -31,8 +31,9 @@ def refused(tmp_path: Path, *args: str, **env: str) -> str:
     """Run ``invoke ARGS`` with ``env``; assert exit 2 and exactly one line on stderr, return it."""
     (tmp_path / "empty.env").write_text("")  # the settings file `invoke` gets (written by the helper too)
     before = snapshot(tmp_path)
-    proc = invoke(tmp_path, *args, timeout=120, OPENWORK_MICROSANDBOX_NAME=NAME, OPENWORK_MICROSANDBOX_RUNTIME="docker",
-                  **env)
+    proc = invoke(
+        tmp_path, *args, timeout=120, OPENWORK_MICROSANDBOX_NAME=NAME, OPENWORK_MICROSANDBOX_RUNTIME="docker", **env
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -51,51 +52,71 @@ def in_state(tmp_path: Path, filename: str, text: str) -> Path:
 def test_client_token_equal_to_host_token(tmp_path):
     same = "s" * 40
     line = refused(tmp_path, "up", OPENWORK_TOKEN=same, OPENWORK_HOST_TOKEN=same)
-    assert line == ("OPENWORK_TOKEN and OPENWORK_HOST_TOKEN are the same token (from environment and environment): "
-                    "every client would have the host's owner rights; give the client a token of its own, or unset "
-                    "OPENWORK_TOKEN to have one generated")
+    assert line == (
+        "OPENWORK_TOKEN and OPENWORK_HOST_TOKEN are the same token (from environment and environment): "
+        "every client would have the host's owner rights; give the client a token of its own, or unset "
+        "OPENWORK_TOKEN to have one generated"
+    )
     assert same not in line
 
 
-@pytest.mark.parametrize("env, value", [("OPENWORK_TOKEN", "microsandbox-token"),
-                                        ("OPENWORK_HOST_TOKEN", "microsandbox-host-token")])
+@pytest.mark.parametrize(
+    "env, value", [("OPENWORK_TOKEN", "microsandbox-token"), ("OPENWORK_HOST_TOKEN", "microsandbox-host-token")]
+)
 def test_upstreams_published_default_tokens(tmp_path, env, value):
     line = refused(tmp_path, "up", **{env: value})
-    assert line == (f"{env} (from environment) is upstream's published default token '{value}', which anyone can "
-                    "guess: unset it to have a strong one generated, or set OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep "
-                    "it anyway")
+    assert line == (
+        f"{env} (from environment) is upstream's published default token '{value}', which anyone can "
+        "guess: unset it to have a strong one generated, or set OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep "
+        "it anyway"
+    )
 
 
 def test_default_tokens_are_accepted_when_allowed(tmp_path):
     from openwork_sandbox.config import load_settings
 
-    env = {"OPENWORK_TOKEN": "microsandbox-token", "OPENWORK_HOST_TOKEN": "microsandbox-host-token",
-           "OPENWORK_ALLOW_DEFAULT_TOKENS": "true"}
+    env = {
+        "OPENWORK_TOKEN": "microsandbox-token",
+        "OPENWORK_HOST_TOKEN": "microsandbox-host-token",
+        "OPENWORK_ALLOW_DEFAULT_TOKENS": "true",
+    }
     settings = load_settings(environ=env, root=tmp_path)
     assert (settings.token, settings.host_token, settings.allow_default_tokens) == (
-        "microsandbox-token", "microsandbox-host-token", True)
+        "microsandbox-token",
+        "microsandbox-host-token",
+        True,
+    )
 
 
 def test_default_token_kept_by_hand_in_tokens_json_is_refused_too(tmp_path):
     kept = in_state(tmp_path, "tokens.json", '{"token": "microsandbox-token", "host_token": "%s"}\n' % ("h" * 43))
     line = refused(tmp_path, "up")
-    assert line == (f"OPENWORK_TOKEN (from {kept}) is upstream's published default token "
-                    "'microsandbox-token', which anyone can guess: unset it to have a strong one generated, or set "
-                    "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway")
+    assert line == (
+        f"OPENWORK_TOKEN (from {kept}) is upstream's published default token "
+        "'microsandbox-token', which anyone can guess: unset it to have a strong one generated, or set "
+        "OPENWORK_ALLOW_DEFAULT_TOKENS=true to keep it anyway"
+    )
 
 
-@pytest.mark.parametrize("relation", ["is the workspace folder", "is inside the workspace folder",
-                                      "contains the workspace folder"])
+@pytest.mark.parametrize(
+    "relation", ["is the workspace folder", "is inside the workspace folder", "contains the workspace folder"]
+)
 def test_data_folder_and_workspace_must_be_apart(tmp_path, relation):
     workspace = tmp_path / "ws"
-    data = {"is the workspace folder": workspace, "is inside the workspace folder": workspace / "data",
-            "contains the workspace folder": tmp_path}[relation]
-    line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace),
-                   OPENWORK_MICROSANDBOX_DATA_DIR=str(data))
-    assert line == (f"OPENWORK_MICROSANDBOX_DATA_DIR={data} (from environment) {relation} "
-                    f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from environment): the token store and "
-                    "opencode's database would be readable by the agent and every collaborator; point the two "
-                    "settings at separate folders")
+    data = {
+        "is the workspace folder": workspace,
+        "is inside the workspace folder": workspace / "data",
+        "contains the workspace folder": tmp_path,
+    }[relation]
+    line = refused(
+        tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace), OPENWORK_MICROSANDBOX_DATA_DIR=str(data)
+    )
+    assert line == (
+        f"OPENWORK_MICROSANDBOX_DATA_DIR={data} (from environment) {relation} "
+        f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from environment): the token store and "
+        "opencode's database would be readable by the agent and every collaborator; point the two "
+        "settings at separate folders"
+    )
 
 
 def test_the_default_data_folder_inside_a_workspace_set_to_the_state_folder(tmp_path):
@@ -103,10 +124,12 @@ def test_the_default_data_folder_inside_a_workspace_set_to_the_state_folder(tmp_
     workspace = tmp_path / "state"
     line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace))
     data = workspace / NAME / "data"
-    assert line == (f"OPENWORK_MICROSANDBOX_DATA_DIR={data} (from default) is inside the workspace folder "
-                    f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from environment): the token store and "
-                    "opencode's database would be readable by the agent and every collaborator; point the two "
-                    "settings at separate folders")
+    assert line == (
+        f"OPENWORK_MICROSANDBOX_DATA_DIR={data} (from default) is inside the workspace folder "
+        f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from environment): the token store and "
+        "opencode's database would be readable by the agent and every collaborator; point the two "
+        "settings at separate folders"
+    )
 
 
 def test_a_symlinked_data_folder_into_the_workspace_is_seen_through(tmp_path):
@@ -114,8 +137,9 @@ def test_a_symlinked_data_folder_into_the_workspace_is_seen_through(tmp_path):
     (workspace / "inner").mkdir(parents=True)
     link = tmp_path / "data-link"
     link.symlink_to(workspace / "inner")
-    line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace),
-                   OPENWORK_MICROSANDBOX_DATA_DIR=str(link))
+    line = refused(
+        tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace), OPENWORK_MICROSANDBOX_DATA_DIR=str(link)
+    )
     assert line.startswith(f"OPENWORK_MICROSANDBOX_DATA_DIR={link} (from environment) is inside the workspace folder")
 
 
@@ -124,15 +148,19 @@ def test_a_folder_setting_that_is_a_file_names_that_setting(tmp_path, setting):
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
     line = refused(tmp_path, "up", **{setting: str(a_file)})
-    assert line == (f"{setting}={a_file} (from environment) is a file, not a folder; point {setting} at a folder, or "
-                    "move the file away")
+    assert line == (
+        f"{setting}={a_file} (from environment) is a file, not a folder; point {setting} at a folder, or "
+        "move the file away"
+    )
 
 
 def test_a_default_workspace_that_is_a_file_names_the_workspace_setting(tmp_path):
     workspace = in_state(tmp_path, "workspace", "x")
     line = refused(tmp_path, "up")
-    assert line == (f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from default) is a file, not a "
-                    "folder; point OPENWORK_MICROSANDBOX_WORKSPACE_DIR at a folder, or move the file away")
+    assert line == (
+        f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from default) is a file, not a "
+        "folder; point OPENWORK_MICROSANDBOX_WORKSPACE_DIR at a folder, or move the file away"
+    )
     assert "OPENWORK_STATE_DIR" not in line
 
 
@@ -140,44 +168,57 @@ def test_a_folder_below_a_file_names_the_file(tmp_path):
     a_file = tmp_path / "plain"
     a_file.write_text("x")
     line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_DATA_DIR=str(a_file / "data"))
-    assert line == (f"OPENWORK_MICROSANDBOX_DATA_DIR={a_file / 'data'} (from environment) cannot be a folder: {a_file} "
-                    "is a file; point OPENWORK_MICROSANDBOX_DATA_DIR at a folder, or move the file away")
+    assert line == (
+        f"OPENWORK_MICROSANDBOX_DATA_DIR={a_file / 'data'} (from environment) cannot be a folder: {a_file} "
+        "is a file; point OPENWORK_MICROSANDBOX_DATA_DIR at a folder, or move the file away"
+    )
 
 
-TOKENS_WAYS_OUT = ("move it aside (`mv {p} {p}.broken`) to have new tokens generated (clients configured with the old "
-                   "ones then need the new ones), or `invoke reset`")
+TOKENS_WAYS_OUT = (
+    "move it aside (`mv {p} {p}.broken`) to have new tokens generated (clients configured with the old "
+    "ones then need the new ones), or `invoke reset`"
+)
 RECORD_WAYS_OUT = "move it aside (`mv {p} {p}.broken`; the next `invoke up` writes a new one), or `invoke reset`"
 
 
 @pytest.mark.parametrize("task", ["up", "status", "smoke"])
 def test_a_tokens_json_that_does_not_parse_is_kept_and_named(tmp_path, task):
-    broken = in_state(tmp_path, "tokens.json", '{"token": "abc", "host_token": \n')  # cut short, as a full disk leaves it
+    broken = in_state(
+        tmp_path, "tokens.json", '{"token": "abc", "host_token": \n'
+    )  # cut short, as a full disk leaves it
     line = refused(tmp_path, task)
-    assert line == (f"{broken} does not parse (Expecting value at line 2 column 1); it is kept as it is: fix it, or "
-                    + TOKENS_WAYS_OUT.format(p=broken))
+    assert line == (
+        f"{broken} does not parse (Expecting value at line 2 column 1); it is kept as it is: fix it, or "
+        + TOKENS_WAYS_OUT.format(p=broken)
+    )
     assert broken.read_text() == '{"token": "abc", "host_token": \n'
 
 
 def test_a_tokens_json_that_is_not_an_object_is_refused(tmp_path):
     kept = in_state(tmp_path, "tokens.json", '["a", "b"]\n')
     line = refused(tmp_path, "up")
-    assert line == (f"{kept} does not parse (a JSON list, not an object); it is kept as it is: fix it, "
-                    "or " + TOKENS_WAYS_OUT.format(p=kept))
+    assert line == (
+        f"{kept} does not parse (a JSON list, not an object); it is kept as it is: fix it, "
+        "or " + TOKENS_WAYS_OUT.format(p=kept)
+    )
 
 
 @pytest.mark.parametrize("task", ["up", "status", "down"])
 def test_a_sandbox_json_that_does_not_parse_is_kept_and_named(tmp_path, task):
     record = in_state(tmp_path, "sandbox.json", "{not json")
     line = refused(tmp_path, task)
-    assert line == (f"{record} does not parse (Expecting property name enclosed in double quotes at line 1 column 2); "
-                    "it is kept as it is: fix it, or " + RECORD_WAYS_OUT.format(p=record))
+    assert line == (
+        f"{record} does not parse (Expecting property name enclosed in double quotes at line 1 column 2); "
+        "it is kept as it is: fix it, or " + RECORD_WAYS_OUT.format(p=record)
+    )
     assert record.read_text() == "{not json"
 
 
 def test_reset_is_a_way_out_of_a_broken_record(tmp_path):
     state = in_state(tmp_path, "sandbox.json", "{not json").parent
-    proc = invoke(tmp_path, "reset", "--yes", timeout=120, OPENWORK_MICROSANDBOX_NAME=NAME,
-                  OPENWORK_MICROSANDBOX_RUNTIME="docker")
+    proc = invoke(
+        tmp_path, "reset", "--yes", timeout=120, OPENWORK_MICROSANDBOX_NAME=NAME, OPENWORK_MICROSANDBOX_RUNTIME="docker"
+    )
     assert proc.returncode == 0, proc.stderr
     assert not state.exists()
 
@@ -191,8 +232,9 @@ def test_moving_the_broken_tokens_aside_gives_new_tokens(tmp_path):
     (state_dir / NAME).mkdir(parents=True)
     broken = state_dir / NAME / "tokens.json"
     broken.write_text("{")
-    settings = load_settings(environ={"OPENWORK_STATE_DIR": str(state_dir), "OPENWORK_MICROSANDBOX_NAME": NAME},
-                             root=tmp_path)
+    settings = load_settings(
+        environ={"OPENWORK_STATE_DIR": str(state_dir), "OPENWORK_MICROSANDBOX_NAME": NAME}, root=tmp_path
+    )
     os.rename(broken, str(broken) + ".broken")
     token, host_token = SandboxState(settings).tokens()
     assert token and host_token and token != host_token

@@ -14,9 +14,28 @@ from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 from tests.support.fake_runtime import FakeRuntime
 
 # the interface as base.py declares it: a new method there must be added here, and to every runtime
-INTERFACE = {"status", "create", "start", "restart_server", "machine_fault", "server_port", "keep_running", "stop",
-             "remove", "is_alive", "log_tail", "log_hint", "stream_logs", "exec", "created_home", "open_for_copy",
-             "copy_out", "digest", "platform", "describe"}
+INTERFACE = {
+    "status",
+    "create",
+    "start",
+    "restart_server",
+    "machine_fault",
+    "server_port",
+    "keep_running",
+    "stop",
+    "remove",
+    "is_alive",
+    "log_tail",
+    "log_hint",
+    "stream_logs",
+    "exec",
+    "created_home",
+    "open_for_copy",
+    "copy_out",
+    "digest",
+    "platform",
+    "describe",
+}
 
 
 def public_methods(cls) -> dict:

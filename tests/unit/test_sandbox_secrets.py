@@ -25,15 +25,26 @@ from openwork_sandbox.state import secrets as sandbox_secrets
 def settings(tmp_path, environ=None, dotenv="", **flags):
     env_file = tmp_path / "test.env"
     env_file.write_text(dotenv)
-    return load_settings(flags, environ={"OPENWORK_STATE_DIR": str(tmp_path / "state"), **(environ or {})},
-                         env_file=env_file, root=tmp_path)
+    return load_settings(
+        flags,
+        environ={"OPENWORK_STATE_DIR": str(tmp_path / "state"), **(environ or {})},
+        env_file=env_file,
+        root=tmp_path,
+    )
 
 
 # --- OPENWORK_SANDBOX_ENV ------------------------------------------------------------------------
 
+
 def test_names_are_parsed_trimmed_and_deduplicated(tmp_path):
-    s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": " ANTHROPIC_API_KEY, OPENAI_API_KEY,,ANTHROPIC_API_KEY ",
-                            "ANTHROPIC_API_KEY": "a-value", "OPENAI_API_KEY": "o-value"})
+    s = settings(
+        tmp_path,
+        {
+            "OPENWORK_SANDBOX_ENV": " ANTHROPIC_API_KEY, OPENAI_API_KEY,,ANTHROPIC_API_KEY ",
+            "ANTHROPIC_API_KEY": "a-value",
+            "OPENAI_API_KEY": "o-value",
+        },
+    )
     assert s.sandbox_env == ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
     assert s.sandbox_env_values == {"ANTHROPIC_API_KEY": "a-value", "OPENAI_API_KEY": "o-value"}
     assert s.public_dict()["OPENWORK_SANDBOX_ENV"] == "ANTHROPIC_API_KEY,OPENAI_API_KEY"
@@ -46,13 +57,16 @@ def test_unset_by_default(tmp_path):
     assert sandbox_secrets.gather(s).empty
 
 
-@pytest.mark.parametrize("raw, words", [
-    ("NOT-A-NAME", "'NOT-A-NAME' is not a variable name"),
-    ("1ABC", "'1ABC' is not a variable name"),
-    ("OPENWORK_TOKEN", "OPENWORK_TOKEN is set by the sandbox itself"),
-    ("GOOD,HOME", "HOME is set by the sandbox itself"),
-    ("OPENCODE_CONFIG", "OPENCODE_CONFIG is set by the sandbox itself"),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ("NOT-A-NAME", "'NOT-A-NAME' is not a variable name"),
+        ("1ABC", "'1ABC' is not a variable name"),
+        ("OPENWORK_TOKEN", "OPENWORK_TOKEN is set by the sandbox itself"),
+        ("GOOD,HOME", "HOME is set by the sandbox itself"),
+        ("OPENCODE_CONFIG", "OPENCODE_CONFIG is set by the sandbox itself"),
+    ],
+)
 def test_bad_names_are_one_line_naming_the_setting(tmp_path, raw, words):
     with pytest.raises(SettingsError) as caught:
         settings(tmp_path, {"OPENWORK_SANDBOX_ENV": raw})
@@ -62,8 +76,11 @@ def test_bad_names_are_one_line_naming_the_setting(tmp_path, raw, words):
 
 
 def test_values_come_from_the_environment_before_the_env_file(tmp_path):
-    s = settings(tmp_path, {"A_KEY": "from-environment"},
-                 dotenv="OPENWORK_SANDBOX_ENV=A_KEY,B_KEY\nA_KEY=from-file\nB_KEY=file-only\n")
+    s = settings(
+        tmp_path,
+        {"A_KEY": "from-environment"},
+        dotenv="OPENWORK_SANDBOX_ENV=A_KEY,B_KEY\nA_KEY=from-file\nB_KEY=file-only\n",
+    )
     assert s.sandbox_env_values == {"A_KEY": "from-environment", "B_KEY": "file-only"}
 
 
@@ -74,7 +91,8 @@ def test_an_unset_or_empty_variable_is_one_line_naming_it(tmp_path):
     assert caught.value.exit_code == 2
     assert caught.value.problems == [
         "UNSET_KEY and EMPTY_KEY are named in OPENWORK_SANDBOX_ENV (from environment) but are not set (or empty): "
-        "export it, add it to .env, or drop it from OPENWORK_SANDBOX_ENV"]
+        "export it, add it to .env, or drop it from OPENWORK_SANDBOX_ENV"
+    ]
 
 
 def test_a_bad_env_line_hides_a_secret_looking_value(tmp_path):
@@ -95,15 +113,19 @@ def test_github_actions_masks_every_value(tmp_path, monkeypatch, capsys):
 
 # --- the folder and its shell quoting ------------------------------------------------------------
 
-TRICKY = {"QUOTES": "it's \"quoted\" $(echo no) `echo no` $HOME \\ end", "LINES": "one\ntwo\n", "SPACE": " a b "}
+TRICKY = {"QUOTES": 'it\'s "quoted" $(echo no) `echo no` $HOME \\ end', "LINES": "one\ntwo\n", "SPACE": " a b "}
 
 
 def test_the_env_script_round_trips_through_sh(tmp_path):
     script = tmp_path / "sandbox.env"
     script.write_text(sandbox_secrets.SandboxSecrets(TRICKY).env_script())
     for name, value in TRICKY.items():  # the value is never on the command line: sh reads the file
-        proc = subprocess.run(["sh", "-c", f'. "$0"; printf %s "${name}"', str(script)], capture_output=True,
-                              text=True, env={"PATH": "/usr/bin:/bin"})
+        proc = subprocess.run(
+            ["sh", "-c", f'. "$0"; printf %s "${name}"', str(script)],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+        )
         assert proc.returncode == 0 and proc.stdout == value, (name, proc.stdout, proc.stderr)
 
 
@@ -132,15 +154,34 @@ def test_what_changed_is_named():
 
 
 def test_up_says_which_secret_setting_made_it_recreate():
-    seen = Observed(name="sb", kind="docker", recorded="docker", status=RuntimeStatus(RUNNING, fingerprint="old"),
-                    fingerprint="new", replace=False, health={"ok": True}, port_free=False,
-                    changed=("OPENWORK_SANDBOX_ENV (names or values)",))
+    seen = Observed(
+        name="sb",
+        kind="docker",
+        recorded="docker",
+        status=RuntimeStatus(RUNNING, fingerprint="old"),
+        fingerprint="new",
+        replace=False,
+        health={"ok": True},
+        port_free=False,
+        changed=("OPENWORK_SANDBOX_ENV (names or values)",),
+    )
     decision = decide_up(seen)
     assert decision.action == RECREATE
-    assert decision.reason == ("sb was created with another OPENWORK_SANDBOX_ENV (names or values): recreating it so "
-                               "the change takes effect (state folders kept)")
-    absent = Observed(name="sb", kind="docker", recorded=None, status=RuntimeStatus(ABSENT), fingerprint="new",
-                      replace=False, health=None, port_free=True, changed=("OPENWORK_OPENCODE_CONFIG",))
+    assert decision.reason == (
+        "sb was created with another OPENWORK_SANDBOX_ENV (names or values): recreating it so "
+        "the change takes effect (state folders kept)"
+    )
+    absent = Observed(
+        name="sb",
+        kind="docker",
+        recorded=None,
+        status=RuntimeStatus(ABSENT),
+        fingerprint="new",
+        replace=False,
+        health=None,
+        port_free=True,
+        changed=("OPENWORK_OPENCODE_CONFIG",),
+    )
     assert decide_up(absent).action == "create"
 
 
@@ -173,25 +214,31 @@ def test_the_microvm_mounts_the_folder_read_only(tmp_path):
 
 # --- OPENWORK_OPENCODE_CONFIG --------------------------------------------------------------------
 
+
 def test_a_jsonc_config_is_read_with_its_providers_and_model(tmp_path):
     path = tmp_path / "opencode.jsonc"
-    path.write_text('{\n  // comment, "with quotes"\n  "provider": {"standin": {"options": {"apiKey": "{env:S_KEY}",'
-                    ' "baseURL": "http://a/*not a comment*/"},},}, /* block */\n  "model": "standin/m",\n}\n')
+    path.write_text(
+        '{\n  // comment, "with quotes"\n  "provider": {"standin": {"options": {"apiKey": "{env:S_KEY}",'
+        ' "baseURL": "http://a/*not a comment*/"},},}, /* block */\n  "model": "standin/m",\n}\n'
+    )
     config = load(path)
     assert config.providers == ("standin",) and config.model == "standin/m"
     assert config.env_refs == ("S_KEY",) and config.base_urls() == {"standin": "http://a/*not a comment*/"}
     assert config.literal_keys() == ()
 
 
-@pytest.mark.parametrize("text, problem", [
-    ('{"model": "x/y",', "not valid JSON/JSONC at line 1, column"),
-    ("[1, 2]", "expected a JSON object at the top, got list"),
-    ('{"provider": []}', '"provider" must be an object of providers'),
-    ('{"provider": {"a": 1}}', '"provider.a" must be an object'),
-    ('{"model": "claude"}', '"model" must be written provider/model'),
-    ('{"disabled_providers": "openai"}', '"disabled_providers" must be a list of provider names'),
-    ("/* never closed", "a /* comment is never closed"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('{"model": "x/y",', "not valid JSON/JSONC at line 1, column"),
+        ("[1, 2]", "expected a JSON object at the top, got list"),
+        ('{"provider": []}', '"provider" must be an object of providers'),
+        ('{"provider": {"a": 1}}', '"provider.a" must be an object'),
+        ('{"model": "claude"}', '"model" must be written provider/model'),
+        ('{"disabled_providers": "openai"}', '"disabled_providers" must be a list of provider names'),
+        ("/* never closed", "a /* comment is never closed"),
+    ],
+)
 def test_a_bad_config_is_one_line_naming_the_file(tmp_path, text, problem):
     path = tmp_path / "bad.json"
     path.write_text(text)
@@ -205,18 +252,28 @@ def test_a_missing_config_stops_up_before_anything_starts(tmp_path):
     s = settings(tmp_path, {"OPENWORK_OPENCODE_CONFIG": str(tmp_path / "nope.json")})
     with pytest.raises(SettingsError) as caught:
         sandbox_secrets.gather(s)
-    assert caught.value.problems == [f"OPENWORK_OPENCODE_CONFIG={tmp_path / 'nope.json'} (from environment): no such "
-                                     "file; point it at opencode's config (JSON or JSONC)"]
+    assert caught.value.problems == [
+        f"OPENWORK_OPENCODE_CONFIG={tmp_path / 'nope.json'} (from environment): no such "
+        "file; point it at opencode's config (JSON or JSONC)"
+    ]
 
 
 def test_doctor_lists_providers_model_and_which_variables_are_set(tmp_path):
     from openwork_sandbox.sandbox.doctor import agent_summary, check_opencode_config, check_sandbox_env
 
     path = tmp_path / "c.json"
-    path.write_text('{"provider": {"local": {"options": {"baseURL": "http://127.0.0.1:11434/v1", '
-                    '"apiKey": "{env:LOCAL_KEY}"}}}, "model": "local/llama"}')
-    s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "LOCAL_KEY,OTHER_KEY", "LOCAL_KEY": "sk-doctor-secret",
-                            "OPENWORK_OPENCODE_CONFIG": str(path)})
+    path.write_text(
+        '{"provider": {"local": {"options": {"baseURL": "http://127.0.0.1:11434/v1", '
+        '"apiKey": "{env:LOCAL_KEY}"}}}, "model": "local/llama"}'
+    )
+    s = settings(
+        tmp_path,
+        {
+            "OPENWORK_SANDBOX_ENV": "LOCAL_KEY,OTHER_KEY",
+            "LOCAL_KEY": "sk-doctor-secret",
+            "OPENWORK_OPENCODE_CONFIG": str(path),
+        },
+    )
     env_check = check_sandbox_env(s)
     assert not env_check.ok and env_check.detail == "LOCAL_KEY set, OTHER_KEY UNSET"
     config_check = check_opencode_config(s, "microsandbox")
@@ -231,20 +288,46 @@ def test_doctor_lists_providers_model_and_which_variables_are_set(tmp_path):
 
 # --- opencode's reply, as the real opencode 1.17.11 wrote it -----------------------------------------
 
-USER = {"info": {"id": "msg_u", "role": "user", "time": {"created": 1796117924339}},
-        "parts": [{"type": "text", "text": "Say hello"}]}
-DONE = {"info": {"id": "msg_a", "parentID": "msg_u", "role": "assistant", "providerID": "standin",
-                 "modelID": "standin-model", "time": {"created": 1796117924525, "completed": 1796117925874}},
-        "parts": [{"type": "step-start"},
-                  {"type": "text", "text": "Hello from the stand-in provider. The sandbox's agent answered.",
-                   "time": {"start": 1796117924764, "end": 1796117924863}},
-                  {"type": "step-finish", "reason": "stop"}]}
-REFUSED = {"info": {"id": "msg_a", "parentID": "msg_u", "role": "assistant", "time": {"created": 1796117924525},
-                    "error": {"name": "APIError", "data": {"message": "Incorrect API key provided: sk-te****23",
-                                                           "statusCode": 401, "isRetryable": False}}},
-           "parts": []}
-OPEN = {"info": {"id": "msg_a", "parentID": "msg_u", "role": "assistant", "time": {"created": 1796117924525}},
-        "parts": []}
+USER = {
+    "info": {"id": "msg_u", "role": "user", "time": {"created": 1796117924339}},
+    "parts": [{"type": "text", "text": "Say hello"}],
+}
+DONE = {
+    "info": {
+        "id": "msg_a",
+        "parentID": "msg_u",
+        "role": "assistant",
+        "providerID": "standin",
+        "modelID": "standin-model",
+        "time": {"created": 1796117924525, "completed": 1796117925874},
+    },
+    "parts": [
+        {"type": "step-start"},
+        {
+            "type": "text",
+            "text": "Hello from the stand-in provider. The sandbox's agent answered.",
+            "time": {"start": 1796117924764, "end": 1796117924863},
+        },
+        {"type": "step-finish", "reason": "stop"},
+    ],
+}
+REFUSED = {
+    "info": {
+        "id": "msg_a",
+        "parentID": "msg_u",
+        "role": "assistant",
+        "time": {"created": 1796117924525},
+        "error": {
+            "name": "APIError",
+            "data": {"message": "Incorrect API key provided: sk-te****23", "statusCode": 401, "isRetryable": False},
+        },
+    },
+    "parts": [],
+}
+OPEN = {
+    "info": {"id": "msg_a", "parentID": "msg_u", "role": "assistant", "time": {"created": 1796117924525}},
+    "parts": [],
+}
 RETRY = {"ses_1": {"type": "retry", "attempt": 1, "message": "Rate limit reached for requests", "next": 1}}
 
 
@@ -265,12 +348,12 @@ def test_a_refusal_a_retry_and_a_reply_not_yet_begun():
 
 
 def test_errors_are_one_line_and_key_shaped_words_are_masked():
-    assert describe_error({"name": "ProviderAuthError", "data": {"message": "no\nkey"}}) == \
-        "no key (ProviderAuthError)"
+    assert describe_error({"name": "ProviderAuthError", "data": {"message": "no\nkey"}}) == "no key (ProviderAuthError)"
     assert scrub("Incorrect API key provided: sk-proj-abcdefghijkl") == "Incorrect API key provided: sk-****"
 
 
 # --- the prompt-answered check's own paths (a client stub that answers as opencode did) -------------
+
 
 class _Stub:
     """STAND-IN for OpenWorkClient's three calls the check makes, answering with literal opencode
@@ -305,13 +388,16 @@ def _run_check(stub, timeout=0.3):
     return R, prompt_answered
 
 
-@pytest.mark.parametrize("stub, words, aborted", [
-    (_Stub(), None, 0),
-    (_Stub(prompt_status=400), "POST /w/ws_1/opencode/session/ses_1/prompt_async answered 400, expected 204", 0),
-    (_Stub(messages=(USER, REFUSED)), "the provider refused: 401 Incorrect API key provided: sk-te****23", 0),
-    (_Stub(messages=(USER, OPEN), status=RETRY), "the provider failed and opencode is retrying: Rate limit", 1),
-    (_Stub(messages=(USER, OPEN)), "no complete reply within 0.3s (OPENWORK_PROMPT_TIMEOUT)", 1),
-])
+@pytest.mark.parametrize(
+    "stub, words, aborted",
+    [
+        (_Stub(), None, 0),
+        (_Stub(prompt_status=400), "POST /w/ws_1/opencode/session/ses_1/prompt_async answered 400, expected 204", 0),
+        (_Stub(messages=(USER, REFUSED)), "the provider refused: 401 Incorrect API key provided: sk-te****23", 0),
+        (_Stub(messages=(USER, OPEN), status=RETRY), "the provider failed and opencode is retrying: Rate limit", 1),
+        (_Stub(messages=(USER, OPEN)), "no complete reply within 0.3s (OPENWORK_PROMPT_TIMEOUT)", 1),
+    ],
+)
 def test_the_check_passes_fails_and_aborts_as_opencode_answers(stub, words, aborted):
     from openwork_sandbox.smoke.checks import CheckFailed
 
@@ -338,18 +424,23 @@ def test_invoke_up_stops_with_one_line_before_anything_starts(tmp_path):
     bad = tmp_path / "bad.jsonc"
     bad.write_text('{"model": "no-slash"}')
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
-    env.update(OPENWORK_STATE_DIR=str(tmp_path / "state"), OPENWORK_MICROSANDBOX_RUNTIME="docker",
-               OPENWORK_SANDBOX_ENV="NOT_SET_ANYWHERE_KEY")
+    env.update(
+        OPENWORK_STATE_DIR=str(tmp_path / "state"),
+        OPENWORK_MICROSANDBOX_RUNTIME="docker",
+        OPENWORK_SANDBOX_ENV="NOT_SET_ANYWHERE_KEY",
+    )
     (tmp_path / "empty.env").write_text("")
     argv = [sys.executable, "-m", "invoke", "up", "--env-file", str(tmp_path / "empty.env")]
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "NOT_SET_ANYWHERE_KEY is named in OPENWORK_SANDBOX_ENV (from environment) but is not set (or empty): "
-        "export it, add it to .env, or drop it from OPENWORK_SANDBOX_ENV"]
+        "export it, add it to .env, or drop it from OPENWORK_SANDBOX_ENV"
+    ]
     env.update(OPENWORK_SANDBOX_ENV="", OPENWORK_OPENCODE_CONFIG=str(bad))
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f'OPENWORK_OPENCODE_CONFIG={bad} (from environment): "model" must be written provider/model, '
-        'e.g. "anthropic/claude-sonnet-4-5"'], proc.stderr
+        'e.g. "anthropic/claude-sonnet-4-5"'
+    ], proc.stderr
     assert not (tmp_path / "state").exists()

@@ -31,6 +31,7 @@ def problems(tmp_path, **kwargs) -> list[str]:
 
 # --- precedence -----------------------------------------------------------------------------
 
+
 def test_defaults(tmp_path):
     s = load(tmp_path)
     assert s.image == DEFAULT_IMAGE
@@ -107,6 +108,7 @@ def test_settings_are_immutable(tmp_path):
 
 # --- validation: one line per problem, naming setting, value, origin and what is accepted ------
 
+
 @pytest.mark.parametrize("value", ["ten", "0", "65536", "-1", "80.5"])
 def test_bad_port(tmp_path, value):
     assert problems(tmp_path, dotenv=f"OPENWORK_MICROSANDBOX_PORT={value}\n") == [
@@ -124,9 +126,15 @@ def test_port_bounds_accepted(tmp_path):
     [
         ("", "expected a name of letters, digits, '_', '.', '-', e.g. openwork-microsandbox"),
         ("a" * 129, "expected at most 128 bytes (microsandbox and Docker reject longer names)"),
-        ("has space", "expected letters, digits, '_', '.', '-' starting with a letter or digit, e.g. openwork-microsandbox"),
+        (
+            "has space",
+            "expected letters, digits, '_', '.', '-' starting with a letter or digit, e.g. openwork-microsandbox",
+        ),
         ("a/b", "expected letters, digits, '_', '.', '-' starting with a letter or digit, e.g. openwork-microsandbox"),
-        ("-lead", "expected letters, digits, '_', '.', '-' starting with a letter or digit, e.g. openwork-microsandbox"),
+        (
+            "-lead",
+            "expected letters, digits, '_', '.', '-' starting with a letter or digit, e.g. openwork-microsandbox",
+        ),
         ("é", "expected letters, digits, '_', '.', '-' starting with a letter or digit, e.g. openwork-microsandbox"),
     ],
 )
@@ -147,7 +155,9 @@ def test_name_of_128_bytes_is_fine(tmp_path):
     assert load(tmp_path, env={"OPENWORK_MICROSANDBOX_NAME": "a" * 128}).name == "a" * 128
 
 
-@pytest.mark.parametrize("value", ["UPPER/case:tag", "registry:5000/", "repo:tag:extra", "repo@sha256:short", "has space"])
+@pytest.mark.parametrize(
+    "value", ["UPPER/case:tag", "registry:5000/", "repo:tag:extra", "repo@sha256:short", "has space"]
+)
 def test_bad_image(tmp_path, value):
     assert problems(tmp_path, flags={"image": value}) == [
         f'OPENWORK_MICROSANDBOX_IMAGE="{value}" (from flag --image): '
@@ -187,8 +197,19 @@ def test_bad_boolean(tmp_path, value):
     ]
 
 
-@pytest.mark.parametrize("value, expected", [("1", True), ("TRUE", True), ("yes", True), ("on", True),
-                                             ("0", False), ("False", False), ("no", False), ("off", False)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("1", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("on", True),
+        ("0", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
 def test_boolean_spellings(tmp_path, value, expected):
     assert load(tmp_path, env={"OPENWORK_MICROSANDBOX_REPLACE": value}).replace is expected
 
@@ -203,7 +224,9 @@ def test_empty_token(tmp_path):
 def test_token_with_whitespace_is_refused_and_never_shown(tmp_path):
     secret = "super secret token value"
     lines = problems(tmp_path, env={"OPENWORK_HOST_TOKEN": secret})
-    assert lines == ['OPENWORK_HOST_TOKEN="supe…(24 chars)" (from environment): contains whitespace: a token must be one word']
+    assert lines == [
+        'OPENWORK_HOST_TOKEN="supe…(24 chars)" (from environment): contains whitespace: a token must be one word'
+    ]
     assert secret not in "\n".join(lines)
 
 
@@ -218,29 +241,40 @@ def test_unparseable_secret_line_hides_value(tmp_path):
 
 
 def test_a_secret_whose_quote_never_closes_hides_the_lines_after_it_too(tmp_path):
-    lines = problems(tmp_path, dotenv='OPENWORK_TOKEN="first-half-of-it\nsecond half of it\nthis is not a setting\n'
-                                      "OPENWORK_MICROSANDBOX_NAME=box\nnor is this\n")
+    lines = problems(
+        tmp_path,
+        dotenv='OPENWORK_TOKEN="first-half-of-it\nsecond half of it\nthis is not a setting\n'
+        "OPENWORK_MICROSANDBOX_NAME=box\nnor is this\n",
+    )
     text = "\n".join(lines)
     assert "first-half" not in text and "second half" not in text
-    assert lines[:3] == [f"{tmp_path}/.env:1: cannot parse 'OPENWORK_TOKEN=…': expected NAME=value",
-                         f"{tmp_path}/.env:2: cannot parse '…': expected NAME=value",
-                         f"{tmp_path}/.env:3: cannot parse '…': expected NAME=value"]
+    assert lines[:3] == [
+        f"{tmp_path}/.env:1: cannot parse 'OPENWORK_TOKEN=…': expected NAME=value",
+        f"{tmp_path}/.env:2: cannot parse '…': expected NAME=value",
+        f"{tmp_path}/.env:3: cannot parse '…': expected NAME=value",
+    ]
     # a line that parses ends the hiding: later bad lines are shown again
     assert f"{tmp_path}/.env:5: cannot parse 'nor is this': expected NAME=value" in lines
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("OPENWORK_TOKEN secret-abcdef-123456\n", "OPENWORK_TOKEN …"),  # a space typed for the '='
-    ("export OPENWORK_REGISTRY_PASSWORD: hunter2-very-secret\n", "OPENWORK_REGISTRY_PASSWORD …"),
-    ('OPENWORK_HOST_TOKEN = "never closed\n', "OPENWORK_HOST_TOKEN=…"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("OPENWORK_TOKEN secret-abcdef-123456\n", "OPENWORK_TOKEN …"),  # a space typed for the '='
+        ("export OPENWORK_REGISTRY_PASSWORD: hunter2-very-secret\n", "OPENWORK_REGISTRY_PASSWORD …"),
+        ('OPENWORK_HOST_TOKEN = "never closed\n', "OPENWORK_HOST_TOKEN=…"),
+    ],
+)
 def test_unparseable_secret_line_without_its_equals_sign_hides_value_too(tmp_path, text, shown):
     assert problems(tmp_path, dotenv=text) == [f"{tmp_path}/.env:1: cannot parse {shown!r}: expected NAME=value"]
 
 
 def test_dotenv_with_export_quotes_and_comments_is_fine(tmp_path):
-    s = load(tmp_path, dotenv='export OPENWORK_MICROSANDBOX_NAME="quoted-name"  # a comment\n'
-                              "OPENWORK_MICROSANDBOX_PORT='9999'\n\n# end\n")
+    s = load(
+        tmp_path,
+        dotenv='export OPENWORK_MICROSANDBOX_NAME="quoted-name"  # a comment\n'
+        "OPENWORK_MICROSANDBOX_PORT='9999'\n\n# end\n",
+    )
     assert (s.name, s.port) == ("quoted-name", 9999)
 
 
@@ -251,13 +285,20 @@ def test_misspelled_key_suggests_the_closest_name(tmp_path):
 
 
 def test_every_problem_collected_in_one_error(tmp_path):
-    lines = problems(tmp_path, env={"OPENWORK_MICROSANDBOX_PORT": "x", "OPENWORK_MICROSANDBOX_RUNTIME": "podman",
-                                    "OPENWORK_MICROSANDBOX_CPUS": "0", "OPENWORK_MICROSANDBOX_MEMORY": "lots"})
+    lines = problems(
+        tmp_path,
+        env={
+            "OPENWORK_MICROSANDBOX_PORT": "x",
+            "OPENWORK_MICROSANDBOX_RUNTIME": "podman",
+            "OPENWORK_MICROSANDBOX_CPUS": "0",
+            "OPENWORK_MICROSANDBOX_MEMORY": "lots",
+        },
+    )
     assert lines == [
         'OPENWORK_MICROSANDBOX_PORT="x" (from environment): expected a port 1-65535, e.g. 8787',
         'OPENWORK_MICROSANDBOX_RUNTIME="podman" (from environment): expected one of auto|microsandbox|docker',
         'OPENWORK_MICROSANDBOX_CPUS="0" (from environment): expected a number of CPUs from 0.1 to 64, e.g. 2, or 0.5 '
-        'for half a core (Docker)',
+        "for half a core (Docker)",
         'OPENWORK_MICROSANDBOX_MEMORY="lots" (from environment): expected a whole number 256-262144 MiB, e.g. 2048',
     ]
 
@@ -269,8 +310,10 @@ def test_cpus_take_a_fraction_of_a_core_and_keep_whole_numbers_whole(tmp_path):
     assert isinstance(load(tmp_path, env={"OPENWORK_MICROSANDBOX_CPUS": "3.0"}).cpus, int)
     for bad in ("0.05", "65", "0.125", "half", "-1"):
         lines = problems(tmp_path, env={"OPENWORK_MICROSANDBOX_CPUS": bad})
-        assert lines == [f'OPENWORK_MICROSANDBOX_CPUS="{bad}" (from environment): expected a number of CPUs from 0.1 '
-                         'to 64, e.g. 2, or 0.5 for half a core (Docker)'], bad
+        assert lines == [
+            f'OPENWORK_MICROSANDBOX_CPUS="{bad}" (from environment): expected a number of CPUs from 0.1 '
+            "to 64, e.g. 2, or 0.5 for half a core (Docker)"
+        ], bad
 
 
 @pytest.mark.parametrize("value", ["http://host", "host:80", "a b", ""])
@@ -303,11 +346,17 @@ def test_public_dict_masks_secrets(tmp_path):
 
 # --- the task boundary: bad settings exit 2 with one line each, no traceback ------------------
 
+
 def test_task_exits_2_without_traceback(tmp_path):
-    env = {"PATH": __import__("os").environ["PATH"], "HOME": str(tmp_path),
-           "OPENWORK_MICROSANDBOX_PORT": "ten", "OPENWORK_MICROSANDBOX_NAME": "bad name"}
-    proc = subprocess.run([sys.executable, "-m", "invoke", "doctor"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": __import__("os").environ["PATH"],
+        "HOME": str(tmp_path),
+        "OPENWORK_MICROSANDBOX_PORT": "ten",
+        "OPENWORK_MICROSANDBOX_NAME": "bad name",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "doctor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -318,6 +367,7 @@ def test_task_exits_2_without_traceback(tmp_path):
 
 
 # --- .env.example and the code agree, both ways ----------------------------------------------
+
 
 def _example_keys() -> list[str]:
     text = (ROOT / ".env.example").read_text()
@@ -361,7 +411,10 @@ def test_no_module_reads_openwork_settings_outside_settings_py():
 
 # --- one duration rule: settings and `logs --since` -------------------------------------------------
 
-@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("2m", 120.0), (" 1.5h ", 5400.0), ("1d", 86400.0)])
+
+@pytest.mark.parametrize(
+    "text, seconds", [("90", 90.0), ("90s", 90.0), ("2m", 120.0), (" 1.5h ", 5400.0), ("1d", 86400.0)]
+)
 def test_durations_are_read_one_way_everywhere(tmp_path, text, seconds):
     from openwork_sandbox.sandbox.logs import parse_since
 
@@ -373,21 +426,27 @@ def test_durations_are_read_one_way_everywhere(tmp_path, text, seconds):
 @pytest.mark.parametrize("text", ["2 minutes", "0", "-5", "2d", "m"])
 def test_bad_durations_name_the_setting(tmp_path, text):
     lines = problems(tmp_path, env={"OPENWORK_HEALTH_TIMEOUT": text})
-    assert lines == [f'OPENWORK_HEALTH_TIMEOUT="{text}" (from environment): expected a duration above 0 and at most '
-                     "a day: seconds, or a number with s, m, h or d, e.g. 90, 90s or 2m"]
+    assert lines == [
+        f'OPENWORK_HEALTH_TIMEOUT="{text}" (from environment): expected a duration above 0 and at most '
+        "a day: seconds, or a number with s, m, h or d, e.g. 90, 90s or 2m"
+    ]
 
 
 # --- the .env scan (python-dotenv's grammar, without its private parser) ---------------------------
 
-@pytest.mark.parametrize("text, bad, numbers", [
-    ('# c\nexport A="x y"  # note\nB=\'z\'\n\nC=plain # c\nD\n', [], {"A": 2, "B": 3, "C": 5, "D": 6}),
-    ('M="line1\nline2"\nN=2\n', [], {"M": 1, "N": 3}),
-    ('A="say \\"hi\\""\nB=1\n', [], {"A": 1, "B": 2}),
-    ("A=1\nthis is not a setting\nB=2\n", [2], {"A": 1, "B": 3}),
-    ('A="x" junk\n=value\n', [1, 2], {}),
-    ('Q="never closed\nX=1\n', [1], {"X": 2}),
-    ('A=\'x\'\r\nB="y" # c\r\nC\r\nD=1\r\n', [], {"A": 1, "B": 2, "C": 3, "D": 4}),  # CRLF (Windows) line ends
-])
+
+@pytest.mark.parametrize(
+    "text, bad, numbers",
+    [
+        ("# c\nexport A=\"x y\"  # note\nB='z'\n\nC=plain # c\nD\n", [], {"A": 2, "B": 3, "C": 5, "D": 6}),
+        ('M="line1\nline2"\nN=2\n', [], {"M": 1, "N": 3}),
+        ('A="say \\"hi\\""\nB=1\n', [], {"A": 1, "B": 2}),
+        ("A=1\nthis is not a setting\nB=2\n", [2], {"A": 1, "B": 3}),
+        ('A="x" junk\n=value\n', [1, 2], {}),
+        ('Q="never closed\nX=1\n', [1], {"X": 2}),
+        ("A='x'\r\nB=\"y\" # c\r\nC\r\nD=1\r\n", [], {"A": 1, "B": 2, "C": 3, "D": 4}),  # CRLF (Windows) line ends
+    ],
+)
 def test_dotenv_scan(text, bad, numbers):
     from openwork_sandbox.config.env_file import parse_dotenv
 
@@ -404,13 +463,26 @@ def test_settings_does_not_import_private_dotenv_modules():
 
 # --- one version parser ---------------------------------------------------------------------------
 
+
 def test_npm_versions_are_ordered_like_semver():
     from openwork_sandbox.core.versions import npm_version, npm_version_key
 
     listed = ["1.10.0", "1.2.3", "1.2.3-beta.10", "junk", "1.2.3-beta.2", "0.18.1", "1.2.3-alpha"]
-    assert sorted(listed, key=npm_version_key) == ["junk", "0.18.1", "1.2.3-alpha", "1.2.3-beta.2", "1.2.3-beta.10",
-                                                   "1.2.3", "1.10.0"]
-    assert [npm_version(v) for v in ("v1.2.3", "1.0.0-next.3", "1.2", "1.2.3.4")] == ["1.2.3", "1.0.0-next.3", None, None]
+    assert sorted(listed, key=npm_version_key) == [
+        "junk",
+        "0.18.1",
+        "1.2.3-alpha",
+        "1.2.3-beta.2",
+        "1.2.3-beta.10",
+        "1.2.3",
+        "1.10.0",
+    ]
+    assert [npm_version(v) for v in ("v1.2.3", "1.0.0-next.3", "1.2", "1.2.3.4")] == [
+        "1.2.3",
+        "1.0.0-next.3",
+        None,
+        None,
+    ]
 
 
 def test_python_package_minimums_compare_by_pep440():

@@ -29,8 +29,13 @@ HTTP_CHECKS = [c for c in CHECKS if c not in OPT_IN]
 
 
 def settings_for(tmp_path, **flags):
-    values = {"token": TOKEN, "host_token": HOST_TOKEN, "request_timeout": "1", "health_timeout": "1.5",
-              "state_dir": str(tmp_path / "state")}
+    values = {
+        "token": TOKEN,
+        "host_token": HOST_TOKEN,
+        "request_timeout": "1",
+        "health_timeout": "1.5",
+        "state_dir": str(tmp_path / "state"),
+    }
     values.update(flags)
     return load_settings(values, environ={}, root=tmp_path)
 
@@ -57,17 +62,21 @@ def dependents(check):
 
 # --- the pure parts -------------------------------------------------------------------------------
 
+
 def test_workspace_id_rule():
     assert workspace_id("/workspace") == "ws_c52ddf65534b"
 
 
-@pytest.mark.parametrize("base, expected", [
-    ("http://127.0.0.1:8787", "http://127.0.0.1:8787/health"),
-    ("http://127.0.0.1:8787/", "http://127.0.0.1:8787/health"),
-    ("http://h:1/api", "http://h:1/api/health"),
-    ("http://h:1/api/", "http://h:1/api/health"),
-    ("http://[::1]:8787", "http://[::1]:8787/health"),
-])
+@pytest.mark.parametrize(
+    "base, expected",
+    [
+        ("http://127.0.0.1:8787", "http://127.0.0.1:8787/health"),
+        ("http://127.0.0.1:8787/", "http://127.0.0.1:8787/health"),
+        ("http://h:1/api", "http://h:1/api/health"),
+        ("http://h:1/api/", "http://h:1/api/health"),
+        ("http://[::1]:8787", "http://[::1]:8787/health"),
+    ],
+)
 def test_join_url(base, expected):
     assert join_url(base, "/health") == expected
     assert join_url(base, "/x?limit=10").endswith("/x?limit=10")
@@ -75,12 +84,16 @@ def test_join_url(base, expected):
 
 # --- against the double ---------------------------------------------------------------------------
 
+
 def test_good_server_passes_every_check(tmp_path, capsys):
     with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN) as srv:
         code, report, err = smoke_json(capsys, settings_for(tmp_path), srv.url)
     assert code == 0, err
-    assert results(report) == {**{c: "passed" for c in HTTP_CHECKS}, "persistence": "skipped",
-                               "prompt-answered": "skipped"}
+    assert results(report) == {
+        **{c: "passed" for c in HTTP_CHECKS},
+        "persistence": "skipped",
+        "prompt-answered": "skipped",
+    }
     skipped = {c["name"]: c["message"] for c in report["checks"] if c["result"] == "skipped"}
     assert skipped["prompt-answered"] == "not requested (--prompt TEXT)"
     assert report["ok"] is True and report["exit_code"] == 0
@@ -171,8 +184,7 @@ def test_wrong_client_token_names_the_setting(tmp_path, capsys):
 
 
 def test_missing_host_token_skips_host_check(tmp_path, capsys):
-    settings = load_settings({"token": TOKEN, "request_timeout": "1", "health_timeout": "1"}, environ={},
-                             root=tmp_path)
+    settings = load_settings({"token": TOKEN, "request_timeout": "1", "health_timeout": "1"}, environ={}, root=tmp_path)
     with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN) as srv:
         code, report, _ = smoke_json(capsys, settings, srv.url)
     assert code == 0
@@ -227,11 +239,13 @@ def test_server_dies_mid_run(tmp_path, capsys, check):
     assert code == 1, err
     got = results(report)
     assert [n for n, r in got.items() if r == "failed"] == [check]
-    later = list(CHECKS)[list(CHECKS).index(check) + 1:]
+    later = list(CHECKS)[list(CHECKS).index(check) + 1 :]
     for name in later:
         assert got[name] == "skipped"
-        assert next(c["message"] for c in report["checks"] if c["name"] == name) == \
-            f"the server stopped answering during {check}"
+        assert (
+            next(c["message"] for c in report["checks"] if c["name"] == name)
+            == f"the server stopped answering during {check}"
+        )
     assert "stopped answering" in next(c["message"] for c in report["checks"] if c["name"] == check)
 
 
@@ -306,11 +320,14 @@ def test_secret_json_values_are_masked():
     assert "opencode-secret-value-123" not in text and TOKEN not in text
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"url": "ftp://x", "ephemeral": False}, "expected an http(s) URL"),
-    ({"url": "http://127.0.0.1:1", "ephemeral": True}, "drop --url"),
-    ({"url": "http://127.0.0.1:1", "persistence": True}, "needs a local sandbox"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"url": "ftp://x", "ephemeral": False}, "expected an http(s) URL"),
+        ({"url": "http://127.0.0.1:1", "ephemeral": True}, "drop --url"),
+        ({"url": "http://127.0.0.1:1", "persistence": True}, "needs a local sandbox"),
+    ],
+)
 def test_bad_usage_is_a_settings_error(tmp_path, kwargs, fragment):
     from openwork_sandbox.core.errors import SettingsError
 
@@ -325,8 +342,7 @@ def test_ephemeral_bad_settings_are_exit_2_and_leave_nothing(tmp_path):
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.sandbox.up import up
 
-    settings = settings_for(tmp_path, connect_host="0.0.0.0", token="short", host_token="also-short",
-                            runtime="docker")
+    settings = settings_for(tmp_path, connect_host="0.0.0.0", token="short", host_token="also-short", runtime="docker")
     with pytest.raises(WorkflowError) as info:
         run_smoke(settings, ephemeral=True, boot=up)
     assert info.value.exit_code == 2 and "OPENWORK_TOKEN" in info.value.message
@@ -337,14 +353,20 @@ def test_ephemeral_bad_settings_are_exit_2_and_leave_nothing(tmp_path):
 def _invoke(*args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENWORK")}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "invoke", "smoke", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "smoke", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_task_exit_codes_through_invoke(tmp_path):
     """The real task: 0 against a good server, 3 with nothing listening, 2 for bad usage, no traceback."""
-    env = {"OPENWORK_TOKEN": TOKEN, "OPENWORK_HOST_TOKEN": HOST_TOKEN, "OPENWORK_REQUEST_TIMEOUT": "1",
-           "OPENWORK_HEALTH_TIMEOUT": "0.5", "OPENWORK_ENV_FILE": str(tmp_path / "none.env")}
+    env = {
+        "OPENWORK_TOKEN": TOKEN,
+        "OPENWORK_HOST_TOKEN": HOST_TOKEN,
+        "OPENWORK_REQUEST_TIMEOUT": "1",
+        "OPENWORK_HEALTH_TIMEOUT": "0.5",
+        "OPENWORK_ENV_FILE": str(tmp_path / "none.env"),
+    }
     (tmp_path / "none.env").write_text("")
     with OpenWorkDouble(token=TOKEN, host_token=HOST_TOKEN) as srv:
         ok = _invoke("--url", srv.url, "--json", env_extra=env)
@@ -360,18 +382,29 @@ def test_task_exit_codes_through_invoke(tmp_path):
 
 # --- the checks are declared once -------------------------------------------------------------------
 
+
 def test_declarations_feed_the_runner_the_doc_and_the_help():
     from openwork_sandbox.smoke import checks as smoke_checks
     from openwork_sandbox.smoke import runner as smoke
 
-    assert CHECKS == ("health", "auth-required", "auth-accepted", "host-token", "session-create", "session-read",
-                      "messages-read", "prompt-answered", "persistence")
+    assert CHECKS == (
+        "health",
+        "auth-required",
+        "auth-accepted",
+        "host-token",
+        "session-create",
+        "session-read",
+        "messages-read",
+        "prompt-answered",
+        "persistence",
+    )
     assert PREREQUISITES["session-read"] == ("session-create",) and PREREQUISITES["health"] == ()
     assert [c.name for c in smoke_checks.DECLARED if c.readiness] == ["health"]
     for c in smoke_checks.DECLARED:
         assert f"{c.name}  " in smoke.__doc__ and c.proves in smoke.__doc__
-    listing = subprocess.run([sys.executable, "-m", "invoke", "--help", "smoke"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "invoke", "--help", "smoke"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert re.search(r"session-create +POST /w/<id>/opencode/session", listing.stdout), listing.stdout
 
 

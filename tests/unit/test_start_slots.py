@@ -54,11 +54,18 @@ def test_a_killed_up_never_keeps_its_slot(tmp_path):
     from openwork_sandbox.sandbox.start_slots import start_slot
 
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from openwork_sandbox.sandbox.start_slots import start_slot\n"
-         f"with start_slot(1, 'held', folder=Path({str(tmp_path)!r})):\n"
-         "    print('in', flush=True); time.sleep(60)\n"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from openwork_sandbox.sandbox.start_slots import start_slot\n"
+            f"with start_slot(1, 'held', folder=Path({str(tmp_path)!r})):\n"
+            "    print('in', flush=True); time.sleep(60)\n",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "in"
         assert "held" in (tmp_path / "slot-0.lock").read_text()

@@ -51,6 +51,7 @@ def tokens(settings) -> dict:
 
 # --- the decision table, one row each -------------------------------------------------------------------
 
+
 def test_create_boots_a_new_sandbox_records_it_and_reports_it(engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     done = up_json(settings, capsys)
@@ -63,14 +64,25 @@ def test_create_boots_a_new_sandbox_records_it_and_reports_it(engine, tmp_path, 
     kept = tokens(settings)
     assert spec.env["OPENWORK_TOKEN"] == kept["token"] and spec.env["OPENWORK_HOST_TOKEN"] == kept["host_token"]
     assert {k: done[k] for k in ("name", "runtime", "action", "url", "workspace_id", "image", "server_version")} == {
-        "name": NAME, "runtime": "docker", "action": "created", "url": url, "workspace_id": WS_ID, "image": IMAGE,
-        "server_version": "0.0.0-fake"}
+        "name": NAME,
+        "runtime": "docker",
+        "action": "created",
+        "url": url,
+        "workspace_id": WS_ID,
+        "image": IMAGE,
+        "server_version": "0.0.0-fake",
+    }
     assert done["token"] == f"{kept['token'][:4]}…({len(kept['token'])} chars)"  # masked
     assert kept["token"] not in done["stderr"] and kept["host_token"] not in json.dumps(done)
     assert done["state_dir"] == str(tmp_path / "state" / NAME)
     saved = record(settings)
     assert {k: saved[k] for k in ("runtime", "image", "port", "url", "workspace_id")} == {
-        "runtime": "docker", "image": IMAGE, "port": settings.port, "url": url, "workspace_id": WS_ID}
+        "runtime": "docker",
+        "image": IMAGE,
+        "port": settings.port,
+        "url": url,
+        "workspace_id": WS_ID,
+    }
     assert saved["fingerprint"] == spec.fingerprint and saved["healthy_at"] >= saved["created_at"]
     assert oct(os.stat(settings.sandbox_state_dir / "tokens.json").st_mode & 0o777) == "0o600"
     # the /workspaces check: refused without the client token, answered with it
@@ -117,8 +129,10 @@ def test_recreate_with_replace_keeps_the_state_folder_and_its_tokens(engine, tmp
     settings = flow_settings(tmp_path)
     up(settings)
     kept = tokens(settings)
-    done = up_json(flow_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port),
-                                 OPENWORK_MICROSANDBOX_REPLACE="true"), capsys)
+    done = up_json(
+        flow_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port), OPENWORK_MICROSANDBOX_REPLACE="true"),
+        capsys,
+    )
     fake = docker_fake(engine, settings)
     assert done["action"] == "recreated"
     assert "replacing fake-sb (--replace); state folders are kept" in done["stderr"]
@@ -135,8 +149,10 @@ def test_recreate_when_the_settings_changed(engine, tmp_path, capsys):
     done = up_json(changed, capsys)
     fake = docker_fake(engine, settings)
     assert done["action"] == "recreated"
-    assert ("fake-sb was created with another image or settings: recreating it so the change takes effect "
-            "(state folders kept)") in done["stderr"]
+    assert (
+        "fake-sb was created with another image or settings: recreating it so the change takes effect "
+        "(state folders kept)"
+    ) in done["stderr"]
     assert fake.actions()[-3:] == ["remove", "create", "keep_running"]
     assert fake.spec.cpus == 1 and record(settings)["fingerprint"] == fake.spec.fingerprint != first
 
@@ -144,8 +160,9 @@ def test_recreate_when_the_settings_changed(engine, tmp_path, capsys):
 def test_recreate_names_the_secret_setting_that_changed(engine, tmp_path, capsys):
     settings = flow_settings(tmp_path, OPENWORK_SANDBOX_ENV="FAKE_KEY", FAKE_KEY="one")
     up(settings)
-    again = flow_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port), OPENWORK_SANDBOX_ENV="FAKE_KEY",
-                          FAKE_KEY="two")
+    again = flow_settings(
+        tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port), OPENWORK_SANDBOX_ENV="FAKE_KEY", FAKE_KEY="two"
+    )
     done = up_json(again, capsys)
     assert done["action"] == "recreated"
     assert "fake-sb was created with another OPENWORK_SANDBOX_ENV (names or values): recreating it" in done["stderr"]
@@ -209,13 +226,16 @@ def test_a_port_taken_while_the_sandbox_was_stopped_fails_before_it_is_started(e
 
 # --- the start watch's ways out ----------------------------------------------------------------------------
 
+
 def test_a_stalled_start_is_restarted(engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     docker_fake(engine, settings).boots = ["stall", "healthy"]
     done = up_json(settings, capsys)
     assert done["action"] == "created"
-    assert ("the server made no progress for 0s (last line: [opencode] opencode server listening); restarting it, "
-            "start 2 of 3") in done["stderr"]
+    assert (
+        "the server made no progress for 0s (last line: [opencode] opencode server listening); restarting it, "
+        "start 2 of 3"
+    ) in done["stderr"]
     assert docker_fake(engine, settings).actions() == ["create", "restart_server", "keep_running"]
 
 
@@ -233,8 +253,10 @@ def test_a_server_that_dies_early_is_started_again(engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     docker_fake(engine, settings).boots = ["die", "healthy"]
     done = up_json(settings, capsys)
-    assert ("the server exited during start-up (last line: [openwork-orchestrator] ERROR Run failed); start 2 of 3"
-            in done["stderr"])
+    assert (
+        "the server exited during start-up (last line: [openwork-orchestrator] ERROR Run failed); start 2 of 3"
+        in done["stderr"]
+    )
     assert docker_fake(engine, settings).actions() == ["create", "restart_server", "keep_running"]
 
 
@@ -242,8 +264,10 @@ def test_a_machine_fault_boots_the_machine_again(engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     docker_fake(engine, settings).boots = ["machine_fault", "healthy"]
     done = up_json(settings, capsys)
-    assert ("the fake machine itself stopped (KVM_EXIT_SHUTDOWN) during start-up; starting it again, start 2 of 3"
-            in done["stderr"])
+    assert (
+        "the fake machine itself stopped (KVM_EXIT_SHUTDOWN) during start-up; starting it again, start 2 of 3"
+        in done["stderr"]
+    )
     assert done["action"] == "created"
 
 
@@ -266,10 +290,12 @@ def test_no_avx_ends_at_once_in_one_line(engine, tmp_path):
     fake.boots = ["no_avx"]
     with pytest.raises(WorkflowError) as err:
         up(settings)
-    assert err.value.message == ("this CPU has no AVX: openwork-orchestrator 0.18.1 cannot run here; run it on a host "
-                                 "whose CPU has AVX (a microVM gets its host's CPU features; one nested in an emulated "
-                                 "host gets none), or bake an orchestrator built for Bun's baseline target with "
-                                 "OPENWORK_ORCHESTRATOR_BIN_PATH (Bun's crash report: the fake log of fake-sb)")
+    assert err.value.message == (
+        "this CPU has no AVX: openwork-orchestrator 0.18.1 cannot run here; run it on a host "
+        "whose CPU has AVX (a microVM gets its host's CPU features; one nested in an emulated "
+        "host gets none), or bake an orchestrator built for Bun's baseline target with "
+        "OPENWORK_ORCHESTRATOR_BIN_PATH (Bun's crash report: the fake log of fake-sb)"
+    )
     assert fake.actions() == ["create"]
 
 
@@ -279,7 +305,8 @@ def test_a_data_folder_the_sandbox_cannot_write_is_named(engine, tmp_path):
     with pytest.raises(WorkflowError) as err:
         up(settings)
     assert err.value.message.startswith(
-        f"the sandbox cannot write its data folder {settings.data_dir} (mounted at /data)")
+        f"the sandbox cannot write its data folder {settings.data_dir} (mounted at /data)"
+    )
     assert docker_fake(engine, settings).actions() == ["create"]
 
 
@@ -317,16 +344,20 @@ def test_an_interrupted_boot_stops_what_it_started_and_keeps_the_state(engine, t
     with pytest.raises(KeyboardInterrupt):
         up(settings)
     assert fake.actions() == ["create", "stop"] and fake.state == STOPPED
-    assert f"interrupted before fake-sb was healthy: stopped it (state kept in {settings.sandbox_state_dir})" in \
-        capsys.readouterr().err
+    assert (
+        f"interrupted before fake-sb was healthy: stopped it (state kept in {settings.sandbox_state_dir})"
+        in capsys.readouterr().err
+    )
     assert (settings.sandbox_state_dir / "tokens.json").exists()
 
 
 # --- before anything is asked, and after -----------------------------------------------------------------------
 
+
 def test_a_short_token_published_beyond_loopback_is_bad_settings_and_nothing_is_asked(engine, tmp_path):
-    settings = flow_settings(tmp_path, OPENWORK_CONNECT_HOST="0.0.0.0", OPENWORK_TOKEN="short-token",
-                             OPENWORK_HOST_TOKEN="h" * 30)
+    settings = flow_settings(
+        tmp_path, OPENWORK_CONNECT_HOST="0.0.0.0", OPENWORK_TOKEN="short-token", OPENWORK_HOST_TOKEN="h" * 30
+    )
     with pytest.raises(WorkflowError) as err:
         up(settings)
     assert err.value.exit_code == 2 and "OPENWORK_TOKEN has 11 characters" in err.value.message

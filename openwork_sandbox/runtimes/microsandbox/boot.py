@@ -43,8 +43,9 @@ async def pull_and_boot(name: str, spec: LaunchSpec):
                 complete = True
                 break
     if layers:
-        console.info(f"pulled {spec.image} ({console.human_bytes(sum(layers.values()))}) in "
-                     f"{time.monotonic() - start:.1f}s")
+        console.info(
+            f"pulled {spec.image} ({console.human_bytes(sum(layers.values()))}) in {time.monotonic() - start:.1f}s"
+        )
     if complete:
         console.info(f"booting microVM {name} ...")
     return await session.result()
@@ -59,26 +60,34 @@ def create_failure(name: str, spec: LaunchSpec, exc: Exception) -> WorkflowError
 
     text = str(exc)
     if isinstance(exc, (ImagePullFailedError, ImageNotFoundError)):
-        return WorkflowError(f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) "
-                             f"and check the registry answers (invoke doctor)")
+        return WorkflowError(
+            f"microsandbox could not pull {spec.image}: {exc}; push it first (invoke push-image) "
+            f"and check the registry answers (invoke doctor)"
+        )
     if text.startswith(("image error", "registry error")):
         from openwork_sandbox.config import ImageRef
         from openwork_sandbox.runtimes.microsandbox.pull import pull_failure_hint
 
-        return WorkflowError(f"microsandbox could not pull {spec.image}: {text}; "
-                             f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}")
+        return WorkflowError(
+            f"microsandbox could not pull {spec.image}: {text}; "
+            f"{pull_failure_hint(ImageRef.parse(spec.image).registry_host, text)}"
+        )
     if XATTR_MARK in text:  # checked before the boot; a folder may have changed since
         binds, home = folders_without_xattrs(spec)
         if binds or home:
             return WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS)
-    return WorkflowError(probe_failure_message(f"create {name}", text)
-                         or boot_failure_message(name, text)
-                         or f"microsandbox could not create {name}: {text}")
+    return WorkflowError(
+        probe_failure_message(f"create {name}", text)
+        or boot_failure_message(name, text)
+        or f"microsandbox could not create {name}: {text}"
+    )
 
 
 def start_failure(name: str, exc: Exception) -> WorkflowError:
     """The one-line WorkflowError for an SDK error ``exc`` of booting the existing sandbox ``name``:
     msb missing the launch probe, a microVM that could not boot, else the SDK's words."""
-    return WorkflowError(probe_failure_message(f"start {name}", exc)
-                         or boot_failure_message(name, str(exc))
-                         or f"microsandbox could not start {name}: {exc}")
+    return WorkflowError(
+        probe_failure_message(f"start {name}", exc)
+        or boot_failure_message(name, str(exc))
+        or f"microsandbox could not start {name}: {exc}"
+    )

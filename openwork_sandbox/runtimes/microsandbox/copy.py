@@ -15,8 +15,9 @@ def home_in_config(config: dict) -> str | None:
     """The HOME in a sandbox's SDK config (its ``env``: a list of ``{key, value}``, or a mapping);
     None when it sets none."""
     env = config.get("env") or []
-    pairs = env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env
-                                                        if isinstance(e, dict))
+    pairs = (
+        env.items() if isinstance(env, dict) else ((e.get("key"), e.get("value")) for e in env if isinstance(e, dict))
+    )
     return next((value for key, value in pairs if key == "HOME"), None)
 
 
@@ -49,6 +50,15 @@ async def copy_folder(fs, src: str, unit: str, stage: Path, where: str) -> list:
             if kind != "file" or not is_kept(rel):
                 continue
             data = await fs.read(path)
-            copied.append(write_staged(stage, rel, [data], entry.mode or 0o600, entry.modified or time.time(),
-                                       expected_size=entry.size, source=f"{src} from {where}"))
+            copied.append(
+                write_staged(
+                    stage,
+                    rel,
+                    [data],
+                    entry.mode or 0o600,
+                    entry.modified or time.time(),
+                    expected_size=entry.size,
+                    source=f"{src} from {where}",
+                )
+            )
     return copied

@@ -36,7 +36,9 @@ async def server_argv(image: str) -> tuple[list[str], str | None]:
     config = detail.config
     argv = list((config.entrypoint or []) if config else []) + list((config.cmd or []) if config else [])
     if not argv:
-        raise WorkflowError(f"{image} has no ENTRYPOINT or CMD to start the server with: rebuild it (invoke build-image)")
+        raise WorkflowError(
+            f"{image} has no ENTRYPOINT or CMD to start the server with: rebuild it (invoke build-image)"
+        )
     return argv, (config.working_dir or None) if config else None
 
 

@@ -67,8 +67,10 @@ async def booting(boot: Callable[[], Awaitable[T]]) -> T:
         except UnsupportedError as exc:
             if not is_probe_failure(exc) or attempt == TRIES:
                 raise
-            console.info(f"msb did not answer microsandbox's launch probe within its {PROBE_TIMEOUT_S} s (a busy or "
-                         f"slow host); trying again ({attempt + 1} of {TRIES})")
+            console.info(
+                f"msb did not answer microsandbox's launch probe within its {PROBE_TIMEOUT_S} s (a busy or "
+                f"slow host); trying again ({attempt + 1} of {TRIES})"
+            )
             await asyncio.sleep(PAUSES_S[attempt - 1])
     raise AssertionError("unreachable")  # the loop returns or raises
 
@@ -81,8 +83,10 @@ def probe_failure_message(what: str, error: Any) -> str | None:
     from importlib import metadata
 
     msb = selected_msb() or "msb"
-    return (f"microsandbox could not {what}: {msb} did not answer the SDK's launch probe (`msb __launch-protocol`) "
-            f"within its {PROBE_TIMEOUT_S} s, {TRIES} times, so the SDK took it for an older msb; this host is too "
-            f"busy or slow right now: try again when it is quieter (time `{msb} __launch-protocol`: it answers in "
-            f"milliseconds on an idle host), and check that MSB_PATH and MSB_HOME name no msb older than the "
-            f"SDK's {metadata.version('microsandbox')}")
+    return (
+        f"microsandbox could not {what}: {msb} did not answer the SDK's launch probe (`msb __launch-protocol`) "
+        f"within its {PROBE_TIMEOUT_S} s, {TRIES} times, so the SDK took it for an older msb; this host is too "
+        f"busy or slow right now: try again when it is quieter (time `{msb} __launch-protocol`: it answers in "
+        f"milliseconds on an idle host), and check that MSB_PATH and MSB_HOME name no msb older than the "
+        f"SDK's {metadata.version('microsandbox')}"
+    )

@@ -55,7 +55,7 @@ def vm_fault_lines(name: str) -> list[str]:
 
 
 def stopped_phrase(name: str) -> str:
-    """"the microVM itself stopped (<its logs' last fault line>)", or "(its logs say no more)"."""
+    """ "the microVM itself stopped (<its logs' last fault line>)", or "(its logs say no more)"."""
     fault = vm_fault_lines(name)
     return f"the microVM itself stopped ({fault[-1] if fault else 'its logs say no more'})"
 

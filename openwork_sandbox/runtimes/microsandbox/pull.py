@@ -67,11 +67,14 @@ def prove_pull(ref: str, host: str, access: PullAccess, expected_digest: str | N
             digest = _pull_in_child(ref, access)
     except RuntimeError as exc:
         text = str(exc)
-        raise WorkflowError(f"microsandbox could not pull {ref} from registry {host}: {text[:300]}; "
-                            f"{pull_failure_hint(host, text)}") from None
+        raise WorkflowError(
+            f"microsandbox could not pull {ref} from registry {host}: {text[:300]}; {pull_failure_hint(host, text)}"
+        ) from None
     if expected_digest and digest and digest != expected_digest:
-        raise WorkflowError(f"microsandbox pulled {ref} as {digest}, but the push reported {expected_digest}: "
-                            "something else pushed to the tag; push again")
+        raise WorkflowError(
+            f"microsandbox pulled {ref} as {digest}, but the push reported {expected_digest}: "
+            "something else pushed to the tag; push again"
+        )
     return True, f"pulled in {time.monotonic() - started:.1f}s"
 
 
@@ -79,8 +82,13 @@ def _pull_in_child(ref: str, access: PullAccess, timeout: float = TIMEOUT) -> st
     """Pull ``ref`` in a child process (this module run as ``__main__``; the request on its stdin);
     returns the manifest digest (None when the SDK did not say), raises RuntimeError(one-line reason)
     on a failure, no answer within ``timeout`` seconds, or no answer at all."""
-    request = {"ref": ref, "insecure": access.insecure, "username": access.username, "password": access.password,
-               "ca_pems": [p.decode("ascii", "replace") for p in access.ca_pems]}
+    request = {
+        "ref": ref,
+        "insecure": access.insecure,
+        "username": access.username,
+        "password": access.password,
+        "ca_pems": [p.decode("ascii", "replace") for p in access.ca_pems],
+    }
     env = dict(os.environ)
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -106,12 +114,16 @@ async def _pull(request: dict) -> str | None:
     from microsandbox import Image, PullEventType, PullPolicy, Sandbox
 
     ref = request["ref"]
-    access = PullAccess(insecure=bool(request.get("insecure")), username=request.get("username"),
-                        password=request.get("password"),
-                        ca_pems=tuple(p.encode() for p in request.get("ca_pems") or ()))
+    access = PullAccess(
+        insecure=bool(request.get("insecure")),
+        username=request.get("username"),
+        password=request.get("password"),
+        ca_pems=tuple(p.encode() for p in request.get("ca_pems") or ()),
+    )
     name = f"owpull-{secrets.token_hex(4)}"
-    session = Sandbox.create_with_progress(name, image=ref, pull_policy=PullPolicy.ALWAYS,
-                                           **sdk_registry_options(access))
+    session = Sandbox.create_with_progress(
+        name, image=ref, pull_policy=PullPolicy.ALWAYS, **sdk_registry_options(access)
+    )
     digest, complete = None, False
     try:
         async for ev in session.progress:

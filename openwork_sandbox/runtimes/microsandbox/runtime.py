@@ -109,17 +109,27 @@ class MicrosandboxRuntime(Runtime):
                 return RuntimeStatus(ABSENT)
             config = handle.config() or {}
             fp = (config.get("labels") or {}).get(LABEL_FP)
-            running = handle.status in (SandboxStatus.RUNNING, SandboxStatus.STARTING, SandboxStatus.DRAINING,
-                                        SandboxStatus.PAUSED)
+            running = handle.status in (
+                SandboxStatus.RUNNING,
+                SandboxStatus.STARTING,
+                SandboxStatus.DRAINING,
+                SandboxStatus.PAUSED,
+            )
             job = await jobs.job_info(handle, self.job_id()) if running else None
             server = bool(job and job.state in jobs.LIVE_JOB)
             detail = str(handle.status)
             if running and not server:
                 detail += ", server job " + (f"{job.state} (exit code {job.exit_code})" if job else "not started")
             started = (job.started_at / 1000) if (job and job.started_at) else None
-            return RuntimeStatus(RUNNING if running else STOPPED, image=jobs.image_of(handle),
-                                 digest=config.get("manifest_digest"), started_at=started, fingerprint=fp,
-                                 server_running=server if running else False, detail=detail)
+            return RuntimeStatus(
+                RUNNING if running else STOPPED,
+                image=jobs.image_of(handle),
+                digest=config.get("manifest_digest"),
+                started_at=started,
+                fingerprint=fp,
+                server_running=server if running else False,
+                detail=detail,
+            )
 
         return self._sdk.call(go(), f"read the state of {self.name}")
 
@@ -221,6 +231,7 @@ class MicrosandboxRuntime(Runtime):
         from microsandbox import MicrosandboxError
 
         if self.status().state == RUNNING:
+
             async def stop_server() -> None:
                 await jobs.stop_job(await self._server_job(await self._existing()))
 
@@ -237,7 +248,8 @@ class MicrosandboxRuntime(Runtime):
             raise WorkflowError(
                 f"the microVM {self.name} was made by an older version, which kept sessions and tokens in its "
                 f"home, and cannot be started to copy them out ({exc}); it was not replaced. To replace it "
-                f"without copying, run `invoke reset --keep-data` and then `invoke up`") from None
+                f"without copying, run `invoke reset --keep-data` and then `invoke up`"
+            ) from None
         return self.stop
 
     def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
@@ -337,8 +349,9 @@ class MicrosandboxRuntime(Runtime):
         except MicrosandboxError:
             return []
 
-    def stream_logs(self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None,
-                    system: bool = False) -> Iterator[str]:
+    def stream_logs(
+        self, *, follow: bool = False, tail: int | None = None, since_s: float | None = None, system: bool = False
+    ) -> Iterator[str]:
         """The server job's log (``follow``: :func:`logs.follow_job`), or the system log (``follow``: the
         SDK's stream through :func:`logs.follow_system`). Raises WorkflowError when there is no such
         sandbox or server job, or the SDK cannot read them."""
@@ -347,19 +360,21 @@ class MicrosandboxRuntime(Runtime):
         since_ms = int((time.time() - since_s) * 1000) if since_s is not None else None
 
         async def read_system() -> list[str]:
-            entries = await (await self._existing()).logs(tail=tail, since_ms=since_ms,
-                                                          sources=[LogReadSource.SYSTEM])
+            entries = await (await self._existing()).logs(tail=tail, since_ms=since_ms, sources=[LogReadSource.SYSTEM])
             return logs.system_lines(entries)
 
         async def open_system():
-            return await (await self._existing()).log_stream(sources=[LogReadSource.SYSTEM], since_ms=since_ms,
-                                                             follow=True)
+            return await (await self._existing()).log_stream(
+                sources=[LogReadSource.SYSTEM], since_ms=since_ms, follow=True
+            )
 
         async def server_job():
             job = await self._server_job(await self._existing())
             if job is None:
-                raise WorkflowError(f"no server job in {self.name} (the SDK lists none, and "
-                                    f"{self.state_dir / RECORD_FILE} names none): run `invoke up`")
+                raise WorkflowError(
+                    f"no server job in {self.name} (the SDK lists none, and "
+                    f"{self.state_dir / RECORD_FILE} names none): run `invoke up`"
+                )
             return job
 
         async def read_job() -> list[str]:

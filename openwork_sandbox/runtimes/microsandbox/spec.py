@@ -44,8 +44,10 @@ def network_config(spec: LaunchSpec):
         "public-only": lambda: NetworkPolicy.from_profiles([NetworkProfile.PUBLIC]),
         "none": NetworkPolicy,  # deny egress, allow ingress (to the published port)
     }
-    return Network(policy=policies[spec.network](),
-                   ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)])
+    return Network(
+        policy=policies[spec.network](),
+        ports=[PortBinding.tcp(spec.host_port, spec.guest_port, bind=spec.bind_address)],
+    )
 
 
 def guest_env(spec: LaunchSpec) -> dict[str, str]:
@@ -66,8 +68,10 @@ def create_kwargs(spec: LaunchSpec) -> dict[str, Any]:
         memory=spec.memory_mib,
         env=guest_env(spec),
         labels={LABEL_FP: spec.fingerprint, **{MARK_PREFIX + key: value for key, value in spec.marks.items()}},
-        volumes={**{guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
-                 **{guest: Volume.bind(str(host), readonly=True) for guest, host in spec.readonly_mounts.items()}},
+        volumes={
+            **{guest: Volume.bind(str(host)) for guest, host in spec.mounts.items()},
+            **{guest: Volume.bind(str(host), readonly=True) for guest, host in spec.readonly_mounts.items()},
+        },
         network=network_config(spec),
         pull_policy=PullPolicy.ALWAYS if spec.pull_always else PullPolicy.IF_MISSING,
         **sdk_registry_options(spec.pull_access() if spec.pull_access else PullAccess(spec.registry_plain_http)),
@@ -98,8 +102,7 @@ def folders_without_xattrs(spec: LaunchSpec) -> tuple[list[Path], bool]:
     ``([], False)`` where the platform has no xattr calls."""
     if not hasattr(os, "setxattr"):
         return [], False
-    return ([Path(host) for host in spec.mounts.values() if takes_no_xattrs(Path(host))],
-            takes_no_xattrs(msb_home()))
+    return ([Path(host) for host in spec.mounts.values() if takes_no_xattrs(Path(host))], takes_no_xattrs(msb_home()))
 
 
 def no_xattr_message(binds: list[Path], home: bool) -> str:
@@ -107,10 +110,14 @@ def no_xattr_message(binds: list[Path], home: bool) -> str:
     the setting that moves it to a filesystem that has them."""
     where = "(e.g. tmpfs before Linux 6.6, ramfs), which microVMs need; "
     if binds:
-        return (f"microsandbox cannot bind {', '.join(str(p) for p in binds)}: its filesystem keeps no extended "
-                f"attributes {where}put the state on ext4, xfs or btrfs: set OPENWORK_STATE_DIR (or "
-                f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR / OPENWORK_MICROSANDBOX_DATA_DIR) to a folder there"
-                + (f"; microsandbox's own folder {msb_home()} too: set MSB_HOME to one there" if home else ""))
-    return (f"microsandbox cannot put the microVM's root filesystem together in its own folder {msb_home()} "
-            f"(MSB_HOME): that filesystem keeps no extended attributes {where}set MSB_HOME to a folder on ext4, "
-            f"xfs or btrfs")
+        return (
+            f"microsandbox cannot bind {', '.join(str(p) for p in binds)}: its filesystem keeps no extended "
+            f"attributes {where}put the state on ext4, xfs or btrfs: set OPENWORK_STATE_DIR (or "
+            f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR / OPENWORK_MICROSANDBOX_DATA_DIR) to a folder there"
+            + (f"; microsandbox's own folder {msb_home()} too: set MSB_HOME to one there" if home else "")
+        )
+    return (
+        f"microsandbox cannot put the microVM's root filesystem together in its own folder {msb_home()} "
+        f"(MSB_HOME): that filesystem keeps no extended attributes {where}set MSB_HOME to a folder on ext4, "
+        f"xfs or btrfs"
+    )
