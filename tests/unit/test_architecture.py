@@ -109,3 +109,18 @@ def test_the_package_docstring_names_every_package_and_module_there_is():
         named = set(re.findall(r"``([a-z_]+)``", items[package])) - {package}
         assert there - named == set(), f"{package}: modules the map does not name"
         assert named - there <= set(packages), f"{package}: names the map has but the package has not"
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+    program = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    return subprocess.run([program, *args, "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_ruff_finds_nothing_to_lint():
+    proc = _ruff("check")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_ruff_finds_nothing_to_format():
+    proc = _ruff("format", "--check")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
