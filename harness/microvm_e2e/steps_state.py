@@ -102,7 +102,7 @@ def nonroot(sc: Scenario) -> str:
             f"{USER} cannot run {sys.executable} with this checkout: {(probe.stderr.strip().splitlines() or ['?'])[-1]}"
         )
         if sc.runtime == "docker":  # e.g. a development machine whose Python lives under /root
-            raise StepSkipped(why + " (tests/test_nonroot_user.py covers Docker with a readable copy)")
+            raise StepSkipped(why + " (tests/docker/test_nonroot_user.py covers Docker with a readable copy)")
         raise StepFailed(why)
     state = sc.tmp / "user-state"
     state.mkdir()

@@ -1,6 +1,6 @@
 """A working agent through the proxy: the REAL opencode in the REAL test image (Docker runtime)
 answers `smoke --prompt` through a stand-in OpenAI-compatible provider on 127.0.0.1
-(tests/standin_openai_provider.py: a real provider cannot be reached from these machines).
+(tests/standins/standin_openai_provider.py: a real provider cannot be reached from these machines).
 
 The provider's key goes in as a host variable named by OPENWORK_SANDBOX_ENV, the provider through
 OPENWORK_OPENCODE_CONFIG (``@ai-sdk/openai-compatible``, ``apiKey: "{env:STANDIN_API_KEY}"``,

@@ -2,7 +2,7 @@
 
 opencode 1.17 drops a request that connects before its HTTP handler is attached, and the real
 orchestrator 0.18 then waits forever. The race is random, so the test image bakes a stand-in
-(tests/standin_opencode_drops_first_request.py) in front of the real opencode that drops the
+(tests/standins/standin_opencode_drops_first_request.py) in front of the real opencode that drops the
 first request every time; the real orchestrator runs in front of it. With the gate the start is
 healthy without a restart, `up` says in one line that the race was held off, and `logs` shows the
 gate's own line.

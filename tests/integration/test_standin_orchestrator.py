@@ -1,4 +1,4 @@
-"""The stand-in for `openwork serve` (tests/standin_openwork_orchestrator.py) keeps the real one's
+"""The stand-in for `openwork serve` (tests/standins/standin_openwork_orchestrator.py) keeps the real one's
 contract: run here, on the host, with the real opencode and the stand-in server, it serves, passes
 the children what the real one passes, and stops them all on SIGTERM or when one of them dies.
 (The image with it, booted by `invoke up`, is covered by scripts/microvm-e2e and the Docker run of it.)

@@ -198,7 +198,7 @@ class StandinProvider:
         self.stop()
 
 
-if __name__ == "__main__":  # run it by hand: python3 tests/standin_openai_provider.py [PORT]
+if __name__ == "__main__":  # run it by hand: python3 tests/standins/standin_openai_provider.py [PORT]
     import sys
 
     p = StandinProvider(int(sys.argv[1]) if len(sys.argv) > 1 else 0).start()

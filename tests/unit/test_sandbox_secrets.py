@@ -2,7 +2,7 @@
 and its shell quoting (run by the real sh), what `up` says changed, and reading opencode's reply.
 
 The reply shapes below are literal copies of what the real opencode 1.17.11 answered
-(``GET /session/<id>/message``, ``GET /session/status``) against tests/standin_openai_provider.py.
+(``GET /session/<id>/message``, ``GET /session/status``) against tests/standins/standin_openai_provider.py.
 """
 
 from __future__ import annotations

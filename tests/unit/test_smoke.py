@@ -1,6 +1,6 @@
 """smoke against a test double of the OpenWork API (real HTTP on loopback, failure injection).
 
-The real stack (stand-in server image, Docker runtime) is exercised in tests/test_smoke_stack.py.
+The real stack (stand-in server image, Docker runtime) is exercised in tests/docker/test_smoke_stack.py.
 """
 
 from __future__ import annotations
