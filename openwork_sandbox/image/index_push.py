@@ -21,7 +21,7 @@ from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console, gha
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.core.platforms import host_platform, parse_platform
-from openwork_sandbox.image import oci as oci_image
+from openwork_sandbox.image import oci
 from openwork_sandbox.registry import access as registry_access
 from openwork_sandbox.registry.client import Registry
 from openwork_sandbox.runtimes.microsandbox import pull as microsandbox_pull
@@ -29,7 +29,7 @@ from openwork_sandbox.state.pin import push_result, record_push
 
 
 def _blob(settings: Settings, digest: str) -> bytes:
-    return oci_image.blob_path(settings.cache_dir, digest).read_bytes()
+    return oci.blob_path(settings.cache_dir, digest).read_bytes()
 
 
 def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool, started: float) -> dict:
@@ -43,9 +43,9 @@ def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool
         d
         for p in platforms
         for d, _ in p["oci"]["blobs"] + [[p["oci"]["digest"], 0]]
-        if not oci_image.blob_path(settings.cache_dir, d).is_file()
+        if not oci.blob_path(settings.cache_dir, d).is_file()
     ]
-    if missing or not oci_image.blob_path(settings.cache_dir, last["index"]["digest"]).is_file():
+    if missing or not oci.blob_path(settings.cache_dir, last["index"]["digest"]).is_file():
         raise WorkflowError(
             f"the last build's image files are gone from {settings.cache_dir / 'oci'}: run invoke build-image again"
         )
@@ -54,16 +54,16 @@ def push_index(settings: Settings, registry: Registry, last: dict, as_json: bool
     sent = sent_bytes = total = total_bytes = 0
     with gha.group(f"push {settings.image} ({names})"), console.heartbeat(f"pushing {settings.image}"):
         for p in platforms:
-            oci = p["oci"]
-            for digest, size in oci["blobs"]:
+            exported = p["oci"]
+            for digest, size in exported["blobs"]:
                 total += 1
                 total_bytes += size
-                if registry.upload_blob(repo, digest, oci_image.blob_path(settings.cache_dir, digest)):
+                if registry.upload_blob(repo, digest, oci.blob_path(settings.cache_dir, digest)):
                     sent += 1
                     sent_bytes += size
                     console.info(f"  {p['platform']}  {digest[7:19]}  pushed ({console.human_bytes(size)})")
-            registry.put_manifest(repo, oci["digest"], oci["media_type"], _blob(settings, oci["digest"]))
-            console.info(f"  {p['platform']}  manifest {oci['digest'][:19]}…")
+            registry.put_manifest(repo, exported["digest"], exported["media_type"], _blob(settings, exported["digest"]))
+            console.info(f"  {p['platform']}  manifest {exported['digest'][:19]}…")
         index = last["index"]
         digest = (
             registry.put_manifest(repo, tag, index["media_type"], _blob(settings, index["digest"])) or index["digest"]

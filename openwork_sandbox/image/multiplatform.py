@@ -33,8 +33,7 @@ from openwork_sandbox.core.platforms import (
 )
 from openwork_sandbox.core.processes import docker
 from openwork_sandbox.image import artifacts as npm_artifacts
-from openwork_sandbox.image import foreign_check
-from openwork_sandbox.image import oci as oci_image
+from openwork_sandbox.image import foreign_check, oci
 
 FOREIGN_BASE = "openwork-base:bookworm-slim-{arch}"  # what scripts/setup makes for another platform
 BASE_ARCH = "base-arch.json"
@@ -243,7 +242,7 @@ def build_platforms(settings: Settings, as_json: bool = False, no_cache: bool = 
     results = []
     for plat, plat_settings, base, artifacts in resolved:
         results.append(_build_one(ib, plat, plat_settings, base, artifacts, meta, no_cache))
-    index = oci_image.index(settings.cache_dir, [r["oci"] for r in results])
+    index = oci.index(settings.cache_dir, [r["oci"] for r in results])
     host = next((r for r in results if r["platform"] == str(host_platform())), results[0])
     result = {
         "image": settings.image,
@@ -309,7 +308,7 @@ def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: di
         versions, how = _check_foreign(ib, settings, plat, base, context, artifacts)
     docker("tag", image_id, settings.image if host else foreign_tag(settings.image, plat))
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image_id).stdout.strip())
-    oci = oci_image.export(settings.cache_dir, image_id, plat)
+    exported = oci.export(settings.cache_dir, image_id, plat)
     return {
         "platform": str(plat),
         "image_id": image_id,
@@ -324,7 +323,7 @@ def _build_one(ib, plat: Platform, settings: Settings, base: dict, artifacts: di
         "checked": how,
         "build_steps": steps,
         "cache_hits": cache_hits,
-        "oci": oci,
+        "oci": exported,
     }
 
 

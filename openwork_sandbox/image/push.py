@@ -24,8 +24,7 @@ import re
 import time
 
 from openwork_sandbox.config import Settings
-from openwork_sandbox.core import console, gha
-from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core import console, gha, processes
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.image.build import read_last_build
 from openwork_sandbox.registry import access as registry_access
@@ -42,13 +41,13 @@ def _local_image(settings: Settings) -> str:
     last = read_last_build(settings)
     wanted = settings.image
     if last:
-        present = commands.docker("image", "inspect", "--format", "{{.Id}}", last["image_id"], check=False)
+        present = processes.docker("image", "inspect", "--format", "{{.Id}}", last["image_id"], check=False)
         if present.returncode == 0:
             if last["image"] != wanted:
-                commands.docker("tag", last["image_id"], wanted)
+                processes.docker("tag", last["image_id"], wanted)
                 console.info(f"tagged the last build ({last['image']}) as {wanted}")
             return last["image_id"]
-    proc = commands.docker("image", "inspect", "--format", "{{.Id}}", wanted, check=False)
+    proc = processes.docker("image", "inspect", "--format", "{{.Id}}", wanted, check=False)
     if proc.returncode != 0:
         raise WorkflowError(
             f"no image {wanted} here to push: run invoke build-image first "
@@ -72,7 +71,7 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
     digest = ""
     lines: list[str] = []
     try:
-        for line in commands.stream_lines(["docker", "push", ref]):
+        for line in processes.stream_lines(["docker", "push", ref]):
             lines.append(line)
             m = PUSH_LINE.match(line.strip())
             if m:
@@ -91,11 +90,11 @@ def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
         elif "unauthorized" in text or "authentication required" in text:
             hint = "; set OPENWORK_REGISTRY_USERNAME and OPENWORK_REGISTRY_PASSWORD"
         raise WorkflowError(
-            f"docker push {ref} failed: {commands.last_line(lines[-1] if lines else exc.message)}{hint}"
+            f"docker push {ref} failed: {processes.last_line(lines[-1] if lines else exc.message)}{hint}"
         ) from None
     if not digest:
         raise WorkflowError(
-            f"docker push {ref} reported no digest; last line: {commands.last_line(lines[-1] if lines else '')}"
+            f"docker push {ref} reported no digest; last line: {processes.last_line(lines[-1] if lines else '')}"
         )
     return digest, sent
 
@@ -145,7 +144,7 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
             f"pushed {pinned}, but the pull check failed: {exc.message}", exit_code=exc.exit_code
         ) from None
     console.info(f"{console.OK if pulled else console.SKIP} microsandbox pull: {detail}")
-    diff_ids = commands.docker(
+    diff_ids = processes.docker(
         "image", "inspect", "--format", "{{range .RootFS.Layers}}{{println .}}{{end}}", image_id
     ).stdout.split()
     layers = proof["layers"]

@@ -9,7 +9,7 @@ import re
 import socket
 from pathlib import Path
 
-from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core import processes
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -34,9 +34,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _ss_holder(port: int) -> str | None:
-    if commands.which("ss") is None:
+    if processes.which("ss") is None:
         return None
-    proc = commands.run(["ss", "-H", "-ltnp", f"sport = :{port}"], timeout=5, check=False)
+    proc = processes.run(["ss", "-H", "-ltnp", f"sport = :{port}"], timeout=5, check=False)
     if proc.returncode != 0:
         return None
     for line in proc.stdout.splitlines():

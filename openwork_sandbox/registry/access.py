@@ -24,8 +24,7 @@ import re
 from pathlib import Path
 
 from openwork_sandbox.config import Settings
-from openwork_sandbox.core import console
-from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import write_atomic
 from openwork_sandbox.registry import docker_config
@@ -174,12 +173,12 @@ def login_refused(pull_error: str) -> bool:
 def docker_login(host: str, username: str, password: str) -> None:
     """``docker login`` (the password on stdin), so Docker's own push and pull have the settings' login;
     a one-line WorkflowError when the registry refuses it."""
-    proc = commands.docker(
+    proc = processes.docker(
         "login", "--username", username, "--password-stdin", host, input=password, check=False, timeout=120
     )
     if proc.returncode != 0:
         raise WorkflowError(
             f"docker login to {host} as {username} failed: "
-            f"{commands.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD"
+            f"{processes.last_line(proc.stderr)}; check OPENWORK_REGISTRY_USERNAME/PASSWORD"
         )
     console.info(f"{console.OK} logged in to {host} as {username}")

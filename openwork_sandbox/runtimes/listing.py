@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core import processes
 from openwork_sandbox.runtimes.docker import LABEL_MANAGED
 from openwork_sandbox.runtimes.docker import MARK_PREFIX as DOCKER_MARK
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
@@ -20,11 +20,11 @@ from openwork_sandbox.runtimes.microsandbox.spec import MARK_PREFIX as MSB_MARK
 def docker_managed() -> list[tuple[str, dict[str, str], bool]]:
     """``(name, marks, running)`` of every container this tool made (label ``managed``), on the
     engine ``docker`` talks to; marks without their prefix."""
-    proc = commands.docker("ps", "-aq", "--filter", f"label={LABEL_MANAGED}=1", check=False, timeout=30)
+    proc = processes.docker("ps", "-aq", "--filter", f"label={LABEL_MANAGED}=1", check=False, timeout=30)
     ids = proc.stdout.split() if proc.returncode == 0 else []
     if not ids:
         return []
-    proc = commands.docker("inspect", *ids, check=False, timeout=60)
+    proc = processes.docker("inspect", *ids, check=False, timeout=60)
     found = []
     for info in json.loads(proc.stdout or "[]"):
         labels = (info.get("Config") or {}).get("Labels") or {}

@@ -12,7 +12,7 @@ import functools
 import os
 from pathlib import Path
 
-from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core import processes
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.runtimes.choice import (
     AUTO,
@@ -56,7 +56,7 @@ def cpu_has_avx(machine: str, flags: frozenset[str] | None) -> bool | None:
 
 def msb_path() -> str | None:
     """The msb runtime binary: on PATH, or the one bundled in the microsandbox wheel."""
-    found = commands.which("msb")
+    found = processes.which("msb")
     if found:
         return found
     try:
@@ -75,10 +75,10 @@ def docker_support(timeout: float = 15) -> tuple[bool, str]:
     """``(True, engine version)`` when a Docker engine answers, else ``(False, what is missing)``.
 
     The one "does Docker answer" probe (``doctor``, ``up``'s runtime choice, finding a sandbox)."""
-    if commands.which("docker") is None:
-        return False, f"docker is not installed: {commands.INSTALL_HINTS['docker']}"
+    if processes.which("docker") is None:
+        return False, f"docker is not installed: {processes.INSTALL_HINTS['docker']}"
     try:
-        proc = commands.run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=timeout, check=False)
+        proc = processes.run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=timeout, check=False)
     except WorkflowError:  # did not finish in time
         return False, f"the Docker engine did not answer within {timeout:g}s: {DOCKER_START}"
     if proc.returncode != 0 or not proc.stdout.strip():

@@ -16,8 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from openwork_sandbox.config import Settings
-from openwork_sandbox.core import console
-from openwork_sandbox.core import processes as commands
+from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.versions import at_least
 from openwork_sandbox.net import ports
 from openwork_sandbox.net.health import health_once
@@ -91,7 +90,7 @@ def check_packages() -> Check:
 
 def check_docker_client() -> Check:
     """The docker program is on PATH (Docker runtime only)."""
-    if commands.which("docker") is None:
+    if processes.which("docker") is None:
         return Check(
             "docker client",
             False,
@@ -99,7 +98,7 @@ def check_docker_client() -> Check:
             "scripts/services start (Debian) or install Docker",
             frozenset({DOCKER}),
         )
-    proc = commands.run(["docker", "version", "--format", "{{.Client.Version}}"], check=False, timeout=15)
+    proc = processes.run(["docker", "version", "--format", "{{.Client.Version}}"], check=False, timeout=15)
     version = proc.stdout.strip() or "unknown version"
     return Check("docker client", True, f"docker {version}", needed_by=frozenset({DOCKER}))
 
