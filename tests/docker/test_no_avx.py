@@ -56,7 +56,7 @@ def supervised_crashing_image(prod_base_image, tmp_path_factory):
     it starts the dead orchestrator again and again, so the sandbox itself never stops."""
     ctx = tmp_path_factory.mktemp("noavx-supervised")
     shutil.copy(CRASH, ctx / "crash.txt")
-    shutil.copy(ROOT / "openwork_sandbox" / "image" / "openwork-supervise", ctx / "openwork-supervise")
+    shutil.copy(ROOT / "openwork_sandbox" / "image" / "context" / "openwork-supervise", ctx / "openwork-supervise")
     return build_and_push(
         ctx,
         f"FROM {prod_base_image}\nCOPY crash.txt /crash.txt\n"

@@ -1,4 +1,4 @@
-"""The image's opencode start gate (openwork_sandbox/image/opencode-gate.js) against the start race.
+"""The image's opencode start gate (openwork_sandbox/image/context/opencode-gate.js) against the start race.
 
 opencode 1.17 drops a request that connects before its HTTP handler is attached, and the real
 orchestrator 0.18 then waits forever. The race is random, so the test image bakes a stand-in

@@ -4,7 +4,7 @@
 opencode 1.17.11 calls listen() before it attaches its HTTP handler, so a request that connects in
 between is read and never answered (one start in seven, at random). This stand-in makes that
 certain, for tests: baked into a test image beside the real /usr/local/bin/opencode and named by
-OPENWORK_OPENCODE_REAL (the opencode that the image's start gate serves, see openwork_sandbox/image/opencode-gate), it
+OPENWORK_OPENCODE_REAL (the opencode that the image's start gate serves, see openwork_sandbox/image/context/opencode-gate), it
 
 - answers `--version` from the image's record of the baked opencode (OPENWORK_OPENCODE_VERSION), as
   the image's gate does, and passes every other command but `serve` to the real opencode;
