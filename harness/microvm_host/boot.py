@@ -142,14 +142,18 @@ class Attempt:
                 last_print = time.monotonic()
             return wrote
 
-        while True:
-            now = time.monotonic()
-            drain()
+        def read_console() -> bool:
+            """Feed what the console wrote since the last read; whether it showed a fatal line."""
             with open(self.run_dir / "serial.log", "rb") as fh:
                 fh.seek(positions["serial"])
                 chunk = fh.read()
             positions["serial"] += len(chunk)
-            if chunk and console.feed(chunk.decode(errors="replace")) and fatal_at is None:
+            return bool(chunk) and console.feed(chunk.decode(errors="replace"))
+
+        while True:
+            now = time.monotonic()
+            drain()
+            if read_console() and fatal_at is None:
                 fatal_at = now
             beat = self.share / "heartbeat"
             try:
@@ -175,6 +179,7 @@ class Attempt:
             if self.qemu.poll() is not None:
                 time.sleep(0.5)
                 drain()
+                read_console()  # what it wrote between this loop's read and its exit
                 if (self.share / "rc").exists():
                     continue
                 try:
