@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.plugin", "tests.support.packaging", "tests.support.registries"]
+pytest_plugins = [
+    "tests.support.plugin",
+    "tests.support.packaging",
+    "tests.support.registries",
+    "tests.support.fake_runtime",
+]
 
 TESTS = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "docker", "microvm")

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.runtimes.base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
 
@@ -448,3 +450,13 @@ def flow_settings(tmp_path: Path, **env: str):
         **env,
     }
     return load_settings(environ=environ, env_file=env_file, root=project)
+
+
+@pytest.fixture
+def fake_engine(monkeypatch) -> Iterator[FakeEngine]:
+    """The fakes behind ``runtime_for`` for one test, with the start watch's timings shortened; every
+    fake server is closed afterwards. (This module is loaded as a pytest plugin.)"""
+    quick_starts(monkeypatch)
+    fakes = FakeEngine().install(monkeypatch)
+    yield fakes
+    fakes.close()

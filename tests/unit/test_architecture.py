@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import openwork_sandbox
 from tests.support.paths import ROOT
 
@@ -85,10 +87,11 @@ def test_every_package_has_its_row_in_the_architecture_page():
     assert packages <= rows, f"packages without a row in docs/architecture.md: {sorted(packages - rows)}"
 
 
-def test_no_module_is_longer_than_fits_in_a_head():
+@pytest.mark.parametrize("root", ["openwork_sandbox", "harness"])
+def test_no_module_is_longer_than_fits_in_a_head(root):
     long = {
-        str(p.relative_to(PACKAGE)): n
-        for p in PACKAGE.rglob("*.py")
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / root).rglob("*.py")
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"

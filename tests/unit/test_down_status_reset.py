@@ -17,26 +17,18 @@ from openwork_sandbox.sandbox.logs import logs
 from openwork_sandbox.sandbox.reset import reset
 from openwork_sandbox.sandbox.status import status
 from openwork_sandbox.sandbox.up import up
-from tests.support.fake_runtime import IMAGE, NAME, FakeEngine, flow_settings, quick_starts
+from tests.support.fake_runtime import IMAGE, NAME, flow_settings
 
 WS_ID = "ws_c52ddf65534b"
 
 
 @pytest.fixture
-def engine(monkeypatch):
-    quick_starts(monkeypatch)
-    fakes = FakeEngine().install(monkeypatch)
-    yield fakes
-    fakes.close()
-
-
-@pytest.fixture
-def booted(engine, tmp_path, capsys):
+def booted(fake_engine, tmp_path, capsys):
     """A sandbox `up` made (running, healthy), its settings and its fake; the output so far dropped."""
     settings = flow_settings(tmp_path)
     up(settings)
     capsys.readouterr()
-    return settings, engine.runtime_for("docker", settings)
+    return settings, fake_engine.runtime_for("docker", settings)
 
 
 def status_json(settings, capsys) -> tuple[int, dict]:
@@ -70,14 +62,14 @@ def test_down_of_a_stopped_sandbox_has_nothing_to_do(booted, capsys):
     assert fake.state == STOPPED
 
 
-def test_down_without_any_sandbox_of_that_name_has_nothing_to_do(engine, tmp_path, capsys, monkeypatch):
+def test_down_without_any_sandbox_of_that_name_has_nothing_to_do(fake_engine, tmp_path, capsys, monkeypatch):
     """Nothing recorded and no runtime set: both runtimes are asked, neither has it."""
     monkeypatch.setattr(probe, "docker_support", lambda timeout=15: (True, "Docker engine 0.0 answers"))
     settings = flow_settings(tmp_path, OPENWORK_MICROSANDBOX_RUNTIME="auto")
     down(settings)
     assert capsys.readouterr().err == "fake-sb: no sandbox of that name; nothing to stop\n"
-    assert sorted(kind for kind, _ in engine.fakes) == ["docker", "microsandbox"]
-    assert all(fake.actions() == [] for fake in engine.fakes.values())
+    assert sorted(kind for kind, _ in fake_engine.fakes) == ["docker", "microsandbox"]
+    assert all(fake.actions() == [] for fake in fake_engine.fakes.values())
     assert not settings.sandbox_state_dir.exists()
 
 
@@ -141,7 +133,7 @@ def test_status_of_a_stopped_sandbox_is_1_and_asks_no_health(booted, capsys):
     )
 
 
-def test_status_of_an_absent_sandbox_is_1(engine, tmp_path, capsys):
+def test_status_of_an_absent_sandbox_is_1(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     code, info = status_json(settings, capsys)
     assert code == 1
@@ -243,7 +235,7 @@ def test_reset_keep_data_removes_the_sandbox_and_keeps_its_folders(booted, capsy
     assert capsys.readouterr().err.endswith(f"state folders kept (--keep-data): {settings.sandbox_state_dir}\n")
 
 
-def test_reset_refuses_a_state_folder_that_leads_outside_the_state_root(engine, tmp_path):
+def test_reset_refuses_a_state_folder_that_leads_outside_the_state_root(fake_engine, tmp_path):
     settings = flow_settings(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -254,10 +246,10 @@ def test_reset_refuses_a_state_folder_that_leads_outside_the_state_root(engine, 
         reset(settings, yes=True)
     assert err.value.message.startswith(f"reset refused: {settings.sandbox_state_dir} is a symlink (to {elsewhere})")
     assert (elsewhere / "precious").read_text() == "keep me"
-    assert engine.fakes == {}  # refused before any runtime was asked
+    assert fake_engine.fakes == {}  # refused before any runtime was asked
 
 
-def test_reset_keeps_folders_set_outside_the_state_folder(engine, tmp_path, capsys):
+def test_reset_keeps_folders_set_outside_the_state_folder(fake_engine, tmp_path, capsys):
     workspace = tmp_path / "my-project"
     settings = flow_settings(tmp_path, OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace))
     up(settings)

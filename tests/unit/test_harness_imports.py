@@ -19,7 +19,6 @@ from harness.common import CALLER_CWD_VAR, back_to_caller_cwd
 from tests.support.paths import ROOT
 
 HARNESS = ROOT / "harness"
-MAX_LINES = 500
 MODULES = sorted(m.name for m in pkgutil.walk_packages(harness.__path__, "harness."))
 # each scripts/ entry point of the harness and the first line its --help prints
 HELP_FIRST_LINES = {
@@ -59,15 +58,6 @@ def test_every_import_inside_a_function_of_the_harness_resolves():
                     ):
                         missing.append(f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}")
     assert not missing
-
-
-def test_no_module_of_the_harness_is_longer_than_fits_in_a_head():
-    long = {
-        str(p.relative_to(HARNESS)): n
-        for p in HARNESS.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
-    }
-    assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
 def test_neither_the_harness_nor_its_entry_points_edit_the_module_path():

@@ -15,22 +15,14 @@ from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.runtimes import ABSENT, RUNNING, STOPPED
 from openwork_sandbox.sandbox.up import up
 from openwork_sandbox.state.store import SandboxState
-from tests.support.fake_runtime import IMAGE, NAME, FakeEngine, FakeOpenWork, flow_settings, quick_starts
+from tests.support.fake_runtime import IMAGE, NAME, FakeOpenWork, flow_settings
 
 WS_ID = "ws_c52ddf65534b"  # the contract's id of the workspace at /workspace
 LEFT = "(the sandbox is left as it is for inspection; `invoke reset` removes it)"
 
 
-@pytest.fixture
-def engine(monkeypatch):
-    quick_starts(monkeypatch)
-    fakes = FakeEngine().install(monkeypatch)
-    yield fakes
-    fakes.close()
-
-
-def docker_fake(engine, settings):
-    return engine.runtime_for("docker", settings)
+def docker_fake(fake_engine, settings):
+    return fake_engine.runtime_for("docker", settings)
 
 
 def up_json(settings, capsys, **kw) -> dict:
@@ -52,10 +44,10 @@ def tokens(settings) -> dict:
 # --- the decision table, one row each -------------------------------------------------------------------
 
 
-def test_create_boots_a_new_sandbox_records_it_and_reports_it(engine, tmp_path, capsys):
+def test_create_boots_a_new_sandbox_records_it_and_reports_it(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     done = up_json(settings, capsys)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     assert fake.actions() == ["create", "keep_running"]
     spec = fake.calls[[name for name, _ in fake.calls].index("create")][1][0]
     assert (spec.name, spec.image, spec.host_port, spec.bind_address) == (NAME, IMAGE, settings.port, "127.0.0.1")
@@ -91,10 +83,10 @@ def test_create_boots_a_new_sandbox_records_it_and_reports_it(engine, tmp_path, 
     assert "no sandbox fake-sb in docker" not in done["stderr"]  # create is one of the quiet actions
 
 
-def test_reuse_asks_the_runtime_nothing_more(engine, tmp_path, capsys):
+def test_reuse_asks_the_runtime_nothing_more(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     up(settings)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     before = fake.actions()
     done = up_json(settings, capsys)
     assert done["action"] == "reused" and done["workspace_id"] == WS_ID
@@ -102,10 +94,10 @@ def test_reuse_asks_the_runtime_nothing_more(engine, tmp_path, capsys):
     assert fake.actions() == before + ["keep_running"]
 
 
-def test_start_starts_a_stopped_sandbox(engine, tmp_path, capsys):
+def test_start_starts_a_stopped_sandbox(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     up(settings)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     assert fake.stop() is True
     done = up_json(settings, capsys)
     assert done["action"] == "started"
@@ -114,10 +106,10 @@ def test_start_starts_a_stopped_sandbox(engine, tmp_path, capsys):
     assert fake.state == RUNNING
 
 
-def test_relaunch_starts_the_server_of_a_running_sandbox_again(engine, tmp_path, capsys):
+def test_relaunch_starts_the_server_of_a_running_sandbox_again(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     up(settings)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.server_dies()
     done = up_json(settings, capsys)
     assert done["action"] == "relaunched"
@@ -125,7 +117,7 @@ def test_relaunch_starts_the_server_of_a_running_sandbox_again(engine, tmp_path,
     assert fake.actions()[-2:] == ["start", "keep_running"]
 
 
-def test_recreate_with_replace_keeps_the_state_folder_and_its_tokens(engine, tmp_path, capsys):
+def test_recreate_with_replace_keeps_the_state_folder_and_its_tokens(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     up(settings)
     kept = tokens(settings)
@@ -133,21 +125,21 @@ def test_recreate_with_replace_keeps_the_state_folder_and_its_tokens(engine, tmp
         flow_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port), OPENWORK_MICROSANDBOX_REPLACE="true"),
         capsys,
     )
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     assert done["action"] == "recreated"
     assert "replacing fake-sb (--replace); state folders are kept" in done["stderr"]
     assert fake.actions() == ["create", "keep_running", "remove", "create", "keep_running"]
     assert tokens(settings) == kept  # the same tokens: clients keep working
 
 
-def test_recreate_when_the_settings_changed(engine, tmp_path, capsys):
+def test_recreate_when_the_settings_changed(fake_engine, tmp_path, capsys):
     """The running sandbox holds the port itself: a recreate does not count it as taken."""
     settings = flow_settings(tmp_path)
     up(settings)
     first = record(settings)["fingerprint"]
     changed = flow_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port), OPENWORK_MICROSANDBOX_CPUS="1")
     done = up_json(changed, capsys)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     assert done["action"] == "recreated"
     assert (
         "fake-sb was created with another image or settings: recreating it so the change takes effect "
@@ -157,7 +149,7 @@ def test_recreate_when_the_settings_changed(engine, tmp_path, capsys):
     assert fake.spec.cpus == 1 and record(settings)["fingerprint"] == fake.spec.fingerprint != first
 
 
-def test_recreate_names_the_secret_setting_that_changed(engine, tmp_path, capsys):
+def test_recreate_names_the_secret_setting_that_changed(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path, OPENWORK_SANDBOX_ENV="FAKE_KEY", FAKE_KEY="one")
     up(settings)
     again = flow_settings(
@@ -166,13 +158,15 @@ def test_recreate_names_the_secret_setting_that_changed(engine, tmp_path, capsys
     done = up_json(again, capsys)
     assert done["action"] == "recreated"
     assert "fake-sb was created with another OPENWORK_SANDBOX_ENV (names or values): recreating it" in done["stderr"]
-    assert "two" not in json.dumps(docker_fake(engine, settings).spec.env)  # delivered as a file, not the environment
+    assert "two" not in json.dumps(
+        docker_fake(fake_engine, settings).spec.env
+    )  # delivered as a file, not the environment
 
 
-def test_wait_waits_for_a_server_that_is_still_starting(engine, tmp_path, capsys):
+def test_wait_waits_for_a_server_that_is_still_starting(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     up(settings)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.server.unhealthy = 3  # `up`'s one probe and the first polls get 503
     done = up_json(settings, capsys)
     assert done["action"] == "waited"
@@ -181,21 +175,21 @@ def test_wait_waits_for_a_server_that_is_still_starting(engine, tmp_path, capsys
     assert fake.server.unhealthy == 0
 
 
-def test_a_sandbox_under_the_old_runtime_is_removed_first_and_may_hold_the_port(engine, tmp_path, capsys):
+def test_a_sandbox_under_the_old_runtime_is_removed_first_and_may_hold_the_port(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
-    old = engine.runtime_for("microsandbox", settings)
+    old = fake_engine.runtime_for("microsandbox", settings)
     old.state, old.home = RUNNING, "/data/home"
     old.server = FakeOpenWork("127.0.0.1", settings.port, "t" * 32)  # the old sandbox holds the port
     SandboxState(settings).save_record(runtime="microsandbox")
     done = up_json(settings, capsys)
     assert done["action"] == "created" and done["runtime"] == "docker"
     assert old.actions() == ["remove"] and old.state == ABSENT
-    assert docker_fake(engine, settings).actions() == ["create", "keep_running"]
+    assert docker_fake(fake_engine, settings).actions() == ["create", "keep_running"]
     assert "removed the microsandbox sandbox fake-sb (runtime changed to docker; state kept)" in done["stderr"]
     assert record(settings)["runtime"] == "docker"
 
 
-def test_a_port_taken_by_another_program_fails_before_anything_is_made(engine, tmp_path):
+def test_a_port_taken_by_another_program_fails_before_anything_is_made(fake_engine, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
@@ -205,14 +199,14 @@ def test_a_port_taken_by_another_program_fails_before_anything_is_made(engine, t
             up(settings)
     assert err.value.message.startswith(f"port {port} is already in use by ")
     assert f"(pid {os.getpid()})" in err.value.message
-    assert docker_fake(engine, settings).actions() == []
+    assert docker_fake(fake_engine, settings).actions() == []
     assert not (tmp_path / "state").exists()
 
 
-def test_a_port_taken_while_the_sandbox_was_stopped_fails_before_it_is_started(engine, tmp_path):
+def test_a_port_taken_while_the_sandbox_was_stopped_fails_before_it_is_started(fake_engine, tmp_path):
     settings = flow_settings(tmp_path)
     up(settings)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.stop()
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -227,42 +221,42 @@ def test_a_port_taken_while_the_sandbox_was_stopped_fails_before_it_is_started(e
 # --- the start watch's ways out ----------------------------------------------------------------------------
 
 
-def test_a_stalled_start_is_restarted(engine, tmp_path, capsys):
+def test_a_stalled_start_is_restarted(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
-    docker_fake(engine, settings).boots = ["stall", "healthy"]
+    docker_fake(fake_engine, settings).boots = ["stall", "healthy"]
     done = up_json(settings, capsys)
     assert done["action"] == "created"
     assert (
         "the server made no progress for 0s (last line: [opencode] opencode server listening); restarting it, "
         "start 2 of 3"
     ) in done["stderr"]
-    assert docker_fake(engine, settings).actions() == ["create", "restart_server", "keep_running"]
+    assert docker_fake(fake_engine, settings).actions() == ["create", "restart_server", "keep_running"]
 
 
-def test_a_start_that_prints_nothing_is_not_restarted_but_runs_into_the_deadline(engine, tmp_path, capsys):
+def test_a_start_that_prints_nothing_is_not_restarted_but_runs_into_the_deadline(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path, OPENWORK_HEALTH_TIMEOUT="0.6")  # longer than the stall limit (0.4 s)
-    docker_fake(engine, settings).boots = ["silent"]
+    docker_fake(fake_engine, settings).boots = ["silent"]
     with pytest.raises(WorkflowError) as err:
         up(settings)
     assert "not healthy within 0.6s (connection refused" in err.value.message and err.value.message.endswith(LEFT)
-    assert docker_fake(engine, settings).actions() == ["create"]
+    assert docker_fake(fake_engine, settings).actions() == ["create"]
     assert "made no progress" not in capsys.readouterr().err
 
 
-def test_a_server_that_dies_early_is_started_again(engine, tmp_path, capsys):
+def test_a_server_that_dies_early_is_started_again(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
-    docker_fake(engine, settings).boots = ["die", "healthy"]
+    docker_fake(fake_engine, settings).boots = ["die", "healthy"]
     done = up_json(settings, capsys)
     assert (
         "the server exited during start-up (last line: [openwork-orchestrator] ERROR Run failed); start 2 of 3"
         in done["stderr"]
     )
-    assert docker_fake(engine, settings).actions() == ["create", "restart_server", "keep_running"]
+    assert docker_fake(fake_engine, settings).actions() == ["create", "restart_server", "keep_running"]
 
 
-def test_a_machine_fault_boots_the_machine_again(engine, tmp_path, capsys):
+def test_a_machine_fault_boots_the_machine_again(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
-    docker_fake(engine, settings).boots = ["machine_fault", "healthy"]
+    docker_fake(fake_engine, settings).boots = ["machine_fault", "healthy"]
     done = up_json(settings, capsys)
     assert (
         "the fake machine itself stopped (KVM_EXIT_SHUTDOWN) during start-up; starting it again, start 2 of 3"
@@ -271,9 +265,11 @@ def test_a_machine_fault_boots_the_machine_again(engine, tmp_path, capsys):
     assert done["action"] == "created"
 
 
-def test_a_server_that_dies_at_every_start_ends_up_with_its_log_and_is_left_for_inspection(engine, tmp_path, capsys):
+def test_a_server_that_dies_at_every_start_ends_up_with_its_log_and_is_left_for_inspection(
+    fake_engine, tmp_path, capsys
+):
     settings = flow_settings(tmp_path)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.boots = ["die", "die", "die"]
     with pytest.raises(WorkflowError) as err:
         up(settings)
@@ -284,9 +280,9 @@ def test_a_server_that_dies_at_every_start_ends_up_with_its_log_and_is_left_for_
     assert record(settings)["runtime"] == "docker"  # status, logs and reset find it
 
 
-def test_no_avx_ends_at_once_in_one_line(engine, tmp_path):
+def test_no_avx_ends_at_once_in_one_line(fake_engine, tmp_path):
     settings = flow_settings(tmp_path)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.boots = ["no_avx"]
     with pytest.raises(WorkflowError) as err:
         up(settings)
@@ -299,20 +295,20 @@ def test_no_avx_ends_at_once_in_one_line(engine, tmp_path):
     assert fake.actions() == ["create"]
 
 
-def test_a_data_folder_the_sandbox_cannot_write_is_named(engine, tmp_path):
+def test_a_data_folder_the_sandbox_cannot_write_is_named(fake_engine, tmp_path):
     settings = flow_settings(tmp_path)
-    docker_fake(engine, settings).boots = ["unwritable"]
+    docker_fake(fake_engine, settings).boots = ["unwritable"]
     with pytest.raises(WorkflowError) as err:
         up(settings)
     assert err.value.message.startswith(
         f"the sandbox cannot write its data folder {settings.data_dir} (mounted at /data)"
     )
-    assert docker_fake(engine, settings).actions() == ["create"]
+    assert docker_fake(fake_engine, settings).actions() == ["create"]
 
 
-def test_a_server_moved_off_its_port_ends_up_at_once_naming_both_ports(engine, tmp_path):
+def test_a_server_moved_off_its_port_ends_up_at_once_naming_both_ports(fake_engine, tmp_path):
     settings = flow_settings(tmp_path)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.boots = ["move_port"]
     with pytest.raises(WorkflowError) as err:
         up(settings)
@@ -322,10 +318,10 @@ def test_a_server_moved_off_its_port_ends_up_at_once_naming_both_ports(engine, t
     assert err.value.message.endswith(LEFT) and moved != settings.port
 
 
-def test_a_server_never_healthy_is_restarted_then_times_out_with_its_log(engine, tmp_path, capsys):
+def test_a_server_never_healthy_is_restarted_then_times_out_with_its_log(fake_engine, tmp_path, capsys):
     """Two starts stall (their log stops); the third and last has no stall limit, only the deadline."""
     settings = flow_settings(tmp_path, OPENWORK_HEALTH_TIMEOUT="0.6")
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.boots = ["unhealthy"] * 3
     with pytest.raises(WorkflowError) as err:
         up(settings)
@@ -336,9 +332,9 @@ def test_a_server_never_healthy_is_restarted_then_times_out_with_its_log(engine,
     assert "lines of the server log" in said and "full log: the fake log of fake-sb" in said
 
 
-def test_an_interrupted_boot_stops_what_it_started_and_keeps_the_state(engine, tmp_path, capsys):
+def test_an_interrupted_boot_stops_what_it_started_and_keeps_the_state(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.boots = ["silent"]
     fake.fail["is_alive"] = KeyboardInterrupt()  # Ctrl+C while waiting for health
     with pytest.raises(KeyboardInterrupt):
@@ -354,18 +350,18 @@ def test_an_interrupted_boot_stops_what_it_started_and_keeps_the_state(engine, t
 # --- before anything is asked, and after -----------------------------------------------------------------------
 
 
-def test_a_short_token_published_beyond_loopback_is_bad_settings_and_nothing_is_asked(engine, tmp_path):
+def test_a_short_token_published_beyond_loopback_is_bad_settings_and_nothing_is_asked(fake_engine, tmp_path):
     settings = flow_settings(
         tmp_path, OPENWORK_CONNECT_HOST="0.0.0.0", OPENWORK_TOKEN="short-token", OPENWORK_HOST_TOKEN="h" * 30
     )
     with pytest.raises(WorkflowError) as err:
         up(settings)
     assert err.value.exit_code == 2 and "OPENWORK_TOKEN has 11 characters" in err.value.message
-    assert engine.fakes == {}
+    assert fake_engine.fakes == {}
     assert not (tmp_path / "state").exists()
 
 
-def test_the_human_report_shows_the_url_and_masks_the_tokens_unless_asked(engine, tmp_path, capsys):
+def test_the_human_report_shows_the_url_and_masks_the_tokens_unless_asked(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path, OPENWORK_TOKEN="c" * 30, OPENWORK_HOST_TOKEN="d" * 30)
     up(settings)
     said = capsys.readouterr()
@@ -377,18 +373,20 @@ def test_the_human_report_shows_the_url_and_masks_the_tokens_unless_asked(engine
     assert "c" * 30 in capsys.readouterr().err
 
 
-def test_follow_streams_the_server_log_after_the_report(engine, tmp_path, capsys):
+def test_follow_streams_the_server_log_after_the_report(fake_engine, tmp_path, capsys):
     settings = flow_settings(tmp_path)
     up(settings, follow=True)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     assert ("stream_logs", (True, 20, None, False)) in fake.calls
     assert "[opencode] Healthy" in capsys.readouterr().out.splitlines()
 
 
-def test_recreating_a_sandbox_of_the_old_layout_moves_its_state_into_the_data_folder_first(engine, tmp_path, capsys):
+def test_recreating_a_sandbox_of_the_old_layout_moves_its_state_into_the_data_folder_first(
+    fake_engine, tmp_path, capsys
+):
     settings = flow_settings(tmp_path)
     up(settings)
-    fake = docker_fake(engine, settings)
+    fake = docker_fake(fake_engine, settings)
     fake.home = "/root"  # made before the state lived under /data
     fake.files = {"/root/.local/share/opencode/opencode.db": b"sessions"}
     up(flow_settings(tmp_path, OPENWORK_MICROSANDBOX_PORT=str(settings.port), OPENWORK_MICROSANDBOX_REPLACE="true"))
