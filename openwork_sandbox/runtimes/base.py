@@ -5,7 +5,8 @@ environment and resource limits (a :class:`LaunchSpec`), and can say what state 
 its logs, run a command inside, stop and remove it. Nothing more: deciding *whether* to create,
 start or reuse is ``sandbox.decision``'s and ``sandbox.up``'s job. A runtime that knows
 more than the others says it by overriding a method here (``digest``, ``platform``,
-``machine_fault``), not by callers testing its kind.
+``machine_fault``), not by callers testing its kind; what it cannot enforce it says by
+``network_support`` (which OPENWORK_MICROSANDBOX_NETWORK policies it holds here).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class LaunchSpec:
     pull_always: bool = False  # re-pull a tag that may have moved (replace)
     # the registry's scheme, login and CAs for a runtime's own pull, asked only at pull time
     pull_access: Callable[[], PullAccess] | None = None
-    network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none (microVMs)
+    network: str = "allow-all"  # what the sandbox may reach: allow-all | public-only | none
     # guest path -> host folder mounted read-only (the provider keys and opencode config: state.secrets)
     readonly_mounts: dict[str, Path] = dataclasses.field(default_factory=dict)
     # who made it (state.ownership.marks: its state folder; an ephemeral one's job and expiry), as labels
@@ -76,6 +77,19 @@ class RuntimeStatus:
     def exists(self) -> bool:
         """The runtime holds a sandbox of this name (running or stopped)."""
         return self.state != ABSENT
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSupport:
+    """Which OPENWORK_MICROSANDBOX_NETWORK policies a runtime holds its sandbox to on this host.
+
+    ``enforced``: the policies it holds; ``limit``: why it cannot hold the others here (a clause for
+    the refusal, empty when it holds every one); ``shares_host``: the sandbox runs in the host's
+    own network namespace, so it reaches the host's loopback services and the LAN as the host does."""
+
+    enforced: frozenset[str]
+    limit: str = ""
+    shares_host: bool = False
 
 
 class Runtime(abc.ABC):
@@ -124,6 +138,11 @@ class Runtime(abc.ABC):
         """Ask the runtime to bring the healthy sandbox back after it (or the engine) stops on its
         own (Docker: the restart policy); ``stop`` still stops it for good. Inside the sandbox the
         image's supervisor restarts the server."""
+
+    @abc.abstractmethod
+    def network_support(self) -> NetworkSupport:
+        """Which network policies this runtime holds its sandbox to on this host (it may ask its
+        engine, once). ``up`` refuses any other before anything is created; ``doctor`` shows it."""
 
     @abc.abstractmethod
     def stop(self) -> bool:

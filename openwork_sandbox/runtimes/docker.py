@@ -13,6 +13,10 @@ Networking and the loopback rule:
   entrypoint gets ``OPENWORK_REMOTE_ACCESS=0`` when the connect host is loopback: the orchestrator
   then binds openwork-server to 127.0.0.1 (it binds 0.0.0.0 only with ``--remote-access``). With a
   remote connect host it gets ``OPENWORK_REMOTE_ACCESS=1`` and the token-length rule of ``up`` applies.
+- OPENWORK_MICROSANDBOX_NETWORK: Docker holds only ``allow-all`` (``network_support``). It has no
+  outbound filter of its own (an ``--internal`` network still reaches the host's addresses and
+  publishes no port), and under host networking the container is on the host's network; ``up``
+  refuses the other policies before anything is made, and ``create`` never boots one.
 
 The tokens reach the container through ``--env-file`` (a 0600 file in ``.state/<name>/``), never
 on a command line where ``ps`` would show them.
@@ -38,13 +42,14 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from openwork_sandbox.core import console, processes
-from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.runtimes.base import (
     ABSENT,
     HOST_ADDRESS_VAR,
     RUNNING,
     STOPPED,
     LaunchSpec,
+    NetworkSupport,
     Runtime,
     RuntimeStatus,
 )
@@ -58,6 +63,12 @@ LABEL_MANAGED = "org.openwork-sandbox.managed"
 MARK_PREFIX = "org.openwork-sandbox."  # + ownership's keys: state-dir, ephemeral, owner, expires
 ENV_FILE = "container.env"
 RESTART_POLICY = "unless-stopped"
+# why the Docker runtime holds no network policy but allow-all, on an engine with a bridge and without one
+BRIDGE_LIMIT = (
+    "Docker cannot filter what a container sends: on its bridge it reaches the host's own addresses and the LAN "
+    "(an --internal network reaches the host too, and publishes no port)"
+)
+HOST_LIMIT = "this Docker engine has no bridge network, so the container shares the host's network (its loopback services, the LAN)"
 
 
 @functools.cache
@@ -65,6 +76,11 @@ def engine_has_bridge() -> bool:
     """True when the engine has a bridge network (then ``-p`` publishing works)."""
     proc = processes.docker("network", "ls", "--filter", "driver=bridge", "--format", "{{.Name}}", timeout=15)
     return any(line.strip() == "bridge" for line in proc.stdout.splitlines())
+
+
+def network_support_of(bridge: bool) -> NetworkSupport:
+    """What the Docker runtime holds on an engine with (``bridge``) or without a bridge network: ``allow-all`` only."""
+    return NetworkSupport(frozenset({"allow-all"}), BRIDGE_LIMIT if bridge else HOST_LIMIT, shares_host=not bridge)
 
 
 @functools.cache
@@ -244,7 +260,16 @@ class DockerRuntime(Runtime):
         }
         return ["--network", "host"], env
 
+    def network_support(self) -> NetworkSupport:
+        return network_support_of(engine_has_bridge())
+
     def create(self, spec: LaunchSpec) -> None:
+        held = self.network_support()
+        if spec.network not in held.enforced:  # `up` refuses it first; this keeps any other caller from booting it
+            raise WorkflowError(
+                f"the Docker runtime cannot enforce OPENWORK_MICROSANDBOX_NETWORK={spec.network}: {held.limit}",
+                exit_code=EXIT_BAD_SETTINGS,
+            )
         self.remove()
         if spec.pull_always or not self._have_image(spec.image):
             self.pull(spec.image, spec.pull_access)

@@ -29,7 +29,15 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.core.errors import WorkflowError
-from openwork_sandbox.runtimes.base import ABSENT, RUNNING, STOPPED, LaunchSpec, Runtime, RuntimeStatus
+from openwork_sandbox.runtimes.base import (
+    ABSENT,
+    RUNNING,
+    STOPPED,
+    LaunchSpec,
+    NetworkSupport,
+    Runtime,
+    RuntimeStatus,
+)
 
 GUEST_HOME = "/data/home"  # what a sandbox of the current layout was created with (spec.env["HOME"])
 WORKSPACE_ID = "ws_c52ddf65534b"  # the contract's id of the workspace at /workspace
@@ -74,8 +82,15 @@ QUERIES = frozenset(
         "digest",
         "platform",
         "describe",
+        "network_support",
     }
 )
+# what a fake holds by default: a Docker fake is host-networked (its server listens on the host port), a
+# microsandbox fake holds every policy as the microVM does; a test sets ``network`` for another engine
+HOST_NETWORKED = NetworkSupport(
+    frozenset({"allow-all"}), "the fake engine has no bridge network, so it shares the host's network", shares_host=True
+)
+EVERY_POLICY = NetworkSupport(frozenset({"allow-all", "public-only", "none"}))
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -155,7 +170,8 @@ class FakeRuntime(Runtime):
     Its state is plain attributes a test may set or read: ``state`` (running | stopped | absent),
     ``image``, ``fingerprint``, ``server_running``, ``spec`` (the last one booted), ``log`` (the
     server's output lines), ``home`` (what it was created with), ``files`` (guest path -> bytes,
-    for ``copy_out``), ``fault`` (what ``machine_fault`` says), ``server`` (its FakeOpenWork)."""
+    for ``copy_out``), ``fault`` (what ``machine_fault`` says), ``server`` (its FakeOpenWork),
+    ``network`` (what ``network_support`` answers)."""
 
     live_files_on_host = True
 
@@ -178,6 +194,7 @@ class FakeRuntime(Runtime):
         self.fault: str | None = None
         self.server: FakeOpenWork | None = None
         self.exec_answer: tuple[int, str] = (0, "")
+        self.network = EVERY_POLICY if kind == "microsandbox" else HOST_NETWORKED
 
     # --- what a test reads ---------------------------------------------------------------------
     def actions(self) -> list[str]:
@@ -247,6 +264,8 @@ class FakeRuntime(Runtime):
 
     def create(self, spec: LaunchSpec) -> None:
         self._call("create", spec)
+        if spec.network not in self.network.enforced:  # as Docker's create: never boots a policy it cannot hold
+            raise WorkflowError(f"the fake runtime cannot enforce {spec.network}: {self.network.limit}", exit_code=2)
         self.home = spec.env.get("HOME")
         self._boot(spec)
 
@@ -271,6 +290,10 @@ class FakeRuntime(Runtime):
 
     def keep_running(self) -> None:
         self._call("keep_running")
+
+    def network_support(self) -> NetworkSupport:
+        self._call("network_support")
+        return self.network
 
     def stop(self) -> bool:
         self._call("stop")

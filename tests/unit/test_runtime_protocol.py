@@ -22,6 +22,7 @@ INTERFACE = {
     "machine_fault",
     "server_port",
     "keep_running",
+    "network_support",
     "stop",
     "remove",
     "is_alive",

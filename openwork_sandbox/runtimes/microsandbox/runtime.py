@@ -24,6 +24,7 @@ from openwork_sandbox.runtimes.base import (
     RUNNING,
     STOPPED,
     LaunchSpec,
+    NetworkSupport,
     Runtime,
     RuntimeStatus,
 )
@@ -31,7 +32,12 @@ from openwork_sandbox.runtimes.microsandbox import boot, jobs, logs
 from openwork_sandbox.runtimes.microsandbox.copy import copy_folder, home_in_config
 from openwork_sandbox.runtimes.microsandbox.launch import booting
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
-from openwork_sandbox.runtimes.microsandbox.spec import LABEL_FP, folders_without_xattrs, no_xattr_message
+from openwork_sandbox.runtimes.microsandbox.spec import (
+    LABEL_FP,
+    NETWORK_POLICIES,
+    folders_without_xattrs,
+    no_xattr_message,
+)
 from openwork_sandbox.state.store import RECORD_FILE, read_record, update_record
 
 
@@ -146,6 +152,11 @@ class MicrosandboxRuntime(Runtime):
             state += f"; {logs.stopped_phrase(self.name)}"
             hint += f"; the microVM's own logs: {logs.sandbox_log_dir(self.name)}"
         return state, lines, hint
+
+    def network_support(self) -> NetworkSupport:
+        """Every policy: the microVM has its own network stack, and microsandbox filters what leaves it
+        (``spec.network_config``)."""
+        return NetworkSupport(NETWORK_POLICIES)
 
     def is_alive(self) -> bool:
         """The microVM runs and so does its server job."""

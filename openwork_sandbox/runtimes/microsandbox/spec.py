@@ -29,14 +29,16 @@ HOST_NAME = "host.microsandbox.internal"  # the host's loopback as the microVM s
 MARK_PREFIX = "openwork-sandbox."  # + a mark's key (state.ownership.marks) = its label
 XATTR_MARK = "requires xattr write support"  # the SDK's words for a folder without extended attributes
 XATTR_PROBE = "user.openwork-sandbox.probe"  # the attribute written and removed to test a folder
+# the OPENWORK_MICROSANDBOX_NETWORK policies network_config turns into the SDK's policy: every one
+NETWORK_POLICIES = frozenset({"allow-all", "public-only", "none"})
 
 
 def network_config(spec: LaunchSpec):
     """The SDK's ``Network`` for ``spec``: its port published on its bind address, and the policy of
     OPENWORK_MICROSANDBOX_NETWORK: ``allow-all`` (upstream's choice: the host and the LAN, e.g. a
     model server, as from the Docker runtime), ``public-only`` (the SDK's own default) or ``none``
-    (nothing outbound; the published port still answers). Raises KeyError for another policy
-    (settings allow only these three)."""
+    (nothing outbound; the published port still answers). Raises KeyError for a policy not in
+    :data:`NETWORK_POLICIES` (settings allow only these three)."""
     from microsandbox import Network, NetworkPolicy, NetworkProfile, PortBinding
 
     policies = {
