@@ -317,6 +317,23 @@ def check_opencode_config(settings: Settings, runtime: str | None = None) -> Che
     return Check("opencode config", True, "; ".join(parts + notes))
 
 
+def check_network(settings: Settings, facts: HostFacts, picked: choice.RuntimeChoice) -> Check:
+    """Whether the runtime ``up`` would choose holds OPENWORK_MICROSANDBOX_NETWORK here (the same rule as
+    ``up``: ``launch.network_refusal``), and plainly when the agent would share the host's network."""
+    from openwork_sandbox import runtimes
+    from openwork_sandbox.sandbox.launch import POLICY_REACH, SHARED_NETWORK, network_refusal
+
+    policy, kind = settings.network, picked.kind
+    if kind is None or not picked.usable or (kind == DOCKER and not (facts.docker or (False, ""))[0]):
+        return Check("network", True, f"{policy}: not asked (the runtime cannot work here)", needed_by=frozenset())
+    support = runtimes.runtime_for(kind, settings).network_support()
+    refused = network_refusal(settings, kind, support, choice.microvm_verdict(facts))
+    if refused is not None:
+        return Check("network", False, refused[0], refused[1], frozenset({kind}))
+    reach = SHARED_NETWORK if support.shares_host else f"the sandbox reaches {POLICY_REACH[policy]}"
+    return Check("network", True, f"{policy}, held by the {kind} runtime: {reach}", needed_by=frozenset({kind}))
+
+
 def agent_summary(settings: Settings) -> dict:
     """For ``doctor --json``: the providers and default model the sandbox will have, and which
     OPENWORK_SANDBOX_ENV variables are set (names and booleans only)."""
@@ -360,8 +377,9 @@ def check_leftovers(settings: Settings) -> Check:
     )
 
 
-def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
-    """Every check, in the order the table shows them."""
+def collect_checks(settings: Settings, facts: HostFacts, picked: choice.RuntimeChoice | None = None) -> list[Check]:
+    """Every check, in the order the table shows them; ``picked``: the runtime ``up`` would choose."""
+    picked = picked or choice.decide_runtime(facts, settings.runtime, None)
     return [
         check_python(),
         check_packages(),
@@ -375,7 +393,8 @@ def collect_checks(settings: Settings, facts: HostFacts) -> list[Check]:
         check_port(settings),
         check_state_folders(settings),
         check_sandbox_env(settings),
-        check_opencode_config(settings, choice.decide_runtime(facts, settings.runtime, None).kind),
+        check_opencode_config(settings, picked.kind),
+        check_network(settings, facts, picked),
         check_leftovers(settings),
     ]
 
@@ -384,8 +403,8 @@ def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
     """Print the checks (a table on stderr, or with ``as_json`` one JSON object on stdout) and the
     runtime ``up`` would choose; 0 when it can work here, else 1. Boots nothing."""
     facts = probe.host_facts()
-    checks = collect_checks(settings, facts)
     picked = choice.decide_runtime(facts, settings.runtime, SandboxState(settings).record().get("runtime"))
+    checks = collect_checks(settings, facts, picked)
     chosen, why = picked.kind, picked.reason
     ok = chosen is not None and picked.usable and all(c.ok for c in checks if chosen in c.needed_by)
     if as_json:

@@ -1,4 +1,4 @@
-"""What ``up`` boots and where: the runtime choice, the exposure check and the launch spec.
+"""What ``up`` boots and where: the runtime choice, the exposure and network checks and the launch spec.
 
 :func:`launch_spec` is a function of the settings, the runtime and the tokens only (nothing is
 booted or written); its ``fingerprint`` is what ``up`` compares with the running sandbox's to
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from openwork_sandbox.config import GUEST_PORT, Settings, is_loopback
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
-from openwork_sandbox.runtimes import LaunchSpec
-from openwork_sandbox.runtimes.base import GUEST_DATA, GUEST_WORKSPACE
+from openwork_sandbox.runtimes import RUNNING, LaunchSpec, Runtime
+from openwork_sandbox.runtimes.base import GUEST_DATA, GUEST_WORKSPACE, NetworkSupport
 from openwork_sandbox.state import ownership, persist
 from openwork_sandbox.state.store import MIN_PUBLIC_TOKEN_LEN, SandboxState, fingerprint, secret_digest
 
@@ -42,6 +42,68 @@ def check_exposure(settings: Settings) -> None:
                 f"beyond loopback: use at least {MIN_PUBLIC_TOKEN_LEN} characters, or unset it to have one generated",
                 exit_code=EXIT_BAD_SETTINGS,
             )
+
+
+# what each OPENWORK_MICROSANDBOX_NETWORK policy lets the sandbox reach, where a runtime holds it
+POLICY_REACH = {
+    "allow-all": "the host, the LAN and the internet",
+    "public-only": "the internet only",
+    "none": "nothing outbound",
+}
+# said by `up` and `doctor` when the sandbox runs in the host's own network namespace (Docker host networking)
+SHARED_NETWORK = (
+    "the agent shares the host's network (host networking): it reaches the host's loopback services and the "
+    "LAN as any program on the host does"
+)
+
+
+def network_refusal(
+    settings: Settings, kind: str, support: NetworkSupport, microvm: tuple[bool, str]
+) -> tuple[str, str] | None:
+    """``(what cannot be enforced and why, what to do)`` when the runtime ``kind``, holding ``support``
+    here, cannot hold OPENWORK_MICROSANDBOX_NETWORK; None when it holds it. ``microvm`` is
+    ``choice.microvm_verdict`` for this host: where microVMs boot, the way out is the microsandbox
+    runtime (it holds every policy); else it is named as the runtime that would. Pure."""
+    policy = settings.network
+    if policy in support.enforced:
+        return None
+    setting = f"OPENWORK_MICROSANDBOX_NETWORK={policy} (from {settings.origin('network')})"
+    vm_boots, vm_why = microvm
+    if settings.runtime != "auto":
+        what = f"{setting} cannot be enforced by the {kind} runtime: {support.limit}"
+    elif vm_boots:
+        what = (
+            f"{setting} cannot be enforced here: auto keeps the {kind} runtime this sandbox uses, and {support.limit}"
+        )
+    else:
+        what = (
+            f"{setting} cannot be enforced here: microVMs cannot boot here ({vm_why}), so auto chose the {kind} "
+            f"runtime, and {support.limit}"
+        )
+    if vm_boots:
+        way = "use the microsandbox runtime, which enforces it (OPENWORK_MICROSANDBOX_RUNTIME=microsandbox)"
+    elif settings.runtime != "auto":
+        way = f"the microsandbox runtime enforces it, on a host where microVMs boot (not this one: {vm_why})"
+    else:
+        way = "the microsandbox runtime enforces it, on a host where microVMs boot"
+    return what, f"{way}; or set OPENWORK_MICROSANDBOX_NETWORK=allow-all"
+
+
+def check_network(settings: Settings, rt: Runtime) -> str | None:
+    """Stop ``up`` in one line (WorkflowError, exit 2) when ``rt`` cannot hold OPENWORK_MICROSANDBOX_NETWORK
+    on this host (:func:`network_refusal`; a sandbox of this name that runs now is named too, since it
+    does not hold it either); else :data:`SHARED_NETWORK` when the sandbox shares the host's network, or
+    None. Asks the runtime only: nothing is created or changed."""
+    support = rt.network_support()
+    if settings.network in support.enforced:
+        return SHARED_NETWORK if support.shares_host else None
+    from openwork_sandbox.runtimes.probe import microvm_support
+
+    what, way = network_refusal(settings, rt.kind, support, microvm_support())
+    running = ""
+    if rt.status().state == RUNNING:
+        running = f"; the sandbox {settings.name} that runs now does not hold it either: `invoke down` stops it"
+    raise WorkflowError(f"{what}; {way}{running}", exit_code=EXIT_BAD_SETTINGS)
 
 
 def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secrets=None) -> LaunchSpec:

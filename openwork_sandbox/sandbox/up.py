@@ -1,7 +1,8 @@
 """``up``: create, start or reuse the sandbox and wait until its server is healthy.
 
 :func:`up` picks the runtime (``launch.choose_runtime``: microsandbox where microVMs boot, else
-Docker), observes (the record, the runtime's status, one health probe, the port), decides
+Docker; a network policy it cannot hold stops here, ``launch.check_network``), observes (the
+record, the runtime's status, one health probe, the port), decides
 (``decision.decide_up``), acts (copy old-layout state out, remove, create or start, wait with
 ``start_watch``) and reports the URL, the workspace id and the tokens (masked unless asked), or with
 ``as_json`` one JSON object on stdout. ``.state/<name>/`` (:mod:`openwork_sandbox.state.store`)
@@ -38,7 +39,7 @@ from openwork_sandbox.sandbox.decision import (
     decide_up,
 )
 from openwork_sandbox.sandbox.endpoint import Endpoint
-from openwork_sandbox.sandbox.launch import check_exposure, choose_runtime, launch_spec
+from openwork_sandbox.sandbox.launch import check_exposure, check_network, choose_runtime, launch_spec
 from openwork_sandbox.sandbox.start_watch import wait_until_ready
 from openwork_sandbox.state import persist
 from openwork_sandbox.state.store import SandboxState
@@ -208,8 +209,11 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     token, host_token = state.tokens(create=False)  # a tokens.json that does not parse stops here, before any change
     secrets = gather(settings)  # an unset OPENWORK_SANDBOX_ENV variable or a bad opencode config: before anything
     kind, why = choose_runtime(settings, state)
-    console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
     rt = runtimes.runtime_for(kind, settings)
+    shared = check_network(settings, rt)  # a network policy this runtime cannot hold stops here, before any change
+    console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
+    if shared:
+        console.info(f"network: {shared}")
 
     if not state.exists():  # the lock creates .state/<name>/: a busy port fails before that
         fp = launch_spec(settings, kind, token or "", host_token or "").fingerprint
