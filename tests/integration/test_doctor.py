@@ -203,3 +203,44 @@ def test_invoke_list_does_not_import_the_sdk():
     assert listing.returncode == 0
     for name in ("build-image", "push-image", "up", "down", "status", "logs", "reset", "smoke", "doctor"):
         assert f"  {name} " in listing.stdout or f"  {name}\n" in listing.stdout
+
+
+SHARED = (
+    "the agent shares the host's network (host networking): it reaches the host's loopback services and the "
+    "LAN as any program on the host does"
+)
+
+
+def test_doctor_says_plainly_when_the_agent_shares_the_host_network(services, tmp_path):
+    from openwork_sandbox.runtimes.docker import engine_has_bridge
+
+    if engine_has_bridge():
+        pytest.skip("the engine has a bridge network: its sandbox does not share the host's network")
+    proc = run_doctor(tmp_path, {"OPENWORK_MICROSANDBOX_RUNTIME": "docker"})
+    rows = [ln for ln in proc.stderr.splitlines() if ln[:1] in ("✓", "✗") and ln[1:].strip().startswith("network ")]
+    assert (
+        len(rows) == 1
+        and rows[0].startswith("✓")
+        and rows[0].endswith(f"allow-all, held by the docker runtime: {SHARED}")
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_doctor_fails_a_network_policy_docker_cannot_hold(services, tmp_path):
+    from openwork_sandbox.runtimes.docker import engine_has_bridge
+
+    if engine_has_bridge():
+        pytest.skip("the engine has a bridge network: tests/docker/test_network_policy_docker.py covers it")
+    proc = run_doctor(
+        tmp_path, {"OPENWORK_MICROSANDBOX_RUNTIME": "docker", "OPENWORK_MICROSANDBOX_NETWORK": "none"}, "--json"
+    )
+    row = by_name(json.loads(proc.stdout))["network"]
+    assert not row["ok"] and row["needed_by"] == ["docker"]
+    assert row["detail"] == (
+        "OPENWORK_MICROSANDBOX_NETWORK=none (from environment) cannot be enforced by the docker runtime: this Docker "
+        "engine has no bridge network, so the container shares the host's network (its loopback services, the LAN)"
+    )
+    assert (
+        row["fix"].endswith("; or set OPENWORK_MICROSANDBOX_NETWORK=allow-all") and "microsandbox runtime" in row["fix"]
+    )
+    assert proc.returncode == 1
