@@ -124,8 +124,9 @@ SPECS: tuple[Spec, ...] = (
         "OPENWORK_MICROSANDBOX_NETWORK",
         values.choice("allow-all", "public-only", "none"),
         "allow-all",
-        "what the microVM may reach: allow-all (as upstream: the host, the LAN, the internet), public-only "
-        "(the internet only), none (nothing outbound; the published port still answers)",
+        "what the sandbox may reach: allow-all (as upstream: the host, the LAN, the internet), public-only "
+        "(the internet only), none (nothing outbound; the published port still answers); the Docker runtime "
+        "holds allow-all alone and `up` refuses the others",
     ),
     Spec(
         "approval_mode",
