@@ -18,14 +18,16 @@ Networking and the loopback rule:
   publishes no port), and under host networking the container is on the host's network; ``up``
   refuses the other policies before anything is made, and ``create`` never boots one.
 
-The tokens reach the container through ``--env-file`` (a 0600 file in ``.state/<name>/``), never
-on a command line where ``ps`` would show them.
+The container's environment (``--env-file``, a 0600 file in ``.state/<name>/``) holds settings and
+the paths of the token files, never a token: the tokens are files in read-only mounts
+(:mod:`openwork_sandbox.state.secrets`), so ``docker inspect`` shows none.
 
-On Linux the container runs as the invoking user (``--user uid:gid``, unless that is root or the
-engine is rootless, where the container's root already is the user), so every file it writes into
-``.state/<name>/`` belongs to the user and ``reset`` needs no sudo. Files there that belong to
-someone else (a container that ran as root) are handed back first, by a one-off root container of
-the same image (``chown``).
+The container starts as root with only the capabilities its entrypoint needs to set up the
+boundary (:data:`CAPABILITIES`) and ``no-new-privileges``; the entrypoint runs the server as the
+owner of the data folder (the invoking user, so every file it writes into ``.state/<name>/``
+belongs to the user and ``reset`` needs no sudo) and the agent without any capability. Files there
+that belong to someone else (a container of an older version that ran as root) are handed back
+first, by a one-off root container of the same image (``chown``). ``exec`` runs as the invoking user.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ BRIDGE_LIMIT = (
     "(an --internal network reaches the host too, and publishes no port)"
 )
 HOST_LIMIT = "this Docker engine has no bridge network, so the container shares the host's network (its loopback services, the LAN)"
+# what the entrypoint needs as root: hand files back (chown), enter the user's folders, switch to the
+# server's and the agent's uids, give the server CAP_DAC_READ_SEARCH, stop what it started; nothing else
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID", "KILL")
 
 
 @functools.cache
@@ -308,7 +313,11 @@ class DockerRuntime(Runtime):
             "--memory",
             f"{spec.memory_mib}m",
             *net_args,
-            *(["--user", user] if user else []),
+            "--cap-drop",
+            "ALL",
+            *[arg for cap in CAPABILITIES for arg in ("--cap-add", cap)],
+            "--security-opt",
+            "no-new-privileges",
         ]
         for guest, host in spec.mounts.items():
             argv += ["--mount", f"type=bind,source={host},target={guest}"]
@@ -494,5 +503,8 @@ class DockerRuntime(Runtime):
             yield f"{when} {rest}"
 
     def exec(self, argv: list[str], *, timeout: float = 60) -> tuple[int, str]:
-        proc = processes.docker("exec", self.name, *argv, check=False, timeout=timeout)
+        user = run_as_user()
+        proc = processes.docker(
+            "exec", *(["--user", user] if user else []), self.name, *argv, check=False, timeout=timeout
+        )
         return proc.returncode, (proc.stdout or "") + (proc.stderr or "")

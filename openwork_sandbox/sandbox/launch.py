@@ -118,8 +118,7 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
     secrets = sandbox_secrets.current(settings) if secrets is None else secrets
 
     env = {
-        "OPENWORK_TOKEN": token,
-        "OPENWORK_HOST_TOKEN": host_token,
+        **sandbox_secrets.token_env(),  # the tokens themselves are files under the server's private folder
         "OPENWORK_APPROVAL_MODE": settings.approval_mode,
         "OPENWORK_CONNECT_HOST": settings.connect_host,
     }
@@ -148,7 +147,10 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
             **({"secrets": secrets.digests()} if not secrets.empty else {}),
         }
     )
-    readonly = {} if secrets.empty else {sandbox_secrets.GUEST_DIR: sandbox_secrets.host_dir(settings).resolve()}
+    mounts[sandbox_secrets.STORE_GUEST] = sandbox_secrets.store_dir(settings).resolve()
+    readonly = {sandbox_secrets.SERVER_SECRETS_GUEST: sandbox_secrets.server_secrets_dir(settings).resolve()}
+    if not secrets.empty:
+        readonly[sandbox_secrets.GUEST_DIR] = sandbox_secrets.host_dir(settings).resolve()
     return LaunchSpec(
         name=settings.name,
         image=image,

@@ -149,13 +149,15 @@ def _act(
     seen: Observed,
     decision: UpDecision,
     spec: LaunchSpec,
-    token: str,
+    tokens: tuple[str, str],
     secrets=None,
 ) -> tuple[dict, str | None]:
     """Carry out ``decision`` (see the module doc); returns the health body and the workspace id.
-    The record is written before anything boots, so logs/status/reset find a sandbox whose start failed."""
+    ``tokens``: the client and host token. The record is written before anything boots, so
+    logs/status/reset find a sandbox whose start failed."""
     from openwork_sandbox.net.health import check_workspaces
 
+    token = tokens[0]
     if decision.remove_old:
         old = runtimes.runtime_for(decision.remove_old, settings)
         persist.migrate_before_replace(
@@ -175,9 +177,10 @@ def _act(
         return seen.health or {}, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
     fresh = decision.action in (CREATE, RECREATE)
     made = {"created_at": time.time(), "workspace_id": None} if fresh else {}
-    if secrets is not None:  # the mounted folder, before anything boots (a start mounts it too)
-        from openwork_sandbox.state.secrets import write
+    from openwork_sandbox.state.secrets import write, write_server_side
 
+    write_server_side(settings, *tokens)  # the token files and the store, before anything boots
+    if secrets is not None:  # the mounted folder, before anything boots (a start mounts it too)
         write(settings, secrets)
         if fresh:  # the digests of what it is made with: a later `up` names what changed
             made["secrets"] = secrets.digests() or None
@@ -231,7 +234,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         with interrupts.sigterm_as_interrupt():
             try:
                 with _start_slot(settings, decision):
-                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, token, secrets)
+                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, (token, host_token), secrets)
                     if (
                         not settings.ephemeral
                     ):  # healthy: from now on the runtime brings it back (Docker: restart policy)

@@ -41,7 +41,7 @@ from openwork_sandbox.core.files import write_atomic
 GUEST_HOME = "/data/home"  # HOME inside the sandbox (the entrypoint's default too)
 HOST_HOME = "home"  # the same folder on the host: <data dir>/home
 LEGACY_HOME = "/root"  # HOME of a sandbox of the old layout
-LAYOUT = 2  # part of the settings fingerprint: a sandbox of an older layout is recreated (and migrated)
+LAYOUT = 3  # part of the settings fingerprint: a sandbox of an older layout is recreated (and migrated)
 # What a user would miss, relative to HOME (the README's table lists them).
 KEPT = (".local/share/opencode", ".config/opencode", ".config/openwork", ".local/state/opencode")
 NOT_KEPT = (".local/state/opencode/locks",)  # lock files of the stopped process: stale by definition

@@ -13,6 +13,16 @@ runtimes keep in their stored configuration (``docker inspect``'s ``Config.Env``
   ``opencode.jsonc`` just before it starts opencode, so only opencode and what the agent runs hold
   the keys.
 
+The server's side has a folder of its own, out of the agent's reach (the image's entrypoint makes
+:data:`PRIVATE_GUEST` root's, 0700, and only the server side may enter it):
+
+- ``.state/<name>/server-secrets/`` (0700) holds the client and host tokens as files (0600), mounted
+  read-only at :data:`SERVER_SECRETS_GUEST`; the sandbox gets only their paths
+  (``OPENWORK_TOKEN_FILE``, ``OPENWORK_HOST_TOKEN_FILE``), so no token is in its environment or the
+  runtime's stored configuration;
+- ``.state/<name>/server-store/`` (0700) is the server's private store (issued tokens), mounted at
+  :data:`STORE_GUEST`.
+
 Values never reach a command line, a log or a message (:func:`openwork_sandbox.core.gha.mask` hides
 them under GitHub Actions). The sandbox's fingerprint holds a digest of each part, so a changed name
 or value makes the next ``up`` recreate the sandbox and say why.
@@ -31,6 +41,12 @@ from openwork_sandbox.core.files import write_atomic
 
 GUEST_DIR = "/etc/openwork-sandbox"  # where the folder is mounted (read by image/opencode-gate)
 HOST_DIR = "sandbox-secrets"  # under .state/<name>/
+PRIVATE_GUEST = "/srv/openwork"  # root's, 0700 inside the sandbox (the image's entrypoint)
+SERVER_SECRETS_GUEST = f"{PRIVATE_GUEST}/secrets"
+STORE_GUEST = f"{PRIVATE_GUEST}/store"
+SERVER_SECRETS_DIR = "server-secrets"  # under .state/<name>/
+STORE_DIR = "server-store"  # under .state/<name>/
+TOKEN_FILES = {"OPENWORK_TOKEN": "openwork-token", "OPENWORK_HOST_TOKEN": "openwork-host-token"}
 ENV_FILE = "sandbox.env"
 CONFIG_FILE = "opencode.jsonc"
 
@@ -158,3 +174,31 @@ def write(settings: Settings, secrets: SandboxSecrets) -> Path | None:
         if name not in wanted:
             (folder / name).unlink(missing_ok=True)
     return folder
+
+
+def server_secrets_dir(settings: Settings) -> Path:
+    """``.state/<name>/server-secrets``: the token files, mounted read-only at :data:`SERVER_SECRETS_GUEST`."""
+    return settings.sandbox_state_dir / SERVER_SECRETS_DIR
+
+
+def store_dir(settings: Settings) -> Path:
+    """``.state/<name>/server-store``: the server's private store, mounted at :data:`STORE_GUEST`."""
+    return settings.sandbox_state_dir / STORE_DIR
+
+
+def token_env() -> dict[str, str]:
+    """The sandbox's environment for its tokens: where their files are mounted, never the values."""
+    return {f"{var}_FILE": f"{SERVER_SECRETS_GUEST}/{name}" for var, name in TOKEN_FILES.items()}
+
+
+def write_server_side(settings: Settings, token: str, host_token: str) -> None:
+    """Write the token files (0600, atomically) into their folder and make the store folder, both
+    0700, for the runtime to mount; a symlink in their place is replaced by a real folder."""
+    values = {"OPENWORK_TOKEN": token, "OPENWORK_HOST_TOKEN": host_token}
+    for folder in (server_secrets_dir(settings), store_dir(settings)):
+        if folder.is_symlink():
+            folder.unlink()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+    for var, name in TOKEN_FILES.items():
+        write_atomic(server_secrets_dir(settings) / name, values[var] + "\n", mode=0o600)

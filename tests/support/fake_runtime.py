@@ -164,6 +164,17 @@ class FakeOpenWork:
         self._thread.join(timeout=5)
 
 
+def _client_token(spec) -> str:
+    """The client token as the image's entrypoint finds it: the file OPENWORK_TOKEN_FILE names, read
+    through the read-only mount that holds it ("" when there is none)."""
+    guest = spec.env.get("OPENWORK_TOKEN_FILE", "")
+    for mount, host in spec.readonly_mounts.items():
+        if guest.startswith(mount + "/"):
+            path = Path(host) / guest[len(mount) + 1 :]
+            return path.read_text().splitlines()[0] if path.is_file() else ""
+    return ""
+
+
 class FakeRuntime(Runtime):
     """A test double: one sandbox in memory under runtime ``kind``; see the module doc.
 
@@ -218,7 +229,7 @@ class FakeRuntime(Runtime):
         self.started_at = time.time()
         if word != "silent":
             self.log.append(f"[fake] start ({plan})")
-        token = spec.env.get("OPENWORK_TOKEN", "")
+        token = _client_token(spec)
         if word in ("healthy", "starting", "unhealthy"):
             unhealthy = {"healthy": 0, "starting": int(count or 1), "unhealthy": -1}[word]
             self.server = FakeOpenWork(spec.bind_address, spec.host_port, token, unhealthy=unhealthy)

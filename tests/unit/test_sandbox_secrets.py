@@ -190,10 +190,13 @@ def test_the_launch_spec_mounts_the_folder_read_only_and_keeps_values_out_of_the
 
     s = settings(tmp_path, {"OPENWORK_SANDBOX_ENV": "P_KEY", "P_KEY": "sk-launch-secret-000"})
     spec = launch_spec(s, "docker", "t" * 40, "h" * 40, sandbox_secrets.gather(s))
-    assert spec.readonly_mounts == {"/etc/openwork-sandbox": (s.sandbox_state_dir / "sandbox-secrets").resolve()}
+    server_secrets = {"/srv/openwork/secrets": (s.sandbox_state_dir / "server-secrets").resolve()}
+    agent_secrets = {"/etc/openwork-sandbox": (s.sandbox_state_dir / "sandbox-secrets").resolve()}
+    assert spec.readonly_mounts == {**server_secrets, **agent_secrets}
     assert "sk-launch-secret-000" not in json.dumps(spec.env) and "P_KEY" not in spec.env
+    assert "t" * 40 not in json.dumps(spec.env) and "h" * 40 not in json.dumps(spec.env)
     bare = launch_spec(s.with_overrides(sandbox_env=(), sandbox_env_values={}), "docker", "t" * 40, "h" * 40)
-    assert bare.readonly_mounts == {} and bare.fingerprint != spec.fingerprint
+    assert bare.readonly_mounts == server_secrets and bare.fingerprint != spec.fingerprint
 
 
 def test_the_microvm_mounts_the_folder_read_only(tmp_path):

@@ -54,7 +54,16 @@ def test_create_boots_a_new_sandbox_records_it_and_reports_it(fake_engine, tmp_p
     assert spec.env["HOME"] == "/data/home"
     url = f"http://127.0.0.1:{settings.port}"
     kept = tokens(settings)
-    assert spec.env["OPENWORK_TOKEN"] == kept["token"] and spec.env["OPENWORK_HOST_TOKEN"] == kept["host_token"]
+    # the tokens are files in the server's read-only mount, named by path; no value is in the environment
+    assert spec.env["OPENWORK_TOKEN_FILE"] == "/srv/openwork/secrets/openwork-token"
+    assert spec.env["OPENWORK_HOST_TOKEN_FILE"] == "/srv/openwork/secrets/openwork-host-token"
+    assert not {v for v in spec.env.values() if kept["token"] in v or kept["host_token"] in v}
+    secrets_dir = spec.readonly_mounts["/srv/openwork/secrets"]
+    assert secrets_dir == settings.sandbox_state_dir / "server-secrets"
+    assert (secrets_dir / "openwork-token").read_text() == kept["token"] + "\n"
+    assert (secrets_dir / "openwork-host-token").read_text() == kept["host_token"] + "\n"
+    for private in (secrets_dir, secrets_dir / "openwork-token", spec.mounts["/srv/openwork/store"]):
+        assert private.stat().st_mode & 0o077 == 0, private
     assert {k: done[k] for k in ("name", "runtime", "action", "url", "workspace_id", "image", "server_version")} == {
         "name": NAME,
         "runtime": "docker",

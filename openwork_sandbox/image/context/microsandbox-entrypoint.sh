@@ -3,17 +3,28 @@
 # sidecars (the binaries baked in /usr/local/bin), remote access on OPENWORK_PORT
 # (OPENWORK_REMOTE_ACCESS=0 keeps openwork-server on 127.0.0.1, for host networking).
 #
-# Unlike upstream there are no default tokens: OPENWORK_TOKEN (client) and OPENWORK_HOST_TOKEN
-# (host/owner) must be passed in (`invoke up` generates and keeps them per sandbox). Without them
-# the script exits 64 rather than serve a well-known secret. Token values are never printed.
+# Unlike upstream there are no default tokens: the client and host tokens must be passed in, as
+# files (OPENWORK_TOKEN_FILE, OPENWORK_HOST_TOKEN_FILE: `invoke up` mounts them read-only under
+# /srv/openwork/secrets) or, for a hand-made `docker run`, as OPENWORK_TOKEN / OPENWORK_HOST_TOKEN.
+# Without them the script exits 64 rather than serve a well-known secret. Token values are never printed.
 #
 # Everything the programs keep that a user would miss lives under /data (a bind mount that
 # outlives the sandbox): HOME defaults to /data/home, so opencode's database, config and state
-# (XDG_*_HOME under HOME) and openwork-server's token store ($HOME/.config/openwork/tokens.json)
-# survive a new container or VM. A /data that cannot be written ends the script with exit 73 and
-# one line saying so, rather than a server that keeps nothing. Run as root with a /data owned by
-# someone else (a runtime that cannot run as the user), it hands earlier files back to that owner
-# and runs the server as that owner (setpriv), so every file it makes belongs to the user.
+# (XDG_*_HOME under HOME) survive a new container or VM. A /data that cannot be written ends the
+# script with exit 73 and one line saying so, rather than a server that keeps nothing.
+#
+# The boundary (started as root, as `invoke up` starts it): the server side (the orchestrator,
+# openwork-server, their gates) and the agent (opencode and every command it runs) are kept apart.
+# - /srv/openwork is root's, 0700: the agent cannot enter it. It holds the token files (secrets/,
+#   read-only) and the server's private store (store/: issued tokens, OPENWORK_TOKEN_STORE), both
+#   mounted there by `up`; a store found in the agent's home (older layouts) is moved in.
+# - The server side runs as the owner of /data (the user's uid on the host, so every file stays the
+#   user's) with CAP_DAC_READ_SEARCH as an ambient capability: it can enter /srv/openwork, and a
+#   process without that capability cannot read its memory, environment or descriptors (/proc).
+#   When /data belongs to root, the server runs as root and the agent as uid 61001 instead.
+# - opencode-gate leaves the server side before it starts opencode: an environment of its own
+#   (no token), no capabilities, no_new_privs (see opencode-gate).
+# Started as another user (`docker run --user`), nothing can be separated: it says so and goes on.
 set -eu
 
 : "${OPENWORK_WORKSPACE:=/workspace}"
@@ -26,11 +37,25 @@ set -eu
 : "${OPENWORK_CONNECT_HOST:=127.0.0.1}"
 : "${OPENWORK_REMOTE_ACCESS:=1}"  # 0: openwork-server on 127.0.0.1 only (Docker with host networking)
 
+PRIVATE=/srv/openwork  # root's, 0700: the token files and the server's store, out of the agent's reach
+
+# A token comes from its file when OPENWORK_*_FILE names one (the file's first line, read as root).
+for var in OPENWORK_TOKEN OPENWORK_HOST_TOKEN; do
+  eval "file=\${${var}_FILE:-}"
+  if [ -n "$file" ]; then
+    if ! value="$(head -n 1 "$file" 2>/dev/null)"; then
+      echo "microsandbox-entrypoint: ${var}_FILE=$file cannot be read by uid $(id -u); mount the token files read-only there" >&2
+      exit 64
+    fi
+    eval "$var=\$value"
+  fi
+  unset "${var}_FILE"
+done
 missing=""
 [ -n "${OPENWORK_TOKEN:-}" ] || missing="OPENWORK_TOKEN"
 [ -n "${OPENWORK_HOST_TOKEN:-}" ] || missing="${missing:+$missing and }OPENWORK_HOST_TOKEN"
 if [ -n "$missing" ]; then
-  echo "microsandbox-entrypoint: $missing not set; pass them in (e.g. docker run -e OPENWORK_TOKEN=... -e OPENWORK_HOST_TOKEN=...); this image has no default tokens" >&2
+  echo "microsandbox-entrypoint: $missing not set; pass them in as files (OPENWORK_TOKEN_FILE=..., OPENWORK_HOST_TOKEN_FILE=...) or variables; this image has no default tokens" >&2
   exit 64
 fi
 
@@ -49,21 +74,53 @@ if ! { mkdir -p /data && printf 'probe\n' > "$probe"; } 2>/dev/null; then
 fi
 rm -f "$probe"
 
-# Root in a sandbox whose /data belongs to a user (a runtime that cannot run as that user): hand
-# what earlier runs made back to that owner, and run the server as the owner from here on.
+# Who runs what (see the head of this file). run_as: the server side's start; AGENT_UID:GID: the agent.
 run_as=""
+agent_trees=""
+AGENT_UID="$(id -u)"
+AGENT_GID="$(id -g)"
 if [ "$(id -u)" = 0 ]; then
   owner="$(stat -c %u:%g /data)"
+  mkdir -p "$PRIVATE"
+  chown 0:0 "$PRIVATE" && chmod 0700 "$PRIVATE" || true
+  if [ "$(stat -c %u:%a "$PRIVATE")" != 0:700 ]; then
+    echo "microsandbox-entrypoint: $PRIVATE must be root's with mode 0700 to keep the tokens from the agent, and cannot be made so" >&2
+    exit 78
+  fi
+  # the server's store: the mounted one, with issued tokens an older layout kept in the agent's home moved in
+  if [ -d "$PRIVATE/store" ]; then
+    OPENWORK_TOKEN_STORE="$PRIVATE/store/tokens.json"
+    old="${HOME:-/data/home}/.config/openwork/tokens.json"
+    [ "$old" = "$OPENWORK_TOKEN_STORE" ] || {
+      if [ -f "$old" ] && [ ! -f "$OPENWORK_TOKEN_STORE" ]; then mv -f "$old" "$OPENWORK_TOKEN_STORE"; fi
+      rm -f "$old"
+    }
+    export OPENWORK_TOKEN_STORE
+  else
+    echo "microsandbox-entrypoint: no private store mounted at $PRIVATE/store: issued tokens are kept in \$HOME/.config/openwork, where the agent can read them" >&2
+  fi
   if [ "${owner%%:*}" != 0 ]; then
-    for dir in /data "$OPENWORK_WORKSPACE"; do
-      [ -d "$dir" ] && find "$dir" -xdev \( ! -user "${owner%%:*}" -o ! -group "${owner##*:}" \) \
+    AGENT_UID="${owner%%:*}"
+    AGENT_GID="${owner##*:}"
+    # hand what earlier runs made as root back to the owner
+    for dir in /data "$OPENWORK_WORKSPACE" "$PRIVATE/store"; do
+      [ -d "$dir" ] && find "$dir" -xdev \( ! -user "$AGENT_UID" -o ! -group "$AGENT_GID" \) \
         -exec chown -h "$owner" {} + 2>/dev/null || true
     done
-    if command -v setpriv >/dev/null 2>&1; then
-      run_as="setpriv --reuid=${owner%%:*} --regid=${owner##*:} --clear-groups --"
-    fi
+    run_as="setpriv --reuid=$AGENT_UID --regid=$AGENT_GID --clear-groups --inh-caps=+dac_read_search --ambient-caps=+dac_read_search --"
+  else
+    # /data is root's (the tool run as root, a rootless engine): the server stays root, the agent does not
+    AGENT_UID="${OPENWORK_AGENT_UID:-61001}"
+    AGENT_GID="${OPENWORK_AGENT_GID:-$AGENT_UID}"
+    agent_trees=yes  # its home, the workspace and the orchestrator's folders become the agent's (below)
+    chgrp "$AGENT_GID" /data && chmod g+x,g-w /data || true  # the agent enters /data, root keeps it
   fi
+else
+  echo "microsandbox-entrypoint: started as uid $(id -u), not root: the agent cannot be kept from the server's tokens; start the sandbox as root (it drops privileges itself)" >&2
 fi
+OPENWORK_AGENT_UID="$AGENT_UID"
+OPENWORK_AGENT_GID="$AGENT_GID"
+export OPENWORK_AGENT_UID OPENWORK_AGENT_GID
 
 if [ -n "$run_as" ]; then
   : "${USER:=$(id -un "${owner%%:*}" 2>/dev/null || echo "${owner%%:*}")}"
@@ -89,6 +146,13 @@ export OPENWORK_TOKEN OPENWORK_HOST_TOKEN
 
 $run_as mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
+if [ -n "$agent_trees" ]; then
+  for dir in "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
+    "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"; do
+    find "$dir" -xdev \( ! -user "$AGENT_UID" -o ! -group "$AGENT_GID" \) \
+      -exec chown -h "$AGENT_UID:$AGENT_GID" {} + 2>/dev/null || true
+  done
+fi
 
 # openwork-supervise restarts `openwork serve` when it (or a program it runs) dies, and passes
 # SIGTERM/SIGINT on to it; OPENWORK_SUPERVISE=0 runs it without (exactly as upstream: exec).
