@@ -5,7 +5,9 @@ Inside the sandbox everything the three programs keep lives under the ``/data`` 
 
 - opencode: ``$XDG_DATA_HOME/opencode`` (``opencode.db`` with sessions and messages, auth, logs),
   ``$XDG_CONFIG_HOME/opencode``, ``$XDG_STATE_HOME/opencode``; XDG_* default to folders under HOME;
-- openwork-server: its token store, ``$HOME/.config/openwork/tokens.json`` (it follows HOME, not XDG);
+- openwork-server: its token store, which the image's entrypoint keeps out of the agent's reach
+  (``/srv/openwork/store``, :mod:`openwork_sandbox.state.secrets`); images of older layouts kept it
+  in ``$HOME/.config/openwork/tokens.json`` (it follows HOME, not XDG), from where it is moved;
 - the orchestrator: ``$OPENWORK_DATA_DIR`` (``/data/openwork-orchestrator``), sidecars in ``/data/sidecars``.
 
 ``up`` passes ``HOME=/data/home`` (:func:`guest_env`) whatever the image's entrypoint does.

@@ -93,8 +93,12 @@ class Agent:
         return subprocess.run(["docker", "inspect", self.name], capture_output=True, text=True, timeout=60).stdout
 
     def exec(self, script: str) -> str:
+        """``script`` in the sandbox with every capability (reading any process's environment needs CAP_SYS_PTRACE)."""
         proc = subprocess.run(
-            ["docker", "exec", self.name, "sh", "-c", script], capture_output=True, text=True, timeout=60
+            ["docker", "exec", "--privileged", self.name, "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return proc.stdout + proc.stderr
 

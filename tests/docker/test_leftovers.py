@@ -132,14 +132,14 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from tests.support.lifecycle import make_settings
 from openwork_sandbox.core.errors import WorkflowError
-from openwork_sandbox.sandbox.launch import launch_spec
 from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+from tests.support.lifecycle import prepared_spec
 s = make_settings(Path(sys.argv[1]), OPENWORK_MICROSANDBOX_NAME=sys.argv[3], OPENWORK_MICROSANDBOX_IMAGE=sys.argv[4],
                   OPENWORK_MICROSANDBOX_RUNTIME="microsandbox").with_overrides(ephemeral=True)
 for folder in (s.workspace_dir, s.data_dir):
     folder.mkdir(parents=True, exist_ok=True)
 try:
-    MicrosandboxRuntime(s.name, s.sandbox_state_dir).create(launch_spec(s, "microsandbox", "t" * 32, "h" * 32))
+    MicrosandboxRuntime(s.name, s.sandbox_state_dir).create(prepared_spec(s, "microsandbox", "t" * 32, "h" * 32))
 except WorkflowError as exc:
     print(exc.message)
 """

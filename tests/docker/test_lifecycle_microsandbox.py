@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.lifecycle import invoke, make_settings, ramfs, unique_name
+from tests.support.lifecycle import invoke, make_settings, prepared_spec, ramfs, unique_name
 from tests.support.microsandbox import (
     needs_no_microvm,
     remove_sandbox,
@@ -65,7 +65,6 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes.microsandbox.logs import sandbox_log_dir
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
 
     name = unique_name("msbboot")
@@ -85,7 +84,7 @@ def test_real_pull_then_boot_failure_is_diagnosed_and_nothing_is_deleted(tmp_pat
     runtime = MicrosandboxRuntime(name, settings.sandbox_state_dir)
     try:
         with pytest.raises(WorkflowError) as err:
-            runtime.create(launch_spec(settings, "microsandbox", token, host_token))
+            runtime.create(prepared_spec(settings, "microsandbox", token, host_token))
         message = err.value.message
         assert "\n" not in message
         assert "this host cannot run microVMs" in message
@@ -143,7 +142,6 @@ def slow_probe(tmp_path_factory):
 def _create_sandbox(tmp_path, image: str):
     """``MicrosandboxRuntime.create`` of a sandbox named anew, as `up` calls it (pull, then boot)."""
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
 
     settings = make_settings(
@@ -158,7 +156,7 @@ def _create_sandbox(tmp_path, image: str):
     state = SandboxState(settings)
     state.ensure()
     runtime = MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
-    return settings.name, lambda: runtime.create(launch_spec(settings, "microsandbox", *state.tokens()))
+    return settings.name, lambda: runtime.create(prepared_spec(settings, "microsandbox", *state.tokens()))
 
 
 @needs_no_microvm
@@ -268,7 +266,8 @@ def test_network_setting_maps_to_the_sdk_policy(tmp_path, setting, egress, ingre
     [binding] = kwargs["network"].ports
     assert (binding.host_port, binding.guest_port, binding.bind) == (port, 8787, "127.0.0.1")
     assert "ports" not in kwargs and kwargs["detached"] is True and kwargs["replace"] is True
-    assert kwargs["env"]["OPENWORK_TOKEN"] == "t" * 40
+    assert kwargs["env"]["OPENWORK_TOKEN_FILE"] == "/srv/openwork/secrets/openwork-token"
+    assert "t" * 40 not in json.dumps(kwargs["env"])  # the microVM's stored configuration holds no token
 
 
 def test_offline_does_not_change_the_network_policy(tmp_path):

@@ -21,7 +21,7 @@ import tempfile
 
 import pytest
 
-from tests.support.lifecycle import invoke
+from tests.support.lifecycle import invoke, prepared_spec
 from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
 from tests.support.stack import stack_settings
 
@@ -410,7 +410,6 @@ def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, t
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.probe import microvm_support, msb_path
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
     from tests.support.lifecycle import make_settings, unique_name
 
@@ -433,7 +432,7 @@ def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, t
     runtime = MicrosandboxRuntime(name, settings.sandbox_state_dir)
     try:
         with pytest.raises(WorkflowError) as err:
-            runtime.create(launch_spec(settings, "microsandbox", token, host_token))
+            runtime.create(prepared_spec(settings, "microsandbox", token, host_token))
         assert "cannot run microVMs" in err.value.message
         st = runtime.status()
         assert runtime.platform(st) == "linux/amd64"

@@ -68,8 +68,10 @@ def box(stack_image, tmp_path_factory):
 def test_the_state_lives_under_the_data_folder(box):
     home = Path(box["settings"].data_dir) / "home"
     assert (home / ".local/share/opencode/opencode.db").is_file()  # opencode's real database
-    tokens = home / ".config/openwork/tokens.json"  # the server's token store (follows HOME)
+    # the server's token store: its private folder, not the data folder the agent writes in
+    tokens = Path(box["settings"].sandbox_state_dir) / "server-store" / "tokens.json"
     assert tokens.is_file() and box["issued"] in tokens.read_text()
+    assert not (home / ".config/openwork/tokens.json").exists()
     assert (home / ".config/opencode").is_dir()
     code = subprocess.run(
         [

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.lifecycle import make_settings, unique_name
+from tests.support.lifecycle import make_settings, prepared_spec, unique_name
 from tests.support.paths import STACK_REPO, STANDINS
 from tests.support.registries import CERTS_D, PrivateRegistry
 
@@ -440,7 +440,6 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(
     from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
     from openwork_sandbox.runtimes.microsandbox.spec import create_kwargs
     from openwork_sandbox.runtimes.probe import microvm_support
-    from openwork_sandbox.sandbox.launch import launch_spec
     from openwork_sandbox.state.store import SandboxState
 
     if microvm_support()[0]:
@@ -463,7 +462,7 @@ def test_microsandbox_up_pulls_the_pushed_digest_with_login_and_ca(
         pinned = push_image(settings)["pinned"]
         state = SandboxState(settings.with_overrides(replace=True))
         state.ensure()
-        spec = launch_spec(settings.with_overrides(replace=True), "microsandbox", *state.tokens())
+        spec = prepared_spec(settings.with_overrides(replace=True), "microsandbox", *state.tokens())
         assert spec.image == pinned
         access = spec.pull_access()
         assert access.insecure is False and access.username == reg.user and access.ca_pems == (reg.ca.read_bytes(),)

@@ -131,3 +131,13 @@ def ramfs():
     finally:
         subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
         shutil.rmtree(mnt, ignore_errors=True)
+
+
+def prepared_spec(settings, kind: str, token: str, host_token: str):
+    """``launch_spec`` with the folders ``up`` writes before it boots (the token files, the server's
+    store), for tests that drive a runtime's ``create`` themselves."""
+    from openwork_sandbox.sandbox.launch import launch_spec
+    from openwork_sandbox.state.secrets import write_server_side
+
+    write_server_side(settings, token, host_token)
+    return launch_spec(settings, kind, token, host_token)

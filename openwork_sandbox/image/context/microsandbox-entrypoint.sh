@@ -107,7 +107,11 @@ if [ "$(id -u)" = 0 ]; then
       [ -d "$dir" ] && find "$dir" -xdev \( ! -user "$AGENT_UID" -o ! -group "$AGENT_GID" \) \
         -exec chown -h "$owner" {} + 2>/dev/null || true
     done
-    run_as="setpriv --reuid=$AGENT_UID --regid=$AGENT_GID --clear-groups --inh-caps=+dac_read_search --ambient-caps=+dac_read_search --"
+    # the capability that lets the server side, alone, enter $PRIVATE: CAP_DAC_READ_SEARCH where the
+    # runtime gives it (`invoke up` does), else CAP_DAC_OVERRIDE (in Docker's default set)
+    cap=dac_read_search
+    setpriv --inh-caps=+$cap true 2>/dev/null || cap=dac_override
+    run_as="setpriv --reuid=$AGENT_UID --regid=$AGENT_GID --clear-groups --inh-caps=+$cap --ambient-caps=+$cap --"
   else
     # /data is root's (the tool run as root, a rootless engine): the server stays root, the agent does not
     AGENT_UID="${OPENWORK_AGENT_UID:-61001}"

@@ -1,0 +1,138 @@
+"""The sandbox as a boundary, tried as an attacker would: a client (collaborator) token drives the
+agent's shell through openwork-server (``POST /w/<id>/opencode/session/<sid>/shell``, the real
+opencode running the command) and asks for every place a token was once within reach. The real
+image, the real orchestrator and opencode, on the Docker engine here (the stand-in openwork-server,
+as everywhere in this suite).
+
+The suite runs as root, so the sandbox's folders are root's and the agent runs as uid 61001; the
+case of a user's uid (server and agent the same uid, kept apart by a capability) is driven by
+handing the folders to uid 1234 and starting the same container again, as a user's `up` would find them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import requests
+
+from tests.support.lifecycle import docker_env, make_settings
+from tests.support.openwork_client import auth, issue_token, status_with
+
+pytestmark = pytest.mark.docker
+
+PROBES = (
+    "env",
+    "cat /srv/openwork/store/tokens.json",
+    "cat /srv/openwork/secrets/openwork-token /srv/openwork/secrets/openwork-host-token",
+    "cat /data/home/.config/openwork/tokens.json",
+    "for f in /proc/[0-9]*/environ; do cat $f; echo; done",
+    "cat /proc/1/root/srv/openwork/store/tokens.json",
+    "ls -la /srv/openwork",
+    "grep -r . /etc/openwork-sandbox /data 2>/dev/null | head -c 200000",
+)
+
+
+def agent_shell(url: str, token: str, command: str) -> str:
+    """What the agent's shell printed for ``command``, asked with ``token`` as a client would."""
+    ws = requests.get(f"{url}/workspaces", headers=auth(token), timeout=30).json()["items"][0]["id"]
+    base = f"{url}/w/{ws}/opencode/session"
+    sid = requests.post(base, json={"title": "probe"}, headers=auth(token), timeout=30).json()["id"]
+    answer = requests.post(
+        f"{base}/{sid}/shell", json={"agent": "build", "command": command}, headers=auth(token), timeout=120
+    )
+    assert answer.status_code == 200, answer.text[:300]
+    messages = requests.get(f"{base}/{sid}/message", headers=auth(token), timeout=30).json()
+    out = []
+    for message in messages:
+        for part in message.get("parts", []):
+            state = part.get("state") or {}
+            out.append(str(state.get("output") or (state.get("metadata") or {}).get("output") or ""))
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def sandbox(stack_image, tmp_path_factory):
+    from openwork_sandbox.sandbox.reset import reset
+    from openwork_sandbox.sandbox.up import up
+
+    tmp = tmp_path_factory.mktemp("boundary")
+    settings = make_settings(tmp, **docker_env(stack_image.ref, "bnd"))
+    ep = up(settings)
+    issued = issue_token(ep.url, ep.host_token)
+    yield settings, ep, issued
+    reset(settings, yes=True)
+
+
+def answers(ep) -> bool:
+    try:
+        return status_with(ep.url, ep.token) == 200
+    except requests.RequestException:
+        return False
+
+
+def secrets_of(ep, issued: str) -> dict[str, str]:
+    return {"client token": ep.token, "host token": ep.host_token, "issued token": issued}
+
+
+def assert_nothing_leaks(ep, issued: str) -> str:
+    """Every probe through the agent's shell; returns what ``id`` printed there."""
+    assert "HOME=/data/home" in agent_shell(ep.url, ep.token, "env")  # the shell runs, as the agent
+    for command in PROBES:
+        out = agent_shell(ep.url, ep.token, command)
+        leaked = [what for what, value in secrets_of(ep, issued).items() if value in out]
+        assert not leaked, f"`{command}` through the agent showed the {', '.join(leaked)}"
+    caps = agent_shell(
+        ep.url, ep.token, "grep -E '^Cap(Prm|Eff|Amb)' /proc/self/status; grep NoNewPrivs /proc/self/status"
+    )
+    assert caps.count("0000000000000000") == 3 and "NoNewPrivs:\t1" in caps, caps
+    assert "Operation not permitted" in agent_shell(ep.url, ep.token, "kill -0 1 2>&1")
+    return agent_shell(ep.url, ep.token, "id")
+
+
+def test_a_client_token_cannot_reach_any_token_through_the_agent(sandbox):
+    settings, ep, issued = sandbox
+    assert status_with(ep.url, issued) == 200
+    who = assert_nothing_leaks(ep, issued)
+    assert "uid=61001" in who, who  # the folders are root's here: the agent is not root
+    # the issued token is in the server's private store, not in the data folder the agent writes
+    store = settings.sandbox_state_dir / "server-store" / "tokens.json"
+    assert issued in store.read_text()
+    assert not list(settings.data_dir.rglob("tokens.json"))
+
+
+def test_no_token_in_the_containers_configuration(sandbox):
+    settings, ep, issued = sandbox
+    inspected = subprocess.run(["docker", "inspect", settings.name], capture_output=True, text=True, check=True).stdout
+    assert ep.token not in inspected and ep.host_token not in inspected
+    config = json.loads(inspected)[0]
+    env = config["Config"]["Env"]
+    assert "OPENWORK_TOKEN_FILE=/srv/openwork/secrets/openwork-token" in env
+    assert config["HostConfig"]["CapDrop"] == ["ALL"] and "no-new-privileges" in config["HostConfig"]["SecurityOpt"]
+    env_file = (settings.sandbox_state_dir / "container.env").read_text()
+    assert ep.token not in env_file and ep.host_token not in env_file
+    for name in ("openwork-token", "openwork-host-token"):
+        assert (settings.sandbox_state_dir / "server-secrets" / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_server_and_agent_as_the_users_uid_are_kept_apart_by_a_capability(sandbox):
+    """The folders of a user (uid 1234): the server runs as 1234 with CAP_DAC_READ_SEARCH, the agent as
+    1234 without; every file stays the user's."""
+    settings, ep, issued = sandbox
+    state = settings.sandbox_state_dir
+    subprocess.run(["docker", "stop", "-t", "20", settings.name], check=True, capture_output=True)
+    folders = [state / "server-store", state / "server-secrets", settings.data_dir, settings.workspace_dir]
+    subprocess.run(["chown", "-R", "1234:1234", *map(str, folders)], check=True)
+    subprocess.run(["docker", "start", settings.name], check=True, capture_output=True)
+    deadline = time.monotonic() + 120
+    while not answers(ep):
+        assert time.monotonic() < deadline, "the sandbox did not come back as uid 1234"
+        time.sleep(1)
+    who = assert_nothing_leaks(ep, issued)
+    assert "uid=1234" in who, who
+    assert status_with(ep.url, issued) == 200  # the store came along
+    made = []
+    for folder in folders:
+        made += [p for p in folder.rglob("*") if p.lstat().st_uid != 1234]
+    assert not made, f"not the user's: {made[:5]}"
