@@ -93,9 +93,18 @@ class Agent:
         return subprocess.run(["docker", "inspect", self.name], capture_output=True, text=True, timeout=60).stdout
 
     def exec(self, script: str) -> str:
-        """``script`` in the sandbox with every capability (reading any process's environment needs CAP_SYS_PTRACE)."""
         proc = subprocess.run(
-            ["docker", "exec", "--privileged", self.name, "sh", "-c", script],
+            ["docker", "exec", self.name, "sh", "-c", script], capture_output=True, text=True, timeout=60
+        )
+        return proc.stdout + proc.stderr
+
+    def inspect_processes(self, script: str) -> str:
+        """``script`` run beside the sandbox's processes, as root with CAP_SYS_PTRACE (which reading
+        another uid's ``/proc/<pid>/environ`` needs, and the sandbox itself never has)."""
+        image = json.loads(self.docker_inspect())[0]["Config"]["Image"]
+        argv = ["docker", "run", "--rm", "--pid", f"container:{self.name}", "--cap-add", "SYS_PTRACE"]
+        proc = subprocess.run(
+            [*argv, "--network", "none", "--entrypoint", "sh", image, "-c", script],
             capture_output=True,
             text=True,
             timeout=60,
@@ -176,7 +185,7 @@ def test_the_reply_comes_back_through_the_proxy_and_the_key_stays_secret(agent, 
     assert stat.S_IMODE(secret_file.parent.stat().st_mode) == 0o700
     assert agent.key in secret_file.read_text()
     # inside: opencode has it in its environment, openwork-server and the orchestrator do not
-    lines = agent.exec(
+    lines = agent.inspect_processes(
         'for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); [ -n "$c" ] || continue; '
         'if grep -q sk-standin- $p/environ 2>/dev/null; then echo "HAS $c"; else echo "NOT $c"; fi; '
         "done"

@@ -142,9 +142,9 @@ def test_a_non_root_user_owns_every_file_and_resets_without_sudo(runner):
         assert up.returncode == 0, up.stderr
         assert "handed the files" in up.stderr
         # started as root (to keep the agent from the server's tokens), it runs both as this user
-        top = subprocess.run(["docker", "top", name, "-eo", "uid,args"], capture_output=True, text=True).stdout
-        programs = [line.split(None, 1) for line in top.splitlines()[1:] if "serve" in line]
-        assert programs and {owner for owner, _ in programs} == {str(uid)}, top
+        top = subprocess.run(["docker", "top", name, "-eo", "pid,uid,args"], capture_output=True, text=True).stdout
+        programs = [line.split(None, 2) for line in top.splitlines()[1:] if "serve" in line]
+        assert programs and {owner for _, owner, _ in programs} == {str(uid)}, top
         import json
 
         tokens = json.loads((folder / "tokens.json").read_text())
