@@ -37,10 +37,9 @@ import functools
 import json
 import os
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openwork_sandbox.core import console, processes
@@ -363,47 +362,9 @@ class DockerRuntime(Runtime):
         return lambda: None
 
     def copy_out(self, guest_dir: str, stage: Path, unit: str) -> list:
-        """``docker cp CONTAINER:guest_dir/unit -`` (a tar stream, read as it comes) into ``stage/unit``:
-        the kept files (``state.persist.is_kept``) as ``write_staged`` records them. A container
-        without that folder copies nothing (``[]``); any other failure is a one-line WorkflowError."""
-        from openwork_sandbox.state.persist import is_kept, read_chunks, write_staged
+        from openwork_sandbox.runtimes.docker_copy import copy_out
 
-        src = str(PurePosixPath(guest_dir) / unit)
-        copied = []
-        top = PurePosixPath(unit).name
-        with processes.stream_bytes(["docker", "cp", f"{self.name}:{src}", "-"], check=False) as cp:
-            try:
-                with tarfile.open(fileobj=cp.stdout, mode="r|") as tar:
-                    for member in tar:
-                        name = PurePosixPath(member.name)
-                        parts = name.parts[1:] if name.parts and name.parts[0] == top else name.parts
-                        rel = str(PurePosixPath(unit, *parts))
-                        if not is_kept(rel) or ".." in parts:
-                            continue
-                        if member.isdir():
-                            (stage / rel).mkdir(parents=True, exist_ok=True)
-                        elif member.isfile():
-                            fh = tar.extractfile(member)
-                            copied.append(
-                                write_staged(
-                                    stage,
-                                    rel,
-                                    read_chunks(fh),
-                                    member.mode,
-                                    float(member.mtime),
-                                    expected_size=member.size,
-                                    source=f"{src} from {self.name}",
-                                )
-                            )
-            except tarfile.ReadError:
-                pass  # no tar at all: docker cp failed, see below
-        err, code = cp.stderr.decode(errors="replace"), cp.returncode
-        if code != 0:
-            if "Could not find the file" in err or "no such container:path" in err.lower():
-                return []  # the container has no such folder: nothing to copy
-            last = processes.last_line(err) if err.strip() else f"docker cp exited with {code}"
-            raise WorkflowError(f"could not copy {src} out of {self.name}: {last}")
-        return copied
+        return copy_out(self.name, guest_dir, stage, unit)
 
     def start(self, spec: LaunchSpec) -> None:
         # the server is the container's own entrypoint: starting the container relaunches it
