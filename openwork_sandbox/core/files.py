@@ -1,4 +1,5 @@
-"""The one atomic file writer: readers see the old file or the new one, never half of one."""
+"""The one atomic file writer (readers see the old file or the new one, never half of one), and
+the one rule for the folders a sandbox keeps: only their owner may enter them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from openwork_sandbox.core import console
+
+_WARNED: set[str] = set()  # the folders already warned about in this process (one task run)
 
 
 def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
@@ -42,3 +47,43 @@ def atomic_writer(path: Path, *, mode: int = 0o600, replace: bool = True) -> Ite
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def private_dir(path: Path, *, own: bool = False) -> Path:
+    """Make ``path`` a folder only its owner can enter, wherever it is; returns ``path``.
+
+    Each folder missing on the way (``path`` and its parents) is created mode 0700, whatever the
+    umask. An existing ``path`` that its group or others can enter is left as it is (it may be the
+    user's own folder, set in the settings) and named once per process in a one-line warning
+    with the ``chmod 700`` that closes it; with ``own`` (the tool's own folders: ``.state/<name>/``,
+    the secrets folder) it is set to 0700 instead. Raises OSError as ``os.mkdir`` does (a file in
+    the way: FileExistsError)."""
+    path = Path(path)
+    missing = []
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    made = set()
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # made meanwhile (another task), or a file: judged below like any other
+            if not folder.is_dir():
+                raise
+            continue
+        os.chmod(folder, 0o700)  # the umask may have taken the owner's bits too
+        made.add(folder)
+    if path in made:
+        return path
+    mode = os.stat(path).st_mode & 0o7777
+    if own:
+        if mode != 0o700:
+            os.chmod(path, 0o700)
+    elif mode & 0o077 and str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        console.info(
+            f"! {path} is open to other local users (mode {mode:04o}): `chmod 700 {path}` keeps them out of "
+            "what the sandbox keeps there"
+        )
+    return path

@@ -30,7 +30,7 @@ from typing import Any
 from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console, gha
 from openwork_sandbox.core.errors import WorkflowError
-from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.core.files import private_dir, write_atomic
 from openwork_sandbox.core.processes import CommandTimeout, docker, last_line, run, stream_lines, which
 from openwork_sandbox.image import artifacts as npm_artifacts
 
@@ -296,7 +296,7 @@ def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = F
 @contextlib.contextmanager
 def _build_lock(settings: Settings):
     """One build at a time per state folder (they share the build context and the cache)."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir, own=settings.origin("state_dir") == "default")
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock

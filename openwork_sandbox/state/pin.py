@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from openwork_sandbox.config import ImageRef, Settings
-from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.core.files import private_dir, write_atomic
 
 LAST_PUSH = "last-push.json"
 
@@ -48,7 +48,7 @@ def record_push(settings: Settings, digest: str) -> str:
         "pushed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path = last_push_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent, own=settings.origin("state_dir") == "default")
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
     return pinned
 

@@ -31,13 +31,12 @@ or value makes the next ``up`` recreate the sandbox and say why.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from openwork_sandbox.config import Settings
 from openwork_sandbox.core.errors import SettingsError
-from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.core.files import private_dir, write_atomic
 
 GUEST_DIR = "/etc/openwork-sandbox"  # where the folder is mounted (read by image/opencode-gate)
 HOST_DIR = "sandbox-secrets"  # under .state/<name>/
@@ -166,8 +165,7 @@ def write(settings: Settings, secrets: SandboxSecrets) -> Path | None:
         return None
     if folder.is_symlink():
         folder.unlink()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    private_dir(folder, own=True)
     for name, text in wanted.items():
         write_atomic(folder / name, text, mode=0o600)
     for name in (ENV_FILE, CONFIG_FILE):

@@ -1,6 +1,7 @@
 """The sandbox's state folder ``.state/<name>/`` on the host.
 
-Layout (all owned by the user; secrets are mode 0600)::
+Layout (all owned by the user; every folder 0700, made by :func:`files.private_dir`; secrets are
+mode 0600)::
 
     .state/<name>/
         workspace/        bind-mounted at /workspace (default; OPENWORK_MICROSANDBOX_WORKSPACE_DIR moves it)
@@ -37,7 +38,7 @@ from typing import Any
 from openwork_sandbox.config import SPECS, Settings, token_problems
 from openwork_sandbox.core import gha
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, SettingsError, WorkflowError
-from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.core.files import private_dir, write_atomic
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
 MIN_PUBLIC_TOKEN_LEN = 24  # a port published beyond loopback needs at least this much token
@@ -68,22 +69,25 @@ class SandboxState:
         return self.dir.is_dir()
 
     def ensure(self) -> None:
-        """Create ``.state/<name>/`` (0700) and the two bind-mounted folders, all absolute."""
-        for path, setting in (
-            (self.dir, "OPENWORK_STATE_DIR"),
-            (self.settings.workspace_dir, "OPENWORK_MICROSANDBOX_WORKSPACE_DIR"),
-            (self.settings.data_dir, "OPENWORK_MICROSANDBOX_DATA_DIR"),
+        """Create the state folder, ``.state/<name>/`` and the two bind-mounted folders, each 0700
+        (:func:`files.private_dir`). The tool's own folders (``.state/<name>/``, and those at their
+        default place) are set to 0700 when they are wider; one the settings point at is left as it
+        is, with a warning when others can enter it."""
+        settings = self.settings
+        for path, setting, field in (
+            (settings.state_dir, "OPENWORK_STATE_DIR", "state_dir"),
+            (self.dir, "OPENWORK_STATE_DIR", None),
+            (settings.workspace_dir, "OPENWORK_MICROSANDBOX_WORKSPACE_DIR", "workspace_dir"),
+            (settings.data_dir, "OPENWORK_MICROSANDBOX_DATA_DIR", "data_dir"),
         ):
-            if path.is_symlink() and path in (self.dir,):
+            if path.is_symlink() and path == self.dir:
                 raise WorkflowError(f"{path} is a symlink; the state folder must be a real folder: remove the link")
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                private_dir(path, own=field is None or settings.origin(field) == "default")
             except OSError as exc:
                 raise WorkflowError(
                     f"cannot create {path} ({exc.strerror}): check {setting} and the permissions of its folders"
                 ) from None
-        with contextlib.suppress(OSError):
-            os.chmod(self.dir, 0o700)
 
     # --- tokens ------------------------------------------------------------------------------
     @property
@@ -162,7 +166,7 @@ class SandboxState:
         A second holder waits up to ``wait`` seconds, then fails with a message naming the
         process that holds it.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir, own=True)
         path = self.dir / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
@@ -267,7 +271,7 @@ def update_record(state_dir: Path, **values: Any) -> dict[str, Any]:
             data.pop(key, None)
         else:
             data[key] = value
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir, own=True)
     write_private_file(state_dir / RECORD_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
 
