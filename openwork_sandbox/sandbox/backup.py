@@ -18,6 +18,10 @@ by default, or ``--output PATH``), mode 0600, written through a temporary file a
 - ``workspace/`` only with ``--workspace``: the workspace is the user's project, often a git
   checkout that lives elsewhere too, and can be large; its files keep their modes.
 
+The layout and the rules ``restore`` holds every archive to are :mod:`openwork_sandbox.sandbox.archive`'s;
+a symlink that leads outside its folder (absolute, or up past it) is left out, with a note, since
+``restore`` refuses it.
+
 A running microsandbox microVM writes its database through the VM's file sharing, where the host's
 SQLite cannot share its locks: ``backup`` then asks for ``invoke down`` first (a stopped sandbox's
 files are consistent). The Docker runtime's container shares the host's kernel: backed up live.
@@ -46,20 +50,17 @@ from openwork_sandbox import __version__
 from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
-from openwork_sandbox.core.files import atomic_writer
+from openwork_sandbox.core.files import atomic_writer, private_dir
+from openwork_sandbox.sandbox.archive import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, leaving_links, shown
 from openwork_sandbox.state.persist import read_chunks
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
-FORMAT = "openwork-sandbox-backup"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 BACKUPS_DIR = "backups"  # under the state folder (a reserved name there)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 # relative to the data folder: rebuilt by opencode (downloaded tools and plugins), or stale by definition
 NOT_BACKED_UP = ("home/.cache", "home/.local/state/opencode/locks")
 TRANSIENT_PREFIXES = (".openwork-write-probe.", ".migrating-")  # the tool's own short-lived files
-TOPS = ("data", "state", "workspace")
 
 
 # --- what goes in ----------------------------------------------------------------------------------
@@ -191,10 +192,32 @@ def _stage_tree(
                 **({"sqlite": True} if rel in sqlite_files else {}),
             }
         )
+    _leave_out_leaving_links(top, stage, entries)
     for entry in entries:  # the modes the archive keeps, once the copies are done
         if entry["type"] != "symlink" and entry["path"].startswith(top + "/"):
             os.chmod(stage / entry["path"], entry["mode"] | (0o700 if entry["type"] == "dir" else 0))
     return databases
+
+
+def _leave_out_leaving_links(top: str, stage: Path, entries: list[dict]) -> None:
+    """Drop from ``entries`` (and ``stage``) the links under ``top`` that lead out of it, which
+    ``restore`` refuses (:func:`archive.leaving_links`; once one is dropped the others are judged
+    again without it), and say so in one line."""
+    dropped: list[dict] = []
+    while True:
+        leaving = set(leaving_links(e for e in entries if e["path"].startswith(top + "/")))
+        if not leaving:
+            break
+        dropped += [e for e in entries if e["path"] in leaving]
+        entries[:] = [e for e in entries if e["path"] not in leaving]
+    for entry in dropped:
+        os.unlink(stage / entry["path"])
+    if dropped:
+        first = dropped[0]
+        console.info(
+            f"note: left out {len(dropped)} symlink{'s' if len(dropped) != 1 else ''} that lead{'s' if len(dropped) == 1 else ''} "
+            f"outside {top}/ (restore refuses them), first {shown(first['path'])} -> {shown(first['target'])}"
+        )
 
 
 def default_output(settings: Settings) -> Path:
@@ -241,7 +264,8 @@ def backup(settings: Settings, *, output: str | os.PathLike | None = None, works
             f"--output {output}: the folder {target.parent} does not exist; create it or pick another path",
             exit_code=EXIT_BAD_SETTINGS,
         )
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not output:
+        private_dir(target.parent, own=True)  # .state/backups/: the tool's own, 0700
 
     started = time.monotonic()
     console.info(f"backing up {settings.name} ({'running' if running else 'not running'}) to {target}")

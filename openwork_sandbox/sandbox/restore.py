@@ -4,11 +4,14 @@
 came from). It refuses while that sandbox runs (``invoke down`` first), and refuses a data folder
 that is not empty (or a ``tokens.json``, or a non-empty workspace when the archive holds one)
 unless ``--force``, which keeps what was there as ``<folder>.before-restore-<time>`` (nothing is
-deleted). It reads the whole archive into a staging folder first, checking every member against the
-manifest (type, size, sha256; nothing outside ``data/``, ``state/tokens.json``, ``workspace/``; no
-member through a link) and the gzip stream to its end (its CRC and length), reads the staged files
-back from disk against the manifest, and only then moves them into place. A corrupt or truncated
-archive is refused in one line and nothing is changed.
+deleted). It reads the whole archive into a staging folder beside the target first, checking the
+manifest and every member against :mod:`openwork_sandbox.sandbox.archive`'s rules (the layout,
+type, size, sha256; nothing outside ``data/``, ``state/tokens.json``, ``workspace/``; no link that
+leads out of its folder, no member through a link, no hard link or device) and tarfile's data
+filter, and the gzip stream to its end (its CRC and length); reads the staged files back from disk
+against the manifest, gives them the manifest's modes without setuid, setgid, sticky or group/other
+write, and only then moves them into place. A corrupt, truncated or crafted archive is refused in
+one line and nothing is changed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import gzip
 import hashlib
 import json
 import os
-import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -30,15 +32,20 @@ from pathlib import Path
 from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
-from openwork_sandbox.sandbox.backup import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, hash_file
+from openwork_sandbox.core.files import private_dir
+from openwork_sandbox.sandbox.archive import (
+    MANIFEST,
+    BadArchive,
+    check_manifest,
+    check_member,
+    restored_mode,
+    shown,
+)
+from openwork_sandbox.sandbox.backup import hash_file
 from openwork_sandbox.state.persist import read_chunks
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 MAX_MANIFEST = 64 << 20
-
-
-class BadArchive(Exception):
-    """Why an archive cannot be restored (the caller adds the path and "nothing was changed")."""
 
 
 @contextlib.contextmanager
@@ -75,20 +82,9 @@ def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict:
     fh = tar.extractfile(member)
     try:
         manifest = json.loads(fh.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested a million deep
         raise BadArchive(f"its {MANIFEST} does not parse") from None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != FORMAT
-        or not isinstance(manifest.get("entries"), list)
-    ):
-        raise BadArchive(f"its {MANIFEST} is not an {FORMAT} manifest")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise BadArchive(
-            f"it has format version {manifest.get('version')}; this tool reads version {FORMAT_VERSION} "
-            "(use the openwork-sandbox that made it)"
-        )
-    return manifest
+    return check_manifest(manifest)
 
 
 def read_manifest(path: Path) -> dict:
@@ -98,95 +94,86 @@ def read_manifest(path: Path) -> dict:
     raise BadArchive("it is empty")
 
 
-def _safe_name(name: str) -> bool:
-    norm = posixpath.normpath(name)
-    return (
-        norm == name
-        and not name.startswith("/")
-        and ".." not in name.split("/")
-        and (name in TOPS or name.split("/", 1)[0] in TOPS)
-        and (not name.startswith("state") or name in ("state", f"state/{TOKENS_FILE}"))
-    )
+def _data_filter(member: tarfile.TarInfo, stage: Path) -> None:
+    """tarfile's data filter (PEP 706) on ``member``, as a second opinion after
+    :func:`archive.check_member`: it resolves the member and its link against what is on disk in
+    ``stage``. Our own rules come first because the filter alone is not enough here: it strips a
+    leading ``/`` instead of refusing it, follows links already extracted instead of refusing any
+    member under one, and judges a link against the whole stage, not the one top folder that is
+    moved on its own. Pythons without it (before 3.10.12 / 3.11.4) rely on our rules alone."""
+    data_filter = getattr(tarfile, "data_filter", None)
+    if data_filter is None:
+        return
+    try:
+        data_filter(member, str(stage))
+    except tarfile.FilterError as exc:
+        raise BadArchive(f"{shown(member.name)} is refused by tarfile's data filter ({shown(exc)})") from None
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, entry: dict) -> None:
+    """The member's bytes into a new file ``dest`` (0600; never through a link), checked against ``entry``."""
+    src = tar.extractfile(member)
+    digest, size = hashlib.sha256(), 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        for chunk in read_chunks(src):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+        raise BadArchive(
+            f"{shown(member.name)} does not match its manifest ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
+            f"expected {entry['size']} bytes, {entry['sha256'][:12]}…)"
+        )
 
 
 def _extract_to_stage(path: Path, stage: Path) -> dict:
-    """Read the whole archive into ``stage``, every member checked against the manifest; the manifest."""
+    """Read the whole archive into ``stage``, every member checked (:func:`archive.check_member`,
+    :func:`_data_filter`) before it is written; the manifest."""
     manifest: dict | None = None
     expected: dict[str, dict] = {}
+    folders: set[str] = set()
     seen: set[str] = set()
-    links: set[str] = set()
     for tar, member in _open_members(path):
         if manifest is None:
             manifest = _read_manifest(tar, member)
-            for entry in manifest["entries"]:
-                if not isinstance(entry, dict) or not _safe_name(str(entry.get("path", ""))):
-                    raise BadArchive(f"its {MANIFEST} names a path outside the backup's layout")
-                expected[entry["path"]] = entry
+            expected = {entry["path"]: entry for entry in manifest["entries"]}
             continue
-        name = member.name
-        if name in TOPS and member.isdir():
-            (stage / name).mkdir(mode=0o700, exist_ok=True)
-            continue
-        entry = expected.get(name)
-        if entry is None or not _safe_name(name):
-            raise BadArchive(f"it holds {name}, which its manifest does not list")
-        if name in seen:
-            raise BadArchive(f"it holds {name} twice")
-        if any(name.startswith(link + "/") for link in links):
-            raise BadArchive(
-                f"it holds {name} inside the link {next(link for link in links if name.startswith(link + '/'))}"
-            )
-        seen.add(name)
-        dest = stage / name
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kind = entry.get("type")
-        if kind == "dir" and member.isdir():
-            dest.mkdir(mode=0o700, exist_ok=True)
-        elif kind == "symlink" and member.issym() and member.linkname == entry.get("target"):
-            os.symlink(member.linkname, dest)
-            links.add(name)
-        elif kind == "file" and member.isreg():
-            src = tar.extractfile(member)
-            digest, size = hashlib.sha256(), 0
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                for chunk in read_chunks(src):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-            if size != entry.get("size") or digest.hexdigest() != entry.get("sha256"):
-                raise BadArchive(
-                    f"{name} does not match its manifest ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
-                    f"expected {entry.get('size')} bytes, {str(entry.get('sha256'))[:12]}…)"
-                )
+        entry = check_member(member, expected, folders, seen)
+        _data_filter(member, stage)
+        name, dest = member.name, stage / member.name
+        if entry is None or entry["type"] == "dir":
+            os.mkdir(dest, 0o700)
+            folders.add(name)
+        elif entry["type"] == "symlink":
+            os.symlink(entry["target"], dest)
         else:
-            raise BadArchive(
-                f"{name} is a {'folder' if member.isdir() else 'link' if member.issym() else 'file'} in "
-                f"the archive but a {kind} in its manifest"
-            )
+            _write_file(tar, member, dest, entry)
+        seen.add(name)
     if manifest is None:
         raise BadArchive("it is empty")
     missing = sorted(set(expected) - seen)
     if missing:
         raise BadArchive(
             f"it lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} its manifest lists "
-            f"(first: {missing[0]})"
+            f"(first: {shown(missing[0])})"
         )
     return manifest
 
 
 def verify_stage(stage: Path, manifest: dict) -> None:
     """Read every staged file back from disk against the manifest (size and sha256), then give
-    each entry the mode the manifest keeps (folders stay writable for us until they are moved)."""
+    each entry its mode (:func:`archive.restored_mode`: the manifest's, without setuid, setgid,
+    sticky or group/other write), the deepest first (folders stay writable for us until then)."""
     for entry in manifest["entries"]:
         path = stage / entry["path"]
         if entry["type"] == "file":
             size, sha = hash_file(path)
             if size != entry["size"] or sha != entry["sha256"]:
-                raise BadArchive(f"{entry['path']} read back from {path} does not match its manifest")
+                raise BadArchive(f"{shown(entry['path'])} read back from {path} does not match its manifest")
     for entry in sorted(manifest["entries"], key=lambda e: e["path"].count("/"), reverse=True):
         if entry["type"] != "symlink":
-            os.chmod(stage / entry["path"], int(entry.get("mode", 0o600)) | (0o700 if entry["type"] == "dir" else 0))
+            os.chmod(stage / entry["path"], restored_mode(entry["path"], entry["type"], entry["mode"]))
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -201,7 +188,7 @@ def _has_content(path: Path) -> bool:
 
 
 def _move(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dest.parent)
     try:
         os.rename(src, dest)
     except OSError:  # another file system
@@ -245,7 +232,7 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         )
 
     started = time.monotonic()
-    source = manifest.get("sandbox", {}).get("name")
+    source = manifest["sandbox"]["name"]
     stage = Path(tempfile.mkdtemp(dir=_nearest_existing(data_dir.parent), prefix=".restore-"))
     try:
         with console.heartbeat(f"reading and verifying {path.name}"):
@@ -266,15 +253,15 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         )
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept: list[str] = []
-        state.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state.dir, own=True)
         with state.lock(action="restore"):
             places = [(stage / "data", data_dir), (stage / "state" / TOKENS_FILE, state.tokens_path)]
             if with_ws:
                 places.append((stage / "workspace", ws_dir))
             for staged, dest in places:
-                if not (staged.exists() or staged.is_symlink()):
+                if not staged.exists():
                     continue
-                if dest.is_dir() and not _has_content(dest):
+                if dest.is_dir() and not dest.is_symlink() and not _has_content(dest):
                     dest.rmdir()
                 elif dest.exists() or dest.is_symlink():
                     aside = dest.with_name(f"{dest.name}.before-restore-{stamp}")
@@ -301,7 +288,7 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
     )
     for aside in kept:
         console.info(f"kept what was there as {aside}")
-    for env in manifest.get("tokens_from_settings") or ():
+    for env in manifest["tokens_from_settings"]:
         if not getattr(settings, "token" if env == "OPENWORK_TOKEN" else "host_token"):
             console.info(f"note: {env} was set in the settings of {source}, not kept in the backup: set it again")
     return result

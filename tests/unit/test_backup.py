@@ -146,6 +146,31 @@ def test_restore_into_another_name_puts_everything_back(source):
     assert stat.S_IMODE(SandboxState(other).tokens_path.stat().st_mode) == 0o600
 
 
+def test_links_that_lead_outside_are_left_out_and_the_rest_restores(source, capsys):
+    """restore refuses a link out of its folder, so backup leaves such links out (and says so):
+    an archive backup writes is one restore takes."""
+    from openwork_sandbox.sandbox.backup import backup
+    from openwork_sandbox.sandbox.restore import restore
+
+    home = source["settings"].data_dir / "home"
+    (home / "abs").symlink_to("/etc")
+    (home / "up").symlink_to("../../..")
+    (home / "inside").symlink_to(".local/state/opencode/model.json")
+    out = source["tmp"] / "links.tar.gz"
+    backup(source["settings"], output=out)
+    assert (
+        "note: left out 2 symlinks that lead outside data/ (restore refuses them), first data/home/abs -> /etc"
+        in capsys.readouterr().err
+    )
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert "data/home/inside" in names and "data/home/abs" not in names and "data/home/up" not in names
+    other = settings_for(source["tmp"], "owtest-bk-links")
+    restore(other, out)
+    assert (other.data_dir / "home/inside").is_symlink()
+    assert (other.data_dir / "home/inside").read_text() == '{"recent": []}'
+
+
 def test_restore_refuses_a_sandbox_that_holds_data_and_force_keeps_it_aside(source):
     from openwork_sandbox.core.errors import WorkflowError
     from openwork_sandbox.sandbox.backup import backup
@@ -248,18 +273,25 @@ def test_an_archive_whose_file_differs_from_its_manifest_is_refused(source):
 
     good = source["tmp"] / "good.tar.gz"
     backup(source["settings"], output=good)
-    tampered = b'{"version": 1, "tokens": [{"token": "owt_planted", "scope": "owner"}]}\n'
-    bad = source["tmp"] / "tampered.tar.gz"
     store = "data/home/.config/openwork/tokens.json"
-    _rewrite(good, bad, lambda name, body: tampered if name == store else body)
+    original = (source["settings"].data_dir / "home/.config/openwork/tokens.json").read_bytes()
     with tarfile.open(good) as tar:
         entry = next(e for e in json.loads(tar.extractfile("manifest.json").read())["entries"] if e["path"] == store)
-    original = (source["settings"].data_dir / "home/.config/openwork/tokens.json").read_bytes()
     assert entry["sha256"] == hashlib.sha256(original).hexdigest()
+    tampered = original.replace(b"owt_issued", b"owt_plante")  # the same size: only the sha256 tells
+    bad = source["tmp"] / "tampered.tar.gz"
+    _rewrite(good, bad, lambda name, body: tampered if name == store else body)
     assert _refused(source["tmp"], bad) == (
         f"{bad} cannot be restored: {store} does not match its manifest ({len(tampered)} bytes, sha256 "
         f"{hashlib.sha256(tampered).hexdigest()[:12]}…; expected {len(original)} bytes, "
         f"{hashlib.sha256(original).hexdigest()[:12]}…); nothing was changed"
+    )
+    longer = b'{"version": 1, "tokens": [{"token": "owt_planted", "scope": "owner"}]}\n'
+    resized = source["tmp"] / "resized.tar.gz"
+    _rewrite(good, resized, lambda name, body: longer if name == store else body)
+    assert _refused(source["tmp"], resized) == (
+        f"{resized} cannot be restored: {store} does not match its manifest ({len(longer)} bytes; expected "
+        f"{len(original)} bytes); nothing was changed"
     )
 
     dropped = source["tmp"] / "dropped.tar.gz"
@@ -285,8 +317,8 @@ def test_an_archive_with_a_path_outside_its_layout_is_refused(source):
     bad = source["tmp"] / "escape.tar.gz"
     bad.write_bytes(out.getvalue())
     assert _refused(source["tmp"], bad) == (
-        f"{bad} cannot be restored: it holds data/../../escaped.txt, which its "
-        "manifest does not list; nothing was changed"
+        f"{bad} cannot be restored: it holds data/../../escaped.txt, a path that is not plain (it could lead "
+        "out of its folder); nothing was changed"
     )
     assert not (source["tmp"] / "escaped.txt").exists()
 
