@@ -63,12 +63,49 @@ def _not_a_folder(path: Path) -> Path | None:
     return None
 
 
-def folder_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+def _reach_problems(values: Mapping[str, Any], origins: Mapping[str, str], project_root: Path, home: Path) -> list[str]:
+    """A workspace or data folder (symlinks resolved) that is or contains ``/``, ``home``, the project
+    folder or the state folder, or that lies inside the state folder anywhere but at its own place
+    (``<state>/<name>/workspace`` or ``data``): the agent and every collaborator would read and change
+    what the tool keeps there (every sandbox's tokens and backups, the project's ``.env``)."""
+    state = Path(os.path.realpath(values["state_dir"]))
+    protected = (
+        ("the root folder /", Path("/")),
+        (f"your home folder {home}", Path(os.path.realpath(home))),
+        (f"the project folder {project_root}", Path(os.path.realpath(project_root))),
+        (f"the state folder {values['state_dir']} (every sandbox's tokens and backups)", state),
+    )
+    problems = []
+    for field, place in (("workspace_dir", "workspace"), ("data_dir", "data")):
+        spec, folder = SPEC_BY_FIELD[field], Path(os.path.realpath(values[field]))
+        said = f"{spec.env}={values[field]} (from {_from(origins, field)})"
+        reached = [(label, path) for label, path in protected if _is_within(path, folder)]
+        if reached:
+            label, path = reached[0]
+            problems.append(
+                f"{said} {'is' if path == folder else 'contains'} {label}: the agent and every collaborator "
+                f"could read and change all of it; point {spec.env} at a folder of its own"
+            )
+        elif _is_within(folder, state) and not _is_within(folder, state / values["name"] / place):
+            problems.append(
+                f"{said} is inside the state folder {values['state_dir']} but not at its own place "
+                f"{Path(values['state_dir']) / values['name'] / place}: the agent and every collaborator could "
+                f"read the tool's files there (tokens, backups, other sandboxes); unset {spec.env} or point it "
+                "outside the state folder"
+            )
+    return problems
+
+
+def folder_problems(
+    values: Mapping[str, Any], origins: Mapping[str, str], *, project_root: Path, home: Path
+) -> list[str]:
     """Folders that cannot work or would leak, over the absolute paths in ``values``: a workspace or
     data path that is (or is under) a file, except a default one under a state folder that is itself
     blocked (``doctor`` and ``up`` name ``OPENWORK_STATE_DIR`` for that); then, if both can be
-    folders, a data folder equal to, inside or containing the workspace (the token store and
-    opencode's database would be readable by the agent and every collaborator)."""
+    folders, one that reaches what the tool keeps (:func:`_reach_problems`: ``/``, ``home``,
+    ``project_root``, the state folder); then a data folder equal to, inside or containing the
+    workspace (the token store and opencode's database would be readable by the agent and every
+    collaborator)."""
     problems = []
     state_blocked = _not_a_folder(Path(values["state_dir"])) is not None
     for field in ("workspace_dir", "data_dir"):
@@ -84,6 +121,9 @@ def folder_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> li
             f"folder, or move the file away"
         )
     if problems:
+        return problems
+    problems = _reach_problems(values, origins, project_root, home)
+    if problems:  # a data folder inside such a workspace is one more sign of the same mistake
         return problems
     workspace, data = (Path(os.path.realpath(values[f])) for f in ("workspace_dir", "data_dir"))
     if _is_within(data, workspace) or _is_within(workspace, data):

@@ -217,7 +217,8 @@ def load_settings(
         opencode_config=_absolute(values["opencode_config"], project_root) if values["opencode_config"] else None,
     )
     problems = token_problems(values["token"], values["host_token"], values["allow_default_tokens"], origins)
-    problems += folder_problems(values, origins)
+    home = Path(environ.get("HOME") or Path.home())
+    problems += folder_problems(values, origins, project_root=project_root, home=home)
     if problems:
         raise SettingsError(problems)
     # the named variables' values: the process environment first, then the .env file (as the settings)

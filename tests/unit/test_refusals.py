@@ -102,11 +102,11 @@ def test_default_token_kept_by_hand_in_tokens_json_is_refused_too(tmp_path):
     "relation", ["is the workspace folder", "is inside the workspace folder", "contains the workspace folder"]
 )
 def test_data_folder_and_workspace_must_be_apart(tmp_path, relation):
-    workspace = tmp_path / "ws"
+    workspace = tmp_path / "box" / "ws"
     data = {
         "is the workspace folder": workspace,
         "is inside the workspace folder": workspace / "data",
-        "contains the workspace folder": tmp_path,
+        "contains the workspace folder": workspace.parent,
     }[relation]
     line = refused(
         tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace), OPENWORK_MICROSANDBOX_DATA_DIR=str(data)
@@ -119,16 +119,125 @@ def test_data_folder_and_workspace_must_be_apart(tmp_path, relation):
     )
 
 
-def test_the_default_data_folder_inside_a_workspace_set_to_the_state_folder(tmp_path):
+def test_the_default_data_folder_inside_a_workspace_is_refused_too(tmp_path):
     """A workspace that holds .state/<name>/data (the default data folder) is refused too."""
+    workspace = tmp_path / "state" / NAME
+    line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace))
+    assert line == (
+        f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from environment) is inside the state folder "
+        f"{tmp_path / 'state'} but not at its own place {workspace / 'workspace'}: the agent and every "
+        "collaborator could read the tool's files there (tokens, backups, other sandboxes); unset "
+        "OPENWORK_MICROSANDBOX_WORKSPACE_DIR or point it outside the state folder"
+    )
+
+
+def test_a_workspace_set_to_the_state_folder_is_refused(tmp_path):
     workspace = tmp_path / "state"
     line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(workspace))
-    data = workspace / NAME / "data"
     assert line == (
-        f"OPENWORK_MICROSANDBOX_DATA_DIR={data} (from default) is inside the workspace folder "
-        f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from environment): the token store and "
-        "opencode's database would be readable by the agent and every collaborator; point the two "
-        "settings at separate folders"
+        f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from environment) is the state folder {workspace} "
+        "(every sandbox's tokens and backups): the agent and every collaborator could read and change all of "
+        "it; point OPENWORK_MICROSANDBOX_WORKSPACE_DIR at a folder of its own"
+    )
+
+
+def test_a_workspace_set_to_the_project_folder_is_refused(tmp_path):
+    """The project folder `invoke` runs in (this checkout): its .env, and .state/ by default."""
+    from tests.support.paths import ROOT
+
+    line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_WORKSPACE_DIR=str(ROOT))
+    assert line == (
+        f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={ROOT} (from environment) is the project folder {ROOT}: the "
+        "agent and every collaborator could read and change all of it; point "
+        "OPENWORK_MICROSANDBOX_WORKSPACE_DIR at a folder of its own"
+    )
+
+
+def test_a_data_folder_that_contains_the_home_folder_is_refused(tmp_path):
+    home = tmp_path / "users" / "me"
+    home.mkdir(parents=True)
+    line = refused(tmp_path, "up", HOME=str(home), OPENWORK_MICROSANDBOX_DATA_DIR=str(home.parent))
+    assert line == (
+        f"OPENWORK_MICROSANDBOX_DATA_DIR={home.parent} (from environment) contains your home folder {home}: "
+        "the agent and every collaborator could read and change all of it; point "
+        "OPENWORK_MICROSANDBOX_DATA_DIR at a folder of its own"
+    )
+
+
+WS, DATA = "OPENWORK_MICROSANDBOX_WORKSPACE_DIR", "OPENWORK_MICROSANDBOX_DATA_DIR"
+
+
+def reach_settings(tmp_path: Path, **env: str):
+    """``load_settings`` with the state folder tmp/state, HOME tmp/home, the project tmp/project."""
+    from openwork_sandbox.config import load_settings
+
+    for folder in ("home", "project", "state"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    (tmp_path / "empty.env").write_text("")
+    environ = {"OPENWORK_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path / "home"), **env}
+    return load_settings(environ=environ, env_file=tmp_path / "empty.env", root=tmp_path / "project")
+
+
+@pytest.mark.parametrize("setting", [WS, DATA])
+@pytest.mark.parametrize(
+    "where, relation, what",
+    [
+        ("/", "is", "the root folder /"),
+        ("home", "is", "your home folder {tmp}/home"),
+        ("project", "is", "the project folder {tmp}/project"),
+        ("state", "is", "the state folder {tmp}/state (every sandbox's tokens and backups)"),
+        ("", "contains", "your home folder {tmp}/home"),  # tmp itself: home comes first of what it holds
+    ],
+)
+def test_a_folder_that_is_or_contains_what_the_tool_keeps_is_refused(tmp_path, setting, where, relation, what):
+    from openwork_sandbox.core.errors import SettingsError
+
+    value = "/" if where == "/" else str(tmp_path / where) if where else str(tmp_path)
+    with pytest.raises(SettingsError) as info:
+        reach_settings(tmp_path, **{setting: value})
+    assert info.value.problems == [
+        f"{setting}={value} (from environment) {relation} {what.format(tmp=tmp_path)}: the agent and every "
+        f"collaborator could read and change all of it; point {setting} at a folder of its own"
+    ]
+
+
+def test_a_link_to_the_home_folder_is_seen_through(tmp_path):
+    from openwork_sandbox.core.errors import SettingsError
+
+    link = tmp_path / "looks-harmless"
+    (tmp_path / "home").mkdir()
+    link.symlink_to(tmp_path / "home")
+    with pytest.raises(SettingsError) as info:
+        reach_settings(tmp_path, **{WS: str(link)})
+    assert info.value.problems == [
+        f"{WS}={link} (from environment) is your home folder {tmp_path / 'home'}: the agent and every "
+        f"collaborator could read and change all of it; point {WS} at a folder of its own"
+    ]
+
+
+@pytest.mark.parametrize("inside", ["backups", "other-sandbox/data", NAME, f"{NAME}/sandbox-secrets", f"{NAME}/data"])
+def test_a_workspace_inside_the_state_folder_but_not_its_own_is_refused(tmp_path, inside):
+    from openwork_sandbox.core.errors import SettingsError
+
+    value = tmp_path / "state" / inside
+    with pytest.raises(SettingsError) as info:
+        reach_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME=NAME, **{WS: str(value)})
+    assert info.value.problems == [
+        f"{WS}={value} (from environment) is inside the state folder {tmp_path / 'state'} but not at its own "
+        f"place {tmp_path / 'state' / NAME / 'workspace'}: the agent and every collaborator could read the "
+        f"tool's files there (tokens, backups, other sandboxes); unset {WS} or point it outside the state folder"
+    ]
+
+
+def test_folders_of_their_own_beside_what_the_tool_keeps_are_accepted(tmp_path):
+    """The defaults, and folders next to (not over) home, project and state: no problem."""
+    reach_settings(tmp_path)
+    settings = reach_settings(
+        tmp_path, **{WS: str(tmp_path / "home" / "code" / "ws"), DATA: str(tmp_path / "sandbox-data")}
+    )
+    assert settings.workspace_dir == tmp_path / "home" / "code" / "ws"
+    reach_settings(
+        tmp_path, OPENWORK_MICROSANDBOX_NAME=NAME, **{WS: str(tmp_path / "state" / NAME / "workspace" / "sub")}
     )
 
 
