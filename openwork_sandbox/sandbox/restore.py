@@ -188,7 +188,8 @@ def _has_content(path: Path) -> bool:
 
 
 def _move(src: Path, dest: Path) -> None:
-    private_dir(dest.parent)
+    if not dest.parent.is_dir():  # a parent that is there is the user's to judge; ensure() names it if open
+        private_dir(dest.parent)
     try:
         os.rename(src, dest)
     except OSError:  # another file system
@@ -214,7 +215,7 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         )
     state = SandboxState(settings)
     data_dir, ws_dir = Path(settings.data_dir), Path(settings.workspace_dir)
-    with_ws = bool(manifest.get("workspace"))
+    with_ws = manifest["workspace"]
     occupied = [
         p
         for p, used in (
@@ -248,7 +249,7 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
                     f"({exc.strerror or exc}); nothing was changed"
                 ) from None
         console.info(
-            f"{path.name} (sandbox {source}, made {manifest.get('created')}) read and verified; "
+            f"{path.name} (sandbox {source}, made {manifest['created']}) read and verified; "
             f"moving it into {settings.name}"
         )
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -261,14 +262,19 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
             for staged, dest in places:
                 if not staged.exists():
                     continue
-                if dest.is_dir() and not dest.is_symlink() and not _has_content(dest):
-                    dest.rmdir()
-                elif dest.exists() or dest.is_symlink():
-                    aside = dest.with_name(f"{dest.name}.before-restore-{stamp}")
-                    os.rename(dest, aside)
-                    kept.append(str(aside))
-                _move(staged, dest)
-        os.chmod(state.dir, 0o700)
+                try:
+                    if dest.is_dir() and not dest.is_symlink() and not _has_content(dest):
+                        dest.rmdir()
+                    elif dest.exists() or dest.is_symlink():
+                        aside = dest.with_name(f"{dest.name}.before-restore-{stamp}")
+                        os.rename(dest, aside)
+                        kept.append(str(aside))
+                    _move(staged, dest)
+                except OSError as exc:
+                    raise WorkflowError(
+                        f"moving the verified copy of {path.name} to {dest} failed ({exc.strerror or exc}); "
+                        f"what was there before is kept{' as ' + ', '.join(kept) if kept else ''}"
+                    ) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     files = [e for e in manifest["entries"] if e["type"] == "file"]
