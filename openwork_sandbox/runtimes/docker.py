@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
+from openwork_sandbox.core.files import private_dir
 from openwork_sandbox.runtimes.base import (
     ABSENT,
     HOST_ADDRESS_VAR,
@@ -280,7 +281,7 @@ class DockerRuntime(Runtime):
         net_args, net_env = self._network_args(spec)
         env = {**spec.env, **net_env}
         env_file = self.state_dir / ENV_FILE
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir, own=True)
         write_private_file(env_file, "".join(f"{k}={v}\n" for k, v in env.items()))
         cpus = spec.cpus
         host_cpus = os.cpu_count() or cpus
