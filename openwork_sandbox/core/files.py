@@ -56,8 +56,9 @@ def private_dir(path: Path, *, own: bool = False) -> Path:
     umask. An existing ``path`` that its group or others can enter is left as it is (it may be the
     user's own folder, set in the settings) and named once per process in a one-line warning
     with the ``chmod 700`` that closes it; with ``own`` (the tool's own folders: ``.state/<name>/``,
-    the secrets folder) it is set to 0700 instead. Raises OSError as ``os.mkdir`` does (a file in
-    the way: FileExistsError)."""
+    the secrets folder) it is set to 0700 instead, or warned about when that fails (a read-only
+    folder, someone else's). Raises OSError as ``os.mkdir`` does (a file in the way:
+    FileExistsError)."""
     path = Path(path)
     missing = []
     for candidate in (path, *path.parents):
@@ -77,10 +78,13 @@ def private_dir(path: Path, *, own: bool = False) -> Path:
     if path in made:
         return path
     mode = os.stat(path).st_mode & 0o7777
-    if own:
-        if mode != 0o700:
+    if own and mode != 0o700:
+        try:
             os.chmod(path, 0o700)
-    elif mode & 0o077 and str(path) not in _WARNED:
+            return path
+        except OSError:  # read-only, or someone else's: warned about as any other (what it holds is judged elsewhere)
+            pass
+    if mode & 0o077 and str(path) not in _WARNED:
         _WARNED.add(str(path))
         console.info(
             f"! {path} is open to other local users (mode {mode:04o}): `chmod 700 {path}` keeps them out of "

@@ -60,6 +60,22 @@ def test_an_open_folder_of_the_tools_own_is_closed_without_a_word(tmp_path, caps
     assert mode(folder) == 0o700 and capsys.readouterr().err == ""
 
 
+def test_an_own_folder_that_cannot_be_closed_is_named_instead(tmp_path, capsys, monkeypatch):
+    """A read-only or someone else's folder (chmod refused, as on a read-only mount): a warning, no error."""
+    from openwork_sandbox.core import files
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o755)
+
+    def refuse(path, mode):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(files.os, "chmod", refuse)
+    private_dir(folder, own=True)
+    assert capsys.readouterr().err.startswith(f"! {folder} is open to other local users (mode 0755)")
+
+
 def test_a_closed_folder_is_left_alone_and_a_file_in_the_way_is_an_error(tmp_path, capsys):
     folder = tmp_path / "closed"
     folder.mkdir()
