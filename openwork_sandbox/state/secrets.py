@@ -196,7 +196,6 @@ def write_server_side(settings: Settings, token: str, host_token: str) -> None:
     for folder in (server_secrets_dir(settings), store_dir(settings)):
         if folder.is_symlink():
             folder.unlink()
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
+        private_dir(folder, own=True)
     for var, name in TOKEN_FILES.items():
         write_atomic(server_secrets_dir(settings) / name, values[var] + "\n", mode=0o600)
