@@ -28,7 +28,7 @@ from typing import Any
 FORMAT = "openwork-sandbox-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TOPS = ("data", "state", "workspace")
+TOPS = ("data", "server", "state", "workspace")  # server/: the server's private store (issued tokens)
 TOKENS_ENTRY = "state/tokens.json"
 TOKEN_SETTINGS = ("OPENWORK_TOKEN", "OPENWORK_HOST_TOKEN")  # what `tokens_from_settings` may name
 KINDS = ("file", "dir", "symlink")
@@ -69,8 +69,8 @@ def kind_of(member: tarfile.TarInfo) -> str:
 
 def path_problem(name: str) -> str | None:
     """Why ``name`` has no place in the layout (after "it holds NAME, "), or None: an absolute path,
-    one that is not plain (``..``, ``.``, ``//``), one outside ``data/``, ``state/tokens.json`` and
-    ``workspace/``, or a top folder itself (never an entry)."""
+    one that is not plain (``..``, ``.``, ``//``), one outside ``data/``, ``server/``,
+    ``state/tokens.json`` and ``workspace/``, or a top folder itself (never an entry)."""
     if name.startswith("/"):
         return "an absolute path"
     if not name or posixpath.normpath(name) != name or ".." in name.split("/"):
@@ -84,8 +84,8 @@ def path_problem(name: str) -> str | None:
 
 def restored_mode(path: str, kind: str, mode: int) -> int:
     """The mode ``restore`` gives the entry ``path``: ``mode`` without setuid, setgid, sticky and
-    group/other write (``& 0o755``, tarfile's data filter's rule), owner-only under ``data/`` and
-    ``state/`` (as ``backup`` writes them), and always usable by the owner (0700 for a folder, 0600
+    group/other write (``& 0o755``, tarfile's data filter's rule), owner-only under ``data/``,
+    ``server/`` and ``state/`` (as ``backup`` writes them), and always usable by the owner (0700 for a folder, 0600
     at least for a file)."""
     mode &= 0o755
     if not path.startswith("workspace/"):

@@ -7,13 +7,16 @@ by default, or ``--output PATH``), mode 0600, written through a temporary file a
 - ``manifest.json`` (the first member): the format, the sandbox it came from, and every entry
   with its type, mode, size and sha256;
 - ``data/``: the data folder (``/data`` in the sandbox: opencode's database, config and state,
-  the server's token store, the orchestrator's state, sidecars), without what is rebuilt or stale:
+  the orchestrator's state, sidecars), without what is rebuilt or stale:
   opencode's download cache (``home/.cache``), its lock files, and the ``-wal``/``-shm``/``-journal``
   companions of a database. Each SQLite database (found by its header) is copied with SQLite's
   online backup API (:meth:`sqlite3.Connection.backup`) through a read-only connection: one
   consistent snapshot that holds every committed transaction, the ones still in the WAL too,
   while the server goes on writing; the copy is checked (``PRAGMA quick_check``). Every file of the
   data folder is owner-only (0600, 0700 for executables and folders) in the archive;
+- ``server/``: the server's private store (``.state/<name>/server-store/``: the tokens issued with
+  ``POST /tokens``), owner-only like ``data/``; archives of older versions have none (their
+  issued tokens are in ``data/home/.config/openwork/``, from where the sandbox moves them);
 - ``state/tokens.json``: the client and host tokens kept in ``.state/<name>/`` (0600);
 - ``workspace/`` only with ``--workspace``: the workspace is the user's project, often a git
   checkout that lives elsewhere too, and can be large; its files keep their modes.
@@ -53,6 +56,7 @@ from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import atomic_writer, private_dir
 from openwork_sandbox.sandbox.archive import FORMAT, FORMAT_VERSION, MANIFEST, TOPS, leaving_links, shown
 from openwork_sandbox.state.persist import read_chunks
+from openwork_sandbox.state.secrets import store_dir
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 BACKUPS_DIR = "backups"  # under the state folder (a reserved name there)
@@ -277,6 +281,11 @@ def backup(settings: Settings, *, output: str | os.PathLike | None = None, works
         stage = Path(tmp)
         entries: list[dict] = []
         databases = _stage_tree(data_dir, "data", stage, entries, private=True, status=now)
+        store = store_dir(settings)
+        if store.is_dir():
+            databases += _stage_tree(store, "server", stage, entries, private=True, status=now)
+        else:
+            (stage / "server").mkdir(mode=0o700)
         (stage / "state").mkdir(mode=0o700)
         if stored and state.tokens_path.is_file():
             shutil.copyfile(state.tokens_path, stage / "state" / TOKENS_FILE)

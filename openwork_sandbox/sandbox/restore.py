@@ -6,7 +6,7 @@ that is not empty (or a ``tokens.json``, or a non-empty workspace when the archi
 unless ``--force``, which keeps what was there as ``<folder>.before-restore-<time>`` (nothing is
 deleted). It reads the whole archive into a staging folder beside the target first, checking the
 manifest and every member against :mod:`openwork_sandbox.sandbox.archive`'s rules (the layout,
-type, size, sha256; nothing outside ``data/``, ``state/tokens.json``, ``workspace/``; no link that
+type, size, sha256; nothing outside ``data/``, ``server/``, ``state/tokens.json``, ``workspace/``; no link that
 leads out of its folder, no member through a link, no hard link or device) and tarfile's data
 filter, and the gzip stream to its end (its CRC and length); reads the staged files back from disk
 against the manifest, gives them the manifest's modes without setuid, setgid, sticky or group/other
@@ -43,6 +43,7 @@ from openwork_sandbox.sandbox.archive import (
 )
 from openwork_sandbox.sandbox.backup import hash_file
 from openwork_sandbox.state.persist import read_chunks
+from openwork_sandbox.state.secrets import store_dir
 from openwork_sandbox.state.store import TOKENS_FILE, SandboxState
 
 MAX_MANIFEST = 64 << 20
@@ -221,6 +222,7 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         for p, used in (
             (data_dir, _has_content(data_dir)),
             (state.tokens_path, state.tokens_path.exists()),
+            (store_dir(settings), _has_content(store_dir(settings))),
             (ws_dir, with_ws and _has_content(ws_dir)),
         )
         if used
@@ -256,7 +258,11 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         kept: list[str] = []
         private_dir(state.dir, own=True)
         with state.lock(action="restore"):
-            places = [(stage / "data", data_dir), (stage / "state" / TOKENS_FILE, state.tokens_path)]
+            places = [
+                (stage / "data", data_dir),
+                (stage / "server", store_dir(settings)),
+                (stage / "state" / TOKENS_FILE, state.tokens_path),
+            ]
             if with_ws:
                 places.append((stage / "workspace", ws_dir))
             for staged, dest in places:

@@ -65,6 +65,12 @@ def source(tmp_path):
     store.mkdir(parents=True)
     (store / "tokens.json").write_text('{"version": 1, "tokens": [{"token": "owt_issued", "scope": "collaborator"}]}\n')
     os.chmod(store / "tokens.json", 0o600)
+    server_store = settings.sandbox_state_dir / "server-store"  # the server's private store (issued tokens)
+    server_store.mkdir(mode=0o700)
+    (server_store / "tokens.json").write_text(
+        '{"version": 1, "tokens": [{"token": "owt_private", "scope": "owner"}]}\n'
+    )
+    os.chmod(server_store / "tokens.json", 0o600)
     (settings.data_dir / "home/.cache/opencode/bin").mkdir(parents=True)
     (settings.data_dir / "home/.cache/opencode/bin/tool").write_bytes(b"\0" * 1000)
     (settings.data_dir / "home/.local/state/opencode/locks").mkdir(parents=True)
@@ -144,6 +150,12 @@ def test_restore_into_another_name_puts_everything_back(source):
     store = other.data_dir / "home/.config/openwork/tokens.json"
     assert "owt_issued" in store.read_text() and stat.S_IMODE(store.stat().st_mode) == 0o600
     assert stat.S_IMODE(SandboxState(other).tokens_path.stat().st_mode) == 0o600
+    private = other.sandbox_state_dir / "server-store"
+    assert "owt_private" in (private / "tokens.json").read_text()
+    assert (
+        stat.S_IMODE((private / "tokens.json").stat().st_mode) == 0o600
+        and stat.S_IMODE(private.stat().st_mode) == 0o700
+    )
 
 
 def test_links_that_lead_outside_are_left_out_and_the_rest_restores(source, capsys):
