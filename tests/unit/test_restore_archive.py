@@ -213,7 +213,10 @@ def test_a_symlink_that_leaves_through_another_link_is_refused(target):
         ("data/../../escaped.txt", "a path that is not plain (it could lead out of its folder)"),
         ("/etc/cron.d/evil", "an absolute path"),
         ("data/./x", "a path that is not plain (it could lead out of its folder)"),
-        ("etc/passwd", "outside the backup's layout (data/, server/, state/, workspace/: only state/tokens.json in state/)"),
+        (
+            "etc/passwd",
+            "outside the backup's layout (data/, server/, state/, workspace/: only state/tokens.json in state/)",
+        ),
         (
             "state/sandbox.json",
             "outside the backup's layout (data/, server/, state/, workspace/: only state/tokens.json in state/)",
