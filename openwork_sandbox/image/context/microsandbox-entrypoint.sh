@@ -18,10 +18,10 @@
 # - /srv/openwork is root's, 0700: the agent cannot enter it. It holds the token files (secrets/,
 #   read-only) and the server's private store (store/: issued tokens, OPENWORK_TOKEN_STORE), both
 #   mounted there by `up`; a store found in the agent's home (older layouts) is moved in.
-# - The server side runs as the owner of /data (the user's uid on the host, so every file stays the
-#   user's) with CAP_DAC_READ_SEARCH as an ambient capability: it can enter /srv/openwork, and a
+# - The server side and the agent run as the owner of /data (the user's uid on the host, so every
+#   file stays the user's; when /data is root's, uid 61001, which is given the folders), the server
+#   side with CAP_DAC_READ_SEARCH as an ambient capability: it can enter /srv/openwork, and a
 #   process without that capability cannot read its memory, environment or descriptors (/proc).
-#   When /data belongs to root, the server runs as root and the agent as uid 61001 instead.
 # - opencode-gate leaves the server side before it starts opencode: an environment of its own
 #   (no token), no capabilities, no_new_privs (see opencode-gate).
 # Started as another user (`docker run --user`), nothing can be separated: it says so and goes on.
@@ -76,7 +76,6 @@ rm -f "$probe"
 
 # Who runs what (see the head of this file). run_as: the server side's start; AGENT_UID:GID: the agent.
 run_as=""
-agent_trees=""
 AGENT_UID="$(id -u)"
 AGENT_GID="$(id -g)"
 if [ "$(id -u)" = 0 ]; then
@@ -99,26 +98,22 @@ if [ "$(id -u)" = 0 ]; then
   else
     echo "microsandbox-entrypoint: no private store mounted at $PRIVATE/store: issued tokens are kept in \$HOME/.config/openwork, where the agent can read them" >&2
   fi
-  if [ "${owner%%:*}" != 0 ]; then
-    AGENT_UID="${owner%%:*}"
-    AGENT_GID="${owner##*:}"
-    # hand what earlier runs made as root back to the owner
-    for dir in /data "$OPENWORK_WORKSPACE" "$PRIVATE/store"; do
-      [ -d "$dir" ] && find "$dir" -xdev \( ! -user "$AGENT_UID" -o ! -group "$AGENT_GID" \) \
-        -exec chown -h "$owner" {} + 2>/dev/null || true
-    done
-    # the capability that lets the server side, alone, enter $PRIVATE: CAP_DAC_READ_SEARCH where the
-    # runtime gives it (`invoke up` does), else CAP_DAC_OVERRIDE (in Docker's default set)
-    cap=dac_read_search
-    setpriv --inh-caps=+$cap true 2>/dev/null || cap=dac_override
-    run_as="setpriv --reuid=$AGENT_UID --regid=$AGENT_GID --clear-groups --inh-caps=+$cap --ambient-caps=+$cap --"
-  else
-    # /data is root's (the tool run as root, a rootless engine): the server stays root, the agent does not
-    AGENT_UID="${OPENWORK_AGENT_UID:-61001}"
-    AGENT_GID="${OPENWORK_AGENT_GID:-$AGENT_UID}"
-    agent_trees=yes  # its home, the workspace and the orchestrator's folders become the agent's (below)
-    chgrp "$AGENT_GID" /data && chmod g+x,g-w /data || true  # the agent enters /data, root keeps it
+  if [ "${owner%%:*}" = 0 ]; then
+    # /data is root's (the tool run as root, a rootless engine): the sandbox gets a uid of its own
+    owner="${OPENWORK_AGENT_UID:-61001}:${OPENWORK_AGENT_GID:-${OPENWORK_AGENT_UID:-61001}}"
   fi
+  AGENT_UID="${owner%%:*}"
+  AGENT_GID="${owner##*:}"
+  # what earlier runs (or root) made there becomes the owner's
+  for dir in /data "$OPENWORK_WORKSPACE" "$PRIVATE/store"; do
+    [ -d "$dir" ] && find "$dir" -xdev \( ! -user "$AGENT_UID" -o ! -group "$AGENT_GID" \) \
+      -exec chown -h "$owner" {} + 2>/dev/null || true
+  done
+  # the capability that lets the server side, alone, enter $PRIVATE: CAP_DAC_READ_SEARCH where the
+  # runtime gives it (`invoke up` does), else CAP_DAC_OVERRIDE (in Docker's default set)
+  cap=dac_read_search
+  setpriv --inh-caps=+$cap true 2>/dev/null || cap=dac_override
+  run_as="setpriv --reuid=$AGENT_UID --regid=$AGENT_GID --clear-groups --inh-caps=+$cap --ambient-caps=+$cap --"
 else
   echo "microsandbox-entrypoint: started as uid $(id -u), not root: the agent cannot be kept from the server's tokens; start the sandbox as root (it drops privileges itself)" >&2
 fi
@@ -150,13 +145,6 @@ export OPENWORK_TOKEN OPENWORK_HOST_TOKEN
 
 $run_as mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
-if [ -n "$agent_trees" ]; then
-  for dir in "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
-    "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"; do
-    find "$dir" -xdev \( ! -user "$AGENT_UID" -o ! -group "$AGENT_GID" \) \
-      -exec chown -h "$AGENT_UID:$AGENT_GID" {} + 2>/dev/null || true
-  done
-fi
 
 # openwork-supervise restarts `openwork serve` when it (or a program it runs) dies, and passes
 # SIGTERM/SIGINT on to it; OPENWORK_SUPERVISE=0 runs it without (exactly as upstream: exec).
