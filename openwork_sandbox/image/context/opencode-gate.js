@@ -25,6 +25,9 @@
 // prints nothing, and `up` restarts a start that says nothing for long. When the program answers
 // the gate prints one line with how long it took (lifecycle.py / start_gate.py read it).
 // SIGTERM/SIGINT/SIGHUP go to the program; the gate exits with the program's exit status.
+//
+// Only H:P faces the network: the program's internal port, the gate's probes and its forwards are
+// on 127.0.0.1 whatever H is (H is 0.0.0.0 when clients are remote).
 "use strict";
 
 const fs = require("node:fs");
@@ -43,6 +46,7 @@ const PROBE_SLOWER = 1.05;
 // likely so: opencode idle at 2% of the CPU for 30 minutes, its gate still "starting".
 const MAX_PENDING = 50;
 const PROGRESS_EVERY_MS = 5000;
+const LOOPBACK = "127.0.0.1"; // the program's internal port and every connection to it
 const DEBUG = Boolean(process.env.OPENWORK_OPENCODE_GATE_DEBUG);
 
 // What each program is called with and how it is probed. `real`: the program to start.
@@ -214,14 +218,14 @@ async function main() {
   const args = process.argv.slice(2);
   const [hostAt, hostValue] = option(args, program.hostFlag);
   const [portAt, portValue] = option(args, "--port");
-  const host = hostValue || "127.0.0.1";
+  const host = hostValue || LOOPBACK;
   const publicPort = Number(portValue || program.defaultPort);
 
   // 1. the requested port first, so the orchestrator's health request is held, never refused
   let ready = null; // the internal port once the program answers
   const held = new Set();
   const server = net.createServer((client) => {
-    if (ready !== null) forward(client, host, ready, []);
+    if (ready !== null) forward(client, LOOPBACK, ready, []);
     else hold(client, held);
   });
   const listening = new Promise((resolve) => {
@@ -233,10 +237,12 @@ async function main() {
   });
   await listening;
 
-  const internalPort = await freePort(host);
+  const internalPort = await freePort(LOOPBACK);
   const childArgs = args.slice();
+  if (hostAt >= 0 && childArgs[hostAt].includes("=")) childArgs[hostAt] = `${program.hostFlag}=${LOOPBACK}`;
+  else if (hostAt >= 0) childArgs[hostAt + 1] = LOOPBACK;
+  else childArgs.push(program.hostFlag, LOOPBACK);
   if (portAt >= 0) childArgs.splice(portAt, childArgs[portAt].includes("=") ? 1 : 2);
-  if (hostAt < 0) childArgs.push(program.hostFlag, host);
   childArgs.push("--port", String(internalPort));
 
   const env = { ...process.env };
@@ -284,7 +290,7 @@ async function main() {
     }
   }, PROGRESS_EVERY_MS);
 
-  const dropped = await untilAnswering(host, internalPort, program.probePath, program.auth(env), started);
+  const dropped = await untilAnswering(LOOPBACK, internalPort, program.probePath, program.auth(env), started);
   ready = internalPort;
   const released = held.size;
   const answered = () => {
@@ -294,7 +300,7 @@ async function main() {
   for (const entry of [...held]) {
     held.delete(entry);
     unanswered += 1;
-    entry.release(host, internalPort, answered);
+    entry.release(LOOPBACK, internalPort, answered);
   }
   if (!unanswered) clearInterval(progress);
   const ms = Date.now() - started;
@@ -303,7 +309,7 @@ async function main() {
     : "";
   const cpu = child.pid ? cpuSeconds(child.pid) : null;
   say(`${race}${NAME} answered after ${ms} ms${cpu !== null ? ` (${cpu.toFixed(1)} s of CPU)` : ""}; ` +
-      `serving ${host}:${publicPort} (${NAME} on port ${internalPort}${released ? `, ${released} held request(s) passed on` : ""})`);
+      `serving ${host}:${publicPort} (${NAME} on ${LOOPBACK} port ${internalPort}${released ? `, ${released} held request(s) passed on` : ""})`);
 }
 
 main().catch((err) => {
