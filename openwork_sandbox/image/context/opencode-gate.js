@@ -28,11 +28,20 @@
 //
 // Only H:P faces the network: the program's internal port, the gate's probes and its forwards are
 // on 127.0.0.1 whatever H is (H is 0.0.0.0 when clients are remote).
+//
+// TLS (openwork-server only, OPENWORK_TLS=1 with OPENWORK_TLS_CERT_FILE and OPENWORK_TLS_KEY_FILE,
+// PEM files; the key never in the environment): H:P then speaks TLS to whoever is not this machine.
+// The first byte of each connection decides: 0x16 (a TLS ClientHello) goes, byte for byte, to a TLS
+// terminator on 127.0.0.1 whose decrypted connections are held and forwarded as above; anything
+// else is served as plain HTTP only when the peer's address is loopback (the orchestrator's checks,
+// the image's HEALTHCHECK and openwork-supervise probe http://127.0.0.1:P), else closed unanswered.
+// A cert or key that cannot be read ends the gate at once (exit 1): never plain HTTP instead.
 "use strict";
 
 const fs = require("node:fs");
 const net = require("node:net");
 const os = require("node:os");
+const tls = require("node:tls");
 const { spawn } = require("node:child_process");
 
 const PROBE_EVERY_MS = 40;
@@ -47,6 +56,8 @@ const PROBE_SLOWER = 1.05;
 const MAX_PENDING = 50;
 const PROGRESS_EVERY_MS = 5000;
 const LOOPBACK = "127.0.0.1"; // the program's internal port and every connection to it
+const FIRST_BYTE_MS = 30000; // with TLS: a connection that sends nothing for this long is closed
+const REFUSED_NOTE_EVERY_MS = 60000; // with TLS: at most one line this often about plain HTTP refused
 const DEBUG = Boolean(process.env.OPENWORK_OPENCODE_GATE_DEBUG);
 
 // What each program is called with and how it is probed. `real`: the program to start.
@@ -187,11 +198,13 @@ function forward(client, host, port, early, answered = null) {
   }
 }
 
-// A connection made before the program answers: keep what it sends, until release() forwards it.
-function hold(client, held) {
-  const entry = { client, early: [], gone: false };
+// A connection made before the program answers: keep what it sends (after `early`, what was read
+// already), until release() forwards it.
+function hold(client, held, early = []) {
+  const entry = { client, early: early.slice(), gone: false };
   const keep = (chunk) => entry.early.push(chunk);
   client.on("data", keep);
+  client.resume();
   const drop = () => {
     entry.gone = true;
     held.delete(entry);
@@ -209,6 +222,76 @@ function hold(client, held) {
   held.add(entry);
 }
 
+// The peer is this machine: 127.0.0.0/8, ::1, or either as an IPv4-mapped IPv6 address.
+function isLoopback(address) {
+  const a = String(address || "").replace(/^::ffff:/i, "");
+  return a === "::1" || /^127\./.test(a);
+}
+
+// The cert and key (PEM) when OPENWORK_TLS asks for TLS in front of this program, else null; exits
+// (1) when they are asked for and cannot be read or used.
+function tlsOptions(env) {
+  if (NAME !== "openwork-server" || !/^(1|true|yes|on)$/i.test(env.OPENWORK_TLS || "")) return null;
+  const files = { cert: env.OPENWORK_TLS_CERT_FILE, key: env.OPENWORK_TLS_KEY_FILE };
+  const options = { minVersion: "TLSv1.2" };
+  for (const [what, file] of Object.entries(files)) {
+    try {
+      if (!file) throw new Error(`OPENWORK_TLS_${what.toUpperCase()}_FILE is not set`);
+      options[what] = fs.readFileSync(file);
+    } catch (err) {
+      say(`TLS asked for (OPENWORK_TLS=1) but the ${what} cannot be read: ${err.message}; not serving`);
+      process.exit(1);
+    }
+  }
+  try {
+    tls.createSecureContext(options);
+  } catch (err) {
+    say(`TLS asked for (OPENWORK_TLS=1) but the certificate and key cannot be used: ${err.message}; not serving`);
+    process.exit(1);
+  }
+  return options;
+}
+
+// The TLS terminator on 127.0.0.1: resolves with its port; each decrypted connection goes to accept().
+function terminator(options, accept) {
+  return new Promise((resolve, reject) => {
+    const s = tls.createServer(options, (secure) => accept(secure, []));
+    s.on("tlsClientError", () => {}); // a client that does not trust the certificate: its own business
+    s.once("error", reject);
+    s.listen(0, LOOPBACK, () => resolve(s.address().port));
+  });
+}
+
+// With TLS: route each connection to H:P by its first byte (see the head of this file).
+function sniffer(tlsPort, accept) {
+  let refused = 0;
+  let noted = 0;
+  return (client) => {
+    const timer = setTimeout(() => client.destroy(), FIRST_BYTE_MS);
+    const drop = () => {
+      clearTimeout(timer);
+      client.destroy();
+    };
+    client.once("error", drop);
+    client.once("close", drop);
+    client.once("data", (first) => {
+      clearTimeout(timer);
+      client.pause();
+      client.removeListener("error", drop);
+      client.removeListener("close", drop);
+      if (first[0] === 0x16) return forward(client, LOOPBACK, tlsPort, [first]);
+      if (isLoopback(client.remoteAddress)) return accept(client, [first]);
+      client.destroy(); // plain HTTP from beyond this machine: nothing is served, not even an error
+      refused += 1;
+      if (Date.now() - noted >= REFUSED_NOTE_EVERY_MS) {
+        noted = Date.now();
+        say(`closed ${refused} plain-HTTP connection(s) from beyond loopback (last from ${client.remoteAddress}): this port speaks TLS`);
+        refused = 0;
+      }
+    });
+  };
+}
+
 async function main() {
   const program = PROGRAMS[NAME];
   if (!program) {
@@ -220,14 +303,17 @@ async function main() {
   const [portAt, portValue] = option(args, "--port");
   const host = hostValue || LOOPBACK;
   const publicPort = Number(portValue || program.defaultPort);
+  const secure = tlsOptions(process.env);
 
   // 1. the requested port first, so the orchestrator's health request is held, never refused
   let ready = null; // the internal port once the program answers
   const held = new Set();
-  const server = net.createServer((client) => {
-    if (ready !== null) forward(client, LOOPBACK, ready, []);
-    else hold(client, held);
-  });
+  const accept = (client, early) => {
+    if (ready !== null) forward(client, LOOPBACK, ready, early);
+    else hold(client, held, early);
+  };
+  const tlsPort = secure ? await terminator(secure, accept) : null;
+  const server = net.createServer(secure ? sniffer(tlsPort, accept) : (client) => accept(client, []));
   const listening = new Promise((resolve) => {
     server.once("error", (err) => {
       say(`cannot listen on ${host}:${publicPort}: ${err.message}`);
@@ -251,6 +337,7 @@ async function main() {
   delete env.OPENWORK_OPENCODE_REAL;
   delete env.OPENWORK_SERVER_REAL;
   delete env.OPENWORK_GATE_PROGRAM;
+  for (const name of ["OPENWORK_TLS", "OPENWORK_TLS_CERT_FILE", "OPENWORK_TLS_KEY_FILE"]) delete env[name];
   const started = Date.now();
   const child = spawn(real, childArgs, { stdio: ["ignore", "inherit", "inherit"], env });
   let stopping = false;
@@ -309,7 +396,8 @@ async function main() {
     : "";
   const cpu = child.pid ? cpuSeconds(child.pid) : null;
   say(`${race}${NAME} answered after ${ms} ms${cpu !== null ? ` (${cpu.toFixed(1)} s of CPU)` : ""}; ` +
-      `serving ${host}:${publicPort} (${NAME} on ${LOOPBACK} port ${internalPort}${released ? `, ${released} held request(s) passed on` : ""})`);
+      `serving ${host}:${publicPort}${secure ? " (TLS beyond loopback)" : ""} ` +
+      `(${NAME} on ${LOOPBACK} port ${internalPort}${released ? `, ${released} held request(s) passed on` : ""})`);
 }
 
 main().catch((err) => {
