@@ -1,5 +1,5 @@
-"""Rules across settings, checked once every value is parsed: tokens that would hurt the sandbox and
-folders that cannot work or would leak. Each returns one line per problem, naming the settings and
+"""Rules across settings, checked once every value is parsed: tokens that would hurt the sandbox,
+folders that cannot work or would leak, and TLS settings that contradict each other. Each returns one line per problem, naming the settings and
 where their values came from (``origins``: field -> origin; a field missing there is a default).
 """
 
@@ -141,3 +141,22 @@ def folder_problems(
             "by the agent and every collaborator; point the two settings at separate folders"
         )
     return problems
+
+
+def tls_problems(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+    """OPENWORK_TLS_CERT and OPENWORK_TLS_KEY come together or not at all, and not with
+    OPENWORK_TLS=false (a certificate given and then not used is a mistake to say, not to guess
+    about). Whether the files can be used is :mod:`openwork_sandbox.state.tls`'s to check, at ``up``."""
+    cert, key = values["tls_cert"], values["tls_key"]
+    if bool(cert) != bool(key):
+        given, missing = ("tls_cert", "OPENWORK_TLS_KEY") if cert else ("tls_key", "OPENWORK_TLS_CERT")
+        return [
+            f"{SPEC_BY_FIELD[given].env} (from {_from(origins, given)}) is set without {missing}: give both "
+            "(your certificate and its private key, PEM), or neither to have a certificate made for the sandbox"
+        ]
+    if cert and values["tls"] == "false":
+        return [
+            f"OPENWORK_TLS=false (from {_from(origins, 'tls')}) but OPENWORK_TLS_CERT and OPENWORK_TLS_KEY are set "
+            f"(from {_from(origins, 'tls_cert')}): unset them, or set OPENWORK_TLS to auto or true to use them"
+        ]
+    return []

@@ -20,7 +20,7 @@ from typing import Any
 
 from openwork_sandbox.config.env_file import misspelled_keys, read_env_file
 from openwork_sandbox.config.images import ImageRef
-from openwork_sandbox.config.rules import folder_problems, token_problems
+from openwork_sandbox.config.rules import folder_problems, tls_problems, token_problems
 from openwork_sandbox.config.specs import ENV_FILE_VAR, SPEC_BY_FIELD, SPECS, Spec
 from openwork_sandbox.config.values import Invalid, is_loopback, sandbox_name
 from openwork_sandbox.core.errors import SettingsError
@@ -39,6 +39,10 @@ class Settings:
     replace: bool
     port: int
     connect_host: str
+    tls: str  # auto | true | false (see tls_on)
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_ca: Path | None
     token: str | None
     host_token: str | None
     allow_default_tokens: bool
@@ -103,10 +107,16 @@ class Settings:
             return "0.0.0.0"
 
     @property
+    def tls_on(self) -> bool:
+        """The published port speaks TLS: OPENWORK_TLS=true, or auto with a connect host beyond loopback."""
+        return self.tls == "true" or (self.tls == "auto" and not is_loopback(self.connect_host))
+
+    @property
     def url(self) -> str:
-        """``http://<connect_host>:<port>``, an IPv6 address in brackets: where clients reach the server."""
+        """``http(s)://<connect_host>:<port>`` (https when :attr:`tls_on`), an IPv6 address in brackets:
+        where clients reach the server."""
         host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_on else 'http'}://{host}:{self.port}"
 
     @property
     def registry_plain_http(self) -> bool:
@@ -214,11 +224,13 @@ def load_settings(
         server_bin=_absolute(values["server_bin"], project_root) if values["server_bin"] else None,
         opencode_bin=_absolute(values["opencode_bin"], project_root) if values["opencode_bin"] else None,
         registry_ca=_absolute(values["registry_ca"], project_root) if values["registry_ca"] else None,
+        **{f: _absolute(values[f], project_root) if values[f] else None for f in ("tls_cert", "tls_key", "tls_ca")},
         opencode_config=_absolute(values["opencode_config"], project_root) if values["opencode_config"] else None,
     )
     problems = token_problems(values["token"], values["host_token"], values["allow_default_tokens"], origins)
     home = Path(environ.get("HOME") or Path.home())
     problems += folder_problems(values, origins, project_root=project_root, home=home)
+    problems += tls_problems(values, origins)
     if problems:
         raise SettingsError(problems)
     # the named variables' values: the process environment first, then the .env file (as the settings)

@@ -81,6 +81,35 @@ SPECS: tuple[Spec, ...] = (
         "host name clients use; loopback publishes on loopback only",
     ),
     Spec(
+        "tls",
+        "OPENWORK_TLS",
+        values.tls_mode,
+        "auto",
+        "TLS on the published port: auto (on when OPENWORK_CONNECT_HOST is not loopback), true or false",
+    ),
+    Spec(
+        "tls_cert",
+        "OPENWORK_TLS_CERT",
+        values.path,
+        None,
+        "your own PEM certificate (chain) for the server, with OPENWORK_TLS_KEY (default: one made per sandbox)",
+    ),
+    Spec(
+        "tls_key",
+        "OPENWORK_TLS_KEY",
+        values.path,
+        None,
+        "the PEM private key of OPENWORK_TLS_CERT",
+    ),
+    Spec(
+        "tls_ca",
+        "OPENWORK_TLS_CA",
+        values.path,
+        None,
+        "PEM CA bundle trusted for OPENWORK_TLS_CERT's certificate and by `smoke --url` (default: the system "
+        "CAs; a certificate made here is checked against its own CA)",
+    ),
+    Spec(
         "token",
         "OPENWORK_TOKEN",
         values.token,

@@ -171,6 +171,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def tls_mode(raw: str) -> str:
+    """``auto`` (also empty), or a boolean word (:func:`boolean`) as ``true``/``false``."""
+    word = raw.strip().lower()
+    if word in ("", "auto"):
+        return "auto"
+    try:
+        return "true" if boolean(word) else "false"
+    except Invalid:
+        raise Invalid("expected auto, true or false") from None
+
+
 def choice(*choices: str) -> Callable[[str], str]:
     """A parser of one of ``choices``, in any case; the value is returned in lower case."""
 
