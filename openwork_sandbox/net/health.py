@@ -2,7 +2,9 @@
 
 The wait polls with a capped exponential backoff (50 ms, doubling, at most 0.1 s between tries),
 ends at once when the sandbox has died, and on timeout names the endpoint, the deadline, the
-sandbox's state, its last log line, and a hint.
+sandbox's state, its last log line, and a hint. Over https each request verifies the certificate
+against ``verify`` (:mod:`openwork_sandbox.net.http`); one that does not verify ends a wait at once
+(:class:`~openwork_sandbox.net.http.CertificateRejected`, one line).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
-from openwork_sandbox.net.http import SANDBOX_GET_ERRORS, sandbox_get
+from openwork_sandbox.net.http import SANDBOX_GET_ERRORS, CertificateRejected, sandbox_get
 
 FIRST_DELAY = 0.05
 MAX_DELAY = 0.1  # a refused poll on loopback costs next to nothing; a late one costs up to this much start time
@@ -70,6 +72,7 @@ def wait_for_health(
     is_alive: Callable[[], bool] | None = None,
     timeout_s: float = 2.0,
     describe: Callable[[], tuple[str, list[str], str]] | None = None,
+    verify: bool | str = True,
 ) -> dict:
     """Poll ``GET <url>/health`` until it answers 2xx with a JSON body; return that body.
 
@@ -96,7 +99,9 @@ def wait_for_health(
     try:
         while True:
             try:
-                status, raw = sandbox_get(endpoint, timeout_s=min(poll_timeout, max(0.05, deadline - time.monotonic())))
+                status, raw = sandbox_get(
+                    endpoint, timeout_s=min(poll_timeout, max(0.05, deadline - time.monotonic())), verify=verify
+                )
                 answered = True
                 if 200 <= status < 300:
                     body = _json_object(raw)
@@ -139,7 +144,9 @@ def wait_for_health(
         beat.stop()
 
 
-def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0, path: str = "/workspace") -> str | None:
+def check_workspaces(
+    url: str, token: str, *, timeout_s: float = 15.0, path: str = "/workspace", verify: bool | str = True
+) -> str | None:
     """``GET /workspaces`` must be 401 without a token and 200 with the client token.
 
     Returns the id of the workspace at ``path`` (the one ``smoke`` checks; None when it is not
@@ -147,13 +154,15 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0, path: str
     """
     endpoint = url.rstrip("/") + "/workspaces"
     try:
-        anon, _ = sandbox_get(endpoint, timeout_s=timeout_s)
+        anon, _ = sandbox_get(endpoint, timeout_s=timeout_s, verify=verify)
         if anon != 401:
             raise WorkflowError(
                 f"GET {endpoint} without a token answered {anon}, expected 401: the server does not "
                 f"enforce its client token"
             )
-        authed, raw = sandbox_get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout_s=timeout_s)
+        authed, raw = sandbox_get(
+            endpoint, headers={"Authorization": f"Bearer {token}"}, timeout_s=timeout_s, verify=verify
+        )
     except SANDBOX_GET_ERRORS as exc:
         raise UnreachableError(f"GET {endpoint} failed ({exc.__class__.__name__}); is the server still up?") from None
     if authed != 200:
@@ -172,10 +181,11 @@ def check_workspaces(url: str, token: str, *, timeout_s: float = 15.0, path: str
     return chosen.get("id") if chosen else None
 
 
-def health_once(url: str, *, timeout_s: float = 1.0) -> dict | None:
-    """One quick ``GET /health``: the JSON body when healthy, else None (for status and reuse)."""
+def health_once(url: str, *, timeout_s: float = 1.0, verify: bool | str = True) -> dict | None:
+    """One quick ``GET /health``: the JSON body when healthy, else None (for status and reuse; a
+    certificate that does not verify is not healthy either)."""
     try:
-        status, raw = sandbox_get(url.rstrip("/") + "/health", timeout_s=timeout_s)
-    except SANDBOX_GET_ERRORS:
+        status, raw = sandbox_get(url.rstrip("/") + "/health", timeout_s=timeout_s, verify=verify)
+    except (*SANDBOX_GET_ERRORS, CertificateRejected):
         return None
     return _json_object(raw) if 200 <= status < 300 else None

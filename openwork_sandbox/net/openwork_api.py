@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from openwork_sandbox.net.http import sandbox_session
+from openwork_sandbox.net.http import certificate_problem, sandbox_session
 
 HOST_TOKEN_HEADER = "X-OpenWork-Host-Token"
 BODY_START = 300  # characters of a body kept for reports
@@ -87,13 +87,20 @@ class OpenWorkClient:
     """The OpenWork server's HTTP API, with a timeout on every request."""
 
     def __init__(
-        self, base_url: str, *, token: str | None = None, host_token: str | None = None, timeout: float = 15.0
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        host_token: str | None = None,
+        timeout: float = 15.0,
+        verify: bool | str = True,
     ):
         self.base_url = base_url
         self.token = token
         self.host_token = host_token
         self.timeout = timeout
-        self.session = sandbox_session(user_agent="openwork-sandbox-smoke")  # never through a proxy
+        self.verify = verify  # over https: the CA bundle (or True: the system CAs) the certificate is checked with
+        self.session = sandbox_session(verify=verify, user_agent="openwork-sandbox-smoke")  # never through a proxy
 
     def close(self) -> None:
         self.session.close()
@@ -133,6 +140,9 @@ class OpenWorkClient:
                 method, url, headers=headers, json=json_body, timeout=limit, allow_redirects=False
             )
             text = resp.text
+        except requests.exceptions.SSLError as exc:
+            detail = certificate_problem(exc, url, self.verify) or _describe("broken", exc, limit)
+            raise TransportError("broken", method, url, detail, time.perf_counter() - start) from None
         except requests.exceptions.ConnectionError as exc:
             kind = "timeout" if isinstance(exc, requests.exceptions.ConnectTimeout) else _connection_kind(exc)
             raise TransportError(kind, method, url, _describe(kind, exc, limit), time.perf_counter() - start) from None
@@ -232,6 +242,7 @@ def _describe(kind: str, exc: Exception, limit: float) -> str:
         return f"no answer within {limit:g}s (OPENWORK_REQUEST_TIMEOUT)"
     text = repr(exc)
     for marker in (
+        "SSLError",
         "RemoteDisconnected",
         "ConnectionResetError",
         "BrokenPipeError",
