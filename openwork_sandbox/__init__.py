@@ -12,7 +12,7 @@ The Invoke collection is ``openwork_sandbox.tasks.ns``; the ``openwork-sandbox``
   ``index_push``; the build context ``context/`` (package data)
 - ``runtimes``: ``base``, ``choice``, ``probe``, ``docker``, ``docker_copy``, ``listing``; ``microsandbox`` (``runtime``,
   ``sdk``, ``spec``, ``boot``, ``jobs``, ``logs``, ``copy``, ``launch``, ``pull``)
-- ``state`` (beside ``registry``): ``store``, ``persist``, ``pin``, ``secrets``, ``ownership``, ``supervision``
+- ``state`` (beside ``registry``): ``store``, ``persist``, ``pin``, ``secrets``, ``ownership``, ``supervision``, ``tls``
 - ``registry``: ``client``, ``transport``, ``access``, ``docker_config``
 - ``net``: ``http``, ``openwork_api``, ``health``, ``ports``
 - ``config``: ``settings``, ``env_file``, ``rules``, ``specs``, ``images``, ``values``, ``opencode``

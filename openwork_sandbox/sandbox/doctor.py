@@ -214,7 +214,9 @@ def check_port(settings: Settings) -> Check:
     address, port = settings.bind_address, settings.port
     if ports.port_is_free(port, address):
         return Check(f"port {port}", True, f"{address}:{port} is free")
-    if (health_once(settings.url, timeout_s=2) or {}).get("ok") is True:
+    from openwork_sandbox.state.tls import client_verify
+
+    if (health_once(settings.url, timeout_s=2, verify=client_verify(settings)) or {}).get("ok") is True:
         return Check(f"port {port}", True, f"{address}:{port} is held by a running OpenWork server (invoke status)")
     return Check(
         f"port {port}",

@@ -7,6 +7,8 @@ decide whether to recreate it, and what ``status`` shows as "settings current".
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from openwork_sandbox.config import GUEST_PORT, Settings, is_loopback
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.runtimes import RUNNING, LaunchSpec, Runtime
@@ -106,16 +108,43 @@ def check_network(settings: Settings, rt: Runtime) -> str | None:
     raise WorkflowError(f"{what}; {way}{running}", exit_code=EXIT_BAD_SETTINGS)
 
 
-def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secrets=None) -> LaunchSpec:
+# Where the server's TLS certificate and key are mounted read-only (state.tls.deliver writes them).
+SERVER_SECRETS_GUEST = "/etc/openwork-server-secrets"
+CURRENT = object()  # launch_spec's server_cert default: the certificate there is now (state.tls.current)
+
+
+def server_tls(settings: Settings, cert) -> tuple[dict[str, str], dict[str, Path]]:
+    """``(env, read-only mounts)`` through which the image's openwork-server gate terminates TLS
+    with ``cert`` (a :class:`.state.tls.ServerCert`, None: TLS off): the env names the files, the
+    key itself is only in the mounted folder (0700, files 0600), never in any environment."""
+    if cert is None:
+        return {}, {}
+    from openwork_sandbox.state import tls
+
+    env = {
+        "OPENWORK_TLS": "1",
+        "OPENWORK_TLS_CERT_FILE": f"{SERVER_SECRETS_GUEST}/{tls.CERT_FILE}",
+        "OPENWORK_TLS_KEY_FILE": f"{SERVER_SECRETS_GUEST}/{tls.KEY_FILE}",
+    }
+    return env, {SERVER_SECRETS_GUEST: tls.server_secrets_dir(settings).resolve()}
+
+
+def launch_spec(
+    settings: Settings, kind: str, token: str, host_token: str, secrets=None, server_cert=CURRENT
+) -> LaunchSpec:
     """What to boot for ``kind`` with these tokens. ``secrets`` (:class:`.state.secrets.SandboxSecrets`,
     gathered by ``up``; else what the settings would deliver now) go in through a read-only mount,
-    never the environment. The fingerprint covers every setting that needs a new sandbox to change."""
+    never the environment; so does ``server_cert`` (``state.tls.ensure``'s; else the one there is
+    now). The fingerprint covers every setting that needs a new sandbox to change."""
     # imported on call: the registry client and the pin are needed only when a spec is made
     from openwork_sandbox.registry.client import pull_access_for_image
     from openwork_sandbox.state import secrets as sandbox_secrets
+    from openwork_sandbox.state import tls
     from openwork_sandbox.state.pin import pinned_image
 
     secrets = sandbox_secrets.current(settings) if secrets is None else secrets
+    server_cert = tls.current(settings) if server_cert is CURRENT else server_cert
+    tls_env, tls_mounts = server_tls(settings, server_cert)
 
     env = {
         **sandbox_secrets.token_env(),  # the tokens themselves are files under the server's private folder
@@ -126,6 +155,7 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
     image = pinned_image(settings)  # the digest push-image pushed from here, else the tag
     env.update(persist.guest_env())  # HOME under /data, whatever the image's entrypoint does
+    env.update(tls_env)
     mounts = {GUEST_WORKSPACE: settings.workspace_dir.resolve(), GUEST_DATA: settings.data_dir.resolve()}
     fp = fingerprint(
         {
@@ -145,12 +175,14 @@ def launch_spec(settings: Settings, kind: str, token: str, host_token: str, secr
             # only when not the default, so sandboxes made before this setting existed are kept
             **({"network": settings.network} if settings.network != "allow-all" else {}),
             **({"secrets": secrets.digests()} if not secrets.empty else {}),
+            **({"tls": server_cert.digest() if server_cert else "none yet"} if settings.tls_on else {}),
         }
     )
     mounts[sandbox_secrets.STORE_GUEST] = sandbox_secrets.store_dir(settings).resolve()
     readonly = {sandbox_secrets.SERVER_SECRETS_GUEST: sandbox_secrets.server_secrets_dir(settings).resolve()}
     if not secrets.empty:
         readonly[sandbox_secrets.GUEST_DIR] = sandbox_secrets.host_dir(settings).resolve()
+    readonly.update(tls_mounts)
     return LaunchSpec(
         name=settings.name,
         image=image,

@@ -179,7 +179,9 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
     Raises WorkflowError when it never gets there (an UnreachableError when ``/workspaces`` cannot be
     reached)."""
     from openwork_sandbox.net.health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
+    from openwork_sandbox.state.tls import client_verify
 
+    verify = client_verify(settings)
     times = START_TIMES
     first_began = time.monotonic()
     for attempt in range(1, times.attempts + 1):
@@ -196,6 +198,7 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
                 is_alive=watch,
                 timeout_s=min(5.0, settings.request_timeout),
                 describe=rt.describe,
+                verify=verify,
             )
             break
         except _Stalled as exc:
@@ -220,7 +223,7 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
             raise _port_taken(settings, exc.port) from None
         rt.restart_server(spec)
     _say_start_notes(rt, time.monotonic() - first_began, settings)
-    return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
+    return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout, verify=verify)
 
 
 def _say_start_notes(rt: Runtime, seconds: float, settings: Settings) -> None:

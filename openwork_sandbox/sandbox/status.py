@@ -33,7 +33,14 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     rt = existing_runtime(settings, state)
     st = rt.status() if rt else RuntimeStatus(ABSENT)
     digest = rt.digest(st) if rt is not None else None
-    health = health_once(settings.url, timeout_s=min(2.0, settings.request_timeout)) if st.state == RUNNING else None
+    from openwork_sandbox.state.tls import client_verify
+
+    verify = client_verify(settings)
+    health = (
+        health_once(settings.url, timeout_s=min(2.0, settings.request_timeout), verify=verify)
+        if st.state == RUNNING
+        else None
+    )
     uptime = (time.time() - st.started_at) if st.started_at else None
     token, host_token = state.tokens(create=False)
     current = None

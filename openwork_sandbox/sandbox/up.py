@@ -4,8 +4,9 @@
 Docker; a network policy it cannot hold stops here, ``launch.check_network``), observes (the
 record, the runtime's status, one health probe, the port), decides
 (``decision.decide_up``), acts (copy old-layout state out, remove, create or start, wait with
-``start_watch``) and reports the URL, the workspace id and the tokens (masked unless asked), or with
-``as_json`` one JSON object on stdout. ``.state/<name>/`` (:mod:`openwork_sandbox.state.store`)
+``start_watch``) and reports the URL (https with TLS on: ``state.tls``, and the certificate's
+SHA-256 fingerprint), the workspace id and the tokens (masked unless asked), or with ``as_json`` one
+JSON object on stdout. ``.state/<name>/`` (:mod:`openwork_sandbox.state.store`)
 keeps the tokens, the record of what runs (``sandbox.json``, which `up` writes through
 :func:`_save_record` only) and the two bind-mounted folders; it survives ``down``, ``up --replace``
 and settings changes, and only ``reset`` deletes it.
@@ -65,10 +66,19 @@ def _report(
     show_tokens: bool,
     as_json: bool,
     health: dict | None,
+    server_cert=None,
 ) -> None:
     """What `up` did, on stderr (a table), or with ``as_json`` one JSON object on stdout; tokens masked
-    unless ``show_tokens``."""
+    unless ``show_tokens``; with TLS the certificate's fingerprint and the CA file clients trust."""
+    from openwork_sandbox.state.tls import client_verify
+
     shown = (lambda s: s) if show_tokens else console.mask
+    ca = client_verify(settings) if server_cert is not None else None
+    tls = (
+        {"sha256": server_cert.fingerprint, "made": server_cert.made, "ca": ca if isinstance(ca, str) else None}
+        if server_cert is not None
+        else None
+    )
     if as_json:
         console.emit_json(
             {
@@ -85,13 +95,20 @@ def _report(
                 "workspace_dir": str(settings.workspace_dir),
                 "data_dir": str(settings.data_dir),
                 "server_version": (health or {}).get("version"),
+                "tls": tls,
             }
         )
         return
+    cert_rows = []
+    if tls is not None:
+        whose = f"made for {ep.name}" if tls["made"] else "yours (OPENWORK_TLS_CERT)"
+        trust = f"; clients trust {tls['ca']}" if tls["ca"] else ""
+        cert_rows = [("TLS certificate", f"SHA-256 {tls['sha256']}"), ("", f"{whose}{trust}")]
     console.info(f"{console.OK} {ep.name} is up ({action}, {ep.runtime}, {seconds:.1f}s)")
     console.print_table(
         [
             ("URL", ep.url),
+            *cert_rows,
             ("workspace", ep.workspace_id or "(none)"),
             ("client token", shown(ep.token)),
             ("host token", shown(ep.host_token)),
@@ -119,6 +136,7 @@ def _observe(
     from openwork_sandbox.net.health import health_once
     from openwork_sandbox.net.ports import port_is_free
     from openwork_sandbox.state.secrets import changed_parts
+    from openwork_sandbox.state.tls import client_verify
 
     st = rt.status()
     record = state.record()
@@ -129,7 +147,9 @@ def _observe(
         status=st,
         fingerprint=spec_fingerprint,
         replace=settings.replace,
-        health=health_once(settings.url, timeout_s=1.0) if st.state == RUNNING else None,
+        health=health_once(settings.url, timeout_s=1.0, verify=client_verify(settings))
+        if st.state == RUNNING
+        else None,
         port_free=port_is_free(settings.port, settings.bind_address),
         changed=changed_parts(record.get("secrets"), secret_digests or {}) if secret_digests is not None else (),
     )
@@ -151,11 +171,13 @@ def _act(
     spec: LaunchSpec,
     tokens: tuple[str, str],
     secrets=None,
+    server_cert=None,
 ) -> tuple[dict, str | None]:
     """Carry out ``decision`` (see the module doc); returns the health body and the workspace id.
     ``tokens``: the client and host token. The record is written before anything boots, so
     logs/status/reset find a sandbox whose start failed."""
     from openwork_sandbox.net.health import check_workspaces
+    from openwork_sandbox.state import tls
 
     token = tokens[0]
     if decision.remove_old:
@@ -174,7 +196,11 @@ def _act(
     if decision.action not in QUIET:
         console.info(decision.reason)
     if decision.action == REUSE:
-        return seen.health or {}, check_workspaces(settings.url, token, timeout_s=settings.request_timeout)
+        verify = tls.client_verify(settings)
+        return seen.health or {}, check_workspaces(
+            settings.url, token, timeout_s=settings.request_timeout, verify=verify
+        )
+    tls.deliver(settings, server_cert)  # the server's certificate and key, in the folder it mounts
     fresh = decision.action in (CREATE, RECREATE)
     made = {"created_at": time.time(), "workspace_id": None} if fresh else {}
     from openwork_sandbox.state.secrets import write, write_server_side
@@ -204,6 +230,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     meanwhile). Holds a host-wide start slot while it boots; interrupted (Ctrl+C, SIGTERM) before
     the server was healthy, it stops what it started and re-raises KeyboardInterrupt. ``follow``
     streams the server log afterwards until Ctrl+C."""
+    from openwork_sandbox.state import tls
     from openwork_sandbox.state.secrets import gather
 
     started = time.monotonic()
@@ -211,6 +238,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     check_exposure(settings)
     token, host_token = state.tokens(create=False)  # a tokens.json that does not parse stops here, before any change
     secrets = gather(settings)  # an unset OPENWORK_SANDBOX_ENV variable or a bad opencode config: before anything
+    tls.check(settings)  # the user's certificate and key, OPENWORK_TLS_CA: before anything
     kind, why = choose_runtime(settings, state)
     rt = runtimes.runtime_for(kind, settings)
     shared = check_network(settings, rt)  # a network policy this runtime cannot hold stops here, before any change
@@ -227,14 +255,20 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         token, host_token = state.tokens()
         if not token or not host_token:  # tokens() generates what is missing; this is a safety net
             raise WorkflowError(f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again")
-        spec = launch_spec(settings, kind, token, host_token, secrets)
+        server_cert, made = tls.ensure(settings)
+        if made:
+            console.info(made)
+        _say_clear_text(settings)
+        spec = launch_spec(settings, kind, token, host_token, secrets, server_cert)
         seen = _observe(settings, state, kind, rt, spec.fingerprint, secrets.digests())
         decision = decide_up(seen)
         _refuse_busy_port(settings, decision)
         with interrupts.sigterm_as_interrupt():
             try:
                 with _start_slot(settings, decision):
-                    health, workspace_id = _act(settings, state, rt, seen, decision, spec, (token, host_token), secrets)
+                    health, workspace_id = _act(
+                        settings, state, rt, seen, decision, spec, (token, host_token), secrets, server_cert
+                    )
                     if (
                         not settings.ephemeral
                     ):  # healthy: from now on the runtime brings it back (Docker: restart policy)
@@ -254,10 +288,22 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         show_tokens=show_tokens,
         as_json=as_json,
         health=health,
+        server_cert=server_cert,
     )
     if follow:
         _follow(rt, tail=20, to_stdout=not as_json)
     return ep
+
+
+def _say_clear_text(settings: Settings) -> None:
+    """One line when the port faces the network without TLS (OPENWORK_TLS=false beyond loopback)."""
+    from openwork_sandbox.config import is_loopback
+
+    if not settings.tls_on and not is_loopback(settings.connect_host):
+        console.info(
+            f"{console.BAD} TLS is off (OPENWORK_TLS=false from {settings.origin('tls')}) and "
+            f"OPENWORK_CONNECT_HOST={settings.connect_host} is beyond loopback: the tokens cross the network in clear"
+        )
 
 
 def _start_slot(settings: Settings, decision: UpDecision):

@@ -91,11 +91,16 @@ def health(r) -> str:
     """Wait for GET /health (:func:`openwork_sandbox.net.health.wait_for_health`) up to
     OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
     from openwork_sandbox.net.health import HealthTimeout, NothingListening, wait_for_health
+    from openwork_sandbox.net.http import CertificateRejected
     from openwork_sandbox.net.openwork_api import ApiResponse
 
     url = r.client.url("/health")
     try:
-        body = wait_for_health(r.target.url, r.health_timeout, is_alive=r.is_alive, timeout_s=r.request_timeout)
+        body = wait_for_health(
+            r.target.url, r.health_timeout, is_alive=r.is_alive, timeout_s=r.request_timeout, verify=r.target.verify
+        )
+    except CertificateRejected as exc:  # the server answers, as someone this client cannot trust
+        raise CheckFailed(exc.message, result=ERROR) from None
     except NothingListening:
         r.report.unreachable = True
         raise CheckFailed(

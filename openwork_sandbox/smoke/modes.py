@@ -21,6 +21,7 @@ from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, SettingsError, Unrea
 from openwork_sandbox.runtimes.choice import RUNTIMES
 from openwork_sandbox.smoke.checks import DECLARED, ERROR, GUEST_WORKSPACE, SKIPPED
 from openwork_sandbox.smoke.runner import CheckResult, SmokeReport, SmokeRunner, Target
+from openwork_sandbox.state.tls import ca_problems, client_verify, url_verify
 
 LOG_TAIL_LINES = 40
 
@@ -74,6 +75,7 @@ def local_target(settings, ep, mode: str) -> Target:
         host_workspace=Path(settings.workspace_dir),
         is_alive=_runtime_is_alive(settings, ep.runtime),
         secrets=tuple(settings.sandbox_env_values.values()),
+        verify=client_verify(settings),
     )
 
 
@@ -109,6 +111,7 @@ def _url_target(settings, url: str) -> Target:
         token_source=source("token", "OPENWORK_TOKEN", "--token"),
         host_token_source=source("host_token", "OPENWORK_HOST_TOKEN", "--host-token"),
         secrets=tuple(settings.sandbox_env_values.values()),
+        verify=url_verify(settings),
     )
 
 
@@ -164,6 +167,8 @@ def run_smoke(
     ``boot`` is the ``up`` flow (``sandbox.up.up``), which ``--ephemeral`` needs to boot its sandbox;
     the caller passes it, so smoke never imports ``up``. Without it ``--ephemeral`` raises TypeError."""
     _check_usage(url, ephemeral, persistence, prompt)
+    if ca_problems(settings):
+        raise SettingsError(ca_problems(settings))
     if junit:
         _check_junit_path(junit)
     if ephemeral:
@@ -178,6 +183,12 @@ def run_smoke(
     from openwork_sandbox.sandbox.endpoint import endpoint
 
     ep = endpoint(settings)
+    verify = client_verify(settings)
+    if settings.tls_on and isinstance(verify, str) and not Path(verify).is_file():
+        raise WorkflowError(
+            f"OPENWORK_TLS is on for {settings.name} but no certificate was made for it ({verify} is missing): "
+            "run `invoke up` first"
+        )
     report = _run_checks(
         settings, local_target(settings, ep, "sandbox"), persistence, keep_session=keep_session, prompt=prompt
     )

@@ -141,6 +141,7 @@ class Target:
     host_workspace: Path | None = None
     is_alive: Callable[[], bool] | None = None  # the runtime says the sandbox runs (ends the health wait early)
     secrets: tuple[str, ...] = ()  # more values to redact from every output (OPENWORK_SANDBOX_ENV's)
+    verify: bool | str = True  # over https: the CA bundle the certificate is checked with (True: the system CAs)
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class SmokeRunner:
         self.is_alive = is_alive or target.is_alive
         self.on_check = on_check  # called with a check's name just before it runs (progress, fault tests)
         self.client = OpenWorkClient(
-            target.url, token=target.token, host_token=target.host_token, timeout=request_timeout
+            target.url, token=target.token, host_token=target.host_token, timeout=request_timeout, verify=target.verify
         )
         self.report = SmokeReport(
             url=target.url,
