@@ -195,12 +195,14 @@ def _act(
             console.info(f"note: could not remove the old {decision.remove_old} sandbox: {exc.message}")
     if decision.action not in QUIET:
         console.info(decision.reason)
+    tls.deliver(
+        settings, server_cert
+    )  # the server's certificate and key in the folder it mounts (a restart reads them)
     if decision.action == REUSE:
         verify = tls.client_verify(settings)
         return seen.health or {}, check_workspaces(
             settings.url, token, timeout_s=settings.request_timeout, verify=verify
         )
-    tls.deliver(settings, server_cert)  # the server's certificate and key, in the folder it mounts
     fresh = decision.action in (CREATE, RECREATE)
     made = {"created_at": time.time(), "workspace_id": None} if fresh else {}
     from openwork_sandbox.state.secrets import write, write_server_side
