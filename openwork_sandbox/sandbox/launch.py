@@ -7,8 +7,6 @@ decide whether to recreate it, and what ``status`` shows as "settings current".
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from openwork_sandbox.config import GUEST_PORT, Settings, is_loopback
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.runtimes import RUNNING, LaunchSpec, Runtime
@@ -108,25 +106,23 @@ def check_network(settings: Settings, rt: Runtime) -> str | None:
     raise WorkflowError(f"{what}; {way}{running}", exit_code=EXIT_BAD_SETTINGS)
 
 
-# Where the server's TLS certificate and key are mounted read-only (state.tls.deliver writes them).
-SERVER_SECRETS_GUEST = "/etc/openwork-server-secrets"
 CURRENT = object()  # launch_spec's server_cert default: the certificate there is now (state.tls.current)
 
 
-def server_tls(settings: Settings, cert) -> tuple[dict[str, str], dict[str, Path]]:
-    """``(env, read-only mounts)`` through which the image's openwork-server gate terminates TLS
-    with ``cert`` (a :class:`.state.tls.ServerCert`, None: TLS off): the env names the files, the
-    key itself is only in the mounted folder (0700, files 0600), never in any environment."""
+def server_tls(cert) -> dict[str, str]:
+    """The environment through which the image's openwork-server gate terminates TLS with ``cert`` (a
+    :class:`.state.tls.ServerCert`, None: TLS off): it names the files ``state.tls.deliver`` writes into
+    the server's read-only secrets folder (``state.secrets``); the key is never in any environment."""
     if cert is None:
-        return {}, {}
+        return {}
     from openwork_sandbox.state import tls
+    from openwork_sandbox.state.secrets import SERVER_SECRETS_GUEST
 
-    env = {
+    return {
         "OPENWORK_TLS": "1",
         "OPENWORK_TLS_CERT_FILE": f"{SERVER_SECRETS_GUEST}/{tls.CERT_FILE}",
         "OPENWORK_TLS_KEY_FILE": f"{SERVER_SECRETS_GUEST}/{tls.KEY_FILE}",
     }
-    return env, {SERVER_SECRETS_GUEST: tls.server_secrets_dir(settings).resolve()}
 
 
 def launch_spec(
@@ -144,7 +140,7 @@ def launch_spec(
 
     secrets = sandbox_secrets.current(settings) if secrets is None else secrets
     server_cert = tls.current(settings) if server_cert is CURRENT else server_cert
-    tls_env, tls_mounts = server_tls(settings, server_cert)
+    tls_env = server_tls(server_cert)
 
     env = {
         **sandbox_secrets.token_env(),  # the tokens themselves are files under the server's private folder
@@ -182,7 +178,6 @@ def launch_spec(
     readonly = {sandbox_secrets.SERVER_SECRETS_GUEST: sandbox_secrets.server_secrets_dir(settings).resolve()}
     if not secrets.empty:
         readonly[sandbox_secrets.GUEST_DIR] = sandbox_secrets.host_dir(settings).resolve()
-    readonly.update(tls_mounts)
     return LaunchSpec(
         name=settings.name,
         image=image,

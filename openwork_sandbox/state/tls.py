@@ -24,16 +24,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from openwork_sandbox.config import Settings
 from openwork_sandbox.core.errors import SettingsError
-from openwork_sandbox.core.files import write_atomic
+from openwork_sandbox.core.files import private_dir, write_atomic
+from openwork_sandbox.state.secrets import server_secrets_dir
 
 TLS_DIR = "tls"  # under .state/<name>/: the made certificate
 CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "tls.crt", "tls.key"
-SERVER_SECRETS_DIR = "server-secrets"  # under .state/<name>/: mounted read-only for the server
 VALID_DAYS = 365
 RENEW_DAYS = 30  # a made certificate with fewer days left is made again by `up`
 LOCAL_NAMES = ("127.0.0.1", "localhost")  # in every made certificate besides the connect host
@@ -59,11 +58,6 @@ class ServerCert:
 def cert_dir(settings: Settings) -> Path:
     """``.state/<name>/tls``: the certificate made for the sandbox."""
     return settings.sandbox_state_dir / TLS_DIR
-
-
-def server_secrets_dir(settings: Settings) -> Path:
-    """``.state/<name>/server-secrets``: what the runtime mounts read-only for the server."""
-    return settings.sandbox_state_dir / SERVER_SECRETS_DIR
 
 
 def client_verify(settings: Settings) -> bool | str:
@@ -333,13 +327,6 @@ def made_cert(settings: Settings) -> tuple[ServerCert | None, str]:
     return ServerCert(cert_pem, key_pem, True, fingerprint_of(leaf), leaf.not_valid_after_utc), ""
 
 
-def _private_dir(folder: Path) -> None:
-    if folder.is_symlink():
-        folder.unlink()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-
-
 def ensure(settings: Settings) -> tuple[ServerCert | None, str | None]:
     """``(the certificate the server presents, a line saying it was made and why or None)``, making
     one for the sandbox when needed; ``(None, None)`` with TLS off. Call :func:`check` first."""
@@ -352,7 +339,7 @@ def ensure(settings: Settings) -> tuple[ServerCert | None, str | None]:
         return cert, None
     cert_pem, key_pem, ca_pem = make_cert(settings.connect_host, settings.name)
     folder = cert_dir(settings)
-    _private_dir(folder)
+    private_dir(folder, own=True)
     write_atomic(folder / KEY_FILE, key_pem, mode=0o600)
     write_atomic(folder / CERT_FILE, cert_pem, mode=0o644)
     write_atomic(folder / CA_FILE, ca_pem, mode=0o644)
@@ -382,7 +369,7 @@ def deliver(settings: Settings, cert: ServerCert | None) -> Path:
         for name in (CERT_FILE, KEY_FILE):
             (folder / name).unlink(missing_ok=True)
         return folder
-    _private_dir(folder)
+    private_dir(folder, own=True)
     write_atomic(folder / CERT_FILE, cert.cert_pem, mode=0o600)
     write_atomic(folder / KEY_FILE, cert.key_pem, mode=0o600)
     return folder
