@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.support.lifecycle import docker_env, make_settings
-from tests.support.openwork_client import auth, issue_token, status_with
+from tests.support.openwork_client import agent_shell, issue_token, status_with
 
 pytestmark = pytest.mark.docker
 
@@ -32,24 +32,6 @@ PROBES = (
     "ls -la /srv/openwork",
     "grep -r . /etc/openwork-sandbox /data 2>/dev/null | head -c 200000",
 )
-
-
-def agent_shell(url: str, token: str, command: str) -> str:
-    """What the agent's shell printed for ``command``, asked with ``token`` as a client would."""
-    ws = requests.get(f"{url}/workspaces", headers=auth(token), timeout=30).json()["items"][0]["id"]
-    base = f"{url}/w/{ws}/opencode/session"
-    sid = requests.post(base, json={"title": "probe"}, headers=auth(token), timeout=30).json()["id"]
-    answer = requests.post(
-        f"{base}/{sid}/shell", json={"agent": "build", "command": command}, headers=auth(token), timeout=120
-    )
-    assert answer.status_code == 200, answer.text[:300]
-    messages = requests.get(f"{base}/{sid}/message", headers=auth(token), timeout=30).json()
-    out = []
-    for message in messages:
-        for part in message.get("parts", []):
-            state = part.get("state") or {}
-            out.append(str(state.get("output") or (state.get("metadata") or {}).get("output") or ""))
-    return "\n".join(out)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from openwork_sandbox.sandbox.up import up
 from openwork_sandbox.smoke.modes import run_smoke
 from tests.support.lifecycle import docker_env, make_settings
 from tests.support.netns import remote_peer
+from tests.support.openwork_client import agent_shell
 from tests.support.paths import ROOT
 from tests.support.tls_certs import openssl, user_ca
 
@@ -96,6 +97,10 @@ def test_up_beyond_loopback_serves_tls_and_nothing_else_faces_the_network(stack_
         inspect = subprocess.run(["docker", "inspect", settings.name], capture_output=True, text=True, timeout=30)
         config_env = json.loads(inspect.stdout)[0]["Config"]["Env"]
         assert "OPENWORK_TLS=1" in config_env and not any("PRIVATE KEY" in e for e in config_env)
+
+        # the key is the server's: through the agent's shell, a client token cannot read it
+        shown = agent_shell(ep.url, ep.token, "id; cat /srv/openwork/secrets/tls.key 2>&1", verify=str(ca))
+        assert "uid=" in shown and "Permission denied" in shown and "PRIVATE KEY" not in shown, shown
 
         assert status(settings) == 0
         assert run_smoke(settings, as_json=True) == 0, capsys.readouterr().err

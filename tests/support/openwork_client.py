@@ -51,3 +51,26 @@ def issue_token(url: str, host_token: str) -> str:
 
 def status_with(url: str, token: str) -> int:
     return requests.get(f"{url}/workspaces", headers=auth(token), timeout=10).status_code
+
+
+def agent_shell(url: str, token: str, command: str, verify: bool | str = True) -> str:
+    """What the agent's shell printed for ``command``, asked with ``token`` as a client would
+    (``POST /w/<id>/opencode/session/<sid>/shell``: the real opencode runs it); ``verify``: a CA bundle for https."""
+    ws = requests.get(f"{url}/workspaces", headers=auth(token), timeout=30, verify=verify).json()["items"][0]["id"]
+    base = f"{url}/w/{ws}/opencode/session"
+    sid = requests.post(base, json={"title": "probe"}, headers=auth(token), timeout=30, verify=verify).json()["id"]
+    answer = requests.post(
+        f"{base}/{sid}/shell",
+        json={"agent": "build", "command": command},
+        headers=auth(token),
+        timeout=120,
+        verify=verify,
+    )
+    assert answer.status_code == 200, answer.text[:300]
+    messages = requests.get(f"{base}/{sid}/message", headers=auth(token), timeout=30, verify=verify).json()
+    out = []
+    for message in messages:
+        for part in message.get("parts", []):
+            state = part.get("state") or {}
+            out.append(str(state.get("output") or (state.get("metadata") or {}).get("output") or ""))
+    return "\n".join(out)
