@@ -8,7 +8,7 @@ The Invoke collection is ``openwork_sandbox.tasks.ns``; the ``openwork-sandbox``
 - ``sandbox`` (beside ``image``): the flows ``up``, ``down``, ``status``, ``logs``, ``reset``, ``doctor``,
   ``backup``, ``restore``, ``leftovers``; what they share, ``launch``, ``locate``, ``endpoint``,
   ``start_watch``; the rules ``decision``, ``start_gate``, ``start_slots``, ``avx``, ``archive``
-- ``image``: ``build``, ``artifacts``, ``multiplatform``, ``foreign_check``, ``oci``, ``push``,
+- ``image``: ``build``, ``artifacts``, ``digests``, ``multiplatform``, ``foreign_check``, ``oci``, ``push``,
   ``index_push``; the build context ``context/`` (package data)
 - ``runtimes``: ``base``, ``choice``, ``probe``, ``docker``, ``docker_copy``, ``listing``; ``microsandbox`` (``runtime``,
   ``sdk``, ``spec``, ``boot``, ``jobs``, ``logs``, ``copy``, ``launch``, ``pull``)

@@ -1,16 +1,26 @@
-"""The three programs from the npm registry: pinned, verified against ``dist.integrity``, cached.
+"""The three programs from the npm registry: pinned, checked from their bytes on every use, cached.
+
+The download cache (``OPENWORK_CACHE_DIR``) proves nothing: whoever can write it (CI restores it
+with ``actions/cache``) can rewrite any file and any record in it. So a program is used only after
+its bytes were checked against a record the cache cannot forge:
+
+- a version with digests kept in the package (``image.digests``, the default versions): the
+  tarball's sha512 and the program's sha256 from that table; no request is made;
+- any other version: the registry's ``dist.integrity`` (sha512), asked of the registry once per
+  process and never read from the cache, and the sha256 of the program read out of the tarball that
+  matched it.
 
 - The registry URL comes from ``NPM_CONFIG_REGISTRY`` (settings) or ``npm config get registry``;
-  no registry host is written in this code.
-- A version document (``GET <registry>/<package>/<version>``) gives ``dist.tarball`` and
-  ``dist.integrity`` (sha512, base64). Published versions are immutable, so the document is cached.
-- Tarballs are cached by content (``<cache>/npm/sha512/<hex>.tgz``). Every use checks the cached
-  file against the integrity; a bad cached file is deleted and downloaded again. A download that
-  does not match is an error naming the package and both digests, and nothing is kept.
-- The program is extracted once per tarball digest into ``<cache>/bin/<program>-<hex16>/``, with a
-  sha256 record that every use checks; a modified program is extracted again.
-- A file's digest is re-read only when its size, mtime, inode or ctime changed since the last read
-  (any write changes them): a no-op rebuild hashes nothing and stays fast.
+  no registry host is written in this code. Every download goes to it: a version document's
+  ``dist.tarball`` keeps its path and takes the configured registry's scheme, host and port.
+- Tarballs are cached by content (``<cache>/npm/sha512/<hex>.tgz``) and hashed whenever one is
+  needed; a bad cached file is deleted and downloaded again. A download that does not match is an
+  error naming the package and both digests, and nothing is kept.
+- The program is extracted into ``<cache>/bin/<program>-<hex16>/``; every use hashes its bytes and
+  checks it is as extraction left it (a regular file, mode 0755, the fixed mtime); a modified one is
+  extracted again from the verified tarball. No digest kept beside a cached file is read.
+- A version without kept digests cannot be built while the registry does not answer (an offline
+  host): one line naming the version's setting and the ways out.
 
 Every download is counted in :data:`STATS` (bytes), which is how a build reports "0 bytes".
 """
@@ -20,29 +30,29 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import json
 import os
 import re
-import shutil
+import stat
 import tarfile
 import tempfile
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
-from openwork_sandbox.config import Settings
+from openwork_sandbox.config import SPEC_BY_FIELD, Settings
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
-from openwork_sandbox.core.files import write_atomic
 from openwork_sandbox.core.processes import run, which
 from openwork_sandbox.core.versions import npm_version_key
+from openwork_sandbox.image import digests
 from openwork_sandbox.net.http import outside_session
 
 CHUNK = 1 << 20
 FIXED_MTIME = 315532800  # 1980-01-01: the mtime of every baked file, for reproducible layers
 STATS = {"downloaded_bytes": 0, "requests": 0}
 _REGISTRY_CACHE: dict[str | None, str] = {}
+_FRESH_DOCS: dict[tuple[str, str, str], dict] = {}  # (registry, package, version): asked this process
 _SESSION: list[requests.Session] = []  # one session (proxies from the environment), made on first use
 
 
@@ -135,10 +145,6 @@ def _get(url: str, registry: str, *, timeout: float, stream: bool = False, heade
         ) from None
 
 
-def _doc_cache(settings: Settings, package: str, version: str) -> Path:
-    return settings.cache_dir / "npm" / "docs" / f"{package.replace('/', '%2f')}@{version}.json"
-
-
 def existing_versions(settings: Settings, package: str) -> list[str]:
     """Versions the registry has for a package (newest last), [] when the package is unknown."""
     registry = registry_url(settings)
@@ -158,16 +164,15 @@ def existing_versions(settings: Settings, package: str) -> list[str]:
 
 
 def version_doc(settings: Settings, package: str, version: str, override_env: str | None = None) -> dict:
-    """The registry's document for ``package@version`` (cached: published versions never change)."""
-    cached = _doc_cache(settings, package, version)
-    if cached.exists():
-        try:
-            doc = json.loads(cached.read_text())
-            if doc.get("dist", {}).get("integrity") and doc.get("dist", {}).get("tarball"):
-                return doc
-        except (OSError, ValueError):
-            pass
+    """The registry's document for ``package@version``, asked of the registry (once per process and
+    registry, never read from the download cache: its ``dist.integrity`` is what a cached download
+    is checked against). An unpublished version, or one without a sha512 integrity, is a
+    WorkflowError naming the versions there are and ``override_env``; a registry that does not
+    answer, an UnreachableError."""
     registry = registry_url(settings)
+    key = (registry, package, version)
+    if key in _FRESH_DOCS:
+        return _FRESH_DOCS[key]
     resp = _get(f"{registry}/{quote(package, safe='@')}/{quote(version)}", registry, timeout=settings.request_timeout)
     if resp.status_code == 404:
         versions = existing_versions(settings, package)
@@ -184,15 +189,30 @@ def version_doc(settings: Settings, package: str, version: str, override_env: st
         doc = resp.json()
     except ValueError:
         raise WorkflowError(f"npm registry {registry} sent a non-JSON document for {package}@{version}") from None
-    dist = doc.get("dist") or {}
-    if not str(dist.get("integrity", "")).startswith("sha512-") or not dist.get("tarball"):
+    dist = doc.get("dist") if isinstance(doc, dict) else None
+    if (
+        not isinstance(dist, dict)
+        or not str(dist.get("integrity", "")).startswith("sha512-")
+        or not isinstance(dist.get("tarball"), str)
+    ):
         raise WorkflowError(
             f"{package}@{version} has no sha512 dist.integrity in {registry}; refusing an unverified "
             f"download{'; set ' + override_env + ' to a local executable' if override_env else ''}"
         )
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cached, json.dumps({"name": doc.get("name"), "version": doc.get("version"), "dist": dist}).encode())
+    _FRESH_DOCS[key] = doc
     return doc
+
+
+def tarball_url(settings: Settings, url: str) -> str:
+    """``url`` (a document's ``dist.tarball``) on the configured registry: the registry's scheme,
+    host and port, the path kept (under the registry's own path when it is not there already), so a
+    download never goes to a host the document names."""
+    registry = urlsplit(registry_url(settings))
+    path, query = urlsplit(url).path, urlsplit(url).query
+    prefix = registry.path.rstrip("/")
+    if prefix and path != prefix and not path.startswith(prefix + "/"):
+        path = prefix + "/" + path.lstrip("/")
+    return urlunsplit((registry.scheme, registry.netloc, path, query, ""))
 
 
 # --- tarballs ------------------------------------------------------------------------------------
@@ -206,27 +226,13 @@ def sri(digest: bytes) -> str:
     return "sha512-" + base64.b64encode(digest).decode()
 
 
-def _signature(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-
 def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a cached file. The last result is kept beside it (``<file>.<algorithm>``) with
-    the file's size, mtime, inode and ctime; while none of those changed the file is not re-read
-    (any write changes them), which keeps a no-op rebuild fast."""
-    record = path.with_name(path.name + f".{algorithm}")
-    try:
-        saved = json.loads(record.read_text())
-        if saved.get("stat") == _signature(path):
-            return saved["hex"]
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass
+    """Hex digest of the file's bytes, read whole on every call: no digest kept beside a cached file
+    is trusted (its size and mtime can be forged)."""
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
-    write_atomic(record, json.dumps({"hex": h.hexdigest(), "stat": _signature(path)}).encode())
     return h.hexdigest()
 
 
@@ -234,18 +240,32 @@ def file_sri(path: Path) -> str:
     return sri(bytes.fromhex(file_digest(path, "sha512")))
 
 
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def tarball_path(settings: Settings, integrity: str) -> Path:
+    return settings.cache_dir / "npm" / "sha512" / f"{integrity_hex(integrity)}.tgz"
+
+
 def fetch_tarball(
     settings: Settings, package: str, version: str, *, integrity: str | None = None, override_env: str | None = None
 ) -> Path:
-    """A verified tarball of ``package@version`` in the content-addressed cache.
-
-    ``integrity`` overrides the registry's (tests use it to prove a mismatch is refused).
-    """
-    doc = version_doc(settings, package, version, override_env)
-    expected = integrity or doc["dist"]["integrity"]
+    """A tarball of ``package@version`` in the content-addressed cache whose bytes match ``integrity``
+    (tests pass a wrong one to prove a mismatch is refused), else the digest the package keeps, else
+    the registry's ``dist.integrity`` asked now. A cached file is hashed on every call; a bad one is
+    deleted and downloaded again from the configured registry. Raises WorkflowError (a mismatch, or
+    the registry's integrity differs from the kept one) or UnreachableError."""
+    kept = digests.kept(package, version)
+    if integrity:
+        expected = integrity
+    elif kept:
+        expected = kept.integrity
+    else:
+        expected = version_doc(settings, package, version, override_env)["dist"]["integrity"]
     if not expected.startswith("sha512-"):
         raise WorkflowError(f"{package}@{version}: only sha512 integrity is accepted, got {expected[:16]}…")
-    path = settings.cache_dir / "npm" / "sha512" / f"{integrity_hex(expected)}.tgz"
+    path = tarball_path(settings, expected)
     if path.exists():
         actual = file_sri(path)
         if actual == expected:
@@ -255,8 +275,14 @@ def fetch_tarball(
             f"expected {expected[:23]}…): deleted, downloading again"
         )
         path.unlink()
-        path.with_name(path.name + ".sha512").unlink(missing_ok=True)
-    _download(settings, doc["dist"]["tarball"], path, package, version, expected)
+    doc = version_doc(settings, package, version, override_env)
+    if kept and not integrity and doc["dist"]["integrity"] != kept.integrity:
+        raise WorkflowError(
+            f"npm registry {registry_url(settings)} gives {package}@{version} the dist.integrity "
+            f"{doc['dist']['integrity']}, not the {kept.integrity} this package keeps: refusing it "
+            "(check NPM_CONFIG_REGISTRY)"
+        )
+    _download(settings, tarball_url(settings, doc["dist"]["tarball"]), path, package, version, expected)
     return path
 
 
@@ -302,35 +328,32 @@ def _download(settings: Settings, url: str, dest: Path, package: str, version: s
 # --- programs ------------------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def program_path(settings: Settings, program: Program, integrity: str) -> Path:
+    """Where the program of the tarball with ``integrity`` is kept once extracted."""
+    return settings.cache_dir / "bin" / f"{program.name}-{integrity_hex(integrity)[:16]}" / program.name
 
 
-def extract_program(settings: Settings, program: Program, tarball: Path, package: str, version: str) -> Artifact:
-    """The program's executable, extracted once per tarball digest; its sha256 is re-checked."""
-    key = tarball.stem[:16]
-    folder = settings.cache_dir / "bin" / f"{program.name}-{key}"
-    exe, record = folder / program.name, folder / "sha256"
-    if exe.exists() and record.exists():
-        digest = file_digest(exe, "sha256")
-        if digest == record.read_text().strip():
-            return Artifact(
-                program.name,
-                exe,
-                digest,
-                version,
-                f"npm:{package}@{version}",
-                integrity=sri(bytes.fromhex(tarball.stem)),
-            )
-        console.info(f"! cached {program.name} {version} was modified: extracting it again from the verified tarball")
-    folder.mkdir(parents=True, exist_ok=True)
+def _as_extracted(path: Path) -> bool:
+    """``path`` is a regular file (not a link) with the mode and mtime extraction gives it: the
+    context bakes both (a setuid bit set in the cache would be baked too)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755 and st.st_mtime_ns == FIXED_MTIME * 10**9
+
+
+def _member(tarball: Path, program: Program, package: str, version: str, out=None) -> str:
+    """The sha256 of the program in ``tarball`` (the first of ``program.member`` it has), its bytes
+    also written to ``out`` when given. A tarball without it is a WorkflowError naming the override."""
     with tarfile.open(tarball, "r:gz") as tar:
-        names = set(tar.getnames())
-        member = next((m for m in program.member if m in names), None)
+        found = {}
+        for info in tar:  # read as far as the preferred member only: the archive is decompressed once
+            if info.name in program.member:
+                found[info.name] = info
+                if info.name == program.member[0]:
+                    break
+        member = next((found[name] for name in program.member if name in found), None)
         if member is None:
             raise WorkflowError(
                 f"{package}@{version} has no {' or '.join(program.member)}; set "
@@ -338,18 +361,53 @@ def extract_program(settings: Settings, program: Program, tarball: Path, package
             )
         src = tar.extractfile(member)
         if src is None:
-            raise WorkflowError(f"{package}@{version}: {member} is not a regular file")
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-")
-        with os.fdopen(fd, "wb") as out, src:
-            shutil.copyfileobj(src, out, CHUNK)
-    os.chmod(tmp, 0o755)
-    os.utime(tmp, ns=(FIXED_MTIME * 10**9, FIXED_MTIME * 10**9))  # same layer bytes on every machine
-    os.replace(tmp, exe)
-    digest = file_digest(exe, "sha256")
-    write_atomic(record, (digest + "\n").encode())
-    return Artifact(
-        program.name, exe, digest, version, f"npm:{package}@{version}", integrity=sri(bytes.fromhex(tarball.stem))
-    )
+            raise WorkflowError(f"{package}@{version}: {member.name} is not a regular file")
+        h = hashlib.sha256()
+        with src:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                h.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+    return h.hexdigest()
+
+
+def _npm_artifact(program: Program, exe: Path, sha256: str, package: str, version: str, integrity: str) -> Artifact:
+    return Artifact(program.name, exe, sha256, version, f"npm:{package}@{version}", integrity=integrity)
+
+
+def extract_program(
+    settings: Settings, program: Program, tarball: Path, package: str, version: str, expected_sha256: str | None = None
+) -> Artifact:
+    """The program from ``tarball`` (a verified tarball from :func:`fetch_tarball`), extracted once
+    into ``<cache>/bin/<program>-<hex16>/``. Every call hashes the cached executable against
+    ``expected_sha256`` (the digest the package keeps) or, without one, the program read out of the
+    tarball; one that differs, or is not as extraction left it (a regular file, mode 0755, the fixed
+    mtime), is extracted again. A tarball whose program
+    does not hash to ``expected_sha256`` is a WorkflowError, and nothing is kept."""
+    integrity = sri(bytes.fromhex(tarball.stem))
+    exe = program_path(settings, program, integrity)
+    if exe.exists() or exe.is_symlink():
+        expected = expected_sha256 or _member(tarball, program, package, version)
+        if _as_extracted(exe) and sha256_file(exe) == expected:
+            return _npm_artifact(program, exe, expected, package, version, integrity)
+        console.info(f"! cached {program.name} {version} was modified: extracting it again from the verified tarball")
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=exe.parent, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _member(tarball, program, package, version, out)
+        if expected_sha256 and digest != expected_sha256:
+            raise WorkflowError(
+                f"{package}@{version}: its {program.name} has sha256 {digest}, not the {expected_sha256} this "
+                "package keeps; nothing was kept"
+            )
+        os.chmod(tmp, 0o755)
+        os.utime(tmp, ns=(FIXED_MTIME * 10**9, FIXED_MTIME * 10**9))  # same layer bytes on every machine
+        os.replace(tmp, exe)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return _npm_artifact(program, exe, digest, package, version, integrity)
 
 
 def local_artifact(program: Program, path: Path) -> Artifact:
@@ -362,18 +420,50 @@ def local_artifact(program: Program, path: Path) -> Artifact:
     return Artifact(program.name, path, sha256_file(path), None, f"local:{path}")
 
 
+def check_verifiable(settings: Settings, program: Program, package: str, version: str) -> None:
+    """``package@version`` can be checked: the package keeps its digests, or the registry has it
+    (asked now, see :func:`version_doc`). A registry that does not answer is an UnreachableError in
+    one line naming the version's setting and the ways out (nothing else could check the cache)."""
+    if digests.kept(package, version):
+        return
+    try:
+        version_doc(settings, package, version, program.override_env)
+    except UnreachableError:
+        default = SPEC_BY_FIELD[program.version_field].default
+        use_default = (
+            f", use {program.version_env}={default} (its digests are kept)" if digests.kept(package, default) else ""
+        )
+        raise UnreachableError(
+            f"{program.version_env}={version}: npm registry {registry_url(settings)} did not answer, and this "
+            f"package keeps no digests of {package}@{version} to check the download cache against: make the "
+            f"registry reachable (NPM_CONFIG_REGISTRY){use_default}, or set {program.override_env} to a local executable"
+        ) from None
+
+
+def npm_program(settings: Settings, program: Program, arch: str) -> Artifact:
+    """``program`` at its pinned version for ``arch``, its bytes checked (see the module's docstring).
+    With kept digests a cached program that matches them needs neither the tarball nor a request."""
+    version = getattr(settings, program.version_field)
+    package = program.package(arch)
+    check_verifiable(settings, program, package, version)
+    kept = digests.kept(package, version)
+    if kept:
+        exe = program_path(settings, program, kept.integrity)
+        if _as_extracted(exe) and sha256_file(exe) == kept.sha256:
+            return _npm_artifact(program, exe, kept.sha256, package, version, kept.integrity)
+    tarball = fetch_tarball(settings, package, version, override_env=program.override_env)
+    return extract_program(settings, program, tarball, package, version, kept.sha256 if kept else None)
+
+
 def resolve(settings: Settings, arch: str) -> dict[str, Artifact]:
-    """All three programs, in image layer order: local overrides as they are, the rest from npm.
-    Raises WorkflowError (an unpublished version, an integrity mismatch, a bad override) or
-    UnreachableError (the registry did not answer)."""
+    """All three programs, in image layer order: local overrides as they are, the rest from npm
+    (:func:`npm_program`). Raises WorkflowError (an unpublished version, an integrity mismatch, a bad
+    override) or UnreachableError (the registry did not answer)."""
     out: dict[str, Artifact] = {}
     for program in PROGRAMS:
         override = getattr(settings, program.override_field)
         if override:
             out[program.name] = local_artifact(program, Path(override))
-            continue
-        version = getattr(settings, program.version_field)
-        package = program.package(arch)
-        tarball = fetch_tarball(settings, package, version, override_env=program.override_env)
-        out[program.name] = extract_program(settings, program, tarball, package, version)
+        else:
+            out[program.name] = npm_program(settings, program, arch)
     return out

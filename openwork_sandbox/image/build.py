@@ -158,8 +158,8 @@ def image_metadata(settings: Settings) -> dict[str, str]:
 
 
 def _place(src: Path, dest: Path, *, link: bool) -> None:
-    """Put ``src`` at ``dest``: a hard link to the cache when possible (no copy, and the inode's
-    ctime stays put when the link is already there), else a copy with fixed mode and mtime."""
+    """Put ``src`` at ``dest``: a hard link to the cache when possible (no copy; a link already in
+    place is left alone), else a copy with fixed mode and mtime."""
     if dest.exists() and link:
         try:
             if os.path.samefile(src, dest):

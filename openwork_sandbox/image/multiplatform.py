@@ -165,14 +165,15 @@ def _files_arch(settings: Settings, image_id: str) -> str | None:
 
 
 def _check_published(settings: Settings, plat: Platform) -> None:
-    """Every program without an override is published for ``plat`` at its pin (one line, exit 2)."""
+    """Every program without an override is published for ``plat`` at its pin, and can be checked
+    (``artifacts.check_verifiable``; one line, exit 2)."""
     for program in npm_artifacts.PROGRAMS:
         if getattr(settings, program.override_field):
             continue
         version = getattr(settings, program.version_field)
         package = program.package(plat.arch)
         try:
-            npm_artifacts.version_doc(settings, package, version, program.override_env)
+            npm_artifacts.check_verifiable(settings, program, package, version)
         except UnreachableError:
             raise
         except WorkflowError as exc:

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.support.paths import ROOT
+from tests.support.paths import REGISTRY, ROOT, STACK_REPO
 from tests.support.stack import stack_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -243,3 +243,99 @@ def test_a_program_without_a_version_fails_the_build_and_tags_nothing(stack_imag
     assert "\n" not in err.value.message
     tagged = subprocess.run(["docker", "image", "inspect", ref], capture_output=True)
     assert tagged.returncode != 0  # the failed image was never tagged
+
+
+# --- a poisoned download cache ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_npm(monkeypatch):
+    """A fake npm registry on 127.0.0.1 with opencode and openwork as shell scripts that print their
+    versions (what the version check asks), at versions the package keeps no digests for."""
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from tests.support.npm_registry import FakeNpm
+
+    monkeypatch.setattr(npm_artifacts, "_FRESH_DOCS", {})
+    monkeypatch.setattr(npm_artifacts, "_SESSION", [])
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    fake = FakeNpm()
+    fake.programs = {
+        "opencode": fake.publish(
+            "opencode-linux-x64-baseline", "9.9.1", "package/bin/opencode", b"#!/bin/sh\necho 9.9.1\n#" + b"-" * 40
+        ),
+        "openwork": fake.publish(
+            "openwork-orchestrator-linux-x64", "9.9.2", "package/bin/openwork", b"#!/bin/sh\necho 9.9.2\n"
+        ),
+    }
+    yield fake
+    fake.close()
+
+
+def test_a_poisoned_download_cache_is_never_baked(test_base_image, fake_npm, tmp_path):
+    """build-image, the cache poisoned as whoever writes it could (each program rewritten with its digest
+    records, or rewritten to the same size and touched back to its mtime, or given a setuid bit), then
+    build-image again: the same image id (the same layers' bytes), each program's digest the published one."""
+    import hashlib
+    import os
+
+    from openwork_sandbox.image import artifacts as npm_artifacts
+    from openwork_sandbox.image.build import build_image
+    from tests.support.npm_registry import forge_records
+
+    ref = f"{REGISTRY}/{STACK_REPO}:poisoned-cache"
+    settings = stack_settings(
+        tmp_path,
+        NPM_CONFIG_REGISTRY=fake_npm.url,
+        OPENCODE_VERSION="9.9.1",
+        OPENWORK_ORCHESTRATOR_VERSION="9.9.2",
+        OPENWORK_CACHE_DIR=str(tmp_path / "cache"),
+        OPENWORK_STATE_DIR=str(tmp_path / "state"),
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+    )
+    first = build_image(settings)
+    published = {name: hashlib.sha256(pub.program).hexdigest() for name, pub in fake_npm.programs.items()}
+    assert {name: first["sha256"][name] for name in published} == published
+
+    cached = {p.name: p for p in (settings.cache_dir / "bin").glob("*/*") if p.name in published}
+    forge_records(cached["openwork"], b"#!/bin/sh\necho 9.9.2; id\n", "sha256")  # still answers its pin
+    before = cached["opencode"].stat()
+    cached["opencode"].write_bytes(b"#!/bin/sh\necho 9.9.1\nid >&2\n#".ljust(before.st_size, b"-"))  # same size
+    os.utime(cached["opencode"], ns=(before.st_atime_ns, before.st_mtime_ns))
+    npm_artifacts._FRESH_DOCS.clear()  # a new `invoke build-image`
+    second = build_image(settings)
+    assert second["image_id"] == first["image_id"]
+    assert {name: second["sha256"][name] for name in published} == published
+
+    os.chmod(cached["openwork"], 0o4755)
+    npm_artifacts._FRESH_DOCS.clear()
+    assert build_image(settings)["image_id"] == first["image_id"]
+    subprocess.run(["docker", "rmi", ref], capture_output=True)
+
+
+def test_build_image_with_no_registry_and_a_version_it_cannot_check_is_one_line(test_base_image, tmp_path):
+    """The real `invoke build-image` on an offline host: nothing answers at NPM_CONFIG_REGISTRY and the
+    package keeps no digests of the version asked for, so nothing could check the download cache."""
+    from openwork_sandbox.net.ports import free_port
+    from tests.support.lifecycle import invoke
+    from tests.support.paths import STANDIN_SERVER, TEST_BASE_IMAGE
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = invoke(
+        tmp_path,
+        "build-image",
+        timeout=300,
+        NPM_CONFIG_REGISTRY=dead,
+        OPENCODE_VERSION="9.9.1",
+        OPENWORK_BASE_IMAGE=TEST_BASE_IMAGE,
+        OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
+        OPENWORK_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"OPENCODE_VERSION=9.9.1: npm registry {dead} did not answer, and this package keeps no digests of "
+        "opencode-linux-x64-baseline@9.9.1 to check the download cache against: make the registry reachable "
+        "(NPM_CONFIG_REGISTRY), use OPENCODE_VERSION=1.17.11 (its digests are kept), or set OPENWORK_OPENCODE_BIN "
+        "to a local executable"
+    )
