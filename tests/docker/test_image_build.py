@@ -252,13 +252,9 @@ def test_a_program_without_a_version_fails_the_build_and_tags_nothing(stack_imag
 def fake_npm(monkeypatch):
     """A fake npm registry on 127.0.0.1 with opencode and openwork as shell scripts that print their
     versions (what the version check asks), at versions the package keeps no digests for."""
-    from openwork_sandbox.image import artifacts as npm_artifacts
-    from tests.support.npm_registry import FakeNpm
+    from tests.support.npm_registry import FakeNpm, fresh_process
 
-    monkeypatch.setattr(npm_artifacts, "_FRESH_DOCS", {})
-    monkeypatch.setattr(npm_artifacts, "_SESSION", [])
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    fresh_process(monkeypatch)
     fake = FakeNpm()
     fake.programs = {
         "opencode": fake.publish(

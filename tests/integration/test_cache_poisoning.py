@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.npm_registry import FakeNpm, forge_records, integrity_of, make_tgz
+from tests.support.npm_registry import FakeNpm, forge_records, fresh_process, integrity_of, make_tgz
 
 VERSIONS = {"opencode": "9.9.1", "openwork": "9.9.2", "openwork-server": "9.9.3"}  # none of them kept
 PACKAGES = {  # program -> (package on amd64, member)
@@ -35,12 +35,7 @@ def _program_bytes(name: str) -> bytes:
 @pytest.fixture
 def npm(monkeypatch):
     """The configured registry, each program published at its version; a fresh process's memory."""
-    from openwork_sandbox.image import artifacts as npm_artifacts
-
-    monkeypatch.setattr(npm_artifacts, "_FRESH_DOCS", {})
-    monkeypatch.setattr(npm_artifacts, "_SESSION", [])
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    fresh_process(monkeypatch)
     fake = FakeNpm()
     fake.published = {
         name: fake.publish(package, VERSIONS[name], member, _program_bytes(name))

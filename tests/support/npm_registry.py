@@ -113,3 +113,14 @@ class FakeNpm:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def fresh_process(monkeypatch) -> None:
+    """The download code as a new process finds it: no version document or session kept in memory,
+    no proxy between it and the fake registry on 127.0.0.1."""
+    from openwork_sandbox.image import artifacts
+
+    monkeypatch.setattr(artifacts, "_FRESH_DOCS", {})
+    monkeypatch.setattr(artifacts, "_SESSION", [])
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
