@@ -82,6 +82,7 @@ def main() -> int:
         ("seed", image_steps.seed),
         ("up", tasks.up_cold),
         ("smoke", tasks.smoke),
+        ("boundary", tasks.boundary),
         ("status", tasks.status),
         ("logs", tasks.logs),
         ("down + up", tasks.down_up),

@@ -1,5 +1,6 @@
 """The steps that run the tasks on one sandbox as a user would: doctor, a cold `up` (binds, HOME,
-the start gate), smoke, status, logs, down and up, `up --replace`, reset, `smoke --ephemeral`. Each
+the start gate), smoke, the boundary (the agent's shell driven with the client token), status,
+logs, down and up, `up --replace`, reset, `smoke --ephemeral`. Each
 takes the Scenario, returns its one-line detail and raises StepFailed when it does not hold."""
 
 from __future__ import annotations
@@ -66,6 +67,49 @@ def smoke(sc: Scenario) -> str:
     return (
         f"{report['counts'].get('passed')} passed in {report['total_seconds']:.2f}s ({proc.seconds:.1f}s with the task)"
     )
+
+
+# What the agent's shell is asked, as an attacker holding the client token would (issue 28's findings)
+BOUNDARY_PROBES = (
+    "env",
+    "id; grep -E '^(CapPrm|CapEff|CapAmb|NoNewPrivs)' /proc/self/status",
+    "cat /srv/openwork/store/tokens.json /srv/openwork/secrets/openwork-token /srv/openwork/secrets/openwork-host-token",
+    "cat /data/home/.config/openwork/tokens.json",
+    "for f in /proc/[0-9]*/environ; do cat $f; echo; done",
+)
+
+
+def boundary(sc: Scenario) -> str:
+    """Through the agent's shell (``POST .../session/<sid>/shell``, the real opencode running it),
+    driven with the client token: no token in its environment, the server's files or any process's
+    ``/proc``; the agent holds no capability and cannot gain one."""
+    session = sc.opencode("POST", "/session", {"title": "boundary"})
+    if session.status_code != 200:
+        raise StepFailed(f"no session for the agent's shell: {session.status_code} {session.text[:200]}")
+    sid = session.json()["id"]
+    for command in BOUNDARY_PROBES:
+        ran = sc.opencode("POST", f"/session/{sid}/shell", {"agent": "build", "command": command})
+        if ran.status_code != 200:
+            raise StepFailed(f"the agent's shell answered {ran.status_code} to `{command[:40]}`: {ran.text[:200]}")
+    messages = sc.opencode("GET", f"/session/{sid}/message").json()
+    shown = "\n".join(
+        str((p.get("state") or {}).get("output") or ((p.get("state") or {}).get("metadata") or {}).get("output") or "")
+        for m in messages
+        for p in m.get("parts", [])
+    )
+    if "HOME=/data/home" not in shown:
+        raise StepFailed(f"the agent's shell printed no environment: {shown[:300]!r}")
+    tokens = sc.tokens()
+    leaked = [name for name in ("token", "host_token") if tokens[name] in shown]
+    if leaked:
+        raise StepFailed(f"the agent's shell showed the {' and the '.join(leaked)}")
+    caps = dict(line.split(":", 1) for line in shown.splitlines() if line.startswith(("Cap", "NoNewPrivs")))
+    if any(v.strip() != "0000000000000000" for k, v in caps.items() if k.startswith("Cap")) or len(caps) != 4:
+        raise StepFailed(f"the agent holds capabilities: {caps}")
+    if caps["NoNewPrivs"].strip() != "1":
+        raise StepFailed("the agent may gain privileges (NoNewPrivs 0)")
+    uid = next((w for w in shown.split() if w.startswith("uid=")), "uid=?")
+    return f"the agent ({uid}, no capabilities) reached no token: environment, token files, store, /proc"
 
 
 def status(sc: Scenario) -> str:
