@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import io
 import re
+import stat
 from pathlib import Path
 
 from openwork_sandbox.config.specs import ENV_FILE_VAR, KNOWN_NAMES, SPEC_BY_ENV, SPECS
@@ -74,24 +75,37 @@ def parse_dotenv(path: Path, text: str) -> tuple[list[str], dict[str, int]]:
     return problems, numbers
 
 
-def read_env_file(path: Path, explicit: bool, problems: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+def read_env_file(
+    path: Path, explicit: bool, problems: list[str], *, source: str = ENV_FILE_VAR
+) -> tuple[dict[str, str], dict[str, int]]:
     """The file's values (key -> value; keys without a value left out) and each key's line number.
 
-    Problems are appended to ``problems``: a missing file only when it was asked for (``explicit``:
-    ``--env-file`` or ``OPENWORK_ENV_FILE``), an unreadable one, each line :func:`parse_dotenv` finds;
-    with any of them the values are empty."""
+    Problems are appended to ``problems``, each naming the file as ``source`` gave it (``--env-file``,
+    ``OPENWORK_ENV_FILE``, or the default ``.env`` of the project folder when not ``explicit``): a
+    missing file only when it was asked for, anything but a regular file (a folder; a FIFO, socket or
+    device is never opened: reading one would hang every task), an unreadable one, each line
+    :func:`parse_dotenv` finds; with any of them the values are empty."""
     from dotenv import dotenv_values
 
-    if not path.exists():
+    named = f"{source}={path}" if explicit else f"{path} (the default .env of the project folder)"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
         if explicit:
-            problems.append(f"{ENV_FILE_VAR}={path}: no such file; create it (copy .env.example) or drop the setting")
+            problems.append(f"{named}: no such file; create it (copy .env.example) or drop the setting")
+        return {}, {}
+    except OSError as exc:
+        problems.append(f"{named}: cannot read it ({exc.strerror}); fix its permissions or drop the setting")
+        return {}, {}
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        fix = "point it at a settings file or drop the setting" if explicit else "move it away or make it a file"
+        problems.append(f"{named} is {kind}; {fix} (see .env.example)")
         return {}, {}
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(
-            f"{ENV_FILE_VAR}={path}: cannot read it ({exc.__class__.__name__}); fix its permissions or encoding"
-        )
+        problems.append(f"{named}: cannot read it ({exc.__class__.__name__}); fix its permissions or encoding")
         return {}, {}
     bad_lines, numbers = parse_dotenv(path, text)
     if bad_lines:  # the load fails anyway; don't let python-dotenv log its own warning too

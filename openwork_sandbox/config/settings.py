@@ -177,7 +177,8 @@ def load_settings(
     env_path = Path(env_file or environ.get(ENV_FILE_VAR) or project_root / ".env").expanduser()
     if not env_path.is_absolute():
         env_path = (Path.cwd() / env_path).resolve()
-    file_values, file_lines = read_env_file(env_path, explicit, problems)
+    source = "--env-file" if env_file is not None else ENV_FILE_VAR
+    file_values, file_lines = read_env_file(env_path, explicit, problems, source=source)
     try:
         env_label = str(env_path.relative_to(Path.cwd()))
     except ValueError:

@@ -89,7 +89,7 @@ def test_env_file_flag_and_variable(tmp_path):
 
 def test_missing_explicit_env_file(tmp_path):
     assert problems(tmp_path, env_file=str(tmp_path / "nope.env")) == [
-        f"OPENWORK_ENV_FILE={tmp_path / 'nope.env'}: no such file; create it (copy .env.example) or drop the setting"
+        f"--env-file={tmp_path / 'nope.env'}: no such file; create it (copy .env.example) or drop the setting"
     ]
 
 
