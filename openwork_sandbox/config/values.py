@@ -103,25 +103,36 @@ def seconds(raw: str) -> float:
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Folders and files under the state folder that belong to the tool itself, not to a sandbox: a
-# sandbox of one of these names would share (and `reset` would delete) them.
+# sandbox of one of these names would share (and `reset` would delete) them. The harness's and the
+# tests' folders under the checkout's .state/ too. Compared case-insensitively (macOS, Windows).
 RESERVED_NAMES = frozenset(
     {
-        "services",
-        "image-context",
+        "services",  # scripts/services
+        "backups",  # sandbox.backup
+        "microvm-host",  # harness/microvm_host: the emulated host's disk and logs
+        "microvm-image",  # harness/microvm_image
         "last-build.json",
         "verified-images.json",
         "last-push.json",
-        "test-cache",
-        "test-stack",
-        "backups",
+        "base-arch.json",
+        "platform-builds.json",
     }
 )
+# patterns of the same: test-cache, test-stack, test-multi... (tests), image-context[-<platform>]
+# (image.build), bench-<pid> and bench-platforms-<pid> (harness/bench; its sandboxes' bench-mic-... pass)
+RESERVED_PATTERN = re.compile(r"test-.*|image-context.*|bench-(?:platforms-)?[0-9]+")
+
+
+def reserved_name(name: str) -> bool:
+    """``name`` is (in any case) one of :data:`RESERVED_NAMES` or matches :data:`RESERVED_PATTERN`."""
+    folded = name.casefold()
+    return folded in RESERVED_NAMES or RESERVED_PATTERN.fullmatch(folded) is not None
 
 
 def sandbox_name(raw: str) -> str:
     """A sandbox name: letters, digits, '_', '.', '-', starting with a letter or digit, at most 128
-    bytes (microsandbox and Docker refuse longer), and none of :data:`RESERVED_NAMES`."""
-    if raw in RESERVED_NAMES:
+    bytes (microsandbox and Docker refuse longer), and not reserved (:func:`reserved_name`)."""
+    if reserved_name(raw):
         raise Invalid(f"is reserved for the tool's own state (.state/{raw}); pick another name")
     if not raw:
         raise Invalid("expected a name of letters, digits, '_', '.', '-', e.g. openwork-microsandbox")
