@@ -49,7 +49,10 @@ def atomic_writer(path: Path, *, mode: int = 0o600, replace: bool = True) -> Ite
         raise
 
 
-def private_dir(path: Path, *, own: bool = False) -> Path:
+GITIGNORE = ".gitignore"
+
+
+def private_dir(path: Path, *, own: bool = False, git_ignored: bool = False) -> Path:
     """Make ``path`` a folder only its owner can enter, wherever it is; returns ``path``.
 
     Each folder missing on the way (``path`` and its parents) is created mode 0700, whatever the
@@ -57,24 +60,35 @@ def private_dir(path: Path, *, own: bool = False) -> Path:
     user's own folder, set in the settings) and named once per process in a one-line warning
     with the ``chmod 700`` that closes it; with ``own`` (the tool's own folders: ``.state/<name>/``,
     the secrets folder) it is set to 0700 instead, or warned about when that fails (a read-only
-    folder, someone else's). Raises OSError as ``os.mkdir`` does (a file in the way:
-    FileExistsError)."""
+    folder, someone else's). With ``git_ignored`` (a state folder: it holds tokens, and may be in a
+    checkout) the first folder it makes gets a ``.gitignore`` of ``*``, so git ignores it from inside
+    wherever it is. Raises OSError as ``os.mkdir`` does (a file in the way: FileExistsError; a full
+    or read-only disk; the folders it made are removed again)."""
     path = Path(path)
     missing = []
     for candidate in (path, *path.parents):
         if candidate.is_dir():
             break
         missing.append(candidate)
-    made = set()
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:  # made meanwhile (another task), or a file: judged below like any other
-            if not folder.is_dir():
-                raise
-            continue
-        os.chmod(folder, 0o700)  # the umask may have taken the owner's bits too
-        made.add(folder)
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:  # made meanwhile (another task), or a file: judged below like any other
+                if not folder.is_dir():
+                    raise
+                continue
+            made.append(folder)
+            os.chmod(folder, 0o700)  # the umask may have taken the owner's bits too
+            if git_ignored and len(made) == 1:
+                write_atomic(folder / GITIGNORE, "*\n", mode=0o644)
+    except OSError:  # a full disk takes a folder but not its .gitignore: nothing half-made is left
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                (folder / GITIGNORE).unlink(missing_ok=True)
+                folder.rmdir()
+        raise
     if path in made:
         return path
     mode = os.stat(path).st_mode & 0o7777

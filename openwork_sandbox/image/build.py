@@ -79,7 +79,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``data`` as JSON at ``path`` (a file of the state folder: made, git-ignored, when missing)."""
+    if not path.parent.is_dir():
+        private_dir(path.parent, git_ignored=True)
     write_atomic(path, json.dumps(data, indent=2) + "\n", mode=0o644)
 
 
@@ -296,7 +298,7 @@ def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = F
 @contextlib.contextmanager
 def _build_lock(settings: Settings):
     """One build at a time per state folder (they share the build context and the cache)."""
-    private_dir(settings.state_dir, own=settings.origin("state_dir") == "default")
+    private_dir(settings.state_dir, own=settings.origin("state_dir") == "default", git_ignored=True)
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock

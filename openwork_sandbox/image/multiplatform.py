@@ -157,10 +157,9 @@ def _files_arch(settings: Settings, image_id: str) -> str | None:
         except tarfile.TarError:
             arch = None
     known[image_id] = arch
-    from openwork_sandbox.core.files import write_atomic
+    from openwork_sandbox.image import build as ib
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(dict(list(known.items())[-50:]), indent=1) + "\n", mode=0o644)
+    ib._write_json(path, dict(list(known.items())[-50:]))
     return arch
 
 

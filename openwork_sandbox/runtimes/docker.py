@@ -281,7 +281,7 @@ class DockerRuntime(Runtime):
         net_args, net_env = self._network_args(spec)
         env = {**spec.env, **net_env}
         env_file = self.state_dir / ENV_FILE
-        private_dir(self.state_dir, own=True)
+        private_dir(self.state_dir, own=True, git_ignored=True)
         write_private_file(env_file, "".join(f"{k}={v}\n" for k, v in env.items()))
         cpus = spec.cpus
         host_cpus = os.cpu_count() or cpus

@@ -256,7 +256,7 @@ def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = Fal
         )
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept: list[str] = []
-        private_dir(state.dir, own=True)
+        private_dir(state.dir, own=True, git_ignored=True)
         with state.lock(action="restore"):
             places = [
                 (stage / "data", data_dir),

@@ -48,7 +48,7 @@ def record_push(settings: Settings, digest: str) -> str:
         "pushed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path = last_push_path(settings)
-    private_dir(path.parent, own=settings.origin("state_dir") == "default")
+    private_dir(path.parent, own=settings.origin("state_dir") == "default", git_ignored=True)
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
     return pinned
 

@@ -83,7 +83,11 @@ class SandboxState:
             if path.is_symlink() and path == self.dir:
                 raise WorkflowError(f"{path} is a symlink; the state folder must be a real folder: remove the link")
             try:
-                private_dir(path, own=field is None or settings.origin(field) == "default")
+                private_dir(
+                    path,
+                    own=field is None or settings.origin(field) == "default",
+                    git_ignored=field in (None, "state_dir"),
+                )
             except OSError as exc:
                 raise WorkflowError(
                     f"cannot create {path} ({exc.strerror}): check {setting} and the permissions of its folders"
@@ -271,7 +275,7 @@ def update_record(state_dir: Path, **values: Any) -> dict[str, Any]:
             data.pop(key, None)
         else:
             data[key] = value
-    private_dir(state_dir, own=True)
+    private_dir(state_dir, own=True, git_ignored=True)
     write_private_file(state_dir / RECORD_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
 
