@@ -35,6 +35,7 @@ Putting an archive back is :mod:`openwork_sandbox.sandbox.restore`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -236,6 +237,19 @@ def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def _write_failed(exc: OSError, target: Path) -> WorkflowError:
+    """The one line for an OSError while staging or writing the archive (whose temporary files are
+    gone by then): a failing write where the archive goes names it and the fix; another, the file."""
+    where = Path(exc.filename) if exc.filename else target.parent
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # copyfile names the source
+    if full or where == target.parent or target.parent in where.parents:
+        return WorkflowError(
+            f"cannot write the archive {target} ({exc.strerror or exc}): free space on that disk or pick "
+            "another --output; no archive was written"
+        )
+    return WorkflowError(f"backing up {where} failed ({exc.strerror or exc}); no archive was written")
+
+
 def backup(settings: Settings, *, output: str | os.PathLike | None = None, workspace: bool = False) -> dict[str, Any]:
     """Write the archive (see the module doc); returns what went in (path, files, bytes, databases)."""
     from openwork_sandbox.sandbox.locate import sandbox_status
@@ -269,70 +283,78 @@ def backup(settings: Settings, *, output: str | os.PathLike | None = None, works
             exit_code=EXIT_BAD_SETTINGS,
         )
     if not output:
-        private_dir(target.parent, own=True)  # .state/backups/: the tool's own, 0700
+        try:
+            private_dir(target.parent, own=True, git_ignored=True)  # .state/backups/: the tool's own, 0700
+        except OSError as exc:
+            raise _write_failed(exc, target) from None
 
     started = time.monotonic()
     console.info(f"backing up {settings.name} ({'running' if running else 'not running'}) to {target}")
     now = [str(data_dir)]
-    with (
-        console.heartbeat(lambda: f"backing up {now[0]}"),
-        tempfile.TemporaryDirectory(dir=target.parent, prefix=".backup-") as tmp,
-    ):
-        stage = Path(tmp)
-        entries: list[dict] = []
-        databases = _stage_tree(data_dir, "data", stage, entries, private=True, status=now)
-        store = store_dir(settings)
-        if store.is_dir():
-            databases += _stage_tree(store, "server", stage, entries, private=True, status=now)
-        else:
-            (stage / "server").mkdir(mode=0o700)
-        (stage / "state").mkdir(mode=0o700)
-        if stored and state.tokens_path.is_file():
-            shutil.copyfile(state.tokens_path, stage / "state" / TOKENS_FILE)
-            os.chmod(stage / "state" / TOKENS_FILE, 0o600)
-            size, sha = hash_file(stage / "state" / TOKENS_FILE)
-            entries.append({"path": f"state/{TOKENS_FILE}", "type": "file", "mode": 0o600, "size": size, "sha256": sha})
-        if workspace:
-            ws = Path(settings.workspace_dir)
-            if ws.is_dir():
-                console.info(f"  the workspace {ws}")
-                _stage_tree(ws, "workspace", stage, entries, private=False, skip=lambda rel: False, status=now)
-        from_settings = [
-            env
-            for env, value in (("OPENWORK_TOKEN", settings.token), ("OPENWORK_HOST_TOKEN", settings.host_token))
-            if value
-        ]
-        manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "tool_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sandbox": {
-                "name": settings.name,
-                "runtime": rt.kind if rt else None,
-                "state": st.state,
-                "image": st.image,
-            },
-            "workspace": workspace,
-            "databases": databases,
-            "not_backed_up": list(NOT_BACKED_UP),
-            "tokens_from_settings": from_settings,
-            "entries": entries,
-        }
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(stage / MANIFEST, 0o600)
-        now[0] = f"writing {target.name}"
+    try:
         with (
-            atomic_writer(target, mode=0o600, replace=False) as fh,
-            tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar,
+            console.heartbeat(lambda: f"backing up {now[0]}"),
+            tempfile.TemporaryDirectory(dir=target.parent, prefix=".backup-") as tmp,
         ):
-            tar.add(stage / MANIFEST, arcname=MANIFEST, filter=_tar_filter)
-            for top in TOPS:
-                if top == "workspace" and not workspace:
-                    continue
-                tar.add(stage / top, arcname=top, recursive=False, filter=_tar_filter)
-            for entry in entries:
-                tar.add(stage / entry["path"], arcname=entry["path"], recursive=False, filter=_tar_filter)
+            stage = Path(tmp)
+            entries: list[dict] = []
+            databases = _stage_tree(data_dir, "data", stage, entries, private=True, status=now)
+            store = store_dir(settings)
+            if store.is_dir():
+                databases += _stage_tree(store, "server", stage, entries, private=True, status=now)
+            else:
+                (stage / "server").mkdir(mode=0o700)
+            (stage / "state").mkdir(mode=0o700)
+            if stored and state.tokens_path.is_file():
+                shutil.copyfile(state.tokens_path, stage / "state" / TOKENS_FILE)
+                os.chmod(stage / "state" / TOKENS_FILE, 0o600)
+                size, sha = hash_file(stage / "state" / TOKENS_FILE)
+                entries.append(
+                    {"path": f"state/{TOKENS_FILE}", "type": "file", "mode": 0o600, "size": size, "sha256": sha}
+                )
+            if workspace:
+                ws = Path(settings.workspace_dir)
+                if ws.is_dir():
+                    console.info(f"  the workspace {ws}")
+                    _stage_tree(ws, "workspace", stage, entries, private=False, skip=lambda rel: False, status=now)
+            from_settings = [
+                env
+                for env, value in (("OPENWORK_TOKEN", settings.token), ("OPENWORK_HOST_TOKEN", settings.host_token))
+                if value
+            ]
+            manifest = {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "tool_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "sandbox": {
+                    "name": settings.name,
+                    "runtime": rt.kind if rt else None,
+                    "state": st.state,
+                    "image": st.image,
+                },
+                "workspace": workspace,
+                "databases": databases,
+                "not_backed_up": list(NOT_BACKED_UP),
+                "tokens_from_settings": from_settings,
+                "entries": entries,
+            }
+            (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            os.chmod(stage / MANIFEST, 0o600)
+            now[0] = f"writing {target.name}"
+            with (
+                atomic_writer(target, mode=0o600, replace=False) as fh,
+                tarfile.open(fileobj=fh, mode="w:gz", compresslevel=6) as tar,
+            ):
+                tar.add(stage / MANIFEST, arcname=MANIFEST, filter=_tar_filter)
+                for top in TOPS:
+                    if top == "workspace" and not workspace:
+                        continue
+                    tar.add(stage / top, arcname=top, recursive=False, filter=_tar_filter)
+                for entry in entries:
+                    tar.add(stage / entry["path"], arcname=entry["path"], recursive=False, filter=_tar_filter)
+    except OSError as exc:  # a read-only or full disk where the archive goes, or a source gone bad
+        raise _write_failed(exc, target) from None
     files = [e for e in entries if e["type"] == "file"]
     total = sum(e["size"] for e in files)
     result = {

@@ -7,11 +7,13 @@ Each check is a small function returning a :class:`Check`. The host facts are re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 import re
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -226,11 +228,29 @@ def check_port(settings: Settings) -> Check:
     )
 
 
-def _writable(path: Path) -> tuple[bool, Path]:
+def _writable(path: Path) -> tuple[str | None, Path]:
+    """Why ``path`` (or its nearest existing parent, where it would be made) takes no file, or None:
+    a small file is written there, synced and deleted, so a full or read-only disk fails too."""
     probe = path
     while not probe.exists():
         probe = probe.parent
-    return os.access(probe, os.W_OK | os.X_OK) and probe.is_dir(), probe
+    if not probe.is_dir():
+        return "a file", probe
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".openwork-write-probe.")  # backup leaves these out
+    except OSError as exc:
+        return exc.strerror or str(exc), probe
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"openwork-sandbox doctor write probe\n" * 128)  # a few kB: a nearly full disk fails too
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return exc.strerror or str(exc), probe
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return None, probe
 
 
 def check_state_folders(settings: Settings) -> Check:
@@ -241,15 +261,15 @@ def check_state_folders(settings: Settings) -> Check:
         ("workspace", settings.workspace_dir),
         ("data", settings.data_dir),
     ):
-        ok, probe = _writable(path)
-        if not ok:
-            bad.append(f"{label} {path} (at {probe})")
+        why, probe = _writable(path)
+        if why:
+            bad.append(f"{label} {path} (at {probe}: {why})")
     if bad:
         return Check(
             "state folders",
             False,
             "not writable: " + "; ".join(bad),
-            "fix permissions or set OPENWORK_STATE_DIR / OPENWORK_MICROSANDBOX_WORKSPACE_DIR / _DATA_DIR",
+            "free space or fix permissions, or set OPENWORK_STATE_DIR / OPENWORK_MICROSANDBOX_WORKSPACE_DIR / _DATA_DIR",
         )
     return Check("state folders", True, f"writable under {settings.sandbox_state_dir}")
 

@@ -53,8 +53,21 @@ def new_token() -> str:
 
 
 def write_private_file(path: Path, text: str) -> None:
-    """Write a file readable by the owner only, atomically (no window with wider permissions)."""
-    write_atomic(path, text, mode=0o600)
+    """Write a file readable by the owner only, atomically (no window with wider permissions); a
+    disk that takes nothing (full, read-only) fails in one line (:func:`unwritable`), the old file kept."""
+    try:
+        write_atomic(path, text, mode=0o600)
+    except OSError as exc:
+        raise unwritable(exc, path) from None
+
+
+def unwritable(exc: OSError, path: Path) -> WorkflowError:
+    """The one line for a file of the state folder that cannot be written (``exc``: a full or
+    read-only disk, a folder others own)."""
+    return WorkflowError(
+        f"cannot write {path} ({exc.strerror or exc}): free space on that disk or make it "
+        "writable, or set OPENWORK_STATE_DIR to a folder that is"
+    )
 
 
 class SandboxState:
@@ -168,11 +181,15 @@ class SandboxState:
         """Hold ``.state/<name>/lock`` (fcntl, released when the process dies).
 
         A second holder waits up to ``wait`` seconds, then fails with a message naming the
-        process that holds it.
+        process that holds it. A folder or lock that cannot be written (a full or read-only disk)
+        fails in one line naming it and ``OPENWORK_STATE_DIR``.
         """
-        private_dir(self.dir, own=True)
         path = self.dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            private_dir(self.dir, own=True, git_ignored=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise unwritable(exc, path) from None
         try:
             deadline = time.monotonic() + wait
             delay = 0.05
@@ -191,8 +208,11 @@ class SandboxState:
                         ) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"`invoke {action}` (pid {os.getpid()})".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"`invoke {action}` (pid {os.getpid()})".encode(), 0)
+            except OSError as exc:
+                raise unwritable(exc, path) from None
             yield
         finally:
             with contextlib.suppress(OSError):
