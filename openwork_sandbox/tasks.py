@@ -38,11 +38,11 @@ def project_root(c) -> str | None:
         return None
 
 
-def _settings(c, env_file=None, **flags):
+def _settings(c, env_file=None, deleting=False, **flags):
     from openwork_sandbox.config import load_settings
     from openwork_sandbox.state.store import mask_settings
 
-    settings = load_settings(flags, env_file=env_file, root=project_root(c))
+    settings = load_settings(flags, env_file=env_file, root=project_root(c), deleting=deleting)
     mask_settings(settings)  # under GitHub Actions: before anything could print a secret
     return settings
 
@@ -224,7 +224,7 @@ def reset(c, name=None, yes=False, keep_data=False, stale=False, env_file=None):
             return
         from openwork_sandbox.sandbox.reset import reset as remove
 
-        remove(_settings(c, env_file, name=name), yes=yes, keep_data=keep_data)
+        remove(_settings(c, env_file, deleting=not keep_data, name=name), yes=yes, keep_data=keep_data)
 
 
 @task(

@@ -116,9 +116,14 @@ def folder_problems(
         what = (
             "is a file, not a folder" if blocker == Path(values[field]) else f"cannot be a folder: {blocker} is a file"
         )
+        fresh = (  # the default place: `reset` deletes it with the state folder
+            ""
+            if field in origins
+            else f", or `invoke reset --name {values['name']}` (deletes {Path(values['state_dir']) / values['name']})"
+        )
         problems.append(
             f"{spec.env}={values[field]} (from {_from(origins, field)}) {what}; point {spec.env} at a "
-            f"folder, or move the file away"
+            f"folder, or move the file away{fresh}"
         )
     if problems:
         return problems

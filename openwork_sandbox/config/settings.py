@@ -158,12 +158,17 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
+    deleting: bool = False,
 ) -> Settings:
     """Read every setting once: ``flags`` (task flags; ``None`` means "not given") > ``environ`` >
     the ``.env`` file > defaults. Raises :class:`SettingsError` listing every problem.
 
     ``root`` is the project folder: ``.env`` and ``.state/`` (and relative paths in settings) are
-    found there. It defaults to the current directory, never to where the package is installed."""
+    found there. It defaults to the current directory, never to where the package is installed.
+
+    ``deleting`` (``reset``): the workspace and data folders at their default place, inside the
+    sandbox's state folder that is about to be deleted, are not judged (a file or a link there is
+    what ``reset`` cleans); folders set in the settings are, as for every task."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     environ = os.environ if environ is None else environ
     project_root = Path(root or Path.cwd()).resolve()
@@ -230,7 +235,8 @@ def load_settings(
     )
     problems = token_problems(values["token"], values["host_token"], values["allow_default_tokens"], origins)
     home = Path(environ.get("HOME") or Path.home())
-    problems += folder_problems(values, origins, project_root=project_root, home=home)
+    if not (deleting and "workspace_dir" not in origins and "data_dir" not in origins):
+        problems += folder_problems(values, origins, project_root=project_root, home=home)
     problems += tls_problems(values, origins)
     if problems:
         raise SettingsError(problems)

@@ -268,7 +268,8 @@ def test_a_default_workspace_that_is_a_file_names_the_workspace_setting(tmp_path
     line = refused(tmp_path, "up")
     assert line == (
         f"OPENWORK_MICROSANDBOX_WORKSPACE_DIR={workspace} (from default) is a file, not a "
-        "folder; point OPENWORK_MICROSANDBOX_WORKSPACE_DIR at a folder, or move the file away"
+        "folder; point OPENWORK_MICROSANDBOX_WORKSPACE_DIR at a folder, or move the file away, or "
+        f"`invoke reset --name {NAME}` (deletes {tmp_path / 'state' / NAME})"
     )
     assert "OPENWORK_STATE_DIR" not in line
 
