@@ -3,6 +3,7 @@
 Layout (all owned by the user; every folder 0700, made by :func:`files.private_dir`; secrets are
 mode 0600)::
 
+    .state/               ``.gitignore`` of ``*`` when the tool made it (files.private_dir, git_ignored)
     .state/<name>/
         workspace/        bind-mounted at /workspace (default; OPENWORK_MICROSANDBOX_WORKSPACE_DIR moves it)
         data/             bind-mounted at /data      (default; OPENWORK_MICROSANDBOX_DATA_DIR moves it)
