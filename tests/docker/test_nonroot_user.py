@@ -2,21 +2,17 @@
 every file under ``.state/<name>/`` belongs to that user, files an older version left as root are
 handed back, and `reset` removes the folder without sudo.
 
-The test makes the user (``useradd``) and gives it the Docker socket through the socket's group.
-This interpreter and the checkout may live where that user cannot read (``/root`` is 0700), so
-the user runs the system ``/usr/bin/python3`` with a copy of the project and of the tool's
-dependencies (their files, taken from this interpreter's distributions) in a temporary folder
-it can read. Needs root (to create the user); skips, saying why, elsewhere.
+The test makes the user (``useradd``) and gives it the Docker socket through the socket's group;
+it runs the tool as in ``tests/support/second_user.py``. Needs root (to create the user); skips,
+saying why, elsewhere.
 """
 
 from __future__ import annotations
 
 import grp
-import importlib.metadata
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,47 +22,11 @@ import requests
 
 from openwork_sandbox.net.ports import free_port
 from tests.support.lifecycle import OFFLINE, unique_name
-from tests.support.paths import ROOT
+from tests.support.second_user import SYSTEM_PYTHON, invoke_as, readable_copy
 
 pytestmark = pytest.mark.docker
 USER = "owtest-runner"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 SOCKET = Path("/var/run/docker.sock")
-DEPENDENCIES = ("invoke", "requests", "urllib3", "idna", "charset-normalizer", "certifi", "python-dotenv", "packaging")
-
-
-def _readable_copy(base: Path) -> tuple[Path, Path]:
-    """(project, site): the checkout and the tool's dependencies, copied where any user can read."""
-    project = base / "project"
-    shutil.copytree(
-        ROOT,
-        project,
-        symlinks=True,
-        ignore=shutil.ignore_patterns(".git", ".state", "__pycache__", ".pytest_cache", "reports"),
-    )
-    site = base / "site"
-    for name in DEPENDENCIES:
-        dist = importlib.metadata.distribution(name)
-        for rel in dist.files or ():
-            if ".." in Path(rel).parts:
-                continue  # scripts outside site-packages
-            src = Path(dist.locate_file(rel))
-            if src.is_file():
-                (site / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, site / rel)
-    for root, dirs, files in os.walk(base):
-        for n in dirs + files:
-            p = os.path.join(root, n)
-            if not os.path.islink(p):
-                os.chmod(
-                    p,
-                    os.stat(p).st_mode
-                    | stat.S_IRUSR
-                    | stat.S_IRGRP
-                    | stat.S_IROTH
-                    | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if os.path.isdir(p) else 0),
-                )
-    return project, site
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +47,7 @@ def runner(stack_image):
     base = Path(tempfile.mkdtemp(prefix="owtest-nonroot-", dir="/tmp"))
     os.chmod(base, 0o755)
     try:
-        project, site = _readable_copy(base)
+        project, site = readable_copy(base)
         home, state = base / "home", base / "state"
         for d in (home, state):
             d.mkdir()
@@ -96,27 +56,18 @@ def runner(stack_image):
         os.chmod(base / "empty.env", 0o644)
 
         def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-            env = {
-                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": str(home),
-                "PYTHONPATH": f"{site}:{project}",
-                "OPENWORK_STATE_DIR": str(state),
-                **OFFLINE,
-            }
-            argv = [
-                "setpriv",
-                f"--reuid={pw.pw_uid}",
-                f"--regid={pw.pw_gid}",
-                "--init-groups",
-                "--",
-                str(SYSTEM_PYTHON),
-                "-m",
-                "invoke",
+            env = {"HOME": str(home), "OPENWORK_STATE_DIR": str(state), **OFFLINE}
+            return invoke_as(
+                pw.pw_uid,
+                pw.pw_gid,
+                project,
+                site,
                 *args,
                 "--env-file",
                 str(base / "empty.env"),
-            ]
-            return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+                env=env,
+                timeout=timeout,
+            )
 
         yield {"uid": pw.pw_uid, "gid": pw.pw_gid, "state": state, "run": run, "image": stack_image.ref}
     finally:
