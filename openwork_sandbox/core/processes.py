@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,12 @@ from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 
 DEFAULT_TIMEOUT = 600.0
+DOCKER_START = "run scripts/services start (or start Docker Desktop)"  # the way out when the engine does not answer
+# what the docker client says when no engine answers, and when this user may not use its socket (old and new wording)
+_ENGINE_DOWN = re.compile(r"Cannot connect to the Docker (daemon|API)|Is the docker daemon running", re.IGNORECASE)
+_SOCKET_DENIED = re.compile(
+    r"permission denied while trying to connect to the Docker (?:daemon socket|API) at (\S+)", re.IGNORECASE
+)
 STOP_GRACE = 5.0  # seconds a stopped stream has to exit after SIGTERM before SIGKILL
 INSTALL_HINTS = {
     "docker": "install Docker (Debian: scripts/services start installs docker.io), or start Docker Desktop",
@@ -147,16 +154,42 @@ def docker(
     *args: str, input: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True, text: bool = True
 ) -> Result:
     """``docker ARGS``, as :func:`run`; with ``check``, an engine that does not answer is an
-    ``UnreachableError`` that says how to start it."""
+    ``UnreachableError`` that says how to start it, and a socket this user may not use a
+    ``WorkflowError`` that says how to get access (:func:`docker_socket_denied`)."""
     proc = run(["docker", *args], input=input, timeout=timeout, check=False, text=text)
     if check and proc.returncode != 0:
         err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else (proc.stderr or "")
-        if "Cannot connect to the Docker daemon" in err or "Is the docker daemon running" in err:
-            raise UnreachableError(
-                "the Docker engine does not answer: run scripts/services start (or start Docker Desktop)"
-            )
+        denied = docker_socket_denied(err)
+        if denied:
+            raise WorkflowError(denied)
+        if _ENGINE_DOWN.search(err):
+            raise UnreachableError(f"the Docker engine does not answer: {DOCKER_START}")
         raise _failed(["docker", *args], proc.returncode, err)
     return proc
+
+
+def docker_socket_denied(stderr: str) -> str | None:
+    """The one line for a docker client this user may not connect with (its socket said permission
+    denied, whichever socket ``DOCKER_HOST`` or the context names), with the way out; None for any
+    other output. The socket's group is read from the socket itself (``docker`` when unknown)."""
+    found = _SOCKET_DENIED.search(stderr or "")
+    if not found:
+        return None
+    address = found.group(1).rstrip(":")
+    group = "docker"
+    if address.startswith("unix://"):
+        import grp
+        import os
+
+        try:
+            group = grp.getgrgid(os.stat(address[len("unix://") :]).st_gid).gr_name
+        except (OSError, KeyError):
+            pass
+    return (
+        f"this user cannot use the Docker socket {address} (permission denied): add the user to the socket's group "
+        f"{group} (sudo usermod -aG {group} $USER, then log in again), or use a rootless engine (DOCKER_HOST or "
+        "docker context use)"
+    )
 
 
 def credential_helper(helper: str, server: str, *, timeout: float) -> Result:

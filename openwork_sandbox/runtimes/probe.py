@@ -25,7 +25,7 @@ from openwork_sandbox.runtimes.choice import (
 
 CPUINFO = Path("/proc/cpuinfo")
 KVM_DEVICE = Path("/dev/kvm")
-DOCKER_START = "run scripts/services start (or start Docker Desktop)"  # the way out when the engine does not answer
+DOCKER_START = processes.DOCKER_START  # the way out when the engine does not answer
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
@@ -72,7 +72,8 @@ def msb_path() -> str | None:
 
 
 def docker_support(timeout: float = 15) -> tuple[bool, str]:
-    """``(True, engine version)`` when a Docker engine answers, else ``(False, what is missing)``.
+    """``(True, engine version)`` when a Docker engine answers, else ``(False, what is missing and
+    the way out)``: not installed, no answer, or a socket this user may not use.
 
     The one "does Docker answer" probe (``doctor``, ``up``'s runtime choice, finding a sandbox)."""
     if processes.which("docker") is None:
@@ -82,7 +83,8 @@ def docker_support(timeout: float = 15) -> tuple[bool, str]:
     except WorkflowError:  # did not finish in time
         return False, f"the Docker engine did not answer within {timeout:g}s: {DOCKER_START}"
     if proc.returncode != 0 or not proc.stdout.strip():
-        return False, f"the Docker engine does not answer: {DOCKER_START}"
+        denied = processes.docker_socket_denied(proc.stderr)
+        return False, denied or f"the Docker engine does not answer: {DOCKER_START}"
     return True, f"Docker engine {proc.stdout.strip()} answers"
 
 

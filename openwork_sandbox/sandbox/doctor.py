@@ -108,13 +108,9 @@ def check_docker_client() -> Check:
 def check_docker_engine(facts: HostFacts) -> Check:
     """The Docker engine answers (Docker runtime only)."""
     ok, detail = facts.docker or (False, "not asked")
-    return Check(
-        "docker engine",
-        ok,
-        detail,
-        "" if ok else "scripts/services start (or start Docker Desktop)",
-        frozenset({DOCKER}),
-    )
+    # no answer: start it; otherwise (not installed, a socket this user may not use) the detail says the way out
+    fix = "scripts/services start (or start Docker Desktop)" if probe.DOCKER_START in detail else "see the result"
+    return Check("docker engine", ok, detail, "" if ok else fix, frozenset({DOCKER}))
 
 
 def check_registry(settings: Settings) -> Check:

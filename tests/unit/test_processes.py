@@ -131,6 +131,27 @@ def test_an_engine_that_does_not_answer_is_unreachable(monkeypatch, tmp_path):
     assert err.value.exit_code == 3
 
 
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "permission denied while trying to connect to the Docker daemon socket at tcp://10.0.0.9:2375: Get "
+        '"http://10.0.0.9:2375/v1.47/info": dial tcp: connect: permission denied',
+        "permission denied while trying to connect to the docker API at tcp://10.0.0.9:2375",
+    ],
+)
+def test_a_socket_this_user_may_not_use_is_named_with_the_way_out(stderr):
+    assert processes.docker_socket_denied(stderr) == (
+        "this user cannot use the Docker socket tcp://10.0.0.9:2375 (permission denied): add the user to the "
+        "socket's group docker (sudo usermod -aG docker $USER, then log in again), or use a rootless engine "
+        "(DOCKER_HOST or docker context use)"
+    )
+
+
+def test_other_docker_errors_are_not_taken_for_a_denied_socket():
+    assert processes.docker_socket_denied("Error response from daemon: No such container: x") is None
+    assert processes.docker_socket_denied("open /root/.docker/config.json: permission denied") is None
+
+
 # --- environment and input ------------------------------------------------------------------------
 
 
