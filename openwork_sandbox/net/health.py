@@ -10,16 +10,21 @@ against ``verify`` (:mod:`openwork_sandbox.net.http`); one that does not verify 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
-from openwork_sandbox.net.http import SANDBOX_GET_ERRORS, CertificateRejected, sandbox_get
+from openwork_sandbox.net.http import SANDBOX_GET_ERRORS, CertificateRejected, NoAnswer, sandbox_get
 
 FIRST_DELAY = 0.05
 MAX_DELAY = 0.1  # a refused poll on loopback costs next to nothing; a late one costs up to this much start time
 FIRST_POLL_TIMEOUT = 1.0
 ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each may run `docker inspect`)
+# a server we did not start (--url) that answers as no OpenWork server does for this long is not one (a
+# proxy in front of one may answer 404 for a moment while its backend registers)
+NOT_OPENWORK_AFTER = 3.0
 
 
 class HealthTimeout(WorkflowError):
@@ -36,6 +41,11 @@ class HealthTimeout(WorkflowError):
 
 class NothingListening(UnreachableError, HealthTimeout):
     """Nothing ever answered HTTP at the URL before the deadline (an UnreachableError: exit 3)."""
+
+
+class NotOpenWork(HealthTimeout):
+    """What answers at the URL is not an OpenWork server, or not over that scheme; the wait ended
+    before the deadline because the answer will not change (exit 1)."""
 
 
 class SandboxDied(WorkflowError):
@@ -65,6 +75,28 @@ def _json_object(raw) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
+def _not_openwork(status: int, raw: bytes) -> str | None:
+    """What a ``/health`` answer shows when no OpenWork server would give it (a 4xx but 408 and
+    429, a 2xx that is not a JSON object), else None (healthy, or a 5xx/408/429: may still change)."""
+    if 200 <= status < 300:
+        return None if _json_object(raw) is not None else f"{status} with a body that is not a JSON object"
+    if 400 <= status < 500 and status not in (408, 429):
+        return str(status)
+    return None
+
+
+def _plain_http_instead(url: str, timeout_s: float) -> NotOpenWork | None:
+    """For an https URL whose TLS handshake failed before any certificate: the error to end with
+    when the port answers plain HTTP (asked once over http://), else None (keep waiting)."""
+    parts = urlsplit(url)
+    plain = urlunsplit(("http", parts.netloc, parts.path, parts.query, "")).rstrip("/")
+    try:
+        sandbox_get(plain + "/health", timeout_s=min(timeout_s, 5.0))
+    except SANDBOX_GET_ERRORS:
+        return None
+    return NotOpenWork(f"{parts.netloc} speaks plain HTTP, not TLS (the https handshake failed): use {plain}")
+
+
 def wait_for_health(
     url: str,
     deadline_s: float,
@@ -73,6 +105,7 @@ def wait_for_health(
     timeout_s: float = 2.0,
     describe: Callable[[], tuple[str, list[str], str]] | None = None,
     verify: bool | str = True,
+    foreign: bool = False,
 ) -> dict:
     """Poll ``GET <url>/health`` until it answers 2xx with a JSON body; return that body.
 
@@ -80,6 +113,11 @@ def wait_for_health(
     :class:`SandboxDied`. ``describe()`` (optional) returns ``(state, last log lines, log hint)``
     for the error messages. At the deadline: :class:`NothingListening` (an UnreachableError) when
     nothing ever answered HTTP, else :class:`HealthTimeout` (a WorkflowError).
+
+    ``foreign``: a server this tool did not start (``smoke --url``), so an answer that will not
+    change ends the wait before the deadline with :class:`NotOpenWork`: answers no OpenWork server
+    gives (a 404, a page that is not JSON) for :data:`NOT_OPENWORK_AFTER` seconds; a connection
+    accepted and not answered within ``timeout_s``; an https URL on a port that does not speak TLS.
     """
     endpoint = url.rstrip("/") + "/health"
     start = time.monotonic()
@@ -87,9 +125,11 @@ def wait_for_health(
     delay = FIRST_DELAY
     last_problem = "no answer yet"
     # A just-started server may read a request and never answer it: the first polls give up after
-    # FIRST_POLL_TIMEOUT and try again, each timeout doubling it, up to timeout_s.
-    poll_timeout = min(FIRST_POLL_TIMEOUT, timeout_s)
+    # FIRST_POLL_TIMEOUT and try again, each timeout doubling it, up to timeout_s (a foreign one has
+    # not just started: timeout_s from the first poll).
+    poll_timeout = timeout_s if foreign else min(FIRST_POLL_TIMEOUT, timeout_s)
     answered = False
+    strange_since: float | None = None  # foreign: when answers no OpenWork server gives began
     next_alive_check = start + ALIVE_CHECK_EVERY
     from openwork_sandbox.core.console import heartbeat  # off a TTY: what we wait for, and why not yet
 
@@ -110,11 +150,31 @@ def wait_for_health(
                     last_problem = f"HTTP {status} with a body that is not a JSON object"
                 else:
                     last_problem = f"HTTP {status}"
+                strange = _not_openwork(status, raw) if foreign else None
+                if not strange:
+                    strange_since = None
+                elif strange_since is None:
+                    strange_since = time.monotonic()
+                if strange_since is not None and time.monotonic() - strange_since >= NOT_OPENWORK_AFTER:
+                    raise NotOpenWork(
+                        f"GET {endpoint} answered {strange} for {NOT_OPENWORK_AFTER:g}s: not an OpenWork server "
+                        '(its /health answers 200 {"ok": true, ...}); check --url (host, port, path)'
+                    )
             except ConnectionRefusedError:
                 last_problem = "connection refused"
-            except TimeoutError:
+            except TimeoutError as exc:
+                if foreign and isinstance(exc, NoAnswer) and poll_timeout >= timeout_s:
+                    raise NotOpenWork(
+                        f"GET {endpoint}: {exc} (not an OpenWork server, or a stuck one); check --url, "
+                        "or raise OPENWORK_REQUEST_TIMEOUT if it is only slow"
+                    ) from None
                 last_problem = f"no answer within {poll_timeout:g}s"
                 poll_timeout = min(poll_timeout * 2, timeout_s)  # a slow server gets the whole timeout soon
+            except ssl.SSLError as exc:
+                mismatch = _plain_http_instead(url, timeout_s) if foreign else None
+                if mismatch is not None:
+                    raise mismatch from None
+                last_problem = f"TLS: {exc.reason or exc.__class__.__name__}"
             except SANDBOX_GET_ERRORS as exc:
                 last_problem = exc.__class__.__name__
             now = time.monotonic()

@@ -48,6 +48,10 @@ def _loopback_url(url: str | None) -> bool:
     return bool(host) and is_loopback(host)
 
 
+class NoAnswer(TimeoutError):
+    """The server accepted the connection but sent no HTTP answer (nor finished a TLS handshake) in time."""
+
+
 class CertificateRejected(WorkflowError):
     """The server's TLS certificate did not verify (an unknown CA, another host's name, expired)."""
 
@@ -112,7 +116,8 @@ def sandbox_get(
     url: str, *, headers: dict[str, str] | None = None, timeout_s: float, verify: bool | str = True
 ) -> tuple[int, bytes]:
     """``(status, body)`` of one GET to the sandbox, never through a proxy, https verified against
-    ``verify``; raises one of :data:`SANDBOX_GET_ERRORS` when no HTTP answer came, and
+    ``verify``; raises one of :data:`SANDBOX_GET_ERRORS` when no HTTP answer came (:class:`NoAnswer`
+    when the connection was accepted and nothing answered within ``timeout_s``), and
     :class:`CertificateRejected` when the certificate did not verify."""
     parts = urlsplit(url)
     if parts.scheme == "https":
@@ -130,6 +135,10 @@ def sandbox_get(
         return resp.status, resp.read()
     except ssl.SSLCertVerificationError as exc:
         raise CertificateRejected(certificate_problem(exc, url, verify) or str(exc)) from None
+    except TimeoutError:
+        if conn.sock is not None:  # connected: the server holds the request
+            raise NoAnswer(f"{parts.netloc} accepted the connection and did not answer within {timeout_s:g}s") from None
+        raise
     finally:
         conn.close()
 

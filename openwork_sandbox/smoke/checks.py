@@ -90,16 +90,23 @@ class Skip(Exception):
 def health(r) -> str:
     """Wait for GET /health (:func:`openwork_sandbox.net.health.wait_for_health`) up to
     OPENWORK_HEALTH_TIMEOUT, then check the body: ``ok`` is true and ``version`` is a string."""
-    from openwork_sandbox.net.health import HealthTimeout, NothingListening, wait_for_health
+    from openwork_sandbox.net.health import HealthTimeout, NothingListening, NotOpenWork, wait_for_health
     from openwork_sandbox.net.http import CertificateRejected
     from openwork_sandbox.net.openwork_api import ApiResponse
 
     url = r.client.url("/health")
     try:
         body = wait_for_health(
-            r.target.url, r.health_timeout, is_alive=r.is_alive, timeout_s=r.request_timeout, verify=r.target.verify
+            r.target.url,
+            r.health_timeout,
+            is_alive=r.is_alive,
+            timeout_s=r.request_timeout,
+            verify=r.target.verify,
+            foreign=r.target.mode == "url",  # a server we did not start: a wrong answer ends the wait
         )
     except CertificateRejected as exc:  # the server answers, as someone this client cannot trust
+        raise CheckFailed(exc.message, result=ERROR) from None
+    except NotOpenWork as exc:  # --url names something else: it will not become healthy
         raise CheckFailed(exc.message, result=ERROR) from None
     except NothingListening:
         r.report.unreachable = True
