@@ -249,3 +249,19 @@ def health_once(url: str, *, timeout_s: float = 1.0, verify: bool | str = True) 
     except (*SANDBOX_GET_ERRORS, CertificateRejected):
         return None
     return _json_object(raw) if 200 <= status < 300 else None
+
+
+def accepts_token(url: str, token: str, *, timeout_s: float = 2.0, verify: bool | str = True) -> bool | None:
+    """Whether the server at ``url`` is the one started with ``token``: ``GET /workspaces`` with it
+    answers 200 (True) or 401/403 (False: another server holds the port); None for any other
+    answer or none (cannot tell)."""
+    try:
+        code, _ = sandbox_get(
+            url.rstrip("/") + "/workspaces",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout_s=timeout_s,
+            verify=verify,
+        )
+    except (*SANDBOX_GET_ERRORS, CertificateRejected):
+        return None
+    return True if code == 200 else False if code in (401, 403) else None

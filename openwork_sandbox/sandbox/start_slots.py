@@ -1,4 +1,5 @@
-"""Host-wide start slots: at most N sandboxes boot at once on one host, whoever starts them.
+"""Host-wide start slots (at most N sandboxes boot at once on one host, whoever starts them) and
+port claims (one `up` at a time boots a sandbox on a given port).
 
 A start is CPU-bound for a few seconds (opencode loads, the orchestrator checks its programs), and
 starts that share the cores all take as long as the last. ``up`` holds a slot while it boots; when
@@ -10,6 +11,11 @@ A slot is an exclusive ``flock`` on ``<tmp>/openwork-sandbox-start-slots/slot-<i
 every checkout and every user on the host (the folder is world-writable and sticky, like /tmp);
 the kernel releases it when ``up`` ends in any way, so a killed ``up`` never keeps one. The slot
 file names the sandbox that holds it, for the waiting message.
+
+A port claim is the same kind of lock on ``port-<P>.lock`` in that folder, taken without waiting:
+two `up`s of different names on one port would both see it free, both boot, and the orchestrator
+would move the loser's server elsewhere. The claim is held until ``up`` ends; a sandbox that then
+runs holds the port itself (``up`` checks the port after its claim).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from openwork_sandbox.core import console
+from openwork_sandbox.core.errors import WorkflowError
 
 SLOT_DIR = Path(tempfile.gettempdir()) / "openwork-sandbox-start-slots"
 POLL_SECONDS = 0.25
@@ -74,6 +81,16 @@ def _try_take(folder: Path, slots: int, name: str) -> int | None:
     return None
 
 
+def _shared(folder: Path) -> Path:
+    """``folder``, made world-writable and sticky (like /tmp) when it is new: every user shares it."""
+    if not folder.is_dir():
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(parents=True)
+            with contextlib.suppress(OSError):
+                folder.chmod(0o1777)
+    return folder
+
+
 @contextlib.contextmanager
 def start_slot(slots: int, name: str, *, folder: Path | None = None) -> Iterator[float]:
     """Hold one of ``slots`` host-wide start slots for the body (0: no limit); yields the seconds it
@@ -82,12 +99,7 @@ def start_slot(slots: int, name: str, *, folder: Path | None = None) -> Iterator
     if slots <= 0:
         yield 0.0
         return
-    folder = folder or SLOT_DIR
-    if not folder.is_dir():
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(parents=True)
-            with contextlib.suppress(OSError):
-                folder.chmod(0o1777)  # every user of the host shares the slots
+    folder = _shared(folder or SLOT_DIR)
     began = time.monotonic()
     fd = _try_take(folder, slots, name)
     if fd is None:
@@ -107,3 +119,55 @@ def start_slot(slots: int, name: str, *, folder: Path | None = None) -> Iterator
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # closing the file releases the flock
+
+
+def _holder(path: Path) -> str:
+    """What a claim file names: ``<sandbox> (pid N)``, or "" when it cannot be read."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def port_claim(port: int, name: str, *, wait: float = 5.0, folder: Path | None = None) -> Iterator[None]:
+    """Hold the host-wide claim on ``port`` for ``name``'s `up` during the body.
+
+    Another sandbox's `up` holding it: a WorkflowError at once, naming that sandbox (that sandbox
+    will hold the port when it runs). A second `up` of ``name`` itself waits up to ``wait``
+    seconds, as for the sandbox's own lock, then fails naming the `up` that holds it."""
+    path = _shared(folder or SLOT_DIR) / f"port-{port}.lock"
+    fd, writable = _open_slot(path)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+        holder = _holder(path)
+        same = holder.rsplit(" (pid ", 1)[0] == name
+        if (same or not holder) and time.monotonic() < deadline:  # no name: being released or written now
+            time.sleep(POLL_SECONDS)
+            continue
+        os.close(fd)
+        if same:
+            raise WorkflowError(
+                f"sandbox {name} is busy: another `invoke up` ({holder.rsplit(' (', 1)[-1].rstrip(')')}) holds "
+                f"port {port} while it starts it; wait for it to finish and run `invoke up` again"
+            )
+        raise WorkflowError(
+            f"port {port} is taken by the sandbox {holder or '(name unknown)'}, whose `invoke up` is starting it "
+            "now: choose another port with --port / OPENWORK_MICROSANDBOX_PORT"
+        )
+    if writable:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{name} (pid {os.getpid()})\n".encode(), 0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)

@@ -33,10 +33,10 @@ LEFT_FOR_INSPECTION = "(the sandbox is left as it is for inspection; `invoke res
 
 def _port_taken(settings: Settings, moved_to: int) -> WorkflowError:
     """Another program took the port between `up`'s check and the server's start (host networking)."""
-    from openwork_sandbox.net.ports import port_holder
+    from openwork_sandbox.sandbox.locate import port_taker
 
     return WorkflowError(
-        f"port {settings.port} was taken by {port_holder(settings.port)} before the server started, so the "
+        f"port {settings.port} was taken by {port_taker(settings, settings.port)} before the server started, so the "
         f"orchestrator moved it to port {moved_to}, where clients do not look: stop that program, or choose "
         f"another port with --port / OPENWORK_MICROSANDBOX_PORT {LEFT_FOR_INSPECTION}"
     )

@@ -22,10 +22,25 @@ def _uptime(seconds: float | None) -> str:
     return "".join(shown[:2]) or "0s"
 
 
+def _stranger(settings: Settings, token: str | None, verify) -> str | None:
+    """What holds the port when the server answering there refuses this sandbox's client token (a
+    sandbox of this tool by its name, else the program); None when it is this sandbox's own server
+    (or that cannot be told: no token, no clear answer)."""
+    from openwork_sandbox.net.health import accepts_token
+
+    timeout = min(2.0, settings.request_timeout)
+    if not token or accepts_token(settings.url, token, timeout_s=timeout, verify=verify) is not False:
+        return None
+    from openwork_sandbox.sandbox.locate import port_taker
+
+    return port_taker(settings, settings.port)
+
+
 def status(settings: Settings, *, as_json: bool = False) -> int:
     """Runtime, state, image and digest, URL, health, uptime, restarts: a table on stderr, or with
-    ``as_json`` one JSON object on stdout. Returns 0 when running, healthy and not in a crash loop,
-    else 1. Reads only: nothing is started, written or created."""
+    ``as_json`` one JSON object on stdout. Returns 0 when running, healthy (its own server: one that
+    refuses its client token is another's, named) and not in a crash loop, else 1. Reads only:
+    nothing is started, written or created."""
     from openwork_sandbox.net.health import health_once
 
     state = SandboxState(settings)
@@ -43,6 +58,9 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     )
     uptime = (time.time() - st.started_at) if st.started_at else None
     token, host_token = state.tokens(create=False)
+    stranger = _stranger(settings, token, verify) if health is not None else None
+    if stranger:  # the port answers healthy, but with another sandbox's (or program's) server
+        health = None
     current = None
     if st.state != ABSENT and rt is not None and token and host_token:
         current = launch_spec(settings, rt.kind, token, host_token).fingerprint == st.fingerprint
@@ -56,6 +74,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         "platform": rt.platform(st) if rt is not None and st.state != ABSENT else None,
         "url": settings.url,
         "healthy": health is not None,
+        "port_held_by": stranger,
         "server_version": (health or {}).get("version"),
         "uptime_seconds": round(uptime, 1) if uptime is not None else None,
         "workspace_id": record.get("workspace_id"),
@@ -99,6 +118,11 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
             ("state dir", settings.sandbox_state_dir),
         ]
     )
+    if stranger:
+        console.info(
+            f"{console.BAD} port {settings.port} answers, but not with {settings.name}'s server (it refuses "
+            f"{settings.name}'s client token): {stranger} holds it"
+        )
     if crash_loop:
         console.info(f"{console.BAD} the server is in a crash loop: `invoke logs --tail 100` shows why it keeps dying")
     if current is False:

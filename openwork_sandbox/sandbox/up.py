@@ -47,14 +47,37 @@ from openwork_sandbox.state.store import SandboxState
 
 
 def _refuse_busy_port(settings: Settings, decision: UpDecision) -> None:
-    """One line naming the port and what holds it when ``decision`` needs the port and it is taken."""
-    from openwork_sandbox.net.ports import port_holder
+    """One line naming the port and what holds it (another sandbox of this tool by its name, else the
+    program) when ``decision`` needs the port and it is taken."""
+    from openwork_sandbox.sandbox.locate import port_taker
 
     if decision.port_busy:
         raise WorkflowError(
-            f"port {settings.port} is already in use by {port_holder(settings.port)}: stop it, or choose another port "
-            f"with --port / OPENWORK_MICROSANDBOX_PORT"
+            f"port {settings.port} is already in use by {port_taker(settings, settings.port)}: stop it, or choose "
+            "another port with --port / OPENWORK_MICROSANDBOX_PORT"
         )
+
+
+def _refuse_stranger(settings: Settings, token: str, verify) -> None:
+    """One line when the healthy server on the port refuses this sandbox's client token: another
+    sandbox's (or program's) server holds the port this one runs on, named."""
+    from openwork_sandbox.net.health import accepts_token
+    from openwork_sandbox.sandbox.locate import port_taker
+
+    if accepts_token(settings.url, token, timeout_s=min(2.0, settings.request_timeout), verify=verify) is False:
+        raise WorkflowError(
+            f"{settings.name} runs, but port {settings.port} answers with another server (it refuses "
+            f"{settings.name}'s client token): {port_taker(settings, settings.port)} holds it; stop that one and "
+            f"run `invoke up` again, or give {settings.name} another port with --port / OPENWORK_MICROSANDBOX_PORT"
+        )
+
+
+def _claim_port(settings: Settings):
+    """The host-wide claim on the port while this `up` boots (``start_slots.port_claim``): another
+    `up` starting a sandbox there now fails at once, naming it."""
+    from openwork_sandbox.sandbox.start_slots import port_claim
+
+    return port_claim(settings.port, settings.name)
 
 
 def _report(
@@ -229,7 +252,9 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     Observe, decide (:func:`decision.decide_up`), act, report; returns where the server answers.
     For a new sandbox the decision is also made before the lock, so a busy port fails before
     anything is created; the one acted on is made under the lock (another `up` may have finished
-    meanwhile). Holds a host-wide start slot while it boots; interrupted (Ctrl+C, SIGTERM) before
+    meanwhile). Holds a host-wide start slot while it boots, and the claim on its port (another
+    name's `up` on that port fails at once, naming it; a healthy server on the port that refuses the
+    client token is another's, named, not reused); interrupted (Ctrl+C, SIGTERM) before
     the server was healthy, it stops what it started and re-raises KeyboardInterrupt. ``follow``
     streams the server log afterwards until Ctrl+C."""
     from openwork_sandbox.state import tls
@@ -248,38 +273,47 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     if shared:
         console.info(f"network: {shared}")
 
-    if not state.exists():  # the lock creates .state/<name>/: a busy port fails before that
-        fp = launch_spec(settings, kind, token or "", host_token or "").fingerprint
-        _refuse_busy_port(settings, decide_up(_observe(settings, state, kind, rt, fp)))
-    with state.lock(action="up"):
-        state.ensure()
-        persist.check_data_dir(settings)  # before anything is removed or booted
-        token, host_token = state.tokens()
-        if not token or not host_token:  # tokens() generates what is missing; this is a safety net
-            raise WorkflowError(f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again")
-        server_cert, made = tls.ensure(settings)
-        if made:
-            console.info(made)
-        _say_clear_text(settings)
-        spec = launch_spec(settings, kind, token, host_token, secrets, server_cert)
-        seen = _observe(settings, state, kind, rt, spec.fingerprint, secrets.digests())
-        decision = decide_up(seen)
-        _refuse_busy_port(settings, decision)
-        with interrupts.sigterm_as_interrupt():
-            try:
-                with _start_slot(settings, decision):
-                    health, workspace_id = _act(
-                        settings, state, rt, seen, decision, spec, (token, host_token), secrets, server_cert
-                    )
-                    if (
-                        not settings.ephemeral
-                    ):  # healthy: from now on the runtime brings it back (Docker: restart policy)
-                        rt.keep_running()
-            except KeyboardInterrupt:
-                if decision.action != REUSE:
-                    _stop_half_started(settings, rt)
-                raise
-        _save_record(state, settings, kind, spec, workspace_id=workspace_id, healthy_at=time.time())
+    with contextlib.ExitStack() as claim:
+        claimed = not state.exists()
+        if claimed:  # the lock creates .state/<name>/: a claimed or busy port fails before that
+            claim.enter_context(_claim_port(settings))
+            fp = launch_spec(settings, kind, token or "", host_token or "").fingerprint
+            _refuse_busy_port(settings, decide_up(_observe(settings, state, kind, rt, fp)))
+        with state.lock(action="up"):
+            state.ensure()
+            persist.check_data_dir(settings)  # before anything is removed or booted
+            token, host_token = state.tokens()
+            if not token or not host_token:  # tokens() generates what is missing; this is a safety net
+                raise WorkflowError(
+                    f"no tokens for {settings.name}: delete {state.tokens_path} and run `invoke up` again"
+                )
+            server_cert, made = tls.ensure(settings)
+            if made:
+                console.info(made)
+            _say_clear_text(settings)
+            spec = launch_spec(settings, kind, token, host_token, secrets, server_cert)
+            seen = _observe(settings, state, kind, rt, spec.fingerprint, secrets.digests())
+            decision = decide_up(seen)
+            if decision.action != REUSE and not claimed:
+                claim.enter_context(_claim_port(settings))  # held until this `up` ends
+            _refuse_busy_port(settings, decision)
+            if decision.action == REUSE:  # healthy on the port: but is it this sandbox's server?
+                _refuse_stranger(settings, token, tls.client_verify(settings))
+            with interrupts.sigterm_as_interrupt():
+                try:
+                    with _start_slot(settings, decision):
+                        health, workspace_id = _act(
+                            settings, state, rt, seen, decision, spec, (token, host_token), secrets, server_cert
+                        )
+                        if (
+                            not settings.ephemeral
+                        ):  # healthy: from now on the runtime brings it back (Docker: restart policy)
+                            rt.keep_running()
+                except KeyboardInterrupt:
+                    if decision.action != REUSE:
+                        _stop_half_started(settings, rt)
+                    raise
+            _save_record(state, settings, kind, spec, workspace_id=workspace_id, healthy_at=time.time())
 
     ep = Endpoint(settings.url, token, host_token, kind, settings.name, workspace_id)
     _report(

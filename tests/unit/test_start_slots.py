@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from tests.support.lifecycle import ROOT
 
 
@@ -78,3 +80,49 @@ def test_a_killed_up_never_keeps_its_slot(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- port claims ------------------------------------------------------------------------------------
+
+
+def test_a_port_claimed_by_another_sandbox_fails_at_once_naming_it(tmp_path):
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.start_slots import port_claim
+
+    with port_claim(19371, "sandbox-a", folder=tmp_path):
+        began = time.monotonic()
+        with pytest.raises(WorkflowError) as err, port_claim(19371, "sandbox-b", wait=30, folder=tmp_path):
+            pass
+        assert time.monotonic() - began < 10  # not the 30 s a second `up` of the same name would wait
+        with port_claim(19372, "sandbox-b", folder=tmp_path):  # another port is another claim
+            pass
+    assert err.value.message == (
+        f"port 19371 is taken by the sandbox sandbox-a (pid {os.getpid()}), whose `invoke up` is starting it now: "
+        "choose another port with --port / OPENWORK_MICROSANDBOX_PORT"
+    )
+    with port_claim(19371, "sandbox-b", folder=tmp_path):  # released when the body ended
+        pass
+
+
+def test_a_second_up_of_the_same_sandbox_waits_for_the_claim(tmp_path):
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.sandbox.start_slots import port_claim
+
+    release = threading.Event()
+    held = threading.Event()
+
+    def first():
+        with port_claim(19373, "sandbox-a", folder=tmp_path):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert held.wait(10)
+    with pytest.raises(WorkflowError) as err, port_claim(19373, "sandbox-a", wait=0.5, folder=tmp_path):
+        pass
+    assert err.value.message.startswith("sandbox sandbox-a is busy: another `invoke up` (pid ")
+    threading.Timer(0.5, release.set).start()
+    with port_claim(19373, "sandbox-a", wait=10, folder=tmp_path):
+        assert release.is_set()
+    t.join(10)
