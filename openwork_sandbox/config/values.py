@@ -146,11 +146,17 @@ def sandbox_name(raw: str) -> str:
 
 
 def token(raw: str) -> str:
-    """A token: one word, not empty (unset means "generate one")."""
+    """A token: one word of visible ASCII (what an HTTP ``Authorization`` header carries), not empty
+    (unset means "generate one")."""
     if raw == "":
         raise Invalid("is empty: set a token without whitespace, or unset it to have one generated")
     if any(ch.isspace() for ch in raw):
         raise Invalid("contains whitespace: a token must be one word")
+    if not all("!" <= ch <= "~" for ch in raw):  # what an HTTP header's Bearer value carries: visible ASCII
+        raise Invalid(
+            "contains a character HTTP headers cannot carry (non-ASCII or a control character): "
+            "use ASCII letters, digits and punctuation only"
+        )
     return raw
 
 

@@ -349,3 +349,13 @@ def test_moving_the_broken_tokens_aside_gives_new_tokens(tmp_path):
     token, host_token = SandboxState(settings).tokens()
     assert token and host_token and token != host_token
     assert Path(str(broken) + ".broken").read_text() == "{"
+
+
+@pytest.mark.parametrize("name", ["OPENWORK_TOKEN", "OPENWORK_HOST_TOKEN"])
+def test_a_token_http_headers_cannot_carry_is_refused_before_anything_is_made(tmp_path, name):
+    secret = "Ünïcode-token-" + "x" * 30
+    line = refused(tmp_path, "up", **{name: secret})
+    assert line == (
+        f'{name}="Ünïc…(44 chars)" (from environment): contains a character HTTP headers cannot carry '
+        "(non-ASCII or a control character): use ASCII letters, digits and punctuation only"
+    )

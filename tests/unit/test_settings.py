@@ -230,6 +230,17 @@ def test_token_with_whitespace_is_refused_and_never_shown(tmp_path):
     assert secret not in "\n".join(lines)
 
 
+@pytest.mark.parametrize("secret", ["tökenvalue-1234", "token\x7fvalue", "token\x01value", "€€€€€€€€"])
+def test_token_http_headers_cannot_carry_is_refused_and_never_shown(tmp_path, secret):
+    lines = problems(tmp_path, env={"OPENWORK_TOKEN": secret})
+    assert len(lines) == 1 and lines[0].startswith('OPENWORK_TOKEN="')
+    assert lines[0].endswith(
+        "(from environment): contains a character HTTP headers cannot carry (non-ASCII or a control character): "
+        "use ASCII letters, digits and punctuation only"
+    )
+    assert secret not in lines[0]
+
+
 def test_unparseable_dotenv_line_named_by_number(tmp_path):
     lines = problems(tmp_path, dotenv="# comment\nOPENWORK_MICROSANDBOX_PORT=8787\nthis is not a setting\n")
     assert lines == [f"{tmp_path}/.env:3: cannot parse 'this is not a setting': expected NAME=value"]
