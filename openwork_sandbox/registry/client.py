@@ -238,3 +238,24 @@ def pull_access_for_image(settings: Settings, image: str) -> registry_access.Pul
         pass
     access = registry_access.pull_access(settings, ref.registry_host, plain, registry.credentials)
     return dataclasses.replace(access, login_required=login_required)
+
+
+def index_platforms(settings: Settings, image: str) -> dict[str, str]:
+    """Each platform's manifest in the image index ``image`` names (tag or digest), as pinned references:
+    ``{"linux/amd64": "registry/repository@sha256:…", …}``; ``{}`` when ``image`` names one manifest.
+
+    Why: an engine may hold another platform's image under an index's digest (``docker pull
+    --platform``); the platform's own manifest digest names only that platform's image.
+    Errors: WorkflowError/UnreachableError when the registry cannot be asked."""
+    ref = ImageRef.parse(image)
+    registry = Registry.for_settings(settings, ref)
+    _, media_type, body = registry.manifest(ref.repository, ref.digest or ref.reference)
+    if media_type not in INDEX_TYPES and not isinstance(body.get("manifests"), list):
+        return {}
+    prefix = f"{ref.registry + '/' if ref.registry else ''}{ref.repository}@"
+    found: dict[str, str] = {}
+    for entry in (e for e in body.get("manifests") or [] if isinstance(e, dict)):
+        plat = entry.get("platform") or {}
+        if plat.get("os") and plat.get("architecture") and str(entry.get("digest", "")).startswith("sha256:"):
+            found.setdefault(f"{plat['os']}/{plat['architecture']}", prefix + entry["digest"])
+    return found

@@ -55,6 +55,9 @@ class LaunchSpec:
     # who made it (state.ownership.marks: its state folder; an ephemeral one's job and expiry), as labels
     marks: dict[str, str] = dataclasses.field(default_factory=dict)
     max_duration: float | None = None  # an ephemeral sandbox's lifetime (microsandbox stops it then)
+    # platform -> pinned manifest reference of the image's index ({} for one manifest), asked only when
+    # the image the runtime holds is of another platform than the host's
+    index_platforms: Callable[[], dict[str, str]] | None = None
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
         return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"

@@ -32,6 +32,7 @@ first, by a one-off root container of the same image (``chown``). ``exec`` runs 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -275,9 +276,21 @@ class DockerRuntime(Runtime):
                 f"the Docker runtime cannot enforce OPENWORK_MICROSANDBOX_NETWORK={spec.network}: {held.limit}",
                 exit_code=EXIT_BAD_SETTINGS,
             )
-        self.remove()
         if spec.pull_always or not self._have_image(spec.image):
             self.pull(spec.image, spec.pull_access)
+        from openwork_sandbox.core.platforms import host_platform
+        from openwork_sandbox.runtimes.docker_platform import host_image
+
+        # another platform's image under this reference is replaced or refused before anything runs it
+        image = host_image(
+            spec.image,
+            str(host_platform()),
+            spec.index_platforms,
+            self._have_image,
+            lambda ref: self.pull(ref, spec.pull_access),
+        )
+        spec = dataclasses.replace(spec, image=image)
+        self.remove()  # only once the image is known to run here: a refused one leaves the sandbox as it was
         net_args, net_env = self._network_args(spec)
         env = {**spec.env, **net_env}
         env_file = self.state_dir / ENV_FILE

@@ -440,3 +440,60 @@ def test_microsandbox_up_pulls_the_hosts_platform_of_the_index(bootable_index, t
         assert st.digest in (None, amd["digest"])  # the amd64 manifest of the index, when the SDK says
     finally:
         runtime.remove()
+
+
+def _container_image(name: str) -> tuple[str, str]:
+    """(the reference the container was made from, its image's os/arch), as the engine says."""
+    ref, image_id = docker_out("container", "inspect", "--format", "{{.Config.Image}} {{.Image}}", name).split()
+    return ref, docker_out("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", image_id)
+
+
+def docker_out(*args: str) -> str:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_up_boots_the_amd64_image_after_docker_pulled_the_arm64_one_of_the_index(bootable_index, tmp_path):
+    """Issue 31: `docker pull --platform linux/arm64` leaves the arm64 image under the index digest."""
+    from tests.support.lifecycle import docker_env
+
+    pinned = bootable_index["pinned"]
+    # Docker 20.10 keeps one image per digest and will not overwrite it: untag what an earlier test pulled
+    subprocess.run(["docker", "image", "rm", pinned], capture_output=True, timeout=120)
+    docker_out("pull", "--platform", "linux/arm64", pinned)
+    assert docker_out("image", "inspect", "--format", "{{.Architecture}}", pinned) == "arm64"
+    amd = next(p["digest"] for p in bootable_index["push"]["platforms"] if p["platform"] == "linux/amd64")
+    env = docker_env(pinned, "f31aidx", health_timeout="240")
+    try:
+        up = invoke(tmp_path, "up", timeout=600, **env)
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert f"booting its index's linux/amd64 image {pinned.split('@')[0]}@{amd}" in up.stderr
+        assert _container_image(env["OPENWORK_MICROSANDBOX_NAME"]) == (f"{pinned.split('@')[0]}@{amd}", "linux/amd64")
+    finally:
+        invoke(tmp_path, "reset", "--yes", **env)
+        subprocess.run(["docker", "image", "rm", pinned], capture_output=True, timeout=120)  # the next up pulls amd64
+
+
+def test_an_image_of_another_architecture_is_refused_before_docker_run(bootable_index, tmp_path):
+    """A single arm64 manifest (no index to pick from) is refused in one line; no container is made."""
+    from tests.support.lifecycle import docker_env
+
+    arm = next(p["digest"] for p in bootable_index["push"]["platforms"] if p["platform"] == "linux/arm64")
+    ref = f"{bootable_index['pinned'].split('@')[0]}@{arm}"
+    env = docker_env(ref, "f31aarm")
+    try:
+        up = invoke(tmp_path, "up", timeout=600, **env)
+        lines = [line for line in up.stderr.splitlines() if line.strip()]
+        assert up.returncode == 1, up.stderr[-3000:]
+        assert lines[-1] == (
+            f"the image {ref} is for linux/arm64 and this host is linux/amd64, so Docker cannot run it; "
+            f"run `docker pull --platform linux/amd64 {ref}`, or build and push an image for linux/amd64"
+        ), up.stderr[-3000:]
+        assert "Traceback" not in up.stderr
+        names = docker_out(
+            "ps", "-a", "--filter", f"name={env['OPENWORK_MICROSANDBOX_NAME']}", "--format", "{{.Names}}"
+        )
+        assert names == ""
+    finally:
+        invoke(tmp_path, "reset", "--yes", **env)
