@@ -147,7 +147,8 @@ SPECS: tuple[Spec, ...] = (
         2,
         "virtual CPUs; a fraction (0.5) limits a Docker sandbox to part of a core, a microVM gets whole vCPUs",
     ),
-    Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", values.int_range(256, 262144, 2048, " MiB"), 2048, "memory in MiB"),
+    # 384: the least a sandbox starts in (docs/design-notes/config.md: measured on Docker, plus the real server)
+    Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", values.memory_mib(384), 2048, "memory in MiB"),
     Spec(
         "network",
         "OPENWORK_MICROSANDBOX_NETWORK",

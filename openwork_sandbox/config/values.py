@@ -61,6 +61,26 @@ def int_range(low: int, high: int, example: int, unit: str = "") -> Callable[[st
     return parse
 
 
+def memory_mib(floor: int) -> Callable[[str], int]:
+    """A parser of memory in MiB from ``floor`` (the least a sandbox starts in: below it the kernel
+    kills opencode at every start) to 262144."""
+    whole = int_range(floor, 262144, 2048, " MiB")
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            return whole(raw)
+        if value < floor:
+            raise Invalid(
+                f"is below {floor} MiB, the least a sandbox starts in (the kernel kills opencode for lack of "
+                f"memory at every start): set {floor} or more, e.g. 2048"
+            )
+        return whole(raw)
+
+    return parse
+
+
 def cpus(raw: str) -> int | float:
     """CPUs from 0.1 to 64 in steps of 0.01: a whole number (vCPUs of a microVM, cores of a
     container) or a fraction such as 0.5 (part of one core for Docker; a microVM gets the next whole

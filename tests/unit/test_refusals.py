@@ -359,3 +359,12 @@ def test_a_token_http_headers_cannot_carry_is_refused_before_anything_is_made(tm
         f'{name}="Ünïc…(44 chars)" (from environment): contains a character HTTP headers cannot carry '
         "(non-ASCII or a control character): use ASCII letters, digits and punctuation only"
     )
+
+
+@pytest.mark.parametrize("memory", ["256", "383"])
+def test_memory_below_the_least_a_sandbox_starts_in_is_refused_when_read(tmp_path, memory):
+    line = refused(tmp_path, "up", OPENWORK_MICROSANDBOX_MEMORY=memory)
+    assert line == (
+        f'OPENWORK_MICROSANDBOX_MEMORY="{memory}" (from environment): is below 384 MiB, the least a sandbox starts '
+        "in (the kernel kills opencode for lack of memory at every start): set 384 or more, e.g. 2048"
+    )
