@@ -132,6 +132,11 @@ class Runtime(abc.ABC):
         machine fault is not the server's doing."""
         return None
 
+    def memory_kills(self) -> int:
+        """Times the kernel killed a program of the sandbox for lack of memory since it was made (its
+        supervisor restarts them, so the sandbox runs on); 0 when none or the runtime cannot tell."""
+        return 0
+
     def server_port(self, spec: LaunchSpec) -> int:
         """The port openwork-server is asked to listen on inside the sandbox (its OPENWORK_PORT): the
         guest port, which the runtime publishes on the host port."""

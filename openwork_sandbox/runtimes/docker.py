@@ -188,6 +188,11 @@ class DockerRuntime(Runtime):
         )
         return img.stdout.strip() if img.returncode == 0 and img.stdout.strip() else None
 
+    def memory_kills(self) -> int:
+        from openwork_sandbox.runtimes.docker_faults import memory_kills
+
+        return memory_kills(self.name)
+
     def is_alive(self) -> bool:
         proc = processes.docker(
             "container",

@@ -7,7 +7,10 @@
   or the server dies early, or the runtime reports a machine fault; ``START_TIMES.attempts`` starts
   in all, the last one with the whole deadline and no stall limit;
 - ends at once, with one line, on a CPU without AVX (``avx``), a data folder the sandbox cannot
-  write (``state.persist``), or a server the orchestrator moved off its port;
+  write (``state.persist``), or a server the orchestrator moved off its port; and, stopping the
+  sandbox (its supervisor would restart its programs for ever), on programs the kernel killed for
+  lack of memory (``Runtime.memory_kills``: OPENWORK_MICROSANDBOX_MEMORY is too small) or a data
+  folder that filled up (``persist.data_full_problem``);
 - at the deadline or on a late death prints the log's tail and raises ``WorkflowError`` ending
   with ``LEFT_FOR_INSPECTION`` (the sandbox is not removed);
 - once healthy, says so when the start was slow or the start gate held off the start race
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console
@@ -84,6 +88,42 @@ class _PortMoved(Exception):
         self.port = port
 
 
+KILLED_MARKS = ("SIGKILL", "Killed", "status 137")  # a program killed: only then is the runtime asked why
+
+
+class _Starved(Exception):
+    """The start cannot succeed for want of a resource: ``kills`` OOM kills, else a data folder
+    that is full (``full``: its one line)."""
+
+    def __init__(self, kills: int = 0, full: str = ""):
+        super().__init__(kills, full)
+        self.kills, self.full = kills, full
+
+
+def _raise_if_starved(rt: Runtime, lines: list[str] | None, data_dir: Path | None) -> None:
+    """:class:`_Starved` when ``data_dir`` (None: not asked) is nearly full, or when ``lines`` (None:
+    not read) show a killed program and the runtime counts OOM kills."""
+    if data_dir is not None and (full := persist.data_full_problem(data_dir)):
+        raise _Starved(full=full)
+    if lines is not None and not any(mark in line for line in lines for mark in KILLED_MARKS):
+        return
+    kills = rt.memory_kills()
+    if kills:
+        raise _Starved(kills=kills)
+
+
+def _starved(settings: Settings, rt: Runtime, exc: _Starved) -> WorkflowError:
+    """Stop the sandbox (its supervisor would restart its programs for ever); the line that ends `up`."""
+    stopped = f"({'stopped it' if rt.stop() else 'it is not running'}; `invoke reset` removes it)"
+    if exc.full:
+        return WorkflowError(f"{exc.full}; then run `invoke up` again {stopped}")
+    return WorkflowError(
+        f"the sandbox ran out of memory while it started: the kernel killed its programs {exc.kills} time(s) at "
+        f"OPENWORK_MICROSANDBOX_MEMORY={settings.memory} MiB; raise OPENWORK_MICROSANDBOX_MEMORY (default 2048) "
+        f"and run `invoke up` again {stopped}"
+    )
+
+
 class _Stalled(Exception):
     """The start printed, then nothing new for ``seconds`` (its last line: ``last_line``)."""
 
@@ -104,6 +144,8 @@ class StartWatch:
       supervisor restarts such a server for ever, so the sandbox itself never stops;
     - :class:`_PortMoved` when the orchestrator's ready line names another port than ``server_port``
       and a server answers there (its own port was taken when it started).
+    - :class:`_Starved` when ``data_dir`` (None: not read) is nearly full, or the log shows a killed
+      program and the runtime counts OOM kills (``Runtime.memory_kills``).
     """
 
     def __init__(
@@ -113,10 +155,12 @@ class StartWatch:
         orchestrator_version: str,
         server_port: int,
         times: StartTimes | None = None,
+        data_dir: Path | None = None,
     ):
         self.rt, self.stall_s, self.orchestrator_version = rt, stall_s, orchestrator_version
         self.server_port = server_port
         self.times = times or START_TIMES
+        self.data_dir = data_dir  # the host folder mounted at /data, whose free space each look reads
         self.last_tail: list[str] | None = None
         self.changed_at = time.monotonic()
         self.next_check = self.changed_at + self.times.first_look_s
@@ -144,6 +188,7 @@ class StartWatch:
             # kills never stops the sandbox: its crash report in the log ends the wait at once
             raise_if_no_avx(self.orchestrator_version, recent, self.rt.log_hint())
             self._raise_if_port_moved(recent)
+            _raise_if_starved(self.rt, recent, self.data_dir)
             tail = recent[-3:]
             if tail != self.last_tail:
                 self.last_tail, self.changed_at = tail, now
@@ -178,17 +223,30 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
     doc), then check ``/workspaces`` with ``token``; ``(health body, workspace id or None)``.
     Raises WorkflowError when it never gets there (an UnreachableError when ``/workspaces`` cannot be
     reached)."""
-    from openwork_sandbox.net.health import HealthTimeout, SandboxDied, check_workspaces, wait_for_health
+    from openwork_sandbox.net.health import check_workspaces
     from openwork_sandbox.state.tls import client_verify
 
     verify = client_verify(settings)
-    times = START_TIMES
     first_began = time.monotonic()
+    try:
+        body = _healthy(settings, rt, spec, verify)
+    except _Starved as exc:
+        raise _starved(settings, rt, exc) from None
+    _say_start_notes(rt, time.monotonic() - first_began, settings)
+    return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout, verify=verify)
+
+
+def _healthy(settings: Settings, rt: Runtime, spec: LaunchSpec, verify) -> dict:
+    """The starts of :func:`wait_until_ready` until one is healthy: its health body. Raises
+    WorkflowError, or :class:`_Starved` for the caller to stop the sandbox."""
+    from openwork_sandbox.net.health import HealthTimeout, SandboxDied, wait_for_health
+
+    times = START_TIMES
     for attempt in range(1, times.attempts + 1):
         last_attempt = attempt == times.attempts
-        watch = StartWatch(
-            rt, None if last_attempt else times.stall_s, settings.orchestrator_version, rt.server_port(spec), times
-        )
+        stall = None if last_attempt else times.stall_s
+        port = rt.server_port(spec)
+        watch = StartWatch(rt, stall, settings.orchestrator_version, port, times, Path(settings.data_dir))
         began = time.monotonic()
         again = f"start {attempt + 1} of {times.attempts}"
         try:
@@ -200,7 +258,7 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
                 describe=rt.describe,
                 verify=verify,
             )
-            break
+            return body
         except _Stalled as exc:
             console.info(
                 f"the server made no progress for {exc.seconds:.0f}s (last line: {exc.last_line}); "
@@ -208,6 +266,7 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
             )
         except SandboxDied as exc:
             persist.raise_if_data_unwritable(settings, exc.log_lines)
+            _raise_if_starved(rt, None, Path(settings.data_dir))
             raise_if_no_avx(settings.orchestrator_version, exc.log_lines, exc.log_hint)
             fault = None if last_attempt else rt.machine_fault()
             if fault:  # not the server's doing, however late in the start: boot the machine again
@@ -218,12 +277,12 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
                 last = exc.log_lines[-1].strip() if exc.log_lines else "no output"
                 console.info(f"the server exited during start-up (last line: {last}); {again}")
         except HealthTimeout as exc:
+            _raise_if_starved(rt, None, Path(settings.data_dir))
             raise _fail_with_log(rt, exc) from None
         except _PortMoved as exc:
             raise _port_taken(settings, exc.port) from None
         rt.restart_server(spec)
-    _say_start_notes(rt, time.monotonic() - first_began, settings)
-    return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout, verify=verify)
+    raise AssertionError("unreachable: the last start returns or raises")
 
 
 def _say_start_notes(rt: Runtime, seconds: float, settings: Settings) -> None:

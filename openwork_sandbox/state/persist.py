@@ -19,7 +19,7 @@ Before ``up`` replaces it, :func:`migrate_before_replace` copies them out (the r
 :class:`~openwork_sandbox.core.errors.WorkflowError` and leaves the sandbox as it was.
 
 :func:`check_data_dir` refuses, before any boot, a data folder this user cannot write (read-only,
-full, someone else's), with one line naming the folder and the fix; the entrypoint does the same
+full, someone else's) or one too full to start in, with one line naming the folder and the fix; the entrypoint does the same
 inside (exit :data:`EXIT_DATA_UNWRITABLE`), which :func:`raise_if_data_unwritable` turns into that line.
 """
 
@@ -49,7 +49,10 @@ KEPT = (".local/share/opencode", ".config/opencode", ".config/openwork", ".local
 NOT_KEPT = (".local/state/opencode/locks",)  # lock files of the stopped process: stale by definition
 EXIT_DATA_UNWRITABLE = 73  # the entrypoint's exit code for a /data it cannot write (EX_CANTCREAT)
 UNWRITABLE_MARK = "/data is not writable"
-MIN_FREE_BYTES = 64 * 1024 * 1024
+MIN_FREE_BYTES = 64 * 1024 * 1024  # below this `up` says the database has little room to grow
+# below this a start cannot keep what it writes (opencode's database and its write-ahead log, the
+# supervisor's record) and opencode dies at every start: `up` refuses to boot
+MIN_START_BYTES = 4_000_000
 MIGRATION_RECORD = ".migrated.json"
 
 
@@ -106,11 +109,31 @@ def data_dir_problem(path: Path) -> str | None:
     return None
 
 
+def data_full_problem(path: Path) -> str | None:
+    """One line naming ``path`` and the fix when it has less than :data:`MIN_START_BYTES` free, else
+    None (also when its free space cannot be read)."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    if free >= MIN_START_BYTES:
+        return None
+    return (
+        f"the data folder {path} is nearly full ({console.human_bytes(free)} free; a start needs "
+        f"{console.human_bytes(MIN_START_BYTES)}): free some space there or point OPENWORK_MICROSANDBOX_DATA_DIR "
+        "at a folder with room"
+    )
+
+
 def check_data_dir(settings) -> None:
-    """Before a boot: one line naming the host folder and the fix when the sandbox could keep nothing."""
+    """Before a boot: one line naming the host folder and the fix when the sandbox could keep nothing
+    (not writable: :func:`data_dir_problem`) or could not start (nearly full: :func:`data_full_problem`)."""
     problem = data_dir_problem(Path(settings.data_dir))
     if problem:
         raise WorkflowError(f"{problem}; the sandbox would keep nothing (sessions, issued tokens) across restarts")
+    full = data_full_problem(Path(settings.data_dir))
+    if full:
+        raise WorkflowError(full)
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(settings.data_dir).free
         if free < MIN_FREE_BYTES:
@@ -314,6 +337,7 @@ __all__ = [
     "Copied",
     "guest_env",
     "check_data_dir",
+    "data_full_problem",
     "data_dir_problem",
     "raise_if_data_unwritable",
     "migrate_before_replace",

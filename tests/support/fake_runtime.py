@@ -57,18 +57,9 @@ DATA_UNWRITABLE = "openwork-entrypoint: /data is not writable by uid 1000"
 #   no_avx         Bun's no-AVX crash report, over and over; the sandbox keeps running
 #   unwritable     the entrypoint's "/data is not writable" line, then it exits
 #   move_port      the server serves on another free port, and its ready line says so
-BOOTS = (
-    "healthy",
-    "starting",
-    "unhealthy",
-    "stall",
-    "silent",
-    "die",
-    "machine_fault",
-    "no_avx",
-    "unwritable",
-    "move_port",
-)
+#   oom            the kernel kills opencode for lack of memory (memory_kills counts it), over and over
+BOOTS = ("healthy", "starting", "unhealthy", "stall", "silent", "die", "machine_fault", "no_avx", "unwritable")
+BOOTS += ("move_port", "oom")
 QUERIES = frozenset(
     {
         "status",
@@ -83,6 +74,7 @@ QUERIES = frozenset(
         "platform",
         "describe",
         "network_support",
+        "memory_kills",
     }
 )
 # what a fake holds by default: a Docker fake is host-networked (its server listens on the host port), a
@@ -203,6 +195,7 @@ class FakeRuntime(Runtime):
         self.home: str | None = None
         self.files: dict[str, bytes] = {}
         self.fault: str | None = None
+        self.oom_kills = 0  # what memory_kills answers
         self.server: FakeOpenWork | None = None
         self.exec_answer: tuple[int, str] = (0, "")
         self.network = EVERY_POLICY if kind == "microsandbox" else HOST_NETWORKED
@@ -250,6 +243,9 @@ class FakeRuntime(Runtime):
                 "panic(main thread): Illegal instruction",
                 "[supervise] openwork serve exited (132); restart",
             ]
+        elif word == "oom":
+            self.oom_kills += 1
+            self.log += ["[opencode] ERROR Process exited", "openwork exited with status 137 (SIGKILL) after 2s"]
         elif word == "move_port":
             self.server = FakeOpenWork("127.0.0.1", 0, token)  # a port the kernel picks
             self.log += [LISTENING, "[opencode] Healthy", READY_LINE.format(port=self.server.port)]
@@ -293,6 +289,10 @@ class FakeRuntime(Runtime):
     def machine_fault(self) -> str | None:
         self._call("machine_fault")
         return self.fault
+
+    def memory_kills(self) -> int:
+        self._call("memory_kills")
+        return self.oom_kills
 
     def server_port(self, spec: LaunchSpec) -> int:
         """The server listens on the host port itself (host networking)."""

@@ -20,6 +20,7 @@ INTERFACE = {
     "start",
     "restart_server",
     "machine_fault",
+    "memory_kills",
     "server_port",
     "keep_running",
     "network_support",

@@ -315,6 +315,45 @@ def test_a_data_folder_the_sandbox_cannot_write_is_named(fake_engine, tmp_path):
     assert docker_fake(fake_engine, settings).actions() == ["create"]
 
 
+def test_a_start_killed_for_lack_of_memory_names_the_setting_and_stops_the_sandbox(fake_engine, tmp_path):
+    """Issue 31: the supervisor restarts what the kernel killed, so the sandbox never dies by itself."""
+    settings = flow_settings(tmp_path, OPENWORK_MICROSANDBOX_MEMORY="512")
+    fake = docker_fake(fake_engine, settings)
+    fake.boots = ["oom"]
+    with pytest.raises(WorkflowError) as err:
+        up(settings)
+    assert err.value.message == (
+        "the sandbox ran out of memory while it started: the kernel killed its programs 1 time(s) at "
+        "OPENWORK_MICROSANDBOX_MEMORY=512 MiB; raise OPENWORK_MICROSANDBOX_MEMORY (default 2048) and run "
+        "`invoke up` again (stopped it; `invoke reset` removes it)"
+    )
+    assert "HEALTH_TIMEOUT" not in err.value.message
+    assert fake.actions() == ["create", "stop"] and fake.state == "stopped"
+
+
+def test_a_data_folder_that_fills_up_during_the_start_is_named_and_the_sandbox_stopped(
+    fake_engine, tmp_path, monkeypatch
+):
+    """Room when `up` checked (the first look), none once the sandbox writes: the start's look says so."""
+    from openwork_sandbox.state import persist
+
+    settings = flow_settings(tmp_path)
+    fake = docker_fake(fake_engine, settings)
+    fake.boots = ["stall"]
+    looks = []
+    full = f"the data folder {settings.data_dir} is nearly full (12.0 kB free; a start needs 4.0 MB): free it"
+
+    def data_full_problem(path):
+        looks.append(path)
+        return full if len(looks) > 1 else None
+
+    monkeypatch.setattr(persist, "data_full_problem", data_full_problem)
+    with pytest.raises(WorkflowError) as err:
+        up(settings)
+    assert err.value.message == f"{full}; then run `invoke up` again (stopped it; `invoke reset` removes it)"
+    assert fake.actions() == ["create", "stop"]
+
+
 def test_a_server_moved_off_its_port_ends_up_at_once_naming_both_ports(fake_engine, tmp_path):
     settings = flow_settings(tmp_path)
     fake = docker_fake(fake_engine, settings)
