@@ -198,14 +198,28 @@ def run_smoke(
 
 
 def _check_junit_path(junit: str) -> None:
-    """Make the report's folder (as pytest's --junitxml does) before anything runs; one line if it cannot be."""
-    parent = Path(junit).expanduser().resolve().parent
+    """Before any check runs, the report's path must be one the report can be written to: its folder is
+    made (as pytest's --junitxml does) and must be writable, and the path must not be a folder nor a
+    file that cannot be written. One SettingsError (exit 2) naming --junit otherwise; nothing is written."""
+    import os
+
+    target = Path(junit).expanduser()
+    parent = target.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SettingsError(
             [f"--junit {junit}: cannot create the folder {parent} ({exc.strerror}); pick a writable path"]
         ) from None
+    if target.is_dir():
+        problem = "it is a folder; name a file in it, e.g. " + str(Path(junit) / "smoke.xml")
+    elif target.exists() and not os.access(target, os.W_OK):
+        problem = "the file cannot be written (no write permission or a read-only filesystem); pick a writable path"
+    elif not target.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        problem = f"cannot write in {parent} (no write permission or a read-only filesystem); pick a writable path"
+    else:
+        return
+    raise SettingsError([f"--junit {junit}: {problem}"])
 
 
 # --- ephemeral -------------------------------------------------------------------------------------
