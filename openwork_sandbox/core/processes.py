@@ -21,6 +21,10 @@ Every call follows the same rules:
 - **Progress.** Nothing here prints, but ``progress=``: while that program runs,
   :func:`console.heartbeat` prints ``… <progress> (Ns)`` whenever the log was silent for
   ``console.PLAIN_EVERY`` seconds (the console's rule: a line at least every 10 s off a TTY).
+- **Stopping.** A stream's program runs in a process group of its own; closing the stream, its
+  timeout, Ctrl+C or SIGTERM (taken as Ctrl+C, ``core.interrupts``) stop the whole group (SIGTERM,
+  SIGKILL after ``STOP_GRACE``), so nothing it started is left running; Ctrl+C and SIGTERM are held
+  off while it stops.
 - Secrets go to a program on its stdin (``input=``), never on its command line.
 """
 
@@ -28,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from openwork_sandbox.core import console
+from openwork_sandbox.core import console, interrupts
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 
 DEFAULT_TIMEOUT = 600.0
@@ -47,7 +53,7 @@ _ENGINE_DOWN = re.compile(r"Cannot connect to the Docker (daemon|API)|Is the doc
 _SOCKET_DENIED = re.compile(
     r"permission denied while trying to connect to the Docker (?:daemon socket|API) at (\S+)", re.IGNORECASE
 )
-STOP_GRACE = 5.0  # seconds a stopped stream has to exit after SIGTERM before SIGKILL
+STOP_GRACE = 5.0  # seconds a stopped stream's process group has to exit after SIGTERM before SIGKILL
 INSTALL_HINTS = {
     "docker": "install Docker (Debian: scripts/services start installs docker.io), or start Docker Desktop",
     "msb": "pip install microsandbox (it brings the msb runtime)",
@@ -209,15 +215,43 @@ def python_module(module: str, *, input: str, env: dict, timeout: float) -> Resu
     return run([sys.executable, "-m", module], input=input, env=env, timeout=timeout, check=False)
 
 
+_KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to ``proc``'s process group (it leads one: ``start_new_session``); to ``proc``
+    alone where there are no process groups; nothing when the group is gone."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)
+        else:  # pragma: no cover - not POSIX
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` and what it started in its group: SIGTERM, SIGKILL to the group after
+    ``STOP_GRACE`` (or to what is left of it once ``proc`` ended); Ctrl+C and SIGTERM wait meanwhile."""
+    with interrupts.no_interrupts():
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, _KILL)
+        proc.wait()
+
+
 def _deadline(proc: subprocess.Popen, timeout: float | None) -> tuple[threading.Event, threading.Timer | None]:
-    """A timer that stops ``proc`` (SIGTERM) once ``timeout`` seconds passed; the event says it did."""
+    """A timer that stops ``proc``'s group (SIGTERM) once ``timeout`` seconds passed; the event says it did."""
     expired = threading.Event()
     if not timeout:
         return expired, None
 
     def expire() -> None:
         expired.set()
-        proc.terminate()
+        _signal_group(proc, signal.SIGTERM)
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
@@ -228,7 +262,9 @@ def _deadline(proc: subprocess.Popen, timeout: float | None) -> tuple[threading.
 def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float | None = None) -> Iterator[str]:
     """Yield a program's output lines (stdout and stderr merged, without the newline) as they come.
 
-    Closing the generator (or Ctrl+C in the caller) stops the program. After the output, a non-zero
+    Closing the generator (or Ctrl+C in the caller) stops the program and its process group (the
+    module's rule; a caller that may be interrupted between lines closes it, ``contextlib.closing``,
+    so the program is stopped before its ``except`` runs). After the output, a non-zero
     exit that was not caused by closing raises the module's one-line error (its last line is the
     last line the program wrote); a program still running after ``timeout`` seconds is stopped,
     silent or not, and that is a :class:`CommandTimeout`.
@@ -244,6 +280,7 @@ def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float
             errors="replace",
             env=env,
             bufsize=1,
+            start_new_session=True,  # its own process group: stopped whole, and Ctrl+C reaches it through us
         )
     except OSError as exc:
         raise _not_started(argv, exc) from None
@@ -260,12 +297,7 @@ def stream_lines(argv: Sequence[str], *, env: dict | None = None, timeout: float
         if timer is not None:
             timer.cancel()
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
         if proc.stdout is not None:
             proc.stdout.close()
     if expired.is_set():
@@ -303,7 +335,9 @@ def stream_bytes(
     """
     argv = list(argv)
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     except OSError as exc:
         raise _not_started(argv, exc) from None
     expired, timer = _deadline(proc, timeout)
@@ -312,7 +346,7 @@ def stream_bytes(
         with _progress(progress):
             yield stream
     except BaseException:
-        proc.kill()
+        _signal_group(proc, _KILL)
         _finish(proc, stream, None)
         if expired.is_set():
             raise _timed_out(argv, timeout) from None
@@ -334,7 +368,7 @@ def _finish(proc: subprocess.Popen, stream: ByteStream, timeout: float | None) -
         stream.stderr = proc.communicate(timeout=timeout)[1] or b""
         done = True
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _signal_group(proc, _KILL)
         stream.stderr = proc.communicate()[1] or b""
         done = False
     stream.returncode = proc.returncode

@@ -50,6 +50,26 @@ def test_a_stream_past_its_timeout_is_stopped_even_while_it_writes():
 # --- a missing program ----------------------------------------------------------------------------
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_closing_a_stream_stops_what_its_program_started_too():
+    """A program's own children (docker's plugins, a shell's background job) go with it: its group is stopped."""
+    lines = processes.stream_lines(["sh", "-c", "sleep 300 & echo $!; wait"])
+    grandchild = int(next(lines))
+    assert _alive(grandchild)
+    lines.close()
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
 def test_a_missing_program_is_one_line_naming_it_and_how_to_get_it(tmp_path):
     with pytest.raises(processes.ProgramMissing) as err:
         processes.run(["owtest-no-such-program", "--version"])
