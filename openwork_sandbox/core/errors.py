@@ -9,7 +9,7 @@ from __future__ import annotations
 EXIT_FAILED = 1  # a check or an operation failed
 EXIT_BAD_SETTINGS = 2  # bad settings or usage
 EXIT_UNREACHABLE = 3  # nothing listening where we were told to look
-EXIT_INTERRUPTED = 130  # Ctrl+C
+EXIT_INTERRUPTED = 130  # Ctrl+C, and SIGTERM where a task takes it as Ctrl+C (core.interrupts)
 
 
 class WorkflowError(Exception):
@@ -41,3 +41,10 @@ class UnreachableError(WorkflowError):
     """Nothing answered where the settings point (no engine, no registry, no server)."""
 
     exit_code = EXIT_UNREACHABLE
+
+
+class Interrupted(WorkflowError):
+    """Ctrl+C or SIGTERM ended a task that stopped what it had started: the message says what was
+    stopped and what was left as it was (exit 130, as Ctrl+C)."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -29,7 +29,7 @@ from typing import Any
 
 from openwork_sandbox.config import Settings
 from openwork_sandbox.core import console, gha
-from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core.errors import Interrupted, WorkflowError
 from openwork_sandbox.core.files import private_dir, write_atomic
 from openwork_sandbox.core.processes import CommandTimeout, docker, last_line, run, stream_lines, which
 from openwork_sandbox.image import artifacts as npm_artifacts
@@ -370,14 +370,23 @@ def _build(settings: Settings, as_json: bool, no_cache: bool) -> dict:
 
 def _docker_build(settings: Settings, argv: list[str], timeout: float = 1800) -> str:
     """``docker build``, its step lines printed as they come (folded under GitHub Actions, and a
-    heartbeat between lines that take long); returns the whole output for the cache figures."""
+    heartbeat between lines that take long); returns the whole output for the cache figures.
+    Ctrl+C or SIGTERM (taken as Ctrl+C by ``build-image``) stops it and what it started, then raises
+    ``Interrupted`` (one line, exit 130): the last build's record (what push-image pushes) is unchanged."""
     lines: list[str] = []
     with gha.group(f"docker build {settings.image}"), console.heartbeat(f"docker build {settings.image}"):
         try:
-            for line in stream_lines(["docker", *argv], timeout=timeout):  # stopped at the timeout, silent or not
-                lines.append(line)
-                if line.strip():
-                    console.info(f"  {line}")
+            # closed (the build stopped) before an interrupt's line is said
+            with contextlib.closing(stream_lines(["docker", *argv], timeout=timeout)) as output:
+                for line in output:  # stopped at the timeout, silent or not
+                    lines.append(line)
+                    if line.strip():
+                        console.info(f"  {line}")
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted: stopped docker build of {settings.image} (nothing of it is left running); "
+                "push-image still pushes the last finished build: `invoke build-image` builds again"
+            ) from None
         except CommandTimeout:
             raise WorkflowError(f"docker build of {settings.image} did not finish within {timeout:.0f}s") from None
         except WorkflowError:

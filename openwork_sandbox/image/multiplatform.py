@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from openwork_sandbox.config import Settings
-from openwork_sandbox.core import console
+from openwork_sandbox.core import console, interrupts
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, UnreachableError, WorkflowError
 from openwork_sandbox.core.platforms import (
     ELF_NAMES,
@@ -207,14 +207,21 @@ def foreign_tag(image: str, plat: Platform) -> str:
 
 def build_image(settings: Settings, as_json: bool = False, *, no_cache: bool = False) -> dict:
     """What ``build-image`` does: the host's platform alone is the single-platform build (``image.build``);
-    other platforms, or several, are one image each and their index."""
+    other platforms, or several, are one image each and their index. Ctrl+C or SIGTERM stops the
+    programs it runs and ends it in one line (``Interrupted``, exit 130); the record of the last
+    build is written whole at the end or not at all."""
     from openwork_sandbox.image import build as ib
 
     check_overrides(settings, wanted(settings))
-    if not is_multi(settings):
-        return ib.build_image(settings, as_json, no_cache=no_cache)
-    with ib._build_lock(settings):
-        return build_platforms(settings, as_json, no_cache)
+    said = (
+        f"interrupted: stopped build-image of {settings.image} before it was recorded (nothing it ran is left "
+        "running); push-image still pushes the last finished build: `invoke build-image` builds again"
+    )
+    with interrupts.stopped_in_one_line(lambda: said):
+        if not is_multi(settings):
+            return ib.build_image(settings, as_json, no_cache=no_cache)
+        with ib._build_lock(settings):
+            return build_platforms(settings, as_json, no_cache)
 
 
 def build_platforms(settings: Settings, as_json: bool = False, no_cache: bool = False) -> dict:

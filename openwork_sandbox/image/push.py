@@ -20,17 +20,18 @@ After a build for several platforms the push is ``image.index_push``'s.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
 from openwork_sandbox.config import Settings
-from openwork_sandbox.core import console, gha, processes
-from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.core import console, gha, interrupts, processes
+from openwork_sandbox.core.errors import Interrupted, WorkflowError
 from openwork_sandbox.image.build import read_last_build
 from openwork_sandbox.registry import access as registry_access
 from openwork_sandbox.registry.client import Registry
 from openwork_sandbox.runtimes.microsandbox import pull as microsandbox_pull
-from openwork_sandbox.state.pin import push_result, record_push
+from openwork_sandbox.state.pin import push_result, read_pushes, record_push
 
 PUSH_LINE = re.compile(r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from .*)$")
 DIGEST_LINE = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: (\d+)")
@@ -66,22 +67,30 @@ def login(settings: Settings) -> bool:
 
 
 def _docker_push(ref: str, show: bool) -> tuple[str, set[str]]:
-    """``docker push``; returns the pushed digest and the short diff ids of layers actually sent."""
+    """``docker push``; returns the pushed digest and the short diff ids of layers actually sent.
+    Ctrl+C or SIGTERM (taken as Ctrl+C by ``push-image``) stops it, then raises ``Interrupted``."""
     sent: set[str] = set()
     digest = ""
     lines: list[str] = []
     try:
-        for line in processes.stream_lines(["docker", "push", ref]):
-            lines.append(line)
-            m = PUSH_LINE.match(line.strip())
-            if m:
-                if m.group(2) == "Pushed":
-                    sent.add(m.group(1))
-                if show:
-                    console.info(f"  {m.group(1)}  {m.group(2).lower()}")
-            d = DIGEST_LINE.search(line)
-            if d:
-                digest = d.group(1)
+        # closed (the push stopped) before an interrupt's line is said
+        with contextlib.closing(processes.stream_lines(["docker", "push", ref])) as output:
+            for line in output:
+                lines.append(line)
+                m = PUSH_LINE.match(line.strip())
+                if m:
+                    if m.group(2) == "Pushed":
+                        sent.add(m.group(1))
+                    if show:
+                        console.info(f"  {m.group(1)}  {m.group(2).lower()}")
+                d = DIGEST_LINE.search(line)
+                if d:
+                    digest = d.group(1)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: stopped docker push of {ref} (nothing of it is left running); nothing was pinned, "
+            "up boots what it booted before: `invoke push-image` pushes again"
+        ) from None
     except WorkflowError as exc:
         text = "\n".join(lines[-5:]) + " " + exc.message
         hint = ""
@@ -103,7 +112,27 @@ def push_image(settings: Settings, as_json: bool = False, *, build_first: bool =
     """Push ``settings.image`` and prove it is pullable; print and return the digest and checks.
 
     ``build_first`` (``push-image --image REF`` / ``--platform P``): build REF first unless the last build
-    was for it (and those platforms)."""
+    was for it (and those platforms). Ctrl+C or SIGTERM stops the programs it runs and ends it in one
+    line (``Interrupted``, exit 130) saying whether the push was pinned: the pin is written whole or not."""
+    before = read_pushes(settings).get(settings.image)  # an interrupt's line says whether this changed
+
+    def said() -> str:
+        now = read_pushes(settings).get(settings.image)
+        if now != before and isinstance(now, dict):
+            return (
+                f"interrupted after {now.get('pinned')} was pushed and pinned, before the pull check ended: "
+                "`invoke push-image` checks it again"
+            )
+        return (
+            f"interrupted: stopped push-image of {settings.image} before anything was pinned (nothing it ran is "
+            "left running); up boots what it booted before: `invoke push-image` pushes again"
+        )
+
+    with interrupts.stopped_in_one_line(said):
+        return _push(settings, as_json, build_first)
+
+
+def _push(settings: Settings, as_json: bool, build_first: bool) -> dict:
     started = time.monotonic()
     ref = settings.image_ref
     registry = Registry.for_settings(settings)
