@@ -1,7 +1,8 @@
 """SIGTERM (as CI cancels a job) and Ctrl+C during the real `invoke build-image`, while its `docker build`
 runs on the real engine: the build is stopped with everything it started (no `docker build` left,
 re-parented to init), one line says what was stopped, the exit is 130 (as Ctrl+C), and nothing is
-half-made: no tag, no last-build record."""
+half-made: no tag, no last-build record. The same for `invoke push-image` while the engine's push
+waits on a registry (on 127.0.0.1) that never finishes: no `docker push` left, nothing pinned."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER
+from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -110,3 +113,114 @@ def test_a_signal_during_docker_build_stops_it_in_one_line(test_base_image, stac
         for pid in _docker_builds(str(state)):
             os.kill(pid, signal.SIGKILL)
         subprocess.run(["docker", "rmi", "-f", image, base], capture_output=True)
+
+
+# --- push-image: SIGTERM while `docker push` waits on a registry that does not finish ----------------
+
+
+class _StallingRegistry(ThreadingHTTPServer):
+    """A v2 registry on 127.0.0.1 that answers the API check and the push-access check, then holds every
+    request of the push itself open (``stalled`` is set once one is held) until ``release`` is set."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.stalled, self.release = threading.Event(), threading.Event()
+        self.checked_push = False
+        super().__init__(("127.0.0.1", 0), _StallingHandler)
+
+
+class _StallingHandler(BaseHTTPRequestHandler):
+    server: _StallingRegistry
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, status: int, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _stall(self) -> None:
+        self.server.stalled.set()
+        self.server.release.wait(120)
+        self._answer(503)
+
+    def do_GET(self):
+        self._answer(200) if self.path == "/v2/" else self._stall()
+
+    def do_POST(self):
+        if self.path.endswith("/blobs/uploads/") and not self.server.checked_push:  # push-image's own check
+            self.server.checked_push = True
+            self._answer(202, Location=self.path + "check")
+        else:
+            self._stall()
+
+    def do_DELETE(self):
+        self._answer(202)
+
+    do_HEAD = do_PUT = do_PATCH = _stall
+
+
+def _docker_pushes(ref: str) -> dict[int, int]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _cmdline(int(entry.name)) == ["docker", "push", ref]:
+            found[int(entry.name)] = _parent(int(entry.name))
+    return found
+
+
+def test_sigterm_during_docker_push_stops_it_in_one_line_and_pins_nothing(stack_image, tmp_path):
+    registry = _StallingRegistry()
+    threading.Thread(target=registry.serve_forever, daemon=True).start()
+    ref = f"127.0.0.1:{registry.server_address[1]}/{STACK_REPO}-stall:interrupted"
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "GITHUB_"))}
+    env.update(
+        OPENWORK_BASE_IMAGE=TEST_BASE_IMAGE,
+        OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
+        OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR),
+        OPENWORK_STATE_DIR=str(state),
+        OPENWORK_MICROSANDBOX_IMAGE=ref,
+    )
+    (tmp_path / "empty.env").write_text("")
+    proc = subprocess.Popen(  # its pre-task builds ref from the stack's cached layers first
+        [sys.executable, "-m", "invoke", "push-image", "--env-file", str(tmp_path / "empty.env")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (registry.stalled.is_set() and any(_descends_from(p, proc.pid) for p in _docker_pushes(ref))):
+            assert proc.poll() is None, (
+                f"push-image ended before docker push was held:\n{proc.communicate()[1][-3000:]}"
+            )
+            assert time.monotonic() < deadline, "docker push never reached the registry"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-3000:]
+        assert "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert lines[-1] == (
+            f"interrupted: stopped docker push of {ref} (nothing of it is left running); nothing was pinned, "
+            "up boots what it booted before: `invoke push-image` pushes again"
+        )
+        assert not [line for line in lines[:-1] if line.startswith("interrupted")]  # one line says it
+        assert _docker_pushes(ref) == {}  # none left, re-parented or not
+        assert not (state / "last-push.json").exists()  # nothing pinned
+    finally:
+        registry.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _docker_pushes(ref):
+            os.kill(pid, signal.SIGKILL)
+        registry.shutdown()
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
