@@ -20,7 +20,7 @@ import pytest
 
 from openwork_sandbox.net.ports import free_port
 from tests.support.lifecycle import OFFLINE, unique_name
-from tests.support.second_user import SYSTEM_PYTHON, invoke_as, readable_copy
+from tests.support.second_user import SYSTEM_PYTHON, invoke_as, readable_copy, user_folders
 
 pytestmark = pytest.mark.docker
 USER = "owtest-nodocker"
@@ -44,17 +44,12 @@ def outsider():
     os.chmod(base, 0o755)
     try:
         project, site = readable_copy(base)
-        home, state = base / "home", base / "state"
-        for d in (home, state):
-            d.mkdir()
-            os.chown(d, pw.pw_uid, pw.pw_gid)
-        (base / "empty.env").write_text("")
-        os.chmod(base / "empty.env", 0o644)
+        home, state, env_file = user_folders(base, pw.pw_uid, pw.pw_gid)
 
         def run(*args: str) -> subprocess.CompletedProcess:
             env = {"HOME": str(home), "OPENWORK_STATE_DIR": str(state), "OPENWORK_MICROSANDBOX_RUNTIME": "docker"}
             env.update(OFFLINE)
-            return invoke_as(pw.pw_uid, pw.pw_gid, project, site, *args, "--env-file", str(base / "empty.env"), env=env)
+            return invoke_as(pw.pw_uid, pw.pw_gid, project, site, *args, "--env-file", str(env_file), env=env)
 
         yield {"run": run, "state": state, "group": group}
     finally:

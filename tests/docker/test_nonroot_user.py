@@ -22,7 +22,7 @@ import requests
 
 from openwork_sandbox.net.ports import free_port
 from tests.support.lifecycle import OFFLINE, unique_name
-from tests.support.second_user import SYSTEM_PYTHON, invoke_as, readable_copy
+from tests.support.second_user import SYSTEM_PYTHON, invoke_as, readable_copy, user_folders
 
 pytestmark = pytest.mark.docker
 USER = "owtest-runner"
@@ -48,12 +48,7 @@ def runner(stack_image):
     os.chmod(base, 0o755)
     try:
         project, site = readable_copy(base)
-        home, state = base / "home", base / "state"
-        for d in (home, state):
-            d.mkdir()
-            os.chown(d, pw.pw_uid, pw.pw_gid)
-        (base / "empty.env").write_text("")
-        os.chmod(base / "empty.env", 0o644)
+        home, state, env_file = user_folders(base, pw.pw_uid, pw.pw_gid)
 
         def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
             env = {"HOME": str(home), "OPENWORK_STATE_DIR": str(state), **OFFLINE}
@@ -64,7 +59,7 @@ def runner(stack_image):
                 site,
                 *args,
                 "--env-file",
-                str(base / "empty.env"),
+                str(env_file),
                 env=env,
                 timeout=timeout,
             )

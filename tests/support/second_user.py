@@ -56,6 +56,19 @@ def readable_copy(base: Path) -> tuple[Path, Path]:
     return project, site
 
 
+def user_folders(base: Path, uid: int, gid: int) -> tuple[Path, Path, Path]:
+    """``(home, state folder, empty settings file)`` under ``base`` for the user ``uid:gid``: the two
+    folders theirs, the file readable by them (their ``--env-file``, so no project ``.env`` is read)."""
+    home, state = base / "home", base / "state"
+    for folder in (home, state):
+        folder.mkdir()
+        os.chown(folder, uid, gid)
+    env_file = base / "empty.env"
+    env_file.write_text("")
+    os.chmod(env_file, 0o644)
+    return home, state, env_file
+
+
 def invoke_as(
     uid: int, gid: int, project: Path, site: Path, *args: str, env: dict[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess:
