@@ -55,6 +55,28 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
+def _start_task(task: str, tmp_path: Path, *, base: str, image: str) -> subprocess.Popen:
+    """The real ``invoke TASK`` started in the background with the test stack's settings (the state
+    folder ``tmp_path/state``, no settings file of the project's), its output piped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "GITHUB_"))}
+    env.update(
+        OPENWORK_BASE_IMAGE=base,
+        OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
+        OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR),
+        OPENWORK_STATE_DIR=str(tmp_path / "state"),
+        OPENWORK_MICROSANDBOX_IMAGE=image,
+    )
+    (tmp_path / "empty.env").write_text("")
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", task, "--env-file", str(tmp_path / "empty.env")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_docker_build_stops_it_in_one_line(test_base_image, stack_image, tmp_path, sig):
     # a base of its own, so no layer is cached and `docker build` runs long enough to be interrupted
@@ -69,23 +91,7 @@ def test_a_signal_during_docker_build_stops_it_in_one_line(test_base_image, stac
     assert made.returncode == 0, made.stderr
     image = f"{REGISTRY}/{STACK_REPO}:interrupted"
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "GITHUB_"))}
-    env.update(
-        OPENWORK_BASE_IMAGE=base,
-        OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
-        OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR),
-        OPENWORK_STATE_DIR=str(state),
-        OPENWORK_MICROSANDBOX_IMAGE=image,
-    )
-    (tmp_path / "empty.env").write_text("")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "build-image", "--env-file", str(tmp_path / "empty.env")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_task("build-image", tmp_path, base=base, image=image)
     try:
         deadline = time.monotonic() + 300
         while not any(_descends_from(pid, proc.pid) for pid in _docker_builds(str(state))):
@@ -178,23 +184,8 @@ def test_sigterm_during_docker_push_stops_it_in_one_line_and_pins_nothing(stack_
     threading.Thread(target=registry.serve_forever, daemon=True).start()
     ref = f"127.0.0.1:{registry.server_address[1]}/{STACK_REPO}-stall:interrupted"
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "GITHUB_"))}
-    env.update(
-        OPENWORK_BASE_IMAGE=TEST_BASE_IMAGE,
-        OPENWORK_SERVER_BIN=str(STANDIN_SERVER),
-        OPENWORK_CACHE_DIR=str(STACK_CACHE_DIR),
-        OPENWORK_STATE_DIR=str(state),
-        OPENWORK_MICROSANDBOX_IMAGE=ref,
-    )
-    (tmp_path / "empty.env").write_text("")
-    proc = subprocess.Popen(  # its pre-task builds ref from the stack's cached layers first
-        [sys.executable, "-m", "invoke", "push-image", "--env-file", str(tmp_path / "empty.env")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # its pre-task builds ref from the stack's cached layers first
+    proc = _start_task("push-image", tmp_path, base=TEST_BASE_IMAGE, image=ref)
     try:
         deadline = time.monotonic() + 300
         while not (registry.stalled.is_set() and any(_descends_from(p, proc.pid) for p in _docker_pushes(ref))):
