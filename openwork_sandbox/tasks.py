@@ -40,11 +40,12 @@ def project_root(c) -> str | None:
 
 def _settings(c, env_file=None, deleting=False, **flags):
     from openwork_sandbox.config import load_settings
+    from openwork_sandbox.sandbox.locate import at_recorded_address
     from openwork_sandbox.state.store import mask_settings
 
     settings = load_settings(flags, env_file=env_file, root=project_root(c), deleting=deleting)
     mask_settings(settings)  # under GitHub Actions: before anything could print a secret
-    return settings
+    return at_recorded_address(settings)  # a swarm sandbox is reached at its node
 
 
 def _finish(code: int, reason: str) -> None:
@@ -59,7 +60,7 @@ def _finish(code: int, reason: str) -> None:
     help={
         "env_file": ENV_FILE_HELP,
         "json": JSON_HELP,
-        "runtime": "check for this runtime: auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)",
+        "runtime": "check for this runtime: auto|microsandbox|docker|swarm (OPENWORK_MICROSANDBOX_RUNTIME)",
     }
 )
 def doctor(c, runtime=None, json=False, env_file=None):
@@ -131,7 +132,7 @@ SANDBOX_HELP = {
         **SANDBOX_HELP,
         "json": JSON_HELP,
         "image": "image reference to boot (OPENWORK_MICROSANDBOX_IMAGE)",
-        "runtime": "auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)",
+        "runtime": "auto|microsandbox|docker|swarm (OPENWORK_MICROSANDBOX_RUNTIME)",
         "port": "host port to publish (OPENWORK_MICROSANDBOX_PORT)",
         "replace": "recreate the sandbox; state folders are kept (OPENWORK_MICROSANDBOX_REPLACE)",
         "follow": "stream the server's logs once it is up, until Ctrl+C (the sandbox keeps running)",
@@ -238,7 +239,7 @@ def reset(c, name=None, yes=False, keep_data=False, stale=False, env_file=None):
         "persistence": "also check that a file written in the workspace appears on the host",
         "junit": "write a JUnit XML report to this path",
         "json": JSON_HELP,
-        "runtime": "runtime for --ephemeral: auto|microsandbox|docker (OPENWORK_MICROSANDBOX_RUNTIME)",
+        "runtime": "runtime for --ephemeral: auto|microsandbox|docker|swarm (OPENWORK_MICROSANDBOX_RUNTIME)",
         "image": "image for --ephemeral (OPENWORK_MICROSANDBOX_IMAGE)",
         "port": "host port of the sandbox (OPENWORK_MICROSANDBOX_PORT)",
         "keep_session": "keep the OpenCode session the smoke test creates (by default it is deleted afterwards)",

@@ -136,9 +136,9 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "runtime",
         "OPENWORK_MICROSANDBOX_RUNTIME",
-        values.choice("auto", "microsandbox", "docker"),
+        values.choice("auto", "microsandbox", "docker", "swarm"),
         "auto",
-        "auto picks microsandbox where microVMs boot, else Docker",
+        "auto picks microsandbox where microVMs boot, else Docker; swarm: a service on the Docker Swarm DOCKER_HOST manages (never picked by auto)",
     ),
     Spec(
         "cpus",

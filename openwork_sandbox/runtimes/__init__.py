@@ -1,4 +1,4 @@
-"""Runtimes that boot the image: microsandbox (a microVM) and Docker, behind one interface.
+"""Runtimes that boot the image: microsandbox (a microVM), Docker and Docker Swarm, behind one interface.
 
 ``runtime_for(kind, settings)`` builds one; ``choice.decide_runtime`` (over the host facts that
 ``probe.host_facts`` reads) is the one rule for which one a sandbox gets (``up``, ``doctor``).
@@ -13,7 +13,7 @@ __all__ = ["ABSENT", "RUNNING", "STOPPED", "LaunchSpec", "Runtime", "RuntimeStat
 
 
 def runtime_for(kind: str, settings: Settings) -> Runtime:
-    """The runtime ``kind`` (``docker`` or ``microsandbox``) for the sandbox of ``settings`` (its name
+    """The runtime ``kind`` (``docker``, ``microsandbox`` or ``swarm``) for the sandbox of ``settings`` (its name
     and state folder); ValueError for another kind. The implementation is imported only here, so
     importing this package loads neither runtime nor its SDK."""
     if kind == "docker":
@@ -24,4 +24,8 @@ def runtime_for(kind: str, settings: Settings) -> Runtime:
         from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
 
         return MicrosandboxRuntime(settings.name, settings.sandbox_state_dir)
+    if kind == "swarm":
+        from openwork_sandbox.runtimes.swarm.runtime import SwarmRuntime
+
+        return SwarmRuntime(settings.name, settings.sandbox_state_dir)
     raise ValueError(f"unknown runtime {kind!r}")

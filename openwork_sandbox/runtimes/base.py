@@ -26,9 +26,29 @@ GUEST_WORKSPACE = "/workspace"
 GUEST_DATA = "/data"
 
 RUNNING, STOPPED, ABSENT = "running", "stopped", "absent"
+# what the entrypoint needs as root (Docker and swarm grant only these): hand files back (chown), enter the
+# user's folders, switch to the server's and the agent's uids, give the server CAP_DAC_READ_SEARCH, stop
+# what it started; nothing else
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID", "KILL")
 # in the sandbox's environment: the address at which the sandbox reaches the host's own services (a
 # model server on the host's loopback), for a config's "baseURL": "http://{env:OPENWORK_HOST_ADDRESS}:11434/v1"
 HOST_ADDRESS_VAR = "OPENWORK_HOST_ADDRESS"
+
+
+def parse_engine_time(text: str | None) -> float | None:
+    """Epoch seconds of a Docker engine's RFC 3339 time (nanoseconds cut to micro); None for none or Go's zero time."""
+    import datetime as _dt
+
+    if not text or text.startswith("0001-"):
+        return None
+    text = text.rstrip("Z")
+    if "." in text:
+        head, frac = text.split(".", 1)
+        text = f"{head}.{frac[:6]}"
+    try:
+        return _dt.datetime.fromisoformat(text).replace(tzinfo=_dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +95,7 @@ class RuntimeStatus:
     server_running: bool | None = None  # the server process/job inside (None: unknown)
     detail: str = ""  # e.g. "exited (1)", "crashed"
     engine_restarts: int | None = None  # times the engine restarted the whole sandbox (Docker's restart policy)
+    where: str = ""  # the host it runs on when that is not this one (swarm: its node, "node2 (10.213.0.12)")
 
     @property
     def exists(self) -> bool:
@@ -99,6 +120,9 @@ class Runtime(abc.ABC):
     """One sandbox under one runtime. Implementations raise WorkflowError for expected failures."""
 
     kind: str = "?"
+    # The spec's read-write mounts are this host's folders (the sandbox runs here). False for a runtime that
+    # keeps them where the sandbox runs (swarm: volumes on its node): no check or copy of them here.
+    state_on_host: bool = True
     # The host reads the bind-mounted folders as the sandbox writes them, with the same file locks
     # (one kernel): SQLite on the host can take an online backup of a database in use (`backup`).
     live_files_on_host: bool = False
@@ -141,6 +165,32 @@ class Runtime(abc.ABC):
         """The port openwork-server is asked to listen on inside the sandbox (its OPENWORK_PORT): the
         guest port, which the runtime publishes on the host port."""
         return spec.guest_port
+
+    def place(
+        self, image: str, cpus: float, memory_mib: int, port: int, platforms: Callable[[], dict] | None
+    ) -> str | None:
+        """The address clients reach the sandbox at when this runtime runs it on another host: the
+        node it runs on, or for a new one the node chosen now for ``cpus``/``memory_mib``/``port`` among
+        those of ``image``'s ``platforms`` (asked only then; kept for :meth:`create`); WorkflowError
+        when none fits or the nodes cannot pull ``image``.
+        None (the default): it runs here, at the connect host as set."""
+        return None
+
+    def port_is_free(self, port: int, bind_address: str) -> bool:
+        """Nothing holds ``port`` where this runtime publishes it (here: ``bind_address`` on this host)."""
+        from openwork_sandbox.net.ports import port_is_free
+
+        return port_is_free(port, bind_address)
+
+    def remove_state(self) -> str | None:
+        """Delete the state this runtime keeps away from this host (swarm: the volumes on the node), for
+        ``reset``; what was done, in one line, or None when it keeps none (the state folder is all)."""
+        return None
+
+    def state_elsewhere(self) -> str | None:
+        """Where the sandbox's folders are when not on this host, and how to copy them there, as a
+        clause for ``backup``/``restore``'s refusal; None (the default): they are this host's folders."""
+        return None
 
     def keep_running(self) -> None:  # noqa: B027  (an optional hook: a runtime without a restart policy does nothing)
         """Ask the runtime to bring the healthy sandbox back after it (or the engine) stops on its

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-AUTO, DOCKER, MICROSANDBOX = "auto", "docker", "microsandbox"
-RUNTIMES = (MICROSANDBOX, DOCKER)
+AUTO, DOCKER, MICROSANDBOX, SWARM = "auto", "docker", "microsandbox", "swarm"
+RUNTIMES = (MICROSANDBOX, DOCKER, SWARM)
 # the way out named wherever microVMs cannot run
 DOCKER_HINT = "use the Docker runtime: invoke up --runtime docker (or OPENWORK_MICROSANDBOX_RUNTIME=docker)"
 ARM64 = ("aarch64", "arm64")
@@ -35,6 +35,7 @@ class HostFacts:
     msb: str | None = None  # path of the msb runtime
     docker: tuple[bool, str] | None = None  # (engine answers, detail); None: not asked
     avx: bool | None = None  # x86_64: the CPU has AVX (the orchestrator needs it); None: not known
+    swarm: tuple[bool, str] | None = None  # (the engine is a swarm manager, detail); None: not asked
 
     @property
     def arm64(self) -> bool:
@@ -99,14 +100,19 @@ def microvm_verdict(f: HostFacts) -> tuple[bool, str]:
 
 
 def decide_runtime(f: HostFacts, setting: str, recorded: str | None = None) -> RuntimeChoice:
-    """The runtime for ``setting`` (auto|microsandbox|docker) on a host with facts ``f``.
+    """The runtime for ``setting`` (auto|microsandbox|docker|swarm) on a host with facts ``f``.
 
     ``auto``: the runtime this sandbox already uses (``recorded``) when it still works, else
-    microsandbox where microVMs boot, else Docker when its engine answers (or was not asked).
-    An explicit setting is kept, and marked unusable when the host cannot run it.
+    microsandbox where microVMs boot, else Docker when its engine answers (or was not asked); never
+    swarm by itself (a sandbox there was put there by an explicit setting). An explicit setting is
+    kept, and marked unusable when the host cannot run it.
     """
     vm_ok, vm_why = microvm_verdict(f)
     docker_ok, docker_why = f.docker if f.docker is not None else (True, "")
+    swarm_ok, swarm_why = f.swarm if f.swarm is not None else (True, "")
+    if setting == SWARM or (setting == AUTO and recorded == SWARM):
+        why = "set to swarm" if setting == SWARM else "auto: the sandbox already uses swarm"
+        return RuntimeChoice(SWARM, why + (f"; {swarm_why}" if swarm_why else ""), usable=swarm_ok)
     if setting == MICROSANDBOX:
         if vm_ok:
             return RuntimeChoice(MICROSANDBOX, f"set to microsandbox; {vm_why}")

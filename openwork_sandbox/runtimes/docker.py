@@ -48,6 +48,7 @@ from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import private_dir
 from openwork_sandbox.runtimes.base import (
     ABSENT,
+    CAPABILITIES,
     HOST_ADDRESS_VAR,
     RUNNING,
     STOPPED,
@@ -55,6 +56,7 @@ from openwork_sandbox.runtimes.base import (
     NetworkSupport,
     Runtime,
     RuntimeStatus,
+    parse_engine_time,
 )
 from openwork_sandbox.state.store import write_private_file
 
@@ -72,9 +74,6 @@ BRIDGE_LIMIT = (
     "(an --internal network reaches the host too, and publishes no port)"
 )
 HOST_LIMIT = "this Docker engine has no bridge network, so the container shares the host's network (its loopback services, the LAN)"
-# what the entrypoint needs as root: hand files back (chown), enter the user's folders, switch to the
-# server's and the agent's uids, give the server CAP_DAC_READ_SEARCH, stop what it started; nothing else
-CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID", "KILL")
 
 
 @functools.cache
@@ -116,19 +115,6 @@ def foreign_owned(folders, uid: int) -> str | None:
     return None
 
 
-def _parse_time(text: str | None) -> float | None:
-    if not text or text.startswith("0001-"):
-        return None
-    text = text.rstrip("Z")
-    if "." in text:
-        head, frac = text.split(".", 1)
-        text = f"{head}.{frac[:6]}"
-    try:
-        return _dt.datetime.fromisoformat(text).replace(tzinfo=_dt.timezone.utc).timestamp()
-    except ValueError:
-        return None
-
-
 class DockerRuntime(Runtime):
     kind = "docker"
     live_files_on_host = True  # a bind mount on the host's own kernel
@@ -158,7 +144,7 @@ class DockerRuntime(Runtime):
             RUNNING if running else STOPPED,
             image=(info.get("Config") or {}).get("Image"),
             digest=info.get("Image"),
-            started_at=_parse_time(state.get("StartedAt")) if running else None,
+            started_at=parse_engine_time(state.get("StartedAt")) if running else None,
             fingerprint=labels.get(LABEL_FP),
             server_running=running,
             detail=detail,
@@ -460,7 +446,7 @@ class DockerRuntime(Runtime):
             f"OOM killed: {state.get('OOMKilled')}, started {state.get('StartedAt')}, "
             f"finished {state.get('FinishedAt')}){(' error: ' + state['Error']) if state.get('Error') else ''}"
         )
-        created = _parse_time(info.get("Created")) or time.time() - 86400
+        created = parse_engine_time(info.get("Created")) or time.time() - 86400
         since = str(int(time.time() - since_s if since_s is not None else created))
         argv = [
             "docker",

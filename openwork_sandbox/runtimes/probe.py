@@ -17,6 +17,7 @@ from openwork_sandbox.core.errors import WorkflowError
 from openwork_sandbox.runtimes.choice import (
     AUTO,
     DOCKER,
+    SWARM,
     HostFacts,
     RuntimeChoice,
     decide_runtime,
@@ -112,9 +113,33 @@ def microvm_support() -> tuple[bool, str]:
     return microvm_verdict(host_facts(docker=False))
 
 
+def swarm_support() -> tuple[bool, str]:
+    """``(True, "swarm of N nodes, manager ...")`` when the engine ``docker`` talks to is a swarm
+    manager, else ``(False, what is wrong and what to do)``."""
+    if processes.which("docker") is None:
+        return False, f"docker is not installed: {processes.INSTALL_HINTS['docker']}"
+    import json
+
+    proc = processes.docker("info", "--format", "{{json .Swarm}}", check=False, timeout=15)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        denied = processes.docker_socket_denied(proc.stderr or "")
+        return False, denied or (
+            "the Docker engine does not answer (DOCKER_HOST / DOCKER_CONTEXT must point at a swarm manager): "
+            f"{processes.last_line(proc.stderr)}"
+        )
+    info = json.loads(proc.stdout)
+    if info.get("LocalNodeState") != "active":
+        return False, "this Docker engine is not in a swarm: `docker swarm init` (or point DOCKER_HOST at a manager)"
+    if not info.get("ControlAvailable"):
+        return False, "this Docker engine is a swarm worker: point DOCKER_HOST (or DOCKER_CONTEXT) at a manager"
+    return True, f"swarm of {info.get('Nodes')} nodes, manager {info.get('NodeAddr')}"
+
+
 def choose_runtime(setting: str, recorded: str | None = None) -> RuntimeChoice:
-    """:func:`.choice.decide_runtime` on this host; Docker is asked only when the choice needs it."""
+    """:func:`.choice.decide_runtime` on this host; Docker (or the swarm) is asked only when the choice needs it."""
     facts = host_facts(docker=False)
+    if setting == SWARM or (setting == AUTO and recorded == SWARM):
+        facts = dataclasses.replace(facts, swarm=swarm_support())
     if setting == AUTO and recorded != DOCKER and not microvm_verdict(facts)[0]:
         facts = dataclasses.replace(facts, docker=docker_support())
     return decide_runtime(facts, setting, recorded)

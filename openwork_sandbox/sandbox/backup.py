@@ -252,8 +252,9 @@ def _write_failed(exc: OSError, target: Path) -> WorkflowError:
 
 def backup(settings: Settings, *, output: str | os.PathLike | None = None, workspace: bool = False) -> dict[str, Any]:
     """Write the archive (see the module doc); returns what went in (path, files, bytes, databases)."""
-    from openwork_sandbox.sandbox.locate import sandbox_status
+    from openwork_sandbox.sandbox.locate import require_host_state, sandbox_status
 
+    require_host_state(settings, "backup")
     state = SandboxState(settings)
     data_dir = Path(settings.data_dir)
     if not data_dir.is_dir() or not any(data_dir.iterdir()):

@@ -30,6 +30,23 @@ def choose_runtime(settings: Settings, state: SandboxState | None = None) -> tup
     return picked.kind, picked.reason
 
 
+def placed(settings: Settings, rt: Runtime) -> Settings:
+    """``settings`` with the connect host where ``rt`` runs the sandbox when that is another host (a
+    swarm node, chosen now for a new sandbox: ``Runtime.place``), unless OPENWORK_CONNECT_HOST is set
+    (a name clients use for it); unchanged for a runtime that runs it here. WorkflowError (one line)
+    when no node fits."""
+    import dataclasses
+
+    from openwork_sandbox.registry.client import index_platforms
+    from openwork_sandbox.state.pin import pinned_image
+
+    image = pinned_image(settings)
+    address = rt.place(image, settings.cpus, settings.memory, settings.port, lambda: index_platforms(settings, image))
+    if address is None or settings.origin("connect_host") != "default":
+        return settings
+    return dataclasses.replace(settings, connect_host=address)
+
+
 def check_exposure(settings: Settings) -> None:
     """A port published beyond loopback needs tokens of at least ``MIN_PUBLIC_TOKEN_LEN`` characters:
     else WorkflowError, exit 2, naming the setting (never its value)."""

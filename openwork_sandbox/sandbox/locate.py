@@ -42,6 +42,27 @@ def existing_runtime(settings: Settings, state: SandboxState, *, strict: bool = 
     return None
 
 
+def at_recorded_address(settings: Settings) -> Settings:
+    """``settings`` with the connect host the sandbox was placed at (``placed_at`` in its record: a swarm
+    node's address) when OPENWORK_CONNECT_HOST is not set, so every task reaches it where `up` put it;
+    unchanged otherwise (a record that cannot be read is no record)."""
+    import dataclasses
+
+    if settings.origin("connect_host") != "default":
+        return settings
+    placed_at = read_record(settings.sandbox_state_dir, strict=False).get("placed_at")
+    return dataclasses.replace(settings, connect_host=placed_at) if placed_at else settings
+
+
+def require_host_state(settings: Settings, task: str) -> None:
+    """WorkflowError (one line) when the sandbox's folders are not on this host (a swarm node's
+    volumes): ``task`` (backup, restore) works on this host's folders; the runtime says where and how."""
+    rt = existing_runtime(settings, SandboxState(settings), strict=False)
+    elsewhere = rt.state_elsewhere() if rt is not None else None
+    if elsewhere:
+        raise WorkflowError(f"`invoke {task}` works on the sandbox's folders on this host, but {elsewhere}")
+
+
 def sandbox_status(settings: Settings) -> tuple[Runtime | None, RuntimeStatus]:
     """The runtime that holds the sandbox (None when none does) and its status, for backup and restore."""
     rt = existing_runtime(settings, SandboxState(settings))

@@ -63,6 +63,10 @@ def reset(settings: Settings, *, yes: bool = False, keep_data: bool = False) -> 
                 console.info(f"{settings.name}: no {rt.kind} sandbox to remove")
         else:
             console.info(f"{settings.name}: no sandbox to remove")
+        if rt is not None and not keep_data:
+            said = rt.remove_state()  # a swarm sandbox's volumes on its node: before the folder that says where
+            if said:
+                console.info(said)
         if keep_data:
             if state.exists():
                 state.save_record(fingerprint=None, job_id=None)

@@ -199,8 +199,9 @@ def _move(src: Path, dest: Path) -> None:
 
 def restore(settings: Settings, archive: str | os.PathLike, *, force: bool = False) -> dict:
     """Put the archive back into the configured sandbox (see the module doc); returns what was restored."""
-    from openwork_sandbox.sandbox.locate import sandbox_status
+    from openwork_sandbox.sandbox.locate import require_host_state, sandbox_status
 
+    require_host_state(settings, "restore")
     path = Path(archive).expanduser().resolve()
     if not path.is_file():
         raise WorkflowError(f"restore {archive}: no such file", exit_code=EXIT_BAD_SETTINGS)

@@ -73,6 +73,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
         "digest": digest,
         "platform": rt.platform(st) if rt is not None and st.state != ABSENT else None,
         "url": settings.url,
+        "node": st.where or None,
         "healthy": health is not None,
         "port_held_by": stranger,
         "server_version": (health or {}).get("version"),
@@ -83,7 +84,8 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     }
     from openwork_sandbox.state.supervision import read as read_supervision
 
-    supervised = read_supervision(settings.data_dir)
+    # a swarm sandbox's /data is a volume on its node: its supervisor's record cannot be read here
+    supervised = read_supervision(settings.data_dir) if rt is None or rt.state_on_host else None
     info["supervisor"] = supervised.as_dict() if supervised else None
     info["engine_restarts"] = st.engine_restarts
     crash_loop = bool(supervised and supervised.crash_loop)
@@ -102,6 +104,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
             ("digest", digest or "-"),
             ("platform", info["platform"] or "-"),
             ("URL", settings.url),
+            *([("node", st.where)] if st.where else []),
             (
                 "health",
                 ("ok" + (f" (server {info['server_version']})" if info["server_version"] else ""))

@@ -40,7 +40,7 @@ from openwork_sandbox.sandbox.decision import (
     decide_up,
 )
 from openwork_sandbox.sandbox.endpoint import Endpoint
-from openwork_sandbox.sandbox.launch import check_exposure, check_network, choose_runtime, launch_spec
+from openwork_sandbox.sandbox.launch import check_exposure, check_network, choose_runtime, launch_spec, placed
 from openwork_sandbox.sandbox.start_watch import wait_until_ready
 from openwork_sandbox.state import persist
 from openwork_sandbox.state.store import SandboxState
@@ -157,7 +157,6 @@ def _observe(
     """What `up` decides on: the record, the runtime's status, one health probe, the port, and which
     secret settings differ from what the sandbox was made with."""
     from openwork_sandbox.net.health import health_once
-    from openwork_sandbox.net.ports import port_is_free
     from openwork_sandbox.state.secrets import changed_parts
     from openwork_sandbox.state.tls import client_verify
 
@@ -173,15 +172,22 @@ def _observe(
         health=health_once(settings.url, timeout_s=1.0, verify=client_verify(settings))
         if st.state == RUNNING
         else None,
-        port_free=port_is_free(settings.port, settings.bind_address),
+        port_free=rt.port_is_free(settings.port, settings.bind_address),
         changed=changed_parts(record.get("secrets"), secret_digests or {}) if secret_digests is not None else (),
     )
 
 
-def _save_record(state: SandboxState, settings: Settings, kind: str, spec: LaunchSpec, **extra) -> None:
-    """The one place `up` writes what runs (so logs/status/reset find it even when a boot fails)."""
+def _save_record(state: SandboxState, settings: Settings, rt: Runtime, spec: LaunchSpec, **extra) -> None:
+    """The one place `up` writes what runs (so logs/status/reset find it even when a boot fails); for a
+    runtime that runs it on another host, ``placed_at`` is that host's address (``locate.at_recorded_address``)."""
     state.save_record(
-        runtime=kind, image=settings.image, fingerprint=spec.fingerprint, port=settings.port, url=settings.url, **extra
+        runtime=rt.kind,
+        image=settings.image,
+        fingerprint=spec.fingerprint,
+        port=settings.port,
+        url=settings.url,
+        placed_at=None if rt.state_on_host else settings.connect_host,
+        **extra,
     )
 
 
@@ -235,7 +241,7 @@ def _act(
         write(settings, secrets)
         if fresh:  # the digests of what it is made with: a later `up` names what changed
             made["secrets"] = secrets.digests() or None
-    _save_record(state, settings, rt.kind, spec, **made)
+    _save_record(state, settings, rt, spec, **made)
     if decision.action == RECREATE:
         persist.migrate_before_replace(settings, rt, spec)  # a failed copy stops here
         rt.remove()
@@ -272,6 +278,11 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     console.info(f"runtime: {kind} ({why})" if len(why) < 60 else f"runtime: {kind}\n  why: {why}")
     if shared:
         console.info(f"network: {shared}")
+    here = settings
+    settings = placed(settings, rt)  # on a swarm: its node's address, which the URL and the certificate name
+    if settings is not here:  # now beyond loopback: the same checks again
+        check_exposure(settings)
+        tls.check(settings)
 
     with contextlib.ExitStack() as claim:
         claimed = not state.exists()
@@ -281,7 +292,8 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
             _refuse_busy_port(settings, decide_up(_observe(settings, state, kind, rt, fp)))
         with state.lock(action="up"):
             state.ensure()
-            persist.check_data_dir(settings)  # before anything is removed or booted
+            if rt.state_on_host:  # a swarm sandbox's data is a volume on its node
+                persist.check_data_dir(settings)  # before anything is removed or booted
             token, host_token = state.tokens()
             if not token or not host_token:  # tokens() generates what is missing; this is a safety net
                 raise WorkflowError(
@@ -313,7 +325,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
                     if decision.action != REUSE:
                         _stop_half_started(settings, rt)
                     raise
-            _save_record(state, settings, kind, spec, workspace_id=workspace_id, healthy_at=time.time())
+            _save_record(state, settings, rt, spec, workspace_id=workspace_id, healthy_at=time.time())
 
     ep = Endpoint(settings.url, token, host_token, kind, settings.name, workspace_id)
     _report(

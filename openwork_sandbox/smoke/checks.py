@@ -416,7 +416,7 @@ def persistence(r) -> str:
     if not r.persistence:
         raise Skip("not requested (--persistence)")
     if r.target.exec_in_runtime is None or r.target.host_workspace is None:
-        raise Skip("needs a local sandbox (not --url)")
+        raise Skip("needs a sandbox whose workspace is a folder on this host (not --url, not a swarm node's volume)")
     name = f".openwork-smoke-{secrets.token_hex(6)}"
     value = secrets.token_hex(8)
     code, output = r.target.exec_in_runtime(["sh", "-c", f"printf %s {value} > {GUEST_WORKSPACE}/{name}"])

@@ -49,8 +49,12 @@ def _check_usage(url: str | None, ephemeral: bool, persistence: bool, prompt: st
 
 
 def local_target(settings, ep, mode: str) -> Target:
-    """The sandbox at ``ep`` as a target: the settings' tokens, else the sandbox's own."""
+    """The sandbox at ``ep`` as a target: the settings' tokens, else the sandbox's own; reached where
+    `up` placed it (a swarm node: ``locate.at_recorded_address``)."""
     from openwork_sandbox.sandbox.endpoint import runtime_exec
+    from openwork_sandbox.sandbox.locate import at_recorded_address
+
+    settings = at_recorded_address(settings)
 
     token = settings.token or ep.token
     host_token = settings.host_token or ep.host_token
@@ -72,11 +76,20 @@ def local_target(settings, ep, mode: str) -> Target:
         name=ep.name,
         runtime=ep.runtime,
         exec_in_runtime=lambda argv: runtime_exec(settings, argv),
-        host_workspace=Path(settings.workspace_dir),
+        host_workspace=Path(settings.workspace_dir) if _workspace_on_host(settings, ep.runtime) else None,
         is_alive=_runtime_is_alive(settings, ep.runtime),
         secrets=tuple(settings.sandbox_env_values.values()),
         verify=client_verify(settings),
     )
+
+
+def _workspace_on_host(settings, kind: str | None) -> bool:
+    """The sandbox's /workspace is the settings' folder on this host (not a volume on a swarm node)."""
+    if kind not in RUNTIMES:
+        return True
+    from openwork_sandbox.runtimes import runtime_for
+
+    return runtime_for(kind, settings).state_on_host
 
 
 def _runtime_is_alive(settings, kind: str | None) -> Callable[[], bool] | None:

@@ -117,7 +117,7 @@ def test_the_sandbox_runs_under_the_supervisor_with_a_restart_policy(box):
         for mark in ("[opencode] Process spawned", "[openwork-server] Healthy"):
             if text.startswith(mark):
                 first.setdefault(mark, stamp)
-    from openwork_sandbox.runtimes.docker import _parse_time
+    from openwork_sandbox.runtimes.base import parse_engine_time as _parse_time
 
     gap = _parse_time(first["[openwork-server] Healthy"]) - _parse_time(first["[opencode] Process spawned"])
     assert gap > 0.3, f"the log lines came in one block: {first}"

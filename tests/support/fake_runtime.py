@@ -5,9 +5,7 @@ answers for the same situations: ``stop`` is False when it was not running, ``re
 there was none, ``restart_server`` starts a stopped sandbox first, ...), so the flows (``up``,
 ``down``, ``status``, ``logs``, ``reset``) run against it unchanged. What a real runtime's server
 does on the network, it does for real on the host's loopback: a booted fake serves
-:class:`FakeOpenWork`, a tiny HTTP server answering ``GET /health`` and ``GET /workspaces`` as the
-OpenWork contract says (docs: ``openwork-contract.md``), on the launch spec's host port, as
-Docker's host networking does.
+:class:`.fake_openwork.FakeOpenWork` on the launch spec's host port, as Docker's host networking does.
 
 It records every call (``calls``; ``actions()`` leaves out the read-only ones) and can be told how
 each boot goes (``boots``: one :data:`BOOTS` word per create/start/restart, "healthy" when none is
@@ -19,9 +17,6 @@ left) and to fail a method (``fail[method] = exc``).
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,9 +33,9 @@ from openwork_sandbox.runtimes.base import (
     Runtime,
     RuntimeStatus,
 )
+from tests.support.fake_openwork import WORKSPACE_ID, FakeOpenWork  # noqa: F401 (re-exported for the flow tests)
 
 GUEST_HOME = "/data/home"  # what a sandbox of the current layout was created with (spec.env["HOME"])
-WORKSPACE_ID = "ws_c52ddf65534b"  # the contract's id of the workspace at /workspace
 READY_LINE = "OpenWork server: http://127.0.0.1:{port}"  # the orchestrator's ready line
 LISTENING = "[opencode] opencode server listening"
 NO_AVX_REPORT = "CPU lacks AVX support. Please consider upgrading to a newer CPU."
@@ -75,6 +70,9 @@ QUERIES = frozenset(
         "describe",
         "network_support",
         "memory_kills",
+        "place",
+        "port_is_free",
+        "state_elsewhere",
     }
 )
 # what a fake holds by default: a Docker fake is host-networked (its server listens on the host port), a
@@ -83,77 +81,6 @@ HOST_NETWORKED = NetworkSupport(
     frozenset({"allow-all"}), "the fake engine has no bridge network, so it shares the host's network", shares_host=True
 )
 EVERY_POLICY = NetworkSupport(frozenset({"allow-all", "public-only", "none"}))
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class FakeOpenWork:
-    """An OpenWork server's ``GET /health`` and ``GET /workspaces`` on ``host:port``, in a thread.
-
-    ``/health`` answers 503 ``{"ok": false}`` to the first ``unhealthy`` requests (-1: always), then
-    200 ``{"ok": true, "version": ..., "uptimeMs": ...}``; ``/workspaces`` answers 401 without the
-    client token and 200 with the workspace at ``/workspace`` with it. ``requests`` lists
-    ``(method, path, bearer token or None)``."""
-
-    def __init__(self, host: str, port: int, token: str, *, unhealthy: int = 0, version: str = "0.0.0-fake"):
-        self.token, self.unhealthy, self.version = token, unhealthy, version
-        self.requests: list[tuple[str, str, str | None]] = []
-        self.started = time.monotonic()
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                auth = self.headers.get("Authorization") or ""
-                bearer = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
-                fake.requests.append(("GET", self.path, bearer))
-                if self.path == "/health":
-                    if fake.unhealthy:
-                        fake.unhealthy -= 1 if fake.unhealthy > 0 else 0
-                        return self._answer(503, {"ok": False})
-                    return self._answer(
-                        200,
-                        {
-                            "ok": True,
-                            "version": fake.version,
-                            "uptimeMs": int((time.monotonic() - fake.started) * 1000),
-                        },
-                    )
-                if self.path == "/workspaces":
-                    if bearer != fake.token:
-                        return self._answer(401, {"code": "unauthorized", "message": "Invalid bearer token"})
-                    ws = {
-                        "id": WORKSPACE_ID,
-                        "name": "workspace",
-                        "path": "/workspace",
-                        "preset": "starter",
-                        "workspaceType": "local",
-                    }
-                    return self._answer(200, {"items": [ws], "workspaces": [ws], "activeId": WORKSPACE_ID})
-                return self._answer(404, {"code": "not_found"})
-
-            def _answer(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = _Server((host, port), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 def _client_token(spec) -> str:
@@ -193,6 +120,7 @@ class FakeRuntime(Runtime):
         self.log: list[str] = []
         self.system_log: list[str] = ["[fake] machine booted"]
         self.home: str | None = None
+        self.placed_at: str | None = None  # a remote engine's node address (place); None: it runs here
         self.files: dict[str, bytes] = {}
         self.fault: str | None = None
         self.oom_kills = 0  # what memory_kills answers
@@ -398,6 +326,27 @@ class FakeRuntime(Runtime):
     def describe(self) -> tuple[str, list[str], str]:
         self._call("describe")
         return super().describe()
+
+    def place(
+        self, image: str, cpus: float, memory_mib: int, port: int, platforms: Callable[[], dict] | None
+    ) -> str | None:
+        """A local engine's answer: None (it runs here); ``placed_at`` plays a remote one's node."""
+        self._call("place", image, cpus, memory_mib, port)
+        return self.placed_at
+
+    def port_is_free(self, port: int, bind_address: str) -> bool:
+        from openwork_sandbox.net.ports import port_is_free
+
+        self._call("port_is_free", port, bind_address)
+        return port_is_free(port, "127.0.0.1" if self.placed_at else bind_address)
+
+    def remove_state(self) -> str | None:
+        self._call("remove_state")
+        return "emptied the fake's volumes" if self.placed_at else None
+
+    def state_elsewhere(self) -> str | None:
+        self._call("state_elsewhere")
+        return f"the fake's folders are on {self.placed_at}" if self.placed_at else None
 
     # --- for a test that sets a sandbox up by hand ----------------------------------------------------
     def server_dies(self) -> None:

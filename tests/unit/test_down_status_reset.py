@@ -192,11 +192,19 @@ def test_logs_prints_the_server_log_and_its_tail(booted, capsys):
 def test_reset_with_yes_removes_the_sandbox_and_deletes_its_state_folder(booted, capsys):
     settings, fake = booted
     reset(settings, yes=True)
-    assert fake.actions()[-1] == "remove" and fake.state == ABSENT
+    assert fake.actions()[-2:] == ["remove", "remove_state"] and fake.state == ABSENT
     assert not settings.sandbox_state_dir.exists() and settings.state_dir.exists()
     assert capsys.readouterr().err == (
         f"✓ removed the docker sandbox fake-sb\n✓ deleted {settings.sandbox_state_dir}\n"
     )
+
+
+def test_reset_empties_the_state_a_remote_runtime_keeps_before_the_folder_that_says_where(booted, capsys):
+    settings, fake = booted
+    fake.placed_at = "10.213.0.12"  # a swarm node: the volumes are there
+    reset(settings, yes=True)
+    assert fake.actions()[-2:] == ["remove", "remove_state"]
+    assert "emptied the fake's volumes\n" in capsys.readouterr().err
 
 
 def test_reset_without_yes_and_without_a_terminal_removes_nothing(booted, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 from openwork_sandbox.runtimes.base import Runtime
 from openwork_sandbox.runtimes.docker import DockerRuntime
 from openwork_sandbox.runtimes.microsandbox.runtime import MicrosandboxRuntime
+from openwork_sandbox.runtimes.swarm.runtime import SwarmRuntime
 from tests.support.fake_runtime import FakeRuntime
 
 # the interface as base.py declares it: a new method there must be added here, and to every runtime
@@ -37,6 +38,10 @@ INTERFACE = {
     "digest",
     "platform",
     "describe",
+    "place",
+    "port_is_free",
+    "remove_state",
+    "state_elsewhere",
 }
 
 
@@ -63,7 +68,7 @@ def test_the_interface_is_what_base_declares():
     assert set(public_methods(Runtime)) == INTERFACE
 
 
-@pytest.mark.parametrize("impl", [DockerRuntime, MicrosandboxRuntime, FakeRuntime])
+@pytest.mark.parametrize("impl", [DockerRuntime, MicrosandboxRuntime, SwarmRuntime, FakeRuntime])
 def test_a_runtime_keeps_every_method_of_the_interface_with_its_signature(impl):
     assert interface_problems(impl) == []
     assert not inspect.isabstract(impl)

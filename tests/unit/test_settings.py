@@ -307,7 +307,7 @@ def test_every_problem_collected_in_one_error(tmp_path):
     )
     assert lines == [
         'OPENWORK_MICROSANDBOX_PORT="x" (from environment): expected a port 1-65535, e.g. 8787',
-        'OPENWORK_MICROSANDBOX_RUNTIME="podman" (from environment): expected one of auto|microsandbox|docker',
+        'OPENWORK_MICROSANDBOX_RUNTIME="podman" (from environment): expected one of auto|microsandbox|docker|swarm',
         'OPENWORK_MICROSANDBOX_CPUS="0" (from environment): expected a number of CPUs from 0.1 to 64, e.g. 2, or 0.5 '
         "for half a core (Docker)",
         'OPENWORK_MICROSANDBOX_MEMORY="lots" (from environment): expected a whole number 384-262144 MiB, e.g. 2048',
