@@ -313,7 +313,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
                 _refuse_stranger(settings, token, tls.client_verify(settings))
             with interrupts.sigterm_as_interrupt():
                 try:
-                    with _start_slot(settings, decision):
+                    with _start_slot(settings, decision, rt):
                         health, workspace_id = _act(
                             settings, state, rt, seen, decision, spec, (token, host_token), secrets, server_cert
                         )
@@ -354,11 +354,12 @@ def _say_clear_text(settings: Settings) -> None:
         )
 
 
-def _start_slot(settings: Settings, decision: UpDecision):
-    """One of the host's start slots (start_slots) while `up` boots; none to reuse a running sandbox."""
+def _start_slot(settings: Settings, decision: UpDecision, rt: Runtime):
+    """One of the host's start slots (start_slots) while `up` boots; none to reuse a running sandbox, nor
+    for a runtime that boots it on another host (a swarm node: this host only waits)."""
     from openwork_sandbox.sandbox.start_slots import default_slots, start_slot
 
-    if decision.action == REUSE:
+    if decision.action == REUSE or not rt.state_on_host:
         return contextlib.nullcontext()
     slots = settings.start_slots if settings.start_slots is not None else default_slots()
     return start_slot(slots, settings.name)

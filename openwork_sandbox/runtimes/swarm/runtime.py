@@ -43,7 +43,7 @@ from openwork_sandbox.state.store import write_private_file
 ENV_FILE = "service.env"
 LIMIT = (
     "the swarm runtime has no outbound filter: the sandbox reaches its node's network, the LAN and the "
-    "internet (other sandboxes on its bridge are cut off where the node's engine manages iptables)"
+    "internet (not another sandbox: each has an overlay network of its own)"
 )
 FAILED = ("failed", "rejected", "orphaned")
 
@@ -172,24 +172,34 @@ class SwarmRuntime(Runtime):
 
     # --- create / start / stop / remove -------------------------------------------------------
     def _ensure_network(self) -> None:
-        proc = processes.docker("network", "inspect", service.NETWORK, check=False, timeout=30)
-        if proc.returncode == 0:
+        """The sandbox's own overlay network (``service.network_name``), made when missing."""
+        net = service.network_name(self.name)
+        if processes.docker("network", "inspect", net, check=False, timeout=30).returncode == 0:
             return
         proc = processes.docker(
             "network",
             "create",
             "--driver",
-            "bridge",
-            "--scope",
-            "swarm",
-            "--opt",
-            "com.docker.network.bridge.enable_icc=false",  # sandboxes on one node cannot reach each other
-            service.NETWORK,
+            "overlay",
+            "--label",
+            f"{service.LABEL}sandbox={self.name}",
+            net,
             check=False,
             timeout=60,
         )
         if proc.returncode != 0 and "already exists" not in (proc.stderr or ""):
-            raise WorkflowError(f"docker network create {service.NETWORK} failed: {processes.last_line(proc.stderr)}")
+            raise WorkflowError(f"docker network create {net} failed: {processes.last_line(proc.stderr)}")
+
+    def _drop_network(self) -> None:
+        """Remove the sandbox's network; its endpoints go a moment after its task ended, so tried for a while."""
+        net = service.network_name(self.name)
+        deadline = time.monotonic() + 30
+        while True:
+            proc = processes.docker("network", "rm", net, check=False, timeout=30)
+            gone = proc.returncode == 0 or "no such network" in (proc.stderr or "").lower()
+            if gone or time.monotonic() > deadline:
+                return
+            time.sleep(1)
 
     def _secrets(self, spec: LaunchSpec, made: list[str]) -> dict[str, str]:
         """Create the secrets ``spec`` needs that do not exist yet (``made`` collects them); guest path -> name."""
@@ -242,11 +252,11 @@ class SwarmRuntime(Runtime):
         if self._placed is None:
             self.place(spec.image, spec.cpus, spec.memory_mib, spec.host_port, spec.index_platforms)
         node = self._placed
-        self._ensure_network()
         env_file = self.state_dir / ENV_FILE
         private_dir(self.state_dir, own=True, git_ignored=True)
         write_private_file(env_file, "".join(f"{k}={v}\n" for k, v in spec.env.items()))
         self.remove()  # a recreate: the old service goes first (its volumes stay for the new one)
+        self._ensure_network()
         made: list[str] = []
         try:
             secrets = self._secrets(spec, made)
@@ -260,6 +270,7 @@ class SwarmRuntime(Runtime):
                 processes.docker("service", "rm", spec.name, check=False, timeout=60)
                 if made:
                     processes.docker("secret", "rm", *made, check=False, timeout=60)
+                self._drop_network()
             raise
         jobs.remember(self.state_dir, node.id, node.shown, spec.image, service.volumes(spec))
         console.info(f"swarm service {spec.name} on node {node.shown}")
@@ -316,6 +327,7 @@ class SwarmRuntime(Runtime):
                 self._wait_no_task()
             processes.docker("service", "rm", self.name, timeout=60)
         self._drop_secrets()
+        self._drop_network()
         return svc is not None
 
     def remove_state(self) -> str | None:
