@@ -36,6 +36,29 @@ def _stranger(settings: Settings, token: str | None, verify) -> str | None:
     return port_taker(settings, settings.port)
 
 
+def _unknown_restarts(settings: Settings, supervised, st: RuntimeStatus, live: bool) -> tuple[str | None, str | None]:
+    """Why the supervisor's restart count cannot be believed (``supervision.unknown_restarts``), and
+    the data folder's nearly-full line (``persist.data_full_problem``) when the sandbox is ``live``."""
+    import shutil
+
+    from openwork_sandbox.state.persist import MIN_START_BYTES, data_full_problem
+    from openwork_sandbox.state.supervision import unknown_restarts
+
+    try:
+        free = shutil.disk_usage(settings.data_dir).free
+    except OSError:
+        free = None
+    unknown = unknown_restarts(
+        supervised,
+        data_dir=settings.data_dir,
+        live=live,
+        sandbox_started_at=st.started_at,
+        free=free,
+        tiny=MIN_START_BYTES,
+    )
+    return unknown, (data_full_problem(settings.data_dir) if live else None)
+
+
 def status(settings: Settings, *, as_json: bool = False) -> int:
     """Runtime, state, image and digest, URL, health, uptime, restarts: a table on stderr, or with
     ``as_json`` one JSON object on stdout. Returns 0 when running, healthy (its own server: one that
@@ -87,6 +110,10 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     # a swarm sandbox's /data is a volume on its node: its supervisor's record cannot be read here
     supervised = read_supervision(settings.data_dir) if rt is None or rt.state_on_host else None
     info["supervisor"] = supervised.as_dict() if supervised else None
+    # running, or between the starts of Docker's restart policy; only where its record is on this host
+    live = bool(rt and rt.state_on_host) and (st.state == RUNNING or st.detail.startswith("restarting"))
+    unknown, full = _unknown_restarts(settings, supervised, st, live)
+    info["restarts_unknown"] = unknown
     info["engine_restarts"] = st.engine_restarts
     crash_loop = bool(supervised and supervised.crash_loop)
     code = 0 if (st.state == RUNNING and health is not None and not crash_loop) else 1
@@ -115,7 +142,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
             ("workspace", info["workspace_id"] or "-"),
             (
                 "restarts",
-                (supervised.summary() if supervised else "- (no supervisor record)")
+                (unknown or (supervised.summary() if supervised else "- (no supervisor record)"))
                 + (f"; the engine restarted the sandbox {st.engine_restarts} times" if st.engine_restarts else ""),
             ),
             ("state dir", settings.sandbox_state_dir),
@@ -126,6 +153,8 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
             f"{console.BAD} port {settings.port} answers, but not with {settings.name}'s server (it refuses "
             f"{settings.name}'s client token): {stranger} holds it"
         )
+    if full:
+        console.info(f"{console.BAD} {full}")
     if crash_loop:
         console.info(f"{console.BAD} the server is in a crash loop: `invoke logs --tail 100` shows why it keeps dying")
     if current is False:

@@ -2,7 +2,9 @@
 
 The supervisor keeps its record in ``/data/supervisor.json``, which is ``<data dir>/supervisor.json``
 on the host on both runtimes (the data folder is a bind mount). ``status`` reads it here: how many
-restarts, the last exit and its reason, a crash loop.
+restarts, the last exit and its reason, a crash loop; and :func:`unknown_restarts`, when that record
+cannot be what a live sandbox's supervisor would say (missing, unreadable, from an earlier start, or
+on a disk too full to take it): the supervisor skips a write it cannot make and runs on.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+
+from openwork_sandbox.core.console import human_bytes
 
 RECORD = "supervisor.json"
 
@@ -27,6 +31,7 @@ class Supervision:
     consecutive_failures: int = 0
     backoff_seconds: int = 0
     problem: str | None = None
+    started_at: float | None = None  # when the supervisor that wrote it started (epoch seconds)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,4 +88,47 @@ def read(data_dir: Path) -> Supervision | None:
         last_exit_at=number(last.get("at"), float) or None,
         consecutive_failures=number(raw.get("consecutive_failures")),
         backoff_seconds=number(raw.get("backoff_seconds")),
+        started_at=number(raw.get("started_at"), float) or None,
     )
+
+
+# the supervisor starts after the entrypoint, a little after the sandbox; `date +%s` truncates
+STALE_SLACK_S = 5.0
+
+
+def unknown_restarts(
+    record: Supervision | None,
+    *,
+    data_dir: Path,
+    live: bool,
+    sandbox_started_at: float | None,
+    free: int | None,
+    tiny: int,
+) -> str | None:
+    """Why the restart count of a ``live`` sandbox (running, or restarted by its engine) is unknown,
+    as a clause for ``status`` ("unknown: ..."); None when ``record`` can be taken at its word, and
+    always when the sandbox is not live (the record is then its history).
+
+    Unknown when ``record`` is None (nothing written), unreadable (``problem``), older than the
+    sandbox's current start (``started_at`` before ``sandbox_started_at`` by more than
+    :data:`STALE_SLACK_S`), or when the data folder has less than ``tiny`` bytes ``free`` (the
+    supervisor may have failed to write since: "at least N"). Less than ``tiny`` free is named."""
+    if not live:
+        return None
+    full = f" (disk full? {human_bytes(free)} free there)" if free is not None and free < tiny else ""
+    if record is None:
+        return f"unknown: the supervisor has written no record in {data_dir}{full}"
+    if record.problem:
+        return f"unknown: {record.problem}{full}"
+    if (
+        record.started_at is not None
+        and sandbox_started_at is not None
+        and record.started_at < sandbox_started_at - STALE_SLACK_S
+    ):
+        return (
+            f"unknown: the supervisor could not write its record in {data_dir}; the one there is from an "
+            f"earlier start ({record.restarts} then){full}"
+        )
+    if full:
+        return f"unknown (at least {record.restarts}): the supervisor may not be able to write its record in {data_dir}{full}"
+    return None

@@ -1,17 +1,23 @@
 """A start that cannot work for want of a resource says so (issue 31): a nearly full data folder
 is refused before anything is pulled or made, through the real `invoke up` and a real 1 MB tmpfs;
 the engine's OOM kills are counted while the container (its supervisor) runs on, with the real
-engine and a program the kernel really kills."""
+engine and a program the kernel really kills; and `status` calls the restart count unknown when the
+image's real supervisor could not write its record to a filled tmpfs."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
 import subprocess
 import time
 
 import pytest
 
 from tests.support.lifecycle import docker_env, invoke, unique_name
-from tests.support.paths import REGISTRY
+from tests.support.paths import REGISTRY, ROOT
+
+SUPERVISOR = ROOT / "openwork_sandbox" / "image" / "context" / "openwork-supervise"
 
 pytestmark = pytest.mark.docker
 
@@ -71,3 +77,68 @@ def test_the_engines_oom_kills_are_counted_while_the_container_runs_on(test_base
         assert memory_kills(unique_name("f31a-none")) == 0
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def _fill(folder) -> None:
+    """Write ``folder``'s filesystem to its last block (a file named fill)."""
+    with contextlib.suppress(OSError), open(folder / "fill", "wb") as fh:
+        while True:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+
+
+def _supervised(name: str, image: str, data, child: str) -> None:
+    """A container running the image's real supervisor over ``child`` (sh -c), /data on ``data``."""
+    subprocess.run(
+        ["docker", "run", "-d", "--name", name, "--network", "none", "-v", f"{data}:/data"]
+        + ["-v", f"{SUPERVISOR}:/usr/local/bin/openwork-supervise:ro", "--entrypoint", "bash", image]
+        + ["/usr/local/bin/openwork-supervise", "sh", "-c", child],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_status_says_the_restarts_are_unknown_when_the_supervisor_could_not_write_its_record(test_base_image, tmp_path):
+    """The real supervisor on a data folder filled after an earlier start: it restarts its program but
+    cannot write its record, so `status` must not repeat that earlier start's "0"."""
+    data = tmp_path / "data"
+    _mount_tmpfs(data, "1m")
+    env = docker_env(test_base_image, "f31arec", OPENWORK_MICROSANDBOX_DATA_DIR=str(data))
+    name = env["OPENWORK_MICROSANDBOX_NAME"]
+    try:
+        _supervised(name, test_base_image, data, "sleep 300")  # the earlier start, with room
+        deadline = time.monotonic() + 30
+        while not (data / "supervisor.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        earlier = json.loads((data / "supervisor.json").read_text())
+        assert earlier["restarts"] == 0
+        subprocess.run(["docker", "rm", "-f", name], check=True, capture_output=True)
+        while time.time() < earlier["started_at"] + 7:  # the next start is plainly a later one
+            time.sleep(0.5)
+        _fill(data)
+        _supervised(name, test_base_image, data, "sleep 1; exit 3")  # dies, is restarted, over and over
+        deadline = time.monotonic() + 60
+        while "restart 2 " not in _log(name) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "restart 2 " in _log(name)
+        assert json.loads((data / "supervisor.json").read_text())["restarts"] == 0  # it really could not write
+
+        said = invoke(tmp_path, "status", **env)
+        assert said.returncode == 1 and "Traceback" not in said.stderr, said.stderr
+        row = next(line for line in said.stderr.splitlines() if line.startswith("restarts "))
+        free = shutil.disk_usage(data).free
+        assert row.split(None, 1)[1] == (
+            f"unknown: the supervisor could not write its record in {data}; the one there is from an earlier "
+            f"start (0 then) (disk full? {free} B free there)"
+        )
+        assert f"✗ the data folder {data} is nearly full ({free} B free; a start needs 4.0 MB)" in said.stderr
+        as_json = invoke(tmp_path, "status", "--json", **env)
+        assert json.loads(as_json.stdout)["restarts_unknown"] == row.split(None, 1)[1]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["umount", str(data)], check=False)
+
+
+def _log(name: str) -> str:
+    out = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    return out.stdout + out.stderr
