@@ -5,7 +5,7 @@ from __future__ import annotations
 from openwork_sandbox.config import Settings, parse_duration
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
-from openwork_sandbox.runtimes.base import RUNNING, Runtime, RuntimeStatus
+from openwork_sandbox.sandbox.follow import follow_log
 from openwork_sandbox.sandbox.locate import existing_runtime
 from openwork_sandbox.state.store import SandboxState
 
@@ -35,54 +35,21 @@ def parse_tail(tail) -> int | None:
 
 
 def logs(settings: Settings, *, follow: bool = False, tail=None, since=None, system: bool = False) -> None:
-    """Print the server's log on stdout (or the VM/engine log with ``system``); Ctrl+C ends ``follow``
-    cleanly, a closed pipe (``| head``) quietly. WorkflowError when there is no sandbox of that name,
-    and (exit 1) when ``follow`` ends because the sandbox stopped or was removed (:func:`_follow_ended`)."""
+    """Print the server's log on stdout (or the VM/engine log with ``system``); a closed pipe
+    (``| head``) ends it quietly; ``follow``: :func:`follow_log`. WorkflowError when there is no sandbox
+    of that name."""
     tail_n, since_s = parse_tail(tail), parse_since(since)
     state = SandboxState(settings)
     rt = existing_runtime(settings, state)
     if rt is None:
         raise WorkflowError(f"no sandbox named {settings.name}: run `invoke up` first")
-    before = rt.status() if follow else None
+    if follow:
+        follow_log(settings, rt, tail=tail_n, since_s=since_s, system=system)
+        return
     try:
-        for line in rt.stream_logs(follow=follow, tail=tail_n, since_s=since_s, system=system):
+        for line in rt.stream_logs(follow=False, tail=tail_n, since_s=since_s, system=system):
             print(line, flush=True)
     except KeyboardInterrupt:
         console.info("stopped following the log; the sandbox keeps running")
-        return
     except BrokenPipeError:  # `invoke logs | head`
         return
-    except WorkflowError:
-        if not follow:
-            raise
-        _follow_ended(settings, rt, before)  # a reader that failed because the sandbox went away says so
-        raise
-    if follow:
-        _follow_ended(settings, rt, before)
-        raise WorkflowError(f"the log of {settings.name} ended while it runs: `invoke logs --follow` follows it again")
-
-
-def _follow_ended(settings: Settings, rt: Runtime, before: RuntimeStatus | None) -> None:
-    """``logs --follow`` ran out of lines: a follow ends only when the sandbox (or its server) stopped,
-    so say which (``before``: its status when the follow began, to tell an engine's restart), as one
-    WorkflowError (exit 1) with the way back. Returns when it runs as before."""
-    st = rt.status()
-    name = settings.name
-    if not st.exists:
-        raise WorkflowError(f"{name} was removed while its log was followed: `invoke up` creates it again")
-    restarts = st.engine_restarts or 0
-    if before is not None and restarts > (before.engine_restarts or 0):
-        raise WorkflowError(
-            f"{name} stopped and its engine started it again (restart {restarts}) while its log was followed: "
-            "`invoke logs --follow` follows it again, `invoke status` shows why"
-        )
-    why = f" ({st.detail})" if st.detail else ""
-    if st.state != RUNNING:
-        raise WorkflowError(
-            f"{name} stopped{why} while its log was followed: `invoke up` starts it again "
-            "(`invoke logs --system` shows why it stopped)"
-        )
-    if st.server_running is False:
-        raise WorkflowError(
-            f"the server in {name} stopped{why} while its log was followed: `invoke up` starts it again"
-        )

@@ -262,7 +262,8 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
     name's `up` on that port fails at once, naming it; a healthy server on the port that refuses the
     client token is another's, named, not reused); interrupted (Ctrl+C, SIGTERM) before
     the server was healthy, it stops what it started and re-raises KeyboardInterrupt. ``follow``
-    streams the server log afterwards until Ctrl+C."""
+    streams the server log afterwards (``follow.follow_log``): until Ctrl+C, or one line and
+    WorkflowError (exit 1) when the sandbox stops, is removed or is restarted by its engine."""
     from openwork_sandbox.state import tls
     from openwork_sandbox.state.secrets import gather
 
@@ -338,8 +339,11 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         health=health,
         server_cert=server_cert,
     )
-    if follow:
-        _follow(rt, tail=20, to_stdout=not as_json)
+    if follow:  # until Ctrl+C; the sandbox's end ends it with one line and exit 1, as `logs --follow`
+        from openwork_sandbox.sandbox.follow import follow_log
+
+        console.info("following the server log; Ctrl+C stops following (the sandbox keeps running)")
+        follow_log(settings, rt, tail=20, out=sys.stderr if as_json else None)
     return ep
 
 
@@ -379,14 +383,3 @@ def _stop_half_started(settings: Settings, rt: Runtime) -> None:
         f"interrupted before {settings.name} was healthy: {what} (state kept in {settings.sandbox_state_dir}); "
         "`invoke up` starts it again"
     )
-
-
-def _follow(rt: Runtime, *, tail: int | None, to_stdout: bool = True) -> None:
-    """Stream the server log (last ``tail`` lines first) until Ctrl+C, which leaves the sandbox running."""
-    out = sys.stdout if to_stdout else sys.stderr
-    console.info("following the server log; Ctrl+C stops following (the sandbox keeps running)")
-    try:
-        for line in rt.stream_logs(follow=True, tail=tail):
-            print(line, file=out, flush=True)
-    except KeyboardInterrupt:
-        console.info("stopped following the log; the sandbox keeps running")

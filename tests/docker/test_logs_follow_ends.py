@@ -1,5 +1,6 @@
 """`invoke logs --follow` on the real engine, when the sandbox goes away under it: stopped, removed, or
-restarted by its engine, the follow ends with one line that says so and exit 1 (never silently, 0).
+restarted by its engine, the follow ends with one line that says so and exit 1 (never silently, 0); `invoke up --follow`
+(the test stack) ends the same way.
 
 The sandbox is a container of that name that prints a line a second (the Docker runtime reads any
 container by its name); the real `invoke logs --follow` runs in its own process."""
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support.lifecycle import OFFLINE, unique_name
+from tests.support.lifecycle import OFFLINE, docker_env, unique_name
 from tests.support.paths import ROOT, TEST_BASE_IMAGE
 
 pytestmark = [pytest.mark.docker]
@@ -105,4 +106,42 @@ def test_follow_ends_with_one_line_when_the_engine_restarts_the_sandbox(tmp_path
             "`invoke logs --follow` follows it again, `invoke status` shows why"
         )
     finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_up_follow_ends_with_the_same_one_line_when_the_sandbox_stops(stack_image, tmp_path):
+    """`invoke up --follow` follows through the same code: the sandbox stopped under it ends it with
+    the same line as `logs --follow` and exit 1."""
+    env = docker_env(stack_image.ref, "f31d-up", health_timeout="300")
+    name = env["OPENWORK_MICROSANDBOX_NAME"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
+    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
+    (tmp_path / "empty.env").write_text("")
+    err = open(tmp_path / "err.txt", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "up", "--follow", "--env-file", str(tmp_path / "empty.env")],
+        cwd=ROOT,
+        env=clean,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while "following the server log" not in (tmp_path / "err.txt").read_text():
+            assert proc.poll() is None, (tmp_path / "err.txt").read_text()
+            assert time.monotonic() < deadline, "up --follow did not come to follow the log"
+            time.sleep(0.5)
+        subprocess.run(["docker", "stop", "-t", "20", name], capture_output=True, check=True, timeout=60)
+        assert proc.wait(timeout=60) == 1
+        said = (tmp_path / "err.txt").read_text()
+        assert "Traceback" not in said
+        last = said.strip().splitlines()[-1]
+        assert last.startswith(f"{name} stopped (exited, exit code ") and last.endswith(
+            ") while its log was followed: `invoke up` starts it again (`invoke logs --system` shows why it stopped)"
+        ), said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        err.close()
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)

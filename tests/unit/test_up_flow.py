@@ -422,11 +422,33 @@ def test_the_human_report_shows_the_url_and_masks_the_tokens_unless_asked(fake_e
 
 
 def test_follow_streams_the_server_log_after_the_report(fake_engine, tmp_path, capsys):
+    """The fake's log ends while it still runs: that is said, never a silent end."""
     settings = flow_settings(tmp_path)
-    up(settings, follow=True)
+    with pytest.raises(WorkflowError) as ended:
+        up(settings, follow=True)
+    assert ended.value.message == "the log of fake-sb ended while it runs: `invoke logs --follow` follows it again"
     fake = docker_fake(fake_engine, settings)
     assert ("stream_logs", (True, 20, None, False)) in fake.calls
     assert "[opencode] Healthy" in capsys.readouterr().out.splitlines()
+
+
+def test_follow_ends_with_one_line_when_the_sandbox_stops_under_it(fake_engine, tmp_path, monkeypatch):
+    settings = flow_settings(tmp_path)
+    up(settings)
+    fake = docker_fake(fake_engine, settings)
+    streamed = fake.stream_logs
+
+    def then_stop(**kwargs):
+        yield from streamed(**kwargs)
+        fake.stop()
+
+    monkeypatch.setattr(fake, "stream_logs", then_stop)
+    with pytest.raises(WorkflowError) as ended:
+        up(settings, follow=True)
+    assert ended.value.message == (
+        "fake-sb stopped (exited (0)) while its log was followed: `invoke up` starts it again "
+        "(`invoke logs --system` shows why it stopped)"
+    )
 
 
 def test_recreating_a_sandbox_of_the_old_layout_moves_its_state_into_the_data_folder_first(
