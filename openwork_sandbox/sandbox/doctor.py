@@ -208,19 +208,35 @@ def check_avx(settings: Settings, facts: HostFacts) -> Check:
 
 
 def check_port(settings: Settings) -> Check:
-    """The sandbox's port is free, or held by a running OpenWork server (this one, presumably)."""
+    """The sandbox's port is free, or held by a running OpenWork server that is this sandbox's (it
+    takes its client token, or nothing says it is another's). Otherwise not ok, naming what holds it
+    as `up` does (``locate.port_taker``: another sandbox of this tool by its name, else the program)."""
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.net.health import accepts_token
+    from openwork_sandbox.sandbox.locate import port_taker, sandbox_on_port
+    from openwork_sandbox.state.tls import client_verify
+
     address, port = settings.bind_address, settings.port
     if ports.port_is_free(port, address):
         return Check(f"port {port}", True, f"{address}:{port} is free")
-    from openwork_sandbox.state.tls import client_verify
-
-    if (health_once(settings.url, timeout_s=2, verify=client_verify(settings)) or {}).get("ok") is True:
-        return Check(f"port {port}", True, f"{address}:{port} is held by a running OpenWork server (invoke status)")
+    verify = client_verify(settings)
+    if (health_once(settings.url, timeout_s=2, verify=verify) or {}).get("ok") is True:
+        try:
+            token = SandboxState(settings).tokens(create=False)[0]
+        except WorkflowError:  # a tokens.json that does not parse: its own row says so
+            token = None
+        own = accepts_token(settings.url, token, timeout_s=2, verify=verify) if token else None
+        if own is True:
+            return Check(
+                f"port {port}", True, f"{address}:{port} is held by {settings.name}'s running server (invoke status)"
+            )
+        if own is None and sandbox_on_port(settings, port) is None:
+            return Check(f"port {port}", True, f"{address}:{port} is held by a running OpenWork server (invoke status)")
     return Check(
         f"port {port}",
         False,
-        f"{address}:{port} is in use: {ports.port_holder(port)}",
-        "free it, or set OPENWORK_MICROSANDBOX_PORT to a free port",
+        f"{address}:{port} is in use by {port_taker(settings, port)}",
+        "stop it, or set OPENWORK_MICROSANDBOX_PORT to a free port",
     )
 
 

@@ -1,7 +1,7 @@
 """Two sandboxes of different names on one port (the Docker runtime, real `invoke`): two `up`s at
 once make one sandbox, and the other fails before making anything, in one line naming the sandbox
 that holds the port; an `up` on the port of a running sandbox names it (not "opencode (pid N)");
-and `status` and `up` take a server for the sandbox's own only when it is (another sandbox's server
+`doctor`'s port row names it too; and `status` and `up` take a server for the sandbox's own only when it is (another sandbox's server
 on its port, after both came back, is named, exit 1)."""
 
 from __future__ import annotations
@@ -90,6 +90,21 @@ def test_the_port_of_a_running_sandbox_and_status_name_that_sandbox(stack_image,
             "stop it, or choose another port with --port / OPENWORK_MICROSANDBOX_PORT"
         ]
         assert _containers(a, b) == [a] and not (tmp_path / "state" / b).exists()
+        # doctor's port row names the holder as `up` does; a's own server on a's port is fine
+        rows = {}
+        for name in (a, b):
+            doctor = invoke(tmp_path, "doctor", "--json", **env, OPENWORK_MICROSANDBOX_NAME=name)
+            assert "Traceback" not in doctor.stderr, doctor.stderr
+            rows[name] = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == f"port {port}")
+        assert rows[b]["ok"] is False
+        assert rows[b]["detail"] == (
+            f"127.0.0.1:{port} is in use by the sandbox {a} (docker, state in {tmp_path / 'state' / a})"
+        )
+        assert (rows[a]["ok"], rows[a]["detail"]) == (
+            True,
+            f"127.0.0.1:{port} is held by {a}'s running server (invoke status)",
+        )
+        assert not (tmp_path / "state" / b).exists()  # doctor made nothing of b's
 
         # b gets the port while a is down; then a has it, and b's container comes back (as after an
         # engine restart): b's server cannot have the port, a's answers there
