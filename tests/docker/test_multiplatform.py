@@ -22,11 +22,18 @@ import tempfile
 import pytest
 
 from tests.support.lifecycle import invoke, prepared_spec
-from tests.support.paths import REGISTRY, ROOT, STACK_CACHE_DIR, STACK_REPO, STANDIN_SERVER, TEST_BASE_IMAGE
+from tests.support.paths import (
+    ARM_BASE,
+    REGISTRY,
+    ROOT,
+    STACK_CACHE_DIR,
+    STACK_REPO,
+    STANDIN_SERVER,
+    TEST_BASE_IMAGE,
+)
 from tests.support.stack import stack_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-ARM_BASE = TEST_BASE_IMAGE + "-arm64"
 MULTI_REPO = f"{STACK_REPO}-multi"
 PLATFORMS = "linux/amd64,linux/arm64"
 OPENCODE = "1.18.18"
@@ -48,25 +55,6 @@ def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc
-
-
-@pytest.fixture(scope="session")
-def arm_base(test_base_image):
-    proc = subprocess.run(
-        [
-            str(ROOT / "scripts" / "make-base-image"),
-            ARM_BASE,
-            "--include",
-            "python3-minimal",
-            "--platform",
-            "linux/arm64",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return ARM_BASE
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ STANDINS = TESTS / "standins"  # stand-ins for programs that cannot run here, an
 DATA = TESTS / "data"
 REGISTRY = "127.0.0.1:5000"
 TEST_BASE_IMAGE = "openwork-base:bookworm-slim-python"  # + python3-minimal for the stand-in server
+ARM_BASE = TEST_BASE_IMAGE + "-arm64"  # the same for linux/arm64
 PROD_BASE_IMAGE = "openwork-base:bookworm-slim"
 STANDIN_SERVER = STANDINS / "standin_openwork_server.py"
 STANDIN_ORCHESTRATOR = STANDINS / "standin_openwork_orchestrator.py"

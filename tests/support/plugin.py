@@ -15,7 +15,16 @@ import subprocess
 import pytest
 
 from openwork_sandbox.net.ports import free_port
-from tests.support.paths import PREBUILT_STACK, PROD_BASE_IMAGE, REGISTRY, ROOT, STACK_REPO, STACK_TAG, TEST_BASE_IMAGE
+from tests.support.paths import (
+    ARM_BASE,
+    PREBUILT_STACK,
+    PROD_BASE_IMAGE,
+    REGISTRY,
+    ROOT,
+    STACK_REPO,
+    STACK_TAG,
+    TEST_BASE_IMAGE,
+)
 from tests.support.stack import StackContainer, StackImage, stack_settings
 
 # A suite started in the background of a script (`cmd &`) inherits SIGINT ignored, and so would every
@@ -43,6 +52,26 @@ def test_base_image(services):
     )
     assert proc.returncode == 0, proc.stderr
     return TEST_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def arm_base(test_base_image):
+    """The test base for linux/arm64 (a foreign platform here), made offline when missing."""
+    proc = subprocess.run(
+        [
+            str(ROOT / "scripts" / "make-base-image"),
+            ARM_BASE,
+            "--include",
+            "python3-minimal",
+            "--platform",
+            "linux/arm64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return ARM_BASE
 
 
 @pytest.fixture(scope="session")
