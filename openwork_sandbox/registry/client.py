@@ -7,6 +7,7 @@ the login and CAs come from :mod:`openwork_sandbox.registry.access`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,30 @@ def index_platforms(settings: Settings, image: str) -> dict[str, str]:
         if plat.get("os") and plat.get("architecture") and str(entry.get("digest", "")).startswith("sha256:"):
             found.setdefault(f"{plat['os']}/{plat['architecture']}", prefix + entry["digest"])
     return found
+
+
+def manifest_platform(settings: Settings, image: str) -> str | None:
+    """``os/arch`` of the image when ``image`` (tag or digest) names one manifest, as its config says;
+    None when it names an index (each runtime picks the host's entry of an index) or the config
+    names no platform.
+
+    Why: a single manifest of another architecture boots nowhere on this host, and a runtime that
+    pulls by itself (microsandbox) finds that out only after the pull and the boot.
+    Errors: WorkflowError/UnreachableError when the registry cannot be asked."""
+    ref = ImageRef.parse(image)
+    registry = Registry.for_settings(settings, ref)
+    _, media_type, body = registry.manifest(ref.repository, ref.digest or ref.reference)
+    if media_type in INDEX_TYPES or isinstance(body.get("manifests"), list):
+        return None
+    described = body.get("config")
+    digest = described.get("digest") if isinstance(described, dict) else None
+    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+        return None
+    try:
+        config = json.loads(registry.blob(ref.repository, digest))
+    except ValueError:
+        return None
+    os_name, arch = (config.get("os"), config.get("architecture")) if isinstance(config, dict) else (None, None)
+    if isinstance(os_name, str) and isinstance(arch, str) and os_name and arch:
+        return f"{os_name}/{arch}"
+    return None

@@ -78,6 +78,9 @@ class LaunchSpec:
     # platform -> pinned manifest reference of the image's index ({} for one manifest), asked only when
     # the image the runtime holds is of another platform than the host's
     index_platforms: Callable[[], dict[str, str]] | None = None
+    # ``os/arch`` of the image when it is one manifest (None: an index, or not said), asked before a
+    # runtime that pulls by itself boots it
+    image_platform: Callable[[], str | None] | None = None
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
         return f"LaunchSpec(name={self.name!r}, image={self.image!r}, port={self.bind_address}:{self.host_port})"

@@ -150,7 +150,7 @@ def launch_spec(
     never the environment; so does ``server_cert`` (``state.tls.ensure``'s; else the one there is
     now). The fingerprint covers every setting that needs a new sandbox to change."""
     # imported on call: the registry client and the pin are needed only when a spec is made
-    from openwork_sandbox.registry.client import index_platforms, pull_access_for_image
+    from openwork_sandbox.registry.client import index_platforms, manifest_platform, pull_access_for_image
     from openwork_sandbox.state import secrets as sandbox_secrets
     from openwork_sandbox.state import tls
     from openwork_sandbox.state.pin import pinned_image
@@ -210,6 +210,7 @@ def launch_spec(
         pull_always=settings.replace,
         pull_access=lambda: pull_access_for_image(settings, image),
         index_platforms=lambda: index_platforms(settings, image),
+        image_platform=lambda: manifest_platform(settings, image),
         network=settings.network,
         readonly_mounts=readonly,
         marks=ownership.marks(

@@ -4,8 +4,9 @@
 is a few SDK calls on the sandbox's handle, all on the object's one event loop (``sdk.SdkLoop``; a
 task makes one object). What it delegates: the create arguments and the extended-attribute checks
 (``spec``), the server job (``jobs``), msb's logs and the SDK's log reads (``logs``), pulling,
-booting and its failures (``boot``), every boot's launch probe (``launch.booting``), the old
-layout's copy (``copy``). The SDK is imported inside the methods.
+booting and its failures (``boot``), the refusal of another architecture's image
+(``platform_check``), every boot's launch probe (``launch.booting``), the old layout's copy
+(``copy``). The SDK is imported inside the methods.
 
 Booting does not run the image's command, so every boot launches it as a detached job, whose id is
 kept in ``.state/<name>/sandbox.json`` as a shortcut. A sandbox that failed is left for inspection.
@@ -19,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from openwork_sandbox.core import console
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
+from openwork_sandbox.core.platforms import host_platform
 from openwork_sandbox.runtimes.base import (
     ABSENT,
     RUNNING,
@@ -31,6 +33,7 @@ from openwork_sandbox.runtimes.base import (
 from openwork_sandbox.runtimes.microsandbox import boot, jobs, logs
 from openwork_sandbox.runtimes.microsandbox.copy import copy_folder, home_in_config
 from openwork_sandbox.runtimes.microsandbox.launch import booting
+from openwork_sandbox.runtimes.microsandbox.platform_check import check as check_platform
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
 from openwork_sandbox.runtimes.microsandbox.spec import (
     LABEL_FP,
@@ -176,13 +179,16 @@ class MicrosandboxRuntime(Runtime):
 
     def create(self, spec: LaunchSpec) -> None:
         """:meth:`Runtime.create`. A bind folder or MSB_HOME without extended attributes is refused first
-        (WorkflowError, exit 2), before anything is made. A boot the microVM's CPU stopped on a host
-        where microVMs boot (``logs.boot_fault``) is booted once more. Failures: ``boot.create_failure``."""
+        (WorkflowError, exit 2), then an image that is one manifest of another architecture
+        (``platform_check``, exit 1), before anything is pulled or made. A boot the microVM's CPU
+        stopped on a host where microVMs boot (``logs.boot_fault``) is booted once more. Failures:
+        ``boot.create_failure``."""
         from microsandbox import MicrosandboxError
 
         binds, home = folders_without_xattrs(spec)
         if binds or home:
             raise WorkflowError(no_xattr_message(binds, home), exit_code=EXIT_BAD_SETTINGS)
+        check_platform(spec, str(host_platform()))  # one manifest of another architecture: before the pull
 
         def create_once():
             return self._create(spec)
