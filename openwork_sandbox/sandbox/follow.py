@@ -39,12 +39,12 @@ def follow_log(
 
 
 def _follow_ended(settings: Settings, rt: Runtime, before: RuntimeStatus | None) -> None:
-    """``logs --follow`` ran out of lines: a follow ends only when the sandbox (or its server) stopped,
+    """A follow ran out of lines: it ends only when the sandbox (or its server) stopped,
     so say which (``before``: its status when the follow began, to tell an engine's restart), as one
     WorkflowError (exit 1) with the way back. Returns when it runs as before."""
     st = rt.status()
     name = settings.name
-    if not st.exists:
+    if not st.exists or st.detail.startswith("removing"):  # the log can end before Docker has removed it
         raise WorkflowError(f"{name} was removed while its log was followed: `invoke up` creates it again")
     restarts = st.engine_restarts or 0
     if before is not None and restarts > (before.engine_restarts or 0):
