@@ -52,7 +52,7 @@ def node_trouble(node: Node | None) -> str | None:
     """Why ``node`` (the one a sandbox's volumes are on) cannot run it now, with the way out; None when it can."""
     if node is None:
         return "its node has left the swarm (its volumes were there): `invoke reset` removes the sandbox"
-    if node.state != "ready":
+    if node.state not in ("ready", "unknown"):  # unknown: a manager that just restarted has not heard from it yet
         return (
             f"its node {node.shown} is {node.state}: start that node's Docker engine again "
             "(the sandbox comes back with its state)"
@@ -93,4 +93,4 @@ def place(nodes: list[Node], cpus: float, memory_mib: int, platforms: frozenset[
             f"no swarm node has {cpus:g} CPUs and {memory_mib} MiB free for this sandbox ({shortfall}): lower "
             "OPENWORK_MICROSANDBOX_CPUS / OPENWORK_MICROSANDBOX_MEMORY, stop a sandbox (invoke down), or add a node"
         )
-    return max(fits, key=lambda n: (n.free_mib, n.free_cpus, n.id))
+    return max(fits, key=lambda n: (n.free_mib, n.free_cpus, n.role != "manager", n.id))  # ties: a worker
