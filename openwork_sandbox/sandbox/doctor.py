@@ -8,7 +8,6 @@ Each check is a small function returning a :class:`Check`. The host facts are re
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import re
@@ -24,9 +23,8 @@ from openwork_sandbox.net import ports
 from openwork_sandbox.net.health import health_once
 from openwork_sandbox.runtimes import choice, probe
 from openwork_sandbox.runtimes.choice import DOCKER, MICROSANDBOX, HostFacts
+from openwork_sandbox.sandbox.doctor_check import Check
 from openwork_sandbox.state.store import SandboxState
-
-BOTH = frozenset({DOCKER, MICROSANDBOX})
 
 # lower bounds known to work (kept in step with pyproject.toml by a test)
 PACKAGE_MINIMUMS = {
@@ -37,27 +35,6 @@ PACKAGE_MINIMUMS = {
     "packaging": "21.0",
 }
 PYTHON_MINIMUM = (3, 10)
-
-
-@dataclasses.dataclass
-class Check:
-    """One row: the check's name, whether it passed, what it found, what to do when it did not, and
-    the runtimes that need it to pass (the exit code counts only the chosen runtime's)."""
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    needed_by: frozenset = BOTH
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "ok": self.ok,
-            "detail": self.detail,
-            "fix": self.fix,
-            "needed_by": sorted(self.needed_by),
-        }
 
 
 def check_python() -> Check:
