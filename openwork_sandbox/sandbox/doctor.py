@@ -8,6 +8,7 @@ Each check is a small function returning a :class:`Check`. The host facts are re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import re
@@ -380,7 +381,8 @@ def check_leftovers(settings: Settings) -> Check:
     orphans = [left for left in found if not left.stale]
     if orphans:
         fix.append(
-            "remove an orphan with `docker rm -f NAME` (Docker) or `msb rm NAME` (microsandbox) if you do "
+            "remove an orphan with `docker rm -f NAME` (Docker), `docker service rm NAME` (swarm) or "
+            "`msb rm NAME` (microsandbox) if you do "
             "not need it, or point OPENWORK_STATE_DIR at its folder"
         )
     return Check(
@@ -413,9 +415,19 @@ def collect_checks(settings: Settings, facts: HostFacts, picked: choice.RuntimeC
 def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
     """Print the checks (a table on stderr, or with ``as_json`` one JSON object on stdout) and the
     runtime ``up`` would choose; 0 when it can work here, else 1. Boots nothing."""
+    from openwork_sandbox.sandbox import doctor_swarm
+
     facts = probe.host_facts()
-    picked = choice.decide_runtime(facts, settings.runtime, SandboxState(settings).record().get("runtime"))
+    recorded = SandboxState(settings).record().get("runtime")
+    swarm = doctor_swarm.applies(settings.runtime, recorded)
+    if swarm:
+        facts = dataclasses.replace(facts, swarm=probe.swarm_support())
+    picked = choice.decide_runtime(facts, settings.runtime, recorded)
     checks = collect_checks(settings, facts, picked)
+    swarm_facts = None
+    if swarm:  # before "left behind", which stays last
+        rows, swarm_facts = doctor_swarm.survey(settings, facts)
+        checks[-1:-1] = rows
     chosen, why = picked.kind, picked.reason
     ok = chosen is not None and picked.usable and all(c.ok for c in checks if chosen in c.needed_by)
     if as_json:
@@ -425,6 +437,7 @@ def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
                 "runtime": {"setting": settings.runtime, "chosen": chosen, "why": why},
                 "checks": [c.as_dict() for c in checks],
                 "agent": agent_summary(settings),
+                **({"swarm": swarm_facts} if swarm_facts is not None else {}),
             }
         )
     else:

@@ -5,11 +5,16 @@ constrained to its node, with its volumes mounted where the sandbox mounts them,
 they hold; it waits for the
 job and removes it. The volume names stay on the node, empty (swarm has no call to delete a
 volume on another node: ``docker volume rm`` there does).
+
+:func:`pull_check` runs a ``global-job`` of an image (``true``) on every ready node and reports,
+per node, whether that node could pull it: ``doctor``'s proof that the nodes reach the registry.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -98,3 +103,44 @@ def empty_volumes(sandbox: str, state_dir: Path) -> str | None:
     return (
         f"emptied the volumes {names} on node {shown} (their empty names stay there: `docker volume rm` removes them)"
     )
+
+
+PULL_TIMEOUT = 45.0
+PULL_DONE = ("complete", "failed", "rejected", "shutdown")  # failed: it was pulled and ran (``true`` missing)
+
+
+def _node_results(tasks: list[dict]) -> dict[str, tuple[str, str]]:
+    """Node id -> ``(state, error)`` of its newest task (swarm retries a rejected job task anew)."""
+    out: dict[str, tuple[str, str]] = {}
+    for task in sorted(tasks, key=lambda t: t.get("CreatedAt", "")):
+        status = task.get("Status") or {}
+        out[task.get("NodeID", "")] = (status.get("State", ""), status.get("Err") or "")
+    return out
+
+
+def pull_check(image: str, node_ids: list[str], timeout: float = PULL_TIMEOUT) -> dict[str, tuple[str, str]]:
+    """Node id -> ``(state, error)`` of a ``global-job`` running ``true`` from ``image`` on each node of
+    ``node_ids``: ``complete`` or ``failed`` (it was pulled), ``rejected`` with the pull's error, or a
+    state still on its way (``preparing``: pulling) when ``timeout`` ran out. The job is removed
+    either way; a job that cannot be made: WorkflowError (one line)."""
+    from openwork_sandbox.core.errors import WorkflowError
+    from openwork_sandbox.runtimes.swarm import cluster
+
+    job = f"openwork-doctor-pull-{socket.gethostname()}-{os.getpid()}"[:63]
+    argv = ["service", "create", "--detach", "--mode", "global-job", "--name", job, "--no-resolve-image"]
+    argv += ["--label", f"{service.LABEL}doctor=1", "--restart-condition", "none", "--entrypoint", "true", image]
+    processes.docker("service", "rm", job, check=False, timeout=60)
+    proc = processes.docker(*argv, check=False, timeout=60)
+    if proc.returncode != 0:
+        raise WorkflowError(f"docker service create (a pull check) failed: {processes.last_line(proc.stderr)}")
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = _node_results(cluster.tasks(job))
+            if all(found.get(n, ("", ""))[0] in PULL_DONE for n in node_ids):
+                break
+            time.sleep(0.5)
+    finally:
+        processes.docker("service", "rm", job, check=False, timeout=60)
+    return {n: found.get(n, ("not scheduled", "")) for n in node_ids}
