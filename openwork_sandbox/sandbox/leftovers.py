@@ -22,7 +22,7 @@ from openwork_sandbox.state.ownership import STATE_DIR, judge
 
 @dataclasses.dataclass(frozen=True)
 class Leftover:
-    """A sandbox of either runtime that is stale (``stale``: why) or that no state folder owns."""
+    """A sandbox of any runtime that is stale (``stale``: why) or that no state folder owns."""
 
     runtime: str
     name: str
@@ -41,13 +41,15 @@ class Leftover:
 
 def _listed(settings: Settings) -> list[tuple[str, str, dict, bool]]:
     """``(runtime, name, marks, running)`` from every runtime that answers here."""
-    from openwork_sandbox.runtimes.probe import docker_support
+    from openwork_sandbox.runtimes.probe import docker_support, swarm_support
 
     found = []
     if docker_support(timeout=5)[0]:
-        from openwork_sandbox.runtimes.listing import docker_managed
+        from openwork_sandbox.runtimes.listing import docker_managed, swarm_managed
 
         found += [("docker", *item) for item in docker_managed()]
+        if swarm_support()[0]:  # the engine is a swarm manager: its services too
+            found += [("swarm", *item) for item in swarm_managed()]
     try:
         from openwork_sandbox.runtimes.listing import microsandbox_managed
 
