@@ -1,0 +1,142 @@
+"""`doctor` and leftovers on a real three-node swarm (issue 29), through a real `invoke`: doctor names
+each node with its address, proves each node pulls the image and exits 0; an image on this host's
+loopback is one failing row (exit 1); a killed `smoke --ephemeral` leaves its service, which doctor
+lists and `reset --stale` removes with its secrets and its state folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.lifecycle import OFFLINE, ROOT, invoke
+
+pytestmark = pytest.mark.swarm
+
+LAB_NODES = {"node1": "10.213.0.11", "node2": "10.213.0.12", "node3": "10.213.0.13"}
+
+
+@pytest.fixture(scope="module")
+def lab_image(swarm_lab, stack_image) -> str:
+    """The real test image, copied into the lab registry (by digest)."""
+    return swarm_lab.seed(stack_image.ref)
+
+
+def _env(lab, image: str, prefix: str) -> dict[str, str]:
+    return {
+        **lab.env(),
+        "OPENWORK_MICROSANDBOX_RUNTIME": "swarm",
+        "OPENWORK_MICROSANDBOX_IMAGE": image,
+        "OPENWORK_REGISTRY_INSECURE": "true",
+        "OPENWORK_MICROSANDBOX_CPUS": "0.5",
+        "OPENWORK_MICROSANDBOX_MEMORY": "1024",
+        # short: a secret's name (`<sandbox>.openwork-host-token.<sha>`) takes at most 64 characters
+        "OPENWORK_MICROSANDBOX_NAME": f"{prefix}-{secrets.token_hex(2)}",
+        "OPENWORK_START_SLOTS": "0",
+    }
+
+
+def _docker(lab, *args: str) -> str:
+    proc = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=60, env={**os.environ, **lab.env()}
+    )
+    assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+def _rows(out: subprocess.CompletedProcess) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+
+
+def test_doctor_names_each_node_at_its_address_and_proves_each_pulls_the_image(swarm_lab, lab_image, tmp_path):
+    env = _env(swarm_lab, lab_image, "dr-doc")
+    table = invoke(tmp_path, "doctor", timeout=120, **env)
+    assert table.returncode == 0, table.stderr
+    for name, address in LAB_NODES.items():
+        assert f"swarm node {name}" in table.stderr and f"{address}, ready, active" in table.stderr
+    assert "runtime: swarm (set to swarm; swarm of 3 nodes, manager 10.213.0.11)" in table.stderr
+
+    out = invoke(tmp_path, "doctor", "--json", timeout=120, **env)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ok"] is True and data["runtime"]["chosen"] == "swarm"
+    assert {n["name"]: n["address"] for n in data["swarm"]["nodes"]} == LAB_NODES
+    assert data["swarm"]["manager"] == {"ok": True, "detail": "swarm of 3 nodes, manager 10.213.0.11"}
+    assert data["swarm"]["auto_would_pick"] in ("docker", "microsandbox")
+    rows = _rows(out)
+    assert rows["swarm nodes"]["detail"] == "3 of 3 ready and active"
+    node1 = rows["swarm node node1"]["detail"]
+    assert node1.startswith("10.213.0.11, ready, active, manager, linux/amd64, ") and "MiB free" in node1
+    assert rows["registry from nodes"]["ok"] is True
+    assert rows["registry from nodes"]["detail"] == "node1 pulled it; node2 pulled it; node3 pulled it"
+    assert rows["auto would pick"]["detail"].endswith("never swarm by itself")
+    # the pull job is gone
+    assert "openwork-doctor-pull" not in _docker(swarm_lab, "service", "ls", "--format", "{{.Name}}")
+
+
+def test_doctor_says_the_nodes_cannot_reach_an_image_on_loopback(swarm_lab, tmp_path):
+    env = _env(swarm_lab, "127.0.0.1:5000/openwork-microsandbox-test:stack", "dr-loop")
+    out = invoke(tmp_path, "doctor", "--json", timeout=120, **env)
+    assert out.returncode == 1, out.stderr
+    row = _rows(out)["registry from nodes"]
+    assert row["ok"] is False and row["needed_by"] == ["swarm"]
+    assert row["detail"] == (
+        "127.0.0.1:5000/openwork-microsandbox-test:stack is on this host's loopback (127.0.0.1): "
+        "the swarm's nodes cannot reach it"
+    )
+
+
+def test_a_killed_ephemeral_smoke_on_the_swarm_is_found_and_removed(swarm_lab, lab_image, tmp_path):
+    env = _env(swarm_lab, lab_image, "dr-e")
+    base = env["OPENWORK_MICROSANDBOX_NAME"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
+    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
+    (tmp_path / "empty.env").write_text("")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "smoke", "--ephemeral", "--env-file", str(tmp_path / "empty.env")],
+        cwd=ROOT,
+        env=clean,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "smoke.log").open("w"),
+    )
+    name = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and name is None and proc.poll() is None:
+            listed = _docker(swarm_lab, "service", "ls", "--filter", f"name={base}-smoke-", "--format", "{{.Name}}")
+            name = listed.split()[0] if listed else None
+            time.sleep(0.3)
+        assert name, f"the ephemeral sandbox's service did not appear: {(tmp_path / 'smoke.log').read_text()[-2000:]}"
+        labels = json.loads(_docker(swarm_lab, "service", "inspect", "--format", "{{json .Spec.Labels}}", name))
+        assert labels["org.openwork-sandbox.ephemeral"] == "1"
+        assert labels["org.openwork-sandbox.owner"].split(":")[1] == str(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the CI job is killed: no teardown runs
+        proc.wait(timeout=30)
+    listing = ["secret", "ls", "-q", "--filter", f"label=org.openwork-sandbox.sandbox={name}"]
+    try:
+        assert _docker(swarm_lab, *listing)  # its tokens, as swarm secrets, are left behind too
+        out = invoke(tmp_path, "doctor", "--json", timeout=120, **env)
+        row = _rows(out)["left behind"]
+        assert f"swarm ephemeral sandbox {name} (" in row["detail"], row
+        assert f"its job ({proc.pid}) is gone" in row["detail"] and "invoke reset --stale" in row["fix"]
+
+        out = invoke(tmp_path, "reset", "--stale", timeout=180, **env)
+        assert out.returncode == 0, out.stderr
+        assert f"removing the swarm ephemeral sandbox {name}" in out.stderr
+        assert name not in _docker(swarm_lab, "service", "ls", "--format", "{{.Name}}").split()
+        assert _docker(swarm_lab, *listing) == ""
+        assert not (tmp_path / "state" / name).exists()
+        assert name not in _rows(invoke(tmp_path, "doctor", "--json", timeout=120, **env))["left behind"]["detail"]
+    finally:
+        lab_env = {**os.environ, **swarm_lab.env()}
+        subprocess.run(["docker", "service", "rm", name], capture_output=True, env=lab_env)
+        left = subprocess.run(["docker", *listing], capture_output=True, text=True, env=lab_env).stdout.split()
+        if left:
+            subprocess.run(["docker", "secret", "rm", *left], capture_output=True, env=lab_env)
