@@ -85,8 +85,9 @@ def platforms_check(nodes: list[Node], offered: dict | None, problem: str | None
 def registry_check(
     image: str, loopback: bool, nodes: list[Node], pulls: dict[str, tuple[str, str]] | None, problem: str | None = None
 ) -> Check:
-    """Whether each ready node could pull ``image`` (``pulls``: node id -> its pull job's state and
-    error); an image on this host's loopback fails at once (no node can reach it)."""
+    """Whether each ready and active node could pull ``image`` (``pulls``: node id -> its pull job's
+    state and error; a node without an entry was not asked); an image on this host's loopback fails
+    at once (no node can reach it)."""
     name = "registry from nodes"
     if loopback:
         return Check(
@@ -100,7 +101,7 @@ def registry_check(
         return Check(name, False, f"not asked: {problem}", "see the result", INFO)
     ready = [n for n in nodes if n.state == "ready" and n.id in (pulls or {})]
     if not ready:
-        return Check(name, False, "no ready node to pull the image", "", INFO)
+        return Check(name, False, "no ready and active node to pull the image", "", INFO)
     parts, failed, pending = [], [], []
     for node in ready:
         state, err = pulls[node.id]
@@ -167,7 +168,7 @@ def survey(settings: Settings, facts: HostFacts) -> tuple[list[Check], dict]:
         rows.append(platforms_check(nodes, offered, problem))
         out["image"] = {"ref": image, "platforms": sorted(offered or {}), "problem": problem}
         pulls, problem = None, None
-        ready = [n.id for n in nodes if n.state == "ready"]
+        ready = [n.id for n in nodes if n.state == "ready" and n.availability == "active"]  # where a job runs
         if not loopback and ready:
             try:
                 pulls = jobs.pull_check(image, ready)

@@ -92,6 +92,28 @@ def test_doctor_says_the_nodes_cannot_reach_an_image_on_loopback(swarm_lab, tmp_
     )
 
 
+@pytest.mark.parametrize(
+    "socket,says",
+    [
+        ("node2.sock", "this Docker engine is a swarm worker: point DOCKER_HOST (or DOCKER_CONTEXT) at a manager"),
+        (
+            "no-such-node.sock",
+            "the Docker engine does not answer (DOCKER_HOST / DOCKER_CONTEXT must point at a swarm manager)",
+        ),
+    ],
+)
+def test_doctor_fails_when_docker_host_is_no_manager(swarm_lab, tmp_path, socket, says):
+    env = _env(swarm_lab, "10.213.0.1:5000/x:y", "dr-nm")
+    env["DOCKER_HOST"] = swarm_lab.docker_host.rsplit("/", 1)[0] + "/" + socket
+    out = invoke(tmp_path, "doctor", "--json", timeout=120, **env)
+    assert out.returncode == 1, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ok"] is False and data["runtime"]["chosen"] == "swarm"
+    row = _rows(out)["swarm manager"]
+    assert row["ok"] is False and row["detail"].startswith(says) and row["needed_by"] == ["swarm"]
+    assert data["swarm"]["nodes"] == [] and "swarm node node1" not in _rows(out)
+
+
 def test_a_killed_ephemeral_smoke_on_the_swarm_is_found_and_removed(swarm_lab, lab_image, tmp_path):
     env = _env(swarm_lab, lab_image, "dr-e")
     base = env["OPENWORK_MICROSANDBOX_NAME"]

@@ -164,7 +164,7 @@ def test_an_image_on_loopback_is_one_failing_row_that_counts():
 
 def test_no_ready_node_pulls_nothing():
     row = registry_check(IMG, False, [DOWN], {})
-    assert (row.ok, row.detail) == (False, "no ready node to pull the image")
+    assert (row.ok, row.detail) == (False, "no ready and active node to pull the image")
 
 
 @pytest.mark.parametrize(
