@@ -381,8 +381,8 @@ def check_leftovers(settings: Settings) -> Check:
     orphans = [left for left in found if not left.stale]
     if orphans:
         fix.append(
-            "remove an orphan with `docker rm -f NAME` (Docker), `docker service rm NAME` (swarm) or "
-            "`msb rm NAME` (microsandbox) if you do "
+            "remove an orphan with `docker rm -f NAME` (Docker), `OPENWORK_MICROSANDBOX_RUNTIME=swarm invoke "
+            "reset --name NAME --yes` (swarm: its service and secrets) or `msb rm NAME` (microsandbox) if you do "
             "not need it, or point OPENWORK_STATE_DIR at its folder"
         )
     return Check(

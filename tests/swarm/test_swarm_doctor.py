@@ -162,3 +162,55 @@ def test_a_killed_ephemeral_smoke_on_the_swarm_is_found_and_removed(swarm_lab, l
         left = subprocess.run(["docker", *listing], capture_output=True, text=True, env=lab_env).stdout.split()
         if left:
             subprocess.run(["docker", "secret", "rm", *left], capture_output=True, env=lab_env)
+
+
+def test_an_orphan_swarm_service_is_listed_kept_by_reset_stale_and_removed_as_the_fix_says(
+    swarm_lab, lab_image, tmp_path
+):
+    """A service this tool made whose state folder is gone (scaled to 0: no task runs) and its secret."""
+    env = _env(swarm_lab, lab_image, "dr-o")
+    name = env["OPENWORK_MICROSANDBOX_NAME"]
+    label = "org.openwork-sandbox."
+    _docker(
+        swarm_lab,
+        "service",
+        "create",
+        "-d",
+        "-q",
+        "--name",
+        name,
+        "--replicas",
+        "0",
+        "--label",
+        f"{label}managed=1",
+        "--label",
+        f"{label}state-dir={tmp_path / 'state' / name}",
+        lab_image,
+    )
+    listing = ["secret", "ls", "-q", "--filter", f"label={label}sandbox={name}"]
+    try:
+        subprocess.run(
+            ["docker", "secret", "create", "--label", f"{label}sandbox={name}", f"{name}.token.1", "-"],
+            input="x",
+            text=True,
+            check=True,
+            capture_output=True,
+            env={**os.environ, **swarm_lab.env()},
+        )
+        row = _rows(invoke(tmp_path, "doctor", "--json", timeout=120, **env))["left behind"]
+        assert f"swarm sandbox {name} (stopped): no state folder owns it" in row["detail"], row
+        assert "OPENWORK_MICROSANDBOX_RUNTIME=swarm invoke reset --name NAME --yes" in row["fix"]
+
+        out = invoke(tmp_path, "reset", "--stale", timeout=120, **env)
+        assert out.returncode == 0 and name in _docker(swarm_lab, "service", "ls", "--format", "{{.Name}}").split()
+
+        out = invoke(tmp_path, "reset", "--name", name, "--yes", timeout=120, **env)
+        assert out.returncode == 0, out.stderr
+        assert name not in _docker(swarm_lab, "service", "ls", "--format", "{{.Name}}").split()
+        assert _docker(swarm_lab, *listing) == ""
+    finally:
+        lab_env = {**os.environ, **swarm_lab.env()}
+        subprocess.run(["docker", "service", "rm", name], capture_output=True, env=lab_env)
+        left = subprocess.run(["docker", *listing], capture_output=True, text=True, env=lab_env).stdout.split()
+        if left:
+            subprocess.run(["docker", "secret", "rm", *left], capture_output=True, env=lab_env)
