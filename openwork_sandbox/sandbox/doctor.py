@@ -403,7 +403,7 @@ def collect_checks(settings: Settings, facts: HostFacts, picked: choice.RuntimeC
         check_kvm(facts),
         check_virtualization(facts),
         check_avx(settings, facts),
-        check_port(settings),
+        *([] if picked.kind == choice.SWARM else [check_port(settings)]),  # swarm: its port is on the nodes
         check_state_folders(settings),
         check_sandbox_env(settings),
         check_opencode_config(settings, picked.kind),

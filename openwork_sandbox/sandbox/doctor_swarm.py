@@ -1,10 +1,11 @@
 """`invoke doctor`'s rows for the swarm runtime (shown when the setting, or the sandbox's record,
-says swarm): the manager, each node, the image's platforms against the nodes', whether the nodes
-can pull the image, and which runtime ``auto`` would pick.
+says swarm): the manager, each node, the sandbox's port on the nodes, the image's platforms against
+the nodes', whether the nodes can pull the image, and which runtime ``auto`` would pick.
 
 The row builders are pure functions over what the manager and the registry said (tests state them
 as tables); :func:`survey` asks them once. Only the manager row and the nodes row (no node ready
-and active) decide the exit code, with the image rows when no node could run the image at all.
+and active) decide the exit code, with the port row and the image rows when no node could run the
+sandbox at all.
 Why a pull job: only a node's own pull proves that node reaches the registry (a ``global-job``
 running ``true``: about 1 s when the nodes have the image; see docs/design-notes/swarm-doctor.md).
 """
@@ -61,6 +62,21 @@ def nodes_check(nodes: list[Node]) -> Check:
         "" if usable else "start a node's Docker engine, or activate a node (docker node update --availability active)"
     )
     return Check("swarm nodes", bool(usable), detail, fix, NEEDED)
+
+
+def port_check(port: int, nodes: list[Node], published: dict[str, set[int]], own: str | None = None) -> Check:
+    """Which ready and active nodes already publish ``port`` (``published``: node id -> host-mode ports
+    its tasks publish); ``own``: the node this sandbox's service holds it on (that is its own). Fails
+    the exit code when every such node publishes it (``up`` refuses then)."""
+    usable = [n for n in nodes if n.state == "ready" and n.availability == "active"]
+    taken = [n for n in usable if port in published.get(n.id, set()) and n.id != own]
+    if not taken:
+        return Check(f"port {port} on nodes", True, f"free on every ready node ({len(usable)})", "", INFO)
+    detail = "published on " + ", ".join(node_name(n) for n in taken)
+    if len(taken) < len(usable):
+        return Check(f"port {port} on nodes", True, f"{detail}; a new sandbox goes to another node", "", INFO)
+    fix = "choose another with --port / OPENWORK_MICROSANDBOX_PORT"
+    return Check(f"port {port} on nodes", False, detail, fix, NEEDED)
 
 
 def platforms_check(nodes: list[Node], offered: dict | None, problem: str | None = None) -> Check:
@@ -146,6 +162,7 @@ def survey(settings: Settings, facts: HostFacts) -> tuple[list[Check], dict]:
     ``swarm`` object (the same facts). ``facts.swarm``: ``probe.swarm_support()``'s answer."""
     from openwork_sandbox.registry.client import index_platforms
     from openwork_sandbox.runtimes.swarm import cluster, jobs
+    from openwork_sandbox.runtimes.swarm.service import LABEL
 
     support = facts.swarm or (False, "not asked")
     rows = [manager_check(support)]
@@ -153,12 +170,17 @@ def survey(settings: Settings, facts: HostFacts) -> tuple[list[Check], dict]:
     image, loopback = settings.image, settings.image_ref.registry_is_loopback
     if support[0]:
         try:
-            nodes = sorted(cluster.nodes()[0], key=lambda n: (node_name(n), n.address))
+            found, published = cluster.nodes()
+            nodes = sorted(found, key=lambda n: (node_name(n), n.address))
         except WorkflowError as exc:
             rows.append(Check("swarm nodes", False, exc.message, "see the result", NEEDED))
             nodes = []
         else:
-            rows += [node_check(n) for n in nodes] + [nodes_check(nodes)]
+            own = ((cluster.service(settings.name) or {}).get("Spec") or {}).get("Labels", {}).get(LABEL + "node")
+            rows += [node_check(n) for n in nodes] + [
+                nodes_check(nodes),
+                port_check(settings.port, nodes, published, own),
+            ]
         out["nodes"] = [node_facts(n) for n in nodes]
         offered, problem = None, None
         try:

@@ -55,7 +55,7 @@ def _rows(out: subprocess.CompletedProcess) -> dict[str, dict]:
 
 
 def test_doctor_names_each_node_at_its_address_and_proves_each_pulls_the_image(swarm_lab, lab_image, tmp_path):
-    env = _env(swarm_lab, lab_image, "dr-doc")
+    env = {**_env(swarm_lab, lab_image, "dr-doc"), "OPENWORK_MICROSANDBOX_PORT": "19473"}
     table = invoke(tmp_path, "doctor", timeout=120, **env)
     assert table.returncode == 0, table.stderr
     for name, address in LAB_NODES.items():
@@ -71,6 +71,8 @@ def test_doctor_names_each_node_at_its_address_and_proves_each_pulls_the_image(s
     assert data["swarm"]["auto_would_pick"] in ("docker", "microsandbox")
     rows = _rows(out)
     assert rows["swarm nodes"]["detail"] == "3 of 3 ready and active"
+    assert rows["port 19473 on nodes"]["detail"] == "free on every ready node (3)"
+    assert "port 19473" not in rows  # this host's port says nothing about the nodes'
     node1 = rows["swarm node node1"]["detail"]
     assert node1.startswith("10.213.0.11, ready, active, manager, linux/amd64, ") and "MiB free" in node1
     assert rows["registry from nodes"]["ok"] is True

@@ -15,6 +15,7 @@ from openwork_sandbox.sandbox.doctor_swarm import (
     node_check,
     nodes_check,
     platforms_check,
+    port_check,
     registry_check,
 )
 
@@ -187,3 +188,32 @@ def test_the_pull_job_reads_each_nodes_newest_task():
         {"NodeID": "b", "CreatedAt": "2026-12-06T10:00:02Z", "Status": {"State": "complete"}},
     ]
     assert _node_results(tasks) == {"a": ("preparing", ""), "b": ("complete", "")}
+
+
+@pytest.mark.parametrize(
+    "nodes,published,own,ok,detail,needed",
+    [
+        ([N1, N2], {}, None, True, "free on every ready node (2)", frozenset()),
+        (
+            [N1, N2],
+            {N2.id: {19000, 8787}},
+            None,
+            True,
+            "published on node2; a new sandbox goes to another node",
+            frozenset(),
+        ),
+        ([N1, N2], {N1.id: {8787}, N2.id: {8787}}, None, False, "published on node1, node2", frozenset({"swarm"})),
+        (
+            [N1, N2],
+            {N1.id: {8787}, N2.id: {8787}},
+            N2.id,
+            True,
+            "published on node1; a new sandbox goes to another node",
+            frozenset(),
+        ),
+        ([N1, DOWN], {DOWN.id: {8787}}, None, True, "free on every ready node (1)", frozenset()),
+    ],
+)
+def test_the_port_row_names_the_nodes_that_publish_it(nodes, published, own, ok, detail, needed):
+    row = port_check(8787, nodes, published, own)
+    assert (row.name, row.ok, row.detail, row.needed_by) == ("port 8787 on nodes", ok, detail, needed)
