@@ -196,7 +196,8 @@ class SwarmRuntime(Runtime):
         deadline = time.monotonic() + 30
         while True:
             proc = processes.docker("network", "rm", net, check=False, timeout=30)
-            gone = proc.returncode == 0 or "no such network" in (proc.stderr or "").lower()
+            err = (proc.stderr or "").lower()  # "no such network", or (engine 20.10) "network NAME not found"
+            gone = proc.returncode == 0 or "no such network" in err or f"network {net.lower()} not found" in err
             if gone or time.monotonic() > deadline:
                 return
             time.sleep(1)
