@@ -156,6 +156,8 @@ def test_a_killed_ephemeral_smoke_on_the_swarm_is_found_and_removed(swarm_lab, l
         assert f"removing the swarm ephemeral sandbox {name}" in out.stderr
         assert name not in _docker(swarm_lab, "service", "ls", "--format", "{{.Name}}").split()
         assert _docker(swarm_lab, *listing) == ""
+        networks = ["network", "ls", "-q", "--filter", f"label=org.openwork-sandbox.sandbox={name}"]
+        assert _docker(swarm_lab, *networks) == ""  # its own overlay network too
         assert not (tmp_path / "state" / name).exists()
         assert name not in _rows(invoke(tmp_path, "doctor", "--json", timeout=120, **env))["left behind"]["detail"]
     finally:
