@@ -52,9 +52,20 @@ def secret_files(spec: LaunchSpec) -> list[tuple[str, Path]]:
     return out
 
 
+SECRET_NAME_MAX = 64  # swarm refuses a longer secret name
+
+
 def secret_name(sandbox: str, guest: str, content: bytes) -> str:
-    """``<sandbox>.<file>.<sha256[:12]>``: a new value is a new secret (swarm's are immutable)."""
-    return f"{sandbox}.{PurePosixPath(guest).name}.{hashlib.sha256(content).hexdigest()[:12]}"
+    """``<sandbox>.<file>.<sha256[:12]>``: a new value is a new secret (swarm's are immutable). Longer
+    than swarm takes (64 characters: a sandbox of ``smoke --ephemeral`` with the default name is
+    already 67), ``<sandbox[:24]>.<file[:20]>.<sha12>``, the hash then over the sandbox, the path
+    and the value, so two sandboxes sharing a prefix never share a secret."""
+    file, digest = PurePosixPath(guest).name, hashlib.sha256(content).hexdigest()[:12]
+    name = f"{sandbox}.{file}.{digest}"
+    if len(name) <= SECRET_NAME_MAX:
+        return name
+    digest = hashlib.sha256(f"{sandbox}\0{guest}\0".encode() + content).hexdigest()[:12]
+    return f"{sandbox[:24]}.{file[:20]}.{digest}"
 
 
 def create_args(
