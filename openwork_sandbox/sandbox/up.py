@@ -90,6 +90,7 @@ def _report(
     as_json: bool,
     health: dict | None,
     server_cert=None,
+    folders_here: bool = True,
 ) -> None:
     """What `up` did, on stderr (a table), or with ``as_json`` one JSON object on stdout; tokens masked
     unless ``show_tokens``; with TLS the certificate's fingerprint and the CA file clients trust."""
@@ -115,8 +116,8 @@ def _report(
                 "token": shown(ep.token),
                 "host_token": shown(ep.host_token),
                 "state_dir": str(settings.sandbox_state_dir),
-                "workspace_dir": str(settings.workspace_dir),
-                "data_dir": str(settings.data_dir),
+                "workspace_dir": str(settings.workspace_dir) if folders_here else None,  # a swarm node's volumes
+                "data_dir": str(settings.data_dir) if folders_here else None,
                 "server_version": (health or {}).get("version"),
                 "tls": tls,
             }
@@ -135,8 +136,11 @@ def _report(
             ("workspace", ep.workspace_id or "(none)"),
             ("client token", shown(ep.token)),
             ("host token", shown(ep.host_token)),
-            ("workspace dir", settings.workspace_dir),
-            ("data dir", settings.data_dir),
+            *(
+                [("workspace dir", settings.workspace_dir), ("data dir", settings.data_dir)]
+                if folders_here
+                else [("workspace, data", "volumes on the sandbox's node (not on this host): invoke status names it")]
+            ),
         ]
     )
     if not show_tokens:
@@ -338,6 +342,7 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
         as_json=as_json,
         health=health,
         server_cert=server_cert,
+        folders_here=rt.state_on_host,
     )
     if follow:  # until Ctrl+C; the sandbox's end ends it with one line and exit 1, as `logs --follow`
         from openwork_sandbox.sandbox.follow import follow_log

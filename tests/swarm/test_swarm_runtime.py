@@ -123,9 +123,13 @@ def _up(sb: Swarm) -> dict:
 
 
 def test_a_sandbox_lives_on_its_node_from_up_to_reset(swarm_lab, lab_image, tmp_path, monkeypatch):
-    sb = Swarm(swarm_lab, lab_image, tmp_path, 18901)
+    provider_key = "sk-swarm-" + os.urandom(12).hex()
+    sb = Swarm(
+        swarm_lab, lab_image, tmp_path, 18901, OPENWORK_SANDBOX_ENV="FAKE_PROVIDER_KEY", FAKE_PROVIDER_KEY=provider_key
+    )
     try:
         made = _up(sb)
+        assert made["workspace_dir"] is None and made["data_dir"] is None  # volumes on the node, not folders here
         host = made["url"].split("//", 1)[1].rsplit(":", 1)[0]
         assert made["url"].startswith("https://") and host in LAB_ADDRESSES and made["url"].endswith(":18901")
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", made["tls"]["ca"])
@@ -177,6 +181,16 @@ def test_a_sandbox_lives_on_its_node_from_up_to_reset(swarm_lab, lab_image, tmp_
         assert list(data.iterdir()) == [], "reset left files in the data volume"
     finally:
         sb.reset()
+
+
+def test_a_name_longer_than_swarm_takes_is_refused_naming_the_setting(swarm_lab, lab_image, tmp_path):
+    sb = Swarm(swarm_lab, lab_image, tmp_path, 18907)
+    sb.env["OPENWORK_MICROSANDBOX_NAME"] = sb.name = "n" * 58
+    proc = sb.invoke("up", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"OPENWORK_MICROSANDBOX_NAME={'n' * 58} has 58 characters; a swarm sandbox's name may have 57"
+    ), proc.stderr
+    assert sb.service() is None
 
 
 def test_a_sandbox_that_fits_on_no_node_is_refused_in_one_line_and_nothing_is_made(swarm_lab, lab_image, tmp_path):

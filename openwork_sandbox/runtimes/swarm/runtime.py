@@ -41,6 +41,7 @@ from openwork_sandbox.runtimes.swarm.placement import Node, node_trouble, place
 from openwork_sandbox.state.store import write_private_file
 
 ENV_FILE = "service.env"
+MAX_NAME = 57  # swarm takes names of up to 63 characters; the reset job is "<name>-reset"
 LIMIT = (
     "the swarm runtime has no outbound filter: the sandbox reaches its node's network, the LAN and the "
     "internet (not another sandbox: each has an overlay network of its own)"
@@ -76,6 +77,12 @@ class SwarmRuntime(Runtime):
     ) -> str | None:
         from openwork_sandbox.config import ImageRef
 
+        if len(self.name) > MAX_NAME:
+            raise WorkflowError(
+                f"OPENWORK_MICROSANDBOX_NAME={self.name} has {len(self.name)} characters; a swarm sandbox's name may "
+                f"have {MAX_NAME} (swarm names its service, network and jobs after it, up to 63): choose a shorter one",
+                exit_code=EXIT_BAD_SETTINGS,
+            )
         if ImageRef.parse(image).registry_is_loopback:
             raise WorkflowError(
                 f"OPENWORK_MICROSANDBOX_IMAGE={image} is in a registry on this host's loopback, which the swarm's "
