@@ -151,7 +151,12 @@ def test_a_sandbox_lives_on_its_node_from_up_to_reset(swarm_lab, lab_image, tmp_
         logs = sb.invoke("logs", "--tail", "5", timeout=60)
         assert logs.returncode == 0 and "[openwork-server]" in logs.stdout, logs.stderr
 
+        following = sb.popen("logs", "--follow", "--tail", "1")
+        time.sleep(3)
+        assert following.poll() is None  # it follows while the sandbox runs
         assert sb.invoke("down", timeout=120).returncode == 0
+        _, err = following.communicate(timeout=60)  # and ends once it stopped, in one line
+        assert following.returncode == 1 and f"{sb.name} stopped" in err.strip().splitlines()[-1], err
         code, st = sb.status()
         assert code == 1 and st["state"] == "stopped" and "scaled to 0" in st["detail"], st
 

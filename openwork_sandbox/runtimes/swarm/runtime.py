@@ -36,7 +36,7 @@ from openwork_sandbox.runtimes.base import (
     RuntimeStatus,
     parse_engine_time,
 )
-from openwork_sandbox.runtimes.swarm import cluster, jobs, service
+from openwork_sandbox.runtimes.swarm import cluster, jobs, logs, service
 from openwork_sandbox.runtimes.swarm.placement import Node, node_trouble, place
 from openwork_sandbox.state.store import write_private_file
 
@@ -377,14 +377,27 @@ class SwarmRuntime(Runtime):
         if system:
             yield from self._system_log()
             return
-        argv = ["docker", "service", "logs", "--raw", "--no-trunc"]
-        if follow:
-            argv.append("--follow")
-        if tail is not None:
-            argv += ["--tail", str(tail)]
-        if since_s is not None:
-            argv += ["--since", f"{int(since_s)}s"]
-        yield from processes.stream_lines([*argv, self.name])
+        if not follow:
+            yield from logs.lines(self.name, tail=tail, since=f"{int(since_s)}s" if since_s is not None else None)
+            return
+        began = self._current_task_id()
+
+        def runs() -> bool:  # the task it began with still runs (a stopping one too: its last lines come)
+            task = next((t for t in cluster.tasks(self.name) if t.get("ID") == began), None) if began else None
+            return task is not None and (task.get("Status") or {}).get("State") in cluster.RUNNING_TASK
+
+        yield from logs.follow(self.name, runs, tail=tail, since_s=since_s)
+
+    def _current_task_id(self) -> str | None:
+        """The task that runs the sandbox now (running or on its way), or None."""
+        svc = self._service()
+        replicas = (((svc or {}).get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0)
+        if not replicas:
+            return None
+        current = next((t for t in cluster.tasks(self.name) if t.get("DesiredState") == "running"), None)
+        if current is None or (current.get("Status") or {}).get("State") not in cluster.RUNNING_TASK:
+            return None
+        return current.get("ID")
 
     def _system_log(self) -> Iterator[str]:
         """The swarm's view: each task of the service, newest first (node, state, error)."""
