@@ -55,6 +55,33 @@ class SwarmLab:
         """The environment for running ``invoke`` (or ``docker``) against the swarm's manager."""
         return {"DOCKER_HOST": self.docker_host}
 
+    def docker(self, *args: str, node: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``docker ARGS`` against the manager, or node ``node``'s own engine; never checked."""
+        host = self.docker_host if node is None else self.docker_host.replace("node1.sock", f"node{node}.sock")
+        return subprocess.run(
+            ["docker", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, "DOCKER_HOST": host}
+        )
+
+    def checked(self, *args: str, node: int | None = None, timeout: float = 120) -> str:
+        """``docker ARGS`` (see :meth:`docker`) that must succeed; its stdout, stripped."""
+        proc = self.docker(*args, node=node, timeout=timeout)
+        assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
+        return proc.stdout.strip()
+
+    def sandbox_env(self, image: str, name: str, **extra: str) -> dict[str, str]:
+        """The settings of a swarm sandbox ``name`` of ``image`` (from the lab registry) on this lab:
+        half a CPU, 768 MiB, the lab registry's plain HTTP allowed."""
+        return {
+            **self.env(),
+            "OPENWORK_MICROSANDBOX_RUNTIME": "swarm",
+            "OPENWORK_MICROSANDBOX_IMAGE": image,
+            "OPENWORK_REGISTRY_INSECURE": "true",
+            "OPENWORK_MICROSANDBOX_NAME": name,
+            "OPENWORK_MICROSANDBOX_CPUS": "0.5",
+            "OPENWORK_MICROSANDBOX_MEMORY": "768",
+            **extra,
+        }
+
 
 def _node_id(docker_host: str) -> str:
     proc = subprocess.run(

@@ -22,32 +22,12 @@ pytestmark = pytest.mark.swarm
 LAB_NODES = {"node1": "10.213.0.11", "node2": "10.213.0.12", "node3": "10.213.0.13"}
 
 
-@pytest.fixture(scope="module")
-def lab_image(swarm_lab, stack_image) -> str:
-    """The real test image, copied into the lab registry (by digest)."""
-    return swarm_lab.seed(stack_image.ref)
-
-
 def _env(lab, image: str, prefix: str) -> dict[str, str]:
-    return {
-        **lab.env(),
-        "OPENWORK_MICROSANDBOX_RUNTIME": "swarm",
-        "OPENWORK_MICROSANDBOX_IMAGE": image,
-        "OPENWORK_REGISTRY_INSECURE": "true",
-        "OPENWORK_MICROSANDBOX_CPUS": "0.5",
-        "OPENWORK_MICROSANDBOX_MEMORY": "1024",
-        # short: a secret's name (`<sandbox>.openwork-host-token.<sha>`) takes at most 64 characters
-        "OPENWORK_MICROSANDBOX_NAME": f"{prefix}-{secrets.token_hex(2)}",
-        "OPENWORK_START_SLOTS": "0",
-    }
+    return lab.sandbox_env(image, f"{prefix}-{secrets.token_hex(2)}")
 
 
 def _docker(lab, *args: str) -> str:
-    proc = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=60, env={**os.environ, **lab.env()}
-    )
-    assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
-    return proc.stdout.strip()
+    return lab.checked(*args)
 
 
 def _rows(out: subprocess.CompletedProcess) -> dict[str, dict]:

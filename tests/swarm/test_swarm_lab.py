@@ -34,11 +34,7 @@ while True:
 
 
 def _docker(lab, *args: str, timeout: float = 60) -> str:
-    proc = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **lab.env()}
-    )
-    assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
-    return proc.stdout.strip()
+    return lab.checked(*args, timeout=timeout)
 
 
 def _until(what: str, check, seconds: float = 30):

@@ -24,17 +24,8 @@ pytestmark = pytest.mark.swarm
 LAB_ADDRESSES = {f"10.213.0.{10 + i}": i for i in (1, 2, 3)}
 
 
-@pytest.fixture(scope="module")
-def lab_image(swarm_lab, stack_image) -> str:
-    """The test image in the lab registry, by digest."""
-    return swarm_lab.seed(stack_image.ref)
-
-
 def _docker(lab, *args: str, node: int | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    host = lab.docker_host if node is None else lab.docker_host.replace("node1.sock", f"node{node}.sock")
-    proc = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=120, env={**os.environ, "DOCKER_HOST": host}
-    )
+    proc = lab.docker(*args, node=node)
     assert not check or proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
     return proc
 
@@ -45,20 +36,15 @@ class Swarm:
     def __init__(self, lab, image: str, tmp: Path, port: int, **extra: str):
         self.lab, self.tmp = lab, tmp
         self.name = unique_name("sw")
-        self.env = {
-            "DOCKER_HOST": lab.docker_host,
-            "OPENWORK_STATE_DIR": str(tmp / "state"),
-            "OPENWORK_MICROSANDBOX_RUNTIME": "swarm",
-            "OPENWORK_MICROSANDBOX_IMAGE": image,
-            "OPENWORK_REGISTRY_INSECURE": "true",
-            "OPENWORK_MICROSANDBOX_NAME": self.name,
-            "OPENWORK_MICROSANDBOX_PORT": str(port),
-            "OPENWORK_MICROSANDBOX_CPUS": "0.5",
-            "OPENWORK_MICROSANDBOX_MEMORY": "768",
-            "OPENWORK_HEALTH_TIMEOUT": "240",
+        self.env = lab.sandbox_env(
+            image,
+            self.name,
+            OPENWORK_STATE_DIR=str(tmp / "state"),
+            OPENWORK_MICROSANDBOX_PORT=str(port),
+            OPENWORK_HEALTH_TIMEOUT="240",
             **OFFLINE,
             **extra,
-        }
+        )
         (tmp / "empty.env").write_text("")
 
     def invoke(self, *args: str, timeout: float = 400, **extra: str) -> subprocess.CompletedProcess:
