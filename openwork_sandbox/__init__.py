@@ -13,7 +13,7 @@ The Invoke collection is ``openwork_sandbox.tasks.ns``; the ``openwork-sandbox``
   ``index_push``; the build context ``context/`` (package data)
 - ``runtimes``: ``base``, ``choice``, ``probe``, ``docker``, ``docker_copy``, ``docker_platform``, ``docker_faults``, ``listing``; ``microsandbox`` (``runtime``,
   ``sdk``, ``spec``, ``boot``, ``jobs``, ``logs``, ``copy``, ``launch``, ``platform_check``, ``pull``); ``swarm`` (``runtime``,
-  ``placement``, ``cluster``, ``service``, ``jobs``, ``logs``)
+  ``placement``, ``cluster``, ``service``, ``jobs``, ``logs``, ``lock``)
 - ``state`` (beside ``registry``): ``store``, ``persist``, ``pin``, ``secrets``, ``ownership``, ``supervision``, ``tls``
 - ``registry``: ``client``, ``transport``, ``access``, ``docker_config``
 - ``net``: ``http``, ``openwork_api``, ``health``, ``ports``

@@ -285,3 +285,18 @@ def test_an_interrupted_up_leaves_no_secret_without_its_service(swarm_lab, lab_i
         assert again.returncode == 0, again.stderr[-3000:]
     finally:
         sb.reset()
+
+
+def test_sandboxes_started_at_once_go_to_different_nodes(swarm_lab, lab_image, tmp_path):
+    for i in range(3):
+        (tmp_path / f"b{i}").mkdir()
+    boxes = [Swarm(swarm_lab, lab_image, tmp_path / f"b{i}", 18910 + i) for i in range(3)]
+    try:
+        procs = [sb.popen("up", "--json") for sb in boxes]
+        outs = [p.communicate(timeout=400) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+        hosts = {json.loads(out)["url"].split("//", 1)[1].rsplit(":", 1)[0] for out, _ in outs}
+        assert hosts == set(LAB_ADDRESSES), hosts  # one each: not all on the node that looked freest at first
+    finally:
+        for sb in boxes:
+            sb.reset()

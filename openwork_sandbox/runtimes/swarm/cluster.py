@@ -21,10 +21,16 @@ RUNNING_TASK = ("running", "starting", "preparing", "assigned", "accepted", "pen
 
 
 def _json(*args: str, timeout: float = 30) -> list:
+    """``docker inspect``-style JSON. What went away between listing and inspecting (swarm prunes old
+    tasks at any moment: "task ... not found") is left out, not an error."""
     proc = processes.docker(*args, check=False, timeout=timeout)
-    if proc.returncode != 0:
+    try:
+        found = json.loads(proc.stdout or "[]")
+    except ValueError:
+        found = None
+    if proc.returncode != 0 and (found is None or (not found and "not found" not in (proc.stderr or "").lower())):
         raise WorkflowError(f"docker {' '.join(args[:2])} failed: {processes.last_line(proc.stderr)}")
-    return json.loads(proc.stdout or "[]")
+    return found or []
 
 
 def manager_node_id() -> str:
@@ -113,3 +119,19 @@ def tasks(name: str) -> list[dict]:
     ids = proc.stdout.split() if proc.returncode == 0 else []
     found = _json("inspect", "--type", "task", *ids, timeout=60) if ids else []
     return sorted(found, key=lambda t: t.get("CreatedAt", ""), reverse=True)
+
+
+def unschedulable(name: str) -> str | None:
+    """Why swarm cannot start the service's newest task (no node has the resources, its port is taken
+    there: the scheduler's own words), or None when it is scheduled or has no such complaint."""
+    current = next(iter(tasks(name)), None)
+    status = (current or {}).get("Status") or {}
+    if status.get("State") in ("new", "pending") and status.get("Err"):
+        return status["Err"]
+    return None
+
+
+def assigned(name: str) -> bool:
+    """The service's newest task is on a node (so its reservation counts there), or has ended."""
+    current = next(iter(tasks(name)), None)
+    return current is not None and (bool(current.get("NodeID")) or (current.get("Status") or {}).get("Err") is not None)

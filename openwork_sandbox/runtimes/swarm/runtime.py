@@ -36,7 +36,7 @@ from openwork_sandbox.runtimes.base import (
     RuntimeStatus,
     parse_engine_time,
 )
-from openwork_sandbox.runtimes.swarm import cluster, jobs, logs, service
+from openwork_sandbox.runtimes.swarm import cluster, jobs, lock, logs, service
 from openwork_sandbox.runtimes.swarm.placement import Node, node_trouble, place
 from openwork_sandbox.state.store import write_private_file
 
@@ -56,6 +56,7 @@ class SwarmRuntime(Runtime):
     def __init__(self, name: str, state_dir: Path):
         super().__init__(name, state_dir)
         self._placed: Node | None = None
+        self._lock: int | None = None  # held from a new sandbox's placement until its service exists
 
     # --- where it runs ------------------------------------------------------------------------
     def _service(self) -> dict | None:
@@ -96,6 +97,8 @@ class SwarmRuntime(Runtime):
             if node is not None:
                 self._placed = node
                 return node.address
+        if self._lock is None:
+            self._lock = lock.hold()  # another up from here places only once this one's service exists
         found, ports = cluster.nodes()
         free = [n for n in found if port not in ports.get(n.id, set())]
         if found and not free:
@@ -273,6 +276,9 @@ class SwarmRuntime(Runtime):
                 proc = processes.docker(*argv, check=False, timeout=300)
             if proc.returncode != 0:
                 raise WorkflowError(f"docker service create {spec.name} failed: {processes.last_line(proc.stderr)}")
+            deadline = time.monotonic() + 10  # the next placement sees this one's reservation once it is assigned
+            while not cluster.assigned(spec.name) and time.monotonic() < deadline:
+                time.sleep(0.2)
         except BaseException:  # interrupted or refused: no half-made service or secret is left
             with contextlib.suppress(WorkflowError):
                 processes.docker("service", "rm", spec.name, check=False, timeout=60)
@@ -280,8 +286,31 @@ class SwarmRuntime(Runtime):
                     processes.docker("secret", "rm", *made, check=False, timeout=60)
                 self._drop_network()
             raise
+        finally:
+            lock.release(self._lock)
+            self._lock = None
         jobs.remember(self.state_dir, node.id, node.shown, spec.image, service.volumes(spec))
         console.info(f"swarm service {spec.name} on node {node.shown}")
+        self._refuse_unschedulable(f"{spec.name} cannot start on node {node.shown}", remove=True)
+
+    def _refuse_unschedulable(self, what: str, *, remove: bool, wait: float = 10.0) -> None:
+        """One line (WorkflowError) when swarm still cannot schedule the task ``wait`` seconds on (its
+        scheduler's words and the way out); with ``remove`` the new service goes first, so nothing is
+        left pending without a word."""
+        deadline = time.monotonic() + wait
+        why = cluster.unschedulable(self.name)
+        while why and time.monotonic() < deadline:
+            time.sleep(1)
+            why = cluster.unschedulable(self.name)
+        if not why:
+            return
+        if remove:
+            self.remove()
+        raise WorkflowError(
+            f"{what}: swarm says {why}; free that node (invoke down another sandbox there), or lower "
+            "OPENWORK_MICROSANDBOX_CPUS / OPENWORK_MICROSANDBOX_MEMORY"
+            + ("" if remove else " (invoke down stops trying)")
+        )
 
     def _scale(self, replicas: int) -> None:
         proc = processes.docker("service", "scale", "--detach", f"{self.name}={replicas}", check=False, timeout=60)
@@ -299,6 +328,7 @@ class SwarmRuntime(Runtime):
         if trouble:
             raise WorkflowError(f"{self.name} cannot start: {trouble}")
         self._scale(1)
+        self._refuse_unschedulable(f"{self.name} cannot start on node {node.shown}", remove=False)
 
     def restart_server(self, spec: LaunchSpec) -> None:
         proc = processes.docker("service", "update", "--detach", "--force", self.name, check=False, timeout=120)
