@@ -31,6 +31,7 @@ HELP_FIRST_LINES = {
     "bench-smoke": "usage: bench-smoke [-h] [--image IMAGE] [--runtime RUNTIME] [--rounds ROUNDS]",
     "bench-start": "usage: bench-start [-h] [--image IMAGE] [--pairs PAIRS]",
     "bench-supervise": "usage: bench-supervise [-h] --image IMAGE [--rounds ROUNDS]",
+    "bench-swarm": "usage: bench-swarm [-h] [--nodes NODES] [--per-node PER_NODE] [--cpus CPUS]",
 }
 ENTRY_POINTS = sorted([*HELP_FIRST_LINES, "bench-image", "bench-platforms"])  # these two have no --help: they run
 
