@@ -315,7 +315,7 @@ def table(r: dict) -> str:
     out.append("")
     if times:
         out.append(
-            f"healthy: {len(ok)}/{len(boxes)}; all `up`s returned after {r['wall_seconds']:.1f} s; per healthy one: median "
+            f"healthy: {len(ok)}/{len(boxes)}; all `up`s returned after {r['wall_seconds']:.1f} s; per `up` that returned 0: median "
             f"{statistics.median(times):.1f} s, min {times[0]:.1f} s, max {times[-1]:.1f} s"
         )
     mems = sorted(b["memory_mib"] for b in boxes if b["memory_mib"] is not None)
