@@ -14,7 +14,7 @@ own name ``bench-sw<hex>-<i>``, port and state folder, the runtime ``swarm``, th
 as the sandbox's reservation and limit). Then: each
 sandbox's node, health and memory (``invoke status --json``; its container's cgroup), each node's
 memory again, one real ``invoke smoke`` against the first sandbox, and ``invoke reset --yes`` of
-all of them at once. Prints a table (or, with ``--json``, one JSON object) on stdout; progress goes
+all of them at once (then the empty volume names ``reset`` leaves on the nodes are removed too). Prints a table (or, with ``--json``, one JSON object) on stdout; progress goes
 to stderr, a line at least every 10 s.
 
 Memory is what the kernel counts for a cgroup less its inactive file pages (as ``docker stats``
@@ -185,9 +185,10 @@ def stop_ups(boxes: list[Sandbox]) -> None:
             proc.wait()
 
 
-def reset_all(boxes: list[Sandbox], env_file: Path, docker_env: dict[str, str]) -> float:
-    """``invoke reset --yes`` of every sandbox at once; then any service or secret of theirs that is
-    left is removed (and said). Seconds until the last reset returned."""
+def reset_all(boxes: list[Sandbox], env_file: Path, docker_env: dict[str, str], nodes: int) -> float:
+    """``invoke reset --yes`` of every sandbox at once; then any service, secret or network of theirs
+    that is left is removed (and said), and the empty volume names on the nodes. Seconds until the
+    last reset returned."""
     began = time.monotonic()
     procs = {
         b.name: subprocess.Popen(
@@ -207,15 +208,53 @@ def reset_all(boxes: list[Sandbox], env_file: Path, docker_env: dict[str, str]) 
             lines = [x for x in proc.stderr.read().splitlines() if x.strip()]
             say(f"reset of {name} failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
     names = {b.name for b in boxes}
-    for kind in ("service", "secret"):
+    for kind in ("service", "secret", "network"):
         listed = subprocess.run(
             ["docker", kind, "ls", "--format", "{{.Name}}"], capture_output=True, text=True, env=docker_env, timeout=60
         ).stdout.split()
-        left = [x for x in listed if x in names or x.split(".", 1)[0] in names]
+        left = [x for x in listed if x in names or x.split(".", 1)[0] in names or x.removesuffix("-net") in names]
         if left:
             say(f"removing what reset left: {kind}s {' '.join(left)}")
             subprocess.run(["docker", kind, "rm", *left], capture_output=True, env=docker_env, timeout=120)
+    remove_volumes(names, docker_env, nodes)
     return took
+
+
+def remove_volumes(names: set[str], docker_env: dict[str, str], nodes: int, wait: float = 60) -> None:
+    """Remove the volume names ``reset`` leaves on the node (``<sandbox>-workspace`` ...), through each
+    lab node's own engine (its socket beside the manager's), with the ended containers of ``reset``'s
+    job that still hold them (swarm removes a removed job's containers only a while later); tried
+    for up to WAIT seconds, then what is left is said."""
+    sockets = Path(docker_env["DOCKER_HOST"].removeprefix("unix://")).parent
+    deadline = time.monotonic() + wait
+    for i in range(1, nodes + 1):
+        env = {**docker_env, "DOCKER_HOST": f"unix://{sockets}/node{i}.sock"}
+        while True:
+            ended = subprocess.run(
+                ["docker", "ps", "-a", "--filter", "status=exited", "--format", "{{.ID}} {{.Names}}"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            ).stdout.splitlines()
+            jobs = [line.split()[0] for line in ended if line.split()[-1].split("-reset.", 1)[0] in names]
+            if jobs:
+                subprocess.run(["docker", "rm", *jobs], capture_output=True, env=env, timeout=120)
+            mine = _volumes_of(names, env)
+            if not mine:
+                break
+            subprocess.run(["docker", "volume", "rm", *mine], capture_output=True, env=env, timeout=120)
+            if time.monotonic() > deadline:
+                left = _volumes_of(names, env)
+                if left:
+                    say(f"node{i} still holds volumes {' '.join(left)} (in use?): docker volume rm them there")
+                break
+            time.sleep(2)
+
+
+def _volumes_of(names: set[str], env: dict[str, str]) -> list[str]:
+    listed = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True, env=env, timeout=60)
+    return [v for v in listed.stdout.split() if v.rsplit("-", 1)[0] in names]
 
 
 def _interrupt(signum, frame):
@@ -279,7 +318,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_ups(boxes)
         say(f"removing the {len(boxes)} sandboxes (invoke reset --yes, all at once)")
-        result["reset_seconds"] = reset_all(boxes, env_file, docker_env)
+        result["reset_seconds"] = reset_all(boxes, env_file, docker_env, args.nodes)
         result["sandboxes"] = [{f.name: getattr(b, f.name) for f in fields(b) if f.name in SHOWN} for b in boxes]
     return result
 
