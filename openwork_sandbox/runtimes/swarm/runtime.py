@@ -238,7 +238,8 @@ class SwarmRuntime(Runtime):
             out[guest] = name
         return out
 
-    def _drop_secrets(self, keep: set[str] = frozenset()) -> None:
+    def _drop_secrets(self) -> None:
+        """Remove every secret made for this sandbox (label ``sandbox=NAME``)."""
         proc = processes.docker(
             "secret",
             "ls",
@@ -250,7 +251,7 @@ class SwarmRuntime(Runtime):
             check=False,
             timeout=30,
         )
-        names = [n for n in proc.stdout.split() if n not in keep] if proc.returncode == 0 else []
+        names = proc.stdout.split() if proc.returncode == 0 else []
         if names:
             processes.docker("secret", "rm", *names, check=False, timeout=60)
 
