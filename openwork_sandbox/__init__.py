@@ -6,9 +6,9 @@ The Invoke collection is ``openwork_sandbox.tasks.ns``; the ``openwork-sandbox``
 
 - ``smoke``: ``checks``, ``runner``, ``modes``, ``agent_reply``
 - ``sandbox`` (beside ``image``): the flows ``up``, ``down``, ``status``, ``logs``, ``reset``, ``doctor``,
-  ``backup``, ``restore``, ``leftovers``; ``doctor_swarm`` (doctor's swarm rows); what they share, ``launch``,
+  ``backup``, ``restore``, ``leftovers``, ``manifests``; ``doctor_swarm`` (doctor's swarm rows); what they share, ``launch``,
   ``locate``, ``endpoint``, ``start_watch``, ``follow``; the rules ``decision``, ``start_gate``, ``start_slots``,
-  ``avx``, ``archive``, ``doctor_check`` (one doctor row)
+  ``avx``, ``archive``, ``doctor_check`` (one doctor row), ``kube`` (a sandbox as Kubernetes objects)
 - ``image``: ``build``, ``artifacts``, ``digests``, ``multiplatform``, ``foreign_check``, ``oci``, ``push``,
   ``index_push``; the build context ``context/`` (package data)
 - ``runtimes``: ``base``, ``choice``, ``probe``, ``docker``, ``docker_copy``, ``docker_platform``, ``docker_faults``, ``listing``; ``microsandbox`` (``runtime``,

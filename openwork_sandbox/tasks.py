@@ -323,6 +323,26 @@ def restore(c, path, name=None, force=False, env_file=None):
         put_back(_settings(c, env_file, name=name), path, force=force)
 
 
+@task(
+    help={
+        **SANDBOX_HELP,
+        "output": "write one file per object into this folder (new, empty, or holding only files this task "
+        "wrote) instead of one YAML stream on stdout",
+        "format": "kubernetes (Secret, PVCs, Deployment, Service, NetworkPolicy) or agent-sandbox (Secret, "
+        "agents.x-k8s.io Sandbox, NetworkPolicy)",
+    }
+)
+def manifests(c, name=None, output=None, format="kubernetes", env_file=None):
+    """Print the sandbox as Kubernetes objects (YAML for kubectl apply).
+
+    Its tokens, provider keys and TLS key are in the Secret, in no other object.
+    """
+    with task_boundary("manifests"):
+        from openwork_sandbox.sandbox.manifests import manifests as render
+
+        render(_settings(c, env_file, name=name), output=output, format=format)
+
+
 def _smoke_help() -> str:
     from openwork_sandbox.smoke.checks import describe  # declarations only: no HTTP client imported
 
@@ -331,5 +351,5 @@ def _smoke_help() -> str:
 
 smoke.__doc__ = smoke.__doc__.rstrip() + _smoke_help()
 
-ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke, backup, restore)
+ns = Collection(doctor, build_image, push_image, up, down, status, logs, reset, smoke, backup, restore, manifests)
 ns.configure({"openwork_sandbox": {"project_root": None}})

@@ -56,6 +56,15 @@ def emit_json(obj: Any) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def emit_text(text: str) -> None:
+    """Machine output that is not JSON (``manifests``' YAML), alone on stdout."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (`... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def mask(secret: str | None) -> str:
     """Show enough of a secret to tell two apart, never enough to use it."""
     if not secret:

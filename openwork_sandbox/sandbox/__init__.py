@@ -1,1 +1,1 @@
-"""The sandbox flows: up, down, status, logs, reset, doctor, backup, restore, and what they share."""
+"""The sandbox flows: up, down, status, logs, reset, doctor, backup, restore, manifests, and what they share."""

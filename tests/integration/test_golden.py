@@ -20,7 +20,20 @@ import pytest
 from tests.support.paths import ROOT
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-TASKS = ["backup", "build-image", "doctor", "down", "logs", "push-image", "reset", "restore", "smoke", "status", "up"]
+TASKS = [
+    "backup",
+    "build-image",
+    "doctor",
+    "down",
+    "logs",
+    "manifests",
+    "push-image",
+    "reset",
+    "restore",
+    "smoke",
+    "status",
+    "up",
+]
 UPDATE = os.environ.get("OPENWORK_GOLDEN_UPDATE") == "1"
 
 

@@ -1,0 +1,197 @@
+"""`invoke manifests`: the sandbox as Kubernetes objects; secrets only in the Secret; refusals in one line."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import yaml
+
+from openwork_sandbox.core.errors import SettingsError, WorkflowError
+from openwork_sandbox.sandbox.manifests import manifests
+from tests.support.lifecycle import make_settings
+
+DIGEST = "sha256:" + "ab" * 32
+TOKEN = "client-token-" + "q" * 40
+HOST_TOKEN = "host-token-" + "z" * 40
+API_KEY = "sk-provider-key-0123456789"
+CONFIG = '{"provider": {"x": {"options": {"apiKey": "config-secret-9876"}}}}\n'
+
+
+def settings_for(tmp_path, **env):
+    config = tmp_path / "opencode.jsonc"
+    config.write_text(CONFIG)
+    base = {
+        "OPENWORK_MICROSANDBOX_NAME": "k8s-unit",
+        "OPENWORK_MICROSANDBOX_IMAGE": "127.0.0.1:5000/owtest-k8s:stack",
+        "OPENWORK_TOKEN": TOKEN,
+        "OPENWORK_HOST_TOKEN": HOST_TOKEN,
+        "OPENWORK_SANDBOX_ENV": "ANTHROPIC_API_KEY",
+        "ANTHROPIC_API_KEY": API_KEY,
+        "OPENWORK_OPENCODE_CONFIG": str(config),
+        "OPENWORK_MICROSANDBOX_CPUS": "1.5",
+        "OPENWORK_MICROSANDBOX_MEMORY": "3072",
+    }
+    merged = {k: v for k, v in {**base, **env}.items() if v is not None}  # None: not set at all
+    settings = make_settings(tmp_path, **merged)
+    from openwork_sandbox.state.pin import record_push
+
+    record_push(settings, DIGEST)
+    return settings
+
+
+def by_kind(objs):
+    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+
+def test_the_objects_of_a_sandbox_from_its_settings_and_last_push(tmp_path, capsys):
+    objs = manifests(settings_for(tmp_path))
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert docs == objs  # stdout is the same objects, as one YAML stream
+    assert sorted(by_kind(objs)) == [
+        ("Deployment", "k8s-unit"),
+        ("NetworkPolicy", "k8s-unit"),
+        ("PersistentVolumeClaim", "k8s-unit-data"),
+        ("PersistentVolumeClaim", "k8s-unit-store"),
+        ("PersistentVolumeClaim", "k8s-unit-workspace"),
+        ("Secret", "k8s-unit-secrets"),
+        ("Service", "k8s-unit"),
+    ]
+    deploy = by_kind(objs)[("Deployment", "k8s-unit")]
+    assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deploy["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "127.0.0.1:5000/owtest-k8s@" + DIGEST
+    assert c["resources"] == {
+        "requests": {"cpu": "1.5", "memory": "3072Mi"},
+        "limits": {"cpu": "1.5", "memory": "3072Mi"},
+    }
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "openwork", "scheme": "HTTP"}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    sec = c["securityContext"]
+    assert sec["allowPrivilegeEscalation"] is False and sec["readOnlyRootFilesystem"] is True
+    assert sec["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID", "KILL"],
+    }
+    assert sec["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts == {
+        "/workspace": "workspace",
+        "/data": "data",
+        "/srv/openwork/store": "store",
+        "/srv/openwork": "private",
+        "/tmp": "tmp",
+        "/srv/openwork/secrets": "server-secrets",
+        "/etc/openwork-sandbox": "sandbox-secrets",
+    }
+    labels = deploy["metadata"]["labels"]
+    assert labels["openwork-sandbox.org/sandbox"] == "k8s-unit"
+    state_dir = str(tmp_path / "state" / "k8s-unit")
+    assert deploy["metadata"]["annotations"]["openwork-sandbox.org/state-dir"] == state_dir
+    assert (
+        labels["openwork-sandbox.org/state-dir"] not in state_dir
+        and len(labels["openwork-sandbox.org/state-dir"]) == 16
+    )
+
+
+def test_secrets_are_in_the_secret_and_nowhere_else(tmp_path, capsys):
+    settings = settings_for(tmp_path, OPENWORK_TLS="true")
+    for fmt in ("kubernetes", "agent-sandbox"):
+        objs = manifests(settings, format=fmt)
+        capsys.readouterr()
+        key_pem = (tmp_path / "state" / "k8s-unit" / "tls" / "tls.key").read_text()
+        secret = by_kind(objs)[("Secret", "k8s-unit-secrets")]
+        files = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert files == {
+            "openwork-token": TOKEN + "\n",
+            "openwork-host-token": HOST_TOKEN + "\n",
+            "sandbox.env": f"export ANTHROPIC_API_KEY='{API_KEY}'\n",
+            "opencode.jsonc": CONFIG,
+            "tls.crt": (tmp_path / "state" / "k8s-unit" / "tls" / "tls.crt").read_text(),
+            "tls.key": key_pem,
+        }
+        key_line = key_pem.splitlines()[1]
+        others = json.dumps([o for o in objs if o["kind"] != "Secret"])
+        for value in (TOKEN, HOST_TOKEN, API_KEY, "config-secret-9876", key_line):
+            assert value not in others
+            assert base64.b64encode(value.encode()).decode()[:20] not in others
+        pod = objs[1]["spec"]["podTemplate"]["spec"] if fmt == "agent-sandbox" else by_kind(objs)[("Deployment", "k8s-unit")]["spec"]["template"]["spec"]  # fmt: skip
+        assert pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_the_tokens_are_made_and_kept_when_none_are_set(tmp_path, capsys):
+    settings = settings_for(tmp_path, OPENWORK_TOKEN=None, OPENWORK_HOST_TOKEN=None)
+    first = manifests(settings)[0]["data"]
+    again = manifests(settings)[0]["data"]
+    capsys.readouterr()
+    stored = json.loads((tmp_path / "state" / "k8s-unit" / "tokens.json").read_text())
+    assert base64.b64decode(first["openwork-token"]).decode() == stored["token"] + "\n"
+    assert base64.b64decode(first["openwork-host-token"]).decode() == stored["host_token"] + "\n"
+    assert first == again
+
+
+@pytest.mark.parametrize(
+    ("network", "egress"),
+    [
+        ("allow-all", [{}]),
+        ("none", []),
+    ],
+)
+def test_the_network_policy_follows_the_setting(tmp_path, capsys, network, egress):
+    objs = manifests(settings_for(tmp_path, OPENWORK_MICROSANDBOX_NETWORK=network))
+    policy = by_kind(objs)[("NetworkPolicy", "k8s-unit")]["spec"]
+    assert policy["egress"] == egress
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8787}]}]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_public_only_reaches_the_internet_and_dns_but_no_private_range(tmp_path, capsys):
+    objs = manifests(settings_for(tmp_path, OPENWORK_MICROSANDBOX_NETWORK="public-only"))
+    to_ip, to_dns = by_kind(objs)[("NetworkPolicy", "k8s-unit")]["spec"]["egress"]
+    v4 = to_ip["to"][0]["ipBlock"]
+    assert v4["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"} <= set(v4["except"])
+    assert to_dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+
+
+def test_agent_sandbox_format_is_a_sandbox_with_claim_templates(tmp_path, capsys):
+    objs = manifests(settings_for(tmp_path), format="agent-sandbox")
+    assert [o["kind"] for o in objs] == ["Secret", "Sandbox", "NetworkPolicy"]
+    sandbox = objs[1]
+    assert sandbox["apiVersion"] == "agents.x-k8s.io/v1beta1"
+    assert [t["metadata"]["name"] for t in sandbox["spec"]["volumeClaimTemplates"]] == ["workspace", "data", "store"]
+    volumes = {v["name"] for v in sandbox["spec"]["podTemplate"]["spec"]["volumes"]}
+    assert volumes == {"private", "tmp", "server-secrets", "sandbox-secrets"}  # the controller adds the claims
+
+
+def test_output_writes_one_file_per_object_and_refuses_a_folder_of_other_files(tmp_path, capsys):
+    settings = settings_for(tmp_path)
+    out = tmp_path / "k8s"
+    manifests(settings, output=str(out))
+    names = sorted(p.name for p in out.iterdir())
+    assert names[0] == "01-secret-k8s-unit-secrets.yaml" and len(names) == 7
+    assert all((out / n).stat().st_mode & 0o077 == 0 for n in names)
+    assert capsys.readouterr().out == ""
+    manifests(settings, output=str(out), format="agent-sandbox")  # its own files: rewritten
+    assert len(list(out.iterdir())) == 3
+    (out / "mine.txt").write_text("x")
+    with pytest.raises(WorkflowError, match=r"^--output .* holds files `invoke manifests` did not write") as exc:
+        manifests(settings, output=str(out))
+    assert exc.value.exit_code == 2 and (out / "mine.txt").read_text() == "x"
+
+
+def test_refusals_name_the_setting_in_one_line(tmp_path, capsys):
+    with pytest.raises(SettingsError, match="OPENWORK_MICROSANDBOX_NAME=Bad_Name cannot name Kubernetes objects"):
+        manifests(settings_for(tmp_path, OPENWORK_MICROSANDBOX_NAME="Bad_Name"))
+    settings = make_settings(tmp_path, OPENWORK_MICROSANDBOX_NAME="k8s-unit")
+    with pytest.raises(WorkflowError, match="was never pushed from here.*invoke push-image"):
+        manifests(settings)
+    with pytest.raises(SettingsError, match="--format helm is not one of kubernetes, agent-sandbox"):
+        manifests(settings, format="helm")
+    unset = settings_for(tmp_path, ANTHROPIC_API_KEY="")
+    with pytest.raises(SettingsError, match="ANTHROPIC_API_KEY is named in OPENWORK_SANDBOX_ENV"):
+        manifests(unset, output=str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists() and capsys.readouterr().out == ""
