@@ -322,5 +322,6 @@ def document(obj: dict) -> str:
 
 
 def stream(objs: list[dict]) -> str:
-    """Every object as one multi-document YAML stream."""
+    """Every object as one multi-document YAML stream: each document after a ``---`` line (so that
+    kubectl, which reads a stream starting with ``{`` as a single JSON object, reads it as YAML)."""
     return "".join(f"---\n{document(o)}" for o in objs)
