@@ -209,7 +209,9 @@ def pod_spec(k: KubeSandbox, claim_volumes: bool = True) -> dict:
 
 def _secret_volume(k: KubeSandbox, volume: str, files: dict[str, bytes], mode: int) -> dict:
     items = [{"key": n, "path": n} for n in sorted(files)]
-    return {"name": volume, "secret": {"secretName": secret_name(k), "defaultMode": mode, "items": items}}
+    # optional: false is the default, said: podman 4.3's kube play dereferences it unset and crashes
+    source = {"secretName": secret_name(k), "defaultMode": mode, "items": items, "optional": False}
+    return {"name": volume, "secret": source}
 
 
 def pod_template(k: KubeSandbox, claim_volumes: bool = True) -> dict:
