@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from openwork_sandbox.core import processes
 
 POLL = 2.0
+EMPTY_TRIES = 4
 BASE = ["docker", "service", "logs", "--raw", "--no-trunc"]
 
 
@@ -26,6 +27,19 @@ def lines(name: str, *, tail: int | None = None, since: str | None = None, stamp
     if since is not None:
         argv += ["--since", since]
     yield from processes.stream_lines([*argv, name])
+
+
+def settled(name: str, running: Callable[[], bool], *, tail: int | None, since: str | None) -> list[str]:
+    """The log as it is now (:func:`lines`), asked again up to :data:`EMPTY_TRIES` times while it comes
+    back empty but the task runs: the manager sometimes answers nothing, exit 0, while it has not yet
+    subscribed to the node's log stream (seen on a freshly made swarm, a healthy sandbox's
+    ``docker service logs --tail 5`` empty)."""
+    for attempt in range(EMPTY_TRIES):
+        got = list(lines(name, tail=tail, since=since))
+        if got or attempt == EMPTY_TRIES - 1 or not running():
+            return got
+        time.sleep(1.0)
+    return []
 
 
 def _key(stamp: str) -> str:

@@ -409,7 +409,8 @@ class SwarmRuntime(Runtime):
             yield from self._system_log()
             return
         if not follow:
-            yield from logs.lines(self.name, tail=tail, since=f"{int(since_s)}s" if since_s is not None else None)
+            since = f"{int(since_s)}s" if since_s is not None else None
+            yield from logs.settled(self.name, lambda: self._current_task_id() is not None, tail=tail, since=since)
             return
         began = self._current_task_id()
 
