@@ -49,6 +49,11 @@ LIMIT = (
 FAILED = ("failed", "rejected", "orphaned")
 
 
+def _replicas(svc: dict | None) -> int:
+    """The tasks the service asks for: 1, 0 after ``down``, 0 for no service."""
+    return int((((svc or {}).get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0))
+
+
 class SwarmRuntime(Runtime):
     kind = "swarm"
     state_on_host = False  # the volumes are on the sandbox's node
@@ -137,7 +142,7 @@ class SwarmRuntime(Runtime):
             return RuntimeStatus(ABSENT)
         spec = svc.get("Spec") or {}
         image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image")
-        replicas = ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1)
+        replicas = _replicas(svc)
         history = cluster.tasks(self.name)
         restarts = sum(1 for t in history if (t.get("Status") or {}).get("State") in FAILED)
         _, node = self._node_of(svc)
@@ -170,11 +175,7 @@ class SwarmRuntime(Runtime):
         """The service wants one task and its newest task runs or is on its way (pulled, started) on a
         node that can run it; False once it failed, ended or was scaled to 0."""
         svc = self._service()
-        replicas = (((svc or {}).get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0)
-        if svc is None or replicas == 0 or node_trouble(self._node_of(svc)[1]) is not None:
-            return False
-        current = next((t for t in cluster.tasks(self.name) if t.get("DesiredState") == "running"), None)
-        return current is not None and (current.get("Status") or {}).get("State") in cluster.RUNNING_TASK
+        return node_trouble(self._node_of(svc)[1]) is None and self._current_task_id(svc) is not None
 
     def platform(self, st: RuntimeStatus) -> str | None:
         _, node = self._node_of(self._service())
@@ -347,9 +348,7 @@ class SwarmRuntime(Runtime):
 
     def stop(self) -> bool:
         st = self.status()
-        svc = self._service()
-        replicas = (((svc or {}).get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0)
-        if svc is None or replicas == 0:
+        if not _replicas(self._service()):
             return False
         self._scale(0)
         self._wait_no_task()
@@ -420,11 +419,10 @@ class SwarmRuntime(Runtime):
 
         yield from logs.follow(self.name, runs, tail=tail, since_s=since_s)
 
-    def _current_task_id(self) -> str | None:
-        """The task that runs the sandbox now (running or on its way), or None."""
-        svc = self._service()
-        replicas = (((svc or {}).get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0)
-        if not replicas:
+    def _current_task_id(self, svc: dict | None = None) -> str | None:
+        """The task that runs the sandbox now (running or on its way), or None; ``svc``: the service as
+        just read (else read now)."""
+        if not _replicas(svc if svc is not None else self._service()):
             return None
         current = next((t for t in cluster.tasks(self.name) if t.get("DesiredState") == "running"), None)
         if current is None or (current.get("Status") or {}).get("State") not in cluster.RUNNING_TASK:
