@@ -19,7 +19,7 @@ from openwork_sandbox.state.ownership import (
     STATE_DIR,
     this_process,
 )
-from tests.support.lifecycle import OFFLINE, ROOT, docker_env, invoke, unique_name
+from tests.support.lifecycle import ROOT, docker_env, invoke, invoke_popen, unique_name
 
 
 def _docker_labels(name: str) -> dict:
@@ -43,16 +43,7 @@ def test_a_killed_ephemeral_smoke_is_found_and_removed(stack_image, tmp_path):
     env = docker_env(stack_image.ref, "i17a-eph")
     base = env["OPENWORK_MICROSANDBOX_NAME"]
     env.pop("OPENWORK_MICROSANDBOX_PORT")  # smoke --ephemeral picks a free port
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
-    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
-    (tmp_path / "empty.env").write_text("")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "smoke", "--ephemeral", "--env-file", str(tmp_path / "empty.env")],
-        cwd=ROOT,
-        env=clean,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = invoke_popen(tmp_path, "smoke", "--ephemeral", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **env)
     name = None
     try:
         deadline = time.monotonic() + 180

@@ -67,20 +67,26 @@ def make_settings(tmp_path: Path, **env: str):
     return load_settings(environ=environ, env_file=env_file, root=project)
 
 
-def invoke(tmp_path: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    """Run ``invoke ARGS`` in a separate process, as a user would, with only ``env`` as settings."""
+def _as_a_user(tmp_path: Path, *args: str, **env: str) -> tuple[list[str], dict[str, str]]:
+    """The command line of ``invoke ARGS`` and an environment with only ``env`` (and the state folder
+    under ``tmp_path``) as settings, an empty settings file beside it."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
     clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args, "--env-file", str(env_file)],
-        cwd=ROOT,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return [sys.executable, "-m", "invoke", *args, "--env-file", str(env_file)], clean
+
+
+def invoke(tmp_path: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+    """Run ``invoke ARGS`` in a separate process, as a user would, with only ``env`` as settings."""
+    argv, environ = _as_a_user(tmp_path, *args, **env)
+    return subprocess.run(argv, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout)
+
+
+def invoke_popen(tmp_path: Path, *args: str, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **env: str):
+    """``invoke ARGS`` started as :func:`invoke` runs it, not waited for (a test signals it or reads it)."""
+    argv, environ = _as_a_user(tmp_path, *args, **env)
+    return subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=stdout, stderr=stderr, text=True)
 
 
 def build_and_push(context: Path, dockerfile: str, ref: str) -> str:

@@ -10,12 +10,11 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.support.lifecycle import OFFLINE, ROOT, invoke
+from tests.support.lifecycle import invoke, invoke_popen
 
 pytestmark = pytest.mark.swarm
 
@@ -99,16 +98,8 @@ def test_doctor_fails_when_docker_host_is_no_manager(swarm_lab, tmp_path, socket
 def test_a_killed_ephemeral_smoke_on_the_swarm_is_found_and_removed(swarm_lab, lab_image, tmp_path):
     env = _env(swarm_lab, lab_image, "dr-e")
     base = env["OPENWORK_MICROSANDBOX_NAME"]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION"))}
-    clean.update({"OPENWORK_STATE_DIR": str(tmp_path / "state"), **OFFLINE, **env})
-    (tmp_path / "empty.env").write_text("")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "smoke", "--ephemeral", "--env-file", str(tmp_path / "empty.env")],
-        cwd=ROOT,
-        env=clean,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "smoke.log").open("w"),
-    )
+    smoke_log = (tmp_path / "smoke.log").open("w")
+    proc = invoke_popen(tmp_path, "smoke", "--ephemeral", stdout=subprocess.DEVNULL, stderr=smoke_log, **env)
     name = None
     try:
         deadline = time.monotonic() + 60

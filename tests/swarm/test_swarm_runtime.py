@@ -9,16 +9,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.lifecycle import OFFLINE, unique_name
+from tests.support.lifecycle import OFFLINE, invoke, invoke_popen, unique_name
 from tests.support.openwork_client import issue_token, make_session, read_session, status_with
-from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.swarm
 LAB_ADDRESSES = {f"10.213.0.{10 + i}": i for i in (1, 2, 3)}
@@ -45,29 +43,12 @@ class Swarm:
             **OFFLINE,
             **extra,
         )
-        (tmp / "empty.env").write_text("")
 
     def invoke(self, *args: str, timeout: float = 400, **extra: str) -> subprocess.CompletedProcess:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "DOCKER_"))}
-        return subprocess.run(
-            [sys.executable, "-m", "invoke", *args, "--env-file", str(self.tmp / "empty.env")],
-            cwd=ROOT,
-            env={**clean, **self.env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return invoke(self.tmp, *args, timeout=timeout, **{**self.env, **extra})
 
     def popen(self, *args: str) -> subprocess.Popen:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENWORK", "OPENCODE_VERSION", "DOCKER_"))}
-        return subprocess.Popen(
-            [sys.executable, "-m", "invoke", *args, "--env-file", str(self.tmp / "empty.env")],
-            cwd=ROOT,
-            env={**clean, **self.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return invoke_popen(self.tmp, *args, **self.env)
 
     @property
     def state(self) -> Path:
