@@ -15,6 +15,7 @@ from openwork_sandbox.runtimes.docker import MARK_PREFIX as DOCKER_MARK
 from openwork_sandbox.runtimes.microsandbox.sdk import SdkLoop
 from openwork_sandbox.runtimes.microsandbox.spec import LABEL_FP
 from openwork_sandbox.runtimes.microsandbox.spec import MARK_PREFIX as MSB_MARK
+from openwork_sandbox.runtimes.swarm.cluster import replicas
 from openwork_sandbox.runtimes.swarm.service import LABEL as SWARM_LABEL
 
 
@@ -47,8 +48,7 @@ def swarm_managed() -> list[tuple[str, dict[str, str], bool]]:
         spec = info.get("Spec") or {}
         labels = spec.get("Labels") or {}
         marks = {k[len(SWARM_LABEL) :]: v for k, v in labels.items() if k.startswith(SWARM_LABEL)}
-        replicas = ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0)
-        found.append((spec.get("Name", ""), marks, bool(replicas)))
+        found.append((spec.get("Name", ""), marks, bool(replicas(info))))
     return found
 
 

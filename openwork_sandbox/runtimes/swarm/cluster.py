@@ -102,6 +102,11 @@ def nodes(with_tasks: bool = True) -> tuple[list[Node], dict[str, set[int]]]:
     return [_node(info, tuple(reserved.get(info.get("ID"), (0, 0)))) for info in infos], ports
 
 
+def replicas(svc: dict | None) -> int:
+    """The tasks a service (as ``service`` reads it) asks for: 1, 0 after ``down``, 0 for no service."""
+    return int((((svc or {}).get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0))
+
+
 def service(name: str) -> dict | None:
     """``docker service inspect NAME`` (None when there is no such service)."""
     proc = processes.docker("service", "inspect", name, check=False, timeout=30)

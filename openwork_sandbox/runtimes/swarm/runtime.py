@@ -49,11 +49,6 @@ LIMIT = (
 FAILED = ("failed", "rejected", "orphaned")
 
 
-def _replicas(svc: dict | None) -> int:
-    """The tasks the service asks for: 1, 0 after ``down``, 0 for no service."""
-    return int((((svc or {}).get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0))
-
-
 class SwarmRuntime(Runtime):
     kind = "swarm"
     state_on_host = False  # the volumes are on the sandbox's node
@@ -61,6 +56,7 @@ class SwarmRuntime(Runtime):
     def __init__(self, name: str, state_dir: Path):
         super().__init__(name, state_dir)
         self._placed: Node | None = None
+        self._published: set[int] = set()  # the host-mode ports the placed node's tasks publish (place)
         self._lock: int | None = None  # held from a new sandbox's placement until its service exists
 
     # --- where it runs ------------------------------------------------------------------------
@@ -117,6 +113,7 @@ class SwarmRuntime(Runtime):
             console.info(f"note: could not read the image's platforms ({exc.message}); any node may be chosen")
             offered = {}
         self._placed = place(free, float(cpus), int(memory_mib), frozenset(offered) or None)
+        self._published = ports.get(self._placed.id, set())  # what port_is_free asks next, read once
         return self._placed.address
 
     def port_is_free(self, port: int, bind_address: str) -> bool:
@@ -125,8 +122,7 @@ class SwarmRuntime(Runtime):
         node = self._placed
         if node is None or self._service() is not None:
             return True
-        _, ports = cluster.nodes()
-        if port in ports.get(node.id, set()):
+        if port in self._published:
             return False
         with contextlib.closing(socket.socket()) as sock:
             sock.settimeout(1.0)
@@ -142,7 +138,7 @@ class SwarmRuntime(Runtime):
             return RuntimeStatus(ABSENT)
         spec = svc.get("Spec") or {}
         image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image")
-        replicas = _replicas(svc)
+        replicas = cluster.replicas(svc)
         history = cluster.tasks(self.name)
         restarts = sum(1 for t in history if (t.get("Status") or {}).get("State") in FAILED)
         _, node = self._node_of(svc)
@@ -348,7 +344,7 @@ class SwarmRuntime(Runtime):
 
     def stop(self) -> bool:
         st = self.status()
-        if not _replicas(self._service()):
+        if not cluster.replicas(self._service()):
             return False
         self._scale(0)
         self._wait_no_task()
@@ -422,7 +418,7 @@ class SwarmRuntime(Runtime):
     def _current_task_id(self, svc: dict | None = None) -> str | None:
         """The task that runs the sandbox now (running or on its way), or None; ``svc``: the service as
         just read (else read now)."""
-        if not _replicas(svc if svc is not None else self._service()):
+        if not cluster.replicas(svc if svc is not None else self._service()):
             return None
         current = next((t for t in cluster.tasks(self.name) if t.get("DesiredState") == "running"), None)
         if current is None or (current.get("Status") or {}).get("State") not in cluster.RUNNING_TASK:
