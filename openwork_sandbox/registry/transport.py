@@ -17,14 +17,16 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import requests
 
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.net.http import outside_session
 from openwork_sandbox.registry.access import LOGIN_HINT, certs_hint
 from openwork_sandbox.registry.docker_config import Credentials, config_path
+
+if TYPE_CHECKING:  # requests is imported where a request is sent: `up` of a local image never needs it
+    import requests
 
 RETRIES = 4  # attempts for 5xx and broken connections
 BACKOFF = 0.25  # seconds, doubled per attempt
@@ -104,6 +106,8 @@ class Transport:
         body: bytes | Path | None = None,
     ) -> requests.Response:
         """One request with retries and auth; ``body``: bytes, or a file sent again from its start on each try."""
+        import requests
+
         delay = self.backoff
         answered: set[str] = set()  # challenges answered for this request: each once
         attempt = 0
@@ -198,6 +202,8 @@ class Transport:
         return None
 
     def _fetch_token(self, params: dict[str, str], scope: str | None) -> str:
+        import requests
+
         realm = params["realm"]
         query: dict[str, str | list[str]] = {"service": params.get("service", "")}
         # The challenge's scope (what this request needs) and the caller's (what the cached token is kept

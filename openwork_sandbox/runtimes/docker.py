@@ -267,11 +267,13 @@ class DockerRuntime(Runtime):
                 f"the Docker runtime cannot enforce OPENWORK_MICROSANDBOX_NETWORK={spec.network}: {held.limit}",
                 exit_code=EXIT_BAD_SETTINGS,
             )
-        if spec.pull_always or not self._have_image(spec.image):
-            self.pull(spec.image, spec.pull_access)
         from openwork_sandbox.core.platforms import host_platform
-        from openwork_sandbox.runtimes.docker_platform import host_image
+        from openwork_sandbox.runtimes.docker_platform import ASK, held_image, host_image
 
+        held, found = held_image(spec.image)
+        if spec.pull_always or not held:
+            self.pull(spec.image, spec.pull_access)
+            found = ASK
         # another platform's image under this reference is replaced or refused before anything runs it
         image = host_image(
             spec.image,
@@ -279,9 +281,10 @@ class DockerRuntime(Runtime):
             spec.index_platforms,
             self._have_image,
             lambda ref: self.pull(ref, spec.pull_access),
+            found=found,
         )
         spec = dataclasses.replace(spec, image=image)
-        self.remove()  # only once the image is known to run here: a refused one leaves the sandbox as it was
+        self._clear()  # only once the image is known to run here: a refused one leaves the sandbox as it was
         net_args, net_env = self._network_args(spec)
         env = {**spec.env, **net_env}
         env_file = self.state_dir / ENV_FILE
@@ -407,6 +410,13 @@ class DockerRuntime(Runtime):
             return False
         processes.docker("rm", "-f", self.name, timeout=120)
         return True
+
+    def _clear(self) -> None:
+        """The container gone, whether there was one or not: one ``docker rm -f`` (no inspect first:
+        a create's time is a start's)."""
+        proc = processes.docker("rm", "-f", self.name, check=False, timeout=120)
+        if proc.returncode != 0 and "no such container" not in proc.stderr.lower():
+            processes.docker("rm", "-f", self.name, timeout=120)  # raises the engine's own words
 
     # --- logs / exec --------------------------------------------------------------------------
     def log_hint(self) -> str:

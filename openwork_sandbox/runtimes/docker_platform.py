@@ -15,11 +15,21 @@ from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import WorkflowError
 
 
-def image_platform(ref: str) -> str | None:
-    """``os/arch`` of the engine's image ``ref``; None when the engine has none or does not say."""
+def held_image(ref: str) -> tuple[bool, str | None]:
+    """``(whether the engine holds the image ref, its os/arch or None when the engine does not say)``,
+    from one ``docker image inspect``."""
     proc = processes.docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", ref, check=False, timeout=30)
     text = proc.stdout.strip() if proc.returncode == 0 else ""
-    return text if text and "/" in text and not text.startswith("/") and not text.endswith("/") else None
+    platform = text if text and "/" in text and not text.startswith("/") and not text.endswith("/") else None
+    return proc.returncode == 0, platform
+
+
+def image_platform(ref: str) -> str | None:
+    """``os/arch`` of the engine's image ``ref``; None when the engine has none or does not say."""
+    return held_image(ref)[1]
+
+
+ASK = object()  # host_image's ``found`` when the caller has not read the platform already
 
 
 def refusal(image: str, found: str, host: str, index: dict[str, str] | None) -> str:
@@ -41,12 +51,15 @@ def host_image(
     index_platforms: Callable[[], dict[str, str]] | None,
     have: Callable[[str], bool],
     pull: Callable[[str], object],
+    found: object = ASK,
 ) -> str:
     """The reference to boot for ``image`` on a ``host`` (``os/arch``) engine that holds ``image``:
     ``image`` when its platform is the host's (or unknown); else the host's manifest of its index
     (``index_platforms``), pulled with ``pull`` unless ``have``; else a one-line WorkflowError
-    (:func:`refusal`). Nothing is started here."""
-    found = image_platform(image)
+    (:func:`refusal`). ``found``: the platform of ``image`` when the caller read it already
+    (:func:`held_image`). Nothing is started here."""
+    if found is ASK:
+        found = image_platform(image)
     if found is None or found == host:
         return image
     index: dict[str, str] | None = None

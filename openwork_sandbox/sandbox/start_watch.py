@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from openwork_sandbox.config import Settings
@@ -218,12 +219,17 @@ def _fail_with_log(rt: Runtime, exc) -> WorkflowError:
     return WorkflowError(f"{exc.message} {LEFT_FOR_INSPECTION}")
 
 
-def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSpec) -> tuple[dict, str | None]:
+def wait_until_ready(
+    settings: Settings, rt: Runtime, token: str, spec: LaunchSpec, then: Callable[[], None] | None = None
+) -> tuple[dict, str | None]:
     """Wait until the server of the sandbox ``rt`` booted from ``spec`` is healthy (see the module
     doc), then check ``/workspaces`` with ``token``; ``(health body, workspace id or None)``.
-    Raises WorkflowError when it never gets there (an UnreachableError when ``/workspaces`` cannot be
-    reached)."""
+    ``then`` (optional: `up`'s ``Runtime.keep_running``) runs once it is healthy, beside that check
+    and the read of the log for the start notes: each is a call to the engine, and `up` ends when
+    the last of them does, so they overlap rather than queue. Raises WorkflowError when it never
+    gets there (an UnreachableError when ``/workspaces`` cannot be reached), or what ``then`` raised."""
     from openwork_sandbox.net.health import check_workspaces
+    from openwork_sandbox.sandbox.start_gate import TAIL_LINES
     from openwork_sandbox.state.tls import client_verify
 
     verify = client_verify(settings)
@@ -232,8 +238,46 @@ def wait_until_ready(settings: Settings, rt: Runtime, token: str, spec: LaunchSp
         body = _healthy(settings, rt, spec, verify)
     except _Starved as exc:
         raise _starved(settings, rt, exc) from None
-    _say_start_notes(rt, time.monotonic() - first_began, settings)
-    return body, check_workspaces(settings.url, token, timeout_s=settings.request_timeout, verify=verify)
+    seconds = time.monotonic() - first_began
+    tail = _Beside(lambda: rt.log_tail(TAIL_LINES))
+    after = _Beside(then) if then is not None else None
+    try:
+        workspace_id = check_workspaces(settings.url, token, timeout_s=settings.request_timeout, verify=verify)
+        _say_start_notes(tail.result(), seconds, settings)
+    finally:  # never leave an engine call half-made behind
+        for beside in (tail, after):
+            if beside is not None:
+                beside.join()
+    if after is not None:
+        after.result()
+    return body, workspace_id
+
+
+class _Beside:
+    """``fn()`` run in a thread of its own from now on; :meth:`result` waits for it and returns what
+    it returned, or raises what it raised."""
+
+    def __init__(self, fn: Callable[[], object]):
+        import threading
+
+        self._fn, self._value, self._error = fn, None, None
+        self._thread = threading.Thread(target=self._run, name="openwork-up-beside", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _healthy(settings: Settings, rt: Runtime, spec: LaunchSpec, verify) -> dict:
@@ -285,12 +329,12 @@ def _healthy(settings: Settings, rt: Runtime, spec: LaunchSpec, verify) -> dict:
     raise AssertionError("unreachable: the last start returns or raises")
 
 
-def _say_start_notes(rt: Runtime, seconds: float, settings: Settings) -> None:
+def _say_start_notes(lines: list[str], seconds: float, settings: Settings) -> None:
     """One line each when the image's start gate held off opencode's start race, and when the start
-    took ``seconds`` long enough to be slow (how long, which program; see start_gate)."""
-    from openwork_sandbox.sandbox.start_gate import TAIL_LINES, race_note, slow_start_note
+    took ``seconds`` long enough to be slow (how long, which program; see start_gate); ``lines``: the
+    tail of the sandbox's log once healthy."""
+    from openwork_sandbox.sandbox.start_gate import race_note, slow_start_note
 
-    lines = rt.log_tail(TAIL_LINES)
     for note in (race_note(lines), slow_start_note(seconds, lines, cpus=settings.cpus)):
         if note:
             console.info(note)

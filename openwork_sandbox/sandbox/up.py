@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 
 from openwork_sandbox import runtimes
 from openwork_sandbox.config import Settings
@@ -205,10 +206,12 @@ def _act(
     tokens: tuple[str, str],
     secrets=None,
     server_cert=None,
+    then: Callable[[], None] | None = None,
 ) -> tuple[dict, str | None]:
     """Carry out ``decision`` (see the module doc); returns the health body and the workspace id.
-    ``tokens``: the client and host token. The record is written before anything boots, so
-    logs/status/reset find a sandbox whose start failed."""
+    ``tokens``: the client and host token; ``then``: run once the sandbox is healthy (its workspace
+    check overlaps it). The record is written before anything boots, so logs/status/reset find a
+    sandbox whose start failed."""
     from openwork_sandbox.net.health import check_workspaces
     from openwork_sandbox.state import tls
 
@@ -233,6 +236,8 @@ def _act(
     )  # the server's certificate and key in the folder it mounts (a restart reads them)
     if decision.action == REUSE:
         verify = tls.client_verify(settings)
+        if then is not None:
+            then()
         return seen.health or {}, check_workspaces(
             settings.url, token, timeout_s=settings.request_timeout, verify=verify
         )
@@ -253,7 +258,7 @@ def _act(
         rt.create(spec)
     elif decision.action in (START, RELAUNCH):
         rt.start(spec)
-    return wait_until_ready(settings, rt, token, spec)
+    return wait_until_ready(settings, rt, token, spec, then)
 
 
 def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, as_json: bool = False) -> Endpoint:
@@ -319,13 +324,11 @@ def up(settings: Settings, *, follow: bool = False, show_tokens: bool = False, a
             with interrupts.sigterm_as_interrupt():
                 try:
                     with _start_slot(settings, decision, rt):
+                        # healthy: from now on the runtime brings it back (Docker: restart policy)
+                        keep = None if settings.ephemeral else rt.keep_running
                         health, workspace_id = _act(
-                            settings, state, rt, seen, decision, spec, (token, host_token), secrets, server_cert
+                            settings, state, rt, seen, decision, spec, (token, host_token), secrets, server_cert, keep
                         )
-                        if (
-                            not settings.ephemeral
-                        ):  # healthy: from now on the runtime brings it back (Docker: restart policy)
-                            rt.keep_running()
                 except KeyboardInterrupt:
                     if decision.action != REUSE:
                         _stop_half_started(settings, rt)
