@@ -83,8 +83,9 @@ def docker_logs(name: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def floor_start(image: str, deadline: float) -> tuple[float | None, str]:
-    """(seconds until /health 200 or None, how the start race went) for one `docker run`."""
+def floor_start(image: str, deadline: float, extra_env: dict[str, str] | None = None) -> tuple[float | None, str]:
+    """(seconds until /health 200 or None, how the start race went) for one `docker run`; EXTRA_ENV
+    goes to the container too (e.g. ``OPENWORK_LAUNCH``, which the image's entrypoint reads)."""
     port, oc_port = free_port(), free_port()
     name = f"owbench-start-{secrets.token_hex(3)}"
     env = {
@@ -94,6 +95,7 @@ def floor_start(image: str, deadline: float) -> tuple[float | None, str]:
         "OPENWORK_TOKEN": secrets.token_urlsafe(32),
         "OPENWORK_HOST_TOKEN": secrets.token_urlsafe(32),
         **OFFLINE_ENV,
+        **(extra_env or {}),
     }
     argv = ["docker", "run", "-d", "--name", name, "--network", "host"]
     for key, value in env.items():
