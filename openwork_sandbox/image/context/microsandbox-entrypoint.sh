@@ -25,6 +25,15 @@
 # - opencode-gate leaves the server side before it starts opencode: an environment of its own
 #   (no token), no capabilities, no_new_privs (see opencode-gate).
 # Started as another user (`docker run --user`), nothing can be separated: it says so and goes on.
+#
+# A Kubernetes pod (`invoke manifests`) is the other way: OPENWORK_POD_ROLE=server|agent, an internal
+# interface the manifest sets, names this container's side. The pod keeps the sides apart (two
+# non-root containers, separate PID namespaces, the token files mounted in the server's only), so
+# nothing here splits privileges and the role must not start as root (exit 64). `server`: openwork-server
+# behind its gate on OPENWORK_PORT, pointed at opencode on 127.0.0.1:OPENWORK_OPENCODE_PORT; `agent`:
+# opencode there behind its gate, no token. Both read opencode's basic-auth password from
+# OPENCODE_SERVER_PASSWORD_FILE, and run under openwork-supervise (restarts, and a PID 1 that reaps;
+# its health is the pod's: GET /health on 127.0.0.1:OPENWORK_PORT).
 set -eu
 
 : "${OPENWORK_WORKSPACE:=/workspace}"
@@ -39,8 +48,20 @@ set -eu
 
 PRIVATE=/srv/openwork  # root's, 0700: the token files and the server's store, out of the agent's reach
 
-# A token comes from its file when OPENWORK_*_FILE names one (the file's first line, read as root).
-for var in OPENWORK_TOKEN OPENWORK_HOST_TOKEN; do
+POD_ROLE="${OPENWORK_POD_ROLE:-}"  # see the head of this file
+case "$POD_ROLE" in
+  "") ;;
+  server|agent)
+    if [ "$(id -u)" = 0 ]; then
+      echo "microsandbox-entrypoint: OPENWORK_POD_ROLE=$POD_ROLE is for a pod's non-root containers; run it as a non-root user (runAsUser)" >&2
+      exit 64
+    fi ;;
+  *) echo "microsandbox-entrypoint: OPENWORK_POD_ROLE=$POD_ROLE is not server or agent" >&2; exit 64 ;;
+esac
+
+# A token comes from its file when OPENWORK_*_FILE names one (the file's first line, read as root);
+# so does opencode's password in a pod (OPENCODE_SERVER_PASSWORD_FILE).
+for var in OPENWORK_TOKEN OPENWORK_HOST_TOKEN OPENCODE_SERVER_PASSWORD; do
   eval "file=\${${var}_FILE:-}"
   if [ -n "$file" ]; then
     if ! value="$(head -n 1 "$file" 2>/dev/null)"; then
@@ -54,7 +75,7 @@ done
 missing=""
 [ -n "${OPENWORK_TOKEN:-}" ] || missing="OPENWORK_TOKEN"
 [ -n "${OPENWORK_HOST_TOKEN:-}" ] || missing="${missing:+$missing and }OPENWORK_HOST_TOKEN"
-if [ -n "$missing" ]; then
+if [ -n "$missing" ] && [ "$POD_ROLE" != agent ]; then
   echo "microsandbox-entrypoint: $missing not set; pass them in as files (OPENWORK_TOKEN_FILE=..., OPENWORK_HOST_TOKEN_FILE=...) or variables; this image has no default tokens" >&2
   exit 64
 fi
@@ -114,7 +135,7 @@ if [ "$(id -u)" = 0 ]; then
   cap=dac_read_search
   setpriv --inh-caps=+$cap true 2>/dev/null || cap=dac_override
   run_as="setpriv --reuid=$AGENT_UID --regid=$AGENT_GID --clear-groups --inh-caps=+$cap --ambient-caps=+$cap --"
-else
+elif [ -z "$POD_ROLE" ]; then
   echo "microsandbox-entrypoint: started as uid $(id -u), not root: the agent cannot be kept from the server's tokens; start the sandbox as root (it drops privileges itself)" >&2
 fi
 OPENWORK_AGENT_UID="$AGENT_UID"
@@ -145,6 +166,32 @@ export OPENWORK_TOKEN OPENWORK_HOST_TOKEN
 
 $run_as mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
+
+# A pod's container (OPENWORK_POD_ROLE): its one program, under the supervisor, and nothing below.
+if [ -n "$POD_ROLE" ]; then
+  pod_supervise=/usr/local/bin/openwork-supervise
+  case "${OPENWORK_SUPERVISE:-1}" in 0|false|no|off) pod_supervise="" ;; esac
+  : "${OPENCODE_SERVER_USERNAME:=opencode}"
+  if [ "$POD_ROLE" = agent ]; then
+    unset OPENWORK_TOKEN OPENWORK_HOST_TOKEN
+    export OPENCODE_SERVER_USERNAME OPENCODE_SERVER_PASSWORD
+    cd "$OPENWORK_WORKSPACE"
+    exec $pod_supervise /usr/local/bin/opencode-gate serve --hostname 127.0.0.1 --port "$OPENWORK_OPENCODE_PORT"
+  fi
+  if [ -d "$PRIVATE/store" ]; then
+    OPENWORK_TOKEN_STORE="$PRIVATE/store/tokens.json"
+    export OPENWORK_TOKEN_STORE
+  fi
+  OPENWORK_OPENCODE_USERNAME="$OPENCODE_SERVER_USERNAME"
+  OPENWORK_OPENCODE_PASSWORD="${OPENCODE_SERVER_PASSWORD:-}"
+  unset OPENCODE_SERVER_USERNAME OPENCODE_SERVER_PASSWORD
+  export OPENWORK_OPENCODE_USERNAME OPENWORK_OPENCODE_PASSWORD
+  host=0.0.0.0
+  [ -n "$remote" ] || host=127.0.0.1
+  exec $pod_supervise /usr/local/bin/openwork-server-gate --host "$host" --port "$OPENWORK_PORT" \
+    --workspace "$OPENWORK_WORKSPACE" --approval "$OPENWORK_APPROVAL_MODE" --cors "$OPENWORK_CORS_ORIGINS" \
+    --opencode-base-url "http://127.0.0.1:$OPENWORK_OPENCODE_PORT" --opencode-directory "$OPENWORK_WORKSPACE"
+fi
 
 # openwork-supervise restarts `openwork serve` when it (or a program it runs) dies, and passes
 # SIGTERM/SIGINT on to it; OPENWORK_SUPERVISE=0 runs it without (exactly as upstream: exec).
