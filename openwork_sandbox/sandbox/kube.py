@@ -10,8 +10,11 @@ takes, and to one multi-document YAML stream (each document JSON, which is YAML)
 - or, for :func:`agent_sandbox`, the Secret, agent-sandbox's ``Sandbox`` (agents.x-k8s.io/v1beta1)
   with the same pod and the claims as templates, and the NetworkPolicy.
 
-The container starts as root with exactly ``runtimes.base.CAPABILITIES`` (the entrypoint splits the
-server's and the agent's privileges, which needs root at start: docs/design-notes/kubernetes.md).
+The pod has two containers of the same image, both non-root (uid :data:`POD_UID`, no capability, no
+privilege escalation, read-only root filesystem, separate PID namespaces), so it passes Pod Security
+"restricted": ``server`` (openwork-server behind its gate; alone mounts the tokens, the TLS key and the
+store) and ``agent`` (opencode behind its gate; the provider keys, opencode's config, ``/data``). The
+entrypoint's role is :data:`ROLE_ENV` (docs/design-notes/kubernetes.md).
 """
 
 from __future__ import annotations
@@ -22,17 +25,24 @@ import hashlib
 import json
 import re
 
-from openwork_sandbox.runtimes.base import CAPABILITIES, GUEST_DATA, GUEST_WORKSPACE
-from openwork_sandbox.state.secrets import GUEST_DIR, PRIVATE_GUEST, SERVER_SECRETS_GUEST, STORE_GUEST
+from openwork_sandbox.runtimes.base import GUEST_DATA, GUEST_WORKSPACE
+from openwork_sandbox.state.secrets import GUEST_DIR, SERVER_SECRETS_GUEST, STORE_GUEST
 
 PREFIX = "openwork-sandbox.org/"  # labels and annotations: + sandbox, and ownership's marks
 SANDBOX_LABEL = f"{PREFIX}sandbox"
 CLAIM_SIZES = {"workspace": "10Gi", "data": "5Gi", "store": "1Gi"}  # edit the PVCs for other sizes
 CLAIM_PATHS = {"workspace": GUEST_WORKSPACE, "data": GUEST_DATA, "store": STORE_GUEST}
-PRIVATE_SIZE = "16Mi"  # the in-memory /srv/openwork the entrypoint makes root's 0700
-TMP_SIZE = "1Gi"
-SERVER_MODE = 0o400  # the token files and the TLS key: root's; the server side enters with CAP_DAC_READ_SEARCH
-AGENT_MODE = 0o444  # sandbox.env, opencode.jsonc: the agent's own (opencode-gate reads them as its uid)
+# which container mounts which claim: /data (opencode's database under HOME=/data/home) is the agent's,
+# the store (issued tokens) the server's
+CLAIM_USERS = {"workspace": ("server", "agent"), "data": ("agent",), "store": ("server",)}
+TMP_SIZE = "1Gi"  # each container's own /tmp
+SERVER_DATA_SIZE = "1Gi"  # the server container's own /data (its HOME, the supervisor's record): the pod's life
+POD_UID = 61001  # the uid the image gives the sandbox when /data is root's; also the group and fsGroup
+ROLE_ENV = "OPENWORK_POD_ROLE"  # the entrypoint's role: server | agent (microsandbox-entrypoint.sh)
+OPENCODE_PORT = 4096  # opencode on the pod's 127.0.0.1, the server's upstream
+OPENCODE_PASSWORD = "opencode-password"  # the Secret's key: opencode's basic-auth password, in both containers
+SECRET_MODE = 0o440  # root's, group fsGroup: what the kubelet makes of a secret volume for a non-root pod
+SERVER_SHARE = 4  # the server container gets 1/SERVER_SHARE of the CPU and memory, the agent the rest
 START_PERIODS = 60  # startupProbe: 60 x 5 s, as the swarm runtime's 300 s start period
 # public-only: what the agent may not reach (private, loopback, link-local, shared address space)
 PRIVATE_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
@@ -46,13 +56,14 @@ LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 @dataclasses.dataclass(frozen=True)
 class KubeSandbox:
-    """What the objects are made of. ``server_files``: name -> content mounted at /srv/openwork/secrets
-    (tokens, TLS); ``agent_files``: at /etc/openwork-sandbox (may be empty). Values in clear: never print."""
+    """What the objects are made of. ``server_files``: name -> content mounted in the server container at
+    /srv/openwork/secrets (tokens, TLS); ``agent_files``: in the agent container at /etc/openwork-sandbox
+    (may be empty); ``shared_files``: in both (opencode's password). Values in clear: never print."""
 
     name: str
     image: str
     port: int
-    env: dict[str, str]
+    env: dict[str, str]  # split between the containers by :func:`agent_env` / :func:`server_env`
     cpus: float
     memory_mib: int
     network: str  # allow-all | public-only | none
@@ -60,6 +71,10 @@ class KubeSandbox:
     marks: dict[str, str]
     server_files: dict[str, bytes] = dataclasses.field(repr=False)
     agent_files: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
+    shared_files: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
+
+    def files(self) -> dict[str, bytes]:
+        return {**self.server_files, **self.agent_files, **self.shared_files}
 
 
 def name_problem(name: str) -> str | None:
@@ -75,7 +90,7 @@ def name_problem(name: str) -> str | None:
 def secret_digest(k: KubeSandbox) -> str:
     """SHA-256 over every file of the Secret, names and contents (for the pod's annotation)."""
     h = hashlib.sha256()
-    for name, data in sorted({**k.server_files, **k.agent_files}.items()):
+    for name, data in sorted(k.files().items()):
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()
 
@@ -113,7 +128,7 @@ def secret_name(k: KubeSandbox) -> str:
 
 def secret(k: KubeSandbox) -> dict:
     """The one object that holds secret values (base64, as ``data``)."""
-    files = {**k.server_files, **k.agent_files}
+    files = k.files()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -150,67 +165,135 @@ def _probe(k: KubeSandbox, period: int, failures: int) -> dict:
     }
 
 
-def container_security() -> dict:
-    """Root at start (the entrypoint drops to the data owner itself), nothing more than it needs."""
+# opencode answers at all (any status: its health needs the password, which no probe may carry); held
+# by opencode-gate until opencode can answer
+OPENCODE_ANSWERS = (
+    'exec 3<>"/dev/tcp/127.0.0.1/${OPENWORK_OPENCODE_PORT}" && '
+    "printf 'GET /global/health HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q '^HTTP/1'"
+)
+
+
+def _agent_probe(period: int, failures: int) -> dict:
     return {
-        "runAsUser": 0,
-        "runAsGroup": 0,
-        "runAsNonRoot": False,
+        "exec": {"command": ["bash", "-c", OPENCODE_ANSWERS]},
+        "periodSeconds": period,
+        "timeoutSeconds": 4,
+        "failureThreshold": failures,
+    }
+
+
+def container_security() -> dict:
+    """Non-root, no capability, no privilege escalation, read-only root: Pod Security "restricted"."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": POD_UID,
+        "runAsGroup": POD_UID,
         "privileged": False,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"], "add": list(CAPABILITIES)},
+        "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def agent_env(env: dict[str, str]) -> dict[str, str]:
+    """What of the sandbox's environment opencode's container gets: HOME, XDG_*, OPENCODE_*."""
+    return {n: v for n, v in env.items() if n == "HOME" or n.startswith(("XDG_", "OPENCODE_"))}
+
+
+def server_env(env: dict[str, str]) -> dict[str, str]:
+    """The rest (token and TLS file paths, approval, connect host), and HOME (its own /data)."""
+    return {n: v for n, v in env.items() if n not in agent_env(env) or n == "HOME"}
+
+
+def resources(k: KubeSandbox) -> dict[str, dict]:
+    """Container -> requests = limits: the settings' CPU and memory are the pod's, as one container's on the
+    other runtimes; the server gets 1/:data:`SERVER_SHARE`, the agent (opencode and its commands) the rest."""
+    cpu_m, mem = round(k.cpus * 1000), k.memory_mib
+    server = {"cpu": f"{cpu_m // SERVER_SHARE}m", "memory": f"{mem // SERVER_SHARE}Mi"}
+    agent = {"cpu": f"{cpu_m - cpu_m // SERVER_SHARE}m", "memory": f"{mem - mem // SERVER_SHARE}Mi"}
+    return {"server": server, "agent": agent}
+
+
+def _container(k: KubeSandbox, role: str, env: dict[str, str], mounts: list[dict]) -> dict:
+    size = resources(k)[role]
+    env = {**env, ROLE_ENV: role, "OPENWORK_PORT": str(k.port), "OPENWORK_OPENCODE_PORT": str(OPENCODE_PORT)}
+    return {
+        "name": role,
+        "image": k.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": n, "value": v} for n, v in sorted(env.items())],
+        "resources": {"requests": dict(size), "limits": dict(size)},
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
+    }
+
+
+def containers(k: KubeSandbox) -> list[dict]:
+    """``server`` then ``agent`` (see the module doc)."""
+    claims_of = {role: [c for c, users in CLAIM_USERS.items() if role in users] for role in ("server", "agent")}
+    server_mounts = [{"name": c, "mountPath": CLAIM_PATHS[c]} for c in claims_of["server"]]
+    server_mounts += [
+        {"name": "server-data", "mountPath": GUEST_DATA},
+        {"name": "server-tmp", "mountPath": "/tmp"},
+        {"name": "server-secrets", "mountPath": SERVER_SECRETS_GUEST, "readOnly": True},
+    ]
+    env = {
+        **server_env(k.env),
+        "OPENCODE_SERVER_PASSWORD_FILE": f"{SERVER_SECRETS_GUEST}/{OPENCODE_PASSWORD}",
+    }
+    server = _container(k, "server", env, server_mounts)
+    server["ports"] = [{"name": "openwork", "containerPort": k.port, "protocol": "TCP"}]
+    server["startupProbe"] = _probe(k, 5, START_PERIODS)
+    server["readinessProbe"] = _probe(k, 5, 3)
+    server["livenessProbe"] = _probe(k, 10, 3)
+    agent_mounts = [{"name": c, "mountPath": CLAIM_PATHS[c]} for c in claims_of["agent"]]
+    agent_mounts += [
+        {"name": "agent-tmp", "mountPath": "/tmp"},
+        {"name": "agent-secrets", "mountPath": GUEST_DIR, "readOnly": True},
+    ]
+    env = {**agent_env(k.env), "OPENCODE_SERVER_PASSWORD_FILE": f"{GUEST_DIR}/{OPENCODE_PASSWORD}"}
+    agent = _container(k, "agent", env, agent_mounts)
+    agent["startupProbe"] = _agent_probe(5, START_PERIODS)
+    agent["readinessProbe"] = _agent_probe(5, 3)
+    agent["livenessProbe"] = _agent_probe(10, 3)
+    return [server, agent]
 
 
 def pod_spec(k: KubeSandbox, claim_volumes: bool = True) -> dict:
     """The sandbox's pod. ``claim_volumes`` False leaves the claims' volumes out (agent-sandbox adds
     them from its volumeClaimTemplates, named as the templates)."""
-    mounts = [{"name": claim, "mountPath": path} for claim, path in CLAIM_PATHS.items()]
-    mounts += [
-        {"name": "private", "mountPath": PRIVATE_GUEST},
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "server-secrets", "mountPath": SERVER_SECRETS_GUEST, "readOnly": True},
-    ]
     volumes = [{"name": c, "persistentVolumeClaim": {"claimName": f"{k.name}-{c}"}} for c in CLAIM_PATHS]
     volumes = volumes if claim_volumes else []
     volumes += [
-        {"name": "private", "emptyDir": {"medium": "Memory", "sizeLimit": PRIVATE_SIZE}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
-        _secret_volume(k, "server-secrets", k.server_files, SERVER_MODE),
+        {"name": "server-data", "emptyDir": {"sizeLimit": SERVER_DATA_SIZE}},
+        {"name": "server-tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+        {"name": "agent-tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+        _secret_volume(k, "server-secrets", {**k.server_files, **k.shared_files}),
+        _secret_volume(k, "agent-secrets", {**k.agent_files, **k.shared_files}),
     ]
-    if k.agent_files:
-        mounts.append({"name": "sandbox-secrets", "mountPath": GUEST_DIR, "readOnly": True})
-        volumes.append(_secret_volume(k, "sandbox-secrets", k.agent_files, AGENT_MODE))
-    size = {"cpu": f"{k.cpus:g}", "memory": f"{k.memory_mib}Mi"}
-    container = {
-        "name": "openwork",
-        "image": k.image,
-        "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "openwork", "containerPort": k.port, "protocol": "TCP"}],
-        "env": [{"name": n, "value": v} for n, v in sorted(k.env.items())],
-        "resources": {"requests": dict(size), "limits": dict(size)},
-        "startupProbe": _probe(k, 5, START_PERIODS),
-        "readinessProbe": _probe(k, 5, 3),
-        "livenessProbe": _probe(k, 10, 3),
-        "securityContext": container_security(),
-        "volumeMounts": mounts,
-    }
     return {
         "automountServiceAccountToken": False,  # the agent gets no credential for the cluster's API
         "enableServiceLinks": False,
+        "shareProcessNamespace": False,  # each container its own PID namespace: the agent sees no server /proc
         "terminationGracePeriodSeconds": 15,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": POD_UID,
+            "runAsGroup": POD_UID,
+            "fsGroup": POD_UID,  # the claims and secret files: group-writable / -readable for the sandbox
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": containers(k),
         "volumes": volumes,
     }
 
 
-def _secret_volume(k: KubeSandbox, volume: str, files: dict[str, bytes], mode: int) -> dict:
+def _secret_volume(k: KubeSandbox, volume: str, files: dict[str, bytes]) -> dict:
     items = [{"key": n, "path": n} for n in sorted(files)]
     # optional: false is the default, said: podman 4.3's kube play dereferences it unset and crashes
-    source = {"secretName": secret_name(k), "defaultMode": mode, "items": items, "optional": False}
+    source = {"secretName": secret_name(k), "defaultMode": SECRET_MODE, "items": items, "optional": False}
     return {"name": volume, "secret": source}
 
 

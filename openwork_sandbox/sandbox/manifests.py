@@ -2,8 +2,8 @@
 multi-document YAML stream or, with ``--output DIR``, one file per object.
 
 It gathers what ``up`` would deliver (the sandbox's tokens, made and kept in ``.state/<name>/`` when
-missing; the TLS certificate, made when TLS is on; the provider keys and opencode's config) and boots
-nothing. Errors, before anything is written: a name Kubernetes cannot take, an unknown ``--format`` or
+missing; the TLS certificate, made when TLS is on; the provider keys and opencode's config; opencode's
+password, which the orchestrator would make and the pod's two containers share) and boots nothing. Errors, before anything is written: a name Kubernetes cannot take, an unknown ``--format`` or
 an unset OPENWORK_SANDBOX_ENV variable (SettingsError, exit 2); no pushed digest for the image, or an
 ``--output`` folder holding files this task did not write (WorkflowError).
 """
@@ -49,6 +49,7 @@ def gather(settings: Settings) -> kube.KubeSandbox:
     server_files = {name: (values[var] + "\n").encode() for var, name in sandbox_secrets.TOKEN_FILES.items()}
     if cert is not None:
         server_files[tls.CERT_FILE], server_files[tls.KEY_FILE] = cert.cert_pem, cert.key_pem
+    password = opencode_password(host_token)
     return kube.KubeSandbox(
         name=settings.name,
         image=image,
@@ -61,7 +62,17 @@ def gather(settings: Settings) -> kube.KubeSandbox:
         marks=dict(spec.marks),
         server_files=server_files,
         agent_files={name: text.encode() for name, text in secrets.files().items()},
+        shared_files={kube.OPENCODE_PASSWORD: (password + "\n").encode()},
     )
+
+
+def opencode_password(host_token: str) -> str:
+    """opencode's basic-auth password in the pod: an HMAC of the host token, so a render is the same
+    each time and changes with it; knowing it (the agent does) tells nothing of the host token."""
+    import hashlib
+    import hmac
+
+    return hmac.new(host_token.encode(), b"openwork-sandbox kubernetes opencode password", hashlib.sha256).hexdigest()
 
 
 def ours(folder: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 import yaml
@@ -35,31 +36,54 @@ def test_the_objects_of_a_sandbox_from_its_settings_and_last_push(tmp_path, caps
     deploy = by_kind(objs)[("Deployment", "k8s-unit")]
     assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
     pod = deploy["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    assert c["image"] == "127.0.0.1:5000/owtest-k8s@" + DIGEST
-    assert c["resources"] == {
-        "requests": {"cpu": "1.5", "memory": "3072Mi"},
-        "limits": {"cpu": "1.5", "memory": "3072Mi"},
+    server, agent = pod["containers"]
+    assert (server["name"], agent["name"]) == ("server", "agent")
+    assert server["image"] == agent["image"] == "127.0.0.1:5000/owtest-k8s@" + DIGEST
+    # the settings' 1.5 CPU and 3072 MiB are the pod's: a quarter to the server, the rest to the agent
+    assert server["resources"] == {
+        "requests": {"cpu": "375m", "memory": "768Mi"},
+        "limits": {"cpu": "375m", "memory": "768Mi"},
     }
-    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "openwork", "scheme": "HTTP"}
-    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
-    sec = c["securityContext"]
-    assert sec["allowPrivilegeEscalation"] is False and sec["readOnlyRootFilesystem"] is True
-    assert sec["capabilities"] == {
-        "drop": ["ALL"],
-        "add": ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "SETUID", "SETGID", "KILL"],
+    assert agent["resources"]["limits"] == agent["resources"]["requests"] == {"cpu": "1125m", "memory": "2304Mi"}
+    assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": "openwork", "scheme": "HTTP"}
+    assert server["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert "/global/health" in agent["livenessProbe"]["exec"]["command"][-1]
+    for c in (server, agent):
+        assert c["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 61001,
+            "runAsGroup": 61001,
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+    assert pod["securityContext"]["fsGroup"] == 61001 and pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["shareProcessNamespace"] is False and pod["automountServiceAccountToken"] is False
+    env = {c["name"]: {e["name"]: e["value"] for e in c["env"]} for c in (server, agent)}
+    assert env["server"]["OPENWORK_POD_ROLE"] == "server" and env["agent"]["OPENWORK_POD_ROLE"] == "agent"
+    assert env["server"]["OPENWORK_TOKEN_FILE"] == "/srv/openwork/secrets/openwork-token"
+    assert not any("TOKEN" in name for name in env["agent"])  # the agent is told of no token
+    assert env["agent"]["HOME"] == "/data/home"
+    mounts = {c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]} for c in (server, agent)}
+    assert mounts["server"] == {
+        "/workspace": "workspace",
+        "/srv/openwork/store": "store",
+        "/data": "server-data",
+        "/tmp": "server-tmp",
+        "/srv/openwork/secrets": "server-secrets",
     }
-    assert sec["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
-    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    assert mounts == {
+    assert mounts["agent"] == {
         "/workspace": "workspace",
         "/data": "data",
-        "/srv/openwork/store": "store",
-        "/srv/openwork": "private",
-        "/tmp": "tmp",
-        "/srv/openwork/secrets": "server-secrets",
-        "/etc/openwork-sandbox": "sandbox-secrets",
+        "/tmp": "agent-tmp",
+        "/etc/openwork-sandbox": "agent-secrets",
+    }
+    items = {v["name"]: [i["key"] for i in v["secret"]["items"]] for v in pod["volumes"] if "secret" in v}
+    assert items == {
+        "server-secrets": ["opencode-password", "openwork-host-token", "openwork-token"],
+        "agent-secrets": ["opencode-password", "opencode.jsonc", "sandbox.env"],
     }
     labels = deploy["metadata"]["labels"]
     assert labels["openwork-sandbox.org/sandbox"] == "k8s-unit"
@@ -86,10 +110,13 @@ def test_secrets_are_in_the_secret_and_nowhere_else(tmp_path, capsys):
             "opencode.jsonc": CONFIG,
             "tls.crt": (tmp_path / "state" / "k8s-unit" / "tls" / "tls.crt").read_text(),
             "tls.key": key_pem,
+            "opencode-password": files["opencode-password"],
         }
+        assert re.fullmatch(r"[0-9a-f]{64}\n", files["opencode-password"])
+        assert HOST_TOKEN not in files["opencode-password"]
         key_line = key_pem.splitlines()[1]
         others = json.dumps([o for o in objs if o["kind"] != "Secret"])
-        for value in (TOKEN, HOST_TOKEN, API_KEY, "config-secret-9876", key_line):
+        for value in (TOKEN, HOST_TOKEN, API_KEY, "config-secret-9876", key_line, files["opencode-password"].strip()):
             assert value not in others
             assert base64.b64encode(value.encode()).decode()[:20] not in others
         pod = objs[1]["spec"]["podTemplate"]["spec"] if fmt == "agent-sandbox" else by_kind(objs)[("Deployment", "k8s-unit")]["spec"]["template"]["spec"]  # fmt: skip
@@ -138,7 +165,8 @@ def test_agent_sandbox_format_is_a_sandbox_with_claim_templates(tmp_path, capsys
     assert sandbox["apiVersion"] == "agents.x-k8s.io/v1beta1"
     assert [t["metadata"]["name"] for t in sandbox["spec"]["volumeClaimTemplates"]] == ["workspace", "data", "store"]
     volumes = {v["name"] for v in sandbox["spec"]["podTemplate"]["spec"]["volumes"]}
-    assert volumes == {"private", "tmp", "server-secrets", "sandbox-secrets"}  # the controller adds the claims
+    assert volumes == {"server-data", "server-tmp", "agent-tmp", "server-secrets", "agent-secrets"}  # + the claims
+    assert [c["name"] for c in sandbox["spec"]["podTemplate"]["spec"]["containers"]] == ["server", "agent"]
 
 
 def test_output_writes_one_file_per_object_and_refuses_a_folder_of_other_files(tmp_path, capsys):
