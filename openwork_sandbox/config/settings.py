@@ -49,6 +49,7 @@ class Settings:
     runtime: str
     cpus: int | float
     memory: int
+    opencode_heap: int
     network: str
     approval_mode: str
     offline: bool

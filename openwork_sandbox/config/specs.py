@@ -149,6 +149,15 @@ SPECS: tuple[Spec, ...] = (
     ),
     # 384: the least a sandbox starts in (docs/design-notes/config.md: measured on Docker, plus the real server)
     Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", values.memory_mib(384), 2048, "memory in MiB"),
+    # off by default: a bound saves 10-25 MiB and costs opencode 2-4x on busy requests (docs/design-notes/processes.md)
+    Spec(
+        "opencode_heap",
+        "OPENWORK_OPENCODE_HEAP_MIB",
+        values.int_range(0, 262144, 256, " MiB"),
+        0,
+        "the RAM opencode's JavaScript heap is sized for, in MiB (it collects sooner: 10-25 MiB less, "
+        "2-4x slower on busy requests; not a limit); 0: sized for the sandbox's memory",
+    ),
     Spec(
         "network",
         "OPENWORK_MICROSANDBOX_NETWORK",

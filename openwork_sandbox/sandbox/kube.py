@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 
+from openwork_sandbox.config import SPEC_BY_FIELD
 from openwork_sandbox.runtimes.base import GUEST_DATA, GUEST_WORKSPACE
 from openwork_sandbox.state.secrets import GUEST_DIR, SERVER_SECRETS_GUEST, STORE_GUEST
 
@@ -197,8 +198,10 @@ def container_security() -> dict:
 
 
 def agent_env(env: dict[str, str]) -> dict[str, str]:
-    """What of the sandbox's environment opencode's container gets: HOME, XDG_*, OPENCODE_*."""
-    return {n: v for n, v in env.items() if n == "HOME" or n.startswith(("XDG_", "OPENCODE_"))}
+    """What of the sandbox's environment opencode's container gets: HOME, XDG_*, OPENCODE_*, and the
+    size opencode's heap is made for (OPENWORK_OPENCODE_HEAP_MIB, read by opencode-gate)."""
+    heap = SPEC_BY_FIELD["opencode_heap"].env
+    return {n: v for n, v in env.items() if n in ("HOME", heap) or n.startswith(("XDG_", "OPENCODE_"))}
 
 
 def server_env(env: dict[str, str]) -> dict[str, str]:

@@ -7,7 +7,7 @@ decide whether to recreate it, and what ``status`` shows as "settings current".
 
 from __future__ import annotations
 
-from openwork_sandbox.config import GUEST_PORT, Settings, is_loopback
+from openwork_sandbox.config import GUEST_PORT, SPEC_BY_FIELD, Settings, is_loopback
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.runtimes import RUNNING, LaunchSpec, Runtime
 from openwork_sandbox.runtimes.base import GUEST_DATA, GUEST_WORKSPACE, NetworkSupport
@@ -166,6 +166,9 @@ def launch_spec(
     }
     if settings.offline:
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
+    heap = SPEC_BY_FIELD["opencode_heap"]
+    if settings.opencode_heap:
+        env[heap.env] = str(settings.opencode_heap)  # opencode-gate sizes opencode's heap by it
     image = pinned_image(settings)  # the digest push-image pushed from here, else the tag
     env.update(persist.guest_env())  # HOME under /data, whatever the image's entrypoint does
     env.update(tls_env)
@@ -187,6 +190,7 @@ def launch_spec(
             "layout": persist.LAYOUT,
             # only when not the default, so sandboxes made before this setting existed are kept
             **({"network": settings.network} if settings.network != "allow-all" else {}),
+            **({"opencode_heap": settings.opencode_heap} if settings.opencode_heap != heap.default else {}),
             **({"secrets": secrets.digests()} if not secrets.empty else {}),
             **({"tls": server_cert.digest() if server_cert else "none yet"} if settings.tls_on else {}),
         }

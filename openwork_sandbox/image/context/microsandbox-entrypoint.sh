@@ -167,6 +167,13 @@ export OPENWORK_TOKEN OPENWORK_HOST_TOKEN
 $run_as mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME" \
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
 
+# Every Bun program here (the orchestrator, opencode, openwork-server) runs without JavaScriptCore's
+# optimizing tiers (DFG, and FTL above it): they wait on the network and on the agent's commands, and
+# those tiers cost each program memory and CPU to compile for no gain there (measured:
+# docs/design-notes/processes.md). A value the caller set wins; the start gates run with no JIT at all.
+: "${BUN_JSC_useDFGJIT:=0}"
+export BUN_JSC_useDFGJIT
+
 # A pod's container (OPENWORK_POD_ROLE): its one program, under the supervisor, and nothing below.
 if [ -n "$POD_ROLE" ]; then
   pod_supervise=/usr/local/bin/openwork-supervise

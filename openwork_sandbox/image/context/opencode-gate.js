@@ -333,6 +333,7 @@ async function main() {
 
   const env = { ...process.env };
   delete env.BUN_BE_BUN;
+  delete env.BUN_JSC_useJIT; // the gate's own (its wrapper sets it): the program keeps its JIT
   const real = program.real(env);
   delete env.OPENWORK_OPENCODE_REAL;
   delete env.OPENWORK_SERVER_REAL;
