@@ -15,11 +15,16 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from openwork_sandbox.config import is_loopback
 from openwork_sandbox.core.errors import UnreachableError, WorkflowError
 from openwork_sandbox.net.http import SANDBOX_GET_ERRORS, CertificateRejected, NoAnswer, sandbox_get
 
-FIRST_DELAY = 0.05
-MAX_DELAY = 0.1  # a refused poll on loopback costs next to nothing; a late one costs up to this much start time
+FIRST_DELAY = 0.02
+MAX_DELAY = 0.1  # between polls of another host: a late answer costs up to this much start time
+# ...and of this host: a refused poll on loopback costs a fraction of a millisecond, and until the
+# server's port opens (the orchestrator opens it after opencode answers) every start waits in refused
+# polls, so `up` notices an answer within about this much of the time a bare `docker run` would
+LOOPBACK_DELAY = 0.02
 FIRST_POLL_TIMEOUT = 1.0
 ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each may run `docker inspect`)
 # a server we did not start (--url) that answers as no OpenWork server does for this long is not one (a
@@ -123,6 +128,7 @@ def wait_for_health(
     start = time.monotonic()
     deadline = start + deadline_s
     delay = FIRST_DELAY
+    max_delay = LOOPBACK_DELAY if is_loopback(urlsplit(url).hostname or "") else MAX_DELAY
     last_problem = "no answer yet"
     # A just-started server may read a request and never answer it: the first polls give up after
     # FIRST_POLL_TIMEOUT and try again, each timeout doubling it, up to timeout_s (a foreign one has
@@ -199,7 +205,7 @@ def wait_for_health(
                     log_hint=hint,
                 )
             time.sleep(min(delay, max(0.0, deadline - now)))
-            delay = min(delay * 2, MAX_DELAY)
+            delay = min(delay * 2, max_delay)
     finally:
         beat.stop()
 
