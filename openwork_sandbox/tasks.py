@@ -133,6 +133,7 @@ SANDBOX_HELP = {
         "json": JSON_HELP,
         "image": "image reference to boot (OPENWORK_MICROSANDBOX_IMAGE)",
         "runtime": "auto|microsandbox|docker|swarm (OPENWORK_MICROSANDBOX_RUNTIME)",
+        "launch": "orchestrator|server: what the image starts (OPENWORK_LAUNCH)",
         "port": "host port to publish (OPENWORK_MICROSANDBOX_PORT)",
         "replace": "recreate the sandbox; state folders are kept (OPENWORK_MICROSANDBOX_REPLACE)",
         "follow": "stream the server's logs once it is up, until Ctrl+C (the sandbox keeps running)",
@@ -146,6 +147,7 @@ def up(
     name=None,
     image=None,
     runtime=None,
+    launch=None,
     port=None,
     replace=False,
     follow=False,
@@ -165,7 +167,9 @@ def up(
             gha.require_export()  # before anything boots
         started = time.monotonic()
         # --replace is a switch; without it OPENWORK_MICROSANDBOX_REPLACE (or its default) decides
-        settings = _settings(c, env_file, name=name, image=image, runtime=runtime, port=port, replace=replace or None)
+        settings = _settings(
+            c, env_file, name=name, image=image, runtime=runtime, launch=launch, port=port, replace=replace or None
+        )
         ep = start(settings, follow=follow, show_tokens=show_tokens, as_json=json)
         # the summary (and with --github-output the outputs): after the log stream when --follow
         gha.report_up(ep, image=settings.image, seconds=time.monotonic() - started, export=github_output)

@@ -51,6 +51,7 @@ class Settings:
     memory: int
     opencode_heap: int
     network: str
+    launch: str
     approval_mode: str
     offline: bool
     state_dir: Path

@@ -168,6 +168,14 @@ SPECS: tuple[Spec, ...] = (
         "holds allow-all alone and `up` refuses the others",
     ),
     Spec(
+        "launch",
+        "OPENWORK_LAUNCH",
+        values.choice("orchestrator", "server"),
+        "orchestrator",
+        "what the image starts: orchestrator (`openwork serve`, which starts opencode and openwork-server) or "
+        "server (openwork-server alone, which starts opencode itself: one program fewer)",
+    ),
+    Spec(
         "approval_mode",
         "OPENWORK_APPROVAL_MODE",
         values.choice("auto", "manual"),

@@ -163,6 +163,7 @@ def launch_spec(
         **sandbox_secrets.token_env(),  # the tokens themselves are files under the server's private folder
         "OPENWORK_APPROVAL_MODE": settings.approval_mode,
         "OPENWORK_CONNECT_HOST": settings.connect_host,
+        "OPENWORK_LAUNCH": settings.launch,  # the image's entrypoint: orchestrator or server
     }
     if settings.offline:
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
@@ -191,6 +192,7 @@ def launch_spec(
             # only when not the default, so sandboxes made before this setting existed are kept
             **({"network": settings.network} if settings.network != "allow-all" else {}),
             **({"opencode_heap": settings.opencode_heap} if settings.opencode_heap != heap.default else {}),
+            **({"launch": settings.launch} if settings.launch != "orchestrator" else {}),
             **({"secrets": secrets.digests()} if not secrets.empty else {}),
             **({"tls": server_cert.digest() if server_cert else "none yet"} if settings.tls_on else {}),
         }

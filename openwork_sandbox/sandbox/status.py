@@ -1,4 +1,4 @@
-"""``status``: what the sandbox is now (runtime, state, image, URL, health, uptime, restarts)."""
+"""``status``: what the sandbox is now (runtime, launch, state, image, URL, health, uptime, restarts)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,8 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     info = {
         "name": settings.name,
         "runtime": rt.kind if rt else record.get("runtime"),
+        # what the image started, as `up` recorded it; a sandbox made before the setting: orchestrator
+        "launch": record.get("launch") or ("orchestrator" if record or st.state != ABSENT else None),
         "state": st.state,
         "detail": st.detail,
         "image": st.image or record.get("image"),
@@ -127,6 +129,7 @@ def status(settings: Settings, *, as_json: bool = False) -> int:
     console.print_table(
         [
             ("runtime", info["runtime"] or "-"),
+            ("launch", info["launch"] or "-"),
             ("image", info["image"] or "-"),
             ("digest", digest or "-"),
             ("platform", info["platform"] or "-"),

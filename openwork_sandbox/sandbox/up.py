@@ -188,6 +188,7 @@ def _save_record(state: SandboxState, settings: Settings, rt: Runtime, spec: Lau
     state.save_record(
         runtime=rt.kind,
         image=settings.image,
+        launch=settings.launch,  # `status` shows it (a record without it: orchestrator, the only launch before)
         fingerprint=spec.fingerprint,
         port=settings.port,
         url=settings.url,
