@@ -1,6 +1,7 @@
 #!/bin/sh
-# Start OpenWork the way the upstream microsandbox image does: `openwork serve` with external
-# sidecars (the binaries baked in /usr/local/bin), remote access on OPENWORK_PORT
+# Start OpenWork the way the upstream images do: `openwork serve` with external sidecars (the
+# binaries baked in /usr/local/bin), or with OPENWORK_LAUNCH=server openwork-server alone, which
+# starts opencode itself (the end of this file); remote access on OPENWORK_PORT
 # (OPENWORK_REMOTE_ACCESS=0 keeps openwork-server on 127.0.0.1, for host networking).
 #
 # Unlike upstream there are no default tokens: the client and host tokens must be passed in, as
@@ -205,17 +206,45 @@ fi
 supervise=/usr/local/bin/openwork-supervise
 case "${OPENWORK_SUPERVISE:-1}" in 0|false|no|off) supervise="" ;; esac
 
-exec $run_as $supervise openwork serve \
-  --workspace "$OPENWORK_WORKSPACE" \
-  $remote \
-  --openwork-port "$OPENWORK_PORT" \
-  --opencode-host 127.0.0.1 \
-  --opencode-port "$OPENWORK_OPENCODE_PORT" \
-  --approval "$OPENWORK_APPROVAL_MODE" \
-  --cors "$OPENWORK_CORS_ORIGINS" \
-  --connect-host "$OPENWORK_CONNECT_HOST" \
-  --allow-external \
-  --sidecar-source external \
-  --opencode-source external \
-  --openwork-server-bin /usr/local/bin/openwork-server-gate \
-  --opencode-bin /usr/local/bin/opencode-gate  # opencode behind a start gate (see opencode-gate.js)
+# What runs (OPENWORK_LAUNCH), both through the supervisor and as the server side ($run_as):
+# - orchestrator (the default): `openwork serve`, which starts opencode and openwork-server;
+# - server (upstream's current worker entrypoint): openwork-server alone, behind its start gate, with
+#   OPENWORK_MANAGE_OPENCODE=1: it starts opencode itself through OPENWORK_OPENCODE_BIN, here
+#   opencode-gate, so the agent's privilege drop and opencode's start gate stay in force. The server
+#   hands opencode OPENWORK_SERVER_TOKEN (the client token); opencode-gate drops it with every other
+#   OpenWork token: whoever drives the agent must not get a token from it (threat-model.md).
+case "${OPENWORK_LAUNCH:-orchestrator}" in
+  server)
+    host=0.0.0.0
+    [ -n "$remote" ] || host=127.0.0.1
+    OPENWORK_MANAGE_OPENCODE=1
+    OPENWORK_OPENCODE_BIN=/usr/local/bin/opencode-gate
+    export OPENWORK_MANAGE_OPENCODE OPENWORK_OPENCODE_BIN OPENWORK_LAUNCH
+    unset OPENWORK_OPENCODE_BASE_URL  # set, the server would manage no opencode
+    # the tokens reach it through its environment (OPENWORK_TOKEN, OPENWORK_HOST_TOKEN), as above
+    exec $run_as $supervise /usr/local/bin/openwork-server-gate \
+      --workspace "$OPENWORK_WORKSPACE" \
+      --host "$host" \
+      --port "$OPENWORK_PORT" \
+      --approval "$OPENWORK_APPROVAL_MODE" \
+      --cors "$OPENWORK_CORS_ORIGINS" ;;
+  orchestrator)
+    # opencode behind a start gate (see opencode-gate.js), openwork-server behind its own
+    exec $run_as $supervise openwork serve \
+      --workspace "$OPENWORK_WORKSPACE" \
+      $remote \
+      --openwork-port "$OPENWORK_PORT" \
+      --opencode-host 127.0.0.1 \
+      --opencode-port "$OPENWORK_OPENCODE_PORT" \
+      --approval "$OPENWORK_APPROVAL_MODE" \
+      --cors "$OPENWORK_CORS_ORIGINS" \
+      --connect-host "$OPENWORK_CONNECT_HOST" \
+      --allow-external \
+      --sidecar-source external \
+      --opencode-source external \
+      --openwork-server-bin /usr/local/bin/openwork-server-gate \
+      --opencode-bin /usr/local/bin/opencode-gate ;;
+  *)
+    echo "microsandbox-entrypoint: OPENWORK_LAUNCH=$OPENWORK_LAUNCH is neither orchestrator nor server" >&2
+    exit 64 ;;
+esac

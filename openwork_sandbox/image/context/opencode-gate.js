@@ -26,6 +26,15 @@
 // the gate prints one line with how long it took (lifecycle.py / start_gate.py read it).
 // SIGTERM/SIGINT/SIGHUP go to the program; the gate exits with the program's exit status.
 //
+// Under openwork-server (OPENWORK_LAUNCH=server: the server starts opencode and reads where it
+// listens from opencode's "opencode server listening on URL" line, in a window of its own, 15 s in
+// 0.17/0.18) opencode-gate hands this gate the server's pipe as OPENWORK_GATE_ANNOUNCE_FD, and the
+// sandbox's log as stdout and stderr. The gate writes that line, naming H:P, to the pipe once opencode
+// answers, or after ANNOUNCE_BY_MS at the latest (later requests are held as above), then closes it.
+// When opencode then dies on its own, the gate stops the server (SIGTERM to its parent) so that the
+// supervisor starts both again, as it does when the orchestrator shuts down (the server alone would
+// serve on with no agent).
+//
 // Only H:P faces the network: the program's internal port, the gate's probes and its forwards are
 // on 127.0.0.1 whatever H is (H is 0.0.0.0 when clients are remote).
 //
@@ -59,6 +68,8 @@ const LOOPBACK = "127.0.0.1"; // the program's internal port and every connectio
 const FIRST_BYTE_MS = 30000; // with TLS: a connection that sends nothing for this long is closed
 const REFUSED_NOTE_EVERY_MS = 60000; // with TLS: at most one line this often about plain HTTP refused
 const DEBUG = Boolean(process.env.OPENWORK_OPENCODE_GATE_DEBUG);
+const ANNOUNCE_BY_MS = 10000; // under openwork-server: its window for opencode's line is 15 s
+const ANNOUNCE_FD = Number(process.env.OPENWORK_GATE_ANNOUNCE_FD) || null; // the server's pipe (see above)
 
 // What each program is called with and how it is probed. `real`: the program to start.
 const PROGRAMS = {
@@ -334,6 +345,7 @@ async function main() {
   const env = { ...process.env };
   delete env.BUN_BE_BUN;
   delete env.BUN_JSC_useJIT; // the gate's own (its wrapper sets it): the program keeps its JIT
+  delete env.OPENWORK_GATE_ANNOUNCE_FD;
   const real = program.real(env);
   delete env.OPENWORK_OPENCODE_REAL;
   delete env.OPENWORK_SERVER_REAL;
@@ -350,8 +362,27 @@ async function main() {
       } catch {}
     });
   }
+  // under openwork-server: where opencode listens, on the server's pipe (see the head of this file)
+  let announced = ANNOUNCE_FD === null;
+  const announce = () => {
+    if (announced) return;
+    announced = true;
+    try {
+      fs.writeSync(ANNOUNCE_FD, `opencode server listening on http://${host}:${publicPort}\n`);
+      fs.closeSync(ANNOUNCE_FD);
+    } catch (err) {
+      say(`cannot tell openwork-server where opencode listens: ${err.message}`);
+    }
+  };
+  if (!announced) setTimeout(announce, ANNOUNCE_BY_MS).unref();
   child.on("exit", (code, signal) => {
     if (!stopping && ready === null) say(`${NAME} exited before it answered (${signal || code})`);
+    else if (!stopping && ANNOUNCE_FD !== null) {
+      say(`${NAME} exited (${signal || code}): stopping openwork-server so that the supervisor starts both again`);
+      try {
+        process.kill(process.ppid, "SIGTERM");
+      } catch {}
+    }
     process.exit(code ?? 128 + (os.constants.signals[signal] || 1));
   });
   child.on("error", (err) => {
@@ -391,6 +422,7 @@ async function main() {
     entry.release(LOOPBACK, internalPort, answered);
   }
   if (!unanswered) clearInterval(progress);
+  announce();
   const ms = Date.now() - started;
   const race = dropped
     ? `start race held off: ${NAME} dropped ${dropped} request(s) sent before its handler was attached; `
