@@ -19,6 +19,16 @@ test rely on:
   (``OPENWORK_SERVER_CONFIG`` or ``--config``), else ``$HOME/.config/openwork/tokens.json`` (it
   follows HOME, not XDG_CONFIG_HOME). The file is written atomically with mode 0600.
 
+With ``OPENWORK_MANAGE_OPENCODE=1`` and no opencode base URL it starts opencode itself, as the real
+server does (``managed-opencode.ts``; upstream's worker images start the server so): ``$OPENWORK_OPENCODE_BIN
+serve --hostname 127.0.0.1 --port <a free port, not its own> --cors *`` in ``OPENWORK_MANAGED_OPENCODE_CWD``
+(default: the workspace), with generated ``OPENCODE_SERVER_USERNAME``/``_PASSWORD`` wired into the
+workspace and ``OPENWORK_SERVER_URL``, ``OPENWORK_SERVER_TOKEN`` (the client token) and ``OPENCODE_CONFIG``
+(``runtime-opencode-config.json`` it writes beside its config) in opencode's environment; it reads
+opencode's stdout until "opencode server listening on URL" (15 s, else it exits 1 with that output),
+then drains it unread; when opencode dies later it serves on (so does the real one); a SIGTERM stops
+opencode (SIGKILL after 1 s) and then the server.
+
 It runs under ``python3-minimal`` (Debian), which has no ``http``, ``json``, ``socketserver``,
 ``secrets`` or ``uuid`` modules: HTTP and JSON are done by hand with ``socket`` and ``threading``.
 Arguments and environment are the ones the orchestrator passes (``--host --port --workspace
@@ -229,6 +239,7 @@ class Config:
             self.client_token: {"id": "tok_client", "scope": "collaborator", "label": "client", "createdAt": now_iso()}
         }
         self.lock = threading.Lock()
+        self.config_path = args.config
         self.token_store = token_store_path(env, args.config)
         self.tokens.update(load_issued_tokens(self.token_store))
 
@@ -649,6 +660,83 @@ class Handler:
         return False
 
 
+def manage_opencode(cfg, env):
+    """Start opencode as the real server does with OPENWORK_MANAGE_OPENCODE=1 (see the module doc) and
+    wire it into ``cfg``; its process, or None when not asked to. Exits 1 when it never says where it listens."""
+    import subprocess
+
+    if cfg.opencode_base_url or env.get("OPENWORK_MANAGE_OPENCODE") != "1":
+        return None
+    cwd = env.get("OPENWORK_MANAGED_OPENCODE_CWD", "").strip() or cfg.workspace
+    os.makedirs(cwd, exist_ok=True)
+    port = cfg.port
+    while port == cfg.port:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+    runtime_db = env.get("OPENWORK_RUNTIME_DB", "").strip()
+    config_dir = os.path.dirname(runtime_db or cfg.config_path) or os.path.join(env["HOME"], ".config", "openwork")
+    os.makedirs(config_dir, exist_ok=True)
+    runtime_config = os.path.join(config_dir, "runtime-opencode-config.json")
+    agent = {"openwork": {"description": "OpenWork default agent (stand-in)", "mode": "primary"}}
+    with open(runtime_config, "w") as fh:
+        fh.write(to_json({"agent": agent}) + "\n")
+    cfg.opencode_username, cfg.opencode_password = new_token(), new_token()
+    child_env = dict(
+        env, OPENCODE_SERVER_USERNAME=cfg.opencode_username, OPENCODE_SERVER_PASSWORD=cfg.opencode_password
+    )
+    child_env.update(
+        OPENWORK_SERVER_URL="http://%s:%d" % ("127.0.0.1" if cfg.host == "0.0.0.0" else cfg.host, cfg.port),
+        OPENWORK_SERVER_TOKEN=cfg.client_token,
+        OPENCODE_CONFIG=runtime_config,
+    )
+    args = [env.get("OPENWORK_OPENCODE_BIN") or "opencode", "serve", "--hostname", "127.0.0.1", "--port", str(port)]
+    child = subprocess.Popen(
+        args + ["--cors", "*"], cwd=cwd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    said, found = [], []
+
+    def read(stream, listen):
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if not found:
+                said.append(line)
+                url = (
+                    re.search(r"on\s+(https?://\S+)", line)
+                    if listen and line.startswith("opencode server listening")
+                    else None
+                )
+                if url:
+                    found.append(url.group(1))
+
+    for stream, listen in ((child.stdout, True), (child.stderr, False)):
+        threading.Thread(target=read, args=(stream, listen), daemon=True).start()
+    deadline = time.monotonic() + 15
+    while not found and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not found:
+        stop_opencode(child)
+        how = "exited with code %s" % child.returncode if child.returncode is not None else "did not start in 15000ms"
+        sys.stderr.write("error: OpenCode server %s\n%s\n" % (how, "\n".join(said[-20:])))
+        sys.exit(1)
+    cfg.opencode_base_url = found[0].rstrip("/")
+    log("Managed OpenCode listening on %s" % cfg.opencode_base_url)
+    return child
+
+
+def stop_opencode(child):
+    """SIGTERM, then SIGKILL after 1 s (the real server's close())."""
+    if child is None or child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(1)
+    except Exception:
+        child.kill()
+        child.wait()
+
+
 def log(message):
     sys.stdout.write("[standin-openwork-server] %s\n" % message)
     sys.stdout.flush()
@@ -659,12 +747,13 @@ def main(argv=None):
     if cfg.version_only:
         print(cfg.version)
         return 0
+    opencode = manage_opencode(cfg, os.environ)
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     server = socket.socket(family, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((cfg.host, cfg.port))
     server.listen(128)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: (stop_opencode(opencode), os._exit(0)))
     log(
         "stand-in openwork-server %s listening on %s:%d, workspace %s (%s), opencode %s, token store %s%s"
         % (
