@@ -6,7 +6,11 @@ as everywhere in this suite).
 
 The suite runs as root, so the sandbox's folders are root's and the agent runs as uid 61001; the
 case of a user's uid (server and agent the same uid, kept apart by a capability) is driven by
-handing the folders to uid 1234 and starting the same container again, as a user's `up` would find them."""
+handing the folders to uid 1234 and starting the same container again, as a user's `up` would find them.
+
+Each test runs in both launches (OPENWORK_LAUNCH): the orchestrator starting opencode, and
+openwork-server starting it itself (``OPENWORK_MANAGE_OPENCODE``, the stand-in keeping the real
+server's contract): the agent is kept apart the same way in both."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import time
 import pytest
 import requests
 
-from tests.support.lifecycle import docker_env, make_settings
+from tests.support.lifecycle import docker_env, invoke, make_settings
 from tests.support.openwork_client import agent_shell, issue_token, status_with
 
 pytestmark = pytest.mark.docker
@@ -34,17 +38,25 @@ PROBES = (
 )
 
 
-@pytest.fixture(scope="module")
-def sandbox(stack_image, tmp_path_factory):
+@pytest.fixture(scope="module", params=["orchestrator", "server"])
+def launched(request, stack_image, tmp_path_factory):
+    """A sandbox `up` made with OPENWORK_LAUNCH=<param>: its settings, endpoint, a token issued, its
+    settings as the environment of `invoke` and the folder to run it in."""
     from openwork_sandbox.sandbox.reset import reset
     from openwork_sandbox.sandbox.up import up
 
     tmp = tmp_path_factory.mktemp("boundary")
-    settings = make_settings(tmp, **docker_env(stack_image.ref, "bnd"))
+    env = docker_env(stack_image.ref, "bnd", OPENWORK_LAUNCH=request.param)
+    settings = make_settings(tmp, **env)
     ep = up(settings)
     issued = issue_token(ep.url, ep.host_token)
-    yield settings, ep, issued
+    yield settings, ep, issued, env, tmp
     reset(settings, yes=True)
+
+
+@pytest.fixture
+def sandbox(launched):
+    return launched[:3]
 
 
 def answers(ep) -> bool:
@@ -96,6 +108,39 @@ def test_no_token_in_the_containers_configuration(sandbox):
     assert ep.token not in env_file and ep.host_token not in env_file
     for name in ("openwork-token", "openwork-host-token"):
         assert (settings.sandbox_state_dir / "server-secrets" / name).stat().st_mode & 0o777 == 0o600
+
+
+def agent_processes(name: str) -> list[int]:
+    """The host pids of opencode's own process in container ``name`` (``opencode serve``, not its gate)."""
+    top = subprocess.run(["docker", "top", name, "-o", "pid,args"], capture_output=True, text=True, check=True)
+    return [
+        int(line.split()[0])
+        for line in top.stdout.splitlines()[1:]
+        if "opencode serve " in line and "opencode-gate" not in line
+    ]
+
+
+def test_the_launch_runs_as_set_passes_smoke_and_opencode_holds_no_token(launched):
+    """`status --json` names the launch; `smoke` passes; opencode, read from the host's /proc, runs as the
+    agent's uid with no capability and no token in its environment (the server hands it the client
+    token as OPENWORK_SERVER_TOKEN: opencode-gate drops it); what it reads as OPENCODE_CONFIG it can read."""
+    settings, ep, issued, env, tmp = launched
+    shown = invoke(tmp, "status", "--json", **env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["launch"] == env["OPENWORK_LAUNCH"]
+    smoke = invoke(tmp, "smoke", **env)
+    assert smoke.returncode == 0, smoke.stderr[-2000:]
+    pids = agent_processes(settings.name)
+    assert len(pids) == 1, pids
+    status = open(f"/proc/{pids[0]}/status").read()
+    assert "Uid:\t61001\t61001\t61001\t61001" in status and "CapEff:\t0000000000000000" in status, status
+    environ = open(f"/proc/{pids[0]}/environ", "rb").read().decode().split("\0")
+    names = {entry.split("=", 1)[0] for entry in environ}
+    leaked = [what for what, value in secrets_of(ep, issued).items() if any(value in entry for entry in environ)]
+    assert not leaked and not names & {"OPENWORK_TOKEN", "OPENWORK_HOST_TOKEN", "OPENWORK_SERVER_TOKEN"}, names
+    if env["OPENWORK_LAUNCH"] == "server":  # the server's runtime config, read by opencode as the agent
+        assert "OPENCODE_CONFIG" in names
+        assert '"agent"' in agent_shell(ep.url, ep.token, 'cat "$OPENCODE_CONFIG"')
 
 
 def test_server_and_agent_as_the_users_uid_are_kept_apart_by_a_capability(sandbox):

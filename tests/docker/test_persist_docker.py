@@ -4,7 +4,8 @@ orchestrator and opencode, the stand-in openwork-server that keeps tokens where 
 A session with a message is created through the proxy (opencode stores it in its real SQLite
 database), a collaborator token is issued with the host token, and both must come back after
 `up --replace`, after an image upgrade (a rebuilt image with another label: a new image id), and
-after migrating a sandbox made with the old layout (state in /root). A read-only data folder stops
+after migrating a sandbox made with the old layout (state in /root), and after switching the
+sandbox from one launch (OPENWORK_LAUNCH) to the other and back. A read-only data folder stops
 `up` with one line and deletes nothing.
 """
 
@@ -97,6 +98,25 @@ def test_sessions_and_issued_tokens_survive_replace(box, capsys):
     assert status_with(ep.url, box["issued"]) == 200
     assert status_with(ep.url, box["issued"] + "x") == 401
     assert "moved the state" not in result["stderr"]  # nothing in its home: nothing to migrate
+
+
+def test_sessions_and_issued_tokens_survive_a_switch_of_launch(box, capsys):
+    """orchestrator -> server -> orchestrator, each by `up --replace` with the other OPENWORK_LAUNCH: the
+    session and the issued token made before are there after each switch, and status names the launch."""
+    from openwork_sandbox.sandbox.status import status
+
+    settings, ep = box["settings"], box["ep"]
+    for launch in ("server", "orchestrator"):
+        switched = settings.with_overrides(launch=launch, replace=True)
+        result = _up_json(switched, capsys)
+        assert result["action"] == "recreated", result["stderr"]
+        top = subprocess.run(["docker", "top", settings.name], capture_output=True, text=True, check=True).stdout
+        assert ("openwork serve" in top) == (launch == "orchestrator"), top
+        session, texts = read_session(ep.url, ep.token, box["sid"])
+        assert session["id"] == box["sid"] and texts == ["remember me"]
+        assert status_with(ep.url, box["issued"]) == 200
+        status(switched, as_json=True)
+        assert json.loads(capsys.readouterr().out)["launch"] == launch
 
 
 def kept_files(data: Path) -> list[str]:
