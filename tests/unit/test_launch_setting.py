@@ -98,3 +98,14 @@ def test_a_sandbox_made_before_the_setting_is_an_orchestrator_one_and_is_kept(fa
     path.write_text(json.dumps(old))
     assert status_json(settings, capsys)["launch"] == "orchestrator"
     assert up_json(settings, capsys)["action"] == "reused"
+
+
+@pytest.mark.parametrize("launch", ["orchestrator", "server"])
+def test_manifests_pass_the_launch_into_the_pod(tmp_path, capsys, launch):
+    from openwork_sandbox.sandbox.manifests import manifests
+    from tests.support.kube import kube_settings
+
+    objs = manifests(kube_settings(tmp_path, OPENWORK_LAUNCH=launch))
+    (deploy,) = [o for o in objs if o["kind"] == "Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert {"name": "OPENWORK_LAUNCH", "value": launch} in container["env"]
