@@ -347,8 +347,8 @@ async function main() {
   delete env.BUN_JSC_useJIT; // the gate's own (its wrapper sets it): the program keeps its JIT
   delete env.OPENWORK_GATE_ANNOUNCE_FD;
   const real = program.real(env);
-  delete env.OPENWORK_OPENCODE_REAL;
-  delete env.OPENWORK_SERVER_REAL;
+  if (NAME === "opencode") delete env.OPENWORK_OPENCODE_REAL; // the server's gate leaves it: under
+  delete env.OPENWORK_SERVER_REAL; // OPENWORK_LAUNCH=server the server starts opencode-gate, which reads it
   delete env.OPENWORK_GATE_PROGRAM;
   for (const name of ["OPENWORK_TLS", "OPENWORK_TLS_CERT_FILE", "OPENWORK_TLS_KEY_FILE"]) delete env[name];
   const started = Date.now();
