@@ -110,12 +110,16 @@ def racing_image(stack_image, tmp_path_factory):
     )
 
 
-def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(racing_image, tmp_path, capsys):
+@pytest.mark.parametrize("launch", ["orchestrator", "server"])
+def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(racing_image, tmp_path, capsys, launch):
+    """Under either launch (OPENWORK_LAUNCH=server: openwork-server starts opencode-gate itself, and the
+    stand-in reaches it as OPENWORK_OPENCODE_REAL through the server's gate and the server)."""
     from openwork_sandbox.sandbox.logs import logs
     from openwork_sandbox.sandbox.up import up
 
     settings = make_settings(
         tmp_path,
+        OPENWORK_LAUNCH=launch,
         OPENWORK_MICROSANDBOX_NAME=unique_name("race"),
         OPENWORK_MICROSANDBOX_RUNTIME="docker",
         OPENWORK_MICROSANDBOX_PORT=str(free_port()),
@@ -134,7 +138,12 @@ def test_up_is_healthy_without_a_restart_when_opencode_drops_its_first_request(r
         log = capsys.readouterr().out
         assert "[standin-opencode-drops-first-request] read the first request" in log  # the race did strike
         assert "opencode-gate: start race held off: opencode dropped" in log
-        assert log.count("[opencode] Healthy") == 1 and "Run starting" in log
+        if launch == "orchestrator":
+            assert log.count("[opencode] Healthy") == 1 and "Run starting" in log
+        else:  # the gate's lines reach the log, and the server took the gate's port, not opencode's own
+            managed = re.search(r"Managed OpenCode listening on http://127\.0\.0\.1:(\d+)", log)
+            gate = re.search(r"opencode-gate: start race held off.* serving 127\.0\.0\.1:(\d+) \(opencode on", log)
+            assert managed and gate and managed.group(1) == gate.group(1), log[-3000:]
     finally:
         subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)
 
