@@ -5,8 +5,8 @@ program's port at once and holds every request until the program answers (why:
 docs/design-notes/sandbox.md). Each gate prints lines starting with ``opencode-gate:`` /
 ``openwork-server-gate:``: "still starting" lines while the program uses CPU, and one "answered
 after N ms" line (with ``start race held off`` when opencode dropped requests first). ``up`` turns
-them into one line of its own each (:func:`race_note`, :func:`slow_start_note`); ``logs`` shows the
-originals. An image without gates gives no lines, and the notes are None.
+them into one line of its own each (:func:`race_note`, :func:`slow_start_note`), and ends a start whose
+server gate found its port taken (:func:`port_in_use`); ``logs`` shows the originals. An image without gates gives no lines, and the notes are None.
 """
 
 from __future__ import annotations
@@ -20,6 +20,14 @@ RACE_MARK = "start race held off"
 ANSWERED_RE = re.compile(r"(opencode|openwork-server)-gate: .*?\1 answered after (\d+) ms")
 TAIL_LINES = 150  # the gates' lines come before ~40 lines of start report, and progress lines before them
 SLOW_START_SECONDS = 10.0  # a start this long says so in one line: the orchestrator's own limit for each program
+
+
+def port_in_use(lines: Iterable[str], port: int) -> bool:
+    """Whether ``lines`` (the log's last few) say openwork-server's gate could not listen on ``port``
+    because another program holds it (OPENWORK_LAUNCH=server: no orchestrator moves it elsewhere, the
+    gate exits and the supervisor tries again for ever)."""
+    mark = re.compile(rf"{SERVER_GATE_MARK} cannot listen on \S+:{port}: EADDRINUSE\b")
+    return any(mark.search(line) for line in lines)
 
 
 def race_note(lines: Iterable[str]) -> str | None:

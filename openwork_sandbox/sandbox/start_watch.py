@@ -7,7 +7,8 @@
   or the server dies early, or the runtime reports a machine fault; ``START_TIMES.attempts`` starts
   in all, the last one with the whole deadline and no stall limit;
 - ends at once, with one line, on a CPU without AVX (``avx``), a data folder the sandbox cannot
-  write (``state.persist``), or a server the orchestrator moved off its port; and, stopping the
+  write (``state.persist``), or a server whose port was taken (moved by the orchestrator, or its
+  gate unable to listen under OPENWORK_LAUNCH=server); and, stopping the
   sandbox (its supervisor would restart its programs for ever), on programs the kernel killed for
   lack of memory (``Runtime.memory_kills``: OPENWORK_MICROSANDBOX_MEMORY is too small) or a data
   folder that filled up (``persist.data_full_problem``);
@@ -36,14 +37,18 @@ from openwork_sandbox.state import persist
 LEFT_FOR_INSPECTION = "(the sandbox is left as it is for inspection; `invoke reset` removes it)"  # a failed start's end
 
 
-def _port_taken(settings: Settings, moved_to: int) -> WorkflowError:
-    """Another program took the port between `up`'s check and the server's start (host networking)."""
+def _port_taken(settings: Settings, moved_to: int | None) -> WorkflowError:
+    """Another program took the port between `up`'s check and the server's start (host networking): the
+    orchestrator moved the server to ``moved_to``, or (None) openwork-server's gate cannot listen."""
     from openwork_sandbox.sandbox.locate import port_taker
 
+    if moved_to is None:
+        what = "so openwork-server cannot listen there"
+    else:
+        what = f"so the orchestrator moved it to port {moved_to}, where clients do not look"
     return WorkflowError(
-        f"port {settings.port} was taken by {port_taker(settings, settings.port)} before the server started, so the "
-        f"orchestrator moved it to port {moved_to}, where clients do not look: stop that program, or choose "
-        f"another port with --port / OPENWORK_MICROSANDBOX_PORT {LEFT_FOR_INSPECTION}"
+        f"port {settings.port} was taken by {port_taker(settings, settings.port)} before the server started, {what}: "
+        f"stop that program, or choose another port with --port / OPENWORK_MICROSANDBOX_PORT {LEFT_FOR_INSPECTION}"
     )
 
 
@@ -82,9 +87,10 @@ LISTENING_MARK = "opencode server listening"  # opencode's line before the orche
 
 
 class _PortMoved(Exception):
-    """The orchestrator found its port taken at start and serves on another one (``port``)."""
+    """The orchestrator found its port taken at start and serves on another one (``port``), or (None)
+    openwork-server's gate found it taken (OPENWORK_LAUNCH=server)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int | None):
         super().__init__(port)
         self.port = port
 
@@ -144,7 +150,8 @@ class StartWatch:
     - ``WorkflowError`` (``avx.raise_if_no_avx``) on Bun's "no AVX" crash report: the image's
       supervisor restarts such a server for ever, so the sandbox itself never stops;
     - :class:`_PortMoved` when the orchestrator's ready line names another port than ``server_port``
-      and a server answers there (its own port was taken when it started).
+      and a server answers there (its own port was taken when it started), or when openwork-server's
+      gate says that port is taken (``start_gate.port_in_use``).
     - :class:`_Starved` when ``data_dir`` (None: not read) is nearly full, or the log shows a killed
       program and the runtime counts OOM kills (``Runtime.memory_kills``).
     """
@@ -205,6 +212,11 @@ class StartWatch:
     def _raise_if_port_moved(self, recent: list[str]) -> None:
         from openwork_sandbox.net.health import health_once
         from openwork_sandbox.net.ports import moved_server_port
+        from openwork_sandbox.sandbox.start_gate import port_in_use
+
+        # the gate's line, or the supervisor's restart line quoting it, among the last: this start's
+        if port_in_use(recent[-3:], self.server_port):
+            raise _PortMoved(None)
 
         moved = moved_server_port(recent, self.server_port)
         # it is this start's server only if it answers there: a ready line an earlier run of the same

@@ -413,12 +413,16 @@ def test_a_start_that_sticks_or_dies_once_is_retried_once(flaky_images, tmp_path
         subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)
 
 
-def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(stack_image, tmp_path, monkeypatch):
+@pytest.mark.parametrize("launch", ["orchestrator", "server"])
+def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(
+    stack_image, tmp_path, monkeypatch, launch
+):
     """Under host networking another program can take the port between `up`'s check and the server's
     start (two sandboxes whose ports came from the kernel's ephemeral range, say). The real orchestrator
     then serves on a free port of its own, says so only in its ready line, and `up` used to poll the
     taken port until its deadline (600 s of HTTP 401 in CI). Here the window is made wide: the check
-    is told the port is free while a real HTTP server (answering 401, as an opencode does) holds it."""
+    is told the port is free while a real HTTP server (answering 401, as an opencode does) holds it.
+    Under OPENWORK_LAUNCH=server nothing moves the server: its gate cannot listen, and says so."""
     import http.server
     import threading
 
@@ -450,13 +454,18 @@ def test_a_port_taken_before_the_server_starts_ends_up_at_once_naming_the_port(s
         OPENWORK_MICROSANDBOX_PORT=str(port),
         OPENWORK_MICROSANDBOX_IMAGE=stack_image.ref,
         OPENWORK_HEALTH_TIMEOUT="240",
+        OPENWORK_LAUNCH=launch,
     )
+    began = time.monotonic()
     try:
         with pytest.raises(WorkflowError) as caught:
             up(settings)
         message = caught.value.message
         assert f"port {port} was taken by " in message, message
         assert "OPENWORK_MICROSANDBOX_PORT" in message and "\n" not in message
+        if launch == "server":
+            assert "openwork-server cannot listen there" in message and time.monotonic() - began < 120, message
+            return
         moved = int(message.split("moved it to port ")[1].split(",")[0])
         assert moved != port
         # the orchestrator really serves there: its server, not the holder, answers

@@ -109,3 +109,15 @@ def test_manifests_pass_the_launch_into_the_pod(tmp_path, capsys, launch):
     (deploy,) = [o for o in objs if o["kind"] == "Deployment"]
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     assert {"name": "OPENWORK_LAUNCH", "value": launch} in container["env"]
+
+
+def test_a_server_gate_that_cannot_listen_on_the_port_is_read_from_its_line():
+    from openwork_sandbox.sandbox.start_gate import port_in_use
+
+    line = "openwork-server-gate: cannot listen on 127.0.0.1:19101: EADDRINUSE: Failed to listen at 127.0.0.1"
+    restart = (
+        f"openwork-supervise: /usr/local/bin/openwork-server-gate exited with status 1 after 0s; last error: {line}"
+    )
+    assert port_in_use(["x", line], 19101) and port_in_use([restart], 19101)
+    assert not port_in_use([line], 1910) and not port_in_use([line.replace("EADDRINUSE", "EACCES")], 19101)
+    assert not port_in_use(["opencode-gate: cannot listen on 127.0.0.1:19101: EADDRINUSE: x"], 19101)

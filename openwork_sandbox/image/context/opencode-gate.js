@@ -327,7 +327,7 @@ async function main() {
   const server = net.createServer(secure ? sniffer(tlsPort, accept) : (client) => accept(client, []));
   const listening = new Promise((resolve) => {
     server.once("error", (err) => {
-      say(`cannot listen on ${host}:${publicPort}: ${err.message}`);
+      say(`cannot listen on ${host}:${publicPort}: ${err.code ? `${err.code}: ` : ""}${err.message}`);
       process.exit(1);
     });
     server.listen(publicPort, host, resolve);
