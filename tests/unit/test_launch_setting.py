@@ -102,13 +102,19 @@ def test_a_sandbox_made_before_the_setting_is_an_orchestrator_one_and_is_kept(fa
 
 @pytest.mark.parametrize("launch", ["orchestrator", "server"])
 def test_manifests_pass_the_launch_into_the_pod(tmp_path, capsys, launch):
+    """Into the server's container (the pod's roles decide what runs there: the entrypoint's pod
+    branch comes before the launch; the value is carried as the sandbox's)."""
     from openwork_sandbox.sandbox.manifests import manifests
     from tests.support.kube import kube_settings
 
     objs = manifests(kube_settings(tmp_path, OPENWORK_LAUNCH=launch))
     (deploy,) = [o for o in objs if o["kind"] == "Deployment"]
-    (container,) = deploy["spec"]["template"]["spec"]["containers"]
-    assert {"name": "OPENWORK_LAUNCH", "value": launch} in container["env"]
+    envs = {
+        {e["name"]: e.get("value") for e in c["env"]}["OPENWORK_POD_ROLE"]: c["env"]
+        for c in deploy["spec"]["template"]["spec"]["containers"]
+    }
+    assert {"name": "OPENWORK_LAUNCH", "value": launch} in envs["server"]
+    assert all(e["name"] != "OPENWORK_LAUNCH" for e in envs["agent"])
 
 
 def test_a_server_gate_that_cannot_listen_on_the_port_is_read_from_its_line():
