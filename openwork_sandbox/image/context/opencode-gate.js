@@ -375,8 +375,11 @@ async function main() {
     }
   };
   if (!announced) setTimeout(announce, ANNOUNCE_BY_MS).unref();
+  // openwork-server that starts opencode itself says why it ended on its stderr, after opencode-gate's
+  // line: a line here would take their place as the supervisor's "last error"
+  const quiet = NAME === "openwork-server" && env.OPENWORK_MANAGE_OPENCODE === "1";
   child.on("exit", (code, signal) => {
-    if (!stopping && ready === null) say(`${NAME} exited before it answered (${signal || code})`);
+    if (!stopping && ready === null && !quiet) say(`${NAME} exited before it answered (${signal || code})`);
     else if (!stopping && ANNOUNCE_FD !== null) {
       say(`${NAME} exited (${signal || code}): stopping openwork-server so that the supervisor starts both again`);
       try {
