@@ -4,7 +4,8 @@ The image is the test stack (the real orchestrator and opencode, the stand-in op
 program is killed inside the running sandbox (``docker exec ... kill -9``, what an OOM kill does)
 and must come back healthy without any command; ``status`` shows the restarts and the last exit
 reason; a server that cannot start any more is reported as a crash loop; ``down`` is prompt and
-final. One sandbox is shared by the module; its tests run in file order.
+final. One sandbox is shared by the module; its tests run in file order. The last test boots its own
+sandbox with OPENWORK_LAUNCH=server, where opencode's gate stops the server when opencode dies.
 """
 
 from __future__ import annotations
@@ -236,3 +237,40 @@ def test_down_is_prompt_and_final(box):
         )["Running"]
         is False
     )
+
+
+def test_under_the_server_launch_a_killed_opencode_brings_both_back(stack_image, tmp_path):
+    """OPENWORK_LAUNCH=server: openwork-server alone would serve on without its opencode (so does the
+    real one); opencode's gate stops it, and the supervisor starts both again, its reason naming
+    opencode; a session made afterwards reaches the new opencode."""
+    from openwork_sandbox.sandbox.up import up
+    from tests.support.openwork_client import make_session
+
+    settings = make_settings(
+        tmp_path, **docker_env(stack_image.ref, "sup-srv", health_timeout="300", OPENWORK_LAUNCH="server")
+    )
+    try:
+        ep = up(settings)
+        wait_for("the supervisor's record says healthy", lambda: record(settings).get("healthy_at"), 60)
+        before = record(settings)["restarts"]
+        found = pids(settings.name, "/usr/local/bin/opencode serve")
+        assert len(found) == 1, found
+        subprocess.run(["docker", "exec", settings.name, "sh", "-c", f"kill -9 {found[0]}"], check=True, timeout=30)
+        rec = wait_for(
+            "a restart after opencode was killed",
+            lambda: (r := record(settings)).get("restarts") == before + 1 and r,
+            BACK_WITHIN,
+            settings.name,
+        )
+        assert "opencode-gate: opencode exited (SIGKILL)" in rec["last_exit"]["reason"], rec["last_exit"]
+        wait_for(
+            "healthy again with a new opencode",
+            lambda: (
+                healthy(settings, ep.token) and pids(settings.name, "/usr/local/bin/opencode serve") not in ([], found)
+            ),
+            BACK_WITHIN,
+            settings.name,
+        )
+        assert make_session(ep.url, ep.token, "after the kill")
+    finally:
+        subprocess.run(["docker", "rm", "-f", settings.name], capture_output=True)
