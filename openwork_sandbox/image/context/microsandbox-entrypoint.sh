@@ -169,11 +169,15 @@ $run_as mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "
   "$OPENWORK_WORKSPACE" "$OPENWORK_DATA_DIR" "$OPENWORK_SIDECAR_DIR"
 
 # Every Bun program here (the orchestrator, opencode, openwork-server) runs without JavaScriptCore's
-# optimizing tiers (DFG, and FTL above it): they wait on the network and on the agent's commands, and
-# those tiers cost each program memory and CPU to compile for no gain there (measured:
-# docs/design-notes/processes.md). A value the caller set wins; the start gates run with no JIT at all.
+# optimizing tiers (DFG, and FTL above it) and compiles a function to machine code only once it has
+# run about 50,000 times (the default is 500): they wait on the network and on the agent's commands,
+# and compiling costs each program memory and CPU for no gain there (measured: opencode 211-214 MiB
+# instead of 236-250, its requests no slower; docs/design-notes/processes.md). A value the caller set
+# wins; the start gates run with no JIT at all.
 : "${BUN_JSC_useDFGJIT:=0}"
-export BUN_JSC_useDFGJIT
+: "${BUN_JSC_thresholdForJITAfterWarmUp:=50000}"
+: "${BUN_JSC_thresholdForJITSoon:=50000}"
+export BUN_JSC_useDFGJIT BUN_JSC_thresholdForJITAfterWarmUp BUN_JSC_thresholdForJITSoon
 
 # A pod's container (OPENWORK_POD_ROLE): its one program, under the supervisor, and nothing below.
 if [ -n "$POD_ROLE" ]; then
