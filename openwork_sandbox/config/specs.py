@@ -149,7 +149,7 @@ SPECS: tuple[Spec, ...] = (
     ),
     # 384: the least a sandbox starts in (docs/design-notes/config.md: measured on Docker, plus the real server)
     Spec("memory", "OPENWORK_MICROSANDBOX_MEMORY", values.memory_mib(384), 2048, "memory in MiB"),
-    # off by default: a bound saves 10-25 MiB and costs opencode 2-4x on busy requests (docs/design-notes/processes.md)
+    # off by default: a bound saves 10-25 MiB and costs opencode 2-4x on busy requests (docs/design-notes/cost.md)
     Spec(
         "opencode_heap",
         "OPENWORK_OPENCODE_HEAP_MIB",

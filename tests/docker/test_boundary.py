@@ -163,3 +163,52 @@ def test_server_and_agent_as_the_users_uid_are_kept_apart_by_a_capability(sandbo
     for folder in folders:
         made += [p for p in folder.rglob("*") if p.lstat().st_uid != 1234]
     assert not made, f"not the user's: {made[:5]}"
+
+
+def program_environ(name: str) -> dict[str, dict[str, str]]:
+    """{"opencode" | "opencode-gate" | "openwork-server-gate": its environment} of container ``name``'s
+    processes, read from the host's /proc."""
+    top = subprocess.run(["docker", "top", name, "-o", "pid,args"], capture_output=True, text=True, check=True)
+    found: dict[str, dict[str, str]] = {}
+    for line in top.stdout.splitlines()[1:]:
+        pid, args = line.split(None, 1)
+        if "opencode-gate.js" in args:
+            label = "opencode-gate" if " serve" in args else "openwork-server-gate"
+        elif "opencode serve " in args:
+            label = "opencode"
+        else:
+            continue
+        raw = open(f"/proc/{pid}/environ", "rb").read().decode().split("\0")
+        found[label] = dict(entry.split("=", 1) for entry in raw if "=" in entry)
+    return found
+
+
+def test_the_gates_run_without_a_jit_and_opencode_with_its_own(launched):
+    """The start gates run without a JIT (5 MiB each less), and that never reaches opencode, which keeps
+    a JIT without the DFG tier and with a late one (docs/design-notes/cost.md): an interpreted opencode
+    answers 4-6 times slower."""
+    settings = launched[0]
+    seen = program_environ(settings.name)
+    assert set(seen) == {"opencode", "opencode-gate", "openwork-server-gate"}, seen.keys()
+    for gate in ("opencode-gate", "openwork-server-gate"):
+        assert seen[gate].get("BUN_JSC_useJIT") == "0", gate
+    assert "BUN_JSC_useJIT" not in seen["opencode"]
+    assert seen["opencode"].get("BUN_JSC_useDFGJIT") == "0"
+    assert seen["opencode"].get("BUN_JSC_thresholdForJITAfterWarmUp") == "50000"
+
+
+def test_opencode_gate_sizes_opencodes_heap_by_the_setting(stack_image):
+    """OPENWORK_OPENCODE_HEAP_MIB reaches opencode as the engine's RAM size in bytes, and 0 or unset
+    leaves it alone (``/usr/bin/env`` in opencode's place prints what opencode would get)."""
+
+    def opencode_env(*extra: str) -> str:
+        argv = ["docker", "run", "--rm", "--entrypoint", "/usr/local/bin/opencode-gate"]
+        argv += ["-e", "OPENWORK_OPENCODE_REAL=/usr/bin/env", *(x for e in extra for x in ("-e", e))]
+        proc = subprocess.run([*argv, stack_image.ref], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "BUN_JSC_forceRAMSize=268435456\n" in opencode_env("OPENWORK_OPENCODE_HEAP_MIB=256")
+    assert "BUN_JSC_forceRAMSize" not in opencode_env("OPENWORK_OPENCODE_HEAP_MIB=0")
+    assert "BUN_JSC_forceRAMSize" not in opencode_env()
+    assert "BUN_JSC_forceRAMSize=1000\n" in opencode_env("OPENWORK_OPENCODE_HEAP_MIB=256", "BUN_JSC_forceRAMSize=1000")

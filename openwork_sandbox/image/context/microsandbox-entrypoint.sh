@@ -172,7 +172,7 @@ $run_as mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_STATE_HOME" "
 # optimizing tiers (DFG, and FTL above it) and compiles a function to machine code only once it has
 # run about 50,000 times (the default is 500): they wait on the network and on the agent's commands,
 # and compiling costs each program memory and CPU for no gain there (measured: opencode 211-214 MiB
-# instead of 236-250, its requests no slower; docs/design-notes/processes.md). A value the caller set
+# instead of 236-250, its requests no slower; docs/design-notes/cost.md). A value the caller set
 # wins; the start gates run with no JIT at all.
 : "${BUN_JSC_useDFGJIT:=0}"
 : "${BUN_JSC_thresholdForJITAfterWarmUp:=50000}"
