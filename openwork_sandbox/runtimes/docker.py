@@ -284,7 +284,6 @@ class DockerRuntime(Runtime):
             found=found,
         )
         spec = dataclasses.replace(spec, image=image)
-        self._clear()  # only once the image is known to run here: a refused one leaves the sandbox as it was
         net_args, net_env = self._network_args(spec)
         env = {**spec.env, **net_env}
         env_file = self.state_dir / ENV_FILE
@@ -332,6 +331,11 @@ class DockerRuntime(Runtime):
             argv += ["--mount", f"type=bind,source={host},target={guest},readonly"]
         argv.append(spec.image)
         proc = processes.docker(*argv, check=False, timeout=300)
+        if proc.returncode != 0 and "is already in use" in proc.stderr:
+            # `up` creates only a sandbox it found absent (or removed): an old container of the name
+            # (one a failed run left) goes now, only once the image is known to run here
+            self._clear()
+            proc = processes.docker(*argv, check=False, timeout=300)
         if proc.returncode != 0:
             raise WorkflowError(f"docker run {spec.image} failed: {processes.last_line(proc.stderr)}")
 
