@@ -134,11 +134,19 @@ def inside(rounds: int, runtimes: list[str]) -> int:
 
 
 def outside(args) -> int:
-    proc = subprocess.run([str(ROOT / "scripts" / "microvm-image")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr, file=sys.stderr)
-        return proc.returncode
-    image = proc.stdout.strip().splitlines()[-1]
+    return in_emulated_host("harness.bench.microvm", ["--rounds", str(args.rounds), "--runtimes", args.runtimes])
+
+
+def in_emulated_host(module: str, args: list[str], image: str | None = None) -> int:
+    """Run ``python3 -m MODULE --inside ARGS`` in the emulated host (``scripts/microvm-host run``) with
+    IMAGE (default: the e2e image ``scripts/microvm-image`` builds), its output streamed here, then one
+    line with the harness's own overhead as microvm-host reports it; returns its exit code."""
+    if image is None:
+        proc = subprocess.run([str(ROOT / "scripts" / "microvm-image")], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return proc.returncode
+        image = proc.stdout.strip().splitlines()[-1]
     env = {**os.environ, "OPENWORK_MICROSANDBOX_IMAGE": image}
     argv = [
         str(ROOT / "scripts" / "microvm-host"),
@@ -146,12 +154,9 @@ def outside(args) -> int:
         "--",
         "python3",
         "-m",
-        "harness.bench.microvm",
+        module,
         "--inside",
-        "--rounds",
-        str(args.rounds),
-        "--runtimes",
-        args.runtimes,
+        *args,
     ]
     t0 = time.monotonic()
     run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
