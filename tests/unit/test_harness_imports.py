@@ -28,6 +28,7 @@ HELP_FIRST_LINES = {
     "bench-concurrent": "usage: bench-concurrent [-h] [--image IMAGE] [--counts COUNTS]",
     "bench-lifecycle": "usage: bench-lifecycle [-h] [--image IMAGE] [--runtime {docker,microsandbox}]",
     "bench-microvm": "usage: bench-microvm [-h] [--rounds ROUNDS] [--runtimes RUNTIMES] [--inside]",
+    "bench-snapshot": "usage: bench-snapshot [-h] [--rounds ROUNDS] [--image IMAGE] [--full]",
     "bench-smoke": "usage: bench-smoke [-h] [--image IMAGE] [--runtime RUNTIME] [--rounds ROUNDS]",
     "bench-start": "usage: bench-start [-h] [--image IMAGE] [--pairs PAIRS]",
     "bench-supervise": "usage: bench-supervise [-h] --image IMAGE [--rounds ROUNDS]",
