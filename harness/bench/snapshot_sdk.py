@@ -90,24 +90,24 @@ def count_bytes(folder: Path, needles: list[bytes]) -> tuple[list[int], int]:
 
 
 def layer_files(snapshot: Path, limit: int = 40) -> tuple[list[str], str | None]:
-    """(the files and links the snapshot's root-disk layers hold, as ``SIZE PATH`` under its ``upper``
-    folder, at most LIMIT; why not when they could not be read): each ``layers/*.raw`` mounted
-    read-only through a loop device. Never raises."""
+    """(the files and links the snapshot's root-disk layers hold, as ``SIZE PATH`` under their ``upper``
+    folder, at most LIMIT; why not when they could not be read): each ``layers/*.raw`` (an ext4 image)
+    copied out with ``debugfs rdump``, which needs no mount. Never raises."""
     lines: list[str] = []
     for layer in sorted((snapshot / "layers").glob("*.raw")):
-        mnt = Path(tempfile.mkdtemp(prefix="owsnap-mnt-", dir="/var/tmp"))
-        proc = subprocess.run(["mount", "-o", "loop,ro,noload", str(layer), str(mnt)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            mnt.rmdir()
-            return lines, f"mount {layer.name}: {proc.stderr.strip()[-200:]}"
-        try:
-            for path in sorted((mnt / "upper").rglob("*")):
+        with tempfile.TemporaryDirectory(prefix="owsnap-layer-", dir="/var/tmp") as out:
+            try:
+                proc = subprocess.run(
+                    ["debugfs", "-R", f"rdump /upper {out}", str(layer)], capture_output=True, text=True, timeout=600
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return lines, f"debugfs: {exc}"
+            upper = Path(out) / "upper"
+            if not upper.is_dir():
+                return lines, f"debugfs rdump {layer.name}: {proc.stderr.strip()[-200:]}"
+            for path in sorted(upper.rglob("*")):
                 if path.is_file() or path.is_symlink():
-                    size = path.lstat().st_size
-                    lines.append(f"{size:>10} /{path.relative_to(mnt / 'upper')}")
-        finally:
-            subprocess.run(["umount", str(mnt)], capture_output=True)
-            mnt.rmdir()
+                    lines.append(f"{path.lstat().st_size:>10} /{path.relative_to(upper)}")
     return (lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])), None
 
 
