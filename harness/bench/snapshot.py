@@ -16,7 +16,8 @@ e2e image (``scripts/microvm-image``, or REF), and prints:
   /health 200 and the boot's share; median, min and max;
 - with ``--full``, after the rounds, a full snapshot (memory and processes) of another running
   template, its size, the token bytes in it, and one restore of it until /health answers
-  (informational: a full snapshot holds the template's server with its tokens).
+  (informational: a full snapshot holds the template's server with its tokens; microsandbox 0.7.11
+  refuses it while the server job runs, and this says so).
 Inside the emulated host (``--inside``) it measures only. Names and folders are temporary and
 removed at the end (the snapshots too).
 """
@@ -229,7 +230,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="bench-snapshot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--image", help="the image to boot (default: the e2e image scripts/microvm-image builds)")
-    parser.add_argument("--full", action="store_true", help="also a full (memory) snapshot, restored once")
+    parser.add_argument("--full", action="store_true", help="also try a full (memory) snapshot, restored once")
     parser.add_argument("--inside", action="store_true", help="measure here (inside the emulated host)")
     args = parser.parse_args()
     if args.inside:
