@@ -194,6 +194,9 @@ def full_experiment(bench: Bench) -> str | None:
 
 
 def report(figures: dict[str, dict[str, list[float]]]) -> None:
+    if not figures["cold"]["up"]:
+        say("no rounds (--rounds 0): the template and its snapshot only")
+        return
     say(f"figures over {len(figures['cold']['up'])} round(s), emulated host (median [min-max] s):")
     for kind in KINDS:
         cells = [f"{k} {statistics.median(v):.1f} [{min(v):.1f}-{max(v):.1f}]" for k, v in figures[kind].items() if v]
