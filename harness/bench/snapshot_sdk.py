@@ -31,7 +31,7 @@ class Made:
     image_digest: str
 
 
-def make_snapshot(name: str, source: str, *, full: bool = False, labels: dict[str, str] | None = None) -> Made:
+def make_snapshot(name: str, source: str, *, full: bool = False) -> Made:
     """``Snapshot.create(NAME, from_sandbox=SOURCE)``: a disk snapshot of the stopped SOURCE, or with
     FULL its disk, memory and processes while it runs."""
 
@@ -39,7 +39,7 @@ def make_snapshot(name: str, source: str, *, full: bool = False, labels: dict[st
         from microsandbox import Snapshot
 
         began = time.monotonic()
-        snap = await Snapshot.create(name, from_sandbox=source, full=full, labels=labels or {})
+        snap = await Snapshot.create(name, from_sandbox=source, full=full)
         seconds = time.monotonic() - began
         usage = await snap.storage_usage()
         return Made(snap.reference, seconds, usage.logical_bytes, usage.allocated_bytes, snap.image_manifest_digest)
