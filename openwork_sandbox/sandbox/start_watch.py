@@ -240,6 +240,8 @@ def wait_until_ready(
     and the read of the log for the start notes: each is a call to the engine, and `up` ends when
     the last of them does, so they overlap rather than queue. Raises WorkflowError when it never
     gets there (an UnreachableError when ``/workspaces`` cannot be reached), or what ``then`` raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from openwork_sandbox.net.health import check_workspaces
     from openwork_sandbox.sandbox.start_gate import TAIL_LINES
     from openwork_sandbox.state.tls import client_verify
@@ -251,45 +253,14 @@ def wait_until_ready(
     except _Starved as exc:
         raise _starved(settings, rt, exc) from None
     seconds = time.monotonic() - first_began
-    tail = _Beside(lambda: rt.log_tail(TAIL_LINES))
-    after = _Beside(then) if then is not None else None
-    try:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="openwork-up") as pool:  # leaving waits for both
+        tail = pool.submit(rt.log_tail, TAIL_LINES)
+        after = pool.submit(then) if then is not None else None
         workspace_id = check_workspaces(settings.url, token, timeout_s=settings.request_timeout, verify=verify)
         _say_start_notes(tail.result(), seconds, settings)
-    finally:  # never leave an engine call half-made behind
-        for beside in (tail, after):
-            if beside is not None:
-                beside.join()
     if after is not None:
         after.result()
     return body, workspace_id
-
-
-class _Beside:
-    """``fn()`` run in a thread of its own from now on; :meth:`result` waits for it and returns what
-    it returned, or raises what it raised."""
-
-    def __init__(self, fn: Callable[[], object]):
-        import threading
-
-        self._fn, self._value, self._error = fn, None, None
-        self._thread = threading.Thread(target=self._run, name="openwork-up-beside", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as exc:  # handed to the caller of result()
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _healthy(settings: Settings, rt: Runtime, spec: LaunchSpec, verify) -> dict:
