@@ -35,37 +35,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.bench.common import image_or_setting
+from harness.bench.common import cgroup_memory_mib, image_or_setting
 from harness.bench.concurrent import program_of
 from harness.bench.start import floor_start, p95, up_start
 from harness.common import back_to_caller_cwd, empty_env_file, run_task, task_env, teller
 from openwork_sandbox.net.ports import free_port
 
 say = teller("bench-cost")
-CGROUP = Path("/sys/fs/cgroup")
 LAUNCHES = ("orchestrator", "server")
 RUNTIMES = ("docker", "microsandbox")
 
 
 def container_mib(name: str) -> float | None:
     """The container's memory as ``docker stats`` counts it (cgroup usage less inactive file pages),
-    MiB; cgroup v1 or v2; None when it cannot be read."""
+    MiB, under either of Docker's cgroup drivers; None when it cannot be read."""
     cid = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True).stdout.strip()
-    if not cid:
-        return None
-    if (CGROUP / "cgroup.controllers").exists():
-        folders = [CGROUP / "system.slice" / f"docker-{cid}.scope", CGROUP / "docker" / cid]
-        usage, inactive = "memory.current", "inactive_file"
-    else:
-        folders = [CGROUP / "memory" / "docker" / cid, CGROUP / "memory" / "system.slice" / f"docker-{cid}.scope"]
-        usage, inactive = "memory.usage_in_bytes", "total_inactive_file"
-    for folder in folders:
-        try:
-            used = int((folder / usage).read_text())
-            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if " " in line)
-        except (OSError, ValueError):
-            continue
-        return (used - int(stat.get(inactive, 0))) / 2**20
+    for cgroup in (f"docker/{cid}", f"system.slice/docker-{cid}.scope") if cid else ():
+        used = cgroup_memory_mib(cgroup)
+        if used is not None:
+            return used
     return None
 
 

@@ -41,11 +41,10 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from harness.bench.common import image_or_setting
+from harness.bench.common import cgroup_memory_mib, image_or_setting
 from harness.common import INVOKE, ROOT, back_to_caller_cwd, empty_env_file, run_task, task_env, teller
 
 SWARM_LAB = ROOT / "scripts" / "swarm-lab"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 SHOWN = ("name", "port", "up_exit", "up_seconds", "up_said", "node", "healthy", "memory_mib")  # a sandbox's figures
 PROGRESS_EVERY = 10.0  # seconds between progress lines while something is waited for
 say = teller("bench-swarm")
@@ -81,20 +80,6 @@ def lab(*args: str, timeout: float = 300) -> str:
             f"scripts/swarm-lab {' '.join(args)} failed (exit {proc.returncode}): {said[-1] if said else ''}"
         )
     return proc.stdout
-
-
-def cgroup_memory_mib(cgroup: str) -> float | None:
-    """Memory of CGROUP (a path under the memory hierarchy) in MiB, less its inactive file pages;
-    cgroup v1 or v2, whichever this machine has. None when the cgroup does not exist."""
-    v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
-    folder = CGROUP_ROOT / cgroup.lstrip("/") if v2 else CGROUP_ROOT / "memory" / cgroup.lstrip("/")
-    try:
-        usage = int((folder / ("memory.current" if v2 else "memory.usage_in_bytes")).read_text())
-        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if " " in line)
-    except (OSError, ValueError):
-        return None
-    inactive = int(stat.get("inactive_file" if v2 else "total_inactive_file", 0))
-    return max(usage - inactive, 0) / 2**20
 
 
 def node_memory(nodes: int) -> dict[str, float | None]:
