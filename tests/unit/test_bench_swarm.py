@@ -4,7 +4,7 @@ under either cgroup version, and the table's per-node spread. The run itself nee
 
 from __future__ import annotations
 
-from harness.bench import swarm
+from harness.bench import common, swarm
 
 MIB = 2**20
 
@@ -20,24 +20,24 @@ def _v1_tree(root, cgroup, usage, inactive_file):
 
 
 def test_v1_memory_is_usage_less_the_hierarchy_s_inactive_file_pages(tmp_path, monkeypatch):
-    monkeypatch.setattr(swarm, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(common, "CGROUP_ROOT", tmp_path)
     _v1_tree(tmp_path, "openwork-lab-node2", usage=300 * MIB, inactive_file=20 * MIB)
-    assert swarm.cgroup_memory_mib("/openwork-lab-node2") == 280.0
+    assert common.cgroup_memory_mib("/openwork-lab-node2") == 280.0
 
 
 def test_v2_memory_is_memory_current_less_inactive_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(swarm, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(common, "CGROUP_ROOT", tmp_path)
     (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
     folder = tmp_path / "openwork-lab-node1" / "abc123"
     folder.mkdir(parents=True)
     (folder / "memory.current").write_text(f"{512 * MIB}\n")
     (folder / "memory.stat").write_text(f"anon {400 * MIB}\nfile {100 * MIB}\ninactive_file {112 * MIB}\n")
-    assert swarm.cgroup_memory_mib("openwork-lab-node1/abc123") == 400.0
+    assert common.cgroup_memory_mib("openwork-lab-node1/abc123") == 400.0
 
 
 def test_a_cgroup_that_does_not_exist_has_no_figure(tmp_path, monkeypatch):
-    monkeypatch.setattr(swarm, "CGROUP_ROOT", tmp_path)
-    assert swarm.cgroup_memory_mib("openwork-lab-node9") is None
+    monkeypatch.setattr(common, "CGROUP_ROOT", tmp_path)
+    assert common.cgroup_memory_mib("openwork-lab-node9") is None
     assert swarm.node_memory(2) == {"node1": None, "node2": None}
 
 
