@@ -11,7 +11,7 @@ The Invoke collection is ``openwork_sandbox.tasks.ns``; the ``openwork-sandbox``
   ``avx``, ``archive``, ``doctor_check`` (one doctor row), ``kube`` (a sandbox as Kubernetes objects)
 - ``image``: ``build``, ``artifacts``, ``digests``, ``multiplatform``, ``foreign_check``, ``oci``, ``push``,
   ``index_push``; the build context ``context/`` (package data)
-- ``runtimes``: ``base``, ``choice``, ``probe``, ``docker``, ``docker_copy``, ``docker_platform``, ``docker_faults``, ``listing``; ``microsandbox`` (``runtime``,
+- ``runtimes``: ``base``, ``choice``, ``probe``, ``docker``, ``docker_copy``, ``docker_platform``, ``docker_faults``, ``docker_engine``, ``listing``; ``microsandbox`` (``runtime``,
   ``sdk``, ``spec``, ``boot``, ``jobs``, ``logs``, ``copy``, ``launch``, ``platform_check``, ``pull``); ``swarm`` (``runtime``,
   ``placement``, ``cluster``, ``service``, ``jobs``, ``logs``, ``lock``)
 - ``state`` (beside ``registry``): ``store``, ``persist``, ``pin``, ``secrets``, ``ownership``, ``supervision``, ``tls``

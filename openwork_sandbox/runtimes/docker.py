@@ -1,5 +1,7 @@
 """The Docker runtime: ``docker run -d`` of the same image, for hosts without microVMs. Every docker
-command goes through ``core.processes`` (its timeouts and one-line errors).
+command goes through ``core.processes`` (its timeouts and one-line errors); the questions asked while
+a sandbox boots (inspect a container or an image, the bridge) go to the engine's socket first
+(``docker_engine``: no CLI start each time), and to the CLI where that socket cannot be used.
 
 Networking and the loopback rule:
 
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import functools
 import json
 import os
 import sys
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING
 from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import EXIT_BAD_SETTINGS, WorkflowError
 from openwork_sandbox.core.files import private_dir
+from openwork_sandbox.runtimes import docker_engine
 from openwork_sandbox.runtimes.base import (
     ABSENT,
     CAPABILITIES,
@@ -58,6 +60,7 @@ from openwork_sandbox.runtimes.base import (
     RuntimeStatus,
     parse_engine_time,
 )
+from openwork_sandbox.runtimes.docker_engine import engine_has_bridge, engine_is_rootless
 from openwork_sandbox.state.store import write_private_file
 
 if TYPE_CHECKING:
@@ -76,23 +79,9 @@ BRIDGE_LIMIT = (
 HOST_LIMIT = "this Docker engine has no bridge network, so the container shares the host's network (its loopback services, the LAN)"
 
 
-@functools.cache
-def engine_has_bridge() -> bool:
-    """True when the engine has a bridge network (then ``-p`` publishing works)."""
-    proc = processes.docker("network", "ls", "--filter", "driver=bridge", "--format", "{{.Name}}", timeout=15)
-    return any(line.strip() == "bridge" for line in proc.stdout.splitlines())
-
-
 def network_support_of(bridge: bool) -> NetworkSupport:
     """What the Docker runtime holds on an engine with (``bridge``) or without a bridge network: ``allow-all`` only."""
     return NetworkSupport(frozenset({"allow-all"}), BRIDGE_LIMIT if bridge else HOST_LIMIT, shares_host=not bridge)
-
-
-@functools.cache
-def engine_is_rootless() -> bool:
-    """A rootless engine maps the container's root to the invoking user already."""
-    proc = processes.docker("info", "--format", "{{json .SecurityOptions}}", check=False, timeout=15)
-    return "rootless" in (proc.stdout or "")
 
 
 def run_as_user() -> str | None:
@@ -121,6 +110,9 @@ class DockerRuntime(Runtime):
 
     # --- inspection ---------------------------------------------------------------------------
     def _inspect(self) -> dict | None:
+        answered, info = docker_engine.container(self.name)
+        if answered:
+            return info
         proc = processes.docker("container", "inspect", self.name, check=False, timeout=30)
         if proc.returncode != 0:
             if "No such" in proc.stderr or "no such" in proc.stderr:
@@ -180,6 +172,10 @@ class DockerRuntime(Runtime):
         return memory_kills(self.name)
 
     def is_alive(self) -> bool:
+        answered, info = docker_engine.container(self.name)
+        if answered:
+            state = (info or {}).get("State") or {}
+            return state.get("Running") is True and state.get("Restarting") is False
         proc = processes.docker(
             "container",
             "inspect",
@@ -427,8 +423,12 @@ class DockerRuntime(Runtime):
         return f"docker logs {self.name} (or: invoke logs)"
 
     def log_tail(self, lines: int = 40) -> list[str]:
-        if self._inspect() is None:
+        info = self._inspect()
+        if info is None:
             return []
+        found = docker_engine.log_lines(self.name, lines, tty=bool((info.get("Config") or {}).get("Tty")))
+        if found is not None:
+            return found[-lines:]
         try:
             return list(processes.stream_lines(["docker", "logs", "--tail", str(lines), self.name]))[-lines:]
         except WorkflowError:

@@ -13,15 +13,23 @@ from collections.abc import Callable
 
 from openwork_sandbox.core import console, processes
 from openwork_sandbox.core.errors import WorkflowError
+from openwork_sandbox.runtimes import docker_engine
 
 
 def held_image(ref: str) -> tuple[bool, str | None]:
     """``(whether the engine holds the image ref, its os/arch or None when the engine does not say)``,
-    from one ``docker image inspect``."""
+    from one question to the engine (its socket, else ``docker image inspect``)."""
+    answered, info = docker_engine.image(ref)
+    if answered:
+        os_arch = f"{info.get('Os') or ''}/{info.get('Architecture') or ''}" if info else ""
+        return info is not None, _platform_of(os_arch)
     proc = processes.docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", ref, check=False, timeout=30)
-    text = proc.stdout.strip() if proc.returncode == 0 else ""
-    platform = text if text and "/" in text and not text.startswith("/") and not text.endswith("/") else None
-    return proc.returncode == 0, platform
+    return proc.returncode == 0, _platform_of(proc.stdout.strip() if proc.returncode == 0 else "")
+
+
+def _platform_of(text: str) -> str | None:
+    """``os/arch`` when both halves are there, else None (the engine did not say)."""
+    return text if text and "/" in text and not text.startswith("/") and not text.endswith("/") else None
 
 
 def image_platform(ref: str) -> str | None:
