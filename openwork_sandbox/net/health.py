@@ -26,7 +26,7 @@ MAX_DELAY = 0.1  # between polls of another host: a late answer costs up to this
 # polls, so `up` notices an answer within about this much of the time a bare `docker run` would
 LOOPBACK_DELAY = 0.02
 FIRST_POLL_TIMEOUT = 1.0
-ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each may run `docker inspect`)
+ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each a question to the runtime)
 # a server we did not start (--url) that answers as no OpenWork server does for this long is not one (a
 # proxy in front of one may answer 404 for a moment while its backend registers)
 NOT_OPENWORK_AFTER = 3.0

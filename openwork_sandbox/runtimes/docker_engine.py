@@ -117,15 +117,16 @@ def quoted(name: str) -> str:
 def container(name: str) -> tuple[bool, dict | None]:
     """``(answered, the container's inspect object or None when the engine has no such container)``
     for ``name``; ``answered`` is False when the engine could not be asked here (ask the CLI)."""
-    got = engine_get(f"/containers/{quoted(name)}/json")
-    if got is None or got[0] not in (200, 404) or (got[0] == 200 and not isinstance(got[1], dict)):
-        return False, None
-    return True, got[1] if got[0] == 200 else None
+    return _inspect(f"/containers/{quoted(name)}/json")
 
 
 def image(ref: str) -> tuple[bool, dict | None]:
     """As :func:`container`, for the image the engine holds under ``ref``."""
-    got = engine_get(f"/images/{quoted(ref)}/json")
+    return _inspect(f"/images/{quoted(ref)}/json")
+
+
+def _inspect(path: str) -> tuple[bool, dict | None]:
+    got = engine_get(path)
     if got is None or got[0] not in (200, 404) or (got[0] == 200 and not isinstance(got[1], dict)):
         return False, None
     return True, got[1] if got[0] == 200 else None
