@@ -388,7 +388,11 @@ class DockerRuntime(Runtime):
     def keep_running(self) -> None:
         """``--restart unless-stopped``, set once the sandbox is healthy (so a start that fails is not
         restarted over and over): the engine starts it again after it exits on its own or after an
-        engine restart (a host reboot), but not after ``docker stop`` (``down``)."""
+        engine restart (a host reboot), but not after ``docker stop`` (``down``). Asked first, so a
+        running sandbox's ``up`` changes nothing."""
+        policy = ((self._inspect() or {}).get("HostConfig") or {}).get("RestartPolicy") or {}
+        if policy.get("Name") == RESTART_POLICY:
+            return
         proc = processes.docker("update", "--restart", RESTART_POLICY, self.name, check=False, timeout=30)
         if proc.returncode != 0:
             console.info(

@@ -110,3 +110,17 @@ def test_the_log_tail_is_the_lines_the_cli_shows(test_base_image, runtime_of, tt
             assert mine == sorted(mine, key=lambda line: int(line.split("-")[1])) and mine[-1] == f"{stream}-60"
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_the_restart_policy_is_set_once_and_then_left_alone(sleeper, runtime_of):
+    since = _docker("inspect", "-f", "{{.Created}}", sleeper).strip()
+    assert _docker("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", sleeper).strip() in ("", "no")
+    rt = runtime_of(sleeper)
+    rt.keep_running()
+    assert _docker("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", sleeper).strip() == "unless-stopped"
+    rt.keep_running()  # a running sandbox's `up`: nothing to change, so nothing is sent
+    until = subprocess.run(["date", "-u", "+%Y-%m-%dT%H:%M:%S.%NZ"], capture_output=True, text=True).stdout.strip()
+    events = _docker(
+        "events", "--since", since, "--until", until, "--filter", f"container={sleeper}", "--format", "{{.Action}}"
+    ).split()
+    assert events.count("update") == 1, events
