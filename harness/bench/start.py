@@ -36,6 +36,7 @@ from pathlib import Path
 
 from harness.bench.common import image_or_setting, remove_container
 from harness.common import back_to_caller_cwd, empty_env_file, run_task, task_env
+from openwork_sandbox.net.health import FIRST_POLL_TIMEOUT
 from openwork_sandbox.net.ports import free_port
 from openwork_sandbox.sandbox.start_gate import GATE_MARK, RACE_MARK
 
@@ -64,9 +65,13 @@ def http_status(port: int, path: str, timeout: float) -> int | None:
 def wait_health(port: int, deadline: float, name: str) -> float | str:
     """Seconds until /health is 200; else "exited" (the container stopped) or "hung" (deadline)."""
     start = next_check = time.monotonic()
+    timeout = FIRST_POLL_TIMEOUT  # as `up` polls (net.health): a poll held longer stalls the orchestrator
     while time.monotonic() - start < deadline:
-        if http_status(port, "/health", 1.0) == 200:
+        status = http_status(port, "/health", timeout)
+        if status == 200:
             return time.monotonic() - start
+        if status == 0:
+            timeout = min(timeout * 2, 1.0)
         if time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
             running = subprocess.run(

@@ -25,7 +25,12 @@ MAX_DELAY = 0.1  # between polls of another host: a late answer costs up to this
 # server's port opens (the orchestrator opens it after opencode answers) every start waits in refused
 # polls, so `up` notices an answer within about this much of the time a bare `docker run` would
 LOOPBACK_DELAY = 0.02
-FIRST_POLL_TIMEOUT = 1.0
+# The first polls give up on a connection that is not answered this soon (doubling from there): the
+# orchestrator checks that its port is free by listening on it for a moment, and a poll that connects
+# then is accepted and never answered, while the orchestrator waits for that connection to end before
+# it starts anything: each such poll stalls the start by its timeout (1 s in about one start in four
+# when this was 1 s; docs/design-notes/cost.md)
+FIRST_POLL_TIMEOUT = 0.1
 ALIVE_CHECK_EVERY = 0.5  # seconds between is_alive() calls (each a question to the runtime)
 # a server we did not start (--url) that answers as no OpenWork server does for this long is not one (a
 # proxy in front of one may answer 404 for a moment while its backend registers)
@@ -130,9 +135,9 @@ def wait_for_health(
     delay = FIRST_DELAY
     max_delay = LOOPBACK_DELAY if is_loopback(urlsplit(url).hostname or "") else MAX_DELAY
     last_problem = "no answer yet"
-    # A just-started server may read a request and never answer it: the first polls give up after
-    # FIRST_POLL_TIMEOUT and try again, each timeout doubling it, up to timeout_s (a foreign one has
-    # not just started: timeout_s from the first poll).
+    # A just-started server may read a request and never answer it (and the orchestrator's port check
+    # holds it): the first polls give up after FIRST_POLL_TIMEOUT and try again, each timeout doubling
+    # it, up to timeout_s (a foreign one has not just started: timeout_s from the first poll).
     poll_timeout = timeout_s if foreign else min(FIRST_POLL_TIMEOUT, timeout_s)
     answered = False
     strange_since: float | None = None  # foreign: when answers no OpenWork server gives began

@@ -245,6 +245,43 @@ def test_wait_for_health_gives_up_on_a_request_that_is_never_answered_and_asks_a
     assert body["version"] == "9.9.9" and len(held) == 1
 
 
+def test_a_poll_held_by_the_orchestrators_port_check_is_let_go_at_once():
+    """`openwork serve` checks that its port is free by listening on it for a moment, and waits for
+    every connection made then to end before it starts anything: a poll that lands there must close
+    its connection within a tenth of a second, not after a whole request timeout (it used to take 1 s,
+    a 1 s stall in about one start in four)."""
+    from openwork_sandbox.net.health import wait_for_health
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    held_for: list[float] = []
+
+    def port_check_then_server():
+        conn, _ = listener.accept()  # the port check: accepted, never answered, waited on until closed
+        began = time.monotonic()
+        conn.settimeout(5)
+        while conn.recv(4096):  # b"" once the client closes its end
+            pass
+        held_for.append(time.monotonic() - began)
+        conn.close()
+        conn, _ = listener.accept()  # then the server itself
+        conn.recv(4096)
+        body = b'{"ok": true, "version": "9.9.9"}'
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        conn.close()
+
+    threading.Thread(target=port_check_then_server, daemon=True).start()
+    try:
+        assert wait_for_health(f"http://127.0.0.1:{port}", 8, timeout_s=2)["version"] == "9.9.9"
+    finally:
+        listener.close()
+    assert held_for and held_for[0] < 0.5, held_for
+
+
 def test_wait_for_health_with_nothing_listening_is_unreachable():
     from openwork_sandbox.net.health import HealthTimeout, NothingListening, wait_for_health
 
