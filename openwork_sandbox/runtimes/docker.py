@@ -1,6 +1,6 @@
 """The Docker runtime: ``docker run -d`` of the same image, for hosts without microVMs. Every docker
 command goes through ``core.processes`` (its timeouts and one-line errors); the questions asked while
-a sandbox boots (inspect a container or an image, the bridge) go to the engine's socket first
+a sandbox boots (a container, an image, the bridge, the log's tail) go to the engine's socket first
 (``docker_engine``: no CLI start each time), and to the CLI where that socket cannot be used.
 
 Networking and the loopback rule:
