@@ -133,9 +133,10 @@ def _inspect(path: str) -> tuple[bool, dict | None]:
 
 
 def log_lines(name: str, tail: int, *, tty: bool = False) -> list[str] | None:
-    """The last ``tail`` lines the container ``name`` wrote (stdout and stderr, in the order written;
-    ``tty``: it has a terminal, so the engine sends them as they are); None when it could not be
-    asked here or the engine refused (ask the CLI, which says why)."""
+    """The last ``tail`` lines the container ``name`` wrote (stdout and stderr, each stream in the
+    order written, the two in the order the engine read them; ``tty``: it has a terminal, so the
+    engine sends them as they are); None when it could not be asked here or the engine refused (ask
+    the CLI, which says why)."""
     got = _get(f"/containers/{quoted(name)}/logs", {"stdout": "1", "stderr": "1", "tail": str(tail)}, None)
     if got is None or got[0] != 200:
         return None
